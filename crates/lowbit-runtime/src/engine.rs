@@ -1,0 +1,1 @@
+//! Runs a [`crate::QuantModel`] integer-only.

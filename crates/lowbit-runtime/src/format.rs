@@ -1,0 +1,1 @@
+//! The `.lbq` deployable model file.

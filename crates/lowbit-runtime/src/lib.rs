@@ -1,0 +1,20 @@
+//! lowbit-runtime: what a deployed application embeds.
+//!
+//! Data flow inside this crate: [`qparams`] (the one normative quantize / requantize arithmetic) ->
+//! [`pack`] (weight codes at their bit width) -> [`kernels`] (reference + SIMD, dispatched at run time) ->
+//! [`model`] (the quantized model) -> [`engine`] (runs it integer-only) -> [`format`] (the `.lbq` file).
+//!
+//! This crate never depends on training code.
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod kernels;
+pub mod model;
+pub mod pack;
+pub mod qparams;
+
+pub use error::{FormatError, QuantError};
+pub use model::QuantModel;
+pub use qparams::{QParams, Requant};

@@ -1,0 +1,20 @@
+//! lowbit: quantization-optimized neural networks.
+//!
+//! Data flow, one module per stage: [`data`] (IDX files, the builtin sample, batching) -> [`nn`] (float layers,
+//! loss, model specs) + [`optim`] -> [`quant`] (quantizer specs, fake-quant / STE, calibration, conversion to the
+//! runtime model) -> [`train`] (the loop, f32 or QAT) -> [`eval`] (accuracy, confusion matrix, per-layer error,
+//! reports). The integer engine and the `.lbq` file live in [`lowbit_runtime`].
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod nn;
+pub mod optim;
+pub mod quant;
+pub mod rng;
+pub mod tensor;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use lowbit_runtime as runtime;
