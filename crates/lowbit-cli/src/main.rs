@@ -1,2 +1,190 @@
-//! The `lowbit` command-line tool.
-fn main() {}
+//! The `lowbit` command-line tool: train, quantize, evaluate, inspect, predict and benchmark models.
+mod commands;
+mod ui;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// lowbit: quantization-optimized neural networks, from data to an integer-only deployed model.
+#[derive(Parser, Debug)]
+#[command(name = "lowbit", version, about, long_about = None)]
+struct Cli {
+    /// Print no progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model in f32, or quantized (QAT from scratch or fine-tuned, or PTQ after f32 training).
+    Train(TrainArgs),
+    /// Evaluate a model file (.lbq quantized: on the integer engine; float: in f32) on a test set.
+    Eval(EvalArgs),
+    /// Show a model file's layers, bit widths, scales, ranges and sizes.
+    Inspect {
+        /// Model file.
+        model: PathBuf,
+    },
+    /// The main job: f32 baseline, PTQ W8A8/W4A8, QAT W4A8/ternary/binary and the fixed step k=2, one table.
+    Demo(DemoArgs),
+    /// Classify images (PNG or PGM, grayscale, model input size) or one image of an IDX file.
+    Predict(PredictArgs),
+    /// Samples/s and latency of the f32 model and the integer engine side by side.
+    Bench(BenchArgs),
+}
+
+/// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a directory of
+/// MNIST-format IDX files.
+#[derive(Args, Debug, Clone)]
+struct DataArg {
+    /// `builtin`, `fashion-mnist`, or a directory with train-images-idx3-ubyte[.gz] and friends.
+    #[arg(long, default_value = "builtin")]
+    data: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum OptimizerArg {
+    Adam,
+    Sgd,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum MethodArg {
+    /// Quantization-aware training (fake-quant forward, straight-through estimator backward).
+    Qat,
+    /// Post-training quantization: train in f32, then round weights and calibrate activation ranges.
+    Ptq,
+}
+
+#[derive(Args, Debug, Clone)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArg,
+    /// Model spec, e.g. `mlp:784-64-10` (any number of hidden layers).
+    #[arg(long, default_value = "mlp:784-64-10")]
+    model: String,
+    /// Training epochs.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
+    optimizer: OptimizerArg,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.001)]
+    lr: f32,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// Random seed (same seed, same model, bit for bit).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Weight bit width 1..=8 (2 = ternary, 1 = binary). Omit (and omit --quant-step) to train in f32.
+    #[arg(long)]
+    weight_bits: Option<u32>,
+    /// Activation bit width 1..=8 (default 8 when quantizing).
+    #[arg(long)]
+    act_bits: Option<u32>,
+    /// One weight scale per output channel instead of one per layer.
+    #[arg(long)]
+    per_channel: bool,
+    /// Quantization method.
+    #[arg(long, value_enum, default_value_t = MethodArg::Qat)]
+    method: MethodArg,
+    /// Fixed-step weights w_q = round(w*K)/K (scale 1/K; the stored bit width is the smallest that fits).
+    #[arg(long, value_name = "K")]
+    quant_step: Option<f32>,
+    /// Start from this float model file (QAT fine-tuning, or PTQ without retraining).
+    #[arg(long, value_name = "MODEL")]
+    init: Option<PathBuf>,
+    /// Do not train the f32 baseline with the same seed (saves time; the report then has no difference).
+    #[arg(long)]
+    no_baseline: bool,
+    /// Training samples used to calibrate activation ranges (PTQ).
+    #[arg(long, default_value_t = 2000)]
+    calibration_samples: usize,
+    /// Write the model here (.lbq when quantized, float file otherwise); atomic.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write a JSON report here (schema: docs/REPORT.md).
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct EvalArgs {
+    /// Model file (.lbq or float).
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArg,
+    /// Write a JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DemoArgs {
+    #[command(flatten)]
+    data: DataArg,
+    /// Epochs per run.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write a JSON report of every run here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct PredictArgs {
+    /// Model file (.lbq or float).
+    model: PathBuf,
+    /// Image files (PNG or PGM).
+    files: Vec<PathBuf>,
+    /// Read the image from this IDX images file instead.
+    #[arg(long)]
+    idx: Option<PathBuf>,
+    /// Index of the image within --idx.
+    #[arg(long, default_value_t = 0)]
+    index: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+struct BenchArgs {
+    /// Model file (.lbq).
+    model: PathBuf,
+    /// Batch sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,256")]
+    batch: Vec<usize>,
+    /// Seconds to spend per measurement.
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => commands::train(&a, cli.quiet),
+        Command::Eval(a) => commands::eval(&a, cli.quiet),
+        Command::Inspect { model } => commands::inspect(&model),
+        Command::Demo(a) => commands::demo(&a, cli.quiet),
+        Command::Predict(a) => commands::predict(&a),
+        Command::Bench(a) => commands::bench(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined, so the file and the problem are both named.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

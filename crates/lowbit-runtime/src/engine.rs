@@ -1,1 +1,930 @@
-//! Runs a [`crate::QuantModel`] integer-only.
+//! Runs a [`QuantModel`] integer-only.
+//!
+//! [`Engine::new`] validates the whole graph once (shapes chain from the [`crate::model::InputSpec`] through every
+//! layer, parameter lengths, bit widths, zero points, requantization invariants, the i32 accumulator bound) and
+//! precomputes what every call needs. Between layers activations are `u8` codes; only the last layer's i32
+//! accumulators become f32 logits.
+//!
+//! Conventions (normative; the training library's simulation must match them bit for bit):
+//! - Zero-point correction is folded into the bias once: `bias_eff[j] = bias[j] - zp_in * sum_k w[j][k]`, so the
+//!   kernels multiply raw `u8` codes by weight codes and `acc[j] = bias[j] + sum_k (a[k] - zp_in) * w[j][k]`.
+//! - Layer `i`'s `input` parameters must equal the parameters of the activation that reaches it.
+//! - Requantized layers: `out = clamp(zp_out + requant[j or 0].apply(acc), qmin, qmax)` ([`requantize`]) with
+//!   `qmax = 2^bits - 1` and `qmin = zp_out` when ReLU is fused, else 0.
+//! - Logits: `acc as f32 * (s_in * s_w[j])`, the product of the two scales taken in f32 first.
+//! - Conv2d: im2col on codes, padded positions hold the input zero point, column index
+//!   `k = ic*kh*kw + ky*kw + kx` (weights are `[oc][ic][kh][kw]`); output is NCHW.
+//! - MaxPool2d: max of codes over the window (no padding). AvgPool2d (no padding):
+//!   `out = clamp(zp_out + Requant::from_real(s_in / (s_out * window)).apply(sum(q - zp_in)), 0, 2^bits - 1)`
+//!   where the real multiplier is computed in f64 as `s_in as f64 / (s_out as f64 * window as f64)`.
+//! - Dense after a spatial layer reads the NCHW features in order (Flatten is a no-op on the data).
+use crate::error::QuantError;
+use crate::kernels;
+use crate::model::{OutputStage, QLayer, QuantModel};
+use crate::pack::PackedWeights;
+use crate::qparams::{act_code_range, requantize, QParams, Requant};
+use rayon::prelude::*;
+
+/// Largest raw input code: kernels multiply `u8` codes, so every bound assumes 255.
+const MAX_ACT_CODE: i64 = 255;
+
+/// Per-sample activation shape (NCHW without the batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Channels.
+    pub channels: usize,
+    /// Height.
+    pub height: usize,
+    /// Width.
+    pub width: usize,
+}
+
+impl Shape {
+    fn elems(&self) -> Option<usize> {
+        self.channels
+            .checked_mul(self.height)?
+            .checked_mul(self.width)
+    }
+}
+
+/// Every layer's integer output for a batch, for layer-by-layer comparison with a simulation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    /// Codes after each layer except the last, `[batch, elems]` NCHW each; `codes.len() == layers.len() - 1`.
+    pub codes: Vec<Vec<u8>>,
+    /// The last layer's i32 accumulators `[batch, classes]` (zero-point corrected, bias included).
+    pub accumulators: Vec<i32>,
+    /// Logits `[batch, classes]`, computed from `accumulators` as the module doc states.
+    pub logits: Vec<f32>,
+}
+
+/// How a matrix layer's accumulators leave it.
+#[derive(Debug, Clone)]
+enum Out {
+    Requant {
+        requant: Vec<Requant>,
+        zero_point: i32,
+        qmin: i32,
+        qmax: i32,
+    },
+    /// `s_in * s_w[j]` in f32, one per output row.
+    Logits { factor: Vec<f32> },
+}
+
+/// A validated weight matrix with its zero-point-corrected bias.
+#[derive(Debug, Clone)]
+struct Gemm {
+    /// Output rows (N).
+    n: usize,
+    /// Codes per row (K).
+    k: usize,
+    weights: PackedWeights,
+    bias_eff: Vec<i32>,
+    out: Out,
+}
+
+impl Gemm {
+    fn acc(&self, a: &[u8], m: usize, out: &mut [i32]) -> Result<(), QuantError> {
+        kernels::gemm_acc(a, m, self.k, &self.weights, &self.bias_eff, out)
+    }
+
+    fn requant(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), QuantError> {
+        match &self.out {
+            Out::Requant {
+                requant,
+                zero_point,
+                qmin,
+                qmax,
+            } => {
+                let p = kernels::OutputParams {
+                    bias: &self.bias_eff,
+                    requant,
+                    zero_point: *zero_point,
+                    qmin: *qmin,
+                    qmax: *qmax,
+                };
+                kernels::gemm_requant(a, m, self.k, &self.weights, &p, out)
+            }
+            Out::Logits { .. } => Err(internal("requant called on a logits layer")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Window {
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Dense(Gemm),
+    Conv {
+        gemm: Gemm,
+        input: Shape,
+        output: Shape,
+        window: Window,
+        pad_code: u8,
+    },
+    MaxPool {
+        input: Shape,
+        output: Shape,
+        window: Window,
+    },
+    AvgPool {
+        input: Shape,
+        output: Shape,
+        window: Window,
+        requant: Requant,
+        zp_in: i32,
+        zp_out: i32,
+        qmax: i32,
+    },
+    Flatten,
+}
+
+/// A validated, ready-to-run quantized model.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    ops: Vec<Op>,
+    /// Per-sample element count after each op.
+    out_elems: Vec<usize>,
+    input_features: usize,
+    classes: usize,
+    max_sample_elems: usize,
+}
+
+fn shape_err(context: String, detail: String) -> QuantError {
+    QuantError::ShapeMismatch { context, detail }
+}
+
+fn internal(detail: &str) -> QuantError {
+    shape_err("engine".into(), detail.into())
+}
+
+fn qp_err(tensor: String, reason: String) -> QuantError {
+    QuantError::InvalidQParams { tensor, reason }
+}
+
+fn check_qparams(qp: QParams, tensor: &str, qmax: i32) -> Result<(), QuantError> {
+    QParams::new(qp.scale, qp.zero_point).map_err(|e| match e {
+        QuantError::InvalidQParams { reason, .. } => qp_err(tensor.into(), reason),
+        other => other,
+    })?;
+    if !(0..=qmax).contains(&qp.zero_point) {
+        return Err(qp_err(
+            tensor.into(),
+            format!("zero point {} outside [0, {qmax}]", qp.zero_point),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates packed weights ([`PackedWeights::validate`] plus non-empty shape) and returns each row's code sum.
+/// Used by [`Engine::new`] and by the `.lbq` loader.
+pub fn validate_weights(w: &PackedWeights, tensor: &str) -> Result<Vec<i64>, QuantError> {
+    if w.rows == 0 || w.cols == 0 {
+        return Err(shape_err(
+            tensor.into(),
+            format!("empty weight matrix {} x {}", w.rows, w.cols),
+        ));
+    }
+    w.validate().map_err(|e| match e {
+        QuantError::InvalidQParams { reason, .. } => qp_err(tensor.into(), reason),
+        QuantError::ShapeMismatch { detail, .. } => shape_err(tensor.into(), detail),
+        other => other,
+    })?;
+    let mut row = vec![0i8; w.cols];
+    let mut sums = Vec::with_capacity(w.rows);
+    for r in 0..w.rows {
+        w.unpack_row(r, &mut row);
+        sums.push(row.iter().map(|&c| c as i64).sum());
+    }
+    Ok(sums)
+}
+
+/// Everything a Dense or Conv2d layer shares.
+struct MatrixSpec<'a> {
+    name: String,
+    rows: usize,
+    k: usize,
+    weights: &'a PackedWeights,
+    weight_scales: &'a [f32],
+    bias: &'a [i32],
+    input: QParams,
+    output: &'a OutputStage,
+    is_last: bool,
+}
+
+fn build_gemm(
+    s: MatrixSpec<'_>,
+    cur_qp: QParams,
+    cur_qmax: i32,
+) -> Result<(Gemm, QParams, i32), QuantError> {
+    let name = &s.name;
+    check_qparams(s.input, &format!("{name}.input"), cur_qmax)?;
+    if s.input != cur_qp {
+        return Err(qp_err(
+            format!("{name}.input"),
+            format!(
+                "{:?} differs from the incoming activation {:?}",
+                s.input, cur_qp
+            ),
+        ));
+    }
+    if s.weights.rows != s.rows || s.weights.cols != s.k {
+        return Err(shape_err(
+            format!("{name}.weight"),
+            format!(
+                "expected {} x {}, found {} x {}",
+                s.rows, s.k, s.weights.rows, s.weights.cols
+            ),
+        ));
+    }
+    let sums = validate_weights(s.weights, &format!("{name}.weight"))?;
+    if s.bias.len() != s.rows {
+        return Err(shape_err(
+            format!("{name}.bias"),
+            format!("expected {} values, found {}", s.rows, s.bias.len()),
+        ));
+    }
+    if s.weight_scales.len() != 1 && s.weight_scales.len() != s.rows {
+        return Err(shape_err(
+            format!("{name}.weight_scales"),
+            format!(
+                "expected 1 or {} values, found {}",
+                s.rows,
+                s.weight_scales.len()
+            ),
+        ));
+    }
+    for &sw in s.weight_scales {
+        QParams::new(sw, 0).map_err(|_| {
+            qp_err(
+                format!("{name}.weight_scales"),
+                format!("scale {sw} must be finite, normal and > 0"),
+            )
+        })?;
+    }
+    // Overflow bound (the kernels' one, for every bit width): any partial sum of products is at most
+    // K * 255 * 127 (K <= kernels::MAX_K); the kernels may add the bias before or after, so |bias_eff| plus that
+    // must fit in i32 too. The original bias is checked as well: it bounds the true (zero-point corrected) sum.
+    let prod_bound = Some(s.k)
+        .filter(|&k| k <= kernels::MAX_K)
+        .map(|k| k as i64 * MAX_ACT_CODE * 127)
+        .ok_or_else(|| QuantError::ShapeMismatch {
+            context: format!("{name}.weight"),
+            detail: format!("K = {} can overflow the i32 accumulator", s.k),
+        })?;
+    let zp = s.input.zero_point as i64;
+    let mut bias_eff = Vec::with_capacity(s.rows);
+    for (j, (&b, &sum)) in s.bias.iter().zip(&sums).enumerate() {
+        let e = b as i64 - zp * sum;
+        if e.abs() + prod_bound > i32::MAX as i64 || (b as i64).abs() + prod_bound > i32::MAX as i64
+        {
+            return Err(shape_err(
+                format!("{name}.bias"),
+                format!(
+                    "bias[{j}] = {b} with K = {} can overflow the i32 accumulator",
+                    s.k
+                ),
+            ));
+        }
+        bias_eff.push(e as i32);
+    }
+    let (out, qp, qmax) = match s.output {
+        OutputStage::Logits => {
+            if !s.is_last {
+                return Err(shape_err(
+                    name.clone(),
+                    "only the last layer may emit logits".into(),
+                ));
+            }
+            let mut factor = Vec::with_capacity(s.rows);
+            for j in 0..s.rows {
+                let sw = if s.weight_scales.len() == 1 {
+                    s.weight_scales.first()
+                } else {
+                    s.weight_scales.get(j)
+                };
+                let f = s.input.scale * sw.copied().unwrap_or(f32::NAN);
+                if !f.is_finite() {
+                    return Err(qp_err(
+                        format!("{name}.weight_scales"),
+                        format!("s_in * s_w[{j}] = {f} is not finite"),
+                    ));
+                }
+                factor.push(f);
+            }
+            (Out::Logits { factor }, cur_qp, cur_qmax)
+        }
+        OutputStage::Requantize {
+            qparams,
+            bits,
+            relu,
+            requant,
+        } => {
+            if s.is_last {
+                return Err(shape_err(
+                    name.clone(),
+                    "the last layer must emit logits".into(),
+                ));
+            }
+            let (_, qmax) = act_code_range(*bits)?;
+            check_qparams(*qparams, &format!("{name}.output"), qmax)?;
+            if requant.len() != 1 && requant.len() != s.rows {
+                return Err(shape_err(
+                    format!("{name}.requant"),
+                    format!("expected 1 or {} values, found {}", s.rows, requant.len()),
+                ));
+            }
+            for r in requant {
+                r.validate()?;
+            }
+            let qmin = if *relu { qparams.zero_point } else { 0 };
+            (
+                Out::Requant {
+                    requant: requant.clone(),
+                    zero_point: qparams.zero_point,
+                    qmin,
+                    qmax,
+                },
+                *qparams,
+                qmax,
+            )
+        }
+    };
+    Ok((
+        Gemm {
+            n: s.rows,
+            k: s.k,
+            weights: s.weights.clone(),
+            bias_eff,
+            out,
+        },
+        qp,
+        qmax,
+    ))
+}
+
+fn window_out(name: &str, input: Shape, w: &Window, channels: usize) -> Result<Shape, QuantError> {
+    let (kh, kw) = w.kernel;
+    let (sh, sw) = w.stride;
+    let (ph, pw) = w.padding;
+    let err = |d: String| shape_err(name.into(), d);
+    if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
+        return Err(err(format!(
+            "kernel {:?} and stride {:?} must be >= 1",
+            w.kernel, w.stride
+        )));
+    }
+    let ih = input.height.checked_add(
+        ph.checked_mul(2)
+            .ok_or_else(|| err("padding overflow".into()))?,
+    );
+    let iw = input.width.checked_add(
+        pw.checked_mul(2)
+            .ok_or_else(|| err("padding overflow".into()))?,
+    );
+    match (ih, iw) {
+        (Some(ih), Some(iw)) if ih >= kh && iw >= kw => Ok(Shape {
+            channels,
+            height: (ih - kh) / sh + 1,
+            width: (iw - kw) / sw + 1,
+        }),
+        _ => Err(err(format!(
+            "kernel {:?} does not fit input {}x{} with padding {:?}",
+            w.kernel, input.height, input.width, w.padding
+        ))),
+    }
+}
+
+impl Engine {
+    /// Validates `model` completely and prepares it to run.
+    pub fn new(model: &QuantModel) -> Result<Engine, QuantError> {
+        let spec = &model.input;
+        check_qparams(spec.qparams, "input", MAX_ACT_CODE as i32)?;
+        let mut shape = Shape {
+            channels: spec.channels,
+            height: spec.height,
+            width: spec.width,
+        };
+        let input_features = match shape.elems() {
+            Some(n) if n > 0 => n,
+            _ => {
+                return Err(shape_err(
+                    "input".into(),
+                    format!(
+                        "{}x{}x{} is empty or overflows",
+                        shape.channels, shape.height, shape.width
+                    ),
+                ))
+            }
+        };
+        if model.layers.is_empty() {
+            return Err(shape_err("model".into(), "no layers".into()));
+        }
+        if !model.class_names.is_empty() && model.class_names.len() != model.classes {
+            return Err(shape_err(
+                "class_names".into(),
+                format!(
+                    "{} names for {} classes",
+                    model.class_names.len(),
+                    model.classes
+                ),
+            ));
+        }
+        let mut cur_qp = spec.qparams;
+        let mut cur_qmax = MAX_ACT_CODE as i32;
+        let mut ops = Vec::with_capacity(model.layers.len());
+        let mut out_elems = Vec::with_capacity(model.layers.len());
+        let mut max_sample_elems = input_features;
+        let last = model.layers.len() - 1;
+        for (i, layer) in model.layers.iter().enumerate() {
+            let name = format!("layers.{i}");
+            let in_elems = shape
+                .elems()
+                .ok_or_else(|| shape_err(name.clone(), "size overflow".into()))?;
+            let op = match layer {
+                QLayer::Dense(d) => {
+                    if d.in_features != in_elems {
+                        return Err(shape_err(
+                            name,
+                            format!(
+                                "in_features {} but the incoming activation has {in_elems}",
+                                d.in_features
+                            ),
+                        ));
+                    }
+                    let (gemm, qp, qmax) = build_gemm(
+                        MatrixSpec {
+                            name: name.clone(),
+                            rows: d.out_features,
+                            k: d.in_features,
+                            weights: &d.weights,
+                            weight_scales: &d.weight_scales,
+                            bias: &d.bias,
+                            input: d.input,
+                            output: &d.output,
+                            is_last: i == last,
+                        },
+                        cur_qp,
+                        cur_qmax,
+                    )?;
+                    cur_qp = qp;
+                    cur_qmax = qmax;
+                    shape = Shape {
+                        channels: d.out_features,
+                        height: 1,
+                        width: 1,
+                    };
+                    Op::Dense(gemm)
+                }
+                QLayer::Conv2d(c) => {
+                    if c.in_channels != shape.channels {
+                        return Err(shape_err(
+                            name,
+                            format!(
+                                "in_channels {} but the incoming activation has {}",
+                                c.in_channels, shape.channels
+                            ),
+                        ));
+                    }
+                    let window = Window {
+                        kernel: c.kernel,
+                        stride: c.stride,
+                        padding: c.padding,
+                    };
+                    let output = window_out(&name, shape, &window, c.out_channels)?;
+                    let k = c
+                        .in_channels
+                        .checked_mul(c.kernel.0)
+                        .and_then(|v| v.checked_mul(c.kernel.1))
+                        .ok_or_else(|| shape_err(name.clone(), "K overflows".into()))?;
+                    let (gemm, qp, qmax) = build_gemm(
+                        MatrixSpec {
+                            name: name.clone(),
+                            rows: c.out_channels,
+                            k,
+                            weights: &c.weights,
+                            weight_scales: &c.weight_scales,
+                            bias: &c.bias,
+                            input: c.input,
+                            output: &c.output,
+                            is_last: i == last,
+                        },
+                        cur_qp,
+                        cur_qmax,
+                    )?;
+                    let pad_code =
+                        u8::try_from(c.input.zero_point).map_err(|_| internal("zero point"))?;
+                    // im2col scratch (positions x K) plus the i32 accumulators, per sample.
+                    let positions = output.height.checked_mul(output.width);
+                    let scratch = positions
+                        .and_then(|p| p.checked_mul(k.checked_add(c.out_channels)?))
+                        .ok_or_else(|| shape_err(name.clone(), "im2col size overflows".into()))?;
+                    max_sample_elems = max_sample_elems.max(scratch);
+                    let op = Op::Conv {
+                        gemm,
+                        input: shape,
+                        output,
+                        window,
+                        pad_code,
+                    };
+                    cur_qp = qp;
+                    cur_qmax = qmax;
+                    shape = output;
+                    op
+                }
+                QLayer::MaxPool2d { kernel, stride } => {
+                    if i == last {
+                        return Err(shape_err(name, "the last layer must emit logits".into()));
+                    }
+                    let window = Window {
+                        kernel: *kernel,
+                        stride: *stride,
+                        padding: (0, 0),
+                    };
+                    let output = window_out(&name, shape, &window, shape.channels)?;
+                    let op = Op::MaxPool {
+                        input: shape,
+                        output,
+                        window,
+                    };
+                    shape = output;
+                    op
+                }
+                QLayer::AvgPool2d {
+                    kernel,
+                    stride,
+                    input,
+                    output: out_qp,
+                    bits,
+                } => {
+                    if i == last {
+                        return Err(shape_err(name, "the last layer must emit logits".into()));
+                    }
+                    check_qparams(*input, &format!("{name}.input"), cur_qmax)?;
+                    if *input != cur_qp {
+                        return Err(qp_err(
+                            format!("{name}.input"),
+                            format!("{input:?} differs from the incoming activation {cur_qp:?}"),
+                        ));
+                    }
+                    let (_, qmax) = act_code_range(*bits)?;
+                    check_qparams(*out_qp, &format!("{name}.output"), qmax)?;
+                    let window = Window {
+                        kernel: *kernel,
+                        stride: *stride,
+                        padding: (0, 0),
+                    };
+                    let output = window_out(&name, shape, &window, shape.channels)?;
+                    let area = kernel
+                        .0
+                        .checked_mul(kernel.1)
+                        .filter(|&a| (a as i64) * MAX_ACT_CODE <= i32::MAX as i64);
+                    let area = area
+                        .ok_or_else(|| shape_err(name.clone(), "pool window too large".into()))?;
+                    let real = input.scale as f64 / (out_qp.scale as f64 * area as f64);
+                    let requant = Requant::from_real(real)?;
+                    let op = Op::AvgPool {
+                        input: shape,
+                        output,
+                        window,
+                        requant,
+                        zp_in: input.zero_point,
+                        zp_out: out_qp.zero_point,
+                        qmax,
+                    };
+                    cur_qp = *out_qp;
+                    cur_qmax = qmax;
+                    shape = output;
+                    op
+                }
+                QLayer::Flatten => {
+                    if i == last {
+                        return Err(shape_err(name, "the last layer must emit logits".into()));
+                    }
+                    shape = Shape {
+                        channels: in_elems,
+                        height: 1,
+                        width: 1,
+                    };
+                    Op::Flatten
+                }
+            };
+            let e = shape.elems().filter(|&e| e > 0).ok_or_else(|| {
+                shape_err(format!("layers.{i}"), "output is empty or overflows".into())
+            })?;
+            max_sample_elems = max_sample_elems.max(e);
+            out_elems.push(e);
+            ops.push(op);
+        }
+        let classes = out_elems.last().copied().unwrap_or(0);
+        if classes != model.classes {
+            return Err(shape_err(
+                "classes".into(),
+                format!(
+                    "model declares {} classes, the last layer emits {classes}",
+                    model.classes
+                ),
+            ));
+        }
+        Ok(Engine {
+            ops,
+            out_elems,
+            input_features,
+            classes,
+            max_sample_elems,
+        })
+    }
+
+    /// Input features per sample.
+    pub fn input_features(&self) -> usize {
+        self.input_features
+    }
+
+    /// Logits per sample.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Largest per-sample buffer (activation, im2col scratch) a run allocates, in elements; lets a loader bound
+    /// the memory an untrusted model can demand.
+    pub fn max_sample_elems(&self) -> usize {
+        self.max_sample_elems
+    }
+
+    /// Runs `batch` samples of raw `u8` input (`[batch, features]`) and returns f32 logits `[batch, classes]`.
+    pub fn run(&self, input: &[u8], batch: usize) -> Result<Vec<f32>, QuantError> {
+        Ok(self.execute(input, batch, None)?.1)
+    }
+
+    /// Like [`Engine::run`], also returning every layer's integer output.
+    pub fn run_traced(&self, input: &[u8], batch: usize) -> Result<Trace, QuantError> {
+        let mut codes = Vec::with_capacity(self.ops.len().saturating_sub(1));
+        let (accumulators, logits) = self.execute(input, batch, Some(&mut codes))?;
+        Ok(Trace {
+            codes,
+            accumulators,
+            logits,
+        })
+    }
+
+    /// Predicted class per sample: argmax of the logits, ties going to the lowest index.
+    pub fn predict(&self, input: &[u8], batch: usize) -> Result<Vec<usize>, QuantError> {
+        let logits = self.run(input, batch)?;
+        Ok(argmax_rows(&logits, self.classes))
+    }
+
+    fn execute(
+        &self,
+        input: &[u8],
+        batch: usize,
+        mut trace: Option<&mut Vec<Vec<u8>>>,
+    ) -> Result<(Vec<i32>, Vec<f32>), QuantError> {
+        let expected = batch.checked_mul(self.input_features);
+        if expected != Some(input.len()) {
+            return Err(shape_err(
+                "engine input".into(),
+                format!(
+                    "batch {batch} x {} features needs {:?} bytes, found {}",
+                    self.input_features,
+                    expected,
+                    input.len()
+                ),
+            ));
+        }
+        if batch == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut cur: Vec<u8> = input.to_vec();
+        let mut next: Vec<u8> = Vec::new();
+        let mut acc: Vec<i32> = Vec::new();
+        let last = self.ops.len() - 1;
+        for (i, op) in self.ops.iter().enumerate() {
+            let out_len = batch
+                .checked_mul(self.out_elems.get(i).copied().unwrap_or(0))
+                .ok_or_else(|| internal("batch too large"))?;
+            if i == last {
+                acc.resize(out_len, 0);
+                match op {
+                    Op::Dense(g) => g.acc(&cur, batch, &mut acc)?,
+                    Op::Conv {
+                        gemm,
+                        input,
+                        output,
+                        window,
+                        pad_code,
+                    } => conv_acc(gemm, &cur, *input, *output, window, *pad_code, &mut acc)?,
+                    _ => return Err(internal("the last layer must emit logits")),
+                }
+                let logits = self.logits(op, &acc)?;
+                return Ok((acc, logits));
+            }
+            next.clear();
+            next.resize(out_len, 0);
+            match op {
+                Op::Dense(g) => g.requant(&cur, batch, &mut next)?,
+                Op::Conv {
+                    gemm,
+                    input,
+                    output,
+                    window,
+                    pad_code,
+                } => conv_requant(gemm, &cur, *input, *output, window, *pad_code, &mut next)?,
+                Op::MaxPool {
+                    input,
+                    output,
+                    window,
+                } => {
+                    pool(&cur, *input, *output, window, &mut next, |vals| {
+                        vals.iter().copied().max().unwrap_or(0)
+                    });
+                }
+                Op::AvgPool {
+                    input,
+                    output,
+                    window,
+                    requant,
+                    zp_in,
+                    zp_out,
+                    qmax,
+                } => {
+                    pool(&cur, *input, *output, window, &mut next, |vals| {
+                        let sum: i32 = vals.iter().map(|&v| v as i32 - zp_in).sum();
+                        requantize(sum, *requant, *zp_out, 0, *qmax) as u8
+                    });
+                }
+                Op::Flatten => next.copy_from_slice(&cur),
+            }
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(next.clone());
+            }
+            std::mem::swap(&mut cur, &mut next);
+        }
+        Err(internal("no layers"))
+    }
+
+    fn logits(&self, op: &Op, acc: &[i32]) -> Result<Vec<f32>, QuantError> {
+        let (gemm, positions) = match op {
+            Op::Dense(g) => (g, 1),
+            Op::Conv { gemm, output, .. } => (gemm, output.height * output.width),
+            _ => return Err(internal("the last layer must emit logits")),
+        };
+        let Out::Logits { factor } = &gemm.out else {
+            return Err(internal("the last layer must emit logits"));
+        };
+        // Index within a sample is NCHW: channel = (idx / positions) % n.
+        let per_sample = gemm.n * positions;
+        Ok(acc
+            .iter()
+            .enumerate()
+            .map(|(idx, &a)| {
+                let ch = (idx % per_sample) / positions;
+                a as f32 * factor.get(ch).copied().unwrap_or(f32::NAN)
+            })
+            .collect())
+    }
+}
+
+/// Argmax of each row of `values` (`cols` per row), ties to the lowest index.
+pub fn argmax_rows(values: &[f32], cols: usize) -> Vec<usize> {
+    if cols == 0 {
+        return Vec::new();
+    }
+    values
+        .chunks(cols)
+        .map(|row| {
+            let mut best = 0;
+            for (j, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = j;
+                }
+            }
+            best
+        })
+        .collect()
+}
+
+/// im2col of one NCHW sample: `col[p * k + (ic*kh*kw + ky*kw + kx)]` for output position `p`.
+fn im2col(x: &[u8], input: Shape, output: Shape, w: &Window, pad_code: u8, col: &mut Vec<u8>) {
+    let (kh, kw) = w.kernel;
+    let (sh, sw) = w.stride;
+    let (ph, pw) = w.padding;
+    let k = input.channels * kh * kw;
+    col.clear();
+    col.resize(output.height * output.width * k, pad_code);
+    let plane = input.height * input.width;
+    for oy in 0..output.height {
+        for ox in 0..output.width {
+            let base = (oy * output.width + ox) * k;
+            for ic in 0..input.channels {
+                for ky in 0..kh {
+                    // Padded coordinates: the source row is iy = oy*sh + ky - ph.
+                    let iy = oy * sh + ky;
+                    if iy < ph || iy - ph >= input.height {
+                        continue;
+                    }
+                    let iy = iy - ph;
+                    for kx in 0..kw {
+                        let ix = ox * sw + kx;
+                        if ix < pw || ix - pw >= input.width {
+                            continue;
+                        }
+                        let ix = ix - pw;
+                        col[base + ic * kh * kw + ky * kw + kx] =
+                            x[ic * plane + iy * input.width + ix];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Transposes `[positions, channels]` into `[channels, positions]`.
+fn transpose_into<T: Copy>(src: &[T], positions: usize, channels: usize, dst: &mut [T]) {
+    for p in 0..positions {
+        for c in 0..channels {
+            dst[c * positions + p] = src[p * channels + c];
+        }
+    }
+}
+
+fn conv_requant(
+    g: &Gemm,
+    x: &[u8],
+    input: Shape,
+    output: Shape,
+    w: &Window,
+    pad_code: u8,
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    let in_elems = input.channels * input.height * input.width;
+    let out_elems = output.channels * output.height * output.width;
+    let positions = output.height * output.width;
+    out.par_chunks_mut(out_elems)
+        .zip(x.par_chunks(in_elems))
+        .try_for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(col, tmp): &mut (Vec<u8>, Vec<u8>), (o, xs)| {
+                im2col(xs, input, output, w, pad_code, col);
+                tmp.clear();
+                tmp.resize(out_elems, 0);
+                g.requant(col, positions, tmp)?;
+                transpose_into(tmp, positions, g.n, o);
+                Ok(())
+            },
+        )
+}
+
+fn conv_acc(
+    g: &Gemm,
+    x: &[u8],
+    input: Shape,
+    output: Shape,
+    w: &Window,
+    pad_code: u8,
+    out: &mut [i32],
+) -> Result<(), QuantError> {
+    let in_elems = input.channels * input.height * input.width;
+    let out_elems = output.channels * output.height * output.width;
+    let positions = output.height * output.width;
+    let mut col = Vec::new();
+    let mut tmp = vec![0i32; out_elems];
+    for (o, xs) in out.chunks_mut(out_elems).zip(x.chunks(in_elems)) {
+        im2col(xs, input, output, w, pad_code, &mut col);
+        g.acc(&col, positions, &mut tmp)?;
+        transpose_into(&tmp, positions, g.n, o);
+    }
+    Ok(())
+}
+
+/// Pooling without padding over each channel plane; `f` reduces one window's codes.
+fn pool(
+    x: &[u8],
+    input: Shape,
+    output: Shape,
+    w: &Window,
+    out: &mut [u8],
+    f: impl Fn(&[u8]) -> u8,
+) {
+    let (kh, kw) = w.kernel;
+    let (sh, sw) = w.stride;
+    let in_plane = input.height * input.width;
+    let out_plane = output.height * output.width;
+    let mut vals = Vec::with_capacity(kh * kw);
+    for (xp, op) in x.chunks(in_plane).zip(out.chunks_mut(out_plane)) {
+        for oy in 0..output.height {
+            for ox in 0..output.width {
+                vals.clear();
+                for ky in 0..kh {
+                    let row = (oy * sh + ky) * input.width + ox * sw;
+                    vals.extend_from_slice(&xp[row..row + kw]);
+                }
+                op[oy * output.width + ox] = f(&vals);
+            }
+        }
+    }
+}

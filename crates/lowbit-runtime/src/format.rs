@@ -1,1 +1,831 @@
-//! The `.lbq` deployable model file.
+//! The `.lbq` deployable model file: a safetensors container (see `docs/FORMAT.md` for the byte layout).
+//!
+//! `__metadata__` holds `format = "lowbit.lbq"`, `format_version = "1"` and `model`, a JSON document with the
+//! model's structure and small parameters (shapes, bit widths, scales, zero points, requantization multipliers,
+//! provenance). Tensors: `layers.{i}.weight` (U8 packed codes, shape `[rows, row_bytes]`) and `layers.{i}.bias`
+//! (I32, shape `[rows]`) for every Dense and Conv2d layer `i`.
+//!
+//! The reader treats its input as untrusted: sizes are capped before anything is allocated, arithmetic is
+//! checked, every field is validated, and the graph is finally checked by building an [`Engine`]. It never
+//! panics (this module denies `unwrap`, `expect` and slice indexing).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use crate::engine::Engine;
+use crate::error::FormatError;
+use crate::model::{InputSpec, OutputStage, Provenance, QConv2d, QDense, QLayer, QuantModel};
+use crate::pack::{row_bytes, PackedWeights, Packing};
+use crate::qparams::{QParams, Requant};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::{SafeTensorError, SafeTensors};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+
+/// Value of the `format` metadata key of a quantized model file.
+pub const FORMAT_NAME: &str = "lowbit.lbq";
+/// Format version this build writes and the highest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest JSON header accepted (safetensors itself allows 100 MB).
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+/// Largest file [`load`] reads.
+pub const MAX_FILE_BYTES: u64 = 1 << 31;
+/// Most layers in a model.
+pub const MAX_LAYERS: usize = 256;
+/// Largest single dimension or count (channels, features, rows, kernel size, classes, list lengths).
+pub const MAX_DIM: usize = 1 << 20;
+/// Largest tensor, in elements.
+pub const MAX_TENSOR_ELEMS: usize = 1 << 28;
+/// Largest per-sample buffer the engine may need for the model (activations, im2col scratch), in elements.
+pub const MAX_SAMPLE_ELEMS: usize = 1 << 26;
+
+const META_KEY: &str = "__metadata__";
+
+// ---------------------------------------------------------------------------------------------------------------
+// Metadata JSON (the model without its big arrays). Scales are written as f64 so they survive any JSON parser
+// exactly: every f32 is an f64, and the nearest f32 of a one-ulp-off f64 is still the original.
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QpMeta {
+    scale: f64,
+    zero_point: i32,
+}
+
+impl QpMeta {
+    fn from_qp(qp: QParams) -> Self {
+        Self {
+            scale: qp.scale as f64,
+            zero_point: qp.zero_point,
+        }
+    }
+    fn to_qp(&self) -> QParams {
+        // Deliberately unvalidated here: the engine reports invalid scales with the tensor name.
+        QParams {
+            scale: self.scale as f32,
+            zero_point: self.zero_point,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputMeta {
+    channels: usize,
+    height: usize,
+    width: usize,
+    scale: f64,
+    zero_point: i32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightsMeta {
+    bits: u32,
+    packing: Packing,
+    rows: usize,
+    cols: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+enum OutputMeta {
+    #[serde(rename = "requantize")]
+    Requantize {
+        scale: f64,
+        zero_point: i32,
+        bits: u32,
+        relu: bool,
+        requant: Vec<Requant>,
+    },
+    #[serde(rename = "logits")]
+    Logits,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+enum LayerMeta {
+    #[serde(rename = "dense")]
+    Dense {
+        in_features: usize,
+        out_features: usize,
+        weights: WeightsMeta,
+        weight_scales: Vec<f64>,
+        input: QpMeta,
+        output: OutputMeta,
+    },
+    #[serde(rename = "conv2d")]
+    Conv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        weights: WeightsMeta,
+        weight_scales: Vec<f64>,
+        input: QpMeta,
+        output: OutputMeta,
+    },
+    #[serde(rename = "max_pool2d")]
+    MaxPool2d {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+    },
+    #[serde(rename = "avg_pool2d")]
+    AvgPool2d {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        input: QpMeta,
+        output: QpMeta,
+        bits: u32,
+    },
+    #[serde(rename = "flatten")]
+    Flatten,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelMeta {
+    input: InputMeta,
+    classes: usize,
+    class_names: Vec<String>,
+    layers: Vec<LayerMeta>,
+    provenance: Provenance,
+}
+
+fn weights_meta(w: &PackedWeights) -> WeightsMeta {
+    WeightsMeta {
+        bits: w.bits,
+        packing: w.packing,
+        rows: w.rows,
+        cols: w.cols,
+    }
+}
+
+fn output_meta(o: &OutputStage) -> OutputMeta {
+    match o {
+        OutputStage::Logits => OutputMeta::Logits,
+        OutputStage::Requantize {
+            qparams,
+            bits,
+            relu,
+            requant,
+        } => OutputMeta::Requantize {
+            scale: qparams.scale as f64,
+            zero_point: qparams.zero_point,
+            bits: *bits,
+            relu: *relu,
+            requant: requant.clone(),
+        },
+    }
+}
+
+fn output_stage(o: OutputMeta) -> OutputStage {
+    match o {
+        OutputMeta::Logits => OutputStage::Logits,
+        OutputMeta::Requantize {
+            scale,
+            zero_point,
+            bits,
+            relu,
+            requant,
+        } => OutputStage::Requantize {
+            qparams: QParams {
+                scale: scale as f32,
+                zero_point,
+            },
+            bits,
+            relu,
+            requant,
+        },
+    }
+}
+
+fn pair(p: (usize, usize)) -> [usize; 2] {
+    [p.0, p.1]
+}
+
+fn unpair(p: [usize; 2]) -> (usize, usize) {
+    let [a, b] = p;
+    (a, b)
+}
+
+fn to_f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn to_f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+fn model_meta(model: &QuantModel) -> ModelMeta {
+    let layers = model
+        .layers
+        .iter()
+        .map(|l| match l {
+            QLayer::Dense(d) => LayerMeta::Dense {
+                in_features: d.in_features,
+                out_features: d.out_features,
+                weights: weights_meta(&d.weights),
+                weight_scales: to_f64s(&d.weight_scales),
+                input: QpMeta::from_qp(d.input),
+                output: output_meta(&d.output),
+            },
+            QLayer::Conv2d(c) => LayerMeta::Conv2d {
+                in_channels: c.in_channels,
+                out_channels: c.out_channels,
+                kernel: pair(c.kernel),
+                stride: pair(c.stride),
+                padding: pair(c.padding),
+                weights: weights_meta(&c.weights),
+                weight_scales: to_f64s(&c.weight_scales),
+                input: QpMeta::from_qp(c.input),
+                output: output_meta(&c.output),
+            },
+            QLayer::MaxPool2d { kernel, stride } => LayerMeta::MaxPool2d {
+                kernel: pair(*kernel),
+                stride: pair(*stride),
+            },
+            QLayer::AvgPool2d {
+                kernel,
+                stride,
+                input,
+                output,
+                bits,
+            } => LayerMeta::AvgPool2d {
+                kernel: pair(*kernel),
+                stride: pair(*stride),
+                input: QpMeta::from_qp(*input),
+                output: QpMeta::from_qp(*output),
+                bits: *bits,
+            },
+            QLayer::Flatten => LayerMeta::Flatten,
+        })
+        .collect();
+    ModelMeta {
+        input: InputMeta {
+            channels: model.input.channels,
+            height: model.input.height,
+            width: model.input.width,
+            scale: model.input.qparams.scale as f64,
+            zero_point: model.input.qparams.zero_point,
+        },
+        classes: model.classes,
+        class_names: model.class_names.clone(),
+        layers,
+        provenance: model.provenance.clone(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Limits, checked on the metadata before any tensor is touched (and by the writer, so that everything written
+// can be read back).
+
+fn limit(what: &str, value: usize, max: usize) -> Result<(), FormatError> {
+    if value > max {
+        return Err(FormatError::LimitExceeded {
+            what: what.to_string(),
+            value: value as u64,
+            max: max as u64,
+        });
+    }
+    Ok(())
+}
+
+fn dims(what: &str, values: &[usize]) -> Result<(), FormatError> {
+    values.iter().try_for_each(|&v| limit(what, v, MAX_DIM))
+}
+
+fn check_weights_limits(i: usize, w: &WeightsMeta) -> Result<usize, FormatError> {
+    dims(&format!("layers.{i}.weight dims"), &[w.rows, w.cols])?;
+    let rb = row_bytes(w.packing, w.cols);
+    let elems = w.rows.saturating_mul(rb);
+    limit(
+        &format!("layers.{i}.weight elements"),
+        elems,
+        MAX_TENSOR_ELEMS,
+    )?;
+    Ok(rb)
+}
+
+fn check_output_limits(i: usize, o: &OutputMeta) -> Result<(), FormatError> {
+    if let OutputMeta::Requantize { requant, .. } = o {
+        limit(
+            &format!("layers.{i}.requant length"),
+            requant.len(),
+            MAX_DIM,
+        )?;
+    }
+    Ok(())
+}
+
+fn check_limits(meta: &ModelMeta) -> Result<(), FormatError> {
+    limit("layers", meta.layers.len(), MAX_LAYERS)?;
+    dims(
+        "input dims",
+        &[meta.input.channels, meta.input.height, meta.input.width],
+    )?;
+    dims("classes", &[meta.classes, meta.class_names.len()])?;
+    for (i, l) in meta.layers.iter().enumerate() {
+        let what = format!("layers.{i} dims");
+        match l {
+            LayerMeta::Dense {
+                in_features,
+                out_features,
+                weights,
+                weight_scales,
+                output,
+                ..
+            } => {
+                dims(&what, &[*in_features, *out_features, weight_scales.len()])?;
+                check_weights_limits(i, weights)?;
+                check_output_limits(i, output)?;
+            }
+            LayerMeta::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                weights,
+                weight_scales,
+                output,
+                ..
+            } => {
+                dims(&what, &[*in_channels, *out_channels, weight_scales.len()])?;
+                dims(&what, kernel)?;
+                dims(&what, stride)?;
+                dims(&what, padding)?;
+                check_weights_limits(i, weights)?;
+                check_output_limits(i, output)?;
+            }
+            LayerMeta::MaxPool2d { kernel, stride }
+            | LayerMeta::AvgPool2d { kernel, stride, .. } => {
+                dims(&what, kernel)?;
+                dims(&what, stride)?;
+            }
+            LayerMeta::Flatten => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_engine_limits(engine: &Engine) -> Result<(), FormatError> {
+    limit(
+        "per-sample engine buffer elements",
+        engine.max_sample_elems(),
+        MAX_SAMPLE_ELEMS,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Writer.
+
+/// Serializes `model` to `.lbq` bytes. The model is validated first (the same checks as the reader), so an
+/// invalid model is never written.
+pub fn to_bytes(model: &QuantModel) -> Result<Vec<u8>, FormatError> {
+    let engine = Engine::new(model)?;
+    if let Some(acc) = model.provenance.test_accuracy {
+        if !acc.is_finite() {
+            return Err(FormatError::Malformed(format!(
+                "provenance.test_accuracy {acc} is not finite"
+            )));
+        }
+    }
+    let meta = model_meta(model);
+    check_limits(&meta)?;
+    check_engine_limits(&engine)?;
+    let model_json = serde_json::to_string(&meta)
+        .map_err(|e| FormatError::Malformed(format!("model JSON: {e}")))?;
+
+    // The container is written here rather than by `safetensors::serialize` so that the bytes are a function
+    // of the model alone (that crate iterates a HashMap for `__metadata__`).
+    let mut tensors: Vec<(String, &str, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, l) in model.layers.iter().enumerate() {
+        let (w, b) = match l {
+            QLayer::Dense(d) => (&d.weights, &d.bias),
+            QLayer::Conv2d(c) => (&c.weights, &c.bias),
+            _ => continue,
+        };
+        let shape = vec![w.rows, row_bytes(w.packing, w.cols)];
+        tensors.push((format!("layers.{i}.weight"), "U8", shape, w.data.clone()));
+        let bytes: Vec<u8> = b.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((format!("layers.{i}.bias"), "I32", vec![b.len()], bytes));
+    }
+    let mut info = serde_json::Map::new();
+    info.insert("format".into(), FORMAT_NAME.into());
+    info.insert("format_version".into(), FORMAT_VERSION.to_string().into());
+    info.insert("model".into(), model_json.into());
+    let mut header = serde_json::Map::new();
+    header.insert(META_KEY.into(), serde_json::Value::Object(info));
+    let mut offset = 0usize;
+    for (name, dtype, shape, data) in &tensors {
+        let end = offset + data.len();
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, end] }),
+        );
+        offset = end;
+    }
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| FormatError::Malformed(format!("header JSON: {e}")))?;
+    // Pad with spaces so the data section starts 8-byte aligned, as safetensors writers do.
+    while (header.len() % 8) != 0 {
+        header.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    for (_, _, _, data) in &tensors {
+        out.extend_from_slice(data);
+    }
+    Ok(out)
+}
+
+/// Writes `model` to `path` atomically: serializes fully, writes a temporary file in the same directory, fsyncs
+/// it, then renames it over `path`. On any error `path` is untouched and the temporary file is removed.
+pub fn save(model: &QuantModel, path: &Path) -> Result<(), FormatError> {
+    let bytes = to_bytes(model)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| FormatError::Malformed(format!("{} has no file name", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| -> Result<(), FormatError> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    // Persist the rename itself; not every platform can open a directory, so failure here is not an error.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reader.
+
+fn st_malformed(e: SafeTensorError) -> FormatError {
+    FormatError::Malformed(format!("safetensors: {e}"))
+}
+
+fn json_malformed(what: &str, e: serde_json::Error) -> FormatError {
+    FormatError::Malformed(format!("{what}: {e}"))
+}
+
+/// A JSON object whose keys must be unique (serde_json's maps silently keep the last duplicate).
+struct UniqueMap<V>(Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V2<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for V2<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object with unique keys")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut seen = HashSet::new();
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, V>()? {
+                    if !seen.insert(k.clone()) {
+                        return Err(serde::de::Error::custom(format!("duplicate key {k:?}")));
+                    }
+                    out.push((k, v));
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(V2(std::marker::PhantomData))
+    }
+}
+
+/// Only the metadata part of the header, with its keys checked for duplicates.
+#[derive(Deserialize)]
+struct MetaOnly {
+    #[serde(rename = "__metadata__")]
+    metadata: Option<UniqueMap<String>>,
+}
+
+/// The parsed safetensors header: its metadata and the end offset of the data section.
+struct Header {
+    metadata: HashMap<String, String>,
+    header_len: u64,
+    data_bytes: u64,
+}
+
+fn parse_header(bytes: &[u8]) -> Result<Header, FormatError> {
+    let available = bytes.len() as u64;
+    let len_bytes: [u8; 8] =
+        bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(FormatError::Truncated {
+                section: "header length".into(),
+                needed: 8,
+                available,
+            })?;
+    // A safetensors header is a JSON object; anything else is not our file at all.
+    match bytes.get(8) {
+        Some(b'{') | None => {}
+        Some(&b) => {
+            return Err(FormatError::BadMagic {
+                found: format!("header starting with byte 0x{b:02x}"),
+            })
+        }
+    }
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER_BYTES {
+        return Err(FormatError::LimitExceeded {
+            what: "header bytes".into(),
+            value: header_len,
+            max: MAX_HEADER_BYTES,
+        });
+    }
+    let end = 8 + header_len; // cannot overflow: header_len <= MAX_HEADER_BYTES
+    let header = usize::try_from(end)
+        .ok()
+        .and_then(|e| bytes.get(8..e))
+        .ok_or(FormatError::Truncated {
+            section: "header".into(),
+            needed: end,
+            available,
+        })?;
+    let text = std::str::from_utf8(header)
+        .map_err(|e| FormatError::Malformed(format!("header is not UTF-8: {e}")))?;
+    let entries: UniqueMap<serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| json_malformed("header JSON", e))?;
+    let meta: MetaOnly =
+        serde_json::from_str(text).map_err(|e| json_malformed("header __metadata__", e))?;
+    let mut data_bytes = 0u64;
+    for (name, v) in &entries.0 {
+        if name == META_KEY {
+            continue;
+        }
+        let end_offset = v
+            .get("data_offsets")
+            .and_then(|o| o.get(1))
+            .and_then(|e| e.as_u64())
+            .ok_or_else(|| {
+                FormatError::Malformed(format!("tensor {name:?} has no data_offsets"))
+            })?;
+        data_bytes = data_bytes.max(end_offset);
+    }
+    Ok(Header {
+        metadata: meta
+            .metadata
+            .map(|m| m.0.into_iter().collect())
+            .unwrap_or_default(),
+        header_len,
+        data_bytes,
+    })
+}
+
+/// The `__metadata__` of a safetensors file (empty if it has none), reading only the header. Lets callers tell
+/// a quantized (`format = "lowbit.lbq"`) file from a float (`"lowbit.f32"`) one.
+pub fn read_metadata(bytes: &[u8]) -> Result<HashMap<String, String>, FormatError> {
+    Ok(parse_header(bytes)?.metadata)
+}
+
+/// Whether `bytes` look like a `.lbq` file (a safetensors header with `format = "lowbit.lbq"`); does not
+/// validate the model.
+pub fn is_lbq(bytes: &[u8]) -> bool {
+    read_metadata(bytes)
+        .map(|m| m.get("format").map(String::as_str) == Some(FORMAT_NAME))
+        .unwrap_or(false)
+}
+
+fn tensor<'a>(st: &'a SafeTensors<'a>, name: &str) -> Result<TensorView<'a>, FormatError> {
+    st.tensor(name)
+        .map_err(|_| FormatError::Malformed(format!("missing tensor {name:?}")))
+}
+
+fn read_weights(
+    st: &SafeTensors<'_>,
+    i: usize,
+    w: &WeightsMeta,
+) -> Result<PackedWeights, FormatError> {
+    let name = format!("layers.{i}.weight");
+    let rb = row_bytes(w.packing, w.cols);
+    let t = tensor(st, &name)?;
+    if t.dtype() != Dtype::U8 {
+        return Err(FormatError::Malformed(format!(
+            "{name} has dtype {:?}, expected U8",
+            t.dtype()
+        )));
+    }
+    if t.shape() != [w.rows, rb] {
+        return Err(FormatError::Malformed(format!(
+            "{name} has shape {:?}, expected [{}, {rb}]",
+            t.shape(),
+            w.rows
+        )));
+    }
+    Ok(PackedWeights {
+        bits: w.bits,
+        packing: w.packing,
+        rows: w.rows,
+        cols: w.cols,
+        data: t.data().to_vec(),
+    })
+}
+
+fn read_bias(st: &SafeTensors<'_>, i: usize, rows: usize) -> Result<Vec<i32>, FormatError> {
+    let name = format!("layers.{i}.bias");
+    let t = tensor(st, &name)?;
+    if t.dtype() != Dtype::I32 {
+        return Err(FormatError::Malformed(format!(
+            "{name} has dtype {:?}, expected I32",
+            t.dtype()
+        )));
+    }
+    if t.shape() != [rows] {
+        return Err(FormatError::Malformed(format!(
+            "{name} has shape {:?}, expected [{rows}]",
+            t.shape()
+        )));
+    }
+    Ok(t.data()
+        .chunks_exact(4)
+        .filter_map(|c| <[u8; 4]>::try_from(c).ok())
+        .map(i32::from_le_bytes)
+        .collect())
+}
+
+/// Parses and fully validates a `.lbq` file held in memory.
+pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
+    let header = parse_header(bytes)?;
+    let format = header
+        .metadata
+        .get("format")
+        .ok_or_else(|| FormatError::BadMagic {
+            found: "no \"format\" metadata key".into(),
+        })?;
+    if format != FORMAT_NAME {
+        return Err(FormatError::BadMagic {
+            found: format!("format = {format:?}"),
+        });
+    }
+    let version = header
+        .metadata
+        .get("format_version")
+        .ok_or_else(|| FormatError::Malformed("no \"format_version\" metadata key".into()))?;
+    let version: u32 = version.parse().map_err(|_| {
+        FormatError::Malformed(format!("format_version {version:?} is not an integer"))
+    })?;
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion {
+            found: version,
+            max: FORMAT_VERSION,
+        });
+    }
+    let needed = 8 + header.header_len + header.data_bytes;
+    let available = bytes.len() as u64;
+    if needed > available {
+        return Err(FormatError::Truncated {
+            section: "tensor data".into(),
+            needed,
+            available,
+        });
+    }
+    let model_json = header
+        .metadata
+        .get("model")
+        .ok_or_else(|| FormatError::Malformed("no \"model\" metadata key".into()))?;
+    let meta: ModelMeta =
+        serde_json::from_str(model_json).map_err(|e| json_malformed("model JSON", e))?;
+    check_limits(&meta)?;
+
+    let st = SafeTensors::deserialize(bytes).map_err(st_malformed)?;
+    let mut expected: HashSet<String> = HashSet::new();
+    let mut layers = Vec::with_capacity(meta.layers.len());
+    for (i, l) in meta.layers.into_iter().enumerate() {
+        let layer = match l {
+            LayerMeta::Dense {
+                in_features,
+                out_features,
+                weights,
+                weight_scales,
+                input,
+                output,
+            } => {
+                expected.insert(format!("layers.{i}.weight"));
+                expected.insert(format!("layers.{i}.bias"));
+                QLayer::Dense(QDense {
+                    in_features,
+                    out_features,
+                    bias: read_bias(&st, i, weights.rows)?,
+                    weights: read_weights(&st, i, &weights)?,
+                    weight_scales: to_f32s(&weight_scales),
+                    input: input.to_qp(),
+                    output: output_stage(output),
+                })
+            }
+            LayerMeta::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                weights,
+                weight_scales,
+                input,
+                output,
+            } => {
+                expected.insert(format!("layers.{i}.weight"));
+                expected.insert(format!("layers.{i}.bias"));
+                QLayer::Conv2d(QConv2d {
+                    in_channels,
+                    out_channels,
+                    kernel: unpair(kernel),
+                    stride: unpair(stride),
+                    padding: unpair(padding),
+                    bias: read_bias(&st, i, weights.rows)?,
+                    weights: read_weights(&st, i, &weights)?,
+                    weight_scales: to_f32s(&weight_scales),
+                    input: input.to_qp(),
+                    output: output_stage(output),
+                })
+            }
+            LayerMeta::MaxPool2d { kernel, stride } => QLayer::MaxPool2d {
+                kernel: unpair(kernel),
+                stride: unpair(stride),
+            },
+            LayerMeta::AvgPool2d {
+                kernel,
+                stride,
+                input,
+                output,
+                bits,
+            } => QLayer::AvgPool2d {
+                kernel: unpair(kernel),
+                stride: unpair(stride),
+                input: input.to_qp(),
+                output: output.to_qp(),
+                bits,
+            },
+            LayerMeta::Flatten => QLayer::Flatten,
+        };
+        layers.push(layer);
+    }
+    if let Some(extra) = st
+        .names()
+        .into_iter()
+        .find(|n| !expected.contains(n.as_str()))
+    {
+        return Err(FormatError::Malformed(format!(
+            "unexpected tensor {extra:?}"
+        )));
+    }
+    let model = QuantModel {
+        input: InputSpec {
+            channels: meta.input.channels,
+            height: meta.input.height,
+            width: meta.input.width,
+            qparams: QParams {
+                scale: meta.input.scale as f32,
+                zero_point: meta.input.zero_point,
+            },
+        },
+        layers,
+        classes: meta.classes,
+        class_names: meta.class_names,
+        provenance: meta.provenance,
+    };
+    let engine = Engine::new(&model)?;
+    check_engine_limits(&engine)?;
+    Ok(model)
+}
+
+/// Reads and validates a `.lbq` file (at most [`MAX_FILE_BYTES`]).
+pub fn load(path: &Path) -> Result<QuantModel, FormatError> {
+    let len = std::fs::metadata(path)?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(FormatError::LimitExceeded {
+            what: format!("{} bytes", path.display()),
+            value: len,
+            max: MAX_FILE_BYTES,
+        });
+    }
+    let bytes = std::fs::read(path)?;
+    from_bytes(&bytes)
+}

@@ -14,6 +14,8 @@ pub mod kernels;
 pub mod model;
 pub mod pack;
 pub mod qparams;
+#[doc(hidden)]
+pub mod testutil;
 
 pub use error::{FormatError, QuantError};
 pub use model::QuantModel;

@@ -9,9 +9,12 @@
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod modelfile;
 pub mod nn;
 pub mod optim;
+pub mod pipeline;
 pub mod quant;
+pub mod report;
 pub mod rng;
 pub mod tensor;
 pub mod train;

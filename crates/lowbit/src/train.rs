@@ -1,1 +1,362 @@
-//! (in progress)
+//! The training loop (float or QAT, depending on the quantizers attached to the model's layers).
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::nn::{argmax_rows, softmax_cross_entropy, Model};
+use crate::optim::{Optimizer, OptimizerKind};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+
+/// A labelled image set the loop can draw samples from: [`crate::data::Dataset`] (implemented in
+/// [`crate::pipeline`]) or in-memory f32 slices ([`SliceSamples`]).
+pub trait Samples {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// True when there are no samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Shape of one sample, (C, H, W).
+    fn sample_shape(&self) -> [usize; 3];
+    /// Writes sample `index` (scaled as the model expects, e.g. to [0, 1]) into `out` (length C*H*W).
+    fn write_sample(&self, index: usize, out: &mut [f32]);
+    /// Label of sample `index`.
+    fn label(&self, index: usize) -> u8;
+}
+
+/// Samples held as an f32 slice `[N, C, H, W]` plus labels.
+#[derive(Debug, Clone, Copy)]
+pub struct SliceSamples<'a> {
+    images: &'a [f32],
+    labels: &'a [u8],
+    shape: [usize; 3],
+}
+
+impl<'a> SliceSamples<'a> {
+    /// Wraps `images` (`labels.len()` samples of `shape`) and `labels`; checks the lengths agree.
+    pub fn new(images: &'a [f32], labels: &'a [u8], shape: [usize; 3]) -> Result<Self> {
+        let per: usize = shape.iter().product();
+        if per == 0 || labels.len().checked_mul(per) != Some(images.len()) {
+            return Err(Error::Shape(format!(
+                "{} images of {shape:?} do not match {} labels",
+                images.len(),
+                labels.len()
+            )));
+        }
+        Ok(Self {
+            images,
+            labels,
+            shape,
+        })
+    }
+}
+
+impl Samples for SliceSamples<'_> {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn sample_shape(&self) -> [usize; 3] {
+        self.shape
+    }
+    fn write_sample(&self, index: usize, out: &mut [f32]) {
+        let per = out.len();
+        out.copy_from_slice(&self.images[index * per..(index + 1) * per]);
+    }
+    fn label(&self, index: usize) -> u8 {
+        self.labels[index]
+    }
+}
+
+/// Training hyper-parameters.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TrainConfig {
+    /// Passes over the training set (`--epochs`, >= 1).
+    pub epochs: usize,
+    /// Samples per step (`--batch-size`, >= 1); the last batch of an epoch may be smaller.
+    pub batch_size: usize,
+    /// Optimizer and its hyper-parameters (SGD carries its momentum and weight decay).
+    pub optimizer: OptimizerKind,
+    /// Learning rate (`--lr`, finite, > 0).
+    pub lr: f32,
+    /// Seed of the per-epoch shuffles.
+    pub seed: u64,
+    /// Fraction of the samples held out for validation (`--validation-split`, in (0, 1)); like Keras'
+    /// `validation_split`, the last samples before shuffling are held out.
+    pub validation_fraction: Option<f32>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 5,
+            batch_size: 32,
+            optimizer: OptimizerKind::adam(),
+            lr: 1e-3,
+            seed: 0,
+            validation_fraction: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every field, naming the CLI flag at fault.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::option("--epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::option("--batch-size", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::option(
+                "--lr",
+                format!("{} is not a positive finite number", self.lr),
+            ));
+        }
+        if let Some(f) = self.validation_fraction {
+            if !(f.is_finite() && f > 0.0 && f < 1.0) {
+                return Err(Error::option(
+                    "--validation-split",
+                    format!("{f} is not in (0, 1)"),
+                ));
+            }
+        }
+        self.optimizer.validate()
+    }
+}
+
+/// Per-step progress, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Current epoch, 1-based.
+    pub epoch: usize,
+    /// Total epochs.
+    pub epochs: usize,
+    /// Steps done in this epoch, 1-based.
+    pub step: usize,
+    /// Steps per epoch.
+    pub steps: usize,
+    /// Mean loss so far in this epoch.
+    pub loss: f32,
+    /// Training accuracy so far in this epoch.
+    pub accuracy: f32,
+}
+
+/// Summary of one epoch.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EpochStats {
+    /// Epoch, 1-based.
+    pub epoch: usize,
+    /// Mean training loss over the epoch (weights changing as it runs, as Keras reports it).
+    pub train_loss: f32,
+    /// Training accuracy over the epoch, in [0, 1].
+    pub train_accuracy: f32,
+    /// Wall time of the epoch's training steps (validation excluded).
+    pub seconds: f64,
+    /// Accuracy on the held-out samples at the end of the epoch, when a validation fraction is set.
+    pub val_accuracy: Option<f32>,
+}
+
+/// Trains `model` on `data` and returns one [`EpochStats`] per epoch.
+///
+/// Shuffles are seeded from `cfg.seed` and the epoch number, so the same seed, model and data give bit-identical
+/// weights. A non-finite loss or gradient stops training with [`Error::Diverged`]; the model then holds the
+/// weights it had at the end of the last completed epoch (or its initial weights).
+pub fn train<S: Samples + ?Sized>(
+    model: &mut Model,
+    data: &S,
+    cfg: &TrainConfig,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<EpochStats>> {
+    cfg.validate()?;
+    check_shapes(model, data)?;
+    let n = data.len();
+    let n_val = match cfg.validation_fraction {
+        Some(f) => ((n as f64) * f64::from(f)).round() as usize,
+        None => 0,
+    };
+    if n_val >= n || n == 0 {
+        return Err(Error::option(
+            "--validation-split",
+            format!("leaves no training samples out of {n}"),
+        ));
+    }
+    let n_train = n - n_val;
+    let val_indices: Vec<usize> = (n_train..n).collect();
+    let mut order: Vec<usize> = (0..n_train).collect();
+    let mut opt = Optimizer::new(cfg.optimizer, cfg.lr)?;
+    let per: usize = model.input_shape.iter().product();
+    let mut x = Tensor::default();
+    let mut labels = Vec::with_capacity(cfg.batch_size);
+    let steps = n_train.div_ceil(cfg.batch_size);
+    let mut good = model.snapshot();
+    let mut history = Vec::with_capacity(cfg.epochs);
+    for epoch in 1..=cfg.epochs {
+        let start = Instant::now();
+        // A fresh generator per epoch (not one long stream), so epoch e's order depends only on seed and e.
+        Rng::new(cfg.seed ^ 0x5EED_0000_0000_0000)
+            .fork(epoch as u64)
+            .shuffle(&mut order);
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        for (step0, batch) in order.chunks(cfg.batch_size).enumerate() {
+            let step = step0 + 1;
+            fill_batch(data, batch, model.input_shape, per, &mut x, &mut labels);
+            let logits = model.forward(&x, true)?;
+            let out = softmax_cross_entropy(&logits, &labels)?;
+            let diverged = |what: String, model: &mut Model, good: &[Vec<f32>]| {
+                model.restore(good)?;
+                Err(Error::Diverged { epoch, step, what })
+            };
+            if !out.loss.is_finite() {
+                return diverged("loss".into(), model, &good);
+            }
+            model.backward(&out.grad)?;
+            let mut params = model.params_mut();
+            if let Some(i) = params.iter().position(|p| !all_finite(p.grad)) {
+                let what = format!("gradient of parameter {i} ({})", params[i].name);
+                drop(params);
+                return diverged(what, model, &good);
+            }
+            opt.step(&mut params)?;
+            loss_sum += f64::from(out.loss) * batch.len() as f64;
+            correct += out.correct;
+            let seen = (step0 * cfg.batch_size + batch.len()) as f64;
+            on_progress(Progress {
+                epoch,
+                epochs: cfg.epochs,
+                step,
+                steps,
+                loss: (loss_sum / seen) as f32,
+                accuracy: (correct as f64 / seen) as f32,
+            });
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let val_accuracy = if val_indices.is_empty() {
+            None
+        } else {
+            Some(evaluate_indices(model, data, &val_indices, EVAL_BATCH)?.0 as f32)
+        };
+        good = model.snapshot();
+        history.push(EpochStats {
+            epoch,
+            train_loss: (loss_sum / n_train as f64) as f32,
+            train_accuracy: (correct as f64 / n_train as f64) as f32,
+            seconds,
+            val_accuracy,
+        });
+    }
+    Ok(history)
+}
+
+/// Batch size for inference passes; larger than training batches because there is no backward pass.
+const EVAL_BATCH: usize = 256;
+
+/// Float-model accuracy on `data` (inference mode, batches of `batch`) and the predicted class per sample.
+pub fn evaluate_float<S: Samples + ?Sized>(
+    model: &mut Model,
+    data: &S,
+    batch: usize,
+) -> Result<(f64, Vec<usize>)> {
+    if batch == 0 {
+        return Err(Error::option("--batch-size", "must be at least 1"));
+    }
+    check_shapes(model, data)?;
+    let indices: Vec<usize> = (0..data.len()).collect();
+    evaluate_indices(model, data, &indices, batch)
+}
+
+fn evaluate_indices<S: Samples + ?Sized>(
+    model: &mut Model,
+    data: &S,
+    indices: &[usize],
+    batch: usize,
+) -> Result<(f64, Vec<usize>)> {
+    let per: usize = model.input_shape.iter().product();
+    let mut x = Tensor::default();
+    let mut labels = Vec::new();
+    let mut predictions = Vec::with_capacity(indices.len());
+    let mut correct = 0usize;
+    for chunk in indices.chunks(batch) {
+        fill_batch(data, chunk, model.input_shape, per, &mut x, &mut labels);
+        let logits = model.forward(&x, false)?;
+        for (p, &l) in argmax_rows(&logits).into_iter().zip(&labels) {
+            correct += usize::from(p == usize::from(l));
+            predictions.push(p);
+        }
+    }
+    let accuracy = if indices.is_empty() {
+        0.0
+    } else {
+        correct as f64 / indices.len() as f64
+    };
+    Ok((accuracy, predictions))
+}
+
+fn check_shapes<S: Samples + ?Sized>(model: &Model, data: &S) -> Result<()> {
+    if data.sample_shape() != model.input_shape {
+        return Err(Error::Shape(format!(
+            "model {} takes {:?} samples, data has {:?}",
+            model.spec,
+            model.input_shape,
+            data.sample_shape()
+        )));
+    }
+    Ok(())
+}
+
+/// Fills `x` (`[B, C, H, W]`, storage reused across calls) and `labels` with the samples at `indices`.
+fn fill_batch<S: Samples + ?Sized>(
+    data: &S,
+    indices: &[usize],
+    shape: [usize; 3],
+    per: usize,
+    x: &mut Tensor,
+    labels: &mut Vec<u8>,
+) {
+    x.data.resize(indices.len() * per, 0.0);
+    x.shape.clear();
+    x.shape
+        .extend_from_slice(&[indices.len(), shape[0], shape[1], shape[2]]);
+    labels.clear();
+    for (&i, out) in indices.iter().zip(x.data.chunks_exact_mut(per)) {
+        data.write_sample(i, out);
+        labels.push(data.label(i));
+    }
+}
+
+/// True when no element is NaN or infinite. `v * 0` is 0 for finite `v` and NaN otherwise, and summing in 8
+/// independent lanes lets the compiler vectorize (a plain `all(is_finite)` short-circuits and does not).
+pub(crate) fn all_finite(xs: &[f32]) -> bool {
+    let mut lanes = [0.0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v * 0.0;
+        }
+    }
+    for &v in tail {
+        lanes[0] += v * 0.0;
+    }
+    lanes.iter().sum::<f32>() == 0.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_finite;
+
+    #[test]
+    fn all_finite_spots_one_bad_value_anywhere() {
+        let mut v = vec![1.0f32; 37];
+        assert!(all_finite(&v));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for i in [0, 7, 8, 31, 36] {
+                let old = v[i];
+                v[i] = bad;
+                assert!(!all_finite(&v), "missed {bad} at {i}");
+                v[i] = old;
+            }
+        }
+        assert!(all_finite(&[f32::MAX, -f32::MAX, f32::MIN_POSITIVE]));
+    }
+}

@@ -1,2 +1,366 @@
 //! Integer kernels: a normative scalar reference, SIMD variants, and run-time dispatch.
+//!
+//! Public entry points ([`gemm_acc`], [`gemm_requant`], [`gemm_acc_b1b1`] and their `_with` variants) check
+//! slice lengths and parameters and return [`QuantError`]; the per-ISA kernels behind them assume checked input.
+//! Every tier equals [`reference`] bit for bit (see that module for the arithmetic).
+//!
+//! Dispatch: tiers `reference -> avx2 -> avx512vnni` on x86_64 and `reference -> neon -> neon-dotprod` on aarch64,
+//! detected once and cached in a [`OnceLock`]. `LOWBIT_ISA=reference|avx2|avx512vnni|neon|neon-dotprod` caps the
+//! tier: the kernel used is the best available one whose rank (reference 0, avx2/neon 1, avx512vnni/neon-dotprod
+//! 2) is at or below the named one, so `LOWBIT_ISA=avx512vnni` on an AVX2-only CPU runs `avx2`, and
+//! `LOWBIT_ISA=neon` on x86 runs `avx2`. An unknown value is ignored (best available tier).
+use crate::error::QuantError;
+use crate::pack::{row_bytes, PackedWeights, Packing};
+use crate::qparams::Requant;
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod reference;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+/// Largest K for which `K * 255 * 127` (the largest |sum| of u8 x [-127, 127] products) fits an `i32`:
+/// `floor((2^31 - 1) / 32385) = 66311`. The bias must additionally satisfy
+/// `|bias| <= i32::MAX - K * 32385` (see [`acc_cannot_overflow`]); the engine checks both when a model loads.
+/// Past this bound the kernels still agree bit for bit (wrapping arithmetic) but the result is meaningless.
+pub const MAX_K: usize = (i32::MAX as usize) / (255 * 127);
+
+/// Whether `bias + sum_K u8 x [-127,127]` can never leave `i32` for biases with `|bias| <= max_abs_bias`.
+pub fn acc_cannot_overflow(k: usize, max_abs_bias: u32) -> bool {
+    (k as u128) * 255 * 127 + max_abs_bias as u128 <= i32::MAX as u128
+}
+
+/// Output stage fused into the kernel's output loop.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputParams<'a> {
+    /// Per output column, added to the accumulator (bias plus zero-point correction).
+    pub bias: &'a [i32],
+    /// Requantization: len 1 (per-tensor) or n (per column).
+    pub requant: &'a [Requant],
+    /// Output zero point, added after the rounding shift.
+    pub zero_point: i32,
+    /// Lowest output code (>= 0).
+    pub qmin: i32,
+    /// Highest output code (<= 255).
+    pub qmax: i32,
+}
+
+/// A kernel tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable scalar reference (normative).
+    Reference,
+    /// x86_64 AVX2: widen to i16, `vpmaddwd`.
+    Avx2,
+    /// x86_64 AVX-512 VNNI: `vpdpbusd` for int8 weights (other packings run the AVX2 kernels).
+    Avx512Vnni,
+    /// aarch64 NEON: widening multiply-accumulate.
+    Neon,
+    /// aarch64 NEON with the dot-product extension (not implemented yet: never available).
+    NeonDotprod,
+}
+
+impl Isa {
+    /// Every tier, in rank order within each architecture.
+    pub const ALL: [Isa; 5] = [
+        Isa::Reference,
+        Isa::Avx2,
+        Isa::Avx512Vnni,
+        Isa::Neon,
+        Isa::NeonDotprod,
+    ];
+
+    /// Stable name, as accepted by `LOWBIT_ISA` and returned by [`active_isa`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Reference => "reference",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon-dotprod",
+        }
+    }
+
+    /// Parses a name (case-insensitive; `neon_dotprod` and `dotprod` also accepted).
+    pub fn from_name(s: &str) -> Option<Isa> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "reference" | "ref" | "scalar" => Some(Isa::Reference),
+            "avx2" => Some(Isa::Avx2),
+            "avx512vnni" | "avx512" | "vnni" => Some(Isa::Avx512Vnni),
+            "neon" => Some(Isa::Neon),
+            "neon-dotprod" | "neon_dotprod" | "dotprod" => Some(Isa::NeonDotprod),
+            _ => None,
+        }
+    }
+
+    /// Rank used by the `LOWBIT_ISA` cap: 0 reference, 1 avx2/neon, 2 avx512vnni/neon-dotprod.
+    pub fn rank(self) -> u8 {
+        match self {
+            Isa::Reference => 0,
+            Isa::Avx2 | Isa::Neon => 1,
+            Isa::Avx512Vnni | Isa::NeonDotprod => 2,
+        }
+    }
+
+    /// Whether this CPU (and this build's target architecture) can run the tier.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Reference => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("popcnt"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            // No sdot kernel yet (see `aarch64`): report the tier unavailable so dispatch stays honest.
+            Isa::NeonDotprod => false,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Available tiers, lowest rank first (always starts with [`Isa::Reference`]).
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// The best available tier whose rank is at most `self`'s (never fails: the reference is always there).
+    pub fn capped(self) -> Isa {
+        Isa::available()
+            .into_iter()
+            .filter(|i| i.rank() <= self.rank())
+            .max_by_key(|i| i.rank())
+            .unwrap_or(Isa::Reference)
+    }
+}
+
+fn detect() -> Isa {
+    let best = Isa::available()
+        .into_iter()
+        .max_by_key(|i| i.rank())
+        .unwrap_or(Isa::Reference);
+    match std::env::var("LOWBIT_ISA")
+        .ok()
+        .as_deref()
+        .and_then(Isa::from_name)
+    {
+        Some(cap) => cap.capped(),
+        None => best,
+    }
+}
+
+/// The tier [`gemm_acc`] and [`gemm_requant`] use, detected once (CPU features, then the `LOWBIT_ISA` cap).
+pub fn selected_isa() -> Isa {
+    static SELECTED: OnceLock<Isa> = OnceLock::new();
+    *SELECTED.get_or_init(detect)
+}
+
+/// Which kernel tier is active ("reference", "avx2", "avx512vnni", "neon", "neon-dotprod").
+pub fn active_isa() -> &'static str {
+    selected_isa().name()
+}
+
+fn mismatch(context: &str, detail: String) -> QuantError {
+    QuantError::ShapeMismatch {
+        context: context.to_string(),
+        detail,
+    }
+}
+
+fn check_len(
+    context: &str,
+    what: &str,
+    found: usize,
+    expected: Option<usize>,
+) -> Result<(), QuantError> {
+    match expected {
+        Some(e) if e == found => Ok(()),
+        Some(e) => Err(mismatch(
+            context,
+            format!("{what}: expected {e} elements, found {found}"),
+        )),
+        None => Err(mismatch(context, format!("{what}: size overflows usize"))),
+    }
+}
+
+fn check_weights(context: &str, k: usize, w: &PackedWeights) -> Result<(), QuantError> {
+    if w.cols != k {
+        return Err(mismatch(
+            context,
+            format!("weights have {} columns, k = {k}", w.cols),
+        ));
+    }
+    check_len(
+        context,
+        "packed weight bytes",
+        w.data.len(),
+        w.rows.checked_mul(row_bytes(w.packing, w.cols)),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_acc(
+    context: &str,
+    a_len: usize,
+    a_row_elems: usize,
+    m: usize,
+    k: usize,
+    w: &PackedWeights,
+    bias_len: usize,
+    out_len: usize,
+) -> Result<(), QuantError> {
+    check_weights(context, k, w)?;
+    check_len(context, "activations", a_len, m.checked_mul(a_row_elems))?;
+    check_len(context, "bias", bias_len, Some(w.rows))?;
+    check_len(context, "output", out_len, m.checked_mul(w.rows))
+}
+
+fn check_output(context: &str, n: usize, p: &OutputParams) -> Result<(), QuantError> {
+    if p.requant.len() != 1 && p.requant.len() != n {
+        return Err(mismatch(
+            context,
+            format!(
+                "requant: expected 1 or {n} entries, found {}",
+                p.requant.len()
+            ),
+        ));
+    }
+    for rq in p.requant {
+        rq.validate()?;
+    }
+    if !(0 <= p.qmin && p.qmin <= p.qmax && p.qmax <= 255) {
+        return Err(QuantError::InvalidQParams {
+            tensor: context.to_string(),
+            reason: format!(
+                "output range [{}, {}] must satisfy 0 <= qmin <= qmax <= 255",
+                p.qmin, p.qmax
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `out[i*n + j] = bias[j] + sum_kk a[i*k + kk] * code(w, j, kk)` with `a` an `m x k` row-major `u8` matrix and
+/// `w` holding `n` rows of `k` codes (any packing). Uses [`selected_isa`]; equals [`reference::gemm_u8i8_i32`].
+pub fn gemm_acc(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    w: &PackedWeights,
+    bias: &[i32],
+    out: &mut [i32],
+) -> Result<(), QuantError> {
+    gemm_acc_with(selected_isa(), a, m, k, w, bias, out)
+}
+
+/// [`gemm_acc`] on an explicit tier; an unavailable tier runs [`Isa::capped`] instead.
+pub fn gemm_acc_with(
+    isa: Isa,
+    a: &[u8],
+    m: usize,
+    k: usize,
+    w: &PackedWeights,
+    bias: &[i32],
+    out: &mut [i32],
+) -> Result<(), QuantError> {
+    check_acc("gemm_acc", a.len(), k, m, k, w, bias.len(), out.len())?;
+    match isa.capped() {
+        #[cfg(target_arch = "x86_64")]
+        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => x86::gemm_acc(isa, a, m, k, w, bias, out),
+        #[cfg(target_arch = "aarch64")]
+        isa @ Isa::Neon => aarch64::gemm_acc(isa, a, m, k, w, bias, out),
+        _ => reference::gemm_u8i8_i32(a, m, k, w, bias, out),
+    }
+    Ok(())
+}
+
+/// `out[i*n + j] = requantize(acc[i*n + j], requant[j or 0], zero_point, qmin, qmax) as u8` where `acc` is
+/// [`gemm_acc`] with `p.bias` ([`crate::qparams::requantize`] semantics, bit-exact). Requires
+/// `0 <= qmin <= qmax <= 255` and valid [`Requant`]s.
+pub fn gemm_requant(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    w: &PackedWeights,
+    p: &OutputParams,
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    gemm_requant_with(selected_isa(), a, m, k, w, p, out)
+}
+
+/// [`gemm_requant`] on an explicit tier; an unavailable tier runs [`Isa::capped`] instead.
+pub fn gemm_requant_with(
+    isa: Isa,
+    a: &[u8],
+    m: usize,
+    k: usize,
+    w: &PackedWeights,
+    p: &OutputParams,
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    check_acc("gemm_requant", a.len(), k, m, k, w, p.bias.len(), out.len())?;
+    check_output("gemm_requant", w.rows, p)?;
+    match isa.capped() {
+        #[cfg(target_arch = "x86_64")]
+        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => x86::gemm_requant(isa, a, m, k, w, p, out),
+        #[cfg(target_arch = "aarch64")]
+        isa @ Isa::Neon => aarch64::gemm_requant(isa, a, m, k, w, p, out),
+        _ => reference::gemm_u8i8_u8(a, m, k, w, p, out),
+    }
+    Ok(())
+}
+
+/// Binary activations (codes {0, 1}, bit-packed like `B1x8`: `m` rows of `row_bytes(B1x8, k)` bytes) times
+/// binary weights (`w.packing == B1x8`): `out[i*n + j] = bias[j] + 2*popcount(a_i & w_j) - popcount(a_i)`.
+/// Activation bits past `k` are ignored. Equals [`reference::gemm_b1b1_i32`].
+pub fn gemm_acc_b1b1(
+    a_bits: &[u8],
+    m: usize,
+    k: usize,
+    w: &PackedWeights,
+    bias: &[i32],
+    out: &mut [i32],
+) -> Result<(), QuantError> {
+    gemm_acc_b1b1_with(selected_isa(), a_bits, m, k, w, bias, out)
+}
+
+/// [`gemm_acc_b1b1`] on an explicit tier; an unavailable tier runs [`Isa::capped`] instead.
+pub fn gemm_acc_b1b1_with(
+    isa: Isa,
+    a_bits: &[u8],
+    m: usize,
+    k: usize,
+    w: &PackedWeights,
+    bias: &[i32],
+    out: &mut [i32],
+) -> Result<(), QuantError> {
+    if w.packing != Packing::B1x8 {
+        return Err(mismatch(
+            "gemm_acc_b1b1",
+            format!("weights must be B1x8, found {:?}", w.packing),
+        ));
+    }
+    let rb = row_bytes(Packing::B1x8, k);
+    check_acc(
+        "gemm_acc_b1b1",
+        a_bits.len(),
+        rb,
+        m,
+        k,
+        w,
+        bias.len(),
+        out.len(),
+    )?;
+    match isa.capped() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => x86::gemm_b1b1(a_bits, m, k, w, bias, out),
+        _ => reference::gemm_b1b1_i32(a_bits, m, k, w, bias, out),
+    }
+    Ok(())
+}

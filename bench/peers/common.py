@@ -1,0 +1,36 @@
+"""Shared helpers for the peer scripts: load an MNIST-format directory (IDX, raw or .gz) with numpy only."""
+import gzip
+import os
+import struct
+
+import numpy as np
+
+DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def _read_idx(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic, = struct.unpack(">I", data[:4])
+    ndim = magic & 0xFF
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(directory, stem):
+    for name in (stem, stem + ".gz"):
+        p = os.path.join(directory, name)
+        if os.path.exists(p):
+            return p
+    raise FileNotFoundError(f"{directory}: missing {stem}[.gz]")
+
+
+def load(directory=DEFAULT_DIR):
+    """Returns (x_train u8 [N,28,28], y_train, x_test, y_test)."""
+    return (
+        _read_idx(_find(directory, "train-images-idx3-ubyte")),
+        _read_idx(_find(directory, "train-labels-idx1-ubyte")),
+        _read_idx(_find(directory, "t10k-images-idx3-ubyte")),
+        _read_idx(_find(directory, "t10k-labels-idx1-ubyte")),
+    )

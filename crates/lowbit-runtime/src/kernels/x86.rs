@@ -1,0 +1,516 @@
+//! x86_64 kernels: AVX2 for every packing, AVX-512 VNNI for int8 weights, hardware popcount for binary x binary.
+//!
+//! AVX2 scheme (`gemm_u8i8_i32__avx2`): `vpmaddubsw` is NOT used because its i16 pair sums saturate
+//! (255 * 127 * 2 > 32767). Activations are widened u8 -> i16 (`vpmovzxbw`, exact) once per K block, weight codes
+//! are decoded from their packing and widened i8 -> i16 into a per-panel scratch of `KC x 16` codes laid out as
+//! `[k pair][column][2]`, and the micro-kernel broadcasts one activation pair per row (`vpbroadcastd`) and
+//! multiplies it with 8 weight pairs (`vpmaddwd`, exact: two i16 x i16 products summed into i32), adding into
+//! a 6 x 16 tile of i32 accumulators held in 12 ymm registers. Accumulation is wrapping, like the reference.
+//! The output stage (requantize + clamp) is the scalar reference applied to each finished row block while it is
+//! still in cache: the i64 multiply and rounding shift gain little from AVX2 and bit-exactness is mandatory.
+// Kernel names follow STYLE.md: `<op>__<isa>` (double underscore separates the ISA, as in XNNPACK).
+#![allow(non_snake_case)]
+use super::{reference, Isa, OutputParams};
+use crate::pack::{PackedWeights, Packing};
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+
+/// Rows of `a` per micro-tile.
+const MR: usize = 6;
+/// Output columns per micro-tile (two ymm of 8 x i32).
+const NR: usize = 16;
+/// K per block: a 6-row A slice is 6 x 256 x 2 = 3 KiB and a weight panel 256 x 16 x 2 = 8 KiB, both L1-resident.
+/// Multiple of 16 so block starts are byte-aligned in every packing.
+const KC: usize = 256;
+
+/// Below this many multiply-accumulates (`m * n * k`) one thread does the whole GEMM. Measured on this Zen3
+/// (2 cores): a rayon split of 256x64x10 (164K MACs) was slower than one thread, 256x784x64 (12.8M MACs) gained
+/// about 1.6x with two threads; 2M MACs (~60 us single-threaded) is past the break-even point of ~15 us
+/// rayon overhead with margin.
+const PAR_MIN_MACS: usize = 2_000_000;
+
+/// Codes of each packed byte, decoded (normative bit order of [`crate::pack`]).
+const fn build_lut<const PER: usize>(packing: Packing) -> [[i8; PER]; 256] {
+    let mut lut = [[0i8; PER]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < PER {
+            let byte = b as u8;
+            lut[b][j] = match packing {
+                Packing::I8 => byte as i8,
+                Packing::I4x2 => ((byte >> (4 * j)) << 4) as i8 >> 4,
+                Packing::I2x4 => ((byte >> (2 * j)) << 6) as i8 >> 6,
+                Packing::B1x8 => {
+                    if (byte >> j) & 1 == 1 {
+                        1
+                    } else {
+                        -1
+                    }
+                }
+            };
+            j += 1;
+        }
+        b += 1;
+    }
+    lut
+}
+
+static LUT4: [[i8; 2]; 256] = build_lut::<2>(Packing::I4x2);
+static LUT2: [[i8; 4]; 256] = build_lut::<4>(Packing::I2x4);
+static LUT1: [[i8; 8]; 256] = build_lut::<8>(Packing::B1x8);
+
+fn decode_bytes<const PER: usize>(lut: &[[i8; PER]; 256], src: &[u8], kc: usize, dst: &mut [i8]) {
+    let full = kc / PER;
+    for (d, &b) in dst[..full * PER].chunks_exact_mut(PER).zip(src) {
+        d.copy_from_slice(&lut[b as usize]);
+    }
+    let rem = kc % PER;
+    if rem > 0 {
+        dst[full * PER..kc].copy_from_slice(&lut[src[full] as usize][..rem]);
+    }
+}
+
+/// Decodes codes `k0..k0 + kc` of weight row `j` into `dst[..kc]`; `k0` is a multiple of 8.
+fn decode_segment(w: &PackedWeights, j: usize, k0: usize, kc: usize, dst: &mut [i8]) {
+    let row = w.row(j);
+    match w.packing {
+        Packing::I8 => {
+            for (d, &b) in dst[..kc].iter_mut().zip(&row[k0..k0 + kc]) {
+                *d = b as i8;
+            }
+        }
+        Packing::I4x2 => decode_bytes(&LUT4, &row[k0 / 2..], kc, dst),
+        Packing::I2x4 => decode_bytes(&LUT2, &row[k0 / 4..], kc, dst),
+        Packing::B1x8 => decode_bytes(&LUT1, &row[k0 / 8..], kc, dst),
+    }
+}
+
+/// Per-thread scratch: widened activations, decoded weight codes, and the i16 weight panel.
+struct Scratch {
+    a16: Vec<i16>,
+    wtmp: Vec<i8>,
+    panel: Vec<i16>,
+}
+
+impl Scratch {
+    fn new(rows: usize) -> Self {
+        Self {
+            a16: vec![0; rows.div_ceil(MR) * MR * KC],
+            wtmp: vec![0; NR * KC],
+            panel: vec![0; NR * KC],
+        }
+    }
+}
+
+/// Widens `rows x kc` activations starting at column `k0` into `dst` (`rows` rows of `kc16` i16, zero padded).
+///
+/// # Safety
+/// AVX2 must be available; `a` holds `rows` rows of `k >= k0 + kc` bytes; `dst.len() >= rows * kc16`.
+#[target_feature(enable = "avx2")]
+unsafe fn widen_a__avx2(
+    a: &[u8],
+    k: usize,
+    rows: usize,
+    k0: usize,
+    kc: usize,
+    kc16: usize,
+    dst: &mut [i16],
+) {
+    for r in 0..rows {
+        let src = &a[r * k + k0..r * k + k0 + kc];
+        let d = &mut dst[r * kc16..(r + 1) * kc16];
+        let mut t = 0;
+        while t + 16 <= kc {
+            // SAFETY: t + 16 <= kc = src.len() and kc <= kc16 = d.len(), so both 16-element accesses are in bounds.
+            let v = _mm_loadu_si128(src.as_ptr().add(t) as *const __m128i);
+            _mm256_storeu_si256(
+                d.as_mut_ptr().add(t) as *mut __m256i,
+                _mm256_cvtepu8_epi16(v),
+            );
+            t += 16;
+        }
+        for (dd, &s) in d[t..kc].iter_mut().zip(&src[t..]) {
+            *dd = s as i16;
+        }
+        d[kc..].fill(0);
+    }
+}
+
+/// Builds the i16 weight panel `[kc16 / 2][NR][2]` for columns `j0..j0 + nc` and codes `k0..k0 + kc`, zero padded.
+///
+/// # Safety
+/// AVX2 must be available; `j0 + nc <= w.rows`, `nc <= NR`, `k0 + kc <= w.cols`, `kc16 = round_up(kc, 16) <= KC`,
+/// and the scratch buffers hold `NR * KC` elements.
+#[target_feature(enable = "avx2")]
+unsafe fn pack_panel__avx2(
+    w: &PackedWeights,
+    j0: usize,
+    nc: usize,
+    k0: usize,
+    kc: usize,
+    kc16: usize,
+    s: &mut Scratch,
+) {
+    let wtmp = &mut s.wtmp[..NR * kc16];
+    for c in 0..NR {
+        let d = &mut wtmp[c * kc16..(c + 1) * kc16];
+        if c < nc {
+            decode_segment(w, j0 + c, k0, kc, d);
+            d[kc..].fill(0);
+        } else {
+            d.fill(0);
+        }
+    }
+    let panel = s.panel.as_mut_ptr();
+    let src = wtmp.as_ptr();
+    for kb in (0..kc16).step_by(16) {
+        for half in 0..2 {
+            // Row c of this 8 x 8 block: 8 code pairs (k = kb..kb+16) of column half*8 + c, as i16 pairs.
+            let mut r = [_mm256_setzero_si256(); 8];
+            for (c, rc) in r.iter_mut().enumerate() {
+                // SAFETY: (half*8 + c) * kc16 + kb + 16 <= NR * kc16 = wtmp.len().
+                let v = _mm_loadu_si128(src.add((half * 8 + c) * kc16 + kb) as *const __m128i);
+                *rc = _mm256_cvtepi8_epi16(v);
+            }
+            // 8 x 8 transpose of 32-bit pairs: afterwards o[p] holds pair p of the 8 columns.
+            let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+            let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+            let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+            let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+            let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+            let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+            let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+            let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+            let u0 = _mm256_unpacklo_epi64(t0, t2);
+            let u1 = _mm256_unpackhi_epi64(t0, t2);
+            let u2 = _mm256_unpacklo_epi64(t1, t3);
+            let u3 = _mm256_unpackhi_epi64(t1, t3);
+            let u4 = _mm256_unpacklo_epi64(t4, t6);
+            let u5 = _mm256_unpackhi_epi64(t4, t6);
+            let u6 = _mm256_unpacklo_epi64(t5, t7);
+            let u7 = _mm256_unpackhi_epi64(t5, t7);
+            let o = [
+                _mm256_permute2x128_si256::<0x20>(u0, u4),
+                _mm256_permute2x128_si256::<0x20>(u1, u5),
+                _mm256_permute2x128_si256::<0x20>(u2, u6),
+                _mm256_permute2x128_si256::<0x20>(u3, u7),
+                _mm256_permute2x128_si256::<0x31>(u0, u4),
+                _mm256_permute2x128_si256::<0x31>(u1, u5),
+                _mm256_permute2x128_si256::<0x31>(u2, u6),
+                _mm256_permute2x128_si256::<0x31>(u3, u7),
+            ];
+            for (p, op) in o.iter().enumerate() {
+                // SAFETY: pair index kb/2 + p < kc16/2, so the 16 i16 written end at most at kc16 * NR.
+                let dst = panel.add(((kb / 2 + p) * NR + half * 8) * 2);
+                _mm256_storeu_si256(dst as *mut __m256i, *op);
+            }
+        }
+    }
+}
+
+/// 6 x 16 micro-kernel: `c[r][col] += sum_p a_r[2p..2p+2] . b[p][col][0..2]` over `kp` pairs (wrapping i32).
+///
+/// # Safety
+/// AVX2 must be available; `a` points at 6 rows of at least `2 * kp` i16 spaced `lda` apart; `b` at `kp * 32` i16;
+/// `c` at 6 rows of 16 i32 spaced `ldc` apart, all readable and writable.
+#[target_feature(enable = "avx2")]
+unsafe fn ukernel_6x16__avx2(
+    kp: usize,
+    a: *const i16,
+    lda: usize,
+    b: *const i16,
+    c: *mut i32,
+    ldc: usize,
+) {
+    let mut acc = [_mm256_setzero_si256(); 2 * MR];
+    for p in 0..kp {
+        let b0 = _mm256_loadu_si256(b.add(p * 32) as *const __m256i);
+        let b1 = _mm256_loadu_si256(b.add(p * 32 + 16) as *const __m256i);
+        for r in 0..MR {
+            let pair = std::ptr::read_unaligned(a.add(r * lda + 2 * p) as *const i32);
+            let av = _mm256_set1_epi32(pair);
+            acc[2 * r] = _mm256_add_epi32(acc[2 * r], _mm256_madd_epi16(av, b0));
+            acc[2 * r + 1] = _mm256_add_epi32(acc[2 * r + 1], _mm256_madd_epi16(av, b1));
+        }
+    }
+    for r in 0..MR {
+        let c0 = c.add(r * ldc) as *mut __m256i;
+        let c1 = c.add(r * ldc + 8) as *mut __m256i;
+        _mm256_storeu_si256(c0, _mm256_add_epi32(_mm256_loadu_si256(c0), acc[2 * r]));
+        _mm256_storeu_si256(c1, _mm256_add_epi32(_mm256_loadu_si256(c1), acc[2 * r + 1]));
+    }
+}
+
+/// `out = bias + a . w^T` for `rows` rows, single-threaded.
+///
+/// # Safety
+/// AVX2 must be available; shapes checked by the entry point (`a`: rows x k, `out`: rows x n, `bias`: n).
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_u8i8_i32__avx2(
+    a: &[u8],
+    rows: usize,
+    k: usize,
+    w: &PackedWeights,
+    bias: &[i32],
+    out: &mut [i32],
+) {
+    let n = w.rows;
+    for orow in out.chunks_exact_mut(n) {
+        orow.copy_from_slice(bias);
+    }
+    if rows == 0 || k == 0 {
+        return;
+    }
+    let mut s = Scratch::new(rows);
+    let mut tile = [0i32; MR * NR];
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let kc16 = kc.div_ceil(16) * 16;
+        let kp = kc16 / 2;
+        widen_a__avx2(a, k, rows, k0, kc, kc16, &mut s.a16);
+        for j0 in (0..n).step_by(NR) {
+            let nc = NR.min(n - j0);
+            pack_panel__avx2(w, j0, nc, k0, kc, kc16, &mut s);
+            for i0 in (0..rows).step_by(MR) {
+                let mr = MR.min(rows - i0);
+                // SAFETY: a16 has rows rounded up to MR, so rows i0..i0+6 exist (padding rows are zeros or stale,
+                // and their results are discarded below); the panel holds kp * 32 i16.
+                let ap = s.a16.as_ptr().add(i0 * kc16);
+                if mr == MR && nc == NR {
+                    let cp = out.as_mut_ptr().add(i0 * n + j0);
+                    ukernel_6x16__avx2(kp, ap, kc16, s.panel.as_ptr(), cp, n);
+                } else {
+                    tile.fill(0);
+                    ukernel_6x16__avx2(kp, ap, kc16, s.panel.as_ptr(), tile.as_mut_ptr(), NR);
+                    for r in 0..mr {
+                        let o = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + nc];
+                        for (x, t) in o.iter_mut().zip(&tile[r * NR..]) {
+                            *x = x.wrapping_add(*t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row block for the rayon split: one block per thread, a multiple of MR rows.
+fn par_rows(m: usize, n: usize, k: usize) -> Option<usize> {
+    let threads = rayon::current_num_threads();
+    if threads < 2 || m < 2 * MR || m.saturating_mul(n).saturating_mul(k) < PAR_MIN_MACS {
+        return None;
+    }
+    Some(m.div_ceil(threads).div_ceil(MR) * MR)
+}
+
+/// Single-threaded accumulation on the chosen tier (validated input).
+fn acc_rows(
+    isa: Isa,
+    a: &[u8],
+    rows: usize,
+    k: usize,
+    w: &PackedWeights,
+    bias: &[i32],
+    out: &mut [i32],
+) {
+    if isa == Isa::Avx512Vnni && w.packing == Packing::I8 {
+        // SAFETY: the dispatcher only passes Avx512Vnni when `Isa::is_available` detected avx512f/bw/vnni.
+        unsafe { gemm_u8i8_i32__avx512vnni(a, rows, k, w, bias, out) }
+    } else {
+        // SAFETY: Avx2 (or Avx512Vnni, which implies it) was detected by `Isa::is_available`.
+        unsafe { gemm_u8i8_i32__avx2(a, rows, k, w, bias, out) }
+    }
+}
+
+/// Dispatch target for [`Isa::Avx2`] / [`Isa::Avx512Vnni`] (validated input).
+pub(crate) fn gemm_acc(
+    isa: Isa,
+    a: &[u8],
+    m: usize,
+    k: usize,
+    w: &PackedWeights,
+    bias: &[i32],
+    out: &mut [i32],
+) {
+    debug_assert!(isa.is_available());
+    let n = w.rows;
+    if n == 0 || m == 0 {
+        return;
+    }
+    match par_rows(m, n, k) {
+        Some(block) => out
+            .par_chunks_mut(block * n)
+            .zip(a.par_chunks(block * k))
+            .for_each(|(o, ab)| acc_rows(isa, ab, o.len() / n, k, w, bias, o)),
+        None => acc_rows(isa, a, m, k, w, bias, out),
+    }
+}
+
+/// Accumulates a row block into `acc` scratch and requantizes it while it is in cache.
+fn requant_rows(
+    isa: Isa,
+    a: &[u8],
+    rows: usize,
+    k: usize,
+    w: &PackedWeights,
+    p: &OutputParams,
+    out: &mut [u8],
+) {
+    let n = w.rows;
+    let mut acc = vec![0i32; rows * n];
+    acc_rows(isa, a, rows, k, w, p.bias, &mut acc);
+    reference::requant_u8(&acc, n, p, out);
+}
+
+/// Dispatch target for [`Isa::Avx2`] / [`Isa::Avx512Vnni`] (validated input).
+pub(crate) fn gemm_requant(
+    isa: Isa,
+    a: &[u8],
+    m: usize,
+    k: usize,
+    w: &PackedWeights,
+    p: &OutputParams,
+    out: &mut [u8],
+) {
+    debug_assert!(isa.is_available());
+    let n = w.rows;
+    if n == 0 || m == 0 {
+        return;
+    }
+    match par_rows(m, n, k) {
+        Some(block) => out
+            .par_chunks_mut(block * n)
+            .zip(a.par_chunks(block * k))
+            .for_each(|(o, ab)| requant_rows(isa, ab, o.len() / n, k, w, p, o)),
+        None => requant_rows(isa, a, m, k, w, p, out),
+    }
+}
+
+/// Rows of the VNNI micro-tile (one zmm accumulator of 16 columns per row).
+const VNNI_MR: usize = 4;
+
+/// Int8 weights with `vpdpbusd` (u8 x i8 -> i32 in groups of 4, no intermediate saturation, unlike `vpmaddubsw`;
+/// `vpdpbusds` would saturate the i32 sum and is not used). Panel layout `[k / 4][16][4]` i8, activations padded
+/// to a multiple of 4 with zeros. Untested on the development machine (Zen3 has no AVX-512); its conformance
+/// tests run wherever the CPU has it.
+///
+/// # Safety
+/// avx512f, avx512bw and avx512vnni must be available; shapes checked by the entry point; `w.packing == I8`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn gemm_u8i8_i32__avx512vnni(
+    a: &[u8],
+    rows: usize,
+    k: usize,
+    w: &PackedWeights,
+    bias: &[i32],
+    out: &mut [i32],
+) {
+    let n = w.rows;
+    for orow in out.chunks_exact_mut(n) {
+        orow.copy_from_slice(bias);
+    }
+    if rows == 0 || k == 0 {
+        return;
+    }
+    let rows_pad = rows.div_ceil(VNNI_MR) * VNNI_MR;
+    let mut ablk = vec![0u8; rows_pad * KC];
+    let mut panel = vec![0i8; KC * 16];
+    let mut tile = [0i32; 16];
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let kc4 = kc.div_ceil(4) * 4;
+        for r in 0..rows {
+            let d = &mut ablk[r * kc4..(r + 1) * kc4];
+            d[..kc].copy_from_slice(&a[r * k + k0..r * k + k0 + kc]);
+            d[kc..].fill(0);
+        }
+        for j0 in (0..n).step_by(16) {
+            let nc = 16.min(n - j0);
+            panel[..kc4 * 16].fill(0);
+            for c in 0..nc {
+                let row = w.row(j0 + c);
+                for t in 0..kc {
+                    panel[(t / 4) * 64 + c * 4 + t % 4] = row[k0 + t] as i8;
+                }
+            }
+            for i0 in (0..rows).step_by(VNNI_MR) {
+                let mut acc = [_mm512_setzero_si512(); VNNI_MR];
+                for q in 0..kc4 / 4 {
+                    // SAFETY: q * 64 + 64 <= kc4 * 16 <= panel.len().
+                    let bv = _mm512_loadu_si512(panel.as_ptr().add(q * 64) as *const _);
+                    for (r, accr) in acc.iter_mut().enumerate() {
+                        // SAFETY: row i0 + r < rows_pad and 4q + 4 <= kc4, inside ablk.
+                        let quad = std::ptr::read_unaligned(
+                            ablk.as_ptr().add((i0 + r) * kc4 + 4 * q) as *const i32,
+                        );
+                        *accr = _mm512_dpbusd_epi32(*accr, _mm512_set1_epi32(quad), bv);
+                    }
+                }
+                for (r, accr) in acc.iter().enumerate().take(VNNI_MR.min(rows - i0)) {
+                    _mm512_storeu_si512(tile.as_mut_ptr() as *mut _, *accr);
+                    let o = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + nc];
+                    for (x, t) in o.iter_mut().zip(&tile) {
+                        *x = x.wrapping_add(*t);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `acc = bias + 2 * popcount(a & w) - popcount(a)` with 64-bit hardware popcount.
+///
+/// # Safety
+/// popcnt must be available; shapes checked by the entry point (`a_bits`: rows x row_bytes(B1x8, k)).
+#[target_feature(enable = "popcnt")]
+unsafe fn gemm_b1b1_i32__popcnt(
+    a_bits: &[u8],
+    m: usize,
+    k: usize,
+    w: &PackedWeights,
+    bias: &[i32],
+    out: &mut [i32],
+) {
+    let n = w.rows;
+    let rb = k.div_ceil(8);
+    let words = k / 64;
+    let mut arow = vec![0u8; rb];
+    for i in 0..m {
+        arow.copy_from_slice(&a_bits[i * rb..(i + 1) * rb]);
+        if !k.is_multiple_of(8) {
+            // Activation bits past k are ignored by definition.
+            arow[rb - 1] &= (1u8 << (k % 8)) - 1;
+        }
+        let apop: u32 = arow.iter().map(|b| b.count_ones()).sum();
+        for j in 0..n {
+            let wrow = w.row(j);
+            let mut both = 0u32;
+            for t in 0..words {
+                let mut x = [0u8; 8];
+                let mut y = [0u8; 8];
+                x.copy_from_slice(&arow[t * 8..t * 8 + 8]);
+                y.copy_from_slice(&wrow[t * 8..t * 8 + 8]);
+                both += (u64::from_le_bytes(x) & u64::from_le_bytes(y)).count_ones();
+            }
+            for (x, y) in arow[words * 8..].iter().zip(&wrow[words * 8..]) {
+                both += (x & y).count_ones();
+            }
+            // 2 * both - apop lies in [-k, k]; wrapping keeps the reference's semantics for any bias.
+            out[i * n + j] = bias[j].wrapping_add(2 * both as i32 - apop as i32);
+        }
+    }
+}
+
+/// Dispatch target for binary x binary on x86 tiers (validated input).
+pub(crate) fn gemm_b1b1(
+    a_bits: &[u8],
+    m: usize,
+    k: usize,
+    w: &PackedWeights,
+    bias: &[i32],
+    out: &mut [i32],
+) {
+    // SAFETY: only called for Avx2 / Avx512Vnni, whose availability check includes popcnt.
+    unsafe { gemm_b1b1_i32__popcnt(a_bits, m, k, w, bias, out) }
+}

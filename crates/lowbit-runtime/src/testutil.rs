@@ -1,0 +1,257 @@
+//! Seeded builders of small random valid [`QuantModel`]s for tests in this and other crates. Not a stable API.
+use crate::model::{InputSpec, OutputStage, Provenance, QConv2d, QDense, QLayer, QuantModel};
+use crate::pack::PackedWeights;
+use crate::qparams::{act_code_range, weight_code_range, QParams, Requant};
+
+/// SplitMix64: tiny, seeded, good enough for test data.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next_u64() % ((hi - lo + 1) as u64)) as i64
+    }
+    /// Uniform in `[lo, hi)`.
+    pub fn float(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// Options of a random matrix layer.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerOpts {
+    /// Weight bit width.
+    pub weight_bits: u32,
+    /// Output activation bit width.
+    pub act_bits: u32,
+    /// Per-channel (true) or per-tensor weight scales.
+    pub per_channel: bool,
+}
+
+/// Random weight codes, scales and bias for `rows x k`.
+fn random_params(
+    rng: &mut Rng,
+    rows: usize,
+    k: usize,
+    o: LayerOpts,
+) -> (PackedWeights, Vec<f32>, Vec<i32>) {
+    let (lo, hi) = weight_code_range(o.weight_bits).unwrap_or((-1, 1));
+    let codes: Vec<i8> = (0..rows * k)
+        .map(|_| {
+            if o.weight_bits == 1 {
+                if rng.next_u64() & 1 == 1 {
+                    1
+                } else {
+                    -1
+                }
+            } else {
+                rng.range(lo as i64, hi as i64) as i8
+            }
+        })
+        .collect();
+    let weights =
+        PackedWeights::pack(o.weight_bits, rows, k, &codes).unwrap_or_else(|e| panic!("pack: {e}"));
+    let n_scales = if o.per_channel { rows } else { 1 };
+    let scales = (0..n_scales)
+        .map(|_| rng.float(0.002, 0.05) as f32)
+        .collect();
+    let bias = (0..rows).map(|_| rng.range(-2000, 2000) as i32).collect();
+    (weights, scales, bias)
+}
+
+/// Output stage that maps typical accumulators onto the output code range.
+fn random_requant(
+    rng: &mut Rng,
+    input: QParams,
+    scales: &[f32],
+    k: usize,
+    o: LayerOpts,
+) -> (OutputStage, QParams) {
+    let (_, hi_w) = weight_code_range(o.weight_bits).unwrap_or((-1, 1));
+    let (_, qmax) = act_code_range(o.act_bits).unwrap_or((0, 255));
+    let s0 = scales.first().copied().unwrap_or(1.0) as f64;
+    // A typical |acc| is about sqrt(K) * 64 * hi_w; aim it at a quarter of the output range.
+    let typical = (k as f64).sqrt() * 64.0 * hi_w as f64;
+    let m = rng.float(0.5, 2.0) * qmax as f64 / (4.0 * typical);
+    let s_out = (input.scale as f64 * s0 / m) as f32;
+    let zero_point = rng.range(0, (qmax / 2) as i64) as i32;
+    let qparams = QParams {
+        scale: s_out,
+        zero_point,
+    };
+    let requant = scales
+        .iter()
+        .map(|&sw| {
+            Requant::from_real(input.scale as f64 * sw as f64 / s_out as f64)
+                .unwrap_or_else(|e| panic!("requant: {e}"))
+        })
+        .collect();
+    let relu = rng.next_u64() & 1 == 1;
+    (
+        OutputStage::Requantize {
+            qparams,
+            bits: o.act_bits,
+            relu,
+            requant,
+        },
+        qparams,
+    )
+}
+
+/// A random Dense layer from `k` inputs to `n` outputs; returns it and its output parameters.
+pub fn random_dense(
+    rng: &mut Rng,
+    input: QParams,
+    k: usize,
+    n: usize,
+    logits: bool,
+    o: LayerOpts,
+) -> (QLayer, QParams) {
+    let (weights, weight_scales, bias) = random_params(rng, n, k, o);
+    let (output, out_qp) = if logits {
+        (OutputStage::Logits, input)
+    } else {
+        random_requant(rng, input, &weight_scales, k, o)
+    };
+    (
+        QLayer::Dense(QDense {
+            in_features: k,
+            out_features: n,
+            weights,
+            weight_scales,
+            bias,
+            input,
+            output,
+        }),
+        out_qp,
+    )
+}
+
+/// A random Conv2d layer; returns it and its output parameters.
+#[allow(clippy::too_many_arguments)]
+pub fn random_conv(
+    rng: &mut Rng,
+    input: QParams,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+    o: LayerOpts,
+) -> (QLayer, QParams) {
+    let k = in_channels * kernel.0 * kernel.1;
+    let (weights, weight_scales, bias) = random_params(rng, out_channels, k, o);
+    let (output, out_qp) = random_requant(rng, input, &weight_scales, k, o);
+    (
+        QLayer::Conv2d(QConv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            weights,
+            weight_scales,
+            bias,
+            input,
+            output,
+        }),
+        out_qp,
+    )
+}
+
+fn input_spec(rng: &mut Rng, c: usize, h: usize, w: usize) -> InputSpec {
+    let zero_point = if rng.next_u64() & 1 == 1 {
+        0
+    } else {
+        rng.range(1, 255) as i32
+    };
+    InputSpec {
+        channels: c,
+        height: h,
+        width: w,
+        qparams: QParams {
+            scale: 1.0 / 255.0,
+            zero_point,
+        },
+    }
+}
+
+fn finish(input: InputSpec, layers: Vec<QLayer>, classes: usize, seed: u64) -> QuantModel {
+    QuantModel {
+        input,
+        layers,
+        classes,
+        class_names: (0..classes).map(|i| format!("class{i}")).collect(),
+        provenance: Provenance {
+            dataset: "random".into(),
+            seed,
+            test_accuracy: Some(0.5),
+            recipe: "testutil".into(),
+        },
+    }
+}
+
+/// Input (1x4x4) -> Dense 16->8 (requantized) -> Dense 8->3 (logits).
+pub fn random_mlp(seed: u64, o: LayerOpts) -> QuantModel {
+    let mut rng = Rng(seed);
+    let input = input_spec(&mut rng, 1, 4, 4);
+    let (l0, qp) = random_dense(&mut rng, input.qparams, 16, 8, false, o);
+    let (l1, _) = random_dense(&mut rng, qp, 8, 3, true, o);
+    finish(input, vec![l0, l1], 3, seed)
+}
+
+/// Input (2x7x6) -> Conv 2->3 k3 s1 p1 -> MaxPool 2 s2 -> AvgPool 2 s1 -> Conv 3->2 k2 s1 p0 -> Flatten -> Dense
+/// -> 4 logits. Exercises padding, odd sizes, both pools and conv after pool.
+pub fn random_cnn(seed: u64, o: LayerOpts) -> QuantModel {
+    let mut rng = Rng(seed);
+    let input = input_spec(&mut rng, 2, 7, 6);
+    let (c0, qp) = random_conv(&mut rng, input.qparams, 2, 3, (3, 3), (1, 1), (1, 1), o);
+    // 3x7x6 -> maxpool 2/2 -> 3x3x3 -> avgpool 2/1 -> 3x2x2 -> conv k2 -> 2x1x1
+    let pool = QLayer::MaxPool2d {
+        kernel: (2, 2),
+        stride: (2, 2),
+    };
+    let (_, qmax) = act_code_range(o.act_bits).unwrap_or((0, 255));
+    let avg_out = QParams {
+        scale: qp.scale * rng.float(0.8, 1.2) as f32,
+        zero_point: rng.range(0, (qmax / 2) as i64) as i32,
+    };
+    let avg = QLayer::AvgPool2d {
+        kernel: (2, 2),
+        stride: (1, 1),
+        input: qp,
+        output: avg_out,
+        bits: o.act_bits,
+    };
+    let (c1, qp) = random_conv(&mut rng, avg_out, 3, 2, (2, 2), (1, 1), (0, 0), o);
+    let (d, _) = random_dense(&mut rng, qp, 2, 4, true, o);
+    finish(input, vec![c0, pool, avg, c1, QLayer::Flatten, d], 4, seed)
+}
+
+/// A random model: [`random_mlp`] or [`random_cnn`] with random bit widths and granularity.
+pub fn random_model(seed: u64) -> QuantModel {
+    let mut rng = Rng(seed ^ 0x5eed);
+    let o = LayerOpts {
+        weight_bits: rng.range(1, 8) as u32,
+        act_bits: rng.range(2, 8) as u32,
+        per_channel: rng.next_u64() & 1 == 1,
+    };
+    if rng.next_u64() & 1 == 1 {
+        random_mlp(seed, o)
+    } else {
+        random_cnn(seed, o)
+    }
+}

@@ -1,0 +1,528 @@
+//! Integer engine: hand-computed outputs, agreement with a naive direct evaluator, batch and granularity
+//! invariances, every bit width, and structural validation.
+use lowbit_runtime::engine::{argmax_rows, Engine};
+use lowbit_runtime::model::{
+    InputSpec, OutputStage, Provenance, QConv2d, QDense, QLayer, QuantModel,
+};
+use lowbit_runtime::pack::PackedWeights;
+use lowbit_runtime::qparams::{act_code_range, requantize, QParams, Requant};
+use lowbit_runtime::testutil::{random_cnn, random_conv, random_dense, random_mlp, LayerOpts, Rng};
+use lowbit_runtime::QuantError;
+
+fn qp(scale: f32, zero_point: i32) -> QParams {
+    QParams { scale, zero_point }
+}
+
+/// Two dense layers whose outputs are worked out by hand in `hand_computed_two_layer_dense_model_*`.
+fn hand_model(relu: bool) -> QuantModel {
+    let l0 = QDense {
+        in_features: 2,
+        out_features: 2,
+        weights: PackedWeights::pack(8, 2, 2, &[1, 2, -1, 3]).unwrap(),
+        weight_scales: vec![0.5],
+        bias: vec![10, -5],
+        input: qp(1.0, 1),
+        output: OutputStage::Requantize {
+            qparams: qp(1.0, 3),
+            bits: 8,
+            relu,
+            requant: vec![Requant::from_real(0.5).unwrap()],
+        },
+    };
+    let l1 = QDense {
+        in_features: 2,
+        out_features: 2,
+        weights: PackedWeights::pack(4, 2, 2, &[2, -1, 0, 7]).unwrap(),
+        weight_scales: vec![0.25, 0.125],
+        bias: vec![1, -2],
+        input: qp(1.0, 3),
+        output: OutputStage::Logits,
+    };
+    QuantModel {
+        input: InputSpec {
+            channels: 1,
+            height: 1,
+            width: 2,
+            qparams: qp(1.0, 1),
+        },
+        layers: vec![QLayer::Dense(l0), QLayer::Dense(l1)],
+        classes: 2,
+        class_names: vec![],
+        provenance: Provenance::default(),
+    }
+}
+
+#[test]
+fn hand_computed_two_layer_dense_model_gives_known_outputs() {
+    // input [5, 2], zp 1 -> [4, 1]; acc0 = 10 + 4 + 2 = 16, acc1 = -5 - 4 + 3 = -6;
+    // x0.5 -> 8, -3 (half rounds up: -3.0 exact); + zp 3 -> [11, 0].
+    // layer 1: [11, 0] - 3 = [8, -3]; acc0 = 1 + 16 + 3 = 20, acc1 = -2 + 0 - 21 = -23.
+    let e = Engine::new(&hand_model(false)).unwrap();
+    let t = e.run_traced(&[5, 2], 1).unwrap();
+    assert_eq!(t.codes, vec![vec![11u8, 0]]);
+    assert_eq!(t.accumulators, vec![20, -23]);
+    assert_eq!(t.logits, vec![5.0, -2.875]);
+    assert_eq!(e.run(&[5, 2], 1).unwrap(), vec![5.0, -2.875]);
+    assert_eq!(e.predict(&[5, 2], 1).unwrap(), vec![0]);
+}
+
+#[test]
+fn hand_computed_model_with_fused_relu_clamps_at_the_zero_point() {
+    // Same as above but the -3 clamps to the zero point 3: layer-1 input [8, 0]; acc = [17, -2].
+    let e = Engine::new(&hand_model(true)).unwrap();
+    let t = e.run_traced(&[5, 2], 1).unwrap();
+    assert_eq!(t.codes, vec![vec![11u8, 3]]);
+    assert_eq!(t.accumulators, vec![17, -2]);
+    assert_eq!(t.logits, vec![17.0 * 0.25, -2.0 * 0.125]);
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// A naive evaluator written independently of the engine: direct convolution with explicit zero-point
+// subtraction, no im2col, no folded bias.
+
+fn out_stage(acc: i64, o: &OutputStage, c: usize) -> u8 {
+    match o {
+        OutputStage::Requantize {
+            qparams,
+            bits,
+            relu,
+            requant,
+        } => {
+            let (_, qmax) = act_code_range(*bits).unwrap();
+            let rq = if requant.len() == 1 {
+                requant[0]
+            } else {
+                requant[c]
+            };
+            let qmin = if *relu { qparams.zero_point } else { 0 };
+            requantize(
+                i32::try_from(acc).unwrap(),
+                rq,
+                qparams.zero_point,
+                qmin,
+                qmax,
+            ) as u8
+        }
+        OutputStage::Logits => unreachable!(),
+    }
+}
+
+struct Naive {
+    codes: Vec<Vec<u8>>,
+    acc: Vec<i32>,
+    logits: Vec<f32>,
+}
+
+fn naive_run(m: &QuantModel, x: &[u8]) -> Naive {
+    let (mut c, mut h, mut w) = (m.input.channels, m.input.height, m.input.width);
+    let mut cur: Vec<u8> = x.to_vec();
+    let mut codes = Vec::new();
+    for (li, layer) in m.layers.iter().enumerate() {
+        let last = li == m.layers.len() - 1;
+        match layer {
+            QLayer::Dense(d) => {
+                let zp = d.input.zero_point as i64;
+                let accs: Vec<i64> = (0..d.out_features)
+                    .map(|j| {
+                        d.bias[j] as i64
+                            + (0..d.in_features)
+                                .map(|k| (cur[k] as i64 - zp) * d.weights.code(j, k) as i64)
+                                .sum::<i64>()
+                    })
+                    .collect();
+                if last {
+                    let acc: Vec<i32> = accs.iter().map(|&a| a as i32).collect();
+                    let logits = acc
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &a)| {
+                            let sw = if d.weight_scales.len() == 1 {
+                                d.weight_scales[0]
+                            } else {
+                                d.weight_scales[j]
+                            };
+                            a as f32 * (d.input.scale * sw)
+                        })
+                        .collect();
+                    return Naive { codes, acc, logits };
+                }
+                cur = accs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &a)| out_stage(a, &d.output, j))
+                    .collect();
+                (c, h, w) = (d.out_features, 1, 1);
+            }
+            QLayer::Conv2d(cv) => {
+                let (kh, kw) = cv.kernel;
+                let (sh, sw) = cv.stride;
+                let (ph, pw) = cv.padding;
+                let oh = (h + 2 * ph - kh) / sh + 1;
+                let ow = (w + 2 * pw - kw) / sw + 1;
+                let zp = cv.input.zero_point as i64;
+                let mut out = vec![0u8; cv.out_channels * oh * ow];
+                for oc in 0..cv.out_channels {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut acc = cv.bias[oc] as i64;
+                            for ic in 0..c {
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        let iy = (oy * sh + ky) as i64 - ph as i64;
+                                        let ix = (ox * sw + kx) as i64 - pw as i64;
+                                        // Padding holds the zero point, i.e. contributes 0 after subtraction.
+                                        if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
+                                            continue;
+                                        }
+                                        let a =
+                                            cur[ic * h * w + iy as usize * w + ix as usize] as i64;
+                                        let wc =
+                                            cv.weights.code(oc, ic * kh * kw + ky * kw + kx) as i64;
+                                        acc += (a - zp) * wc;
+                                    }
+                                }
+                            }
+                            out[oc * oh * ow + oy * ow + ox] = out_stage(acc, &cv.output, oc);
+                        }
+                    }
+                }
+                cur = out;
+                (c, h, w) = (cv.out_channels, oh, ow);
+            }
+            QLayer::MaxPool2d { kernel, stride } | QLayer::AvgPool2d { kernel, stride, .. } => {
+                let oh = (h - kernel.0) / stride.0 + 1;
+                let ow = (w - kernel.1) / stride.1 + 1;
+                let mut out = vec![0u8; c * oh * ow];
+                for ch in 0..c {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let vals: Vec<u8> = (0..kernel.0)
+                                .flat_map(|ky| (0..kernel.1).map(move |kx| (ky, kx)))
+                                .map(|(ky, kx)| {
+                                    cur[ch * h * w + (oy * stride.0 + ky) * w + ox * stride.1 + kx]
+                                })
+                                .collect();
+                            out[ch * oh * ow + oy * ow + ox] = match layer {
+                                QLayer::AvgPool2d {
+                                    input,
+                                    output,
+                                    bits,
+                                    ..
+                                } => {
+                                    let sum: i32 =
+                                        vals.iter().map(|&v| v as i32 - input.zero_point).sum();
+                                    let real = input.scale as f64
+                                        / (output.scale as f64 * vals.len() as f64);
+                                    let (_, qmax) = act_code_range(*bits).unwrap();
+                                    requantize(
+                                        sum,
+                                        Requant::from_real(real).unwrap(),
+                                        output.zero_point,
+                                        0,
+                                        qmax,
+                                    ) as u8
+                                }
+                                _ => *vals.iter().max().unwrap(),
+                            };
+                        }
+                    }
+                }
+                cur = out;
+                (h, w) = (oh, ow);
+            }
+            QLayer::Flatten => {
+                (c, h, w) = (c * h * w, 1, 1);
+            }
+        }
+        codes.push(cur.clone());
+    }
+    unreachable!("model without logits layer")
+}
+
+/// Runs the engine traced on `batch` random samples and compares it with [`naive_run`], sample by sample.
+fn assert_matches_naive(m: &QuantModel, batch: usize, seed: u64) {
+    let e = Engine::new(m).unwrap_or_else(|err| panic!("seed {seed}: {err}"));
+    let f = e.input_features();
+    let x = Rng(seed).bytes(batch * f);
+    let t = e.run_traced(&x, batch).unwrap();
+    let n = e.classes();
+    for b in 0..batch {
+        let r = naive_run(m, &x[b * f..(b + 1) * f]);
+        for (li, codes) in r.codes.iter().enumerate() {
+            let got = &t.codes[li][b * codes.len()..(b + 1) * codes.len()];
+            for (i, (&g, &want)) in got.iter().zip(codes).enumerate() {
+                assert_eq!(
+                    g, want,
+                    "seed {seed} sample {b} layer {li} index {i}: got {g} want {want}"
+                );
+            }
+        }
+        assert_eq!(
+            &t.accumulators[b * n..(b + 1) * n],
+            &r.acc[..],
+            "seed {seed} sample {b} accumulators"
+        );
+        let got_bits: Vec<u32> = t.logits[b * n..(b + 1) * n]
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let want_bits: Vec<u32> = r.logits.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got_bits, want_bits, "seed {seed} sample {b} logits bits");
+    }
+}
+
+fn opts(weight_bits: u32, act_bits: u32, per_channel: bool) -> LayerOpts {
+    LayerOpts {
+        weight_bits,
+        act_bits,
+        per_channel,
+    }
+}
+
+#[test]
+fn conv_relu_maxpool_flatten_dense_matches_direct_convolution() {
+    for seed in 0..6u64 {
+        let o = opts(8, 8, seed % 2 == 0);
+        let mut rng = Rng(seed);
+        let input = InputSpec {
+            channels: 1,
+            height: 8,
+            width: 8,
+            qparams: qp(1.0 / 255.0, 0),
+        };
+        let (mut conv, q1) = random_conv(&mut rng, input.qparams, 1, 4, (3, 3), (1, 1), (1, 1), o);
+        if let QLayer::Conv2d(QConv2d {
+            output: OutputStage::Requantize { relu, .. },
+            ..
+        }) = &mut conv
+        {
+            *relu = true;
+        }
+        let pool = QLayer::MaxPool2d {
+            kernel: (2, 2),
+            stride: (2, 2),
+        };
+        let (dense, _) = random_dense(&mut rng, q1, 4 * 4 * 4, 10, true, o);
+        let m = QuantModel {
+            input,
+            layers: vec![conv, pool, QLayer::Flatten, dense],
+            classes: 10,
+            class_names: vec![],
+            provenance: Provenance::default(),
+        };
+        assert_matches_naive(&m, 3, seed);
+    }
+}
+
+#[test]
+fn every_weight_and_activation_bit_width_matches_the_naive_evaluator() {
+    for &wb in &[8u32, 6, 4, 3, 2, 1] {
+        for &ab in &[8u32, 4, 2, 1] {
+            for per_channel in [false, true] {
+                let seed = (wb * 100 + ab * 10) as u64 + per_channel as u64;
+                assert_matches_naive(&random_cnn(seed, opts(wb, ab, per_channel)), 2, seed);
+                assert_matches_naive(&random_mlp(seed, opts(wb, ab, per_channel)), 3, seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_of_n_equals_n_runs_of_batch_one() {
+    for seed in 0..4u64 {
+        let m = random_cnn(seed, opts(4, 8, true));
+        let e = Engine::new(&m).unwrap();
+        let f = e.input_features();
+        let batch = 7;
+        let x = Rng(seed + 99).bytes(batch * f);
+        let all = e.run(&x, batch).unwrap();
+        let single: Vec<f32> = (0..batch)
+            .flat_map(|b| e.run(&x[b * f..(b + 1) * f], 1).unwrap())
+            .collect();
+        assert_eq!(
+            all.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            single.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            e.predict(&x, batch).unwrap(),
+            argmax_rows(&single, e.classes())
+        );
+    }
+}
+
+/// Expands per-tensor scales and requant to per-channel copies of the same values.
+fn to_per_channel(m: &QuantModel) -> QuantModel {
+    let mut m = m.clone();
+    for l in &mut m.layers {
+        let (rows, scales, output) = match l {
+            QLayer::Dense(d) => (d.out_features, &mut d.weight_scales, &mut d.output),
+            QLayer::Conv2d(c) => (c.out_channels, &mut c.weight_scales, &mut c.output),
+            _ => continue,
+        };
+        assert_eq!(scales.len(), 1);
+        *scales = vec![scales[0]; rows];
+        if let OutputStage::Requantize { requant, .. } = output {
+            *requant = vec![requant[0]; rows];
+        }
+    }
+    m
+}
+
+#[test]
+fn per_channel_parameters_with_equal_values_match_per_tensor() {
+    for seed in 0..4u64 {
+        for m in [
+            random_cnn(seed, opts(8, 8, false)),
+            random_mlp(seed, opts(2, 4, false)),
+        ] {
+            let pc = to_per_channel(&m);
+            assert_ne!(pc, m);
+            let e1 = Engine::new(&m).unwrap();
+            let e2 = Engine::new(&pc).unwrap();
+            let x = Rng(seed).bytes(3 * e1.input_features());
+            assert_eq!(e1.run_traced(&x, 3).unwrap(), e2.run_traced(&x, 3).unwrap());
+        }
+    }
+}
+
+#[test]
+fn per_channel_scales_change_the_logits_of_their_channel_only() {
+    let m = random_mlp(5, opts(8, 8, true));
+    let e = Engine::new(&m).unwrap();
+    let x = Rng(1).bytes(e.input_features());
+    let base = e.run(&x, 1).unwrap();
+    let mut m2 = m.clone();
+    if let Some(QLayer::Dense(d)) = m2.layers.last_mut() {
+        d.weight_scales[1] *= 2.0;
+    }
+    let got = Engine::new(&m2).unwrap().run(&x, 1).unwrap();
+    assert_eq!(got[0], base[0]);
+    assert_eq!(got[1], base[1] * 2.0);
+    assert_eq!(got[2], base[2]);
+}
+
+#[test]
+fn argmax_ties_go_to_the_lowest_index() {
+    assert_eq!(
+        argmax_rows(&[1.0, 3.0, 3.0, 0.0, 2.0, 2.0, 2.0, 2.0], 4),
+        vec![1, 0]
+    );
+}
+
+#[test]
+fn run_rejects_input_of_the_wrong_length() {
+    let e = Engine::new(&hand_model(false)).unwrap();
+    assert!(matches!(
+        e.run(&[1, 2, 3], 1),
+        Err(QuantError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        e.run(&[1, 2, 3], 2),
+        Err(QuantError::ShapeMismatch { .. })
+    ));
+    assert_eq!(e.run(&[], 0).unwrap(), Vec::<f32>::new());
+}
+
+fn dense_mut(m: &mut QuantModel, i: usize) -> &mut QDense {
+    match &mut m.layers[i] {
+        QLayer::Dense(d) => d,
+        _ => panic!("layer {i} is not dense"),
+    }
+}
+
+#[test]
+fn new_rejects_inconsistent_models() {
+    type Edit = fn(&mut QuantModel);
+    let cases: Vec<(&str, Edit)> = vec![
+        ("bias length", |m| dense_mut(m, 0).bias.push(0)),
+        ("weight scales length", |m| {
+            dense_mut(m, 1).weight_scales = vec![1.0; 3]
+        }),
+        ("nan weight scale", |m| {
+            dense_mut(m, 1).weight_scales[0] = f32::NAN
+        }),
+        ("zero input scale", |m| m.input.qparams.scale = 0.0),
+        ("input zero point above 255", |m| {
+            m.input.qparams.zero_point = 256
+        }),
+        ("in_features", |m| dense_mut(m, 0).in_features = 3),
+        ("chain of qparams", |m| dense_mut(m, 1).input.scale = 2.0),
+        ("classes", |m| m.classes = 3),
+        ("class names", |m| m.class_names = vec!["a".into()]),
+        ("logits not last", |m| {
+            dense_mut(m, 0).output = OutputStage::Logits
+        }),
+        ("requant last", |m| {
+            let o = dense_mut(m, 0).output.clone();
+            dense_mut(m, 1).output = o;
+        }),
+        ("requant length", |m| {
+            if let OutputStage::Requantize { requant, .. } = &mut dense_mut(m, 0).output {
+                requant.push(requant[0]);
+                requant.push(requant[0]);
+            }
+        }),
+        ("invalid requant", |m| {
+            if let OutputStage::Requantize { requant, .. } = &mut dense_mut(m, 0).output {
+                requant[0].multiplier = 5;
+            }
+        }),
+        ("output zero point", |m| {
+            if let OutputStage::Requantize { qparams, bits, .. } = &mut dense_mut(m, 0).output {
+                *bits = 2;
+                qparams.zero_point = 4;
+            }
+        }),
+        ("weight rows", |m| dense_mut(m, 0).weights.rows = 3),
+        ("accumulator overflow bias", |m| {
+            dense_mut(m, 0).bias[0] = i32::MAX - 10
+        }),
+        ("no layers", |m| m.layers.clear()),
+    ];
+    for (name, edit) in cases {
+        let mut m = hand_model(false);
+        edit(&mut m);
+        assert!(Engine::new(&m).is_err(), "{name} was accepted");
+    }
+}
+
+#[test]
+fn new_rejects_k_above_the_kernel_overflow_bound() {
+    let k = lowbit_runtime::kernels::MAX_K + 1;
+    let mut rng = Rng(3);
+    let input = InputSpec {
+        channels: k,
+        height: 1,
+        width: 1,
+        qparams: qp(1.0, 0),
+    };
+    let (d, _) = random_dense(&mut rng, input.qparams, k, 1, true, opts(1, 8, false));
+    let m = QuantModel {
+        input,
+        layers: vec![d],
+        classes: 1,
+        class_names: vec![],
+        provenance: Provenance::default(),
+    };
+    assert!(matches!(
+        Engine::new(&m),
+        Err(QuantError::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn random_test_models_produce_spread_out_codes_not_saturated_ones() {
+    // Guards the tests above against passing trivially on all-zero or all-max activations.
+    let m = random_cnn(11, opts(8, 8, true));
+    let e = Engine::new(&m).unwrap();
+    let x = Rng(2).bytes(4 * e.input_features());
+    let t = e.run_traced(&x, 4).unwrap();
+    let mut distinct: Vec<u8> = t.codes[0].clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(
+        distinct.len() >= 16,
+        "only {} distinct codes after conv 0",
+        distinct.len()
+    );
+}

@@ -1,0 +1,426 @@
+//! `.lbq` reader and writer: round trips, one test per error variant, truncation at every offset, random
+//! mutation, atomic save.
+use lowbit_runtime::format::{self, from_bytes, is_lbq, read_metadata, to_bytes};
+use lowbit_runtime::model::{QLayer, QuantModel};
+use lowbit_runtime::testutil::{random_mlp, random_model, LayerOpts};
+use lowbit_runtime::{FormatError, QuantError};
+use proptest::prelude::*;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::{SafeTensors, View};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn small_model() -> QuantModel {
+    random_mlp(
+        7,
+        LayerOpts {
+            weight_bits: 4,
+            act_bits: 8,
+            per_channel: true,
+        },
+    )
+}
+
+fn small_file() -> Vec<u8> {
+    to_bytes(&small_model()).unwrap()
+}
+
+type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+
+/// Re-serializes a valid file after editing its metadata and tensors.
+fn rebuild(bytes: &[u8], edit: impl FnOnce(&mut HashMap<String, String>, &mut Tensors)) -> Vec<u8> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let mut meta = read_metadata(bytes).unwrap();
+    let mut tensors: Tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n,
+                View::dtype(&v),
+                View::shape(&v).to_vec(),
+                View::data(&v).to_vec(),
+            )
+        })
+        .collect();
+    edit(&mut meta, &mut tensors);
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize(views, &Some(meta)).unwrap()
+}
+
+/// Re-serializes a valid file after editing its `model` JSON.
+fn edit_model(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    rebuild(bytes, |meta, _| {
+        let mut v: serde_json::Value = serde_json::from_str(&meta["model"]).unwrap();
+        edit(&mut v);
+        meta.insert("model".into(), v.to_string());
+    })
+}
+
+#[test]
+fn write_then_read_round_trips_exactly() {
+    for seed in 0..40u64 {
+        let m = random_model(seed);
+        let bytes = to_bytes(&m).unwrap();
+        assert!(is_lbq(&bytes));
+        let back = from_bytes(&bytes).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert_eq!(back, m, "seed {seed}");
+        // Writing is deterministic: the same model gives the same bytes.
+        assert_eq!(to_bytes(&back).unwrap(), bytes, "seed {seed}");
+    }
+}
+
+#[test]
+fn metadata_tells_a_quantized_file_from_a_float_one() {
+    let bytes = small_file();
+    let meta = read_metadata(&bytes).unwrap();
+    assert_eq!(meta["format"], "lowbit.lbq");
+    assert_eq!(meta["format_version"], "1");
+    let float = rebuild(&bytes, |m, _| {
+        m.insert("format".into(), "lowbit.f32".into());
+    });
+    assert!(!is_lbq(&float));
+    assert_eq!(read_metadata(&float).unwrap()["format"], "lowbit.f32");
+    assert!(!is_lbq(b"garbage"));
+}
+
+#[test]
+fn rejects_a_file_that_is_not_safetensors_as_bad_magic() {
+    let mut junk = b"PK\x03\x04 this is a zip file, not a model".to_vec();
+    junk.extend([0u8; 64]);
+    assert!(matches!(
+        from_bytes(&junk),
+        Err(FormatError::BadMagic { .. })
+    ));
+}
+
+#[test]
+fn rejects_another_format_name_as_bad_magic() {
+    let f32_file = rebuild(&small_file(), |m, _| {
+        m.insert("format".into(), "lowbit.f32".into());
+    });
+    assert!(matches!(
+        from_bytes(&f32_file),
+        Err(FormatError::BadMagic { .. })
+    ));
+    let no_meta = rebuild(&small_file(), |m, _| m.clear());
+    assert!(matches!(
+        from_bytes(&no_meta),
+        Err(FormatError::BadMagic { .. })
+    ));
+}
+
+#[test]
+fn rejects_a_newer_version() {
+    let v2 = rebuild(&small_file(), |m, _| {
+        m.insert("format_version".into(), "2".into());
+    });
+    match from_bytes(&v2) {
+        Err(FormatError::UnsupportedVersion { found: 2, max: 1 }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rejects_a_truncated_file() {
+    let bytes = small_file();
+    assert!(matches!(
+        from_bytes(&bytes[..bytes.len() - 1]),
+        Err(FormatError::Truncated { .. })
+    ));
+    assert!(matches!(
+        from_bytes(&bytes[..5]),
+        Err(FormatError::Truncated { .. })
+    ));
+    assert!(matches!(
+        from_bytes(&bytes[..40]),
+        Err(FormatError::Truncated { .. })
+    ));
+}
+
+#[test]
+fn truncation_at_every_byte_offset_is_an_error_not_a_panic() {
+    let bytes = small_file();
+    for cut in 0..bytes.len() {
+        assert!(
+            from_bytes(&bytes[..cut]).is_err(),
+            "cut at {cut} was accepted"
+        );
+    }
+    assert!(from_bytes(&bytes).is_ok());
+}
+
+#[test]
+fn rejects_a_header_longer_than_the_limit() {
+    let mut bytes = small_file();
+    bytes[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert!(matches!(
+        from_bytes(&bytes),
+        Err(FormatError::LimitExceeded { .. })
+    ));
+}
+
+#[test]
+fn rejects_dimensions_above_the_limit_before_allocating() {
+    let huge = edit_model(&small_file(), |v| {
+        v["classes"] = serde_json::json!(1u64 << 40)
+    });
+    assert!(matches!(
+        from_bytes(&huge),
+        Err(FormatError::LimitExceeded { .. })
+    ));
+    let rows = edit_model(&small_file(), |v| {
+        v["layers"][0]["weights"]["rows"] = serde_json::json!(1u64 << 30)
+    });
+    assert!(matches!(
+        from_bytes(&rows),
+        Err(FormatError::LimitExceeded { .. })
+    ));
+}
+
+#[test]
+fn writer_rejects_a_nan_scale() {
+    let mut m = small_model();
+    if let QLayer::Dense(d) = &mut m.layers[1] {
+        d.weight_scales[0] = f32::NAN;
+    }
+    assert!(matches!(
+        to_bytes(&m),
+        Err(FormatError::Quant(QuantError::InvalidQParams { .. }))
+    ));
+}
+
+#[test]
+fn reader_rejects_an_infinite_scale() {
+    // JSON cannot spell NaN; the closest hostile value is one that overflows f32.
+    let inf = edit_model(&small_file(), |v| {
+        v["layers"][1]["weight_scales"][0] = serde_json::json!(1e39)
+    });
+    assert!(matches!(
+        from_bytes(&inf),
+        Err(FormatError::Quant(QuantError::InvalidQParams { .. }))
+    ));
+    let null = edit_model(&small_file(), |v| {
+        v["layers"][1]["weight_scales"][0] = serde_json::Value::Null
+    });
+    assert!(matches!(from_bytes(&null), Err(FormatError::Malformed(_))));
+}
+
+#[test]
+fn reader_rejects_a_zero_scale() {
+    let zero = edit_model(&small_file(), |v| {
+        v["input"]["scale"] = serde_json::json!(0.0)
+    });
+    assert!(matches!(
+        from_bytes(&zero),
+        Err(FormatError::Quant(QuantError::InvalidQParams { .. }))
+    ));
+    let denormal = edit_model(&small_file(), |v| {
+        v["layers"][0]["input"]["scale"] = serde_json::json!(1e-45)
+    });
+    assert!(matches!(from_bytes(&denormal), Err(FormatError::Quant(_))));
+}
+
+#[test]
+fn reader_rejects_a_zero_point_out_of_range() {
+    let zp = edit_model(&small_file(), |v| {
+        v["layers"][0]["output"]["zero_point"] = serde_json::json!(300)
+    });
+    assert!(matches!(
+        from_bytes(&zp),
+        Err(FormatError::Quant(QuantError::InvalidQParams { .. }))
+    ));
+}
+
+#[test]
+fn reader_rejects_invalid_requant() {
+    let rq = edit_model(&small_file(), |v| {
+        v["layers"][0]["output"]["requant"][0]["shift"] = serde_json::json!(40)
+    });
+    assert!(matches!(
+        from_bytes(&rq),
+        Err(FormatError::Quant(QuantError::MultiplierOutOfRange { .. }))
+    ));
+}
+
+#[test]
+fn reader_rejects_a_tensor_whose_shape_disagrees_with_the_metadata() {
+    let cols = edit_model(&small_file(), |v| {
+        v["layers"][0]["weights"]["cols"] = serde_json::json!(17)
+    });
+    assert!(matches!(from_bytes(&cols), Err(FormatError::Malformed(_))));
+    let bias = rebuild(&small_file(), |_, t| {
+        let b = t.iter_mut().find(|x| x.0 == "layers.0.bias").unwrap();
+        b.2 = vec![b.2[0] - 1];
+        b.3.truncate(b.3.len() - 4);
+    });
+    assert!(matches!(from_bytes(&bias), Err(FormatError::Malformed(_))));
+    let dtype = rebuild(&small_file(), |_, t| {
+        let b = t.iter_mut().find(|x| x.0 == "layers.0.bias").unwrap();
+        b.1 = Dtype::F32;
+    });
+    assert!(matches!(from_bytes(&dtype), Err(FormatError::Malformed(_))));
+}
+
+#[test]
+fn reader_rejects_inconsistent_layer_shapes_as_quant_errors() {
+    // Weights and tensor agree, but the layer no longer chains with the next one.
+    let m = edit_model(&small_file(), |v| {
+        v["layers"][1]["in_features"] = serde_json::json!(9)
+    });
+    assert!(matches!(
+        from_bytes(&m),
+        Err(FormatError::Quant(QuantError::ShapeMismatch { .. }))
+    ));
+}
+
+#[test]
+fn reader_rejects_a_missing_or_extra_tensor() {
+    let missing = rebuild(&small_file(), |_, t| t.retain(|x| x.0 != "layers.1.weight"));
+    assert!(matches!(
+        from_bytes(&missing),
+        Err(FormatError::Malformed(_))
+    ));
+    let extra = rebuild(&small_file(), |_, t| {
+        t.push(("layers.5.bias".into(), Dtype::I32, vec![1], vec![0; 4]))
+    });
+    assert!(matches!(from_bytes(&extra), Err(FormatError::Malformed(_))));
+}
+
+#[test]
+fn reader_rejects_duplicate_tensor_names() {
+    let bytes = small_file();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(header).unwrap();
+    let entry = format!("\"layers.0.bias\":{},", v["layers.0.bias"]);
+    let dup = format!("{{{entry}{}", &header[1..]);
+    let mut out = (dup.len() as u64).to_le_bytes().to_vec();
+    out.extend(dup.as_bytes());
+    out.extend(&bytes[8 + n..]);
+    // safetensors alone would accept this file (the last duplicate wins).
+    assert!(SafeTensors::deserialize(&out).is_ok());
+    assert!(matches!(from_bytes(&out), Err(FormatError::Malformed(_))));
+}
+
+#[test]
+fn reader_rejects_unknown_fields_and_bad_json() {
+    let unknown = edit_model(&small_file(), |v| v["surprise"] = serde_json::json!(1));
+    assert!(matches!(
+        from_bytes(&unknown),
+        Err(FormatError::Malformed(_))
+    ));
+    let bad = rebuild(&small_file(), |m, _| {
+        m.insert("model".into(), "{not json".into());
+    });
+    assert!(matches!(from_bytes(&bad), Err(FormatError::Malformed(_))));
+}
+
+#[test]
+fn reader_rejects_weight_codes_outside_their_range() {
+    // 4-bit codes live in [-7, 7]; the nibble 0x8 is -8.
+    let bad = rebuild(&small_file(), |_, t| {
+        let w = t.iter_mut().find(|x| x.0 == "layers.0.weight").unwrap();
+        w.3[0] = 0x88;
+    });
+    assert!(matches!(from_bytes(&bad), Err(FormatError::Quant(_))));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Flipped bits, overwritten bytes and changed lengths never make the reader panic.
+    #[test]
+    fn mutated_files_never_panic(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<bool>()), 1..8),
+        new_len in proptest::option::of(any::<prop::sample::Index>()),
+        append in proptest::collection::vec(any::<u8>(), 0..4),
+    ) {
+        let mut bytes = small_file();
+        for (at, val, flip) in edits {
+            let i = at.index(bytes.len());
+            if flip { bytes[i] ^= 1 << (val % 8) } else { bytes[i] = val }
+        }
+        if let Some(l) = new_len {
+            bytes.truncate(l.index(bytes.len() + 1));
+        }
+        bytes.extend(append);
+        let _ = from_bytes(&bytes);
+        let _ = read_metadata(&bytes);
+    }
+
+    /// Edits confined to the header (where the structure lives) never panic either.
+    #[test]
+    fn mutated_headers_never_panic(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), 0x20u8..0x7f), 1..6),
+    ) {
+        let mut bytes = small_file();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        for (at, val) in edits {
+            let i = 8 + at.index(n);
+            bytes[i] = val;
+        }
+        let _ = from_bytes(&bytes);
+    }
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("lbq-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn save_then_load_round_trips_and_leaves_no_temp_file() {
+    let dir = scratch_dir("save");
+    let path = dir.join("model.lbq");
+    let m = small_model();
+    format::save(&m, &path).unwrap();
+    assert_eq!(format::load(&path).unwrap(), m);
+    // Overwrite with another model.
+    let m2 = random_model(3);
+    format::save(&m2, &path).unwrap();
+    assert_eq!(format::load(&path).unwrap(), m2);
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("model.lbq")]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn failed_save_keeps_the_old_file_and_leaves_no_temp_file() {
+    let dir = scratch_dir("clobber");
+    let path = dir.join("model.lbq");
+    format::save(&small_model(), &path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let mut bad = small_model();
+    bad.input.qparams.scale = f32::NAN;
+    assert!(format::save(&bad, &path).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1);
+    // A target directory that does not exist fails cleanly too.
+    assert!(matches!(
+        format::save(&small_model(), &dir.join("nope/m.lbq")),
+        Err(FormatError::Io(_))
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn load_of_a_missing_file_is_an_io_error() {
+    assert!(matches!(
+        format::load(std::path::Path::new("/nonexistent/x.lbq")),
+        Err(FormatError::Io(_))
+    ));
+}

@@ -1,0 +1,226 @@
+//! Float model files and a loader that tells float from quantized files.
+//!
+//! A float model is a safetensors file whose `__metadata__` has `format = "lowbit.f32"`, `format_version = "1"`,
+//! `spec` (the model spec string, e.g. `mlp:784-64-10`) and `provenance` (JSON). Tensors are
+//! `layers.{i}.weight` (F32, `[out, in]`) and `layers.{i}.bias` (F32, `[out]`) for each parameterised layer `i` of
+//! the spec's layer list. Quantized models use the `.lbq` format of [`lowbit_runtime::format`].
+use crate::error::{Error, Result};
+use crate::nn::{Layer, Model};
+use lowbit_runtime::model::Provenance;
+use lowbit_runtime::{FormatError, QuantModel};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// `format` metadata value of float model files.
+pub const FLOAT_FORMAT: &str = "lowbit.f32";
+/// Current float format version.
+pub const FLOAT_FORMAT_VERSION: u32 = 1;
+/// Largest model file read, in bytes (checked before reading it whole).
+pub const MAX_MODEL_FILE_BYTES: u64 = 1 << 30;
+
+/// A model file's content: float or quantized.
+#[derive(Debug, Clone)]
+pub enum AnyModel {
+    /// A float model with its provenance.
+    Float(Box<Model>, Provenance),
+    /// A quantized, deployable model.
+    Quant(Box<QuantModel>),
+}
+
+fn model_err(path: &Path, source: FormatError) -> Error {
+    Error::ModelFile {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn malformed(path: &Path, msg: impl Into<String>) -> Error {
+    model_err(path, FormatError::Malformed(msg.into()))
+}
+
+/// Serializes a float model to bytes.
+pub fn float_to_bytes(model: &Model, provenance: &Provenance) -> Result<Vec<u8>> {
+    let mut names = Vec::new();
+    let mut blobs: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
+    for (i, layer) in model.layers.iter().enumerate() {
+        if let Layer::Dense(d) = layer {
+            names.push(format!("layers.{i}.weight"));
+            blobs.push((
+                d.weight.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                vec![d.out_features, d.in_features],
+            ));
+            names.push(format!("layers.{i}.bias"));
+            blobs.push((
+                d.bias.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                vec![d.out_features],
+            ));
+        }
+    }
+    let mut views = Vec::new();
+    for (name, (bytes, shape)) in names.iter().zip(&blobs) {
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
+            .map_err(|e| Error::Shape(format!("{name}: {e}")))?;
+        views.push((name.clone(), view));
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FLOAT_FORMAT.to_string());
+    meta.insert("format_version".to_string(), FLOAT_FORMAT_VERSION.to_string());
+    meta.insert("spec".to_string(), model.spec.clone());
+    meta.insert(
+        "provenance".to_string(),
+        serde_json::to_string(provenance).map_err(|e| Error::Shape(e.to_string()))?,
+    );
+    safetensors::serialize(views, &Some(meta)).map_err(|e| Error::Shape(e.to_string()))
+}
+
+/// Writes a float model atomically (temp file in the same directory, then rename).
+pub fn save_float(model: &Model, provenance: &Provenance, path: &Path) -> Result<()> {
+    let bytes = float_to_bytes(model, provenance)?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, then rename over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(())
+}
+
+/// Reads a float model from bytes (`path` only names the file in errors).
+pub fn float_from_bytes(bytes: &[u8], path: &Path) -> Result<(Model, Provenance)> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| malformed(path, e.to_string()))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| malformed(path, e.to_string()))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    match meta.get("format").map(String::as_str) {
+        Some(FLOAT_FORMAT) => {}
+        other => {
+            return Err(model_err(
+                path,
+                FormatError::BadMagic {
+                    found: other.unwrap_or("no format key").to_string(),
+                },
+            ))
+        }
+    }
+    let version: u32 = meta
+        .get("format_version")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| malformed(path, "missing or bad format_version"))?;
+    if version > FLOAT_FORMAT_VERSION {
+        return Err(model_err(
+            path,
+            FormatError::UnsupportedVersion {
+                found: version,
+                max: FLOAT_FORMAT_VERSION,
+            },
+        ));
+    }
+    let spec = meta
+        .get("spec")
+        .ok_or_else(|| malformed(path, "missing spec"))?;
+    let provenance: Provenance = match meta.get("provenance") {
+        Some(p) => serde_json::from_str(p).map_err(|e| malformed(path, format!("provenance: {e}")))?,
+        None => Provenance::default(),
+    };
+    let mut model = Model::from_spec(spec, 0).map_err(|e| malformed(path, format!("spec: {e}")))?;
+    let mut expected = 0usize;
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        if let Layer::Dense(d) = layer {
+            let w = read_f32(&st, &format!("layers.{i}.weight"), &[d.out_features, d.in_features], path)?;
+            let b = read_f32(&st, &format!("layers.{i}.bias"), &[d.out_features], path)?;
+            d.weight = w;
+            d.bias = b;
+            expected += 2;
+        }
+    }
+    if st.len() != expected {
+        return Err(malformed(
+            path,
+            format!("{} tensors, the spec {spec} has {expected}", st.len()),
+        ));
+    }
+    Ok((model, provenance))
+}
+
+fn read_f32(st: &SafeTensors, name: &str, shape: &[usize], path: &Path) -> Result<Vec<f32>> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| malformed(path, format!("missing tensor {name}")))?;
+    if t.dtype() != Dtype::F32 || t.shape() != shape {
+        return Err(malformed(
+            path,
+            format!("tensor {name}: expected F32 {shape:?}, found {:?} {:?}", t.dtype(), t.shape()),
+        ));
+    }
+    let v: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(malformed(path, format!("tensor {name} holds NaN or Inf")));
+    }
+    Ok(v)
+}
+
+/// Reads a file, capping its size before reading.
+pub fn read_file_capped(path: &Path) -> Result<Vec<u8>> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_MODEL_FILE_BYTES {
+        return Err(model_err(
+            path,
+            FormatError::LimitExceeded {
+                what: "file size".into(),
+                value: len,
+                max: MAX_MODEL_FILE_BYTES,
+            },
+        ));
+    }
+    std::fs::read(path).map_err(io)
+}
+
+/// Loads a float (`lowbit.f32`) or quantized (`lowbit.lbq`) model file, telling them apart by metadata.
+pub fn load_any(path: &Path) -> Result<AnyModel> {
+    let bytes = read_file_capped(path)?;
+    let is_float = SafeTensors::read_metadata(&bytes)
+        .ok()
+        .and_then(|(_, m)| m.metadata().clone())
+        .and_then(|m| m.get("format").cloned())
+        .is_some_and(|f| f == FLOAT_FORMAT);
+    if is_float {
+        let (m, p) = float_from_bytes(&bytes, path)?;
+        Ok(AnyModel::Float(Box::new(m), p))
+    } else {
+        let qm = lowbit_runtime::format::from_bytes(&bytes).map_err(|e| model_err(path, e))?;
+        Ok(AnyModel::Quant(Box::new(qm)))
+    }
+}

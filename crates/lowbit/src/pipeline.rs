@@ -1,0 +1,407 @@
+//! The recipes the CLI runs, as library calls: train in f32 or quantized (QAT / PTQ), convert, evaluate on the
+//! integer engine, cross-check with the integer simulation, and build the report.
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::eval::{metrics, Metrics};
+use crate::nn::Model;
+use crate::quant::{self, Method, QuantConfig};
+use crate::report::{DatasetInfo, EpochRecord, Report};
+use crate::tensor::Tensor;
+use crate::train::{self, EpochStats, Progress, Samples, TrainConfig};
+use lowbit_runtime::engine::Engine;
+use lowbit_runtime::model::Provenance;
+use lowbit_runtime::QuantModel;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Inference batch for evaluation passes.
+pub const EVAL_BATCH: usize = 256;
+
+impl Samples for Dataset {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn sample_shape(&self) -> [usize; 3] {
+        [1, self.rows, self.cols]
+    }
+    fn write_sample(&self, index: usize, out: &mut [f32]) {
+        for (o, &p) in out.iter_mut().zip(self.image(index)) {
+            *o = f32::from(p) / 255.0;
+        }
+    }
+    fn label(&self, index: usize) -> u8 {
+        self.labels[index]
+    }
+}
+
+/// Everything one run needs, fully resolved (serialized into the report's `config`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    /// Data source name.
+    pub data: String,
+    /// Model spec.
+    pub model: String,
+    /// Training hyper-parameters.
+    pub train: TrainConfig,
+    /// Quantization, or `None` for a plain f32 run.
+    pub quant: Option<QuantConfig>,
+    /// Float model to start from (QAT fine-tuning, or PTQ without retraining).
+    pub init: Option<String>,
+    /// Train an f32 baseline with the same seed for comparison.
+    pub baseline: bool,
+}
+
+/// What the caller is told while a run goes on.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A training phase starts: its label and total steps.
+    TrainingStarted {
+        /// e.g. `f32 baseline`, `QAT W4A8`.
+        label: String,
+        /// Total optimizer steps.
+        total_steps: usize,
+    },
+    /// One training step done.
+    Step(Progress),
+    /// The phase finished.
+    TrainingFinished,
+}
+
+/// A trained float model and its facts.
+#[derive(Debug, Clone)]
+pub struct FloatRun {
+    /// The model.
+    pub model: Model,
+    /// Training history.
+    pub epochs: Vec<EpochStats>,
+    /// Test metrics in f32.
+    pub metrics: Metrics,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Accuracy of a quantized model measured by the engine and cross-checked by the simulation.
+#[derive(Debug, Clone)]
+pub struct QuantEval {
+    /// Metrics of the integer engine's predictions (the reported accuracy).
+    pub metrics: Metrics,
+    /// Accuracy of the library's independent integer simulation.
+    pub simulated_accuracy: f64,
+    /// Test images where engine and simulation predictions differ.
+    pub mismatches: usize,
+    /// Kernel tier that ran.
+    pub isa: String,
+}
+
+/// Output of [`run`].
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// The report.
+    pub report: Report,
+    /// The trained float model (f32 run), or the float shadow of the quantized model.
+    pub float_model: Model,
+    /// The quantized model, for quantized runs.
+    pub quant_model: Option<QuantModel>,
+}
+
+fn steps_per_epoch(n: usize, cfg: &TrainConfig) -> usize {
+    let n_val = cfg
+        .validation_fraction
+        .map(|f| ((n as f64) * f64::from(f)).round() as usize)
+        .unwrap_or(0);
+    n.saturating_sub(n_val).div_ceil(cfg.batch_size.max(1))
+}
+
+fn train_with_events(
+    model: &mut Model,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    label: &str,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Vec<EpochStats>> {
+    on_event(Event::TrainingStarted {
+        label: label.to_string(),
+        total_steps: steps_per_epoch(data.n, cfg) * cfg.epochs,
+    });
+    let r = train::train(model, data, cfg, &mut |p| on_event(Event::Step(p)));
+    on_event(Event::TrainingFinished);
+    r
+}
+
+/// Trains a float model from `spec` (or continues from `init`) and measures its test metrics.
+pub fn train_float(
+    spec: &str,
+    init: Option<&Model>,
+    split: &Split,
+    cfg: &TrainConfig,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<FloatRun> {
+    let t0 = Instant::now();
+    let mut model = match init {
+        Some(m) => m.clone(),
+        None => Model::from_spec(spec, cfg.seed)?,
+    };
+    let epochs = train_with_events(&mut model, &split.train, cfg, "f32", on_event)?;
+    let (_, pred) = train::evaluate_float(&mut model, &split.test, EVAL_BATCH)?;
+    Ok(FloatRun {
+        metrics: metrics(&pred, &split.test.labels, split.test.classes),
+        model,
+        epochs,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs a quantized model on the integer engine over `test`, and the independent simulation alongside.
+pub fn evaluate_quant(qm: &QuantModel, test: &Dataset) -> Result<QuantEval> {
+    let engine = Engine::new(qm)?;
+    let per = test.rows * test.cols;
+    if per != qm.input.features() {
+        return Err(Error::Shape(format!(
+            "model takes {} input features, data has {}x{} images",
+            qm.input.features(),
+            test.rows,
+            test.cols
+        )));
+    }
+    let mut engine_pred = Vec::with_capacity(test.n);
+    let mut sim_pred = Vec::with_capacity(test.n);
+    for start in (0..test.n).step_by(EVAL_BATCH) {
+        let b = EVAL_BATCH.min(test.n - start);
+        let input = &test.images[start * per..(start + b) * per];
+        engine_pred.extend(engine.predict(input, b)?);
+        let sim = quant::simulate(qm, input, b)?;
+        sim_pred.extend(crate::eval::argmax_rows(&sim.logits, qm.classes));
+    }
+    let sim_metrics = metrics(&sim_pred, &test.labels, test.classes);
+    let mismatches = engine_pred
+        .iter()
+        .zip(&sim_pred)
+        .filter(|(a, b)| a != b)
+        .count();
+    Ok(QuantEval {
+        metrics: metrics(&engine_pred, &test.labels, test.classes),
+        simulated_accuracy: sim_metrics.accuracy,
+        mismatches,
+        isa: lowbit_runtime::kernels::active_isa().to_string(),
+    })
+}
+
+/// Up to `n` training samples as f32 batches, for calibration and diagnostics.
+pub fn sample_batches(data: &Dataset, n: usize, batch: usize) -> Vec<Tensor> {
+    let n = n.min(data.n);
+    let per = data.rows * data.cols;
+    (0..n)
+        .step_by(batch.max(1))
+        .map(|s| {
+            let b = batch.min(n - s);
+            let mut x = vec![0.0f32; b * per];
+            for i in 0..b {
+                data.write_sample(s + i, &mut x[i * per..(i + 1) * per]);
+            }
+            Tensor::new(x, vec![b, 1, data.rows, data.cols])
+        })
+        .collect()
+}
+
+fn epoch_records(epochs: &[EpochStats]) -> Vec<EpochRecord> {
+    epochs
+        .iter()
+        .map(|e| EpochRecord {
+            epoch: e.epoch,
+            train_loss: f64::from(e.train_loss),
+            train_accuracy: f64::from(e.train_accuracy),
+            seconds: e.seconds,
+        })
+        .collect()
+}
+
+fn dataset_info(split: &Split, data: &str) -> DatasetInfo {
+    DatasetInfo {
+        name: data.to_string(),
+        train_samples: split.train.n,
+        test_samples: split.test.n,
+        classes: split.test.classes,
+    }
+}
+
+/// A short label such as `QAT W4A8`, `PTQ W8A8 per-channel`, `QAT k=2 (W3A8)`, `f32`.
+pub fn label(quant: Option<&QuantConfig>, weight_bits_stored: Option<u32>) -> String {
+    match quant {
+        None => "f32".into(),
+        Some(q) => {
+            let method = match q.method {
+                Method::Qat => "QAT",
+                Method::Ptq => "PTQ",
+            };
+            let w = match (q.quant_step, weight_bits_stored) {
+                (Some(k), Some(b)) => format!("k={k} (W{b}A{})", q.act_bits),
+                (Some(k), None) => format!("k={k} A{}", q.act_bits),
+                (None, _) => {
+                    let name = match q.weight_bits {
+                        2 => " ternary",
+                        1 => " binary",
+                        _ => "",
+                    };
+                    format!("W{}A{}{name}", q.weight_bits, q.act_bits)
+                }
+            };
+            format!("{method} {w}")
+        }
+    }
+}
+
+/// Stored weight bit width of a quantized model (the widest layer).
+pub fn stored_weight_bits(qm: &QuantModel) -> Option<u32> {
+    qm.layers
+        .iter()
+        .filter_map(|l| match l {
+            lowbit_runtime::model::QLayer::Dense(d) => Some(d.weights.bits),
+            lowbit_runtime::model::QLayer::Conv2d(c) => Some(c.weights.bits),
+            _ => None,
+        })
+        .max()
+}
+
+/// Runs one recipe: f32 training, or quantization by QAT (from scratch or from `init`) or PTQ (of `init`, of
+/// the given `baseline`, or of a freshly trained f32 model). `baseline` is a float run with the same seed, reused
+/// across runs by the demo; when it is `None` and `cfg.baseline` is set, one is trained here.
+pub fn run(
+    cfg: &RunConfig,
+    split: &Split,
+    init: Option<&Model>,
+    baseline: Option<&FloatRun>,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<RunOutput> {
+    let t0 = Instant::now();
+    let config = serde_json::to_value(cfg).map_err(|e| Error::Shape(e.to_string()))?;
+    let Some(qcfg) = &cfg.quant else {
+        let fr = train_float(&cfg.model, init, split, &cfg.train, on_event)?;
+        let fb = quant::float_bytes(&fr.model);
+        let report = Report {
+            lowbit_version: env!("CARGO_PKG_VERSION").into(),
+            run: "f32".into(),
+            config,
+            dataset: dataset_info(split, &cfg.data),
+            epochs: epoch_records(&fr.epochs),
+            test_accuracy: fr.metrics.accuracy,
+            accuracy_source: "float".into(),
+            simulated_accuracy: None,
+            engine_simulation_mismatches: None,
+            fake_quant_accuracy: None,
+            baseline_accuracy: Some(fr.metrics.accuracy),
+            accuracy_delta_pp: Some(0.0),
+            model_bytes: fb,
+            float_bytes: fb,
+            compression_ratio: 1.0,
+            file_bytes: None,
+            per_class_accuracy: fr.metrics.per_class_accuracy.clone(),
+            class_names: split.test.class_names(),
+            confusion_matrix: fr.metrics.confusion.clone(),
+            layers: serde_json::Value::Array(vec![]),
+            engine_isa: None,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        return Ok(RunOutput {
+            report,
+            float_model: fr.model,
+            quant_model: None,
+        });
+    };
+    qcfg.validate()?;
+    // The f32 reference with the same seed: given, trained here, or (PTQ of a file) the file's model.
+    let owned_baseline;
+    let baseline: Option<&FloatRun> = match baseline {
+        Some(b) => Some(b),
+        None if qcfg.method == Method::Ptq && init.is_none() || cfg.baseline => {
+            let mut bcfg = cfg.train.clone();
+            bcfg.seed = cfg.train.seed;
+            let fr = if qcfg.method == Method::Ptq {
+                train_float(&cfg.model, None, split, &bcfg, on_event)?
+            } else {
+                train_float(&cfg.model, None, split, &bcfg, on_event)?
+            };
+            owned_baseline = fr;
+            Some(&owned_baseline)
+        }
+        None => None,
+    };
+    let (mut model, epochs) = match qcfg.method {
+        Method::Ptq => {
+            let src: &Model = match (init, baseline) {
+                (Some(m), _) => m,
+                (None, Some(b)) => &b.model,
+                (None, None) => {
+                    return Err(Error::option("--method", "ptq needs a trained float model"))
+                }
+            };
+            let calib = sample_batches(&split.train, qcfg.calibration_samples, EVAL_BATCH);
+            let epochs = if init.is_some() {
+                Vec::new()
+            } else {
+                baseline.map(|b| b.epochs.clone()).unwrap_or_default()
+            };
+            (quant::ptq(src, qcfg, &calib)?, epochs)
+        }
+        Method::Qat => {
+            let mut m = match init {
+                Some(m) => m.clone(),
+                None => Model::from_spec(&cfg.model, cfg.train.seed)?,
+            };
+            quant::prepare_qat(&mut m, qcfg)?;
+            let epochs = train_with_events(
+                &mut m,
+                &split.train,
+                &cfg.train,
+                &label(Some(qcfg), None),
+                on_event,
+            )?;
+            quant::freeze_ranges(&mut m);
+            (m, epochs)
+        }
+    };
+    let provenance = Provenance {
+        dataset: cfg.data.clone(),
+        seed: cfg.train.seed,
+        test_accuracy: None,
+        recipe: label(Some(qcfg), None),
+    };
+    let mut qm = quant::convert(&model, provenance)?;
+    let qe = evaluate_quant(&qm, &split.test)?;
+    qm.provenance.test_accuracy = Some(qe.metrics.accuracy);
+    qm.provenance.recipe = label(Some(qcfg), stored_weight_bits(&qm));
+    let (fake_acc, _) = train::evaluate_float(&mut model, &split.test, EVAL_BATCH)?;
+    let diag = sample_batches(&split.test, 2000, EVAL_BATCH);
+    let layers = quant::layer_quant_stats(&model, &diag)?;
+    let model_bytes = quant::model_bytes(&qm);
+    let float_bytes = quant::float_bytes(&model);
+    let baseline_accuracy = baseline.map(|b| b.metrics.accuracy);
+    let report = Report {
+        lowbit_version: env!("CARGO_PKG_VERSION").into(),
+        run: qm.provenance.recipe.clone(),
+        config,
+        dataset: dataset_info(split, &cfg.data),
+        epochs: epoch_records(&epochs),
+        test_accuracy: qe.metrics.accuracy,
+        accuracy_source: "engine".into(),
+        simulated_accuracy: Some(qe.simulated_accuracy),
+        engine_simulation_mismatches: Some(qe.mismatches),
+        fake_quant_accuracy: Some(fake_acc),
+        baseline_accuracy,
+        accuracy_delta_pp: baseline_accuracy.map(|b| (qe.metrics.accuracy - b) * 100.0),
+        model_bytes,
+        float_bytes,
+        compression_ratio: model_bytes as f64 / float_bytes.max(1) as f64,
+        file_bytes: None,
+        per_class_accuracy: qe.metrics.per_class_accuracy.clone(),
+        class_names: split.test.class_names(),
+        confusion_matrix: qe.metrics.confusion.clone(),
+        layers: serde_json::to_value(&layers).unwrap_or_default(),
+        engine_isa: Some(qe.isa.clone()),
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    Ok(RunOutput {
+        report,
+        float_model: model,
+        quant_model: Some(qm),
+    })
+}

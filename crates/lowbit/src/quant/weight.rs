@@ -1,0 +1,379 @@
+//! Weight quantizers. [`WeightQuantizer::quantize`] is the single source of weight codes: QAT's fake-quant
+//! forward (`code * scale`) and the conversion to the runtime model both call it, so they agree by construction.
+use super::config::{QuantConfig, WeightQuantKind};
+use crate::error::{Error, Result};
+use lowbit_runtime::qparams::{self, QParams};
+
+/// Codes of a weight matrix and the scales that dequantize them (`w ~= code * scale`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightCodes {
+    /// One code per weight, row-major `[rows, cols]`, within [`qparams::weight_code_range`] of `bits`.
+    pub codes: Vec<i8>,
+    /// One scale (per-tensor) or one per row (per-channel); each finite, normal and > 0.
+    pub scales: Vec<f32>,
+    /// Stored bit width (for fixed step: the smallest width holding the codes, at most 8).
+    pub bits: u32,
+    /// Per weight: true when the weight lies inside the clipping range (the STE passes its gradient).
+    pub inside: Vec<bool>,
+    /// Number of weights clipped to the code range.
+    pub clipped: usize,
+}
+
+impl WeightCodes {
+    /// Scale of row `r` (the only scale when per-tensor).
+    pub fn scale_of_row(&self, r: usize) -> f32 {
+        if self.scales.len() == 1 {
+            self.scales[0]
+        } else {
+            self.scales[r]
+        }
+    }
+
+    /// Dequantized weights `code * scale`, computed with [`qparams::dequantize`] (zero point 0).
+    pub fn dequantize(&self, cols: usize) -> Vec<f32> {
+        self.codes
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let s = self.scale_of_row(i.checked_div(cols).unwrap_or(0));
+                qparams::dequantize(
+                    c as i32,
+                    QParams {
+                        scale: s,
+                        zero_point: 0,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// Fallback scale when a row (or tensor) is all zeros: its codes are all 0 (binary: all +1), so any scale is
+/// exact for min-max and ternary. Not a tiny value: the runtime needs `s_in * s_w / s_out` to be a
+/// representable requantization multiplier (>= 2^-31).
+const ZERO_TENSOR_SCALE: f32 = 1.0;
+
+/// Fake-quantizer of a layer's weights (a `[rows = out channels, cols = K]` row-major matrix).
+///
+/// `nn::Dense` calls [`WeightQuantizer::forward`] before its matrix product and
+/// [`WeightQuantizer::backward`] to map the gradient of the quantized weights back to the float shadow weights.
+#[derive(Debug, Clone)]
+pub struct WeightQuantizer {
+    kind: WeightQuantKind,
+    /// Configured width (min-max); the stored width of fixed step is found per call.
+    config_bits: u32,
+    per_channel: bool,
+    inside: Vec<bool>,
+    clipped_fraction: f32,
+    last_bits: u32,
+}
+
+impl Default for WeightQuantizer {
+    /// 8-bit symmetric min-max, per tensor.
+    fn default() -> Self {
+        Self {
+            kind: WeightQuantKind::MinMax,
+            config_bits: 8,
+            per_channel: false,
+            inside: Vec::new(),
+            clipped_fraction: 0.0,
+            last_bits: 8,
+        }
+    }
+}
+
+impl WeightQuantizer {
+    /// A quantizer of the given kind. `bits` is used by min-max only (2..=8); ternary is 2 bits, binary 1 bit
+    /// and always per channel, fixed step derives its width from the codes.
+    pub fn new(kind: WeightQuantKind, bits: u32, per_channel: bool) -> Result<Self> {
+        let (bits, per_channel) = match kind {
+            WeightQuantKind::MinMax => {
+                if !(2..=8).contains(&bits) {
+                    return Err(Error::option(
+                        "--weight-bits",
+                        format!("min-max weights need 2..=8 bits, got {bits}"),
+                    ));
+                }
+                (bits, per_channel)
+            }
+            WeightQuantKind::FixedStep { k } => {
+                if !k.is_finite() || k <= 0.0 || !(1.0 / k).is_normal() {
+                    return Err(Error::option(
+                        "--quant-step",
+                        format!("must be finite and > 0, got {k}"),
+                    ));
+                }
+                (8, false)
+            }
+            WeightQuantKind::Ternary => (2, per_channel),
+            WeightQuantKind::Binary => (1, true),
+        };
+        Ok(Self {
+            kind,
+            config_bits: bits,
+            per_channel,
+            inside: Vec::new(),
+            clipped_fraction: 0.0,
+            last_bits: bits,
+        })
+    }
+
+    /// The quantizer a [`QuantConfig`] asks for (validates the config first).
+    pub fn from_config(cfg: &QuantConfig) -> Result<Self> {
+        cfg.validate()?;
+        Self::new(cfg.weight_kind(), cfg.weight_bits, cfg.per_channel)
+    }
+
+    /// The rule in use.
+    pub fn kind(&self) -> WeightQuantKind {
+        self.kind
+    }
+
+    /// Whether scales are per output channel.
+    pub fn per_channel(&self) -> bool {
+        self.per_channel
+    }
+
+    /// Bit width of the codes produced by the last [`forward`](Self::forward) (for fixed step it depends on the
+    /// weights; otherwise it is the configured width).
+    pub fn bits(&self) -> u32 {
+        self.last_bits
+    }
+
+    /// Fraction of weights clipped in the last forward (non-zero only for fixed step beyond +-127 codes).
+    pub fn clipped_fraction(&self) -> f32 {
+        self.clipped_fraction
+    }
+
+    /// Codes, scales, bit width and clipping of `w` (`[rows, cols]`, row-major).
+    ///
+    /// - min-max: `scale = max|w| / qmax` per row or tensor, `code = qparams::quantize(w, scale)`.
+    /// - fixed step: `scale = 1/k` (the f32 reciprocal), `code = qparams::quantize(w, scale)`, so
+    ///   `w_q = round(w * k) / k` up to the f32 rounding of `1/k`; the width is the smallest that holds every
+    ///   code that occurs (1 bit when all codes are +-1, else the smallest `b >= 2` with
+    ///   `max|code| <= 2^(b-1) - 1`), capped at 8 bits with codes clipped to +-127.
+    /// - ternary (TWN, Li et al. 2016, eq. 9-10): `delta = 0.7 * mean|w|`, codes `sign(w)` where `|w| > delta`
+    ///   else 0, `alpha = mean |w|` over `|w| > delta`. The codes come from this threshold rule, not from
+    ///   `quantize(w, alpha)`.
+    /// - binary: `code = qparams::quantize_binary(w)` (+1 for `w >= 0`), `alpha = mean|w|` per row.
+    pub fn quantize(&self, w: &[f32], rows: usize, cols: usize) -> WeightCodes {
+        debug_assert_eq!(w.len(), rows * cols);
+        match self.kind {
+            WeightQuantKind::MinMax => self.quantize_min_max(w, rows, cols),
+            WeightQuantKind::FixedStep { k } => quantize_fixed_step(w, k),
+            WeightQuantKind::Ternary => self.quantize_ternary(w, rows, cols),
+            WeightQuantKind::Binary => quantize_binary(w, rows, cols),
+        }
+    }
+
+    /// `(codes, scales)` of [`quantize`](Self::quantize): what conversion stores.
+    pub fn quantize_codes(&self, w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+        let q = self.quantize(w, rows, cols);
+        (q.codes, q.scales)
+    }
+
+    /// Fake-quantized weights `code * scale` without touching the STE state.
+    pub fn fake_quantize(&self, w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        self.quantize(w, rows, cols).dequantize(cols)
+    }
+
+    /// Bias as deployed, in real units: on the fixed-step grid (`round(b * k) / k`) in fixed-step mode,
+    /// unchanged otherwise (it becomes an int32 at scale `s_in * s_w`, whose rounding the conversion does).
+    pub fn quantize_bias(&self, b: &[f32]) -> Vec<f32> {
+        match self.kind {
+            WeightQuantKind::FixedStep { k } => {
+                let qp = QParams {
+                    scale: 1.0 / k,
+                    zero_point: 0,
+                };
+                b.iter()
+                    .map(|&x| qparams::fake_quantize(x, qp, i32::MIN / 2, i32::MAX / 2))
+                    .collect()
+            }
+            _ => b.to_vec(),
+        }
+    }
+
+    /// Writes fake-quantized weights into `out` (same length as `w`) and remembers what backward needs.
+    pub fn forward(&mut self, w: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+        let q = self.quantize(w, rows, cols);
+        for (i, (o, &c)) in out.iter_mut().zip(&q.codes).enumerate() {
+            let s = q.scale_of_row(i.checked_div(cols).unwrap_or(0));
+            *o = qparams::dequantize(
+                c as i32,
+                QParams {
+                    scale: s,
+                    zero_point: 0,
+                },
+            );
+        }
+        self.clipped_fraction = if w.is_empty() {
+            0.0
+        } else {
+            q.clipped as f32 / w.len() as f32
+        };
+        self.last_bits = q.bits;
+        self.inside = q.inside;
+    }
+
+    /// Given `grad_wq` = dL/dw_q, adds dL/dw (straight-through estimator) into `grad_w`: the gradient passes
+    /// where the weight was inside the clipping range in the last forward and is zero where it was clipped.
+    /// Min-max ranges cover every weight, and ternary / binary pass every gradient (plain STE as in TWN).
+    pub fn backward(&mut self, w: &[f32], grad_wq: &[f32], grad_w: &mut [f32]) {
+        if self.inside.len() != w.len() {
+            // No matching forward: recompute the mask (rows do not matter for clipping).
+            self.inside = self.quantize(w, 1, w.len()).inside;
+        }
+        for ((g, &gq), &inside) in grad_w.iter_mut().zip(grad_wq).zip(&self.inside) {
+            if inside {
+                *g += gq;
+            }
+        }
+    }
+
+    fn groups(&self, rows: usize, cols: usize, len: usize) -> (usize, usize) {
+        if self.per_channel && rows > 0 {
+            (rows, cols)
+        } else {
+            (1, len)
+        }
+    }
+
+    fn quantize_min_max(&self, w: &[f32], rows: usize, cols: usize) -> WeightCodes {
+        let qmax = (1i32 << (self.config_bits - 1)) - 1;
+        let (ngroups, group_len) = self.groups(rows, cols, w.len());
+        let tensor_scale = max_abs(w) / qmax as f32;
+        let fallback = if tensor_scale.is_normal() {
+            tensor_scale
+        } else {
+            ZERO_TENSOR_SCALE
+        };
+        let mut scales = Vec::with_capacity(ngroups);
+        let mut codes = Vec::with_capacity(w.len());
+        for g in group_chunks(w, ngroups, group_len) {
+            let s = max_abs(g) / qmax as f32;
+            let s = if s.is_normal() { s } else { fallback };
+            let qp = QParams {
+                scale: s,
+                zero_point: 0,
+            };
+            codes.extend(
+                g.iter()
+                    .map(|&x| qparams::quantize(x, qp, -qmax, qmax) as i8),
+            );
+            scales.push(s);
+        }
+        WeightCodes {
+            codes,
+            scales,
+            bits: self.config_bits,
+            inside: vec![true; w.len()],
+            clipped: 0,
+        }
+    }
+
+    fn quantize_ternary(&self, w: &[f32], rows: usize, cols: usize) -> WeightCodes {
+        let (ngroups, group_len) = self.groups(rows, cols, w.len());
+        let mut scales = Vec::with_capacity(ngroups);
+        let mut codes = Vec::with_capacity(w.len());
+        for g in group_chunks(w, ngroups, group_len) {
+            let mean_abs = g.iter().map(|x| x.abs() as f64).sum::<f64>() / g.len().max(1) as f64;
+            let delta = (0.7 * mean_abs) as f32;
+            let (mut sum, mut n) = (0f64, 0usize);
+            for &x in g {
+                if x.abs() > delta {
+                    sum += x.abs() as f64;
+                    n += 1;
+                }
+            }
+            let alpha = (sum / n.max(1) as f64) as f32;
+            let alpha = if alpha.is_normal() {
+                alpha
+            } else {
+                ZERO_TENSOR_SCALE
+            };
+            codes.extend(g.iter().map(|&x| {
+                if x > delta {
+                    1i8
+                } else if x < -delta {
+                    -1
+                } else {
+                    0
+                }
+            }));
+            scales.push(alpha);
+        }
+        WeightCodes {
+            codes,
+            scales,
+            bits: 2,
+            inside: vec![true; w.len()],
+            clipped: 0,
+        }
+    }
+}
+
+fn max_abs(w: &[f32]) -> f32 {
+    w.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+/// Splits `w` into `ngroups` groups of `group_len` (the last may be short; an empty `w` gives no groups).
+fn group_chunks(w: &[f32], ngroups: usize, group_len: usize) -> impl Iterator<Item = &[f32]> {
+    w.chunks(group_len.max(1)).take(ngroups.max(1))
+}
+
+fn quantize_fixed_step(w: &[f32], k: f32) -> WeightCodes {
+    let qp = QParams {
+        scale: 1.0 / k,
+        zero_point: 0,
+    };
+    let mut wide = Vec::with_capacity(w.len());
+    let mut max_code = 0i32;
+    let mut has_zero = false;
+    for &x in w {
+        let c = qparams::quantize(x, qp, -(1 << 30), 1 << 30);
+        max_code = max_code.max(c.abs());
+        has_zero |= c == 0;
+        wide.push(c);
+    }
+    let bits = if max_code == 1 && !has_zero {
+        1
+    } else {
+        (2..=8u32).find(|&b| max_code < (1 << (b - 1))).unwrap_or(8)
+    };
+    let inside: Vec<bool> = wide.iter().map(|c| c.abs() <= 127).collect();
+    let clipped = inside.iter().filter(|&&i| !i).count();
+    let codes = wide.iter().map(|&c| c.clamp(-127, 127) as i8).collect();
+    WeightCodes {
+        codes,
+        scales: vec![qp.scale],
+        bits,
+        inside,
+        clipped,
+    }
+}
+
+fn quantize_binary(w: &[f32], rows: usize, cols: usize) -> WeightCodes {
+    let tensor_alpha =
+        (w.iter().map(|x| x.abs() as f64).sum::<f64>() / w.len().max(1) as f64) as f32;
+    let fallback = if tensor_alpha.is_normal() {
+        tensor_alpha
+    } else {
+        ZERO_TENSOR_SCALE
+    };
+    let (ngroups, group_len) = if rows > 0 { (rows, cols) } else { (1, w.len()) };
+    let mut scales = Vec::with_capacity(ngroups);
+    let mut codes = Vec::with_capacity(w.len());
+    for g in group_chunks(w, ngroups, group_len) {
+        let alpha = (g.iter().map(|x| x.abs() as f64).sum::<f64>() / g.len().max(1) as f64) as f32;
+        scales.push(if alpha.is_normal() { alpha } else { fallback });
+        codes.extend(g.iter().map(|&x| qparams::quantize_binary(x) as i8));
+    }
+    WeightCodes {
+        codes,
+        scales,
+        bits: 1,
+        inside: vec![true; w.len()],
+        clipped: 0,
+    }
+}
