@@ -405,3 +405,62 @@ pub fn run(
         quant_model: Some(qm),
     })
 }
+
+/// f32 bytes of the parameters of a quantized model (4 per weight and per bias), the denominator of its
+/// compression ratio.
+pub fn quant_float_bytes(qm: &QuantModel) -> usize {
+    qm.layers
+        .iter()
+        .map(|l| match l {
+            lowbit_runtime::model::QLayer::Dense(d) => 4 * (d.weights.rows * d.weights.cols + d.bias.len()),
+            lowbit_runtime::model::QLayer::Conv2d(c) => 4 * (c.weights.rows * c.weights.cols + c.bias.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The float model a quantized model stands for (weights `code * scale`, biases `acc_bias * s_in * s_w`), run by
+/// the f32 path: what `lowbit bench` compares the integer engine with. Dense models only.
+pub fn dequantize_to_float(qm: &QuantModel) -> Result<Model> {
+    use crate::nn::{Dense, Layer, Relu};
+    use lowbit_runtime::model::QLayer;
+    let mut layers = Vec::new();
+    let mut dims = Vec::new();
+    for l in &qm.layers {
+        match l {
+            QLayer::Dense(d) => {
+                let mut row = vec![0i8; d.in_features];
+                let mut w = Vec::with_capacity(d.in_features * d.out_features);
+                let scale = |r: usize| d.weight_scales.get(r).or(d.weight_scales.first()).copied();
+                let mut b = Vec::with_capacity(d.out_features);
+                for r in 0..d.out_features {
+                    let s = scale(r).ok_or_else(|| Error::Shape("dense layer without weight scales".into()))?;
+                    d.weights.unpack_row(r, &mut row);
+                    w.extend(row.iter().map(|&c| f32::from(c) * s));
+                    b.push(d.bias[r] as f32 * d.input.scale * s);
+                }
+                dims.push(d.in_features);
+                layers.push(Layer::Dense(Dense::from_weights(d.in_features, d.out_features, w, b)));
+                if let lowbit_runtime::model::OutputStage::Requantize { relu: true, .. } = d.output {
+                    layers.push(Layer::Relu(Relu::new()));
+                }
+            }
+            QLayer::Flatten => {}
+            _ => {
+                return Err(Error::Shape(
+                    "dequantize_to_float supports dense models only".into(),
+                ))
+            }
+        }
+    }
+    dims.push(qm.classes);
+    Ok(Model {
+        layers,
+        input_shape: [qm.input.channels, qm.input.height, qm.input.width],
+        classes: qm.classes,
+        spec: format!(
+            "mlp:{}",
+            dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("-")
+        ),
+    })
+}

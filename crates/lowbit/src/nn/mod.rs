@@ -79,6 +79,14 @@ impl Layer {
         }
     }
 
+    /// Number of trainable scalars.
+    pub fn param_count(&self) -> usize {
+        match self {
+            Layer::Dense(l) => l.weight.len() + l.bias.len(),
+            Layer::Relu(_) | Layer::ActQuant(_) | Layer::Flatten(_) => 0,
+        }
+    }
+
     /// Short kind name, for summaries.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -177,8 +185,8 @@ impl Model {
     }
 
     /// Total number of trainable scalars.
-    pub fn param_count(&mut self) -> usize {
-        self.params_mut().iter().map(|p| p.value.len()).sum()
+    pub fn param_count(&self) -> usize {
+        self.layers.iter().map(Layer::param_count).sum()
     }
 
     /// A copy of every parameter tensor, in visit order (see [`Model::restore`]).

@@ -1,0 +1,734 @@
+//! The subcommands. Each returns `anyhow::Result` with context naming the file or option at fault.
+use crate::ui::{bar, Table};
+use crate::{BenchArgs, DemoArgs, EvalArgs, MethodArg, OptimizerArg, PredictArgs, TrainArgs};
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::ProgressBar;
+use lowbit::data::{self, DataSource, Split};
+use lowbit::eval::{argmax_rows, metrics, Metrics};
+use lowbit::modelfile::{self, AnyModel};
+use lowbit::nn::Model;
+use lowbit::optim::OptimizerKind;
+use lowbit::pipeline::{self, Event, FloatRun, RunConfig};
+use lowbit::quant::{Method, QuantConfig};
+use lowbit::report::{DatasetInfo, Report};
+use lowbit::train::{self, TrainConfig};
+use lowbit_runtime::engine::Engine;
+use lowbit_runtime::model::{OutputStage, Provenance, QLayer};
+use std::path::Path;
+use std::time::Instant;
+
+fn load_data(spec: &str) -> Result<Split> {
+    let source: DataSource = spec.parse()?;
+    Ok(data::load(&source)?)
+}
+
+/// Progress-bar driver for pipeline events.
+struct Bars {
+    quiet: bool,
+    current: Option<ProgressBar>,
+}
+
+impl Bars {
+    fn new(quiet: bool) -> Self {
+        Self {
+            quiet,
+            current: None,
+        }
+    }
+
+    fn handle(&mut self, e: Event) {
+        match e {
+            Event::TrainingStarted { label, total_steps } => {
+                self.current = Some(bar(total_steps as u64, &label, self.quiet));
+            }
+            Event::Step(p) => {
+                if let Some(b) = &self.current {
+                    b.inc(1);
+                    if p.step == p.steps || p.step % 50 == 0 {
+                        b.set_message(format!(
+                            "epoch {}/{} loss {:.3} acc {:.1}%",
+                            p.epoch,
+                            p.epochs,
+                            p.loss,
+                            p.accuracy * 100.0
+                        ));
+                    }
+                }
+            }
+            Event::TrainingFinished => {
+                if let Some(b) = self.current.take() {
+                    b.finish_and_clear();
+                }
+            }
+        }
+    }
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    modelfile::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+fn train_config(a: &TrainArgs) -> TrainConfig {
+    TrainConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        optimizer: match a.optimizer {
+            OptimizerArg::Adam => OptimizerKind::adam(),
+            OptimizerArg::Sgd => OptimizerKind::sgd(a.momentum),
+        },
+        lr: a.lr,
+        seed: a.seed,
+        validation_fraction: None,
+    }
+}
+
+fn quant_config(a: &TrainArgs) -> Result<Option<QuantConfig>> {
+    if a.weight_bits.is_none() && a.quant_step.is_none() {
+        if a.act_bits.is_some() {
+            bail!("invalid --act-bits: activation quantization needs --weight-bits or --quant-step");
+        }
+        if a.method == MethodArg::Ptq {
+            bail!("invalid --method: ptq needs --weight-bits or --quant-step");
+        }
+        return Ok(None);
+    }
+    let q = QuantConfig {
+        weight_bits: a.weight_bits.unwrap_or(8),
+        act_bits: a.act_bits.unwrap_or(8),
+        per_channel: a.per_channel,
+        method: match a.method {
+            MethodArg::Qat => Method::Qat,
+            MethodArg::Ptq => Method::Ptq,
+        },
+        quant_step: a.quant_step,
+        calibration_samples: a.calibration_samples,
+        ..QuantConfig::default()
+    };
+    q.validate()?;
+    Ok(Some(q))
+}
+
+fn load_float_model(path: &Path) -> Result<Model> {
+    match modelfile::load_any(path)? {
+        AnyModel::Float(m, _) => Ok(*m),
+        AnyModel::Quant(_) => bail!(
+            "{}: is a quantized .lbq model; --init needs a float model (train without --weight-bits)",
+            path.display()
+        ),
+    }
+}
+
+fn print_report_summary(r: &Report) {
+    let mut t = Table::new(&["", "value"]);
+    t.row(vec![
+        "test accuracy".into(),
+        format!("{} ({})", pct(r.test_accuracy), r.accuracy_source),
+    ]);
+    if let Some(s) = r.simulated_accuracy {
+        t.row(vec!["simulated accuracy".into(), pct(s)]);
+    }
+    if let Some(m) = r.engine_simulation_mismatches {
+        t.row(vec!["engine vs simulation".into(), format!("{m} differing predictions")]);
+    }
+    if let Some(f) = r.fake_quant_accuracy {
+        t.row(vec!["fake-quant graph".into(), pct(f)]);
+    }
+    if let Some(b) = r.baseline_accuracy {
+        t.row(vec!["f32 baseline".into(), pct(b)]);
+    }
+    if let Some(d) = r.accuracy_delta_pp {
+        t.row(vec!["difference".into(), format!("{d:+.2} pp")]);
+    }
+    t.row(vec![
+        "model bytes".into(),
+        format!("{} (f32 {}, ratio {:.3})", r.model_bytes, r.float_bytes, r.compression_ratio),
+    ]);
+    t.row(vec!["seconds".into(), format!("{:.1}", r.seconds)]);
+    print!("{}", t.render());
+    if let serde_json::Value::Array(layers) = &r.layers {
+        if !layers.is_empty() {
+            let mut lt = Table::new(&[
+                "layer",
+                "w bits",
+                "a bits",
+                "w SQNR dB",
+                "act SQNR dB",
+                "w clipped",
+                "act clipped",
+            ]);
+            let num = |v: &serde_json::Value, k: &str| -> String {
+                match v.get(k) {
+                    Some(serde_json::Value::Number(n)) => {
+                        let f = n.as_f64().unwrap_or(f64::NAN);
+                        if k.contains("clipped") {
+                            format!("{:.2}%", f * 100.0)
+                        } else if k.contains("bits") {
+                            format!("{f}")
+                        } else {
+                            format!("{f:.1}")
+                        }
+                    }
+                    Some(serde_json::Value::Null) | None => "-".into(),
+                    Some(other) => other.to_string(),
+                }
+            };
+            for l in layers {
+                lt.row(vec![
+                    l.get("layer").and_then(|v| v.as_str()).unwrap_or("?").to_string(),
+                    num(l, "weight_bits"),
+                    num(l, "act_bits"),
+                    num(l, "weight_sqnr_db"),
+                    num(l, "act_sqnr_db"),
+                    num(l, "weight_clipped_fraction"),
+                    num(l, "act_clipped_fraction"),
+                ]);
+            }
+            println!();
+            print!("{}", lt.render());
+        }
+    }
+}
+
+/// `lowbit train`.
+pub fn train(a: &TrainArgs, quiet: bool) -> Result<()> {
+    let quant = quant_config(a)?;
+    let tcfg = train_config(a);
+    tcfg.validate()?;
+    let split = load_data(&a.data.data)?;
+    let init = a.init.as_deref().map(load_float_model).transpose()?;
+    let cfg = RunConfig {
+        data: a.data.data.clone(),
+        model: init.as_ref().map(|m| m.spec.clone()).unwrap_or_else(|| a.model.clone()),
+        train: tcfg,
+        quant,
+        init: a.init.as_ref().map(|p| p.display().to_string()),
+        baseline: !a.no_baseline,
+    };
+    let mut bars = Bars::new(quiet);
+    let out = pipeline::run(&cfg, &split, init.as_ref(), None, &mut |e| bars.handle(e));
+    let mut out = match out {
+        Ok(o) => o,
+        Err(e @ lowbit::Error::Diverged { .. }) => {
+            bars.handle(Event::TrainingFinished);
+            return Err(anyhow!(e));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(path) = &a.out {
+        match &out.quant_model {
+            Some(qm) => lowbit_runtime::format::save(qm, path)
+                .with_context(|| format!("{}", path.display()))?,
+            None => {
+                let prov = Provenance {
+                    dataset: a.data.data.clone(),
+                    seed: a.seed,
+                    test_accuracy: Some(out.report.test_accuracy),
+                    recipe: "f32".into(),
+                };
+                modelfile::save_float(&out.float_model, &prov, path)?;
+            }
+        }
+        out.report.file_bytes = std::fs::metadata(path).ok().map(|m| m.len());
+    }
+    println!("{} on {} ({} train / {} test)", out.report.run, a.data.data, split.train.n, split.test.n);
+    for e in &out.report.epochs {
+        println!(
+            "  epoch {:>2}  loss {:.4}  train acc {}  {:.2}s",
+            e.epoch,
+            e.train_loss,
+            pct(e.train_accuracy),
+            e.seconds
+        );
+    }
+    print_report_summary(&out.report);
+    if let Some(path) = &a.out {
+        println!("model written to {}", path.display());
+    }
+    if let Some(path) = &a.report {
+        write_json(path, &out.report)?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_metrics(m: &Metrics, names: &[String]) {
+    let mut t = Table::new(&["class", "accuracy"]);
+    for (c, acc) in m.per_class_accuracy.iter().enumerate() {
+        t.row(vec![
+            names.get(c).cloned().unwrap_or_else(|| c.to_string()),
+            pct(*acc),
+        ]);
+    }
+    print!("{}", t.render());
+}
+
+/// `lowbit eval`.
+pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
+    let t0 = Instant::now();
+    let model = modelfile::load_any(&a.model)?;
+    let split = load_data(&a.data.data)?;
+    let names = split.test.class_names();
+    let (m, source, sim, mism, isa, model_bytes, float_bytes) = match &model {
+        AnyModel::Quant(qm) => {
+            let qe = pipeline::evaluate_quant(qm, &split.test)
+                .with_context(|| a.model.display().to_string())?;
+            let mb = lowbit::quant::model_bytes(qm);
+            let fb = pipeline::quant_float_bytes(qm);
+            (qe.metrics, "engine", Some(qe.simulated_accuracy), Some(qe.mismatches), Some(qe.isa), mb, fb)
+        }
+        AnyModel::Float(fm, _) => {
+            let mut fm = (**fm).clone();
+            let (_, pred) = train::evaluate_float(&mut fm, &split.test, pipeline::EVAL_BATCH)
+                .with_context(|| a.model.display().to_string())?;
+            let fb = lowbit::quant::float_bytes(&fm);
+            (metrics(&pred, &split.test.labels, split.test.classes), "float", None, None, None, fb, fb)
+        }
+    };
+    println!(
+        "{}: test accuracy {} ({} / {}) on {} [{}]",
+        a.model.display(),
+        pct(m.accuracy),
+        m.correct,
+        m.total,
+        a.data.data,
+        source
+    );
+    if let (Some(s), Some(mm)) = (sim, mism) {
+        println!("integer simulation: {} ({mm} differing predictions)", pct(s));
+    }
+    print_metrics(&m, &names);
+    if let Some(path) = &a.report {
+        let r = Report {
+            lowbit_version: env!("CARGO_PKG_VERSION").into(),
+            run: "eval".into(),
+            config: serde_json::json!({"model": a.model.display().to_string(), "data": a.data.data}),
+            dataset: DatasetInfo {
+                name: a.data.data.clone(),
+                train_samples: split.train.n,
+                test_samples: split.test.n,
+                classes: split.test.classes,
+            },
+            epochs: vec![],
+            test_accuracy: m.accuracy,
+            accuracy_source: source.into(),
+            simulated_accuracy: sim,
+            engine_simulation_mismatches: mism,
+            fake_quant_accuracy: None,
+            baseline_accuracy: None,
+            accuracy_delta_pp: None,
+            model_bytes,
+            float_bytes,
+            compression_ratio: model_bytes as f64 / float_bytes.max(1) as f64,
+            file_bytes: std::fs::metadata(&a.model).ok().map(|m| m.len()),
+            per_class_accuracy: m.per_class_accuracy.clone(),
+            class_names: names,
+            confusion_matrix: m.confusion.clone(),
+            layers: serde_json::Value::Array(vec![]),
+            engine_isa: isa,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        write_json(path, &r)?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn describe_stage(o: &OutputStage) -> String {
+    match o {
+        OutputStage::Logits => "logits (f32)".into(),
+        OutputStage::Requantize {
+            qparams,
+            bits,
+            relu,
+            ..
+        } => format!(
+            "u{bits} scale {:.4e} zp {}{}",
+            qparams.scale,
+            qparams.zero_point,
+            if *relu { " +relu" } else { "" }
+        ),
+    }
+}
+
+fn scale_range(s: &[f32]) -> String {
+    let lo = s.iter().cloned().fold(f32::INFINITY, f32::min);
+    let hi = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    if s.len() == 1 {
+        format!("{lo:.4e}")
+    } else {
+        format!("{lo:.3e}..{hi:.3e} ({})", s.len())
+    }
+}
+
+/// `lowbit inspect`.
+pub fn inspect(path: &Path) -> Result<()> {
+    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    match modelfile::load_any(path)? {
+        AnyModel::Quant(qm) => {
+            println!(
+                "{}: quantized model (lowbit.lbq v{}), {} bytes on disk",
+                path.display(),
+                lowbit_runtime::format::FORMAT_VERSION,
+                file_bytes
+            );
+            println!(
+                "input {}x{}x{} u8, scale {:.6} zp {}; {} classes; recipe {}; dataset {}; seed {}; accuracy {}",
+                qm.input.channels,
+                qm.input.height,
+                qm.input.width,
+                qm.input.qparams.scale,
+                qm.input.qparams.zero_point,
+                qm.classes,
+                qm.provenance.recipe,
+                qm.provenance.dataset,
+                qm.provenance.seed,
+                qm.provenance.test_accuracy.map(pct).unwrap_or_else(|| "-".into())
+            );
+            let mut t = Table::new(&[
+                "#", "layer", "shape", "w bits", "packing", "w scales", "input", "output", "bytes",
+            ]);
+            for (i, l) in qm.layers.iter().enumerate() {
+                let row = match l {
+                    QLayer::Dense(d) => vec![
+                        i.to_string(),
+                        "dense".into(),
+                        format!("{}->{}", d.in_features, d.out_features),
+                        d.weights.bits.to_string(),
+                        format!("{:?}", d.weights.packing),
+                        scale_range(&d.weight_scales),
+                        format!("scale {:.4e} zp {}", d.input.scale, d.input.zero_point),
+                        describe_stage(&d.output),
+                        (d.weights.data.len() + 4 * d.bias.len()).to_string(),
+                    ],
+                    QLayer::Conv2d(c) => vec![
+                        i.to_string(),
+                        "conv2d".into(),
+                        format!(
+                            "{}->{} {}x{} s{:?} p{:?}",
+                            c.in_channels, c.out_channels, c.kernel.0, c.kernel.1, c.stride, c.padding
+                        ),
+                        c.weights.bits.to_string(),
+                        format!("{:?}", c.weights.packing),
+                        scale_range(&c.weight_scales),
+                        format!("scale {:.4e} zp {}", c.input.scale, c.input.zero_point),
+                        describe_stage(&c.output),
+                        (c.weights.data.len() + 4 * c.bias.len()).to_string(),
+                    ],
+                    QLayer::MaxPool2d { kernel, stride } => vec![
+                        i.to_string(),
+                        "maxpool2d".into(),
+                        format!("{}x{} s{:?}", kernel.0, kernel.1, stride),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "0".into(),
+                    ],
+                    QLayer::AvgPool2d {
+                        kernel,
+                        stride,
+                        input,
+                        output,
+                        bits,
+                    } => vec![
+                        i.to_string(),
+                        "avgpool2d".into(),
+                        format!("{}x{} s{:?}", kernel.0, kernel.1, stride),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        format!("scale {:.4e} zp {}", input.scale, input.zero_point),
+                        format!("u{bits} scale {:.4e} zp {}", output.scale, output.zero_point),
+                        "0".into(),
+                    ],
+                    QLayer::Flatten => vec![
+                        i.to_string(),
+                        "flatten".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "0".into(),
+                    ],
+                };
+                t.row(row);
+            }
+            print!("{}", t.render());
+            println!(
+                "parameter bytes {} (f32 equivalent {}, ratio {:.3})",
+                lowbit::quant::model_bytes(&qm),
+                pipeline::quant_float_bytes(&qm),
+                lowbit::quant::model_bytes(&qm) as f64 / pipeline::quant_float_bytes(&qm).max(1) as f64
+            );
+        }
+        AnyModel::Float(mut m, prov) => {
+            println!(
+                "{}: float model (lowbit.f32), spec {}, {} parameters, {} bytes on disk; dataset {}; seed {}; accuracy {}",
+                path.display(),
+                m.spec,
+                m.param_count(),
+                file_bytes,
+                prov.dataset,
+                prov.seed,
+                prov.test_accuracy.map(pct).unwrap_or_else(|| "-".into())
+            );
+            let mut t = Table::new(&["#", "layer", "shape", "params"]);
+            for (i, l) in m.layers.iter_mut().enumerate() {
+                let shape = match l {
+                    lowbit::nn::Layer::Dense(d) => format!("{}->{}", d.in_features, d.out_features),
+                    _ => "-".into(),
+                };
+                let kind = l.kind().to_string();
+                let params: usize = l.params_mut().iter().map(|p| p.value.len()).sum();
+                t.row(vec![i.to_string(), kind, shape, params.to_string()]);
+            }
+            print!("{}", t.render());
+        }
+    }
+    Ok(())
+}
+
+/// `lowbit demo`: the reference pipeline's comparison table.
+pub fn demo(a: &DemoArgs, quiet: bool) -> Result<()> {
+    let t0 = Instant::now();
+    let split = load_data(&a.data.data)?;
+    let tcfg = TrainConfig {
+        epochs: a.epochs,
+        batch_size: 32,
+        optimizer: OptimizerKind::adam(),
+        lr: 1e-3,
+        seed: a.seed,
+        validation_fraction: None,
+    };
+    tcfg.validate()?;
+    let spec = "mlp:784-64-10";
+    println!(
+        "lowbit demo: {spec} on {} ({} train / {} test), {} epochs, Adam 1e-3, batch 32, seed {}",
+        a.data.data, split.train.n, split.test.n, a.epochs, a.seed
+    );
+    let mut bars = Bars::new(quiet);
+    let baseline: FloatRun = pipeline::train_float(spec, None, &split, &tcfg, &mut |e| bars.handle(e))?;
+    let q = |method: Method, w: u32, step: Option<f32>, per_channel: bool| QuantConfig {
+        weight_bits: w,
+        act_bits: 8,
+        per_channel,
+        method,
+        quant_step: step,
+        ..QuantConfig::default()
+    };
+    let recipes = [
+        q(Method::Ptq, 8, None, true),
+        q(Method::Ptq, 4, None, true),
+        q(Method::Qat, 4, None, true),
+        q(Method::Qat, 2, None, true),
+        q(Method::Qat, 1, None, true),
+        q(Method::Qat, 8, Some(2.0), false),
+    ];
+    let fb = lowbit::quant::float_bytes(&baseline.model);
+    let mut table = Table::new(&[
+        "method", "weights", "accuracy", "vs f32", "bytes", "ratio", "seconds",
+    ]);
+    table.row(vec![
+        "f32".into(),
+        "f32".into(),
+        pct(baseline.metrics.accuracy),
+        "-".into(),
+        fb.to_string(),
+        "1.000".into(),
+        format!("{:.1}", baseline.seconds),
+    ]);
+    let mut reports = Vec::new();
+    let mut mismatches = 0usize;
+    let mut isa = String::new();
+    for qc in recipes {
+        let cfg = RunConfig {
+            data: a.data.data.clone(),
+            model: spec.into(),
+            train: tcfg.clone(),
+            quant: Some(qc.clone()),
+            init: None,
+            baseline: false,
+        };
+        let out = pipeline::run(&cfg, &split, None, Some(&baseline), &mut |e| bars.handle(e))?;
+        let r = &out.report;
+        let bits = out
+            .quant_model
+            .as_ref()
+            .and_then(pipeline::stored_weight_bits)
+            .unwrap_or(qc.weight_bits);
+        let weights = match (qc.quant_step, qc.weight_bits) {
+            (Some(_), _) => format!("{bits}-bit grid"),
+            (None, 2) => "ternary".into(),
+            (None, 1) => "binary".into(),
+            (None, b) => format!("int{b}"),
+        };
+        mismatches += r.engine_simulation_mismatches.unwrap_or(0);
+        isa = r.engine_isa.clone().unwrap_or_default();
+        table.row(vec![
+            r.run.clone(),
+            weights,
+            pct(r.test_accuracy),
+            r.accuracy_delta_pp.map(|d| format!("{d:+.2} pp")).unwrap_or_default(),
+            r.model_bytes.to_string(),
+            format!("{:.3}", r.compression_ratio),
+            format!("{:.1}", r.seconds),
+        ]);
+        reports.push(out.report);
+    }
+    println!();
+    print!("{}", table.render());
+    println!(
+        "\nQuantized accuracies are measured by the integer engine ({isa}); the independent integer simulation \
+         disagreed on {mismatches} of {} test predictions. Total {:.1}s.",
+        split.test.n * reports.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &a.report {
+        let v = serde_json::json!({
+            "lowbit_version": env!("CARGO_PKG_VERSION"),
+            "data": a.data.data,
+            "seed": a.seed,
+            "epochs": a.epochs,
+            "baseline_accuracy": baseline.metrics.accuracy,
+            "baseline_seconds": baseline.seconds,
+            "float_bytes": fb,
+            "runs": reports,
+        });
+        write_json(path, &v)?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = logits.iter().map(|&v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// `lowbit predict`.
+pub fn predict(a: &PredictArgs) -> Result<()> {
+    let model = modelfile::load_any(&a.model)?;
+    let (rows, cols, names) = match &model {
+        AnyModel::Quant(qm) => (qm.input.height, qm.input.width, qm.class_names.clone()),
+        AnyModel::Float(m, p) => (m.input_shape[1], m.input_shape[2], data::class_names(&p.dataset)),
+    };
+    let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(idx) = &a.idx {
+        let imgs = data::read_idx_images(idx)?;
+        if imgs.rows != rows || imgs.cols != cols {
+            bail!("{}: images are {}x{}, the model takes {rows}x{cols}", idx.display(), imgs.rows, imgs.cols);
+        }
+        if a.index >= imgs.count {
+            bail!("invalid --index: {} but {} holds {} images", a.index, idx.display(), imgs.count);
+        }
+        let per = rows * cols;
+        inputs.push((
+            format!("{}[{}]", idx.display(), a.index),
+            imgs.pixels[a.index * per..(a.index + 1) * per].to_vec(),
+        ));
+    }
+    for f in &a.files {
+        inputs.push((f.display().to_string(), data::read_image(f, rows, cols)?));
+    }
+    if inputs.is_empty() {
+        bail!("nothing to predict: give image files or --idx FILE --index I");
+    }
+    for (name, px) in inputs {
+        let logits = match &model {
+            AnyModel::Quant(qm) => Engine::new(qm)?.run(&px, 1)?,
+            AnyModel::Float(m, _) => {
+                let mut m = (**m).clone();
+                let x: Vec<f32> = px.iter().map(|&p| f32::from(p) / 255.0).collect();
+                let t = lowbit::tensor::Tensor::new(x, vec![1, 1, rows, cols]);
+                m.forward(&t, false)?.data
+            }
+        };
+        let probs = softmax(&logits);
+        let best = argmax_rows(&logits, logits.len())[0];
+        let label = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&x, &y| probs[y].total_cmp(&probs[x]));
+        let top: Vec<String> = order
+            .iter()
+            .take(3)
+            .map(|&c| format!("{} {:.1}%", label(c), probs[c] * 100.0))
+            .collect();
+        println!("{name}: {} (class {best}); top: {}", label(best), top.join(", "));
+    }
+    Ok(())
+}
+
+/// Times `f` (one batch per call) for about `seconds`; returns (samples/s, seconds per batch).
+fn time_batches(batch: usize, seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    f()?;
+    let start = Instant::now();
+    let mut iters = 0u64;
+    while start.elapsed().as_secs_f64() < seconds || iters < 3 {
+        f()?;
+        iters += 1;
+    }
+    let per = start.elapsed().as_secs_f64() / iters as f64;
+    Ok((batch as f64 / per, per))
+}
+
+/// `lowbit bench`.
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    let qm = match modelfile::load_any(&a.model)? {
+        AnyModel::Quant(q) => *q,
+        AnyModel::Float(..) => bail!("{}: bench needs a quantized .lbq model", a.model.display()),
+    };
+    if a.batch.iter().any(|&b| b == 0) {
+        bail!("invalid --batch: batch sizes must be at least 1");
+    }
+    if !(a.seconds.is_finite() && a.seconds > 0.0) {
+        bail!("invalid --seconds: must be a positive number");
+    }
+    let engine = Engine::new(&qm)?;
+    let mut float_model = pipeline::dequantize_to_float(&qm)?;
+    let split = data::load(&DataSource::Builtin)?;
+    let per = qm.input.features();
+    let mut t = Table::new(&["batch", "f32 samples/s", "f32 latency", "int samples/s", "int latency", "speed-up"]);
+    for &b in &a.batch {
+        let input: Vec<u8> = (0..b)
+            .flat_map(|i| split.test.image(i % split.test.n).to_vec())
+            .collect();
+        let x: Vec<f32> = input.iter().map(|&p| f32::from(p) / 255.0).collect();
+        let xt = lowbit::tensor::Tensor::new(x, vec![b, qm.input.channels, qm.input.height, qm.input.width]);
+        debug_assert_eq!(input.len(), b * per);
+        let (fs, fl) = time_batches(b, a.seconds, || {
+            std::hint::black_box(float_model.forward(&xt, false)?);
+            Ok(())
+        })?;
+        let (is, il) = time_batches(b, a.seconds, || {
+            std::hint::black_box(engine.run(&input, b)?);
+            Ok(())
+        })?;
+        t.row(vec![
+            b.to_string(),
+            format!("{fs:.0}"),
+            format!("{:.2} us", fl * 1e6),
+            format!("{is:.0}"),
+            format!("{:.2} us", il * 1e6),
+            format!("{:.2}x", is / fs),
+        ]);
+    }
+    println!(
+        "{}: integer kernel {} ({} rayon threads)",
+        a.model.display(),
+        lowbit_runtime::kernels::active_isa(),
+        rayon::current_num_threads()
+    );
+    print!("{}", t.render());
+    Ok(())
+}
