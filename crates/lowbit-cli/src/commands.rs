@@ -558,7 +558,10 @@ pub fn demo(a: &DemoArgs, quiet: bool) -> Result<()> {
             init: None,
             baseline: false,
         };
-        let out = pipeline::run(&cfg, &split, None, Some(&baseline), &mut |e| bars.handle(e))?;
+        // The fixed step k=2 zeroes every Glorot-initialised weight of the first layer (|w|*2 < 0.5), a dead
+        // zone no straight-through gradient can leave; like the reference, it starts from the trained f32 model.
+        let init = qc.quant_step.map(|_| &baseline.model);
+        let out = pipeline::run(&cfg, &split, init, Some(&baseline), &mut |e| bars.handle(e))?;
         let r = &out.report;
         let bits = out
             .quant_model

@@ -186,17 +186,19 @@ pub fn evaluate_quant(qm: &QuantModel, test: &Dataset) -> Result<QuantEval> {
     })
 }
 
-/// Up to `n` training samples as f32 batches, for calibration and diagnostics.
+/// Up to `n` samples as f32 batches, for calibration and diagnostics. Samples are spread evenly over the set
+/// (not the first `n`), so a set stored sorted by class, like `builtin`, still gives every class.
 pub fn sample_batches(data: &Dataset, n: usize, batch: usize) -> Vec<Tensor> {
     let n = n.min(data.n);
     let per = data.rows * data.cols;
+    let pick = |i: usize| i * data.n / n.max(1);
     (0..n)
         .step_by(batch.max(1))
         .map(|s| {
             let b = batch.min(n - s);
             let mut x = vec![0.0f32; b * per];
             for i in 0..b {
-                data.write_sample(s + i, &mut x[i * per..(i + 1) * per]);
+                data.write_sample(pick(s + i), &mut x[i * per..(i + 1) * per]);
             }
             Tensor::new(x, vec![b, 1, data.rows, data.cols])
         })
@@ -308,22 +310,28 @@ pub fn run(
         });
     };
     qcfg.validate()?;
-    // The f32 reference with the same seed: given, trained here, or (PTQ of a file) the file's model.
+    // The f32 reference: given by the caller; the init model itself (fine-tuning or PTQ of a file); or trained
+    // here with the same seed.
     let owned_baseline;
-    let baseline: Option<&FloatRun> = match baseline {
-        Some(b) => Some(b),
-        None if qcfg.method == Method::Ptq && init.is_none() || cfg.baseline => {
-            let mut bcfg = cfg.train.clone();
-            bcfg.seed = cfg.train.seed;
-            let fr = if qcfg.method == Method::Ptq {
-                train_float(&cfg.model, None, split, &bcfg, on_event)?
-            } else {
-                train_float(&cfg.model, None, split, &bcfg, on_event)?
+    let baseline: Option<&FloatRun> = match (baseline, init) {
+        (Some(b), _) => Some(b),
+        (None, Some(m)) => {
+            let t = Instant::now();
+            let mut m = m.clone();
+            let (_, pred) = train::evaluate_float(&mut m, &split.test, EVAL_BATCH)?;
+            owned_baseline = FloatRun {
+                metrics: metrics(&pred, &split.test.labels, split.test.classes),
+                model: m,
+                epochs: Vec::new(),
+                seconds: t.elapsed().as_secs_f64(),
             };
-            owned_baseline = fr;
             Some(&owned_baseline)
         }
-        None => None,
+        (None, None) if qcfg.method == Method::Ptq || cfg.baseline => {
+            owned_baseline = train_float(&cfg.model, None, split, &cfg.train, on_event)?;
+            Some(&owned_baseline)
+        }
+        (None, None) => None,
     };
     let (mut model, epochs) = match qcfg.method {
         Method::Ptq => {
@@ -359,16 +367,21 @@ pub fn run(
             (m, epochs)
         }
     };
+    let suffix = if init.is_some() && qcfg.method == Method::Qat {
+        " from f32"
+    } else {
+        ""
+    };
     let provenance = Provenance {
         dataset: cfg.data.clone(),
         seed: cfg.train.seed,
         test_accuracy: None,
-        recipe: label(Some(qcfg), None),
+        recipe: label(Some(qcfg), None) + suffix,
     };
     let mut qm = quant::convert(&model, provenance)?;
     let qe = evaluate_quant(&qm, &split.test)?;
     qm.provenance.test_accuracy = Some(qe.metrics.accuracy);
-    qm.provenance.recipe = label(Some(qcfg), stored_weight_bits(&qm));
+    qm.provenance.recipe = label(Some(qcfg), stored_weight_bits(&qm)) + suffix;
     let (fake_acc, _) = train::evaluate_float(&mut model, &split.test, EVAL_BATCH)?;
     let diag = sample_batches(&split.test, 2000, EVAL_BATCH);
     let layers = quant::layer_quant_stats(&model, &diag)?;
