@@ -26,6 +26,8 @@ fn load_data(spec: &str) -> Result<Split> {
 struct Bars {
     quiet: bool,
     current: Option<ProgressBar>,
+    /// The phase label and last good model of a phase that diverged, kept so `train --out` can still save it.
+    diverged: Option<(String, Box<Model>)>,
 }
 
 impl Bars {
@@ -33,6 +35,7 @@ impl Bars {
         Self {
             quiet,
             current: None,
+            diverged: None,
         }
     }
 
@@ -60,6 +63,7 @@ impl Bars {
                     b.finish_and_clear();
                 }
             }
+            Event::Diverged { label, model } => self.diverged = Some((label, model)),
         }
     }
 }
@@ -84,14 +88,17 @@ fn train_config(a: &TrainArgs) -> TrainConfig {
         },
         lr: a.lr,
         seed: a.seed,
-        validation_fraction: None,
+        validation_fraction: a.validation_split,
+        ..TrainConfig::default()
     }
 }
 
 fn quant_config(a: &TrainArgs) -> Result<Option<QuantConfig>> {
     if a.weight_bits.is_none() && a.quant_step.is_none() {
         if a.act_bits.is_some() {
-            bail!("invalid --act-bits: activation quantization needs --weight-bits or --quant-step");
+            bail!(
+                "invalid --act-bits: activation quantization needs --weight-bits or --quant-step"
+            );
         }
         if a.method == MethodArg::Ptq {
             bail!("invalid --method: ptq needs --weight-bits or --quant-step");
@@ -134,7 +141,10 @@ fn print_report_summary(r: &Report) {
         t.row(vec!["simulated accuracy".into(), pct(s)]);
     }
     if let Some(m) = r.engine_simulation_mismatches {
-        t.row(vec!["engine vs simulation".into(), format!("{m} differing predictions")]);
+        t.row(vec![
+            "engine vs simulation".into(),
+            format!("{m} differing predictions"),
+        ]);
     }
     if let Some(f) = r.fake_quant_accuracy {
         t.row(vec!["fake-quant graph".into(), pct(f)]);
@@ -147,7 +157,10 @@ fn print_report_summary(r: &Report) {
     }
     t.row(vec![
         "model bytes".into(),
-        format!("{} (f32 {}, ratio {:.3})", r.model_bytes, r.float_bytes, r.compression_ratio),
+        format!(
+            "{} (f32 {}, ratio {:.3})",
+            r.model_bytes, r.float_bytes, r.compression_ratio
+        ),
     ]);
     t.row(vec!["seconds".into(), format!("{:.1}", r.seconds)]);
     print!("{}", t.render());
@@ -180,7 +193,10 @@ fn print_report_summary(r: &Report) {
             };
             for l in layers {
                 lt.row(vec![
-                    l.get("layer").and_then(|v| v.as_str()).unwrap_or("?").to_string(),
+                    l.get("layer")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("?")
+                        .to_string(),
                     num(l, "weight_bits"),
                     num(l, "act_bits"),
                     num(l, "weight_sqnr_db"),
@@ -195,6 +211,47 @@ fn print_report_summary(r: &Report) {
     }
 }
 
+/// Saves the last good weights of a diverged `train` run to `--out`; returns the clause the error line ends with.
+///
+/// An f32 run saves its float model; a QAT run converts its fake-quant model (ranges frozen as observed so far).
+/// A quantized run whose f32 baseline diverged has no quantized weights to save.
+fn save_diverged(
+    a: &TrainArgs,
+    cfg: &RunConfig,
+    path: &Path,
+    label: &str,
+    mut model: Model,
+) -> String {
+    let prov = Provenance {
+        dataset: a.data.data.clone(),
+        seed: a.seed,
+        test_accuracy: None,
+        recipe: format!("{label} (diverged; last good weights)"),
+    };
+    let result: Result<()> = match &cfg.quant {
+        None => modelfile::save_float(&model, &prov, path).map_err(Into::into),
+        Some(q) if q.method == Method::Qat && label != "f32" => {
+            lowbit::quant::freeze_ranges(&mut model);
+            lowbit::quant::convert(&model, prov)
+                .map_err(anyhow::Error::from)
+                .and_then(|qm| lowbit_runtime::format::save(&qm, path).map_err(Into::into))
+        }
+        Some(_) => {
+            return format!(
+                "; the f32 baseline diverged, nothing written to {}",
+                path.display()
+            )
+        }
+    };
+    match result {
+        Ok(()) => format!("; last good weights written to {}", path.display()),
+        Err(e) => format!(
+            "; could not write last good weights to {}: {e}",
+            path.display()
+        ),
+    }
+}
+
 /// `lowbit train`.
 pub fn train(a: &TrainArgs, quiet: bool) -> Result<()> {
     let quant = quant_config(a)?;
@@ -204,7 +261,10 @@ pub fn train(a: &TrainArgs, quiet: bool) -> Result<()> {
     let init = a.init.as_deref().map(load_float_model).transpose()?;
     let cfg = RunConfig {
         data: a.data.data.clone(),
-        model: init.as_ref().map(|m| m.spec.clone()).unwrap_or_else(|| a.model.clone()),
+        model: init
+            .as_ref()
+            .map(|m| m.spec.clone())
+            .unwrap_or_else(|| a.model.clone()),
         train: tcfg,
         quant,
         init: a.init.as_ref().map(|p| p.display().to_string()),
@@ -216,7 +276,11 @@ pub fn train(a: &TrainArgs, quiet: bool) -> Result<()> {
         Ok(o) => o,
         Err(e @ lowbit::Error::Diverged { .. }) => {
             bars.handle(Event::TrainingFinished);
-            return Err(anyhow!(e));
+            let saved = match (&a.out, bars.diverged.take()) {
+                (Some(path), Some((label, model))) => save_diverged(a, &cfg, path, &label, *model),
+                _ => String::new(),
+            };
+            return Err(anyhow!("{e}{saved}"));
         }
         Err(e) => return Err(e.into()),
     };
@@ -236,10 +300,17 @@ pub fn train(a: &TrainArgs, quiet: bool) -> Result<()> {
         }
         out.report.file_bytes = std::fs::metadata(path).ok().map(|m| m.len());
     }
-    println!("{} on {} ({} train / {} test)", out.report.run, a.data.data, split.train.n, split.test.n);
+    println!(
+        "{} on {} ({} train / {} test)",
+        out.report.run, a.data.data, split.train.n, split.test.n
+    );
     for e in &out.report.epochs {
+        let val = e
+            .val_accuracy
+            .map(|v| format!("  val acc {}", pct(v)))
+            .unwrap_or_default();
         println!(
-            "  epoch {:>2}  loss {:.4}  train acc {}  {:.2}s",
+            "  epoch {:>2}  loss {:.4}  train acc {}{val}  {:.2}s",
             e.epoch,
             e.train_loss,
             pct(e.train_accuracy),
@@ -280,14 +351,30 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
                 .with_context(|| a.model.display().to_string())?;
             let mb = lowbit::quant::model_bytes(qm);
             let fb = pipeline::quant_float_bytes(qm);
-            (qe.metrics, "engine", Some(qe.simulated_accuracy), Some(qe.mismatches), Some(qe.isa), mb, fb)
+            (
+                qe.metrics,
+                "engine",
+                Some(qe.simulated_accuracy),
+                Some(qe.mismatches),
+                Some(qe.isa),
+                mb,
+                fb,
+            )
         }
         AnyModel::Float(fm, _) => {
             let mut fm = (**fm).clone();
             let (_, pred) = train::evaluate_float(&mut fm, &split.test, pipeline::EVAL_BATCH)
                 .with_context(|| a.model.display().to_string())?;
             let fb = lowbit::quant::float_bytes(&fm);
-            (metrics(&pred, &split.test.labels, split.test.classes), "float", None, None, None, fb, fb)
+            (
+                metrics(&pred, &split.test.labels, split.test.classes),
+                "float",
+                None,
+                None,
+                None,
+                fb,
+                fb,
+            )
         }
     };
     println!(
@@ -300,7 +387,10 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
         source
     );
     if let (Some(s), Some(mm)) = (sim, mism) {
-        println!("integer simulation: {} ({mm} differing predictions)", pct(s));
+        println!(
+            "integer simulation: {} ({mm} differing predictions)",
+            pct(s)
+        );
     }
     print_metrics(&m, &names);
     if let Some(path) = &a.report {
@@ -411,7 +501,12 @@ pub fn inspect(path: &Path) -> Result<()> {
                         "conv2d".into(),
                         format!(
                             "{}->{} {}x{} s{:?} p{:?}",
-                            c.in_channels, c.out_channels, c.kernel.0, c.kernel.1, c.stride, c.padding
+                            c.in_channels,
+                            c.out_channels,
+                            c.kernel.0,
+                            c.kernel.1,
+                            c.stride,
+                            c.padding
                         ),
                         c.weights.bits.to_string(),
                         format!("{:?}", c.weights.packing),
@@ -445,7 +540,10 @@ pub fn inspect(path: &Path) -> Result<()> {
                         "-".into(),
                         "-".into(),
                         format!("scale {:.4e} zp {}", input.scale, input.zero_point),
-                        format!("u{bits} scale {:.4e} zp {}", output.scale, output.zero_point),
+                        format!(
+                            "u{bits} scale {:.4e} zp {}",
+                            output.scale, output.zero_point
+                        ),
                         "0".into(),
                     ],
                     QLayer::Flatten => vec![
@@ -467,7 +565,8 @@ pub fn inspect(path: &Path) -> Result<()> {
                 "parameter bytes {} (f32 equivalent {}, ratio {:.3})",
                 lowbit::quant::model_bytes(&qm),
                 pipeline::quant_float_bytes(&qm),
-                lowbit::quant::model_bytes(&qm) as f64 / pipeline::quant_float_bytes(&qm).max(1) as f64
+                lowbit::quant::model_bytes(&qm) as f64
+                    / pipeline::quant_float_bytes(&qm).max(1) as f64
             );
         }
         AnyModel::Float(mut m, prov) => {
@@ -508,6 +607,7 @@ pub fn demo(a: &DemoArgs, quiet: bool) -> Result<()> {
         lr: 1e-3,
         seed: a.seed,
         validation_fraction: None,
+        ..TrainConfig::default()
     };
     tcfg.validate()?;
     let spec = "mlp:784-64-10";
@@ -516,7 +616,8 @@ pub fn demo(a: &DemoArgs, quiet: bool) -> Result<()> {
         a.data.data, split.train.n, split.test.n, a.epochs, a.seed
     );
     let mut bars = Bars::new(quiet);
-    let baseline: FloatRun = pipeline::train_float(spec, None, &split, &tcfg, &mut |e| bars.handle(e))?;
+    let baseline: FloatRun =
+        pipeline::train_float(spec, None, &split, &tcfg, &mut |e| bars.handle(e))?;
     let q = |method: Method, w: u32, step: Option<f32>, per_channel: bool| QuantConfig {
         weight_bits: w,
         act_bits: 8,
@@ -580,7 +681,9 @@ pub fn demo(a: &DemoArgs, quiet: bool) -> Result<()> {
             r.run.clone(),
             weights,
             pct(r.test_accuracy),
-            r.accuracy_delta_pp.map(|d| format!("{d:+.2} pp")).unwrap_or_default(),
+            r.accuracy_delta_pp
+                .map(|d| format!("{d:+.2} pp"))
+                .unwrap_or_default(),
             r.model_bytes.to_string(),
             format!("{:.3}", r.compression_ratio),
             format!("{:.1}", r.seconds),
@@ -623,17 +726,37 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
 pub fn predict(a: &PredictArgs) -> Result<()> {
     let model = modelfile::load_any(&a.model)?;
     let (rows, cols, names) = match &model {
+        // Models written without class names (as `train` writes them) fall back to their dataset's names.
+        AnyModel::Quant(qm) if qm.class_names.is_empty() => (
+            qm.input.height,
+            qm.input.width,
+            data::class_names(&qm.provenance.dataset),
+        ),
         AnyModel::Quant(qm) => (qm.input.height, qm.input.width, qm.class_names.clone()),
-        AnyModel::Float(m, p) => (m.input_shape[1], m.input_shape[2], data::class_names(&p.dataset)),
+        AnyModel::Float(m, p) => (
+            m.input_shape[1],
+            m.input_shape[2],
+            data::class_names(&p.dataset),
+        ),
     };
     let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(idx) = &a.idx {
         let imgs = data::read_idx_images(idx)?;
         if imgs.rows != rows || imgs.cols != cols {
-            bail!("{}: images are {}x{}, the model takes {rows}x{cols}", idx.display(), imgs.rows, imgs.cols);
+            bail!(
+                "{}: images are {}x{}, the model takes {rows}x{cols}",
+                idx.display(),
+                imgs.rows,
+                imgs.cols
+            );
         }
         if a.index >= imgs.count {
-            bail!("invalid --index: {} but {} holds {} images", a.index, idx.display(), imgs.count);
+            bail!(
+                "invalid --index: {} but {} holds {} images",
+                a.index,
+                idx.display(),
+                imgs.count
+            );
         }
         let per = rows * cols;
         inputs.push((
@@ -667,13 +790,21 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
             .take(3)
             .map(|&c| format!("{} {:.1}%", label(c), probs[c] * 100.0))
             .collect();
-        println!("{name}: {} (class {best}); top: {}", label(best), top.join(", "));
+        println!(
+            "{name}: {} (class {best}); top: {}",
+            label(best),
+            top.join(", ")
+        );
     }
     Ok(())
 }
 
 /// Times `f` (one batch per call) for about `seconds`; returns (samples/s, seconds per batch).
-fn time_batches(batch: usize, seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+fn time_batches(
+    batch: usize,
+    seconds: f64,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
     f()?;
     let start = Instant::now();
     let mut iters = 0u64;
@@ -691,7 +822,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         AnyModel::Quant(q) => *q,
         AnyModel::Float(..) => bail!("{}: bench needs a quantized .lbq model", a.model.display()),
     };
-    if a.batch.iter().any(|&b| b == 0) {
+    if a.batch.contains(&0) {
         bail!("invalid --batch: batch sizes must be at least 1");
     }
     if !(a.seconds.is_finite() && a.seconds > 0.0) {
@@ -701,13 +832,23 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let mut float_model = pipeline::dequantize_to_float(&qm)?;
     let split = data::load(&DataSource::Builtin)?;
     let per = qm.input.features();
-    let mut t = Table::new(&["batch", "f32 samples/s", "f32 latency", "int samples/s", "int latency", "speed-up"]);
+    let mut t = Table::new(&[
+        "batch",
+        "f32 samples/s",
+        "f32 latency",
+        "int samples/s",
+        "int latency",
+        "speed-up",
+    ]);
     for &b in &a.batch {
         let input: Vec<u8> = (0..b)
             .flat_map(|i| split.test.image(i % split.test.n).to_vec())
             .collect();
         let x: Vec<f32> = input.iter().map(|&p| f32::from(p) / 255.0).collect();
-        let xt = lowbit::tensor::Tensor::new(x, vec![b, qm.input.channels, qm.input.height, qm.input.width]);
+        let xt = lowbit::tensor::Tensor::new(
+            x,
+            vec![b, qm.input.channels, qm.input.height, qm.input.width],
+        );
         debug_assert_eq!(input.len(), b * per);
         let (fs, fl) = time_batches(b, a.seconds, || {
             std::hint::black_box(float_model.forward(&xt, false)?);

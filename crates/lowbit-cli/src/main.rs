@@ -76,10 +76,10 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
     optimizer: OptimizerArg,
     /// Learning rate.
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, allow_negative_numbers = true)]
     lr: f32,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     momentum: f32,
     /// Random seed (same seed, same model, bit for bit).
     #[arg(long, default_value_t = 1)]
@@ -97,7 +97,7 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value_t = MethodArg::Qat)]
     method: MethodArg,
     /// Fixed-step weights w_q = round(w*K)/K (scale 1/K; the stored bit width is the smallest that fits).
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
     quant_step: Option<f32>,
     /// Start from this float model file (QAT fine-tuning, or PTQ without retraining).
     #[arg(long, value_name = "MODEL")]
@@ -105,6 +105,9 @@ struct TrainArgs {
     /// Do not train the f32 baseline with the same seed (saves time; the report then has no difference).
     #[arg(long)]
     no_baseline: bool,
+    /// Hold out this fraction of the training set (0..1) and report validation accuracy per epoch.
+    #[arg(long, value_name = "FRACTION")]
+    validation_split: Option<f32>,
     /// Training samples used to calibrate activation ranges (PTQ).
     #[arg(long, default_value_t = 2000)]
     calibration_samples: usize,
@@ -169,7 +172,17 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors are one line too (clap's own text adds a usage block); help and version still print in full.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Train(a) => commands::train(&a, cli.quiet),
         Command::Eval(a) => commands::eval(&a, cli.quiet),
@@ -181,8 +194,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the chain of causes joined, so the file and the problem are both named.
-            let msg = format!("{e:#}").replace('\n', " ");
+            // One line: the chain of causes joined, so the file and the problem are both named. Library errors
+            // already print their source (`{path}: {source}`), so a cause whose text is already there is skipped.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let text = cause.to_string();
+                if !msg.contains(&text) {
+                    msg = format!("{msg}: {text}");
+                }
+            }
+            let msg = msg.replace('\n', " ");
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }

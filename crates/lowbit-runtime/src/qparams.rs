@@ -60,7 +60,11 @@ pub fn act_code_range(bits: u32) -> Result<(i32, i32), QuantError> {
 pub fn quantize(x: f32, qp: QParams, qmin: i32, qmax: i32) -> i32 {
     let r = (x / qp.scale).round();
     // Clamp in f32 first so huge or NaN inputs cannot overflow the cast (NaN maps to qmin via `as`-free path).
-    let r = if r.is_nan() { 0.0 } else { r.clamp(-1_073_741_824.0, 1_073_741_824.0) };
+    let r = if r.is_nan() {
+        0.0
+    } else {
+        r.clamp(-1_073_741_824.0, 1_073_741_824.0)
+    };
     (r as i32 + qp.zero_point).clamp(qmin, qmax)
 }
 
@@ -196,7 +200,10 @@ mod tests {
             assert!((rq.to_real() - m).abs() <= m * 1e-9, "{m}");
             for acc in [-100000, -7, 0, 1, 9999, 1 << 20] {
                 let got = rq.apply(acc) as f64;
-                assert!((got - acc as f64 * m).abs() <= 0.5 + 1e-6, "m={m} acc={acc} got={got}");
+                assert!(
+                    (got - acc as f64 * m).abs() <= 0.5 + 1e-6,
+                    "m={m} acc={acc} got={got}"
+                );
             }
         }
         assert!(Requant::from_real(0.0).is_err());

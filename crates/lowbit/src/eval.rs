@@ -64,7 +64,11 @@ pub fn metrics(predictions: &[usize], labels: &[u8], classes: usize) -> Metrics 
         })
         .collect();
     Metrics {
-        accuracy: if total == 0 { 0.0 } else { correct as f64 / total as f64 },
+        accuracy: if total == 0 {
+            0.0
+        } else {
+            correct as f64 / total as f64
+        },
         correct,
         total,
         per_class_accuracy,
@@ -88,6 +92,9 @@ mod tests {
 
     #[test]
     fn argmax_takes_lowest_index_on_ties_and_skips_nan() {
-        assert_eq!(argmax_rows(&[1.0, 3.0, 3.0, f32::NAN, 0.5, 0.2], 3), vec![1, 1]);
+        assert_eq!(
+            argmax_rows(&[1.0, 3.0, 3.0, f32::NAN, 0.5, 0.2], 3),
+            vec![1, 1]
+        );
     }
 }

@@ -66,7 +66,10 @@ pub fn float_to_bytes(model: &Model, provenance: &Provenance) -> Result<Vec<u8>>
     }
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FLOAT_FORMAT.to_string());
-    meta.insert("format_version".to_string(), FLOAT_FORMAT_VERSION.to_string());
+    meta.insert(
+        "format_version".to_string(),
+        FLOAT_FORMAT_VERSION.to_string(),
+    );
     meta.insert("spec".to_string(), model.spec.clone());
     meta.insert(
         "provenance".to_string(),
@@ -144,14 +147,21 @@ pub fn float_from_bytes(bytes: &[u8], path: &Path) -> Result<(Model, Provenance)
         .get("spec")
         .ok_or_else(|| malformed(path, "missing spec"))?;
     let provenance: Provenance = match meta.get("provenance") {
-        Some(p) => serde_json::from_str(p).map_err(|e| malformed(path, format!("provenance: {e}")))?,
+        Some(p) => {
+            serde_json::from_str(p).map_err(|e| malformed(path, format!("provenance: {e}")))?
+        }
         None => Provenance::default(),
     };
     let mut model = Model::from_spec(spec, 0).map_err(|e| malformed(path, format!("spec: {e}")))?;
     let mut expected = 0usize;
     for (i, layer) in model.layers.iter_mut().enumerate() {
         if let Layer::Dense(d) = layer {
-            let w = read_f32(&st, &format!("layers.{i}.weight"), &[d.out_features, d.in_features], path)?;
+            let w = read_f32(
+                &st,
+                &format!("layers.{i}.weight"),
+                &[d.out_features, d.in_features],
+                path,
+            )?;
             let b = read_f32(&st, &format!("layers.{i}.bias"), &[d.out_features], path)?;
             d.weight = w;
             d.bias = b;
@@ -174,7 +184,11 @@ fn read_f32(st: &SafeTensors, name: &str, shape: &[usize], path: &Path) -> Resul
     if t.dtype() != Dtype::F32 || t.shape() != shape {
         return Err(malformed(
             path,
-            format!("tensor {name}: expected F32 {shape:?}, found {:?} {:?}", t.dtype(), t.shape()),
+            format!(
+                "tensor {name}: expected F32 {shape:?}, found {:?} {:?}",
+                t.dtype(),
+                t.shape()
+            ),
         ));
     }
     let v: Vec<f32> = t

@@ -65,6 +65,14 @@ pub enum Event {
     Step(Progress),
     /// The phase finished.
     TrainingFinished,
+    /// The phase stopped on a non-finite loss or gradient; `model` holds the last good weights (end of the last
+    /// completed epoch, or the initial weights), so the caller can still save them.
+    Diverged {
+        /// The phase's label, as in [`Event::TrainingStarted`].
+        label: String,
+        /// The model with its last good weights.
+        model: Box<Model>,
+    },
 }
 
 /// A trained float model and its facts.
@@ -125,6 +133,12 @@ fn train_with_events(
     });
     let r = train::train(model, data, cfg, &mut |p| on_event(Event::Step(p)));
     on_event(Event::TrainingFinished);
+    if let Err(Error::Diverged { .. }) = &r {
+        on_event(Event::Diverged {
+            label: label.to_string(),
+            model: Box::new(model.clone()),
+        });
+    }
     r
 }
 
@@ -213,6 +227,7 @@ fn epoch_records(epochs: &[EpochStats]) -> Vec<EpochRecord> {
             train_loss: f64::from(e.train_loss),
             train_accuracy: f64::from(e.train_accuracy),
             seconds: e.seconds,
+            val_accuracy: e.val_accuracy.map(f64::from),
         })
         .collect()
 }
@@ -425,8 +440,12 @@ pub fn quant_float_bytes(qm: &QuantModel) -> usize {
     qm.layers
         .iter()
         .map(|l| match l {
-            lowbit_runtime::model::QLayer::Dense(d) => 4 * (d.weights.rows * d.weights.cols + d.bias.len()),
-            lowbit_runtime::model::QLayer::Conv2d(c) => 4 * (c.weights.rows * c.weights.cols + c.bias.len()),
+            lowbit_runtime::model::QLayer::Dense(d) => {
+                4 * (d.weights.rows * d.weights.cols + d.bias.len())
+            }
+            lowbit_runtime::model::QLayer::Conv2d(c) => {
+                4 * (c.weights.rows * c.weights.cols + c.bias.len())
+            }
             _ => 0,
         })
         .sum()
@@ -447,14 +466,21 @@ pub fn dequantize_to_float(qm: &QuantModel) -> Result<Model> {
                 let scale = |r: usize| d.weight_scales.get(r).or(d.weight_scales.first()).copied();
                 let mut b = Vec::with_capacity(d.out_features);
                 for r in 0..d.out_features {
-                    let s = scale(r).ok_or_else(|| Error::Shape("dense layer without weight scales".into()))?;
+                    let s = scale(r)
+                        .ok_or_else(|| Error::Shape("dense layer without weight scales".into()))?;
                     d.weights.unpack_row(r, &mut row);
                     w.extend(row.iter().map(|&c| f32::from(c) * s));
                     b.push(d.bias[r] as f32 * d.input.scale * s);
                 }
                 dims.push(d.in_features);
-                layers.push(Layer::Dense(Dense::from_weights(d.in_features, d.out_features, w, b)));
-                if let lowbit_runtime::model::OutputStage::Requantize { relu: true, .. } = d.output {
+                layers.push(Layer::Dense(Dense::from_weights(
+                    d.in_features,
+                    d.out_features,
+                    w,
+                    b,
+                )));
+                if let lowbit_runtime::model::OutputStage::Requantize { relu: true, .. } = d.output
+                {
                     layers.push(Layer::Relu(Relu::new()));
                 }
             }
@@ -473,7 +499,10 @@ pub fn dequantize_to_float(qm: &QuantModel) -> Result<Model> {
         classes: qm.classes,
         spec: format!(
             "mlp:{}",
-            dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("-")
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("-")
         ),
     })
 }

@@ -12,6 +12,8 @@ pub struct EpochRecord {
     pub train_accuracy: f64,
     /// Wall time of the epoch.
     pub seconds: f64,
+    /// Accuracy on the held-out validation split, when one was requested.
+    pub val_accuracy: Option<f64>,
 }
 
 /// Dataset facts.
