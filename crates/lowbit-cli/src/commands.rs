@@ -1,6 +1,9 @@
 //! The subcommands. Each returns `anyhow::Result` with context naming the file or option at fault.
 use crate::ui::{bar, Table};
-use crate::{BenchArgs, DemoArgs, EvalArgs, MethodArg, OptimizerArg, PredictArgs, TrainArgs};
+use crate::{
+    ActQuantizerArg, BenchArgs, DemoArgs, EvalArgs, MethodArg, OptimizerArg, PredictArgs, QuantizerArg,
+    ScheduleArg, TrainArgs, WeightQuantizerArg,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use lowbit::data::{self, DataSource, Split};
@@ -9,7 +12,9 @@ use lowbit::modelfile::{self, AnyModel};
 use lowbit::nn::Model;
 use lowbit::optim::OptimizerKind;
 use lowbit::pipeline::{self, Event, FloatRun, RunConfig};
-use lowbit::quant::{Method, QuantConfig};
+use lowbit::config_file::{self, FileConfig, MethodName, OptimizerName, QuantSection};
+use lowbit::optim::Schedule;
+use lowbit::quant::{ActMethod, LayerQuant, LayerSelector, Method, QuantConfig, WeightMethod};
 use lowbit::report::{DatasetInfo, Report};
 use lowbit::train::{self, TrainConfig};
 use lowbit_runtime::engine::Engine;
@@ -78,47 +83,171 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
 
-fn train_config(a: &TrainArgs) -> TrainConfig {
-    TrainConfig {
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        optimizer: match a.optimizer {
-            OptimizerArg::Adam => OptimizerKind::adam(),
-            OptimizerArg::Sgd => OptimizerKind::sgd(a.momentum),
-        },
-        lr: a.lr,
-        seed: a.seed,
-        validation_fraction: a.validation_split,
-        ..TrainConfig::default()
+/// Parses one `--layer-bits` item, `LAYER:WBITS[:ABITS]`.
+fn parse_layer_bits(item: &str) -> Result<LayerQuant> {
+    let bad = || {
+        anyhow!("invalid --layer-bits: `{item}` is not LAYER:WBITS[:ABITS] (e.g. first:8:8, -1:8, 2:4:4)")
+    };
+    let mut parts = item.split(':');
+    let layer = match parts.next().map(str::trim) {
+        Some(n @ ("first" | "last")) => LayerSelector::Name(n.to_string()),
+        Some(i) => LayerSelector::Index(i.parse().map_err(|_| bad())?),
+        None => return Err(bad()),
+    };
+    let weight_bits = Some(parts.next().ok_or_else(bad)?.trim().parse().map_err(|_| bad())?);
+    let act_bits = match parts.next() {
+        Some(b) => Some(b.trim().parse().map_err(|_| bad())?),
+        None => None,
+    };
+    if parts.next().is_some() {
+        return Err(bad());
     }
+    Ok(LayerQuant {
+        layer,
+        weight_bits,
+        act_bits,
+    })
 }
 
-fn quant_config(a: &TrainArgs) -> Result<Option<QuantConfig>> {
-    if a.weight_bits.is_none() && a.quant_step.is_none() {
-        if a.act_bits.is_some() {
-            bail!(
-                "invalid --act-bits: activation quantization needs --weight-bits or --quant-step"
-            );
+/// The run's settings: a `--config` file (if any) overlaid with the flags the user typed; without a file, the
+/// flags with their defaults. Validation names the flag at fault.
+fn resolve_settings(
+    a: &TrainArgs,
+    explicit: &[String],
+) -> Result<(FileConfig, TrainConfig, Option<QuantConfig>)> {
+    let mut fc = match &a.config {
+        Some(p) => config_file::load(p)?,
+        None => FileConfig::default(),
+    };
+    let typed = |id: &str| explicit.iter().any(|e| e == id);
+    // A flag with a default applies when typed, or when the file leaves the setting open.
+    macro_rules! take {
+        ($slot:expr, $id:literal, $value:expr) => {
+            if typed($id) || $slot.is_none() {
+                $slot = Some($value);
+            }
+        };
+    }
+    take!(fc.model, "model", a.model.clone());
+    take!(fc.data, "data", a.data.data.clone());
+    let t = &mut fc.training;
+    take!(t.epochs, "epochs", a.epochs);
+    take!(t.batch_size, "batch_size", a.batch_size);
+    take!(t.lr, "lr", a.lr);
+    take!(t.seed, "seed", a.seed);
+    if typed("optimizer") || (t.optimizer.is_none() && t.momentum.is_none()) {
+        t.optimizer = Some(match a.optimizer {
+            OptimizerArg::Adam => OptimizerName::Adam,
+            OptimizerArg::Sgd => OptimizerName::Sgd,
+        });
+    }
+    if t.optimizer == Some(OptimizerName::Sgd) && (typed("momentum") || t.momentum.is_none()) {
+        t.momentum = Some(a.momentum);
+    }
+    if let Some(v) = a.validation_split {
+        t.validation_split = Some(v);
+    }
+    if let Some(s) = a.schedule {
+        t.schedule = Some(match s {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Step => Schedule::Step {
+                every_epochs: a.lr_step_every,
+                gamma: a.lr_gamma,
+            },
+            ScheduleArg::Cosine => Schedule::Cosine { min_lr: a.min_lr },
+        });
+    }
+    if let Some(w) = a.warmup_steps {
+        t.warmup_steps = Some(w);
+    }
+    if let Some(c) = a.clip_grad_norm {
+        t.clip_grad_norm = Some(c);
+    }
+    let wants_quant = a.weight_bits.is_some() || a.quant_step.is_some();
+    if fc.quantization.is_none() && !wants_quant {
+        for (id, flag) in [
+            ("act_bits", "--act-bits"),
+            ("quantizer", "--quantizer"),
+            ("weight_quantizer", "--weight-quantizer"),
+            ("act_quantizer", "--act-quantizer"),
+            ("layer_bits", "--layer-bits"),
+            ("per_channel", "--per-channel"),
+        ] {
+            if typed(id) {
+                bail!(
+                    "invalid {flag}: quantization needs --weight-bits or --quant-step \
+                     (or a config file with [quantization])"
+                );
+            }
         }
         if a.method == MethodArg::Ptq {
             bail!("invalid --method: ptq needs --weight-bits or --quant-step");
         }
-        return Ok(None);
+    } else {
+        let q = fc.quantization.get_or_insert_with(QuantSection::default);
+        if let Some(b) = a.weight_bits {
+            q.weight_bits = Some(b);
+        }
+        if let Some(b) = a.act_bits {
+            q.act_bits = Some(b);
+        }
+        if typed("per_channel") || q.per_channel.is_none() {
+            q.per_channel = Some(a.per_channel);
+        }
+        if typed("method") || q.method.is_none() {
+            q.method = Some(match a.method {
+                MethodArg::Qat => MethodName::Qat,
+                MethodArg::Ptq => MethodName::Ptq,
+            });
+        }
+        if let Some(k) = a.quant_step {
+            q.quant_step = Some(k);
+        }
+        match a.quantizer {
+            Some(QuantizerArg::Ste) => {
+                q.weight_quantizer = Some(WeightMethod::Ste);
+                q.act_quantizer = Some(ActMethod::Ste);
+            }
+            Some(QuantizerArg::Lsq) => {
+                q.weight_quantizer = Some(WeightMethod::Lsq);
+                q.act_quantizer = Some(ActMethod::Lsq);
+            }
+            Some(QuantizerArg::Pact) => q.act_quantizer = Some(ActMethod::Pact),
+            None => {}
+        }
+        if let Some(w) = a.weight_quantizer {
+            q.weight_quantizer = Some(match w {
+                WeightQuantizerArg::Ste => WeightMethod::Ste,
+                WeightQuantizerArg::Lsq => WeightMethod::Lsq,
+            });
+        }
+        if let Some(w) = a.act_quantizer {
+            q.act_quantizer = Some(match w {
+                ActQuantizerArg::Ste => ActMethod::Ste,
+                ActQuantizerArg::Lsq => ActMethod::Lsq,
+                ActQuantizerArg::Pact => ActMethod::Pact,
+            });
+        }
+        if let Some(v) = a.pact_alpha {
+            q.pact_alpha = Some(v);
+        }
+        if let Some(v) = a.pact_l2 {
+            q.pact_l2 = Some(v);
+        }
+        if typed("calibration_samples") || q.calibration_samples.is_none() {
+            q.calibration_samples = Some(a.calibration_samples);
+        }
+        if !a.layer_bits.is_empty() {
+            q.layers = a
+                .layer_bits
+                .iter()
+                .map(|s| parse_layer_bits(s))
+                .collect::<Result<_>>()?;
+        }
     }
-    let q = QuantConfig {
-        weight_bits: a.weight_bits.unwrap_or(8),
-        act_bits: a.act_bits.unwrap_or(8),
-        per_channel: a.per_channel,
-        method: match a.method {
-            MethodArg::Qat => Method::Qat,
-            MethodArg::Ptq => Method::Ptq,
-        },
-        quant_step: a.quant_step,
-        calibration_samples: a.calibration_samples,
-        ..QuantConfig::default()
-    };
-    q.validate()?;
-    Ok(Some(q))
+    let tcfg = fc.train_config()?;
+    let qcfg = fc.quant_config()?;
+    Ok((fc, tcfg, qcfg))
 }
 
 fn load_float_model(path: &Path) -> Result<Model> {
@@ -223,8 +352,8 @@ fn save_diverged(
     mut model: Model,
 ) -> String {
     let prov = Provenance {
-        dataset: a.data.data.clone(),
-        seed: a.seed,
+        dataset: cfg.data.clone(),
+        seed: cfg.train.seed,
         test_accuracy: None,
         recipe: format!("{label} (diverged; last good weights)"),
     };
@@ -253,18 +382,15 @@ fn save_diverged(
 }
 
 /// `lowbit train`.
-pub fn train(a: &TrainArgs, quiet: bool) -> Result<()> {
-    let quant = quant_config(a)?;
-    let tcfg = train_config(a);
-    tcfg.validate()?;
-    let split = load_data(&a.data.data)?;
+pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
+    let (fc, tcfg, quant) = resolve_settings(a, explicit)?;
+    let data_name = fc.data.clone().unwrap_or_else(|| a.data.data.clone());
+    let model_spec = fc.model.clone().unwrap_or_else(|| a.model.clone());
+    let split = load_data(&data_name)?;
     let init = a.init.as_deref().map(load_float_model).transpose()?;
     let cfg = RunConfig {
-        data: a.data.data.clone(),
-        model: init
-            .as_ref()
-            .map(|m| m.spec.clone())
-            .unwrap_or_else(|| a.model.clone()),
+        data: data_name.clone(),
+        model: init.as_ref().map(|m| m.spec.clone()).unwrap_or(model_spec),
         train: tcfg,
         quant,
         init: a.init.as_ref().map(|p| p.display().to_string()),
@@ -290,8 +416,8 @@ pub fn train(a: &TrainArgs, quiet: bool) -> Result<()> {
                 .with_context(|| format!("{}", path.display()))?,
             None => {
                 let prov = Provenance {
-                    dataset: a.data.data.clone(),
-                    seed: a.seed,
+                    dataset: data_name.clone(),
+                    seed: cfg.train.seed,
                     test_accuracy: Some(out.report.test_accuracy),
                     recipe: "f32".into(),
                 };
@@ -300,9 +426,7 @@ pub fn train(a: &TrainArgs, quiet: bool) -> Result<()> {
         }
         out.report.file_bytes = std::fs::metadata(path).ok().map(|m| m.len());
     }
-    println!(
-        "{} on {} ({} train / {} test)",
-        out.report.run, a.data.data, split.train.n, split.test.n
+    println!("{} on {} ({} train / {} test)", out.report.run, data_name, split.train.n, split.test.n
     );
     for e in &out.report.epochs {
         let val = e

@@ -2,7 +2,8 @@
 mod commands;
 mod ui;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -59,6 +60,33 @@ enum MethodArg {
     Ptq,
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum QuantizerArg {
+    Ste,
+    Lsq,
+    Pact,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightQuantizerArg {
+    Ste,
+    Lsq,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ActQuantizerArg {
+    Ste,
+    Lsq,
+    Pact,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ScheduleArg {
+    Constant,
+    Step,
+    Cosine,
+}
+
 #[derive(Args, Debug, Clone)]
 struct TrainArgs {
     #[command(flatten)]
@@ -111,6 +139,48 @@ struct TrainArgs {
     /// Training samples used to calibrate activation ranges (PTQ).
     #[arg(long, default_value_t = 2000)]
     calibration_samples: usize,
+    /// Quantizer method for weights and activations: `lsq` learns step sizes for both; `pact` learns the
+    /// activation clipping level (weights keep `ste`). The two flags below override it.
+    #[arg(long, value_enum)]
+    quantizer: Option<QuantizerArg>,
+    /// Weight quantizer: `ste` (min-max / ternary / binary rules, straight-through) or `lsq` (learned step).
+    #[arg(long, value_enum)]
+    weight_quantizer: Option<WeightQuantizerArg>,
+    /// Activation quantizer: `ste` (EMA min-max range), `lsq` (learned step) or `pact` (learned clip).
+    #[arg(long, value_enum)]
+    act_quantizer: Option<ActQuantizerArg>,
+    /// PACT initial clipping level (default: the first batch's maximum).
+    #[arg(long)]
+    pact_alpha: Option<f32>,
+    /// L2 penalty on PACT's alpha.
+    #[arg(long)]
+    pact_l2: Option<f32>,
+    /// Per-layer bit widths (mixed precision): `LAYER:WBITS[:ABITS]`, comma separated; LAYER is a weight-layer
+    /// index (negative from the end), `first` or `last`. Example: `first:8:8,last:8`.
+    #[arg(long, value_delimiter = ',')]
+    layer_bits: Vec<String>,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleArg>,
+    /// Step schedule: epochs between decays.
+    #[arg(long, default_value_t = 1)]
+    lr_step_every: usize,
+    /// Step schedule: decay factor.
+    #[arg(long, default_value_t = 0.1)]
+    lr_gamma: f32,
+    /// Cosine schedule: final learning rate.
+    #[arg(long, default_value_t = 0.0)]
+    min_lr: f32,
+    /// Linear learning-rate warm-up over this many steps.
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    /// Clip gradients to this global L2 norm.
+    #[arg(long)]
+    clip_grad_norm: Option<f32>,
+    /// Read model, data, training and quantization settings from a TOML or JSON file; flags typed on the
+    /// command line override it (example: docs/examples/lenet5-mixed.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Write the model here (.lbq when quantized, float file otherwise); atomic.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -173,18 +243,33 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     // Usage errors are one line too (clap's own text adds a usage block); help and version still print in full.
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("error: invalid arguments");
-            eprintln!("{first} (see --help)");
-            return ExitCode::from(2);
-        }
+    let usage_error = |e: clap::Error| {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("error: invalid arguments");
+        eprintln!("{first} (see --help)");
+        ExitCode::from(2)
     };
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => return usage_error(e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    // The train flags the user typed: they override a --config file; defaults do not.
+    let explicit: Vec<String> = matches
+        .subcommand_matches("train")
+        .map(|m| {
+            m.ids()
+                .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.as_str().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
     let result = match cli.command {
-        Command::Train(a) => commands::train(&a, cli.quiet),
+        Command::Train(a) => commands::train(&a, &explicit, cli.quiet),
         Command::Eval(a) => commands::eval(&a, cli.quiet),
         Command::Inspect { model } => commands::inspect(&model),
         Command::Demo(a) => commands::demo(&a, cli.quiet),

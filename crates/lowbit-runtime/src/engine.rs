@@ -20,10 +20,12 @@
 //! - Dense after a spatial layer reads the NCHW features in order (Flatten is a no-op on the data).
 use crate::error::QuantError;
 use crate::kernels;
+use crate::kernels::PrepackedWeights;
 use crate::model::{OutputStage, QLayer, QuantModel};
 use crate::pack::PackedWeights;
 use crate::qparams::{act_code_range, requantize, QParams, Requant};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Largest raw input code: kernels multiply `u8` codes, so every bound assumes 255.
 const MAX_ACT_CODE: i64 = 255;
@@ -78,14 +80,15 @@ struct Gemm {
     n: usize,
     /// Codes per row (K).
     k: usize,
-    weights: PackedWeights,
+    /// Prepared once for the selected kernel tier (int8 panels on AVX2; see [`PrepackedWeights`]).
+    weights: PrepackedWeights,
     bias_eff: Vec<i32>,
     out: Out,
 }
 
 impl Gemm {
     fn acc(&self, a: &[u8], m: usize, out: &mut [i32]) -> Result<(), QuantError> {
-        kernels::gemm_acc(a, m, self.k, &self.weights, &self.bias_eff, out)
+        kernels::gemm_acc_prepacked(a, m, self.k, &self.weights, &self.bias_eff, out)
     }
 
     fn requant(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), QuantError> {
@@ -103,7 +106,7 @@ impl Gemm {
                     qmin: *qmin,
                     qmax: *qmax,
                 };
-                kernels::gemm_requant(a, m, self.k, &self.weights, &p, out)
+                kernels::gemm_requant_prepacked(a, m, self.k, &self.weights, &p, out)
             }
             Out::Logits { .. } => Err(internal("requant called on a logits layer")),
         }
@@ -142,6 +145,14 @@ enum Op {
         qmax: i32,
     },
     Flatten,
+}
+
+/// Per-thread activation buffers reused across [`Engine::run`] calls (grown, never shrunk).
+#[derive(Default)]
+struct Buffers {
+    cur: Vec<u8>,
+    next: Vec<u8>,
+    acc: Vec<i32>,
 }
 
 /// A validated, ready-to-run quantized model.
@@ -359,7 +370,7 @@ fn build_gemm(
         Gemm {
             n: s.rows,
             k: s.k,
-            weights: s.weights.clone(),
+            weights: PrepackedWeights::new(s.weights.clone())?,
             bias_eff,
             out,
         },
@@ -678,11 +689,29 @@ impl Engine {
         Ok(argmax_rows(&logits, self.classes))
     }
 
+    /// Runs the graph with this thread's reusable activation buffers (only the returned logits are allocated,
+    /// plus the accumulators and codes when tracing). Returns the last layer's accumulators only when tracing.
     fn execute(
         &self,
         input: &[u8],
         batch: usize,
+        trace: Option<&mut Vec<Vec<u8>>>,
+    ) -> Result<(Vec<i32>, Vec<f32>), QuantError> {
+        thread_local! {
+            static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
+        }
+        BUFFERS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut b) => self.execute_in(input, batch, trace, &mut b),
+            Err(_) => self.execute_in(input, batch, trace, &mut Buffers::default()),
+        })
+    }
+
+    fn execute_in(
+        &self,
+        input: &[u8],
+        batch: usize,
         mut trace: Option<&mut Vec<Vec<u8>>>,
+        bufs: &mut Buffers,
     ) -> Result<(Vec<i32>, Vec<f32>), QuantError> {
         let expected = batch.checked_mul(self.input_features);
         if expected != Some(input.len()) {
@@ -699,47 +728,54 @@ impl Engine {
         if batch == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
-        let mut cur: Vec<u8> = input.to_vec();
-        let mut next: Vec<u8> = Vec::new();
-        let mut acc: Vec<i32> = Vec::new();
+        let Buffers { cur, next, acc } = bufs;
+        // The first layer reads the caller's input in place; afterwards `cur` holds the previous layer's codes.
+        let mut from_input = true;
         let last = self.ops.len() - 1;
         for (i, op) in self.ops.iter().enumerate() {
+            let src: &[u8] = if from_input { input } else { cur };
             let out_len = batch
                 .checked_mul(self.out_elems.get(i).copied().unwrap_or(0))
                 .ok_or_else(|| internal("batch too large"))?;
             if i == last {
+                acc.clear();
                 acc.resize(out_len, 0);
                 match op {
-                    Op::Dense(g) => g.acc(&cur, batch, &mut acc)?,
+                    Op::Dense(g) => g.acc(src, batch, acc)?,
                     Op::Conv {
                         gemm,
                         input,
                         output,
                         window,
                         pad_code,
-                    } => conv_acc(gemm, &cur, *input, *output, window, *pad_code, &mut acc)?,
+                    } => conv_acc(gemm, src, *input, *output, window, *pad_code, acc)?,
                     _ => return Err(internal("the last layer must emit logits")),
                 }
-                let logits = self.logits(op, &acc)?;
-                return Ok((acc, logits));
+                let logits = self.logits(op, acc)?;
+                let accumulators = if trace.is_some() {
+                    acc.clone()
+                } else {
+                    Vec::new()
+                };
+                return Ok((accumulators, logits));
             }
             next.clear();
             next.resize(out_len, 0);
             match op {
-                Op::Dense(g) => g.requant(&cur, batch, &mut next)?,
+                Op::Dense(g) => g.requant(src, batch, next)?,
                 Op::Conv {
                     gemm,
                     input,
                     output,
                     window,
                     pad_code,
-                } => conv_requant(gemm, &cur, *input, *output, window, *pad_code, &mut next)?,
+                } => conv_requant(gemm, src, *input, *output, window, *pad_code, next)?,
                 Op::MaxPool {
                     input,
                     output,
                     window,
                 } => {
-                    pool(&cur, *input, *output, window, &mut next, |vals| {
+                    pool(src, *input, *output, window, next, |vals| {
                         vals.iter().copied().max().unwrap_or(0)
                     });
                 }
@@ -752,17 +788,18 @@ impl Engine {
                     zp_out,
                     qmax,
                 } => {
-                    pool(&cur, *input, *output, window, &mut next, |vals| {
+                    pool(src, *input, *output, window, next, |vals| {
                         let sum: i32 = vals.iter().map(|&v| v as i32 - zp_in).sum();
                         requantize(sum, *requant, *zp_out, 0, *qmax) as u8
                     });
                 }
-                Op::Flatten => next.copy_from_slice(&cur),
+                Op::Flatten => next.copy_from_slice(src),
             }
             if let Some(t) = trace.as_deref_mut() {
                 t.push(next.clone());
             }
-            std::mem::swap(&mut cur, &mut next);
+            std::mem::swap(cur, next);
+            from_input = false;
         }
         Err(internal("no layers"))
     }

@@ -1,5 +1,5 @@
 //! Every available kernel tier equals the normative reference bit for bit (no tolerance).
-use lowbit_runtime::kernels::{self, reference, Isa, OutputParams};
+use lowbit_runtime::kernels::{self, reference, Isa, OutputParams, PrepackedWeights};
 use lowbit_runtime::pack::{row_bytes, PackedWeights, Packing};
 use lowbit_runtime::qparams::{weight_code_range, Requant};
 use proptest::prelude::*;
@@ -195,6 +195,49 @@ fn check_b1b1(seed: u64, mi: usize, ki: usize, ni: usize) {
     }
 }
 
+/// Prepacked weights (int8 panels on AVX2, packed bytes otherwise) on every tier equal the reference, for the
+/// accumulators and the requantized outputs; `m = 1` takes the GEMV path.
+fn check_prepacked(bits: u32, seed: u64, mi: usize, ki: usize, ni: usize) {
+    let c = make_case(bits, seed, mi, ki, ni);
+    let p = OutputParams {
+        bias: &c.bias,
+        requant: &c.requant,
+        zero_point: c.zero_point,
+        qmin: c.qmin,
+        qmax: c.qmax,
+    };
+    let mut want_acc = vec![0i32; c.m * c.n];
+    reference::gemm_u8i8_i32(&c.a, c.m, c.k, &c.w, &c.bias, &mut want_acc);
+    let mut want = vec![0u8; c.m * c.n];
+    reference::gemm_u8i8_u8(&c.a, c.m, c.k, &c.w, &p, &mut want);
+    for isa in Isa::available() {
+        let pw = PrepackedWeights::with_isa(isa, c.w.clone()).unwrap();
+        assert_eq!(pw.isa(), isa);
+        assert_eq!(pw.weights(), &c.w);
+        let mut got_acc = vec![7i32; c.m * c.n];
+        kernels::gemm_acc_prepacked(&c.a, c.m, c.k, &pw, &c.bias, &mut got_acc).unwrap();
+        for (idx, (e, g)) in want_acc.iter().zip(&got_acc).enumerate() {
+            assert_eq!(
+                e, g,
+                "{} prepacked {bits}-bit acc (panelized {}): index {idx} (row {}, col {}) expected {e} got {g}, \
+                 m/k/n = {}/{}/{}, seed {seed}",
+                isa.name(), pw.is_panelized(), idx / c.n, idx % c.n, c.m, c.k, c.n
+            );
+        }
+        let mut got = vec![7u8; c.m * c.n];
+        kernels::gemm_requant_prepacked(&c.a, c.m, c.k, &pw, &p, &mut got).unwrap();
+        for (idx, (e, g)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(
+                e, g,
+                "{} prepacked {bits}-bit requant: index {idx} expected {e} got {g}, m/k/n = {}/{}/{}, requant {:?}, \
+                 zero point {}, clamp [{}, {}], seed {seed}",
+                isa.name(), c.m, c.k, c.n, c.requant[if c.requant.len() == 1 { 0 } else { idx % c.n }],
+                c.zero_point, c.qmin, c.qmax
+            );
+        }
+    }
+}
+
 fn config() -> ProptestConfig {
     ProptestConfig {
         cases: 1000,
@@ -249,6 +292,22 @@ proptest! {
     #[test]
     fn binary_requantized_outputs_match_reference_on_every_tier(seed: u64, mi in 0usize..64, ki in 0usize..64, ni in 0usize..64) {
         check_requant(1, seed, mi, ki, ni);
+    }
+
+    #[test]
+    fn prepacked_int8_matches_reference_on_every_tier(seed: u64, mi in 0usize..64, ki in 0usize..64, ni in 0usize..64) {
+        check_prepacked(8, seed, mi, ki, ni);
+    }
+
+    #[test]
+    fn prepacked_int8_batch_one_gemv_matches_reference_on_every_tier(seed: u64, ki in 0usize..64, ni in 0usize..64) {
+        // MS[0] == 1: the GEMV path, over every K tail and N from 1 to 64 (1 to 4 panels, ragged last panel).
+        check_prepacked(8, seed, 0, ki, ni);
+    }
+
+    #[test]
+    fn prepacked_sub_byte_weights_match_reference_on_every_tier(seed: u64, bits in prop::sample::select(vec![1u32, 2, 3, 4, 5, 7]), mi in 0usize..64, ki in 0usize..64, ni in 0usize..64) {
+        check_prepacked(bits, seed, mi, ki, ni);
     }
 
     #[test]
@@ -340,4 +399,134 @@ fn isa_cap_falls_back_to_the_best_available_tier_at_or_below_it() {
             assert_eq!(Isa::Avx512Vnni.capped(), Isa::Avx2);
         }
     }
+}
+
+#[test]
+fn requantized_outputs_match_reference_at_extreme_zero_points_and_shifts() {
+    // The public OutputParams accept any i32 zero point; the SIMD output stage must clamp exactly like the
+    // reference's i64 arithmetic, including when zero point + requantized value would overflow i32.
+    let mut rng = Rng(77);
+    let (m, k, n) = (7, 33, 24);
+    let a: Vec<u8> = (0..m * k).map(|_| rng.below(256) as u8).collect();
+    let codes: Vec<i8> = (0..n * k).map(|_| rng.range(-127, 127) as i8).collect();
+    let w = PackedWeights::pack(8, n, k, &codes).unwrap();
+    let bias: Vec<i32> = (0..n)
+        .map(|j| [i32::MAX, i32::MIN, 0, -1, 1][j % 5])
+        .collect();
+    for zero_point in [
+        i32::MIN,
+        i32::MIN + 255,
+        -256,
+        -1,
+        0,
+        128,
+        255,
+        256,
+        i32::MAX - 255,
+        i32::MAX,
+    ] {
+        for shift in [-30, -29, 0, 1, 30, 31] {
+            let requant: Vec<Requant> = (0..n)
+                .map(|j| Requant {
+                    multiplier: if j % 2 == 0 { 1 << 30 } else { i32::MAX },
+                    shift: if j % 3 == 0 { shift } else { -30 },
+                })
+                .collect();
+            for (qmin, qmax) in [(0, 255), (0, 0), (255, 255), (3, 200)] {
+                let p = OutputParams {
+                    bias: &bias,
+                    requant: &requant,
+                    zero_point,
+                    qmin,
+                    qmax,
+                };
+                let mut want = vec![0u8; m * n];
+                reference::gemm_u8i8_u8(&a, m, k, &w, &p, &mut want);
+                for isa in Isa::available() {
+                    let pw = PrepackedWeights::with_isa(isa, w.clone()).unwrap();
+                    for mm in [1, m] {
+                        let mut got = vec![7u8; mm * n];
+                        kernels::gemm_requant_prepacked(&a[..mm * k], mm, k, &pw, &p, &mut got)
+                            .unwrap();
+                        assert_eq!(
+                            &want[..mm * n], &got[..],
+                            "{} m {mm}, zero point {zero_point}, shift {shift}, clamp [{qmin}, {qmax}]",
+                            isa.name()
+                        );
+                        let mut got = vec![7u8; mm * n];
+                        kernels::gemm_requant_with(isa, &a[..mm * k], mm, k, &w, &p, &mut got)
+                            .unwrap();
+                        assert_eq!(
+                            &want[..mm * n],
+                            &got[..],
+                            "{} unprepacked m {mm}",
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn prepacked_large_shapes_match_reference_across_l2_row_blocks() {
+    // 500 rows cross the 240-row L2 block twice and take the rayon split; k = 600 spans three K blocks.
+    for (bits, seed) in [(8u32, 21u64), (4, 22)] {
+        let mut rng = Rng(seed);
+        let (m, k, n) = (500, 600, 40);
+        let a: Vec<u8> = (0..m * k).map(|_| rng.below(256) as u8).collect();
+        let (lo, hi) = weight_code_range(bits).unwrap();
+        let codes: Vec<i8> = (0..n * k)
+            .map(|_| rng.range(lo as i64, hi as i64) as i8)
+            .collect();
+        let w = PackedWeights::pack(bits, n, k, &codes).unwrap();
+        let bias: Vec<i32> = (0..n).map(|_| rng.range(-1000, 1000) as i32).collect();
+        let mut want = vec![0i32; m * n];
+        reference::gemm_u8i8_i32(&a, m, k, &w, &bias, &mut want);
+        for isa in Isa::available() {
+            let pw = PrepackedWeights::with_isa(isa, w.clone()).unwrap();
+            let mut got = vec![0i32; m * n];
+            kernels::gemm_acc_prepacked(&a, m, k, &pw, &bias, &mut got).unwrap();
+            assert!(
+                want == got,
+                "{} prepacked {bits}-bit {m}x{k}x{n} differs, seed {seed}",
+                isa.name()
+            );
+            let mut got = vec![0i32; m * n];
+            kernels::gemm_acc_with(isa, &a, m, k, &w, &bias, &mut got).unwrap();
+            assert!(
+                want == got,
+                "{} {bits}-bit {m}x{k}x{n} differs, seed {seed}",
+                isa.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn prepacked_entry_points_reject_mismatched_shapes() {
+    let w = PackedWeights::pack(8, 3, 5, &[1i8; 15]).unwrap();
+    let pw = PrepackedWeights::new(w).unwrap();
+    let mut out = vec![0i32; 6];
+    assert!(matches!(
+        kernels::gemm_acc_prepacked(&[0u8; 10], 2, 4, &pw, &[0; 3], &mut out),
+        Err(lowbit_runtime::QuantError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        kernels::gemm_acc_prepacked(&[0u8; 10], 2, 5, &pw, &[0; 2], &mut out),
+        Err(lowbit_runtime::QuantError::ShapeMismatch { .. })
+    ));
+    assert!(kernels::gemm_acc_prepacked(&[0u8; 10], 2, 5, &pw, &[0; 3], &mut out).is_ok());
+    let bad = PackedWeights {
+        bits: 8,
+        packing: Packing::I8,
+        rows: 3,
+        cols: 5,
+        data: vec![0; 14],
+    };
+    assert!(matches!(
+        PrepackedWeights::new(bad),
+        Err(lowbit_runtime::QuantError::ShapeMismatch { .. })
+    ));
 }

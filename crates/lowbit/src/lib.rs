@@ -6,6 +6,7 @@
 //! reports). The integer engine and the `.lbq` file live in [`lowbit_runtime`].
 #![warn(missing_docs)]
 
+pub mod config_file;
 pub mod data;
 pub mod error;
 pub mod eval;

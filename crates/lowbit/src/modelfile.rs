@@ -152,6 +152,20 @@ pub fn float_from_bytes(bytes: &[u8], path: &Path) -> Result<(Model, Provenance)
         }
         None => Provenance::default(),
     };
+    // Building the model allocates and initialises every weight the spec names, so a tiny file whose spec asks
+    // for hundreds of millions of parameters would cost a gigabyte and seconds before the tensor checks below
+    // reject it (a 104-byte file took 0.9 GB and 6 s). Every parameter must be stored in the file: compare first.
+    let stored_elems: usize = st
+        .tensors()
+        .iter()
+        .map(|(_, t)| t.shape().iter().product::<usize>())
+        .sum();
+    if let Some(needed) = mlp_param_count(spec).filter(|&n| n > stored_elems) {
+        return Err(malformed(
+            path,
+            format!("spec {spec} has {needed} parameters, the file stores {stored_elems} values"),
+        ));
+    }
     let mut model = Model::from_spec(spec, 0).map_err(|e| malformed(path, format!("spec: {e}")))?;
     let mut expected = 0usize;
     for (i, layer) in model.layers.iter_mut().enumerate() {
@@ -175,6 +189,19 @@ pub fn float_from_bytes(bytes: &[u8], path: &Path) -> Result<(Model, Provenance)
         ));
     }
     Ok((model, provenance))
+}
+
+/// Parameters (weights and biases) of an `mlp:I-H1-...-O` spec, without building it; `None` for other specs or
+/// text [`Model::from_spec`] would reject anyway (it reports those), and saturating at `usize::MAX`.
+fn mlp_param_count(spec: &str) -> Option<usize> {
+    let sizes = spec
+        .strip_prefix("mlp:")?
+        .split('-')
+        .map(|t| t.trim().parse::<usize>().ok())
+        .collect::<Option<Vec<usize>>>()?;
+    Some(sizes.windows(2).fold(0usize, |acc, w| {
+        acc.saturating_add(w[0].saturating_mul(w[1]).saturating_add(w[1]))
+    }))
 }
 
 fn read_f32(st: &SafeTensors, name: &str, shape: &[usize], path: &Path) -> Result<Vec<f32>> {

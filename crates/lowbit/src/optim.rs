@@ -189,6 +189,139 @@ impl Optimizer {
     }
 }
 
+/// Learning-rate schedule over optimizer steps (`--schedule`), after an optional linear warmup
+/// (`--warmup-steps`: step `t < W` uses `lr * (t + 1) / W`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Schedule {
+    /// The base learning rate throughout.
+    #[default]
+    Constant,
+    /// `lr * gamma^floor(epoch / every_epochs)`, epochs counted from 0 (step decay).
+    Step {
+        /// Epochs between decays (>= 1).
+        every_epochs: usize,
+        /// Factor applied at each decay (finite, > 0).
+        gamma: f32,
+    },
+    /// Cosine annealing (Loshchilov & Hutter 2017, without restarts) from `lr` down to `min_lr` over the
+    /// steps after warmup: `min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2`, `t` counted from the end of
+    /// warmup and `T` such that the run's last step has `t = T`.
+    Cosine {
+        /// Final learning rate (finite, >= 0 and <= lr).
+        min_lr: f32,
+    },
+}
+
+impl Schedule {
+    /// Checks the parameters, naming the CLI flag at fault.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Schedule::Constant => {}
+            Schedule::Step {
+                every_epochs,
+                gamma,
+            } => {
+                if every_epochs == 0 {
+                    return Err(Error::option("--lr-step-every", "must be at least 1"));
+                }
+                if !(gamma.is_finite() && gamma > 0.0) {
+                    return Err(Error::option(
+                        "--lr-gamma",
+                        format!("{gamma} is not a positive finite number"),
+                    ));
+                }
+            }
+            Schedule::Cosine { min_lr } => {
+                if !(min_lr.is_finite() && min_lr >= 0.0) {
+                    return Err(Error::option(
+                        "--min-lr",
+                        format!("{min_lr} is not a finite number >= 0"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Learning rate of optimizer step `step` (0-based) for base rate `lr`, `warmup_steps` of linear warmup,
+    /// `steps_per_epoch` and `total_steps` in the run. Always > 0 for a valid schedule and `lr > 0`.
+    pub fn lr_at(
+        &self,
+        lr: f32,
+        step: usize,
+        warmup_steps: usize,
+        steps_per_epoch: usize,
+        total_steps: usize,
+    ) -> f32 {
+        if step < warmup_steps {
+            return (f64::from(lr) * (step + 1) as f64 / warmup_steps as f64) as f32;
+        }
+        let v = match *self {
+            Schedule::Constant => f64::from(lr),
+            Schedule::Step {
+                every_epochs,
+                gamma,
+            } => {
+                let epoch = step / steps_per_epoch.max(1);
+                let decays = (epoch / every_epochs.max(1)) as i32;
+                f64::from(lr) * f64::from(gamma).powi(decays)
+            }
+            Schedule::Cosine { min_lr } => {
+                // The last step (total_steps - 1) reaches min_lr.
+                let span = total_steps.saturating_sub(warmup_steps + 1).max(1) as f64;
+                let t = ((step - warmup_steps) as f64 / span).min(1.0);
+                let (hi, lo) = (f64::from(lr), f64::from(min_lr));
+                lo + (hi - lo) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        };
+        // A learning rate of exactly 0 is rejected by `Optimizer::set_lr`; the floor only matters for a
+        // cosine schedule ending at 0.
+        (v as f32).max(f32::MIN_POSITIVE)
+    }
+}
+
+/// Scales every gradient by `max_norm / ||g||` when the global L2 norm `||g||` over all of them exceeds
+/// `max_norm` (Pascanu et al. 2013), and returns `||g||` before clipping (computed in f64).
+pub fn clip_grad_norm(params: &mut [Param<'_>], max_norm: f32) -> f32 {
+    let norm = params
+        .iter()
+        .map(|p| sum_squares(p.grad))
+        .sum::<f64>()
+        .sqrt();
+    if norm.is_finite() && norm > f64::from(max_norm) {
+        let k = (f64::from(max_norm) / norm) as f32;
+        for p in params.iter_mut() {
+            for g in p.grad.iter_mut() {
+                *g *= k;
+            }
+        }
+    }
+    norm as f32
+}
+
+/// `sum x^2` of a slice, accumulated in 8 independent f32 lanes (so it vectorizes) and redone in f64 if that
+/// overflows.
+pub fn sum_squares(xs: &[f32]) -> f64 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v * v;
+        }
+    }
+    for &v in tail {
+        lanes[0] += v * v;
+    }
+    let s: f64 = lanes.iter().map(|&l| f64::from(l)).sum();
+    if s.is_finite() {
+        s
+    } else {
+        xs.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
+    }
+}
+
 fn check_lr(lr: f32) -> Result<()> {
     if !(lr.is_finite() && lr > 0.0) {
         return Err(Error::option(

@@ -4,7 +4,7 @@ use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::{metrics, Metrics};
 use crate::nn::Model;
-use crate::quant::{self, Method, QuantConfig};
+use crate::quant::{self, ActMethod, Method, QuantConfig, WeightMethod};
 use crate::report::{DatasetInfo, EpochRecord, Report};
 use crate::tensor::Tensor;
 use crate::train::{self, EpochStats, Progress, Samples, TrainConfig};
@@ -246,15 +246,28 @@ pub fn label(quant: Option<&QuantConfig>, weight_bits_stored: Option<u32>) -> St
     match quant {
         None => "f32".into(),
         Some(q) => {
-            let method = match q.method {
-                Method::Qat => "QAT",
-                Method::Ptq => "PTQ",
+            let mut method = match q.method {
+                Method::Qat => "QAT".to_string(),
+                Method::Ptq => "PTQ".to_string(),
             };
+            let learned = match (q.weight_quantizer, q.act_quantizer) {
+                (WeightMethod::Lsq, ActMethod::Lsq) => " LSQ",
+                (WeightMethod::Lsq, ActMethod::Pact) => " LSQ+PACT",
+                (WeightMethod::Lsq, ActMethod::Ste) => " LSQ-weights",
+                (WeightMethod::Ste, ActMethod::Lsq) => " LSQ-acts",
+                (WeightMethod::Ste, ActMethod::Pact) => " PACT",
+                (WeightMethod::Ste, ActMethod::Ste) => "",
+            };
+            method.push_str(learned);
+            if !q.layers.is_empty() {
+                method.push_str(" mixed");
+            }
             let w = match (q.quant_step, weight_bits_stored) {
                 (Some(k), Some(b)) => format!("k={k} (W{b}A{})", q.act_bits),
                 (Some(k), None) => format!("k={k} A{}", q.act_bits),
                 (None, _) => {
                     let name = match q.weight_bits {
+                        _ if q.weight_quantizer == WeightMethod::Lsq => "",
                         2 => " ternary",
                         1 => " binary",
                         _ => "",

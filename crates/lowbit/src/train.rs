@@ -2,8 +2,8 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::nn::{argmax_rows, softmax_cross_entropy, Model};
-use crate::optim::{Optimizer, OptimizerKind};
+use crate::nn::{argmax_rows, softmax_cross_entropy, Layer, Model};
+use crate::optim::{clip_grad_norm, sum_squares, Optimizer, OptimizerKind, Schedule};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -83,6 +83,12 @@ pub struct TrainConfig {
     /// Fraction of the samples held out for validation (`--validation-split`, in (0, 1)); like Keras'
     /// `validation_split`, the last samples before shuffling are held out.
     pub validation_fraction: Option<f32>,
+    /// Learning-rate schedule (`--schedule`); `Constant` keeps `lr`.
+    pub schedule: Schedule,
+    /// Steps of linear learning-rate warmup before the schedule (`--warmup-steps`; 0 disables).
+    pub warmup_steps: usize,
+    /// Clip the global L2 norm of all gradients to this value before each update (`--clip-grad-norm`).
+    pub clip_grad_norm: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -94,6 +100,9 @@ impl Default for TrainConfig {
             lr: 1e-3,
             seed: 0,
             validation_fraction: None,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            clip_grad_norm: None,
         }
     }
 }
@@ -121,6 +130,15 @@ impl TrainConfig {
                 ));
             }
         }
+        if let Some(c) = self.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::option(
+                    "--clip-grad-norm",
+                    format!("{c} is not a positive finite number"),
+                ));
+            }
+        }
+        self.schedule.validate()?;
         self.optimizer.validate()
     }
 }
@@ -155,13 +173,140 @@ pub struct EpochStats {
     pub seconds: f64,
     /// Accuracy on the held-out samples at the end of the epoch, when a validation fraction is set.
     pub val_accuracy: Option<f32>,
+    /// Learning rate of the epoch's last step.
+    pub lr: f32,
+    /// Mean over the epoch's steps of the global gradient L2 norm (before clipping).
+    pub grad_norm: f32,
+    /// Steps whose gradient was clipped (`clip_grad_norm`).
+    pub clipped_steps: usize,
+    /// Per-layer gradient and quantizer diagnostics (layers with parameters or quantizers only).
+    pub layers: Vec<LayerDiagnostics>,
+}
+
+/// One layer's training diagnostics over an epoch: vanishing / exploding gradients and quantizer clipping or
+/// dead zones.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LayerDiagnostics {
+    /// Index in `Model::layers`.
+    pub index: usize,
+    /// Layer kind (`dense`, `act_quant`, ...).
+    pub kind: String,
+    /// Mean over the epoch's steps of the L2 norm of each parameter's gradient, in visit order.
+    pub grad_norms: Vec<ParamGradNorm>,
+    /// Mean fraction of weights clipped by the weight quantizer (weight layers with one).
+    pub weight_clipped_fraction: Option<f32>,
+    /// Mean fraction of zero weight codes (the low-bit dead zone).
+    pub weight_zero_fraction: Option<f32>,
+    /// Mean fraction of activations clipped above the range by an activation quantizer.
+    pub act_clipped_fraction: Option<f32>,
+}
+
+/// Mean gradient L2 norm of one parameter tensor.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ParamGradNorm {
+    /// Parameter name (`weight`, `bias`, `weight_step`, `act_step`, `pact_alpha`, ...).
+    pub name: String,
+    /// Mean over steps of `||dL/dparam||_2`.
+    pub mean_l2: f32,
+}
+
+/// Per-epoch accumulator behind [`LayerDiagnostics`].
+#[derive(Default)]
+struct Diagnostics {
+    steps: usize,
+    grad_norm_sum: f64,
+    clipped_steps: usize,
+    /// Per layer: (grad norm sums per parameter with names, weight clipped, weight zero, act clipped sums).
+    layers: Vec<LayerAcc>,
+}
+
+#[derive(Default, Clone)]
+struct LayerAcc {
+    grads: Vec<(&'static str, f64)>,
+    weight_clipped: Option<f64>,
+    weight_zero: Option<f64>,
+    act_clipped: Option<f64>,
+}
+
+impl Diagnostics {
+    fn observe_quantizers(&mut self, model: &Model) {
+        self.layers.resize(model.layers.len(), LayerAcc::default());
+        for (acc, layer) in self.layers.iter_mut().zip(&model.layers) {
+            let wq = match layer {
+                Layer::Dense(d) => d.weight_quant.as_ref(),
+                Layer::Conv2d(c) => c.weight_quant.as_ref(),
+                _ => None,
+            };
+            if let Some(q) = wq {
+                *acc.weight_clipped.get_or_insert(0.0) += f64::from(q.clipped_fraction());
+                *acc.weight_zero.get_or_insert(0.0) += f64::from(q.zero_fraction());
+            }
+            if let Layer::ActQuant(q) = layer {
+                if !q.is_input() {
+                    *acc.act_clipped.get_or_insert(0.0) += f64::from(q.clipped_fraction());
+                }
+            }
+        }
+    }
+
+    /// Adds each parameter's gradient norm; returns the global squared norm.
+    fn observe_grads(&mut self, model: &mut Model) -> f64 {
+        self.layers.resize(model.layers.len(), LayerAcc::default());
+        let mut total = 0.0;
+        for (acc, layer) in self.layers.iter_mut().zip(model.layers.iter_mut()) {
+            for (j, p) in layer.params_mut().iter().enumerate() {
+                let sq = sum_squares(p.grad);
+                total += sq;
+                match acc.grads.get_mut(j) {
+                    Some(slot) => slot.1 += sq.sqrt(),
+                    None => acc.grads.push((p.name, sq.sqrt())),
+                }
+            }
+        }
+        total
+    }
+
+    fn finish(self, model: &Model) -> (f32, usize, Vec<LayerDiagnostics>) {
+        let n = self.steps.max(1) as f64;
+        let mean = |v: f64| (v / n) as f32;
+        let layers = self
+            .layers
+            .into_iter()
+            .zip(&model.layers)
+            .enumerate()
+            .filter(|(_, (a, _))| {
+                !a.grads.is_empty() || a.weight_clipped.is_some() || a.act_clipped.is_some()
+            })
+            .map(|(index, (a, l))| LayerDiagnostics {
+                index,
+                kind: l.kind().to_string(),
+                grad_norms: a
+                    .grads
+                    .iter()
+                    .map(|&(name, s)| ParamGradNorm {
+                        name: name.to_string(),
+                        mean_l2: mean(s),
+                    })
+                    .collect(),
+                weight_clipped_fraction: a.weight_clipped.map(mean),
+                weight_zero_fraction: a.weight_zero.map(mean),
+                act_clipped_fraction: a.act_clipped.map(mean),
+            })
+            .collect();
+        (mean(self.grad_norm_sum), self.clipped_steps, layers)
+    }
 }
 
 /// Trains `model` on `data` and returns one [`EpochStats`] per epoch.
 ///
 /// Shuffles are seeded from `cfg.seed` and the epoch number, so the same seed, model and data give bit-identical
-/// weights. A non-finite loss or gradient stops training with [`Error::Diverged`]; the model then holds the
-/// weights it had at the end of the last completed epoch (or its initial weights).
+/// weights. A non-finite loss or gradient (or a learned quantizer parameter that became non-finite) stops
+/// training with [`Error::Diverged`]; the model then holds the weights it had at the end of the last completed
+/// epoch (or its initial weights).
+///
+/// Each step: forward, loss, backward, finite check, per-parameter gradient norms (for [`EpochStats`]),
+/// optional clipping of the global gradient norm to `cfg.clip_grad_norm`, learning rate from `cfg.schedule`
+/// after `cfg.warmup_steps` of linear warmup, optimizer update.
 pub fn train<S: Samples + ?Sized>(
     model: &mut Model,
     data: &S,
@@ -189,6 +334,8 @@ pub fn train<S: Samples + ?Sized>(
     let mut x = Tensor::default();
     let mut labels = Vec::with_capacity(cfg.batch_size);
     let steps = n_train.div_ceil(cfg.batch_size);
+    let total_steps = steps * cfg.epochs;
+    let mut global_step = 0usize;
     let mut good = model.snapshot();
     let mut history = Vec::with_capacity(cfg.epochs);
     for epoch in 1..=cfg.epochs {
@@ -198,6 +345,7 @@ pub fn train<S: Samples + ?Sized>(
             .fork(epoch as u64)
             .shuffle(&mut order);
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        let mut diag = Diagnostics::default();
         for (step0, batch) in order.chunks(cfg.batch_size).enumerate() {
             let step = step0 + 1;
             fill_batch(data, batch, model.input_shape, per, &mut x, &mut labels);
@@ -211,13 +359,41 @@ pub fn train<S: Samples + ?Sized>(
                 return diverged("loss".into(), model, &good);
             }
             model.backward(&out.grad)?;
-            let mut params = model.params_mut();
+            let params = model.params_mut();
             if let Some(i) = params.iter().position(|p| !all_finite(p.grad)) {
                 let what = format!("gradient of parameter {i} ({})", params[i].name);
                 drop(params);
                 return diverged(what, model, &good);
             }
+            drop(params);
+            diag.observe_quantizers(model);
+            let norm_sq = diag.observe_grads(model);
+            diag.steps += 1;
+            diag.grad_norm_sum += norm_sq.sqrt();
+            let mut params = model.params_mut();
+            if let Some(max_norm) = cfg.clip_grad_norm {
+                if clip_grad_norm(&mut params, max_norm) > max_norm {
+                    diag.clipped_steps += 1;
+                }
+            }
+            opt.set_lr(cfg.schedule.lr_at(
+                cfg.lr,
+                global_step,
+                cfg.warmup_steps,
+                steps,
+                total_steps,
+            ))?;
+            global_step += 1;
             opt.step(&mut params)?;
+            // Quantizer parameters (steps, alphas) are small and can be driven non-finite by a huge update.
+            if let Some(i) = params
+                .iter()
+                .position(|p| p.name != "weight" && p.name != "bias" && !all_finite(p.value))
+            {
+                let what = format!("value of parameter {i} ({})", params[i].name);
+                drop(params);
+                return diverged(what, model, &good);
+            }
             loss_sum += f64::from(out.loss) * batch.len() as f64;
             correct += out.correct;
             let seen = (step0 * cfg.batch_size + batch.len()) as f64;
@@ -237,12 +413,17 @@ pub fn train<S: Samples + ?Sized>(
             Some(evaluate_indices(model, data, &val_indices, EVAL_BATCH)?.0 as f32)
         };
         good = model.snapshot();
+        let (grad_norm, clipped_steps, layers) = diag.finish(model);
         history.push(EpochStats {
             epoch,
             train_loss: (loss_sum / n_train as f64) as f32,
             train_accuracy: (correct as f64 / n_train as f64) as f32,
             seconds,
             val_accuracy,
+            lr: opt.lr(),
+            grad_norm,
+            clipped_steps,
+            layers,
         });
     }
     Ok(history)

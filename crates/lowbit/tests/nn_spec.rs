@@ -57,7 +57,7 @@ fn rejects_bad_specs_naming_the_model_option() {
         "mlp:",
         "resnet",
         "",
-        "lenet5",
+        "lenet6",
         "cnn:c8-p2",
     ] {
         assert_eq!(
@@ -69,11 +69,10 @@ fn rejects_bad_specs_naming_the_model_option() {
 }
 
 #[test]
-fn lenet5_is_reported_as_not_yet_supported() {
-    let Err(Error::InvalidOption { reason, .. }) = Model::from_spec("lenet5", 0) else {
-        panic!()
-    };
-    assert!(reason.contains("not yet supported"), "{reason}");
+fn lenet5_builds_and_maps_a_batch_to_ten_logits() {
+    let mut m = Model::from_spec("lenet5", 0).unwrap();
+    let y = m.forward(&Tensor::zeros(&[3, 1, 28, 28]), false).unwrap();
+    assert_eq!(y.shape, vec![3, 10]);
 }
 
 #[test]

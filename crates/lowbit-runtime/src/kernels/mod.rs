@@ -272,7 +272,7 @@ pub fn gemm_acc_with(
     check_acc("gemm_acc", a.len(), k, m, k, w, bias.len(), out.len())?;
     match isa.capped() {
         #[cfg(target_arch = "x86_64")]
-        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => x86::gemm_acc(isa, a, m, k, w, bias, out),
+        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => x86::gemm_acc(isa, a, m, k, w, None, bias, out),
         #[cfg(target_arch = "aarch64")]
         isa @ Isa::Neon => aarch64::gemm_acc(isa, a, m, k, w, bias, out),
         _ => reference::gemm_u8i8_i32(a, m, k, w, bias, out),
@@ -308,10 +308,118 @@ pub fn gemm_requant_with(
     check_output("gemm_requant", w.rows, p)?;
     match isa.capped() {
         #[cfg(target_arch = "x86_64")]
-        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => x86::gemm_requant(isa, a, m, k, w, p, out),
+        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => x86::gemm_requant(isa, a, m, k, w, None, p, out),
         #[cfg(target_arch = "aarch64")]
         isa @ Isa::Neon => aarch64::gemm_requant(isa, a, m, k, w, p, out),
         _ => reference::gemm_u8i8_u8(a, m, k, w, p, out),
+    }
+    Ok(())
+}
+
+/// Weights prepared once for repeated GEMMs on one tier (what [`crate::engine::Engine`] holds per layer).
+///
+/// On the AVX2 tier int8 weights are widened once into the kernel's i16 panel layout, which removes the per-call
+/// decode and transpose and enables the batch-1 GEMV path; the panels take `2 * n_padded * k_padded` bytes (twice
+/// the int8 matrix). Sub-8-bit packings stay packed and are unpacked inside the kernel, one K block of 16-column
+/// panels at a time, never into a full int8 copy of the model. Other tiers use the packed weights as they are.
+/// Results equal [`gemm_acc`] / [`gemm_requant`] (and so the reference) bit for bit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrepackedWeights {
+    weights: PackedWeights,
+    isa: Isa,
+    panels: Option<Vec<i16>>,
+}
+
+impl PrepackedWeights {
+    /// Prepares `weights` for [`selected_isa`].
+    pub fn new(weights: PackedWeights) -> Result<Self, QuantError> {
+        Self::with_isa(selected_isa(), weights)
+    }
+
+    /// Prepares `weights` for `isa` (an unavailable tier is [`Isa::capped`]); checks the packed length.
+    pub fn with_isa(isa: Isa, weights: PackedWeights) -> Result<Self, QuantError> {
+        check_weights("PrepackedWeights", weights.cols, &weights)?;
+        let isa = isa.capped();
+        let panels = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if weights.packing == Packing::I8 => Some(x86::prepack_panels(&weights)),
+            _ => None,
+        };
+        Ok(Self {
+            weights,
+            isa,
+            panels,
+        })
+    }
+
+    /// The packed weights these were prepared from.
+    pub fn weights(&self) -> &PackedWeights {
+        &self.weights
+    }
+
+    /// The tier the kernels run on.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Whether the int8 weights were widened into kernel panels (AVX2 int8 only).
+    pub fn is_panelized(&self) -> bool {
+        self.panels.is_some()
+    }
+}
+
+/// [`gemm_acc`] on prepared weights (`w.weights()` is the `n x k` matrix), on the tier they were prepared for.
+pub fn gemm_acc_prepacked(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    w: &PrepackedWeights,
+    bias: &[i32],
+    out: &mut [i32],
+) -> Result<(), QuantError> {
+    let pw = &w.weights;
+    check_acc("gemm_acc", a.len(), k, m, k, pw, bias.len(), out.len())?;
+    match w.isa {
+        #[cfg(target_arch = "x86_64")]
+        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => {
+            x86::gemm_acc(isa, a, m, k, pw, w.panels.as_deref(), bias, out)
+        }
+        #[cfg(target_arch = "aarch64")]
+        isa @ Isa::Neon => aarch64::gemm_acc(isa, a, m, k, pw, bias, out),
+        _ => reference::gemm_u8i8_i32(a, m, k, pw, bias, out),
+    }
+    Ok(())
+}
+
+/// [`gemm_requant`] on prepared weights, on the tier they were prepared for.
+pub fn gemm_requant_prepacked(
+    a: &[u8],
+    m: usize,
+    k: usize,
+    w: &PrepackedWeights,
+    p: &OutputParams,
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    let pw = &w.weights;
+    check_acc(
+        "gemm_requant",
+        a.len(),
+        k,
+        m,
+        k,
+        pw,
+        p.bias.len(),
+        out.len(),
+    )?;
+    check_output("gemm_requant", pw.rows, p)?;
+    match w.isa {
+        #[cfg(target_arch = "x86_64")]
+        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => {
+            x86::gemm_requant(isa, a, m, k, pw, w.panels.as_deref(), p, out)
+        }
+        #[cfg(target_arch = "aarch64")]
+        isa @ Isa::Neon => aarch64::gemm_requant(isa, a, m, k, pw, p, out),
+        _ => reference::gemm_u8i8_u8(a, m, k, pw, p, out),
     }
     Ok(())
 }

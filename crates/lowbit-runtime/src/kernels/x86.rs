@@ -1,19 +1,24 @@
 //! x86_64 kernels: AVX2 for every packing, AVX-512 VNNI for int8 weights, hardware popcount for binary x binary.
 //!
 //! AVX2 scheme (`gemm_u8i8_i32__avx2`): `vpmaddubsw` is NOT used because its i16 pair sums saturate
-//! (255 * 127 * 2 > 32767). Activations are widened u8 -> i16 (`vpmovzxbw`, exact) once per K block, weight codes
-//! are decoded from their packing and widened i8 -> i16 into a per-panel scratch of `KC x 16` codes laid out as
-//! `[k pair][column][2]`, and the micro-kernel broadcasts one activation pair per row (`vpbroadcastd`) and
-//! multiplies it with 8 weight pairs (`vpmaddwd`, exact: two i16 x i16 products summed into i32), adding into
-//! a 6 x 16 tile of i32 accumulators held in 12 ymm registers. Accumulation is wrapping, like the reference.
-//! The output stage (requantize + clamp) is the scalar reference applied to each finished row block while it is
-//! still in cache: the i64 multiply and rounding shift gain little from AVX2 and bit-exactness is mandatory.
+//! (255 * 127 * 2 > 32767). Activations are widened u8 -> i16 (`vpmovzxbw`, exact) once per K block and L2 block
+//! of [`MC`] rows. Weight codes are widened i8 -> i16 into panels of `KC x 16` codes laid out as
+//! `[k pair][column][2]`: once per model for int8 ([`prepack_panels`], held by `PrepackedWeights`), or per call and
+//! K block from the packed bytes (sub-8-bit weights, and the plain `gemm_acc` API). The micro-kernel broadcasts one
+//! activation pair per row (`vpbroadcastd`) and multiplies it with 8 weight pairs (`vpmaddwd`, exact: two
+//! i16 x i16 products summed into i32), adding into a 6 x 16 tile of i32 accumulators held in 12 ymm registers.
+//! Batch 1 on prepacked panels runs a GEMV (`gemv_u8i8_i32__avx2`) over 64 columns at a time instead of a 6-row
+//! tile. Accumulation is wrapping, like the reference. The output stage (`requant_u8__avx2`, bit-exact with
+//! [`super::reference::requant_u8`]) runs on each finished row block while it is still in cache. Scratch buffers
+//! are thread-local and reused across calls.
 // Kernel names follow STYLE.md: `<op>__<isa>` (double underscore separates the ISA, as in XNNPACK).
 #![allow(non_snake_case)]
-use super::{reference, Isa, OutputParams};
+use super::{Isa, OutputParams};
 use crate::pack::{PackedWeights, Packing};
+use crate::qparams::requantize;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
+use std::cell::RefCell;
 
 /// Rows of `a` per micro-tile.
 const MR: usize = 6;
@@ -86,21 +91,53 @@ fn decode_segment(w: &PackedWeights, j: usize, k0: usize, kc: usize, dst: &mut [
     }
 }
 
-/// Per-thread scratch: widened activations, decoded weight codes, and the i16 weight panel.
+/// Per-thread scratch: widened activations, decoded weight codes, one K block of i16 weight panels, and the
+/// accumulators of a requantized row block. Kept in a thread-local and only grown, so a steady stream of calls
+/// (batch-1 inference in particular) allocates nothing.
+#[derive(Default)]
 struct Scratch {
     a16: Vec<i16>,
     wtmp: Vec<i8>,
-    panel: Vec<i16>,
+    bblock: Vec<i16>,
+    acc: Vec<i32>,
 }
 
-impl Scratch {
-    fn new(rows: usize) -> Self {
-        Self {
-            a16: vec![0; rows.div_ceil(MR) * MR * KC],
-            wtmp: vec![0; NR * KC],
-            panel: vec![0; NR * KC],
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch (a fresh one if it is already borrowed, which no caller does today).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+}
+
+/// Int8-tier weight layout prepared once per model: every code widened to i16 in panels of [`NR`] columns,
+/// `[panel][k16 / 2][NR][2]` with `k16 = round_up(k, 16)`, zero padded in both directions. The K block starting
+/// at `k0` of panel `p` begins at `p * k16 * NR + k0 * NR`, exactly the layout [`pack_panel__avx2`] builds per call.
+pub(crate) fn prepack_panels(w: &PackedWeights) -> Vec<i16> {
+    let (n, k) = (w.rows, w.cols);
+    let k16 = k.div_ceil(16) * 16;
+    let np = n.div_ceil(NR);
+    let mut panels = vec![0i16; np * k16 * NR];
+    let mut row = vec![0i8; k];
+    for j in 0..n {
+        w.unpack_row(j, &mut row);
+        let (p, c) = (j / NR, j % NR);
+        let base = p * k16 * NR;
+        for (kk, &q) in row.iter().enumerate() {
+            panels[base + (kk / 2) * NR * 2 + c * 2 + kk % 2] = q as i16;
         }
     }
+    panels
 }
 
 /// Widens `rows x kc` activations starting at column `k0` into `dst` (`rows` rows of `kc16` i16, zero padded).
@@ -137,11 +174,13 @@ unsafe fn widen_a__avx2(
     }
 }
 
-/// Builds the i16 weight panel `[kc16 / 2][NR][2]` for columns `j0..j0 + nc` and codes `k0..k0 + kc`, zero padded.
+/// Builds the i16 weight panel `[kc16 / 2][NR][2]` at `panel` for columns `j0..j0 + nc` and codes `k0..k0 + kc`,
+/// zero padded; `wtmp` is scratch for the decoded codes.
 ///
 /// # Safety
 /// AVX2 must be available; `j0 + nc <= w.rows`, `nc <= NR`, `k0 + kc <= w.cols`, `kc16 = round_up(kc, 16) <= KC`,
-/// and the scratch buffers hold `NR * KC` elements.
+/// `wtmp` holds `NR * kc16` codes and `panel` is writable for `NR * kc16` i16.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
 unsafe fn pack_panel__avx2(
     w: &PackedWeights,
@@ -150,9 +189,10 @@ unsafe fn pack_panel__avx2(
     k0: usize,
     kc: usize,
     kc16: usize,
-    s: &mut Scratch,
+    wtmp: &mut [i8],
+    panel: *mut i16,
 ) {
-    let wtmp = &mut s.wtmp[..NR * kc16];
+    let wtmp = &mut wtmp[..NR * kc16];
     for c in 0..NR {
         let d = &mut wtmp[c * kc16..(c + 1) * kc16];
         if c < nc {
@@ -162,7 +202,6 @@ unsafe fn pack_panel__avx2(
             d.fill(0);
         }
     }
-    let panel = s.panel.as_mut_ptr();
     let src = wtmp.as_ptr();
     for kb in (0..kc16).step_by(16) {
         for half in 0..2 {
@@ -242,18 +281,27 @@ unsafe fn ukernel_6x16__avx2(
     }
 }
 
-/// `out = bias + a . w^T` for `rows` rows, single-threaded.
+/// Rows of `a` per L2 block: 240 x 256 x 2 bytes = 120 KiB of widened activations stay in the 512 KiB L2 while
+/// every weight panel of the K block streams past them. Multiple of [`MR`].
+const MC: usize = 240;
+
+/// `out = bias + a . w^T` for `rows` rows, single-threaded. `panels` is [`prepack_panels`] of `w` when the caller
+/// has it; otherwise each K block's panels are decoded from `w` into scratch once per call.
 ///
 /// # Safety
-/// AVX2 must be available; shapes checked by the entry point (`a`: rows x k, `out`: rows x n, `bias`: n).
+/// AVX2 must be available; shapes checked by the entry point (`a`: rows x k, `out`: rows x n, `bias`: n);
+/// `panels`, if given, is `prepack_panels(w)`.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
 unsafe fn gemm_u8i8_i32__avx2(
     a: &[u8],
     rows: usize,
     k: usize,
     w: &PackedWeights,
+    panels: Option<&[i16]>,
     bias: &[i32],
     out: &mut [i32],
+    s: &mut Scratch,
 ) {
     let n = w.rows;
     for orow in out.chunks_exact_mut(n) {
@@ -262,34 +310,218 @@ unsafe fn gemm_u8i8_i32__avx2(
     if rows == 0 || k == 0 {
         return;
     }
-    let mut s = Scratch::new(rows);
+    let np = n.div_ceil(NR);
+    let k16 = k.div_ceil(16) * 16;
+    grow(&mut s.a16, rows.min(MC).div_ceil(MR) * MR * KC);
+    if panels.is_none() {
+        grow(&mut s.wtmp, NR * KC);
+        grow(&mut s.bblock, np * NR * KC);
+    }
     let mut tile = [0i32; MR * NR];
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let kc16 = kc.div_ceil(16) * 16;
         let kp = kc16 / 2;
-        widen_a__avx2(a, k, rows, k0, kc, kc16, &mut s.a16);
-        for j0 in (0..n).step_by(NR) {
-            let nc = NR.min(n - j0);
-            pack_panel__avx2(w, j0, nc, k0, kc, kc16, &mut s);
-            for i0 in (0..rows).step_by(MR) {
-                let mr = MR.min(rows - i0);
-                // SAFETY: a16 has rows rounded up to MR, so rows i0..i0+6 exist (padding rows are zeros or stale,
-                // and their results are discarded below); the panel holds kp * 32 i16.
-                let ap = s.a16.as_ptr().add(i0 * kc16);
-                if mr == MR && nc == NR {
-                    let cp = out.as_mut_ptr().add(i0 * n + j0);
-                    ukernel_6x16__avx2(kp, ap, kc16, s.panel.as_ptr(), cp, n);
-                } else {
-                    tile.fill(0);
-                    ukernel_6x16__avx2(kp, ap, kc16, s.panel.as_ptr(), tile.as_mut_ptr(), NR);
-                    for r in 0..mr {
-                        let o = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + nc];
-                        for (x, t) in o.iter_mut().zip(&tile[r * NR..]) {
-                            *x = x.wrapping_add(*t);
+        let (bbase, pstride) = match panels {
+            // SAFETY: the prepacked buffer holds np * k16 * NR i16 and k0 * NR < k16 * NR.
+            Some(pn) => (pn.as_ptr().add(k0 * NR), k16 * NR),
+            None => {
+                for p in 0..np {
+                    let j0 = p * NR;
+                    // SAFETY: bblock holds np * NR * KC >= (p + 1) * kc16 * NR i16.
+                    let dst = s.bblock.as_mut_ptr().add(p * kc16 * NR);
+                    pack_panel__avx2(w, j0, NR.min(n - j0), k0, kc, kc16, &mut s.wtmp, dst);
+                }
+                (s.bblock.as_ptr(), kc16 * NR)
+            }
+        };
+        for ib in (0..rows).step_by(MC) {
+            let mc = MC.min(rows - ib);
+            widen_a__avx2(&a[ib * k..], k, mc, k0, kc, kc16, &mut s.a16);
+            for p in 0..np {
+                let j0 = p * NR;
+                let nc = NR.min(n - j0);
+                let bp = bbase.add(p * pstride);
+                for i0 in (0..mc).step_by(MR) {
+                    let mr = MR.min(mc - i0);
+                    // SAFETY: a16 holds round_up(mc, MR) rows of kc16, so rows i0..i0+6 exist (padding rows are
+                    // stale and their results are discarded below); the panel holds kp * 32 i16 from bp.
+                    let ap = s.a16.as_ptr().add(i0 * kc16);
+                    let r0 = ib + i0;
+                    if mr == MR && nc == NR {
+                        let cp = out.as_mut_ptr().add(r0 * n + j0);
+                        ukernel_6x16__avx2(kp, ap, kc16, bp, cp, n);
+                    } else {
+                        tile.fill(0);
+                        ukernel_6x16__avx2(kp, ap, kc16, bp, tile.as_mut_ptr(), NR);
+                        for r in 0..mr {
+                            let o = &mut out[(r0 + r) * n + j0..(r0 + r) * n + j0 + nc];
+                            for (x, t) in o.iter_mut().zip(&tile[r * NR..]) {
+                                *x = x.wrapping_add(*t);
+                            }
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// `G` panels of one activation row: `tile[q * 16 + c] = sum_t a16[2t..2t+2] . panel_q[t][c][0..2]` (wrapping).
+/// One broadcast activation pair feeds `2 G` `vpmaddwd`, so for `G = 4` (64 columns) the loop is bound by the
+/// multiplier ports, not by loads.
+///
+/// # Safety
+/// AVX2 must be available; `a16` points at `2 kp` i16; panel `q < G` starts at `b + q * pstride` and holds `kp * 32`
+/// i16; `G <= 4`.
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_panels__avx2<const G: usize>(
+    kp: usize,
+    a16: *const i16,
+    b: *const i16,
+    pstride: usize,
+    tile: &mut [i32; 4 * NR],
+) {
+    let mut acc = [_mm256_setzero_si256(); 8];
+    for t in 0..kp {
+        let av = _mm256_set1_epi32(std::ptr::read_unaligned(a16.add(2 * t) as *const i32));
+        for q in 0..G {
+            let bq = b.add(q * pstride + t * 32);
+            let b0 = _mm256_loadu_si256(bq as *const __m256i);
+            let b1 = _mm256_loadu_si256(bq.add(16) as *const __m256i);
+            acc[2 * q] = _mm256_add_epi32(acc[2 * q], _mm256_madd_epi16(av, b0));
+            acc[2 * q + 1] = _mm256_add_epi32(acc[2 * q + 1], _mm256_madd_epi16(av, b1));
+        }
+    }
+    for (q, pair) in acc.chunks_exact(2).take(G).enumerate() {
+        _mm256_storeu_si256(tile.as_mut_ptr().add(q * NR) as *mut __m256i, pair[0]);
+        _mm256_storeu_si256(tile.as_mut_ptr().add(q * NR + 8) as *mut __m256i, pair[1]);
+    }
+}
+
+/// Batch-1 path (`m = 1`) on prepacked panels: `out = bias + w . a`. No 6-row tile, so no wasted rows, and no
+/// per-call weight decoding.
+///
+/// # Safety
+/// AVX2 must be available; `a` holds `k` codes, `bias` and `out` `w.rows`; `panels` is `prepack_panels(w)`.
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_u8i8_i32__avx2(
+    a: &[u8],
+    k: usize,
+    n: usize,
+    panels: &[i16],
+    bias: &[i32],
+    out: &mut [i32],
+    s: &mut Scratch,
+) {
+    if k == 0 {
+        out.copy_from_slice(bias);
+        return;
+    }
+    let k16 = k.div_ceil(16) * 16;
+    grow(&mut s.a16, k16);
+    widen_a__avx2(a, k, 1, 0, k, k16, &mut s.a16);
+    let np = n.div_ceil(NR);
+    let pstride = k16 * NR;
+    let kp = k16 / 2;
+    let mut tile = [0i32; 4 * NR];
+    let mut p = 0;
+    while p < np {
+        let g = (np - p).min(4);
+        // SAFETY: panels p..p+g exist (each pstride i16), a16 holds k16 i16.
+        let b = panels.as_ptr().add(p * pstride);
+        let ap = s.a16.as_ptr();
+        match g {
+            4 => gemv_panels__avx2::<4>(kp, ap, b, pstride, &mut tile),
+            3 => gemv_panels__avx2::<3>(kp, ap, b, pstride, &mut tile),
+            2 => gemv_panels__avx2::<2>(kp, ap, b, pstride, &mut tile),
+            _ => gemv_panels__avx2::<1>(kp, ap, b, pstride, &mut tile),
+        }
+        let j0 = p * NR;
+        let cols = (g * NR).min(n - j0);
+        for ((o, &bj), &t) in out[j0..j0 + cols].iter_mut().zip(&bias[j0..]).zip(&tile) {
+            *o = bj.wrapping_add(t);
+        }
+        p += g;
+    }
+}
+
+/// Output stage of [`reference::requant_u8`] on `rows x n` accumulators, 8 columns per step, bit-exact:
+/// the Q31 product is formed in i64 lanes (`vpmuldq` on even and odd columns), the rounding constant
+/// `2^(s - 1)` is added, and the arithmetic right shift by `s = 31 + shift` (AVX2 has no 64-bit arithmetic
+/// shift) is a logical shift of `v + 2^63` minus `2^(63 - s)`, exact for every `s` in `1..=62`. The low 32 bits
+/// are kept (the reference's `as i32`), clamped to `[qmin - zp - 1, qmax - zp + 1]` so adding the zero point cannot
+/// overflow, and clamped again to `[qmin, qmax]` after it: the same three outcomes as the reference's i64 clamp.
+/// Columns past the last multiple of 8 run the reference.
+///
+/// # Safety
+/// AVX2 must be available; `acc` and `out` hold `rows * n` elements; `p` passed `check_output`.
+#[target_feature(enable = "avx2")]
+unsafe fn requant_u8__avx2(acc: &[i32], rows: usize, n: usize, p: &OutputParams, out: &mut [u8]) {
+    let n8 = n / 8 * 8;
+    let zp = p.zero_point as i64;
+    let lo_t = (p.qmin as i64 - zp - 1).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+    let hi_t = (p.qmax as i64 - zp + 1).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+    let (lo_t, hi_t) = (_mm256_set1_epi32(lo_t), _mm256_set1_epi32(hi_t));
+    let zpv = _mm256_set1_epi32(p.zero_point);
+    let (qmin, qmax) = (_mm256_set1_epi32(p.qmin), _mm256_set1_epi32(p.qmax));
+    let sign = _mm256_set1_epi64x(i64::MIN);
+    for j in (0..n8).step_by(8) {
+        let mut mult = [0i32; 8];
+        let (mut sh, mut rnd, mut off) = ([0i64; 8], [0i64; 8], [0i64; 8]);
+        for c in 0..8 {
+            let rq = if p.requant.len() == 1 {
+                p.requant[0]
+            } else {
+                p.requant[j + c]
+            };
+            let s = (31 + rq.shift) as u32;
+            mult[c] = rq.multiplier;
+            sh[c] = s as i64;
+            rnd[c] = 1i64 << (s - 1);
+            off[c] = 1i64 << (63 - s);
+        }
+        let mv = _mm256_loadu_si256(mult.as_ptr() as *const __m256i);
+        let mv_odd = _mm256_srli_epi64::<32>(mv);
+        let even = |v: &[i64; 8]| _mm256_set_epi64x(v[6], v[4], v[2], v[0]);
+        let odd = |v: &[i64; 8]| _mm256_set_epi64x(v[7], v[5], v[3], v[1]);
+        let (sh_e, sh_o) = (even(&sh), odd(&sh));
+        let (rnd_e, rnd_o) = (even(&rnd), odd(&rnd));
+        let (off_e, off_o) = (even(&off), odd(&off));
+        for r in 0..rows {
+            let x = _mm256_loadu_si256(acc.as_ptr().add(r * n + j) as *const __m256i);
+            let ve = _mm256_mul_epi32(x, mv);
+            let vo = _mm256_mul_epi32(_mm256_srli_epi64::<32>(x), mv_odd);
+            let ve = _mm256_xor_si256(_mm256_add_epi64(ve, rnd_e), sign);
+            let vo = _mm256_xor_si256(_mm256_add_epi64(vo, rnd_o), sign);
+            let ve = _mm256_sub_epi64(_mm256_srlv_epi64(ve, sh_e), off_e);
+            let vo = _mm256_sub_epi64(_mm256_srlv_epi64(vo, sh_o), off_o);
+            let t = _mm256_blend_epi32::<0b1010_1010>(ve, _mm256_slli_epi64::<32>(vo));
+            let t = _mm256_min_epi32(_mm256_max_epi32(t, lo_t), hi_t);
+            let q = _mm256_add_epi32(t, zpv);
+            let q = _mm256_min_epi32(_mm256_max_epi32(q, qmin), qmax);
+            let q16 = _mm256_packs_epi32(q, q);
+            let q8 = _mm256_packus_epi16(q16, q16);
+            let dst = out.as_mut_ptr().add(r * n + j);
+            std::ptr::write_unaligned(
+                dst as *mut i32,
+                _mm_cvtsi128_si32(_mm256_castsi256_si128(q8)),
+            );
+            std::ptr::write_unaligned(
+                dst.add(4) as *mut i32,
+                _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(q8)),
+            );
+        }
+    }
+    if n8 < n {
+        for r in 0..rows {
+            for j in n8..n {
+                let rq = if p.requant.len() == 1 {
+                    p.requant[0]
+                } else {
+                    p.requant[j]
+                };
+                out[r * n + j] = requantize(acc[r * n + j], rq, p.zero_point, p.qmin, p.qmax) as u8;
             }
         }
     }
@@ -305,31 +537,41 @@ fn par_rows(m: usize, n: usize, k: usize) -> Option<usize> {
 }
 
 /// Single-threaded accumulation on the chosen tier (validated input).
+#[allow(clippy::too_many_arguments)]
 fn acc_rows(
     isa: Isa,
     a: &[u8],
     rows: usize,
     k: usize,
     w: &PackedWeights,
+    panels: Option<&[i16]>,
     bias: &[i32],
     out: &mut [i32],
+    s: &mut Scratch,
 ) {
     if isa == Isa::Avx512Vnni && w.packing == Packing::I8 {
         // SAFETY: the dispatcher only passes Avx512Vnni when `Isa::is_available` detected avx512f/bw/vnni.
         unsafe { gemm_u8i8_i32__avx512vnni(a, rows, k, w, bias, out) }
-    } else {
-        // SAFETY: Avx2 (or Avx512Vnni, which implies it) was detected by `Isa::is_available`.
-        unsafe { gemm_u8i8_i32__avx2(a, rows, k, w, bias, out) }
+        return;
+    }
+    match panels {
+        // SAFETY: Avx2 (or Avx512Vnni, which implies it) was detected by `Isa::is_available`; the entry point
+        // checked the shapes and that `panels` belongs to `w`.
+        Some(pn) if rows == 1 => unsafe { gemv_u8i8_i32__avx2(a, k, w.rows, pn, bias, out, s) },
+        // SAFETY: as above.
+        _ => unsafe { gemm_u8i8_i32__avx2(a, rows, k, w, panels, bias, out, s) },
     }
 }
 
-/// Dispatch target for [`Isa::Avx2`] / [`Isa::Avx512Vnni`] (validated input).
+/// Dispatch target for [`Isa::Avx2`] / [`Isa::Avx512Vnni`] (validated input; `panels` is `prepack_panels(w)`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_acc(
     isa: Isa,
     a: &[u8],
     m: usize,
     k: usize,
     w: &PackedWeights,
+    panels: Option<&[i16]>,
     bias: &[i32],
     out: &mut [i32],
 ) {
@@ -342,34 +584,45 @@ pub(crate) fn gemm_acc(
         Some(block) => out
             .par_chunks_mut(block * n)
             .zip(a.par_chunks(block * k))
-            .for_each(|(o, ab)| acc_rows(isa, ab, o.len() / n, k, w, bias, o)),
-        None => acc_rows(isa, a, m, k, w, bias, out),
+            .for_each(|(o, ab)| {
+                with_scratch(|s| acc_rows(isa, ab, o.len() / n, k, w, panels, bias, o, s))
+            }),
+        None => with_scratch(|s| acc_rows(isa, a, m, k, w, panels, bias, out, s)),
     }
 }
 
-/// Accumulates a row block into `acc` scratch and requantizes it while it is in cache.
+/// Accumulates a row block into scratch and requantizes it while it is in cache.
+#[allow(clippy::too_many_arguments)]
 fn requant_rows(
     isa: Isa,
     a: &[u8],
     rows: usize,
     k: usize,
     w: &PackedWeights,
+    panels: Option<&[i16]>,
     p: &OutputParams,
     out: &mut [u8],
 ) {
     let n = w.rows;
-    let mut acc = vec![0i32; rows * n];
-    acc_rows(isa, a, rows, k, w, p.bias, &mut acc);
-    reference::requant_u8(&acc, n, p, out);
+    with_scratch(|s| {
+        let mut acc = std::mem::take(&mut s.acc);
+        grow(&mut acc, rows * n);
+        acc_rows(isa, a, rows, k, w, panels, p.bias, &mut acc[..rows * n], s);
+        // SAFETY: AVX2 is implied by the tiers that reach this module; lengths are rows * n; `p` was checked.
+        unsafe { requant_u8__avx2(&acc[..rows * n], rows, n, p, out) };
+        s.acc = acc;
+    })
 }
 
-/// Dispatch target for [`Isa::Avx2`] / [`Isa::Avx512Vnni`] (validated input).
+/// Dispatch target for [`Isa::Avx2`] / [`Isa::Avx512Vnni`] (validated input; `panels` is `prepack_panels(w)`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_requant(
     isa: Isa,
     a: &[u8],
     m: usize,
     k: usize,
     w: &PackedWeights,
+    panels: Option<&[i16]>,
     p: &OutputParams,
     out: &mut [u8],
 ) {
@@ -382,8 +635,8 @@ pub(crate) fn gemm_requant(
         Some(block) => out
             .par_chunks_mut(block * n)
             .zip(a.par_chunks(block * k))
-            .for_each(|(o, ab)| requant_rows(isa, ab, o.len() / n, k, w, p, o)),
-        None => requant_rows(isa, a, m, k, w, p, out),
+            .for_each(|(o, ab)| requant_rows(isa, ab, o.len() / n, k, w, panels, p, o)),
+        None => requant_rows(isa, a, m, k, w, panels, p, out),
     }
 }
 

@@ -168,9 +168,13 @@ impl Dense {
         Ok(Tensor::new(dx, self.input.shape.clone()))
     }
 
-    /// The layer's parameters with their gradients: weight, then bias.
+    /// The layer's parameters with their gradients: weight, bias, then the weight quantizer's learned
+    /// parameters (LSQ steps, initialized from the weights here if needed).
     pub fn params_mut(&mut self) -> Vec<Param<'_>> {
-        vec![
+        if let Some(q) = &mut self.weight_quant {
+            q.ensure_init(&self.weight, self.out_features, self.in_features);
+        }
+        let mut params = vec![
             Param {
                 name: "weight",
                 value: &mut self.weight,
@@ -181,6 +185,10 @@ impl Dense {
                 value: &mut self.bias,
                 grad: &mut self.grad_bias,
             },
-        ]
+        ];
+        if let Some(q) = &mut self.weight_quant {
+            params.extend(q.params_mut());
+        }
+        params
     }
 }

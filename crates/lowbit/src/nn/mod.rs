@@ -4,15 +4,23 @@
 //! training-mode forward pass. Parameters are visited in a fixed order (layer order, then weight before bias),
 //! which is how [`crate::optim`] keys its per-parameter state.
 pub mod activation;
+pub mod batchnorm;
+pub mod conv;
 pub mod dense;
+pub mod dropout;
 pub mod gemm;
 pub mod kernels;
 pub mod loss;
+pub mod pool;
 pub mod spec;
 
 pub use activation::{Flatten, Relu};
+pub use batchnorm::BatchNorm2d;
+pub use conv::Conv2d;
 pub use dense::Dense;
+pub use dropout::Dropout;
 pub use loss::{softmax_cross_entropy, LossOutput};
+pub use pool::{AvgPool2d, MaxPool2d};
 
 use crate::error::{Error, Result};
 use crate::quant::ActQuantizer;
@@ -29,8 +37,8 @@ pub struct Param<'a> {
     pub grad: &'a mut [f32],
 }
 
-/// One layer of a [`Model`]. New layer kinds (Conv2d, MaxPool2d, AvgPool2d, BatchNorm, Dropout) are added as
-/// variants with the same forward / backward / params contract.
+/// One layer of a [`Model`]; every kind has the same forward / backward / params contract. Spatial layers work
+/// on NCHW tensors `[B, C, H, W]`.
 #[derive(Debug, Clone)]
 pub enum Layer {
     /// Fully connected.
@@ -41,6 +49,16 @@ pub enum Layer {
     ActQuant(ActQuantizer),
     /// Flatten to `[B, features]`.
     Flatten(Flatten),
+    /// 2-D convolution.
+    Conv2d(Conv2d),
+    /// Max pooling.
+    MaxPool2d(MaxPool2d),
+    /// Average pooling (or global average pooling).
+    AvgPool2d(AvgPool2d),
+    /// Batch normalization over channels.
+    BatchNorm2d(BatchNorm2d),
+    /// Inverted dropout (identity in inference).
+    Dropout(Dropout),
 }
 
 impl Layer {
@@ -51,6 +69,11 @@ impl Layer {
             Layer::Relu(l) => Ok(l.forward(x, train)),
             Layer::ActQuant(q) => Ok(q.forward(x, train)),
             Layer::Flatten(l) => Ok(l.forward(x)),
+            Layer::Conv2d(l) => l.forward(x, train),
+            Layer::MaxPool2d(l) => l.forward(x, train),
+            Layer::AvgPool2d(l) => l.forward(x, train),
+            Layer::BatchNorm2d(l) => l.forward(x, train),
+            Layer::Dropout(l) => Ok(l.forward(x, train)),
         }
     }
 
@@ -67,6 +90,11 @@ impl Layer {
             Layer::Relu(l) => l.backward(grad),
             Layer::ActQuant(q) => Ok(q.backward(grad)),
             Layer::Flatten(l) => l.backward(grad),
+            Layer::Conv2d(l) => l.backward_impl(grad, need_input_grad),
+            Layer::MaxPool2d(l) => l.backward(grad),
+            Layer::AvgPool2d(l) => l.backward(grad),
+            Layer::BatchNorm2d(l) => l.backward(grad),
+            Layer::Dropout(l) => l.backward(grad),
         }
     }
 
@@ -74,8 +102,12 @@ impl Layer {
     pub fn params_mut(&mut self) -> Vec<Param<'_>> {
         match self {
             Layer::Dense(l) => l.params_mut(),
-            // Learned quantizer parameters (e.g. LSQ step sizes) join here once ActQuantizer exposes them.
-            Layer::Relu(_) | Layer::ActQuant(_) | Layer::Flatten(_) => Vec::new(),
+            Layer::Conv2d(l) => l.params_mut(),
+            Layer::BatchNorm2d(l) => l.params_mut(),
+            Layer::MaxPool2d(_) | Layer::AvgPool2d(_) | Layer::Dropout(_) => Vec::new(),
+            // Learned quantizer parameters (LSQ step, PACT alpha); empty for the EMA and input quantizers.
+            Layer::ActQuant(q) => q.params_mut(),
+            Layer::Relu(_) | Layer::Flatten(_) => Vec::new(),
         }
     }
 
@@ -83,6 +115,9 @@ impl Layer {
     pub fn param_count(&self) -> usize {
         match self {
             Layer::Dense(l) => l.weight.len() + l.bias.len(),
+            Layer::Conv2d(l) => l.weight.len() + l.bias.len(),
+            Layer::BatchNorm2d(l) => l.gamma.len() + l.beta.len(),
+            Layer::MaxPool2d(_) | Layer::AvgPool2d(_) | Layer::Dropout(_) => 0,
             Layer::Relu(_) | Layer::ActQuant(_) | Layer::Flatten(_) => 0,
         }
     }
@@ -94,6 +129,11 @@ impl Layer {
             Layer::Relu(_) => "relu",
             Layer::ActQuant(_) => "act_quant",
             Layer::Flatten(_) => "flatten",
+            Layer::Conv2d(_) => "conv2d",
+            Layer::MaxPool2d(_) => "maxpool2d",
+            Layer::AvgPool2d(_) => "avgpool2d",
+            Layer::BatchNorm2d(_) => "batchnorm2d",
+            Layer::Dropout(_) => "dropout",
         }
     }
 }
@@ -134,6 +174,15 @@ impl Model {
         let mut layers = self.layers.iter_mut();
         let Some(first) = layers.next() else {
             return Ok(x.clone());
+        };
+        // Spatial layers need NCHW; a flat `[B, C*H*W]` batch is the same data in that order.
+        let reshaped;
+        let x = if x.shape.len() == 2 && !matches!(first, Layer::Dense(_)) {
+            let [c, h, w] = self.input_shape;
+            reshaped = Tensor::new(x.data.clone(), vec![x.rows(), c, h, w]);
+            &reshaped
+        } else {
+            x
         };
         let mut h = first.forward(x, train)?;
         for layer in layers {

@@ -1,14 +1,29 @@
-//! Model specifications: `mlp:784-64-10` and (later) `lenet5`, `cnn:...`.
-use super::{Dense, Layer, Model, Relu};
+//! Model specifications.
+//!
+//! - `mlp:I-H1-...-O`: Dense layers with ReLU between them (e.g. `mlp:784-64-10`).
+//! - `lenet5`: LeCun et al. 1998 on 1x28x28 inputs: conv 6@5x5 pad 2, ReLU, maxpool 2, conv 16@5x5, ReLU,
+//!   maxpool 2, flatten, fc 120, ReLU, fc 84, ReLU, fc 10.
+//! - `cnn:T1-T2-...-N`: a small VGG-style network on 1x28x28 inputs, tokens separated by `-`:
+//!   - `cK`: 3x3 convolution to K channels, padding 1, then ReLU; `cK.bn` adds a batch norm before the ReLU;
+//!   - `p`: 2x2 max pooling, stride 2; `a`: 2x2 average pooling, stride 2; `g`: global average pooling;
+//!   - `dP`: dropout with probability P in [0, 1) (e.g. `d0.25`);
+//!   - `fK`: fully connected layer of K units, then ReLU (a flatten is inserted before the first one);
+//!   - the last token, a plain number N: the fully connected output layer of N classes.
+//!
+//!   Example: `cnn:c16-c16-p-c32.bn-p-f64-10`.
+use super::{
+    AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, Layer, MaxPool2d, Model, Relu,
+};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
 /// The input shape (C, H, W) of the image datasets lowbit trains on (MNIST, Fashion-MNIST).
 pub const IMAGE_SHAPE: [usize; 3] = [1, 28, 28];
 
-const VALID_FORMS: &str =
-    "valid forms: mlp:I-H1-...-O (e.g. mlp:784-64-10, I = 784 for 28x28x1 images); \
-                           lenet5 and cnn:... are not yet supported";
+const VALID_FORMS: &str = "valid forms: mlp:I-H1-...-O (e.g. mlp:784-64-10, I = 784 for 28x28x1 images); \
+     lenet5; cnn:T1-...-N with tokens cK (3x3 conv, pad 1, ReLU), cK.bn (conv, batch norm, ReLU), p (2x2 max \
+     pool), a (2x2 average pool), g (global average pool), dP (dropout, P in [0, 1)), fK (fully connected + \
+     ReLU) and a final class count N (e.g. cnn:c16-c16-p-c32-p-f64-10)";
 
 /// Builds a freshly initialised model from a spec string, with weights drawn from `seed`.
 pub fn from_spec(spec: &str, seed: u64) -> Result<Model> {
@@ -16,11 +31,11 @@ pub fn from_spec(spec: &str, seed: u64) -> Result<Model> {
     if let Some(sizes) = spec.strip_prefix("mlp:") {
         return mlp(spec, sizes, seed);
     }
-    if spec == "lenet5" || spec.starts_with("cnn:") {
-        return Err(Error::option(
-            "--model",
-            format!("'{spec}' is not yet supported; {VALID_FORMS}"),
-        ));
+    if spec == "lenet5" {
+        return Ok(lenet5(seed));
+    }
+    if let Some(tokens) = spec.strip_prefix("cnn:") {
+        return cnn(spec, tokens, seed);
     }
     Err(Error::option(
         "--model",
@@ -86,6 +101,141 @@ fn mlp(spec: &str, sizes: &str, seed: u64) -> Result<Model> {
         layers,
         input_shape: IMAGE_SHAPE,
         classes: sizes[sizes.len() - 1],
+        spec: spec.to_string(),
+    })
+}
+
+/// LeNet-5 for 1x28x28 inputs (see the module doc).
+fn lenet5(seed: u64) -> Model {
+    let mut rng = Rng::new(seed);
+    let layers = vec![
+        Layer::Conv2d(Conv2d::new(1, 6, (5, 5), (1, 1), (2, 2), &mut rng.fork(0))),
+        Layer::Relu(Relu::new()),
+        Layer::MaxPool2d(MaxPool2d::new((2, 2), (2, 2))),
+        Layer::Conv2d(Conv2d::new(6, 16, (5, 5), (1, 1), (0, 0), &mut rng.fork(1))),
+        Layer::Relu(Relu::new()),
+        Layer::MaxPool2d(MaxPool2d::new((2, 2), (2, 2))),
+        Layer::Flatten(Flatten::new()),
+        Layer::Dense(Dense::new(16 * 5 * 5, 120, &mut rng.fork(2))),
+        Layer::Relu(Relu::new()),
+        Layer::Dense(Dense::new(120, 84, &mut rng.fork(3))),
+        Layer::Relu(Relu::new()),
+        Layer::Dense(Dense::new(84, 10, &mut rng.fork(4))),
+    ];
+    Model {
+        layers,
+        input_shape: IMAGE_SHAPE,
+        classes: 10,
+        spec: "lenet5".into(),
+    }
+}
+
+/// The `cnn:` grammar (see the module doc); shapes are tracked so a bad spec fails here, not in training.
+fn cnn(spec: &str, tokens: &str, seed: u64) -> Result<Model> {
+    let bad =
+        |reason: String| Error::option("--model", format!("'{spec}': {reason}; {VALID_FORMS}"));
+    let parse_count = |t: &str, what: &str| -> Result<usize> {
+        t.parse::<usize>()
+            .ok()
+            .filter(|&n| (1..=4096).contains(&n))
+            .ok_or_else(|| bad(format!("{what} '{t}' is not an integer in 1..=4096")))
+    };
+    let tokens: Vec<&str> = tokens.split('-').map(str::trim).collect();
+    let Some((last, body)) = tokens.split_last() else {
+        return Err(bad("empty".into()));
+    };
+    let classes = parse_count(last, "class count")?;
+    let mut rng = Rng::new(seed);
+    let [mut c, mut h, mut w] = IMAGE_SHAPE;
+    let mut flat: Option<usize> = None;
+    let mut layers = Vec::new();
+    for (i, &t) in body.iter().enumerate() {
+        let mut layer_rng = rng.fork(i as u64);
+        let spatial = |what: &str| {
+            if flat.is_some() {
+                Err(bad(format!("'{what}' after a fully connected layer")))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(rest) = t.strip_prefix('c') {
+            spatial(t)?;
+            let (n, bn) = match rest.strip_suffix(".bn") {
+                Some(n) => (n, true),
+                None => (rest, false),
+            };
+            let k = parse_count(n, "channel count")?;
+            layers.push(Layer::Conv2d(Conv2d::new(
+                c,
+                k,
+                (3, 3),
+                (1, 1),
+                (1, 1),
+                &mut layer_rng,
+            )));
+            if bn {
+                layers.push(Layer::BatchNorm2d(BatchNorm2d::new(k)));
+            }
+            layers.push(Layer::Relu(Relu::new()));
+            c = k;
+        } else if t == "p" || t == "a" {
+            spatial(t)?;
+            if h < 2 || w < 2 {
+                return Err(bad(format!("pooling '{t}' on a {h}x{w} map")));
+            }
+            layers.push(if t == "p" {
+                Layer::MaxPool2d(MaxPool2d::new((2, 2), (2, 2)))
+            } else {
+                Layer::AvgPool2d(AvgPool2d::new((2, 2), (2, 2)))
+            });
+            (h, w) = (h / 2, w / 2);
+        } else if t == "g" {
+            spatial(t)?;
+            layers.push(Layer::AvgPool2d(AvgPool2d::global()));
+            (h, w) = (1, 1);
+        } else if let Some(p) = t.strip_prefix('d') {
+            let p: f32 = p
+                .parse()
+                .map_err(|_| bad(format!("dropout '{t}' is not dP with P a number")))?;
+            layers.push(Layer::Dropout(
+                Dropout::new(p, layer_rng.next_u64())
+                    .map_err(|_| bad(format!("dropout {p} is not in [0, 1)")))?,
+            ));
+        } else if let Some(n) = t.strip_prefix('f') {
+            let k = parse_count(n, "unit count")?;
+            let fan_in = match flat {
+                Some(f) => f,
+                None => {
+                    layers.push(Layer::Flatten(Flatten::new()));
+                    c * h * w
+                }
+            };
+            layers.push(Layer::Dense(Dense::new(fan_in, k, &mut layer_rng)));
+            layers.push(Layer::Relu(Relu::new()));
+            flat = Some(k);
+        } else {
+            return Err(bad(format!("unknown token '{t}'")));
+        }
+    }
+    let fan_in = match flat {
+        Some(f) => f,
+        None => {
+            layers.push(Layer::Flatten(Flatten::new()));
+            c * h * w
+        }
+    };
+    if fan_in.checked_mul(classes).is_none_or(|p| p > 1 << 28) {
+        return Err(bad("too many parameters".into()));
+    }
+    layers.push(Layer::Dense(Dense::new(
+        fan_in,
+        classes,
+        &mut rng.fork(body.len() as u64),
+    )));
+    Ok(Model {
+        layers,
+        input_shape: IMAGE_SHAPE,
+        classes,
         spec: spec.to_string(),
     })
 }

@@ -1,6 +1,9 @@
 //! Activation quantizer: unsigned asymmetric codes with a tracked range, fake-quantized with
 //! [`qparams::fake_quantize`] exactly.
+use super::config::{ActMethod, QuantConfig};
+use super::{lsq, pact};
 use crate::error::{Error, Result};
+use crate::nn::Param;
 use crate::tensor::Tensor;
 use lowbit_runtime::qparams::{self, QParams};
 
@@ -35,6 +38,12 @@ pub fn act_qparams(lo: f32, hi: f32, bits: u32) -> Result<QParams> {
 /// initializes); in calibration mode the running min/max over all batches seen (the output is then the input,
 /// unquantized: observers only watch); in eval mode (or once frozen) the range is fixed. The input quantizer
 /// ([`ActQuantizer::input`]) has fixed parameters `1/255, 0` and never updates.
+///
+/// Learned methods ([`ActMethod::Lsq`], [`ActMethod::Pact`]) replace the tracked range by one learned scalar
+/// (the LSQ step `s`, or PACT's clipping level `alpha`) exposed through [`ActQuantizer::params_mut`]; their
+/// codes are `[0, 2^b - 1]` with zero point 0 and scale `s` (LSQ) or `alpha / (2^b - 1)` (PACT). The scalar is
+/// initialized by the first training forward: LSQ `2 mean|x| / sqrt(2^b - 1)` (Esser et al. 2020), PACT the
+/// configured alpha or else the batch maximum.
 #[derive(Debug, Clone)]
 pub struct ActQuantizer {
     bits: u32,
@@ -45,6 +54,18 @@ pub struct ActQuantizer {
     frozen: bool,
     inside: Vec<bool>,
     clipped_fraction: f32,
+    method: ActMethod,
+    /// LSQ step or PACT alpha (always one element, so the optimizer's parameter list never changes).
+    learned: Vec<f32>,
+    /// dL/d`learned` of the last backward pass.
+    grad_learned: Vec<f32>,
+    initialized: bool,
+    pact_alpha_init: Option<f32>,
+    pact_l2: f32,
+    /// Input of the last training forward (learned methods need it for the scalar's gradient).
+    last_input: Vec<f32>,
+    /// Features per sample of the last training forward (LSQ's gradient scale N).
+    features: usize,
 }
 
 impl Default for ActQuantizer {
@@ -59,6 +80,14 @@ impl Default for ActQuantizer {
             frozen: false,
             inside: Vec::new(),
             clipped_fraction: 0.0,
+            method: ActMethod::Ste,
+            learned: vec![1.0],
+            grad_learned: vec![0.0],
+            initialized: false,
+            pact_alpha_init: None,
+            pact_l2: 0.0,
+            last_input: Vec::new(),
+            features: 0,
         }
     }
 }
@@ -83,6 +112,75 @@ impl ActQuantizer {
             momentum,
             ..Self::default()
         })
+    }
+
+    /// The hidden-activation quantizer `cfg` asks for (`cfg.act_quantizer`), with `bits` bits (the caller
+    /// resolves per-layer widths).
+    pub fn from_config(cfg: &QuantConfig, bits: u32) -> Result<Self> {
+        let mut q = Self::new(bits, cfg.ema_momentum)?;
+        q.method = cfg.act_quantizer;
+        q.pact_alpha_init = cfg.pact_alpha_init;
+        q.pact_l2 = cfg.pact_l2;
+        if let Some(a) = cfg.pact_alpha_init.filter(|_| q.method == ActMethod::Pact) {
+            q.learned[0] = a;
+        }
+        Ok(q)
+    }
+
+    /// Which quantizer this is.
+    pub fn method(&self) -> ActMethod {
+        self.method
+    }
+
+    /// The learned scalar (LSQ step or PACT alpha) with its gradient, for the optimizer; empty for the EMA
+    /// quantizer and the input quantizer.
+    pub fn params_mut(&mut self) -> Vec<Param<'_>> {
+        if self.method == ActMethod::Ste || self.fixed.is_some() {
+            return Vec::new();
+        }
+        let name = if self.method == ActMethod::Lsq {
+            "act_step"
+        } else {
+            "pact_alpha"
+        };
+        vec![Param {
+            name,
+            value: &mut self.learned,
+            grad: &mut self.grad_learned,
+        }]
+    }
+
+    /// The learned scalar (LSQ step or PACT alpha), if this is a learned quantizer that has been initialized.
+    pub fn learned_value(&self) -> Option<f32> {
+        (self.method != ActMethod::Ste && self.initialized).then_some(self.learned[0])
+    }
+
+    fn qmax(&self) -> i32 {
+        (1i32 << self.bits) - 1
+    }
+
+    /// Scale of a learned quantizer whose scalar is `v`.
+    fn learned_scale(&self, v: f32) -> f32 {
+        match self.method {
+            ActMethod::Pact => pact::scale(v, self.bits),
+            _ => lsq::effective_step(v),
+        }
+    }
+
+    /// The scalar a learned quantizer starts from on batch `x`.
+    fn initial_value(&self, x: &[f32]) -> f32 {
+        let qmax = self.qmax();
+        match self.method {
+            ActMethod::Pact => self.pact_alpha_init.unwrap_or_else(|| {
+                let m = batch_range(x).map_or(0.0, |(_, hi)| hi);
+                if m.is_normal() && m > 0.0 {
+                    m
+                } else {
+                    1.0
+                }
+            }),
+            _ => lsq::init_step(x, qmax, 1.0 / qmax as f32),
+        }
     }
 
     /// The network-input quantizer: 8 bits, scale exactly `1/255` (f32), zero point 0, never updated. It maps
@@ -111,6 +209,10 @@ impl ActQuantizer {
 
     /// Tracked range `[lo, hi]`, if any batch has been seen (for the input quantizer: `[0, 1]`).
     pub fn range(&self) -> Option<(f32, f32)> {
+        if self.fixed.is_none() && self.method != ActMethod::Ste && !self.calibrating {
+            let qp = self.try_qparams().ok()?;
+            return Some((0.0, qparams::dequantize(self.qmax(), qp)));
+        }
         match self.fixed {
             Some(qp) => {
                 let qmax = (1i32 << self.bits) - 1;
@@ -120,9 +222,17 @@ impl ActQuantizer {
         }
     }
 
-    /// Sets the range directly (e.g. restored from a checkpoint), then freezes it.
+    /// Sets the range directly (e.g. restored from a checkpoint), then freezes it. For learned quantizers `hi`
+    /// sets the scalar (LSQ step `hi / (2^b - 1)`, PACT alpha `hi`).
     pub fn set_range(&mut self, lo: f32, hi: f32) -> Result<()> {
         act_qparams(lo, hi, self.bits)?;
+        if self.method != ActMethod::Ste && hi > 0.0 {
+            self.learned[0] = match self.method {
+                ActMethod::Pact => hi,
+                _ => hi / self.qmax() as f32,
+            };
+            self.initialized = true;
+        }
         self.range = Some((lo, hi));
         self.frozen = true;
         Ok(())
@@ -168,6 +278,15 @@ impl ActQuantizer {
         if let Some(qp) = self.fixed {
             return Ok(qp);
         }
+        if self.method != ActMethod::Ste {
+            if !self.initialized {
+                return Err(Error::Quant(lowbit_runtime::QuantError::InvalidQParams {
+                    tensor: "activation".into(),
+                    reason: "learned quantizer not initialized (train first)".into(),
+                }));
+            }
+            return Ok(QParams::new(self.learned_scale(self.learned[0]), 0)?);
+        }
         match self.range {
             Some((lo, hi)) => act_qparams(lo, hi, self.bits),
             None => Err(Error::Quant(lowbit_runtime::QuantError::InvalidQParams {
@@ -197,6 +316,9 @@ impl ActQuantizer {
             self.inside = vec![true; x.len()];
             self.clipped_fraction = 0.0;
             return x.clone();
+        }
+        if self.method != ActMethod::Ste && self.fixed.is_none() {
+            return self.forward_learned(x, train);
         }
         if train && !self.frozen && self.fixed.is_none() {
             if let Some((blo, bhi)) = batch {
@@ -233,12 +355,91 @@ impl ActQuantizer {
         Tensor::new(data, x.shape.clone())
     }
 
+    /// LSQ / PACT forward: codes `qparams::quantize(x, QParams(scale, 0), 0, 2^b - 1)`.
+    fn forward_learned(&mut self, x: &Tensor, train: bool) -> Tensor {
+        let value = if self.initialized {
+            self.learned[0]
+        } else {
+            let v = self.initial_value(&x.data);
+            if train {
+                self.learned[0] = v;
+                self.initialized = true;
+            }
+            v
+        };
+        let qmax = self.qmax();
+        let scale = self.learned_scale(value);
+        let qp = QParams {
+            scale,
+            zero_point: 0,
+        };
+        let alpha = pact::effective_alpha(value);
+        let mut data = Vec::with_capacity(x.len());
+        let mut inside = Vec::with_capacity(x.len());
+        for &v in &x.data {
+            data.push(qparams::fake_quantize(v, qp, 0, qmax));
+            inside.push(match self.method {
+                ActMethod::Pact => (0.0..alpha).contains(&v),
+                _ => lsq::inside(v, scale, 0, qmax),
+            });
+        }
+        // Clipped = above the range (values at or below 0 are ReLU's zeros, not clipping).
+        let clipped = x
+            .data
+            .iter()
+            .filter(|&&v| match self.method {
+                ActMethod::Pact => v >= alpha,
+                _ => v / scale >= qmax as f32,
+            })
+            .count();
+        self.clipped_fraction = if x.is_empty() {
+            0.0
+        } else {
+            clipped as f32 / x.len() as f32
+        };
+        self.inside = inside;
+        if train {
+            self.last_input.clear();
+            self.last_input.extend_from_slice(&x.data);
+            self.features = x.row_len();
+        }
+        Tensor::new(data, x.shape.clone())
+    }
+
     /// Straight-through gradient: passes where the last forward's input lay inside the representable range
     /// `[dequantize(0), dequantize(2^bits - 1)]`, zero where it was clipped. Without a matching forward the
     /// gradient passes unchanged.
+    ///
+    /// Learned quantizers also set the scalar's gradient (overwriting): LSQ `g * sum dL/dy * dy/ds` with
+    /// `g = 1/sqrt(N (2^b - 1))`, N the features per sample (Esser et al. 2020, eq. 3); PACT the sum of `dL/dy`
+    /// where `x >= alpha`, plus `l2 * alpha` (Choi et al. 2018).
     pub fn backward(&mut self, grad_out: &Tensor) -> Tensor {
         if self.inside.len() != grad_out.len() {
             return grad_out.clone();
+        }
+        if self.method != ActMethod::Ste
+            && self.fixed.is_none()
+            && self.last_input.len() == grad_out.len()
+        {
+            let v = self.learned[0];
+            self.grad_learned[0] = match self.method {
+                ActMethod::Pact => {
+                    pact::alpha_gradient(&self.last_input, &grad_out.data, v, self.pact_l2)
+                }
+                _ => {
+                    let s = lsq::effective_step(v);
+                    let qmax = self.qmax();
+                    let sum: f64 = self
+                        .last_input
+                        .iter()
+                        .zip(&grad_out.data)
+                        .map(|(&x, &g)| {
+                            f64::from(g) * f64::from(lsq::step_derivative(x, s, 0, qmax))
+                        })
+                        .sum();
+                    (sum * f64::from(lsq::grad_scale(self.features, qmax))) as f32
+                }
+            };
         }
         let data = grad_out
             .data

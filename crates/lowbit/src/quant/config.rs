@@ -25,6 +25,83 @@ pub enum WeightQuantKind {
     Ternary,
     /// Binary sign weights with a per-output-channel alpha = mean |w| (Rastegari et al. 2016, XNOR-Net eq. 4).
     Binary,
+    /// Learned step size (LSQ, Esser et al. 2020): symmetric codes in [`lowbit_runtime::qparams::weight_code_range`]
+    /// (2 bits: {-1, 0, 1}), one learned step per tensor or per output channel (bits 2..=8).
+    Lsq,
+}
+
+/// Which weight quantizer family QAT uses (`--weight-quantizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightMethod {
+    /// Fixed rules with straight-through gradients: min-max, ternary (2 bits), binary (1 bit), fixed step.
+    #[default]
+    Ste,
+    /// Learned step size (LSQ): the step of each tensor / channel is trained with the weights.
+    Lsq,
+}
+
+/// Which activation quantizer QAT uses (`--act-quantizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActMethod {
+    /// EMA-tracked min-max range with straight-through gradients.
+    #[default]
+    Ste,
+    /// Learned step size (LSQ), codes `[0, 2^b - 1]`, zero point 0; step initialized from the first batch.
+    Lsq,
+    /// PACT learned clipping level alpha, codes `[0, 2^b - 1]` on `[0, alpha]`, zero point 0.
+    Pact,
+}
+
+/// Which weight layer a [`LayerQuant`] override applies to: an index among the weight layers (Dense, Conv2d)
+/// in model order, negative counting from the end (`-1` is the last), or the names `first` / `last`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LayerSelector {
+    /// 0-based index; negative from the end.
+    Index(i64),
+    /// `first` or `last`.
+    Name(String),
+}
+
+impl LayerSelector {
+    /// The 0-based weight-layer index this selects among `n` weight layers, if it exists.
+    pub fn resolve(&self, n: usize) -> Option<usize> {
+        let n = n as i64;
+        let i = match self {
+            LayerSelector::Index(i) if *i < 0 => n + i,
+            LayerSelector::Index(i) => *i,
+            LayerSelector::Name(s) if s == "first" => 0,
+            LayerSelector::Name(s) if s == "last" => n - 1,
+            LayerSelector::Name(_) => return None,
+        };
+        (0..n).contains(&i).then_some(i as usize)
+    }
+}
+
+impl std::fmt::Display for LayerSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayerSelector::Index(i) => write!(f, "{i}"),
+            LayerSelector::Name(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// A per-layer bit-width override (mixed precision), applied after [`QuantConfig::keep_first_last_8bit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerQuant {
+    /// The weight layer.
+    pub layer: LayerSelector,
+    /// Weight bits of that layer (same rules as `weight_bits`).
+    #[serde(default)]
+    pub weight_bits: Option<u32>,
+    /// Bits of the activation quantizer on that layer's output (ignored for the last layer, whose output is
+    /// float logits).
+    #[serde(default)]
+    pub act_bits: Option<u32>,
 }
 
 /// Quantization spec of a model. `weight_bits` 2 means ternary and 1 binary; a `quant_step` overrides the bit
@@ -47,6 +124,21 @@ pub struct QuantConfig {
     pub calibration_samples: usize,
     /// Keep the first and the last Dense layer at 8-bit min-max weights (off for the MLP reference).
     pub keep_first_last_8bit: bool,
+    /// Weight quantizer family (`--weight-quantizer`); `Ste` is the fixed-rule behaviour.
+    #[serde(default)]
+    pub weight_quantizer: WeightMethod,
+    /// Activation quantizer (`--act-quantizer`); `Ste` is the EMA min-max behaviour.
+    #[serde(default)]
+    pub act_quantizer: ActMethod,
+    /// PACT: initial alpha (`--pact-alpha`); `None` takes the maximum of the first training batch.
+    #[serde(default)]
+    pub pact_alpha_init: Option<f32>,
+    /// PACT: L2 coefficient on alpha (`--pact-l2`), 0 disables.
+    #[serde(default)]
+    pub pact_l2: f32,
+    /// Per-layer bit-width overrides (mixed precision).
+    #[serde(default)]
+    pub layers: Vec<LayerQuant>,
 }
 
 impl Default for QuantConfig {
@@ -60,6 +152,11 @@ impl Default for QuantConfig {
             ema_momentum: 0.99,
             calibration_samples: 2000,
             keep_first_last_8bit: false,
+            weight_quantizer: WeightMethod::Ste,
+            act_quantizer: ActMethod::Ste,
+            pact_alpha_init: None,
+            pact_l2: 0.0,
+            layers: Vec::new(),
         }
     }
 }
@@ -103,17 +200,106 @@ impl QuantConfig {
         if self.calibration_samples == 0 {
             return Err(Error::option("--calibration-samples", "must be > 0"));
         }
+        let learned =
+            self.weight_quantizer != WeightMethod::Ste || self.act_quantizer != ActMethod::Ste;
+        if learned && self.method == Method::Ptq {
+            return Err(Error::option(
+                "--weight-quantizer",
+                "learned quantizers (lsq, pact) are trained: they need --method qat",
+            ));
+        }
+        if self.weight_quantizer == WeightMethod::Lsq {
+            if self.quant_step.is_some() {
+                return Err(Error::option(
+                    "--weight-quantizer",
+                    "lsq learns its step: it cannot be combined with --quant-step",
+                ));
+            }
+            check_lsq_weight_bits("--weight-bits", self.weight_bits)?;
+        }
+        if let Some(a) = self.pact_alpha_init {
+            if !(a.is_finite() && a > 0.0) {
+                return Err(Error::option(
+                    "--pact-alpha",
+                    format!("must be finite and > 0, got {a}"),
+                ));
+            }
+        }
+        if !(self.pact_l2.is_finite() && self.pact_l2 >= 0.0) {
+            return Err(Error::option(
+                "--pact-l2",
+                format!("must be finite and >= 0, got {}", self.pact_l2),
+            ));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let key = format!("layers[{i}]");
+            if let LayerSelector::Name(n) = &l.layer {
+                if n != "first" && n != "last" {
+                    return Err(Error::option(
+                        format!("{key}.layer"),
+                        format!("unknown layer name {n:?} (use an index, first or last)"),
+                    ));
+                }
+            }
+            if let Some(b) = l.weight_bits {
+                if !(1..=8).contains(&b) {
+                    return Err(Error::option(
+                        format!("{key}.weight_bits"),
+                        format!("must be 1..=8, got {b}"),
+                    ));
+                }
+                if self.weight_quantizer == WeightMethod::Lsq {
+                    check_lsq_weight_bits(&format!("{key}.weight_bits"), b)?;
+                }
+            }
+            if let Some(b) = l.act_bits {
+                if !(1..=8).contains(&b) {
+                    return Err(Error::option(
+                        format!("{key}.act_bits"),
+                        format!("must be 1..=8, got {b}"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
-    /// The weight rule this spec selects: fixed step if `quant_step` is set, else binary (1 bit), ternary
-    /// (2 bits) or symmetric min-max.
+    /// A copy with weight bits `bits` and no per-layer overrides: the spec of one overridden layer.
+    pub fn with_weight_bits(&self, bits: u32) -> QuantConfig {
+        QuantConfig {
+            weight_bits: bits,
+            layers: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// The override for weight layer `index` of `n` (the last matching entry wins), if any.
+    pub fn layer_override(&self, index: usize, n: usize) -> Option<&LayerQuant> {
+        self.layers
+            .iter()
+            .rev()
+            .find(|l| l.layer.resolve(n) == Some(index))
+    }
+
+    /// The weight rule this spec selects: fixed step if `quant_step` is set, else LSQ if asked for, else binary
+    /// (1 bit), ternary (2 bits) or symmetric min-max.
     pub fn weight_kind(&self) -> WeightQuantKind {
         match (self.quant_step, self.weight_bits) {
             (Some(k), _) => WeightQuantKind::FixedStep { k },
+            (None, _) if self.weight_quantizer == WeightMethod::Lsq => WeightQuantKind::Lsq,
             (None, 1) => WeightQuantKind::Binary,
             (None, 2) => WeightQuantKind::Ternary,
             (None, _) => WeightQuantKind::MinMax,
         }
     }
+}
+
+fn check_lsq_weight_bits(key: &str, bits: u32) -> Result<()> {
+    if !(2..=8).contains(&bits) {
+        return Err(Error::option(
+            key,
+            format!("lsq weights need 2..=8 bits (1 bit has no zero code), got {bits}"),
+        ));
+    }
+    Ok(())
 }

@@ -1,19 +1,26 @@
 //! Conversion of a prepared (QAT-trained or PTQ-calibrated) model to the runtime's [`QuantModel`].
 use super::act::ActQuantizer;
+use super::weight::WeightQuantizer;
 use crate::error::{Error, Result};
-use crate::nn::{Dense, Layer, Model};
-use lowbit_runtime::model::{InputSpec, OutputStage, Provenance, QDense, QLayer, QuantModel};
+use crate::nn::conv::window_len;
+use crate::nn::{Conv2d, Dense, Layer, Model};
+use lowbit_runtime::model::{
+    InputSpec, OutputStage, Provenance, QConv2d, QDense, QLayer, QuantModel,
+};
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::{QParams, Requant};
 
 /// Converts a prepared model (see [`super::prepare_qat`] / [`super::ptq`]) to a [`QuantModel`].
 ///
-/// Per Dense: codes and scales from its [`super::WeightQuantizer::quantize`] (the same call the fake-quant
-/// forward makes), packed at the quantizer's bit width; bias `round(b / (s_in * s_w[c]))` in f64, saturated to
-/// i32 (in fixed-step mode `b` is first put on the `1/k` grid); input parameters from the preceding activation
-/// quantizer (the network input: scale 1/255, zero point 0). A Dense followed by `[ReLU] ActQuant` requantizes
-/// to that quantizer's codes with `Requant::from_real(s_in * s_w[c] / s_out)` (ReLU fused as a clamp at the
-/// zero point); the last Dense emits logits.
+/// Per Dense or Conv2d: codes and scales from its [`super::WeightQuantizer::quantize`] (the same call the
+/// fake-quant forward makes; rows = output channels, columns `ic*kh*kw` in the runtime's order), packed at the
+/// quantizer's bit width; bias `round(b / (s_in * s_w[c]))` in f64, saturated to i32 (in fixed-step mode `b` is
+/// first put on the `1/k` grid); input parameters from the preceding activation quantizer (the network input:
+/// scale 1/255, zero point 0). A weight layer followed by `[ReLU] ActQuant` requantizes to that quantizer's codes
+/// with `Requant::from_real(s_in * s_w[c] / s_out)` (ReLU fused as a clamp at the zero point); the last one
+/// emits logits. MaxPool2d becomes a pool on codes with unchanged parameters; AvgPool2d (global pools resolved
+/// to the map size) must be followed by an ActQuant, whose parameters become its output. Flatten is kept,
+/// Dropout (identity in inference) dropped. Batch norms must have been folded ([`super::prepare_qat`] does it).
 pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
     let not_prepared = |what: &str| {
         Error::Shape(format!(
@@ -34,14 +41,61 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
     };
     let mut layers = Vec::new();
     let mut s_in = input_qp;
+    // Activation shape (C, H, W) reaching layer i; Dense output is (N, 1, 1).
+    let (mut c, mut h, mut w) = (channels, height, width);
+    let bad_shape =
+        |i: usize, what: &str| not_prepared(&format!("layer {i} ({what}) does not fit its input"));
     let mut i = 1;
     while i < model.layers.len() {
         match &model.layers[i] {
             Layer::Flatten(_) => {
                 layers.push(QLayer::Flatten);
+                (c, h, w) = (c * h * w, 1, 1);
                 i += 1;
             }
-            Layer::Dense(d) => {
+            Layer::Dropout(_) => i += 1,
+            Layer::MaxPool2d(p) => {
+                let (oh, ow) = match (
+                    window_len(h, p.kernel.0, p.stride.0, 0),
+                    window_len(w, p.kernel.1, p.stride.1, 0),
+                ) {
+                    (Some(a), Some(b)) => (a, b),
+                    _ => return Err(bad_shape(i, "maxpool2d")),
+                };
+                layers.push(QLayer::MaxPool2d {
+                    kernel: p.kernel,
+                    stride: p.stride,
+                });
+                (h, w) = (oh, ow);
+                i += 1;
+            }
+            Layer::AvgPool2d(p) => {
+                let (kernel, stride) = p.window_for(h, w);
+                let (oh, ow) = match (
+                    window_len(h, kernel.0, stride.0, 0),
+                    window_len(w, kernel.1, stride.1, 0),
+                ) {
+                    (Some(a), Some(b)) => (a, b),
+                    _ => return Err(bad_shape(i, "avgpool2d")),
+                };
+                let Some(Layer::ActQuant(q)) = model.layers.get(i + 1) else {
+                    return Err(not_prepared(&format!(
+                        "layer {i} (avgpool2d) is not followed by an activation quantizer"
+                    )));
+                };
+                let out = q.try_qparams()?;
+                layers.push(QLayer::AvgPool2d {
+                    kernel,
+                    stride,
+                    input: s_in,
+                    output: out,
+                    bits: q.bits(),
+                });
+                s_in = out;
+                (h, w) = (oh, ow);
+                i += 2;
+            }
+            layer @ (Layer::Dense(_) | Layer::Conv2d(_)) => {
                 let mut j = i + 1;
                 let relu = matches!(model.layers.get(j), Some(Layer::Relu(_)));
                 if relu {
@@ -51,35 +105,56 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
                     Some(Layer::ActQuant(q)) if !q.is_input() => Some(q),
                     _ => None,
                 };
-                if out_q.is_none() && (relu || j < model.layers.len()) {
+                let is_last = model.layers[j..]
+                    .iter()
+                    .all(|l| matches!(l, Layer::Dropout(_) | Layer::Flatten(_)));
+                if out_q.is_none() && (relu || !is_last) {
                     return Err(not_prepared(&format!(
-                        "layer {i} (dense) is not followed by an activation quantizer and is not last"
+                        "layer {i} ({}) is not followed by an activation quantizer and is not last",
+                        layer.kind()
                     )));
                 }
-                let q = convert_dense(d, s_in, out_q, relu)?;
+                match layer {
+                    Layer::Dense(d) => {
+                        if d.in_features != c * h * w {
+                            return Err(bad_shape(i, "dense"));
+                        }
+                        layers.push(QLayer::Dense(convert_dense(d, s_in, out_q, relu)?));
+                        (c, h, w) = (d.out_features, 1, 1);
+                    }
+                    Layer::Conv2d(cv) => {
+                        if cv.in_channels != c {
+                            return Err(bad_shape(i, "conv2d"));
+                        }
+                        let (oh, ow) = cv.output_hw(h, w).ok_or_else(|| bad_shape(i, "conv2d"))?;
+                        layers.push(QLayer::Conv2d(convert_conv(cv, s_in, out_q, relu)?));
+                        (c, h, w) = (cv.out_channels, oh, ow);
+                    }
+                    _ => return Err(not_prepared("internal: expected a Dense or Conv2d")),
+                }
                 if let Some(a) = out_q {
                     s_in = a.try_qparams()?;
+                    i = j + 1;
+                } else {
+                    i = j;
                 }
-                layers.push(QLayer::Dense(q));
-                i = j + 1;
             }
             other => {
                 return Err(not_prepared(&format!(
-                    "layer {i} ({}) is not after a Dense",
+                    "layer {i} ({}) is not after a Dense or Conv2d",
                     other.kind()
                 )))
             }
         }
     }
-    if !matches!(
-        layers.last(),
-        Some(QLayer::Dense(QDense {
-            output: OutputStage::Logits,
-            ..
-        }))
-    ) {
+    let ends_in_logits = match layers.last() {
+        Some(QLayer::Dense(d)) => d.output == OutputStage::Logits,
+        Some(QLayer::Conv2d(cv)) => cv.output == OutputStage::Logits,
+        _ => false,
+    };
+    if !ends_in_logits {
         return Err(not_prepared(
-            "the last layer must be a Dense producing logits",
+            "the last layer must be a Dense or Conv2d producing logits",
         ));
     }
     Ok(QuantModel {
@@ -91,21 +166,26 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
     })
 }
 
-/// One Dense layer: codes, scales, bias in accumulator units, output stage.
-pub fn convert_dense(
-    d: &Dense,
+/// What a Dense and a Conv2d share once quantized.
+struct Quantized {
+    weights: PackedWeights,
+    weight_scales: Vec<f32>,
+    bias: Vec<i32>,
+    output: OutputStage,
+}
+
+fn quantize_matrix(
+    wq: &WeightQuantizer,
+    weight: &[f32],
+    bias: &[f32],
+    (rows, cols): (usize, usize),
     input: QParams,
     output: Option<&ActQuantizer>,
     relu: bool,
-) -> Result<QDense> {
-    let wq = d
-        .weight_quant
-        .as_ref()
-        .ok_or_else(|| Error::Shape("dense layer has no weight quantizer".into()))?;
-    let (rows, cols) = (d.out_features, d.in_features);
-    let wc = wq.quantize(&d.weight, rows, cols);
+) -> Result<Quantized> {
+    let wc = wq.quantize(weight, rows, cols);
     let weights = PackedWeights::pack(wc.bits, rows, cols, &wc.codes)?;
-    let bias_real = wq.quantize_bias(&d.bias);
+    let bias_real = wq.quantize_bias(bias);
     let bias = bias_real
         .iter()
         .enumerate()
@@ -138,14 +218,76 @@ pub fn convert_dense(
             }
         }
     };
-    Ok(QDense {
-        in_features: cols,
-        out_features: rows,
+    Ok(Quantized {
         weights,
         weight_scales: wc.scales,
         bias,
+        output,
+    })
+}
+
+/// One Dense layer: codes, scales, bias in accumulator units, output stage.
+pub fn convert_dense(
+    d: &Dense,
+    input: QParams,
+    output: Option<&ActQuantizer>,
+    relu: bool,
+) -> Result<QDense> {
+    let wq = d
+        .weight_quant
+        .as_ref()
+        .ok_or_else(|| Error::Shape("dense layer has no weight quantizer".into()))?;
+    let q = quantize_matrix(
+        wq,
+        &d.weight,
+        &d.bias,
+        (d.out_features, d.in_features),
         input,
         output,
+        relu,
+    )?;
+    Ok(QDense {
+        in_features: d.in_features,
+        out_features: d.out_features,
+        weights: q.weights,
+        weight_scales: q.weight_scales,
+        bias: q.bias,
+        input,
+        output: q.output,
+    })
+}
+
+/// One Conv2d layer, as [`convert_dense`] with rows = output channels and columns `ic*kh*kw`.
+pub fn convert_conv(
+    cv: &Conv2d,
+    input: QParams,
+    output: Option<&ActQuantizer>,
+    relu: bool,
+) -> Result<QConv2d> {
+    let wq = cv
+        .weight_quant
+        .as_ref()
+        .ok_or_else(|| Error::Shape("conv2d layer has no weight quantizer".into()))?;
+    let q = quantize_matrix(
+        wq,
+        &cv.weight,
+        &cv.bias,
+        (cv.out_channels, cv.k()),
+        input,
+        output,
+        relu,
+    )?;
+    Ok(QConv2d {
+        in_channels: cv.in_channels,
+        out_channels: cv.out_channels,
+        kernel: cv.kernel,
+        stride: cv.stride,
+        padding: cv.padding,
+        weights: q.weights,
+        weight_scales: q.weight_scales,
+        bias: q.bias,
+        input,
+        output: q.output,
     })
 }
 

@@ -8,15 +8,21 @@
 pub mod act;
 pub mod config;
 pub mod convert;
+pub mod lsq;
+pub mod mixed;
+pub mod pact;
 pub mod prepare;
 pub mod simulate;
 pub mod stats;
 pub mod weight;
 
 pub use act::{act_qparams, ActQuantizer, INPUT_SCALE};
-pub use config::{Method, QuantConfig, WeightQuantKind};
+pub use config::{
+    ActMethod, LayerQuant, LayerSelector, Method, QuantConfig, WeightMethod, WeightQuantKind,
+};
 pub use convert::{convert, float_bytes, model_bytes};
-pub use prepare::{freeze_ranges, prepare_qat, ptq, unfreeze_ranges};
+pub use mixed::configure_quantizers;
+pub use prepare::{fold_batchnorms, freeze_ranges, prepare_qat, ptq, unfreeze_ranges};
 pub use simulate::{simulate, Simulation};
 pub use stats::{layer_quant_stats, sqnr_db, LayerQuantStats};
 pub use weight::{WeightCodes, WeightQuantizer};

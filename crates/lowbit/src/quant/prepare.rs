@@ -9,13 +9,19 @@ use crate::tensor::Tensor;
 /// Attaches quantizers to a float model for QAT (from scratch or fine-tuning: the float weights are kept as the
 /// shadow weights the optimizer updates).
 ///
-/// - Every `Dense` gets a [`WeightQuantizer`] from `cfg` (with `keep_first_last_8bit`, the first and last Dense
-///   get 8-bit min-max weights instead).
+/// - Every `BatchNorm2d` that directly follows a `Conv2d` is folded into it with its running statistics
+///   ([`fold_batchnorms`]) and removed: QAT then trains the folded convolution, whose fake-quantized weights are
+///   exactly what the engine runs (the "freeze statistics, fold with running stats" scheme of Krishnamoorthi
+///   2018, sec. 3.2, with the freeze happening at preparation). A batch norm anywhere else is an error.
+/// - Every `Dense` and `Conv2d` gets a [`WeightQuantizer`] from `cfg` (rows = output channels; with
+///   `keep_first_last_8bit`, the first and last of them get 8-bit min-max weights instead).
 /// - A fixed input quantizer ([`ActQuantizer::input`], scale exactly 1/255) becomes the first layer.
-/// - An EMA-tracked [`ActQuantizer`] of `cfg.act_bits` follows every hidden activation: after each ReLU, or
-///   after a Dense not followed by a ReLU, whenever another Dense comes later. The last Dense produces float
-///   logits and is not followed by a quantizer. With `keep_first_last_8bit`, the quantizers on the first
-///   Dense's output and on the last Dense's input are 8-bit.
+/// - An EMA-tracked [`ActQuantizer`] of `cfg.act_bits` follows every hidden activation whenever another weight
+///   layer comes later: after each ReLU, after a Dense / Conv2d not followed by a ReLU, and after each average
+///   pool (the engine requantizes its output). Max pooling and flatten need none: max commutes with the
+///   monotonic quantizer, so the engine pools codes with unchanged parameters. The last weight layer produces
+///   float logits. With `keep_first_last_8bit`, the quantizers on the first weight layer's output and on the
+///   last one's input are 8-bit.
 ///
 /// Fails if the model already holds activation quantizers.
 pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
@@ -26,21 +32,30 @@ pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
             "the model already has activation quantizers (prepared twice?)",
         ));
     }
-    let dense_positions: Vec<usize> = model
+    fold_batchnorms(model)?;
+    let is_weight = |l: &Layer| matches!(l, Layer::Dense(_) | Layer::Conv2d(_));
+    let weight_positions: Vec<usize> = model
         .layers
         .iter()
         .enumerate()
-        .filter(|(_, l)| matches!(l, Layer::Dense(_)))
+        .filter(|(_, l)| is_weight(l))
         .map(|(i, _)| i)
         .collect();
-    let (Some(&first_dense), Some(&last_dense)) = (dense_positions.first(), dense_positions.last())
+    let (Some(&first_w), Some(&last_w)) = (weight_positions.first(), weight_positions.last())
     else {
         return Err(Error::Shape(format!(
-            "model {} has no Dense layer to quantize",
+            "model {} has no Dense or Conv2d layer to quantize",
             model.spec
         )));
     };
-    let keep8 = |pos: usize| cfg.keep_first_last_8bit && (pos == first_dense || pos == last_dense);
+    let keep8 = |pos: usize| cfg.keep_first_last_8bit && (pos == first_w || pos == last_w);
+    let make_wq = |pos: usize| {
+        if keep8(pos) {
+            WeightQuantizer::new(WeightQuantKind::MinMax, 8, cfg.per_channel)
+        } else {
+            WeightQuantizer::from_config(cfg)
+        }
+    };
     let old = std::mem::take(&mut model.layers);
     let n = old.len();
     let mut layers = Vec::with_capacity(n * 2 + 1);
@@ -51,25 +66,67 @@ pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
     for (i, mut layer) in old.into_iter().enumerate() {
         let is_activation_point = match &mut layer {
             Layer::Dense(d) => {
-                d.weight_quant = Some(if keep8(i) {
-                    WeightQuantizer::new(WeightQuantKind::MinMax, 8, cfg.per_channel)?
-                } else {
-                    WeightQuantizer::from_config(cfg)?
-                });
+                d.weight_quant = Some(make_wq(i)?);
                 !next_is_relu[i]
             }
-            Layer::Relu(_) => true,
-            Layer::ActQuant(_) | Layer::Flatten(_) => false,
+            Layer::Conv2d(c) => {
+                c.weight_quant = Some(make_wq(i)?);
+                !next_is_relu[i]
+            }
+            Layer::Relu(_) | Layer::AvgPool2d(_) => true,
+            Layer::ActQuant(_)
+            | Layer::Flatten(_)
+            | Layer::MaxPool2d(_)
+            | Layer::Dropout(_)
+            | Layer::BatchNorm2d(_) => false,
         };
         layers.push(layer);
-        if is_activation_point && i < last_dense {
-            // The producing Dense of this activation: the nearest Dense at or before i.
-            let producer = dense_positions.iter().rev().find(|&&p| p <= i).copied();
-            let next_consumer = dense_positions.iter().find(|&&p| p > i).copied();
+        if is_activation_point && i < last_w {
+            // The producing weight layer of this activation: the nearest one at or before i.
+            let producer = weight_positions.iter().rev().find(|&&p| p <= i).copied();
+            let next_consumer = weight_positions.iter().find(|&&p| p > i).copied();
             let eight = cfg.keep_first_last_8bit
-                && (producer == Some(first_dense) || next_consumer == Some(last_dense));
+                && (producer == Some(first_w) || next_consumer == Some(last_w));
             let bits = if eight { 8 } else { cfg.act_bits };
             layers.push(Layer::ActQuant(ActQuantizer::new(bits, cfg.ema_momentum)?));
+        }
+    }
+    model.layers = layers;
+    super::mixed::configure_quantizers(model, cfg)
+}
+
+/// Folds every `BatchNorm2d` into the `Conv2d` right before it (running statistics, see
+/// [`crate::nn::Conv2d::fold_batchnorm`]) and removes it; in inference the model computes the same function.
+/// A batch norm not directly after a convolution is an error (it has nothing to fold into).
+pub fn fold_batchnorms(model: &mut Model) -> Result<()> {
+    for (i, l) in model.layers.iter().enumerate() {
+        if let Layer::BatchNorm2d(bn) = l {
+            let ok = match i.checked_sub(1).and_then(|j| model.layers.get(j)) {
+                Some(Layer::Conv2d(c)) => c.out_channels == bn.channels,
+                _ => false,
+            };
+            if !ok {
+                return Err(Error::Shape(format!(
+                    "model {}: layer {i} (batch norm) must directly follow a Conv2d of as many channels to be folded",
+                    model.spec
+                )));
+            }
+        }
+    }
+    let old = std::mem::take(&mut model.layers);
+    let mut layers: Vec<Layer> = Vec::with_capacity(old.len());
+    for layer in old {
+        match layer {
+            Layer::BatchNorm2d(bn) => match layers.last_mut() {
+                Some(Layer::Conv2d(c)) => c.fold_batchnorm(&bn)?,
+                _ => {
+                    return Err(Error::Shape(format!(
+                        "model {}: a batch norm must directly follow a Conv2d to be folded",
+                        model.spec
+                    )))
+                }
+            },
+            other => layers.push(other),
         }
     }
     model.layers = layers;

@@ -1,9 +1,10 @@
 //! Integer simulation of a [`QuantModel`]: plain scalar loops written independently of the engine and kernels,
 //! so tests can compare the two layer by layer.
 use crate::error::{Error, Result};
-use lowbit_runtime::model::{OutputStage, QDense, QLayer, QuantModel};
+use crate::nn::conv::window_len;
+use lowbit_runtime::model::{OutputStage, QConv2d, QDense, QLayer, QuantModel};
 use lowbit_runtime::pack::{PackedWeights, Packing};
-use lowbit_runtime::qparams;
+use lowbit_runtime::qparams::{self, Requant};
 
 /// What [`simulate`] computes.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +20,9 @@ pub struct Simulation {
     pub logits: Vec<f32>,
 }
 
-/// Runs `qm` on `batch` samples of raw `u8` input (`batch * input.features()` values). Dense and Flatten only;
-/// other layers are an error. Accumulators are computed in i64 and must fit i32 (else an error).
+/// Runs `qm` on `batch` samples of raw `u8` input (`batch * input.features()` values, NCHW per sample).
+/// Accumulators are computed in i64 and must fit i32 (else an error). Conv2d is a direct 7-deep loop (padded
+/// positions contribute `(zp - zp) * w = 0`), not im2col; pools follow the engine's documented formulas.
 pub fn simulate(qm: &QuantModel, input: &[u8], batch: usize) -> Result<Simulation> {
     let features = qm.input.features();
     if Some(input.len()) != batch.checked_mul(features) {
@@ -30,83 +32,233 @@ pub fn simulate(qm: &QuantModel, input: &[u8], batch: usize) -> Result<Simulatio
         )));
     }
     let mut cur = input.to_vec();
-    let mut width = features;
+    let (mut c, mut h, mut w) = (qm.input.channels, qm.input.height, qm.input.width);
     let mut codes = Vec::new();
     let n_layers = qm.layers.len();
     for (li, layer) in qm.layers.iter().enumerate() {
-        match layer {
-            QLayer::Flatten => codes.push(cur.clone()),
+        let (acc, positions, stage, scales, s_in) = match layer {
+            QLayer::Flatten => {
+                (c, h, w) = (c * h * w, 1, 1);
+                codes.push(cur.clone());
+                continue;
+            }
+            QLayer::MaxPool2d { kernel, stride } => {
+                let (oh, ow) = pool_out(li, h, w, *kernel, *stride)?;
+                cur = pool(&cur, batch * c, (h, w), (oh, ow), *kernel, *stride, |v| {
+                    v.iter().copied().max().unwrap_or(0)
+                });
+                (h, w) = (oh, ow);
+                codes.push(cur.clone());
+                continue;
+            }
+            QLayer::AvgPool2d {
+                kernel,
+                stride,
+                input,
+                output,
+                bits,
+            } => {
+                let (oh, ow) = pool_out(li, h, w, *kernel, *stride)?;
+                let (_, qmax) = qparams::act_code_range(*bits)?;
+                let area = (kernel.0 * kernel.1) as f64;
+                let rq = Requant::from_real(input.scale as f64 / (output.scale as f64 * area))?;
+                let (zp_in, zp_out) = (input.zero_point, output.zero_point);
+                cur = pool(&cur, batch * c, (h, w), (oh, ow), *kernel, *stride, |v| {
+                    let sum: i32 = v.iter().map(|&q| q as i32 - zp_in).sum();
+                    qparams::requantize(sum, rq, zp_out, 0, qmax) as u8
+                });
+                (h, w) = (oh, ow);
+                codes.push(cur.clone());
+                continue;
+            }
             QLayer::Dense(d) => {
-                if d.in_features != width {
+                if d.in_features != c * h * w {
                     return Err(Error::Shape(format!(
-                        "simulate: layer {li} expects {} features, got {width}",
-                        d.in_features
+                        "simulate: layer {li} expects {} features, got {}",
+                        d.in_features,
+                        c * h * w
                     )));
                 }
                 let acc = dense_acc(d, &cur, batch, li)?;
-                match &d.output {
-                    OutputStage::Logits => {
-                        if li + 1 != n_layers {
-                            return Err(Error::Shape(format!(
-                                "simulate: layer {li} emits logits but is not last"
-                            )));
-                        }
-                        let n = d.out_features;
-                        let logits = acc
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &a)| {
-                                a as f32 * (d.input.scale * scale_of(&d.weight_scales, i % n))
-                            })
-                            .collect();
-                        return Ok(Simulation {
-                            codes,
-                            final_acc: acc,
-                            logits,
-                        });
-                    }
-                    OutputStage::Requantize {
-                        qparams: qp,
-                        bits,
-                        relu,
-                        requant,
-                    } => {
-                        let (lo, hi) = qparams::act_code_range(*bits)?;
-                        let qmin = if *relu { lo.max(qp.zero_point) } else { lo };
-                        let n = d.out_features;
-                        let out = acc
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &a)| {
-                                let rq = if requant.len() == 1 {
-                                    requant[0]
-                                } else {
-                                    requant[i % n]
-                                };
-                                qparams::requantize(a, rq, qp.zero_point, qmin, hi) as u8
-                            })
-                            .collect::<Vec<u8>>();
-                        cur = out;
-                        width = n;
-                        codes.push(cur.clone());
-                    }
-                }
+                (c, h, w) = (d.out_features, 1, 1);
+                (acc, 1, &d.output, &d.weight_scales, d.input.scale)
             }
-            other => {
-                return Err(Error::Shape(format!(
-                    "simulate: layer {li} ({}) is not supported (Dense and Flatten only)",
-                    match other {
-                        QLayer::Conv2d(_) => "conv2d",
-                        QLayer::MaxPool2d { .. } => "maxpool2d",
-                        _ => "avgpool2d",
-                    }
-                )))
+            QLayer::Conv2d(cv) => {
+                if cv.in_channels != c {
+                    return Err(Error::Shape(format!(
+                        "simulate: layer {li} expects {} channels, got {c}",
+                        cv.in_channels
+                    )));
+                }
+                let (acc, oh, ow) = conv_acc(cv, &cur, batch, (h, w), li)?;
+                (c, h, w) = (cv.out_channels, oh, ow);
+                (acc, oh * ow, &cv.output, &cv.weight_scales, cv.input.scale)
+            }
+        };
+        // Channel of element idx within a sample laid out [C, positions].
+        let per_sample = c * positions;
+        let channel = |idx: usize| (idx % per_sample.max(1)) / positions.max(1);
+        match stage {
+            OutputStage::Logits => {
+                if li + 1 != n_layers {
+                    return Err(Error::Shape(format!(
+                        "simulate: layer {li} emits logits but is not last"
+                    )));
+                }
+                let logits = acc
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &a)| a as f32 * (s_in * scale_of(scales, channel(i))))
+                    .collect();
+                return Ok(Simulation {
+                    codes,
+                    final_acc: acc,
+                    logits,
+                });
+            }
+            OutputStage::Requantize {
+                qparams: qp,
+                bits,
+                relu,
+                requant,
+            } => {
+                let (lo, hi) = qparams::act_code_range(*bits)?;
+                let qmin = if *relu { lo.max(qp.zero_point) } else { lo };
+                if requant.is_empty() || requant.len() != 1 && requant.len() != c {
+                    return Err(Error::Shape(format!(
+                        "simulate: layer {li} has {} requantization multipliers for {c} channels",
+                        requant.len()
+                    )));
+                }
+                cur = acc
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &a)| {
+                        let rq = if requant.len() == 1 {
+                            requant[0]
+                        } else {
+                            requant[channel(i)]
+                        };
+                        qparams::requantize(a, rq, qp.zero_point, qmin, hi) as u8
+                    })
+                    .collect();
+                codes.push(cur.clone());
             }
         }
     }
     Err(Error::Shape(
         "simulate: the model does not end in a logits layer".into(),
     ))
+}
+
+fn pool_out(
+    li: usize,
+    h: usize,
+    w: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+) -> Result<(usize, usize)> {
+    match (
+        window_len(h, kernel.0, stride.0, 0),
+        window_len(w, kernel.1, stride.1, 0),
+    ) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(Error::Shape(format!(
+            "simulate: layer {li} window {kernel:?} does not fit {h}x{w}"
+        ))),
+    }
+}
+
+/// Pools every `(h, w)` plane of `x` (`planes` of them) with window `kernel` and `stride`, no padding.
+fn pool(
+    x: &[u8],
+    planes: usize,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    f: impl Fn(&[u8]) -> u8,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(planes * oh * ow);
+    let mut window = Vec::with_capacity(kernel.0 * kernel.1);
+    for p in 0..planes {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                window.clear();
+                for ky in 0..kernel.0 {
+                    for kx in 0..kernel.1 {
+                        window.push(x[p * h * w + (oy * stride.0 + ky) * w + ox * stride.1 + kx]);
+                    }
+                }
+                out.push(f(&window));
+            }
+        }
+    }
+    out
+}
+
+/// `acc[b, o, oy, ox] = bias[o] + sum_{ic, ky, kx} (x[b, ic, iy, ix] - zp_in) * w[o][ic][ky][kx]` over the
+/// in-bounds `iy = oy*sh + ky - ph`, `ix = ox*sw + kx - pw`, checked against i32.
+fn conv_acc(
+    cv: &QConv2d,
+    x: &[u8],
+    batch: usize,
+    (h, w): (usize, usize),
+    li: usize,
+) -> Result<(Vec<i32>, usize, usize)> {
+    let (kh, kw) = cv.kernel;
+    let (sh, sw) = cv.stride;
+    let (ph, pw) = cv.padding;
+    let (ic_n, oc_n) = (cv.in_channels, cv.out_channels);
+    let k = ic_n * kh * kw;
+    let (oh, ow) = match (window_len(h, kh, sh, ph), window_len(w, kw, sw, pw)) {
+        (Some(a), Some(b)) => (a, b),
+        _ => {
+            return Err(Error::Shape(format!(
+                "simulate: layer {li} kernel {:?} does not fit {h}x{w}",
+                cv.kernel
+            )))
+        }
+    };
+    if cv.bias.len() != oc_n || cv.weights.rows != oc_n || cv.weights.cols != k {
+        return Err(Error::Shape(format!(
+            "simulate: layer {li} has {} biases and {}x{} weights for {oc_n}x{k}",
+            cv.bias.len(),
+            cv.weights.rows,
+            cv.weights.cols
+        )));
+    }
+    let wts = unpack(&cv.weights)?;
+    let zp = cv.input.zero_point as i64;
+    let mut acc = Vec::with_capacity(batch * oc_n * oh * ow);
+    for b in 0..batch {
+        for o in 0..oc_n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut s = cv.bias[o] as i64;
+                    for ic in 0..ic_n {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let (iy, ix) = (oy * sh + ky, ox * sw + kx);
+                                if iy < ph || ix < pw || iy - ph >= h || ix - pw >= w {
+                                    continue;
+                                }
+                                let a = x[((b * ic_n + ic) * h + iy - ph) * w + ix - pw] as i64;
+                                let q = wts[o * k + (ic * kh + ky) * kw + kx] as i64;
+                                s += (a - zp) * q;
+                            }
+                        }
+                    }
+                    acc.push(i32::try_from(s).map_err(|_| {
+                        Error::Shape(format!(
+                            "simulate: layer {li} accumulator {s} overflows i32"
+                        ))
+                    })?);
+                }
+            }
+        }
+    }
+    Ok((acc, oh, ow))
 }
 
 fn scale_of(scales: &[f32], c: usize) -> f32 {

@@ -64,8 +64,10 @@ fn float_reference(model: &Model) -> Model {
     let mut m = model.clone();
     m.layers.retain(|l| !matches!(l, Layer::ActQuant(_)));
     for l in &mut m.layers {
-        if let Layer::Dense(d) = l {
-            d.weight_quant = None;
+        match l {
+            Layer::Dense(d) => d.weight_quant = None,
+            Layer::Conv2d(c) => c.weight_quant = None,
+            _ => {}
         }
     }
     m

@@ -1,7 +1,9 @@
 //! Weight quantizers. [`WeightQuantizer::quantize`] is the single source of weight codes: QAT's fake-quant
 //! forward (`code * scale`) and the conversion to the runtime model both call it, so they agree by construction.
 use super::config::{QuantConfig, WeightQuantKind};
+use super::lsq;
 use crate::error::{Error, Result};
+use crate::nn::Param;
 use lowbit_runtime::qparams::{self, QParams};
 
 /// Codes of a weight matrix and the scales that dequantize them (`w ~= code * scale`).
@@ -65,7 +67,12 @@ pub struct WeightQuantizer {
     per_channel: bool,
     inside: Vec<bool>,
     clipped_fraction: f32,
+    zero_fraction: f32,
     last_bits: u32,
+    /// LSQ: learned steps, one per tensor or per output row (empty until initialized from the weights).
+    step: Vec<f32>,
+    /// LSQ: dL/dstep of the last backward pass.
+    grad_step: Vec<f32>,
 }
 
 impl Default for WeightQuantizer {
@@ -77,7 +84,10 @@ impl Default for WeightQuantizer {
             per_channel: false,
             inside: Vec::new(),
             clipped_fraction: 0.0,
+            zero_fraction: 0.0,
             last_bits: 8,
+            step: Vec::new(),
+            grad_step: Vec::new(),
         }
     }
 }
@@ -107,15 +117,88 @@ impl WeightQuantizer {
             }
             WeightQuantKind::Ternary => (2, per_channel),
             WeightQuantKind::Binary => (1, true),
+            WeightQuantKind::Lsq => {
+                if !(2..=8).contains(&bits) {
+                    return Err(Error::option(
+                        "--weight-bits",
+                        format!("lsq weights need 2..=8 bits, got {bits}"),
+                    ));
+                }
+                (bits, per_channel)
+            }
         };
         Ok(Self {
             kind,
             config_bits: bits,
             per_channel,
-            inside: Vec::new(),
-            clipped_fraction: 0.0,
             last_bits: bits,
+            ..Self::default()
         })
+    }
+
+    /// LSQ code bound `Qp = Qn = 2^(b-1) - 1` (lowbit's symmetric weight convention).
+    fn lsq_qp(&self) -> i32 {
+        (1i32 << (self.config_bits - 1)) - 1
+    }
+
+    /// LSQ: initializes the learned steps from `w` (`2 mean|w| / sqrt(Qp)` per group, Esser et al. 2020) unless
+    /// already done for this shape. No-op for the other kinds. Called by the first forward and by the layer's
+    /// `params_mut`, so the step is an optimizer parameter from the first step on.
+    pub fn ensure_init(&mut self, w: &[f32], rows: usize, cols: usize) {
+        if self.kind != WeightQuantKind::Lsq {
+            return;
+        }
+        let (ngroups, _) = self.groups(rows, cols, w.len());
+        if self.step.len() != ngroups {
+            self.step = self.initial_steps(w, rows, cols);
+            self.grad_step = vec![0.0; self.step.len()];
+        }
+    }
+
+    fn initial_steps(&self, w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let qp = self.lsq_qp();
+        let (ngroups, group_len) = self.groups(rows, cols, w.len());
+        let tensor = lsq::init_step(w, qp, ZERO_TENSOR_SCALE);
+        group_chunks(w, ngroups, group_len)
+            .map(|g| lsq::init_step(g, qp, tensor))
+            .collect()
+    }
+
+    /// LSQ: the learned steps (empty before initialization or for other kinds).
+    pub fn steps(&self) -> &[f32] {
+        &self.step
+    }
+
+    /// LSQ: sets the learned steps (e.g. from a checkpoint); each must be finite and > 0.
+    pub fn set_steps(&mut self, steps: Vec<f32>) -> Result<()> {
+        if let Some(s) = steps.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::option(
+                "weight step",
+                format!("must be finite and > 0, got {s}"),
+            ));
+        }
+        self.grad_step = vec![0.0; steps.len()];
+        self.step = steps;
+        Ok(())
+    }
+
+    /// The learned parameters (LSQ steps) with their gradients, for the optimizer; empty for other kinds or
+    /// before [`ensure_init`](Self::ensure_init).
+    pub fn params_mut(&mut self) -> Vec<Param<'_>> {
+        if self.kind == WeightQuantKind::Lsq && !self.step.is_empty() {
+            vec![Param {
+                name: "weight_step",
+                value: &mut self.step,
+                grad: &mut self.grad_step,
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Fraction of zero codes in the last forward (the ternary / low-bit dead zone).
+    pub fn zero_fraction(&self) -> f32 {
+        self.zero_fraction
     }
 
     /// The quantizer a [`QuantConfig`] asks for (validates the config first).
@@ -156,6 +239,8 @@ impl WeightQuantizer {
     ///   else 0, `alpha = mean |w|` over `|w| > delta`. The codes come from this threshold rule, not from
     ///   `quantize(w, alpha)`.
     /// - binary: `code = qparams::quantize_binary(w)` (+1 for `w >= 0`), `alpha = mean|w|` per row.
+    /// - LSQ: `scale = s` (the learned step, see [`lsq::effective_step`]), `code = qparams::quantize(w, s)`
+    ///   clamped to `[-Qp, Qp]`, `Qp = 2^(b-1) - 1`; before initialization the initial step of `w` is used.
     pub fn quantize(&self, w: &[f32], rows: usize, cols: usize) -> WeightCodes {
         debug_assert_eq!(w.len(), rows * cols);
         match self.kind {
@@ -163,6 +248,33 @@ impl WeightQuantizer {
             WeightQuantKind::FixedStep { k } => quantize_fixed_step(w, k),
             WeightQuantKind::Ternary => self.quantize_ternary(w, rows, cols),
             WeightQuantKind::Binary => quantize_binary(w, rows, cols),
+            WeightQuantKind::Lsq => self.quantize_lsq(w, rows, cols),
+        }
+    }
+
+    fn quantize_lsq(&self, w: &[f32], rows: usize, cols: usize) -> WeightCodes {
+        let qp = self.lsq_qp();
+        let (ngroups, group_len) = self.groups(rows, cols, w.len());
+        let steps: Vec<f32> = if self.step.len() == ngroups {
+            self.step.iter().map(|&s| lsq::effective_step(s)).collect()
+        } else {
+            self.initial_steps(w, rows, cols)
+        };
+        let mut codes = Vec::with_capacity(w.len());
+        let mut inside = Vec::with_capacity(w.len());
+        for (g, &s) in group_chunks(w, ngroups, group_len).zip(&steps) {
+            for &x in g {
+                codes.push(lsq::code(x, s, qp, qp) as i8);
+                inside.push(lsq::inside(x, s, qp, qp));
+            }
+        }
+        let clipped = inside.iter().filter(|&&i| !i).count();
+        WeightCodes {
+            codes,
+            scales: steps,
+            bits: self.config_bits,
+            inside,
+            clipped,
         }
     }
 
@@ -196,7 +308,14 @@ impl WeightQuantizer {
 
     /// Writes fake-quantized weights into `out` (same length as `w`) and remembers what backward needs.
     pub fn forward(&mut self, w: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+        self.ensure_init(w, rows, cols);
         let q = self.quantize(w, rows, cols);
+        let zeros = q.codes.iter().filter(|&&c| c == 0).count();
+        self.zero_fraction = if w.is_empty() {
+            0.0
+        } else {
+            zeros as f32 / w.len() as f32
+        };
         for (i, (o, &c)) in out.iter_mut().zip(&q.codes).enumerate() {
             let s = q.scale_of_row(i.checked_div(cols).unwrap_or(0));
             *o = qparams::dequantize(
@@ -219,14 +338,39 @@ impl WeightQuantizer {
     /// Given `grad_wq` = dL/dw_q, adds dL/dw (straight-through estimator) into `grad_w`: the gradient passes
     /// where the weight was inside the clipping range in the last forward and is zero where it was clipped.
     /// Min-max ranges cover every weight, and ternary / binary pass every gradient (plain STE as in TWN).
+    ///
+    /// LSQ also sets the step gradient (overwriting): `dL/ds = g * sum_i dL/dw_q[i] * dw_q[i]/ds` over each
+    /// step's group, with `dw_q/ds` and `g = 1/sqrt(N Qp)` from Esser et al. 2020, eq. 3 (see [`lsq`]); N is
+    /// the group size (the tensor, or one output row per channel).
     pub fn backward(&mut self, w: &[f32], grad_wq: &[f32], grad_w: &mut [f32]) {
         if self.inside.len() != w.len() {
             // No matching forward: recompute the mask (rows do not matter for clipping).
-            self.inside = self.quantize(w, 1, w.len()).inside;
+            let rows = self.step.len().max(1);
+            self.inside = self.quantize(w, rows, w.len() / rows).inside;
         }
         for ((g, &gq), &inside) in grad_w.iter_mut().zip(grad_wq).zip(&self.inside) {
             if inside {
                 *g += gq;
+            }
+        }
+        if self.kind == WeightQuantKind::Lsq && !self.step.is_empty() {
+            let qp = self.lsq_qp();
+            let group_len = w.len().div_ceil(self.step.len()).max(1);
+            self.grad_step.resize(self.step.len(), 0.0);
+            for (((s, gs), wg), gg) in self
+                .step
+                .iter()
+                .zip(self.grad_step.iter_mut())
+                .zip(w.chunks(group_len))
+                .zip(grad_wq.chunks(group_len))
+            {
+                let s = lsq::effective_step(*s);
+                let sum: f64 = wg
+                    .iter()
+                    .zip(gg)
+                    .map(|(&x, &g)| f64::from(g) * f64::from(lsq::step_derivative(x, s, qp, qp)))
+                    .sum();
+                *gs = (sum * f64::from(lsq::grad_scale(wg.len(), qp))) as f32;
             }
         }
     }

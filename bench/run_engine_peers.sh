@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue-4 acceptance: integer-engine inference and GEMM throughput against peers measured in the same run,
+# one program after another (never concurrently: the machine has 2 cores). Usage:
+#   bench/run_engine_peers.sh [PEERS_VENV]   (default /work/peers-venv; see bench/peers/requirements.txt)
+# Environment: CARGO_TARGET_DIR (default target), LOWBIT_ISA (caps the kernel tier), SECONDS_PER_CASE (default 1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${1:-/work/peers-venv}"
+SECS="${SECONDS_PER_CASE:-1}"
+TARGET="${CARGO_TARGET_DIR:-target}"
+OUT=bench/results
+mkdir -p "$OUT"
+cargo build --release -q -p lowbit-cli
+cargo build --release -q -p lowbit-runtime --example gemm_gops
+LOWBIT="$TARGET/release/lowbit"
+echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores," \
+  "load average $(cut -d' ' -f1-3 /proc/loadavg)"
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+echo "# cpu flags: $(for f in avx2 fma avx512f avx512_vnni avx_vnni; do [[ " $flags " == *" $f "* ]] && printf '%s ' "$f"; done)"
+# A W8A8 MLP (784-64-10, per-channel int8 weights, PTQ) on the builtin sample: fast, and the engine's speed does not
+# depend on the weights' values.
+MODEL="$OUT/engine-bench-w8a8.lbq"
+"$LOWBIT" train --quiet --data builtin --epochs 1 --weight-bits 8 --act-bits 8 --per-channel --method ptq \
+  --no-baseline --out "$MODEL" > /dev/null
+echo "## lowbit bench (f32 = lowbit's own float model, int = integer engine)"
+"$LOWBIT" bench "$MODEL" --batch 1,256 --seconds "$SECS"
+echo "## lowbit kernels (cargo run --release -p lowbit-runtime --example gemm_gops)"
+"$TARGET/release/examples/gemm_gops"
+echo "## onnxruntime f32 and int8 QDQ (bench/peers/ort_mlp.py, 2 intra-op threads)"
+(cd bench/peers && "$VENV/bin/python" ort_mlp.py --threads 2 2> /dev/null)
+echo "## torch._int_mm and numpy f32 matmul, 1024^3 (bench/peers/torch_int_mm.py, 2 threads)"
+(cd bench/peers && "$VENV/bin/python" torch_int_mm.py --threads 2 2> /dev/null)

@@ -1,0 +1,193 @@
+//! Integer GEMM throughput (GOPS, ops = 2 * m * n * k) and integer-engine MLP throughput, for BENCHMARKS.md.
+//!
+//! `cargo run --release -p lowbit-runtime --example gemm_gops` (add `-- --quick` for shorter runs, `-- --engine` for
+//! the engine cases only). Prints the
+//! active kernel tier, then the best of several timed repeats per case: the machine is shared, so the best
+//! repeat is the closest estimate of what the code can do; compare ratios only within one run.
+use lowbit_runtime::engine::Engine;
+use lowbit_runtime::kernels::{self, OutputParams};
+use lowbit_runtime::model::{InputSpec, Provenance, QuantModel};
+use lowbit_runtime::pack::PackedWeights;
+use lowbit_runtime::qparams::{weight_code_range, QParams, Requant};
+use lowbit_runtime::testutil::{random_dense, LayerOpts, Rng};
+use std::time::{Duration, Instant};
+
+/// utime + stime of this process in seconds, from /proc/self/stat (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some(rest) = stat.rsplit(')').next() else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Best wall time per call over `repeats` repeats of about `budget` each, and the CPU time per call of that
+/// repeat (all threads; for single-threaded calls it excludes the time other processes held the core).
+fn best_secs_cpu(budget: Duration, repeats: usize, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let mut best = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..repeats {
+        let (t0, c0) = (Instant::now(), cpu_seconds());
+        let mut iters = 0u64;
+        while t0.elapsed() < budget || iters == 0 {
+            f();
+            iters += 1;
+        }
+        let wall = t0.elapsed().as_secs_f64() / iters as f64;
+        if wall < best.0 {
+            best = (wall, (cpu_seconds() - c0) / iters as f64);
+        }
+    }
+    best
+}
+
+fn best_secs(budget: Duration, repeats: usize, f: impl FnMut()) -> f64 {
+    best_secs_cpu(budget, repeats, f).0
+}
+
+fn weights(bits: u32, n: usize, k: usize) -> PackedWeights {
+    let (lo, hi) = weight_code_range(bits).unwrap_or((-1, 1));
+    let span = (hi - lo + 1) as usize;
+    let codes: Vec<i8> = (0..n * k)
+        .map(|t| {
+            let q = lo + ((t * 7919 + 13) % span) as i32;
+            if bits == 1 && q == 0 {
+                1
+            } else {
+                q as i8
+            }
+        })
+        .collect();
+    PackedWeights::pack(bits, n, k, &codes).unwrap_or_else(|e| panic!("pack: {e}"))
+}
+
+fn gemm_case(
+    bits: u32,
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+    budget: Duration,
+    reps: usize,
+) {
+    let w = weights(bits, n, k);
+    let a: Vec<u8> = (0..m * k).map(|t| (t * 31 % 256) as u8).collect();
+    let bias = vec![17i32; n];
+    let rq = [Requant {
+        multiplier: 1 << 30,
+        shift: 12,
+    }];
+    let p = OutputParams {
+        bias: &bias,
+        requant: &rq,
+        zero_point: 3,
+        qmin: 0,
+        qmax: 255,
+    };
+    let mut acc = vec![0i32; m * n];
+    let mut out = vec![0u8; m * n];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap_or_else(|e| panic!("rayon pool: {e}"));
+    let ops = 2.0 * (m * n * k) as f64;
+    pool.install(|| {
+        let t_acc = best_secs(budget, reps, || {
+            kernels::gemm_acc(std::hint::black_box(&a), m, k, &w, &bias, &mut acc)
+                .unwrap_or_else(|e| panic!("gemm_acc: {e}"));
+        });
+        let t_rq = best_secs(budget, reps, || {
+            kernels::gemm_requant(std::hint::black_box(&a), m, k, &w, &p, &mut out)
+                .unwrap_or_else(|e| panic!("gemm_requant: {e}"));
+        });
+        println!(
+            "gemm int{bits} {m:>4}x{k:>4}x{n:>4} threads {threads}: acc {:7.1} GOPS ({:9.2} us), requant {:7.1} GOPS ({:9.2} us)",
+            ops / t_acc / 1e9,
+            t_acc * 1e6,
+            ops / t_rq / 1e9,
+            t_rq * 1e6
+        );
+    });
+}
+
+/// Random 784-64-10 model (ReLU hidden layer, per-channel weight scales) at `bits` weight bits.
+fn mlp(bits: u32) -> QuantModel {
+    let mut rng = Rng(42);
+    let o = LayerOpts {
+        weight_bits: bits,
+        act_bits: 8,
+        per_channel: true,
+    };
+    let input = InputSpec {
+        channels: 1,
+        height: 28,
+        width: 28,
+        qparams: QParams {
+            scale: 1.0 / 255.0,
+            zero_point: 0,
+        },
+    };
+    let (l0, qp) = random_dense(&mut rng, input.qparams, 784, 64, false, o);
+    let (l1, _) = random_dense(&mut rng, qp, 64, 10, true, o);
+    QuantModel {
+        input,
+        layers: vec![l0, l1],
+        classes: 10,
+        class_names: Vec::new(),
+        provenance: Provenance::default(),
+    }
+}
+
+fn engine_case(bits: u32, batch: usize, budget: Duration, reps: usize) {
+    let engine = Engine::new(&mlp(bits)).unwrap_or_else(|e| panic!("engine: {e}"));
+    let input: Vec<u8> = (0..batch * 784).map(|t| (t * 37 % 256) as u8).collect();
+    let (t, cpu) = best_secs_cpu(budget, reps, || {
+        std::hint::black_box(
+            engine
+                .run(std::hint::black_box(&input), batch)
+                .unwrap_or_else(|e| panic!("run: {e}")),
+        );
+    });
+    println!(
+        "engine mlp 784-64-10 int{bits} batch {batch:>3}: {:10.0} samples/s, {:9.2} us per call, {:9.2} CPU-us per call",
+        batch as f64 / t,
+        t * 1e6,
+        cpu * 1e6
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (budget, reps) = if quick {
+        (Duration::from_millis(100), 3)
+    } else {
+        (Duration::from_millis(300), 5)
+    };
+    // `--engine`: only the engine cases (the batch-1 latency check).
+    let engine_only = std::env::args().any(|a| a == "--engine");
+    println!(
+        "active ISA: {} (rayon threads {})",
+        kernels::active_isa(),
+        rayon::current_num_threads()
+    );
+    if !engine_only {
+        for threads in [1, 2] {
+            gemm_case(8, 1024, 1024, 1024, threads, budget, reps);
+        }
+        for &(m, k, n) in &[(1, 784, 64), (256, 784, 64), (256, 64, 10)] {
+            for bits in [8u32, 4, 2] {
+                gemm_case(bits, m, k, n, 2, budget, reps);
+            }
+        }
+    }
+    for bits in [8u32, 4, 2, 1] {
+        for batch in [1, 256] {
+            engine_case(bits, batch, budget, reps);
+        }
+    }
+}

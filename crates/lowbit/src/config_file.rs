@@ -1,0 +1,257 @@
+//! Run configuration files: TOML (`.toml`) or JSON (`.json`) holding the model, the data, the training
+//! hyper-parameters and the quantization spec, as the CLI flags would (see `docs/examples/lenet5-mixed.toml`).
+//!
+//! Every section and key is optional; missing keys take the library defaults ([`TrainConfig::default`],
+//! [`QuantConfig::default`]). Unknown keys are errors. Every error names the file and the key at fault.
+use crate::error::{Error, Result};
+use crate::optim::{OptimizerKind, Schedule};
+use crate::quant::{ActMethod, LayerQuant, Method, QuantConfig, WeightMethod};
+use crate::train::TrainConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Largest configuration file read (a config is a few hundred bytes; this only guards against a wrong path).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// A parsed configuration file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Model spec (`--model`), e.g. `mlp:784-64-10`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Data source (`--data`), e.g. `builtin`.
+    #[serde(default)]
+    pub data: Option<String>,
+    /// Training hyper-parameters.
+    #[serde(default)]
+    pub training: TrainingSection,
+    /// Quantization; absent for a plain f32 run.
+    #[serde(default)]
+    pub quantization: Option<QuantSection>,
+}
+
+/// Optimizer named in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    /// Adam with Keras' defaults.
+    Adam,
+    /// SGD with `momentum` (and `weight_decay`).
+    Sgd,
+}
+
+/// Quantization method named in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodName {
+    /// Quantization-aware training.
+    Qat,
+    /// Post-training quantization.
+    Ptq,
+}
+
+/// `[training]`: each key mirrors the CLI flag of the same name.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    /// Epochs.
+    pub epochs: Option<usize>,
+    /// Batch size.
+    pub batch_size: Option<usize>,
+    /// `adam` or `sgd`.
+    pub optimizer: Option<OptimizerName>,
+    /// SGD momentum.
+    pub momentum: Option<f32>,
+    /// SGD weight decay.
+    pub weight_decay: Option<f32>,
+    /// Base learning rate.
+    pub lr: Option<f32>,
+    /// Seed.
+    pub seed: Option<u64>,
+    /// Validation fraction in (0, 1).
+    pub validation_split: Option<f32>,
+    /// Schedule, e.g. `{ kind = "cosine", min_lr = 1e-5 }` or `{ kind = "step", every_epochs = 5, gamma = 0.5 }`.
+    pub schedule: Option<Schedule>,
+    /// Linear warmup steps.
+    pub warmup_steps: Option<usize>,
+    /// Global gradient-norm clipping threshold.
+    pub clip_grad_norm: Option<f32>,
+}
+
+/// `[quantization]`: each key mirrors the CLI flag of the same name; `[[quantization.layers]]` entries are
+/// per-layer overrides.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantSection {
+    /// Weight bits.
+    pub weight_bits: Option<u32>,
+    /// Activation bits.
+    pub act_bits: Option<u32>,
+    /// Per-channel weight scales.
+    pub per_channel: Option<bool>,
+    /// `qat` or `ptq`.
+    pub method: Option<MethodName>,
+    /// Fixed weight step k.
+    pub quant_step: Option<f32>,
+    /// `ste` or `lsq`.
+    pub weight_quantizer: Option<WeightMethod>,
+    /// `ste`, `lsq` or `pact`.
+    pub act_quantizer: Option<ActMethod>,
+    /// PACT initial alpha.
+    pub pact_alpha: Option<f32>,
+    /// PACT L2 on alpha.
+    pub pact_l2: Option<f32>,
+    /// EMA momentum of the `ste` activation ranges.
+    pub ema_momentum: Option<f32>,
+    /// PTQ calibration samples.
+    pub calibration_samples: Option<usize>,
+    /// First and last weight layers at 8 bits.
+    pub keep_first_last_8bit: Option<bool>,
+    /// Per-layer overrides.
+    #[serde(default)]
+    pub layers: Vec<LayerQuant>,
+}
+
+/// Reads and validates a configuration file: TOML for `.toml`, JSON for `.json`.
+pub fn load(path: impl AsRef<Path>) -> Result<FileConfig> {
+    let path = path.as_ref();
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(data_error(
+            path,
+            format!("{len} bytes is larger than a configuration file may be ({MAX_CONFIG_BYTES})"),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    parse(&text, path)
+}
+
+/// Parses configuration text; the format comes from `path`'s extension, which also names the file in errors.
+pub fn parse(text: &str, path: &Path) -> Result<FileConfig> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let cfg: FileConfig = match ext.as_deref() {
+        Some("toml") => toml::from_str(text).map_err(|e| data_error(path, e.to_string()))?,
+        Some("json") => serde_json::from_str(text).map_err(|e| data_error(path, e.to_string()))?,
+        _ => {
+            return Err(data_error(
+                path,
+                "unknown configuration format (the file name must end in .toml or .json)".into(),
+            ))
+        }
+    };
+    cfg.train_config()
+        .and_then(|_| cfg.quant_config())
+        .map_err(|e| name_key(e, path))?;
+    Ok(cfg)
+}
+
+impl FileConfig {
+    /// The training configuration: [`TrainConfig::default`] overridden by `[training]`, validated.
+    pub fn train_config(&self) -> Result<TrainConfig> {
+        let t = &self.training;
+        let d = TrainConfig::default();
+        let optimizer = match t.optimizer {
+            None if t.momentum.is_none() && t.weight_decay.is_none() => d.optimizer,
+            None | Some(OptimizerName::Sgd) => OptimizerKind::Sgd {
+                momentum: t.momentum.unwrap_or(0.0),
+                weight_decay: t.weight_decay.unwrap_or(0.0),
+            },
+            Some(OptimizerName::Adam) => {
+                if t.momentum.is_some() || t.weight_decay.is_some() {
+                    return Err(Error::option(
+                        "--momentum",
+                        "momentum and weight_decay apply to optimizer = \"sgd\" only",
+                    ));
+                }
+                OptimizerKind::adam()
+            }
+        };
+        let c = TrainConfig {
+            epochs: t.epochs.unwrap_or(d.epochs),
+            batch_size: t.batch_size.unwrap_or(d.batch_size),
+            optimizer,
+            lr: t.lr.unwrap_or(d.lr),
+            seed: t.seed.unwrap_or(d.seed),
+            validation_fraction: t.validation_split,
+            schedule: t.schedule.unwrap_or(d.schedule),
+            warmup_steps: t.warmup_steps.unwrap_or(d.warmup_steps),
+            clip_grad_norm: t.clip_grad_norm,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The quantization spec: [`QuantConfig::default`] overridden by `[quantization]`, validated; `None`
+    /// without a `[quantization]` section.
+    pub fn quant_config(&self) -> Result<Option<QuantConfig>> {
+        let Some(q) = &self.quantization else {
+            return Ok(None);
+        };
+        let d = QuantConfig::default();
+        let c = QuantConfig {
+            weight_bits: q.weight_bits.unwrap_or(d.weight_bits),
+            act_bits: q.act_bits.unwrap_or(d.act_bits),
+            per_channel: q.per_channel.unwrap_or(d.per_channel),
+            method: match q.method {
+                None => d.method,
+                Some(MethodName::Qat) => Method::Qat,
+                Some(MethodName::Ptq) => Method::Ptq,
+            },
+            quant_step: q.quant_step,
+            ema_momentum: q.ema_momentum.unwrap_or(d.ema_momentum),
+            calibration_samples: q.calibration_samples.unwrap_or(d.calibration_samples),
+            keep_first_last_8bit: q.keep_first_last_8bit.unwrap_or(d.keep_first_last_8bit),
+            weight_quantizer: q.weight_quantizer.unwrap_or(d.weight_quantizer),
+            act_quantizer: q.act_quantizer.unwrap_or(d.act_quantizer),
+            pact_alpha_init: q.pact_alpha,
+            pact_l2: q.pact_l2.unwrap_or(d.pact_l2),
+            layers: q.layers.clone(),
+        };
+        c.validate()?;
+        Ok(Some(c))
+    }
+}
+
+fn data_error(path: &Path, reason: String) -> Error {
+    Error::Data {
+        path: PathBuf::from(path),
+        reason,
+    }
+}
+
+/// The file key a CLI flag corresponds to.
+fn key_of(flag: &str) -> String {
+    let section = match flag {
+        "--epochs" | "--batch-size" | "--lr" | "--validation-split" | "--momentum"
+        | "--weight-decay" | "--beta1" | "--beta2" | "--eps" | "--clip-grad-norm"
+        | "--warmup-steps" => "training",
+        "--schedule" | "--lr-step-every" | "--lr-gamma" | "--min-lr" => "training.schedule",
+        _ if flag.starts_with("layers[") => return format!("quantization.{flag}"),
+        _ => "quantization",
+    };
+    let key = match flag {
+        "--lr-step-every" => "every_epochs",
+        "--lr-gamma" => "gamma",
+        "--pact-alpha" => "pact_alpha",
+        other => other.trim_start_matches("--"),
+    };
+    format!("{section}.{}", key.replace('-', "_"))
+}
+
+/// Rewrites a validation error to name the file and the key instead of the flag.
+fn name_key(e: Error, path: &Path) -> Error {
+    match e {
+        Error::InvalidOption { option, reason } => {
+            data_error(path, format!("key `{}`: {reason}", key_of(&option)))
+        }
+        other => other,
+    }
+}

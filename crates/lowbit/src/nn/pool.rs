@@ -1,0 +1,235 @@
+//! Pooling over NCHW planes without padding: max (with an argmax cache), average, and global average.
+use super::conv::window_len;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+fn spatial(name: &str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    match x.shape[..] {
+        [b, c, h, w] if x.len() == b * c * h * w => Ok((b, c, h, w)),
+        _ => Err(Error::Shape(format!(
+            "{name}: input shape {:?} is not [B, C, H, W]",
+            x.shape
+        ))),
+    }
+}
+
+fn out_hw(
+    name: &str,
+    h: usize,
+    w: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+) -> Result<(usize, usize)> {
+    match (
+        window_len(h, kernel.0, stride.0, 0),
+        window_len(w, kernel.1, stride.1, 0),
+    ) {
+        (Some(oh), Some(ow)) => Ok((oh, ow)),
+        _ => Err(Error::Shape(format!(
+            "{name}: window {kernel:?} stride {stride:?} does not fit a {h}x{w} input"
+        ))),
+    }
+}
+
+/// Max pooling. The gradient goes to the first maximum of each window (row-major order).
+#[derive(Debug, Clone)]
+pub struct MaxPool2d {
+    /// Window (rows, cols).
+    pub kernel: (usize, usize),
+    /// Stride (rows, cols).
+    pub stride: (usize, usize),
+    /// Index within its input plane of each output's maximum (last training forward).
+    argmax: Vec<u32>,
+    input_shape: Vec<usize>,
+}
+
+impl MaxPool2d {
+    /// Max pooling with the given window and stride.
+    pub fn new(kernel: (usize, usize), stride: (usize, usize)) -> Self {
+        Self {
+            kernel,
+            stride,
+            argmax: Vec::new(),
+            input_shape: Vec::new(),
+        }
+    }
+
+    /// Forward pass; caches the argmax positions in training mode.
+    pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, c, h, w) = spatial("maxpool2d", x)?;
+        let (oh, ow) = out_hw("maxpool2d", h, w, self.kernel, self.stride)?;
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.stride;
+        let op = oh * ow;
+        let mut y = vec![0.0f32; b * c * op];
+        let mut arg = vec![0u32; if train { b * c * op } else { 0 }];
+        let work = |(plane, (out, args)): (&[f32], (&mut [f32], &mut [u32]))| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut best = oy * sh * w + ox * sw;
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let i = (oy * sh + ky) * w + ox * sw + kx;
+                            // NaN wins so a poisoned input stays visible.
+                            if plane[i] > plane[best] || plane[i].is_nan() && !plane[best].is_nan()
+                            {
+                                best = i;
+                            }
+                        }
+                    }
+                    out[oy * ow + ox] = plane[best];
+                    if let Some(a) = args.get_mut(oy * ow + ox) {
+                        *a = best as u32;
+                    }
+                }
+            }
+        };
+        if train {
+            x.data
+                .par_chunks(h * w)
+                .zip(y.par_chunks_mut(op).zip(arg.par_chunks_mut(op)))
+                .for_each(work);
+            self.argmax = arg;
+            self.input_shape.clone_from(&x.shape);
+        } else {
+            x.data
+                .par_chunks(h * w)
+                .zip(y.par_chunks_mut(op))
+                .for_each(|(plane, out)| work((plane, (out, &mut []))));
+        }
+        Ok(Tensor::new(y, vec![b, c, oh, ow]))
+    }
+
+    /// Backward pass: each output gradient goes to its window's maximum.
+    pub fn backward(&mut self, grad: &Tensor) -> Result<Tensor> {
+        let [b, c, h, w] = self.input_shape[..] else {
+            return Err(Error::Shape(
+                "maxpool2d: backward without a training forward pass".into(),
+            ));
+        };
+        if grad.len() != self.argmax.len() || grad.rows() != b {
+            return Err(Error::Shape(format!(
+                "maxpool2d: backward with gradient {:?} after forward of {:?}",
+                grad.shape, self.input_shape
+            )));
+        }
+        let op = grad.len() / (b * c).max(1);
+        let mut dx = vec![0.0f32; b * c * h * w];
+        dx.par_chunks_mut(h * w)
+            .zip(grad.data.par_chunks(op).zip(self.argmax.par_chunks(op)))
+            .for_each(|(plane, (g, a))| {
+                for (&gv, &i) in g.iter().zip(a) {
+                    plane[i as usize] += gv;
+                }
+            });
+        Ok(Tensor::new(dx, self.input_shape.clone()))
+    }
+}
+
+/// Average pooling (no padding); `global` pools each whole plane to 1x1 whatever its size.
+#[derive(Debug, Clone)]
+pub struct AvgPool2d {
+    /// Window (rows, cols); ignored when `global`.
+    pub kernel: (usize, usize),
+    /// Stride (rows, cols); ignored when `global`.
+    pub stride: (usize, usize),
+    /// Global average pooling: the window is the whole input plane.
+    pub global: bool,
+    input_shape: Vec<usize>,
+}
+
+impl AvgPool2d {
+    /// Average pooling with the given window and stride.
+    pub fn new(kernel: (usize, usize), stride: (usize, usize)) -> Self {
+        Self {
+            kernel,
+            stride,
+            global: false,
+            input_shape: Vec::new(),
+        }
+    }
+
+    /// Global average pooling: `[B, C, H, W] -> [B, C, 1, 1]`.
+    pub fn global() -> Self {
+        Self {
+            kernel: (1, 1),
+            stride: (1, 1),
+            global: true,
+            input_shape: Vec::new(),
+        }
+    }
+
+    /// Window and stride for an input of (h, w).
+    pub fn window_for(&self, h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
+        if self.global {
+            ((h, w), (h.max(1), w.max(1)))
+        } else {
+            (self.kernel, self.stride)
+        }
+    }
+
+    /// Forward pass.
+    pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, c, h, w) = spatial("avgpool2d", x)?;
+        let (kernel, stride) = self.window_for(h, w);
+        let (oh, ow) = out_hw("avgpool2d", h, w, kernel, stride)?;
+        let inv = 1.0 / (kernel.0 * kernel.1) as f32;
+        let op = oh * ow;
+        let mut y = vec![0.0f32; b * c * op];
+        x.data
+            .par_chunks(h * w)
+            .zip(y.par_chunks_mut(op))
+            .for_each(|(plane, out)| {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = 0.0f32;
+                        for ky in 0..kernel.0 {
+                            let r = (oy * stride.0 + ky) * w + ox * stride.1;
+                            s += plane[r..r + kernel.1].iter().sum::<f32>();
+                        }
+                        out[oy * ow + ox] = s * inv;
+                    }
+                }
+            });
+        if train {
+            self.input_shape.clone_from(&x.shape);
+        }
+        Ok(Tensor::new(y, vec![b, c, oh, ow]))
+    }
+
+    /// Backward pass: each output gradient is spread evenly over its window.
+    pub fn backward(&mut self, grad: &Tensor) -> Result<Tensor> {
+        let [b, c, h, w] = self.input_shape[..] else {
+            return Err(Error::Shape(
+                "avgpool2d: backward without a training forward pass".into(),
+            ));
+        };
+        let (kernel, stride) = self.window_for(h, w);
+        let (oh, ow) = out_hw("avgpool2d", h, w, kernel, stride)?;
+        if grad.shape != [b, c, oh, ow] {
+            return Err(Error::Shape(format!(
+                "avgpool2d: backward with gradient {:?} after forward of {:?}",
+                grad.shape, self.input_shape
+            )));
+        }
+        let inv = 1.0 / (kernel.0 * kernel.1) as f32;
+        let mut dx = vec![0.0f32; b * c * h * w];
+        dx.par_chunks_mut(h * w)
+            .zip(grad.data.par_chunks(oh * ow))
+            .for_each(|(plane, g)| {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let v = g[oy * ow + ox] * inv;
+                        for ky in 0..kernel.0 {
+                            let r = (oy * stride.0 + ky) * w + ox * stride.1;
+                            for d in &mut plane[r..r + kernel.1] {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+            });
+        Ok(Tensor::new(dx, self.input_shape.clone()))
+    }
+}
