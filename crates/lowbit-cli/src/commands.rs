@@ -1,19 +1,19 @@
 //! The subcommands. Each returns `anyhow::Result` with context naming the file or option at fault.
 use crate::ui::{bar, Table};
 use crate::{
-    ActQuantizerArg, BenchArgs, DemoArgs, EvalArgs, MethodArg, OptimizerArg, PredictArgs, QuantizerArg,
-    ScheduleArg, TrainArgs, WeightQuantizerArg,
+    ActQuantizerArg, BenchArgs, DemoArgs, EvalArgs, MethodArg, OptimizerArg, PredictArgs,
+    QuantizerArg, ScheduleArg, TrainArgs, WeightQuantizerArg,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
+use lowbit::config_file::{self, FileConfig, MethodName, OptimizerName, QuantSection};
 use lowbit::data::{self, DataSource, Split};
 use lowbit::eval::{argmax_rows, metrics, Metrics};
 use lowbit::modelfile::{self, AnyModel};
 use lowbit::nn::Model;
 use lowbit::optim::OptimizerKind;
-use lowbit::pipeline::{self, Event, FloatRun, RunConfig};
-use lowbit::config_file::{self, FileConfig, MethodName, OptimizerName, QuantSection};
 use lowbit::optim::Schedule;
+use lowbit::pipeline::{self, Event, FloatRun, RunConfig};
 use lowbit::quant::{ActMethod, LayerQuant, LayerSelector, Method, QuantConfig, WeightMethod};
 use lowbit::report::{DatasetInfo, Report};
 use lowbit::train::{self, TrainConfig};
@@ -94,7 +94,14 @@ fn parse_layer_bits(item: &str) -> Result<LayerQuant> {
         Some(i) => LayerSelector::Index(i.parse().map_err(|_| bad())?),
         None => return Err(bad()),
     };
-    let weight_bits = Some(parts.next().ok_or_else(bad)?.trim().parse().map_err(|_| bad())?);
+    let weight_bits = Some(
+        parts
+            .next()
+            .ok_or_else(bad)?
+            .trim()
+            .parse()
+            .map_err(|_| bad())?,
+    );
     let act_bits = match parts.next() {
         Some(b) => Some(b.trim().parse().map_err(|_| bad())?),
         None => None,
@@ -344,13 +351,7 @@ fn print_report_summary(r: &Report) {
 ///
 /// An f32 run saves its float model; a QAT run converts its fake-quant model (ranges frozen as observed so far).
 /// A quantized run whose f32 baseline diverged has no quantized weights to save.
-fn save_diverged(
-    a: &TrainArgs,
-    cfg: &RunConfig,
-    path: &Path,
-    label: &str,
-    mut model: Model,
-) -> String {
+fn save_diverged(cfg: &RunConfig, path: &Path, label: &str, mut model: Model) -> String {
     let prov = Provenance {
         dataset: cfg.data.clone(),
         seed: cfg.train.seed,
@@ -403,7 +404,7 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
         Err(e @ lowbit::Error::Diverged { .. }) => {
             bars.handle(Event::TrainingFinished);
             let saved = match (&a.out, bars.diverged.take()) {
-                (Some(path), Some((label, model))) => save_diverged(a, &cfg, path, &label, *model),
+                (Some(path), Some((label, model))) => save_diverged(&cfg, path, &label, *model),
                 _ => String::new(),
             };
             return Err(anyhow!("{e}{saved}"));
@@ -426,7 +427,9 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
         }
         out.report.file_bytes = std::fs::metadata(path).ok().map(|m| m.len());
     }
-    println!("{} on {} ({} train / {} test)", out.report.run, data_name, split.train.n, split.test.n
+    println!(
+        "{} on {} ({} train / {} test)",
+        out.report.run, data_name, split.train.n, split.test.n
     );
     for e in &out.report.epochs {
         let val = e
@@ -448,6 +451,20 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
     if let Some(path) = &a.report {
         write_json(path, &out.report)?;
         println!("report written to {}", path.display());
+    }
+    if let Some(path) = &a.plot {
+        let loss: Vec<f64> = out.report.epochs.iter().map(|e| e.train_loss).collect();
+        let acc: Vec<f64> = out.report.epochs.iter().map(|e| e.train_accuracy).collect();
+        if loss.is_empty() {
+            bail!("invalid --plot: this run trained no epochs (PTQ of a given model)");
+        }
+        crate::plot::training_curves(
+            path,
+            &format!("{} on {data_name}", out.report.run),
+            &loss,
+            &acc,
+        )?;
+        println!("plot written to {}", path.display());
     }
     Ok(())
 }
@@ -822,6 +839,27 @@ pub fn demo(a: &DemoArgs, quiet: bool) -> Result<()> {
         split.test.n * reports.len(),
         t0.elapsed().as_secs_f64()
     );
+    if let Some(path) = &a.plot {
+        let mut points = vec![crate::plot::SizePoint {
+            label: "f32".into(),
+            bytes: fb,
+            accuracy: baseline.metrics.accuracy,
+        }];
+        points.extend(reports.iter().map(|r| crate::plot::SizePoint {
+            label: r.run.clone(),
+            bytes: r.model_bytes,
+            accuracy: r.test_accuracy,
+        }));
+        crate::plot::accuracy_vs_size(
+            path,
+            &format!(
+                "{spec} on {}: accuracy vs size (integer engine)",
+                a.data.data
+            ),
+            &points,
+        )?;
+        println!("plot written to {}", path.display());
+    }
     if let Some(path) = &a.report {
         let v = serde_json::json!({
             "lowbit_version": env!("CARGO_PKG_VERSION"),

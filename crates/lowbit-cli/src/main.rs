@@ -1,5 +1,6 @@
 //! The `lowbit` command-line tool: train, quantize, evaluate, inspect, predict and benchmark models.
 mod commands;
+mod plot;
 mod ui;
 
 use clap::parser::ValueSource;
@@ -187,6 +188,9 @@ struct TrainArgs {
     /// Write a JSON report here (schema: docs/REPORT.md).
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Draw the training curves (loss and accuracy per epoch, SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -213,6 +217,9 @@ struct DemoArgs {
     /// Write a JSON report of every run here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Draw accuracy against model size (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
