@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train a model in f32, or quantized (QAT from scratch or fine-tuned, or PTQ after f32 training).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a model file (.lbq quantized: on the integer engine; float: in f32) on a test set.
     Eval(EvalArgs),
     /// Show a model file's layers, bit widths, scales, ranges and sizes.
