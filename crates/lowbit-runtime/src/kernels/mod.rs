@@ -272,7 +272,9 @@ pub fn gemm_acc_with(
     check_acc("gemm_acc", a.len(), k, m, k, w, bias.len(), out.len())?;
     match isa.capped() {
         #[cfg(target_arch = "x86_64")]
-        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => x86::gemm_acc(isa, a, m, k, w, None, bias, out),
+        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => {
+            x86::gemm_acc(isa, a, m, k, w, x86::Prepared::None, bias, out)
+        }
         #[cfg(target_arch = "aarch64")]
         isa @ Isa::Neon => aarch64::gemm_acc(isa, a, m, k, w, bias, out),
         _ => reference::gemm_u8i8_i32(a, m, k, w, bias, out),
@@ -308,7 +310,9 @@ pub fn gemm_requant_with(
     check_output("gemm_requant", w.rows, p)?;
     match isa.capped() {
         #[cfg(target_arch = "x86_64")]
-        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => x86::gemm_requant(isa, a, m, k, w, None, p, out),
+        isa @ (Isa::Avx2 | Isa::Avx512Vnni) => {
+            x86::gemm_requant(isa, a, m, k, w, x86::Prepared::None, p, out)
+        }
         #[cfg(target_arch = "aarch64")]
         isa @ Isa::Neon => aarch64::gemm_requant(isa, a, m, k, w, p, out),
         _ => reference::gemm_u8i8_u8(a, m, k, w, p, out),
@@ -320,14 +324,17 @@ pub fn gemm_requant_with(
 ///
 /// On the AVX2 tier int8 weights are widened once into the kernel's i16 panel layout, which removes the per-call
 /// decode and transpose and enables the batch-1 GEMV path; the panels take `2 * n_padded * k_padded` bytes (twice
-/// the int8 matrix). Sub-8-bit packings stay packed and are unpacked inside the kernel, one K block of 16-column
-/// panels at a time, never into a full int8 copy of the model. Other tiers use the packed weights as they are.
+/// the int8 matrix). Sub-8-bit packings (`I4x2`, `I2x4`, `B1x8`) are re-ordered once into 8-column panels that
+/// stay packed at their storage width (about the packed size; never an int8 copy) and are expanded in registers
+/// by the kernel (shift, mask, sign-extend; `vpmaddubsw`). Other tiers use the packed weights as they are.
 /// Results equal [`gemm_acc`] / [`gemm_requant`] (and so the reference) bit for bit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrepackedWeights {
     weights: PackedWeights,
     isa: Isa,
     panels: Option<Vec<i16>>,
+    /// Sub-byte panels at storage width (AVX2 tiers, `I4x2` / `I2x4` / `B1x8`).
+    subbyte: Option<Vec<u8>>,
 }
 
 impl PrepackedWeights {
@@ -345,10 +352,18 @@ impl PrepackedWeights {
             Isa::Avx2 if weights.packing == Packing::I8 => Some(x86::prepack_panels(&weights)),
             _ => None,
         };
+        let subbyte = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512Vnni if weights.packing != Packing::I8 => {
+                Some(x86::prepack_subbyte(&weights))
+            }
+            _ => None,
+        };
         Ok(Self {
             weights,
             isa,
             panels,
+            subbyte,
         })
     }
 
@@ -362,9 +377,24 @@ impl PrepackedWeights {
         self.isa
     }
 
-    /// Whether the int8 weights were widened into kernel panels (AVX2 int8 only).
+    /// Whether the weights were re-ordered into kernel panels (AVX2 tiers: int8 widened to i16, sub-byte packings
+    /// kept at their width).
     pub fn is_panelized(&self) -> bool {
-        self.panels.is_some()
+        self.panels.is_some() || self.subbyte.is_some()
+    }
+
+    /// Bytes of the prepared kernel layout beyond the packed weights (0 when the packed bytes are used as is).
+    pub fn prepared_bytes(&self) -> usize {
+        self.panels.as_ref().map_or(0, |p| 2 * p.len()) + self.subbyte.as_ref().map_or(0, Vec::len)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn x86_prepared(&self) -> x86::Prepared<'_> {
+        match (&self.panels, &self.subbyte) {
+            (Some(p), _) => x86::Prepared::I16(p),
+            (None, Some(b)) => x86::Prepared::SubByte(b),
+            (None, None) => x86::Prepared::None,
+        }
     }
 }
 
@@ -382,7 +412,7 @@ pub fn gemm_acc_prepacked(
     match w.isa {
         #[cfg(target_arch = "x86_64")]
         isa @ (Isa::Avx2 | Isa::Avx512Vnni) => {
-            x86::gemm_acc(isa, a, m, k, pw, w.panels.as_deref(), bias, out)
+            x86::gemm_acc(isa, a, m, k, pw, w.x86_prepared(), bias, out)
         }
         #[cfg(target_arch = "aarch64")]
         isa @ Isa::Neon => aarch64::gemm_acc(isa, a, m, k, pw, bias, out),
@@ -415,7 +445,7 @@ pub fn gemm_requant_prepacked(
     match w.isa {
         #[cfg(target_arch = "x86_64")]
         isa @ (Isa::Avx2 | Isa::Avx512Vnni) => {
-            x86::gemm_requant(isa, a, m, k, pw, w.panels.as_deref(), p, out)
+            x86::gemm_requant(isa, a, m, k, pw, w.x86_prepared(), p, out)
         }
         #[cfg(target_arch = "aarch64")]
         isa @ Isa::Neon => aarch64::gemm_requant(isa, a, m, k, pw, p, out),

@@ -4,7 +4,9 @@
 //! (255 * 127 * 2 > 32767). Activations are widened u8 -> i16 (`vpmovzxbw`, exact) once per K block and L2 block
 //! of [`MC`] rows. Weight codes are widened i8 -> i16 into panels of `KC x 16` codes laid out as
 //! `[k pair][column][2]`: once per model for int8 ([`prepack_panels`], held by `PrepackedWeights`), or per call and
-//! K block from the packed bytes (sub-8-bit weights, and the plain `gemm_acc` API). The micro-kernel broadcasts one
+//! K block from the packed bytes (the plain `gemm_acc` API). Prepared sub-8-bit weights take another path
+//! (`gemm_subbyte_i32__avx2`): 8-column panels kept at their storage width ([`prepack_subbyte`]), expanded in
+//! registers by shift and mask and multiplied with `vpmaddubsw`, which cannot saturate for codes of at most 4 bits. The micro-kernel broadcasts one
 //! activation pair per row (`vpbroadcastd`) and multiplies it with 8 weight pairs (`vpmaddwd`, exact: two
 //! i16 x i16 products summed into i32), adding into a 6 x 16 tile of i32 accumulators held in 12 ymm registers.
 //! Batch 1 on prepacked panels runs a GEMV (`gemv_u8i8_i32__avx2`) over 64 columns at a time instead of a 6-row
@@ -100,6 +102,8 @@ struct Scratch {
     wtmp: Vec<i8>,
     bblock: Vec<i16>,
     acc: Vec<i32>,
+    /// Zero-padded activation rows for the sub-byte kernel.
+    apad: Vec<u8>,
 }
 
 thread_local! {
@@ -446,6 +450,193 @@ unsafe fn gemv_u8i8_i32__avx2(
     }
 }
 
+/// Weights prepared once per model for the AVX2 kernels (held by `PrepackedWeights`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Prepared<'a> {
+    /// Nothing prepared: weights are decoded per call and K block.
+    None,
+    /// [`prepack_panels`] of int8 weights.
+    I16(&'a [i16]),
+    /// [`prepack_subbyte`] of `I4x2` / `I2x4` / `B1x8` weights.
+    SubByte(&'a [u8]),
+}
+
+/// Output columns per sub-byte panel: one ymm of 8 i32 accumulators.
+const SB_NR: usize = 8;
+/// Bytes per sub-byte chunk: 8 columns x 4 bytes; byte `4c + t` holds, in its `cpb` fields (field `j` at bits
+/// `j * bits..`), the codes of column `c` at `k = 4 (g * cpb + j) + t` for chunk `g`.
+const SB_CHUNK_BYTES: usize = 32;
+/// Rows sharing one expansion of the weights in [`subbyte_rows__avx2`].
+const SB_MR: usize = 4;
+
+/// Sub-byte weights re-ordered into panels of [`SB_NR`] columns, still at their storage width (`bits = 4, 2, 1`
+/// for `I4x2`, `I2x4`, `B1x8`): panel `p` is `chunks = ceil(k / (4 * cpb))` chunks of [`SB_CHUNK_BYTES`]
+/// (`cpb` = codes per byte), so the buffer is `ceil(n / 8) * chunks * 32` bytes, the packed size plus padding.
+/// Field `j` of every byte of a chunk together forms the `[8 columns][4 k]` block of k quad `g * cpb + j`, stored
+/// offset-binary so that the kernel only shifts and masks: `v = code + 2^(bits - 1)` (0..=15 or 0..=3) for
+/// `I4x2` / `I2x4`, `v = (code + 1) / 2` (0 or 1) for `B1x8`. The kernel accumulates `sum a * v` and recovers
+/// `sum a * code = sum a * v - 2^(bits - 1) * sum a` (binary: `2 sum a * v - sum a`), exact modulo 2^32 like the
+/// reference. Padding fields (past `n` or `k`) are 0 and meet zero activations, so they add nothing.
+pub(crate) fn prepack_subbyte(w: &PackedWeights) -> Vec<u8> {
+    let cpb = w.packing.codes_per_byte();
+    let bits = 8 / cpb;
+    let (n, k) = (w.rows, w.cols);
+    let kchunk = 4 * cpb;
+    let chunks = k.div_ceil(kchunk);
+    let np = n.div_ceil(SB_NR);
+    let mut out = vec![0u8; np * chunks * SB_CHUNK_BYTES];
+    let mask = ((1u16 << bits) - 1) as u8;
+    let mut row = vec![0i8; k];
+    for j in 0..n {
+        w.unpack_row(j, &mut row);
+        let (p, c) = (j / SB_NR, j % SB_NR);
+        for (kk, &q) in row.iter().enumerate() {
+            let (g, within) = (kk / kchunk, kk % kchunk);
+            let field = if w.packing == Packing::B1x8 {
+                u8::from(q > 0)
+            } else {
+                (q as u8).wrapping_add(1 << (bits - 1)) & mask
+            };
+            let idx = (p * chunks + g) * SB_CHUNK_BYTES + c * 4 + within % 4;
+            out[idx] |= field << (bits * (within / 4));
+        }
+    }
+    out
+}
+
+/// Field `j` of every byte of `x`: the offset-binary values `v` of [`prepack_subbyte`], as u8 in i8 lanes.
+///
+/// # Safety
+/// AVX2 must be available.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn subbyte_field__avx2<const BITS: usize>(x: __m256i, j: usize) -> __m256i {
+    let mask = _mm256_set1_epi8(((1u16 << BITS) - 1) as i8);
+    // A 16-bit lane shift moves bits across the byte boundary; the mask drops exactly those.
+    _mm256_and_si256(
+        _mm256_srl_epi16(x, _mm_cvtsi32_si128((BITS * j) as i32)),
+        mask,
+    )
+}
+
+/// `R` activation rows times one sub-byte panel: `tile[r][c] = sum_k a_r[k] * v(c, k)` (wrapping i32) for the
+/// offset-binary field values `v` of [`prepack_subbyte`]; the caller turns this into `sum a * code`.
+///
+/// `vpmaddubsw` (u8 x i8, pair sums saturating to i16) is exact here because `0 <= v <= 15`: a pair sum is at most
+/// `2 * 255 * 15 = 7650`, and the `cpb` pair sums of one chunk added in i16 stay within `cpb * 2 * 255 * max v`
+/// = 15300 (4-bit), 6120 (2-bit), 4080 (1-bit) < 32767. `vpmaddwd` with ones then widens column pairs to i32.
+///
+/// # Safety
+/// AVX2 must be available; `BITS` is 4, 2 or 1; row `r < R` starts at `a + r * lda` and holds
+/// `chunks * 4 * (8 / BITS)` bytes; `panel` holds `chunks * 32` bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn subbyte_rows__avx2<const BITS: usize, const R: usize>(
+    chunks: usize,
+    a: *const u8,
+    lda: usize,
+    panel: *const u8,
+    tile: &mut [[i32; SB_NR]; SB_MR],
+) {
+    let cpb = 8 / BITS;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); R];
+    for g in 0..chunks {
+        let x = _mm256_loadu_si256(panel.add(g * SB_CHUNK_BYTES) as *const __m256i);
+        let mut s16 = [_mm256_setzero_si256(); R];
+        for j in 0..cpb {
+            let wv = subbyte_field__avx2::<BITS>(x, j);
+            let koff = (g * cpb + j) * 4;
+            for (r, s) in s16.iter_mut().enumerate() {
+                let quad = std::ptr::read_unaligned(a.add(r * lda + koff) as *const i32);
+                *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(_mm256_set1_epi32(quad), wv));
+            }
+        }
+        for (ac, s) in acc.iter_mut().zip(&s16) {
+            *ac = _mm256_add_epi32(*ac, _mm256_madd_epi16(*s, ones));
+        }
+    }
+    for (t, ac) in tile.iter_mut().zip(&acc) {
+        _mm256_storeu_si256(t.as_mut_ptr() as *mut __m256i, *ac);
+    }
+}
+
+/// `out = bias + a . w^T` on [`prepack_subbyte`] panels (`bits` = storage bits 4, 2 or 1), single-threaded.
+/// Rows go [`SB_MR`] at a time through a zero-padded copy (so the kernel's quad reads stay in bounds and padded
+/// codes meet zero activations); each panel chunk is expanded once per row group.
+///
+/// # Safety
+/// AVX2 must be available; shapes checked by the entry point (`a`: rows x k, `out`: rows x n, `bias`: n);
+/// `panels` is `prepack_subbyte` of an `n x k` matrix with `bits` storage bits.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_subbyte_i32__avx2(
+    a: &[u8],
+    rows: usize,
+    k: usize,
+    n: usize,
+    bits: u32,
+    panels: &[u8],
+    bias: &[i32],
+    out: &mut [i32],
+    s: &mut Scratch,
+) {
+    let cpb = 8 / bits as usize;
+    let chunks = k.div_ceil(4 * cpb);
+    let kpad = chunks * 4 * cpb;
+    let np = n.div_ceil(SB_NR);
+    grow(&mut s.apad, SB_MR * kpad);
+    let mut tile = [[0i32; SB_NR]; SB_MR];
+    // sum a * code = scale * (sum a * v) - offset * sum a, per the offset-binary fields.
+    let (scale, offset) = if bits == 1 {
+        (2i32, 1i32)
+    } else {
+        (1, 1 << (bits - 1))
+    };
+    let mut asum = [0i32; SB_MR];
+    for i0 in (0..rows).step_by(SB_MR) {
+        let mr = SB_MR.min(rows - i0);
+        for r in 0..mr {
+            let d = &mut s.apad[r * kpad..(r + 1) * kpad];
+            d[..k].copy_from_slice(&a[(i0 + r) * k..(i0 + r + 1) * k]);
+            d[k..].fill(0);
+            let sum = d[..k]
+                .iter()
+                .fold(0u32, |acc, &x| acc.wrapping_add(x as u32));
+            asum[r] = (sum as i32).wrapping_mul(offset);
+        }
+        let ap = s.apad.as_ptr();
+        for p in 0..np {
+            // SAFETY: panel p holds chunks * 32 bytes; apad holds mr rows of kpad bytes.
+            let panel = panels.as_ptr().add(p * chunks * SB_CHUNK_BYTES);
+            match (bits, mr == SB_MR) {
+                (4, true) => subbyte_rows__avx2::<4, SB_MR>(chunks, ap, kpad, panel, &mut tile),
+                (2, true) => subbyte_rows__avx2::<2, SB_MR>(chunks, ap, kpad, panel, &mut tile),
+                (1, true) => subbyte_rows__avx2::<1, SB_MR>(chunks, ap, kpad, panel, &mut tile),
+                _ => {
+                    for r in 0..mr {
+                        let (ar, t) = (ap.add(r * kpad), &mut tile[r..]);
+                        let mut one = [[0i32; SB_NR]; SB_MR];
+                        match bits {
+                            4 => subbyte_rows__avx2::<4, 1>(chunks, ar, kpad, panel, &mut one),
+                            2 => subbyte_rows__avx2::<2, 1>(chunks, ar, kpad, panel, &mut one),
+                            _ => subbyte_rows__avx2::<1, 1>(chunks, ar, kpad, panel, &mut one),
+                        }
+                        t[0] = one[0];
+                    }
+                }
+            }
+            let j0 = p * SB_NR;
+            let nc = SB_NR.min(n - j0);
+            for (r, t) in tile.iter().enumerate().take(mr) {
+                let o = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + nc];
+                for ((x, &b), &v) in o.iter_mut().zip(&bias[j0..]).zip(t) {
+                    *x = b.wrapping_add(v.wrapping_mul(scale).wrapping_sub(asum[r]));
+                }
+            }
+        }
+    }
+}
+
 /// Output stage of [`reference::requant_u8`] on `rows x n` accumulators, 8 columns per step, bit-exact:
 /// the Q31 product is formed in i64 lanes (`vpmuldq` on even and odd columns), the rounding constant
 /// `2^(s - 1)` is added, and the arithmetic right shift by `s = 31 + shift` (AVX2 has no 64-bit arithmetic
@@ -544,7 +735,7 @@ fn acc_rows(
     rows: usize,
     k: usize,
     w: &PackedWeights,
-    panels: Option<&[i16]>,
+    panels: Prepared<'_>,
     bias: &[i32],
     out: &mut [i32],
     s: &mut Scratch,
@@ -557,9 +748,18 @@ fn acc_rows(
     match panels {
         // SAFETY: Avx2 (or Avx512Vnni, which implies it) was detected by `Isa::is_available`; the entry point
         // checked the shapes and that `panels` belongs to `w`.
-        Some(pn) if rows == 1 => unsafe { gemv_u8i8_i32__avx2(a, k, w.rows, pn, bias, out, s) },
+        Prepared::I16(pn) if rows == 1 => unsafe {
+            gemv_u8i8_i32__avx2(a, k, w.rows, pn, bias, out, s)
+        },
+        // SAFETY: as above; `PrepackedWeights` builds sub-byte panels only for I4x2 / I2x4 / B1x8.
+        Prepared::SubByte(pn) if w.packing != Packing::I8 => unsafe {
+            let bits = w.packing.storage_bits();
+            gemm_subbyte_i32__avx2(a, rows, k, w.rows, bits, pn, bias, out, s)
+        },
         // SAFETY: as above.
-        _ => unsafe { gemm_u8i8_i32__avx2(a, rows, k, w, panels, bias, out, s) },
+        Prepared::I16(pn) => unsafe { gemm_u8i8_i32__avx2(a, rows, k, w, Some(pn), bias, out, s) },
+        // SAFETY: as above.
+        _ => unsafe { gemm_u8i8_i32__avx2(a, rows, k, w, None, bias, out, s) },
     }
 }
 
@@ -571,7 +771,7 @@ pub(crate) fn gemm_acc(
     m: usize,
     k: usize,
     w: &PackedWeights,
-    panels: Option<&[i16]>,
+    panels: Prepared<'_>,
     bias: &[i32],
     out: &mut [i32],
 ) {
@@ -599,7 +799,7 @@ fn requant_rows(
     rows: usize,
     k: usize,
     w: &PackedWeights,
-    panels: Option<&[i16]>,
+    panels: Prepared<'_>,
     p: &OutputParams,
     out: &mut [u8],
 ) {
@@ -622,7 +822,7 @@ pub(crate) fn gemm_requant(
     m: usize,
     k: usize,
     w: &PackedWeights,
-    panels: Option<&[i16]>,
+    panels: Prepared<'_>,
     p: &OutputParams,
     out: &mut [u8],
 ) {
