@@ -1,15 +1,17 @@
-//! 2-D convolution (NCHW, stride, zero padding) by im2col and one large f32 GEMM per pass.
+//! 2-D convolution (NCHW, stride, zero padding) by per-sample im2col and small f32 products.
 //!
-//! Layout: the whole batch is unfolded into `col[K, B*P]` (row `k = ic*kh*kw + ky*kw + kx`, the runtime's column
-//! index; column `b*P + p` for output position `p` of sample `b`). Then
-//! - forward: `Y'[oc, B*P] = W[oc, K] col`, scattered to NCHW with the bias;
-//! - dW `[oc, K] = dY' col^T`, reduced over fixed chunks of the batch in a fixed order (deterministic whatever
-//!   the thread count);
-//! - dcol `[K, B*P] = W^T dY'`, folded back by col2im, one (sample, channel) plane per task.
+//! Layout: each sample is unfolded into `col_s[K, P]` (row `k = ic*kh*kw + ky*kw + kx`, the runtime's column
+//! index; column `p` = output position), stored one after the other as `col[B, K, P]`. Then, per sample,
+//! - forward: `Y_s[oc, P] = W[oc, K] col_s` (written straight into the NCHW output, then the bias);
+//! - dW `[oc, K] = sum_s dY_s col_s^T`, one partial per fixed group of [`DW_GROUP`] samples, partials added in
+//!   group order (deterministic whatever the thread count);
+//! - dcol_s `[K, P] = W^T dY_s`, folded back into dX by col2im.
 //!
-//! One product over the whole batch keeps the GEMM shapes large (LeNet conv1: 6 x 25 x 50176 at batch 64), which
-//! is what lets matrixmultiply's packed kernel and its threads pay off; im2col and col2im run on rayon.
-use super::gemm::{sgemm, MatRef};
+//! Why per sample and not one product over the whole batch: a sample's `col_s` (LeNet: 78 KB for conv1, 60 KB
+//! for conv2) stays in L2 between im2col and the product, NCHW needs no scatter or transposition, and rayon
+//! splits samples across threads with no nested threading. The whole-batch matrixmultiply version ran LeNet's
+//! conv GEMMs at ~1 GMAC/s (packing `[K, B*P]` operands, its own threads competing with rayon's).
+use super::kernels::{gemm_abt_batched, gemm_atb};
 use super::Param;
 use crate::error::{Error, Result};
 use crate::quant::WeightQuantizer;
@@ -17,8 +19,10 @@ use crate::rng::Rng;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
-/// Number of partial dW products; fixed (not the thread count) so results do not depend on the machine.
-const DW_CHUNKS: usize = 4;
+/// Samples per backward task. The weight gradient is summed per group, then over groups in order; fixing the
+/// group size (not the thread count) keeps results identical on any machine. 8 gives 8 tasks at batch 64 and
+/// amortizes the kernel's horizontal sums over 8 samples.
+const DW_GROUP: usize = 8;
 
 /// 2-D convolution layer. Input `[B, in_channels, H, W]`, output `[B, out_channels, OH, OW]` with
 /// `OH = (H + 2*ph - kh) / sh + 1` (likewise OW).
@@ -68,6 +72,117 @@ fn valid_range(out: usize, n: usize, s: usize, kx: usize, p: usize) -> (usize, u
         0
     };
     (lo.min(hi), hi)
+}
+
+/// Sum in 8 interleaved lanes, then the lanes in a fixed order: vectorizes (a plain f32 `sum` is one serial
+/// chain of adds, ~4 cycles each: 0.4 ms per LeNet batch for conv1's bias gradient alone) and stays
+/// deterministic.
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    let lanes = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    lanes + tail
+}
+
+/// `dst.copy_from_slice(src)` for rows of a few dozen floats: fixed-size chunk copies are inlined, where a
+/// `memcpy` call per row (700 rows per LeNet conv1 sample) cost more than the copying.
+#[inline]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (dc, sc) in (&mut d).zip(&mut s) {
+        let block: [f32; 8] = sc.try_into().unwrap_or([0.0; 8]);
+        dc.copy_from_slice(&block);
+    }
+    for (dv, &sv) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *dv = sv;
+    }
+}
+
+/// Shape of one sample's convolution, for the per-sample im2col and col2im.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    h: usize,
+    w: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    /// Unfolds one sample `x[C, H, W]` into `col[K, P]`, writing every element (padded positions are 0).
+    fn im2col(&self, x: &[f32], col: &mut [f32]) {
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.stride;
+        let (ph, pw) = self.padding;
+        let (h, w, ow) = (self.h, self.w, self.ow);
+        let p = self.oh * ow;
+        for (kidx, row) in col.chunks_exact_mut(p).enumerate() {
+            let (ic, ky, kx) = (kidx / (kh * kw), (kidx / kw) % kh, kidx % kw);
+            let (lo, hi) = valid_range(ow, w, sw, kx, pw);
+            let plane = &x[ic * h * w..(ic + 1) * h * w];
+            for (oy, dst) in row.chunks_exact_mut(ow).enumerate() {
+                let iy = oy * sh + ky;
+                if iy < ph || iy - ph >= h || hi <= lo {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = &plane[(iy - ph) * w..(iy - ph + 1) * w];
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                if sw == 1 {
+                    let start = lo + kx - pw;
+                    copy_short(&mut dst[lo..hi], &src[start..start + (hi - lo)]);
+                } else {
+                    for ox in lo..hi {
+                        dst[ox] = src[ox * sw + kx - pw];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds one sample's `dcol[K, P]` back into `dx[C, H, W]`.
+    fn col2im(&self, dcol: &[f32], dx: &mut [f32]) {
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.stride;
+        let (ph, pw) = self.padding;
+        let (h, w, ow) = (self.h, self.w, self.ow);
+        let p = self.oh * ow;
+        for (kidx, row) in dcol.chunks_exact(p).enumerate() {
+            let (ic, ky, kx) = (kidx / (kh * kw), (kidx / kw) % kh, kidx % kw);
+            let (lo, hi) = valid_range(ow, w, sw, kx, pw);
+            if hi <= lo {
+                continue;
+            }
+            let plane = &mut dx[ic * h * w..(ic + 1) * h * w];
+            for (oy, src) in row.chunks_exact(ow).enumerate() {
+                let iy = oy * sh + ky;
+                if iy < ph || iy - ph >= h {
+                    continue;
+                }
+                let dst = &mut plane[(iy - ph) * w..(iy - ph + 1) * w];
+                if sw == 1 {
+                    let start = lo + kx - pw;
+                    for (d, &v) in dst[start..start + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                        *d += v;
+                    }
+                } else {
+                    for ox in lo..hi {
+                        dst[ox * sw + kx - pw] += src[ox];
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Conv2d {
@@ -196,7 +311,19 @@ impl Conv2d {
         Ok((b, h, w, oh, ow))
     }
 
-    /// Forward pass; in training mode the im2col matrix is kept for [`Conv2d::backward`].
+    fn geometry(&self, h: usize, w: usize, oh: usize, ow: usize) -> Geometry {
+        Geometry {
+            h,
+            w,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            oh,
+            ow,
+        }
+    }
+
+    /// Forward pass; in training mode the im2col matrices are kept for [`Conv2d::backward`].
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (b, h, w, oh, ow) = self.check_input(x)?;
         let k = self.k();
@@ -204,41 +331,47 @@ impl Conv2d {
             self.weight_q.resize(self.weight.len(), 0.0);
             q.forward(&self.weight, self.out_channels, k, &mut self.weight_q);
         }
-        let mut col = std::mem::take(&mut self.col);
-        self.im2col(&x.data, b, h, w, oh, ow, &mut col);
+        let geom = self.geometry(h, w, oh, ow);
         let (oc, p) = (self.out_channels, oh * ow);
-        let bp = b * p;
         let wt = if self.weight_quant.is_some() {
             &self.weight_q
         } else {
             &self.weight
         };
-        let mut yt = vec![0.0f32; oc * bp];
-        sgemm(
-            1.0,
-            MatRef::row_major(wt, oc, k),
-            MatRef::row_major(&col, k, bp),
-            0.0,
-            &mut yt,
-            bp,
-        );
-        let mut y = vec![0.0f32; b * oc * p];
+        // W^T [K, oc]: the kernel broadcasts one weight per (step of K, output channel) against a row of col.
+        let mut w_t = vec![0.0f32; k * oc];
+        for (c, row) in wt.chunks_exact(k.max(1)).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                w_t[j * oc + c] = v;
+            }
+        }
         let bias = &self.bias;
-        y.par_chunks_mut(p.max(1))
-            .enumerate()
-            .for_each(|(i, plane)| {
-                let (s, c) = (i / oc, i % oc);
-                let src = &yt[c * bp + s * p..c * bp + (s + 1) * p];
-                for (o, &v) in plane.iter_mut().zip(src) {
-                    *o = v + bias[c];
+        let sample = |xs: &[f32], cs: &mut [f32], ys: &mut [f32]| {
+            geom.im2col(xs, cs);
+            gemm_atb(k, oc, p, &w_t, cs, ys);
+            for (plane, &bc) in ys.chunks_exact_mut(p).zip(bias) {
+                for v in plane {
+                    *v += bc;
                 }
-            });
+            }
+        };
+        let mut y = vec![0.0f32; b * oc * p];
+        let x_len = (self.in_channels * h * w).max(1);
         if train {
+            let mut col = std::mem::take(&mut self.col);
+            // Every element is written by im2col (padding included), so the old contents do not matter.
+            col.resize(b * k * p, 0.0);
+            y.par_chunks_mut((oc * p).max(1))
+                .zip(col.par_chunks_mut((k * p).max(1)))
+                .zip(x.data.par_chunks(x_len))
+                .for_each(|((ys, cs), xs)| sample(xs, cs, ys));
             self.col = col;
             self.input_shape.clone_from(&x.shape);
         } else {
-            // Keep the allocation for the next call but drop the stale cache's meaning.
-            self.col = col;
+            // Inference keeps no cache: one [K, P] scratch per rayon job instead of the whole batch's columns.
+            y.par_chunks_mut((oc * p).max(1))
+                .zip(x.data.par_chunks(x_len))
+                .for_each_init(|| vec![0.0f32; k * p], |cs, (ys, xs)| sample(xs, cs, ys));
             self.input_shape.clear();
         }
         Ok(Tensor::new(y, vec![b, oc, oh, ow]))
@@ -251,7 +384,7 @@ impl Conv2d {
 
     /// Backward pass; skips the input gradient (col2im) when not needed, returning an empty tensor then.
     pub(crate) fn backward_impl(&mut self, grad: &Tensor, need_input_grad: bool) -> Result<Tensor> {
-        let [b, _, h, w] = self.input_shape[..] else {
+        let [b, c_in, h, w] = self.input_shape[..] else {
             return Err(Error::Shape(
                 "conv2d: backward without a training forward pass".into(),
             ));
@@ -259,58 +392,64 @@ impl Conv2d {
         let (oh, ow) = self
             .output_hw(h, w)
             .ok_or_else(|| Error::Shape("conv2d: cached shape does not fit".into()))?;
+        let geom = self.geometry(h, w, oh, ow);
         let (oc, k, p) = (self.out_channels, self.k(), oh * ow);
-        let bp = b * p;
-        if grad.shape != [b, oc, oh, ow] || self.col.len() != k * bp {
+        if grad.shape != [b, oc, oh, ow] || self.col.len() != b * k * p {
             return Err(Error::Shape(format!(
                 "conv2d: backward with gradient {:?} after forward of {:?}",
                 grad.shape, self.input_shape
             )));
         }
-        // dY' [oc, B*P] from NCHW, and db.
-        let mut gt = vec![0.0f32; oc * bp];
-        gt.par_chunks_mut(bp.max(1))
-            .enumerate()
-            .for_each(|(c, row)| {
-                for s in 0..b {
-                    row[s * p..(s + 1) * p]
-                        .copy_from_slice(&grad.data[(s * oc + c) * p..(s * oc + c + 1) * p]);
-                }
-            });
-        for (c, g) in self.grad_bias.iter_mut().enumerate() {
-            *g = gt[c * bp..(c + 1) * bp].iter().sum();
-        }
-        // dW = dY' col^T, as DW_CHUNKS partial products over sample ranges, summed in chunk order.
-        let chunk_samples = b.div_ceil(DW_CHUNKS).max(1);
-        let col = &self.col;
-        let gt_ref = &gt;
-        let partials: Vec<Vec<f32>> = (0..b.div_ceil(chunk_samples))
+        let wt = if self.weight_quant.is_some() {
+            &self.weight_q
+        } else {
+            &self.weight
+        };
+        let groups = b.div_ceil(DW_GROUP);
+        let x_len = c_in * h * w;
+        let mut dx = if need_input_grad {
+            vec![0.0f32; b * x_len]
+        } else {
+            Vec::new()
+        };
+        let dx_parts: Vec<&mut [f32]> = if need_input_grad {
+            dx.chunks_mut((DW_GROUP * x_len).max(1)).collect()
+        } else {
+            (0..groups).map(|_| <&mut [f32]>::default()).collect()
+        };
+        let (col, gd) = (&self.col, &grad.data);
+        // Per group of samples: [dW partial (oc*K) | db partial (oc)], and dX of its samples.
+        let partials: Vec<Vec<f32>> = dx_parts
             .into_par_iter()
-            .map(|ci| {
-                let s0 = ci * chunk_samples;
-                let s1 = (s0 + chunk_samples).min(b);
-                let cols = (s1 - s0) * p;
-                let mut part = vec![0.0f32; oc * k];
-                sgemm(
-                    1.0,
-                    MatRef {
-                        data: &gt_ref[s0 * p..],
-                        rows: oc,
-                        cols,
-                        row_stride: bp,
-                        col_stride: 1,
-                    },
-                    MatRef {
-                        data: &col[s0 * p..],
-                        rows: cols,
-                        cols: k,
-                        row_stride: 1,
-                        col_stride: bp,
-                    },
-                    0.0,
-                    &mut part,
+            .enumerate()
+            .map(|(gi, dx_group)| {
+                let s0 = gi * DW_GROUP;
+                let s1 = (s0 + DW_GROUP).min(b);
+                let mut part = vec![0.0f32; oc * k + oc];
+                let (pw, pb) = part.split_at_mut(oc * k);
+                gemm_abt_batched(
+                    s1 - s0,
+                    oc,
+                    p,
                     k,
+                    &gd[s0 * oc * p..s1 * oc * p],
+                    &col[s0 * k * p..s1 * k * p],
+                    pw,
+                    false,
                 );
+                // The group starts at channel 0 of sample s0, so plane i is channel i % oc.
+                for (i, plane) in gd[s0 * oc * p..s1 * oc * p].chunks_exact(p).enumerate() {
+                    pb[i % oc] += sum_lanes(plane);
+                }
+                if !dx_group.is_empty() {
+                    let mut dcol = vec![0.0f32; k * p];
+                    for (i, dxs) in dx_group.chunks_exact_mut(x_len).enumerate() {
+                        let s = s0 + i;
+                        // dcol [K, P] = W^T dY_s
+                        gemm_atb(oc, k, p, wt, &gd[s * oc * p..(s + 1) * oc * p], &mut dcol);
+                        geom.col2im(&dcol, dxs);
+                    }
+                }
                 part
             })
             .collect();
@@ -321,8 +460,12 @@ impl Conv2d {
             &mut self.grad_weight
         };
         dw.fill(0.0);
+        self.grad_bias.fill(0.0);
         for part in &partials {
-            for (d, v) in dw.iter_mut().zip(part) {
+            for (d, v) in dw.iter_mut().zip(&part[..oc * k]) {
+                *d += v;
+            }
+            for (d, v) in self.grad_bias.iter_mut().zip(&part[oc * k..]) {
                 *d += v;
             }
         }
@@ -333,115 +476,7 @@ impl Conv2d {
         if !need_input_grad {
             return Ok(Tensor::default());
         }
-        let wt = if self.weight_quant.is_some() {
-            &self.weight_q
-        } else {
-            &self.weight
-        };
-        // dcol [K, B*P] = W^T dY'
-        let mut dcol = vec![0.0f32; k * bp];
-        sgemm(
-            1.0,
-            MatRef::row_major_t(wt, oc, k),
-            MatRef::row_major(&gt, oc, bp),
-            0.0,
-            &mut dcol,
-            bp,
-        );
-        let mut dx = vec![0.0f32; b * self.in_channels * h * w];
-        self.col2im(&dcol, b, h, w, oh, ow, &mut dx);
         Ok(Tensor::new(dx, self.input_shape.clone()))
-    }
-
-    /// Unfolds `x` `[B, C, H, W]` into `col[K, B*P]`; padded positions are 0.
-    #[allow(clippy::too_many_arguments)]
-    fn im2col(
-        &self,
-        x: &[f32],
-        b: usize,
-        h: usize,
-        w: usize,
-        oh: usize,
-        ow: usize,
-        col: &mut Vec<f32>,
-    ) {
-        let (kh, kw) = self.kernel;
-        let (sh, sw) = self.stride;
-        let (ph, pw) = self.padding;
-        let (c_in, p) = (self.in_channels, oh * ow);
-        let bp = b * p;
-        col.clear();
-        col.resize(c_in * kh * kw * bp, 0.0);
-        col.par_chunks_mut(bp.max(1))
-            .enumerate()
-            .for_each(|(kidx, row)| {
-                let (ic, ky, kx) = (kidx / (kh * kw), (kidx / kw) % kh, kidx % kw);
-                let (lo, hi) = valid_range(ow, w, sw, kx, pw);
-                for s in 0..b {
-                    let plane = &x[(s * c_in + ic) * h * w..(s * c_in + ic + 1) * h * w];
-                    for oy in 0..oh {
-                        let iy = oy * sh + ky;
-                        if iy < ph || iy - ph >= h {
-                            continue;
-                        }
-                        let src = &plane[(iy - ph) * w..(iy - ph + 1) * w];
-                        let dst = &mut row[s * p + oy * ow..s * p + (oy + 1) * ow];
-                        if hi <= lo {
-                            continue;
-                        }
-                        if sw == 1 {
-                            let start = lo + kx - pw;
-                            dst[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
-                        } else {
-                            for ox in lo..hi {
-                                dst[ox] = src[ox * sw + kx - pw];
-                            }
-                        }
-                    }
-                }
-            });
-    }
-
-    /// Adds `dcol[K, B*P]` back into `dx` `[B, C, H, W]`, one (sample, channel) plane per task.
-    #[allow(clippy::too_many_arguments)]
-    fn col2im(
-        &self,
-        dcol: &[f32],
-        b: usize,
-        h: usize,
-        w: usize,
-        oh: usize,
-        ow: usize,
-        dx: &mut [f32],
-    ) {
-        let (kh, kw) = self.kernel;
-        let (sh, sw) = self.stride;
-        let (ph, pw) = self.padding;
-        let (c_in, p) = (self.in_channels, oh * ow);
-        let bp = b * p;
-        dx.par_chunks_mut((h * w).max(1))
-            .enumerate()
-            .for_each(|(i, plane)| {
-                let (s, ic) = (i / c_in, i % c_in);
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let kidx = (ic * kh + ky) * kw + kx;
-                        let row = &dcol[kidx * bp + s * p..kidx * bp + (s + 1) * p];
-                        let (lo, hi) = valid_range(ow, w, sw, kx, pw);
-                        for oy in 0..oh {
-                            let iy = oy * sh + ky;
-                            if iy < ph || iy - ph >= h {
-                                continue;
-                            }
-                            let dst = &mut plane[(iy - ph) * w..(iy - ph + 1) * w];
-                            let src = &row[oy * ow..(oy + 1) * ow];
-                            for ox in lo..hi {
-                                dst[ox * sw + kx - pw] += src[ox];
-                            }
-                        }
-                    }
-                }
-            });
     }
 
     /// The layer's parameters with their gradients: weight, then bias.

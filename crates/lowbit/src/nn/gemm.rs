@@ -4,6 +4,10 @@
 //! `G^T x`) read the stored matrices in place without copies. The wrappers check that every addressed element
 //! lies inside its slice, which is what makes the `unsafe` call sound.
 //!
+//! Plain products (`alpha = 1`, `beta = 0`) whose B has contiguous rows go to the AVX2+FMA kernel of
+//! [`super::kernels::gemm_nn_strided`] when the CPU has it (no packing, no nested threads); the rest to
+//! matrixmultiply.
+//!
 //! Threading: the workspace enables matrixmultiply's `threading` feature, which is process-wide
 //! (`MATMUL_NUM_THREADS`, default = physical cores). matrixmultiply splits work over blocks of C, each element of
 //! C is still reduced by one thread in a fixed k order, so results do not depend on the thread count.
@@ -102,6 +106,9 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &mut [f32],
         }
         return;
     }
+    if alpha == 1.0 && beta == 0.0 && super::kernels::gemm_nn_strided(a, b, c, ldc) {
+        return;
+    }
     // Strides are below isize::MAX because the extents above fit in slices.
     // SAFETY: every element addressed by (m, k, n) and the strides lies inside `a.data`, `b.data` and `c`
     // (checked above); `c` is uniquely borrowed, so it does not alias `a` or `b`.
@@ -183,6 +190,44 @@ mod tests {
                 // f32 accumulation of k products of magnitude <= 1: error <= k * eps * sum|a b| ~ k * 6e-8.
                 let tol = 1e-6 * (k as f32 + 1.0);
                 assert!((x - y).abs() <= tol, "m={m} k={k} n={n} at {i}: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn plain_products_match_the_reference_for_every_a_layout_and_tail() {
+        let mut rng = Rng::new(12);
+        // Dense dX shapes of LeNet / the MLP, and n around the vector width.
+        for &(m, k, n) in &[
+            (64, 120, 400),
+            (64, 84, 120),
+            (64, 10, 84),
+            (32, 64, 784),
+            (1, 1, 1),
+            (7, 3, 9),
+            (13, 5, 15),
+            (6, 2, 17),
+        ] {
+            for a_transposed in [false, true] {
+                let a = random(&mut rng, m * k);
+                let bm = random(&mut rng, k * n);
+                let av = if a_transposed {
+                    MatRef::row_major_t(&a, k, m)
+                } else {
+                    MatRef::row_major(&a, m, k)
+                };
+                let bv = MatRef::row_major(&bm, k, n);
+                let mut c = vec![f32::NAN; m * n];
+                let mut r = vec![0.0; m * n];
+                sgemm(1.0, av, bv, 0.0, &mut c, n);
+                sgemm_reference(1.0, av, bv, 0.0, &mut r, n);
+                for (i, (x, y)) in c.iter().zip(&r).enumerate() {
+                    let tol = 1e-6 * (k as f32 + 1.0);
+                    assert!(
+                        (x - y).abs() <= tol,
+                        "m={m} k={k} n={n} a_transposed={a_transposed} at {i}: {x} vs {y}"
+                    );
+                }
             }
         }
     }

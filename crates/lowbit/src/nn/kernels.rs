@@ -1,9 +1,13 @@
-//! The two products that dominate MLP training, with a scalar reference and an AVX2+FMA kernel each.
+//! The products that dominate MLP and CNN training, with a scalar reference and an AVX2+FMA kernel each.
 //!
 //! - [`gemm_abt`]: `C[m, n] (+)= A[m, k] B[n, k]^T` — dot products along contiguous rows. Dense forward
 //!   (`y = x W^T`, W stored `[out, in]`).
 //! - [`gemm_atb`]: `C[m, n] = A[kk, m]^T B[kk, n]` — rank-1 updates over kk. Dense weight gradient
-//!   (`dW = G^T x`, kk = batch).
+//!   (`dW = G^T x`, kk = batch); conv forward (`Y_s = W col_s` with `W^T` stored) and conv dcol (`W^T dY_s`).
+//! - [`gemm_abt_batched`]: `gemm_abt` summed over a group of samples. Conv weight gradient.
+//! - [`gemm_nn_strided`]: `C = A B` with any A strides and contiguous B rows, for [`super::gemm::sgemm`]'s plain
+//!   products (dense dX). Partial last vectors of columns (or of k) use masked loads and stores, not scalar
+//!   loops.
 //!
 //! Why not matrixmultiply for these: at training shapes it packs both operands for a product that is over in
 //! microseconds. Measured with `tests/nn_speed_parts.rs` (AMD EPYC, 2 shared cores, AVX2+FMA, single thread, min
@@ -12,6 +16,7 @@
 //!
 //! Results differ from the reference only in summation order (f32); both are deterministic for a given ISA.
 //! `LOWBIT_ISA=reference` forces the portable path.
+use super::gemm::MatRef;
 use std::sync::OnceLock;
 
 /// Which implementation [`gemm_abt`] and [`gemm_atb`] use.
@@ -64,7 +69,7 @@ pub fn gemm_abt(
         // SAFETY: isa() returns Avx2Fma only when the CPU has AVX2 and FMA; lengths were checked above.
         Isa::Avx2Fma => unsafe { avx2::gemm_abt__avx2_fma(m, k, n, a, b, c, accumulate) },
         _ => {
-            use super::gemm::{sgemm, MatRef};
+            use super::gemm::sgemm;
             let beta = if accumulate { 1.0 } else { 0.0 };
             sgemm(
                 1.0,
@@ -95,7 +100,7 @@ pub fn gemm_atb(kk: usize, m: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f3
         // SAFETY: as in gemm_abt.
         Isa::Avx2Fma => unsafe { avx2::gemm_atb__avx2_fma(kk, m, n, a, b, c) },
         _ => {
-            use super::gemm::{sgemm, MatRef};
+            use super::gemm::sgemm;
             sgemm(
                 1.0,
                 MatRef::row_major_t(a, kk, m),
@@ -105,6 +110,103 @@ pub fn gemm_atb(kk: usize, m: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f3
                 n,
             );
         }
+    }
+}
+
+/// `C = A B` (C row-major with leading dimension `ldc`, overwritten) through the AVX2+FMA kernel, when the CPU
+/// has it and B's rows are contiguous (`b.col_stride == 1`); returns `false`, leaving C untouched, otherwise.
+///
+/// This serves [`super::gemm::sgemm`]'s plain products (dense dX = G W). matrixmultiply would pack both
+/// operands and, with its `threading` feature, start its own threads inside rayon's: at LeNet's 64x84x120 that
+/// took 0.5-9 ms per call on the shared 2-core machine, against tens of microseconds here.
+///
+/// # Panics
+/// If an operand addresses elements outside its slice.
+pub fn gemm_nn_strided(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize) -> bool {
+    let (m, kk, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(kk, b.rows, "gemm_nn_strided: inner dimensions differ");
+    if b.col_stride != 1 || m == 0 || n == 0 {
+        return false;
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        if rows == 0 || cols == 0 {
+            Some(0)
+        } else {
+            (rows - 1)
+                .checked_mul(rs)?
+                .checked_add((cols - 1).checked_mul(cs)?)?
+                .checked_add(1)
+        }
+    };
+    assert!(
+        last(m, kk, a.row_stride, a.col_stride).is_some_and(|e| e <= a.data.len())
+            && last(kk, n, b.row_stride, 1).is_some_and(|e| e <= b.data.len())
+            && last(m, n, ldc, 1).is_some_and(|e| e <= c.len()),
+        "gemm_nn_strided: operand out of bounds"
+    );
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => {
+            let st = avx2::NnStrides {
+                a_rs: a.row_stride,
+                a_cs: a.col_stride,
+                ldb: b.row_stride,
+                ldc,
+            };
+            // SAFETY: the CPU has AVX2 and FMA (isa()); every addressed element lies inside its slice (checked
+            // above); `c` is uniquely borrowed, so it overlaps neither `a` nor `b`.
+            unsafe {
+                avx2::gemm_nn__avx2_fma(
+                    m,
+                    kk,
+                    n,
+                    a.data.as_ptr(),
+                    b.data.as_ptr(),
+                    c.as_mut_ptr(),
+                    st,
+                )
+            };
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `C[m, n] (+)= sum_s A_s[m, k] * B_s[n, k]^T` over `batch` pairs of dense row-major matrices stored one after
+/// the other (`A_s` at `a[s*m*k..]`, `B_s` at `b[s*n*k..]`); C has leading dimension n.
+///
+/// Convolution weight gradient over a group of samples: `dW[oc, K] = sum_s dY_s[oc, P] col_s[K, P]^T`. Summing
+/// the batch inside the kernel keeps each output in one register lane set until the end (one horizontal sum per
+/// output instead of one per sample). Each output is reduced in a fixed order (lanes over s then p, then a fixed
+/// horizontal sum), so results do not depend on threads.
+///
+/// # Panics
+/// If a slice is shorter than its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_abt_batched(
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    check(
+        "gemm_abt_batched",
+        a.len(),
+        b.len(),
+        c.len(),
+        [batch * m * k, batch * n * k, m * n],
+    );
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() returns Avx2Fma only when the CPU has AVX2 and FMA; lengths were checked above.
+        Isa::Avx2Fma => unsafe {
+            avx2::gemm_abt_batched__avx2_fma(batch, m, k, n, a, b, c, accumulate)
+        },
+        _ => reference::gemm_abt_batched(batch, m, k, n, a, b, c, accumulate),
     }
 }
 
@@ -124,6 +226,30 @@ pub mod reference {
         for i in 0..m {
             for j in 0..n {
                 let s: f32 = (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum();
+                c[i * n + j] = if accumulate { c[i * n + j] + s } else { s };
+            }
+        }
+    }
+
+    /// See [`super::gemm_abt_batched`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_abt_batched(
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        accumulate: bool,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f32;
+                for t in 0..batch {
+                    let (ar, br) = ((t * m + i) * k, (t * n + j) * k);
+                    s += (0..k).map(|p| a[ar + p] * b[br + p]).sum::<f32>();
+                }
                 c[i * n + j] = if accumulate { c[i * n + j] + s } else { s };
             }
         }
@@ -231,29 +357,37 @@ mod avx2 {
         }
     }
 
-    /// One MR x (NV * 8) tile of `C = A^T B`: `a` = &A[0, i0] (stride m), `b` = &B[0, j0] (stride n),
-    /// `c` = &C[i0, j0] (stride n).
+    /// Element strides of `C[m, n] = A[m, kk] B[kk, n]`: `A[i, p]` at `i*a_rs + p*a_cs`, `B[p, j]` at
+    /// `p*ldb + j`, `C[i, j]` at `i*ldc + j`.
+    #[derive(Clone, Copy)]
+    pub struct NnStrides {
+        pub a_rs: usize,
+        pub a_cs: usize,
+        pub ldb: usize,
+        pub ldc: usize,
+    }
+
+    /// One MR x (NV * 8) tile of `C = A B`: `a` = &A[i0, 0], `b` = &B[0, j0], `c` = &C[i0, j0].
     ///
     /// Registers: MR * NV accumulators + NV B vectors + 1 broadcast = 15 for MR = 6, NV = 2. (3 x 4 and 4 x 3
     /// need 16-17 registers, and LLVM spilled one accumulator to the stack: 73 us for 64x32x784.)
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn atb_tile<const MR: usize, const NV: usize>(
+    unsafe fn nn_tile<const MR: usize, const NV: usize>(
         a: *const f32,
         b: *const f32,
         c: *mut f32,
         kk: usize,
-        m: usize,
-        n: usize,
+        st: NnStrides,
     ) {
         let mut acc = [[_mm256_setzero_ps(); NV]; MR];
         for p in 0..kk {
             let mut bv = [_mm256_setzero_ps(); NV];
             for (v, bq) in bv.iter_mut().enumerate() {
-                *bq = _mm256_loadu_ps(b.add(p * n + v * 8));
+                *bq = _mm256_loadu_ps(b.add(p * st.ldb + v * 8));
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(p * m + r));
+                let av = _mm256_broadcast_ss(&*a.add(r * st.a_rs + p * st.a_cs));
                 for (acc_rv, &bq) in acc_r.iter_mut().zip(&bv) {
                     *acc_rv = _mm256_fmadd_ps(av, bq, *acc_rv);
                 }
@@ -261,7 +395,7 @@ mod avx2 {
         }
         for (r, acc_r) in acc.iter().enumerate() {
             for (v, &x) in acc_r.iter().enumerate() {
-                _mm256_storeu_ps(c.add(r * n + v * 8), x);
+                _mm256_storeu_ps(c.add(r * st.ldc + v * 8), x);
             }
         }
     }
@@ -279,7 +413,30 @@ mod avx2 {
         b: &[f32],
         c: &mut [f32],
     ) {
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        let st = NnStrides {
+            a_rs: 1,
+            a_cs: m,
+            ldb: n,
+            ldc: n,
+        };
+        gemm_nn__avx2_fma(m, kk, n, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), st);
+    }
+
+    /// `C[m, n] = A[m, kk] B[kk, n]` with the strides of `st` (B and C rows contiguous). C is overwritten.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; every `A[i, p]`, `B[p, j]` and `C[i, j]` addressed through `st`
+    /// (i < m, p < kk, j < n) must lie inside its allocation, and C must not overlap A or B.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm_nn__avx2_fma(
+        m: usize,
+        kk: usize,
+        n: usize,
+        ap: *const f32,
+        bp: *const f32,
+        cp: *mut f32,
+        st: NnStrides,
+    ) {
         let n8 = n / 8 * 8;
         // Column blocks outermost: a kk x 16 panel of B (2 KB at kk = 32) stays in L1 across all row tiles.
         let mut j = 0;
@@ -288,11 +445,11 @@ mod avx2 {
             let mut i = 0;
             while i < m {
                 let mr = (m - i).min(6);
-                let (a0, b0, c0) = (ap.add(i), bp.add(j), cp.add(i * n + j));
+                let (a0, b0, c0) = (ap.add(i * st.a_rs), bp.add(j), cp.add(i * st.ldc + j));
                 macro_rules! tile {
                     ($($mr:literal, $nv:literal);*) => {
                         match (mr, nv) {
-                            $(($mr, $nv) => atb_tile::<$mr, $nv>(a0, b0, c0, kk, m, n),)*
+                            $(($mr, $nv) => nn_tile::<$mr, $nv>(a0, b0, c0, kk, st),)*
                             _ => unreachable!(),
                         }
                     };
@@ -302,15 +459,162 @@ mod avx2 {
             }
             j += nv * 8;
         }
-        // Columns past the last multiple of 8: scalar, same summation order (p ascending).
-        for i in 0..m {
-            for jj in n8..n {
-                let mut s = 0.0f32;
-                for p in 0..kk {
-                    s += *ap.add(p * m + i) * *bp.add(p * n + jj);
+        // Columns past the last multiple of 8: one masked vector, same summation order (p ascending). A scalar
+        // tail here cost as much as the vector body for convolution planes of 100 columns (conv2 of LeNet).
+        if n8 < n {
+            let mask = tail_mask(n - n8);
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(6);
+                let (a0, b0, c0) = (ap.add(i * st.a_rs), bp.add(n8), cp.add(i * st.ldc + n8));
+                match mr {
+                    6 => nn_tile_masked::<6>(a0, b0, c0, kk, st, mask),
+                    5 => nn_tile_masked::<5>(a0, b0, c0, kk, st, mask),
+                    4 => nn_tile_masked::<4>(a0, b0, c0, kk, st, mask),
+                    3 => nn_tile_masked::<3>(a0, b0, c0, kk, st, mask),
+                    2 => nn_tile_masked::<2>(a0, b0, c0, kk, st, mask),
+                    _ => nn_tile_masked::<1>(a0, b0, c0, kk, st, mask),
                 }
-                *cp.add(i * n + jj) = s;
+                i += mr;
             }
+        }
+    }
+
+    /// Lanes `0..rem` all ones, the rest zero (`rem` in 1..=7).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tail_mask(rem: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(rem as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// [`nn_tile`] for the last, partial vector of columns: only lanes set in `mask` are read or written
+    /// (masked-off lanes of `vmaskmovps` never access memory, so they may lie past the end of `b` or `c`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn nn_tile_masked<const MR: usize>(
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        kk: usize,
+        st: NnStrides,
+        mask: __m256i,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); MR];
+        for p in 0..kk {
+            let bv = _mm256_maskload_ps(b.add(p * st.ldb), mask);
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r * st.a_rs + p * st.a_cs));
+                *acc_r = _mm256_fmadd_ps(av, bv, *acc_r);
+            }
+        }
+        for (r, &x) in acc.iter().enumerate() {
+            _mm256_maskstore_ps(c.add(r * st.ldc), mask, x);
+        }
+    }
+
+    /// One MR x NR tile of `C (+)= sum_t A_t B_t^T`: `a` = row i0 of A_0, `b` = row j0 of B_0 (row stride k;
+    /// the next pair starts `a_bs`, `b_bs` elements further), `c` = &C[i0, j0].
+    ///
+    /// Registers: 12 accumulators + 3 B vectors + 1 A vector for MR = 4, NR = 3; the k tail is one masked step
+    /// (masked-off lanes load as 0 and add nothing). 7 loads per 12 FMAs; a 6 x 2 tile (8 loads per 12 FMAs,
+    /// fewer passes over B) took ~25% more of the LeNet step's profile.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn abt_batched_tile<const MR: usize, const NR: usize>(
+        batch: usize,
+        a: *const f32,
+        a_bs: usize,
+        b: *const f32,
+        b_bs: usize,
+        c: *mut f32,
+        k: usize,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+        let k8 = k / 8 * 8;
+        for t in 0..batch {
+            let (at, bt) = (a.add(t * a_bs), b.add(t * b_bs));
+            let mut p = 0;
+            while p < k8 {
+                let mut bv = [_mm256_setzero_ps(); NR];
+                for (q, v) in bv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(bt.add(q * k + p));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = _mm256_loadu_ps(at.add(r * k + p));
+                    for (acc_rq, &bq) in acc_r.iter_mut().zip(&bv) {
+                        *acc_rq = _mm256_fmadd_ps(av, bq, *acc_rq);
+                    }
+                }
+                p += 8;
+            }
+            if k8 < k {
+                let mask = tail_mask(k - k8);
+                let mut bv = [_mm256_setzero_ps(); NR];
+                for (q, v) in bv.iter_mut().enumerate() {
+                    *v = _mm256_maskload_ps(bt.add(q * k + k8), mask);
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = _mm256_maskload_ps(at.add(r * k + k8), mask);
+                    for (acc_rq, &bq) in acc_r.iter_mut().zip(&bv) {
+                        *acc_rq = _mm256_fmadd_ps(av, bq, *acc_rq);
+                    }
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (q, &v) in acc_r.iter().enumerate() {
+                let s = hsum(v);
+                let dst = c.add(r * ldc + q);
+                *dst = if accumulate { *dst + s } else { s };
+            }
+        }
+    }
+
+    /// AVX2+FMA [`super::gemm_abt_batched`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `a`, `b`, `c` must hold at least batch*m*k, batch*n*k, m*n elements.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_abt_batched__avx2_fma(
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        accumulate: bool,
+    ) {
+        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        let (a_bs, b_bs) = (m * k, n * k);
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(4);
+            let mut j = 0;
+            while j < n {
+                let nr = (n - j).min(3);
+                let (a0, b0, c0) = (ap.add(i * k), bp.add(j * k), cp.add(i * n + j));
+                macro_rules! tile {
+                    ($($mr:literal, $nr:literal);*) => {
+                        match (mr, nr) {
+                            $(($mr, $nr) => abt_batched_tile::<$mr, $nr>(
+                                batch, a0, a_bs, b0, b_bs, c0, k, n, accumulate
+                            ),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                tile!(4, 3; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1);
+                j += nr;
+            }
+            i += mr;
         }
     }
 }
@@ -366,11 +670,17 @@ mod tests {
     #[test]
     fn gemm_atb_matches_reference_on_tails_and_training_shapes() {
         let mut rng = Rng::new(22);
-        for &(kk, m, n) in
-            SHAPES
-                .iter()
-                .chain(&[(32, 64, 784), (32, 10, 64), (3, 5, 40), (6, 4, 57)])
-        {
+        for &(kk, m, n) in SHAPES.iter().chain(&[
+            (32, 64, 784),
+            (32, 10, 64),
+            (3, 5, 40),
+            (6, 4, 57),
+            (150, 16, 100),
+            (16, 150, 100),
+            (25, 6, 784),
+            (4, 13, 15),
+            (2, 7, 1),
+        ]) {
             let a = random(&mut rng, kk * m);
             let b = random(&mut rng, kk * n);
             let mut c = vec![f32::NAN; m * n]; // overwritten, never read
@@ -385,6 +695,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn gemm_abt_batched_matches_reference_on_tails_and_convolution_shapes() {
+        let mut rng = Rng::new(23);
+        // (batch, m, k, n): LeNet dW shapes (oc, P, K) and k around the vector width.
+        for &(batch, m, k, n) in &[
+            (1, 1, 1, 1),
+            (3, 6, 784, 25),
+            (2, 16, 100, 150),
+            (4, 5, 7, 9),
+            (2, 4, 8, 3),
+            (3, 3, 9, 4),
+            (1, 7, 15, 13),
+            (5, 2, 16, 7),
+            (2, 9, 17, 5),
+        ] {
+            for accumulate in [false, true] {
+                let a = random(&mut rng, batch * m * k);
+                let b = random(&mut rng, batch * n * k);
+                let c0 = random(&mut rng, m * n);
+                let (mut c, mut r) = (c0.clone(), c0);
+                gemm_abt_batched(batch, m, k, n, &a, &b, &mut c, accumulate);
+                reference::gemm_abt_batched(batch, m, k, n, &a, &b, &mut r, accumulate);
+                for (i, (x, y)) in c.iter().zip(&r).enumerate() {
+                    assert!(
+                        (x - y).abs() <= tol(batch * k),
+                        "isa {:?} batch={batch} m={m} k={k} n={n} at {i}: {x} vs {y}",
+                        isa()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_abt_batched_of_one_pair_equals_gemm_abt_reference() {
+        let mut rng = Rng::new(24);
+        let (m, k, n) = (5, 13, 6);
+        let a = random(&mut rng, m * k);
+        let b = random(&mut rng, n * k);
+        let mut c = vec![0.0; m * n];
+        let mut r = vec![0.0; m * n];
+        reference::gemm_abt_batched(1, m, k, n, &a, &b, &mut c, false);
+        reference::gemm_abt(m, k, n, &a, &b, &mut r, false);
+        assert_eq!(c, r);
     }
 
     #[test]
