@@ -1,7 +1,7 @@
 //! Activation quantizer: unsigned asymmetric codes with a tracked range, fake-quantized with
 //! [`qparams::fake_quantize`] exactly.
 use super::config::{ActMethod, QuantConfig};
-use super::{lsq, pact};
+use super::{fastq, lsq, pact};
 use crate::error::{Error, Result};
 use crate::nn::Param;
 use crate::tensor::Tensor;
@@ -305,9 +305,8 @@ impl ActQuantizer {
     /// range unless frozen. In eval mode before any range was observed, the batch's own range is used (and not
     /// stored).
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
-        let batch = batch_range(&x.data);
         if self.calibrating {
-            if let Some((blo, bhi)) = batch {
+            if let Some((blo, bhi)) = batch_range(&x.data) {
                 self.range = Some(match self.range {
                     Some((lo, hi)) => (lo.min(blo), hi.max(bhi)),
                     None => (blo, bhi),
@@ -320,6 +319,12 @@ impl ActQuantizer {
         if self.method != ActMethod::Ste && self.fixed.is_none() {
             return self.forward_learned(x, train);
         }
+        // The batch range is only needed to update the EMA or when no range exists yet (never for the input).
+        let batch = if self.fixed.is_none() && ((train && !self.frozen) || self.range.is_none()) {
+            batch_range(&x.data)
+        } else {
+            None
+        };
         if train && !self.frozen && self.fixed.is_none() {
             if let Some((blo, bhi)) = batch {
                 let m = self.momentum;
@@ -337,21 +342,23 @@ impl ActQuantizer {
             (None, None, None) => self.qparams(),
         };
         let qmax = (1i32 << self.bits) - 1;
-        let lo = qparams::dequantize(0, qp);
-        let hi = qparams::dequantize(qmax, qp);
-        let mut data = Vec::with_capacity(x.len());
-        let mut inside = Vec::with_capacity(x.len());
-        for &v in &x.data {
-            data.push(qparams::fake_quantize(v, qp, 0, qmax));
-            inside.push(v >= lo && v <= hi);
-        }
-        let clipped = inside.iter().filter(|&&i| !i).count();
+        // Each element is `qparams::fake_quantize(v, qp, 0, qmax)`; the mask is `v` inside
+        // `[dequantize(0), dequantize(qmax)]` (see `fastq` for why the vector form is exact).
+        let mut data = vec![0.0; x.len()];
+        self.inside.resize(x.len(), false);
+        let clipped = fastq::act_fake_quant_ste(
+            &x.data,
+            qp.scale,
+            qp.zero_point,
+            qmax,
+            &mut data,
+            &mut self.inside,
+        );
         self.clipped_fraction = if x.is_empty() {
             0.0
         } else {
             clipped as f32 / x.len() as f32
         };
-        self.inside = inside;
         Tensor::new(data, x.shape.clone())
     }
 
@@ -374,30 +381,27 @@ impl ActQuantizer {
             zero_point: 0,
         };
         let alpha = pact::effective_alpha(value);
-        let mut data = Vec::with_capacity(x.len());
-        let mut inside = Vec::with_capacity(x.len());
-        for &v in &x.data {
-            data.push(qparams::fake_quantize(v, qp, 0, qmax));
-            inside.push(match self.method {
-                ActMethod::Pact => (0.0..alpha).contains(&v),
-                _ => lsq::inside(v, scale, 0, qmax),
-            });
-        }
-        // Clipped = above the range (values at or below 0 are ReLU's zeros, not clipping).
-        let clipped = x
-            .data
-            .iter()
-            .filter(|&&v| match self.method {
-                ActMethod::Pact => v >= alpha,
-                _ => v / scale >= qmax as f32,
-            })
-            .count();
+        // Elements: `qparams::fake_quantize(v, qp, 0, qmax)`. Mask: PACT `0 <= v < alpha`, LSQ
+        // `lsq::inside(v, scale, 0, qmax)`. Clipped = above the range (values at or below 0 are ReLU's zeros,
+        // not clipping): PACT `v >= alpha`, LSQ `v / scale >= qmax`.
+        let mut data = vec![0.0; x.len()];
+        self.inside.resize(x.len(), false);
+        let clipped = match self.method {
+            ActMethod::Pact => fastq::act_fake_quant_pact(
+                &x.data,
+                qp.scale,
+                qmax,
+                alpha,
+                &mut data,
+                &mut self.inside,
+            ),
+            _ => fastq::act_fake_quant_lsq(&x.data, qp.scale, qmax, &mut data, &mut self.inside),
+        };
         self.clipped_fraction = if x.is_empty() {
             0.0
         } else {
             clipped as f32 / x.len() as f32
         };
-        self.inside = inside;
         if train {
             self.last_input.clear();
             self.last_input.extend_from_slice(&x.data);

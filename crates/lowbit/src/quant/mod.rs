@@ -8,6 +8,7 @@
 pub mod act;
 pub mod config;
 pub mod convert;
+mod fastq;
 pub mod lsq;
 pub mod mixed;
 pub mod pact;

@@ -1,6 +1,7 @@
 //! Weight quantizers. [`WeightQuantizer::quantize`] is the single source of weight codes: QAT's fake-quant
 //! forward (`code * scale`) and the conversion to the runtime model both call it, so they agree by construction.
 use super::config::{QuantConfig, WeightQuantKind};
+use super::fastq;
 use super::lsq;
 use crate::error::{Error, Result};
 use crate::nn::Param;
@@ -73,6 +74,20 @@ pub struct WeightQuantizer {
     step: Vec<f32>,
     /// LSQ: dL/dstep of the last backward pass.
     grad_step: Vec<f32>,
+    /// Length of the weights of the last fast [`forward`](Self::forward) (`None`: backward must recompute the
+    /// mask); every kind but fixed step then needs no stored mask (all pass, or LSQ recomputes it fused).
+    fast_len: Option<usize>,
+    /// Scratch reused across steps (per-group scales / thresholds, f64 sums, counts, LSQ `dw_q/ds`).
+    scratch: Scratch,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    scales: Vec<f32>,
+    thresholds: Vec<f32>,
+    sums: Vec<f64>,
+    counts: Vec<usize>,
+    derivative: Vec<f32>,
 }
 
 impl Default for WeightQuantizer {
@@ -88,6 +103,8 @@ impl Default for WeightQuantizer {
             last_bits: 8,
             step: Vec::new(),
             grad_step: Vec::new(),
+            fast_len: None,
+            scratch: Scratch::default(),
         }
     }
 }
@@ -307,8 +324,173 @@ impl WeightQuantizer {
     }
 
     /// Writes fake-quantized weights into `out` (same length as `w`) and remembers what backward needs.
+    ///
+    /// Writes exactly `self.quantize(w, rows, cols).dequantize(cols)`, but without building [`WeightCodes`]:
+    /// fused, vectorized passes ([`fastq`]) over reused buffers.
     pub fn forward(&mut self, w: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
         self.ensure_init(w, rows, cols);
+        if w.is_empty() || out.len() != w.len() || rows.checked_mul(cols) != Some(w.len()) {
+            return self.forward_generic(w, rows, cols, out);
+        }
+        let n = w.len();
+        let (zeros, clipped) = match self.kind {
+            WeightQuantKind::MinMax => self.forward_min_max(w, rows, cols, out),
+            WeightQuantKind::Ternary => self.forward_ternary(w, rows, cols, out),
+            WeightQuantKind::Binary => self.forward_binary(w, rows, cols, out),
+            WeightQuantKind::Lsq => self.forward_lsq(w, rows, cols, out),
+            WeightQuantKind::FixedStep { .. } => return self.forward_generic(w, rows, cols, out),
+        };
+        self.zero_fraction = zeros as f32 / n as f32;
+        self.clipped_fraction = clipped as f32 / n as f32;
+        self.last_bits = self.config_bits;
+        self.inside.clear();
+        self.fast_len = Some(n);
+    }
+
+    fn forward_min_max(
+        &mut self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) -> (usize, usize) {
+        let qmax = (1i32 << (self.config_bits - 1)) - 1;
+        let (ngroups, group_len) = self.groups(rows, cols, w.len());
+        let maxes = &mut self.scratch.scales;
+        maxes.clear();
+        maxes.extend(group_chunks(w, ngroups, group_len).map(fastq::max_abs));
+        // The tensor's max is the max of the groups' (max is exact), so `max_abs(w)` need not be rescanned.
+        let tensor_scale = maxes.iter().fold(0f32, |m, &v| m.max(v)) / qmax as f32;
+        let fallback = if tensor_scale.is_normal() {
+            tensor_scale
+        } else {
+            ZERO_TENSOR_SCALE
+        };
+        let hi = qmax as f32;
+        let mut zeros = 0;
+        for ((g, o), &m) in group_chunks(w, ngroups, group_len)
+            .zip(out.chunks_mut(group_len.max(1)))
+            .zip(maxes.iter())
+        {
+            let s = m / qmax as f32;
+            let s = if s.is_normal() { s } else { fallback };
+            zeros += fastq::weight_fake_quant(g, s, -hi, hi, o).0;
+        }
+        (zeros, 0)
+    }
+
+    fn forward_ternary(
+        &mut self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) -> (usize, usize) {
+        let (ngroups, group_len) = self.groups(rows, cols, w.len());
+        let sc = &mut self.scratch;
+        sc.sums.resize(ngroups, 0.0);
+        sc.counts.resize(ngroups, 0);
+        fastq::group_abs_sums(w, group_len, None, &mut sc.sums, &mut sc.counts);
+        sc.thresholds.clear();
+        for (g, &sum) in group_chunks(w, ngroups, group_len).zip(sc.sums.iter()) {
+            let mean_abs = sum / g.len().max(1) as f64;
+            sc.thresholds.push((0.7 * mean_abs) as f32);
+        }
+        fastq::group_abs_sums(
+            w,
+            group_len,
+            Some(&sc.thresholds),
+            &mut sc.sums,
+            &mut sc.counts,
+        );
+        let mut zeros = 0;
+        for (((g, o), &delta), (&sum, &n)) in group_chunks(w, ngroups, group_len)
+            .zip(out.chunks_mut(group_len.max(1)))
+            .zip(sc.thresholds.iter())
+            .zip(sc.sums.iter().zip(sc.counts.iter()))
+        {
+            let alpha = (sum / n.max(1) as f64) as f32;
+            let alpha = if alpha.is_normal() {
+                alpha
+            } else {
+                ZERO_TENSOR_SCALE
+            };
+            zeros += fastq::ternary_fake_quant(g, delta, alpha, o);
+        }
+        (zeros, 0)
+    }
+
+    fn forward_binary(
+        &mut self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) -> (usize, usize) {
+        let (ngroups, group_len) = if rows > 0 { (rows, cols) } else { (1, w.len()) };
+        let sc = &mut self.scratch;
+        sc.sums.resize(ngroups, 0.0);
+        sc.counts.resize(ngroups, 0);
+        fastq::group_abs_sums(w, group_len, None, &mut sc.sums, &mut sc.counts);
+        // The tensor mean is only a fallback for all-zero rows: computed only if one occurs.
+        let mut fallback = None;
+        for ((g, o), &sum) in group_chunks(w, ngroups, group_len)
+            .zip(out.chunks_mut(group_len.max(1)))
+            .zip(sc.sums.iter())
+        {
+            let alpha = (sum / g.len().max(1) as f64) as f32;
+            let alpha = if alpha.is_normal() {
+                alpha
+            } else {
+                *fallback.get_or_insert_with(|| {
+                    let t = (w.iter().map(|x| x.abs() as f64).sum::<f64>() / w.len().max(1) as f64)
+                        as f32;
+                    if t.is_normal() {
+                        t
+                    } else {
+                        ZERO_TENSOR_SCALE
+                    }
+                })
+            };
+            fastq::binary_fake_quant(g, alpha, o);
+        }
+        (0, 0)
+    }
+
+    fn forward_lsq(
+        &mut self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) -> (usize, usize) {
+        let qp = self.lsq_qp();
+        let (ngroups, group_len) = self.groups(rows, cols, w.len());
+        if self.step.len() != ngroups {
+            let steps = self.initial_steps(w, rows, cols);
+            self.scratch.scales = steps;
+        } else {
+            self.scratch.scales.clear();
+            self.scratch
+                .scales
+                .extend(self.step.iter().map(|&s| lsq::effective_step(s)));
+        }
+        let hi = qp as f32;
+        let (mut zeros, mut clipped) = (0, 0);
+        for ((g, o), &s) in group_chunks(w, ngroups, group_len)
+            .zip(out.chunks_mut(group_len.max(1)))
+            .zip(self.scratch.scales.iter())
+        {
+            let (z, c) = fastq::weight_fake_quant(g, s, -hi, hi, o);
+            zeros += z;
+            clipped += c;
+        }
+        (zeros, clipped)
+    }
+
+    /// The reference path (fixed step, and odd shapes): builds the [`WeightCodes`] and stores the STE mask.
+    fn forward_generic(&mut self, w: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+        self.fast_len = None;
         let q = self.quantize(w, rows, cols);
         let zeros = q.codes.iter().filter(|&&c| c == 0).count();
         self.zero_fraction = if w.is_empty() {
@@ -343,6 +525,14 @@ impl WeightQuantizer {
     /// step's group, with `dw_q/ds` and `g = 1/sqrt(N Qp)` from Esser et al. 2020, eq. 3 (see [`lsq`]); N is
     /// the group size (the tensor, or one output row per channel).
     pub fn backward(&mut self, w: &[f32], grad_wq: &[f32], grad_w: &mut [f32]) {
+        if self.fast_len == Some(w.len()) && grad_wq.len() == w.len() && grad_w.len() == w.len() {
+            if self.kind == WeightQuantKind::Lsq && !self.step.is_empty() {
+                return self.backward_lsq(w, grad_wq, grad_w);
+            }
+            // Every other fast kind passes every gradient.
+            fastq::add_masked(grad_w, grad_wq, None);
+            return;
+        }
         if self.inside.len() != w.len() {
             // No matching forward: recompute the mask (rows do not matter for clipping).
             let rows = self.step.len().max(1);
@@ -372,6 +562,40 @@ impl WeightQuantizer {
                     .sum();
                 *gs = (sum * f64::from(lsq::grad_scale(wg.len(), qp))) as f32;
             }
+        }
+    }
+
+    /// LSQ backward after a fast forward: the mask and `dw_q/ds` come from one division per weight (the same
+    /// `w / s` the forward saw), and each group's step gradient is the same sequential f64 sum as before.
+    fn backward_lsq(&mut self, w: &[f32], grad_wq: &[f32], grad_w: &mut [f32]) {
+        let qp = self.lsq_qp();
+        let group_len = w.len().div_ceil(self.step.len()).max(1);
+        let sc = &mut self.scratch;
+        sc.derivative.resize(w.len(), 0.0);
+        for (((s, wg), gq), (gw, d)) in self
+            .step
+            .iter()
+            .zip(w.chunks(group_len))
+            .zip(grad_wq.chunks(group_len))
+            .zip(
+                grad_w
+                    .chunks_mut(group_len)
+                    .zip(sc.derivative.chunks_mut(group_len)),
+            )
+        {
+            fastq::lsq_weight_backward(wg, lsq::effective_step(*s), qp, gq, gw, d);
+        }
+        let ngroups = w.chunks(group_len).len().min(self.step.len());
+        sc.sums.resize(ngroups, 0.0);
+        fastq::group_dots(grad_wq, &sc.derivative, group_len, &mut sc.sums);
+        self.grad_step.resize(self.step.len(), 0.0);
+        for ((gs, &sum), wg) in self
+            .grad_step
+            .iter_mut()
+            .zip(sc.sums.iter())
+            .zip(w.chunks(group_len))
+        {
+            *gs = (sum * f64::from(lsq::grad_scale(wg.len(), qp))) as f32;
         }
     }
 
@@ -519,5 +743,104 @@ fn quantize_binary(w: &[f32], rows: usize, cols: usize) -> WeightCodes {
         bits: 1,
         inside: vec![true; w.len()],
         clipped: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Weights with a spread of magnitudes, exact ties of the grid, zeros, an all-zero row and a -0.0.
+    fn weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        let mut w: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.uniform_range(-0.3, 0.3) * 10f32.powi(rng.uniform_range(-3.0, 1.0) as i32))
+            .collect();
+        w[1] = 0.0;
+        w[2] = -0.0;
+        if rows > 2 {
+            w[2 * cols..3 * cols].fill(0.0);
+        }
+        w
+    }
+
+    fn kinds() -> Vec<(WeightQuantKind, u32, bool)> {
+        let mut v = Vec::new();
+        for pc in [false, true] {
+            for bits in [2, 4, 8] {
+                v.push((WeightQuantKind::MinMax, bits, pc));
+                v.push((WeightQuantKind::Lsq, bits, pc));
+            }
+            v.push((WeightQuantKind::Ternary, 2, pc));
+            v.push((WeightQuantKind::Binary, 1, pc));
+        }
+        v.push((WeightQuantKind::FixedStep { k: 4.0 }, 8, false));
+        v
+    }
+
+    #[test]
+    fn fast_forward_writes_exactly_the_dequantized_codes() {
+        for (rows, cols) in [(7, 13), (64, 784), (10, 64), (1, 5)] {
+            let w = weights(rows, cols, 11 + rows as u64);
+            for (kind, bits, pc) in kinds() {
+                let mut q = WeightQuantizer::new(kind, bits, pc).unwrap();
+                let mut out = vec![f32::NAN; w.len()];
+                q.forward(&w, rows, cols, &mut out);
+                let codes = q.quantize(&w, rows, cols);
+                let want = codes.dequantize(cols);
+                for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{kind:?} bits={bits} pc={pc} {rows}x{cols} index {i}: got {a:e}, want {b:e}"
+                    );
+                }
+                let zeros = codes.codes.iter().filter(|&&c| c == 0).count();
+                assert_eq!(q.zero_fraction(), zeros as f32 / w.len() as f32, "{kind:?}");
+                assert_eq!(
+                    q.clipped_fraction(),
+                    codes.clipped as f32 / w.len() as f32,
+                    "{kind:?}"
+                );
+                assert_eq!(q.bits(), codes.bits);
+            }
+        }
+    }
+
+    #[test]
+    fn fast_backward_matches_the_mask_and_step_gradient_of_the_reference_path() {
+        for (rows, cols) in [(7, 13), (64, 784), (10, 64)] {
+            let w = weights(rows, cols, 5 + cols as u64);
+            let mut rng = Rng::new(99);
+            let gq: Vec<f32> = (0..w.len()).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
+            for (kind, bits, pc) in kinds() {
+                let mut fast = WeightQuantizer::new(kind, bits, pc).unwrap();
+                let mut out = vec![0.0; w.len()];
+                fast.forward(&w, rows, cols, &mut out);
+                // Shrink LSQ steps so that some weights clip.
+                if kind == WeightQuantKind::Lsq {
+                    let s: Vec<f32> = fast.steps().iter().map(|s| s * 0.3).collect();
+                    fast.set_steps(s).unwrap();
+                    fast.forward(&w, rows, cols, &mut out);
+                }
+                // The reference: the same quantizer state with the mask recomputed from `quantize`.
+                let mut slow = fast.clone();
+                slow.fast_len = None;
+                slow.inside = slow.quantize(&w, rows, cols).inside;
+                let mut g_fast = vec![0.0; w.len()];
+                let mut g_slow = vec![0.0; w.len()];
+                fast.backward(&w, &gq, &mut g_fast);
+                slow.backward(&w, &gq, &mut g_slow);
+                for (i, (a, b)) in g_fast.iter().zip(&g_slow).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{kind:?} pc={pc} index {i}");
+                }
+                let (sf, ss) = (fast.grad_step.clone(), slow.grad_step.clone());
+                assert_eq!(sf.len(), ss.len());
+                for (a, b) in sf.iter().zip(&ss) {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{kind:?} pc={pc} step grad");
+                }
+            }
+        }
     }
 }
