@@ -415,7 +415,7 @@ fn edit_lbq_model(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Ve
     edit(&mut model);
     header["__metadata__"]["model"] = serde_json::Value::String(model.to_string());
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -674,7 +674,7 @@ fn diverged_training_without_out_writes_nothing() {
 /// A safetensors container with only `__metadata__`.
 fn metadata_only(meta: serde_json::Value) -> Vec<u8> {
     let mut h = serde_json::to_vec(&serde_json::json!({ "__metadata__": meta })).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -696,6 +696,11 @@ fn float_file_whose_spec_outgrows_its_data_is_rejected_before_building_the_model
     run_err(
         t.path(),
         &["eval", "bomb.f32"],
-        &["bomb.f32", "mlp:784-300000-10", "parameters", "stores 0 values"],
+        &[
+            "bomb.f32",
+            "mlp:784-300000-10",
+            "parameters",
+            "stores 0 values",
+        ],
     );
 }
