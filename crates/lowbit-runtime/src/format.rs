@@ -444,31 +444,41 @@ pub fn to_bytes(model: &QuantModel) -> Result<Vec<u8>, FormatError> {
     Ok(out)
 }
 
-/// Writes `model` to `path` atomically: serializes fully, writes a temporary file in the same directory, fsyncs
-/// it, then renames it over `path`. On any error `path` is untouched and the temporary file is removed.
+/// Writes `model` to `path` atomically (see [`write_atomic`]). Serialization happens first, so a model that
+/// cannot be written leaves `path` untouched.
 pub fn save(model: &QuantModel, path: &Path) -> Result<(), FormatError> {
     let bytes = to_bytes(model)?;
+    write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: a new temporary file in the same directory, fsync, rename over `path`,
+/// then fsync of the directory where the platform allows it. On any error `path` is untouched and the temporary
+/// file is removed. The one atomic writer of lowbit (model files, reports, plots).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| FormatError::Malformed(format!("{} has no file name", path.display())))?;
+    let file_name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} has no file name", path.display()),
+        )
+    })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = dir.join(tmp_name);
-    let result = (|| -> Result<(), FormatError> {
+    let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp, path)?;
-        Ok(())
+        std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -84,33 +84,12 @@ pub fn save_float(model: &Model, provenance: &Provenance, path: &Path) -> Result
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, then rename over the target.
+/// Writes `bytes` to `path` atomically ([`lowbit_runtime::format::write_atomic`]), naming the file in errors.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |source| Error::Io {
+    lowbit_runtime::format::write_atomic(path, bytes).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    Ok(())
+    })
 }
 
 /// Reads a float model from bytes (`path` only names the file in errors).

@@ -265,18 +265,5 @@ impl Model {
 
 /// Index of the largest value in each row of a `[B, C]` tensor (lowest index on ties; NaN never wins).
 pub fn argmax_rows(logits: &Tensor) -> Vec<usize> {
-    let c = logits.row_len().max(1);
-    logits
-        .data
-        .chunks_exact(c)
-        .map(|row| {
-            let mut arg = 0;
-            for (i, &v) in row.iter().enumerate() {
-                if v > row[arg] || row[arg].is_nan() && !v.is_nan() {
-                    arg = i;
-                }
-            }
-            arg
-        })
-        .collect()
+    crate::eval::argmax_rows(&logits.data, logits.row_len().max(1))
 }
