@@ -8,24 +8,8 @@ use lowbit_runtime::engine::Engine;
 use lowbit_runtime::kernels::{self, PrepackedWeights};
 use lowbit_runtime::model::{InputSpec, Provenance, QLayer, QuantModel};
 use lowbit_runtime::qparams::QParams;
-use lowbit_runtime::testutil::{random_dense, LayerOpts, Rng};
-use std::time::{Duration, Instant};
-
-/// Minimum over `windows` windows of about `window` each of the mean wall seconds per call.
-fn min_window_secs(window: Duration, windows: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut best = f64::INFINITY;
-    for _ in 0..windows {
-        let t0 = Instant::now();
-        let mut iters = 0u32;
-        while t0.elapsed() < window || iters == 0 {
-            f();
-            iters += 1;
-        }
-        best = best.min(t0.elapsed().as_secs_f64() / f64::from(iters));
-    }
-    best
-}
+use lowbit_runtime::testutil::{min_window_secs, random_dense, LayerOpts, Rng};
+use std::time::Duration;
 
 fn mlp(bits: u32) -> QuantModel {
     let mut rng = Rng(42);

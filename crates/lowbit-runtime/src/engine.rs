@@ -20,7 +20,8 @@
 //! - Dense after a spatial layer reads the NCHW features in order (Flatten is a no-op on the data).
 use crate::error::QuantError;
 use crate::kernels;
-use crate::kernels::PrepackedWeights;
+use crate::kernels::conv::{ConvGeometry, DirectConv};
+use crate::kernels::{Isa, PrepackedWeights};
 use crate::model::{OutputStage, QLayer, QuantModel};
 use crate::pack::PackedWeights;
 use crate::qparams::{act_code_range, requantize, QParams, Requant};
@@ -132,13 +133,7 @@ struct Window {
 #[derive(Debug, Clone)]
 enum Op {
     Dense(Gemm),
-    Conv {
-        gemm: Gemm,
-        input: Shape,
-        output: Shape,
-        window: Window,
-        pad_code: u8,
-    },
+    Conv(ConvOp),
     MaxPool {
         input: Shape,
         output: Shape,
@@ -154,6 +149,19 @@ enum Op {
         qmax: i32,
     },
     Flatten,
+}
+
+/// A convolution: im2col + GEMM, or the direct kernel when it issues fewer multiply-accumulates.
+#[derive(Debug, Clone)]
+struct ConvOp {
+    gemm: Gemm,
+    input: Shape,
+    output: Shape,
+    window: Window,
+    /// The input zero point, which padded positions hold.
+    pad_code: u8,
+    /// Int8 weights prepared for [`kernels::conv::direct_conv_acc`] (stride 1, AVX2 tiers), when cheaper.
+    direct: Option<DirectConv>,
 }
 
 /// Per-thread activation buffers reused across [`Engine::run`] calls (grown, never shrunk).
@@ -547,13 +555,15 @@ impl Engine {
                         .and_then(|p| p.checked_mul(k.checked_add(c.out_channels)?))
                         .ok_or_else(|| shape_err(name.clone(), "im2col size overflows".into()))?;
                     max_sample_elems = max_sample_elems.max(scratch);
-                    let op = Op::Conv {
+                    let direct = choose_direct(c, shape, &output)?;
+                    let op = Op::Conv(ConvOp {
                         gemm,
                         input: shape,
                         output,
                         window,
                         pad_code,
-                    };
+                        direct,
+                    });
                     cur_qp = qp;
                     cur_qmax = qmax;
                     shape = output;
@@ -657,7 +667,7 @@ impl Engine {
             .iter()
             .map(|op| match op {
                 Op::Dense(g) => g.n.saturating_mul(g.k),
-                Op::Conv { gemm, output, .. } => gemm
+                Op::Conv(ConvOp { gemm, output, .. }) => gemm
                     .n
                     .saturating_mul(gemm.k)
                     .saturating_mul(output.height * output.width),
@@ -799,13 +809,7 @@ impl Engine {
                 acc.resize(out_len, 0);
                 match op {
                     Op::Dense(g) => g.acc(src, batch, acc)?,
-                    Op::Conv {
-                        gemm,
-                        input,
-                        output,
-                        window,
-                        pad_code,
-                    } => conv_acc(gemm, src, *input, *output, window, *pad_code, acc)?,
+                    Op::Conv(conv) => conv_acc(conv, src, acc)?,
                     _ => return Err(internal("the last layer must emit logits")),
                 }
                 let logits = self.logits(op, acc)?;
@@ -820,21 +824,17 @@ impl Engine {
             next.resize(out_len, 0);
             match op {
                 Op::Dense(g) => g.requant(src, batch, next)?,
-                Op::Conv {
-                    gemm,
-                    input,
-                    output,
-                    window,
-                    pad_code,
-                } => conv_requant(gemm, src, *input, *output, window, *pad_code, next)?,
+                Op::Conv(conv) => conv_requant(conv, src, next)?,
                 Op::MaxPool {
                     input,
                     output,
                     window,
                 } => {
-                    pool(src, *input, *output, window, next, |vals| {
-                        vals.iter().copied().max().unwrap_or(0)
-                    });
+                    if window.kernel == (2, 2) && window.stride == (2, 2) {
+                        max_pool_2x2(src, *input, *output, next);
+                    } else {
+                        pool(src, *input, *output, window, next, 0u8, u8::max, |m| m);
+                    }
                 }
                 Op::AvgPool {
                     input,
@@ -845,10 +845,17 @@ impl Engine {
                     zp_out,
                     qmax,
                 } => {
-                    pool(src, *input, *output, window, next, |vals| {
-                        let sum: i32 = vals.iter().map(|&v| v as i32 - zp_in).sum();
-                        requantize(sum, *requant, *zp_out, 0, *qmax) as u8
-                    });
+                    let zp = *zp_in;
+                    pool(
+                        src,
+                        *input,
+                        *output,
+                        window,
+                        next,
+                        0i32,
+                        |sum, v| sum + (v as i32 - zp),
+                        |sum| requantize(sum, *requant, *zp_out, 0, *qmax) as u8,
+                    );
                 }
                 Op::Flatten => next.copy_from_slice(src),
             }
@@ -864,7 +871,7 @@ impl Engine {
     fn logits(&self, op: &Op, acc: &[i32]) -> Result<Vec<f32>, QuantError> {
         let (gemm, positions) = match op {
             Op::Dense(g) => (g, 1),
-            Op::Conv { gemm, output, .. } => (gemm, output.height * output.width),
+            Op::Conv(ConvOp { gemm, output, .. }) => (gemm, output.height * output.width),
             _ => return Err(internal("the last layer must emit logits")),
         };
         let Out::Logits { factor } = &gemm.out else {
@@ -902,122 +909,267 @@ pub fn argmax_rows(values: &[f32], cols: usize) -> Vec<usize> {
         .collect()
 }
 
-/// im2col of one NCHW sample: `col[p * k + (ic*kh*kw + ky*kw + kx)]` for output position `p`.
-fn im2col(x: &[u8], input: Shape, output: Shape, w: &Window, pad_code: u8, col: &mut Vec<u8>) {
+/// The direct kernel for a conv layer when it applies (int8 weights, stride 1, an AVX2 tier) and issues fewer
+/// multiply-accumulates than the im2col GEMM, whose int8 tile pads positions to 6 rows, channels to 16 columns and
+/// K to 16.
+fn choose_direct(
+    c: &crate::model::QConv2d,
+    input: Shape,
+    output: &Shape,
+) -> Result<Option<DirectConv>, QuantError> {
+    let isa = kernels::selected_isa();
+    if c.stride != (1, 1)
+        || c.weights.packing != crate::pack::Packing::I8
+        || !matches!(isa, Isa::Avx2 | Isa::Avx512Vnni)
+    {
+        return Ok(None);
+    }
+    let geo = ConvGeometry {
+        c_in: input.channels,
+        h: input.height,
+        w: input.width,
+        c_out: c.out_channels,
+        kh: c.kernel.0,
+        kw: c.kernel.1,
+        pad_h: c.padding.0,
+        pad_w: c.padding.1,
+    };
+    if geo.oh() != output.height || geo.ow() != output.width {
+        return Err(internal("direct convolution geometry"));
+    }
+    let positions = output.height * output.width;
+    let gemm_macs = positions.next_multiple_of(6)
+        * geo.c_out.next_multiple_of(16)
+        * geo.k().next_multiple_of(16);
+    if geo.direct_macs() >= gemm_macs {
+        return Ok(None);
+    }
+    DirectConv::new(isa, geo, &c.weights).map(Some)
+}
+
+/// Copies one NCHW sample into `[c][h + 2 ph][w + 2 pw + 8]` planes filled with `pad_code`: im2col then reads
+/// every window row as one 8-byte load, with no edge cases (the 8 extra columns absorb the over-read).
+fn pad_planes(x: &[u8], input: Shape, w: &Window, pad_code: u8, planes: &mut Vec<u8>) -> usize {
+    let (ph, pw) = w.padding;
+    let hp = input.height + 2 * ph;
+    let wp = input.width + 2 * pw + 8;
+    planes.clear();
+    planes.resize(input.channels * hp * wp, pad_code);
+    for (c, plane) in x.chunks_exact(input.height * input.width).enumerate() {
+        for (y, row) in plane.chunks_exact(input.width).enumerate() {
+            planes[(c * hp + y + ph) * wp + pw..][..input.width].copy_from_slice(row);
+        }
+    }
+    wp
+}
+
+/// im2col of one NCHW sample: `col[p * k + (ic*kh*kw + ky*kw + kx)]` for output position `p`, padded positions
+/// holding `pad_code`. `col` gets 8 bytes of slack past `positions * k`.
+fn im2col(
+    x: &[u8],
+    input: Shape,
+    output: Shape,
+    w: &Window,
+    pad_code: u8,
+    planes: &mut Vec<u8>,
+    col: &mut Vec<u8>,
+) {
     let (kh, kw) = w.kernel;
     let (sh, sw) = w.stride;
-    let (ph, pw) = w.padding;
     let k = input.channels * kh * kw;
+    let wp = pad_planes(x, input, w, pad_code, planes);
+    let hp = input.height + 2 * w.padding.0;
+    let positions = output.height * output.width;
     col.clear();
-    col.resize(output.height * output.width * k, pad_code);
-    let plane = input.height * input.width;
+    col.resize(positions * k + 8, 0);
+    let mut dst = 0;
     for oy in 0..output.height {
         for ox in 0..output.width {
-            let base = (oy * output.width + ox) * k;
             for ic in 0..input.channels {
                 for ky in 0..kh {
-                    // Padded coordinates: the source row is iy = oy*sh + ky - ph.
-                    let iy = oy * sh + ky;
-                    if iy < ph || iy - ph >= input.height {
-                        continue;
+                    let src = (ic * hp + oy * sh + ky) * wp + ox * sw;
+                    if kw <= 8 {
+                        // 8 bytes from a padded row (wp has 8 spare columns) into col, whose next segment (or
+                        // the 8-byte slack) takes the kw..8 surplus and is written after.
+                        col[dst..dst + 8].copy_from_slice(&planes[src..src + 8]);
+                    } else {
+                        col[dst..dst + kw].copy_from_slice(&planes[src..src + kw]);
                     }
-                    let iy = iy - ph;
-                    for kx in 0..kw {
-                        let ix = ox * sw + kx;
-                        if ix < pw || ix - pw >= input.width {
-                            continue;
-                        }
-                        let ix = ix - pw;
-                        col[base + ic * kh * kw + ky * kw + kx] =
-                            x[ic * plane + iy * input.width + ix];
-                    }
+                    dst += kw;
                 }
+            }
+        }
+    }
+    col.truncate(positions * k);
+}
+
+/// Transposes `[positions, channels]` into `[channels, positions]`.
+fn transpose_into<T: Copy>(src: &[T], positions: usize, channels: usize, dst: &mut [T]) {
+    for (c, drow) in dst.chunks_exact_mut(positions).take(channels).enumerate() {
+        for (p, d) in drow.iter_mut().enumerate() {
+            *d = src[p * channels + c];
+        }
+    }
+}
+
+/// Scratch for one convolution sample; `T` is the layer's output element (`u8` codes or `i32` accumulators).
+struct ConvScratch<T> {
+    planes: Vec<u8>,
+    col: Vec<u8>,
+    acc: Vec<i32>,
+    tmp: Vec<T>,
+}
+
+impl<T> Default for ConvScratch<T> {
+    fn default() -> Self {
+        Self {
+            planes: Vec::new(),
+            col: Vec::new(),
+            acc: Vec::new(),
+            tmp: Vec::new(),
+        }
+    }
+}
+
+impl ConvOp {
+    /// Runs every sample of `x` into `out` (NCHW): `direct(weights, sample, scratch accumulators, out)` on the
+    /// direct path, else im2col, `gemm(col, positions, [positions][channels] out)` and a transpose. Samples run
+    /// in parallel when called outside the rayon pool (a batch too small for [`Engine::execute`] to split), else
+    /// sequentially (the batch split already occupies every thread).
+    fn run<T: Copy + Default + Send>(
+        &self,
+        x: &[u8],
+        out: &mut [T],
+        direct: impl Fn(&DirectConv, &[u8], &mut Vec<i32>, &mut [T]) -> Result<(), QuantError> + Sync,
+        gemm: impl Fn(&[u8], usize, &mut [T]) -> Result<(), QuantError> + Sync,
+    ) -> Result<(), QuantError> {
+        let (input, output) = (self.input, self.output);
+        let in_elems = input.channels * input.height * input.width;
+        let out_elems = output.channels * output.height * output.width;
+        let positions = output.height * output.width;
+        let sample = |s: &mut ConvScratch<T>, o: &mut [T], xs: &[u8]| match &self.direct {
+            Some(d) => direct(d, xs, &mut s.acc, o),
+            None => {
+                im2col(
+                    xs,
+                    input,
+                    output,
+                    &self.window,
+                    self.pad_code,
+                    &mut s.planes,
+                    &mut s.col,
+                );
+                s.tmp.clear();
+                s.tmp.resize(out_elems, T::default());
+                gemm(&s.col, positions, &mut s.tmp)?;
+                transpose_into(&s.tmp, positions, self.gemm.n, o);
+                Ok(())
+            }
+        };
+        if rayon::current_thread_index().is_some() || out.len() <= out_elems {
+            let mut s = ConvScratch::default();
+            out.chunks_mut(out_elems)
+                .zip(x.chunks(in_elems))
+                .try_for_each(|(o, xs)| sample(&mut s, o, xs))
+        } else {
+            out.par_chunks_mut(out_elems)
+                .zip(x.par_chunks(in_elems))
+                .try_for_each_init(ConvScratch::default, |s, (o, xs)| sample(s, o, xs))
+        }
+    }
+}
+
+fn conv_requant(conv: &ConvOp, x: &[u8], out: &mut [u8]) -> Result<(), QuantError> {
+    let g = &conv.gemm;
+    let Out::Requant {
+        requant,
+        zero_point,
+        qmin,
+        qmax,
+    } = &g.out
+    else {
+        return Err(internal("requant called on a logits layer"));
+    };
+    let positions = conv.output.height * conv.output.width;
+    conv.run(
+        x,
+        out,
+        |d, xs, acc, o| {
+            acc.clear();
+            acc.resize(o.len(), 0);
+            kernels::conv::direct_conv_acc(d, xs, conv.pad_code, &g.bias_eff, acc)?;
+            kernels::conv::requant_channels(
+                acc,
+                g.n,
+                positions,
+                requant,
+                *zero_point,
+                *qmin,
+                *qmax,
+                o,
+            )
+        },
+        |col, m, tmp| g.requant(col, m, tmp),
+    )
+}
+
+fn conv_acc(conv: &ConvOp, x: &[u8], out: &mut [i32]) -> Result<(), QuantError> {
+    let g = &conv.gemm;
+    conv.run(
+        x,
+        out,
+        |d, xs, _, o| kernels::conv::direct_conv_acc(d, xs, conv.pad_code, &g.bias_eff, o),
+        |col, m, tmp| g.acc(col, m, tmp),
+    )
+}
+
+/// [`pool`] with the max over 2 x 2 windows at stride 2 (LeNet's pooling), in a form the compiler vectorizes.
+fn max_pool_2x2(x: &[u8], input: Shape, output: Shape, out: &mut [u8]) {
+    let (w, ow) = (input.width, output.width);
+    let in_plane = input.height * w;
+    let out_plane = output.height * ow;
+    for (xp, op) in x.chunks(in_plane).zip(out.chunks_mut(out_plane)) {
+        for (oy, orow) in op.chunks_exact_mut(ow).enumerate() {
+            let a = &xp[2 * oy * w..][..2 * ow];
+            let b = &xp[(2 * oy + 1) * w..][..2 * ow];
+            for ((o, pa), pb) in orow
+                .iter_mut()
+                .zip(a.chunks_exact(2))
+                .zip(b.chunks_exact(2))
+            {
+                *o = pa[0].max(pa[1]).max(pb[0].max(pb[1]));
             }
         }
     }
 }
 
-/// Transposes `[positions, channels]` into `[channels, positions]`.
-fn transpose_into<T: Copy>(src: &[T], positions: usize, channels: usize, dst: &mut [T]) {
-    for p in 0..positions {
-        for c in 0..channels {
-            dst[c * positions + p] = src[p * channels + c];
-        }
-    }
-}
-
-fn conv_requant(
-    g: &Gemm,
-    x: &[u8],
-    input: Shape,
-    output: Shape,
-    w: &Window,
-    pad_code: u8,
-    out: &mut [u8],
-) -> Result<(), QuantError> {
-    let in_elems = input.channels * input.height * input.width;
-    let out_elems = output.channels * output.height * output.width;
-    let positions = output.height * output.width;
-    out.par_chunks_mut(out_elems)
-        .zip(x.par_chunks(in_elems))
-        .try_for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(col, tmp): &mut (Vec<u8>, Vec<u8>), (o, xs)| {
-                im2col(xs, input, output, w, pad_code, col);
-                tmp.clear();
-                tmp.resize(out_elems, 0);
-                g.requant(col, positions, tmp)?;
-                transpose_into(tmp, positions, g.n, o);
-                Ok(())
-            },
-        )
-}
-
-fn conv_acc(
-    g: &Gemm,
-    x: &[u8],
-    input: Shape,
-    output: Shape,
-    w: &Window,
-    pad_code: u8,
-    out: &mut [i32],
-) -> Result<(), QuantError> {
-    let in_elems = input.channels * input.height * input.width;
-    let out_elems = output.channels * output.height * output.width;
-    let positions = output.height * output.width;
-    let mut col = Vec::new();
-    let mut tmp = vec![0i32; out_elems];
-    for (o, xs) in out.chunks_mut(out_elems).zip(x.chunks(in_elems)) {
-        im2col(xs, input, output, w, pad_code, &mut col);
-        g.acc(&col, positions, &mut tmp)?;
-        transpose_into(&tmp, positions, g.n, o);
-    }
-    Ok(())
-}
-
-/// Pooling without padding over each channel plane; `f` reduces one window's codes.
-fn pool(
+/// Pooling without padding over each channel plane: `finish(fold(step, init, window codes))` per output.
+#[allow(clippy::too_many_arguments)]
+fn pool<T: Copy>(
     x: &[u8],
     input: Shape,
     output: Shape,
     w: &Window,
     out: &mut [u8],
-    f: impl Fn(&[u8]) -> u8,
+    init: T,
+    step: impl Fn(T, u8) -> T,
+    finish: impl Fn(T) -> u8,
 ) {
     let (kh, kw) = w.kernel;
     let (sh, sw) = w.stride;
     let in_plane = input.height * input.width;
     let out_plane = output.height * output.width;
-    let mut vals = Vec::with_capacity(kh * kw);
     for (xp, op) in x.chunks(in_plane).zip(out.chunks_mut(out_plane)) {
-        for oy in 0..output.height {
-            for ox in 0..output.width {
-                vals.clear();
+        for (oy, orow) in op.chunks_exact_mut(output.width).enumerate() {
+            for (ox, o) in orow.iter_mut().enumerate() {
+                let mut a = init;
                 for ky in 0..kh {
                     let row = (oy * sh + ky) * input.width + ox * sw;
-                    vals.extend_from_slice(&xp[row..row + kw]);
+                    for &v in &xp[row..row + kw] {
+                        a = step(a, v);
+                    }
                 }
-                op[oy * output.width + ox] = f(&vals);
+                *o = finish(a);
             }
         }
     }

@@ -255,3 +255,20 @@ pub fn random_model(seed: u64) -> QuantModel {
         random_cnn(seed, o)
     }
 }
+
+/// Minimum over `windows` windows of about `window` each of the mean wall seconds per call of `f` (after one
+/// warm-up call): on a shared machine this filters out the windows in which the thread was descheduled.
+pub fn min_window_secs(window: std::time::Duration, windows: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::INFINITY;
+    for _ in 0..windows {
+        let t0 = std::time::Instant::now();
+        let mut iters = 0u32;
+        while t0.elapsed() < window || iters == 0 {
+            f();
+            iters += 1;
+        }
+        best = best.min(t0.elapsed().as_secs_f64() / f64::from(iters));
+    }
+    best
+}

@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub mod conv;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

@@ -657,7 +657,8 @@ unsafe fn requant_u8__avx2(acc: &[i32], rows: usize, n: usize, p: &OutputParams,
     let zpv = _mm256_set1_epi32(p.zero_point);
     let (qmin, qmax) = (_mm256_set1_epi32(p.qmin), _mm256_set1_epi32(p.qmax));
     let sign = _mm256_set1_epi64x(i64::MIN);
-    for j in (0..n8).step_by(8) {
+    // Per column group: multipliers, then (even, odd) lanes of shift, rounding constant and offset.
+    let params = |j: usize| {
         let mut mult = [0i32; 8];
         let (mut sh, mut rnd, mut off) = ([0i64; 8], [0i64; 8], [0i64; 8]);
         for c in 0..8 {
@@ -673,12 +674,28 @@ unsafe fn requant_u8__avx2(acc: &[i32], rows: usize, n: usize, p: &OutputParams,
             off[c] = 1i64 << (63 - s);
         }
         let mv = _mm256_loadu_si256(mult.as_ptr() as *const __m256i);
-        let mv_odd = _mm256_srli_epi64::<32>(mv);
         let even = |v: &[i64; 8]| _mm256_set_epi64x(v[6], v[4], v[2], v[0]);
         let odd = |v: &[i64; 8]| _mm256_set_epi64x(v[7], v[5], v[3], v[1]);
-        let (sh_e, sh_o) = (even(&sh), odd(&sh));
-        let (rnd_e, rnd_o) = (even(&rnd), odd(&rnd));
-        let (off_e, off_o) = (even(&off), odd(&off));
+        (
+            mv,
+            _mm256_srli_epi64::<32>(mv),
+            [
+                even(&sh),
+                odd(&sh),
+                even(&rnd),
+                odd(&rnd),
+                even(&off),
+                odd(&off),
+            ],
+        )
+    };
+    // Per-tensor requantization (one row per channel in `kernels::conv`) sets the constants up once.
+    let shared = (p.requant.len() == 1 && n8 > 0).then(|| params(0));
+    for j in (0..n8).step_by(8) {
+        let (mv, mv_odd, [sh_e, sh_o, rnd_e, rnd_o, off_e, off_o]) = match shared {
+            Some(c) => c,
+            None => params(j),
+        };
         for r in 0..rows {
             let x = _mm256_loadu_si256(acc.as_ptr().add(r * n + j) as *const __m256i);
             let ve = _mm256_mul_epi32(x, mv);
@@ -966,4 +983,140 @@ pub(crate) fn gemm_b1b1(
 ) {
     // SAFETY: only called for Avx2 / Avx512Vnni, whose availability check includes popcnt.
     unsafe { gemm_b1b1_i32__popcnt(a_bits, m, k, w, bias, out) }
+}
+
+/// [`requant_u8__avx2`] on one row of `n = acc.len()` accumulators (`p` checked, `p.requant.len() == 1`).
+pub(crate) fn requant_row(acc: &[i32], p: &OutputParams, out: &mut [u8]) {
+    // SAFETY: callers reach this only on the AVX2 tiers, which `Isa::is_available` detected; one row of
+    // acc.len() == out.len() elements.
+    unsafe { requant_u8__avx2(acc, 1, acc.len(), p, out) }
+}
+
+thread_local! {
+    /// Zero-point-padded i16 planes of the sample [`direct_conv`] is working on.
+    static CONV_PLANES: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Dispatch target of `conv::direct_conv_acc` on the AVX2 tiers (shapes checked; `pairs` as `DirectConv` builds
+/// them).
+pub(crate) fn direct_conv(
+    g: &super::conv::ConvGeometry,
+    pairs: &[i32],
+    x: &[u8],
+    pad_code: u8,
+    bias: &[i32],
+    out: &mut [i32],
+) {
+    let (oh, ow) = (g.oh(), g.ow());
+    if oh == 0 || ow == 0 {
+        return;
+    }
+    let hp = g.h + 2 * g.pad_h;
+    // Widest read: group start round_up(ow, 8) - 8, pair offset kw - 1, 8 lanes plus the pair's second element.
+    let wp = ow.div_ceil(8) * 8 + g.kw + 1;
+    let mut run = |planes: &mut Vec<i16>| {
+        planes.clear();
+        planes.resize(g.c_in * hp * wp, i16::from(pad_code));
+        for ic in 0..g.c_in {
+            for y in 0..g.h {
+                let src = &x[(ic * g.h + y) * g.w..][..g.w];
+                let dst = &mut planes[(ic * hp + y + g.pad_h) * wp + g.pad_w..][..g.w];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = i16::from(s);
+                }
+            }
+        }
+        let mut c0 = 0;
+        while c0 < g.c_out {
+            let cb = (g.c_out - c0).min(super::conv::MAX_CHANNEL_BLOCK);
+            // SAFETY: AVX2 was detected (dispatch); `planes` holds c_in * hp * wp i16 with wp covering every read
+            // (see `direct_block__avx2`); pairs hold c_out * c_in * kh * kx_pairs; out holds c_out * oh * ow.
+            unsafe {
+                let f = match cb {
+                    12 => direct_block__avx2::<12>,
+                    11 => direct_block__avx2::<11>,
+                    10 => direct_block__avx2::<10>,
+                    9 => direct_block__avx2::<9>,
+                    8 => direct_block__avx2::<8>,
+                    7 => direct_block__avx2::<7>,
+                    6 => direct_block__avx2::<6>,
+                    5 => direct_block__avx2::<5>,
+                    4 => direct_block__avx2::<4>,
+                    3 => direct_block__avx2::<3>,
+                    2 => direct_block__avx2::<2>,
+                    _ => direct_block__avx2::<1>,
+                };
+                f(g, hp, wp, planes, pairs, c0, bias, out);
+            }
+            c0 += cb;
+        }
+    };
+    CONV_PLANES.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut planes) => run(&mut planes),
+        Err(_) => run(&mut Vec::new()),
+    })
+}
+
+/// Output channels `c0..c0 + CB` of a direct convolution, 8 output columns at a time (see `kernels::conv`).
+///
+/// # Safety
+/// AVX2 must be available; `planes` is `[c_in][hp][wp]` with `wp >= round_up(ow, 8) + kw + 1`; `pairs` and `out`
+/// as `direct_conv` documents; `c0 + CB <= c_out`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn direct_block__avx2<const CB: usize>(
+    g: &super::conv::ConvGeometry,
+    hp: usize,
+    wp: usize,
+    planes: &[i16],
+    pairs: &[i32],
+    c0: usize,
+    bias: &[i32],
+    out: &mut [i32],
+) {
+    let (oh, ow) = (g.oh(), g.ow());
+    let kxp = g.kw.div_ceil(2);
+    // Distance between the same (ic, ky, pair) of consecutive channels.
+    let cstride = g.c_in * g.kh * kxp;
+    let wbase = pairs.as_ptr().add(c0 * cstride);
+    let mut biasv = [_mm256_setzero_si256(); CB];
+    for (c, b) in biasv.iter_mut().enumerate() {
+        *b = _mm256_set1_epi32(bias[c0 + c]);
+    }
+    let mut tail = [0i32; 8];
+    for oy in 0..oh {
+        for ox0 in (0..ow).step_by(8) {
+            let mut acc = biasv;
+            for ic in 0..g.c_in {
+                for ky in 0..g.kh {
+                    // Lane j of group ox0 reads columns ox0 + j + 2p and + 1 of padded row oy + ky: at most
+                    // round_up(ow, 8) - 1 + kw < wp.
+                    let row = planes.as_ptr().add((ic * hp + oy + ky) * wp + ox0);
+                    let wrow = wbase.add((ic * g.kh + ky) * kxp);
+                    for p in 0..kxp {
+                        let lo = _mm_loadu_si128(row.add(2 * p) as *const __m128i);
+                        let hi = _mm_loadu_si128(row.add(2 * p + 1) as *const __m128i);
+                        let pv = _mm256_set_m128i(
+                            _mm_unpackhi_epi16(lo, hi),
+                            _mm_unpacklo_epi16(lo, hi),
+                        );
+                        for (c, a) in acc.iter_mut().enumerate() {
+                            let wv = _mm256_set1_epi32(*wrow.add(c * cstride + p));
+                            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pv, wv));
+                        }
+                    }
+                }
+            }
+            let lanes = (ow - ox0).min(8);
+            for (c, a) in acc.iter().enumerate() {
+                let dst = out.as_mut_ptr().add(((c0 + c) * oh + oy) * ow + ox0);
+                if lanes == 8 {
+                    _mm256_storeu_si256(dst as *mut __m256i, *a);
+                } else {
+                    _mm256_storeu_si256(tail.as_mut_ptr() as *mut __m256i, *a);
+                    std::ptr::copy_nonoverlapping(tail.as_ptr(), dst, lanes);
+                }
+            }
+        }
+    }
 }

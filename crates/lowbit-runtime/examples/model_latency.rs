@@ -1,0 +1,42 @@
+//! Engine latency of a saved `.lbq` model at batch 1 and 256: the minimum over short windows of the mean wall time
+//! per call (filters out windows in which the thread was descheduled on a shared machine).
+//!
+//! `cargo run --release -p lowbit-runtime --example model_latency -- MODEL.lbq [WINDOWS]`
+use lowbit_runtime::engine::Engine;
+use lowbit_runtime::format;
+use lowbit_runtime::testutil::min_window_secs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let path = PathBuf::from(
+        args.next()
+            .ok_or("usage: model_latency MODEL.lbq [WINDOWS]")?,
+    );
+    let windows: usize = args.next().map(|w| w.parse()).transpose()?.unwrap_or(20);
+    let model = format::load(&path)?;
+    let engine = Engine::new(&model)?;
+    let features = engine.input_features();
+    println!(
+        "{}: kernel {}, {} rayon threads",
+        path.display(),
+        lowbit_runtime::kernels::active_isa(),
+        rayon::current_num_threads()
+    );
+    for batch in [1usize, 256] {
+        // Deterministic pseudo-random pixels: the engine's speed does not depend on their values.
+        let input: Vec<u8> = (0..batch * features)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let secs = min_window_secs(Duration::from_millis(50), windows, || {
+            std::hint::black_box(engine.run(&input, batch).map(|l| l.len()).unwrap_or(0));
+        });
+        println!(
+            "batch {batch:>3}: {:>10.0} samples/s, {:>9.2} us per call",
+            batch as f64 / secs,
+            secs * 1e6
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The direct convolution (every available tier, and its scalar reference) equals an independent im2col followed
+//! by the normative reference GEMM, bit for bit, on random geometries: channel counts across the 12-channel
+//! block, odd and even kernel widths, padding, output widths off the 8-column group, pad codes and weights at
+//! their extremes.
+use lowbit_runtime::kernels::conv::{direct_conv_acc, requant_channels, ConvGeometry, DirectConv};
+use lowbit_runtime::kernels::{reference, Isa, OutputParams};
+use lowbit_runtime::pack::PackedWeights;
+use lowbit_runtime::qparams::Requant;
+use lowbit_runtime::testutil::Rng;
+use proptest::prelude::*;
+
+/// im2col (`[positions][c_in * kh * kw]`, padded positions holding `pad`) and the reference GEMM, transposed to
+/// NCHW: the engine's original convolution, written out independently of `kernels::conv`.
+fn im2col_reference(
+    g: &ConvGeometry,
+    x: &[u8],
+    pad: u8,
+    w: &PackedWeights,
+    bias: &[i32],
+) -> Vec<i32> {
+    let (oh, ow, k) = (g.oh(), g.ow(), g.k());
+    let mut col = vec![pad; oh * ow * k];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for ic in 0..g.c_in {
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let (y, xx) = (oy + ky, ox + kx);
+                        if y >= g.pad_h && y - g.pad_h < g.h && xx >= g.pad_w && xx - g.pad_w < g.w
+                        {
+                            col[(oy * ow + ox) * k + (ic * g.kh + ky) * g.kw + kx] =
+                                x[(ic * g.h + y - g.pad_h) * g.w + xx - g.pad_w];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut acc = vec![0i32; oh * ow * g.c_out];
+    reference::gemm_u8i8_i32(&col, oh * ow, k, w, bias, &mut acc);
+    let mut nchw = vec![0i32; acc.len()];
+    for p in 0..oh * ow {
+        for c in 0..g.c_out {
+            nchw[c * oh * ow + p] = acc[p * g.c_out + c];
+        }
+    }
+    nchw
+}
+
+fn geometry(rng: &mut Rng) -> ConvGeometry {
+    let kh = rng.range(1, 5) as usize;
+    let kw = rng.range(1, 7) as usize;
+    let pad_h = rng.range(0, (kh - 1) as i64) as usize;
+    let pad_w = rng.range(0, (kw - 1) as i64) as usize;
+    ConvGeometry {
+        c_in: rng.range(1, 4) as usize,
+        h: kh + rng.range(0, 12) as usize,
+        w: kw + rng.range(0, 21) as usize,
+        c_out: [1, 2, 5, 6, 11, 12, 13, 16, 25][rng.range(0, 8) as usize],
+        kh,
+        kw,
+        pad_h,
+        pad_w,
+    }
+}
+
+fn check(seed: u64) {
+    let mut rng = Rng(seed);
+    let g = geometry(&mut rng);
+    let extreme = rng.range(0, 3);
+    let x: Vec<u8> = (0..g.c_in * g.h * g.w)
+        .map(|_| {
+            if extreme == 0 {
+                255
+            } else {
+                rng.range(0, 255) as u8
+            }
+        })
+        .collect();
+    let pad = [0u8, 255, 128, 7][rng.range(0, 3) as usize];
+    let codes: Vec<i8> = (0..g.c_out * g.k())
+        .map(|_| {
+            if extreme == 1 {
+                [-127i8, 127][rng.range(0, 1) as usize]
+            } else {
+                rng.range(-127, 127) as i8
+            }
+        })
+        .collect();
+    let w = PackedWeights::pack(8, g.c_out, g.k(), &codes).expect("valid codes");
+    let bias: Vec<i32> = (0..g.c_out)
+        .map(|_| rng.range(-1 << 20, 1 << 20) as i32)
+        .collect();
+    let expected = im2col_reference(&g, &x, pad, &w, &bias);
+    for isa in Isa::available() {
+        let conv = DirectConv::new(isa, g, &w).expect("int8 weights");
+        let mut out = vec![0i32; expected.len()];
+        direct_conv_acc(&conv, &x, pad, &bias, &mut out).expect("checked shapes");
+        assert_eq!(out, expected, "{isa:?} on {g:?}, pad {pad}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #[test]
+    fn direct_convolution_equals_im2col_reference_on_every_tier(seed in any::<u64>()) {
+        check(seed);
+    }
+}
+
+#[test]
+fn lenet_first_convolution_equals_im2col_reference() {
+    let g = ConvGeometry {
+        c_in: 1,
+        h: 28,
+        w: 28,
+        c_out: 6,
+        kh: 5,
+        kw: 5,
+        pad_h: 2,
+        pad_w: 2,
+    };
+    assert_eq!((g.oh(), g.ow()), (28, 28));
+    let mut rng = Rng(7);
+    let x: Vec<u8> = (0..784).map(|_| rng.range(0, 255) as u8).collect();
+    let codes: Vec<i8> = (0..150).map(|_| rng.range(-127, 127) as i8).collect();
+    let w = PackedWeights::pack(8, 6, 25, &codes).expect("valid codes");
+    let bias = vec![-5, 0, 7, 1 << 20, -(1 << 20), 3];
+    let expected = im2col_reference(&g, &x, 0, &w, &bias);
+    for isa in Isa::available() {
+        let conv = DirectConv::new(isa, g, &w).expect("int8 weights");
+        let mut out = vec![0i32; expected.len()];
+        direct_conv_acc(&conv, &x, 0, &bias, &mut out).expect("checked shapes");
+        assert_eq!(out, expected, "{isa:?}");
+    }
+}
+
+#[test]
+fn direct_convolution_rejects_sub_byte_weights_and_wrong_lengths() {
+    let g = ConvGeometry {
+        c_in: 1,
+        h: 4,
+        w: 4,
+        c_out: 2,
+        kh: 3,
+        kw: 3,
+        pad_h: 0,
+        pad_w: 0,
+    };
+    let w4 = PackedWeights::pack(4, 2, 9, &[1; 18]).expect("valid codes");
+    assert!(DirectConv::new(Isa::Reference, g, &w4).is_err());
+    let w8 = PackedWeights::pack(8, 2, 9, &[1; 18]).expect("valid codes");
+    let conv = DirectConv::new(Isa::Reference, g, &w8).expect("int8 weights");
+    let mut out = vec![0i32; 2 * 2 * 2];
+    assert!(direct_conv_acc(&conv, &[0; 15], 0, &[0, 0], &mut out).is_err());
+    assert!(direct_conv_acc(&conv, &[0; 16], 0, &[0], &mut out).is_err());
+    assert!(direct_conv_acc(&conv, &[0; 16], 0, &[0, 0], &mut out[..7]).is_err());
+    let wrong_geo = ConvGeometry { c_out: 3, ..g };
+    assert!(DirectConv::new(Isa::Reference, wrong_geo, &w8).is_err());
+}
+
+#[test]
+fn per_channel_requantization_equals_the_reference_output_stage() {
+    let mut rng = Rng(11);
+    let (channels, positions) = (5, 37);
+    let acc: Vec<i32> = (0..channels * positions)
+        .map(|_| rng.range(-1 << 24, 1 << 24) as i32)
+        .collect();
+    let requant: Vec<Requant> = (0..channels)
+        .map(|c| Requant::from_real(0.0003 * (c as f64 + 1.0)).expect("valid multiplier"))
+        .collect();
+    for (rq, zp, qmin, qmax) in [(&requant[..], 3, 3, 255), (&requant[..1], 0, 0, 15)] {
+        let mut out = vec![0u8; acc.len()];
+        requant_channels(&acc, channels, positions, rq, zp, qmin, qmax, &mut out).expect("checked");
+        for c in 0..channels {
+            let p = OutputParams {
+                bias: &[],
+                requant: &rq[if rq.len() == 1 { 0 } else { c }..][..1],
+                zero_point: zp,
+                qmin,
+                qmax,
+            };
+            let mut expected = vec![0u8; positions];
+            reference::requant_u8(
+                &acc[c * positions..][..positions],
+                positions,
+                &p,
+                &mut expected,
+            );
+            assert_eq!(
+                &out[c * positions..][..positions],
+                &expected[..],
+                "channel {c}"
+            );
+        }
+    }
+    let mut out = vec![0u8; acc.len()];
+    assert!(requant_channels(
+        &acc,
+        channels,
+        positions,
+        &requant[..2],
+        0,
+        0,
+        255,
+        &mut out
+    )
+    .is_err());
+}
