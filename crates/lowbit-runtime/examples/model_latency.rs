@@ -1,7 +1,8 @@
 //! Engine latency of a saved `.lbq` model at batch 1 and 256: the minimum over short windows of the mean wall time
 //! per call (filters out windows in which the thread was descheduled on a shared machine).
 //!
-//! `cargo run --release -p lowbit-runtime --example model_latency -- MODEL.lbq [WINDOWS]`
+//! `cargo run --release -p lowbit-runtime --example model_latency -- MODEL.lbq [WINDOWS [BATCHES]]` (BATCHES comma separated, default
+//! `1,256`; WINDOWS = 0 runs each batch once, for instruction counts under callgrind)
 use lowbit_runtime::engine::Engine;
 use lowbit_runtime::format;
 use lowbit_runtime::testutil::min_window_secs;
@@ -12,9 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = PathBuf::from(
         args.next()
-            .ok_or("usage: model_latency MODEL.lbq [WINDOWS]")?,
+            .ok_or("usage: model_latency MODEL.lbq [WINDOWS [BATCHES]]")?,
     );
     let windows: usize = args.next().map(|w| w.parse()).transpose()?.unwrap_or(20);
+    let batches: Vec<usize> = match args.next() {
+        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => vec![1, 256],
+    };
     let model = format::load(&path)?;
     let engine = Engine::new(&model)?;
     let features = engine.input_features();
@@ -24,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         lowbit_runtime::kernels::active_isa(),
         rayon::current_num_threads()
     );
-    for batch in [1usize, 256] {
+    for batch in batches {
         // Deterministic pseudo-random pixels: the engine's speed does not depend on their values.
         let input: Vec<u8> = (0..batch * features)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)

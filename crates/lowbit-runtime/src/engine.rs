@@ -805,8 +805,7 @@ impl Engine {
                 .checked_mul(self.out_elems.get(i).copied().unwrap_or(0))
                 .ok_or_else(|| internal("batch too large"))?;
             if i == last {
-                acc.clear();
-                acc.resize(out_len, 0);
+                fit(acc, out_len);
                 match op {
                     Op::Dense(g) => g.acc(src, batch, acc)?,
                     Op::Conv(conv) => conv_acc(conv, src, acc)?,
@@ -820,8 +819,7 @@ impl Engine {
                 };
                 return Ok((accumulators, logits));
             }
-            next.clear();
-            next.resize(out_len, 0);
+            fit(next, out_len);
             match op {
                 Op::Dense(g) => g.requant(src, batch, next)?,
                 Op::Conv(conv) => conv_requant(conv, src, next)?,
@@ -831,7 +829,7 @@ impl Engine {
                     window,
                 } => {
                     if window.kernel == (2, 2) && window.stride == (2, 2) {
-                        max_pool_2x2(src, *input, *output, next);
+                        max_pool_2x2(src, *input, *output, next)?;
                     } else {
                         pool(src, *input, *output, window, next, 0u8, u8::max, |m| m);
                     }
@@ -947,17 +945,39 @@ fn choose_direct(
     DirectConv::new(isa, geo, &c.weights).map(Some)
 }
 
+/// `(channels, height, width, padding, pad code)` of a padded sample.
+type PlaneLayout = (usize, usize, usize, (usize, usize), u8);
+
+/// Zero-point-padded copies of one sample's planes (see [`pad_planes`]).
+#[derive(Default)]
+struct Planes {
+    data: Vec<u8>,
+    /// The layout whose borders `data` holds.
+    layout: Option<PlaneLayout>,
+}
+
 /// Copies one NCHW sample into `[c][h + 2 ph][w + 2 pw + 8]` planes filled with `pad_code`: im2col then reads
-/// every window row as one 8-byte load, with no edge cases (the 8 extra columns absorb the over-read).
-fn pad_planes(x: &[u8], input: Shape, w: &Window, pad_code: u8, planes: &mut Vec<u8>) -> usize {
+/// every window row as one 8-byte load, with no edge cases (the 8 extra columns absorb the over-read). Every
+/// interior byte is overwritten, so the borders are written only when the layout or the pad code changed.
+fn pad_planes(x: &[u8], input: Shape, w: &Window, pad_code: u8, planes: &mut Planes) -> usize {
     let (ph, pw) = w.padding;
     let hp = input.height + 2 * ph;
     let wp = input.width + 2 * pw + 8;
-    planes.clear();
-    planes.resize(input.channels * hp * wp, pad_code);
+    let layout = (
+        input.channels,
+        input.height,
+        input.width,
+        w.padding,
+        pad_code,
+    );
+    if planes.layout != Some(layout) {
+        planes.data.clear();
+        planes.data.resize(input.channels * hp * wp, pad_code);
+        planes.layout = Some(layout);
+    }
     for (c, plane) in x.chunks_exact(input.height * input.width).enumerate() {
         for (y, row) in plane.chunks_exact(input.width).enumerate() {
-            planes[(c * hp + y + ph) * wp + pw..][..input.width].copy_from_slice(row);
+            planes.data[(c * hp + y + ph) * wp + pw..][..input.width].copy_from_slice(row);
         }
     }
     wp
@@ -971,7 +991,7 @@ fn im2col(
     output: Shape,
     w: &Window,
     pad_code: u8,
-    planes: &mut Vec<u8>,
+    planes: &mut Planes,
     col: &mut Vec<u8>,
 ) {
     let (kh, kw) = w.kernel;
@@ -980,27 +1000,55 @@ fn im2col(
     let wp = pad_planes(x, input, w, pad_code, planes);
     let hp = input.height + 2 * w.padding.0;
     let positions = output.height * output.width;
-    col.clear();
-    col.resize(positions * k + 8, 0);
-    let mut dst = 0;
-    for oy in 0..output.height {
-        for ox in 0..output.width {
-            for ic in 0..input.channels {
-                for ky in 0..kh {
-                    let src = (ic * hp + oy * sh + ky) * wp + ox * sw;
-                    if kw <= 8 {
-                        // 8 bytes from a padded row (wp has 8 spare columns) into col, whose next segment (or
-                        // the 8-byte slack) takes the kw..8 surplus and is written after.
-                        col[dst..dst + 8].copy_from_slice(&planes[src..src + 8]);
-                    } else {
-                        col[dst..dst + kw].copy_from_slice(&planes[src..src + kw]);
-                    }
-                    dst += kw;
+    fit(col, positions * k + 8);
+    // Offset of window row (ic, ky) from the window's top-left corner in the padded planes.
+    let rows: Vec<usize> = (0..input.channels)
+        .flat_map(|ic| (0..kh).map(move |ky| (ic * hp + ky) * wp))
+        .collect();
+    let data = &planes.data;
+    if kw <= 8 {
+        // Every read ends at most at the last padded row's column (ow - 1) * sw + 8 <= w + 2 pw + 8 - kw < wp,
+        // and every write at most at positions * k + 8 = col.len(): checked once here, not per copy.
+        let last_read = rows.last().map_or(0, |&r| r)
+            + (output.height.saturating_sub(1) * sh) * wp
+            + output.width.saturating_sub(1) * sw
+            + 8;
+        assert!(last_read <= data.len() && positions * k + 8 <= col.len());
+        let (src, dst) = (data.as_ptr(), col.as_mut_ptr());
+        let mut d = 0;
+        for oy in 0..output.height {
+            for ox in 0..output.width {
+                let corner = oy * sh * wp + ox * sw;
+                for &r in &rows {
+                    // SAFETY: corner + r + 8 <= last_read <= data.len() and d + 8 <= positions * k + 8 <= col.len()
+                    // (asserted above); the two buffers are distinct allocations. The 8-byte copy writes kw..8
+                    // surplus bytes into the next segment (or the slack), which are rewritten after.
+                    unsafe { std::ptr::copy_nonoverlapping(src.add(corner + r), dst.add(d), 8) };
+                    d += kw;
+                }
+            }
+        }
+    } else {
+        let mut d = 0;
+        for oy in 0..output.height {
+            for ox in 0..output.width {
+                let corner = oy * sh * wp + ox * sw;
+                for &r in &rows {
+                    col[d..d + kw].copy_from_slice(&data[corner + r..corner + r + kw]);
+                    d += kw;
                 }
             }
         }
     }
     col.truncate(positions * k);
+}
+
+/// Makes `v` exactly `len` long without touching kept elements: for buffers every element of which the caller
+/// overwrites, so a same-size call (every sample, every batch) costs no memset.
+fn fit<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+    if v.len() != len {
+        v.resize(len, T::default());
+    }
 }
 
 /// Transposes `[positions, channels]` into `[channels, positions]`.
@@ -1014,7 +1062,7 @@ fn transpose_into<T: Copy>(src: &[T], positions: usize, channels: usize, dst: &m
 
 /// Scratch for one convolution sample; `T` is the layer's output element (`u8` codes or `i32` accumulators).
 struct ConvScratch<T> {
-    planes: Vec<u8>,
+    planes: Planes,
     col: Vec<u8>,
     acc: Vec<i32>,
     tmp: Vec<T>,
@@ -1023,7 +1071,7 @@ struct ConvScratch<T> {
 impl<T> Default for ConvScratch<T> {
     fn default() -> Self {
         Self {
-            planes: Vec::new(),
+            planes: Planes::default(),
             col: Vec::new(),
             acc: Vec::new(),
             tmp: Vec::new(),
@@ -1059,8 +1107,7 @@ impl ConvOp {
                     &mut s.planes,
                     &mut s.col,
                 );
-                s.tmp.clear();
-                s.tmp.resize(out_elems, T::default());
+                fit(&mut s.tmp, out_elems);
                 gemm(&s.col, positions, &mut s.tmp)?;
                 transpose_into(&s.tmp, positions, self.gemm.n, o);
                 Ok(())
@@ -1095,8 +1142,7 @@ fn conv_requant(conv: &ConvOp, x: &[u8], out: &mut [u8]) -> Result<(), QuantErro
         x,
         out,
         |d, xs, acc, o| {
-            acc.clear();
-            acc.resize(o.len(), 0);
+            fit(acc, o.len());
             kernels::conv::direct_conv_acc(d, xs, conv.pad_code, &g.bias_eff, acc)?;
             kernels::conv::requant_channels(
                 acc,
@@ -1123,24 +1169,25 @@ fn conv_acc(conv: &ConvOp, x: &[u8], out: &mut [i32]) -> Result<(), QuantError> 
     )
 }
 
-/// [`pool`] with the max over 2 x 2 windows at stride 2 (LeNet's pooling), in a form the compiler vectorizes.
-fn max_pool_2x2(x: &[u8], input: Shape, output: Shape, out: &mut [u8]) {
+/// [`pool`] with the max over 2 x 2 windows at stride 2 (LeNet's pooling): the vertical max of each row pair
+/// into one contiguous plane, then the SIMD pair max over the whole plane at once (LeNet's rows are too short
+/// for a vector each).
+fn max_pool_2x2(x: &[u8], input: Shape, output: Shape, out: &mut [u8]) -> Result<(), QuantError> {
     let (w, ow) = (input.width, output.width);
     let in_plane = input.height * w;
     let out_plane = output.height * ow;
+    let mut vmax = vec![0u8; 2 * out_plane];
     for (xp, op) in x.chunks(in_plane).zip(out.chunks_mut(out_plane)) {
-        for (oy, orow) in op.chunks_exact_mut(ow).enumerate() {
+        for (oy, v) in vmax.chunks_exact_mut(2 * ow).enumerate() {
             let a = &xp[2 * oy * w..][..2 * ow];
             let b = &xp[(2 * oy + 1) * w..][..2 * ow];
-            for ((o, pa), pb) in orow
-                .iter_mut()
-                .zip(a.chunks_exact(2))
-                .zip(b.chunks_exact(2))
-            {
-                *o = pa[0].max(pa[1]).max(pb[0].max(pb[1]));
+            for ((v, &a), &b) in v.iter_mut().zip(a).zip(b) {
+                *v = a.max(b);
             }
         }
+        kernels::conv::max_pool_2x2_row(&vmax, &vmax, op)?;
     }
+    Ok(())
 }
 
 /// Pooling without padding over each channel plane: `finish(fold(step, init, window codes))` per output.

@@ -2,7 +2,9 @@
 //! by the normative reference GEMM, bit for bit, on random geometries: channel counts across the 12-channel
 //! block, odd and even kernel widths, padding, output widths off the 8-column group, pad codes and weights at
 //! their extremes.
-use lowbit_runtime::kernels::conv::{direct_conv_acc, requant_channels, ConvGeometry, DirectConv};
+use lowbit_runtime::kernels::conv::{
+    direct_conv_acc, max_pool_2x2_row, requant_channels, ConvGeometry, DirectConv,
+};
 use lowbit_runtime::kernels::{reference, Isa, OutputParams};
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::Requant;
@@ -206,4 +208,22 @@ fn per_channel_requantization_equals_the_reference_output_stage() {
         &mut out
     )
     .is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn max_pool_row_equals_the_scalar_definition(
+        a in proptest::collection::vec(any::<u8>(), 0..80),
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng(seed);
+        let b: Vec<u8> = (0..a.len()).map(|_| rng.range(0, 255) as u8).collect();
+        let n = a.len() / 2;
+        let mut out = vec![0u8; n];
+        max_pool_2x2_row(&a, &b, &mut out).expect("rows long enough");
+        let expected: Vec<u8> = (0..n).map(|i| a[2 * i].max(a[2 * i + 1]).max(b[2 * i]).max(b[2 * i + 1])).collect();
+        prop_assert_eq!(out, expected);
+        prop_assert!(max_pool_2x2_row(&a, &b, &mut vec![0u8; n + 1]).is_err());
+    }
 }

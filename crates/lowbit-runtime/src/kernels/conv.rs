@@ -275,3 +275,32 @@ pub fn requant_channels(
     }
     Ok(())
 }
+
+/// One output row of a 2 x 2, stride-2 max pool on codes: `out[i] = max(a[2i], a[2i+1], b[2i], b[2i+1])` where
+/// `a` and `b` are the two input rows (each at least `2 * out.len()` codes).
+pub fn max_pool_2x2_row(a: &[u8], b: &[u8], out: &mut [u8]) -> Result<(), QuantError> {
+    let need = 2 * out.len();
+    if a.len() < need || b.len() < need {
+        return Err(mismatch(
+            "max_pool_2x2_row",
+            format!(
+                "input rows of {} and {} codes, need {need}",
+                a.len(),
+                b.len()
+            ),
+        ));
+    }
+    match super::selected_isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => super::x86::max_pool_2x2_row(a, b, out),
+        _ => max_pool_2x2_row_reference(a, b, out),
+    }
+    Ok(())
+}
+
+/// Scalar definition of [`max_pool_2x2_row`] (checked lengths).
+pub(crate) fn max_pool_2x2_row_reference(a: &[u8], b: &[u8], out: &mut [u8]) {
+    for ((o, pa), pb) in out.iter_mut().zip(a.chunks_exact(2)).zip(b.chunks_exact(2)) {
+        *o = pa[0].max(pa[1]).max(pb[0].max(pb[1]));
+    }
+}

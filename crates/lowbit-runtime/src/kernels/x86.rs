@@ -657,36 +657,31 @@ unsafe fn requant_u8__avx2(acc: &[i32], rows: usize, n: usize, p: &OutputParams,
     let zpv = _mm256_set1_epi32(p.zero_point);
     let (qmin, qmax) = (_mm256_set1_epi32(p.qmin), _mm256_set1_epi32(p.qmax));
     let sign = _mm256_set1_epi64x(i64::MIN);
-    // Per column group: multipliers, then (even, odd) lanes of shift, rounding constant and offset.
+    // Per column group: multipliers, then (even, odd) lanes of shift, rounding constant and offset, in i64.
+    let one = _mm256_set1_epi64x(1);
+    let (c31, c63) = (_mm256_set1_epi32(31), _mm256_set1_epi64x(63));
+    let low32 = _mm256_set1_epi64x(0xffff_ffff);
     let params = |j: usize| {
-        let mut mult = [0i32; 8];
-        let (mut sh, mut rnd, mut off) = ([0i64; 8], [0i64; 8], [0i64; 8]);
+        let (mut mult, mut shift) = ([0i32; 8], [0i32; 8]);
         for c in 0..8 {
             let rq = if p.requant.len() == 1 {
                 p.requant[0]
             } else {
                 p.requant[j + c]
             };
-            let s = (31 + rq.shift) as u32;
             mult[c] = rq.multiplier;
-            sh[c] = s as i64;
-            rnd[c] = 1i64 << (s - 1);
-            off[c] = 1i64 << (63 - s);
+            shift[c] = rq.shift;
         }
         let mv = _mm256_loadu_si256(mult.as_ptr() as *const __m256i);
-        let even = |v: &[i64; 8]| _mm256_set_epi64x(v[6], v[4], v[2], v[0]);
-        let odd = |v: &[i64; 8]| _mm256_set_epi64x(v[7], v[5], v[3], v[1]);
+        // s = 31 + shift in 1..=62 (checked), so its i32 lanes zero-extend to the i64 shift counts.
+        let s = _mm256_add_epi32(_mm256_loadu_si256(shift.as_ptr() as *const __m256i), c31);
+        let (sh_e, sh_o) = (_mm256_and_si256(s, low32), _mm256_srli_epi64::<32>(s));
+        let rnd = |sh| _mm256_sllv_epi64(one, _mm256_sub_epi64(sh, one));
+        let off = |sh| _mm256_sllv_epi64(one, _mm256_sub_epi64(c63, sh));
         (
             mv,
             _mm256_srli_epi64::<32>(mv),
-            [
-                even(&sh),
-                odd(&sh),
-                even(&rnd),
-                odd(&rnd),
-                even(&off),
-                odd(&off),
-            ],
+            [sh_e, sh_o, rnd(sh_e), rnd(sh_o), off(sh_e), off(sh_o)],
         )
     };
     // Per-tensor requantization (one row per channel in `kernels::conv`) sets the constants up once.
@@ -992,9 +987,16 @@ pub(crate) fn requant_row(acc: &[i32], p: &OutputParams, out: &mut [u8]) {
     unsafe { requant_u8__avx2(acc, 1, acc.len(), p, out) }
 }
 
+/// Padded planes and the layout key their borders match (see [`direct_conv`]).
+type PaddedPlanes = (
+    Vec<i16>,
+    Option<(usize, usize, usize, usize, usize, usize, u8)>,
+);
+
 thread_local! {
-    /// Zero-point-padded i16 planes of the sample [`direct_conv`] is working on.
-    static CONV_PLANES: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
+    /// Zero-point-padded i16 planes of the sample [`direct_conv`] is working on, with the layout
+    /// `(c_in, h, w, pad_h, pad_w, wp, pad code)` their borders were written for.
+    static CONV_PLANES: RefCell<PaddedPlanes> = const { RefCell::new((Vec::new(), None)) };
 }
 
 /// Dispatch target of `conv::direct_conv_acc` on the AVX2 tiers (shapes checked; `pairs` as `DirectConv` builds
@@ -1014,9 +1016,14 @@ pub(crate) fn direct_conv(
     let hp = g.h + 2 * g.pad_h;
     // Widest read: group start round_up(ow, 8) - 8, pair offset kw - 1, 8 lanes plus the pair's second element.
     let wp = ow.div_ceil(8) * 8 + g.kw + 1;
-    let mut run = |planes: &mut Vec<i16>| {
-        planes.clear();
-        planes.resize(g.c_in * hp * wp, i16::from(pad_code));
+    let mut run = |(planes, layout): &mut PaddedPlanes| {
+        // Interior values are overwritten below; the borders only when the layout or the pad code changed.
+        let key = (g.c_in, g.h, g.w, g.pad_h, g.pad_w, wp, pad_code);
+        if *layout != Some(key) {
+            planes.clear();
+            planes.resize(g.c_in * hp * wp, i16::from(pad_code));
+            *layout = Some(key);
+        }
         for ic in 0..g.c_in {
             for y in 0..g.h {
                 let src = &x[(ic * g.h + y) * g.w..][..g.w];
@@ -1053,7 +1060,7 @@ pub(crate) fn direct_conv(
     };
     CONV_PLANES.with(|cell| match cell.try_borrow_mut() {
         Ok(mut planes) => run(&mut planes),
-        Err(_) => run(&mut Vec::new()),
+        Err(_) => run(&mut (Vec::new(), None)),
     })
 }
 
@@ -1119,4 +1126,36 @@ unsafe fn direct_block__avx2<const CB: usize>(
             }
         }
     }
+}
+
+/// Dispatch target of `conv::max_pool_2x2_row` on the AVX2 tiers (lengths checked).
+pub(crate) fn max_pool_2x2_row(a: &[u8], b: &[u8], out: &mut [u8]) {
+    // SAFETY: reached only on the AVX2 tiers, which `Isa::is_available` detected; a and b hold 2 * out.len().
+    unsafe { max_pool_2x2_row__avx2(a, b, out) }
+}
+
+/// 16 outputs per step: the vertical max of 32 codes, then the max of each byte pair (the high byte shifted onto
+/// the low one within 16-bit lanes), packed back to bytes.
+///
+/// # Safety
+/// AVX2 must be available; `a` and `b` hold at least `2 * out.len()` codes.
+#[target_feature(enable = "avx2")]
+unsafe fn max_pool_2x2_row__avx2(a: &[u8], b: &[u8], out: &mut [u8]) {
+    let n = out.len();
+    let low = _mm256_set1_epi16(0xff);
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: 2i + 32 <= 2n <= a.len(), b.len(); i + 16 <= n = out.len().
+        let va = _mm256_loadu_si256(a.as_ptr().add(2 * i) as *const __m256i);
+        let vb = _mm256_loadu_si256(b.as_ptr().add(2 * i) as *const __m256i);
+        let v = _mm256_max_epu8(va, vb);
+        let m = _mm256_and_si256(_mm256_max_epu8(v, _mm256_srli_epi16::<8>(v)), low);
+        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi16(m, m));
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(i) as *mut __m128i,
+            _mm256_castsi256_si128(packed),
+        );
+        i += 16;
+    }
+    super::conv::max_pool_2x2_row_reference(&a[2 * i..], &b[2 * i..], &mut out[i..]);
 }
