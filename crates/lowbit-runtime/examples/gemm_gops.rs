@@ -9,22 +9,8 @@ use lowbit_runtime::kernels::{self, OutputParams};
 use lowbit_runtime::model::{InputSpec, Provenance, QuantModel};
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::{weight_code_range, QParams, Requant};
-use lowbit_runtime::testutil::{random_dense, LayerOpts, Rng};
+use lowbit_runtime::testutil::{process_cpu_secs, random_dense, LayerOpts, Rng};
 use std::time::{Duration, Instant};
-
-/// utime + stime of this process in seconds, from /proc/self/stat (Linux; 0 elsewhere).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let Some(rest) = stat.rsplit(')').next() else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
 
 /// Best wall time per call over `repeats` repeats of about `budget` each, and the CPU time per call of that
 /// repeat (all threads; for single-threaded calls it excludes the time other processes held the core).
@@ -32,7 +18,7 @@ fn best_secs_cpu(budget: Duration, repeats: usize, mut f: impl FnMut()) -> (f64,
     f();
     let mut best = (f64::INFINITY, f64::INFINITY);
     for _ in 0..repeats {
-        let (t0, c0) = (Instant::now(), cpu_seconds());
+        let (t0, c0) = (Instant::now(), process_cpu_secs());
         let mut iters = 0u64;
         while t0.elapsed() < budget || iters == 0 {
             f();
@@ -40,7 +26,7 @@ fn best_secs_cpu(budget: Duration, repeats: usize, mut f: impl FnMut()) -> (f64,
         }
         let wall = t0.elapsed().as_secs_f64() / iters as f64;
         if wall < best.0 {
-            best = (wall, (cpu_seconds() - c0) / iters as f64);
+            best = (wall, (process_cpu_secs() - c0) / iters as f64);
         }
     }
     best

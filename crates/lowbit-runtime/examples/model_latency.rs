@@ -5,9 +5,9 @@
 //! `1,256`; WINDOWS = 0 runs each batch once, for instruction counts under callgrind)
 use lowbit_runtime::engine::Engine;
 use lowbit_runtime::format;
-use lowbit_runtime::testutil::min_window_secs;
+use lowbit_runtime::testutil::{min_window_secs, process_cpu_secs};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -37,10 +37,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let secs = min_window_secs(Duration::from_millis(50), windows, || {
             std::hint::black_box(engine.run(&input, batch).map(|l| l.len()).unwrap_or(0));
         });
+        // CPU time of a 2-second run: the work per sample, whatever the machine's load.
+        let (t0, c0) = (Instant::now(), process_cpu_secs());
+        let mut calls = 0usize;
+        while t0.elapsed() < Duration::from_secs(2) {
+            std::hint::black_box(engine.run(&input, batch).map(|l| l.len()).unwrap_or(0));
+            calls += 1;
+        }
+        let cpu_us = (process_cpu_secs() - c0) * 1e6 / (calls * batch) as f64;
         println!(
-            "batch {batch:>3}: {:>10.0} samples/s, {:>9.2} us per call",
+            "batch {batch:>3}: {:>10.0} samples/s, {:>9.2} us per call, {:>8.2} CPU-us per sample",
             batch as f64 / secs,
-            secs * 1e6
+            secs * 1e6,
+            cpu_us
         );
     }
     Ok(())

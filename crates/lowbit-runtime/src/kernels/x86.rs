@@ -637,6 +637,111 @@ unsafe fn gemm_subbyte_i32__avx2(
     }
 }
 
+/// Requantization constants of 8 consecutive columns: the Q31 multipliers (even lanes, and odd ones shifted
+/// down), then per i64 lane (even, odd columns) the total shift `s = 31 + shift`, the rounding constant
+/// `2^(s - 1)` and the offset `2^(63 - s)` of the logical-shift trick (see [`requant_u8__avx2`]).
+#[derive(Clone, Copy)]
+struct RequantConsts8 {
+    mult: __m256i,
+    mult_odd: __m256i,
+    shift: [__m256i; 2],
+    round: [__m256i; 2],
+    offset: [__m256i; 2],
+}
+
+impl RequantConsts8 {
+    /// Constants of columns `j..j + 8` (`p.requant[0]` for all when per-tensor); `p` passed `check_output`.
+    #[target_feature(enable = "avx2")]
+    unsafe fn new(p: &OutputParams, j: usize) -> Self {
+        let (mut mult, mut shift) = ([0i32; 8], [0i32; 8]);
+        for c in 0..8 {
+            let rq = if p.requant.len() == 1 {
+                p.requant[0]
+            } else {
+                p.requant[j + c]
+            };
+            mult[c] = rq.multiplier;
+            shift[c] = rq.shift;
+        }
+        let one = _mm256_set1_epi64x(1);
+        let mv = _mm256_loadu_si256(mult.as_ptr() as *const __m256i);
+        // s = 31 + shift in 1..=62 (checked), so its i32 lanes zero-extend to the i64 shift counts.
+        let s = _mm256_add_epi32(
+            _mm256_loadu_si256(shift.as_ptr() as *const __m256i),
+            _mm256_set1_epi32(31),
+        );
+        let sh = [
+            _mm256_and_si256(s, _mm256_set1_epi64x(0xffff_ffff)),
+            _mm256_srli_epi64::<32>(s),
+        ];
+        let c63 = _mm256_set1_epi64x(63);
+        Self {
+            mult: mv,
+            mult_odd: _mm256_srli_epi64::<32>(mv),
+            shift: sh,
+            round: sh.map(|v| _mm256_sllv_epi64(one, _mm256_sub_epi64(v, one))),
+            offset: sh.map(|v| _mm256_sllv_epi64(one, _mm256_sub_epi64(c63, v))),
+        }
+    }
+}
+
+/// The zero point and clamp bounds of an output stage, broadcast.
+struct OutputStage8 {
+    lo_t: __m256i,
+    hi_t: __m256i,
+    zp: __m256i,
+    qmin: __m256i,
+    qmax: __m256i,
+    sign: __m256i,
+}
+
+impl OutputStage8 {
+    #[target_feature(enable = "avx2")]
+    unsafe fn new(p: &OutputParams) -> Self {
+        let zp = p.zero_point as i64;
+        let lo_t = (p.qmin as i64 - zp - 1).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        let hi_t = (p.qmax as i64 - zp + 1).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        Self {
+            lo_t: _mm256_set1_epi32(lo_t),
+            hi_t: _mm256_set1_epi32(hi_t),
+            zp: _mm256_set1_epi32(p.zero_point),
+            qmin: _mm256_set1_epi32(p.qmin),
+            qmax: _mm256_set1_epi32(p.qmax),
+            sign: _mm256_set1_epi64x(i64::MIN),
+        }
+    }
+
+    /// Requantizes the 8 accumulators at `src` into 8 codes at `dst` (see [`requant_u8__avx2`]).
+    ///
+    /// # Safety
+    /// AVX2 must be available; `src` is readable for 8 i32, `dst` writable for 8 bytes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn apply(&self, src: *const i32, c: &RequantConsts8, dst: *mut u8) {
+        let x = _mm256_loadu_si256(src as *const __m256i);
+        let ve = _mm256_mul_epi32(x, c.mult);
+        let vo = _mm256_mul_epi32(_mm256_srli_epi64::<32>(x), c.mult_odd);
+        let ve = _mm256_xor_si256(_mm256_add_epi64(ve, c.round[0]), self.sign);
+        let vo = _mm256_xor_si256(_mm256_add_epi64(vo, c.round[1]), self.sign);
+        let ve = _mm256_sub_epi64(_mm256_srlv_epi64(ve, c.shift[0]), c.offset[0]);
+        let vo = _mm256_sub_epi64(_mm256_srlv_epi64(vo, c.shift[1]), c.offset[1]);
+        let t = _mm256_blend_epi32::<0b1010_1010>(ve, _mm256_slli_epi64::<32>(vo));
+        let t = _mm256_min_epi32(_mm256_max_epi32(t, self.lo_t), self.hi_t);
+        let q = _mm256_add_epi32(t, self.zp);
+        let q = _mm256_min_epi32(_mm256_max_epi32(q, self.qmin), self.qmax);
+        let q16 = _mm256_packs_epi32(q, q);
+        let q8 = _mm256_packus_epi16(q16, q16);
+        std::ptr::write_unaligned(
+            dst as *mut i32,
+            _mm_cvtsi128_si32(_mm256_castsi256_si128(q8)),
+        );
+        std::ptr::write_unaligned(
+            dst.add(4) as *mut i32,
+            _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(q8)),
+        );
+    }
+}
+
 /// Output stage of [`reference::requant_u8`] on `rows x n` accumulators, 8 columns per step, bit-exact:
 /// the Q31 product is formed in i64 lanes (`vpmuldq` on even and odd columns), the rounding constant
 /// `2^(s - 1)` is added, and the arithmetic right shift by `s = 31 + shift` (AVX2 has no 64-bit arithmetic
@@ -650,70 +755,30 @@ unsafe fn gemm_subbyte_i32__avx2(
 #[target_feature(enable = "avx2")]
 unsafe fn requant_u8__avx2(acc: &[i32], rows: usize, n: usize, p: &OutputParams, out: &mut [u8]) {
     let n8 = n / 8 * 8;
-    let zp = p.zero_point as i64;
-    let lo_t = (p.qmin as i64 - zp - 1).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-    let hi_t = (p.qmax as i64 - zp + 1).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-    let (lo_t, hi_t) = (_mm256_set1_epi32(lo_t), _mm256_set1_epi32(hi_t));
-    let zpv = _mm256_set1_epi32(p.zero_point);
-    let (qmin, qmax) = (_mm256_set1_epi32(p.qmin), _mm256_set1_epi32(p.qmax));
-    let sign = _mm256_set1_epi64x(i64::MIN);
-    // Per column group: multipliers, then (even, odd) lanes of shift, rounding constant and offset, in i64.
-    let one = _mm256_set1_epi64x(1);
-    let (c31, c63) = (_mm256_set1_epi32(31), _mm256_set1_epi64x(63));
-    let low32 = _mm256_set1_epi64x(0xffff_ffff);
-    let params = |j: usize| {
-        let (mut mult, mut shift) = ([0i32; 8], [0i32; 8]);
-        for c in 0..8 {
-            let rq = if p.requant.len() == 1 {
-                p.requant[0]
-            } else {
-                p.requant[j + c]
-            };
-            mult[c] = rq.multiplier;
-            shift[c] = rq.shift;
-        }
-        let mv = _mm256_loadu_si256(mult.as_ptr() as *const __m256i);
-        // s = 31 + shift in 1..=62 (checked), so its i32 lanes zero-extend to the i64 shift counts.
-        let s = _mm256_add_epi32(_mm256_loadu_si256(shift.as_ptr() as *const __m256i), c31);
-        let (sh_e, sh_o) = (_mm256_and_si256(s, low32), _mm256_srli_epi64::<32>(s));
-        let rnd = |sh| _mm256_sllv_epi64(one, _mm256_sub_epi64(sh, one));
-        let off = |sh| _mm256_sllv_epi64(one, _mm256_sub_epi64(c63, sh));
-        (
-            mv,
-            _mm256_srli_epi64::<32>(mv),
-            [sh_e, sh_o, rnd(sh_e), rnd(sh_o), off(sh_e), off(sh_o)],
-        )
-    };
-    // Per-tensor requantization (one row per channel in `kernels::conv`) sets the constants up once.
-    let shared = (p.requant.len() == 1 && n8 > 0).then(|| params(0));
-    for j in (0..n8).step_by(8) {
-        let (mv, mv_odd, [sh_e, sh_o, rnd_e, rnd_o, off_e, off_o]) = match shared {
-            Some(c) => c,
-            None => params(j),
-        };
+    let stage = OutputStage8::new(p);
+    let per_tensor = p.requant.len() == 1;
+    if per_tensor && n8 > 0 {
+        // One set of constants for the whole tile (per-tensor layers, and `kernels::conv`'s channel rows).
+        let c = RequantConsts8::new(p, 0);
         for r in 0..rows {
-            let x = _mm256_loadu_si256(acc.as_ptr().add(r * n + j) as *const __m256i);
-            let ve = _mm256_mul_epi32(x, mv);
-            let vo = _mm256_mul_epi32(_mm256_srli_epi64::<32>(x), mv_odd);
-            let ve = _mm256_xor_si256(_mm256_add_epi64(ve, rnd_e), sign);
-            let vo = _mm256_xor_si256(_mm256_add_epi64(vo, rnd_o), sign);
-            let ve = _mm256_sub_epi64(_mm256_srlv_epi64(ve, sh_e), off_e);
-            let vo = _mm256_sub_epi64(_mm256_srlv_epi64(vo, sh_o), off_o);
-            let t = _mm256_blend_epi32::<0b1010_1010>(ve, _mm256_slli_epi64::<32>(vo));
-            let t = _mm256_min_epi32(_mm256_max_epi32(t, lo_t), hi_t);
-            let q = _mm256_add_epi32(t, zpv);
-            let q = _mm256_min_epi32(_mm256_max_epi32(q, qmin), qmax);
-            let q16 = _mm256_packs_epi32(q, q);
-            let q8 = _mm256_packus_epi16(q16, q16);
-            let dst = out.as_mut_ptr().add(r * n + j);
-            std::ptr::write_unaligned(
-                dst as *mut i32,
-                _mm_cvtsi128_si32(_mm256_castsi256_si128(q8)),
-            );
-            std::ptr::write_unaligned(
-                dst.add(4) as *mut i32,
-                _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(q8)),
-            );
+            for j in (0..n8).step_by(8) {
+                stage.apply(
+                    acc.as_ptr().add(r * n + j),
+                    &c,
+                    out.as_mut_ptr().add(r * n + j),
+                );
+            }
+        }
+    } else {
+        for j in (0..n8).step_by(8) {
+            let c = RequantConsts8::new(p, j);
+            for r in 0..rows {
+                stage.apply(
+                    acc.as_ptr().add(r * n + j),
+                    &c,
+                    out.as_mut_ptr().add(r * n + j),
+                );
+            }
         }
     }
     if n8 < n {
