@@ -28,5 +28,5 @@ echo "## lowbit kernels (cargo run --release -p lowbit-runtime --example gemm_go
 "$TARGET/release/examples/gemm_gops"
 echo "## onnxruntime f32 and int8 QDQ (bench/peers/ort_mlp.py, 2 intra-op threads)"
 (cd bench/peers && "$VENV/bin/python" ort_mlp.py --threads 2 2> /dev/null)
-echo "## torch._int_mm and numpy f32 matmul, 1024^3 (bench/peers/torch_int_mm.py, 2 threads)"
+echo "## torch._int_mm, onnxruntime MatMulInteger and numpy f32 matmul, 1024^3 (bench/peers/torch_int_mm.py, 2 threads)"
 (cd bench/peers && "$VENV/bin/python" torch_int_mm.py --threads 2 2> /dev/null)
