@@ -1,12 +1,12 @@
 //! The subcommands. Each returns `anyhow::Result` with context naming the file or option at fault.
 use crate::ui::{bar, Table};
 use crate::{
-    ActQuantizerArg, BenchArgs, DemoArgs, EvalArgs, MethodArg, OptimizerArg, PredictArgs,
-    QuantizerArg, ScheduleArg, TrainArgs, WeightQuantizerArg,
+    ActQuantizerArg, BenchArgs, BnFoldArg, DemoArgs, EvalArgs, MethodArg, OptimizerArg,
+    PredictArgs, QuantizerArg, ScheduleArg, TrainArgs, WeightQuantizerArg,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
-use lowbit::config_file::{self, FileConfig, MethodName, OptimizerName, QuantSection};
+use lowbit::config_file::{self, BnFoldName, FileConfig, MethodName, OptimizerName, QuantSection};
 use lowbit::data::{self, DataSource, Split};
 use lowbit::eval::{argmax_rows, metrics, Metrics};
 use lowbit::modelfile::{self, AnyModel};
@@ -167,6 +167,9 @@ fn resolve_settings(
     if let Some(w) = a.warmup_steps {
         t.warmup_steps = Some(w);
     }
+    if let Some(m) = a.max_loss {
+        t.max_loss = Some(m);
+    }
     if let Some(c) = a.clip_grad_norm {
         t.clip_grad_norm = Some(c);
     }
@@ -179,6 +182,8 @@ fn resolve_settings(
             ("act_quantizer", "--act-quantizer"),
             ("layer_bits", "--layer-bits"),
             ("per_channel", "--per-channel"),
+            ("bn_fold", "--bn-fold"),
+            ("bn_freeze_steps", "--bn-freeze-steps"),
         ] {
             if typed(id) {
                 bail!(
@@ -240,6 +245,15 @@ fn resolve_settings(
         }
         if let Some(v) = a.pact_l2 {
             q.pact_l2 = Some(v);
+        }
+        if let Some(b) = a.bn_fold {
+            q.bn_fold = Some(match b {
+                BnFoldArg::Running => BnFoldName::Running,
+                BnFoldArg::Batch => BnFoldName::Batch,
+            });
+        }
+        if let Some(n) = a.bn_freeze_steps {
+            q.bn_freeze_steps = Some(n);
         }
         if typed("calibration_samples") || q.calibration_samples.is_none() {
             q.calibration_samples = Some(a.calibration_samples);
@@ -978,6 +992,101 @@ fn time_batches(
     Ok((batch as f64 / per, per))
 }
 
+/// The float model `lowbit bench` times against the engine: the same layers with dequantized weights (codes times
+/// scales), so both sides do the same work. Unlike `pipeline::dequantize_to_float` it also covers conv and pooling.
+fn float_twin(qm: &lowbit_runtime::model::QuantModel) -> Result<Model> {
+    use lowbit::nn::{AvgPool2d, Conv2d, Dense, Flatten, Layer, MaxPool2d, Relu};
+    use lowbit_runtime::pack::PackedWeights;
+    // Rows of codes times their scale (per row, or the single per-tensor scale), and the bias back in float.
+    fn dequant(
+        rows: usize,
+        cols: usize,
+        w: &PackedWeights,
+        scales: &[f32],
+        bias: &[i32],
+        in_scale: f32,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut row = vec![0i8; cols];
+        let mut wf = Vec::with_capacity(rows * cols);
+        let mut bf = Vec::with_capacity(rows);
+        for r in 0..rows {
+            let s = scales
+                .get(r)
+                .or(scales.first())
+                .copied()
+                .ok_or_else(|| anyhow!("layer without weight scales"))?;
+            let b = bias
+                .get(r)
+                .copied()
+                .ok_or_else(|| anyhow!("layer with {} biases for {rows} outputs", bias.len()))?;
+            w.unpack_row(r, &mut row);
+            wf.extend(row.iter().map(|&c| f32::from(c) * s));
+            bf.push(b as f32 * in_scale * s);
+        }
+        Ok((wf, bf))
+    }
+    let relu = |out: &OutputStage| matches!(out, OutputStage::Requantize { relu: true, .. });
+    let mut layers = Vec::new();
+    for l in &qm.layers {
+        match l {
+            QLayer::Dense(d) => {
+                let (w, b) = dequant(
+                    d.out_features,
+                    d.in_features,
+                    &d.weights,
+                    &d.weight_scales,
+                    &d.bias,
+                    d.input.scale,
+                )?;
+                layers.push(Layer::Dense(Dense::from_weights(
+                    d.in_features,
+                    d.out_features,
+                    w,
+                    b,
+                )));
+                if relu(&d.output) {
+                    layers.push(Layer::Relu(Relu::new()));
+                }
+            }
+            QLayer::Conv2d(c) => {
+                let (w, b) = dequant(
+                    c.out_channels,
+                    c.in_channels * c.kernel.0 * c.kernel.1,
+                    &c.weights,
+                    &c.weight_scales,
+                    &c.bias,
+                    c.input.scale,
+                )?;
+                layers.push(Layer::Conv2d(Conv2d::from_weights(
+                    c.in_channels,
+                    c.out_channels,
+                    c.kernel,
+                    c.stride,
+                    c.padding,
+                    w,
+                    b,
+                )));
+                if relu(&c.output) {
+                    layers.push(Layer::Relu(Relu::new()));
+                }
+            }
+            QLayer::MaxPool2d { kernel, stride } => {
+                layers.push(Layer::MaxPool2d(MaxPool2d::new(*kernel, *stride)));
+            }
+            QLayer::AvgPool2d { kernel, stride, .. } => {
+                layers.push(Layer::AvgPool2d(AvgPool2d::new(*kernel, *stride)));
+            }
+            QLayer::Flatten => layers.push(Layer::Flatten(Flatten::new())),
+        }
+    }
+    Ok(Model {
+        layers,
+        input_shape: [qm.input.channels, qm.input.height, qm.input.width],
+        classes: qm.classes,
+        spec: "dequantized".into(),
+    })
+}
+
 /// `lowbit bench`.
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let qm = match modelfile::load_any(&a.model)? {
@@ -991,7 +1100,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         bail!("invalid --seconds: must be a positive number");
     }
     let engine = Engine::new(&qm)?;
-    let mut float_model = pipeline::dequantize_to_float(&qm)?;
+    let mut float_model = float_twin(&qm)?;
     let split = data::load(&DataSource::Builtin)?;
     let per = qm.input.features();
     let mut t = Table::new(&[
@@ -1011,7 +1120,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             x,
             vec![b, qm.input.channels, qm.input.height, qm.input.width],
         );
-        debug_assert_eq!(input.len(), b * per);
+        if input.len() != b * per {
+            bail!(
+                "{}: bench feeds {}-pixel sample images, the model expects {per} input values",
+                a.model.display(),
+                input.len() / b
+            );
+        }
         let (fs, fl) = time_batches(b, a.seconds, || {
             std::hint::black_box(float_model.forward(&xt, false)?);
             Ok(())
@@ -1037,4 +1152,51 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     );
     print!("{}", t.render());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lowbit::quant::{convert, ptq};
+    use lowbit::tensor::Tensor;
+
+    #[test]
+    fn bench_float_twin_of_a_quantized_lenet_computes_the_engine_logits_up_to_activation_rounding(
+    ) -> Result<()> {
+        let split = data::load(&DataSource::Builtin)?;
+        let n = 64;
+        let pixels: Vec<u8> = (0..n).flat_map(|i| split.test.image(i).to_vec()).collect();
+        let x = Tensor::new(
+            pixels.iter().map(|&p| f32::from(p) / 255.0).collect(),
+            vec![n, 1, 28, 28],
+        );
+        let cfg = QuantConfig {
+            method: Method::Ptq,
+            ..QuantConfig::default()
+        };
+        let prepared = ptq(
+            &Model::from_spec("lenet5", 7)?,
+            &cfg,
+            std::slice::from_ref(&x),
+        )?;
+        let qm = convert(&prepared, Provenance::default())?;
+        let want = Engine::new(&qm)?.run(&pixels, n)?;
+        let got = float_twin(&qm)?.forward(&x, false)?;
+        assert_eq!(got.data.len(), want.len());
+        let err: f32 = got
+            .data
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum();
+        let norm: f32 = want.iter().map(|b| b * b).sum();
+        // 8-bit activations on every layer leave a few percent of relative error; a wrong weight layout, a lost
+        // ReLU or a bias off by a scale gives errors of order one.
+        assert!(
+            norm > 0.0 && (err / norm).sqrt() < 0.1,
+            "relative error {}",
+            (err / norm).sqrt()
+        );
+        Ok(())
+    }
 }

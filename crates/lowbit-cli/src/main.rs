@@ -82,6 +82,14 @@ enum ActQuantizerArg {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum BnFoldArg {
+    /// Fold batch norms with their running statistics before QAT and train the folded conv.
+    Running,
+    /// Train conv + batch norm on batch statistics with the folded weights quantized (default).
+    Batch,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum ScheduleArg {
     Constant,
     Step,
@@ -160,6 +168,13 @@ struct TrainArgs {
     /// index (negative from the end), `first` or `last`. Example: `first:8:8,last:8`.
     #[arg(long, value_delimiter = ',')]
     layer_bits: Vec<String>,
+    /// QAT batch-norm folding: `batch` (default) trains on batch statistics with the folded weights quantized;
+    /// `running` folds with running statistics before training (PTQ always does).
+    #[arg(long, value_enum)]
+    bn_fold: Option<BnFoldArg>,
+    /// With `--bn-fold batch`: freeze the batch-norm statistics after this many training steps.
+    #[arg(long, value_name = "STEPS")]
+    bn_freeze_steps: Option<usize>,
     /// Learning-rate schedule.
     #[arg(long, value_enum)]
     schedule: Option<ScheduleArg>,
@@ -178,6 +193,9 @@ struct TrainArgs {
     /// Clip gradients to this global L2 norm.
     #[arg(long)]
     clip_grad_norm: Option<f32>,
+    /// Stop as diverged when a batch loss exceeds this (default 1e4; a NaN/Inf loss always stops).
+    #[arg(long)]
+    max_loss: Option<f32>,
     /// Read model, data, training and quantization settings from a TOML or JSON file; flags typed on the
     /// command line override it (example: docs/examples/lenet5-mixed.toml).
     #[arg(long, value_name = "FILE")]
@@ -249,15 +267,6 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
-    // Every layer returns a fresh Vec; with glibc's dynamic mmap/trim thresholds those buffers go back to the OS
-    // on free and are faulted in again next step (~400 page faults per step). Fixed thresholds keep them mapped:
-    // LeNet-5 f32, full Fashion-MNIST, batch 64, one epoch went from 10.0-12.1 s to 5.3-6.5 s (sys 3.3-4.8 s -> 0.8 s).
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator tunables, and runs before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
     // Usage errors are one line too (clap's own text adds a usage block); help and version still print in full.
     let usage_error = |e: clap::Error| {
         let text = e.to_string();

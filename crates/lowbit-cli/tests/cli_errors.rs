@@ -655,6 +655,49 @@ fn diverged_qat_training_saves_a_loadable_lbq() {
     run_ok(t.path(), &["eval", "d.lbq"]);
 }
 
+/// Issue 3's check: LeNet-5 at Adam lr 10 explodes (a finite loss of 1e11 at step 2 on the builtin sample) and
+/// stops at the loss limit; the checkpoint it leaves loads and evaluates, float and quantized.
+#[test]
+fn lenet_at_lr_10_stops_as_diverged_and_its_checkpoint_evaluates() {
+    let t = tempfile::tempdir().unwrap();
+    for (extra, out) in [
+        (&[][..], "lenet.f32"),
+        (
+            &[
+                "--weight-bits",
+                "4",
+                "--act-bits",
+                "4",
+                "--quantizer",
+                "lsq",
+            ][..],
+            "lenet.lbq",
+        ),
+    ] {
+        let mut args = vec![
+            "train",
+            "--model",
+            "lenet5",
+            "--epochs",
+            "1",
+            "--lr",
+            "10",
+            "--no-baseline",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        let expected = format!("last good weights written to {out}");
+        run_err(
+            t.path(),
+            &args,
+            &["diverged", "exceeds --max-loss", &expected],
+        );
+        let eval = run_ok(t.path(), &["eval", out]);
+        assert!(eval.contains('%'), "{eval}");
+    }
+}
+
 #[test]
 fn diverged_training_without_out_writes_nothing() {
     let t = tempfile::tempdir().unwrap();

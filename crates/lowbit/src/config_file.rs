@@ -5,7 +5,7 @@
 //! [`QuantConfig::default`]). Unknown keys are errors. Every error names the file and the key at fault.
 use crate::error::{Error, Result};
 use crate::optim::{OptimizerKind, Schedule};
-use crate::quant::{ActMethod, LayerQuant, Method, QuantConfig, WeightMethod};
+use crate::quant::{ActMethod, BnFold, LayerQuant, Method, QuantConfig, WeightMethod};
 use crate::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -51,6 +51,16 @@ pub enum MethodName {
     Ptq,
 }
 
+/// Batch-norm folding named in a file (`bn_fold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BnFoldName {
+    /// Fold with running statistics at preparation ([`BnFold::Running`]).
+    Running,
+    /// Train on batch statistics ([`BnFold::BatchStats`]).
+    Batch,
+}
+
 /// `[training]`: each key mirrors the CLI flag of the same name.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +87,8 @@ pub struct TrainingSection {
     pub warmup_steps: Option<usize>,
     /// Global gradient-norm clipping threshold.
     pub clip_grad_norm: Option<f32>,
+    /// Batch loss above which training stops as diverged.
+    pub max_loss: Option<f32>,
 }
 
 /// `[quantization]`: each key mirrors the CLI flag of the same name; `[[quantization.layers]]` entries are
@@ -108,6 +120,10 @@ pub struct QuantSection {
     pub calibration_samples: Option<usize>,
     /// First and last weight layers at 8 bits.
     pub keep_first_last_8bit: Option<bool>,
+    /// Batch-norm folding in QAT: `running` or `batch` (the default).
+    pub bn_fold: Option<BnFoldName>,
+    /// With `bn_fold = "batch"`: freeze the batch-norm statistics after this many training steps.
+    pub bn_freeze_steps: Option<usize>,
     /// Per-layer overrides.
     #[serde(default)]
     pub layers: Vec<LayerQuant>,
@@ -184,6 +200,7 @@ impl FileConfig {
             schedule: t.schedule.unwrap_or(d.schedule),
             warmup_steps: t.warmup_steps.unwrap_or(d.warmup_steps),
             clip_grad_norm: t.clip_grad_norm,
+            max_loss: t.max_loss.unwrap_or(d.max_loss),
         };
         c.validate()?;
         Ok(c)
@@ -214,6 +231,19 @@ impl FileConfig {
             pact_alpha_init: q.pact_alpha,
             pact_l2: q.pact_l2.unwrap_or(d.pact_l2),
             layers: q.layers.clone(),
+            bn_fold: match (q.bn_fold, q.bn_freeze_steps) {
+                (Some(BnFoldName::Running), Some(_)) => {
+                    return Err(Error::option(
+                        "--bn-freeze-steps",
+                        "applies to batch-statistics folding only (bn_fold = \"batch\")",
+                    ))
+                }
+                (Some(BnFoldName::Running), None) => BnFold::Running,
+                (None, None) => d.bn_fold,
+                (None | Some(BnFoldName::Batch), freeze) => BnFold::BatchStats {
+                    freeze_after_steps: freeze,
+                },
+            },
         };
         c.validate()?;
         Ok(Some(c))
@@ -232,7 +262,7 @@ fn key_of(flag: &str) -> String {
     let section = match flag {
         "--epochs" | "--batch-size" | "--lr" | "--validation-split" | "--momentum"
         | "--weight-decay" | "--beta1" | "--beta2" | "--eps" | "--clip-grad-norm"
-        | "--warmup-steps" => "training",
+        | "--max-loss" | "--warmup-steps" => "training",
         "--schedule" | "--lr-step-every" | "--lr-gamma" | "--min-lr" => "training.schedule",
         _ if flag.starts_with("layers[") => return format!("quantization.{flag}"),
         _ => "quantization",

@@ -38,8 +38,9 @@ pub enum Error {
     /// Shapes that do not fit.
     #[error("shape mismatch: {0}")]
     Shape(String),
-    /// Training produced a non-finite loss or gradient; the model keeps its last good weights.
-    #[error("training diverged at epoch {epoch}, step {step}: {what} is not finite (last good weights kept)")]
+    /// Training produced a non-finite loss or gradient, or a loss above the limit; the model keeps its last good
+    /// weights.
+    #[error("training diverged at epoch {epoch}, step {step}: {what} (last good weights kept)")]
     Diverged {
         /// Epoch (1-based).
         epoch: usize,
@@ -56,6 +57,9 @@ pub enum Error {
         /// The cause.
         source: lowbit_runtime::FormatError,
     },
+    /// A trained model whose quantizers cannot be expressed in integers (e.g. degenerate ranges).
+    #[error("cannot convert the model to integers: {0}")]
+    Conversion(String),
     /// Quantization parameter problem.
     #[error(transparent)]
     Quant(#[from] lowbit_runtime::QuantError),

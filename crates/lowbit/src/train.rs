@@ -89,6 +89,11 @@ pub struct TrainConfig {
     pub warmup_steps: usize,
     /// Clip the global L2 norm of all gradients to this value before each update (`--clip-grad-norm`).
     pub clip_grad_norm: Option<f32>,
+    /// A batch loss above this stops training as diverged, like a non-finite one (`--max-loss`, finite, > 0).
+    /// Adam's bounded steps let an exploding run (e.g. lr 10) grow its logits to huge but finite values, whose
+    /// loss (1e9 and more) is the divergence NaN detection would never see; 1e4 is over 4000 times the loss of
+    /// guessing uniformly among 10 classes.
+    pub max_loss: f32,
 }
 
 impl Default for TrainConfig {
@@ -103,6 +108,7 @@ impl Default for TrainConfig {
             schedule: Schedule::Constant,
             warmup_steps: 0,
             clip_grad_norm: None,
+            max_loss: 1e4,
         }
     }
 }
@@ -129,6 +135,12 @@ impl TrainConfig {
                     format!("{f} is not in (0, 1)"),
                 ));
             }
+        }
+        if !(self.max_loss.is_finite() && self.max_loss > 0.0) {
+            return Err(Error::option(
+                "--max-loss",
+                format!("{} is not a positive finite number", self.max_loss),
+            ));
         }
         if let Some(c) = self.clip_grad_norm {
             if !(c.is_finite() && c > 0.0) {
@@ -235,6 +247,7 @@ impl Diagnostics {
             let wq = match layer {
                 Layer::Dense(d) => d.weight_quant.as_ref(),
                 Layer::Conv2d(c) => c.weight_quant.as_ref(),
+                Layer::ConvBn2d(c) => c.weight_quant(),
                 _ => None,
             };
             if let Some(q) = wq {
@@ -356,12 +369,22 @@ pub fn train<S: Samples + ?Sized>(
                 Err(Error::Diverged { epoch, step, what })
             };
             if !out.loss.is_finite() {
-                return diverged("loss".into(), model, &good);
+                return diverged("the loss is not finite".into(), model, &good);
+            }
+            if out.loss > cfg.max_loss {
+                let what = format!(
+                    "the loss {:.3e} exceeds --max-loss {:e}",
+                    out.loss, cfg.max_loss
+                );
+                return diverged(what, model, &good);
             }
             model.backward(&out.grad)?;
             let params = model.params_mut();
             if let Some(i) = params.iter().position(|p| !all_finite(p.grad)) {
-                let what = format!("gradient of parameter {i} ({})", params[i].name);
+                let what = format!(
+                    "the gradient of parameter {i} ({}) is not finite",
+                    params[i].name
+                );
                 drop(params);
                 return diverged(what, model, &good);
             }

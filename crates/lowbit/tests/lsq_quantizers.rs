@@ -318,6 +318,36 @@ fn learned_parameters_reach_the_optimizer_and_change_after_an_adam_step() {
 }
 
 #[test]
+fn conv_weight_steps_reach_the_optimizer_and_change_after_an_adam_step() {
+    let mut m = Model::from_spec("cnn:c4-p-10", 1).unwrap();
+    prepare_qat(&mut m, &lsq_cfg(2, 2, ActMethod::Lsq)).unwrap();
+    let names = kinds_and_names(&mut m);
+    assert_eq!(
+        names.iter().filter(|&&n| n == "weight_step").count(),
+        2,
+        "one learned step set per conv and dense layer: {names:?}"
+    );
+    let step_index = names.iter().position(|&n| n == "weight_step").unwrap();
+    let mut rng = Rng::new(3);
+    let x = Tensor::new(
+        (0..8 * 784).map(|_| rng.uniform()).collect(),
+        vec![8, 1, 28, 28],
+    );
+    let labels: Vec<u8> = (0..8).map(|i| (i % 10) as u8).collect();
+    let logits = m.forward(&x, true).unwrap();
+    let out = softmax_cross_entropy(&logits, &labels).unwrap();
+    m.backward(&out.grad).unwrap();
+    let before = m.snapshot();
+    let mut opt = Optimizer::new(OptimizerKind::adam(), 1e-2).unwrap();
+    opt.step(&mut m.params_mut()).unwrap();
+    let after = m.snapshot();
+    assert_ne!(
+        before[step_index], after[step_index],
+        "the conv's LSQ step did not move"
+    );
+}
+
+#[test]
 fn per_layer_overrides_set_widths_and_bad_selectors_name_the_key() {
     let cfg = QuantConfig {
         layers: vec![

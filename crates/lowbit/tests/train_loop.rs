@@ -172,7 +172,10 @@ fn nan_input_in_epoch_two_stops_with_diverged_and_restores_epoch_one_weights() {
         // Sample 137 overall is the 41st of epoch 2, i.e. in step 3 at batch size 16. ReLU propagates NaN, so
         // the loss itself is the first non-finite value.
         Error::Diverged { epoch, step, what } => {
-            assert_eq!((epoch, step, what.as_str()), (2, 3, "loss"))
+            assert_eq!(
+                (epoch, step, what.as_str()),
+                (2, 3, "the loss is not finite")
+            )
         }
         other => panic!("expected Diverged, got {other:?}"),
     }
@@ -192,6 +195,36 @@ fn huge_sgd_learning_rate_diverges_and_leaves_finite_weights() {
     let err = train(&mut model, &data, &c, &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::Diverged { .. }), "{err:?}");
     assert!(model.snapshot().iter().flatten().all(|v| v.is_finite()));
+}
+
+#[test]
+fn a_loss_above_the_limit_stops_as_diverged_before_any_update() {
+    let (x, y) = blobs(64, 14);
+    let data = SliceSamples::new(&x, &y, [1, 1, DIM]).unwrap();
+    let mut model = small_model(15);
+    let initial = model.snapshot();
+    let c = TrainConfig {
+        max_loss: 1e-3,
+        ..cfg(2)
+    };
+    match train(&mut model, &data, &c, &mut |_| {}).unwrap_err() {
+        Error::Diverged { epoch, step, what } => {
+            assert_eq!((epoch, step), (1, 1));
+            assert!(what.contains("exceeds --max-loss"), "{what}");
+        }
+        other => panic!("expected Diverged, got {other:?}"),
+    }
+    assert_eq!(model.snapshot(), initial);
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let c = TrainConfig {
+            max_loss: bad,
+            ..cfg(1)
+        };
+        match train(&mut small_model(1), &data, &c, &mut |_| {}) {
+            Err(Error::InvalidOption { option, .. }) => assert_eq!(option, "--max-loss"),
+            other => panic!("expected InvalidOption for {bad}, got {other:?}"),
+        }
+    }
 }
 
 #[test]

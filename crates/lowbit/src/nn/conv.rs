@@ -11,7 +11,8 @@
 //! for conv2) stays in L2 between im2col and the product, NCHW needs no scatter or transposition, and rayon
 //! splits samples across threads with no nested threading. The whole-batch matrixmultiply version ran LeNet's
 //! conv GEMMs at ~1 GMAC/s (packing `[K, B*P]` operands, its own threads competing with rayon's).
-use super::kernels::{gemm_abt_batched, gemm_atb};
+use super::activation::reshape_buffer;
+use super::kernels::{gemm_abt_batched, gemm_atb, isa, Isa};
 use super::Param;
 use crate::error::{Error, Result};
 use crate::quant::WeightQuantizer;
@@ -54,6 +55,18 @@ pub struct Conv2d {
     col: Vec<f32>,
     /// Input shape `[B, C, H, W]` of the last training forward.
     input_shape: Vec<usize>,
+    /// Output of the last forward pass; this and the scratch buffers below are reused from step to step.
+    output: Tensor,
+    /// dL/dinput of the last backward pass.
+    input_grad: Tensor,
+    /// `W^T [K, oc]` of the last forward.
+    w_t: Vec<f32>,
+    /// Zero-padded input planes, one sample after the other (training forward, padded layers only).
+    padded: Vec<f32>,
+    /// Per backward group: `[dW partial (oc*K) | db partial (oc)]`.
+    partials: Vec<f32>,
+    /// Per backward group: one sample's `dcol [K, P]`.
+    dcol: Vec<f32>,
 }
 
 /// Output size of a window of `k` with stride `s` over `n + 2*p`, or `None` if it does not fit (or k, s = 0).
@@ -92,7 +105,7 @@ fn sum_lanes(x: &[f32]) -> f32 {
 
 /// `dst.copy_from_slice(src)` for rows of a few dozen floats: fixed-size chunk copies are inlined, where a
 /// `memcpy` call per row (700 rows per LeNet conv1 sample) cost more than the copying.
-#[inline]
+#[inline(always)]
 fn copy_short(dst: &mut [f32], src: &[f32]) {
     let mut d = dst.chunks_exact_mut(8);
     let mut s = src.chunks_exact(8);
@@ -102,6 +115,34 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
     for (dv, &sv) in d.into_remainder().iter_mut().zip(s.remainder()) {
         *dv = sv;
+    }
+}
+
+/// `dst += src` elementwise for rows of a few dozen floats: fixed-size chunks vectorize, where the plain loop
+/// over LeNet conv2's 10-float rows ran one scalar add at a time (12% of a training step in col2im).
+#[inline(always)]
+fn add_short(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (dc, sc) in (&mut d).zip(&mut s) {
+        let mut block: [f32; 8] = sc.try_into().unwrap_or([0.0; 8]);
+        for (b, &v) in block.iter_mut().zip(dc.iter()) {
+            *b += v;
+        }
+        dc.copy_from_slice(&block);
+    }
+    let (d, s) = (d.into_remainder(), s.remainder());
+    let mut d4 = d.chunks_exact_mut(4);
+    let mut s4 = s.chunks_exact(4);
+    for (dc, sc) in (&mut d4).zip(&mut s4) {
+        let mut block: [f32; 4] = sc.try_into().unwrap_or([0.0; 4]);
+        for (b, &v) in block.iter_mut().zip(dc.iter()) {
+            *b += v;
+        }
+        dc.copy_from_slice(&block);
+    }
+    for (dv, &sv) in d4.into_remainder().iter_mut().zip(s4.remainder()) {
+        *dv += sv;
     }
 }
 
@@ -123,21 +164,38 @@ impl Geometry {
     /// A padded input is first copied into a zero-bordered `[C, H+2ph, W+2pw]` scratch (a few KB, far smaller than
     /// `col`), so every column row becomes one fixed-length copy with no edge tests or fills: the per-row branches
     /// and short fills were most of conv1's unfold time (700 rows of 28 floats per LeNet sample).
-    fn im2col(&self, x: &[f32], col: &mut [f32]) {
+    ///
+    /// `pad` is that scratch, [`Geometry::padded_len`] elements (any contents; empty when there is no padding).
+    fn im2col(&self, x: &[f32], col: &mut [f32], pad: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if isa() == Isa::Avx2Fma {
+            // SAFETY: isa() reports AVX2 only when the CPU has it; the body is safe code.
+            return unsafe { self.im2col__avx2(x, col, pad) };
+        }
+        self.im2col_portable(x, col, pad);
+    }
+
+    /// [`Geometry::im2col`] compiled for AVX2: the short row copies move 8 floats at a time instead of 4 (the
+    /// crate's baseline is SSE2). Same results: only copies.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(non_snake_case)]
+    unsafe fn im2col__avx2(&self, x: &[f32], col: &mut [f32], pad: &mut [f32]) {
+        self.im2col_portable(x, col, pad);
+    }
+
+    #[inline(always)]
+    fn im2col_portable(&self, x: &[f32], col: &mut [f32], pad: &mut [f32]) {
         let (kh, kw) = self.kernel;
         let (sh, sw) = self.stride;
         let (ph, pw) = self.padding;
         let (h, w, ow) = (self.h, self.w, self.ow);
         let (hp, wp) = (h + 2 * ph, w + 2 * pw);
-        let p = self.oh * ow;
-        let padded;
         let src: &[f32] = if ph == 0 && pw == 0 {
             x
         } else {
-            // Channels from `col`, not `x`: an empty input (H or W = 0) still has all-padding windows.
-            let channels = col.len() / (kh * kw * p).max(1);
-            let mut buf = vec![0.0f32; channels * hp * wp];
-            for (dst_plane, src_plane) in buf
+            pad.fill(0.0);
+            for (dst_plane, src_plane) in pad
                 .chunks_exact_mut(hp * wp)
                 .zip(x.chunks_exact((h * w).max(1)))
             {
@@ -145,12 +203,12 @@ impl Geometry {
                     .chunks_exact_mut(wp)
                     .zip(src_plane.chunks_exact(w.max(1)))
                 {
-                    dst_row[pw..pw + w].copy_from_slice(src_row);
+                    copy_short(&mut dst_row[pw..pw + w], src_row);
                 }
             }
-            padded = buf;
-            &padded
+            pad
         };
+        let p = self.oh * ow;
         for (kidx, row) in col.chunks_exact_mut(p).enumerate() {
             let (ic, ky, kx) = (kidx / (kh * kw), (kidx / kw) % kh, kidx % kw);
             let plane = &src[ic * hp * wp..(ic + 1) * hp * wp];
@@ -168,8 +226,36 @@ impl Geometry {
         }
     }
 
+    /// Length of [`Geometry::im2col`]'s padded scratch for `channels` input channels (0 without padding).
+    fn padded_len(&self, channels: usize) -> usize {
+        if self.padding == (0, 0) {
+            0
+        } else {
+            channels * (self.h + 2 * self.padding.0) * (self.w + 2 * self.padding.1)
+        }
+    }
+
     /// Adds one sample's `dcol[K, P]` back into `dx[C, H, W]`.
     fn col2im(&self, dcol: &[f32], dx: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if isa() == Isa::Avx2Fma {
+            // SAFETY: isa() reports AVX2 only when the CPU has it; the body is safe code.
+            return unsafe { self.col2im__avx2(dcol, dx) };
+        }
+        self.col2im_portable(dcol, dx);
+    }
+
+    /// [`Geometry::col2im`] compiled for AVX2 (8-float adds). The same adds in the same order as the portable
+    /// code (no FMA contraction in Rust), so the same results.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(non_snake_case)]
+    unsafe fn col2im__avx2(&self, dcol: &[f32], dx: &mut [f32]) {
+        self.col2im_portable(dcol, dx);
+    }
+
+    #[inline(always)]
+    fn col2im_portable(&self, dcol: &[f32], dx: &mut [f32]) {
         let (kh, kw) = self.kernel;
         let (sh, sw) = self.stride;
         let (ph, pw) = self.padding;
@@ -190,9 +276,7 @@ impl Geometry {
                 let dst = &mut plane[(iy - ph) * w..(iy - ph + 1) * w];
                 if sw == 1 {
                     let start = lo + kx - pw;
-                    for (d, &v) in dst[start..start + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
-                        *d += v;
-                    }
+                    add_short(&mut dst[start..start + (hi - lo)], &src[lo..hi]);
                 } else {
                     for ox in lo..hi {
                         dst[ox * sw + kx - pw] += src[ox];
@@ -259,6 +343,12 @@ impl Conv2d {
             grad_weight_q: Vec::new(),
             col: Vec::new(),
             input_shape: Vec::new(),
+            output: Tensor::default(),
+            input_grad: Tensor::default(),
+            w_t: Vec::new(),
+            padded: Vec::new(),
+            partials: Vec::new(),
+            dcol: Vec::new(),
         }
     }
 
@@ -343,6 +433,22 @@ impl Conv2d {
 
     /// Forward pass; in training mode the im2col matrices are kept for [`Conv2d::backward`].
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_buffered(x, train)?;
+        Ok(self.output.clone())
+    }
+
+    /// The output of the last forward pass.
+    pub(crate) fn output(&self) -> &Tensor {
+        &self.output
+    }
+
+    /// dL/dinput of the last backward pass.
+    pub(crate) fn input_grad(&self) -> &Tensor {
+        &self.input_grad
+    }
+
+    /// [`Conv2d::forward`] into the layer's output buffer.
+    pub(crate) fn forward_buffered(&mut self, x: &Tensor, train: bool) -> Result<()> {
         let (b, h, w, oh, ow) = self.check_input(x)?;
         let k = self.k();
         if let Some(q) = &mut self.weight_quant {
@@ -357,42 +463,56 @@ impl Conv2d {
             &self.weight
         };
         // W^T [K, oc]: the kernel broadcasts one weight per (step of K, output channel) against a row of col.
-        let mut w_t = vec![0.0f32; k * oc];
+        let w_t = &mut self.w_t;
+        w_t.resize(k * oc, 0.0);
         for (c, row) in wt.chunks_exact(k.max(1)).enumerate() {
             for (j, &v) in row.iter().enumerate() {
                 w_t[j * oc + c] = v;
             }
         }
+        let w_t = &self.w_t;
         let bias = &self.bias;
-        let sample = |xs: &[f32], cs: &mut [f32], ys: &mut [f32]| {
-            geom.im2col(xs, cs);
-            gemm_atb(k, oc, p, &w_t, cs, ys);
+        let sample = |xs: &[f32], cs: &mut [f32], pad: &mut [f32], ys: &mut [f32]| {
+            geom.im2col(xs, cs, pad);
+            gemm_atb(k, oc, p, w_t, cs, ys);
             for (plane, &bc) in ys.chunks_exact_mut(p).zip(bias) {
                 for v in plane {
                     *v += bc;
                 }
             }
         };
-        let mut y = vec![0.0f32; b * oc * p];
+        // Every output element is written by the product (beta = 0), so the old contents do not matter.
+        reshape_buffer(&mut self.output, &[b, oc, oh, ow]);
+        let y = &mut self.output.data;
         let x_len = (self.in_channels * h * w).max(1);
+        let pad_len = geom.padded_len(self.in_channels);
         if train {
-            let mut col = std::mem::take(&mut self.col);
             // Every element is written by im2col (padding included), so the old contents do not matter.
-            col.resize(b * k * p, 0.0);
+            self.col.resize(b * k * p, 0.0);
+            self.padded.resize(b * pad_len, 0.0);
+            // `chunks_mut(0)` panics, and an unpadded layer has no scratch: hand each sample an empty slice then.
+            let pads: Vec<&mut [f32]> = if pad_len == 0 {
+                (0..b).map(|_| <&mut [f32]>::default()).collect()
+            } else {
+                self.padded.chunks_mut(pad_len).collect()
+            };
             y.par_chunks_mut((oc * p).max(1))
-                .zip(col.par_chunks_mut((k * p).max(1)))
+                .zip(self.col.par_chunks_mut((k * p).max(1)))
                 .zip(x.data.par_chunks(x_len))
-                .for_each(|((ys, cs), xs)| sample(xs, cs, ys));
-            self.col = col;
+                .zip(pads)
+                .for_each(|(((ys, cs), xs), pad)| sample(xs, cs, pad, ys));
             self.input_shape.clone_from(&x.shape);
         } else {
             // Inference keeps no cache: one [K, P] scratch per rayon job instead of the whole batch's columns.
             y.par_chunks_mut((oc * p).max(1))
                 .zip(x.data.par_chunks(x_len))
-                .for_each_init(|| vec![0.0f32; k * p], |cs, (ys, xs)| sample(xs, cs, ys));
+                .for_each_init(
+                    || (vec![0.0f32; k * p], vec![0.0f32; pad_len]),
+                    |(cs, pad), (ys, xs)| sample(xs, cs, pad, ys),
+                );
             self.input_shape.clear();
         }
-        Ok(Tensor::new(y, vec![b, oc, oh, ow]))
+        Ok(())
     }
 
     /// Backward pass: sets `grad_weight` and `grad_bias`, returns dL/dx.
@@ -402,6 +522,16 @@ impl Conv2d {
 
     /// Backward pass; skips the input gradient (col2im) when not needed, returning an empty tensor then.
     pub(crate) fn backward_impl(&mut self, grad: &Tensor, need_input_grad: bool) -> Result<Tensor> {
+        self.backward_buffered(grad, need_input_grad)?;
+        Ok(if need_input_grad {
+            self.input_grad.clone()
+        } else {
+            Tensor::default()
+        })
+    }
+
+    /// Backward pass into the layer's input-gradient buffer (left as it was when `need_input_grad` is false).
+    pub(crate) fn backward_buffered(&mut self, grad: &Tensor, need_input_grad: bool) -> Result<()> {
         let [b, c_in, h, w] = self.input_shape[..] else {
             return Err(Error::Shape(
                 "conv2d: backward without a training forward pass".into(),
@@ -425,25 +555,32 @@ impl Conv2d {
         };
         let groups = b.div_ceil(DW_GROUP);
         let x_len = c_in * h * w;
-        let mut dx = if need_input_grad {
-            vec![0.0f32; b * x_len]
+        let part_len = oc * k + oc;
+        self.partials.resize(groups * part_len, 0.0);
+        let dx_parts: Vec<(&mut [f32], &mut [f32])> = if need_input_grad {
+            reshape_buffer(&mut self.input_grad, &[b, c_in, h, w]);
+            // col2im adds into dx.
+            self.input_grad.data.fill(0.0);
+            self.dcol.resize(groups * k * p, 0.0);
+            self.input_grad
+                .data
+                .chunks_mut((DW_GROUP * x_len).max(1))
+                .zip(self.dcol.chunks_mut((k * p).max(1)))
+                .collect()
         } else {
-            Vec::new()
-        };
-        let dx_parts: Vec<&mut [f32]> = if need_input_grad {
-            dx.chunks_mut((DW_GROUP * x_len).max(1)).collect()
-        } else {
-            (0..groups).map(|_| <&mut [f32]>::default()).collect()
+            (0..groups)
+                .map(|_| (<&mut [f32]>::default(), <&mut [f32]>::default()))
+                .collect()
         };
         let (col, gd) = (&self.col, &grad.data);
         // Per group of samples: [dW partial (oc*K) | db partial (oc)], and dX of its samples.
-        let partials: Vec<Vec<f32>> = dx_parts
-            .into_par_iter()
+        self.partials
+            .par_chunks_mut(part_len.max(1))
+            .zip(dx_parts)
             .enumerate()
-            .map(|(gi, dx_group)| {
+            .for_each(|(gi, (part, (dx_group, dcol)))| {
                 let s0 = gi * DW_GROUP;
                 let s1 = (s0 + DW_GROUP).min(b);
-                let mut part = vec![0.0f32; oc * k + oc];
                 let (pw, pb) = part.split_at_mut(oc * k);
                 gemm_abt_batched(
                     s1 - s0,
@@ -455,22 +592,20 @@ impl Conv2d {
                     pw,
                     false,
                 );
+                pb.fill(0.0);
                 // The group starts at channel 0 of sample s0, so plane i is channel i % oc.
                 for (i, plane) in gd[s0 * oc * p..s1 * oc * p].chunks_exact(p).enumerate() {
                     pb[i % oc] += sum_lanes(plane);
                 }
                 if !dx_group.is_empty() {
-                    let mut dcol = vec![0.0f32; k * p];
                     for (i, dxs) in dx_group.chunks_exact_mut(x_len).enumerate() {
                         let s = s0 + i;
                         // dcol [K, P] = W^T dY_s
-                        gemm_atb(oc, k, p, wt, &gd[s * oc * p..(s + 1) * oc * p], &mut dcol);
-                        geom.col2im(&dcol, dxs);
+                        gemm_atb(oc, k, p, wt, &gd[s * oc * p..(s + 1) * oc * p], dcol);
+                        geom.col2im(dcol, dxs);
                     }
                 }
-                part
-            })
-            .collect();
+            });
         let dw = if self.weight_quant.is_some() {
             self.grad_weight_q.resize(oc * k, 0.0);
             &mut self.grad_weight_q
@@ -479,7 +614,7 @@ impl Conv2d {
         };
         dw.fill(0.0);
         self.grad_bias.fill(0.0);
-        for part in &partials {
+        for part in self.partials.chunks_exact(part_len.max(1)) {
             for (d, v) in dw.iter_mut().zip(&part[..oc * k]) {
                 *d += v;
             }
@@ -491,15 +626,18 @@ impl Conv2d {
             self.grad_weight.fill(0.0);
             q.backward(&self.weight, &self.grad_weight_q, &mut self.grad_weight);
         }
-        if !need_input_grad {
-            return Ok(Tensor::default());
-        }
-        Ok(Tensor::new(dx, self.input_shape.clone()))
+        Ok(())
     }
 
-    /// The layer's parameters with their gradients: weight, then bias.
+    /// The layer's parameters with their gradients: weight, bias, then the weight quantizer's learned steps (LSQ).
     pub fn params_mut(&mut self) -> Vec<Param<'_>> {
-        vec![
+        // The quantizer's learned parameters (LSQ steps) are optimizer parameters too, initialized before the
+        // optimizer first sees them, as in `Dense::params_mut`.
+        let k = self.k();
+        if let Some(q) = &mut self.weight_quant {
+            q.ensure_init(&self.weight, self.out_channels, k);
+        }
+        let mut params = vec![
             Param {
                 name: "weight",
                 value: &mut self.weight,
@@ -510,6 +648,10 @@ impl Conv2d {
                 value: &mut self.bias,
                 grad: &mut self.grad_bias,
             },
-        ]
+        ];
+        if let Some(q) = &mut self.weight_quant {
+            params.extend(q.params_mut());
+        }
+        params
     }
 }

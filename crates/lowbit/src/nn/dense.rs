@@ -1,4 +1,5 @@
 //! Fully connected layer `y = x W^T + b`, optionally with fake-quantized weights.
+use super::activation::reshape_buffer;
 use super::gemm::{sgemm, MatRef};
 use super::kernels::{gemm_abt, gemm_atb};
 use super::Param;
@@ -31,6 +32,10 @@ pub struct Dense {
     grad_weight_q: Vec<f32>,
     /// Input of the last training forward pass, needed for dW.
     input: Tensor,
+    /// Output of the last forward pass (reused from step to step).
+    output: Tensor,
+    /// dL/dinput of the last backward pass (reused from step to step).
+    input_grad: Tensor,
 }
 
 impl Dense {
@@ -63,6 +68,8 @@ impl Dense {
             weight_q: Vec::new(),
             grad_weight_q: Vec::new(),
             input: Tensor::default(),
+            output: Tensor::default(),
+            input_grad: Tensor::default(),
         }
     }
 
@@ -77,6 +84,22 @@ impl Dense {
 
     /// Forward pass. In training mode the input is cached for [`Dense::backward`].
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_buffered(x, train)?;
+        Ok(self.output.clone())
+    }
+
+    /// The output of the last forward pass.
+    pub(crate) fn output(&self) -> &Tensor {
+        &self.output
+    }
+
+    /// dL/dinput of the last backward pass.
+    pub(crate) fn input_grad(&self) -> &Tensor {
+        &self.input_grad
+    }
+
+    /// [`Dense::forward`] into the layer's output buffer.
+    pub(crate) fn forward_buffered(&mut self, x: &Tensor, train: bool) -> Result<()> {
         let batch = x.rows();
         if x.shape.len() < 2 || x.row_len() != self.in_features {
             return Err(Error::Shape(format!(
@@ -99,19 +122,20 @@ impl Dense {
             &self.weight
         };
         let n = self.out_features;
-        let mut y = vec![0.0f32; batch * n];
+        reshape_buffer(&mut self.output, &[batch, n]);
+        let y = &mut self.output.data;
         for row in y.chunks_exact_mut(n) {
             row.copy_from_slice(&self.bias);
         }
         // y[B, N] = x[B, K] * W^T[K, N] + y
-        gemm_abt(batch, self.in_features, n, &x.data, w, &mut y, true);
+        gemm_abt(batch, self.in_features, n, &x.data, w, y, true);
         if train {
             self.input.data.clear();
             self.input.data.extend_from_slice(&x.data);
             self.input.shape.clear();
             self.input.shape.extend_from_slice(&x.shape);
         }
-        Ok(Tensor::new(y, vec![batch, n]))
+        Ok(())
     }
 
     /// Backward pass: sets `grad_weight` and `grad_bias` (overwriting), returns dL/dx shaped like the input.
@@ -122,6 +146,16 @@ impl Dense {
     /// Backward pass; skips the input gradient (the costliest product of the first layer) when not needed,
     /// returning an empty tensor then.
     pub(crate) fn backward_impl(&mut self, grad: &Tensor, need_input_grad: bool) -> Result<Tensor> {
+        self.backward_buffered(grad, need_input_grad)?;
+        Ok(if need_input_grad {
+            self.input_grad.clone()
+        } else {
+            Tensor::default()
+        })
+    }
+
+    /// Backward pass into the layer's input-gradient buffer (left as it was when `need_input_grad` is false).
+    pub(crate) fn backward_buffered(&mut self, grad: &Tensor, need_input_grad: bool) -> Result<()> {
         let (k, n) = (self.in_features, self.out_features);
         let batch = self.input.rows();
         if grad.shape != [batch, n] || self.input.row_len() != k {
@@ -148,7 +182,7 @@ impl Dense {
             gemm_atb(batch, n, k, g, x, &mut self.grad_weight);
         }
         if !need_input_grad {
-            return Ok(Tensor::default());
+            return Ok(());
         }
         // dX[B, K] = G[B, N] * W[N, K]
         let w = if self.weight_quant.is_some() {
@@ -156,16 +190,17 @@ impl Dense {
         } else {
             &self.weight
         };
-        let mut dx = vec![0.0f32; batch * k];
+        reshape_buffer(&mut self.input_grad, &self.input.shape);
+        // beta = 0: the old contents are ignored.
         sgemm(
             1.0,
             MatRef::row_major(&grad.data, batch, n),
             MatRef::row_major(w, n, k),
             0.0,
-            &mut dx,
+            &mut self.input_grad.data,
             k,
         );
-        Ok(Tensor::new(dx, self.input.shape.clone()))
+        Ok(())
     }
 
     /// The layer's parameters with their gradients: weight, bias, then the weight quantizer's learned

@@ -59,6 +59,8 @@ pub enum Layer {
     BatchNorm2d(BatchNorm2d),
     /// Inverted dropout (identity in inference).
     Dropout(Dropout),
+    /// Conv2d + BatchNorm2d trained with the norm folded into the quantized weights (QAT, batch statistics).
+    ConvBn2d(Box<crate::quant::ConvBn2d>),
 }
 
 impl Layer {
@@ -74,6 +76,7 @@ impl Layer {
             Layer::AvgPool2d(l) => l.forward(x, train),
             Layer::BatchNorm2d(l) => l.forward(x, train),
             Layer::Dropout(l) => Ok(l.forward(x, train)),
+            Layer::ConvBn2d(l) => l.forward(x, train),
         }
     }
 
@@ -95,6 +98,67 @@ impl Layer {
             Layer::AvgPool2d(l) => l.backward(grad),
             Layer::BatchNorm2d(l) => l.backward(grad),
             Layer::Dropout(l) => l.backward(grad),
+            Layer::ConvBn2d(l) => l.backward_impl(grad, need_input_grad),
+        }
+    }
+
+    /// Forward pass that leaves the output in a buffer the layer owns and reuses at every step (see
+    /// [`Layer::output_buffer`]) and returns `None`; layers without such a buffer return their output.
+    fn forward_buffered(&mut self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+        match self {
+            Layer::Dense(l) => l.forward_buffered(x, train)?,
+            Layer::Relu(l) => l.forward_buffered(x),
+            Layer::Flatten(l) => l.forward_buffered(x),
+            Layer::Conv2d(l) => l.forward_buffered(x, train)?,
+            Layer::MaxPool2d(l) => l.forward_buffered(x, train, false)?,
+            Layer::AvgPool2d(l) => l.forward_buffered(x, train)?,
+            _ => return self.forward(x, train).map(Some),
+        }
+        Ok(None)
+    }
+
+    /// The output of the last [`Layer::forward_buffered`] that returned `None` (empty for other layers).
+    fn output_buffer(&self) -> &Tensor {
+        match self {
+            Layer::Dense(l) => l.output(),
+            Layer::Relu(l) => l.output(),
+            Layer::Flatten(l) => l.output(),
+            Layer::Conv2d(l) => l.output(),
+            Layer::MaxPool2d(l) => l.output(),
+            Layer::AvgPool2d(l) => l.output(),
+            _ => &EMPTY,
+        }
+    }
+
+    /// Backward pass that leaves dL/dinput in a buffer the layer owns (see [`Layer::input_grad_buffer`]) and
+    /// returns `None`; layers without such a buffer return it.
+    fn backward_buffered(
+        &mut self,
+        grad: &Tensor,
+        need_input_grad: bool,
+    ) -> Result<Option<Tensor>> {
+        match self {
+            Layer::Dense(l) => l.backward_buffered(grad, need_input_grad)?,
+            Layer::Relu(l) => l.backward_buffered(grad)?,
+            Layer::Flatten(l) => l.backward_buffered(grad)?,
+            Layer::Conv2d(l) => l.backward_buffered(grad, need_input_grad)?,
+            Layer::MaxPool2d(l) => l.backward_buffered(grad)?,
+            Layer::AvgPool2d(l) => l.backward_buffered(grad)?,
+            _ => return self.backward_impl(grad, need_input_grad).map(Some),
+        }
+        Ok(None)
+    }
+
+    /// dL/dinput of the last [`Layer::backward_buffered`] that returned `None` (empty for other layers).
+    fn input_grad_buffer(&self) -> &Tensor {
+        match self {
+            Layer::Dense(l) => l.input_grad(),
+            Layer::Relu(l) => l.input_grad(),
+            Layer::Flatten(l) => l.input_grad(),
+            Layer::Conv2d(l) => l.input_grad(),
+            Layer::MaxPool2d(l) => l.input_grad(),
+            Layer::AvgPool2d(l) => l.input_grad(),
+            _ => &EMPTY,
         }
     }
 
@@ -105,6 +169,7 @@ impl Layer {
             Layer::Conv2d(l) => l.params_mut(),
             Layer::BatchNorm2d(l) => l.params_mut(),
             Layer::MaxPool2d(_) | Layer::AvgPool2d(_) | Layer::Dropout(_) => Vec::new(),
+            Layer::ConvBn2d(l) => l.params_mut(),
             // Learned quantizer parameters (LSQ step, PACT alpha); empty for the EMA and input quantizers.
             Layer::ActQuant(q) => q.params_mut(),
             Layer::Relu(_) | Layer::Flatten(_) => Vec::new(),
@@ -118,6 +183,7 @@ impl Layer {
             Layer::Conv2d(l) => l.weight.len() + l.bias.len(),
             Layer::BatchNorm2d(l) => l.gamma.len() + l.beta.len(),
             Layer::MaxPool2d(_) | Layer::AvgPool2d(_) | Layer::Dropout(_) => 0,
+            Layer::ConvBn2d(l) => l.param_count(),
             Layer::Relu(_) | Layer::ActQuant(_) | Layer::Flatten(_) => 0,
         }
     }
@@ -134,6 +200,7 @@ impl Layer {
             Layer::AvgPool2d(_) => "avgpool2d",
             Layer::BatchNorm2d(_) => "batchnorm2d",
             Layer::Dropout(_) => "dropout",
+            Layer::ConvBn2d(_) => "conv_bn2d",
         }
     }
 }
@@ -171,8 +238,7 @@ impl Model {
     /// Logits `[B, classes]` for a batch `[B, C, H, W]` (or `[B, C*H*W]`).
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
-        let mut layers = self.layers.iter_mut();
-        let Some(first) = layers.next() else {
+        let Some(first) = self.layers.first() else {
             return Ok(x.clone());
         };
         // Spatial layers need NCHW; a flat `[B, C*H*W]` batch is the same data in that order.
@@ -184,11 +250,39 @@ impl Model {
         } else {
             x
         };
-        let mut h = first.forward(x, train)?;
-        for layer in layers {
-            h = layer.forward(&h, train)?;
+        // Each activation stays in the buffer of the layer that produced it (reused at every step, so a
+        // training step allocates no activation memory).
+        let mut src = Src::Given;
+        let mut i = 0;
+        while i < self.layers.len() {
+            // ReLU then max pooling run as one pass over the ReLU's input (the ReLU layer is skipped).
+            let fused = self.relu_pool_at(i);
+            let at = if fused { i + 1 } else { i };
+            let (before, rest) = self.layers.split_at_mut(at);
+            let input = src.get(x, before);
+            let out = match &mut rest[0] {
+                Layer::MaxPool2d(pool) if fused => {
+                    pool.forward_buffered(input, train, true)?;
+                    None
+                }
+                layer => layer.forward_buffered(input, train)?,
+            };
+            src = out.map_or(Src::Layer(at), Src::Owned);
+            i = at + 1;
         }
-        Ok(h)
+        Ok(match src {
+            Src::Given => x.clone(),
+            Src::Layer(j) => self.layers[j].output_buffer().clone(),
+            Src::Owned(t) => t,
+        })
+    }
+
+    /// Whether `layers[i]` is a ReLU that [`Model::forward`] fuses into the max pooling after it.
+    fn relu_pool_at(&self, i: usize) -> bool {
+        matches!(
+            (self.layers.get(i), self.layers.get(i + 1)),
+            (Some(Layer::Relu(_)), Some(Layer::MaxPool2d(_)))
+        )
     }
 
     /// Backward pass from dL/dlogits, storing every parameter's gradient. The input gradient is not computed
@@ -200,23 +294,50 @@ impl Model {
             .iter_mut()
             .position(|l| !l.params_mut().is_empty())
             .unwrap_or(self.layers.len());
-        let mut g = grad_logits.clone();
-        for (i, layer) in self.layers.iter_mut().enumerate().rev() {
-            if i < first_param {
-                break;
-            }
-            g = layer.backward_impl(&g, i > first_param)?;
-        }
+        self.backward_from(grad_logits, first_param, false)?;
         Ok(())
+    }
+
+    /// Runs backward through `layers[stop..]`, last first, and returns dL/dinput of `layers[stop]` when
+    /// `stop_input_grad` (an empty tensor otherwise). Gradients stay in the layers' reused buffers, as
+    /// activations do in [`Model::forward`].
+    fn backward_from(
+        &mut self,
+        grad_logits: &Tensor,
+        stop: usize,
+        stop_input_grad: bool,
+    ) -> Result<Tensor> {
+        // `src` is dL/doutput of layer i: the given gradient, or the input-gradient buffer of layer `j > i`.
+        let mut src = Src::Given;
+        let mut i = self.layers.len();
+        while i > stop {
+            i -= 1;
+            let (upto, after) = self.layers.split_at_mut(i + 1);
+            let g = match &src {
+                Src::Given => grad_logits,
+                Src::Layer(j) => after[j - i - 1].input_grad_buffer(),
+                Src::Owned(t) => t,
+            };
+            let out = upto[i].backward_buffered(g, i > stop || stop_input_grad)?;
+            src = out.map_or(Src::Layer(i), Src::Owned);
+            // A pooling layer that applied its ReLU in forward has applied the ReLU's gradient too.
+            if let Layer::MaxPool2d(pool) = &upto[i] {
+                if pool.relu_fused() && i > stop && matches!(upto[i - 1], Layer::Relu(_)) {
+                    i -= 1;
+                }
+            }
+        }
+        Ok(match src {
+            _ if !stop_input_grad => Tensor::default(),
+            Src::Given => grad_logits.clone(),
+            Src::Layer(j) => self.layers[j].input_grad_buffer().clone(),
+            Src::Owned(t) => t,
+        })
     }
 
     /// Backward pass that also returns dL/dinput (for gradient checks and input attributions).
     pub fn backward_with_input_grad(&mut self, grad_logits: &Tensor) -> Result<Tensor> {
-        let mut g = grad_logits.clone();
-        for layer in self.layers.iter_mut().rev() {
-            g = layer.backward(&g)?;
-        }
-        Ok(g)
+        self.backward_from(grad_logits, 0, true)
     }
 
     /// Arg-max class per sample (inference mode; ties go to the lowest index).
@@ -262,6 +383,33 @@ impl Model {
         Ok(())
     }
 }
+
+/// Where the current activation (or gradient) of [`Model::forward`] / [`Model::backward`] lives.
+enum Src {
+    /// The tensor the caller passed in.
+    Given,
+    /// The output (or input-gradient) buffer of this layer.
+    Layer(usize),
+    /// Returned by a layer without buffers.
+    Owned(Tensor),
+}
+
+impl Src {
+    /// The current activation, for a layer after all of `before`.
+    fn get<'a>(&'a self, given: &'a Tensor, before: &'a [Layer]) -> &'a Tensor {
+        match self {
+            Src::Given => given,
+            Src::Layer(j) => before[*j].output_buffer(),
+            Src::Owned(t) => t,
+        }
+    }
+}
+
+/// What [`Layer::output_buffer`] and [`Layer::input_grad_buffer`] return for layers without buffers.
+static EMPTY: Tensor = Tensor {
+    data: Vec::new(),
+    shape: Vec::new(),
+};
 
 /// Index of the largest value in each row of a `[B, C]` tensor (lowest index on ties; NaN never wins).
 pub fn argmax_rows(logits: &Tensor) -> Vec<usize> {

@@ -54,6 +54,32 @@ pub enum ActMethod {
     Pact,
 }
 
+/// How QAT treats a `BatchNorm2d` that follows a `Conv2d` (`--bn-fold`). PTQ always folds with running
+/// statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BnFold {
+    /// Fold with the running statistics at preparation and train the plain folded convolution (statistics
+    /// frozen from the start; Krishnamoorthi 2018, sec. 3.2, with the freeze at step 0).
+    Running,
+    /// Train a [`super::ConvBn2d`]: weights quantized as folded with the running variance, outputs
+    /// normalised with batch statistics (Jacob et al. 2018, sec. 3.2); the engine runs the folded convolution.
+    BatchStats {
+        /// Switch to the running statistics after this many training steps (`--bn-freeze-steps`); `None`
+        /// never freezes.
+        freeze_after_steps: Option<usize>,
+    },
+}
+
+impl Default for BnFold {
+    /// Batch statistics, never frozen.
+    fn default() -> Self {
+        BnFold::BatchStats {
+            freeze_after_steps: None,
+        }
+    }
+}
+
 /// Which weight layer a [`LayerQuant`] override applies to: an index among the weight layers (Dense, Conv2d)
 /// in model order, negative counting from the end (`-1` is the last), or the names `first` / `last`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +165,9 @@ pub struct QuantConfig {
     /// Per-layer bit-width overrides (mixed precision).
     #[serde(default)]
     pub layers: Vec<LayerQuant>,
+    /// Batch-norm folding in QAT (`--bn-fold`); ignored by PTQ, which folds with running statistics.
+    #[serde(default)]
+    pub bn_fold: BnFold,
 }
 
 impl Default for QuantConfig {
@@ -157,6 +186,7 @@ impl Default for QuantConfig {
             pact_alpha_init: None,
             pact_l2: 0.0,
             layers: Vec::new(),
+            bn_fold: BnFold::default(),
         }
     }
 }

@@ -20,7 +20,10 @@ use lowbit_runtime::qparams::{QParams, Requant};
 /// with `Requant::from_real(s_in * s_w[c] / s_out)` (ReLU fused as a clamp at the zero point); the last one
 /// emits logits. MaxPool2d becomes a pool on codes with unchanged parameters; AvgPool2d (global pools resolved
 /// to the map size) must be followed by an ActQuant, whose parameters become its output. Flatten is kept,
-/// Dropout (identity in inference) dropped. Batch norms must have been folded ([`super::prepare_qat`] does it).
+/// Dropout (identity in inference) dropped. Batch norms must have been folded ([`super::prepare_qat`] does it):
+/// a [`super::ConvBn2d`] (batch-statistics QAT) converts as its folded convolution
+/// ([`super::ConvBn2d::folded_conv`]: weights `W * f` quantized by its quantizer, bias
+/// `beta + (b - mean) * f`, running statistics), exactly the function its inference forward computes.
 pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
     let not_prepared = |what: &str| {
         Error::Shape(format!(
@@ -95,7 +98,7 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
                 (h, w) = (oh, ow);
                 i += 2;
             }
-            layer @ (Layer::Dense(_) | Layer::Conv2d(_)) => {
+            layer @ (Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_)) => {
                 let mut j = i + 1;
                 let relu = matches!(model.layers.get(j), Some(Layer::Relu(_)));
                 if relu {
@@ -114,12 +117,22 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
                         layer.kind()
                     )));
                 }
+                let folded;
+                let layer = match layer {
+                    Layer::ConvBn2d(cb) => {
+                        folded = Layer::Conv2d(cb.folded_conv()?);
+                        &folded
+                    }
+                    other => other,
+                };
                 match layer {
                     Layer::Dense(d) => {
                         if d.in_features != c * h * w {
                             return Err(bad_shape(i, "dense"));
                         }
-                        layers.push(QLayer::Dense(convert_dense(d, s_in, out_q, relu)?));
+                        layers.push(QLayer::Dense(
+                            convert_dense(d, s_in, out_q, relu).map_err(|e| in_layer(i, e))?,
+                        ));
                         (c, h, w) = (d.out_features, 1, 1);
                     }
                     Layer::Conv2d(cv) => {
@@ -127,7 +140,9 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
                             return Err(bad_shape(i, "conv2d"));
                         }
                         let (oh, ow) = cv.output_hw(h, w).ok_or_else(|| bad_shape(i, "conv2d"))?;
-                        layers.push(QLayer::Conv2d(convert_conv(cv, s_in, out_q, relu)?));
+                        layers.push(QLayer::Conv2d(
+                            convert_conv(cv, s_in, out_q, relu).map_err(|e| in_layer(i, e))?,
+                        ));
                         (c, h, w) = (cv.out_channels, oh, ow);
                     }
                     _ => return Err(not_prepared("internal: expected a Dense or Conv2d")),
@@ -164,6 +179,14 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
         class_names: Vec::new(),
         provenance,
     })
+}
+
+/// Names the layer in a conversion error.
+fn in_layer(i: usize, e: Error) -> Error {
+    match e {
+        Error::Conversion(m) => Error::Conversion(format!("layer {i}: {m}")),
+        other => other,
+    }
 }
 
 /// What a Dense and a Conv2d share once quantized.
@@ -207,9 +230,17 @@ fn quantize_matrix(
                 .scales
                 .iter()
                 .map(|&s_w| {
-                    Requant::from_real(input.scale as f64 * s_w as f64 / out_qp.scale as f64)
+                    let real = input.scale as f64 * s_w as f64 / out_qp.scale as f64;
+                    Requant::from_real(real).map_err(|_| {
+                        Error::Conversion(format!(
+                            "requantization multiplier s_in * s_w / s_out = {real:e} (input step {:e}, weight \
+                             step {s_w:e}, output step {:e}) is outside [2^-31, 2^30): the quantization ranges \
+                             are degenerate, as after a diverged training",
+                            input.scale, out_qp.scale
+                        ))
+                    })
                 })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>>>()?;
             OutputStage::Requantize {
                 qparams: out_qp,
                 bits: a.bits(),

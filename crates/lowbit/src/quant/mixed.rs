@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::nn::{Layer, Model};
 
 fn is_weight_layer(l: &Layer) -> bool {
-    matches!(l, Layer::Dense(_) | Layer::Conv2d(_))
+    matches!(l, Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_))
 }
 
 /// Applies `cfg.act_quantizer` and the per-layer overrides `cfg.layers` to a prepared model:
@@ -59,6 +59,7 @@ pub fn configure_quantizers(model: &mut Model, cfg: &QuantConfig) -> Result<()> 
             match &mut model.layers[pos] {
                 Layer::Dense(d) => d.weight_quant = Some(wq),
                 Layer::Conv2d(c) => c.weight_quant = Some(wq),
+                Layer::ConvBn2d(c) => c.conv.weight_quant = Some(wq),
                 _ => {}
             }
         }

@@ -7,6 +7,7 @@
 //! - [`simulate`] re-runs a [`lowbit_runtime::QuantModel`] with plain scalar loops, independent of the engine.
 pub mod act;
 pub mod config;
+pub mod convbn;
 pub mod convert;
 mod fastq;
 pub mod lsq;
@@ -19,11 +20,16 @@ pub mod weight;
 
 pub use act::{act_qparams, ActQuantizer, INPUT_SCALE};
 pub use config::{
-    ActMethod, LayerQuant, LayerSelector, Method, QuantConfig, WeightMethod, WeightQuantKind,
+    ActMethod, BnFold, LayerQuant, LayerSelector, Method, QuantConfig, WeightMethod,
+    WeightQuantKind,
 };
+pub use convbn::ConvBn2d;
 pub use convert::{convert, float_bytes, model_bytes};
 pub use mixed::configure_quantizers;
-pub use prepare::{fold_batchnorms, freeze_ranges, prepare_qat, ptq, unfreeze_ranges};
+pub use prepare::{
+    fold_batchnorms, fold_conv_batchnorms, freeze_ranges, merge_conv_batchnorms, prepare_qat, ptq,
+    unfreeze_ranges,
+};
 pub use simulate::{simulate, Simulation};
 pub use stats::{layer_quant_stats, sqnr_db, LayerQuantStats};
 pub use weight::{WeightCodes, WeightQuantizer};

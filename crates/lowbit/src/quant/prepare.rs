@@ -1,6 +1,7 @@
 //! Wiring quantizers into a float model: QAT preparation and PTQ calibration.
 use super::act::ActQuantizer;
-use super::config::{QuantConfig, WeightQuantKind};
+use super::config::{BnFold, QuantConfig, WeightQuantKind};
+use super::convbn::ConvBn2d;
 use super::weight::WeightQuantizer;
 use crate::error::{Error, Result};
 use crate::nn::{Layer, Model};
@@ -9,11 +10,17 @@ use crate::tensor::Tensor;
 /// Attaches quantizers to a float model for QAT (from scratch or fine-tuning: the float weights are kept as the
 /// shadow weights the optimizer updates).
 ///
-/// - Every `BatchNorm2d` that directly follows a `Conv2d` is folded into it with its running statistics
-///   ([`fold_batchnorms`]) and removed: QAT then trains the folded convolution, whose fake-quantized weights are
-///   exactly what the engine runs (the "freeze statistics, fold with running stats" scheme of Krishnamoorthi
-///   2018, sec. 3.2, with the freeze happening at preparation). A batch norm anywhere else is an error.
-/// - Every `Dense` and `Conv2d` gets a [`WeightQuantizer`] from `cfg` (rows = output channels; with
+/// - Every `BatchNorm2d` that directly follows a `Conv2d` is folded, as `cfg.bn_fold` says:
+///   - [`BnFold::BatchStats`] (the default): the pair becomes one [`ConvBn2d`] ([`merge_conv_batchnorms`]),
+///     which quantizes the weights folded with the running variance but normalises with batch statistics while
+///     training (Jacob et al. 2018, sec. 3.2), optionally freezing them after some steps; in inference and at
+///     conversion it is exactly the folded convolution.
+///   - [`BnFold::Running`]: folded into the conv with its running statistics ([`fold_batchnorms`]) and
+///     removed; QAT then trains the plain folded convolution (Krishnamoorthi 2018, sec. 3.2, with the freeze
+///     happening at preparation).
+///
+///   A batch norm anywhere else is an error.
+/// - Every `Dense`, `Conv2d` and `ConvBn2d` gets a [`WeightQuantizer`] from `cfg` (rows = output channels; with
 ///   `keep_first_last_8bit`, the first and last of them get 8-bit min-max weights instead).
 /// - A fixed input quantizer ([`ActQuantizer::input`], scale exactly 1/255) becomes the first layer.
 /// - An EMA-tracked [`ActQuantizer`] of `cfg.act_bits` follows every hidden activation whenever another weight
@@ -32,8 +39,14 @@ pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
             "the model already has activation quantizers (prepared twice?)",
         ));
     }
-    fold_batchnorms(model)?;
-    let is_weight = |l: &Layer| matches!(l, Layer::Dense(_) | Layer::Conv2d(_));
+    match cfg.bn_fold {
+        BnFold::Running => fold_batchnorms(model)?,
+        BnFold::BatchStats { freeze_after_steps } => {
+            merge_conv_batchnorms(model, freeze_after_steps)?
+        }
+    }
+    let is_weight =
+        |l: &Layer| matches!(l, Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_));
     let weight_positions: Vec<usize> = model
         .layers
         .iter()
@@ -73,6 +86,10 @@ pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
                 c.weight_quant = Some(make_wq(i)?);
                 !next_is_relu[i]
             }
+            Layer::ConvBn2d(c) => {
+                c.conv.weight_quant = Some(make_wq(i)?);
+                !next_is_relu[i]
+            }
             Layer::Relu(_) | Layer::AvgPool2d(_) => true,
             Layer::ActQuant(_)
             | Layer::Flatten(_)
@@ -95,10 +112,8 @@ pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
     super::mixed::configure_quantizers(model, cfg)
 }
 
-/// Folds every `BatchNorm2d` into the `Conv2d` right before it (running statistics, see
-/// [`crate::nn::Conv2d::fold_batchnorm`]) and removes it; in inference the model computes the same function.
-/// A batch norm not directly after a convolution is an error (it has nothing to fold into).
-pub fn fold_batchnorms(model: &mut Model) -> Result<()> {
+/// Checks that every `BatchNorm2d` directly follows a `Conv2d` of as many channels.
+fn check_batchnorms_follow_convs(model: &Model) -> Result<()> {
     for (i, l) in model.layers.iter().enumerate() {
         if let Layer::BatchNorm2d(bn) = l {
             let ok = match i.checked_sub(1).and_then(|j| model.layers.get(j)) {
@@ -113,6 +128,52 @@ pub fn fold_batchnorms(model: &mut Model) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Replaces every `Conv2d` + `BatchNorm2d` pair by one [`ConvBn2d`] (batch-statistics folding for QAT, the
+/// statistics frozen after `freeze_after_steps` training steps if given). A batch norm not directly after a
+/// convolution is an error, and the model is then left unchanged.
+pub fn merge_conv_batchnorms(model: &mut Model, freeze_after_steps: Option<usize>) -> Result<()> {
+    check_batchnorms_follow_convs(model)?;
+    let old = std::mem::take(&mut model.layers);
+    let mut layers: Vec<Layer> = Vec::with_capacity(old.len());
+    for layer in old {
+        match (layer, layers.pop()) {
+            (Layer::BatchNorm2d(bn), Some(Layer::Conv2d(c))) => {
+                layers.push(Layer::ConvBn2d(Box::new(ConvBn2d::new(
+                    c,
+                    bn,
+                    freeze_after_steps,
+                )?)));
+            }
+            (layer, prev) => {
+                layers.extend(prev);
+                layers.push(layer);
+            }
+        }
+    }
+    model.layers = layers;
+    Ok(())
+}
+
+/// Replaces every [`ConvBn2d`] by the folded `Conv2d` it computes in inference (running statistics, same weight
+/// quantizer; see [`ConvBn2d::folded_conv`]): e.g. to hand a batch-statistics QAT model to code that only knows
+/// plain convolutions. Conversion does not need it.
+pub fn fold_conv_batchnorms(model: &mut Model) -> Result<()> {
+    for l in &mut model.layers {
+        if let Layer::ConvBn2d(c) = l {
+            *l = Layer::Conv2d(c.folded_conv()?);
+        }
+    }
+    Ok(())
+}
+
+/// Folds every `BatchNorm2d` into the `Conv2d` right before it (running statistics, see
+/// [`crate::nn::Conv2d::fold_batchnorm`]) and removes it; in inference the model computes the same function.
+/// A batch norm not directly after a convolution is an error (it has nothing to fold into).
+pub fn fold_batchnorms(model: &mut Model) -> Result<()> {
+    check_batchnorms_follow_convs(model)?;
     let old = std::mem::take(&mut model.layers);
     let mut layers: Vec<Layer> = Vec::with_capacity(old.len());
     for layer in old {
@@ -136,9 +197,14 @@ pub fn fold_batchnorms(model: &mut Model) -> Result<()> {
 /// Post-training quantization: a copy of `model` with quantizers attached (as [`prepare_qat`]), activation
 /// ranges calibrated as the running min/max over `calibration` batches (at most `cfg.calibration_samples`
 /// samples; weights fake-quantized, activations observed unquantized), then frozen. Weights are rounded to
-/// nearest by the quantizers at every forward and at conversion.
+/// nearest by the quantizers at every forward and at conversion. Batch norms are always folded with their
+/// running statistics (`cfg.bn_fold` is a QAT setting).
 pub fn ptq(model: &Model, cfg: &QuantConfig, calibration: &[Tensor]) -> Result<Model> {
     let mut m = model.clone();
+    let cfg = &QuantConfig {
+        bn_fold: BnFold::Running,
+        ..cfg.clone()
+    };
     prepare_qat(&mut m, cfg)?;
     for l in &mut m.layers {
         if let Layer::ActQuant(q) = l {

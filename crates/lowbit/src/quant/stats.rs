@@ -67,6 +67,7 @@ fn float_reference(model: &Model) -> Model {
         match l {
             Layer::Dense(d) => d.weight_quant = None,
             Layer::Conv2d(c) => c.weight_quant = None,
+            Layer::ConvBn2d(c) => c.conv.weight_quant = None,
             _ => {}
         }
     }
