@@ -334,6 +334,8 @@ pub struct PrepackedWeights {
     weights: PackedWeights,
     isa: Isa,
     panels: Option<Vec<i16>>,
+    /// The same panels at int8 width, for the batch-1 GEMV (AVX2 tiers, int8 weights).
+    panels8: Option<Vec<i8>>,
     /// Sub-byte panels at storage width (AVX2 tiers, `I4x2` / `I2x4` / `B1x8`).
     subbyte: Option<Vec<u8>>,
 }
@@ -353,6 +355,11 @@ impl PrepackedWeights {
             Isa::Avx2 if weights.packing == Packing::I8 => Some(x86::prepack_panels(&weights)),
             _ => None,
         };
+        let panels8 = match &panels {
+            #[cfg(target_arch = "x86_64")]
+            Some(_) => Some(x86::prepack_panels_i8(&weights)),
+            _ => None,
+        };
         let subbyte = match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512Vnni if weights.packing != Packing::I8 => {
@@ -364,6 +371,7 @@ impl PrepackedWeights {
             weights,
             isa,
             panels,
+            panels8,
             subbyte,
         })
     }
@@ -386,13 +394,15 @@ impl PrepackedWeights {
 
     /// Bytes of the prepared kernel layout beyond the packed weights (0 when the packed bytes are used as is).
     pub fn prepared_bytes(&self) -> usize {
-        self.panels.as_ref().map_or(0, |p| 2 * p.len()) + self.subbyte.as_ref().map_or(0, Vec::len)
+        self.panels.as_ref().map_or(0, |p| 2 * p.len())
+            + self.panels8.as_ref().map_or(0, Vec::len)
+            + self.subbyte.as_ref().map_or(0, Vec::len)
     }
 
     #[cfg(target_arch = "x86_64")]
     fn x86_prepared(&self) -> x86::Prepared<'_> {
         match (&self.panels, &self.subbyte) {
-            (Some(p), _) => x86::Prepared::I16(p),
+            (Some(p), _) => x86::Prepared::I16(p, self.panels8.as_deref().unwrap_or_default()),
             (None, Some(b)) => x86::Prepared::SubByte(b),
             (None, None) => x86::Prepared::None,
         }
