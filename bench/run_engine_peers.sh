@@ -12,6 +12,7 @@ OUT=bench/results
 mkdir -p "$OUT"
 cargo build --release -q -p lowbit-cli
 cargo build --release -q -p lowbit-runtime --example gemm_gops
+cargo build --release -q -p lowbit --example f32_gemm_gops
 LOWBIT="$TARGET/release/lowbit"
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores," \
   "load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -30,3 +31,5 @@ echo "## onnxruntime f32 and int8 QDQ (bench/peers/ort_mlp.py, 2 intra-op thread
 (cd bench/peers && "$VENV/bin/python" ort_mlp.py --threads 2 2> /dev/null)
 echo "## torch._int_mm, onnxruntime MatMulInteger and numpy f32 matmul, 1024^3 (bench/peers/torch_int_mm.py, 2 threads)"
 (cd bench/peers && "$VENV/bin/python" torch_int_mm.py --threads 2 2> /dev/null)
+echo "## lowbit f32 sgemm 1024^3 (cargo run --release -p lowbit --example f32_gemm_gops)"
+"$TARGET/release/examples/f32_gemm_gops"

@@ -9,15 +9,17 @@
 //! frozen), so the truncation error is O(H^2) = 1e-4 and f32 rounding of objectives of magnitude ~10 is
 //! ~1e-4 after / 2H: ATOL = 5e-4. A missing `1/f`, a wrong `df/dgamma` or a gradient taken at `W` instead of
 //! `W f` changes gradients by O(0.1..1).
+mod common;
+
+use common::{accuracy, engine_equals_simulation};
 use lowbit::config_file;
 use lowbit::data::{load, DataSource, Dataset};
 use lowbit::nn::{BatchNorm2d, Conv2d, Layer, Model};
 use lowbit::quant::{
-    convert, freeze_ranges, prepare_qat, simulate, BnFold, ConvBn2d, QuantConfig, WeightQuantKind,
+    convert, freeze_ranges, prepare_qat, BnFold, ConvBn2d, QuantConfig, WeightQuantKind,
     WeightQuantizer,
 };
 use lowbit::rng::Rng;
-use lowbit::runtime::engine::Engine;
 use lowbit::runtime::model::{Provenance, QLayer};
 use lowbit::tensor::Tensor;
 use lowbit::train::{evaluate_float, train, TrainConfig};
@@ -401,48 +403,6 @@ fn freezing_after_n_steps_stops_updating_the_running_statistics() {
 
 fn builtin() -> lowbit::data::Split {
     load(&DataSource::Builtin).expect("the builtin sample is embedded")
-}
-
-/// Runs engine and simulation on all of `test`; asserts identical codes at every layer, final accumulators
-/// and predictions. Returns the engine's predictions.
-fn engine_equals_simulation(qm: &lowbit::runtime::QuantModel, test: &Dataset) -> Vec<usize> {
-    let engine = Engine::new(qm).expect("the converted model validates");
-    let per = test.image_len();
-    let mut preds = Vec::new();
-    for start in (0..test.len()).step_by(250) {
-        let b = 250.min(test.len() - start);
-        let input = &test.images[start * per..(start + b) * per];
-        let trace = engine.run_traced(input, b).expect("engine runs");
-        let sim = simulate(qm, input, b).expect("simulation runs");
-        assert_eq!(trace.codes.len(), sim.codes.len(), "layers with codes");
-        for (li, (e, s)) in trace.codes.iter().zip(&sim.codes).enumerate() {
-            if let Some(i) = e.iter().zip(s).position(|(a, b)| a != b) {
-                panic!(
-                    "layer {li} batch at {start}: first difference at {i}: engine {} simulation {}",
-                    e[i], s[i]
-                );
-            }
-            assert_eq!(e.len(), s.len(), "layer {li} length");
-        }
-        assert_eq!(trace.accumulators, sim.final_acc, "batch {start}");
-        let ep = lowbit::runtime::engine::argmax_rows(&trace.logits, qm.classes);
-        assert_eq!(
-            ep,
-            lowbit::runtime::engine::argmax_rows(&sim.logits, qm.classes),
-            "predictions at batch {start}"
-        );
-        preds.extend(ep);
-    }
-    preds
-}
-
-fn accuracy(preds: &[usize], data: &Dataset) -> f64 {
-    let ok = preds
-        .iter()
-        .zip(&data.labels)
-        .filter(|(p, &l)| **p == usize::from(l))
-        .count();
-    ok as f64 / data.len() as f64
 }
 
 /// QAT of `spec` on the builtin sample with `bn_fold`; returns the prepared, trained model (ranges frozen).

@@ -1,9 +1,10 @@
 //! CNNs end to end: lenet5 trains on the builtin sample, QAT / PTQ conversion runs integer-only on the engine
 //! and equals the independent simulation code for code, and batch-norm folding keeps the float function.
+mod common;
+
 use lowbit::data::{load, DataSource, Dataset};
 use lowbit::nn::{Layer, Model};
-use lowbit::quant::{convert, fold_batchnorms, prepare_qat, ptq, simulate, QuantConfig};
-use lowbit::runtime::engine::Engine;
+use lowbit::quant::{convert, fold_batchnorms, prepare_qat, ptq, QuantConfig};
 use lowbit::runtime::model::{Provenance, QLayer};
 use lowbit::tensor::Tensor;
 use lowbit::train::{evaluate_float, train, TrainConfig};
@@ -28,44 +29,9 @@ fn batches(data: &Dataset, n: usize, batch: usize) -> Vec<Tensor> {
         .collect()
 }
 
-/// Runs engine and simulation on all of `test` and asserts identical codes at every layer, identical final
-/// accumulators and identical predictions. Returns the engine's accuracy.
+/// [`common::engine_equals_simulation`], returning the engine's accuracy.
 fn assert_engine_equals_simulation(qm: &lowbit::runtime::QuantModel, test: &Dataset) -> f64 {
-    let engine = Engine::new(qm).expect("the converted model validates");
-    let per = test.image_len();
-    let mut correct = 0usize;
-    for start in (0..test.len()).step_by(250) {
-        let b = 250.min(test.len() - start);
-        let input = &test.images[start * per..(start + b) * per];
-        let trace = engine.run_traced(input, b).expect("engine runs");
-        let sim = simulate(qm, input, b).expect("simulation runs");
-        assert_eq!(trace.codes.len(), sim.codes.len(), "layers with codes");
-        for (li, (e, s)) in trace.codes.iter().zip(&sim.codes).enumerate() {
-            if let Some(i) = e.iter().zip(s).position(|(a, b)| a != b) {
-                panic!(
-                    "layer {li} ({:?}) batch at {start}: first difference at {i}: engine {} simulation {} (len {})",
-                    std::mem::discriminant(&qm.layers[li]),
-                    e[i],
-                    s[i],
-                    e.len()
-                );
-            }
-            assert_eq!(e.len(), s.len(), "layer {li} length");
-        }
-        assert_eq!(
-            trace.accumulators, sim.final_acc,
-            "final accumulators at batch {start}"
-        );
-        let ep = lowbit::runtime::engine::argmax_rows(&trace.logits, qm.classes);
-        let sp = lowbit::runtime::engine::argmax_rows(&sim.logits, qm.classes);
-        assert_eq!(ep, sp, "predictions at batch {start}");
-        correct += ep
-            .iter()
-            .zip(&test.labels[start..start + b])
-            .filter(|(p, &l)| **p == usize::from(l))
-            .count();
-    }
-    correct as f64 / test.len() as f64
+    common::accuracy(&common::engine_equals_simulation(qm, test), test)
 }
 
 #[test]
