@@ -73,6 +73,9 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
         .checked_add(1)
 }
 
+/// Largest `m * n * k` [`sgemm`] hands to the unpacked AVX2 kernel.
+const SMALL_GEMM_MACS: usize = 1 << 22;
+
 /// `C = alpha * A B + beta * C` with C row-major `[a.rows, b.cols]` (leading dimension `ldc`).
 ///
 /// When `beta == 0` the old contents of C are ignored (even NaN), as BLAS specifies.
@@ -106,7 +109,11 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &mut [f32],
         }
         return;
     }
-    if alpha == 1.0 && beta == 0.0 && super::kernels::gemm_nn_strided(a, b, c, ldc) {
+    // Small products (every one a layer of this crate's models issues) take the unpacked single-threaded AVX2
+    // kernel; large ones (a 1024^3 product is 500x the largest) are worth matrixmultiply's cache blocking and
+    // threads, and its threads split the output only, so results do not depend on the thread count.
+    let small = m.saturating_mul(n).saturating_mul(k) <= SMALL_GEMM_MACS;
+    if small && alpha == 1.0 && beta == 0.0 && super::kernels::gemm_nn_strided(a, b, c, ldc) {
         return;
     }
     // Strides are below isize::MAX because the extents above fit in slices.
