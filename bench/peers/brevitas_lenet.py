@@ -23,11 +23,29 @@ def make_model(weight_bits, act_bits):
     else:
         import brevitas.nn as qnn
 
+        if weight_bits == 1:
+            # Brevitas' default integer weight quantizer is narrow-range, so at 1 bit its only level is 0 (every
+            # weight vanishes and training stays at 10%). Binary weights need its binary quantizer; the scale is
+            # made the per-channel mean |w| (XNOR-Net / lowbit's binary convention) instead of the constant 0.1.
+            from brevitas.core.function_wrapper import TensorClamp
+            from brevitas.inject.enum import ScalingImplType, ScalingPerOutputType, StatsOp
+            from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
+
+            class BinaryWeightPerChannelMean(SignedBinaryWeightPerTensorConst):
+                scaling_impl_type = ScalingImplType.STATS
+                scaling_stats_op = StatsOp.AVE
+                scaling_per_output_type = ScalingPerOutputType.CHANNEL
+                tensor_clamp_impl = TensorClamp
+
+            wq = {"weight_quant": BinaryWeightPerChannelMean}
+        else:
+            wq = {"weight_bit_width": weight_bits, "weight_scaling_per_output_channel": True}
+
         def conv(*a, **k):
-            return qnn.QuantConv2d(*a, weight_bit_width=weight_bits, weight_scaling_per_output_channel=True, **k)
+            return qnn.QuantConv2d(*a, **wq, **k)
 
         def linear(*a, **k):
-            return qnn.QuantLinear(*a, weight_bit_width=weight_bits, weight_scaling_per_output_channel=True, **k)
+            return qnn.QuantLinear(*a, **wq, **k)
 
         relu = lambda: qnn.QuantReLU(bit_width=act_bits)  # noqa: E731
     model = nn.Sequential(

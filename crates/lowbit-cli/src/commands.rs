@@ -170,6 +170,9 @@ fn resolve_settings(
     if let Some(m) = a.max_loss {
         t.max_loss = Some(m);
     }
+    if let Some(s) = a.quant_lr_scale {
+        t.quant_lr_scale = Some(s);
+    }
     if let Some(c) = a.clip_grad_norm {
         t.clip_grad_norm = Some(c);
     }

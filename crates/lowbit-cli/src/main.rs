@@ -196,6 +196,9 @@ struct TrainArgs {
     /// Stop as diverged when a batch loss exceeds this (default 1e4; a NaN/Inf loss always stops).
     #[arg(long)]
     max_loss: Option<f32>,
+    /// Learning-rate multiplier of the LSQ step sizes (default 0.1: Adam cancels LSQ's gradient scaling).
+    #[arg(long)]
+    quant_lr_scale: Option<f32>,
     /// Read model, data, training and quantization settings from a TOML or JSON file; flags typed on the
     /// command line override it (example: docs/examples/lenet5-mixed.toml).
     #[arg(long, value_name = "FILE")]

@@ -655,24 +655,15 @@ fn diverged_qat_training_saves_a_loadable_lbq() {
     run_ok(t.path(), &["eval", "d.lbq"]);
 }
 
-/// Issue 3's check: LeNet-5 at Adam lr 10 explodes (a finite loss of 1e11 at step 2 on the builtin sample) and
-/// stops at the loss limit; the checkpoint it leaves loads and evaluates, float and quantized.
+/// Issue 3's check: LeNet-5 at Adam lr 10 explodes (a finite loss of 1e11 at step 2 on the builtin sample, 3e5
+/// with min-max W4A4 QAT) and stops at the loss limit; the checkpoint it leaves loads and evaluates, float and
+/// quantized.
 #[test]
 fn lenet_at_lr_10_stops_as_diverged_and_its_checkpoint_evaluates() {
     let t = tempfile::tempdir().unwrap();
     for (extra, out) in [
         (&[][..], "lenet.f32"),
-        (
-            &[
-                "--weight-bits",
-                "4",
-                "--act-bits",
-                "4",
-                "--quantizer",
-                "lsq",
-            ][..],
-            "lenet.lbq",
-        ),
+        (&["--weight-bits", "4", "--act-bits", "4"][..], "lenet.lbq"),
     ] {
         let mut args = vec![
             "train",
@@ -696,6 +687,37 @@ fn lenet_at_lr_10_stops_as_diverged_and_its_checkpoint_evaluates() {
         let eval = run_ok(t.path(), &["eval", out]);
         assert!(eval.contains('%'), "{eval}");
     }
+}
+
+/// LSQ at lr 10 keeps its loss bounded (learned clipping) while its biases run away: conversion refuses with one
+/// line naming the layer and the degenerate scales, and writes no file.
+#[test]
+fn lenet_lsq_at_lr_10_fails_conversion_with_a_named_layer_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let args = [
+        "train",
+        "--model",
+        "lenet5",
+        "--epochs",
+        "1",
+        "--lr",
+        "10",
+        "--no-baseline",
+        "--weight-bits",
+        "4",
+        "--act-bits",
+        "4",
+        "--quantizer",
+        "lsq",
+        "--out",
+        "l.lbq",
+    ];
+    run_err(
+        t.path(),
+        &args,
+        &["cannot convert", "layer", "diverged training"],
+    );
+    assert!(!t.path().join("l.lbq").exists());
 }
 
 #[test]

@@ -89,6 +89,8 @@ pub struct TrainingSection {
     pub clip_grad_norm: Option<f32>,
     /// Batch loss above which training stops as diverged.
     pub max_loss: Option<f32>,
+    /// Learning-rate multiplier of the LSQ step sizes.
+    pub quant_lr_scale: Option<f32>,
 }
 
 /// `[quantization]`: each key mirrors the CLI flag of the same name; `[[quantization.layers]]` entries are
@@ -201,6 +203,7 @@ impl FileConfig {
             warmup_steps: t.warmup_steps.unwrap_or(d.warmup_steps),
             clip_grad_norm: t.clip_grad_norm,
             max_loss: t.max_loss.unwrap_or(d.max_loss),
+            quant_lr_scale: t.quant_lr_scale.unwrap_or(d.quant_lr_scale),
         };
         c.validate()?;
         Ok(c)
@@ -262,7 +265,7 @@ fn key_of(flag: &str) -> String {
     let section = match flag {
         "--epochs" | "--batch-size" | "--lr" | "--validation-split" | "--momentum"
         | "--weight-decay" | "--beta1" | "--beta2" | "--eps" | "--clip-grad-norm"
-        | "--max-loss" | "--warmup-steps" => "training",
+        | "--max-loss" | "--quant-lr-scale" | "--warmup-steps" => "training",
         "--schedule" | "--lr-step-every" | "--lr-gamma" | "--min-lr" => "training.schedule",
         _ if flag.starts_with("layers[") => return format!("quantization.{flag}"),
         _ => "quantization",

@@ -99,6 +99,13 @@ pub struct Optimizer {
     m: Vec<Vec<f32>>,
     /// Adam: second moments (unused by SGD).
     v: Vec<Vec<f32>>,
+    /// Learning-rate multiplier of the learned quantizer step sizes (see [`Optimizer::set_quant_lr_scale`]).
+    quant_lr_scale: f32,
+}
+
+/// Whether a parameter is a learned quantizer step size (LSQ), by its [`Param`] name.
+fn is_quantizer_step(name: &str) -> bool {
+    name == "weight_step" || name == "act_step"
 }
 
 impl Optimizer {
@@ -112,7 +119,23 @@ impl Optimizer {
             step: 0,
             m: Vec::new(),
             v: Vec::new(),
+            quant_lr_scale: 1.0,
         })
+    }
+
+    /// Multiplies the learning rate of the LSQ step sizes (`weight_step`, `act_step`) by `scale` (finite, > 0;
+    /// flag `--quant-lr-scale`). LSQ scales their gradients by `1/sqrt(N Qp)` for SGD (Esser et al. 2020); Adam
+    /// divides that scale out again, so each step size moves by about `lr` per update, a large relative change
+    /// for steps of 0.01-0.1, and a smaller rate for them is how LSQ is usually trained with Adam.
+    pub fn set_quant_lr_scale(&mut self, scale: f32) -> Result<()> {
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Error::option(
+                "--quant-lr-scale",
+                format!("{scale} is not a positive finite number"),
+            ));
+        }
+        self.quant_lr_scale = scale;
+        Ok(())
     }
 
     /// Current learning rate.
@@ -167,8 +190,17 @@ impl Optimizer {
                     one_minus_beta2: 1.0 - beta2,
                     eps,
                 };
+                let quant_hp = AdamStep {
+                    alpha: alpha * self.quant_lr_scale,
+                    ..hp
+                };
                 for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
-                    adam_update(&hp, p.value, p.grad, m, v);
+                    let hp = if is_quantizer_step(p.name) {
+                        &quant_hp
+                    } else {
+                        &hp
+                    };
+                    adam_update(hp, p.value, p.grad, m, v);
                 }
             }
             OptimizerKind::Sgd {
@@ -177,9 +209,14 @@ impl Optimizer {
             } => {
                 // Keras: velocity = momentum * velocity - lr * g; w += velocity.
                 for (p, vel) in params.iter_mut().zip(&mut self.m) {
+                    let lr = if is_quantizer_step(p.name) {
+                        self.lr * self.quant_lr_scale
+                    } else {
+                        self.lr
+                    };
                     for ((w, &g), u) in p.value.iter_mut().zip(p.grad.iter()).zip(vel.iter_mut()) {
                         let g = g + weight_decay * *w;
-                        *u = momentum * *u - self.lr * g;
+                        *u = momentum * *u - lr * g;
                         *w += *u;
                     }
                 }

@@ -118,3 +118,56 @@ fn rejects_a_parameter_list_that_changes_between_steps() {
         Err(Error::Shape(_))
     ));
 }
+
+#[test]
+fn lsq_step_sizes_move_at_the_scaled_learning_rate_and_other_parameters_do_not() {
+    // Adam's first update is lr * g / (|g| + eps'): about lr whatever the gradient's size.
+    for kind in [OptimizerKind::adam(), OptimizerKind::sgd(0.0)] {
+        let mut opt = Optimizer::new(kind, 1e-2).unwrap();
+        opt.set_quant_lr_scale(0.1).unwrap();
+        let (mut w, mut gw) = (vec![1.0f32], vec![1.0f32]);
+        let (mut ws, mut gws) = (vec![1.0f32], vec![1.0f32]);
+        let (mut a, mut ga) = (vec![1.0f32], vec![1.0f32]);
+        let mut params = vec![
+            Param {
+                name: "weight",
+                value: &mut w,
+                grad: &mut gw,
+            },
+            Param {
+                name: "weight_step",
+                value: &mut ws,
+                grad: &mut gws,
+            },
+            Param {
+                name: "act_step",
+                value: &mut a,
+                grad: &mut ga,
+            },
+        ];
+        opt.step(&mut params).unwrap();
+        let moved = |v: f32| 1.0 - v;
+        assert!(
+            (moved(w[0]) - 1e-2).abs() < 1e-4,
+            "{kind:?} weight moved {}",
+            moved(w[0])
+        );
+        assert!(
+            (moved(ws[0]) - 1e-3).abs() < 1e-5,
+            "{kind:?} weight_step moved {}",
+            moved(ws[0])
+        );
+        assert!(
+            (moved(a[0]) - 1e-3).abs() < 1e-5,
+            "{kind:?} act_step moved {}",
+            moved(a[0])
+        );
+    }
+    let mut opt = Optimizer::new(OptimizerKind::adam(), 1e-3).unwrap();
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        match opt.set_quant_lr_scale(bad) {
+            Err(Error::InvalidOption { option, .. }) => assert_eq!(option, "--quant-lr-scale"),
+            other => panic!("expected InvalidOption for {bad}, got {other:?}"),
+        }
+    }
+}

@@ -209,6 +209,8 @@ fn quantize_matrix(
     let wc = wq.quantize(weight, rows, cols);
     let weights = PackedWeights::pack(wc.bits, rows, cols, &wc.codes)?;
     let bias_real = wq.quantize_bias(bias);
+    // The engine needs |bias| + K * 255 * 127 to fit an i32 accumulator (kernels::MAX_K).
+    let room = i32::MAX as f64 - cols as f64 * 255.0 * 127.0;
     let bias = bias_real
         .iter()
         .enumerate()
@@ -216,12 +218,18 @@ fn quantize_matrix(
             let acc_scale = input.scale as f64 * wc.scale_of_row(c) as f64;
             let v = (b as f64 / acc_scale).round();
             if v.is_nan() {
-                0
+                Ok(0)
+            } else if v.abs() > room {
+                Err(Error::Conversion(format!(
+                    "bias[{c}] = {b:e} is {v:e} accumulator steps (input step x weight step = {acc_scale:e}), \
+                     beyond what an i32 accumulator holds with K = {cols}: the weights or ranges are degenerate, \
+                     as after a diverged training"
+                )))
             } else {
-                v.clamp(i32::MIN as f64, i32::MAX as f64) as i32
+                Ok(v as i32)
             }
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let output = match output {
         None => OutputStage::Logits,
         Some(a) => {
