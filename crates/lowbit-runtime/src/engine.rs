@@ -984,7 +984,7 @@ fn pad_planes(x: &[u8], input: Shape, w: &Window, pad_code: u8, planes: &mut Pla
 }
 
 /// im2col of one NCHW sample: `col[p * k + (ic*kh*kw + ky*kw + kx)]` for output position `p`, padded positions
-/// holding `pad_code`. `col` gets 8 bytes of slack past `positions * k`.
+/// holding `pad_code`. `col` must have 8 bytes of slack past `positions * k`, which may be overwritten.
 fn im2col(
     x: &[u8],
     input: Shape,
@@ -992,7 +992,7 @@ fn im2col(
     w: &Window,
     pad_code: u8,
     planes: &mut Planes,
-    col: &mut Vec<u8>,
+    col: &mut [u8],
 ) {
     let (kh, kw) = w.kernel;
     let (sh, sw) = w.stride;
@@ -1000,7 +1000,6 @@ fn im2col(
     let wp = pad_planes(x, input, w, pad_code, planes);
     let hp = input.height + 2 * w.padding.0;
     let positions = output.height * output.width;
-    fit(col, positions * k + 8);
     // Offset of window row (ic, ky) from the window's top-left corner in the padded planes.
     let rows: Vec<usize> = (0..input.channels)
         .flat_map(|ic| (0..kh).map(move |ky| (ic * hp + ky) * wp))
@@ -1040,7 +1039,6 @@ fn im2col(
             }
         }
     }
-    col.truncate(positions * k);
 }
 
 /// Makes `v` exactly `len` long without touching kept elements: for buffers every element of which the caller
@@ -1095,29 +1093,44 @@ impl ConvOp {
         let in_elems = input.channels * input.height * input.width;
         let out_elems = output.channels * output.height * output.width;
         let positions = output.height * output.width;
-        let sample = |s: &mut ConvScratch<T>, o: &mut [T], xs: &[u8]| match &self.direct {
-            Some(d) => direct(d, xs, &mut s.acc, o),
-            None => {
+        let col_len = positions * self.gemm.k;
+        // im2col of `samples` samples into one matrix, one GEMM over all their positions (full micro-tiles, one
+        // call), then a transpose per sample.
+        let im2col_gemm = |s: &mut ConvScratch<T>, o: &mut [T], xs: &[u8]| {
+            let samples = o.len() / out_elems.max(1);
+            fit(&mut s.col, samples * col_len + 8);
+            for (i, xi) in xs.chunks(in_elems).take(samples).enumerate() {
+                let dst = &mut s.col[i * col_len..];
                 im2col(
-                    xs,
+                    xi,
                     input,
                     output,
                     &self.window,
                     self.pad_code,
                     &mut s.planes,
-                    &mut s.col,
+                    dst,
                 );
-                fit(&mut s.tmp, out_elems);
-                gemm(&s.col, positions, &mut s.tmp)?;
-                transpose_into(&s.tmp, positions, self.gemm.n, o);
-                Ok(())
             }
+            fit(&mut s.tmp, samples * out_elems);
+            gemm(&s.col[..samples * col_len], samples * positions, &mut s.tmp)?;
+            for (t, oi) in s.tmp.chunks(out_elems).zip(o.chunks_mut(out_elems)) {
+                transpose_into(t, positions, self.gemm.n, oi);
+            }
+            Ok(())
+        };
+        let sample = |s: &mut ConvScratch<T>, o: &mut [T], xs: &[u8]| match &self.direct {
+            Some(d) => direct(d, xs, &mut s.acc, o),
+            None => im2col_gemm(s, o, xs),
         };
         if rayon::current_thread_index().is_some() || out.len() <= out_elems {
             let mut s = ConvScratch::default();
-            out.chunks_mut(out_elems)
-                .zip(x.chunks(in_elems))
-                .try_for_each(|(o, xs)| sample(&mut s, o, xs))
+            match &self.direct {
+                Some(_) => out
+                    .chunks_mut(out_elems)
+                    .zip(x.chunks(in_elems))
+                    .try_for_each(|(o, xs)| sample(&mut s, o, xs)),
+                None => im2col_gemm(&mut s, out, x),
+            }
         } else {
             out.par_chunks_mut(out_elems)
                 .zip(x.par_chunks(in_elems))

@@ -71,3 +71,27 @@ fn split_run_rejects_input_of_the_wrong_length() {
     let x = vec![0u8; 100 * f - 1];
     assert!(e.run(&x, 100).is_err());
 }
+
+#[test]
+fn split_cnn_batches_equal_the_serial_path() {
+    // ~2.3K MACs per sample, so a task is a few hundred samples and 1000 samples make a ragged split; inside a
+    // task the GEMM-path convolutions run all the task's samples as one matrix.
+    for (bits, seed) in [(8u32, 5u64), (4, 6), (2, 7)] {
+        let o = LayerOpts {
+            weight_bits: bits,
+            act_bits: 8,
+            per_channel: true,
+        };
+        let e = Engine::new(&lowbit_runtime::testutil::random_cnn(seed, o)).unwrap();
+        let f = e.input_features();
+        let batch = 1000;
+        let x = Rng(seed * 77).bytes(batch * f);
+        let split = e.run(&x, batch).unwrap();
+        let serial = e.run_traced(&x, batch).unwrap().logits;
+        assert_eq!(
+            bits_of(&split),
+            bits_of(&serial),
+            "{bits}-bit cnn, seed {seed}"
+        );
+    }
+}
