@@ -6,43 +6,15 @@
 //! `cargo run --release -p lowbit-runtime --example engine_latency` (about 10 s).
 use lowbit_runtime::engine::Engine;
 use lowbit_runtime::kernels::{self, PrepackedWeights};
-use lowbit_runtime::model::{InputSpec, Provenance, QLayer, QuantModel};
-use lowbit_runtime::qparams::QParams;
-use lowbit_runtime::testutil::{min_window_secs, random_dense, LayerOpts, Rng};
+use lowbit_runtime::model::QLayer;
+use lowbit_runtime::testutil::{min_window_secs, reference_mlp};
 use std::time::Duration;
-
-fn mlp(bits: u32) -> QuantModel {
-    let mut rng = Rng(42);
-    let o = LayerOpts {
-        weight_bits: bits,
-        act_bits: 8,
-        per_channel: true,
-    };
-    let input = InputSpec {
-        channels: 1,
-        height: 28,
-        width: 28,
-        qparams: QParams {
-            scale: 1.0 / 255.0,
-            zero_point: 0,
-        },
-    };
-    let (l0, qp) = random_dense(&mut rng, input.qparams, 784, 64, false, o);
-    let (l1, _) = random_dense(&mut rng, qp, 64, 10, true, o);
-    QuantModel {
-        input,
-        layers: vec![l0, l1],
-        classes: 10,
-        class_names: Vec::new(),
-        provenance: Provenance::default(),
-    }
-}
 
 fn main() {
     let window = Duration::from_millis(2);
     println!("active ISA: {}", kernels::active_isa());
     for bits in [8u32, 4, 2, 1] {
-        let model = mlp(bits);
+        let model = reference_mlp(42, bits);
         let engine = Engine::new(&model).unwrap_or_else(|e| panic!("engine: {e}"));
         let x1: Vec<u8> = (0..784).map(|t| (t * 37 % 256) as u8).collect();
         let x256: Vec<u8> = (0..256 * 784).map(|t| (t * 37 % 256) as u8).collect();

@@ -6,10 +6,9 @@
 //! repeat is the closest estimate of what the code can do; compare ratios only within one run.
 use lowbit_runtime::engine::Engine;
 use lowbit_runtime::kernels::{self, OutputParams};
-use lowbit_runtime::model::{InputSpec, Provenance, QuantModel};
 use lowbit_runtime::pack::PackedWeights;
-use lowbit_runtime::qparams::{weight_code_range, QParams, Requant};
-use lowbit_runtime::testutil::{process_cpu_secs, random_dense, LayerOpts, Rng};
+use lowbit_runtime::qparams::{weight_code_range, Requant};
+use lowbit_runtime::testutil::{process_cpu_secs, reference_mlp};
 use std::time::{Duration, Instant};
 
 /// Best wall time per call over `repeats` repeats of about `budget` each, and the CPU time per call of that
@@ -101,36 +100,8 @@ fn gemm_case(
     });
 }
 
-/// Random 784-64-10 model (ReLU hidden layer, per-channel weight scales) at `bits` weight bits.
-fn mlp(bits: u32) -> QuantModel {
-    let mut rng = Rng(42);
-    let o = LayerOpts {
-        weight_bits: bits,
-        act_bits: 8,
-        per_channel: true,
-    };
-    let input = InputSpec {
-        channels: 1,
-        height: 28,
-        width: 28,
-        qparams: QParams {
-            scale: 1.0 / 255.0,
-            zero_point: 0,
-        },
-    };
-    let (l0, qp) = random_dense(&mut rng, input.qparams, 784, 64, false, o);
-    let (l1, _) = random_dense(&mut rng, qp, 64, 10, true, o);
-    QuantModel {
-        input,
-        layers: vec![l0, l1],
-        classes: 10,
-        class_names: Vec::new(),
-        provenance: Provenance::default(),
-    }
-}
-
 fn engine_case(bits: u32, batch: usize, budget: Duration, reps: usize) {
-    let engine = Engine::new(&mlp(bits)).unwrap_or_else(|e| panic!("engine: {e}"));
+    let engine = Engine::new(&reference_mlp(42, bits)).unwrap_or_else(|e| panic!("engine: {e}"));
     let input: Vec<u8> = (0..batch * 784).map(|t| (t * 37 % 256) as u8).collect();
     let (t, cpu) = best_secs_cpu(budget, reps, || {
         std::hint::black_box(

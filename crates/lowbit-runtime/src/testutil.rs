@@ -213,6 +213,35 @@ pub fn random_mlp(seed: u64, o: LayerOpts) -> QuantModel {
     finish(input, vec![l0, l1], 3, seed)
 }
 
+/// The 784-64-10 MLP of the benchmarks (raw u8 pixels with scale 1/255, ReLU hidden layer, per-channel weight
+/// scales, 8-bit activations) at `bits` weight bits: 51K multiply-accumulates per sample.
+pub fn reference_mlp(seed: u64, bits: u32) -> QuantModel {
+    let mut rng = Rng(seed);
+    let o = LayerOpts {
+        weight_bits: bits,
+        act_bits: 8,
+        per_channel: true,
+    };
+    let input = InputSpec {
+        channels: 1,
+        height: 28,
+        width: 28,
+        qparams: QParams {
+            scale: 1.0 / 255.0,
+            zero_point: 0,
+        },
+    };
+    let (l0, qp) = random_dense(&mut rng, input.qparams, 784, 64, false, o);
+    let (l1, _) = random_dense(&mut rng, qp, 64, 10, true, o);
+    QuantModel {
+        input,
+        layers: vec![l0, l1],
+        classes: 10,
+        class_names: Vec::new(),
+        provenance: Provenance::default(),
+    }
+}
+
 /// Input (2x7x6) -> Conv 2->3 k3 s1 p1 -> MaxPool 2 s2 -> AvgPool 2 s1 -> Conv 3->2 k2 s1 p0 -> Flatten -> Dense
 /// -> 4 logits. Exercises padding, odd sizes, both pools and conv after pool.
 pub fn random_cnn(seed: u64, o: LayerOpts) -> QuantModel {

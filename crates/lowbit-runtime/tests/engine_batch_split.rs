@@ -1,37 +1,7 @@
 //! `Engine::run` splits large batches into rayon tasks that each run every layer; the result must equal the
 //! serial path (`run_traced` never splits) and per-sample runs bit for bit, for every weight bit width.
 use lowbit_runtime::engine::Engine;
-use lowbit_runtime::model::{InputSpec, Provenance, QuantModel};
-use lowbit_runtime::qparams::QParams;
-use lowbit_runtime::testutil::{random_dense, LayerOpts, Rng};
-
-/// 784-64-10, the MLP the benchmarks use: 51K MACs per sample, so a batch of 100 is several tasks of 24.
-fn mlp(bits: u32, seed: u64) -> QuantModel {
-    let mut rng = Rng(seed);
-    let o = LayerOpts {
-        weight_bits: bits,
-        act_bits: 8,
-        per_channel: true,
-    };
-    let input = InputSpec {
-        channels: 1,
-        height: 28,
-        width: 28,
-        qparams: QParams {
-            scale: 1.0 / 255.0,
-            zero_point: 0,
-        },
-    };
-    let (l0, qp) = random_dense(&mut rng, input.qparams, 784, 64, false, o);
-    let (l1, _) = random_dense(&mut rng, qp, 64, 10, true, o);
-    QuantModel {
-        input,
-        layers: vec![l0, l1],
-        classes: 10,
-        class_names: Vec::new(),
-        provenance: Provenance::default(),
-    }
-}
+use lowbit_runtime::testutil::{reference_mlp, LayerOpts, Rng};
 
 fn bits_of(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -40,7 +10,7 @@ fn bits_of(v: &[f32]) -> Vec<u32> {
 #[test]
 fn split_batches_equal_the_serial_path_and_single_sample_runs() {
     for (bits, seed) in [(8u32, 1u64), (4, 2), (2, 3), (1, 4)] {
-        let e = Engine::new(&mlp(bits, seed)).unwrap();
+        let e = Engine::new(&reference_mlp(seed, bits)).unwrap();
         let f = e.input_features();
         // 101: a ragged last task; 24 and 25: exactly one task and one row past it.
         for batch in [101usize, 24, 25] {
@@ -66,7 +36,7 @@ fn split_batches_equal_the_serial_path_and_single_sample_runs() {
 
 #[test]
 fn split_run_rejects_input_of_the_wrong_length() {
-    let e = Engine::new(&mlp(8, 9)).unwrap();
+    let e = Engine::new(&reference_mlp(9, 8)).unwrap();
     let f = e.input_features();
     let x = vec![0u8; 100 * f - 1];
     assert!(e.run(&x, 100).is_err());
