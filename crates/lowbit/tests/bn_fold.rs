@@ -11,6 +11,7 @@
 //! `W f` changes gradients by O(0.1..1).
 mod common;
 
+use common::grad::{dot, random_tensor_in as random_tensor, ATOL, H, RTOL};
 use common::{accuracy, engine_equals_simulation};
 use lowbit::config_file;
 use lowbit::data::{load, DataSource, Dataset};
@@ -24,26 +25,6 @@ use lowbit::runtime::model::{Provenance, QLayer};
 use lowbit::tensor::Tensor;
 use lowbit::train::{evaluate_float, train, TrainConfig};
 use std::path::Path;
-
-const H: f32 = 1e-2;
-const ATOL: f64 = 5e-4;
-const RTOL: f64 = 1e-3;
-
-fn random_tensor(rng: &mut Rng, shape: &[usize], lo: f32, hi: f32) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::new(
-        (0..n).map(|_| rng.uniform_range(lo, hi)).collect(),
-        shape.to_vec(),
-    )
-}
-
-fn dot(y: &Tensor, r: &Tensor) -> f64 {
-    y.data
-        .iter()
-        .zip(&r.data)
-        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-        .sum()
-}
 
 /// A conv + batch norm pair with a non-zero bias, gamma away from 0, and non-trivial running statistics.
 fn conv_bn(seed: u64, ic: usize, oc: usize, padding: (usize, usize)) -> (Conv2d, BatchNorm2d) {

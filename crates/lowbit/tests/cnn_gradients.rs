@@ -12,6 +12,9 @@
 //!   so the truncation error is ~H^2 = 1e-4, within ATOL.
 //!
 //! A wrong stride, a padding offset, a missing 1/N or a transposed weight index changes gradients by O(1).
+mod common;
+
+use common::grad::{central_difference, check, dot, random_tensor, H};
 use lowbit::nn::{
     softmax_cross_entropy, AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, Layer,
     MaxPool2d, Model, Relu,
@@ -19,56 +22,12 @@ use lowbit::nn::{
 use lowbit::rng::Rng;
 use lowbit::tensor::Tensor;
 
-const H: f32 = 1e-2;
-const ATOL: f64 = 5e-4;
-const RTOL: f64 = 1e-3;
-
-fn random_tensor(rng: &mut Rng, shape: &[usize]) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::new(
-        (0..n).map(|_| rng.uniform_range(-1.0, 1.0)).collect(),
-        shape.to_vec(),
-    )
-}
-
 /// Distinct values spaced 0.05 (= 5H) apart, shuffled: no perturbation of H can change an ordering.
 fn distinct_tensor(rng: &mut Rng, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
     let mut v: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.05).collect();
     rng.shuffle(&mut v);
     Tensor::new(v, shape.to_vec())
-}
-
-fn dot(y: &Tensor, r: &Tensor) -> f64 {
-    y.data
-        .iter()
-        .zip(&r.data)
-        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-        .sum()
-}
-
-fn check(what: &str, seed: u64, index: usize, fd: f64, analytic: f32) {
-    let analytic = f64::from(analytic);
-    let err = (fd - analytic).abs();
-    assert!(
-        err <= ATOL + RTOL * analytic.abs(),
-        "{what}[{index}] (seed {seed}): finite difference {fd}, analytic {analytic}, error {err}"
-    );
-}
-
-fn central_difference<T>(
-    state: &mut T,
-    i: usize,
-    get: impl Fn(&mut T) -> &mut [f32],
-    f: impl Fn(&mut T) -> f64,
-) -> f64 {
-    let old = get(state)[i];
-    get(state)[i] = old + H;
-    let plus = f(state);
-    get(state)[i] = old - H;
-    let minus = f(state);
-    get(state)[i] = old;
-    (plus - minus) / (2.0 * f64::from(H))
 }
 
 /// Checks dX and every parameter gradient of `layer` on `x`, with objective `sum(y * r)`; `train` selects the

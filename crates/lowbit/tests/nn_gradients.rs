@@ -12,55 +12,12 @@
 //! - RTOL = 1e-3 covers f32 accumulation differences between the analytic path and the perturbed forward.
 //!
 //! A wrong transpose, a missing bias term or a factor of 2 changes gradients by O(1) and fails these bounds.
+mod common;
+
+use common::grad::{central_difference, check, dot, random_tensor, H};
 use lowbit::nn::{softmax_cross_entropy, Dense, Layer, Model, Relu};
 use lowbit::rng::Rng;
 use lowbit::tensor::Tensor;
-
-const H: f32 = 1e-2;
-const ATOL: f64 = 5e-4;
-const RTOL: f64 = 1e-3;
-
-fn random_tensor(rng: &mut Rng, shape: &[usize]) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::new(
-        (0..n).map(|_| rng.uniform_range(-1.0, 1.0)).collect(),
-        shape.to_vec(),
-    )
-}
-
-/// Objective sum(y * r) in f64: its gradient w.r.t. y is exactly r.
-fn dot(y: &Tensor, r: &Tensor) -> f64 {
-    y.data
-        .iter()
-        .zip(&r.data)
-        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-        .sum()
-}
-
-fn check(what: &str, seed: u64, index: usize, fd: f64, analytic: f32) {
-    let analytic = f64::from(analytic);
-    let err = (fd - analytic).abs();
-    assert!(
-        err <= ATOL + RTOL * analytic.abs(),
-        "{what}[{index}] (seed {seed}): finite difference {fd}, analytic {analytic}, error {err}"
-    );
-}
-
-/// Central difference of `f` w.r.t. element `i` of the buffer selected by `get`.
-fn central_difference<T>(
-    state: &mut T,
-    i: usize,
-    get: impl Fn(&mut T) -> &mut [f32],
-    f: impl Fn(&mut T) -> f64,
-) -> f64 {
-    let old = get(state)[i];
-    get(state)[i] = old + H;
-    let plus = f(state);
-    get(state)[i] = old - H;
-    let minus = f(state);
-    get(state)[i] = old;
-    (plus - minus) / (2.0 * f64::from(H))
-}
 
 #[test]
 fn dense_gradients_match_finite_differences() {

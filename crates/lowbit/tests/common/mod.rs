@@ -1,4 +1,8 @@
-//! Helpers shared by integration tests (each test binary includes this module with `mod common;`).
+//! Helpers shared by integration tests (each test binary includes this module with `mod common;`, and uses only
+//! some of it).
+#![allow(dead_code)]
+
+pub mod grad;
 use lowbit::data::Dataset;
 use lowbit::quant::simulate;
 use lowbit::runtime::engine::{argmax_rows, Engine};
