@@ -173,6 +173,9 @@ fn resolve_settings(
     if let Some(s) = a.quant_lr_scale {
         t.quant_lr_scale = Some(s);
     }
+    if let Some(d) = a.quant_delay_epochs {
+        t.quant_delay_epochs = Some(d);
+    }
     if let Some(c) = a.clip_grad_norm {
         t.clip_grad_norm = Some(c);
     }
@@ -1153,6 +1156,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         lowbit_runtime::kernels::active_isa(),
         rayon::current_num_threads()
     );
+    for path in engine.kernel_paths() {
+        println!("  {path}");
+    }
     print!("{}", t.render());
     Ok(())
 }

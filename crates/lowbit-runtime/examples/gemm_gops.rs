@@ -5,7 +5,7 @@
 //! active kernel tier, then the best of several timed repeats per case: the machine is shared, so the best
 //! repeat is the closest estimate of what the code can do; compare ratios only within one run.
 use lowbit_runtime::engine::Engine;
-use lowbit_runtime::kernels::{self, OutputParams};
+use lowbit_runtime::kernels::{self, OutputParams, PrepackedWeights};
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::{weight_code_range, Requant};
 use lowbit_runtime::testutil::{process_cpu_secs, reference_mlp};
@@ -100,6 +100,58 @@ fn gemm_case(
     });
 }
 
+/// Int8 weights prepared once, as the engine holds them, on each AVX2 path: widened to i16 (`vpmaddwd`, any
+/// codes), codes within +-64 (every natural pair safe: `vpmaddubsw` in natural order), and bell-shaped codes like trained
+/// weights (`vpmaddubsw` after re-pairing K, with the shuffle gather). Same
+/// shapes and activations as [`gemm_case`].
+fn prepacked_case(m: usize, k: usize, n: usize, threads: usize, budget: Duration, reps: usize) {
+    let a: Vec<u8> = (0..m * k).map(|t| (t * 31 % 256) as u8).collect();
+    let bias = vec![17i32; n];
+    let mut acc = vec![0i32; m * n];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap_or_else(|e| panic!("rayon pool: {e}"));
+    let ops = 2.0 * (m * n * k) as f64;
+    let pack = |f: &dyn Fn(usize) -> i8| {
+        let codes: Vec<i8> = (0..n * k).map(f).collect();
+        PackedWeights::pack(8, n, k, &codes).unwrap_or_else(|e| panic!("pack: {e}"))
+    };
+    let seven = pack(&|t| ((t * 7919 + 13) % 129) as i8 - 64);
+    // Bell-shaped like trained per-channel int8 weights (sum of four uniforms, std about 36 codes): about one pair
+    // in four is unsafe in natural order, and block re-pairing fixes nearly all of them.
+    let bell = pack(&|t| {
+        let mut h = (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let u: i32 = (0..4).map(|i| ((h >> (16 * i)) & 0xFFFF) as i32).sum();
+        ((u - 2 * 65536) * 62 / 65536) as i8
+    });
+    let cases = [
+        (
+            "widened",
+            PrepackedWeights::widened(kernels::selected_isa(), weights(8, n, k)),
+        ),
+        ("|code|<=64", PrepackedWeights::new(seven)),
+        ("bell", PrepackedWeights::new(bell)),
+    ];
+    for (label, pw) in cases {
+        let pw = pw.unwrap_or_else(|e| panic!("prepack: {e}"));
+        pool.install(|| {
+            let t = best_secs(budget, reps, || {
+                kernels::gemm_acc_prepacked(std::hint::black_box(&a), m, k, &pw, &bias, &mut acc)
+                    .unwrap_or_else(|e| panic!("gemm_acc_prepacked: {e}"));
+            });
+            println!(
+                "prepacked int8 {m:>4}x{k:>4}x{n:>4} threads {threads} {label:>10} ({}): {:7.1} GOPS ({:9.2} us)",
+                pw.path(),
+                ops / t / 1e9,
+                t * 1e6
+            );
+        });
+    }
+}
+
 fn engine_case(bits: u32, batch: usize, budget: Duration, reps: usize) {
     let engine = Engine::new(&reference_mlp(42, bits)).unwrap_or_else(|e| panic!("engine: {e}"));
     let input: Vec<u8> = (0..batch * 784).map(|t| (t * 37 % 256) as u8).collect();
@@ -135,6 +187,10 @@ fn main() {
     if !engine_only {
         for threads in [1, 2] {
             gemm_case(8, 1024, 1024, 1024, threads, budget, reps);
+            prepacked_case(1024, 1024, 1024, threads, budget, reps);
+        }
+        for &(m, k, n) in &[(1, 784, 64), (256, 784, 64)] {
+            prepacked_case(m, k, n, 2, budget, reps);
         }
         for &(m, k, n) in &[(1, 784, 64), (256, 784, 64), (256, 64, 10)] {
             for bits in [8u32, 4, 2] {

@@ -29,6 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         lowbit_runtime::kernels::active_isa(),
         rayon::current_num_threads()
     );
+    for path in engine.kernel_paths() {
+        println!("  {path}");
+    }
     for batch in batches {
         // Deterministic pseudo-random pixels: the engine's speed does not depend on their values.
         let input: Vec<u8> = (0..batch * features)

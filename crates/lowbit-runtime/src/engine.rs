@@ -684,6 +684,27 @@ impl Engine {
         })
     }
 
+    /// The kernel path of each matrix layer, in order (`dense 784x64: avx2 pairs`, `conv 16x150: direct`...), for
+    /// reports that say which kernel ran.
+    pub fn kernel_paths(&self) -> Vec<String> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Dense(g) => Some(format!("dense {}x{}: {}", g.k, g.n, g.weights.path())),
+                Op::Conv(c) if c.direct.is_some() => {
+                    Some(format!("conv {}x{}: direct", c.gemm.k, c.gemm.n))
+                }
+                Op::Conv(c) => Some(format!(
+                    "conv {}x{}: {}",
+                    c.gemm.k,
+                    c.gemm.n,
+                    c.gemm.weights.path()
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Input features per sample.
     pub fn input_features(&self) -> usize {
         self.input_features

@@ -37,6 +37,8 @@ const NS: &[usize] = &[
 ];
 
 struct Case {
+    /// Every adjacent K pair of the weights is safe for `vpmaddubsw`, so AVX2 must take the pair kernels.
+    pairs_safe: bool,
     m: usize,
     k: usize,
     n: usize,
@@ -66,12 +68,19 @@ fn make_case(bits: u32, seed: u64, mi: usize, ki: usize, ni: usize) -> Case {
         })
         .collect();
     let (lo, hi) = weight_code_range(bits).unwrap();
-    let w_mode = rng.below(4);
+    // Modes 4 and 5 (int8) are what trained layers look like to the pair kernels: every pair safe (7-bit
+    // magnitudes), or bell-shaped codes (std about 36), which only a re-pairing of K makes safe.
+    let w_mode = rng.below(6);
     let codes: Vec<i8> = (0..n * k)
         .map(|_| {
             let q = match w_mode {
                 0 => hi,
                 1 => [lo, hi][rng.below(2) as usize],
+                4 if bits == 8 => rng.range(-64, 64) as i32,
+                5 if bits == 8 => {
+                    ((0..4).map(|_| rng.below(65536) as i64).sum::<i64>() - 2 * 65536) as i32 * 62
+                        / 65536
+                }
                 _ => rng.range(lo as i64, hi as i64) as i32,
             };
             if bits == 1 && q == 0 {
@@ -113,6 +122,7 @@ fn make_case(bits: u32, seed: u64, mi: usize, ki: usize, ni: usize) -> Case {
         }
     };
     Case {
+        pairs_safe: bits == 8 && w_mode == 4,
         m,
         k,
         n,
@@ -213,6 +223,13 @@ fn check_prepacked(bits: u32, seed: u64, mi: usize, ki: usize, ni: usize) {
     for isa in Isa::available() {
         let pw = PrepackedWeights::with_isa(isa, c.w.clone()).unwrap();
         assert_eq!(pw.isa(), isa);
+        if isa == Isa::Avx2 && c.pairs_safe && c.k > 0 {
+            assert!(
+                pw.path().contains("pairs"),
+                "7-bit magnitudes took {}",
+                pw.path()
+            );
+        }
         assert_eq!(pw.weights(), &c.w);
         let mut got_acc = vec![7i32; c.m * c.n];
         kernels::gemm_acc_prepacked(&c.a, c.m, c.k, &pw, &c.bias, &mut got_acc).unwrap();
@@ -499,6 +516,57 @@ fn prepacked_large_shapes_match_reference_across_l2_row_blocks() {
                 want == got,
                 "{} {bits}-bit {m}x{k}x{n} differs, seed {seed}",
                 isa.name()
+            );
+        }
+    }
+}
+
+/// Bell-shaped int8 weights like trained ones (sum of four uniforms, std about 36 codes, extremes near +-124)
+/// force a re-paired K order; rows cross the 240-row block and the rayon split, K crosses the 1024-position block
+/// of the pair kernels, and activations at 255 would expose any pair that saturates.
+#[test]
+fn re_paired_int8_weights_match_reference_at_full_scale_activations() {
+    for (seed, m, k, n) in [
+        (31u64, 500usize, 600usize, 40usize),
+        (32, 20, 1100, 70),
+        (33, 1, 784, 64),
+    ] {
+        let mut rng = Rng(seed);
+        let a: Vec<u8> = (0..m * k)
+            .map(|_| {
+                if rng.below(2) == 0 {
+                    255
+                } else {
+                    rng.below(256) as u8
+                }
+            })
+            .collect();
+        let codes: Vec<i8> = (0..n * k)
+            .map(|_| {
+                ((0..4).map(|_| rng.below(65536) as i64).sum::<i64>() - 2 * 65536) * 62 / 65536
+            })
+            .map(|q| q as i8)
+            .collect();
+        let w = PackedWeights::pack(8, n, k, &codes).unwrap();
+        let bias: Vec<i32> = (0..n).map(|_| rng.range(-1000, 1000) as i32).collect();
+        let mut want = vec![0i32; m * n];
+        reference::gemm_u8i8_i32(&a, m, k, &w, &bias, &mut want);
+        for isa in Isa::available() {
+            let pw = PrepackedWeights::with_isa(isa, w.clone()).unwrap();
+            if isa == Isa::Avx2 {
+                assert!(
+                    pw.path().contains("re-paired"),
+                    "{m}x{k}x{n} took {}",
+                    pw.path()
+                );
+            }
+            let mut got = vec![0i32; m * n];
+            kernels::gemm_acc_prepacked(&a, m, k, &pw, &bias, &mut got).unwrap();
+            assert!(
+                want == got,
+                "{} ({}) {m}x{k}x{n} differs, seed {seed}",
+                isa.name(),
+                pw.path()
             );
         }
     }

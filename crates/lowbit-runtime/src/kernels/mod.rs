@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 pub mod conv;
+pub mod pairs;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
@@ -338,6 +339,15 @@ pub struct PrepackedWeights {
     panels8: Option<Vec<i8>>,
     /// Sub-byte panels at storage width (AVX2 tiers, `I4x2` / `I2x4` / `B1x8`).
     subbyte: Option<Vec<u8>>,
+    /// Int8 panels in a safe pair order for the `vpmaddubsw` kernels (AVX2 tier, see [`pairs`]).
+    pairs: Option<(pairs::PairPlan, Vec<i8>)>,
+}
+
+/// Longest pair plan worth taking, for `k` activations: zero partners add work, and past a quarter more positions
+/// the `vpmaddubsw` kernels (about 1.4x the multiply rate of `vpmaddwd` on Zen3) plus the gather lose their edge.
+fn max_pair_len(k: usize) -> usize {
+    let k4 = k.div_ceil(4) * 4;
+    k4 + k4 / 4
 }
 
 impl PrepackedWeights {
@@ -348,11 +358,33 @@ impl PrepackedWeights {
 
     /// Prepares `weights` for `isa` (an unavailable tier is [`Isa::capped`]); checks the packed length.
     pub fn with_isa(isa: Isa, weights: PackedWeights) -> Result<Self, QuantError> {
+        Self::prepare(isa, weights, true)
+    }
+
+    /// Like [`PrepackedWeights::with_isa`] but never takes the `vpmaddubsw` pair path: int8 weights on AVX2 are
+    /// widened to i16 (`vpmaddwd`), for tests and benchmarks that compare the two.
+    pub fn widened(isa: Isa, weights: PackedWeights) -> Result<Self, QuantError> {
+        Self::prepare(isa, weights, false)
+    }
+
+    fn prepare(isa: Isa, weights: PackedWeights, allow_pairs: bool) -> Result<Self, QuantError> {
         check_weights("PrepackedWeights", weights.cols, &weights)?;
         let isa = isa.capped();
+        let pairs = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if weights.packing == Packing::I8 && allow_pairs => {
+                pairs::plan_pairs(&weights, max_pair_len(weights.cols)).map(|plan| {
+                    let panels = x86::prepack_pairs(&weights, &plan);
+                    (plan, panels)
+                })
+            }
+            _ => None,
+        };
         let panels = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if weights.packing == Packing::I8 => Some(x86::prepack_panels(&weights)),
+            Isa::Avx2 if weights.packing == Packing::I8 && pairs.is_none() => {
+                Some(x86::prepack_panels(&weights))
+            }
             _ => None,
         };
         let panels8 = match &panels {
@@ -373,6 +405,7 @@ impl PrepackedWeights {
             panels,
             panels8,
             subbyte,
+            pairs,
         })
     }
 
@@ -389,7 +422,24 @@ impl PrepackedWeights {
     /// Whether the weights were re-ordered into kernel panels (AVX2 tiers: int8 widened to i16, sub-byte packings
     /// kept at their width).
     pub fn is_panelized(&self) -> bool {
-        self.panels.is_some() || self.subbyte.is_some()
+        self.panels.is_some() || self.subbyte.is_some() || self.pairs.is_some()
+    }
+
+    /// The kernel path these weights take, for reports: `pairs` (u8 x i8 `vpmaddubsw` on a safe K order, with the
+    /// positions per row), `i16` (widened, `vpmaddwd`), `subbyte`, or the tier's generic kernel.
+    pub fn path(&self) -> String {
+        match (&self.pairs, &self.panels, &self.subbyte) {
+            (Some((plan, _)), _, _) if plan.identity => format!("{} pairs", self.isa.name()),
+            (Some((plan, _)), _, _) => format!(
+                "{} pairs (re-paired, K {} -> {})",
+                self.isa.name(),
+                self.weights.cols,
+                plan.len()
+            ),
+            (None, Some(_), _) => format!("{} i16", self.isa.name()),
+            (None, None, Some(_)) => format!("{} subbyte", self.isa.name()),
+            _ => self.isa.name().to_string(),
+        }
     }
 
     /// Bytes of the prepared kernel layout beyond the packed weights (0 when the packed bytes are used as is).
@@ -397,10 +447,17 @@ impl PrepackedWeights {
         self.panels.as_ref().map_or(0, |p| 2 * p.len())
             + self.panels8.as_ref().map_or(0, Vec::len)
             + self.subbyte.as_ref().map_or(0, Vec::len)
+            + self
+                .pairs
+                .as_ref()
+                .map_or(0, |(plan, p)| p.len() + 12 * plan.len())
     }
 
     #[cfg(target_arch = "x86_64")]
     fn x86_prepared(&self) -> x86::Prepared<'_> {
+        if let Some((plan, p)) = &self.pairs {
+            return x86::Prepared::Pairs(plan, p);
+        }
         match (&self.panels, &self.subbyte) {
             (Some(p), _) => x86::Prepared::I16(p, self.panels8.as_deref().unwrap_or_default()),
             (None, Some(b)) => x86::Prepared::SubByte(b),

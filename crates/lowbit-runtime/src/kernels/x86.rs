@@ -1,7 +1,11 @@
 //! x86_64 kernels: AVX2 for every packing, AVX-512 VNNI for int8 weights, hardware popcount for binary x binary.
 //!
-//! AVX2 scheme (`gemm_u8i8_i32__avx2`): `vpmaddubsw` is NOT used because its i16 pair sums saturate
-//! (255 * 127 * 2 > 32767). Activations are widened u8 -> i16 (`vpmovzxbw`, exact) once per K block and L2 block
+//! AVX2 int8 weights take one of two exact paths. Prepared weights whose K indices can be paired so that no pair
+//! can saturate an i16 (see [`super::pairs`]: always for codes within +-64, after re-pairing for most trained
+//! layers) run `gemm_pairs__avx2`: activations gathered into pair order by byte shuffles, weights kept at int8
+//! width in `[k / 4][16][4]` panels, `vpmaddubsw` + `vpmaddwd` by ones, half the multiply instructions per
+//! product of the widened path. Everything else runs `gemm_u8i8_i32__avx2`, where `vpmaddubsw` is NOT used
+//! because its i16 pair sums could saturate (255 * 127 * 2 > 32767). Activations are widened u8 -> i16 (`vpmovzxbw`, exact) once per K block and L2 block
 //! of [`MC`] rows. Weight codes are widened i8 -> i16 into panels of `KC x 16` codes laid out as
 //! `[k pair][column][2]`: once per model for int8 ([`prepack_panels`], held by `PrepackedWeights`), or per call and
 //! K block from the packed bytes (the plain `gemm_acc` API). Prepared sub-8-bit weights take another path
@@ -15,6 +19,7 @@
 //! are thread-local and reused across calls.
 // Kernel names follow STYLE.md: `<op>__<isa>` (double underscore separates the ISA, as in XNNPACK).
 #![allow(non_snake_case)]
+use super::pairs::{self, PairPlan};
 use super::{Isa, OutputParams};
 use crate::pack::{PackedWeights, Packing};
 use crate::qparams::requantize;
@@ -305,6 +310,56 @@ unsafe fn ukernel_6x16__avx2(
     }
 }
 
+/// Runs a 6 x 16 micro-kernel `kern(c, ldc)` for the tile at rows `r0..r0 + mr`, columns `j0..j0 + nc` of `out`
+/// (`n` columns): in place when the tile is full, otherwise into `tile` (zeroed) and only the valid `mr x nc`
+/// results are added, so the kernel never writes past `out`.
+///
+/// # Safety
+/// `kern` adds at most 6 rows of 16 i32 at `c`, spaced `ldc` apart; `r0 + mr` rows and `j0 + nc` columns exist.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn run_tile(
+    out: &mut [i32],
+    n: usize,
+    r0: usize,
+    j0: usize,
+    mr: usize,
+    nc: usize,
+    tile: &mut [i32; MR * NR],
+    kern: impl FnOnce(*mut i32, usize),
+) {
+    if mr == MR && nc == NR {
+        kern(out.as_mut_ptr().add(r0 * n + j0), n);
+    } else {
+        tile.fill(0);
+        kern(tile.as_mut_ptr(), NR);
+        for r in 0..mr {
+            let o = &mut out[(r0 + r) * n + j0..(r0 + r) * n + j0 + nc];
+            for (x, t) in o.iter_mut().zip(&tile[r * NR..]) {
+                *x = x.wrapping_add(*t);
+            }
+        }
+    }
+}
+
+/// The batch-1 paths' outer loop: `f(p, g, tile)` fills `tile` with panels `p..p + g` (`g <= 4`, 64 columns per
+/// pass over the activations) and their valid columns are added into `out`.
+fn gemv_groups(n: usize, out: &mut [i32], mut f: impl FnMut(usize, usize, &mut [i32; 4 * NR])) {
+    let np = n.div_ceil(NR);
+    let mut tile = [0i32; 4 * NR];
+    let mut p = 0;
+    while p < np {
+        let g = (np - p).min(4);
+        f(p, g, &mut tile);
+        let j0 = p * NR;
+        let cols = (g * NR).min(n - j0);
+        for (o, &t) in out[j0..j0 + cols].iter_mut().zip(&tile) {
+            *o = o.wrapping_add(t);
+        }
+        p += g;
+    }
+}
+
 /// Rows of `a` per L2 block: 240 x 256 x 2 bytes = 120 KiB of widened activations stay in the 512 KiB L2 while
 /// every weight panel of the K block streams past them. Multiple of [`MR`].
 const MC: usize = 240;
@@ -371,20 +426,9 @@ unsafe fn gemm_u8i8_i32__avx2(
                     // SAFETY: a16 holds round_up(mc, MR) rows of kc16, so rows i0..i0+6 exist (padding rows are
                     // stale and their results are discarded below); the panel holds kp * 32 i16 from bp.
                     let ap = s.a16.as_ptr().add(i0 * kc16);
-                    let r0 = ib + i0;
-                    if mr == MR && nc == NR {
-                        let cp = out.as_mut_ptr().add(r0 * n + j0);
-                        ukernel_6x16__avx2(kp, ap, kc16, bp, cp, n);
-                    } else {
-                        tile.fill(0);
-                        ukernel_6x16__avx2(kp, ap, kc16, bp, tile.as_mut_ptr(), NR);
-                        for r in 0..mr {
-                            let o = &mut out[(r0 + r) * n + j0..(r0 + r) * n + j0 + nc];
-                            for (x, t) in o.iter_mut().zip(&tile[r * NR..]) {
-                                *x = x.wrapping_add(*t);
-                            }
-                        }
-                    }
+                    run_tile(out, n, ib + i0, j0, mr, nc, &mut tile, |c, ldc| {
+                        ukernel_6x16__avx2(kp, ap, kc16, bp, c, ldc)
+                    });
                 }
             }
         }
@@ -445,28 +489,229 @@ unsafe fn gemv_u8i8_i32__avx2(
     let k16 = k.div_ceil(16) * 16;
     grow(&mut s.a16, k16);
     widen_a__avx2(a, k, 1, 0, k, k16, &mut s.a16);
-    let np = n.div_ceil(NR);
     let pstride = k16 * NR;
     let kp = k16 / 2;
-    let mut tile = [0i32; 4 * NR];
-    let mut p = 0;
-    while p < np {
-        let g = (np - p).min(4);
-        // SAFETY: panels p..p+g exist (each pstride i16), a16 holds k16 i16.
+    out.copy_from_slice(bias);
+    let ap = s.a16.as_ptr();
+    gemv_groups(n, out, |p, g, tile| {
+        // SAFETY: panels p..p+g exist (each pstride i8), a16 holds k16 i16.
         let b = panels.as_ptr().add(p * pstride);
-        let ap = s.a16.as_ptr();
         match g {
-            4 => gemv_panels__avx2::<4>(kp, ap, b, pstride, &mut tile),
-            3 => gemv_panels__avx2::<3>(kp, ap, b, pstride, &mut tile),
-            2 => gemv_panels__avx2::<2>(kp, ap, b, pstride, &mut tile),
-            _ => gemv_panels__avx2::<1>(kp, ap, b, pstride, &mut tile),
+            4 => gemv_panels__avx2::<4>(kp, ap, b, pstride, tile),
+            3 => gemv_panels__avx2::<3>(kp, ap, b, pstride, tile),
+            2 => gemv_panels__avx2::<2>(kp, ap, b, pstride, tile),
+            _ => gemv_panels__avx2::<1>(kp, ap, b, pstride, tile),
         }
-        let j0 = p * NR;
-        let cols = (g * NR).min(n - j0);
-        for ((o, &bj), &t) in out[j0..j0 + cols].iter_mut().zip(&bias[j0..]).zip(&tile) {
-            *o = bj.wrapping_add(t);
+    });
+}
+
+/// K positions per block of the pair kernels: a 6-row activation slice is 6 KiB and a 16-column weight panel
+/// 16 KiB, both L1-resident. Multiple of 4.
+const KCQ: usize = 1024;
+
+/// Int8 weights re-ordered for the pair kernels: panels of [`NR`] columns, `[panel][kq / 4][NR][4]` i8 with
+/// `kq = plan.len()`, codes in plan order and zero for padding positions and columns past `n`. The K block starting
+/// at position `t0` (a multiple of 4) of panel `p` begins at `p * kq * NR + t0 * NR`.
+pub(crate) fn prepack_pairs(w: &PackedWeights, plan: &PairPlan) -> Vec<i8> {
+    let (n, k) = (w.rows, w.cols);
+    let kq = plan.len();
+    let np = n.div_ceil(NR);
+    let mut panels = vec![0i8; np * kq * NR];
+    let mut row = vec![0i8; k];
+    for j in 0..n {
+        w.unpack_row(j, &mut row);
+        let base = (j / NR) * kq * NR + (j % NR) * 4;
+        for (t, &s) in plan.src.iter().enumerate() {
+            if s != pairs::ZERO {
+                panels[base + (t / 4) * NR * 4 + t % 4] = row[s as usize];
+            }
         }
-        p += g;
+    }
+    panels
+}
+
+/// Gathers activation row `a` into plan order at `dst`, running the plan's shuffle program (identity plans copy).
+/// Writes `32 * ceil(plan.len() / 32)` bytes: up to 31 past the plan's end, which the caller's buffer must hold
+/// (a later row overwrites them).
+///
+/// # Safety
+/// AVX2 must be available; `a.len() == plan.k()`; `dst` is writable for `plan.len().div_ceil(32) * 32` bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn gather_row__avx2(plan: &PairPlan, a: &[u8], dst: *mut u8) {
+    let (program, starts) = plan.program();
+    if plan.identity || program.is_empty() {
+        let d = std::slice::from_raw_parts_mut(dst, plan.len());
+        plan.gather_row(a, d);
+        return;
+    }
+    let k = a.len();
+    let full = k / 16;
+    // The last, partial chunk is read from a zero-padded copy so no load leaves the row.
+    let mut tail = [0u8; 16];
+    tail[..k - full * 16].copy_from_slice(&a[full * 16..]);
+    for (v, range) in starts.windows(2).enumerate() {
+        let mut acc = _mm256_setzero_si256();
+        for sh in &program[range[0] as usize..range[1] as usize] {
+            let c = sh.chunk as usize;
+            let src = if c < full {
+                a.as_ptr().add(16 * c)
+            } else {
+                tail.as_ptr()
+            };
+            let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(src as *const __m128i));
+            let m = _mm256_loadu_si256(sh.mask.as_ptr() as *const __m256i);
+            acc = _mm256_or_si256(acc, _mm256_shuffle_epi8(x, m));
+        }
+        _mm256_storeu_si256(dst.add(32 * v) as *mut __m256i, acc);
+    }
+}
+
+/// `vpmaddubsw` then `vpmaddwd` by ones: four u8 x i8 products per i32 lane, exact because the plan made every
+/// byte pair safe (no i16 saturation).
+#[inline(always)]
+unsafe fn quad_dot(av: __m256i, b: __m256i, ones: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(av, b), ones)
+}
+
+/// 6 x 16 micro-kernel of the pair path: `c[r][col] += sum_q a_r[4q..4q+4] . b[q][col][0..4]` over `kq4` quads.
+///
+/// # Safety
+/// AVX2 must be available; `a` points at 6 rows of at least `4 * kq4` bytes spaced `lda` apart; `b` at `kq4 * 64`
+/// i8; `c` at 6 rows of 16 i32 spaced `ldc` apart, all readable and writable; the weights are safe pairs.
+#[target_feature(enable = "avx2")]
+unsafe fn ukernel_pairs_6x16__avx2(
+    kq4: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    c: *mut i32,
+    ldc: usize,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); 2 * MR];
+    for q in 0..kq4 {
+        let b0 = _mm256_loadu_si256(b.add(q * 64) as *const __m256i);
+        let b1 = _mm256_loadu_si256(b.add(q * 64 + 32) as *const __m256i);
+        for r in 0..MR {
+            let quad = std::ptr::read_unaligned(a.add(r * lda + 4 * q) as *const i32);
+            let av = _mm256_set1_epi32(quad);
+            acc[2 * r] = _mm256_add_epi32(acc[2 * r], quad_dot(av, b0, ones));
+            acc[2 * r + 1] = _mm256_add_epi32(acc[2 * r + 1], quad_dot(av, b1, ones));
+        }
+    }
+    for r in 0..MR {
+        let c0 = c.add(r * ldc) as *mut __m256i;
+        let c1 = c.add(r * ldc + 8) as *mut __m256i;
+        _mm256_storeu_si256(c0, _mm256_add_epi32(_mm256_loadu_si256(c0), acc[2 * r]));
+        _mm256_storeu_si256(c1, _mm256_add_epi32(_mm256_loadu_si256(c1), acc[2 * r + 1]));
+    }
+}
+
+/// `G` panels of one gathered activation row (the batch-1 path of the pair kernels):
+/// `tile[g * 16 + c] = sum_q a[4q..4q+4] . panel_g[q][c][0..4]`.
+///
+/// # Safety
+/// AVX2 must be available; `a` points at `4 * kq4` bytes; panel `g < G` starts at `b + g * pstride` and holds
+/// `kq4 * 64` i8; `G <= 4`; the weights are safe pairs.
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_pairs__avx2<const G: usize>(
+    kq4: usize,
+    a: *const u8,
+    b: *const i8,
+    pstride: usize,
+    tile: &mut [i32; 4 * NR],
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); 8];
+    for q in 0..kq4 {
+        let av = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 * q) as *const i32));
+        for g in 0..G {
+            let bq = b.add(g * pstride + q * 64);
+            let b0 = _mm256_loadu_si256(bq as *const __m256i);
+            let b1 = _mm256_loadu_si256(bq.add(32) as *const __m256i);
+            acc[2 * g] = _mm256_add_epi32(acc[2 * g], quad_dot(av, b0, ones));
+            acc[2 * g + 1] = _mm256_add_epi32(acc[2 * g + 1], quad_dot(av, b1, ones));
+        }
+    }
+    for (g, pair) in acc.chunks_exact(2).take(G).enumerate() {
+        _mm256_storeu_si256(tile.as_mut_ptr().add(g * NR) as *mut __m256i, pair[0]);
+        _mm256_storeu_si256(tile.as_mut_ptr().add(g * NR + 8) as *mut __m256i, pair[1]);
+    }
+}
+
+/// `out = bias + a . w^T` on pair panels ([`prepack_pairs`] of `w` for `plan`), single-threaded. Each block of
+/// [`MC`] rows is gathered once into plan order; row blocks, then K blocks of [`KCQ`] positions, then panels,
+/// then 6-row tiles, so a weight panel's K block stays in L1 across the tiles. One row runs the GEMV instead.
+///
+/// # Safety
+/// AVX2 must be available; `a` holds `rows` rows of `plan`'s `k`; `bias` holds `n`, `out` `rows * n`; `panels` is
+/// `prepack_pairs(w, plan)` for the `n x k` weights.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_pairs__avx2(
+    a: &[u8],
+    rows: usize,
+    k: usize,
+    n: usize,
+    plan: &PairPlan,
+    panels: &[i8],
+    bias: &[i32],
+    out: &mut [i32],
+    s: &mut Scratch,
+) {
+    for orow in out.chunks_exact_mut(n) {
+        orow.copy_from_slice(bias);
+    }
+    let kq = plan.len();
+    if rows == 0 || kq == 0 {
+        return;
+    }
+    let np = n.div_ceil(NR);
+    let pstride = kq * NR;
+    // 32 bytes of slack: the shuffle gather writes whole vectors.
+    if rows == 1 {
+        grow(&mut s.apad, kq + 32);
+        gather_row__avx2(plan, &a[..k], s.apad.as_mut_ptr());
+        let ap = s.apad.as_ptr();
+        gemv_groups(n, out, |p, g, tile| {
+            // SAFETY: panels p..p+g exist (pstride bytes each); apad holds kq gathered bytes.
+            let b = panels.as_ptr().add(p * pstride);
+            match g {
+                4 => gemv_pairs__avx2::<4>(kq / 4, ap, b, pstride, tile),
+                3 => gemv_pairs__avx2::<3>(kq / 4, ap, b, pstride, tile),
+                2 => gemv_pairs__avx2::<2>(kq / 4, ap, b, pstride, tile),
+                _ => gemv_pairs__avx2::<1>(kq / 4, ap, b, pstride, tile),
+            }
+        });
+        return;
+    }
+    grow(&mut s.apad, rows.min(MC).div_ceil(MR) * MR * kq + 32);
+    let mut tile = [0i32; MR * NR];
+    for ib in (0..rows).step_by(MC) {
+        let mc = MC.min(rows - ib);
+        for r in 0..mc {
+            let src = &a[(ib + r) * k..(ib + r + 1) * k];
+            // SAFETY: row r starts at r * kq and the buffer has 32 bytes of slack past the last row.
+            gather_row__avx2(plan, src, s.apad.as_mut_ptr().add(r * kq));
+        }
+        for k0 in (0..kq).step_by(KCQ) {
+            let kc = KCQ.min(kq - k0);
+            for p in 0..np {
+                let j0 = p * NR;
+                let nc = NR.min(n - j0);
+                // SAFETY: panel p holds kq * NR bytes from p * pstride; its block at k0 holds kc * NR.
+                let bp = panels.as_ptr().add(p * pstride + k0 * NR);
+                for i0 in (0..mc).step_by(MR) {
+                    let mr = MR.min(mc - i0);
+                    // SAFETY: apad holds round_up(mc, MR) rows of kq bytes (padding rows are stale and their
+                    // results discarded below); k0 + kc <= kq.
+                    let ap = s.apad.as_ptr().add(i0 * kq + k0);
+                    run_tile(out, n, ib + i0, j0, mr, nc, &mut tile, |c, ldc| {
+                        ukernel_pairs_6x16__avx2(kc / 4, ap, kq, bp, c, ldc)
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -479,6 +724,8 @@ pub(crate) enum Prepared<'a> {
     I16(&'a [i16], &'a [i8]),
     /// [`prepack_subbyte`] of `I4x2` / `I2x4` / `B1x8` weights.
     SubByte(&'a [u8]),
+    /// [`prepack_pairs`] of int8 weights for the plan (the `vpmaddubsw` path).
+    Pairs(&'a PairPlan, &'a [i8]),
 }
 
 /// Output columns per sub-byte panel: one ymm of 8 i32 accumulators.
@@ -843,6 +1090,11 @@ fn acc_rows(
         return;
     }
     match panels {
+        // SAFETY: Avx2 was detected by `Isa::is_available`; the entry point checked the shapes; `PrepackedWeights`
+        // built these panels from `w` for this plan.
+        Prepared::Pairs(plan, pn) => unsafe {
+            gemm_pairs__avx2(a, rows, k, w.rows, plan, pn, bias, out, s)
+        },
         // SAFETY: Avx2 (or Avx512Vnni, which implies it) was detected by `Isa::is_available`; the entry point
         // checked the shapes and that `panels` belongs to `w`.
         Prepared::I16(pn, pn8) if rows == 1 && pn8.len() == pn.len() => unsafe {
