@@ -339,12 +339,13 @@ pub struct PrepackedWeights {
     panels8: Option<Vec<i8>>,
     /// Sub-byte panels at storage width (AVX2 tiers, `I4x2` / `I2x4` / `B1x8`).
     subbyte: Option<Vec<u8>>,
-    /// Int8 panels in a safe pair order for the `vpmaddubsw` kernels (AVX2 tier, see [`pairs`]).
-    pairs: Option<(pairs::PairPlan, Vec<i8>)>,
+    /// Int8 panels in a safe pair order for the `vpmaddubsw` kernels, with the bias fix of its flips (AVX2 tier,
+    /// see [`pairs`]).
+    pairs: Option<(pairs::PairPlan, Vec<i8>, Vec<i32>)>,
 }
 
-/// Longest pair plan worth taking, for `k` activations: zero partners add work, and past a quarter more positions
-/// the `vpmaddubsw` kernels (about 1.4x the multiply rate of `vpmaddwd` on Zen3) plus the gather lose their edge.
+/// Longest pair plan worth taking, for `k` activations: appended indices add work, and past a quarter more
+/// positions the `vpmaddubsw` kernels (about 1.4x the multiply rate of `vpmaddwd` on Zen3) lose their edge.
 fn max_pair_len(k: usize) -> usize {
     let k4 = k.div_ceil(4) * 4;
     k4 + k4 / 4
@@ -375,7 +376,8 @@ impl PrepackedWeights {
             Isa::Avx2 if weights.packing == Packing::I8 && allow_pairs => {
                 pairs::plan_pairs(&weights, max_pair_len(weights.cols)).map(|plan| {
                     let panels = x86::prepack_pairs(&weights, &plan);
-                    (plan, panels)
+                    let fix = plan.bias_fix(&weights);
+                    (plan, panels, fix)
                 })
             }
             _ => None,
@@ -429,12 +431,13 @@ impl PrepackedWeights {
     /// positions per row), `i16` (widened, `vpmaddwd`), `subbyte`, or the tier's generic kernel.
     pub fn path(&self) -> String {
         match (&self.pairs, &self.panels, &self.subbyte) {
-            (Some((plan, _)), _, _) if plan.identity => format!("{} pairs", self.isa.name()),
-            (Some((plan, _)), _, _) => format!(
-                "{} pairs (re-paired, K {} -> {})",
+            (Some((plan, ..)), _, _) if plan.is_identity() => format!("{} pairs", self.isa.name()),
+            (Some((plan, ..)), _, _) => format!(
+                "{} pairs (re-paired, K {} -> {}, {} flipped)",
                 self.isa.name(),
                 self.weights.cols,
-                plan.len()
+                plan.len(),
+                plan.flipped().iter().filter(|&&f| f).count()
             ),
             (None, Some(_), _) => format!("{} i16", self.isa.name()),
             (None, None, Some(_)) => format!("{} subbyte", self.isa.name()),
@@ -450,13 +453,17 @@ impl PrepackedWeights {
             + self
                 .pairs
                 .as_ref()
-                .map_or(0, |(plan, p)| p.len() + 12 * plan.len())
+                .map_or(0, |(plan, p, fix)| p.len() + 5 * plan.len() + 4 * fix.len())
     }
 
     #[cfg(target_arch = "x86_64")]
     fn x86_prepared(&self) -> x86::Prepared<'_> {
-        if let Some((plan, p)) = &self.pairs {
-            return x86::Prepared::Pairs(plan, p);
+        if let Some((plan, panels, bias_fix)) = &self.pairs {
+            return x86::Prepared::Pairs(x86::PairPanels {
+                plan,
+                panels,
+                bias_fix,
+            });
         }
         match (&self.panels, &self.subbyte) {
             (Some(p), _) => x86::Prepared::I16(p, self.panels8.as_deref().unwrap_or_default()),

@@ -510,60 +510,74 @@ unsafe fn gemv_u8i8_i32__avx2(
 const KCQ: usize = 1024;
 
 /// Int8 weights re-ordered for the pair kernels: panels of [`NR`] columns, `[panel][kq / 4][NR][4]` i8 with
-/// `kq = plan.len()`, codes in plan order and zero for padding positions and columns past `n`. The K block starting
-/// at position `t0` (a multiple of 4) of panel `p` begins at `p * kq * NR + t0 * NR`.
+/// `kq = plan.len()`, each position's effective code ([`PairPlan::code_at`]: negated where flipped, zero for
+/// zero positions) and zero for columns past `n`. The K block starting at position `t0` (a multiple of 4) of panel
+/// `p` begins at `p * kq * NR + t0 * NR`.
 pub(crate) fn prepack_pairs(w: &PackedWeights, plan: &PairPlan) -> Vec<i8> {
     let (n, k) = (w.rows, w.cols);
     let kq = plan.len();
-    let np = n.div_ceil(NR);
-    let mut panels = vec![0i8; np * kq * NR];
+    let mut panels = vec![0i8; n.div_ceil(NR) * kq * NR];
     let mut row = vec![0i8; k];
     for j in 0..n {
         w.unpack_row(j, &mut row);
         let base = (j / NR) * kq * NR + (j % NR) * 4;
-        for (t, &s) in plan.src.iter().enumerate() {
-            if s != pairs::ZERO {
-                panels[base + (t / 4) * NR * 4 + t % 4] = row[s as usize];
-            }
+        for t in 0..kq {
+            panels[base + (t / 4) * NR * 4 + t % 4] = plan.code_at(&row, t);
         }
     }
     panels
 }
 
-/// Gathers activation row `a` into plan order at `dst`, running the plan's shuffle program (identity plans copy).
-/// Writes `32 * ceil(plan.len() / 32)` bytes: up to 31 past the plan's end, which the caller's buffer must hold
-/// (a later row overwrites them).
+/// Gathers activation row `a` into plan order at `dst`: each 16-byte chunk is one `vpshufb` and one `vpxor` (two
+/// chunks per ymm); a chunk cut by the row's end is read from a zero-padded copy and one cut by the plan's end is
+/// written through one; then the appended indices are copied.
 ///
 /// # Safety
-/// AVX2 must be available; `a.len() == plan.k()`; `dst` is writable for `plan.len().div_ceil(32) * 32` bytes.
+/// AVX2 must be available; `a.len() == plan.k()`; `dst` is writable for `plan.len()` bytes.
 #[target_feature(enable = "avx2")]
 unsafe fn gather_row__avx2(plan: &PairPlan, a: &[u8], dst: *mut u8) {
-    let (program, starts) = plan.program();
-    if plan.identity || program.is_empty() {
-        let d = std::slice::from_raw_parts_mut(dst, plan.len());
-        plan.gather_row(a, d);
-        return;
-    }
+    const C: usize = pairs::CHUNK;
     let k = a.len();
-    let full = k / 16;
-    // The last, partial chunk is read from a zero-padded copy so no load leaves the row.
-    let mut tail = [0u8; 16];
-    tail[..k - full * 16].copy_from_slice(&a[full * 16..]);
-    for (v, range) in starts.windows(2).enumerate() {
-        let mut acc = _mm256_setzero_si256();
-        for sh in &program[range[0] as usize..range[1] as usize] {
-            let c = sh.chunk as usize;
-            let src = if c < full {
-                a.as_ptr().add(16 * c)
-            } else {
-                tail.as_ptr()
-            };
-            let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(src as *const __m128i));
-            let m = _mm256_loadu_si256(sh.mask.as_ptr() as *const __m256i);
-            acc = _mm256_or_si256(acc, _mm256_shuffle_epi8(x, m));
-        }
-        _mm256_storeu_si256(dst.add(32 * v) as *mut __m256i, acc);
+    let main = plan.main_len();
+    let (shuffle, xor) = plan.masks();
+    let (sp, xp) = (shuffle.as_ptr(), xor.as_ptr());
+    let mut c = 0;
+    while C * (c + 2) <= k.min(main) {
+        // SAFETY: chunks c and c + 1 lie inside the row and the plan; the masks hold (chunks + 1) * 16 bytes.
+        let x = _mm256_loadu_si256(a.as_ptr().add(C * c) as *const __m256i);
+        let m = _mm256_loadu_si256(sp.add(C * c) as *const __m256i);
+        let f = _mm256_loadu_si256(xp.add(C * c) as *const __m256i);
+        let y = _mm256_xor_si256(_mm256_shuffle_epi8(x, m), f);
+        _mm256_storeu_si256(dst.add(C * c) as *mut __m256i, y);
+        c += 2;
     }
+    while C * c < main {
+        let mut tmp = [0u8; C];
+        let src = if C * (c + 1) <= k {
+            a.as_ptr().add(C * c)
+        } else {
+            tmp[..k - C * c].copy_from_slice(&a[C * c..]);
+            tmp.as_ptr()
+        };
+        let x = _mm_loadu_si128(src as *const __m128i);
+        let m = _mm_loadu_si128(sp.add(C * c) as *const __m128i);
+        let f = _mm_loadu_si128(xp.add(C * c) as *const __m128i);
+        let y = _mm_xor_si128(_mm_shuffle_epi8(x, m), f);
+        if C * (c + 1) <= main {
+            _mm_storeu_si128(dst.add(C * c) as *mut __m128i, y);
+        } else {
+            _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, y);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst.add(C * c), main - C * c);
+        }
+        c += 1;
+    }
+    let mut t = main;
+    for &i in plan.extra() {
+        *dst.add(t) = a[i as usize];
+        *dst.add(t + 1) = 0;
+        t += 2;
+    }
+    std::ptr::write_bytes(dst.add(t), 0, plan.len() - t);
 }
 
 /// `vpmaddubsw` then `vpmaddwd` by ones: four u8 x i8 products per i32 lane, exact because the plan made every
@@ -644,8 +658,8 @@ unsafe fn gemv_pairs__avx2<const G: usize>(
 /// then 6-row tiles, so a weight panel's K block stays in L1 across the tiles. One row runs the GEMV instead.
 ///
 /// # Safety
-/// AVX2 must be available; `a` holds `rows` rows of `plan`'s `k`; `bias` holds `n`, `out` `rows * n`; `panels` is
-/// `prepack_pairs(w, plan)` for the `n x k` weights.
+/// AVX2 must be available; `a` holds `rows` rows of `plan`'s `k`; `bias` holds `n`, `out` `rows * n`; `pp` was
+/// prepared from the `n x k` weights.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
 unsafe fn gemm_pairs__avx2(
@@ -653,14 +667,20 @@ unsafe fn gemm_pairs__avx2(
     rows: usize,
     k: usize,
     n: usize,
-    plan: &PairPlan,
-    panels: &[i8],
+    pp: PairPanels<'_>,
     bias: &[i32],
     out: &mut [i32],
     s: &mut Scratch,
 ) {
+    let PairPanels {
+        plan,
+        panels,
+        bias_fix,
+    } = pp;
     for orow in out.chunks_exact_mut(n) {
-        orow.copy_from_slice(bias);
+        for ((o, &b), &f) in orow.iter_mut().zip(bias).zip(bias_fix) {
+            *o = b.wrapping_add(f);
+        }
     }
     let kq = plan.len();
     if rows == 0 || kq == 0 {
@@ -668,9 +688,8 @@ unsafe fn gemm_pairs__avx2(
     }
     let np = n.div_ceil(NR);
     let pstride = kq * NR;
-    // 32 bytes of slack: the shuffle gather writes whole vectors.
     if rows == 1 {
-        grow(&mut s.apad, kq + 32);
+        grow(&mut s.apad, kq);
         gather_row__avx2(plan, &a[..k], s.apad.as_mut_ptr());
         let ap = s.apad.as_ptr();
         gemv_groups(n, out, |p, g, tile| {
@@ -685,13 +704,13 @@ unsafe fn gemm_pairs__avx2(
         });
         return;
     }
-    grow(&mut s.apad, rows.min(MC).div_ceil(MR) * MR * kq + 32);
+    grow(&mut s.apad, rows.min(MC).div_ceil(MR) * MR * kq);
     let mut tile = [0i32; MR * NR];
     for ib in (0..rows).step_by(MC) {
         let mc = MC.min(rows - ib);
         for r in 0..mc {
             let src = &a[(ib + r) * k..(ib + r + 1) * k];
-            // SAFETY: row r starts at r * kq and the buffer has 32 bytes of slack past the last row.
+            // SAFETY: row r of kq bytes starts at r * kq, inside apad.
             gather_row__avx2(plan, src, s.apad.as_mut_ptr().add(r * kq));
         }
         for k0 in (0..kq).step_by(KCQ) {
@@ -725,7 +744,16 @@ pub(crate) enum Prepared<'a> {
     /// [`prepack_subbyte`] of `I4x2` / `I2x4` / `B1x8` weights.
     SubByte(&'a [u8]),
     /// [`prepack_pairs`] of int8 weights for the plan (the `vpmaddubsw` path).
-    Pairs(&'a PairPlan, &'a [i8]),
+    Pairs(PairPanels<'a>),
+}
+
+/// What the pair kernels need: the activation plan, the weights in its order, and the per-column bias fix of
+/// its flips ([`PairPlan::bias_fix`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PairPanels<'a> {
+    pub plan: &'a PairPlan,
+    pub panels: &'a [i8],
+    pub bias_fix: &'a [i32],
 }
 
 /// Output columns per sub-byte panel: one ymm of 8 i32 accumulators.
@@ -1092,9 +1120,7 @@ fn acc_rows(
     match panels {
         // SAFETY: Avx2 was detected by `Isa::is_available`; the entry point checked the shapes; `PrepackedWeights`
         // built these panels from `w` for this plan.
-        Prepared::Pairs(plan, pn) => unsafe {
-            gemm_pairs__avx2(a, rows, k, w.rows, plan, pn, bias, out, s)
-        },
+        Prepared::Pairs(pp) => unsafe { gemm_pairs__avx2(a, rows, k, w.rows, pp, bias, out, s) },
         // SAFETY: Avx2 (or Avx512Vnni, which implies it) was detected by `Isa::is_available`; the entry point
         // checked the shapes and that `panels` belongs to `w`.
         Prepared::I16(pn, pn8) if rows == 1 && pn8.len() == pn.len() => unsafe {
