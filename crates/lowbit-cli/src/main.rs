@@ -199,6 +199,11 @@ struct TrainArgs {
     /// Learning-rate multiplier of the LSQ step sizes (default 0.1: Adam cancels LSQ's gradient scaling).
     #[arg(long)]
     quant_lr_scale: Option<f32>,
+    /// QAT quantization delay: train the float model (quantizers bypassed) for this many epochs of the
+    /// --epochs budget (fractions allowed, e.g. 0.5), then switch quantization on with the quantizers (LSQ
+    /// steps, PACT alphas, ranges) initialized from the weights and data at that point. Default 0.
+    #[arg(long, value_name = "EPOCHS")]
+    quant_delay_epochs: Option<f32>,
     /// Read model, data, training and quantization settings from a TOML or JSON file; flags typed on the
     /// command line override it (example: docs/examples/lenet5-mixed.toml).
     #[arg(long, value_name = "FILE")]

@@ -91,6 +91,8 @@ pub struct TrainingSection {
     pub max_loss: Option<f32>,
     /// Learning-rate multiplier of the LSQ step sizes.
     pub quant_lr_scale: Option<f32>,
+    /// QAT quantization delay in epochs (fractions allowed): float training first, within `epochs`.
+    pub quant_delay_epochs: Option<f32>,
 }
 
 /// `[quantization]`: each key mirrors the CLI flag of the same name; `[[quantization.layers]]` entries are
@@ -204,6 +206,7 @@ impl FileConfig {
             clip_grad_norm: t.clip_grad_norm,
             max_loss: t.max_loss.unwrap_or(d.max_loss),
             quant_lr_scale: t.quant_lr_scale.unwrap_or(d.quant_lr_scale),
+            quant_delay_epochs: t.quant_delay_epochs.unwrap_or(d.quant_delay_epochs),
         };
         c.validate()?;
         Ok(c)
@@ -266,6 +269,7 @@ fn key_of(flag: &str) -> String {
         "--epochs" | "--batch-size" | "--lr" | "--validation-split" | "--momentum"
         | "--weight-decay" | "--beta1" | "--beta2" | "--eps" | "--clip-grad-norm"
         | "--max-loss" | "--quant-lr-scale" | "--warmup-steps" => "training",
+        "--quant-delay-epochs" => "training",
         "--schedule" | "--lr-step-every" | "--lr-gamma" | "--min-lr" => "training.schedule",
         _ if flag.starts_with("layers[") => return format!("quantization.{flag}"),
         _ => "quantization",

@@ -4,6 +4,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::nn::{argmax_rows, softmax_cross_entropy, Layer, Model};
 use crate::optim::{clip_grad_norm, sum_squares, Optimizer, OptimizerKind, Schedule};
+use crate::quant::{bypass_quantizers, has_quantizers, start_quantizing};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -98,6 +99,13 @@ pub struct TrainConfig {
     /// [`Optimizer::set_quant_lr_scale`]). Measured on LeNet-5 W4A4, 3 seeds: 0.1 keeps 0.6 pp more accuracy
     /// than 1.
     pub quant_lr_scale: f32,
+    /// QAT quantization delay, in epochs of the `epochs` budget (`--quant-delay-epochs`, finite, in
+    /// `[0, epochs)`, fractions allowed; 0 disables). The first `round(delay * steps per epoch)` steps train
+    /// the float model (every quantizer bypassed, see [`crate::quant::bypass_quantizers`]); then quantization
+    /// switches on, each quantizer initialized from the weights and the batch at the switch
+    /// ([`crate::quant::start_quantizing`]). No effect on a model without quantizers. Measured on LeNet-5 LSQ
+    /// W2A2, Fashion-MNIST, 5 epochs, 3 seeds: delays of 0.5 and 1 epoch did not help (85.1-85.6% vs 85.7%).
+    pub quant_delay_epochs: f32,
 }
 
 impl Default for TrainConfig {
@@ -114,6 +122,7 @@ impl Default for TrainConfig {
             clip_grad_norm: None,
             max_loss: 1e4,
             quant_lr_scale: 0.1,
+            quant_delay_epochs: 0.0,
         }
     }
 }
@@ -145,6 +154,16 @@ impl TrainConfig {
             return Err(Error::option(
                 "--quant-lr-scale",
                 format!("{} is not a positive finite number", self.quant_lr_scale),
+            ));
+        }
+        let delay = self.quant_delay_epochs;
+        if !(delay.is_finite() && delay >= 0.0 && f64::from(delay) < self.epochs as f64) {
+            return Err(Error::option(
+                "--quant-delay-epochs",
+                format!(
+                    "{delay} is not in [0, {}) (the delay is part of the --epochs budget)",
+                    self.epochs
+                ),
             ));
         }
         if !(self.max_loss.is_finite() && self.max_loss > 0.0) {
@@ -331,6 +350,14 @@ impl Diagnostics {
 /// Each step: forward, loss, backward, finite check, per-parameter gradient norms (for [`EpochStats`]),
 /// optional clipping of the global gradient norm to `cfg.clip_grad_norm`, learning rate from `cfg.schedule`
 /// after `cfg.warmup_steps` of linear warmup, optimizer update.
+///
+/// With a quantization delay (`cfg.quant_delay_epochs`) and a model holding quantizers, the quantizers are
+/// bypassed until step `round(delay * steps per epoch)` (0-based, counted over the whole run); before that
+/// step's forward they switch on, reset ([`start_quantizing`]). The optimizer keeps its state across the
+/// switch, as TensorFlow's `quant_delay` does (the quantizer parameters' moments are still zero then): on
+/// LeNet-5 LSQ W2A2, Fashion-MNIST, delay 1 of 5 epochs, 3 seeds, restarting Adam at the switch scored 0.4 pp
+/// lower (85.18% vs 85.58%, within seed noise). If training stops before the switch, the quantizers are
+/// switched on (reset) before returning, so the model is never left bypassed.
 pub fn train<S: Samples + ?Sized>(
     model: &mut Model,
     data: &S,
@@ -339,6 +366,22 @@ pub fn train<S: Samples + ?Sized>(
 ) -> Result<Vec<EpochStats>> {
     cfg.validate()?;
     check_shapes(model, data)?;
+    let mut bypassed = false;
+    let result = train_validated(model, data, cfg, on_progress, &mut bypassed);
+    if bypassed {
+        start_quantizing(model);
+    }
+    result
+}
+
+/// [`train`] after validation; `bypassed` says whether the model's quantizers are bypassed on return.
+fn train_validated<S: Samples + ?Sized>(
+    model: &mut Model,
+    data: &S,
+    cfg: &TrainConfig,
+    on_progress: &mut dyn FnMut(Progress),
+    bypassed: &mut bool,
+) -> Result<Vec<EpochStats>> {
     let n = data.len();
     let n_val = match cfg.validation_fraction {
         Some(f) => ((n as f64) * f64::from(f)).round() as usize,
@@ -360,6 +403,20 @@ pub fn train<S: Samples + ?Sized>(
     let mut labels = Vec::with_capacity(cfg.batch_size);
     let steps = n_train.div_ceil(cfg.batch_size);
     let total_steps = steps * cfg.epochs;
+    let delay_steps = (f64::from(cfg.quant_delay_epochs) * steps as f64).round() as usize;
+    if delay_steps >= total_steps {
+        return Err(Error::option(
+            "--quant-delay-epochs",
+            format!(
+                "{} epochs is {delay_steps} of the run's {total_steps} steps: none would be quantized",
+                cfg.quant_delay_epochs
+            ),
+        ));
+    }
+    if delay_steps > 0 && has_quantizers(model) {
+        bypass_quantizers(model);
+        *bypassed = true;
+    }
     let mut global_step = 0usize;
     let mut good = model.snapshot();
     let mut history = Vec::with_capacity(cfg.epochs);
@@ -373,6 +430,10 @@ pub fn train<S: Samples + ?Sized>(
         let mut diag = Diagnostics::default();
         for (step0, batch) in order.chunks(cfg.batch_size).enumerate() {
             let step = step0 + 1;
+            if *bypassed && global_step == delay_steps {
+                start_quantizing(model);
+                *bypassed = false;
+            }
             fill_batch(data, batch, model.input_shape, per, &mut x, &mut labels);
             let logits = model.forward(&x, true)?;
             let out = softmax_cross_entropy(&logits, &labels)?;

@@ -66,6 +66,8 @@ pub struct ActQuantizer {
     last_input: Vec<f32>,
     /// Features per sample of the last training forward (LSQ's gradient scale N).
     features: usize,
+    /// Quantization delay: forward is the identity, backward passes every gradient, nothing is tracked.
+    bypassed: bool,
 }
 
 impl Default for ActQuantizer {
@@ -88,6 +90,7 @@ impl Default for ActQuantizer {
             pact_l2: 0.0,
             last_input: Vec::new(),
             features: 0,
+            bypassed: false,
         }
     }
 }
@@ -125,6 +128,42 @@ impl ActQuantizer {
             q.learned[0] = a;
         }
         Ok(q)
+    }
+
+    /// Bypasses (or restores) quantization, for a QAT quantization delay: while bypassed, the forward returns
+    /// its input unchanged (no EMA update, no initialization of a learned scalar) and the backward passes every
+    /// gradient, giving the learned scalar a zero gradient (so an optimizer leaves it as it is).
+    pub fn set_bypassed(&mut self, bypassed: bool) {
+        self.bypassed = bypassed;
+    }
+
+    /// Whether quantization is bypassed ([`set_bypassed`](Self::set_bypassed)).
+    pub fn is_bypassed(&self) -> bool {
+        self.bypassed
+    }
+
+    /// Forgets what was observed or learned, so the next training forward initializes the quantizer from its
+    /// batch, as the first one after construction does: the end of a quantization delay. A learned scalar
+    /// returns to its configured start (PACT's `--pact-alpha`, else set from the batch); an EMA range is
+    /// cleared unless frozen (a frozen range, e.g. from calibration, is kept: nothing would re-observe it).
+    /// The fixed input quantizer has nothing to forget.
+    pub fn reset(&mut self) {
+        if self.fixed.is_some() {
+            return;
+        }
+        if !self.frozen {
+            self.range = None;
+        }
+        self.initialized = false;
+        self.learned[0] = match self.pact_alpha_init {
+            Some(a) if self.method == ActMethod::Pact => a,
+            _ => 1.0,
+        };
+        self.grad_learned[0] = 0.0;
+        self.inside.clear();
+        self.last_input.clear();
+        self.features = 0;
+        self.clipped_fraction = 0.0;
     }
 
     /// Which quantizer this is.
@@ -305,6 +344,11 @@ impl ActQuantizer {
     /// range unless frozen. In eval mode before any range was observed, the batch's own range is used (and not
     /// stored).
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
+        if self.bypassed {
+            self.inside.clear();
+            self.clipped_fraction = 0.0;
+            return x.clone();
+        }
         if self.calibrating {
             if let Some((blo, bhi)) = batch_range(&x.data) {
                 self.range = Some(match self.range {
@@ -418,6 +462,10 @@ impl ActQuantizer {
     /// `g = 1/sqrt(N (2^b - 1))`, N the features per sample (Esser et al. 2020, eq. 3); PACT the sum of `dL/dy`
     /// where `x >= alpha`, plus `l2 * alpha` (Choi et al. 2018).
     pub fn backward(&mut self, grad_out: &Tensor) -> Tensor {
+        if self.bypassed {
+            self.grad_learned[0] = 0.0;
+            return grad_out.clone();
+        }
         if self.inside.len() != grad_out.len() {
             return grad_out.clone();
         }

@@ -27,8 +27,8 @@ pub use convbn::ConvBn2d;
 pub use convert::{convert, float_bytes, model_bytes};
 pub use mixed::configure_quantizers;
 pub use prepare::{
-    fold_batchnorms, fold_conv_batchnorms, freeze_ranges, merge_conv_batchnorms, prepare_qat, ptq,
-    unfreeze_ranges,
+    bypass_quantizers, fold_batchnorms, fold_conv_batchnorms, freeze_ranges, has_quantizers,
+    merge_conv_batchnorms, prepare_qat, ptq, start_quantizing, unfreeze_ranges,
 };
 pub use simulate::{simulate, Simulation};
 pub use stats::{layer_quant_stats, sqnr_db, LayerQuantStats};

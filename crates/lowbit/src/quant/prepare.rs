@@ -257,3 +257,55 @@ pub fn unfreeze_ranges(model: &mut Model) {
         }
     }
 }
+
+/// The weight quantizers of `model`'s Dense, Conv2d and ConvBn2d layers.
+fn weight_quantizers_mut(model: &mut Model) -> impl Iterator<Item = &mut WeightQuantizer> {
+    model.layers.iter_mut().filter_map(|l| match l {
+        Layer::Dense(d) => d.weight_quant.as_mut(),
+        Layer::Conv2d(c) => c.weight_quant.as_mut(),
+        Layer::ConvBn2d(c) => c.conv.weight_quant.as_mut(),
+        _ => None,
+    })
+}
+
+/// True when `model` holds any weight or activation quantizer (a QAT- or PTQ-prepared model).
+pub fn has_quantizers(model: &Model) -> bool {
+    model.layers.iter().any(|l| match l {
+        Layer::Dense(d) => d.weight_quant.is_some(),
+        Layer::Conv2d(c) => c.weight_quant.is_some(),
+        Layer::ConvBn2d(c) => c.weight_quant().is_some(),
+        Layer::ActQuant(_) => true,
+        _ => false,
+    })
+}
+
+/// Starts a QAT quantization delay (TensorFlow's `quant_delay`): every weight and activation quantizer is
+/// bypassed, so training forwards and backwards are those of the float model (the fixed input quantizer too)
+/// and learned quantizer parameters receive zero gradients. End it with [`start_quantizing`].
+pub fn bypass_quantizers(model: &mut Model) {
+    for q in weight_quantizers_mut(model) {
+        q.set_bypassed(true);
+    }
+    for l in &mut model.layers {
+        if let Layer::ActQuant(q) = l {
+            q.set_bypassed(true);
+        }
+    }
+}
+
+/// Ends a quantization delay: quantization switches back on with every quantizer reset
+/// ([`WeightQuantizer::reset`], [`ActQuantizer::reset`]), so LSQ weight steps are initialized from the weights
+/// as they are now, and LSQ activation steps, PACT alphas and EMA ranges from the next training batch: the
+/// quantizers start from the trained float model, not from the weights of step 0.
+pub fn start_quantizing(model: &mut Model) {
+    for q in weight_quantizers_mut(model) {
+        q.set_bypassed(false);
+        q.reset();
+    }
+    for l in &mut model.layers {
+        if let Layer::ActQuant(q) = l {
+            q.set_bypassed(false);
+            q.reset();
+        }
+    }
+}

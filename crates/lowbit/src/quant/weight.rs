@@ -79,6 +79,8 @@ pub struct WeightQuantizer {
     fast_len: Option<usize>,
     /// Scratch reused across steps (per-group scales / thresholds, f64 sums, counts, LSQ `dw_q/ds`).
     scratch: Scratch,
+    /// Quantization delay: forward passes the float weights, backward the whole gradient, steps get none.
+    bypassed: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -105,6 +107,7 @@ impl Default for WeightQuantizer {
             grad_step: Vec::new(),
             fast_len: None,
             scratch: Scratch::default(),
+            bypassed: false,
         }
     }
 }
@@ -179,6 +182,32 @@ impl WeightQuantizer {
         group_chunks(w, ngroups, group_len)
             .map(|g| lsq::init_step(g, qp, tensor))
             .collect()
+    }
+
+    /// Bypasses (or restores) quantization, for a QAT quantization delay: while bypassed, the forward writes
+    /// the float weights unchanged, the backward passes every gradient and gives the LSQ steps a zero gradient
+    /// (so an optimizer leaves them as they are). The steps stay optimizer parameters throughout, so the
+    /// parameter list does not change at the switch.
+    pub fn set_bypassed(&mut self, bypassed: bool) {
+        self.bypassed = bypassed;
+    }
+
+    /// Whether quantization is bypassed ([`set_bypassed`](Self::set_bypassed)).
+    pub fn is_bypassed(&self) -> bool {
+        self.bypassed
+    }
+
+    /// Forgets the learned state (LSQ steps) and the last forward's statistics, so the next forward (or the
+    /// layer's `params_mut`) initializes the steps from the weights it is given then: the end of a
+    /// quantization delay. Stateless kinds (min-max, ternary, binary, fixed step) derive everything from the
+    /// weights at each forward anyway.
+    pub fn reset(&mut self) {
+        self.step.clear();
+        self.grad_step.clear();
+        self.inside.clear();
+        self.fast_len = None;
+        self.clipped_fraction = 0.0;
+        self.zero_fraction = 0.0;
     }
 
     /// LSQ: the learned steps (empty before initialization or for other kinds).
@@ -329,6 +358,9 @@ impl WeightQuantizer {
     /// fused, vectorized passes ([`fastq`]) over reused buffers.
     pub fn forward(&mut self, w: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
         self.ensure_init(w, rows, cols);
+        if self.bypassed {
+            return self.forward_bypassed(w, out);
+        }
         if w.is_empty() || out.len() != w.len() || rows.checked_mul(cols) != Some(w.len()) {
             return self.forward_generic(w, rows, cols, out);
         }
@@ -345,6 +377,17 @@ impl WeightQuantizer {
         self.last_bits = self.config_bits;
         self.inside.clear();
         self.fast_len = Some(n);
+    }
+
+    /// Float forward of a quantization delay: `out = w`; nothing is clipped or zeroed.
+    fn forward_bypassed(&mut self, w: &[f32], out: &mut [f32]) {
+        let n = w.len().min(out.len());
+        out[..n].copy_from_slice(&w[..n]);
+        self.zero_fraction = 0.0;
+        self.clipped_fraction = 0.0;
+        self.last_bits = self.config_bits;
+        self.inside.clear();
+        self.fast_len = Some(w.len());
     }
 
     fn forward_min_max(
@@ -525,6 +568,12 @@ impl WeightQuantizer {
     /// step's group, with `dw_q/ds` and `g = 1/sqrt(N Qp)` from Esser et al. 2020, eq. 3 (see [`lsq`]); N is
     /// the group size (the tensor, or one output row per channel).
     pub fn backward(&mut self, w: &[f32], grad_wq: &[f32], grad_w: &mut [f32]) {
+        if self.bypassed {
+            // The forward was the identity: every gradient passes and the steps did not take part.
+            fastq::add_masked(grad_w, grad_wq, None);
+            self.grad_step.fill(0.0);
+            return;
+        }
         if self.fast_len == Some(w.len()) && grad_wq.len() == w.len() && grad_w.len() == w.len() {
             if self.kind == WeightQuantKind::Lsq && !self.step.is_empty() {
                 return self.backward_lsq(w, grad_wq, grad_w);
