@@ -12,7 +12,7 @@
 //! splits samples across threads with no nested threading. The whole-batch matrixmultiply version ran LeNet's
 //! conv GEMMs at ~1 GMAC/s (packing `[K, B*P]` operands, its own threads competing with rayon's).
 use super::activation::reshape_buffer;
-use super::kernels::{gemm_abt_batched, gemm_atb, isa, Isa};
+use super::kernels::{gemm_abt_batched, gemm_abt_batched_rows, gemm_atb, gemm_atb_rows, isa, Isa};
 use super::Param;
 use crate::error::{Error, Result};
 use crate::quant::WeightQuantizer;
@@ -67,6 +67,12 @@ pub struct Conv2d {
     partials: Vec<f32>,
     /// Per backward group: one sample's `dcol [K, P]`.
     dcol: Vec<f32>,
+    /// Stride-1 layers: where row `k` of the implicit im2col starts in a padded sample (see
+    /// [`Geometry::implicit`]).
+    offsets: Vec<usize>,
+    /// Stride-1 layers, per backward group: the output gradient of its samples at the padded width, zero in
+    /// the discarded columns.
+    dy_wide: Vec<f32>,
 }
 
 /// Output size of a window of `k` with stride `s` over `n + 2*p`, or `None` if it does not fit (or k, s = 0).
@@ -147,6 +153,33 @@ fn add_short(dst: &mut [f32], src: &[f32]) {
 }
 
 /// Shape of one sample's convolution, for the per-sample im2col and col2im.
+/// `dx[offsets[k]..][..n] += rows[k]` for each row of `rows[K, n]`, k ascending.
+fn add_wide_rows(rows: &[f32], n: usize, offsets: &[usize], dx: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx2Fma {
+        // SAFETY: isa() reports AVX2 only when the CPU has it; the body is safe code.
+        return unsafe { add_wide_rows__avx2(rows, n, offsets, dx) };
+    }
+    add_wide_rows_portable(rows, n, offsets, dx);
+}
+
+/// [`add_wide_rows`] compiled for AVX2 (8-float adds; the same adds, so the same results).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(non_snake_case)]
+unsafe fn add_wide_rows__avx2(rows: &[f32], n: usize, offsets: &[usize], dx: &mut [f32]) {
+    add_wide_rows_portable(rows, n, offsets, dx);
+}
+
+#[inline(always)]
+fn add_wide_rows_portable(rows: &[f32], n: usize, offsets: &[usize], dx: &mut [f32]) {
+    for (row, &off) in rows.chunks_exact(n.max(1)).zip(offsets) {
+        for (d, &v) in dx[off..off + n].iter_mut().zip(row) {
+            *d += v;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
     h: usize,
@@ -194,18 +227,7 @@ impl Geometry {
         let src: &[f32] = if ph == 0 && pw == 0 {
             x
         } else {
-            pad.fill(0.0);
-            for (dst_plane, src_plane) in pad
-                .chunks_exact_mut(hp * wp)
-                .zip(x.chunks_exact((h * w).max(1)))
-            {
-                for (dst_row, src_row) in dst_plane[ph * wp..]
-                    .chunks_exact_mut(wp)
-                    .zip(src_plane.chunks_exact(w.max(1)))
-                {
-                    copy_short(&mut dst_row[pw..pw + w], src_row);
-                }
-            }
+            self.pad_into(x, pad);
             pad
         };
         let p = self.oh * ow;
@@ -221,6 +243,72 @@ impl Geometry {
                     for (ox, d) in dst.iter_mut().enumerate() {
                         *d = plane[start + ox * sw];
                     }
+                }
+            }
+        }
+    }
+
+    /// Copies one sample `x[C, H, W]` into zero-bordered planes `pad[C, H+2ph, W+2pw]`, every element written.
+    #[inline(always)]
+    fn pad_into(&self, x: &[f32], pad: &mut [f32]) {
+        let (ph, pw) = self.padding;
+        let (h, w) = (self.h, self.w);
+        let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+        if ph == 0 && pw == 0 {
+            let n = x.len().min(pad.len());
+            pad[..n].copy_from_slice(&x[..n]);
+            return;
+        }
+        pad.fill(0.0);
+        for (dst_plane, src_plane) in pad
+            .chunks_exact_mut((hp * wp).max(1))
+            .zip(x.chunks_exact((h * w).max(1)))
+        {
+            for (dst_row, src_row) in dst_plane[ph * wp..]
+                .chunks_exact_mut(wp.max(1))
+                .zip(src_plane.chunks_exact(w.max(1)))
+            {
+                copy_short(&mut dst_row[pw..pw + w], src_row);
+            }
+        }
+    }
+
+    /// Whether the layer runs by implicit im2col: with stride 1, row `k = (ic, ky, kx)` of a sample's im2col,
+    /// taken over the positions `oy * Wp + ox` of the padded width `Wp = W + 2pw`, is the padded input read
+    /// contiguously from `ic*Hp*Wp + ky*Wp + kx`. The products then read the padded input in place instead of
+    /// a materialized `[K, P]` matrix (which, kept for the whole batch, was 8.8 MB per LeNet step written in
+    /// forward and read back from memory by the weight gradient); they also compute the `ow..Wp` columns of
+    /// each output row, which are discarded (LeNet: 892 columns for 784 outputs in conv1, 136 for 100 in
+    /// conv2).
+    fn implicit(&self) -> bool {
+        self.stride == (1, 1)
+    }
+
+    /// Padded row length `Wp`.
+    fn wp(&self) -> usize {
+        self.w + 2 * self.padding.1
+    }
+
+    /// Elements of one padded sample of `channels` planes.
+    fn padded_sample_len(&self, channels: usize) -> usize {
+        channels * (self.h + 2 * self.padding.0) * self.wp()
+    }
+
+    /// Columns of the implicit products: positions `oy * Wp + ox` up to the last output, `(oh-1)*Wp + ow`.
+    fn n_wide(&self) -> usize {
+        (self.oh.max(1) - 1) * self.wp() + self.ow
+    }
+
+    /// Start of each implicit im2col row in a padded sample (see [`Geometry::implicit`]). The last row ends
+    /// at `(C-1)*Hp*Wp + (kh-1)*Wp + kw-1 + n_wide = C*Hp*Wp` (stride 1: `oh + kh - 1 = Hp`), inside the sample.
+    fn row_offsets(&self, channels: usize, out: &mut Vec<usize>) {
+        let (kh, kw) = self.kernel;
+        let (hp, wp) = (self.h + 2 * self.padding.0, self.wp());
+        out.clear();
+        for ic in 0..channels {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    out.push(ic * hp * wp + ky * wp + kx);
                 }
             }
         }
@@ -349,6 +437,8 @@ impl Conv2d {
             padded: Vec::new(),
             partials: Vec::new(),
             dcol: Vec::new(),
+            offsets: Vec::new(),
+            dy_wide: Vec::new(),
         }
     }
 
@@ -470,6 +560,13 @@ impl Conv2d {
                 w_t[j * oc + c] = v;
             }
         }
+        // Every output element is written below, so the old contents do not matter.
+        reshape_buffer(&mut self.output, &[b, oc, oh, ow]);
+        let x_len = (self.in_channels * h * w).max(1);
+        if geom.implicit() {
+            self.forward_implicit(x, &geom, train);
+            return Ok(());
+        }
         let w_t = &self.w_t;
         let bias = &self.bias;
         let sample = |xs: &[f32], cs: &mut [f32], pad: &mut [f32], ys: &mut [f32]| {
@@ -481,10 +578,7 @@ impl Conv2d {
                 }
             }
         };
-        // Every output element is written by the product (beta = 0), so the old contents do not matter.
-        reshape_buffer(&mut self.output, &[b, oc, oh, ow]);
         let y = &mut self.output.data;
-        let x_len = (self.in_channels * h * w).max(1);
         let pad_len = geom.padded_len(self.in_channels);
         if train {
             // Every element is written by im2col (padding included), so the old contents do not matter.
@@ -515,6 +609,57 @@ impl Conv2d {
         Ok(())
     }
 
+    /// [`Conv2d::forward_buffered`] of a stride-1 layer by implicit im2col (see [`Geometry::implicit`]), after
+    /// `w_t` and the output buffer are set up. Each output is the same sum in the same order as the
+    /// im2col product (its K terms in ascending order), plus the bias, so the results are identical.
+    fn forward_implicit(&mut self, x: &Tensor, geom: &Geometry, train: bool) {
+        let (oc, k, ow, p) = (self.out_channels, self.k(), geom.ow, geom.oh * geom.ow);
+        let (wp, nw) = (geom.wp(), geom.n_wide());
+        let x_len = (self.in_channels * geom.h * geom.w).max(1);
+        let pad_len = geom.padded_sample_len(self.in_channels).max(1);
+        geom.row_offsets(self.in_channels, &mut self.offsets);
+        let (w_t, bias, offsets) = (&self.w_t, &self.bias, &self.offsets);
+        let sample = |xs: &[f32], pad: &mut [f32], wide: &mut [f32], ys: &mut [f32]| {
+            geom.pad_into(xs, pad);
+            gemm_atb_rows(k, oc, nw, w_t, pad, offsets, wide);
+            for ((plane, &bc), src) in ys
+                .chunks_exact_mut(p.max(1))
+                .zip(bias)
+                .zip(wide.chunks_exact(nw.max(1)))
+            {
+                for (oy, row) in plane.chunks_exact_mut(ow.max(1)).enumerate() {
+                    for (v, &s) in row.iter_mut().zip(&src[oy * wp..]) {
+                        *v = s + bc;
+                    }
+                }
+            }
+        };
+        let y = &mut self.output.data;
+        if train {
+            // Every element is written by pad_into, so the old contents do not matter. The wide product is
+            // per-job scratch (read back at once), not a batch buffer: kept per sample it would cycle 1.4 MB
+            // (LeNet conv1) through the cache at every step.
+            self.padded.resize(x.rows() * pad_len, 0.0);
+            y.par_chunks_mut((oc * p).max(1))
+                .zip(self.padded.par_chunks_mut(pad_len))
+                .zip(x.data.par_chunks(x_len))
+                .for_each_init(
+                    || vec![0.0f32; oc * nw],
+                    |wide, ((ys, pad), xs)| sample(xs, pad, wide, ys),
+                );
+            self.input_shape.clone_from(&x.shape);
+            self.col.clear();
+        } else {
+            y.par_chunks_mut((oc * p).max(1))
+                .zip(x.data.par_chunks(x_len))
+                .for_each_init(
+                    || (vec![0.0f32; pad_len], vec![0.0f32; oc * nw]),
+                    |(pad, wide), (ys, xs)| sample(xs, pad, wide, ys),
+                );
+            self.input_shape.clear();
+        }
+    }
+
     /// Backward pass: sets `grad_weight` and `grad_bias`, returns dL/dx.
     pub fn backward(&mut self, grad: &Tensor) -> Result<Tensor> {
         self.backward_impl(grad, true)
@@ -542,7 +687,15 @@ impl Conv2d {
             .ok_or_else(|| Error::Shape("conv2d: cached shape does not fit".into()))?;
         let geom = self.geometry(h, w, oh, ow);
         let (oc, k, p) = (self.out_channels, self.k(), oh * ow);
-        if grad.shape != [b, oc, oh, ow] || self.col.len() != b * k * p {
+        let implicit = geom.implicit();
+        let (nw, wp) = (geom.n_wide(), geom.wp());
+        let pad_len = geom.padded_sample_len(c_in);
+        let cached = if implicit {
+            self.padded.len() == b * pad_len.max(1)
+        } else {
+            self.col.len() == b * k * p
+        };
+        if grad.shape != [b, oc, oh, ow] || !cached {
             return Err(Error::Shape(format!(
                 "conv2d: backward with gradient {:?} after forward of {:?}",
                 grad.shape, self.input_shape
@@ -557,47 +710,100 @@ impl Conv2d {
         let x_len = c_in * h * w;
         let part_len = oc * k + oc;
         self.partials.resize(groups * part_len, 0.0);
+        // Unpadded stride-1 layers take dX at the padded width too (= the input width here): dcol_wide [K, n_wide]
+        // = W^T dY_wide, and row k of it adds into dX contiguously from offset(k) (its discarded columns are
+        // exact zeros, since dY_wide is zero there). Each dX element gets the same terms in the same k order as
+        // through col2im, so the same value; col2im's 10-float rows (LeNet conv2) cost more than the 36% of
+        // extra columns in the product.
+        let wide_dx = implicit && self.padding == (0, 0);
+        let dcol_len = if wide_dx { k * nw } else { k * p };
         let dx_parts: Vec<(&mut [f32], &mut [f32])> = if need_input_grad {
             reshape_buffer(&mut self.input_grad, &[b, c_in, h, w]);
             // col2im adds into dx.
             self.input_grad.data.fill(0.0);
-            self.dcol.resize(groups * k * p, 0.0);
+            self.dcol.resize(groups * dcol_len, 0.0);
             self.input_grad
                 .data
                 .chunks_mut((DW_GROUP * x_len).max(1))
-                .zip(self.dcol.chunks_mut((k * p).max(1)))
+                .zip(self.dcol.chunks_mut(dcol_len.max(1)))
                 .collect()
         } else {
             (0..groups)
                 .map(|_| (<&mut [f32]>::default(), <&mut [f32]>::default()))
                 .collect()
         };
-        let (col, gd) = (&self.col, &grad.data);
+        let dy_group_len = DW_GROUP * oc * nw;
+        let dy_wides: Vec<&mut [f32]> = if implicit {
+            self.dy_wide.resize(groups * dy_group_len, 0.0);
+            self.dy_wide.chunks_mut(dy_group_len.max(1)).collect()
+        } else {
+            (0..groups).map(|_| <&mut [f32]>::default()).collect()
+        };
+        let (col, padded, offsets, gd) = (&self.col, &self.padded, &self.offsets, &grad.data);
         // Per group of samples: [dW partial (oc*K) | db partial (oc)], and dX of its samples.
         self.partials
             .par_chunks_mut(part_len.max(1))
             .zip(dx_parts)
+            .zip(dy_wides)
             .enumerate()
-            .for_each(|(gi, (part, (dx_group, dcol)))| {
+            .for_each(|(gi, ((part, (dx_group, dcol)), dy_wide))| {
                 let s0 = gi * DW_GROUP;
                 let s1 = (s0 + DW_GROUP).min(b);
                 let (pw, pb) = part.split_at_mut(oc * k);
-                gemm_abt_batched(
-                    s1 - s0,
-                    oc,
-                    p,
-                    k,
-                    &gd[s0 * oc * p..s1 * oc * p],
-                    &col[s0 * k * p..s1 * k * p],
-                    pw,
-                    false,
-                );
+                let gd_group = &gd[s0 * oc * p..s1 * oc * p];
+                if implicit {
+                    // dY at the padded width, zero in the discarded columns `ow..Wp`, so that
+                    // dW[oc, k] = sum over samples and columns of dY_wide[oc, j] * padded[offset(k) + j].
+                    let dy_wide = &mut dy_wide[..(s1 - s0) * oc * nw];
+                    for (dst, src) in dy_wide
+                        .chunks_exact_mut(nw.max(1))
+                        .zip(gd_group.chunks_exact(p.max(1)))
+                    {
+                        for (oy, row) in src.chunks_exact(ow.max(1)).enumerate() {
+                            let d = &mut dst[oy * wp..];
+                            copy_short(&mut d[..ow], row);
+                            let gap = (wp - ow).min(d.len() - ow);
+                            d[ow..ow + gap].fill(0.0);
+                        }
+                    }
+                    gemm_abt_batched_rows(
+                        s1 - s0,
+                        oc,
+                        nw,
+                        k,
+                        dy_wide,
+                        oc * nw,
+                        &padded[s0 * pad_len..s1 * pad_len],
+                        pad_len,
+                        offsets,
+                        pw,
+                    );
+                } else {
+                    gemm_abt_batched(
+                        s1 - s0,
+                        oc,
+                        p,
+                        k,
+                        gd_group,
+                        &col[s0 * k * p..s1 * k * p],
+                        pw,
+                        false,
+                    );
+                }
                 pb.fill(0.0);
                 // The group starts at channel 0 of sample s0, so plane i is channel i % oc.
                 for (i, plane) in gd[s0 * oc * p..s1 * oc * p].chunks_exact(p).enumerate() {
                     pb[i % oc] += sum_lanes(plane);
                 }
-                if !dx_group.is_empty() {
+                if !dx_group.is_empty() && wide_dx {
+                    for (dxs, dyw) in dx_group
+                        .chunks_exact_mut(x_len)
+                        .zip(dy_wide.chunks_exact((oc * nw).max(1)))
+                    {
+                        gemm_atb(oc, k, nw, wt, dyw, dcol);
+                        add_wide_rows(dcol, nw, offsets, dxs);
+                    }
+                } else if !dx_group.is_empty() {
                     for (i, dxs) in dx_group.chunks_exact_mut(x_len).enumerate() {
                         let s = s0 + i;
                         // dcol [K, P] = W^T dY_s
@@ -653,5 +859,97 @@ impl Conv2d {
             params.extend(q.params_mut());
         }
         params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.uniform_range(-1.0, 1.0)).collect()
+    }
+
+    #[test]
+    fn implicit_stride_one_path_equals_the_im2col_products() {
+        // (c_in, h, w, oc, kernel, padding): LeNet conv1 and conv2, asymmetric kernels and padding, kernel = input.
+        let cases = [
+            (1, 28, 28, 6, (5, 5), (2, 2)),
+            (6, 14, 14, 16, (5, 5), (0, 0)),
+            (2, 7, 5, 3, (3, 2), (1, 2)),
+            (3, 6, 9, 5, (2, 4), (0, 0)),
+            (1, 4, 4, 2, (4, 4), (0, 0)),
+        ];
+        let batch = 11; // one full dW group of 8 and a partial one
+        for (seed, &(c_in, h, w, oc, kernel, padding)) in cases.iter().enumerate() {
+            let mut rng = Rng::new(40 + seed as u64);
+            let mut conv = Conv2d::new(c_in, oc, kernel, (1, 1), padding, &mut rng);
+            conv.bias = random(&mut rng, oc);
+            let x = Tensor::new(
+                random(&mut rng, batch * c_in * h * w),
+                vec![batch, c_in, h, w],
+            );
+            let y = conv.forward(&x, true).unwrap_or_default();
+            let (oh, ow) = conv.output_hw(h, w).unwrap_or((0, 0));
+            let g = random(&mut rng, batch * oc * oh * ow);
+            let dx = conv
+                .backward(&Tensor::new(g.clone(), vec![batch, oc, oh, ow]))
+                .unwrap_or_default();
+            let geom = conv.geometry(h, w, oh, ow);
+            assert!(geom.implicit());
+            let (k, p) = (conv.k(), oh * ow);
+            let mut w_t = vec![0.0; k * oc];
+            for (c, row) in conv.weight.chunks_exact(k).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    w_t[j * oc + c] = v;
+                }
+            }
+            let mut col = vec![0.0; batch * k * p];
+            let mut pad = vec![0.0; geom.padded_len(c_in)];
+            let mut want_dx = vec![0.0; batch * c_in * h * w];
+            let mut dcol = vec![0.0; k * p];
+            for s in 0..batch {
+                let xs = &x.data[s * c_in * h * w..(s + 1) * c_in * h * w];
+                let cs = &mut col[s * k * p..(s + 1) * k * p];
+                geom.im2col(xs, cs, &mut pad);
+                let mut ys = vec![0.0; oc * p];
+                gemm_atb(k, oc, p, &w_t, cs, &mut ys);
+                for (plane, &bc) in ys.chunks_exact_mut(p).zip(&conv.bias) {
+                    for v in plane {
+                        *v += bc;
+                    }
+                }
+                let got = &y.data[s * oc * p..(s + 1) * oc * p];
+                // Same terms in the same order: identical bits.
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(&ys), "forward, case {seed}, sample {s}");
+                let gs = &g[s * oc * p..(s + 1) * oc * p];
+                gemm_atb(oc, k, p, &conv.weight, gs, &mut dcol);
+                geom.col2im(
+                    &dcol,
+                    &mut want_dx[s * c_in * h * w..(s + 1) * c_in * h * w],
+                );
+            }
+            // Same terms in the same order (plus exact zeros): equal values.
+            for (i, (a, b)) in dx.data.iter().zip(&want_dx).enumerate() {
+                assert!(a == b, "dx, case {seed}, at {i}: {a} vs {b}");
+            }
+            let mut want_dw = vec![0.0; oc * k];
+            super::super::kernels::reference::gemm_abt_batched(
+                batch,
+                oc,
+                p,
+                k,
+                &g,
+                &col,
+                &mut want_dw,
+                false,
+            );
+            // Sums of batch * P products of magnitude <= 1 in another order.
+            let tol = 4.0 * (batch * p) as f32 * f32::EPSILON;
+            for (i, (a, b)) in conv.grad_weight.iter().zip(&want_dw).enumerate() {
+                assert!((a - b).abs() <= tol, "dW, case {seed}, at {i}: {a} vs {b}");
+            }
+        }
     }
 }

@@ -150,7 +150,6 @@ pub fn gemm_nn_strided(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize) 
             let st = avx2::NnStrides {
                 a_rs: a.row_stride,
                 a_cs: a.col_stride,
-                ldb: b.row_stride,
                 ldc,
             };
             // SAFETY: the CPU has AVX2 and FMA (isa()); every addressed element lies inside its slice (checked
@@ -164,6 +163,7 @@ pub fn gemm_nn_strided(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize) 
                     b.data.as_ptr(),
                     c.as_mut_ptr(),
                     st,
+                    avx2::Ld(b.row_stride),
                 )
             };
             true
@@ -210,6 +210,104 @@ pub fn gemm_abt_batched(
     }
 }
 
+/// `C[m, n] = A[kk, m]^T B[kk, n]` (C overwritten) where row p of B is `b[b_off[p]..b_off[p] + n]`.
+///
+/// Convolution forward by implicit im2col: with stride 1, row `(ic, ky, kx)` of a sample's im2col, taken over
+/// output positions `oy * Wp + ox` of the padded width `Wp`, is the padded input read from
+/// `ic*Hp*Wp + ky*Wp + kx` on, so the product reads the input in place (columns with `ox >= ow` are computed
+/// and discarded). Same reduction order per element as [`gemm_atb`].
+///
+/// # Panics
+/// If `b_off` has fewer than kk offsets or an operand addresses elements outside its slice.
+pub fn gemm_atb_rows(
+    kk: usize,
+    m: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    b_off: &[usize],
+    c: &mut [f32],
+) {
+    assert!(
+        a.len() >= kk * m
+            && c.len() >= m * n
+            && b_off.len() >= kk
+            && b_off[..kk]
+                .iter()
+                .all(|&o| o.checked_add(n).is_some_and(|e| e <= b.len())),
+        "gemm_atb_rows: operand out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => {
+            let st = avx2::NnStrides {
+                a_rs: 1,
+                a_cs: m,
+                ldc: n,
+            };
+            // SAFETY: the CPU has AVX2 and FMA (isa()); every A[i, p] = a[p*m + i], B[p, j] = b[b_off[p] + j]
+            // and C[i, j] = c[i*n + j] lies inside its slice (checked above); `c` is uniquely borrowed.
+            unsafe {
+                avx2::gemm_nn__avx2_fma(
+                    m,
+                    kk,
+                    n,
+                    a.as_ptr(),
+                    b.as_ptr(),
+                    c.as_mut_ptr(),
+                    st,
+                    avx2::Offsets(b_off.as_ptr()),
+                )
+            }
+        }
+        _ => reference::gemm_atb_rows(kk, m, n, a, b, b_off, c),
+    }
+}
+
+/// `C[m, n] = sum_t A_t[m, k] B_t[n, k]^T` (C overwritten) where `A_t` is row-major at `a[t*a_bs..]` and row j of
+/// `B_t` is `b[t*b_bs + b_off[j]..][..k]`.
+///
+/// Convolution weight gradient by implicit im2col (see [`gemm_atb_rows`]): `A_t` is the output gradient laid
+/// out at the padded width with zeros in the discarded columns, `B_t` the padded input of sample t. Same tiles
+/// and reduction order as [`gemm_abt_batched`].
+///
+/// # Panics
+/// If `b_off` has fewer than n offsets or an operand addresses elements outside its slice.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_abt_batched_rows(
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    a_bs: usize,
+    b: &[f32],
+    b_bs: usize,
+    b_off: &[usize],
+    c: &mut [f32],
+) {
+    let last = batch.saturating_sub(1);
+    assert!(
+        c.len() >= m * n
+            && b_off.len() >= n
+            && (batch == 0
+                || (last * a_bs + m * k <= a.len()
+                    && b_off[..n].iter().all(|&o| last * b_bs + o + k <= b.len()))),
+        "gemm_abt_batched_rows: operand out of bounds"
+    );
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() returns Avx2Fma only when the CPU has AVX2 and FMA; bounds were checked above.
+        Isa::Avx2Fma => unsafe {
+            avx2::gemm_abt_batched_rows__avx2_fma(batch, m, k, n, a, a_bs, b, b_bs, b_off, c)
+        },
+        _ => reference::gemm_abt_batched_rows(batch, m, k, n, a, a_bs, b, b_bs, b_off, c),
+    }
+}
+
 /// Scalar references (plain loops, f32 accumulation in index order). Normative for shapes and semantics; the
 /// fast paths may differ by summation order only.
 pub mod reference {
@@ -251,6 +349,49 @@ pub mod reference {
                     s += (0..k).map(|p| a[ar + p] * b[br + p]).sum::<f32>();
                 }
                 c[i * n + j] = if accumulate { c[i * n + j] + s } else { s };
+            }
+        }
+    }
+
+    /// See [`super::gemm_atb_rows`].
+    pub fn gemm_atb_rows(
+        kk: usize,
+        m: usize,
+        n: usize,
+        a: &[f32],
+        b: &[f32],
+        b_off: &[usize],
+        c: &mut [f32],
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..kk).map(|p| a[p * m + i] * b[b_off[p] + j]).sum();
+            }
+        }
+    }
+
+    /// See [`super::gemm_abt_batched_rows`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_abt_batched_rows(
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        a_bs: usize,
+        b: &[f32],
+        b_bs: usize,
+        b_off: &[usize],
+        c: &mut [f32],
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f32;
+                for t in 0..batch {
+                    let (ar, br) = (t * a_bs + i * k, t * b_bs + b_off[j]);
+                    s += (0..k).map(|p| a[ar + p] * b[br + p]).sum::<f32>();
+                }
+                c[i * n + j] = s;
             }
         }
     }
@@ -357,14 +498,45 @@ mod avx2 {
         }
     }
 
-    /// Element strides of `C[m, n] = A[m, kk] B[kk, n]`: `A[i, p]` at `i*a_rs + p*a_cs`, `B[p, j]` at
-    /// `p*ldb + j`, `C[i, j]` at `i*ldc + j`.
+    /// Element strides of `C[m, n] = A[m, kk] B[kk, n]`: `A[i, p]` at `i*a_rs + p*a_cs`, `C[i, j]` at
+    /// `i*ldc + j` (B's rows are given by a [`BRows`]).
     #[derive(Clone, Copy)]
     pub struct NnStrides {
         pub a_rs: usize,
         pub a_cs: usize,
-        pub ldb: usize,
         pub ldc: usize,
+    }
+
+    /// Where row p of B starts, relative to the B pointer a tile is given: `p * ldb` for a plain matrix, or a
+    /// per-row offset for the rows of an implicit im2col (the shifted windows of a padded input plane).
+    pub trait BRows: Copy {
+        /// Element offset of row `p`.
+        ///
+        /// # Safety
+        /// `p` must be a row of the product (`p < kk`).
+        unsafe fn row(self, p: usize) -> usize;
+    }
+
+    /// Rows `ldb` elements apart.
+    #[derive(Clone, Copy)]
+    pub struct Ld(pub usize);
+
+    impl BRows for Ld {
+        #[inline(always)]
+        unsafe fn row(self, p: usize) -> usize {
+            p * self.0
+        }
+    }
+
+    /// Row `p` at `offsets[p]` (the pointer addresses at least `kk` offsets).
+    #[derive(Clone, Copy)]
+    pub struct Offsets(pub *const usize);
+
+    impl BRows for Offsets {
+        #[inline(always)]
+        unsafe fn row(self, p: usize) -> usize {
+            *self.0.add(p)
+        }
     }
 
     /// One MR x (NV * 8) tile of `C = A B`: `a` = &A[i0, 0], `b` = &B[0, j0], `c` = &C[i0, j0].
@@ -373,18 +545,20 @@ mod avx2 {
     /// need 16-17 registers, and LLVM spilled one accumulator to the stack: 73 us for 64x32x784.)
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn nn_tile<const MR: usize, const NV: usize>(
+    unsafe fn nn_tile<const MR: usize, const NV: usize, R: BRows>(
         a: *const f32,
         b: *const f32,
         c: *mut f32,
         kk: usize,
         st: NnStrides,
+        rows: R,
     ) {
         let mut acc = [[_mm256_setzero_ps(); NV]; MR];
         for p in 0..kk {
             let mut bv = [_mm256_setzero_ps(); NV];
+            let bp = b.add(rows.row(p));
             for (v, bq) in bv.iter_mut().enumerate() {
-                *bq = _mm256_loadu_ps(b.add(p * st.ldb + v * 8));
+                *bq = _mm256_loadu_ps(bp.add(v * 8));
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let av = _mm256_broadcast_ss(&*a.add(r * st.a_rs + p * st.a_cs));
@@ -416,19 +590,20 @@ mod avx2 {
         let st = NnStrides {
             a_rs: 1,
             a_cs: m,
-            ldb: n,
             ldc: n,
         };
-        gemm_nn__avx2_fma(m, kk, n, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), st);
+        gemm_nn__avx2_fma(m, kk, n, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), st, Ld(n));
     }
 
-    /// `C[m, n] = A[m, kk] B[kk, n]` with the strides of `st` (B and C rows contiguous). C is overwritten.
+    /// `C[m, n] = A[m, kk] B[kk, n]` with the strides of `st`, B's row p at `bp + rows.row(p)` (B and C rows
+    /// contiguous). C is overwritten.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; every `A[i, p]`, `B[p, j]` and `C[i, j]` addressed through `st`
-    /// (i < m, p < kk, j < n) must lie inside its allocation, and C must not overlap A or B.
+    /// The CPU must support AVX2 and FMA; every `A[i, p]`, `B[p, j]` and `C[i, j]` addressed through `st` and
+    /// `rows` (i < m, p < kk, j < n) must lie inside its allocation, and C must not overlap A or B.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gemm_nn__avx2_fma(
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_nn__avx2_fma<R: BRows>(
         m: usize,
         kk: usize,
         n: usize,
@@ -436,6 +611,7 @@ mod avx2 {
         bp: *const f32,
         cp: *mut f32,
         st: NnStrides,
+        rows: R,
     ) {
         let n8 = n / 8 * 8;
         // Column blocks outermost: a kk x 16 panel of B (2 KB at kk = 32) stays in L1 across all row tiles.
@@ -449,7 +625,7 @@ mod avx2 {
                 macro_rules! tile {
                     ($($mr:literal, $nv:literal);*) => {
                         match (mr, nv) {
-                            $(($mr, $nv) => nn_tile::<$mr, $nv>(a0, b0, c0, kk, st),)*
+                            $(($mr, $nv) => nn_tile::<$mr, $nv, R>(a0, b0, c0, kk, st, rows),)*
                             _ => unreachable!(),
                         }
                     };
@@ -468,12 +644,12 @@ mod avx2 {
                 let mr = (m - i).min(6);
                 let (a0, b0, c0) = (ap.add(i * st.a_rs), bp.add(n8), cp.add(i * st.ldc + n8));
                 match mr {
-                    6 => nn_tile_masked::<6>(a0, b0, c0, kk, st, mask),
-                    5 => nn_tile_masked::<5>(a0, b0, c0, kk, st, mask),
-                    4 => nn_tile_masked::<4>(a0, b0, c0, kk, st, mask),
-                    3 => nn_tile_masked::<3>(a0, b0, c0, kk, st, mask),
-                    2 => nn_tile_masked::<2>(a0, b0, c0, kk, st, mask),
-                    _ => nn_tile_masked::<1>(a0, b0, c0, kk, st, mask),
+                    6 => nn_tile_masked::<6, R>(a0, b0, c0, kk, st, rows, mask),
+                    5 => nn_tile_masked::<5, R>(a0, b0, c0, kk, st, rows, mask),
+                    4 => nn_tile_masked::<4, R>(a0, b0, c0, kk, st, rows, mask),
+                    3 => nn_tile_masked::<3, R>(a0, b0, c0, kk, st, rows, mask),
+                    2 => nn_tile_masked::<2, R>(a0, b0, c0, kk, st, rows, mask),
+                    _ => nn_tile_masked::<1, R>(a0, b0, c0, kk, st, rows, mask),
                 }
                 i += mr;
             }
@@ -494,17 +670,18 @@ mod avx2 {
     /// (masked-off lanes of `vmaskmovps` never access memory, so they may lie past the end of `b` or `c`).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn nn_tile_masked<const MR: usize>(
+    unsafe fn nn_tile_masked<const MR: usize, R: BRows>(
         a: *const f32,
         b: *const f32,
         c: *mut f32,
         kk: usize,
         st: NnStrides,
+        rows: R,
         mask: __m256i,
     ) {
         let mut acc = [_mm256_setzero_ps(); MR];
         for p in 0..kk {
-            let bv = _mm256_maskload_ps(b.add(p * st.ldb), mask);
+            let bv = _mm256_maskload_ps(b.add(rows.row(p)), mask);
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let av = _mm256_broadcast_ss(&*a.add(r * st.a_rs + p * st.a_cs));
                 *acc_r = _mm256_fmadd_ps(av, bv, *acc_r);
@@ -515,8 +692,8 @@ mod avx2 {
         }
     }
 
-    /// One MR x NR tile of `C (+)= sum_t A_t B_t^T`: `a` = row i0 of A_0, `b` = row j0 of B_0 (row stride k;
-    /// the next pair starts `a_bs`, `b_bs` elements further), `c` = &C[i0, j0].
+    /// One MR x NR tile of `C (+)= sum_t A_t B_t^T`: `a` = row i0 of A_0 (row stride k), row j0 + q of B_0 at
+    /// `b + b_rows[q]` (the next pair starts `a_bs`, `b_bs` elements further), `c` = &C[i0, j0].
     ///
     /// Registers: 12 accumulators + 3 B vectors + 1 A vector for MR = 4, NR = 3; the k tail is one masked step
     /// (masked-off lanes load as 0 and add nothing). 7 loads per 12 FMAs; a 6 x 2 tile (8 loads per 12 FMAs,
@@ -529,6 +706,7 @@ mod avx2 {
         a: *const f32,
         a_bs: usize,
         b: *const f32,
+        b_rows: [usize; NR],
         b_bs: usize,
         c: *mut f32,
         k: usize,
@@ -543,7 +721,7 @@ mod avx2 {
             while p < k8 {
                 let mut bv = [_mm256_setzero_ps(); NR];
                 for (q, v) in bv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(bt.add(q * k + p));
+                    *v = _mm256_loadu_ps(bt.add(b_rows[q] + p));
                 }
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let av = _mm256_loadu_ps(at.add(r * k + p));
@@ -557,7 +735,7 @@ mod avx2 {
                 let mask = tail_mask(k - k8);
                 let mut bv = [_mm256_setzero_ps(); NR];
                 for (q, v) in bv.iter_mut().enumerate() {
-                    *v = _mm256_maskload_ps(bt.add(q * k + k8), mask);
+                    *v = _mm256_maskload_ps(bt.add(b_rows[q] + k8), mask);
                 }
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let av = _mm256_maskload_ps(at.add(r * k + k8), mask);
@@ -605,7 +783,59 @@ mod avx2 {
                     ($($mr:literal, $nr:literal);*) => {
                         match (mr, nr) {
                             $(($mr, $nr) => abt_batched_tile::<$mr, $nr>(
-                                batch, a0, a_bs, b0, b_bs, c0, k, n, accumulate
+                                batch, a0, a_bs, b0, rows::<$nr>(k), b_bs, c0, k, n, accumulate
+                            ),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                tile!(4, 3; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1);
+                j += nr;
+            }
+            i += mr;
+        }
+    }
+
+    /// Offsets `0, k, 2k, ...` of NR consecutive rows of a dense matrix with row length k.
+    #[inline(always)]
+    fn rows<const NR: usize>(k: usize) -> [usize; NR] {
+        std::array::from_fn(|q| q * k)
+    }
+
+    /// AVX2+FMA [`super::gemm_abt_batched_rows`]: the tiles and reduction order of
+    /// [`gemm_abt_batched__avx2_fma`], with B's row j at `b_off[j]`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `a` must hold `(batch-1)*a_bs + m*k` elements, `b_off` at least n
+    /// offsets with `(batch-1)*b_bs + b_off[j] + k <= b.len()`, and `c` m*n elements.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_abt_batched_rows__avx2_fma(
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        a_bs: usize,
+        b: &[f32],
+        b_bs: usize,
+        b_off: &[usize],
+        c: &mut [f32],
+    ) {
+        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(4);
+            let mut j = 0;
+            while j < n {
+                let nr = (n - j).min(3);
+                let (a0, c0) = (ap.add(i * k), cp.add(i * n + j));
+                let off = |q: usize| b_off[j + q.min(nr - 1)];
+                macro_rules! tile {
+                    ($($mr:literal, $nr:literal);*) => {
+                        match (mr, nr) {
+                            $(($mr, $nr) => abt_batched_tile::<$mr, $nr>(
+                                batch, a0, a_bs, bp, std::array::from_fn(off), b_bs, c0, k, n, false
                             ),)*
                             _ => unreachable!(),
                         }
@@ -728,6 +958,87 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Row offsets of an implicit im2col over a `[c, hp, wp]` input with a `kh x kw` kernel (stride 1), and the
+    /// number of columns `(hp-kh)*wp + wp-kw+1` the products run over.
+    fn window_rows(c: usize, hp: usize, wp: usize, kh: usize, kw: usize) -> (Vec<usize>, usize) {
+        let mut off = Vec::new();
+        for ic in 0..c {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    off.push(ic * hp * wp + ky * wp + kx);
+                }
+            }
+        }
+        (off, (hp - kh) * wp + wp - kw + 1)
+    }
+
+    #[test]
+    fn gemm_atb_rows_matches_reference_on_overlapping_window_rows() {
+        let mut rng = Rng::new(25);
+        // (c, hp, wp, kh, kw, m): LeNet conv1 (padded 32x32, 6 outputs) and conv2, odd tails, one column.
+        for &(c, hp, wp, kh, kw, m) in &[
+            (1, 32, 32, 5, 5, 6),
+            (6, 14, 14, 5, 5, 16),
+            (2, 7, 9, 3, 3, 5),
+            (1, 3, 3, 3, 3, 7),
+            (3, 5, 4, 2, 4, 13),
+        ] {
+            let (off, n) = window_rows(c, hp, wp, kh, kw);
+            let kk = off.len();
+            let a = random(&mut rng, kk * m);
+            let b = random(&mut rng, c * hp * wp);
+            let mut got = vec![f32::NAN; m * n];
+            let mut want = vec![0.0; m * n];
+            gemm_atb_rows(kk, m, n, &a, &b, &off, &mut got);
+            reference::gemm_atb_rows(kk, m, n, &a, &b, &off, &mut want);
+            for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (x - y).abs() <= tol(kk),
+                    "isa {:?} c={c} hp={hp} wp={wp} m={m} at {i}: {x} vs {y}",
+                    isa()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_abt_batched_rows_matches_reference_on_overlapping_window_rows() {
+        let mut rng = Rng::new(26);
+        // (batch, c, hp, wp, kh, kw, m)
+        for &(batch, c, hp, wp, kh, kw, m) in &[
+            (8, 1, 32, 32, 5, 5, 6),
+            (3, 6, 14, 14, 5, 5, 16),
+            (2, 2, 7, 9, 3, 3, 5),
+            (1, 1, 3, 3, 3, 3, 7),
+            (5, 3, 5, 4, 2, 4, 13),
+        ] {
+            let (off, k) = window_rows(c, hp, wp, kh, kw);
+            let n = off.len();
+            let (a_bs, b_bs) = (m * k + 3, c * hp * wp + 5);
+            let a = random(&mut rng, batch * a_bs);
+            let b = random(&mut rng, batch * b_bs);
+            let mut got = vec![f32::NAN; m * n];
+            let mut want = vec![0.0; m * n];
+            gemm_abt_batched_rows(batch, m, k, n, &a, a_bs, &b, b_bs, &off, &mut got);
+            reference::gemm_abt_batched_rows(batch, m, k, n, &a, a_bs, &b, b_bs, &off, &mut want);
+            for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (x - y).abs() <= tol(batch * k),
+                    "isa {:?} batch={batch} c={c} hp={hp} wp={wp} m={m} at {i}: {x} vs {y}",
+                    isa()
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn gemm_atb_rows_rejects_a_row_offset_past_the_end_of_b() {
+        let (a, b) = ([1.0; 2], [1.0; 4]);
+        let mut c = [0.0; 3];
+        gemm_atb_rows(2, 1, 3, &a, &b, &[0, 2], &mut c);
     }
 
     #[test]
