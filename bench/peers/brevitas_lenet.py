@@ -6,6 +6,7 @@ f32 PyTorch; otherwise Brevitas QuantConv2d / QuantLinear (per-channel weight sc
 QuantReLU (`bit_width = --act-bits`), from scratch. Prints one JSON line per seed.
 """
 import argparse
+import math
 import json
 import time
 
@@ -70,6 +71,8 @@ def main():
     ap.add_argument("--weight-bits", type=int, default=0, help="0 = plain f32 PyTorch")
     ap.add_argument("--act-bits", type=int, default=8)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (smoke test)")
+    ap.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                    help="cosine: per-step annealing from 1e-3 to 0, the last step at 0 (lowbit's --schedule cosine)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     xtr, ytr, xte, yte = load(args.data)
@@ -83,6 +86,12 @@ def main():
         torch.manual_seed(seed)
         model = make_model(args.weight_bits, args.act_bits)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+        total = args.epochs * ((len(xtr) + args.batch_size - 1) // args.batch_size)
+        span = max(total - 1, 1)
+        sched = None
+        if args.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda step: max(0.5 * (1.0 + math.cos(math.pi * min(step / span, 1.0))), 1e-12))
         loss_fn = nn.CrossEntropyLoss()
         epoch_seconds = []
         for _ in range(args.epochs):
@@ -94,6 +103,8 @@ def main():
                 opt.zero_grad(set_to_none=True)
                 loss_fn(model(xtr[idx]), ytr[idx]).backward()
                 opt.step()
+                if sched is not None:
+                    sched.step()
             epoch_seconds.append(time.perf_counter() - t0)
         model.eval()
         with torch.no_grad():
@@ -102,6 +113,7 @@ def main():
         print(json.dumps({"peer": "brevitas" if args.weight_bits else "pytorch", "torch": torch.__version__,
                           "weight_bits": args.weight_bits or 32, "act_bits": args.act_bits if args.weight_bits else 32,
                           "seed": seed, "epochs": args.epochs, "batch_size": args.batch_size,
+                          "schedule": args.schedule,
                           "train_samples": len(xtr), "test_accuracy": acc, "epoch_seconds": epoch_seconds}))
 
 
