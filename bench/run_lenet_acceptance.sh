@@ -19,9 +19,11 @@ for seed in "${@:-1}"; do
   run f32 "$seed"
   run w8a8 "$seed" --weight-bits 8 --act-bits 8 --per-channel
   run lsq-w4a4 "$seed" --weight-bits 4 --act-bits 4 --quantizer lsq
-  run lsq-w2a2 "$seed" --weight-bits 2 --act-bits 2 --quantizer lsq
-  run lsq-w2a2-fl8 "$seed" --weight-bits 2 --act-bits 2 --quantizer lsq --layer-bits first:8:8,last:8
-  run ste-w2a2 "$seed" --weight-bits 2 --act-bits 2 --per-channel
+  # 2-bit recipes anneal the learning rate (cosine from 1e-3 to 0, per step): 1.4 pp more for LSQ W2A2 on 3 seeds,
+  # while f32 with the same schedule scored 0.5 pp less than with a constant rate, so f32 keeps the constant one.
+  run lsq-w2a2 "$seed" --weight-bits 2 --act-bits 2 --quantizer lsq --schedule cosine
+  run lsq-w2a2-fl8 "$seed" --weight-bits 2 --act-bits 2 --quantizer lsq --layer-bits first:8:8,last:8 --schedule cosine
+  run ste-w2a2 "$seed" --weight-bits 2 --act-bits 2 --per-channel --schedule cosine
   run w1a8 "$seed" --weight-bits 1 --act-bits 8
 done
 python3 - "$OUT" "${@:-1}" <<'PY'
