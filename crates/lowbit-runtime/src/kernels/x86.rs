@@ -528,22 +528,25 @@ pub(crate) fn prepack_pairs(w: &PackedWeights, plan: &PairPlan) -> Vec<i8> {
     panels
 }
 
-/// Gathers activation row `a` into plan order at `dst`: each 16-byte chunk is one `vpshufb` and one `vpxor` (two
-/// chunks per ymm); a chunk cut by the row's end is read from a zero-padded copy and one cut by the plan's end is
-/// written through one; then the appended indices are copied.
+/// Gathers one activation row into plan order at `dst`: each 16-byte chunk is one `vpshufb` and one `vpxor` (two
+/// chunks per ymm), then the appended indices are copied. `a` starts at the row and may run past its `k` bytes
+/// (the next rows of a matrix): chunks are loaded straight from it while 16 bytes are there, which the masks never
+/// read past `k`, and the last chunk of the last row goes through a zero-padded copy. Chunk stores may run up to
+/// 16 bytes past the chunks' end; the appended indices and zero padding are written after them.
 ///
 /// # Safety
-/// AVX2 must be available; `a.len() == plan.k()`; `dst` is writable for `plan.len()` bytes.
+/// AVX2 must be available; `a.len() >= plan.k()`; `dst` is writable for `plan.len() + 16` bytes.
 #[target_feature(enable = "avx2")]
 unsafe fn gather_row__avx2(plan: &PairPlan, a: &[u8], dst: *mut u8) {
     const C: usize = pairs::CHUNK;
-    let k = a.len();
-    let main = plan.main_len();
+    let chunks = plan.chunks();
+    let direct = a.len() / C;
     let (shuffle, xor) = plan.masks();
     let (sp, xp) = (shuffle.as_ptr(), xor.as_ptr());
     let mut c = 0;
-    while C * (c + 2) <= k.min(main) {
-        // SAFETY: chunks c and c + 1 lie inside the row and the plan; the masks hold (chunks + 1) * 16 bytes.
+    while c + 2 <= chunks.min(direct) {
+        // SAFETY: 32 bytes of `a` from 16c exist; the masks hold (chunks + 1) * 16 bytes; the store ends at most
+        // 16 bytes past the chunks.
         let x = _mm256_loadu_si256(a.as_ptr().add(C * c) as *const __m256i);
         let m = _mm256_loadu_si256(sp.add(C * c) as *const __m256i);
         let f = _mm256_loadu_si256(xp.add(C * c) as *const __m256i);
@@ -551,33 +554,33 @@ unsafe fn gather_row__avx2(plan: &PairPlan, a: &[u8], dst: *mut u8) {
         _mm256_storeu_si256(dst.add(C * c) as *mut __m256i, y);
         c += 2;
     }
-    while C * c < main {
+    while c < chunks {
         let mut tmp = [0u8; C];
-        let src = if C * (c + 1) <= k {
+        let src = if c < direct {
             a.as_ptr().add(C * c)
         } else {
-            tmp[..k - C * c].copy_from_slice(&a[C * c..]);
+            // Byte loop, not a memcpy call: at most 15 bytes, once per matrix.
+            for (d, &x) in tmp.iter_mut().zip(&a[C * c..]) {
+                *d = x;
+            }
             tmp.as_ptr()
         };
         let x = _mm_loadu_si128(src as *const __m128i);
         let m = _mm_loadu_si128(sp.add(C * c) as *const __m128i);
         let f = _mm_loadu_si128(xp.add(C * c) as *const __m128i);
         let y = _mm_xor_si128(_mm_shuffle_epi8(x, m), f);
-        if C * (c + 1) <= main {
-            _mm_storeu_si128(dst.add(C * c) as *mut __m128i, y);
-        } else {
-            _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, y);
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst.add(C * c), main - C * c);
-        }
+        _mm_storeu_si128(dst.add(C * c) as *mut __m128i, y);
         c += 1;
     }
-    let mut t = main;
+    let mut t = plan.main_len();
     for &i in plan.extra() {
         *dst.add(t) = a[i as usize];
         *dst.add(t + 1) = 0;
         t += 2;
     }
-    std::ptr::write_bytes(dst.add(t), 0, plan.len() - t);
+    for i in t..plan.len() {
+        *dst.add(i) = 0;
+    }
 }
 
 /// `vpmaddubsw` then `vpmaddwd` by ones: four u8 x i8 products per i32 lane, exact because the plan made every
@@ -688,8 +691,9 @@ unsafe fn gemm_pairs__avx2(
     }
     let np = n.div_ceil(NR);
     let pstride = kq * NR;
+    // 16 bytes of slack: the gather's chunk stores may run past a row.
     if rows == 1 {
-        grow(&mut s.apad, kq);
+        grow(&mut s.apad, kq + 16);
         gather_row__avx2(plan, &a[..k], s.apad.as_mut_ptr());
         let ap = s.apad.as_ptr();
         gemv_groups(n, out, |p, g, tile| {
@@ -704,14 +708,14 @@ unsafe fn gemm_pairs__avx2(
         });
         return;
     }
-    grow(&mut s.apad, rows.min(MC).div_ceil(MR) * MR * kq);
+    grow(&mut s.apad, rows.min(MC).div_ceil(MR) * MR * kq + 16);
     let mut tile = [0i32; MR * NR];
     for ib in (0..rows).step_by(MC) {
         let mc = MC.min(rows - ib);
         for r in 0..mc {
-            let src = &a[(ib + r) * k..(ib + r + 1) * k];
-            // SAFETY: row r of kq bytes starts at r * kq, inside apad.
-            gather_row__avx2(plan, src, s.apad.as_mut_ptr().add(r * kq));
+            // SAFETY: row r of kq bytes starts at r * kq, and apad has 16 bytes of slack after the last row; rows
+            // are gathered in order, so a store running into row r + 1 is overwritten by it.
+            gather_row__avx2(plan, &a[(ib + r) * k..], s.apad.as_mut_ptr().add(r * kq));
         }
         for k0 in (0..kq).step_by(KCQ) {
             let kc = KCQ.min(kq - k0);
