@@ -2,7 +2,8 @@
 # Issue-4 acceptance: integer-engine inference and GEMM throughput against peers measured in the same run,
 # one program after another (never concurrently: the machine has 2 cores). Usage:
 #   bench/run_engine_peers.sh [PEERS_VENV]   (default /work/peers-venv; see bench/peers/requirements.txt)
-# Environment: CARGO_TARGET_DIR (default target), LOWBIT_ISA (caps the kernel tier), SECONDS_PER_CASE (default 1).
+# Environment: CARGO_TARGET_DIR (default target), LOWBIT_ISA (caps the kernel tier), SECONDS_PER_CASE (default 1),
+# DATA (MNIST-format directory, default /usr/share/datasets/fashion-mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-/work/peers-venv}"
@@ -18,11 +19,14 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut 
   "load average $(cut -d' ' -f1-3 /proc/loadavg)"
 flags=$(grep -m1 '^flags' /proc/cpuinfo)
 echo "# cpu flags: $(for f in avx2 fma avx512f avx512_vnni avx_vnni; do [[ " $flags " == *" $f "* ]] && printf '%s ' "$f"; done)"
-# A W8A8 MLP (784-64-10, per-channel int8 weights, PTQ) on the builtin sample: fast, and the engine's speed does not
-# depend on the weights' values.
+# The reference pipeline's W8A8 MLP (784-64-10, per-channel int8 weights, QAT, 5 epochs on the full data). Trained
+# weights matter to the engine's speed: the exact vpmaddubsw path needs a safe pairing of each layer's activations
+# (docs/KERNELS.md), which nearly uniform weights (a barely trained model) do not have; `lowbit bench` prints the
+# path each layer took.
+DATA="${DATA:-/usr/share/datasets/fashion-mnist}"
 MODEL="$OUT/engine-bench-w8a8.lbq"
-"$LOWBIT" train --quiet --data builtin --epochs 1 --weight-bits 8 --act-bits 8 --per-channel --method ptq \
-  --no-baseline --out "$MODEL" > /dev/null
+"$LOWBIT" train --quiet --data "$DATA" --epochs 5 --weight-bits 8 --act-bits 8 --per-channel \
+  --no-baseline --seed 1 --out "$MODEL" > /dev/null
 echo "## lowbit bench (f32 = lowbit's own float model, int = integer engine)"
 "$LOWBIT" bench "$MODEL" --batch 1,256 --seconds "$SECS"
 echo "## lowbit kernels (cargo run --release -p lowbit-runtime --example gemm_gops)"
