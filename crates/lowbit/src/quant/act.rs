@@ -481,14 +481,7 @@ impl ActQuantizer {
                 _ => {
                     let s = lsq::effective_step(v);
                     let qmax = self.qmax();
-                    let sum: f64 = self
-                        .last_input
-                        .iter()
-                        .zip(&grad_out.data)
-                        .map(|(&x, &g)| {
-                            f64::from(g) * f64::from(lsq::step_derivative(x, s, 0, qmax))
-                        })
-                        .sum();
+                    let sum = fastq::lsq_act_step_grad(&self.last_input, &grad_out.data, s, qmax);
                     (sum * f64::from(lsq::grad_scale(self.features, qmax))) as f32
                 }
             };

@@ -439,6 +439,45 @@ dispatched!(
     fn group_dots = group_dots_impl(a: &[f32], b: &[f32], group_len: usize, sums: &mut [f64])
 );
 
+/// Lanes of [`lsq_act_step_grad`]'s interleaved sum.
+const STEP_LANES: usize = 8;
+
+/// LSQ activation step gradient without the gradient scale: `sum g[i] * dv_q/ds(x[i])` for the range `[0, qp]`
+/// ([`super::lsq::step_derivative`] with `qn = 0`), each product exact in f64. One activation step covers the
+/// whole tensor (hundreds of thousands of values per batch), so a single sequential sum would be bound by the
+/// add latency; element `i` goes to partial sum `i % 8` and the eight are combined pairwise, a fixed order that
+/// gives the same bits on every build and tier.
+#[inline(always)]
+fn lsq_act_step_grad_impl(x: &[f32], g: &[f32], s: f32, qp: i32) -> f64 {
+    let hi = qp as f32;
+    let n = x.len().min(g.len());
+    let full = n / STEP_LANES * STEP_LANES;
+    let term = |v: f32, gv: f32| {
+        let r = v / s;
+        let d = if r >= hi { hi } else { -r + r.round() };
+        let d = if r <= -0.0 { -0.0 } else { d };
+        f64::from(gv) * f64::from(d)
+    };
+    let mut acc = [0f64; STEP_LANES];
+    for (xc, gc) in x[..full]
+        .chunks_exact(STEP_LANES)
+        .zip(g[..full].chunks_exact(STEP_LANES))
+    {
+        for k in 0..STEP_LANES {
+            acc[k] += term(xc[k], gc[k]);
+        }
+    }
+    for i in full..n {
+        acc[i % STEP_LANES] += term(x[i], g[i]);
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+dispatched!(
+    /// LSQ activation step gradient, unscaled (see `lsq_act_step_grad_impl`).
+    fn lsq_act_step_grad = lsq_act_step_grad_impl(x: &[f32], g: &[f32], s: f32, qp: i32) -> f64
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,6 +567,37 @@ mod tests {
             }
             assert_eq!(clipped, want_clipped);
         }
+    }
+
+    #[test]
+    fn activation_step_gradient_sums_eight_lanes_in_a_fixed_order() {
+        let n = 1003;
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 20.0) * 0.071)
+            .collect();
+        let g: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.013)
+            .collect();
+        let (s, qp) = (0.25f32, 15);
+        let mut lanes = [0f64; 8];
+        for i in 0..n {
+            lanes[i % 8] +=
+                f64::from(g[i]) * f64::from(super::super::lsq::step_derivative(x[i], s, 0, qp));
+        }
+        let want = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+            + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        let got = lsq_act_step_grad(&x, &g, s, qp);
+        assert_eq!(got.to_bits(), want.to_bits());
+        assert_eq!(
+            lsq_act_step_grad_impl(&x, &g, s, qp).to_bits(),
+            want.to_bits()
+        );
+        let sequential: f64 = (0..n)
+            .map(|i| {
+                f64::from(g[i]) * f64::from(super::super::lsq::step_derivative(x[i], s, 0, qp))
+            })
+            .sum();
+        assert!((got - sequential).abs() <= 1e-12 * sequential.abs().max(1.0));
     }
 
     #[test]
