@@ -4,21 +4,8 @@
 use lowbit_runtime::kernels::{self, Isa};
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::weight_code_range;
+use lowbit_runtime::testutil::process_cpu_secs;
 use std::time::Instant;
-
-/// utime + stime of this process in seconds, from /proc/self/stat (Linux; 0 elsewhere).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let Some(rest) = stat.rsplit(')').next() else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
 
 fn probe(isa: Isa, bits: u32, m: usize, k: usize, n: usize, threads: usize) {
     let (lo, hi) = weight_code_range(bits).unwrap();
@@ -45,11 +32,11 @@ fn probe(isa: Isa, bits: u32, m: usize, k: usize, n: usize, threads: usize) {
         kernels::gemm_acc_with(isa, &a, m, k, &w, &bias, &mut out).unwrap();
         let ops = 2.0 * (m * n * k) as f64;
         let iters = ((2e10 / ops) as usize).clamp(1, 100_000);
-        let (t0, c0) = (Instant::now(), cpu_seconds());
+        let (t0, c0) = (Instant::now(), process_cpu_secs());
         for _ in 0..iters {
             kernels::gemm_acc_with(isa, std::hint::black_box(&a), m, k, &w, &bias, &mut out).unwrap();
         }
-        let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+        let (wall, cpu) = (t0.elapsed().as_secs_f64(), process_cpu_secs() - c0);
         println!(
             "{:>10} int{bits} {m}x{k}x{n} threads {threads}: {:7.1} GOPS wall, {:7.1} GOPS per CPU-second",
             isa.name(),

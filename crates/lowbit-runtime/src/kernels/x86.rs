@@ -129,44 +129,35 @@ fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
     }
 }
 
-/// Int8-tier weight layout prepared once per model: every code widened to i16 in panels of [`NR`] columns,
-/// `[panel][k16 / 2][NR][2]` with `k16 = round_up(k, 16)`, zero padded in both directions. The K block starting
-/// at `k0` of panel `p` begins at `p * k16 * NR + k0 * NR`, exactly the layout [`pack_panel__avx2`] builds per call.
-pub(crate) fn prepack_panels(w: &PackedWeights) -> Vec<i16> {
+/// Codes of `w` in panels of [`NR`] columns, `[panel][k16 / 2][NR][2]` with `k16 = round_up(k, 16)`, zero padded in
+/// both directions, each code converted to `T`. The K block starting at `k0` of panel `p` begins at
+/// `p * k16 * NR + k0 * NR`.
+fn prepack_pair_panels<T: Copy + Default + From<i8>>(w: &PackedWeights) -> Vec<T> {
     let (n, k) = (w.rows, w.cols);
     let k16 = k.div_ceil(16) * 16;
-    let np = n.div_ceil(NR);
-    let mut panels = vec![0i16; np * k16 * NR];
+    let mut panels = vec![T::default(); n.div_ceil(NR) * k16 * NR];
     let mut row = vec![0i8; k];
     for j in 0..n {
         w.unpack_row(j, &mut row);
-        let (p, c) = (j / NR, j % NR);
-        let base = p * k16 * NR;
+        let base = (j / NR) * k16 * NR + (j % NR) * 2;
         for (kk, &q) in row.iter().enumerate() {
-            panels[base + (kk / 2) * NR * 2 + c * 2 + kk % 2] = q as i16;
+            panels[base + (kk / 2) * NR * 2 + kk % 2] = T::from(q);
         }
     }
     panels
 }
 
-/// [`prepack_panels`] at int8 width (same `[panel][k16 / 2][NR][2]` order): the batch-1 GEMV streams the whole
-/// matrix once per call, from L2 for any real layer, so half the bytes is nearly half the time; it widens each
-/// 16-code row with `vpmovsxbw` on the way in.
+/// Int8-tier weight layout prepared once per model: every code widened to i16 ([`prepack_pair_panels`]), exactly
+/// the layout [`pack_panel__avx2`] builds per call and K block.
+pub(crate) fn prepack_panels(w: &PackedWeights) -> Vec<i16> {
+    prepack_pair_panels(w)
+}
+
+/// [`prepack_panels`] at int8 width (same order): the batch-1 GEMV streams the whole matrix once per call, from L2
+/// for any real layer, so half the bytes is nearly half the time; it widens each 16-code row with `vpmovsxbw` on
+/// the way in.
 pub(crate) fn prepack_panels_i8(w: &PackedWeights) -> Vec<i8> {
-    let (n, k) = (w.rows, w.cols);
-    let k16 = k.div_ceil(16) * 16;
-    let np = n.div_ceil(NR);
-    let mut panels = vec![0i8; np * k16 * NR];
-    let mut row = vec![0i8; k];
-    for j in 0..n {
-        w.unpack_row(j, &mut row);
-        let (p, c) = (j / NR, j % NR);
-        let base = p * k16 * NR;
-        for (kk, &q) in row.iter().enumerate() {
-            panels[base + (kk / 2) * NR * 2 + c * 2 + kk % 2] = q;
-        }
-    }
-    panels
+    prepack_pair_panels(w)
 }
 
 /// Widens `rows x kc` activations starting at column `k0` into `dst` (`rows` rows of `kc16` i16, zero padded).
