@@ -57,6 +57,11 @@ impl Rng {
         lo + (hi - lo) * self.uniform()
     }
 
+    /// `n` draws of [`Rng::uniform_range`], in order.
+    pub fn uniform_vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform_range(lo, hi)).collect()
+    }
+
     /// Standard normal (Box-Muller).
     pub fn normal(&mut self) -> f32 {
         let u1 = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;

@@ -171,10 +171,6 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| rng.uniform_range(-1.0, 1.0)).collect()
-    }
-
     #[test]
     fn strided_transposed_products_match_the_reference() {
         let mut rng = Rng::new(11);
@@ -185,9 +181,9 @@ mod tests {
             (17, 64, 10),
             (8, 3, 33),
         ] {
-            let a = random(&mut rng, m * k);
-            let bt = random(&mut rng, n * k); // stored [n, k], used as B = bt^T
-            let mut c = random(&mut rng, m * n);
+            let a = rng.uniform_vec(m * k, -1.0, 1.0);
+            let bt = rng.uniform_vec(n * k, -1.0, 1.0); // stored [n, k], used as B = bt^T
+            let mut c = rng.uniform_vec(m * n, -1.0, 1.0);
             let mut r = c.clone();
             let av = MatRef::row_major(&a, m, k);
             let bv = MatRef::row_major_t(&bt, n, k);
@@ -216,8 +212,8 @@ mod tests {
             (6, 2, 17),
         ] {
             for a_transposed in [false, true] {
-                let a = random(&mut rng, m * k);
-                let bm = random(&mut rng, k * n);
+                let a = rng.uniform_vec(m * k, -1.0, 1.0);
+                let bm = rng.uniform_vec(k * n, -1.0, 1.0);
                 let av = if a_transposed {
                     MatRef::row_major_t(&a, k, m)
                 } else {

@@ -854,10 +854,6 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| rng.uniform_range(-1.0, 1.0)).collect()
-    }
-
     /// f32 sums of k products of magnitude <= 1 in two different orders differ by at most ~2 k eps.
     fn tol(k: usize) -> f32 {
         2.0 * k as f32 * f32::EPSILON + 1e-6
@@ -880,9 +876,9 @@ mod tests {
         let mut rng = Rng::new(21);
         for &(m, k, n) in SHAPES {
             for accumulate in [false, true] {
-                let a = random(&mut rng, m * k);
-                let b = random(&mut rng, n * k);
-                let c0 = random(&mut rng, m * n);
+                let a = rng.uniform_vec(m * k, -1.0, 1.0);
+                let b = rng.uniform_vec(n * k, -1.0, 1.0);
+                let c0 = rng.uniform_vec(m * n, -1.0, 1.0);
                 let (mut c, mut r) = (c0.clone(), c0);
                 gemm_abt(m, k, n, &a, &b, &mut c, accumulate);
                 reference::gemm_abt(m, k, n, &a, &b, &mut r, accumulate);
@@ -911,8 +907,8 @@ mod tests {
             (4, 13, 15),
             (2, 7, 1),
         ]) {
-            let a = random(&mut rng, kk * m);
-            let b = random(&mut rng, kk * n);
+            let a = rng.uniform_vec(kk * m, -1.0, 1.0);
+            let b = rng.uniform_vec(kk * n, -1.0, 1.0);
             let mut c = vec![f32::NAN; m * n]; // overwritten, never read
             let mut r = vec![0.0; m * n];
             gemm_atb(kk, m, n, &a, &b, &mut c);
@@ -943,9 +939,9 @@ mod tests {
             (2, 9, 17, 5),
         ] {
             for accumulate in [false, true] {
-                let a = random(&mut rng, batch * m * k);
-                let b = random(&mut rng, batch * n * k);
-                let c0 = random(&mut rng, m * n);
+                let a = rng.uniform_vec(batch * m * k, -1.0, 1.0);
+                let b = rng.uniform_vec(batch * n * k, -1.0, 1.0);
+                let c0 = rng.uniform_vec(m * n, -1.0, 1.0);
                 let (mut c, mut r) = (c0.clone(), c0);
                 gemm_abt_batched(batch, m, k, n, &a, &b, &mut c, accumulate);
                 reference::gemm_abt_batched(batch, m, k, n, &a, &b, &mut r, accumulate);
@@ -987,8 +983,8 @@ mod tests {
         ] {
             let (off, n) = window_rows(c, hp, wp, kh, kw);
             let kk = off.len();
-            let a = random(&mut rng, kk * m);
-            let b = random(&mut rng, c * hp * wp);
+            let a = rng.uniform_vec(kk * m, -1.0, 1.0);
+            let b = rng.uniform_vec(c * hp * wp, -1.0, 1.0);
             let mut got = vec![f32::NAN; m * n];
             let mut want = vec![0.0; m * n];
             gemm_atb_rows(kk, m, n, &a, &b, &off, &mut got);
@@ -1017,8 +1013,8 @@ mod tests {
             let (off, k) = window_rows(c, hp, wp, kh, kw);
             let n = off.len();
             let (a_bs, b_bs) = (m * k + 3, c * hp * wp + 5);
-            let a = random(&mut rng, batch * a_bs);
-            let b = random(&mut rng, batch * b_bs);
+            let a = rng.uniform_vec(batch * a_bs, -1.0, 1.0);
+            let b = rng.uniform_vec(batch * b_bs, -1.0, 1.0);
             let mut got = vec![f32::NAN; m * n];
             let mut want = vec![0.0; m * n];
             gemm_abt_batched_rows(batch, m, k, n, &a, a_bs, &b, b_bs, &off, &mut got);
@@ -1045,8 +1041,8 @@ mod tests {
     fn gemm_abt_batched_of_one_pair_equals_gemm_abt_reference() {
         let mut rng = Rng::new(24);
         let (m, k, n) = (5, 13, 6);
-        let a = random(&mut rng, m * k);
-        let b = random(&mut rng, n * k);
+        let a = rng.uniform_vec(m * k, -1.0, 1.0);
+        let b = rng.uniform_vec(n * k, -1.0, 1.0);
         let mut c = vec![0.0; m * n];
         let mut r = vec![0.0; m * n];
         reference::gemm_abt_batched(1, m, k, n, &a, &b, &mut c, false);
