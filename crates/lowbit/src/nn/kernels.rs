@@ -770,20 +770,43 @@ mod avx2 {
         c: &mut [f32],
         accumulate: bool,
     ) {
+        abt_batched_tiles(batch, m, k, n, a, m * k, b, n * k, |j| j * k, c, accumulate);
+    }
+
+    /// The tile loop of both batched `A B^T` kernels: 4 x 3 tiles (smaller at the edges) with B's row `j` at
+    /// `b_row(j)`.
+    ///
+    /// # Safety
+    /// As [`gemm_abt_batched_rows__avx2_fma`], with `b_row` in place of `b_off`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn abt_batched_tiles(
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        a_bs: usize,
+        b: &[f32],
+        b_bs: usize,
+        b_row: impl Fn(usize) -> usize,
+        c: &mut [f32],
+        accumulate: bool,
+    ) {
         let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        let (a_bs, b_bs) = (m * k, n * k);
         let mut i = 0;
         while i < m {
             let mr = (m - i).min(4);
             let mut j = 0;
             while j < n {
                 let nr = (n - j).min(3);
-                let (a0, b0, c0) = (ap.add(i * k), bp.add(j * k), cp.add(i * n + j));
+                let (a0, c0) = (ap.add(i * k), cp.add(i * n + j));
+                let off = |q: usize| b_row(j + q.min(nr - 1));
                 macro_rules! tile {
                     ($($mr:literal, $nr:literal);*) => {
                         match (mr, nr) {
                             $(($mr, $nr) => abt_batched_tile::<$mr, $nr>(
-                                batch, a0, a_bs, b0, rows::<$nr>(k), b_bs, c0, k, n, accumulate
+                                batch, a0, a_bs, bp, std::array::from_fn(off), b_bs, c0, k, n, accumulate
                             ),)*
                             _ => unreachable!(),
                         }
@@ -794,12 +817,6 @@ mod avx2 {
             }
             i += mr;
         }
-    }
-
-    /// Offsets `0, k, 2k, ...` of NR consecutive rows of a dense matrix with row length k.
-    #[inline(always)]
-    fn rows<const NR: usize>(k: usize) -> [usize; NR] {
-        std::array::from_fn(|q| q * k)
     }
 
     /// AVX2+FMA [`super::gemm_abt_batched_rows`]: the tiles and reduction order of
@@ -822,30 +839,7 @@ mod avx2 {
         b_off: &[usize],
         c: &mut [f32],
     ) {
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        let mut i = 0;
-        while i < m {
-            let mr = (m - i).min(4);
-            let mut j = 0;
-            while j < n {
-                let nr = (n - j).min(3);
-                let (a0, c0) = (ap.add(i * k), cp.add(i * n + j));
-                let off = |q: usize| b_off[j + q.min(nr - 1)];
-                macro_rules! tile {
-                    ($($mr:literal, $nr:literal);*) => {
-                        match (mr, nr) {
-                            $(($mr, $nr) => abt_batched_tile::<$mr, $nr>(
-                                batch, a0, a_bs, bp, std::array::from_fn(off), b_bs, c0, k, n, false
-                            ),)*
-                            _ => unreachable!(),
-                        }
-                    };
-                }
-                tile!(4, 3; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1);
-                j += nr;
-            }
-            i += mr;
-        }
+        abt_batched_tiles(batch, m, k, n, a, a_bs, b, b_bs, |j| b_off[j], c, false);
     }
 }
 
