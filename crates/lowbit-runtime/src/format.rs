@@ -400,9 +400,7 @@ pub fn to_bytes(model: &QuantModel) -> Result<Vec<u8>, FormatError> {
     let model_json = serde_json::to_string(&meta)
         .map_err(|e| FormatError::Malformed(format!("model JSON: {e}")))?;
 
-    // The container is written here rather than by `safetensors::serialize` so that the bytes are a function
-    // of the model alone (that crate iterates a HashMap for `__metadata__`).
-    let mut tensors: Vec<(String, &str, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors: Vec<Tensor> = Vec::new();
     for (i, l) in model.layers.iter().enumerate() {
         let (w, b) = match l {
             QLayer::Dense(d) => (&d.weights, &d.bias),
@@ -414,14 +412,34 @@ pub fn to_bytes(model: &QuantModel) -> Result<Vec<u8>, FormatError> {
         let bytes: Vec<u8> = b.iter().flat_map(|v| v.to_le_bytes()).collect();
         tensors.push((format!("layers.{i}.bias"), "I32", vec![b.len()], bytes));
     }
-    let mut info = serde_json::Map::new();
-    info.insert("format".into(), FORMAT_NAME.into());
-    info.insert("format_version".into(), FORMAT_VERSION.to_string().into());
-    info.insert("model".into(), model_json.into());
+    let meta = [
+        ("format", FORMAT_NAME.to_string()),
+        ("format_version", FORMAT_VERSION.to_string()),
+        ("model", model_json),
+    ];
+    container_bytes(&meta, &tensors)
+}
+
+/// One tensor for [`container_bytes`]: name, safetensors dtype (`"U8"`, `"I32"`, `"F32"`...), shape, raw
+/// little-endian bytes.
+pub type Tensor = (String, &'static str, Vec<usize>, Vec<u8>);
+
+/// A safetensors container with `meta` as its `__metadata__` and `tensors` stored in order. Written here rather
+/// than by `safetensors::serialize` so that the bytes are a function of the inputs alone (that crate iterates a
+/// HashMap for `__metadata__`): the same model gives the same file, byte for byte. Used for `.lbq` files and
+/// lowbit's float model files.
+pub fn container_bytes(
+    meta: &[(&str, String)],
+    tensors: &[Tensor],
+) -> Result<Vec<u8>, FormatError> {
+    let info: serde_json::Map<String, serde_json::Value> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone().into()))
+        .collect();
     let mut header = serde_json::Map::new();
     header.insert(META_KEY.into(), serde_json::Value::Object(info));
     let mut offset = 0usize;
-    for (name, dtype, shape, data) in &tensors {
+    for (name, dtype, shape, data) in tensors {
         let end = offset + data.len();
         header.insert(
             name.clone(),
@@ -438,7 +456,7 @@ pub fn to_bytes(model: &QuantModel) -> Result<Vec<u8>, FormatError> {
     let mut out = Vec::with_capacity(8 + header.len() + offset);
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(&header);
-    for (_, _, _, data) in &tensors {
+    for (_, _, _, data) in tensors {
         out.extend_from_slice(data);
     }
     Ok(out)

@@ -1,16 +1,16 @@
 //! Float model files and a loader that tells float from quantized files.
 //!
 //! A float model is a safetensors file whose `__metadata__` has `format = "lowbit.f32"`, `format_version = "1"`,
-//! `spec` (the model spec string, e.g. `mlp:784-64-10`) and `provenance` (JSON). Tensors are
-//! `layers.{i}.weight` (F32, `[out, in]`) and `layers.{i}.bias` (F32, `[out]`) for each parameterised layer `i` of
-//! the spec's layer list. Quantized models use the `.lbq` format of [`lowbit_runtime::format`].
+//! `spec` (the model spec string, e.g. `mlp:784-64-10`) and `provenance` (JSON). For each layer `i` of the spec's
+//! layer list that has state, F32 tensors `layers.{i}.weight` and `layers.{i}.bias` (dense: weight `[out, in]`;
+//! conv: flat, in the layer's `[out, in, kh, kw]` order) or, for batch norm, `layers.{i}.gamma`, `.beta`,
+//! `.running_mean` and `.running_var`. Readers check each tensor's element count against the spec. Quantized models use the `.lbq` format of [`lowbit_runtime::format`].
 use crate::error::{Error, Result};
 use crate::nn::{Layer, Model};
 use lowbit_runtime::model::Provenance;
 use lowbit_runtime::{FormatError, QuantModel};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
-use std::collections::HashMap;
 use std::path::Path;
 
 /// `format` metadata value of float model files.
@@ -40,42 +40,53 @@ fn malformed(path: &Path, msg: impl Into<String>) -> Error {
     model_err(path, FormatError::Malformed(msg.into()))
 }
 
-/// Serializes a float model to bytes.
+/// The values a float file stores for one layer, by tensor name suffix: weights and biases of dense and conv
+/// layers, and a batch norm's scale, shift and running statistics (which evaluation uses). Other layers store
+/// nothing.
+fn float_state(layer: &mut Layer) -> Vec<(&'static str, &mut Vec<f32>)> {
+    match layer {
+        Layer::Dense(d) => vec![("weight", &mut d.weight), ("bias", &mut d.bias)],
+        Layer::Conv2d(c) => vec![("weight", &mut c.weight), ("bias", &mut c.bias)],
+        Layer::BatchNorm2d(b) => vec![
+            ("gamma", &mut b.gamma),
+            ("beta", &mut b.beta),
+            ("running_mean", &mut b.running_mean),
+            ("running_var", &mut b.running_var),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// Serializes a float model to bytes (deterministic: the same model gives the same bytes).
 pub fn float_to_bytes(model: &Model, provenance: &Provenance) -> Result<Vec<u8>> {
-    let mut names = Vec::new();
-    let mut blobs: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
-    for (i, layer) in model.layers.iter().enumerate() {
-        if let Layer::Dense(d) = layer {
-            names.push(format!("layers.{i}.weight"));
-            blobs.push((
-                d.weight.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                vec![d.out_features, d.in_features],
-            ));
-            names.push(format!("layers.{i}.bias"));
-            blobs.push((
-                d.bias.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                vec![d.out_features],
-            ));
+    let mut model = model.clone();
+    let mut tensors: Vec<lowbit_runtime::format::Tensor> = Vec::new();
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        // Dense weights keep their `[out, in]` shape (the format's first readers check it); the rest is flat.
+        let dense_shape = match layer {
+            Layer::Dense(d) => Some(vec![d.out_features, d.in_features]),
+            _ => None,
+        };
+        for (name, v) in float_state(layer) {
+            let shape = match (&dense_shape, name) {
+                (Some(s), "weight") => s.clone(),
+                _ => vec![v.len()],
+            };
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            tensors.push((format!("layers.{i}.{name}"), "F32", shape, bytes));
         }
     }
-    let mut views = Vec::new();
-    for (name, (bytes, shape)) in names.iter().zip(&blobs) {
-        let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
-            .map_err(|e| Error::Shape(format!("{name}: {e}")))?;
-        views.push((name.clone(), view));
-    }
-    let mut meta = HashMap::new();
-    meta.insert("format".to_string(), FLOAT_FORMAT.to_string());
-    meta.insert(
-        "format_version".to_string(),
-        FLOAT_FORMAT_VERSION.to_string(),
-    );
-    meta.insert("spec".to_string(), model.spec.clone());
-    meta.insert(
-        "provenance".to_string(),
-        serde_json::to_string(provenance).map_err(|e| Error::Shape(e.to_string()))?,
-    );
-    safetensors::serialize(views, &Some(meta)).map_err(|e| Error::Shape(e.to_string()))
+    let meta = [
+        ("format", FLOAT_FORMAT.to_string()),
+        ("format_version", FLOAT_FORMAT_VERSION.to_string()),
+        ("spec", model.spec.clone()),
+        (
+            "provenance",
+            serde_json::to_string(provenance).map_err(|e| Error::Shape(e.to_string()))?,
+        ),
+    ];
+    lowbit_runtime::format::container_bytes(&meta, &tensors)
+        .map_err(|e| Error::Shape(e.to_string()))
 }
 
 /// Writes a float model atomically (temp file in the same directory, then rename).
@@ -148,17 +159,9 @@ pub fn float_from_bytes(bytes: &[u8], path: &Path) -> Result<(Model, Provenance)
     let mut model = Model::from_spec(spec, 0).map_err(|e| malformed(path, format!("spec: {e}")))?;
     let mut expected = 0usize;
     for (i, layer) in model.layers.iter_mut().enumerate() {
-        if let Layer::Dense(d) = layer {
-            let w = read_f32(
-                &st,
-                &format!("layers.{i}.weight"),
-                &[d.out_features, d.in_features],
-                path,
-            )?;
-            let b = read_f32(&st, &format!("layers.{i}.bias"), &[d.out_features], path)?;
-            d.weight = w;
-            d.bias = b;
-            expected += 2;
+        for (name, v) in float_state(layer) {
+            *v = read_f32(&st, &format!("layers.{i}.{name}"), v.len(), path)?;
+            expected += 1;
         }
     }
     if st.len() != expected {
@@ -183,15 +186,16 @@ fn mlp_param_count(spec: &str) -> Option<usize> {
     }))
 }
 
-fn read_f32(st: &SafeTensors, name: &str, shape: &[usize], path: &Path) -> Result<Vec<f32>> {
+/// Tensor `name` as `len` finite f32 values, in any shape holding exactly `len` of them.
+fn read_f32(st: &SafeTensors, name: &str, len: usize, path: &Path) -> Result<Vec<f32>> {
     let t = st
         .tensor(name)
         .map_err(|_| malformed(path, format!("missing tensor {name}")))?;
-    if t.dtype() != Dtype::F32 || t.shape() != shape {
+    if t.dtype() != Dtype::F32 || t.shape().iter().product::<usize>() != len {
         return Err(malformed(
             path,
             format!(
-                "tensor {name}: expected F32 {shape:?}, found {:?} {:?}",
+                "tensor {name}: expected F32 with {len} values, found {:?} {:?}",
                 t.dtype(),
                 t.shape()
             ),
