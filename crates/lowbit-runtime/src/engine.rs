@@ -14,7 +14,10 @@
 //! - Logits: `acc as f32 * (s_in * s_w[j])`, the product of the two scales taken in f32 first.
 //! - Conv2d: im2col on codes, padded positions hold the input zero point, column index
 //!   `k = ic*kh*kw + ky*kw + kx` (weights are `[oc][ic][kh][kw]`); output is NCHW.
-//! - MaxPool2d: max of codes over the window (no padding). AvgPool2d (no padding):
+//! - MaxPool2d: max of codes over the window (no padding). A 2 x 2, stride-2 max pool right after a requantized
+//!   conv runs fused with it (max of the accumulators, then one requantization), which gives the same codes
+//!   because requantization never decreases as the accumulator grows; traced runs keep the layers apart.
+//!   AvgPool2d (no padding):
 //!   `out = clamp(zp_out + Requant::from_real(s_in / (s_out * window)).apply(sum(q - zp_in)), 0, 2^bits - 1)`
 //!   where the real multiplier is computed in f64 as `s_in as f64 / (s_out as f64 * window as f64)`.
 //! - Dense after a spatial layer reads the NCHW features in order (Flatten is a no-op on the data).
@@ -102,22 +105,30 @@ impl Gemm {
     }
 
     fn requant(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), QuantError> {
+        let rq = self.requant_out()?;
+        let p = kernels::OutputParams {
+            bias: &self.bias_eff,
+            requant: rq.requant,
+            zero_point: rq.zero_point,
+            qmin: rq.qmin,
+            qmax: rq.qmax,
+        };
+        kernels::gemm_requant_prepacked(a, m, self.k, &self.weights, &p, out)
+    }
+
+    fn requant_out(&self) -> Result<RequantOut<'_>, QuantError> {
         match &self.out {
             Out::Requant {
                 requant,
                 zero_point,
                 qmin,
                 qmax,
-            } => {
-                let p = kernels::OutputParams {
-                    bias: &self.bias_eff,
-                    requant,
-                    zero_point: *zero_point,
-                    qmin: *qmin,
-                    qmax: *qmax,
-                };
-                kernels::gemm_requant_prepacked(a, m, self.k, &self.weights, &p, out)
-            }
+            } => Ok(RequantOut {
+                requant,
+                zero_point: *zero_point,
+                qmin: *qmin,
+                qmax: *qmax,
+            }),
             Out::Logits { .. } => Err(internal("requant called on a logits layer")),
         }
     }
@@ -820,8 +831,29 @@ impl Engine {
         // The first layer reads the caller's input in place; afterwards `cur` holds the previous layer's codes.
         let mut from_input = true;
         let last = self.ops.len() - 1;
-        for (i, op) in self.ops.iter().enumerate() {
+        let mut i = 0;
+        while let Some(op) = self.ops.get(i) {
             let src: &[u8] = if from_input { input } else { cur };
+            // Conv + 2 x 2 max pool run fused when no layer-by-layer trace needs the conv's own codes.
+            if let (None, Op::Conv(conv), Some(Op::MaxPool { output, window, .. })) =
+                (&trace, op, self.ops.get(i + 1))
+            {
+                if i + 1 < last
+                    && window.kernel == (2, 2)
+                    && window.stride == (2, 2)
+                    && matches!(conv.gemm.out, Out::Requant { .. })
+                {
+                    let out_len = batch
+                        .checked_mul(self.out_elems.get(i + 1).copied().unwrap_or(0))
+                        .ok_or_else(|| internal("batch too large"))?;
+                    fit(next, out_len);
+                    conv_pool_requant(conv, *output, src, next)?;
+                    std::mem::swap(cur, next);
+                    from_input = false;
+                    i += 2;
+                    continue;
+                }
+            }
             let out_len = batch
                 .checked_mul(self.out_elems.get(i).copied().unwrap_or(0))
                 .ok_or_else(|| internal("batch too large"))?;
@@ -883,6 +915,7 @@ impl Engine {
             }
             std::mem::swap(cur, next);
             from_input = false;
+            i += 1;
         }
         Err(internal("no layers"))
     }
@@ -1099,25 +1132,28 @@ impl<T> Default for ConvScratch<T> {
 }
 
 impl ConvOp {
-    /// Runs every sample of `x` into `out` (NCHW): `direct(weights, sample, scratch accumulators, out)` on the
-    /// direct path, else im2col, `gemm(col, positions, [positions][channels] out)` and a transpose. Samples run
-    /// in parallel when called outside the rayon pool (a batch too small for [`Engine::execute`] to split), else
-    /// sequentially (the batch split already occupies every thread).
-    fn run<T: Copy + Default + Send>(
+    /// Runs every sample of `x` into `out` (`out_elems` per sample): `direct(weights, sample, scratch
+    /// accumulators, out)` on the direct path, else im2col, `gemm(col, positions, [positions][channels] tmp)` and
+    /// `finish(one sample's tmp, scratch accumulators, out)`. Samples run in parallel when called outside the
+    /// rayon pool (a batch too small for [`Engine::execute`] to split), else sequentially (the batch split already
+    /// occupies every thread).
+    fn run<T: Copy + Default + Send, U: Send>(
         &self,
         x: &[u8],
-        out: &mut [T],
-        direct: impl Fn(&DirectConv, &[u8], &mut Vec<i32>, &mut [T]) -> Result<(), QuantError> + Sync,
+        out: &mut [U],
+        out_elems: usize,
+        direct: impl Fn(&DirectConv, &[u8], &mut Vec<i32>, &mut [U]) -> Result<(), QuantError> + Sync,
         gemm: impl Fn(&[u8], usize, &mut [T]) -> Result<(), QuantError> + Sync,
+        finish: impl Fn(&[T], &mut Vec<i32>, &mut [U]) -> Result<(), QuantError> + Sync,
     ) -> Result<(), QuantError> {
         let (input, output) = (self.input, self.output);
         let in_elems = input.channels * input.height * input.width;
-        let out_elems = output.channels * output.height * output.width;
         let positions = output.height * output.width;
+        let tmp_elems = positions * self.gemm.n;
         let col_len = positions * self.gemm.k;
         // im2col of `samples` samples into one matrix, one GEMM over all their positions (full micro-tiles, one
-        // call), then a transpose per sample.
-        let im2col_gemm = |s: &mut ConvScratch<T>, o: &mut [T], xs: &[u8]| {
+        // call), then `finish` per sample.
+        let im2col_gemm = |s: &mut ConvScratch<T>, o: &mut [U], xs: &[u8]| {
             let samples = o.len() / out_elems.max(1);
             fit(&mut s.col, samples * col_len + 8);
             for (i, xi) in xs.chunks(in_elems).take(samples).enumerate() {
@@ -1132,14 +1168,14 @@ impl ConvOp {
                     dst,
                 );
             }
-            fit(&mut s.tmp, samples * out_elems);
+            fit(&mut s.tmp, samples * tmp_elems);
             gemm(&s.col[..samples * col_len], samples * positions, &mut s.tmp)?;
-            for (t, oi) in s.tmp.chunks(out_elems).zip(o.chunks_mut(out_elems)) {
-                transpose_into(t, positions, self.gemm.n, oi);
+            for (t, oi) in s.tmp.chunks(tmp_elems).zip(o.chunks_mut(out_elems)) {
+                finish(t, &mut s.acc, oi)?;
             }
             Ok(())
         };
-        let sample = |s: &mut ConvScratch<T>, o: &mut [T], xs: &[u8]| match &self.direct {
+        let sample = |s: &mut ConvScratch<T>, o: &mut [U], xs: &[u8]| match &self.direct {
             Some(d) => direct(d, xs, &mut s.acc, o),
             None => im2col_gemm(s, o, xs),
         };
@@ -1158,49 +1194,154 @@ impl ConvOp {
                 .try_for_each_init(ConvScratch::default, |s, (o, xs)| sample(s, o, xs))
         }
     }
+
+    /// Per-sample output elements (NCHW).
+    fn out_elems(&self) -> usize {
+        self.output.channels * self.output.height * self.output.width
+    }
+}
+
+/// The requantization of a layer that emits codes.
+struct RequantOut<'a> {
+    requant: &'a [Requant],
+    zero_point: i32,
+    qmin: i32,
+    qmax: i32,
+}
+
+impl RequantOut<'_> {
+    /// Requantizes `[channels][positions]` accumulators of one sample.
+    fn channels(&self, acc: &[i32], channels: usize, out: &mut [u8]) -> Result<(), QuantError> {
+        kernels::conv::requant_channels(
+            acc,
+            channels,
+            acc.len() / channels.max(1),
+            self.requant,
+            self.zero_point,
+            self.qmin,
+            self.qmax,
+            out,
+        )
+    }
 }
 
 fn conv_requant(conv: &ConvOp, x: &[u8], out: &mut [u8]) -> Result<(), QuantError> {
     let g = &conv.gemm;
-    let Out::Requant {
-        requant,
-        zero_point,
-        qmin,
-        qmax,
-    } = &g.out
-    else {
-        return Err(internal("requant called on a logits layer"));
-    };
+    let rq = g.requant_out()?;
     let positions = conv.output.height * conv.output.width;
     conv.run(
         x,
         out,
+        conv.out_elems(),
         |d, xs, acc, o| {
             fit(acc, o.len());
             kernels::conv::direct_conv_acc(d, xs, conv.pad_code, &g.bias_eff, acc)?;
-            kernels::conv::requant_channels(
-                acc,
-                g.n,
-                positions,
-                requant,
-                *zero_point,
-                *qmin,
-                *qmax,
-                o,
-            )
+            rq.channels(acc, g.n, o)
         },
         |col, m, tmp| g.requant(col, m, tmp),
+        |t, _, o| {
+            transpose_into(t, positions, g.n, o);
+            Ok(())
+        },
     )
 }
 
 fn conv_acc(conv: &ConvOp, x: &[u8], out: &mut [i32]) -> Result<(), QuantError> {
     let g = &conv.gemm;
+    let positions = conv.output.height * conv.output.width;
     conv.run(
         x,
         out,
+        conv.out_elems(),
         |d, xs, _, o| kernels::conv::direct_conv_acc(d, xs, conv.pad_code, &g.bias_eff, o),
         |col, m, tmp| g.acc(col, m, tmp),
+        |t, _, o| {
+            transpose_into(t, positions, g.n, o);
+            Ok(())
+        },
     )
+}
+
+/// A convolution followed by a 2 x 2, stride-2 max pool, fused: the pool takes the max of the i32 accumulators
+/// and only its outputs are requantized. Exact: requantization (positive multiplier, rounding, zero point,
+/// clamp) never decreases as the accumulator grows, so the max of requantized codes is the requantized max, and
+/// a quarter of the values go through it.
+fn conv_pool_requant(
+    conv: &ConvOp,
+    pooled: Shape,
+    x: &[u8],
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    let g = &conv.gemm;
+    let rq = g.requant_out()?;
+    let (h, w) = (conv.output.height, conv.output.width);
+    let pooled_elems = pooled.channels * pooled.height * pooled.width;
+    conv.run(
+        x,
+        out,
+        pooled_elems,
+        |d, xs, acc, o| {
+            let conv_elems = g.n * h * w;
+            fit(acc, conv_elems + pooled_elems);
+            let (conv_acc, pooled_acc) = acc.split_at_mut(conv_elems);
+            kernels::conv::direct_conv_acc(d, xs, conv.pad_code, &g.bias_eff, conv_acc)?;
+            max_pool_2x2_planes(conv_acc, (h, w), (pooled.height, pooled.width), pooled_acc);
+            rq.channels(pooled_acc, g.n, o)
+        },
+        |col, m, tmp: &mut [i32]| g.acc(col, m, tmp),
+        |t, acc, o| {
+            fit(acc, pooled_elems);
+            max_pool_2x2_positions(t, g.n, w, (pooled.height, pooled.width), acc);
+            rq.channels(acc, g.n, o)
+        },
+    )
+}
+
+/// 2 x 2, stride-2 max pool of `[channels][h][w]` i32 (one NCHW sample) into `[channels][oh][ow]`.
+fn max_pool_2x2_planes(
+    acc: &[i32],
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    out: &mut [i32],
+) {
+    for (plane, oplane) in acc.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+        for (rows, orow) in plane.chunks_exact(2 * w).zip(oplane.chunks_exact_mut(ow)) {
+            let (r0, r1) = rows.split_at(w);
+            for ((o, a), b) in orow
+                .iter_mut()
+                .zip(r0.chunks_exact(2))
+                .zip(r1.chunks_exact(2))
+            {
+                *o = a[0].max(a[1]).max(b[0].max(b[1]));
+            }
+        }
+    }
+}
+
+/// 2 x 2, stride-2 max pool of one sample's `[positions][channels]` i32 (positions `h x w` row-major) into
+/// `[channels][oh * ow]` (NCHW).
+fn max_pool_2x2_positions(
+    t: &[i32],
+    channels: usize,
+    w: usize,
+    (oh, ow): (usize, usize),
+    out: &mut [i32],
+) {
+    let plane = oh * ow;
+    let mut m = vec![0i32; channels];
+    for oy in 0..oh {
+        let (r0, r1) = t[2 * oy * w * channels..].split_at(w * channels);
+        for ox in 0..ow {
+            let (a, b) = r0[2 * ox * channels..][..2 * channels].split_at(channels);
+            let (c, d) = r1[2 * ox * channels..][..2 * channels].split_at(channels);
+            for ((((m, a), b), c), d) in m.iter_mut().zip(a).zip(b).zip(c).zip(d) {
+                *m = (*a).max(*b).max((*c).max(*d));
+            }
+            for (ch, &v) in m.iter().enumerate() {
+                out[ch * plane + oy * ow + ox] = v;
+            }
+        }
+    }
 }
 
 /// [`pool`] with the max over 2 x 2 windows at stride 2 (LeNet's pooling): the vertical max of each row pair

@@ -269,6 +269,19 @@ fn assert_matches_naive(m: &QuantModel, batch: usize, seed: u64) {
         let want_bits: Vec<u32> = r.logits.iter().map(|v| v.to_bits()).collect();
         assert_eq!(got_bits, want_bits, "seed {seed} sample {b} logits bits");
     }
+    // Untraced runs fuse each conv with a following 2 x 2 max pool (pool on accumulators, then requantize):
+    // they must give the traced, layer-by-layer logits bit for bit.
+    let fused: Vec<u32> = e
+        .run(&x, batch)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+    let traced: Vec<u32> = t.logits.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(
+        fused, traced,
+        "seed {seed}: untraced (fused) run vs traced run"
+    );
 }
 
 fn opts(weight_bits: u32, act_bits: u32, per_channel: bool) -> LayerOpts {
@@ -311,6 +324,39 @@ fn conv_relu_maxpool_flatten_dense_matches_direct_convolution() {
             provenance: Provenance::default(),
         };
         assert_matches_naive(&m, 3, seed);
+    }
+}
+
+/// LeNet's layer pattern at odd sizes (pooled planes drop a row and a column), on the direct and the im2col
+/// convolution paths, over a batch large enough to be split across threads.
+#[test]
+fn lenet_shaped_conv_pool_stacks_match_the_naive_evaluator() {
+    for seed in 0..4u64 {
+        let o = opts(if seed < 2 { 8 } else { 4 }, 8, seed % 2 == 0);
+        let mut rng = Rng(seed + 40);
+        let input = InputSpec {
+            channels: 1,
+            height: 13,
+            width: 11,
+            qparams: qp(1.0 / 255.0, 0),
+        };
+        let pool = QLayer::MaxPool2d {
+            kernel: (2, 2),
+            stride: (2, 2),
+        };
+        // 1x13x11 -> conv 6@5x5 pad 2 -> 6x13x11 -> pool -> 6x6x5 -> conv 16@3x3 -> 16x4x3 -> pool -> 16x2x1
+        let (c1, q1) = random_conv(&mut rng, input.qparams, 1, 6, (5, 5), (1, 1), (2, 2), o);
+        let (c2, q2) = random_conv(&mut rng, q1, 6, 16, (3, 3), (1, 1), (0, 0), o);
+        let (d1, q3) = random_dense(&mut rng, q2, 16 * 2, 12, false, o);
+        let (d2, _) = random_dense(&mut rng, q3, 12, 10, true, o);
+        let m = QuantModel {
+            input,
+            layers: vec![c1, pool.clone(), c2, pool, QLayer::Flatten, d1, d2],
+            classes: 10,
+            class_names: vec![],
+            provenance: Provenance::default(),
+        };
+        assert_matches_naive(&m, 40, seed);
     }
 }
 
