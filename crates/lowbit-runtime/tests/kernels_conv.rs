@@ -80,13 +80,18 @@ fn check(seed: u64) {
         })
         .collect();
     let pad = [0u8, 255, 128, 7][rng.range(0, 3) as usize];
+    // Weight modes: full range (mostly the i16 scheme), extremes, within +-64 (the u8 quad scheme as is), and
+    // bell-shaped trained-like codes (quads after re-pairing and flips).
+    let mode = rng.range(0, 3);
     let codes: Vec<i8> = (0..g.c_out * g.k())
-        .map(|_| {
-            if extreme == 1 {
-                [-127i8, 127][rng.range(0, 1) as usize]
-            } else {
-                rng.range(-127, 127) as i8
+        .map(|_| match (extreme, mode) {
+            (1, _) => [-127i8, 127][rng.range(0, 1) as usize],
+            (_, 2) => rng.range(-64, 64) as i8,
+            (_, 3) => {
+                let v = (0..4).map(|_| rng.range(-90, 90)).sum::<i64>() / 3;
+                v.clamp(-127, 127) as i8
             }
+            _ => rng.range(-127, 127) as i8,
         })
         .collect();
     let w = PackedWeights::pack(8, g.c_out, g.k(), &codes).expect("valid codes");
@@ -96,9 +101,16 @@ fn check(seed: u64) {
     let expected = im2col_reference(&g, &x, pad, &w, &bias);
     for isa in Isa::available() {
         let conv = DirectConv::new(isa, g, &w).expect("int8 weights");
-        let mut out = vec![0i32; expected.len()];
-        direct_conv_acc(&conv, &x, pad, &bias, &mut out).expect("checked shapes");
-        assert_eq!(out, expected, "{isa:?} on {g:?}, pad {pad}");
+        if isa != Isa::Reference && extreme != 1 && mode == 2 && g.oh() * g.ow() > 0 {
+            assert!(conv.path().contains("quads"), "{isa:?}: {}", conv.path());
+        }
+        let widened = DirectConv::widened(isa, g, &w).expect("int8 weights");
+        assert_eq!(widened.path(), "direct i16");
+        for conv in [conv, widened] {
+            let mut out = vec![0i32; expected.len()];
+            direct_conv_acc(&conv, &x, pad, &bias, &mut out).expect("checked shapes");
+            assert_eq!(out, expected, "{isa:?} {} on {g:?}, pad {pad}", conv.path());
+        }
     }
 }
 

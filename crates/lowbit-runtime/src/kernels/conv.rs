@@ -8,10 +8,18 @@
 //! `out[c][oy][ox] = bias[c] + sum_{ic, ky, kx} w[c][ic][ky][kx] * xpad[ic][oy + ky][ox + kx]` in wrapping i32,
 //! output NCHW. [`requant_channels`] then applies one requantization per channel row.
 //!
-//! AVX2 scheme: the sample is widened once into zero-point-padded i16 planes; for 8 adjacent output columns, one
-//! register holds the 8 input pairs `(x[ox + kx], x[ox + kx + 1])` of a kernel-column pair (two loads and two
-//! unpacks), and `vpmaddwd` with the broadcast weight pair `(w[kx], w[kx + 1])` adds both products into each
-//! of up to 12 channel accumulators. An odd kernel width pairs its last column with a zero weight.
+//! AVX2 schemes, both exact:
+//! - **u8 quads** (`vpmaddubsw`, when the weights have a safe pair order, see [`super::pairs`]): the taps are
+//!   ordered and flipped by a [`super::pairs::PairPlan`] and grouped four by four. Output positions are taken on
+//!   the *wide grid* of the zero-point-padded planes (whole padded rows, the columns past `ow` discarded), where
+//!   16 consecutive positions of one tap are one 16-byte load; four such loads interleave into `[position][4
+//!   taps]` bytes, and one `vpmaddubsw` + `vpmaddwd` per broadcast weight quad adds 64 products into 16
+//!   positions of a channel. Twice the products per instruction of the i16 scheme, and no im2col.
+//! - **i16 pairs** (any int8 weights): the sample is widened once into zero-point-padded i16 planes; for 8
+//!   adjacent output columns, one register holds the 8 input pairs `(x[ox + kx], x[ox + kx + 1])` of a
+//!   kernel-column pair (two loads and two unpacks), and `vpmaddwd` with the broadcast weight pair
+//!   `(w[kx], w[kx + 1])` adds both products into each of up to 12 channel accumulators. An odd kernel width
+//!   pairs its last column with a zero weight.
 use super::{check_len, mismatch, reference, Isa, OutputParams};
 use crate::error::QuantError;
 use crate::pack::{PackedWeights, Packing};
@@ -54,6 +62,11 @@ impl ConvGeometry {
         self.c_in * self.kh * self.kw
     }
 
+    /// Height and width of the zero-point-padded input planes.
+    pub(crate) fn padded(&self) -> (usize, usize) {
+        (self.h + 2 * self.pad_h, self.w + 2 * self.pad_w)
+    }
+
     /// Kernel-column pairs per kernel row.
     fn kx_pairs(&self) -> usize {
         self.kw.div_ceil(2)
@@ -76,18 +89,114 @@ impl ConvGeometry {
 /// Channels accumulated together by the AVX2 kernel (12 ymm accumulators, one pair register, one broadcast).
 pub const MAX_CHANNEL_BLOCK: usize = 12;
 
-/// Int8 weights `[c_out][c_in][kh][kw]` prepared for [`direct_conv_acc`]: kernel-column pairs packed as
-/// `(w[kx] as u16) | (w[kx + 1] as u16) << 16`, `[c_out][c_in][kh][kx pair]`, the odd last column paired with 0.
+/// Int8 weights `[c_out][c_in][kh][kw]` prepared for [`direct_conv_acc`], in one of two schemes (module doc).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DirectConv {
     geo: ConvGeometry,
-    pairs: Vec<i32>,
+    scheme: Scheme,
     isa: Isa,
 }
 
+/// How [`DirectConv`] multiplies.
+#[derive(Debug, Clone, PartialEq)]
+enum Scheme {
+    /// i16 kernel-column pairs for `vpmaddwd`: `(w[kx] as u16) | (w[kx + 1] as u16) << 16`,
+    /// `[c_out][c_in][kh][kx pair]`, the odd last column paired with 0. Any int8 weights; the scalar reference.
+    Pairs16(Vec<i32>),
+    /// u8 tap quads for `vpmaddubsw` in a safe pair order (AVX2 tiers only).
+    Quads(Quads),
+}
+
+/// Taps of a stride-1 convolution in a [`PairPlan`] order, four per quad, read on the *wide grid*: the sample's
+/// zero-point-padded planes are `[c_in][hp][wp]` bytes (`hp = h + 2 pad_h`, `wp = w + 2 pad_w`), output position
+/// `p = oy * wp + ox` is computed for every `ox < wp` (columns from `ow` on are discarded), and tap
+/// `(ic, ky, kx)` of position `p` is the byte at `p + (ic * hp + ky) * wp + kx`. So 16 consecutive positions of
+/// one tap are one 16-byte load, and four taps interleave into the `[position][4 taps]` bytes `vpmaddubsw`
+/// multiplies by a broadcast weight quad.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Quads {
+    /// Per plan position, the tap's offset in the padded planes; 0 for a zero position, whose weight is 0 in
+    /// every channel (so whatever it reads adds nothing).
+    pub(crate) offsets: Vec<usize>,
+    /// Per quad, `0xff` in the bytes of complemented (flipped) taps.
+    pub(crate) xor: Vec<i32>,
+    /// `[c_out][quads]` effective weight codes, four bytes per quad (negated where flipped).
+    pub(crate) weights: Vec<i32>,
+    /// Per channel, `255 * sum of its flipped weights`, which the complement moved out of the products.
+    pub(crate) bias_fix: Vec<i32>,
+    /// Flipped taps (for [`DirectConv::path`]).
+    flipped: usize,
+}
+
+impl Quads {
+    fn new(geo: ConvGeometry, weights: &PackedWeights) -> Option<Quads> {
+        let k = geo.k();
+        let k4 = k.div_ceil(4) * 4;
+        let plan = super::pairs::plan_pairs(weights, k4 + k4 / 4)?;
+        let (hp, wp) = geo.padded();
+        let offsets: Vec<usize> = plan
+            .src()
+            .iter()
+            .map(|&s| match s {
+                super::pairs::ZERO => 0,
+                s => {
+                    let s = s as usize;
+                    let (ic, ky, kx) = (s / (geo.kh * geo.kw), s / geo.kw % geo.kh, s % geo.kw);
+                    (ic * hp + ky) * wp + kx
+                }
+            })
+            .collect();
+        let flipped = plan.flipped();
+        let xor = flipped
+            .chunks_exact(4)
+            .map(|f| (0..4).fold(0u32, |m, j| m | if f[j] { 0xff << (8 * j) } else { 0 }) as i32)
+            .collect();
+        let mut row = vec![0i8; k];
+        let mut quads = Vec::with_capacity(geo.c_out * plan.len() / 4);
+        for c in 0..geo.c_out {
+            weights.unpack_row(c, &mut row);
+            for t in (0..plan.len()).step_by(4) {
+                let b = |j: usize| plan.code_at(&row, t + j) as u8 as u32;
+                quads.push((b(0) | b(1) << 8 | b(2) << 16 | b(3) << 24) as i32);
+            }
+        }
+        Some(Quads {
+            offsets,
+            xor,
+            weights: quads,
+            bias_fix: plan.bias_fix(weights),
+            flipped: flipped.iter().filter(|&&f| f).count(),
+        })
+    }
+
+    /// Positions per row of the plan (a multiple of 4).
+    pub(crate) fn len(&self) -> usize {
+        self.offsets.len()
+    }
+}
+
 impl DirectConv {
-    /// Prepares `weights` (`I8`, `c_out` rows of `c_in * kh * kw` codes) for `isa` ([`Isa::capped`]).
+    /// Prepares `weights` (`I8`, `c_out` rows of `c_in * kh * kw` codes) for `isa` ([`Isa::capped`]): the u8 quad
+    /// scheme on the AVX2 tiers when a safe pair order fits in 1.25 times the taps, else i16 pairs.
     pub fn new(isa: Isa, geo: ConvGeometry, weights: &PackedWeights) -> Result<Self, QuantError> {
+        Self::build(isa, geo, weights, true)
+    }
+
+    /// Like [`DirectConv::new`], always on the i16 pair scheme (for comparisons).
+    pub fn widened(
+        isa: Isa,
+        geo: ConvGeometry,
+        weights: &PackedWeights,
+    ) -> Result<Self, QuantError> {
+        Self::build(isa, geo, weights, false)
+    }
+
+    fn build(
+        isa: Isa,
+        geo: ConvGeometry,
+        weights: &PackedWeights,
+        quads: bool,
+    ) -> Result<Self, QuantError> {
         const CTX: &str = "DirectConv";
         if weights.packing != Packing::I8 {
             return Err(mismatch(
@@ -113,6 +222,18 @@ impl DirectConv {
             weights.data.len(),
             weights.rows.checked_mul(weights.cols),
         )?;
+        let isa = isa.capped();
+        let avx2 = matches!(isa, Isa::Avx2 | Isa::Avx512Vnni);
+        if let Some(q) = (quads && avx2 && geo.oh() > 0 && geo.ow() > 0)
+            .then(|| Quads::new(geo, weights))
+            .flatten()
+        {
+            return Ok(Self {
+                geo,
+                scheme: Scheme::Quads(q),
+                isa,
+            });
+        }
         let kxp = geo.kx_pairs();
         let mut pairs = Vec::with_capacity(geo.c_out * geo.c_in * geo.kh * kxp);
         let mut row = vec![0i8; geo.k()];
@@ -130,8 +251,8 @@ impl DirectConv {
         }
         Ok(Self {
             geo,
-            pairs,
-            isa: isa.capped(),
+            scheme: Scheme::Pairs16(pairs),
+            isa,
         })
     }
 
@@ -144,10 +265,86 @@ impl DirectConv {
     pub fn isa(&self) -> Isa {
         self.isa
     }
+
+    /// `(row, plane)`: the strides of [`direct_conv_acc_wide`]'s output, `(ow, oh * ow)` on the i16 scheme; the
+    /// u8 quads compute whole padded rows, `(wp, oh * wp rounded up to 16)`.
+    pub fn layout(&self) -> (usize, usize) {
+        let (oh, ow) = (self.geo.oh(), self.geo.ow());
+        match self.scheme {
+            Scheme::Pairs16(_) => (ow, oh * ow),
+            Scheme::Quads(_) => {
+                let wp = self.geo.padded().1;
+                (wp, (oh * wp).next_multiple_of(16))
+            }
+        }
+    }
+
+    /// Positions per row of the u8 quad scheme's tap order (taps, re-paired and padded), `None` on i16 pairs.
+    pub fn quad_len(&self) -> Option<usize> {
+        match &self.scheme {
+            Scheme::Quads(q) => Some(q.len()),
+            Scheme::Pairs16(_) => None,
+        }
+    }
+
+    /// The scheme, for reports: `direct i16` or `direct u8 quads (K 25 -> 28, 3 flipped)`.
+    pub fn path(&self) -> String {
+        match &self.scheme {
+            Scheme::Pairs16(_) => "direct i16".into(),
+            Scheme::Quads(q) => format!(
+                "direct u8 quads (K {} -> {}, {} flipped)",
+                self.geo.k(),
+                q.len(),
+                q.flipped
+            ),
+        }
+    }
 }
 
 /// One sample: `out[c][oy * ow + ox] = bias[c] + sum w * xpad` (module doc), `x` is `[c_in][h][w]` codes.
 pub fn direct_conv_acc(
+    conv: &DirectConv,
+    x: &[u8],
+    pad_code: u8,
+    bias: &[i32],
+    out: &mut [i32],
+) -> Result<(), QuantError> {
+    let g = conv.geo;
+    check_len(
+        "direct_conv_acc",
+        "output",
+        out.len(),
+        g.c_out.checked_mul(g.oh() * g.ow()),
+    )?;
+    let (row, plane) = conv.layout();
+    if (row, plane) == (g.ow(), g.oh() * g.ow()) {
+        return direct_conv_acc_wide(conv, x, pad_code, bias, out);
+    }
+    thread_local! {
+        static WIDE: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut compact = |wide: &mut Vec<i32>| {
+        wide.resize(g.c_out * plane, 0);
+        direct_conv_acc_wide(conv, x, pad_code, bias, wide)?;
+        for (wplane, oplane) in wide
+            .chunks_exact(plane)
+            .zip(out.chunks_exact_mut(g.oh() * g.ow()))
+        {
+            for (wrow, orow) in wplane.chunks(row).zip(oplane.chunks_exact_mut(g.ow())) {
+                orow.copy_from_slice(&wrow[..g.ow()]);
+            }
+        }
+        Ok(())
+    };
+    WIDE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut wide) => compact(&mut wide),
+        Err(_) => compact(&mut Vec::new()),
+    })
+}
+
+/// [`direct_conv_acc`] in the scheme's own output layout ([`DirectConv::layout`]): `out[c * plane + oy * row +
+/// ox]` for `ox < ow`; the other elements are scratch (left with unspecified values).
+pub fn direct_conv_acc_wide(
     conv: &DirectConv,
     x: &[u8],
     pad_code: u8,
@@ -162,14 +359,20 @@ pub fn direct_conv_acc(
         CTX,
         "output",
         out.len(),
-        g.c_out.checked_mul(g.oh() * g.ow()),
+        g.c_out.checked_mul(conv.layout().1),
     )?;
-    match conv.isa {
+    match (&conv.scheme, conv.isa) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
-            super::x86::direct_conv(&g, &conv.pairs, x, pad_code, bias, out)
+        (Scheme::Pairs16(pairs), Isa::Avx2 | Isa::Avx512Vnni) => {
+            super::x86::direct_conv(&g, pairs, x, pad_code, bias, out)
         }
-        _ => direct_conv_reference(&g, &conv.pairs, x, pad_code, bias, out),
+        #[cfg(target_arch = "x86_64")]
+        (Scheme::Quads(q), Isa::Avx2 | Isa::Avx512Vnni) => {
+            super::x86::direct_conv_quads(&g, q, x, pad_code, bias, out)
+        }
+        (Scheme::Pairs16(pairs), _) => direct_conv_reference(&g, pairs, x, pad_code, bias, out),
+        #[allow(unreachable_patterns)]
+        (Scheme::Quads(_), _) => return Err(mismatch(CTX, "u8 quads need an AVX2 tier".into())),
     }
     Ok(())
 }

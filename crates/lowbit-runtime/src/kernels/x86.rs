@@ -1488,6 +1488,171 @@ unsafe fn direct_block__avx2<const CB: usize>(
     }
 }
 
+/// Scratch of [`direct_conv_quads`], per thread.
+#[derive(Default)]
+struct QuadScratch {
+    /// Zero-point-padded planes `[c_in][hp][wp]` plus the slack the last position block reads.
+    planes: Vec<u8>,
+    /// `(c_in, h, w, pad_h, pad_w, planes.len(), pad code)` the borders were written for.
+    layout: Option<(usize, usize, usize, usize, usize, usize, u8)>,
+    /// The built quads of one 16-position block, 64 bytes per quad.
+    panel: Vec<u8>,
+}
+
+thread_local! {
+    static QUAD_SCRATCH: RefCell<QuadScratch> = RefCell::new(QuadScratch::default());
+}
+
+/// Channels accumulated together by [`quad_channels__avx2`] (two accumulators each, 16 positions).
+const QUAD_CHANNEL_BLOCK: usize = 6;
+
+/// Dispatch target of `conv::direct_conv_acc_wide` for the u8 quad scheme (see `conv::Quads`; shapes checked):
+/// `out` is `[c_out][blocks * 16]`, position `oy * wp + ox`.
+pub(crate) fn direct_conv_quads(
+    g: &super::conv::ConvGeometry,
+    q: &super::conv::Quads,
+    x: &[u8],
+    pad_code: u8,
+    bias: &[i32],
+    out: &mut [i32],
+) {
+    let (hp, wp) = g.padded();
+    let blocks = (g.oh() * wp).div_ceil(16);
+    let stride = blocks * 16;
+    let nq = q.len() / 4;
+    let max_off = q.offsets.iter().copied().max().unwrap_or(0);
+    // The last block reads 16 bytes from (blocks - 1) * 16 + max_off.
+    let len = (g.c_in * hp * wp).max(stride + max_off);
+    let bias: Vec<i32> = bias
+        .iter()
+        .zip(&q.bias_fix)
+        .map(|(&b, &f)| b.wrapping_add(f))
+        .collect();
+    let mut run = |s: &mut QuadScratch| {
+        let key = (g.c_in, g.h, g.w, g.pad_h, g.pad_w, len, pad_code);
+        if s.layout != Some(key) {
+            s.planes.clear();
+            s.planes.resize(len, pad_code);
+            s.layout = Some(key);
+        }
+        for (ic, plane) in x.chunks_exact(g.h * g.w).enumerate() {
+            for (y, row) in plane.chunks_exact(g.w).enumerate() {
+                s.planes[(ic * hp + y + g.pad_h) * wp + g.pad_w..][..g.w].copy_from_slice(row);
+            }
+        }
+        s.panel.resize(nq * 64, 0);
+        for b in 0..blocks {
+            // SAFETY: AVX2 was detected (dispatch); block b reads planes[b * 16 + off..][..16] with off <= max_off,
+            // inside `len`; the panel holds nq quads of 64 bytes; out holds c_out rows of `stride` (checked).
+            unsafe {
+                build_quads__avx2(q, &s.planes, b * 16, &mut s.panel);
+                let mut c0 = 0;
+                while c0 < g.c_out {
+                    let cb = (g.c_out - c0).min(QUAD_CHANNEL_BLOCK);
+                    let f = match cb {
+                        6 => quad_channels__avx2::<6>,
+                        5 => quad_channels__avx2::<5>,
+                        4 => quad_channels__avx2::<4>,
+                        3 => quad_channels__avx2::<3>,
+                        2 => quad_channels__avx2::<2>,
+                        _ => quad_channels__avx2::<1>,
+                    };
+                    f(
+                        &s.panel,
+                        &q.weights[c0 * nq..(c0 + cb) * nq],
+                        &bias[c0..c0 + cb],
+                        out.as_mut_ptr().add(c0 * stride + b * 16),
+                        stride,
+                    );
+                    c0 += cb;
+                }
+            }
+        }
+    };
+    QUAD_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => run(&mut s),
+        Err(_) => run(&mut QuadScratch::default()),
+    })
+}
+
+/// Interleaves the taps of every quad for positions `p0..p0 + 16` into `panel` (64 bytes per quad): 32 bytes of
+/// `[position][4 taps]` for positions 0-3 and 8-11, then 32 for 4-7 and 12-15 (the order the in-lane unpacks
+/// give), complemented where flipped.
+///
+/// # Safety
+/// AVX2 must be available; `planes[p0 + off..][..16]` must exist for every offset of `q`; `panel` holds
+/// `q.len() * 16` bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn build_quads__avx2(q: &super::conv::Quads, planes: &[u8], p0: usize, panel: &mut [u8]) {
+    let base = planes.as_ptr().add(p0);
+    for ((offs, &xor), dst) in q
+        .offsets
+        .chunks_exact(4)
+        .zip(&q.xor)
+        .zip(panel.chunks_exact_mut(64))
+    {
+        // Positions 0-7 in the low half of lane 0, 8-15 in the low half of lane 1: the in-lane unpacks below
+        // then interleave both halves at once.
+        let tap = |o: usize| {
+            _mm256_permute4x64_epi64::<0b01_01_00_00>(_mm256_castsi128_si256(_mm_loadu_si128(
+                base.add(o) as *const __m128i,
+            )))
+        };
+        let u01 = _mm256_unpacklo_epi8(tap(offs[0]), tap(offs[1]));
+        let u23 = _mm256_unpacklo_epi8(tap(offs[2]), tap(offs[3]));
+        let m = _mm256_set1_epi32(xor);
+        let lo = _mm256_xor_si256(_mm256_unpacklo_epi16(u01, u23), m);
+        let hi = _mm256_xor_si256(_mm256_unpackhi_epi16(u01, u23), m);
+        _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, lo);
+        _mm256_storeu_si256(dst.as_mut_ptr().add(32) as *mut __m256i, hi);
+    }
+}
+
+/// `CB` channels of one 16-position block: `out[c * stride + i] = bias[c] + sum over quads of the 4 products`,
+/// `weights` being `[CB][quads]` quads.
+///
+/// # Safety
+/// AVX2 must be available; `panel` holds `weights.len() / CB` quads of 64 bytes; `out` points to `CB` rows of
+/// `stride` i32 with 16 writable at each.
+#[target_feature(enable = "avx2")]
+unsafe fn quad_channels__avx2<const CB: usize>(
+    panel: &[u8],
+    weights: &[i32],
+    bias: &[i32],
+    out: *mut i32,
+    stride: usize,
+) {
+    let nq = weights.len() / CB;
+    let ones = _mm256_set1_epi16(1);
+    let mut lo = [_mm256_setzero_si256(); CB];
+    let mut hi = [_mm256_setzero_si256(); CB];
+    for c in 0..CB {
+        lo[c] = _mm256_set1_epi32(bias[c]);
+        hi[c] = lo[c];
+    }
+    for (qi, quad) in panel.chunks_exact(64).take(nq).enumerate() {
+        let a = _mm256_loadu_si256(quad.as_ptr() as *const __m256i);
+        let b = _mm256_loadu_si256(quad.as_ptr().add(32) as *const __m256i);
+        for c in 0..CB {
+            // Exact: the plan makes every pair of effective weights safe, so vpmaddubsw never saturates.
+            let wv = _mm256_set1_epi32(*weights.get_unchecked(c * nq + qi));
+            lo[c] = _mm256_add_epi32(lo[c], _mm256_madd_epi16(_mm256_maddubs_epi16(a, wv), ones));
+            hi[c] = _mm256_add_epi32(hi[c], _mm256_madd_epi16(_mm256_maddubs_epi16(b, wv), ones));
+        }
+    }
+    for c in 0..CB {
+        let dst = out.add(c * stride);
+        _mm256_storeu_si256(
+            dst as *mut __m256i,
+            _mm256_permute2x128_si256::<0x20>(lo[c], hi[c]),
+        );
+        _mm256_storeu_si256(
+            dst.add(8) as *mut __m256i,
+            _mm256_permute2x128_si256::<0x31>(lo[c], hi[c]),
+        );
+    }
+}
+
 /// Dispatch target of `conv::max_pool_2x2_row` on the AVX2 tiers (lengths checked).
 pub(crate) fn max_pool_2x2_row(a: &[u8], b: &[u8], out: &mut [u8]) {
     // SAFETY: reached only on the AVX2 tiers, which `Isa::is_available` detected; a and b hold 2 * out.len().
