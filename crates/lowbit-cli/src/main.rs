@@ -34,7 +34,8 @@ enum Command {
     Demo(DemoArgs),
     /// Classify images (PNG or PGM, grayscale, model input size) or one image of an IDX file.
     Predict(PredictArgs),
-    /// Samples/s and latency of the f32 model and the integer engine side by side.
+    /// Samples/s and latency of the f32 model and the integer engine side by side (best of 5 windows, and the
+    /// mean over all of them).
     Bench(BenchArgs),
 }
 
@@ -269,7 +270,7 @@ struct BenchArgs {
     /// Batch sizes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,256")]
     batch: Vec<usize>,
-    /// Seconds to spend per measurement.
+    /// Seconds to spend per measurement (split into 5 windows).
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
 }
