@@ -23,7 +23,7 @@
 //! - Dense after a spatial layer reads the NCHW features in order (Flatten is a no-op on the data).
 use crate::error::QuantError;
 use crate::kernels;
-use crate::kernels::conv::{ConvGeometry, DirectConv};
+use crate::kernels::conv::{AccLayout, ConvAcc, ConvGeometry, DirectConv};
 use crate::kernels::{Isa, PrepackedWeights};
 use crate::model::{OutputStage, QLayer, QuantModel};
 use crate::pack::PackedWeights;
@@ -256,6 +256,8 @@ struct MatrixSpec<'a> {
     input: QParams,
     output: &'a OutputStage,
     is_last: bool,
+    /// Prepare the weights for the selected tier (else they stay as they are, for the reference kernels).
+    prepare: bool,
 }
 
 fn build_gemm(
@@ -400,7 +402,11 @@ fn build_gemm(
         Gemm {
             n: s.rows,
             k: s.k,
-            weights: PrepackedWeights::new(s.weights.clone())?,
+            weights: if s.prepare {
+                PrepackedWeights::new(s.weights.clone())?
+            } else {
+                PrepackedWeights::with_isa(Isa::Reference, s.weights.clone())?
+            },
             bias_eff,
             out,
         },
@@ -444,6 +450,17 @@ fn window_out(name: &str, input: Shape, w: &Window, channels: usize) -> Result<S
 impl Engine {
     /// Validates `model` completely and prepares it to run.
     pub fn new(model: &QuantModel) -> Result<Engine, QuantError> {
+        Self::build(model, true)
+    }
+
+    /// Every check of [`Engine::new`] without preparing weights for the selected kernel tier (the pair plans and
+    /// panels are most of its cost): for the `.lbq` reader and writer, which only validate. The engine it returns
+    /// runs matrix layers on the reference kernels.
+    pub(crate) fn validated(model: &QuantModel) -> Result<Engine, QuantError> {
+        Self::build(model, false)
+    }
+
+    fn build(model: &QuantModel, prepare: bool) -> Result<Engine, QuantError> {
         let spec = &model.input;
         check_qparams(spec.qparams, "input", MAX_ACT_CODE as i32)?;
         let mut shape = Shape {
@@ -509,6 +526,7 @@ impl Engine {
                             input: d.input,
                             output: &d.output,
                             is_last: i == last,
+                            prepare,
                         },
                         cur_qp,
                         cur_qmax,
@@ -554,6 +572,7 @@ impl Engine {
                             input: c.input,
                             output: &c.output,
                             is_last: i == last,
+                            prepare,
                         },
                         cur_qp,
                         cur_qmax,
@@ -566,7 +585,11 @@ impl Engine {
                         .and_then(|p| p.checked_mul(k.checked_add(c.out_channels)?))
                         .ok_or_else(|| shape_err(name.clone(), "im2col size overflows".into()))?;
                     max_sample_elems = max_sample_elems.max(scratch);
-                    let direct = choose_direct(c, shape, &output)?.map(Box::new);
+                    let direct = if prepare {
+                        choose_direct(c, shape, &output)?.map(Box::new)
+                    } else {
+                        None
+                    };
                     // The direct kernels' accumulators, in their own layout (whole padded rows on u8 quads).
                     let direct_elems = direct.as_ref().map_or(0, |d| c.out_channels * d.layout().1);
                     max_sample_elems = max_sample_elems.max(direct_elems);
@@ -877,6 +900,11 @@ impl Engine {
                 };
                 return Ok((accumulators, logits));
             }
+            if let (Op::Flatten, None) = (op, &trace) {
+                // A no-op on NCHW codes: the next layer reads them where they are.
+                i += 1;
+                continue;
+            }
             fit(next, out_len);
             match op {
                 Op::Dense(g) => g.requant(src, batch, next)?,
@@ -934,16 +962,12 @@ impl Engine {
         let Out::Logits { factor } = &gemm.out else {
             return Err(internal("the last layer must emit logits"));
         };
-        // Index within a sample is NCHW: channel = (idx / positions) % n.
-        let per_sample = gemm.n * positions;
-        Ok(acc
-            .iter()
-            .enumerate()
-            .map(|(idx, &a)| {
-                let ch = (idx % per_sample) / positions;
-                a as f32 * factor.get(ch).copied().unwrap_or(f32::NAN)
-            })
-            .collect())
+        // NCHW: each run of `positions` accumulators is one channel, channels cycling per sample.
+        let mut logits = Vec::with_capacity(acc.len());
+        for (row, &f) in acc.chunks(positions.max(1)).zip(factor.iter().cycle()) {
+            logits.extend(row.iter().map(|&a| a as f32 * f));
+        }
+        Ok(logits)
     }
 }
 
@@ -1046,10 +1070,26 @@ fn pad_planes(x: &[u8], input: Shape, w: &Window, pad_code: u8, planes: &mut Pla
     }
     for (c, plane) in x.chunks_exact(input.height * input.width).enumerate() {
         for (y, row) in plane.chunks_exact(input.width).enumerate() {
-            planes.data[(c * hp + y + ph) * wp + pw..][..input.width].copy_from_slice(row);
+            copy_short(&mut planes.data[(c * hp + y + ph) * wp + pw..], row);
         }
     }
     wp
+}
+
+/// `dst[..src.len()] = src`; rows of 8 to 32 bytes (LeNet's 14 and 28) as 8-byte moves, the last one
+/// overlapping, instead of a `memcpy` call each.
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    if !(8..=32).contains(&n) {
+        dst[..n].copy_from_slice(src);
+        return;
+    }
+    let mut i = 0;
+    while i + 8 < n {
+        dst[i..i + 8].copy_from_slice(&src[i..i + 8]);
+        i += 8;
+    }
+    dst[n - 8..n].copy_from_slice(&src[n - 8..]);
 }
 
 /// im2col of one NCHW sample: `col[p * k + (ic*kh*kw + ky*kw + kx)]` for output position `p`, padded positions
@@ -1067,33 +1107,34 @@ fn im2col(
     let (sh, sw) = w.stride;
     let k = input.channels * kh * kw;
     let wp = pad_planes(x, input, w, pad_code, planes);
-    let hp = input.height + 2 * w.padding.0;
+    let plane = (input.height + 2 * w.padding.0) * wp;
     let positions = output.height * output.width;
-    // Offset of window row (ic, ky) from the window's top-left corner in the padded planes.
-    let rows: Vec<usize> = (0..input.channels)
-        .flat_map(|ic| (0..kh).map(move |ky| (ic * hp + ky) * wp))
-        .collect();
     let data = &planes.data;
     if kw <= 8 {
         // Every read ends at most at the last padded row's column (ow - 1) * sw + 8 <= w + 2 pw + 8 - kw < wp,
         // and every write at most at positions * k + 8 = col.len(): checked once here, not per copy.
-        let last_read = rows.last().map_or(0, |&r| r)
-            + (output.height.saturating_sub(1) * sh) * wp
+        let last_read = input.channels.saturating_sub(1) * plane
+            + kh.saturating_sub(1) * wp
+            + output.height.saturating_sub(1) * sh * wp
             + output.width.saturating_sub(1) * sw
             + 8;
         assert!(last_read <= data.len() && positions * k + 8 <= col.len());
-        let (src, dst) = (data.as_ptr(), col.as_mut_ptr());
-        let mut d = 0;
-        for oy in 0..output.height {
-            for ox in 0..output.width {
-                let corner = oy * sh * wp + ox * sw;
-                for &r in &rows {
-                    // SAFETY: corner + r + 8 <= last_read <= data.len() and d + 8 <= positions * k + 8 <= col.len()
-                    // (asserted above); the two buffers are distinct allocations. The 8-byte copy writes kw..8
-                    // surplus bytes into the next segment (or the slack), which are rewritten after.
-                    unsafe { std::ptr::copy_nonoverlapping(src.add(corner + r), dst.add(d), 8) };
-                    d += kw;
-                }
+        let g = WindowCopy {
+            src: data.as_ptr(),
+            dst: col.as_mut_ptr(),
+            channels: input.channels,
+            plane,
+            wp,
+            out: (output.height, output.width),
+            stride: (sh, sw),
+        };
+        // SAFETY: the reads and writes stay within the bounds asserted above; the buffers are distinct
+        // allocations. LeNet's 5 x 5 and the common 3 x 3 kernels get their row loops unrolled.
+        unsafe {
+            match (kh, kw) {
+                (5, 5) => g.run(5, 5),
+                (3, 3) => g.run(3, 3),
+                _ => g.run(kh, kw),
             }
         }
     } else {
@@ -1101,9 +1142,52 @@ fn im2col(
         for oy in 0..output.height {
             for ox in 0..output.width {
                 let corner = oy * sh * wp + ox * sw;
-                for &r in &rows {
-                    col[d..d + kw].copy_from_slice(&data[corner + r..corner + r + kw]);
-                    d += kw;
+                for ic in 0..input.channels {
+                    for ky in 0..kh {
+                        let r = corner + ic * plane + ky * wp;
+                        col[d..d + kw].copy_from_slice(&data[r..r + kw]);
+                        d += kw;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 8-byte window-row copies of [`im2col`] for kernels at most 8 wide.
+struct WindowCopy {
+    src: *const u8,
+    dst: *mut u8,
+    channels: usize,
+    /// Bytes per padded plane.
+    plane: usize,
+    /// Bytes per padded row.
+    wp: usize,
+    out: (usize, usize),
+    stride: (usize, usize),
+}
+
+impl WindowCopy {
+    /// Copies window row `(ic, ky)` of each output position as one 8-byte load and store; the `8 - kw` surplus
+    /// bytes land on the next row's place (or the slack), which is written after.
+    ///
+    /// # Safety
+    /// `src` is readable up to the last window row's byte 8 and `dst` writable for `positions * k + 8` bytes
+    /// (as [`im2col`] asserts); `kw <= 8`.
+    #[inline(always)]
+    unsafe fn run(&self, kh: usize, kw: usize) {
+        let mut d = self.dst;
+        for oy in 0..self.out.0 {
+            for ox in 0..self.out.1 {
+                let mut s = self
+                    .src
+                    .add(oy * self.stride.0 * self.wp + ox * self.stride.1);
+                for _ in 0..self.channels {
+                    for ky in 0..kh {
+                        std::ptr::copy_nonoverlapping(s.add(ky * self.wp), d.add(ky * kw), 8);
+                    }
+                    s = s.add(self.plane);
+                    d = d.add(kh * kw);
                 }
             }
         }
@@ -1289,8 +1373,26 @@ fn conv_pool_requant(
 ) -> Result<(), QuantError> {
     let g = &conv.gemm;
     let rq = g.requant_out()?;
-    let w = conv.output.width;
+    let (h, w) = (conv.output.height, conv.output.width);
     let pooled_elems = pooled.channels * pooled.height * pooled.width;
+    let p = kernels::OutputParams {
+        bias: &[],
+        requant: rq.requant,
+        zero_point: rq.zero_point,
+        qmin: rq.qmin,
+        qmax: rq.qmax,
+    };
+    let isa = kernels::selected_isa();
+    let pool = |acc: &[i32], layout, o: &mut [u8]| {
+        let conv = ConvAcc {
+            acc,
+            layout,
+            channels: g.n,
+            height: h,
+            width: w,
+        };
+        kernels::conv::max_pool_requant(isa, conv, &p, o)
+    };
     conv.run(
         x,
         out,
@@ -1298,70 +1400,13 @@ fn conv_pool_requant(
         |d, xs, acc, o| {
             // The scheme's own layout (whole padded rows for the u8 quads): the pool reads the valid columns.
             let (row, plane) = d.layout();
-            let conv_elems = g.n * plane;
-            fit(acc, conv_elems + pooled_elems);
-            let (conv_acc, pooled_acc) = acc.split_at_mut(conv_elems);
-            kernels::conv::direct_conv_acc_wide(d, xs, conv.pad_code, &g.bias_eff, conv_acc)?;
-            let out_hw = (pooled.height, pooled.width);
-            max_pool_2x2_planes(conv_acc, (plane, row), out_hw, pooled_acc);
-            rq.channels(pooled_acc, g.n, o)
+            fit(acc, g.n * plane);
+            kernels::conv::direct_conv_acc_wide(d, xs, conv.pad_code, &g.bias_eff, acc)?;
+            pool(acc, AccLayout::Planes { row, plane }, o)
         },
         |col, m, tmp: &mut [i32]| g.acc(col, m, tmp),
-        |t, acc, o| {
-            fit(acc, pooled_elems);
-            max_pool_2x2_positions(t, g.n, w, (pooled.height, pooled.width), acc);
-            rq.channels(acc, g.n, o)
-        },
+        |t, _, o| pool(t, AccLayout::Positions, o),
     )
-}
-
-/// 2 x 2, stride-2 max pool of one sample's channel planes of i32 (`plane` apart, rows `row` apart, at least
-/// `2 * ow` valid columns each) into `[channels][oh][ow]`.
-fn max_pool_2x2_planes(
-    acc: &[i32],
-    (plane, row): (usize, usize),
-    (oh, ow): (usize, usize),
-    out: &mut [i32],
-) {
-    for (p, oplane) in acc.chunks(plane).zip(out.chunks_exact_mut(oh * ow)) {
-        for (oy, orow) in oplane.chunks_exact_mut(ow).enumerate() {
-            let r0 = &p[2 * oy * row..][..2 * ow];
-            let r1 = &p[(2 * oy + 1) * row..][..2 * ow];
-            for ((o, a), b) in orow
-                .iter_mut()
-                .zip(r0.chunks_exact(2))
-                .zip(r1.chunks_exact(2))
-            {
-                *o = a[0].max(a[1]).max(b[0].max(b[1]));
-            }
-        }
-    }
-}
-
-/// 2 x 2, stride-2 max pool of one sample's `[positions][channels]` i32 (positions `h x w` row-major) into
-/// `[channels][oh * ow]` (NCHW).
-fn max_pool_2x2_positions(
-    t: &[i32],
-    channels: usize,
-    w: usize,
-    (oh, ow): (usize, usize),
-    out: &mut [i32],
-) {
-    let plane = oh * ow;
-    let mut m = vec![0i32; channels];
-    for oy in 0..oh {
-        let (r0, r1) = t[2 * oy * w * channels..].split_at(w * channels);
-        for ox in 0..ow {
-            let (a, b) = r0[2 * ox * channels..][..2 * channels].split_at(channels);
-            let (c, d) = r1[2 * ox * channels..][..2 * channels].split_at(channels);
-            for ((((m, a), b), c), d) in m.iter_mut().zip(a).zip(b).zip(c).zip(d) {
-                *m = (*a).max(*b).max((*c).max(*d));
-            }
-            for (ch, &v) in m.iter().enumerate() {
-                out[ch * plane + oy * ow + ox] = v;
-            }
-        }
-    }
 }
 
 /// [`pool`] with the max over 2 x 2 windows at stride 2 (LeNet's pooling): the vertical max of each row pair
@@ -1413,6 +1458,34 @@ fn pool<T: Copy>(
                 }
                 *o = finish(a);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{random_cnn, random_mlp, LayerOpts, Rng};
+
+    #[test]
+    fn validation_only_engine_computes_the_same_logits_and_limits() {
+        for seed in 0..6u64 {
+            let o = LayerOpts {
+                weight_bits: [8, 4, 2][seed as usize % 3],
+                act_bits: 8,
+                per_channel: seed % 2 == 0,
+            };
+            let model = if seed < 3 {
+                random_cnn(seed, o)
+            } else {
+                random_mlp(seed, o)
+            };
+            let fast = Engine::new(&model).expect("valid model");
+            let checked = Engine::validated(&model).expect("valid model");
+            assert_eq!(fast.max_sample_elems(), checked.max_sample_elems());
+            let x = Rng(seed).bytes(7 * fast.input_features());
+            let (a, b) = (fast.run(&x, 7), checked.run(&x, 7));
+            assert_eq!(a.expect("runs"), b.expect("runs"), "seed {seed}");
         }
     }
 }

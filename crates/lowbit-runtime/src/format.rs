@@ -386,7 +386,7 @@ fn check_engine_limits(engine: &Engine) -> Result<(), FormatError> {
 /// Serializes `model` to `.lbq` bytes. The model is validated first (the same checks as the reader), so an
 /// invalid model is never written.
 pub fn to_bytes(model: &QuantModel) -> Result<Vec<u8>, FormatError> {
-    let engine = Engine::new(model)?;
+    let engine = Engine::validated(model)?;
     if let Some(acc) = model.provenance.test_accuracy {
         if !acc.is_finite() {
             return Err(FormatError::Malformed(format!(
@@ -839,7 +839,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
         class_names: meta.class_names,
         provenance: meta.provenance,
     };
-    let engine = Engine::new(&model)?;
+    let engine = Engine::validated(&model)?;
     check_engine_limits(&engine)?;
     Ok(model)
 }

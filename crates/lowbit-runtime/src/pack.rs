@@ -158,10 +158,22 @@ impl PackedWeights {
 
     /// Decodes row `r` into `out[..cols]`. Panics if `r >= rows` or `out.len() < cols`.
     pub fn unpack_row(&self, r: usize, out: &mut [i8]) {
-        let per = self.packing.codes_per_byte();
         let row = self.row(r);
-        for (c, o) in out[..self.cols].iter_mut().enumerate() {
-            *o = decode(self.packing, row[c / per], c % per);
+        let out = &mut out[..self.cols];
+        // One loop per packing, without a division per code: engine loading unpacks every row several times.
+        match self.packing {
+            Packing::I8 => {
+                for (o, &b) in out.iter_mut().zip(row) {
+                    *o = b as i8;
+                }
+            }
+            packing => {
+                for (codes, &b) in out.chunks_mut(packing.codes_per_byte()).zip(row) {
+                    for (j, o) in codes.iter_mut().enumerate() {
+                        *o = decode(packing, b, j);
+                    }
+                }
+            }
         }
     }
 
@@ -199,6 +211,16 @@ impl PackedWeights {
             });
         }
         let (lo, hi) = weight_code_range(self.bits)?;
+        // Int8 codes have no padding bits: one pass over the bytes (vectorized) settles the common case, and the
+        // loop below runs only to name the first bad code.
+        if packing == Packing::I8 {
+            let (min, max) = self.data.iter().fold((i8::MAX, i8::MIN), |(min, max), &b| {
+                (min.min(b as i8), max.max(b as i8))
+            });
+            if self.data.is_empty() || (lo <= i32::from(min) && i32::from(max) <= hi) {
+                return Ok(());
+            }
+        }
         let per = packing.codes_per_byte();
         let sb = packing.storage_bits() as usize;
         for r in 0..self.rows {

@@ -347,6 +347,31 @@ fn scale_conv_codes(m: &mut QuantModel, num: i32, den: i32) {
     }
 }
 
+/// A one-channel `height x width` input with codes scaled to [0, 1], and a 2 x 2, stride-2 max pool.
+fn gray_input_and_pool(height: usize, width: usize) -> (InputSpec, QLayer) {
+    let input = InputSpec {
+        channels: 1,
+        height,
+        width,
+        qparams: qp(1.0 / 255.0, 0),
+    };
+    let pool = QLayer::MaxPool2d {
+        kernel: (2, 2),
+        stride: (2, 2),
+    };
+    (input, pool)
+}
+
+fn ten_class_model(input: InputSpec, layers: Vec<QLayer>) -> QuantModel {
+    QuantModel {
+        input,
+        layers,
+        classes: 10,
+        class_names: vec![],
+        provenance: Provenance::default(),
+    }
+}
+
 /// LeNet's layer pattern at odd sizes (pooled planes drop a row and a column), on the direct (i16 and u8 quad
 /// schemes) and the im2col convolution paths, over a batch large enough to be split across threads.
 #[test]
@@ -354,28 +379,14 @@ fn lenet_shaped_conv_pool_stacks_match_the_naive_evaluator() {
     for seed in 0..6u64 {
         let o = opts(if (2..4).contains(&seed) { 4 } else { 8 }, 8, seed % 2 == 0);
         let mut rng = Rng(seed + 40);
-        let input = InputSpec {
-            channels: 1,
-            height: 13,
-            width: 11,
-            qparams: qp(1.0 / 255.0, 0),
-        };
-        let pool = QLayer::MaxPool2d {
-            kernel: (2, 2),
-            stride: (2, 2),
-        };
+        let (input, pool) = gray_input_and_pool(13, 11);
         // 1x13x11 -> conv 6@5x5 pad 2 -> 6x13x11 -> pool -> 6x6x5 -> conv 16@3x3 -> 16x4x3 -> pool -> 16x2x1
         let (c1, q1) = random_conv(&mut rng, input.qparams, 1, 6, (5, 5), (1, 1), (2, 2), o);
         let (c2, q2) = random_conv(&mut rng, q1, 6, 16, (3, 3), (1, 1), (0, 0), o);
         let (d1, q3) = random_dense(&mut rng, q2, 16 * 2, 12, false, o);
         let (d2, _) = random_dense(&mut rng, q3, 12, 10, true, o);
-        let mut m = QuantModel {
-            input,
-            layers: vec![c1, pool.clone(), c2, pool, QLayer::Flatten, d1, d2],
-            classes: 10,
-            class_names: vec![],
-            provenance: Provenance::default(),
-        };
+        let layers = vec![c1, pool.clone(), c2, pool, QLayer::Flatten, d1, d2];
+        let mut m = ten_class_model(input, layers);
         if seed >= 4 {
             // Trained-like magnitudes: quads after re-pairing and flips (seed 4), or as they are (seed 5).
             scale_conv_codes(
@@ -389,6 +400,24 @@ fn lenet_shaped_conv_pool_stacks_match_the_naive_evaluator() {
             }
         }
         assert_matches_naive(&m, 40, seed);
+    }
+}
+
+/// Pooled planes at least 8 wide (the vector path of the fused pool and requantization, with a tail), a strided
+/// im2col convolution with a kernel wider than 8, and 9 channels pooled in the GEMM's position layout.
+#[test]
+fn wide_planes_and_wide_strided_kernels_match_the_naive_evaluator() {
+    for seed in 0..4u64 {
+        let o = opts(8, 8, seed % 2 == 0);
+        let mut rng = Rng(seed + 70);
+        let (input, pool) = gray_input_and_pool(20, 19);
+        // 1x20x19 -> conv 3@5x5 pad 2 -> 3x20x19 -> pool -> 3x10x9 -> conv 9@3x9 stride (2, 1) pad (1, 4)
+        // -> 9x5x9 -> pool -> 9x2x4
+        let (c1, q1) = random_conv(&mut rng, input.qparams, 1, 3, (5, 5), (1, 1), (2, 2), o);
+        let (c2, q2) = random_conv(&mut rng, q1, 3, 9, (3, 9), (2, 1), (1, 4), o);
+        let (d, _) = random_dense(&mut rng, q2, 9 * 2 * 4, 10, true, o);
+        let layers = vec![c1, pool.clone(), c2, pool, QLayer::Flatten, d];
+        assert_matches_naive(&ten_class_model(input, layers), 30, seed);
     }
 }
 

@@ -3,11 +3,12 @@
 //! block, odd and even kernel widths, padding, output widths off the 8-column group, pad codes and weights at
 //! their extremes.
 use lowbit_runtime::kernels::conv::{
-    direct_conv_acc, max_pool_2x2_row, requant_channels, ConvGeometry, DirectConv,
+    direct_conv_acc, max_pool_2x2_row, max_pool_requant, requant_channels, AccLayout, ConvAcc,
+    ConvGeometry, DirectConv,
 };
 use lowbit_runtime::kernels::{reference, Isa, OutputParams};
 use lowbit_runtime::pack::PackedWeights;
-use lowbit_runtime::qparams::Requant;
+use lowbit_runtime::qparams::{requantize, Requant};
 use lowbit_runtime::testutil::Rng;
 use proptest::prelude::*;
 
@@ -237,5 +238,175 @@ proptest! {
         let expected: Vec<u8> = (0..n).map(|i| a[2 * i].max(a[2 * i + 1]).max(b[2 * i]).max(b[2 * i + 1])).collect();
         prop_assert_eq!(out, expected);
         prop_assert!(max_pool_2x2_row(&a, &b, &mut vec![0u8; n + 1]).is_err());
+    }
+}
+
+/// A valid requantization (multiplier in `[2^30, 2^31)`, total shift in `1..=62`): mostly a real multiplier near
+/// `2^-13`, which maps accumulators of `+-2^21` onto mid-range codes, sometimes anywhere in the range.
+fn random_requant(rng: &mut Rng) -> Requant {
+    let shift = if rng.range(0, 3) == 0 {
+        rng.range(-30, 31)
+    } else {
+        rng.range(11, 15)
+    };
+    Requant {
+        multiplier: rng.range(1 << 30, i32::MAX as i64) as i32,
+        shift: shift as i32,
+    }
+}
+
+/// Accumulators that hit the extremes often (`i32::MIN`, `i32::MAX`, any i32, values near 0), mostly `+-2^21`.
+fn random_accumulators(rng: &mut Rng, n: usize) -> Vec<i32> {
+    (0..n)
+        .map(|_| match rng.range(0, 7) {
+            0 => i32::MIN,
+            1 => i32::MAX,
+            2 => rng.range(-300, 300) as i32,
+            3 => rng.next_u64() as i32,
+            _ => rng.range(-1 << 21, 1 << 21) as i32,
+        })
+        .collect()
+}
+
+/// `(requant, zero point, qmin, qmax)`: per-channel or per-tensor, ReLU or not, 8 bits or fewer.
+fn random_output_stage(rng: &mut Rng, channels: usize) -> (Vec<Requant>, i32, i32, i32) {
+    let count = if rng.range(0, 1) == 0 { 1 } else { channels };
+    let requant = (0..count).map(|_| random_requant(rng)).collect();
+    let qmax = [255, 255, 15, 3][rng.range(0, 3) as usize];
+    let zero_point = rng.range(0, qmax as i64) as i32;
+    let qmin = if rng.range(0, 1) == 0 { zero_point } else { 0 };
+    (requant, zero_point, qmin, qmax)
+}
+
+fn expected_code(acc: i32, requant: &[Requant], c: usize, zp: i32, qmin: i32, qmax: i32) -> u8 {
+    let rq = requant[if requant.len() == 1 { 0 } else { c }];
+    requantize(acc, rq, zp, qmin, qmax) as u8
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+    #[test]
+    fn channel_requantization_equals_requantize_for_every_row_length(
+        channels in 0usize..6,
+        positions in prop_oneof![0usize..=17, Just(25), Just(196)],
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng(seed);
+        let acc = random_accumulators(&mut rng, channels * positions);
+        let (requant, zp, qmin, qmax) = random_output_stage(&mut rng, channels);
+        let mut out = vec![0u8; acc.len()];
+        requant_channels(&acc, channels, positions, &requant, zp, qmin, qmax, &mut out)
+            .expect("valid arguments");
+        for (i, (&a, &got)) in acc.iter().zip(&out).enumerate() {
+            let c = i / positions;
+            prop_assert_eq!(
+                got,
+                expected_code(a, &requant, c, zp, qmin, qmax),
+                "index {} acc {} channel {} of {}x{}, zp {}, [{}, {}], requant {:?}",
+                i, a, c, channels, positions, zp, qmin, qmax, requant
+            );
+        }
+    }
+
+    #[test]
+    fn fused_pool_and_requantization_equals_the_definition_on_every_tier(
+        channels in prop_oneof![1usize..=9, Just(16), Just(17)],
+        h in 0usize..=11,
+        w in prop_oneof![0usize..=20, Just(28), Just(33)],
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng(seed);
+        // NCHW planes, a direct kernel's wide planes (longer rows, padded planes), and the GEMM's positions.
+        let wide = (w + 4, h * (w + 4) + 9);
+        let acc = random_accumulators(&mut rng, channels * wide.1.max(h * w));
+        let (requant, zero_point, qmin, qmax) = random_output_stage(&mut rng, channels);
+        let p = OutputParams { bias: &[], requant: &requant, zero_point, qmin, qmax };
+        let (oh, ow) = (h / 2, w / 2);
+        for layout in [
+            AccLayout::Planes { row: w, plane: h * w },
+            AccLayout::Planes { row: wide.0, plane: wide.1 },
+            AccLayout::Positions,
+        ] {
+            let acc = match layout {
+                AccLayout::Planes { plane, .. } => &acc[..channels * plane],
+                AccLayout::Positions => &acc[..channels * h * w],
+            };
+            let at = |c: usize, y: usize, x: usize| match layout {
+                AccLayout::Planes { row, plane } => acc[c * plane + y * row + x],
+                AccLayout::Positions => acc[(y * w + x) * channels + c],
+            };
+            let mut expected = vec![0u8; channels * oh * ow];
+            for c in 0..channels {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let window = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                            .map(|(dy, dx)| at(c, 2 * oy + dy, 2 * ox + dx));
+                        let m = window.into_iter().max().expect("4 values");
+                        expected[(c * oh + oy) * ow + ox] =
+                            expected_code(m, &requant, c, zero_point, qmin, qmax);
+                    }
+                }
+            }
+            for isa in Isa::available() {
+                let mut out = vec![0u8; expected.len()];
+                let conv = ConvAcc { acc, layout, channels, height: h, width: w };
+                max_pool_requant(isa, conv, &p, &mut out).expect("valid arguments");
+                if let Some(i) = (0..out.len()).find(|&i| out[i] != expected[i]) {
+                    prop_assert!(
+                        false,
+                        "{:?} {:?}: index {} expected {} got {}, {}x{}x{}, zp {}, [{}, {}], requant {:?}",
+                        isa, layout, i, expected[i], out[i], channels, h, w, zero_point, qmin, qmax, requant
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_pool_and_requantization_rejects_wrong_lengths_and_parameters() {
+    let requant = [Requant::from_real(0.01).expect("valid multiplier"); 3];
+    let p = OutputParams {
+        bias: &[],
+        requant: &requant,
+        zero_point: 0,
+        qmin: 0,
+        qmax: 255,
+    };
+    let acc = vec![0i32; 3 * 4 * 6];
+    let run = |acc: &[i32], p: &OutputParams, out_len: usize| {
+        let conv = ConvAcc {
+            acc,
+            layout: AccLayout::Planes { row: 6, plane: 24 },
+            channels: 3,
+            height: 4,
+            width: 6,
+        };
+        max_pool_requant(Isa::Reference, conv, p, &mut vec![0u8; out_len])
+    };
+    assert!(run(&acc, &p, 3 * 2 * 3).is_ok());
+    assert!(run(&acc[1..], &p, 3 * 2 * 3).is_err());
+    assert!(run(&acc, &p, 3 * 2 * 3 + 1).is_err());
+    let two = OutputParams {
+        requant: &requant[..2],
+        ..p
+    };
+    assert!(run(&acc, &two, 3 * 2 * 3).is_err());
+    let inverted = OutputParams {
+        qmin: 9,
+        qmax: 8,
+        ..p
+    };
+    assert!(run(&acc, &inverted, 3 * 2 * 3).is_err());
+    // Rows shorter than the width, or planes shorter than their rows, are refused.
+    for (row, plane) in [(5, 24), (6, 23)] {
+        let conv = ConvAcc {
+            acc: &acc,
+            layout: AccLayout::Planes { row, plane },
+            channels: 3,
+            height: 4,
+            width: 6,
+        };
+        assert!(max_pool_requant(Isa::Reference, conv, &p, &mut [0u8; 18]).is_err());
     }
 }

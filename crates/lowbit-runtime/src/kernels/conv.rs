@@ -20,10 +20,10 @@
 //!   kernel-column pair (two loads and two unpacks), and `vpmaddwd` with the broadcast weight pair
 //!   `(w[kx], w[kx + 1])` adds both products into each of up to 12 channel accumulators. An odd kernel width
 //!   pairs its last column with a zero weight.
-use super::{check_len, mismatch, reference, Isa, OutputParams};
+use super::{check_len, mismatch, Isa, OutputParams};
 use crate::error::QuantError;
 use crate::pack::{PackedWeights, Packing};
-use crate::qparams::Requant;
+use crate::qparams::{requantize, Requant};
 
 /// Shape of a stride-1 convolution on one NCHW sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,25 +455,153 @@ pub fn requant_channels(
     if positions == 0 {
         return Ok(());
     }
-    let isa = super::selected_isa();
-    for (c, (arow, orow)) in acc
-        .chunks_exact(positions)
-        .zip(out.chunks_exact_mut(positions))
-        .enumerate()
+    let p = OutputParams {
+        bias: &[],
+        requant,
+        zero_point,
+        qmin,
+        qmax,
+    };
+    super::check_output(CTX, channels, &p)?;
+    match super::selected_isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni if positions >= 8 => {
+            super::x86::requant_channels(acc, positions, &p, out)
+        }
+        _ => {
+            let rows = acc
+                .chunks_exact(positions)
+                .zip(out.chunks_exact_mut(positions));
+            for (c, (arow, orow)) in rows.enumerate() {
+                let rq = channel_requant(&p, c);
+                for (o, &a) in orow.iter_mut().zip(arow) {
+                    *o = requantize(a, rq, zero_point, qmin, qmax) as u8;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The requantization of channel `c` (`p.requant[0]` when per-tensor).
+fn channel_requant(p: &OutputParams, c: usize) -> Requant {
+    p.requant[if p.requant.len() == 1 { 0 } else { c }]
+}
+
+/// How one sample's convolution accumulators are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccLayout {
+    /// Channel planes `plane` elements apart, rows `row` apart (`row >= w`, `plane >= h * row`; the columns from
+    /// `w` on are ignored): NCHW when `(row, plane) == (w, h * w)`, or a direct kernel's own layout
+    /// ([`DirectConv::layout`]).
+    Planes {
+        /// Elements between rows.
+        row: usize,
+        /// Elements between channel planes.
+        plane: usize,
+    },
+    /// `[h * w][channels]`, as the im2col GEMM writes them (one row per output position).
+    Positions,
+}
+
+/// One sample's convolution accumulators.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvAcc<'a> {
+    /// The accumulators in `layout`: `channels * height * width` for positions, `channels * plane` for planes.
+    pub acc: &'a [i32],
+    /// Their order.
+    pub layout: AccLayout,
+    /// Output channels.
+    pub channels: usize,
+    /// Output height.
+    pub height: usize,
+    /// Output width.
+    pub width: usize,
+}
+
+/// A 2 x 2, stride-2 max pool of one sample's `h x w` convolution accumulators ([`ConvAcc`]), then the output stage
+/// of channel `c` (`p.requant[c]`, or `p.requant[0]` when per-tensor; `p.bias` is not used):
+/// `out[c][oy][ox] = requantize(max_{dy, dx in 0..2} acc(c, 2 oy + dy, 2 ox + dx)) as u8`, NCHW
+/// `[channels][h / 2][w / 2]`. Equal to pooling the requantized codes, as requantization never decreases as the
+/// accumulator grows. `isa` picks the kernel (unavailable tiers run the scalar definition); the AVX2 one needs
+/// `w / 2 >= 8` for planes and `channels >= 8` for positions, else the scalar definition runs too.
+pub fn max_pool_requant(
+    isa: Isa,
+    conv: ConvAcc<'_>,
+    p: &OutputParams,
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    const CTX: &str = "max_pool_requant";
+    let ConvAcc {
+        acc,
+        layout,
+        channels,
+        height: h,
+        width: w,
+    } = conv;
+    let elems = match layout {
+        AccLayout::Planes { row, plane } => {
+            if row < w || plane < h.saturating_mul(row) {
+                return Err(mismatch(
+                    CTX,
+                    format!("planes of {plane} with rows of {row} cannot hold {h} x {w}"),
+                ));
+            }
+            channels.checked_mul(plane)
+        }
+        AccLayout::Positions => channels.checked_mul(h).and_then(|v| v.checked_mul(w)),
+    };
+    check_len(CTX, "accumulators", acc.len(), elems)?;
+    check_len(CTX, "output", out.len(), Some(channels * (h / 2) * (w / 2)))?;
+    super::check_output(CTX, channels, p)?;
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni)
+        && isa.is_available()
+        && super::x86::max_pool_requant(conv, p, out)
     {
-        let rq = if requant.len() == 1 { 0 } else { c };
-        let p = OutputParams {
-            bias: &[],
-            requant: &requant[rq..rq + 1],
-            zero_point,
-            qmin,
-            qmax,
-        };
-        super::check_output(CTX, 1, &p)?;
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512Vnni => super::x86::requant_row(arow, &p, orow),
-            _ => reference::requant_u8(arow, positions, &p, orow),
+        return Ok(());
+    }
+    let (oh, ow) = (h / 2, w / 2);
+    // Planes whose pooled rows are too short for a vector each (LeNet's second conv pools to 5 x 5): the window
+    // maxima first, then the vector requantization of whole pooled planes.
+    #[cfg(target_arch = "x86_64")]
+    if let (AccLayout::Planes { row, plane }, Isa::Avx2 | Isa::Avx512Vnni) = (layout, isa) {
+        if oh * ow >= 8 && isa.is_available() {
+            let mut maxima = vec![0i32; channels * oh * ow];
+            for (c, mplane) in maxima.chunks_exact_mut(oh * ow).enumerate() {
+                for (oy, mrow) in mplane.chunks_exact_mut(ow).enumerate() {
+                    let r0 = &acc[c * plane + 2 * oy * row..][..2 * ow];
+                    let r1 = &acc[c * plane + (2 * oy + 1) * row..][..2 * ow];
+                    for (x, m) in mrow.iter_mut().enumerate() {
+                        *m = r0[2 * x]
+                            .max(r0[2 * x + 1])
+                            .max(r1[2 * x].max(r1[2 * x + 1]));
+                    }
+                }
+            }
+            super::x86::requant_channels(&maxima, oh * ow, p, out);
+            return Ok(());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
+    // The scalar definition.
+    let at = |c: usize, y: usize, x: usize| match layout {
+        AccLayout::Planes { row, plane } => acc[c * plane + y * row + x],
+        AccLayout::Positions => acc[(y * w + x) * channels + c],
+    };
+    for c in 0..channels {
+        let rq = channel_requant(p, c);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (y, x) = (2 * oy, 2 * ox);
+                let m =
+                    at(c, y, x)
+                        .max(at(c, y, x + 1))
+                        .max(at(c, y + 1, x).max(at(c, y + 1, x + 1)));
+                out[(c * oh + oy) * ow + ox] =
+                    requantize(m, rq, p.zero_point, p.qmin, p.qmax) as u8;
+            }
         }
     }
     Ok(())

@@ -19,10 +19,11 @@
 //! are thread-local and reused across calls.
 // Kernel names follow STYLE.md: `<op>__<isa>` (double underscore separates the ISA, as in XNNPACK).
 #![allow(non_snake_case)]
+use super::conv::{AccLayout, ConvAcc};
 use super::pairs::{self, PairPlan};
 use super::{Isa, OutputParams};
 use crate::pack::{PackedWeights, Packing};
-use crate::qparams::requantize;
+use crate::qparams::{requantize, Requant};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -140,8 +141,16 @@ fn prepack_pair_panels<T: Copy + Default + From<i8>>(w: &PackedWeights) -> Vec<T
     for j in 0..n {
         w.unpack_row(j, &mut row);
         let base = (j / NR) * k16 * NR + (j % NR) * 2;
-        for (kk, &q) in row.iter().enumerate() {
-            panels[base + (kk / 2) * NR * 2 + kk % 2] = T::from(q);
+        // Pair `kk / 2` of column j sits 2 NR codes after the previous one.
+        let mut at = base;
+        let mut pairs = row.chunks_exact(2);
+        for pair in &mut pairs {
+            panels[at] = T::from(pair[0]);
+            panels[at + 1] = T::from(pair[1]);
+            at += 2 * NR;
+        }
+        if let [q] = pairs.remainder() {
+            panels[at] = T::from(*q);
         }
     }
     panels
@@ -975,6 +984,23 @@ impl RequantConsts8 {
     }
 }
 
+impl RequantConsts8 {
+    /// The constants of `rq` in every lane (one channel row); `rq` passed [`Requant::validate`].
+    #[target_feature(enable = "avx2")]
+    unsafe fn broadcast(rq: Requant) -> Self {
+        // 31 + shift in 1..=62 (validated), so both powers of two fit an i64.
+        let s = (31 + rq.shift) as i64;
+        let sh = _mm256_set1_epi64x(s);
+        Self {
+            mult: _mm256_set1_epi32(rq.multiplier),
+            mult_odd: _mm256_set1_epi32(rq.multiplier),
+            shift: [sh; 2],
+            round: [_mm256_set1_epi64x(1i64 << (s - 1)); 2],
+            offset: [_mm256_set1_epi64x(1i64 << (63 - s)); 2],
+        }
+    }
+}
+
 /// The zero point and clamp bounds of an output stage, broadcast.
 struct OutputStage8 {
     lo_t: __m256i,
@@ -1009,6 +1035,16 @@ impl OutputStage8 {
     #[target_feature(enable = "avx2")]
     unsafe fn apply(&self, src: *const i32, c: &RequantConsts8, dst: *mut u8) {
         let x = _mm256_loadu_si256(src as *const __m256i);
+        std::ptr::write_unaligned(dst as *mut i64, self.codes(x, c));
+    }
+
+    /// The 8 codes of the accumulators `x`, code `i` in byte `i` (see [`requant_u8__avx2`]).
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn codes(&self, x: __m256i, c: &RequantConsts8) -> i64 {
         let ve = _mm256_mul_epi32(x, c.mult);
         let vo = _mm256_mul_epi32(_mm256_srli_epi64::<32>(x), c.mult_odd);
         let ve = _mm256_xor_si256(_mm256_add_epi64(ve, c.round[0]), self.sign);
@@ -1021,14 +1057,12 @@ impl OutputStage8 {
         let q = _mm256_min_epi32(_mm256_max_epi32(q, self.qmin), self.qmax);
         let q16 = _mm256_packs_epi32(q, q);
         let q8 = _mm256_packus_epi16(q16, q16);
-        std::ptr::write_unaligned(
-            dst as *mut i32,
-            _mm_cvtsi128_si32(_mm256_castsi256_si128(q8)),
+        // Each 128-bit lane holds its 4 codes in its low 4 bytes.
+        let both = _mm_unpacklo_epi32(
+            _mm256_castsi256_si128(q8),
+            _mm256_extracti128_si256::<1>(q8),
         );
-        std::ptr::write_unaligned(
-            dst.add(4) as *mut i32,
-            _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(q8)),
-        );
+        _mm_cvtsi128_si64(both)
     }
 }
 
@@ -1340,11 +1374,151 @@ pub(crate) fn gemm_b1b1(
     unsafe { gemm_b1b1_i32__popcnt(a_bits, m, k, w, bias, out) }
 }
 
-/// [`requant_u8__avx2`] on one row of `n = acc.len()` accumulators (`p` checked, `p.requant.len() == 1`).
-pub(crate) fn requant_row(acc: &[i32], p: &OutputParams, out: &mut [u8]) {
-    // SAFETY: callers reach this only on the AVX2 tiers, which `Isa::is_available` detected; one row of
-    // acc.len() == out.len() elements.
-    unsafe { requant_u8__avx2(acc, 1, acc.len(), p, out) }
+/// Starts of 8-element blocks covering `0..len` (`len >= 8`): every multiple of 8 that leaves a full block, then
+/// `len - 8` when a tail remains. The last block overlaps its predecessor and recomputes the same values, so a
+/// row of any length runs vector code only.
+fn block_starts(len: usize) -> impl Iterator<Item = usize> {
+    (0..len.div_ceil(8)).map(move |b| (8 * b).min(len - 8))
+}
+
+/// Dispatch target of `conv::requant_channels` on the AVX2 tiers: `[channels][positions]` accumulators, one
+/// requantization per channel row (lengths checked, `p` checked for `acc.len() / positions` channels,
+/// `positions >= 8`).
+pub(crate) fn requant_channels(acc: &[i32], positions: usize, p: &OutputParams, out: &mut [u8]) {
+    assert!(positions >= 8 && acc.len() == out.len() && (acc.len()).is_multiple_of(positions));
+    // SAFETY: reached only on the AVX2 tiers, which `Isa::is_available` detected; lengths asserted above.
+    unsafe { requant_channels__avx2(acc, positions, p, out) }
+}
+
+/// Each channel row with its own constants broadcast, 8 values per step (see [`block_starts`]).
+///
+/// # Safety
+/// AVX2 must be available; `acc` and `out` hold whole rows of `positions >= 8`; `p` passed `check_output` for
+/// the row count.
+#[target_feature(enable = "avx2")]
+unsafe fn requant_channels__avx2(acc: &[i32], positions: usize, p: &OutputParams, out: &mut [u8]) {
+    let stage = OutputStage8::new(p);
+    let rows = acc
+        .chunks_exact(positions)
+        .zip(out.chunks_exact_mut(positions));
+    for (c, (arow, orow)) in rows.enumerate() {
+        let consts = RequantConsts8::broadcast(p.requant[if p.requant.len() == 1 { 0 } else { c }]);
+        for x in block_starts(positions) {
+            stage.apply(arow.as_ptr().add(x), &consts, orow.as_mut_ptr().add(x));
+        }
+    }
+}
+
+/// Dispatch target of `conv::max_pool_requant` on the AVX2 tiers (lengths checked, `p` checked for `channels`).
+/// Returns false, having written nothing, when the shape has no vector path: planes less than 16 wide, fewer than
+/// 8 channels in the position layout.
+pub(crate) fn max_pool_requant(conv: ConvAcc<'_>, p: &OutputParams, out: &mut [u8]) -> bool {
+    let (c, h, w) = (conv.channels, conv.height, conv.width);
+    let (vector, elems) = match conv.layout {
+        AccLayout::Planes { row, plane } => (w / 2 >= 8 && row >= w && plane >= h * row, c * plane),
+        AccLayout::Positions => (c >= 8, c * h * w),
+    };
+    if !vector {
+        return false;
+    }
+    assert!(conv.acc.len() >= elems && out.len() >= c * (h / 2) * (w / 2));
+    // SAFETY: reached only on the AVX2 tiers, which `Isa::is_available` detected; lengths asserted above, shape
+    // checked just before.
+    unsafe { max_pool_requant__avx2(conv, p, out) };
+    true
+}
+
+/// Max of each 2 x 2 window of two rows: outputs `0..8` from the 16 accumulators at `r0` and at `r1`.
+///
+/// # Safety
+/// AVX2 must be available; `r0` and `r1` are readable for 16 i32.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn max_pool_2x2_i32x8(r0: *const i32, r1: *const i32) -> __m256i {
+    let v0 = _mm256_max_epi32(
+        _mm256_loadu_si256(r0 as *const __m256i),
+        _mm256_loadu_si256(r1 as *const __m256i),
+    );
+    let v1 = _mm256_max_epi32(
+        _mm256_loadu_si256(r0.add(8) as *const __m256i),
+        _mm256_loadu_si256(r1.add(8) as *const __m256i),
+    );
+    let (f0, f1) = (_mm256_castsi256_ps(v0), _mm256_castsi256_ps(v1));
+    // Per 128-bit lane: even columns (0, 2 of v0, then of v1) and odd ones; their max is window order
+    // [0 1 4 5 | 2 3 6 7], which the 64-bit permute puts back in order.
+    let even = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(f0, f1));
+    let odd = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(f0, f1));
+    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_max_epi32(even, odd))
+}
+
+/// Planes: per channel plane and output row, 8 windows per step (see [`block_starts`]), max then requantization
+/// with the channel's constants broadcast. Positions: channels across lanes, 8 per step with their own constants;
+/// per output position the max of the 4 window rows of 8 channels, requantized, its 8 codes stored one per
+/// channel plane (NCHW).
+///
+/// # Safety
+/// AVX2 must be available; `acc` holds `channels * plane` (planes) or `channels * h * w`, `out` `channels * (h / 2) * (w / 2)`; `w / 2 >= 8` for
+/// planes, `channels >= 8` for positions; `p` passed `check_output` for `channels`.
+#[target_feature(enable = "avx2")]
+unsafe fn max_pool_requant__avx2(conv: ConvAcc<'_>, p: &OutputParams, out: &mut [u8]) {
+    let ConvAcc {
+        acc,
+        channels,
+        height: h,
+        width: w,
+        ..
+    } = conv;
+    let (oh, ow) = (h / 2, w / 2);
+    let stage = OutputStage8::new(p);
+    match conv.layout {
+        AccLayout::Planes { row, plane } => {
+            for c in 0..channels {
+                let consts =
+                    RequantConsts8::broadcast(p.requant[if p.requant.len() == 1 { 0 } else { c }]);
+                let cplane = acc.as_ptr().add(c * plane);
+                let oplane = out.as_mut_ptr().add(c * oh * ow);
+                for oy in 0..oh {
+                    let r0 = cplane.add(2 * oy * row);
+                    for x in block_starts(ow) {
+                        // Reads columns 2x..2x + 16 <= 2 ow <= w <= row of rows 2 oy and 2 oy + 1 < h.
+                        let m = max_pool_2x2_i32x8(r0.add(2 * x), r0.add(row + 2 * x));
+                        std::ptr::write_unaligned(
+                            oplane.add(oy * ow + x) as *mut i64,
+                            stage.codes(m, &consts),
+                        );
+                    }
+                }
+            }
+        }
+        AccLayout::Positions => {
+            let plane = oh * ow;
+            for j in block_starts(channels) {
+                let consts = RequantConsts8::new(p, j);
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        // Window rows 2 oy and 2 oy + 1 < h, columns 2 ox and 2 ox + 1 < w, channels j..j + 8.
+                        let a = acc.as_ptr().add((2 * oy * w + 2 * ox) * channels + j);
+                        let b = a.add(w * channels);
+                        let m = _mm256_max_epi32(
+                            _mm256_max_epi32(
+                                _mm256_loadu_si256(a as *const __m256i),
+                                _mm256_loadu_si256(a.add(channels) as *const __m256i),
+                            ),
+                            _mm256_max_epi32(
+                                _mm256_loadu_si256(b as *const __m256i),
+                                _mm256_loadu_si256(b.add(channels) as *const __m256i),
+                            ),
+                        );
+                        let codes = stage.codes(m, &consts);
+                        let o = out.as_mut_ptr().add(j * plane + oy * ow + ox);
+                        for l in 0..8 {
+                            *o.add(l * plane) = (codes >> (8 * l)) as u8;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Padded planes and the layout key their borders match (see [`direct_conv`]).
