@@ -1070,26 +1070,10 @@ fn pad_planes(x: &[u8], input: Shape, w: &Window, pad_code: u8, planes: &mut Pla
     }
     for (c, plane) in x.chunks_exact(input.height * input.width).enumerate() {
         for (y, row) in plane.chunks_exact(input.width).enumerate() {
-            copy_short(&mut planes.data[(c * hp + y + ph) * wp + pw..], row);
+            kernels::copy_short(&mut planes.data[(c * hp + y + ph) * wp + pw..], row);
         }
     }
     wp
-}
-
-/// `dst[..src.len()] = src`; rows of 8 to 32 bytes (LeNet's 14 and 28) as 8-byte moves, the last one
-/// overlapping, instead of a `memcpy` call each.
-fn copy_short(dst: &mut [u8], src: &[u8]) {
-    let n = src.len();
-    if !(8..=32).contains(&n) {
-        dst[..n].copy_from_slice(src);
-        return;
-    }
-    let mut i = 0;
-    while i + 8 < n {
-        dst[i..i + 8].copy_from_slice(&src[i..i + 8]);
-        i += 8;
-    }
-    dst[n - 8..n].copy_from_slice(&src[n - 8..]);
 }
 
 /// im2col of one NCHW sample: `col[p * k + (ic*kh*kw + ky*kw + kx)]` for output position `p`, padded positions

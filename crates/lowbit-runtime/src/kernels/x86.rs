@@ -1711,7 +1711,7 @@ pub(crate) fn direct_conv_quads(
         }
         for (ic, plane) in x.chunks_exact(g.h * g.w).enumerate() {
             for (y, row) in plane.chunks_exact(g.w).enumerate() {
-                s.planes[(ic * hp + y + g.pad_h) * wp + g.pad_w..][..g.w].copy_from_slice(row);
+                super::copy_short(&mut s.planes[(ic * hp + y + g.pad_h) * wp + g.pad_w..], row);
             }
         }
         s.panel.resize(nq * 64, 0);
@@ -1765,15 +1765,11 @@ unsafe fn build_quads__avx2(q: &super::conv::Quads, planes: &[u8], p0: usize, pa
         .zip(&q.xor)
         .zip(panel.chunks_exact_mut(64))
     {
-        // Positions 0-7 in the low half of lane 0, 8-15 in the low half of lane 1: the in-lane unpacks below
-        // then interleave both halves at once.
-        let tap = |o: usize| {
-            _mm256_permute4x64_epi64::<0b01_01_00_00>(_mm256_castsi128_si256(_mm_loadu_si128(
-                base.add(o) as *const __m128i,
-            )))
-        };
-        let u01 = _mm256_unpacklo_epi8(tap(offs[0]), tap(offs[1]));
-        let u23 = _mm256_unpacklo_epi8(tap(offs[2]), tap(offs[3]));
+        // The 16 positions of a tap zero-extended to words; two taps' words merged by a shift and an or give the
+        // byte pairs (fewer shuffles than byte unpacks, which the shuffle ports bound).
+        let tap = |o: usize| _mm256_cvtepu8_epi16(_mm_loadu_si128(base.add(o) as *const __m128i));
+        let pair = |a: usize, b: usize| _mm256_or_si256(tap(a), _mm256_slli_epi16::<8>(tap(b)));
+        let (u01, u23) = (pair(offs[0], offs[1]), pair(offs[2], offs[3]));
         let m = _mm256_set1_epi32(xor);
         let lo = _mm256_xor_si256(_mm256_unpacklo_epi16(u01, u23), m);
         let hi = _mm256_xor_si256(_mm256_unpackhi_epi16(u01, u23), m);
