@@ -21,8 +21,9 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut 
   "load average $(cut -d' ' -f1-3 /proc/loadavg)"
 flags=$(grep -m1 '^flags' /proc/cpuinfo)
 echo "# cpu flags: $(for f in avx2 fma avx512f avx512_vnni avx_vnni; do [[ " $flags " == *" $f "* ]] && printf '%s ' "$f"; done)"
-# W8A8 LeNet-5 (per-channel int8 weights, PTQ after f32 training): the engine's speed does not depend on the weights,
-# the accuracy line only shows the model is a real one.
+# W8A8 LeNet-5 (per-channel int8 weights, PTQ after f32 training). The engine's kernel paths depend on the trained
+# weights (the vpmaddubsw paths need a safe pair order, docs/KERNELS.md); `lowbit bench` prints the path each layer
+# took. The accuracy line shows the model is a real one.
 MODEL="$OUT/engine-bench-lenet-w8a8.lbq"
 "$LOWBIT" train --quiet --data "$DATA" --model lenet5 --epochs "$EPOCHS" --weight-bits 8 --act-bits 8 --per-channel \
   --method ptq --no-baseline --out "$MODEL" > /dev/null
