@@ -4,7 +4,7 @@
 //! their extremes.
 use lowbit_runtime::kernels::conv::{
     direct_conv_acc, max_pool_2x2_row, max_pool_requant, requant_channels, AccLayout, ConvAcc,
-    ConvGeometry, DirectConv,
+    ConvGeometry, DirectConv, Grid,
 };
 use lowbit_runtime::kernels::{reference, Isa, OutputParams};
 use lowbit_runtime::pack::PackedWeights;
@@ -107,7 +107,19 @@ fn check(seed: u64) {
         }
         let widened = DirectConv::widened(isa, g, &w).expect("int8 weights");
         assert_eq!(widened.path(), "direct i16");
-        for conv in [conv, widened] {
+        let wide = DirectConv::with_grid(isa, g, &w, Grid::Wide).expect("int8 weights");
+        let compact = DirectConv::with_grid(isa, g, &w, Grid::Compact).expect("int8 weights");
+        if compact.path().contains("quads") {
+            // Rows of at least 8 outputs take the compact grid; narrower ones stay wide.
+            assert_eq!(
+                compact.path().contains("compact"),
+                g.ow() >= 8,
+                "{}",
+                compact.path()
+            );
+            assert!(wide.path().contains("wide grid"), "{}", wide.path());
+        }
+        for conv in [conv, widened, wide, compact] {
             let mut out = vec![0i32; expected.len()];
             direct_conv_acc(&conv, &x, pad, &bias, &mut out).expect("checked shapes");
             assert_eq!(out, expected, "{isa:?} {} on {g:?}, pad {pad}", conv.path());

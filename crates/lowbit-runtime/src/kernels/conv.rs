@@ -126,10 +126,47 @@ pub(crate) struct Quads {
     pub(crate) bias_fix: Vec<i32>,
     /// Flipped taps (for [`DirectConv::path`]).
     flipped: usize,
+    /// Positions in compact order (`oy * ow + ox`, only real ones) instead of the wide grid; see [`Grid`].
+    pub(crate) compact: bool,
+}
+
+/// Which output positions the u8 quad scheme computes, 16 at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grid {
+    /// The cheaper of the two by [`quad_cost`].
+    Auto,
+    /// Whole padded rows (`oy * wp + ox` for every `ox < wp`): one load per tap and block, `wp - ow` wasted
+    /// columns per row.
+    Wide,
+    /// Only real positions (`oy * ow + ox`): a block spanning rows loads each row's segment of a tap and blends
+    /// them (at most 3 segments, so only for `ow >= 8`; narrower outputs stay on the wide grid).
+    Compact,
+}
+
+/// Rough instructions of the u8 quad scheme per tap quad, over all 16-position blocks of one sample: per block,
+/// a tap costs one load per row segment plus a blend per extra one, a quad 6 more to interleave, and 8 per
+/// channel to multiply (two `vpmaddubsw`, two `vpmaddwd`, two adds, a broadcast, a share of the loop).
+fn quad_cost(geo: &ConvGeometry, compact: bool) -> usize {
+    let (oh, ow) = (geo.oh(), geo.ow());
+    let (positions, row) = if compact {
+        (oh * ow, ow)
+    } else {
+        (oh * geo.padded().1, usize::MAX)
+    };
+    (0..positions.div_ceil(16))
+        .map(|b| {
+            let segments = if compact {
+                (16 * b + 15) / row - 16 * b / row + 1
+            } else {
+                1
+            };
+            4 * (2 * segments - 1) + 6 + 8 * geo.c_out
+        })
+        .sum()
 }
 
 impl Quads {
-    fn new(geo: ConvGeometry, weights: &PackedWeights) -> Option<Quads> {
+    fn new(geo: ConvGeometry, weights: &PackedWeights, grid: Grid) -> Option<Quads> {
         let k = geo.k();
         let k4 = k.div_ceil(4) * 4;
         let plan = super::pairs::plan_pairs(weights, k4 + k4 / 4)?;
@@ -166,6 +203,12 @@ impl Quads {
             weights: quads,
             bias_fix: plan.bias_fix(weights),
             flipped: flipped.iter().filter(|&&f| f).count(),
+            compact: geo.ow() >= 8
+                && match grid {
+                    Grid::Auto => quad_cost(&geo, true) < quad_cost(&geo, false),
+                    Grid::Wide => false,
+                    Grid::Compact => true,
+                },
         })
     }
 
@@ -179,7 +222,17 @@ impl DirectConv {
     /// Prepares `weights` (`I8`, `c_out` rows of `c_in * kh * kw` codes) for `isa` ([`Isa::capped`]): the u8 quad
     /// scheme on the AVX2 tiers when a safe pair order fits in 1.25 times the taps, else i16 pairs.
     pub fn new(isa: Isa, geo: ConvGeometry, weights: &PackedWeights) -> Result<Self, QuantError> {
-        Self::build(isa, geo, weights, true)
+        Self::build(isa, geo, weights, Some(Grid::Auto))
+    }
+
+    /// Like [`DirectConv::new`], with the u8 quad scheme (when it applies) on the given grid.
+    pub fn with_grid(
+        isa: Isa,
+        geo: ConvGeometry,
+        weights: &PackedWeights,
+        grid: Grid,
+    ) -> Result<Self, QuantError> {
+        Self::build(isa, geo, weights, Some(grid))
     }
 
     /// Like [`DirectConv::new`], always on the i16 pair scheme (for comparisons).
@@ -188,14 +241,14 @@ impl DirectConv {
         geo: ConvGeometry,
         weights: &PackedWeights,
     ) -> Result<Self, QuantError> {
-        Self::build(isa, geo, weights, false)
+        Self::build(isa, geo, weights, None)
     }
 
     fn build(
         isa: Isa,
         geo: ConvGeometry,
         weights: &PackedWeights,
-        quads: bool,
+        quads: Option<Grid>,
     ) -> Result<Self, QuantError> {
         const CTX: &str = "DirectConv";
         if weights.packing != Packing::I8 {
@@ -224,9 +277,9 @@ impl DirectConv {
         )?;
         let isa = isa.capped();
         let avx2 = matches!(isa, Isa::Avx2 | Isa::Avx512Vnni);
-        if let Some(q) = (quads && avx2 && geo.oh() > 0 && geo.ow() > 0)
-            .then(|| Quads::new(geo, weights))
-            .flatten()
+        if let Some(q) = quads
+            .filter(|_| avx2 && geo.oh() > 0 && geo.ow() > 0)
+            .and_then(|grid| Quads::new(geo, weights, grid))
         {
             return Ok(Self {
                 geo,
@@ -267,11 +320,13 @@ impl DirectConv {
     }
 
     /// `(row, plane)`: the strides of [`direct_conv_acc_wide`]'s output, `(ow, oh * ow)` on the i16 scheme; the
-    /// u8 quads compute whole padded rows, `(wp, oh * wp rounded up to 16)`.
+    /// u8 quads compute whole padded rows on the wide grid, `(wp, oh * wp rounded up to 16)`, and `(ow, oh * ow
+    /// rounded up to 16)` on the compact one.
     pub fn layout(&self) -> (usize, usize) {
         let (oh, ow) = (self.geo.oh(), self.geo.ow());
         match self.scheme {
             Scheme::Pairs16(_) => (ow, oh * ow),
+            Scheme::Quads(Quads { compact: true, .. }) => (ow, (oh * ow).next_multiple_of(16)),
             Scheme::Quads(_) => {
                 let wp = self.geo.padded().1;
                 (wp, (oh * wp).next_multiple_of(16))
@@ -287,15 +342,16 @@ impl DirectConv {
         }
     }
 
-    /// The scheme, for reports: `direct i16` or `direct u8 quads (K 25 -> 28, 3 flipped)`.
+    /// The scheme, for reports: `direct i16` or `direct u8 quads (K 25 -> 28, 3 flipped, wide grid)`.
     pub fn path(&self) -> String {
         match &self.scheme {
             Scheme::Pairs16(_) => "direct i16".into(),
             Scheme::Quads(q) => format!(
-                "direct u8 quads (K {} -> {}, {} flipped)",
+                "direct u8 quads (K {} -> {}, {} flipped, {} grid)",
                 self.geo.k(),
                 q.len(),
-                q.flipped
+                q.flipped,
+                if q.compact { "compact" } else { "wide" }
             ),
         }
     }

@@ -1691,12 +1691,20 @@ pub(crate) fn direct_conv_quads(
     out: &mut [i32],
 ) {
     let (hp, wp) = g.padded();
-    let blocks = (g.oh() * wp).div_ceil(16);
+    // Position c of the order sits at c + (c / row) * gap in the padded planes: compact positions skip the
+    // `wp - ow` columns past each row's end, wide ones compute them.
+    let (positions, row, gap) = if q.compact {
+        (g.oh() * g.ow(), g.ow(), wp - g.ow())
+    } else {
+        (g.oh() * wp, wp, 0)
+    };
+    let blocks = positions.div_ceil(16);
     let stride = blocks * 16;
     let nq = q.len() / 4;
     let max_off = q.offsets.iter().copied().max().unwrap_or(0);
-    // The last block reads 16 bytes from (blocks - 1) * 16 + max_off.
-    let len = (g.c_in * hp * wp).max(stride + max_off);
+    // The last block's last segment reads 16 bytes from its base plus max_off.
+    let last = stride - 16;
+    let len = (g.c_in * hp * wp).max(last + (last + 15) / row * gap + max_off + 16);
     let bias: Vec<i32> = bias
         .iter()
         .zip(&q.bias_fix)
@@ -1716,10 +1724,24 @@ pub(crate) fn direct_conv_quads(
         }
         s.panel.resize(nq * 64, 0);
         for b in 0..blocks {
-            // SAFETY: AVX2 was detected (dispatch); block b reads planes[b * 16 + off..][..16] with off <= max_off,
-            // inside `len`; the panel holds nq quads of 64 bytes; out holds c_out rows of `stride` (checked).
+            // The rows block b spans: each one's base in the planes and the first lane it fills.
+            let c0 = 16 * b;
+            let first = c0 / row;
+            let mut segments = [(0usize, 0usize); 3];
+            let n = if gap == 0 {
+                1
+            } else {
+                (c0 + 15) / row - first + 1
+            };
+            for (j, seg) in segments.iter_mut().enumerate().take(n) {
+                let r = first + j;
+                *seg = (c0 + r * gap, (r * row).saturating_sub(c0));
+            }
+            // SAFETY: AVX2 was detected (dispatch); segment bases are at most last + (last + 15) / row * gap and
+            // each read is 16 bytes from base + off with off <= max_off, inside `len`; n <= 3 (compact needs ow
+            // >= 8); the panel holds nq quads of 64 bytes; out holds c_out rows of `stride` (checked).
             unsafe {
-                build_quads__avx2(q, &s.planes, b * 16, &mut s.panel);
+                build_quads__avx2(q, &s.planes, &segments[..n], &mut s.panel);
                 let mut c0 = 0;
                 while c0 < g.c_out {
                     let cb = (g.c_out - c0).min(QUAD_CHANNEL_BLOCK);
@@ -1749,16 +1771,50 @@ pub(crate) fn direct_conv_quads(
     })
 }
 
-/// Interleaves the taps of every quad for positions `p0..p0 + 16` into `panel` (64 bytes per quad): 32 bytes of
-/// `[position][4 taps]` for positions 0-3 and 8-11, then 32 for 4-7 and 12-15 (the order the in-lane unpacks
-/// give), complemented where flipped.
+/// Interleaves the taps of every quad for one block of 16 positions into `panel` (64 bytes per quad): 32 bytes
+/// of `[position][4 taps]` for positions 0-3 and 8-11, then 32 for 4-7 and 12-15 (the order the in-lane unpacks
+/// give), complemented where flipped. `segments` are `(base, first lane)` of the rows the block spans: a tap's
+/// lanes from a segment's first lane on read `planes[base + off..]`, later segments overriding earlier ones.
 ///
 /// # Safety
-/// AVX2 must be available; `planes[p0 + off..][..16]` must exist for every offset of `q`; `panel` holds
-/// `q.len() * 16` bytes.
+/// AVX2 must be available; `planes[base + off..][..16]` must exist for every segment and offset of `q`; `panel`
+/// holds `q.len() * 16` bytes; `segments` is not empty.
 #[target_feature(enable = "avx2")]
-unsafe fn build_quads__avx2(q: &super::conv::Quads, planes: &[u8], p0: usize, panel: &mut [u8]) {
-    let base = planes.as_ptr().add(p0);
+unsafe fn build_quads__avx2(
+    q: &super::conv::Quads,
+    planes: &[u8],
+    segments: &[(usize, usize)],
+    panel: &mut [u8],
+) {
+    // One instance per segment count, so the blends unroll.
+    match segments.len() {
+        1 => build_quads_n__avx2::<0>(q, planes, segments, panel),
+        2 => build_quads_n__avx2::<1>(q, planes, segments, panel),
+        _ => build_quads_n__avx2::<2>(q, planes, segments, panel),
+    }
+}
+
+/// [`build_quads__avx2`] for `1 + EXTRA` segments.
+///
+/// # Safety
+/// As [`build_quads__avx2`], with `segments.len() == 1 + EXTRA`.
+#[target_feature(enable = "avx2")]
+unsafe fn build_quads_n__avx2<const EXTRA: usize>(
+    q: &super::conv::Quads,
+    planes: &[u8],
+    segments: &[(usize, usize)],
+    panel: &mut [u8],
+) {
+    let lanes = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let mut rest = [(std::ptr::null::<u8>(), _mm_setzero_si128()); EXTRA];
+    for (r, &(base, lane)) in rest.iter_mut().zip(&segments[1..]) {
+        // Lanes at or past the segment's first lane (lane <= 15).
+        *r = (
+            planes.as_ptr().add(base),
+            _mm_cmpgt_epi8(lanes, _mm_set1_epi8(lane as i8 - 1)),
+        );
+    }
+    let base = planes.as_ptr().add(segments[0].0);
     for ((offs, &xor), dst) in q
         .offsets
         .chunks_exact(4)
@@ -1767,7 +1823,13 @@ unsafe fn build_quads__avx2(q: &super::conv::Quads, planes: &[u8], p0: usize, pa
     {
         // The 16 positions of a tap zero-extended to words; two taps' words merged by a shift and an or give the
         // byte pairs (fewer shuffles than byte unpacks, which the shuffle ports bound).
-        let tap = |o: usize| _mm256_cvtepu8_epi16(_mm_loadu_si128(base.add(o) as *const __m128i));
+        let tap = |o: usize| {
+            let mut v = _mm_loadu_si128(base.add(o) as *const __m128i);
+            for &(b, mask) in &rest {
+                v = _mm_blendv_epi8(v, _mm_loadu_si128(b.add(o) as *const __m128i), mask);
+            }
+            _mm256_cvtepu8_epi16(v)
+        };
         let pair = |a: usize, b: usize| _mm256_or_si256(tap(a), _mm256_slli_epi16::<8>(tap(b)));
         let (u01, u23) = (pair(offs[0], offs[1]), pair(offs[2], offs[3]));
         let m = _mm256_set1_epi32(xor);
