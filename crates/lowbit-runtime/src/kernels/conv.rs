@@ -128,6 +128,46 @@ pub(crate) struct Quads {
     flipped: usize,
     /// Positions in compact order (`oy * ow + ox`, only real ones) instead of the wide grid; see [`Grid`].
     pub(crate) compact: bool,
+    /// Per block of 16 positions, the rows it spans: `(base, first lane)` of each (1 to 3; see [`QuadBlock`]).
+    pub(crate) blocks: Vec<QuadBlock>,
+}
+
+/// The output rows one block of 16 positions of the u8 quad scheme spans: a tap's lanes from `segments[j].1` on
+/// read the padded planes at `segments[j].0 + tap offset` (later segments override earlier ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QuadBlock {
+    /// Segments in use (1 on the wide grid, up to 3 on the compact one).
+    pub(crate) len: usize,
+    /// `(base, first lane)` per segment.
+    pub(crate) segments: [(usize, usize); 3],
+}
+
+/// The blocks of a sample: position `c` of the order is at `c + (c / row) * gap` in the padded planes, where
+/// compact positions skip the `wp - ow` columns past each row's end and wide ones compute them.
+fn quad_blocks(geo: &ConvGeometry, compact: bool) -> Vec<QuadBlock> {
+    let wp = geo.padded().1;
+    let (positions, row, gap) = if compact {
+        (geo.oh() * geo.ow(), geo.ow(), wp - geo.ow())
+    } else {
+        (geo.oh() * wp, wp, 0)
+    };
+    (0..positions.div_ceil(16))
+        .map(|b| {
+            let c0 = 16 * b;
+            let first = c0 / row;
+            let len = if gap == 0 {
+                1
+            } else {
+                (c0 + 15) / row - first + 1
+            };
+            let mut segments = [(0, 0); 3];
+            for (j, seg) in segments.iter_mut().enumerate().take(len) {
+                let r = first + j;
+                *seg = (c0 + r * gap, (r * row).saturating_sub(c0));
+            }
+            QuadBlock { len, segments }
+        })
+        .collect()
 }
 
 /// Which output positions the u8 quad scheme computes, 16 at a time.
@@ -184,6 +224,13 @@ impl Quads {
             })
             .collect();
         let flipped = plan.flipped();
+        // Compact blocks span at most 3 rows only when rows hold at least 8 positions.
+        let compact = geo.ow() >= 8
+            && match grid {
+                Grid::Auto => quad_cost(&geo, true) < quad_cost(&geo, false),
+                Grid::Wide => false,
+                Grid::Compact => true,
+            };
         let xor = flipped
             .chunks_exact(4)
             .map(|f| (0..4).fold(0u32, |m, j| m | if f[j] { 0xff << (8 * j) } else { 0 }) as i32)
@@ -203,12 +250,8 @@ impl Quads {
             weights: quads,
             bias_fix: plan.bias_fix(weights),
             flipped: flipped.iter().filter(|&&f| f).count(),
-            compact: geo.ow() >= 8
-                && match grid {
-                    Grid::Auto => quad_cost(&geo, true) < quad_cost(&geo, false),
-                    Grid::Wide => false,
-                    Grid::Compact => true,
-                },
+            compact,
+            blocks: quad_blocks(&geo, compact),
         })
     }
 

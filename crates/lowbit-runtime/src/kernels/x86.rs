@@ -1691,20 +1691,12 @@ pub(crate) fn direct_conv_quads(
     out: &mut [i32],
 ) {
     let (hp, wp) = g.padded();
-    // Position c of the order sits at c + (c / row) * gap in the padded planes: compact positions skip the
-    // `wp - ow` columns past each row's end, wide ones compute them.
-    let (positions, row, gap) = if q.compact {
-        (g.oh() * g.ow(), g.ow(), wp - g.ow())
-    } else {
-        (g.oh() * wp, wp, 0)
-    };
-    let blocks = positions.div_ceil(16);
-    let stride = blocks * 16;
+    let stride = q.blocks.len() * 16;
     let nq = q.len() / 4;
     let max_off = q.offsets.iter().copied().max().unwrap_or(0);
-    // The last block's last segment reads 16 bytes from its base plus max_off.
-    let last = stride - 16;
-    let len = (g.c_in * hp * wp).max(last + (last + 15) / row * gap + max_off + 16);
+    // Every read is 16 bytes from a segment base plus a tap offset (bases grow with the block).
+    let last_base = q.blocks.last().map_or(0, |b| b.segments[b.len - 1].0);
+    let len = (g.c_in * hp * wp).max(last_base + max_off + 16);
     let bias: Vec<i32> = bias
         .iter()
         .zip(&q.bias_fix)
@@ -1723,25 +1715,12 @@ pub(crate) fn direct_conv_quads(
             }
         }
         s.panel.resize(nq * 64, 0);
-        for b in 0..blocks {
-            // The rows block b spans: each one's base in the planes and the first lane it fills.
-            let c0 = 16 * b;
-            let first = c0 / row;
-            let mut segments = [(0usize, 0usize); 3];
-            let n = if gap == 0 {
-                1
-            } else {
-                (c0 + 15) / row - first + 1
-            };
-            for (j, seg) in segments.iter_mut().enumerate().take(n) {
-                let r = first + j;
-                *seg = (c0 + r * gap, (r * row).saturating_sub(c0));
-            }
-            // SAFETY: AVX2 was detected (dispatch); segment bases are at most last + (last + 15) / row * gap and
-            // each read is 16 bytes from base + off with off <= max_off, inside `len`; n <= 3 (compact needs ow
-            // >= 8); the panel holds nq quads of 64 bytes; out holds c_out rows of `stride` (checked).
+        for (b, block) in q.blocks.iter().enumerate() {
+            // SAFETY: AVX2 was detected (dispatch); segment bases are at most last_base and each read is 16 bytes
+            // from base + off with off <= max_off, inside `len`; 1 <= block.len <= 3; the panel holds nq quads of
+            // 64 bytes; out holds c_out rows of `stride` (checked).
             unsafe {
-                build_quads__avx2(q, &s.planes, &segments[..n], &mut s.panel);
+                build_quads__avx2(q, &s.planes, &block.segments[..block.len], &mut s.panel);
                 let mut c0 = 0;
                 while c0 < g.c_out {
                     let cb = (g.c_out - c0).min(QUAD_CHANNEL_BLOCK);
