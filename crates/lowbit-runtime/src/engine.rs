@@ -590,9 +590,24 @@ impl Engine {
                     } else {
                         None
                     };
-                    // The direct kernels' accumulators, in their own layout (whole padded rows on u8 quads).
-                    let direct_elems = direct.as_ref().map_or(0, |d| c.out_channels * d.layout().1);
-                    max_sample_elems = max_sample_elems.max(direct_elems);
+                    // A direct kernel's accumulators in its own layout, at most whole padded rows rounded up to 16
+                    // positions (u8 quads on the wide grid). Bounded from the shape alone, so that validation
+                    // without prepared kernels (`prepare == false`) bounds the same memory.
+                    let padded_w = window
+                        .padding
+                        .1
+                        .checked_mul(2)
+                        .and_then(|p| shape.width.checked_add(p));
+                    let direct_elems = padded_w
+                        .and_then(|wp| output.height.checked_mul(wp))
+                        .and_then(|p| p.checked_next_multiple_of(16))
+                        .and_then(|p| p.checked_mul(c.out_channels))
+                        .ok_or_else(|| {
+                            shape_err(name.clone(), "direct conv size overflows".into())
+                        })?;
+                    if c.stride == (1, 1) {
+                        max_sample_elems = max_sample_elems.max(direct_elems);
+                    }
                     let op = Op::Conv(ConvOp {
                         gemm,
                         input: shape,

@@ -102,7 +102,8 @@ fn check(seed: u64) {
     let expected = im2col_reference(&g, &x, pad, &w, &bias);
     for isa in Isa::available() {
         let conv = DirectConv::new(isa, g, &w).expect("int8 weights");
-        if isa != Isa::Reference && extreme != 1 && mode == 2 && g.oh() * g.ow() > 0 {
+        let avx2 = matches!(isa, Isa::Avx2 | Isa::Avx512Vnni);
+        if avx2 && extreme != 1 && mode == 2 && g.oh() * g.ow() > 0 {
             assert!(conv.path().contains("quads"), "{isa:?}: {}", conv.path());
         }
         let widened = DirectConv::widened(isa, g, &w).expect("int8 weights");
@@ -184,6 +185,29 @@ fn direct_convolution_rejects_sub_byte_weights_and_wrong_lengths() {
     assert!(direct_conv_acc(&conv, &[0; 16], 0, &[0, 0], &mut out[..7]).is_err());
     let wrong_geo = ConvGeometry { c_out: 3, ..g };
     assert!(DirectConv::new(Isa::Reference, wrong_geo, &w8).is_err());
+    // Empty kernels or inputs are refused on every tier (padding alone would give a non-empty output).
+    for empty in [
+        ConvGeometry { kw: 0, ..g },
+        ConvGeometry { kh: 0, ..g },
+        ConvGeometry {
+            h: 0,
+            pad_h: 2,
+            ..g
+        },
+        ConvGeometry {
+            w: 0,
+            pad_w: 2,
+            ..g
+        },
+    ] {
+        let w = PackedWeights::pack(8, 2, empty.k(), &vec![1; 2 * empty.k()]).expect("valid codes");
+        for isa in Isa::available() {
+            assert!(
+                DirectConv::new(isa, empty, &w).is_err(),
+                "{isa:?} {empty:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -114,6 +114,7 @@ enum Scheme {
 /// one tap are one 16-byte load, and four taps interleave into the `[position][4 taps]` bytes `vpmaddubsw`
 /// multiplies by a broadcast weight quad.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Quads {
     /// Per plan position, the tap's offset in the padded planes; 0 for a zero position, whose weight is 0 in
     /// every channel (so whatever it reads adds nothing).
@@ -135,6 +136,7 @@ pub(crate) struct Quads {
 /// The output rows one block of 16 positions of the u8 quad scheme spans: a tap's lanes from `segments[j].1` on
 /// read the padded planes at `segments[j].0 + tap offset` (later segments override earlier ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct QuadBlock {
     /// Segments in use (1 on the wide grid, up to 3 on the compact one).
     pub(crate) len: usize,
@@ -294,6 +296,9 @@ impl DirectConv {
         quads: Option<Grid>,
     ) -> Result<Self, QuantError> {
         const CTX: &str = "DirectConv";
+        if geo.kh == 0 || geo.kw == 0 || geo.h == 0 || geo.w == 0 {
+            return Err(mismatch(CTX, format!("empty kernel or input: {geo:?}")));
+        }
         if weights.packing != Packing::I8 {
             return Err(mismatch(
                 CTX,
