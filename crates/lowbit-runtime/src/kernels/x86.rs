@@ -1671,6 +1671,8 @@ struct QuadScratch {
     layout: Option<(usize, usize, usize, usize, usize, usize, u8)>,
     /// The built quads of one 16-position block, 64 bytes per quad.
     panel: Vec<u8>,
+    /// The caller's bias plus the flips' fix, per channel.
+    bias: Vec<i32>,
 }
 
 thread_local! {
@@ -1697,12 +1699,13 @@ pub(crate) fn direct_conv_quads(
     // Every read is 16 bytes from a segment base plus a tap offset (bases grow with the block).
     let last_base = q.blocks.last().map_or(0, |b| b.segments[b.len - 1].0);
     let len = (g.c_in * hp * wp).max(last_base + max_off + 16);
-    let bias: Vec<i32> = bias
-        .iter()
-        .zip(&q.bias_fix)
-        .map(|(&b, &f)| b.wrapping_add(f))
-        .collect();
     let mut run = |s: &mut QuadScratch| {
+        s.bias.clear();
+        s.bias.extend(
+            bias.iter()
+                .zip(&q.bias_fix)
+                .map(|(&b, &f)| b.wrapping_add(f)),
+        );
         let key = (g.c_in, g.h, g.w, g.pad_h, g.pad_w, len, pad_code);
         if s.layout != Some(key) {
             s.planes.clear();
@@ -1735,7 +1738,7 @@ pub(crate) fn direct_conv_quads(
                     f(
                         &s.panel,
                         &q.weights[c0 * nq..(c0 + cb) * nq],
-                        &bias[c0..c0 + cb],
+                        &s.bias[c0..c0 + cb],
                         out.as_mut_ptr().add(c0 * stride + b * 16),
                         stride,
                     );
