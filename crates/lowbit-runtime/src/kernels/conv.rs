@@ -671,23 +671,28 @@ pub fn max_pool_requant(
     #[cfg(target_arch = "x86_64")]
     if let (AccLayout::Planes { row, plane }, Isa::Avx2 | Isa::Avx512Vnni) = (layout, isa) {
         if oh * ow >= 8 && isa.is_available() {
-            let mut maxima = vec![0i32; channels * oh * ow];
-            let mut vmax = [0i32; 16];
-            for (c, mplane) in maxima.chunks_exact_mut(oh * ow).enumerate() {
-                for (oy, mrow) in mplane.chunks_exact_mut(ow).enumerate() {
-                    let r0 = &acc[c * plane + 2 * oy * row..][..2 * ow];
-                    let r1 = &acc[c * plane + (2 * oy + 1) * row..][..2 * ow];
-                    // Vertical max of the row pair (contiguous, vectorized), then the max of each column pair.
-                    let v = &mut vmax[..2 * ow];
-                    for ((v, &a), &b) in v.iter_mut().zip(r0).zip(r1) {
-                        *v = a.max(b);
-                    }
-                    for (m, pair) in mrow.iter_mut().zip(v.chunks_exact(2)) {
-                        *m = pair[0].max(pair[1]);
+            // 8 elements of slack for the vector rows' spare lanes.
+            let n = channels * oh * ow;
+            let mut maxima = vec![0i32; n + 8];
+            let shape = ((row, plane), (oh, ow));
+            if !super::x86::max_pool_narrow_planes(acc, channels, shape.0, shape.1, &mut maxima) {
+                let mut vmax = [0i32; 16];
+                for (c, mplane) in maxima[..n].chunks_exact_mut(oh * ow).enumerate() {
+                    for (oy, mrow) in mplane.chunks_exact_mut(ow).enumerate() {
+                        let r0 = &acc[c * plane + 2 * oy * row..][..2 * ow];
+                        let r1 = &acc[c * plane + (2 * oy + 1) * row..][..2 * ow];
+                        // Vertical max of the row pair, then the max of each column pair.
+                        let v = &mut vmax[..2 * ow];
+                        for ((v, &a), &b) in v.iter_mut().zip(r0).zip(r1) {
+                            *v = a.max(b);
+                        }
+                        for (m, pair) in mrow.iter_mut().zip(v.chunks_exact(2)) {
+                            *m = pair[0].max(pair[1]);
+                        }
                     }
                 }
             }
-            super::x86::requant_channels(&maxima, oh * ow, p, out);
+            super::x86::requant_channels(&maxima[..n], oh * ow, p, out);
             return Ok(());
         }
     }

@@ -1428,6 +1428,52 @@ pub(crate) fn max_pool_requant(conv: ConvAcc<'_>, p: &OutputParams, out: &mut [u
     true
 }
 
+/// 2 x 2 window maxima of planes whose pooled rows are under 8 wide (`ow < 8`): `maxima[(c * oh + oy) * ow + ox]`
+/// for planes `plane` apart with rows `row` apart, 8 windows per row pair of which `ow` are kept. `maxima` needs 8
+/// elements of slack (a row's spare lanes are overwritten by the next row). Returns false, writing nothing, when
+/// the last row pair's 16-wide reads would pass the end of `acc` (the caller then takes the scalar definition).
+pub(crate) fn max_pool_narrow_planes(
+    acc: &[i32],
+    channels: usize,
+    (row, plane): (usize, usize),
+    (oh, ow): (usize, usize),
+    maxima: &mut [i32],
+) -> bool {
+    if channels == 0 || oh == 0 || ow == 0 || ow >= 8 {
+        return false;
+    }
+    let last_read = (channels - 1) * plane + (2 * oh - 1) * row + 16;
+    if last_read > acc.len() || maxima.len() < channels * oh * ow + 8 {
+        return false;
+    }
+    // SAFETY: AVX2 tiers only (dispatch); every read of 16 from a row start ends by last_read <= acc.len(); every
+    // 8-lane store starts at most at channels * oh * ow - ow and ends inside the slack.
+    unsafe { max_pool_narrow_planes__avx2(acc, channels, (row, plane), (oh, ow), maxima) };
+    true
+}
+
+/// See [`max_pool_narrow_planes`].
+///
+/// # Safety
+/// AVX2 must be available; the bounds [`max_pool_narrow_planes`] checks hold.
+#[target_feature(enable = "avx2")]
+unsafe fn max_pool_narrow_planes__avx2(
+    acc: &[i32],
+    channels: usize,
+    (row, plane): (usize, usize),
+    (oh, ow): (usize, usize),
+    maxima: &mut [i32],
+) {
+    for c in 0..channels {
+        for oy in 0..oh {
+            let r0 = acc.as_ptr().add(c * plane + 2 * oy * row);
+            let m = max_pool_2x2_i32x8(r0, r0.add(row));
+            let dst = maxima.as_mut_ptr().add((c * oh + oy) * ow);
+            _mm256_storeu_si256(dst as *mut __m256i, m);
+        }
+    }
+}
+
 /// Max of each 2 x 2 window of two rows: outputs `0..8` from the 16 accumulators at `r0` and at `r1`.
 ///
 /// # Safety
