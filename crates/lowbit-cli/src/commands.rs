@@ -996,28 +996,42 @@ struct Timing {
     mean: f64,
 }
 
-/// Times `f` (one batch per call) for about `seconds`, in [`BENCH_WINDOWS`] windows of at least 3 calls each.
-fn time_batches(batch: usize, seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
-    f()?;
+/// Times the f32 model and the engine (one batch per call each) for about `seconds` each, in [`BENCH_WINDOWS`]
+/// windows of at least 3 calls, alternating one window of each: both sides see the same stretch of a shared
+/// machine, so its drift does not land on one side of the ratio.
+fn time_pair(
+    batch: usize,
+    seconds: f64,
+    mut float: impl FnMut() -> Result<()>,
+    mut int: impl FnMut() -> Result<()>,
+) -> Result<(Timing, Timing)> {
+    float()?;
+    int()?;
     let window = seconds / f64::from(BENCH_WINDOWS);
-    let (mut latency, mut calls) = (f64::INFINITY, 0u64);
-    let start = Instant::now();
-    for _ in 0..BENCH_WINDOWS {
+    let run = |f: &mut dyn FnMut() -> Result<()>, (best, calls, secs): &mut (f64, u64, f64)| {
         let t0 = Instant::now();
         let mut iters = 0u64;
         while t0.elapsed().as_secs_f64() < window || iters < 3 {
             f()?;
             iters += 1;
         }
-        latency = latency.min(t0.elapsed().as_secs_f64() / iters as f64);
-        calls += iters;
+        let el = t0.elapsed().as_secs_f64();
+        *best = best.min(el / iters as f64);
+        *calls += iters;
+        *secs += el;
+        Ok::<(), anyhow::Error>(())
+    };
+    let (mut fs, mut is) = ((f64::INFINITY, 0, 0.0), (f64::INFINITY, 0, 0.0));
+    for _ in 0..BENCH_WINDOWS {
+        run(&mut float, &mut fs)?;
+        run(&mut int, &mut is)?;
     }
-    let mean = (calls * batch as u64) as f64 / start.elapsed().as_secs_f64();
-    Ok(Timing {
+    let timing = |(latency, calls, secs): (f64, u64, f64)| Timing {
         best: batch as f64 / latency,
         latency,
-        mean,
-    })
+        mean: (calls * batch as u64) as f64 / secs,
+    };
+    Ok((timing(fs), timing(is)))
 }
 
 /// The float model `lowbit bench` times against the engine: the same layers with dequantized weights (codes times
@@ -1158,14 +1172,18 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 input.len() / b
             );
         }
-        let f = time_batches(b, a.seconds, || {
-            std::hint::black_box(float_model.forward(&xt, false)?);
-            Ok(())
-        })?;
-        let i = time_batches(b, a.seconds, || {
-            std::hint::black_box(engine.run(&input, b)?);
-            Ok(())
-        })?;
+        let (f, i) = time_pair(
+            b,
+            a.seconds,
+            || {
+                std::hint::black_box(float_model.forward(&xt, false)?);
+                Ok(())
+            },
+            || {
+                std::hint::black_box(engine.run(&input, b)?);
+                Ok(())
+            },
+        )?;
         t.row(vec![
             b.to_string(),
             format!("{:.0}", f.best),
@@ -1189,8 +1207,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     }
     print!("{}", t.render());
     println!(
-        "samples/s and latency: best of {BENCH_WINDOWS} windows of {:.2} s (the peer scripts' estimator); \
-         mean: over all windows",
+        "samples/s and latency: best of {BENCH_WINDOWS} windows of {:.2} s each, f32 and engine windows \
+         alternating (the peer scripts' estimator); mean: over all windows",
         a.seconds / f64::from(BENCH_WINDOWS)
     );
     Ok(())
