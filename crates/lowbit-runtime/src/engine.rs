@@ -788,13 +788,20 @@ impl Engine {
 
     /// Runs `batch` samples of raw `u8` input (`[batch, features]`) and returns f32 logits `[batch, classes]`.
     pub fn run(&self, input: &[u8], batch: usize) -> Result<Vec<f32>, QuantError> {
-        Ok(self.execute(input, batch, None)?.1)
+        Ok(self.execute(input, batch, None, true)?.1)
+    }
+
+    /// Like [`Engine::run`], but a large batch is always handed whole to the rayon pool, the caller waiting on
+    /// rayon's latch, as `run` does only when called from inside the pool (for comparisons: the `split_ab`
+    /// example times the two strategies in alternating windows).
+    pub fn run_pooled(&self, input: &[u8], batch: usize) -> Result<Vec<f32>, QuantError> {
+        Ok(self.execute(input, batch, None, false)?.1)
     }
 
     /// Like [`Engine::run`], also returning every layer's integer output.
     pub fn run_traced(&self, input: &[u8], batch: usize) -> Result<Trace, QuantError> {
         let mut codes = Vec::with_capacity(self.ops.len().saturating_sub(1));
-        let (accumulators, logits) = self.execute(input, batch, Some(&mut codes))?;
+        let (accumulators, logits) = self.execute(input, batch, Some(&mut codes), true)?;
         Ok(Trace {
             codes,
             accumulators,
@@ -815,6 +822,7 @@ impl Engine {
         input: &[u8],
         batch: usize,
         trace: Option<&mut Vec<Vec<u8>>>,
+        caller_splits: bool,
     ) -> Result<(Vec<i32>, Vec<f32>), QuantError> {
         let rows = self.task_rows();
         if trace.is_none() && batch > rows && rayon::current_num_threads() > 1 {
@@ -822,7 +830,7 @@ impl Engine {
             if batch.checked_mul(features) != Some(input.len()) {
                 return self.execute_local(input, batch, None);
             }
-            if rayon::current_thread_index().is_none() {
+            if caller_splits && rayon::current_thread_index().is_none() {
                 return self.execute_split(input, batch, rows);
             }
             let mut logits = vec![0f32; batch * self.classes];
@@ -841,10 +849,10 @@ impl Engine {
 
     /// The batch split when the caller is outside the rayon pool: `threads - 1` pool helpers and the caller itself
     /// take tasks of `rows` samples from a shared counter, and the caller spins (up to [`SPLIT_SPINS`]) for the
-    /// helpers to finish instead of sleeping on rayon's latch. Against handing the whole split to the pool (where
-    /// the caller blocks on a futex until the last task ends), 100 ms windows alternating between the two in one
-    /// process on the 2-core VM gave +5-23% (best window) and +18-20% (mean) on the MLP at batch 256, +2-8% on
-    /// LeNet.
+    /// helpers to finish instead of sleeping on rayon's latch. Against handing the whole split to the pool
+    /// ([`Engine::run_pooled`], where the caller blocks on a futex until the last task ends), the `split_ab`
+    /// example's alternating windows on the 2-core VM gave +6-29% (best window) and +13-18% (mean) on the MLP at
+    /// batch 256 (three runs), and +5-19% / -3 to +1% on LeNet.
     fn execute_split(
         &self,
         input: &[u8],
