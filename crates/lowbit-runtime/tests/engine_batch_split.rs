@@ -17,6 +17,12 @@ fn split_batches_equal_the_serial_path_and_single_sample_runs() {
             let x = Rng(seed * 1000 + batch as u64).bytes(batch * f);
             let split = e.run(&x, batch).unwrap();
             let serial = e.run_traced(&x, batch).unwrap().logits;
+            // The split handed whole to the pool gives the same logits as the caller-participating one.
+            assert_eq!(
+                bits_of(&e.run_pooled(&x, batch).unwrap()),
+                bits_of(&split),
+                "{bits}-bit batch {batch} pooled, seed {seed}"
+            );
             assert_eq!(
                 bits_of(&split),
                 bits_of(&serial),
