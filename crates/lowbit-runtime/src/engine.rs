@@ -116,14 +116,7 @@ impl Gemm {
     }
 
     fn requant(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), QuantError> {
-        let rq = self.requant_out()?;
-        let p = kernels::OutputParams {
-            bias: &self.bias_eff,
-            requant: rq.requant,
-            zero_point: rq.zero_point,
-            qmin: rq.qmin,
-            qmax: rq.qmax,
-        };
+        let p = self.requant_out()?.params(&self.bias_eff);
         kernels::gemm_requant_prepacked(a, m, self.k, &self.weights, &p, out)
     }
 
@@ -1142,16 +1135,13 @@ fn choose_direct(
     // positions-layout pooling: it is worth up to 1.5x the GEMM's multiply-accumulates (LeNet's second conv,
     // 1.34x, took 17% less CPU per sample on quads).
     let direct = DirectConv::new(isa, geo, &c.weights)?;
-    if let Some(len) = direct.quad_len() {
-        let wide = direct.layout().1;
-        if 2 * wide * len * geo.c_out <= 3 * gemm_macs {
-            return Ok(Some(direct));
-        }
+    match direct.quad_len() {
+        Some(len) if 2 * direct.layout().1 * len * geo.c_out <= 3 * gemm_macs => Ok(Some(direct)),
+        _ if geo.direct_macs() >= gemm_macs => Ok(None),
+        // Without a quad plan `new` already built the i16 scheme.
+        None => Ok(Some(direct)),
+        Some(_) => DirectConv::widened(isa, geo, &c.weights).map(Some),
     }
-    if geo.direct_macs() >= gemm_macs {
-        return Ok(None);
-    }
-    DirectConv::widened(isa, geo, &c.weights).map(Some)
 }
 
 /// `(channels, height, width, padding, pad code)` of a padded sample.
@@ -1408,7 +1398,18 @@ struct RequantOut<'a> {
     qmax: i32,
 }
 
-impl RequantOut<'_> {
+impl<'a> RequantOut<'a> {
+    /// The kernels' output stage with `bias` (empty where the accumulators already hold it).
+    fn params(&self, bias: &'a [i32]) -> kernels::OutputParams<'a> {
+        kernels::OutputParams {
+            bias,
+            requant: self.requant,
+            zero_point: self.zero_point,
+            qmin: self.qmin,
+            qmax: self.qmax,
+        }
+    }
+
     /// Requantizes `[channels][positions]` accumulators of one sample.
     fn channels(&self, acc: &[i32], channels: usize, out: &mut [u8]) -> Result<(), QuantError> {
         kernels::conv::requant_channels(
@@ -1475,13 +1476,7 @@ fn conv_pool_requant(
     let rq = g.requant_out()?;
     let (h, w) = (conv.output.height, conv.output.width);
     let pooled_elems = pooled.channels * pooled.height * pooled.width;
-    let p = kernels::OutputParams {
-        bias: &[],
-        requant: rq.requant,
-        zero_point: rq.zero_point,
-        qmin: rq.qmin,
-        qmax: rq.qmax,
-    };
+    let p = rq.params(&[]);
     let isa = kernels::selected_isa();
     let pool = |acc: &[i32], layout, o: &mut [u8]| {
         let conv = ConvAcc {

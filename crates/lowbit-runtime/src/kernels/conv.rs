@@ -131,6 +131,9 @@ pub(crate) struct Quads {
     pub(crate) compact: bool,
     /// Per block of 16 positions, the rows it spans: `(base, first lane)` of each (1 to 3; see [`QuadBlock`]).
     pub(crate) blocks: Vec<QuadBlock>,
+    /// Bytes of padded planes the blocks read: the last segment base plus the largest tap offset plus 16 (bases
+    /// grow with the block), at least the planes themselves.
+    pub(crate) span: usize,
 }
 
 /// The output rows one block of 16 positions of the u8 quad scheme spans: a tap's lanes from `segments[j].1` on
@@ -189,21 +192,9 @@ pub enum Grid {
 /// a tap costs one load per row segment plus a blend per extra one, a quad 6 more to interleave, and 8 per
 /// channel to multiply (two `vpmaddubsw`, two `vpmaddwd`, two adds, a broadcast, a share of the loop).
 fn quad_cost(geo: &ConvGeometry, compact: bool) -> usize {
-    let (oh, ow) = (geo.oh(), geo.ow());
-    let (positions, row) = if compact {
-        (oh * ow, ow)
-    } else {
-        (oh * geo.padded().1, usize::MAX)
-    };
-    (0..positions.div_ceil(16))
-        .map(|b| {
-            let segments = if compact {
-                (16 * b + 15) / row - 16 * b / row + 1
-            } else {
-                1
-            };
-            4 * (2 * segments - 1) + 6 + 8 * geo.c_out
-        })
+    quad_blocks(geo, compact)
+        .iter()
+        .map(|b| 4 * (2 * b.len - 1) + 6 + 8 * geo.c_out)
         .sum()
 }
 
@@ -233,6 +224,13 @@ impl Quads {
                 Grid::Wide => false,
                 Grid::Compact => true,
             };
+        let blocks = quad_blocks(&geo, compact);
+        let span = {
+            let (hp, wp) = geo.padded();
+            let last_base = blocks.last().map_or(0, |b| b.segments[b.len - 1].0);
+            let max_off = offsets.iter().copied().max().unwrap_or(0);
+            (geo.c_in * hp * wp).max(last_base + max_off + 16)
+        };
         let xor = flipped
             .chunks_exact(4)
             .map(|f| (0..4).fold(0u32, |m, j| m | if f[j] { 0xff << (8 * j) } else { 0 }) as i32)
@@ -253,7 +251,8 @@ impl Quads {
             bias_fix: plan.bias_fix(weights),
             flipped: flipped.iter().filter(|&&f| f).count(),
             compact,
-            blocks: quad_blocks(&geo, compact),
+            span,
+            blocks,
         })
     }
 

@@ -1741,10 +1741,7 @@ pub(crate) fn direct_conv_quads(
     let (hp, wp) = g.padded();
     let stride = q.blocks.len() * 16;
     let nq = q.len() / 4;
-    let max_off = q.offsets.iter().copied().max().unwrap_or(0);
-    // Every read is 16 bytes from a segment base plus a tap offset (bases grow with the block).
-    let last_base = q.blocks.last().map_or(0, |b| b.segments[b.len - 1].0);
-    let len = (g.c_in * hp * wp).max(last_base + max_off + 16);
+    let len = q.span;
     let mut run = |s: &mut QuadScratch| {
         s.bias.clear();
         s.bias.extend(
@@ -1765,8 +1762,8 @@ pub(crate) fn direct_conv_quads(
         }
         s.panel.resize(nq * 64, 0);
         for (b, block) in q.blocks.iter().enumerate() {
-            // SAFETY: AVX2 was detected (dispatch); segment bases are at most last_base and each read is 16 bytes
-            // from base + off with off <= max_off, inside `len`; 1 <= block.len <= 3; the panel holds nq quads of
+            // SAFETY: AVX2 was detected (dispatch); each read is 16 bytes from a segment base plus a tap offset,
+            // inside `q.span` = `len` (see `Quads::span`); 1 <= block.len <= 3; the panel holds nq quads of
             // 64 bytes; out holds c_out rows of `stride` (checked).
             unsafe {
                 build_quads__avx2(q, &s.planes, &block.segments[..block.len], &mut s.panel);
