@@ -848,6 +848,19 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
+    /// Every element of `got` within `tol` of `want`; the message names the tier, `ctx()` and the index.
+    fn assert_near(got: &[f32], want: &[f32], tol: f32, ctx: impl Fn() -> String) {
+        assert_eq!(got.len(), want.len());
+        for (i, (x, y)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (x - y).abs() <= tol,
+                "isa {:?} {} at {i}: {x} vs {y}",
+                isa(),
+                ctx()
+            );
+        }
+    }
+
     /// f32 sums of k products of magnitude <= 1 in two different orders differ by at most ~2 k eps.
     fn tol(k: usize) -> f32 {
         2.0 * k as f32 * f32::EPSILON + 1e-6
@@ -876,13 +889,7 @@ mod tests {
                 let (mut c, mut r) = (c0.clone(), c0);
                 gemm_abt(m, k, n, &a, &b, &mut c, accumulate);
                 reference::gemm_abt(m, k, n, &a, &b, &mut r, accumulate);
-                for (i, (x, y)) in c.iter().zip(&r).enumerate() {
-                    assert!(
-                        (x - y).abs() <= tol(k),
-                        "isa {:?} m={m} k={k} n={n} at {i}: {x} vs {y}",
-                        isa()
-                    );
-                }
+                assert_near(&c, &r, tol(k), || format!("m={m} k={k} n={n}"));
             }
         }
     }
@@ -907,13 +914,7 @@ mod tests {
             let mut r = vec![0.0; m * n];
             gemm_atb(kk, m, n, &a, &b, &mut c);
             reference::gemm_atb(kk, m, n, &a, &b, &mut r);
-            for (i, (x, y)) in c.iter().zip(&r).enumerate() {
-                assert!(
-                    (x - y).abs() <= tol(kk),
-                    "isa {:?} kk={kk} m={m} n={n} at {i}: {x} vs {y}",
-                    isa()
-                );
-            }
+            assert_near(&c, &r, tol(kk), || format!("kk={kk} m={m} n={n}"));
         }
     }
 
@@ -939,13 +940,9 @@ mod tests {
                 let (mut c, mut r) = (c0.clone(), c0);
                 gemm_abt_batched(batch, m, k, n, &a, &b, &mut c, accumulate);
                 reference::gemm_abt_batched(batch, m, k, n, &a, &b, &mut r, accumulate);
-                for (i, (x, y)) in c.iter().zip(&r).enumerate() {
-                    assert!(
-                        (x - y).abs() <= tol(batch * k),
-                        "isa {:?} batch={batch} m={m} k={k} n={n} at {i}: {x} vs {y}",
-                        isa()
-                    );
-                }
+                assert_near(&c, &r, tol(batch * k), || {
+                    format!("batch={batch} m={m} k={k} n={n}")
+                });
             }
         }
     }
@@ -983,13 +980,9 @@ mod tests {
             let mut want = vec![0.0; m * n];
             gemm_atb_rows(kk, m, n, &a, &b, &off, &mut got);
             reference::gemm_atb_rows(kk, m, n, &a, &b, &off, &mut want);
-            for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (x - y).abs() <= tol(kk),
-                    "isa {:?} c={c} hp={hp} wp={wp} m={m} at {i}: {x} vs {y}",
-                    isa()
-                );
-            }
+            assert_near(&got, &want, tol(kk), || {
+                format!("c={c} hp={hp} wp={wp} m={m}")
+            });
         }
     }
 
@@ -1013,13 +1006,9 @@ mod tests {
             let mut want = vec![0.0; m * n];
             gemm_abt_batched_rows(batch, m, k, n, &a, a_bs, &b, b_bs, &off, &mut got);
             reference::gemm_abt_batched_rows(batch, m, k, n, &a, a_bs, &b, b_bs, &off, &mut want);
-            for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (x - y).abs() <= tol(batch * k),
-                    "isa {:?} batch={batch} c={c} hp={hp} wp={wp} m={m} at {i}: {x} vs {y}",
-                    isa()
-                );
-            }
+            assert_near(&got, &want, tol(batch * k), || {
+                format!("batch={batch} c={c} hp={hp} wp={wp} m={m}")
+            });
         }
     }
 
