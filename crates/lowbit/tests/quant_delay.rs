@@ -112,6 +112,20 @@ fn fresh_weight_steps(layers: &[(Vec<f32>, usize)], bits: u32, per_channel: bool
         .collect()
 }
 
+/// Trains `m` two epochs with `delay` epochs of quantization delay and the quantizers' learning rate scaled to
+/// nothing, and returns the bits of each weight quantizer's steps.
+fn steps_after_frozen_run(m: &mut Model, delay: f32) -> Vec<Vec<u32>> {
+    let c = TrainConfig {
+        quant_lr_scale: 1e-30,
+        ..cfg(2, delay)
+    };
+    run(m, &c).unwrap();
+    weight_quantizers(m)
+        .iter()
+        .map(|q| bits_of(q.steps()))
+        .collect()
+}
+
 fn bits_of(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -125,18 +139,7 @@ fn quantizers_are_initialized_from_the_weights_and_data_at_the_switch() {
     run(&mut float, &cfg(1, 0.0)).unwrap();
     // QAT with the first epoch of two as the delay, quantizer parameters frozen after the switch.
     let mut qat = prepared(&init, &qcfg);
-    run(
-        &mut qat,
-        &TrainConfig {
-            quant_lr_scale: 1e-30,
-            ..cfg(2, 1.0)
-        },
-    )
-    .unwrap();
-    let got: Vec<Vec<u32>> = weight_quantizers(&qat)
-        .iter()
-        .map(|q| bits_of(q.steps()))
-        .collect();
+    let got = steps_after_frozen_run(&mut qat, 1.0);
     let want: Vec<Vec<u32>> = fresh_weight_steps(&weight_layers(&float), 2, qcfg.per_channel)
         .iter()
         .map(|s| bits_of(s))
@@ -288,18 +291,7 @@ fn a_zero_delay_keeps_the_quantizers_initialized_at_step_zero() {
     // weights gave, as before the delay existed.
     let init = float_model();
     let mut m = prepared(&init, &lsq_config(2));
-    run(
-        &mut m,
-        &TrainConfig {
-            quant_lr_scale: 1e-30,
-            ..cfg(2, 0.0)
-        },
-    )
-    .unwrap();
-    let got: Vec<Vec<u32>> = weight_quantizers(&m)
-        .iter()
-        .map(|q| bits_of(q.steps()))
-        .collect();
+    let got = steps_after_frozen_run(&mut m, 0.0);
     let want: Vec<Vec<u32>> = fresh_weight_steps(&weight_layers(&init), 2, true)
         .iter()
         .map(|s| bits_of(s))
