@@ -1,6 +1,7 @@
-//! `Engine::run` (the caller takes batch tasks itself and spins for the pool's helpers) against
-//! `Engine::run_pooled` (the whole split handed to the rayon pool, the caller sleeping on its latch), in 100 ms
-//! windows alternating between the two in one process, so that a shared machine's drift falls on both.
+//! `Engine::run` (the caller and `lowbit_runtime::workers`' spinning helpers take batch tasks from one counter)
+//! against `Engine::run_pooled` (the whole split handed to the rayon pool, whose workers sleep between calls, the
+//! caller waiting on its latch), in 100 ms windows alternating between the two in one process, so that a shared
+//! machine's drift falls on both.
 //!
 //! `cargo run --release -p lowbit-runtime --example split_ab -- MODEL.lbq [BATCH [WINDOWS]]` (default 256, 40)
 use lowbit_runtime::engine::Engine;
@@ -22,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let input: Vec<u8> = (0..batch * features)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let names = ["run (caller splits)", "run_pooled"];
+    let names = ["run (spinning helpers)", "run_pooled"];
     let (mut best, mut calls, mut secs) = ([f64::INFINITY; 2], [0u64; 2], [0f64; 2]);
     for w in 0..windows.max(2) {
         let which = w % 2;

@@ -28,27 +28,24 @@ use crate::kernels::{Isa, PrepackedWeights};
 use crate::model::{OutputStage, QLayer, QuantModel};
 use crate::pack::PackedWeights;
 use crate::qparams::{act_code_range, requantize, QParams, Requant};
+use crate::workers;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Largest raw input code: kernels multiply `u8` codes, so every bound assumes 255.
 const MAX_ACT_CODE: i64 = 255;
 
-/// Work per task when [`Engine::run`] splits a batch across rayon threads, in multiply-accumulates. 1M MACs is
-/// about 30-40 us on one Zen3 core, far above rayon's cost per task (~1-2 us), and cuts a batch of 256 through
+/// Work per task when [`Engine::run`] splits a batch across threads, in multiply-accumulates. 1M MACs is about
+/// 30-40 us on one Zen3 core, far above the cost of handing out a task (~1-2 us in rayon), and cuts a batch of 256 through
 /// the 784-64-10 MLP (51K MACs per sample) into 11 tasks of 24 samples: taking tasks from a shared counter (or
 /// work stealing, inside the pool) then rebalances when a thread is descheduled on a shared machine, which a split
 /// into one equal half per thread cannot (the call waits for the slower half), and every layer of a task runs on
 /// one thread with its data in cache.
 const PAR_TASK_MACS: usize = 1_000_000;
-/// Spin iterations the calling thread waits for the helpers of a split batch before it blocks on rayon's latch.
-/// A helper's last task lasts at most one task (tens to hundreds of microseconds); sleeping on a futex instead cost
-/// this VM more than spinning (see [`Engine::run`]).
-const SPLIT_SPINS: u32 = 2_000_000;
 
 thread_local! {
-    /// Set while the calling thread runs tasks of its own split batch: its convolutions then run their samples
-    /// sequentially, like the pool's workers do, instead of splitting them again.
+    /// Set while a thread runs tasks of a split batch (the caller or a [`workers`] helper): its convolutions then
+    /// run their samples sequentially, like the rayon pool's workers do, instead of splitting them again.
     static IN_SPLIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 /// Task rows are a multiple of this: the int8 micro-tile is 6 rows, the sub-byte one 4.
@@ -840,35 +837,35 @@ impl Engine {
         self.execute_local(input, batch, trace)
     }
 
-    /// The batch split when the caller is outside the rayon pool: `threads - 1` pool helpers and the caller itself
-    /// take tasks of `rows` samples from a shared counter, and the caller spins (up to [`SPLIT_SPINS`]) for the
-    /// helpers to finish instead of sleeping on rayon's latch. Against handing the whole split to the pool
-    /// ([`Engine::run_pooled`], where the caller blocks on a futex until the last task ends), the `split_ab`
-    /// example's alternating windows on the 2-core VM gave +6-29% (best window) and +13-18% (mean) on the MLP at
-    /// batch 256 (three runs), and +5-19% / -3 to +1% on LeNet.
+    /// The batch split when the caller is outside the rayon pool: the caller and the spinning [`workers`] take
+    /// tasks of `rows` samples from a shared counter. Against handing the whole split to the rayon pool
+    /// ([`Engine::run_pooled`]), whose workers fall asleep between calls and take tens of microseconds to wake on
+    /// this VM, the `split_ab` example measures the difference in alternating windows (BENCHMARKS.md).
     fn execute_split(
         &self,
         input: &[u8],
         batch: usize,
         rows: usize,
     ) -> Result<(Vec<i32>, Vec<f32>), QuantError> {
-        use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Mutex;
         let features = self.input_features;
         let tasks = batch.div_ceil(rows);
-        let helpers = rayon::current_num_threads().saturating_sub(1).min(tasks);
         let mut logits = vec![0f32; batch * self.classes];
         let outs: Vec<Mutex<&mut [f32]>> = logits
             .chunks_mut(rows * self.classes)
             .map(Mutex::new)
             .collect();
-        let (next, finished) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let first_err: Mutex<Option<QuantError>> = Mutex::new(None);
-        let work = || loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= tasks {
-                break;
+        let task = |i: usize| {
+            // Resets the flag even if the task panics.
+            struct Split;
+            impl Drop for Split {
+                fn drop(&mut self) {
+                    IN_SPLIT.set(false);
+                }
             }
+            IN_SPLIT.set(true);
+            let _guard = Split;
             let lo = i * rows;
             let hi = (lo + rows).min(batch);
             let result = self.execute_local(&input[lo * features..hi * features], hi - lo, None);
@@ -888,33 +885,11 @@ impl Engine {
                 (Ok(_), None) => {}
             }
         };
-        rayon::in_place_scope(|s| {
-            for _ in 0..helpers {
-                s.spawn(|_| {
-                    work();
-                    finished.fetch_add(1, Ordering::Release);
-                });
-            }
-            // Resets the flag even if a task panics.
-            struct Split;
-            impl Drop for Split {
-                fn drop(&mut self) {
-                    IN_SPLIT.set(false);
-                }
-            }
-            IN_SPLIT.set(true);
-            let guard = Split;
-            work();
-            drop(guard);
-            let mut spins = 0;
-            while finished.load(Ordering::Acquire) < helpers && spins < SPLIT_SPINS {
-                std::hint::spin_loop();
-                spins += 1;
-            }
-        });
+        let completed = workers::run_tasks(tasks, &task);
         drop(outs);
         match first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Some(e) => Err(e),
+            None if !completed => Err(internal("a batch task panicked")),
             None => Ok((Vec::new(), logits)),
         }
     }

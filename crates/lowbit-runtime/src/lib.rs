@@ -2,7 +2,8 @@
 //!
 //! Data flow inside this crate: [`qparams`] (the one normative quantize / requantize arithmetic) ->
 //! [`pack`] (weight codes at their bit width) -> [`kernels`] (reference + SIMD, dispatched at run time) ->
-//! [`model`] (the quantized model) -> [`engine`] (runs it integer-only) -> [`format`] (the `.lbq` file).
+//! [`model`] (the quantized model) -> [`engine`] (runs it integer-only, its batches split over [`workers`]) ->
+//! [`format`] (the `.lbq` file).
 //!
 //! This crate never depends on training code.
 #![warn(missing_docs)]
@@ -16,6 +17,7 @@ pub mod pack;
 pub mod qparams;
 #[doc(hidden)]
 pub mod testutil;
+pub mod workers;
 
 pub use error::{FormatError, QuantError};
 pub use model::QuantModel;

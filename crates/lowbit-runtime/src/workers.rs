@@ -1,0 +1,258 @@
+//! Spinning helper threads for [`crate::engine::Engine::run`]'s batch split.
+//!
+//! A batch of 256 through the 784-64-10 MLP takes about 100 us on two cores, so the few tens of microseconds a
+//! sleeping thread needs to wake up on this VM (a futex wake, then the hypervisor rescheduling an idle vCPU) is a
+//! large share of every call. Rayon's workers go to sleep soon after their queue empties; these helpers instead
+//! keep polling for the next batch for a while ([`DEFAULT_SPIN_US`], `LOWBIT_SPIN_US`) before they park, as ONNX
+//! Runtime's and OpenMP's thread pools do by default. Measured by the `split_ab` example, which alternates windows
+//! between this split and the whole batch handed to rayon (docs/KERNELS.md, BENCHMARKS.md).
+//!
+//! One batch at a time uses the helpers; a caller that finds them busy (another thread's batch) runs its tasks
+//! alone. The calling thread always takes tasks too, so a helper that is slow to wake costs nothing but its share.
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// How long a helper keeps polling for the next batch after its last one before it parks, in microseconds.
+pub const DEFAULT_SPIN_US: u64 = 500;
+
+/// One batch: the caller's task closure and the counter its threads take task indices from. Lives on the caller's
+/// stack; helpers reach it through [`Pool::job`] only while the caller waits for them (see [`run_tasks`]).
+struct Job<'a> {
+    task: &'a (dyn Fn(usize) + Sync),
+    tasks: usize,
+    next: AtomicUsize,
+    panicked: AtomicBool,
+}
+
+impl Job<'_> {
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, SeqCst);
+            if i >= self.tasks {
+                return;
+            }
+            if catch_unwind(AssertUnwindSafe(|| (self.task)(i))).is_err() {
+                self.panicked.store(true, SeqCst);
+            }
+        }
+    }
+}
+
+struct Pool {
+    /// The open job (a `*const Job`), or null.
+    job: AtomicPtr<()>,
+    /// Bumped for every job, so that a polling or parked helper notices it.
+    generation: AtomicU64,
+    /// Helpers between announcing themselves and leaving a job; the caller waits for zero after closing it.
+    active: AtomicUsize,
+    /// Per helper: parked (or about to park) and needs an unpark.
+    sleeping: Vec<AtomicBool>,
+    threads: OnceLock<Vec<Thread>>,
+    /// Held by the caller whose batch the helpers run.
+    busy: Mutex<()>,
+    spin: Duration,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let helpers = rayon::current_num_threads().saturating_sub(1);
+        let spin_us = std::env::var("LOWBIT_SPIN_US")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(DEFAULT_SPIN_US);
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            generation: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            sleeping: (0..helpers).map(|_| AtomicBool::new(false)).collect(),
+            threads: OnceLock::new(),
+            busy: Mutex::new(()),
+            spin: Duration::from_micros(spin_us),
+        }));
+        let mut threads = Vec::with_capacity(helpers);
+        for h in 0..helpers {
+            let spawned = std::thread::Builder::new()
+                .name(format!("lowbit-helper-{h}"))
+                .spawn(move || helper(pool, h));
+            // Without a thread the batch still runs: the caller takes every task itself.
+            if let Ok(handle) = spawned {
+                threads.push(handle.thread().clone());
+            }
+        }
+        let _ = pool.threads.set(threads);
+        pool
+    })
+}
+
+fn helper(pool: &'static Pool, me: usize) {
+    let mut seen = pool.generation.load(SeqCst);
+    loop {
+        let polled = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let g = pool.generation.load(SeqCst);
+            if g != seen {
+                seen = g;
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            if spins & 255 == 0 && polled.elapsed() >= pool.spin {
+                // The caller reads `sleeping` after bumping `generation` (both SeqCst): either it sees the flag and
+                // unparks, or this thread sees the new generation and does not park.
+                pool.sleeping[me].store(true, SeqCst);
+                if pool.generation.load(SeqCst) == seen {
+                    std::thread::park();
+                }
+                pool.sleeping[me].store(false, SeqCst);
+                continue;
+            }
+            std::hint::spin_loop();
+        }
+        // Announce, then look: the caller clears `job` before it reads `active`, so either this thread sees null
+        // or the caller sees it active and waits until it leaves.
+        pool.active.fetch_add(1, SeqCst);
+        let job = pool.job.load(SeqCst) as *const Job<'static>;
+        // SAFETY: a non-null `job` points to the open job on its caller's stack, which outlives this access because
+        // the caller waits for `active` to drop to zero before returning (see above and `run_tasks`).
+        if let Some(job) = unsafe { job.as_ref() } {
+            job.work();
+        }
+        pool.active.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Helper threads available to [`run_tasks`] (rayon's thread count minus the caller; started on first use).
+pub fn helpers() -> usize {
+    pool().threads.get().map_or(0, Vec::len)
+}
+
+/// Runs `task(i)` once for every `i` in `0..tasks`, on the calling thread and the idle helpers, and returns when
+/// all have finished. Returns `false` if a task panicked (the other tasks still run).
+pub fn run_tasks(tasks: usize, task: &(dyn Fn(usize) + Sync)) -> bool {
+    let job = Job {
+        task,
+        tasks,
+        next: AtomicUsize::new(0),
+        panicked: AtomicBool::new(false),
+    };
+    let pool = pool();
+    let guard = match pool.busy.try_lock() {
+        _ if tasks < 2 || pool.sleeping.is_empty() => None,
+        Ok(g) => Some(g),
+        // Nothing is ever left half-done under the lock (tasks run under `catch_unwind`).
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    };
+    if guard.is_none() {
+        job.work();
+        return !job.panicked.load(SeqCst);
+    }
+    pool.job.store(&job as *const Job<'_> as *mut (), SeqCst);
+    pool.generation.fetch_add(1, SeqCst);
+    if let Some(threads) = pool.threads.get() {
+        for (t, sleeping) in threads.iter().zip(&pool.sleeping) {
+            if sleeping.load(SeqCst) {
+                t.unpark();
+            }
+        }
+    }
+    job.work();
+    pool.job.store(std::ptr::null_mut(), SeqCst);
+    // Helpers still inside the job finish at most their current task.
+    let mut spins = 0u32;
+    while pool.active.load(SeqCst) != 0 {
+        spins = spins.wrapping_add(1);
+        if spins & 4095 == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    drop(guard);
+    !job.panicked.load(SeqCst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(tasks: usize) -> (Vec<AtomicUsize>, bool) {
+        let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+        let ok = run_tasks(tasks, &|i| {
+            hits[i].fetch_add(1, SeqCst);
+        });
+        (hits, ok)
+    }
+
+    #[test]
+    fn every_task_runs_exactly_once() {
+        for tasks in [0usize, 1, 2, 3, 11, 64, 1000] {
+            for _ in 0..50 {
+                let (hits, ok) = counts(tasks);
+                assert!(ok);
+                assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "{tasks} tasks");
+            }
+        }
+    }
+
+    #[test]
+    fn helpers_take_tasks_and_wake_after_parking() {
+        if helpers() == 0 {
+            return;
+        }
+        let main = std::thread::current().id();
+        // Long enough tasks that an awake helper takes some; retried because a loaded machine may starve it.
+        let helped = |sleep_first: bool| {
+            (0..20).any(|_| {
+                if sleep_first {
+                    std::thread::sleep(pool().spin + Duration::from_millis(2));
+                }
+                let others = AtomicUsize::new(0);
+                assert!(run_tasks(8, &|_| {
+                    std::thread::sleep(Duration::from_millis(2));
+                    if std::thread::current().id() != main {
+                        others.fetch_add(1, SeqCst);
+                    }
+                }));
+                others.load(SeqCst) > 0
+            })
+        };
+        assert!(helped(false), "no helper ever took a task");
+        assert!(helped(true), "no helper took a task after parking");
+    }
+
+    #[test]
+    fn a_panicking_task_is_reported_and_the_others_still_run() {
+        let hits: Vec<AtomicUsize> = (0..16).map(|_| AtomicUsize::new(0)).collect();
+        let ok = run_tasks(16, &|i| {
+            hits[i].fetch_add(1, SeqCst);
+            if i == 5 {
+                panic!("task 5");
+            }
+        });
+        assert!(!ok);
+        assert!(hits.iter().all(|h| h.load(SeqCst) == 1));
+        // The pool is still usable.
+        let (hits, ok) = counts(16);
+        assert!(ok && hits.iter().all(|h| h.load(SeqCst) == 1));
+    }
+
+    #[test]
+    fn concurrent_callers_each_run_all_their_tasks() {
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                s.spawn(move || {
+                    for round in 0..200 {
+                        let (hits, ok) = counts(3 + (t + round) % 13);
+                        assert!(ok);
+                        assert!(hits.iter().all(|h| h.load(SeqCst) == 1));
+                    }
+                });
+            }
+        });
+    }
+}
