@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Issue-4 acceptance: integer-engine inference and GEMM throughput against peers measured in the same run,
 # one program after another (never concurrently: the machine has 2 cores). Usage:
-#   bench/run_engine_peers.sh [PEERS_VENV]   (default /work/peers-venv; see bench/peers/requirements.txt)
+#   bench/run_engine_peers.sh [PEERS_VENV [TFLITE_VENV]]
+# (defaults /work/peers-venv and /work/tflite-venv; see bench/peers/requirements.txt and requirements-tflite.txt;
+# without the TFLite venv that peer is skipped with a note).
 # Environment: CARGO_TARGET_DIR (default target), LOWBIT_ISA (caps the kernel tier), SECONDS_PER_CASE (default 1),
 # DATA (MNIST-format directory, default /usr/share/datasets/fashion-mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-/work/peers-venv}"
+TFLITE_VENV="${2:-/work/tflite-venv}"
 SECS="${SECONDS_PER_CASE:-1}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 OUT=bench/results
@@ -33,6 +36,12 @@ echo "## lowbit kernels (cargo run --release -p lowbit-runtime --example gemm_go
 "$TARGET/release/examples/gemm_gops"
 echo "## onnxruntime f32 and int8 QDQ (bench/peers/ort_mlp.py, 2 intra-op threads)"
 (cd bench/peers && "$VENV/bin/python" ort_mlp.py --threads 2 2> /dev/null)
+echo "## tflite int8 (bench/peers/tflite_mlp.py, LiteRT interpreter, XNNPACK, 2 threads)"
+if [[ -x "$TFLITE_VENV/bin/python" ]]; then
+  (cd bench/peers && "$TFLITE_VENV/bin/python" tflite_mlp.py --threads 2 2> /dev/null)
+else
+  echo "skipped: no venv at $TFLITE_VENV (bench/peers/requirements-tflite.txt)"
+fi
 echo "## torch._int_mm, onnxruntime MatMulInteger and numpy f32 matmul, 1024^3 (bench/peers/torch_int_mm.py, 2 threads)"
 (cd bench/peers && "$VENV/bin/python" torch_int_mm.py --threads 2 2> /dev/null)
 echo "## lowbit f32 sgemm 1024^3 (cargo run --release -p lowbit --example f32_gemm_gops)"
