@@ -840,7 +840,8 @@ impl Engine {
     /// The batch split when the caller is outside the rayon pool: the caller and the spinning [`workers`] take
     /// tasks of `rows` samples from a shared counter. Against handing the whole split to the rayon pool
     /// ([`Engine::run_pooled`]), whose workers fall asleep between calls and take tens of microseconds to wake on
-    /// this VM, the `split_ab` example measures the difference in alternating windows (BENCHMARKS.md).
+    /// this VM, the `split_ab` example measures the difference in alternating windows (BENCHMARKS.md). While
+    /// another thread's batch holds the helpers, this one runs on the calling thread alone.
     fn execute_split(
         &self,
         input: &[u8],

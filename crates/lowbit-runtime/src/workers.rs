@@ -7,8 +7,11 @@
 //! Runtime's and OpenMP's thread pools do by default. Measured by the `split_ab` example, which alternates windows
 //! between this split and the whole batch handed to rayon (docs/KERNELS.md, BENCHMARKS.md).
 //!
-//! One batch at a time uses the helpers; a caller that finds them busy (another thread's batch) runs its tasks
-//! alone. The calling thread always takes tasks too, so a helper that is slow to wake costs nothing but its share.
+//! One batch at a time uses the helpers: a caller that finds them busy (another thread's batch) runs its tasks alone
+//! on its own thread. The calling thread always takes tasks too, so a helper that is slow to wake only loses its
+//! share; the caller still waits for a helper that has joined the batch to finish its current task.
+//! The helpers are threads of their own beside rayon's pool (`RAYON_NUM_THREADS - 1` of them, counted at first
+//! use); parked, they cost nothing.
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Mutex, OnceLock};
@@ -34,8 +37,11 @@ impl Job<'_> {
             if i >= self.tasks {
                 return;
             }
-            if catch_unwind(AssertUnwindSafe(|| (self.task)(i))).is_err() {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.task)(i))) {
                 self.panicked.store(true, SeqCst);
+                // Leaked rather than dropped: a payload whose `Drop` panics would unwind out of `work` and break
+                // the protocol of `run_tasks` (the caller must not leave while helpers can reach its job).
+                std::mem::forget(payload);
             }
         }
     }
@@ -50,7 +56,8 @@ struct Pool {
     active: AtomicUsize,
     /// Per helper: parked (or about to park) and needs an unpark.
     sleeping: Vec<AtomicBool>,
-    threads: OnceLock<Vec<Thread>>,
+    /// Per helper, the same index as `sleeping`: its thread, or `None` if it could not be spawned.
+    threads: OnceLock<Vec<Option<Thread>>>,
     /// Held by the caller whose batch the helpers run.
     busy: Mutex<()>,
     spin: Duration,
@@ -73,16 +80,16 @@ fn pool() -> &'static Pool {
             busy: Mutex::new(()),
             spin: Duration::from_micros(spin_us),
         }));
-        let mut threads = Vec::with_capacity(helpers);
-        for h in 0..helpers {
-            let spawned = std::thread::Builder::new()
-                .name(format!("lowbit-helper-{h}"))
-                .spawn(move || helper(pool, h));
-            // Without a thread the batch still runs: the caller takes every task itself.
-            if let Ok(handle) = spawned {
-                threads.push(handle.thread().clone());
-            }
-        }
+        // Without a thread the batch still runs: the caller takes every task itself.
+        let threads = (0..helpers)
+            .map(|h| {
+                std::thread::Builder::new()
+                    .name(format!("lowbit-helper-{h}"))
+                    .spawn(move || helper(pool, h))
+                    .ok()
+                    .map(|handle| handle.thread().clone())
+            })
+            .collect();
         let _ = pool.threads.set(threads);
         pool
     })
@@ -117,7 +124,8 @@ fn helper(pool: &'static Pool, me: usize) {
         pool.active.fetch_add(1, SeqCst);
         let job = pool.job.load(SeqCst) as *const Job<'static>;
         // SAFETY: a non-null `job` points to the open job on its caller's stack, which outlives this access because
-        // the caller waits for `active` to drop to zero before returning (see above and `run_tasks`).
+        // the caller waits for `active` to drop to zero before returning (see above and `run_tasks`); `work` does
+        // not unwind (task panics are caught and their payloads leaked).
         if let Some(job) = unsafe { job.as_ref() } {
             job.work();
         }
@@ -127,7 +135,30 @@ fn helper(pool: &'static Pool, me: usize) {
 
 /// Helper threads available to [`run_tasks`] (rayon's thread count minus the caller; started on first use).
 pub fn helpers() -> usize {
-    pool().threads.get().map_or(0, Vec::len)
+    pool()
+        .threads
+        .get()
+        .map_or(0, |t| t.iter().filter(|t| t.is_some()).count())
+}
+
+/// Closes the published job and waits until no helper is inside it; in `Drop`, so that it also runs if the
+/// caller's own share unwinds (which `Job::work` does not do, but the job must never outlive its frame).
+struct Close<'p>(&'p Pool);
+
+impl Drop for Close<'_> {
+    fn drop(&mut self) {
+        self.0.job.store(std::ptr::null_mut(), SeqCst);
+        // Helpers still inside the job finish at most their current task.
+        let mut spins = 0u32;
+        while self.0.active.load(SeqCst) != 0 {
+            spins = spins.wrapping_add(1);
+            if spins & 4095 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
 }
 
 /// Runs `task(i)` once for every `i` in `0..tasks`, on the calling thread and the idle helpers, and returns when
@@ -140,38 +171,32 @@ pub fn run_tasks(tasks: usize, task: &(dyn Fn(usize) + Sync)) -> bool {
         panicked: AtomicBool::new(false),
     };
     let pool = pool();
-    let guard = match pool.busy.try_lock() {
-        _ if tasks < 2 || pool.sleeping.is_empty() => None,
-        Ok(g) => Some(g),
-        // Nothing is ever left half-done under the lock (tasks run under `catch_unwind`).
-        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
+    let guard = if tasks < 2 || helpers() == 0 {
+        None
+    } else {
+        match pool.busy.try_lock() {
+            Ok(g) => Some(g),
+            // The lock guards no data, and `Close` has run for whatever unwound while it was held.
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     };
     if guard.is_none() {
         job.work();
         return !job.panicked.load(SeqCst);
     }
     pool.job.store(&job as *const Job<'_> as *mut (), SeqCst);
+    let close = Close(pool);
     pool.generation.fetch_add(1, SeqCst);
     if let Some(threads) = pool.threads.get() {
         for (t, sleeping) in threads.iter().zip(&pool.sleeping) {
-            if sleeping.load(SeqCst) {
+            if let (Some(t), true) = (t, sleeping.load(SeqCst)) {
                 t.unpark();
             }
         }
     }
     job.work();
-    pool.job.store(std::ptr::null_mut(), SeqCst);
-    // Helpers still inside the job finish at most their current task.
-    let mut spins = 0u32;
-    while pool.active.load(SeqCst) != 0 {
-        spins = spins.wrapping_add(1);
-        if spins & 4095 == 0 {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
+    drop(close);
     drop(guard);
     !job.panicked.load(SeqCst)
 }
@@ -179,6 +204,12 @@ pub fn run_tasks(tasks: usize, task: &(dyn Fn(usize) + Sync)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tests share the process-wide pool; run one at a time so that each one's batches get the helpers.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     fn counts(tasks: usize) -> (Vec<AtomicUsize>, bool) {
         let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
@@ -190,6 +221,7 @@ mod tests {
 
     #[test]
     fn every_task_runs_exactly_once() {
+        let _serial = serial();
         for tasks in [0usize, 1, 2, 3, 11, 64, 1000] {
             for _ in 0..50 {
                 let (hits, ok) = counts(tasks);
@@ -201,7 +233,9 @@ mod tests {
 
     #[test]
     fn helpers_take_tasks_and_wake_after_parking() {
+        let _serial = serial();
         if helpers() == 0 {
+            // RAYON_NUM_THREADS=1: nothing to take tasks (every_task_runs_exactly_once covers the serial path).
             return;
         }
         let main = std::thread::current().id();
@@ -227,6 +261,7 @@ mod tests {
 
     #[test]
     fn a_panicking_task_is_reported_and_the_others_still_run() {
+        let _serial = serial();
         let hits: Vec<AtomicUsize> = (0..16).map(|_| AtomicUsize::new(0)).collect();
         let ok = run_tasks(16, &|i| {
             hits[i].fetch_add(1, SeqCst);
@@ -243,6 +278,7 @@ mod tests {
 
     #[test]
     fn concurrent_callers_each_run_all_their_tasks() {
+        let _serial = serial();
         std::thread::scope(|s| {
             for t in 0..4 {
                 s.spawn(move || {
@@ -254,5 +290,51 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn the_caller_returns_only_after_the_helpers_left_its_job() {
+        let _serial = serial();
+        let main = std::thread::current().id();
+        for _ in 0..10 {
+            // Helpers' tasks outlast the caller's: returning early would leave them writing into a freed frame.
+            let finished: Vec<AtomicBool> = (0..6).map(|_| AtomicBool::new(false)).collect();
+            assert!(run_tasks(6, &|i| {
+                let ms = if std::thread::current().id() == main {
+                    1
+                } else {
+                    6
+                };
+                std::thread::sleep(Duration::from_millis(ms));
+                finished[i].store(true, SeqCst);
+            }));
+            assert!(finished.iter().all(|f| f.load(SeqCst)));
+        }
+    }
+
+    #[test]
+    fn nested_calls_and_a_panic_payload_that_panics_on_drop_complete() {
+        let _serial = serial();
+        struct Bomb;
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                panic!("payload drop");
+            }
+        }
+        let inner = AtomicUsize::new(0);
+        assert!(run_tasks(4, &|_| {
+            // The helpers are taken: the nested batch runs on this thread.
+            assert!(run_tasks(3, &|_| {
+                inner.fetch_add(1, SeqCst);
+            }));
+        }));
+        assert_eq!(inner.load(SeqCst), 12);
+        assert!(!run_tasks(4, &|i| {
+            if i == 2 {
+                std::panic::panic_any(Bomb);
+            }
+        }));
+        let (hits, ok) = counts(8);
+        assert!(ok && hits.iter().all(|h| h.load(SeqCst) == 1));
     }
 }
