@@ -424,30 +424,40 @@ fn edit_lbq_model(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Ve
     out
 }
 
+/// Overwrites element `index` of the f32 tensor `name` in an `.lbq` file, keeping everything else.
+fn set_lbq_f32(bytes: &[u8], name: &str, index: usize, value: f32) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header[name]["dtype"], "F32", "{name}");
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = 8 + n + start + 4 * index;
+    let mut out = bytes.to_vec();
+    out[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    out
+}
+
 #[test]
 fn eval_rejects_nan_infinite_and_negative_scales() {
     let m = models();
     let bytes = std::fs::read(m.quant()).unwrap();
     let t = tempfile::tempdir().unwrap();
-    // JSON cannot hold NaN: serde_json writes a NaN scale as null. 1e300 becomes +inf as an f32.
-    let cases: [(&str, serde_json::Value); 4] = [
-        ("nan.lbq", serde_json::Value::Null),
-        ("inf.lbq", serde_json::json!(1e300)),
-        ("negative.lbq", serde_json::json!(-0.01)),
-        ("zero.lbq", serde_json::json!(0.0)),
+    let cases = [
+        ("nan.lbq", f32::NAN),
+        ("inf.lbq", f32::INFINITY),
+        ("negative.lbq", -0.01),
+        ("zero.lbq", 0.0),
     ];
     for (name, value) in cases {
-        let edited = edit_lbq_model(&bytes, |model| {
-            model["layers"][0]["weight_scales"][0] = value;
-        });
+        let edited = set_lbq_f32(&bytes, "layers.0.weight_scales", 0, value);
         std::fs::write(t.path().join(name), edited).unwrap();
         run_err(t.path(), &["eval", name], &[name]);
         run_err(t.path(), &["predict", name, "x.pgm"], &[name]);
     }
     // The same surgery with a valid scale still loads, so the failures above come from the scale alone.
-    let same = edit_lbq_model(&bytes, |_| {});
+    let same = set_lbq_f32(&bytes, "layers.0.weight_scales", 0, 0.01);
     std::fs::write(t.path().join("same.lbq"), same).unwrap();
     run_ok(t.path(), &["eval", "same.lbq"]);
+    // The input scale lives in the model JSON, which cannot hold NaN: serde_json writes it as null.
     let nan_input = edit_lbq_model(&bytes, |model| {
         model["input"]["scale"] = serde_json::Value::Null
     });

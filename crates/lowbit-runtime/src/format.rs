@@ -1,9 +1,12 @@
 //! The `.lbq` deployable model file: a safetensors container (see `docs/FORMAT.md` for the byte layout).
 //!
-//! `__metadata__` holds `format = "lowbit.lbq"`, `format_version = "1"` and `model`, a JSON document with the
-//! model's structure and small parameters (shapes, bit widths, scales, zero points, requantization multipliers,
-//! provenance). Tensors: `layers.{i}.weight` (U8 packed codes, shape `[rows, row_bytes]`) and `layers.{i}.bias`
-//! (I32, shape `[rows]`) for every Dense and Conv2d layer `i`.
+//! `__metadata__` holds `format = "lowbit.lbq"`, `format_version = "2"` and `model`, a JSON document with the
+//! model's structure and scalar parameters (shapes, bit widths, activation scales and zero points, provenance).
+//! Tensors, for every Dense and Conv2d layer `i`: `layers.{i}.weight` (U8 packed codes, shape `[rows, row_bytes]`),
+//! `layers.{i}.bias` (I32, `[rows]`), `layers.{i}.weight_scales` (F32, `[1 or rows]`) and, when the layer
+//! requantizes, `layers.{i}.requant` (I32, `[1 or rows, 2]`: multiplier, shift). Version 1 kept the per-channel
+//! scales and requantization in the JSON as text (about 4.5 KB for the MLP, a sixth of a 4-bit model's file); it
+//! is still read.
 //!
 //! The reader treats its input as untrusted: sizes are capped before anything is allocated, arithmetic is
 //! checked, every field is validated, and the graph is finally checked by building an [`Engine`]. It never
@@ -26,8 +29,8 @@ use std::path::Path;
 
 /// Value of the `format` metadata key of a quantized model file.
 pub const FORMAT_NAME: &str = "lowbit.lbq";
-/// Format version this build writes and the highest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version this build writes and the highest it reads (it reads every version from 1).
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest JSON header accepted (safetensors itself allows 100 MB).
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
 /// Largest file [`load`] reads.
@@ -44,8 +47,9 @@ pub const MAX_SAMPLE_ELEMS: usize = 1 << 26;
 const META_KEY: &str = "__metadata__";
 
 // ---------------------------------------------------------------------------------------------------------------
-// Metadata JSON (the model without its big arrays). Scales are written as f64 so they survive any JSON parser
-// exactly: every f32 is an f64, and the nearest f32 of a one-ulp-off f64 is still the original.
+// Metadata JSON (the model without its arrays). Scales are written as f64 so they survive any JSON parser exactly:
+// every f32 is an f64, and the nearest f32 of a one-ulp-off f64 is still the original. The per-channel arrays
+// (`weight_scales`, `requant`) are tensors since version 2 and JSON fields in version 1, hence the options.
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,7 +102,8 @@ enum OutputMeta {
         zero_point: i32,
         bits: u32,
         relu: bool,
-        requant: Vec<Requant>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requant: Option<Vec<Requant>>,
     },
     #[serde(rename = "logits")]
     Logits,
@@ -112,7 +117,8 @@ enum LayerMeta {
         in_features: usize,
         out_features: usize,
         weights: WeightsMeta,
-        weight_scales: Vec<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight_scales: Option<Vec<f64>>,
         input: QpMeta,
         output: OutputMeta,
     },
@@ -124,7 +130,8 @@ enum LayerMeta {
         stride: [usize; 2],
         padding: [usize; 2],
         weights: WeightsMeta,
-        weight_scales: Vec<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight_scales: Option<Vec<f64>>,
         input: QpMeta,
         output: OutputMeta,
     },
@@ -171,19 +178,19 @@ fn output_meta(o: &OutputStage) -> OutputMeta {
             qparams,
             bits,
             relu,
-            requant,
+            ..
         } => OutputMeta::Requantize {
             scale: qparams.scale as f64,
             zero_point: qparams.zero_point,
             bits: *bits,
             relu: *relu,
-            requant: requant.clone(),
+            requant: None,
         },
     }
 }
 
-fn output_stage(o: OutputMeta) -> OutputStage {
-    match o {
+fn output_stage(o: OutputMeta, t: &mut LayerTensors<'_, '_>) -> Result<OutputStage, FormatError> {
+    Ok(match o {
         OutputMeta::Logits => OutputStage::Logits,
         OutputMeta::Requantize {
             scale,
@@ -198,9 +205,9 @@ fn output_stage(o: OutputMeta) -> OutputStage {
             },
             bits,
             relu,
-            requant,
+            requant: t.requant(requant)?,
         },
-    }
+    })
 }
 
 fn pair(p: (usize, usize)) -> [usize; 2] {
@@ -212,14 +219,6 @@ fn unpair(p: [usize; 2]) -> (usize, usize) {
     (a, b)
 }
 
-fn to_f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-fn to_f32s(v: &[f64]) -> Vec<f32> {
-    v.iter().map(|&x| x as f32).collect()
-}
-
 fn model_meta(model: &QuantModel) -> ModelMeta {
     let layers = model
         .layers
@@ -229,7 +228,7 @@ fn model_meta(model: &QuantModel) -> ModelMeta {
                 in_features: d.in_features,
                 out_features: d.out_features,
                 weights: weights_meta(&d.weights),
-                weight_scales: to_f64s(&d.weight_scales),
+                weight_scales: None,
                 input: QpMeta::from_qp(d.input),
                 output: output_meta(&d.output),
             },
@@ -240,7 +239,7 @@ fn model_meta(model: &QuantModel) -> ModelMeta {
                 stride: pair(c.stride),
                 padding: pair(c.padding),
                 weights: weights_meta(&c.weights),
-                weight_scales: to_f64s(&c.weight_scales),
+                weight_scales: None,
                 input: QpMeta::from_qp(c.input),
                 output: output_meta(&c.output),
             },
@@ -311,7 +310,11 @@ fn check_weights_limits(i: usize, w: &WeightsMeta) -> Result<usize, FormatError>
 }
 
 fn check_output_limits(i: usize, o: &OutputMeta) -> Result<(), FormatError> {
-    if let OutputMeta::Requantize { requant, .. } = o {
+    if let OutputMeta::Requantize {
+        requant: Some(requant),
+        ..
+    } = o
+    {
         limit(
             &format!("layers.{i}.requant length"),
             requant.len(),
@@ -339,7 +342,8 @@ fn check_limits(meta: &ModelMeta) -> Result<(), FormatError> {
                 output,
                 ..
             } => {
-                dims(&what, &[*in_features, *out_features, weight_scales.len()])?;
+                dims(&what, &[*in_features, *out_features])?;
+                dims(&what, &[weight_scales.as_ref().map_or(0, Vec::len)])?;
                 check_weights_limits(i, weights)?;
                 check_output_limits(i, output)?;
             }
@@ -354,7 +358,8 @@ fn check_limits(meta: &ModelMeta) -> Result<(), FormatError> {
                 output,
                 ..
             } => {
-                dims(&what, &[*in_channels, *out_channels, weight_scales.len()])?;
+                dims(&what, &[*in_channels, *out_channels])?;
+                dims(&what, &[weight_scales.as_ref().map_or(0, Vec::len)])?;
                 dims(&what, kernel)?;
                 dims(&what, stride)?;
                 dims(&what, padding)?;
@@ -402,15 +407,35 @@ pub fn to_bytes(model: &QuantModel) -> Result<Vec<u8>, FormatError> {
 
     let mut tensors: Vec<Tensor> = Vec::new();
     for (i, l) in model.layers.iter().enumerate() {
-        let (w, b) = match l {
-            QLayer::Dense(d) => (&d.weights, &d.bias),
-            QLayer::Conv2d(c) => (&c.weights, &c.bias),
+        let (w, b, scales, output) = match l {
+            QLayer::Dense(d) => (&d.weights, &d.bias, &d.weight_scales, &d.output),
+            QLayer::Conv2d(c) => (&c.weights, &c.bias, &c.weight_scales, &c.output),
             _ => continue,
         };
         let shape = vec![w.rows, row_bytes(w.packing, w.cols)];
         tensors.push((format!("layers.{i}.weight"), "U8", shape, w.data.clone()));
         let bytes: Vec<u8> = b.iter().flat_map(|v| v.to_le_bytes()).collect();
         tensors.push((format!("layers.{i}.bias"), "I32", vec![b.len()], bytes));
+        let bytes: Vec<u8> = scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((
+            format!("layers.{i}.weight_scales"),
+            "F32",
+            vec![scales.len()],
+            bytes,
+        ));
+        if let OutputStage::Requantize { requant, .. } = output {
+            let bytes: Vec<u8> = requant
+                .iter()
+                .flat_map(|r| [r.multiplier, r.shift])
+                .flat_map(i32::to_le_bytes)
+                .collect();
+            tensors.push((
+                format!("layers.{i}.requant"),
+                "I32",
+                vec![requant.len(), 2],
+                bytes,
+            ));
+        }
     }
     let meta = [
         ("format", FORMAT_NAME.to_string()),
@@ -647,56 +672,135 @@ fn tensor<'a>(st: &'a SafeTensors<'a>, name: &str) -> Result<TensorView<'a>, For
         .map_err(|_| FormatError::Malformed(format!("missing tensor {name:?}")))
 }
 
-fn read_weights(
-    st: &SafeTensors<'_>,
-    i: usize,
-    w: &WeightsMeta,
-) -> Result<PackedWeights, FormatError> {
-    let name = format!("layers.{i}.weight");
-    let rb = row_bytes(w.packing, w.cols);
-    let t = tensor(st, &name)?;
-    if t.dtype() != Dtype::U8 {
+/// Tensor `name`, which must have `dtype` and a shape `shape_ok` accepts (`want` describes it for the error).
+fn typed<'a>(
+    st: &'a SafeTensors<'a>,
+    name: &str,
+    dtype: Dtype,
+    want: &str,
+    shape_ok: impl Fn(&[usize]) -> bool,
+) -> Result<TensorView<'a>, FormatError> {
+    let t = tensor(st, name)?;
+    if t.dtype() != dtype {
         return Err(FormatError::Malformed(format!(
-            "{name} has dtype {:?}, expected U8",
+            "{name} has dtype {:?}, expected {dtype:?}",
             t.dtype()
         )));
     }
-    if t.shape() != [w.rows, rb] {
+    if !shape_ok(t.shape()) {
         return Err(FormatError::Malformed(format!(
-            "{name} has shape {:?}, expected [{}, {rb}]",
-            t.shape(),
-            w.rows
-        )));
-    }
-    Ok(PackedWeights {
-        bits: w.bits,
-        packing: w.packing,
-        rows: w.rows,
-        cols: w.cols,
-        data: t.data().to_vec(),
-    })
-}
-
-fn read_bias(st: &SafeTensors<'_>, i: usize, rows: usize) -> Result<Vec<i32>, FormatError> {
-    let name = format!("layers.{i}.bias");
-    let t = tensor(st, &name)?;
-    if t.dtype() != Dtype::I32 {
-        return Err(FormatError::Malformed(format!(
-            "{name} has dtype {:?}, expected I32",
-            t.dtype()
-        )));
-    }
-    if t.shape() != [rows] {
-        return Err(FormatError::Malformed(format!(
-            "{name} has shape {:?}, expected [{rows}]",
+            "{name} has shape {:?}, expected {want}",
             t.shape()
         )));
     }
-    Ok(t.data()
-        .chunks_exact(4)
+    Ok(t)
+}
+
+fn le_i32s(data: &[u8]) -> impl Iterator<Item = i32> + '_ {
+    data.chunks_exact(4)
         .filter_map(|c| <[u8; 4]>::try_from(c).ok())
         .map(i32::from_le_bytes)
-        .collect())
+}
+
+/// Reads layer `i`'s tensors for the file's format version, recording every name it expects.
+struct LayerTensors<'a, 'e> {
+    st: &'a SafeTensors<'a>,
+    i: usize,
+    version: u32,
+    expected: &'e mut HashSet<String>,
+}
+
+impl<'a> LayerTensors<'a, '_> {
+    fn name(&mut self, what: &str) -> String {
+        let name = format!("layers.{}.{what}", self.i);
+        self.expected.insert(name.clone());
+        name
+    }
+
+    fn weights(&mut self, w: &WeightsMeta) -> Result<PackedWeights, FormatError> {
+        let name = self.name("weight");
+        let rb = row_bytes(w.packing, w.cols);
+        let want = format!("[{}, {rb}]", w.rows);
+        let t = typed(self.st, &name, Dtype::U8, &want, |s| s == [w.rows, rb])?;
+        Ok(PackedWeights {
+            bits: w.bits,
+            packing: w.packing,
+            rows: w.rows,
+            cols: w.cols,
+            data: t.data().to_vec(),
+        })
+    }
+
+    fn bias(&mut self, rows: usize) -> Result<Vec<i32>, FormatError> {
+        let name = self.name("bias");
+        let t = typed(self.st, &name, Dtype::I32, &format!("[{rows}]"), |s| {
+            s == [rows]
+        })?;
+        Ok(le_i32s(t.data()).collect())
+    }
+
+    /// A per-channel array: from the JSON in version 1, from tensor `what` afterwards (the engine checks lengths).
+    fn per_channel<J, T>(
+        &mut self,
+        what: &str,
+        json: Option<Vec<J>>,
+        from_json: impl Fn(J) -> T,
+        read: impl Fn(&mut Self, &str) -> Result<Vec<T>, FormatError>,
+    ) -> Result<Vec<T>, FormatError> {
+        let i = self.i;
+        match (self.version, json) {
+            (1, Some(v)) => Ok(v.into_iter().map(from_json).collect()),
+            (1, None) => Err(FormatError::Malformed(format!(
+                "layers.{i}: format version 1 needs {what:?} in the model JSON"
+            ))),
+            (_, Some(_)) => Err(FormatError::Malformed(format!(
+                "layers.{i}: {what:?} is a tensor since format version 2, not a JSON field"
+            ))),
+            (_, None) => {
+                let name = self.name(what);
+                read(self, &name)
+            }
+        }
+    }
+
+    fn weight_scales(&mut self, json: Option<Vec<f64>>) -> Result<Vec<f32>, FormatError> {
+        self.per_channel(
+            "weight_scales",
+            json,
+            |x| x as f32,
+            |me, name| {
+                let t = typed(me.st, name, Dtype::F32, "[channels]", |s| s.len() == 1)?;
+                Ok(t.data()
+                    .chunks_exact(4)
+                    .filter_map(|c| <[u8; 4]>::try_from(c).ok())
+                    .map(f32::from_le_bytes)
+                    .collect())
+            },
+        )
+    }
+
+    fn requant(&mut self, json: Option<Vec<Requant>>) -> Result<Vec<Requant>, FormatError> {
+        self.per_channel(
+            "requant",
+            json,
+            |r| r,
+            |me, name| {
+                let t = typed(me.st, name, Dtype::I32, "[channels, 2]", |s| {
+                    s.len() == 2 && s.get(1) == Some(&2)
+                })?;
+                let v: Vec<i32> = le_i32s(t.data()).collect();
+                Ok(v.chunks_exact(2)
+                    .filter_map(|p| match p {
+                        [multiplier, shift] => Some(Requant {
+                            multiplier: *multiplier,
+                            shift: *shift,
+                        }),
+                        _ => None,
+                    })
+                    .collect())
+            },
+        )
+    }
 }
 
 /// Parses and fully validates a `.lbq` file held in memory.
@@ -747,6 +851,12 @@ pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
     let mut expected: HashSet<String> = HashSet::new();
     let mut layers = Vec::with_capacity(meta.layers.len());
     for (i, l) in meta.layers.into_iter().enumerate() {
+        let mut t = LayerTensors {
+            st: &st,
+            i,
+            version,
+            expected: &mut expected,
+        };
         let layer = match l {
             LayerMeta::Dense {
                 in_features,
@@ -755,19 +865,15 @@ pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
                 weight_scales,
                 input,
                 output,
-            } => {
-                expected.insert(format!("layers.{i}.weight"));
-                expected.insert(format!("layers.{i}.bias"));
-                QLayer::Dense(QDense {
-                    in_features,
-                    out_features,
-                    bias: read_bias(&st, i, weights.rows)?,
-                    weights: read_weights(&st, i, &weights)?,
-                    weight_scales: to_f32s(&weight_scales),
-                    input: input.to_qp(),
-                    output: output_stage(output),
-                })
-            }
+            } => QLayer::Dense(QDense {
+                in_features,
+                out_features,
+                bias: t.bias(weights.rows)?,
+                weights: t.weights(&weights)?,
+                weight_scales: t.weight_scales(weight_scales)?,
+                input: input.to_qp(),
+                output: output_stage(output, &mut t)?,
+            }),
             LayerMeta::Conv2d {
                 in_channels,
                 out_channels,
@@ -778,22 +884,18 @@ pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
                 weight_scales,
                 input,
                 output,
-            } => {
-                expected.insert(format!("layers.{i}.weight"));
-                expected.insert(format!("layers.{i}.bias"));
-                QLayer::Conv2d(QConv2d {
-                    in_channels,
-                    out_channels,
-                    kernel: unpair(kernel),
-                    stride: unpair(stride),
-                    padding: unpair(padding),
-                    bias: read_bias(&st, i, weights.rows)?,
-                    weights: read_weights(&st, i, &weights)?,
-                    weight_scales: to_f32s(&weight_scales),
-                    input: input.to_qp(),
-                    output: output_stage(output),
-                })
-            }
+            } => QLayer::Conv2d(QConv2d {
+                in_channels,
+                out_channels,
+                kernel: unpair(kernel),
+                stride: unpair(stride),
+                padding: unpair(padding),
+                bias: t.bias(weights.rows)?,
+                weights: t.weights(&weights)?,
+                weight_scales: t.weight_scales(weight_scales)?,
+                input: input.to_qp(),
+                output: output_stage(output, &mut t)?,
+            }),
             LayerMeta::MaxPool2d { kernel, stride } => QLayer::MaxPool2d {
                 kernel: unpair(kernel),
                 stride: unpair(stride),

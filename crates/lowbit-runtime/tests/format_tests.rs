@@ -78,7 +78,7 @@ fn metadata_tells_a_quantized_file_from_a_float_one() {
     let bytes = small_file();
     let meta = read_metadata(&bytes).unwrap();
     assert_eq!(meta["format"], "lowbit.lbq");
-    assert_eq!(meta["format_version"], "1");
+    assert_eq!(meta["format_version"], "2");
     let float = rebuild(&bytes, |m, _| {
         m.insert("format".into(), "lowbit.f32".into());
     });
@@ -115,12 +115,127 @@ fn rejects_another_format_name_as_bad_magic() {
 
 #[test]
 fn rejects_a_newer_version() {
-    let v2 = rebuild(&small_file(), |m, _| {
-        m.insert("format_version".into(), "2".into());
+    let v3 = rebuild(&small_file(), |m, _| {
+        m.insert("format_version".into(), "3".into());
     });
-    match from_bytes(&v2) {
-        Err(FormatError::UnsupportedVersion { found: 2, max: 1 }) => {}
+    match from_bytes(&v3) {
+        Err(FormatError::UnsupportedVersion { found: 3, max: 2 }) => {}
         other => panic!("{other:?}"),
+    }
+}
+
+/// Rewrites a version-2 file as version 1: the per-channel tensors go back into the model JSON as text.
+fn as_version_1(bytes: &[u8]) -> Vec<u8> {
+    rebuild(bytes, |meta, tensors| {
+        let mut v: serde_json::Value = serde_json::from_str(&meta["model"]).unwrap();
+        for (name, _, _, data) in tensors.iter() {
+            let Some((i, what)) = name.strip_prefix("layers.").and_then(|r| r.split_once('.'))
+            else {
+                continue;
+            };
+            let layer = &mut v["layers"][i.parse::<usize>().unwrap()];
+            let words = data.chunks_exact(4).map(|c| c.try_into().unwrap());
+            match what {
+                "weight_scales" => {
+                    let scales: Vec<f64> = words.map(|c| f32::from_le_bytes(c) as f64).collect();
+                    layer["weight_scales"] = serde_json::json!(scales);
+                }
+                "requant" => {
+                    let w: Vec<i32> = words.map(i32::from_le_bytes).collect();
+                    let rq: Vec<_> = w
+                        .chunks(2)
+                        .map(|p| serde_json::json!({"multiplier": p[0], "shift": p[1]}))
+                        .collect();
+                    layer["output"]["requant"] = serde_json::json!(rq);
+                }
+                _ => {}
+            }
+        }
+        meta.insert("model".into(), v.to_string());
+        meta.insert("format_version".into(), "1".into());
+        tensors.retain(|t| !t.0.ends_with(".weight_scales") && !t.0.ends_with(".requant"));
+    })
+}
+
+#[test]
+fn version_1_files_still_read_to_the_same_model() {
+    for seed in 0..10u64 {
+        let m = random_model(seed);
+        let v1 = as_version_1(&to_bytes(&m).unwrap());
+        assert_eq!(read_metadata(&v1).unwrap()["format_version"], "1");
+        assert_eq!(from_bytes(&v1).unwrap(), m, "seed {seed}");
+    }
+}
+
+#[test]
+fn per_channel_arrays_must_sit_where_the_version_puts_them() {
+    let v2 = small_file();
+    // Version 2 with the arrays (also) in the JSON.
+    let both = edit_model(&v2, |v| {
+        v["layers"][0]["weight_scales"] = serde_json::json!([0.5])
+    });
+    assert!(matches!(from_bytes(&both), Err(FormatError::Malformed(_))));
+    // Version 2 without the tensor.
+    let missing = rebuild(&v2, |_, t| t.retain(|x| x.0 != "layers.0.requant"));
+    assert!(matches!(
+        from_bytes(&missing),
+        Err(FormatError::Malformed(_))
+    ));
+    // Version 1 with a tensor left over, and version 1 without the JSON array.
+    let v1 = as_version_1(&v2);
+    let extra = rebuild(&v1, |_, t| {
+        t.push((
+            "layers.0.weight_scales".into(),
+            Dtype::F32,
+            vec![1],
+            1f32.to_le_bytes().to_vec(),
+        ))
+    });
+    assert!(matches!(from_bytes(&extra), Err(FormatError::Malformed(_))));
+    let bare = edit_model(&v1, |v| {
+        v["layers"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove("weight_scales");
+    });
+    assert!(matches!(from_bytes(&bare), Err(FormatError::Malformed(_))));
+    // Wrong dtype or shape of the per-channel tensors.
+    let dtype = rebuild(&v2, |_, t| {
+        t.iter_mut()
+            .find(|x| x.0 == "layers.1.weight_scales")
+            .unwrap()
+            .1 = Dtype::I32;
+    });
+    assert!(matches!(from_bytes(&dtype), Err(FormatError::Malformed(_))));
+    let shape = rebuild(&v2, |_, t| {
+        let r = t.iter_mut().find(|x| x.0 == "layers.0.requant").unwrap();
+        r.2 = vec![r.2[0] * 2];
+    });
+    assert!(matches!(from_bytes(&shape), Err(FormatError::Malformed(_))));
+}
+
+#[test]
+fn mlp_files_at_4_and_1_bits_stay_within_the_size_targets() {
+    // Issue 4: the .lbq file of the 784-64-10 W4A8 MLP at most 0.14x the f32 model's bytes (4 per parameter),
+    // W1 at most 0.05x; with provenance and class names as the pipeline writes them.
+    let f32_bytes = 4 * (784 * 64 + 64 + 64 * 10 + 10);
+    for (bits, max) in [(4u32, 0.14), (1, 0.05)] {
+        let mut m = lowbit_runtime::testutil::reference_mlp(1, bits);
+        m.provenance.dataset = "/usr/share/datasets/fashion-mnist".into();
+        m.provenance.recipe = format!("QAT W{bits}A8, per-channel, 5 epochs, Adam 1e-3");
+        m.provenance.test_accuracy = Some(0.8615);
+        // Fashion-MNIST's class names.
+        m.class_names =
+            "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot"
+                .split(',')
+                .map(String::from)
+                .collect();
+        let n = to_bytes(&m).unwrap().len();
+        let ratio = n as f64 / f32_bytes as f64;
+        assert!(
+            ratio <= max,
+            "W{bits}: {n} bytes = {ratio:.4}x the f32 model's {f32_bytes}"
+        );
     }
 }
 
@@ -194,16 +309,33 @@ fn writer_rejects_a_nan_scale() {
 }
 
 #[test]
-fn reader_rejects_an_infinite_scale() {
-    // JSON cannot spell NaN; the closest hostile value is one that overflows f32.
-    let inf = edit_model(&small_file(), |v| {
+fn reader_rejects_nan_infinite_negative_and_zero_weight_scales() {
+    for bad in [f32::NAN, f32::INFINITY, -0.5, 0.0, 1e-45] {
+        let file = rebuild(&small_file(), |_, t| {
+            let s = t
+                .iter_mut()
+                .find(|x| x.0 == "layers.1.weight_scales")
+                .unwrap();
+            s.3[..4].copy_from_slice(&bad.to_le_bytes());
+        });
+        assert!(
+            matches!(
+                from_bytes(&file),
+                Err(FormatError::Quant(QuantError::InvalidQParams { .. }))
+            ),
+            "{bad}"
+        );
+    }
+    // Version 1 kept them in JSON, which cannot spell NaN: an overflowing f32 and null are the hostile values.
+    let v1 = as_version_1(&small_file());
+    let inf = edit_model(&v1, |v| {
         v["layers"][1]["weight_scales"][0] = serde_json::json!(1e39)
     });
     assert!(matches!(
         from_bytes(&inf),
         Err(FormatError::Quant(QuantError::InvalidQParams { .. }))
     ));
-    let null = edit_model(&small_file(), |v| {
+    let null = edit_model(&v1, |v| {
         v["layers"][1]["weight_scales"][0] = serde_json::Value::Null
     });
     assert!(matches!(from_bytes(&null), Err(FormatError::Malformed(_))));
@@ -237,11 +369,23 @@ fn reader_rejects_a_zero_point_out_of_range() {
 
 #[test]
 fn reader_rejects_invalid_requant() {
-    let rq = edit_model(&small_file(), |v| {
+    // Tensor `[channels, 2]`: multiplier, shift. A total shift of 31 + 40 is out of range, so is a multiplier
+    // below 2^30.
+    for (word, value) in [(1usize, 40i32), (0, 5)] {
+        let rq = rebuild(&small_file(), |_, t| {
+            let r = t.iter_mut().find(|x| x.0 == "layers.0.requant").unwrap();
+            r.3[4 * word..4 * word + 4].copy_from_slice(&value.to_le_bytes());
+        });
+        assert!(matches!(
+            from_bytes(&rq),
+            Err(FormatError::Quant(QuantError::MultiplierOutOfRange { .. }))
+        ));
+    }
+    let v1 = edit_model(&as_version_1(&small_file()), |v| {
         v["layers"][0]["output"]["requant"][0]["shift"] = serde_json::json!(40)
     });
     assert!(matches!(
-        from_bytes(&rq),
+        from_bytes(&v1),
         Err(FormatError::Quant(QuantError::MultiplierOutOfRange { .. }))
     ));
 }
