@@ -622,11 +622,15 @@ pub fn inspect(path: &Path) -> Result<()> {
     let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     match modelfile::load_any(path)? {
         AnyModel::Quant(qm) => {
+            // The file's own version (older versions still load), not the one this build writes.
+            let version = std::fs::read(path)
+                .ok()
+                .and_then(|b| lowbit_runtime::format::read_metadata(&b).ok())
+                .and_then(|m| m.get("format_version").cloned())
+                .unwrap_or_else(|| "?".into());
             println!(
-                "{}: quantized model (lowbit.lbq v{}), {} bytes on disk",
+                "{}: quantized model (lowbit.lbq v{version}), {file_bytes} bytes on disk",
                 path.display(),
-                lowbit_runtime::format::FORMAT_VERSION,
-                file_bytes
             );
             println!(
                 "input {}x{}x{} u8, scale {:.6} zp {}; {} classes; recipe {}; dataset {}; seed {}; accuracy {}",

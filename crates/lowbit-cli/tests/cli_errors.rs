@@ -545,8 +545,18 @@ fn ptq_model_is_read_by_eval_inspect_and_predict() {
     assert!(eval.contains('%'), "{eval}");
     let inspect = run_ok(m.dir.path(), &["inspect", &q]);
     assert!(
-        inspect.contains("quantized model") && inspect.contains("PTQ W8A8"),
+        inspect.contains("quantized model (lowbit.lbq v2)") && inspect.contains("PTQ W8A8"),
         "{inspect}"
+    );
+    // A version-1 file (per-channel arrays in the JSON) still loads, and inspect names its own version.
+    let v1 =
+        lowbit_runtime::testutil::lbq_as_version_1(&std::fs::read(m.quant()).unwrap()).unwrap();
+    std::fs::write(m.dir.path().join("v1.lbq"), v1).unwrap();
+    let inspect = run_ok(m.dir.path(), &["inspect", "v1.lbq"]);
+    assert!(inspect.contains("(lowbit.lbq v1)"), "{inspect}");
+    assert_eq!(
+        run_ok(m.dir.path(), &["eval", "v1.lbq"]),
+        run_ok(m.dir.path(), &["eval", &q]).replace(&q, "v1.lbq")
     );
     std::fs::write(m.dir.path().join("ok-q.pgm"), pgm(28, 28)).unwrap();
     let p = run_ok(m.dir.path(), &["predict", &q, "ok-q.pgm"]);

@@ -316,3 +316,63 @@ pub fn process_cpu_secs() -> f64 {
         + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
+
+/// Rewrites a version-2 `.lbq` file as version 1: the per-channel tensors go back into the model JSON as text, as
+/// version 1 stored them (for tests of the reader's compatibility). `None` if `bytes` is not such a file.
+pub fn lbq_as_version_1(bytes: &[u8]) -> Option<Vec<u8>> {
+    use safetensors::tensor::Dtype;
+    let st = safetensors::SafeTensors::deserialize(bytes).ok()?;
+    let mut meta = crate::format::read_metadata(bytes).ok()?;
+    let mut model: serde_json::Value = serde_json::from_str(meta.get("model")?).ok()?;
+    let words = |name: &str| -> Option<Vec<[u8; 4]>> {
+        let t = st.tensor(name).ok()?;
+        Some(
+            t.data()
+                .chunks_exact(4)
+                .filter_map(|c| c.try_into().ok())
+                .collect(),
+        )
+    };
+    let mut tensors: Vec<crate::format::Tensor> = Vec::new();
+    for (i, layer) in model
+        .get_mut("layers")?
+        .as_array_mut()?
+        .iter_mut()
+        .enumerate()
+    {
+        let Ok(scales) = st.tensor(&format!("layers.{i}.weight_scales")) else {
+            continue;
+        };
+        let scales: Vec<f64> = scales
+            .data()
+            .chunks_exact(4)
+            .filter_map(|c| c.try_into().ok())
+            .map(|c| f64::from(f32::from_le_bytes(c)))
+            .collect();
+        layer["weight_scales"] = serde_json::json!(scales);
+        if let Some(rq) = words(&format!("layers.{i}.requant")) {
+            let rq: Vec<serde_json::Value> = rq
+                .chunks_exact(2)
+                .map(|p| {
+                    let [m, s] = [p[0], p[1]].map(i32::from_le_bytes);
+                    serde_json::json!({ "multiplier": m, "shift": s })
+                })
+                .collect();
+            layer["output"]["requant"] = serde_json::json!(rq);
+        }
+        for (what, dtype) in [("weight", "U8"), ("bias", "I32")] {
+            let name = format!("layers.{i}.{what}");
+            let t = st.tensor(&name).ok()?;
+            let expected = if dtype == "U8" { Dtype::U8 } else { Dtype::I32 };
+            if t.dtype() != expected {
+                return None;
+            }
+            tensors.push((name, dtype, t.shape().to_vec(), t.data().to_vec()));
+        }
+    }
+    meta.insert("model".into(), model.to_string());
+    meta.insert("format_version".into(), "1".into());
+    let mut keys: Vec<(&str, String)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    keys.sort();
+    crate::format::container_bytes(&keys, &tensors).ok()
+}

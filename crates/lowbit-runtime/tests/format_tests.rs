@@ -124,37 +124,8 @@ fn rejects_a_newer_version() {
     }
 }
 
-/// Rewrites a version-2 file as version 1: the per-channel tensors go back into the model JSON as text.
 fn as_version_1(bytes: &[u8]) -> Vec<u8> {
-    rebuild(bytes, |meta, tensors| {
-        let mut v: serde_json::Value = serde_json::from_str(&meta["model"]).unwrap();
-        for (name, _, _, data) in tensors.iter() {
-            let Some((i, what)) = name.strip_prefix("layers.").and_then(|r| r.split_once('.'))
-            else {
-                continue;
-            };
-            let layer = &mut v["layers"][i.parse::<usize>().unwrap()];
-            let words = data.chunks_exact(4).map(|c| c.try_into().unwrap());
-            match what {
-                "weight_scales" => {
-                    let scales: Vec<f64> = words.map(|c| f32::from_le_bytes(c) as f64).collect();
-                    layer["weight_scales"] = serde_json::json!(scales);
-                }
-                "requant" => {
-                    let w: Vec<i32> = words.map(i32::from_le_bytes).collect();
-                    let rq: Vec<_> = w
-                        .chunks(2)
-                        .map(|p| serde_json::json!({"multiplier": p[0], "shift": p[1]}))
-                        .collect();
-                    layer["output"]["requant"] = serde_json::json!(rq);
-                }
-                _ => {}
-            }
-        }
-        meta.insert("model".into(), v.to_string());
-        meta.insert("format_version".into(), "1".into());
-        tensors.retain(|t| !t.0.ends_with(".weight_scales") && !t.0.ends_with(".requant"));
-    })
+    lowbit_runtime::testutil::lbq_as_version_1(bytes).unwrap()
 }
 
 #[test]
