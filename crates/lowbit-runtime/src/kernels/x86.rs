@@ -1119,13 +1119,28 @@ unsafe fn requant_u8__avx2(acc: &[i32], rows: usize, n: usize, p: &OutputParams,
     }
 }
 
-/// Row block for the rayon split: one block per thread, a multiple of MR rows.
-fn par_rows(m: usize, n: usize, k: usize) -> Option<usize> {
+/// Least work per row block when weights are prepared, in multiply-accumulates (about 8 us on one Zen3 core,
+/// several times rayon's cost per task).
+const PAR_BLOCK_MACS: usize = 1_000_000;
+/// Row blocks per thread when weights are prepared.
+const PAR_BLOCKS_PER_THREAD: usize = 8;
+
+/// Row block for the rayon split, a multiple of MR rows. Unprepared weights are decoded again by every block, so
+/// they get one block per thread. Prepared ones ([`Prepared`] other than `None`) cost nothing per block and get
+/// about [`PAR_BLOCKS_PER_THREAD`] blocks per thread (at least [`PAR_BLOCK_MACS`] each), which rayon's work stealing
+/// spreads over threads that a shared machine slows unevenly (measurements in docs/KERNELS.md, "Dispatch").
+fn par_rows(m: usize, n: usize, k: usize, prepared: bool) -> Option<usize> {
     let threads = rayon::current_num_threads();
     if threads < 2 || m < 2 * MR || m.saturating_mul(n).saturating_mul(k) < PAR_MIN_MACS {
         return None;
     }
-    Some(m.div_ceil(threads).div_ceil(MR) * MR)
+    let rows = if prepared {
+        m.div_ceil(threads * PAR_BLOCKS_PER_THREAD)
+            .max(PAR_BLOCK_MACS.div_ceil(n.saturating_mul(k).max(1)))
+    } else {
+        m.div_ceil(threads)
+    };
+    Some(rows.div_ceil(MR) * MR)
 }
 
 /// Single-threaded accumulation on the chosen tier (validated input).
@@ -1186,7 +1201,7 @@ pub(crate) fn gemm_acc(
     if n == 0 || m == 0 {
         return;
     }
-    match par_rows(m, n, k) {
+    match par_rows(m, n, k, !matches!(panels, Prepared::None)) {
         Some(block) => out
             .par_chunks_mut(block * n)
             .zip(a.par_chunks(block * k))
@@ -1237,7 +1252,7 @@ pub(crate) fn gemm_requant(
     if n == 0 || m == 0 {
         return;
     }
-    match par_rows(m, n, k) {
+    match par_rows(m, n, k, !matches!(panels, Prepared::None)) {
         Some(block) => out
             .par_chunks_mut(block * n)
             .zip(a.par_chunks(block * k))
