@@ -46,3 +46,11 @@ echo "## torch._int_mm, onnxruntime MatMulInteger and numpy f32 matmul, 1024^3 (
 (cd bench/peers && "$VENV/bin/python" torch_int_mm.py --threads 2 2> /dev/null)
 echo "## lowbit f32 sgemm 1024^3 (cargo run --release -p lowbit --example f32_gemm_gops)"
 "$TARGET/release/examples/f32_gemm_gops"
+# The GEMM ratios compare programs timed minutes apart, which this machine's drift can move by 20% or more: three
+# more rounds alternate lowbit's and the peers' 1024^3 GEMMs, so each ratio can also be taken within one round.
+for round in 1 2 3; do
+  echo "## 1024^3 round $round: lowbit int8 (gemm_gops --big), onnxruntime MatMulInteger + numpy f32 (torch_int_mm.py --no-torch), lowbit sgemm"
+  "$TARGET/release/examples/gemm_gops" --big
+  (cd bench/peers && "$VENV/bin/python" torch_int_mm.py --threads 2 --no-torch 2> /dev/null)
+  "$TARGET/release/examples/f32_gemm_gops"
+done

@@ -1,7 +1,7 @@
 //! Integer GEMM throughput (GOPS, ops = 2 * m * n * k) and integer-engine MLP throughput, for BENCHMARKS.md.
 //!
 //! `cargo run --release -p lowbit-runtime --example gemm_gops` (add `-- --quick` for shorter runs, `-- --engine` for
-//! the engine cases only). Prints the
+//! the engine cases only, `-- --big` for the prepacked 1024^3 cases only). Prints the
 //! active kernel tier, then the best of several timed repeats per case: the machine is shared, so the best
 //! repeat is the closest estimate of what the code can do; compare ratios only within one run.
 use lowbit_runtime::engine::Engine;
@@ -179,6 +179,11 @@ fn main() {
     };
     // `--engine`: only the engine cases (the batch-1 latency check).
     let engine_only = std::env::args().any(|a| a == "--engine");
+    // `--big`: only the prepacked 1024^3 cases on 2 threads (the rounds that alternate with the peers' GEMMs).
+    if std::env::args().any(|a| a == "--big") {
+        prepacked_case(1024, 1024, 1024, 2, budget, reps);
+        return;
+    }
     println!(
         "active ISA: {} (rayon threads {})",
         kernels::active_isa(),
