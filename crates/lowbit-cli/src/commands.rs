@@ -623,9 +623,8 @@ pub fn inspect(path: &Path) -> Result<()> {
     match modelfile::load_any(path)? {
         AnyModel::Quant(qm) => {
             // The file's own version (older versions still load), not the one this build writes.
-            let version = std::fs::read(path)
+            let version = lowbit_runtime::format::read_file_metadata(path)
                 .ok()
-                .and_then(|b| lowbit_runtime::format::read_metadata(&b).ok())
                 .and_then(|m| m.get("format_version").cloned())
                 .unwrap_or_else(|| "?".into());
             println!(

@@ -105,8 +105,9 @@ enum OutputMeta {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         requant: Option<Vec<Requant>>,
     },
+    // A struct variant, so that `deny_unknown_fields` applies (a unit variant would accept any extra field).
     #[serde(rename = "logits")]
-    Logits,
+    Logits {},
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -173,7 +174,7 @@ fn weights_meta(w: &PackedWeights) -> WeightsMeta {
 
 fn output_meta(o: &OutputStage) -> OutputMeta {
     match o {
-        OutputStage::Logits => OutputMeta::Logits,
+        OutputStage::Logits => OutputMeta::Logits {},
         OutputStage::Requantize {
             qparams,
             bits,
@@ -189,9 +190,13 @@ fn output_meta(o: &OutputStage) -> OutputMeta {
     }
 }
 
-fn output_stage(o: OutputMeta, t: &mut LayerTensors<'_, '_>) -> Result<OutputStage, FormatError> {
+fn output_stage(
+    o: OutputMeta,
+    t: &mut LayerTensors<'_, '_>,
+    rows: usize,
+) -> Result<OutputStage, FormatError> {
     Ok(match o {
-        OutputMeta::Logits => OutputStage::Logits,
+        OutputMeta::Logits {} => OutputStage::Logits,
         OutputMeta::Requantize {
             scale,
             zero_point,
@@ -205,7 +210,7 @@ fn output_stage(o: OutputMeta, t: &mut LayerTensors<'_, '_>) -> Result<OutputSta
             },
             bits,
             relu,
-            requant: t.requant(requant)?,
+            requant: t.requant(requant, rows)?,
         },
     })
 }
@@ -659,6 +664,22 @@ pub fn read_metadata(bytes: &[u8]) -> Result<HashMap<String, String>, FormatErro
     Ok(parse_header(bytes)?.metadata)
 }
 
+/// [`read_metadata`] of the file at `path`, reading only its header (at most `8 + MAX_HEADER_BYTES` bytes).
+pub fn read_file_metadata(path: &Path) -> Result<HashMap<String, String>, FormatError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut head = Vec::new();
+    (&mut f).take(8).read_to_end(&mut head)?;
+    let len = head
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_le_bytes)
+        .min(MAX_HEADER_BYTES);
+    // A longer header is reported by `parse_header` from the length bytes alone.
+    f.take(len).read_to_end(&mut head)?;
+    read_metadata(&head)
+}
+
 /// Whether `bytes` look like a `.lbq` file (a safetensors header with `format = "lowbit.lbq"`); does not
 /// validate the model.
 pub fn is_lbq(bytes: &[u8]) -> bool {
@@ -763,13 +784,19 @@ impl<'a> LayerTensors<'a, '_> {
         }
     }
 
-    fn weight_scales(&mut self, json: Option<Vec<f64>>) -> Result<Vec<f32>, FormatError> {
+    /// Scales per output row, `[1]` (per-tensor) or `[rows]`.
+    fn weight_scales(
+        &mut self,
+        json: Option<Vec<f64>>,
+        rows: usize,
+    ) -> Result<Vec<f32>, FormatError> {
         self.per_channel(
             "weight_scales",
             json,
             |x| x as f32,
             |me, name| {
-                let t = typed(me.st, name, Dtype::F32, "[channels]", |s| s.len() == 1)?;
+                let want = format!("[1] or [{rows}]");
+                let t = typed(me.st, name, Dtype::F32, &want, |s| s == [1] || s == [rows])?;
                 Ok(t.data()
                     .chunks_exact(4)
                     .filter_map(|c| <[u8; 4]>::try_from(c).ok())
@@ -779,14 +806,20 @@ impl<'a> LayerTensors<'a, '_> {
         )
     }
 
-    fn requant(&mut self, json: Option<Vec<Requant>>) -> Result<Vec<Requant>, FormatError> {
+    /// Multiplier and shift per output row, `[1, 2]` (per-tensor) or `[rows, 2]`.
+    fn requant(
+        &mut self,
+        json: Option<Vec<Requant>>,
+        rows: usize,
+    ) -> Result<Vec<Requant>, FormatError> {
         self.per_channel(
             "requant",
             json,
             |r| r,
             |me, name| {
-                let t = typed(me.st, name, Dtype::I32, "[channels, 2]", |s| {
-                    s.len() == 2 && s.get(1) == Some(&2)
+                let want = format!("[1, 2] or [{rows}, 2]");
+                let t = typed(me.st, name, Dtype::I32, &want, |s| {
+                    s == [1, 2] || s == [rows, 2]
                 })?;
                 let v: Vec<i32> = le_i32s(t.data()).collect();
                 Ok(v.chunks_exact(2)
@@ -821,17 +854,23 @@ pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
         .metadata
         .get("format_version")
         .ok_or_else(|| FormatError::Malformed("no \"format_version\" metadata key".into()))?;
-    let version: u32 = version.parse().map_err(|_| {
-        FormatError::Malformed(format!("format_version {version:?} is not an integer"))
-    })?;
+    // Canonical decimal only ("2", not "+2" or "02"), so that one version has one spelling.
+    let version: u32 = version
+        .parse()
+        .ok()
+        .filter(|v: &u32| v.to_string() == *version)
+        .ok_or_else(|| {
+            FormatError::Malformed(format!("format_version {version:?} is not an integer"))
+        })?;
     if version == 0 || version > FORMAT_VERSION {
         return Err(FormatError::UnsupportedVersion {
             found: version,
             max: FORMAT_VERSION,
         });
     }
-    let needed = 8 + header.header_len + header.data_bytes;
     let available = bytes.len() as u64;
+    // `data_bytes` comes from the file: a hostile end offset near u64::MAX must not wrap.
+    let needed = (8 + header.header_len).saturating_add(header.data_bytes);
     if needed > available {
         return Err(FormatError::Truncated {
             section: "tensor data".into(),
@@ -870,9 +909,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
                 out_features,
                 bias: t.bias(weights.rows)?,
                 weights: t.weights(&weights)?,
-                weight_scales: t.weight_scales(weight_scales)?,
+                weight_scales: t.weight_scales(weight_scales, weights.rows)?,
                 input: input.to_qp(),
-                output: output_stage(output, &mut t)?,
+                output: output_stage(output, &mut t, weights.rows)?,
             }),
             LayerMeta::Conv2d {
                 in_channels,
@@ -892,9 +931,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
                 padding: unpair(padding),
                 bias: t.bias(weights.rows)?,
                 weights: t.weights(&weights)?,
-                weight_scales: t.weight_scales(weight_scales)?,
+                weight_scales: t.weight_scales(weight_scales, weights.rows)?,
                 input: input.to_qp(),
-                output: output_stage(output, &mut t)?,
+                output: output_stage(output, &mut t, weights.rows)?,
             }),
             LayerMeta::MaxPool2d { kernel, stride } => QLayer::MaxPool2d {
                 kernel: unpair(kernel),

@@ -349,7 +349,9 @@ pub fn lbq_as_version_1(bytes: &[u8]) -> Option<Vec<u8>> {
             .filter_map(|c| c.try_into().ok())
             .map(|c| f64::from(f32::from_le_bytes(c)))
             .collect();
-        layer["weight_scales"] = serde_json::json!(scales);
+        layer
+            .as_object_mut()?
+            .insert("weight_scales".into(), serde_json::json!(scales));
         if let Some(rq) = words(&format!("layers.{i}.requant")) {
             let rq: Vec<serde_json::Value> = rq
                 .chunks_exact(2)
@@ -358,7 +360,10 @@ pub fn lbq_as_version_1(bytes: &[u8]) -> Option<Vec<u8>> {
                     serde_json::json!({ "multiplier": m, "shift": s })
                 })
                 .collect();
-            layer["output"]["requant"] = serde_json::json!(rq);
+            layer
+                .get_mut("output")?
+                .as_object_mut()?
+                .insert("requant".into(), serde_json::json!(rq));
         }
         for (what, dtype) in [("weight", "U8"), ("bias", "I32")] {
             let name = format!("layers.{i}.{what}");

@@ -170,6 +170,36 @@ fn per_channel_arrays_must_sit_where_the_version_puts_them() {
             .remove("weight_scales");
     });
     assert!(matches!(from_bytes(&bare), Err(FormatError::Malformed(_))));
+    // The layout of one version under the other's label.
+    let v1_labelled_2 = rebuild(&v1, |m, _| {
+        m.insert("format_version".into(), "2".into());
+    });
+    assert!(matches!(
+        from_bytes(&v1_labelled_2),
+        Err(FormatError::Malformed(_))
+    ));
+    let v2_labelled_1 = rebuild(&v2, |m, _| {
+        m.insert("format_version".into(), "1".into());
+    });
+    assert!(matches!(
+        from_bytes(&v2_labelled_1),
+        Err(FormatError::Malformed(_))
+    ));
+    let no_scales = rebuild(&v2, |_, t| t.retain(|x| x.0 != "layers.1.weight_scales"));
+    assert!(matches!(
+        from_bytes(&no_scales),
+        Err(FormatError::Malformed(_))
+    ));
+    // Lengths other than 1 or the layer's rows are refused by the reader itself, before the engine.
+    let long = rebuild(&v2, |_, t| {
+        let s = t
+            .iter_mut()
+            .find(|x| x.0 == "layers.1.weight_scales")
+            .unwrap();
+        s.2 = vec![s.2[0] + 1];
+        s.3.extend(1f32.to_le_bytes());
+    });
+    assert!(matches!(from_bytes(&long), Err(FormatError::Malformed(_))));
     // Wrong dtype or shape of the per-channel tensors.
     let dtype = rebuild(&v2, |_, t| {
         t.iter_mut()
@@ -403,6 +433,44 @@ fn reader_rejects_a_missing_or_extra_tensor() {
         t.push(("layers.5.bias".into(), Dtype::I32, vec![1], vec![0; 4]))
     });
     assert!(matches!(from_bytes(&extra), Err(FormatError::Malformed(_))));
+}
+
+#[test]
+fn reader_rejects_a_data_offset_near_u64_max_without_overflow() {
+    let bytes = small_file();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["layers.0.bias"]["data_offsets"][1] = serde_json::json!(u64::MAX);
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(&h);
+    out.extend(&bytes[8 + n..]);
+    // Truncated: the sum saturates instead of wrapping to a small value that would pass the length check (and
+    // panic in a build with overflow checks).
+    assert!(matches!(
+        from_bytes(&out),
+        Err(FormatError::Truncated { .. })
+    ));
+}
+
+#[test]
+fn reader_rejects_extra_fields_on_logits_and_non_canonical_versions() {
+    let extra = edit_model(&small_file(), |v| {
+        v["layers"][1]["output"]["requant"] = serde_json::json!([])
+    });
+    assert!(matches!(from_bytes(&extra), Err(FormatError::Malformed(_))));
+    for spelled in ["+2", "02", " 2", "2.0"] {
+        let v = rebuild(&small_file(), |m, _| {
+            m.insert("format_version".into(), spelled.into());
+        });
+        assert!(
+            matches!(from_bytes(&v), Err(FormatError::Malformed(_))),
+            "{spelled:?}"
+        );
+    }
 }
 
 #[test]

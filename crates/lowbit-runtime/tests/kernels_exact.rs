@@ -598,3 +598,55 @@ fn prepacked_entry_points_reject_mismatched_shapes() {
         Err(lowbit_runtime::QuantError::ShapeMismatch { .. })
     ));
 }
+
+/// The kernels' own rayon split (row blocks of prepared weights, a ragged last block) inside pools of several sizes:
+/// accumulators and requantized outputs equal the reference for every packing and tier.
+#[test]
+fn prepared_split_matches_reference_at_several_thread_counts() {
+    // 301 x 520 x 48 = 7.5M MACs, past the split threshold: 21-row blocks at 2 threads, a ragged last one.
+    let (m, k, n) = (301usize, 520usize, 48usize);
+    for threads in [2usize, 3, 5] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for bits in [8u32, 4, 2, 1] {
+            let mut rng = Rng(threads as u64 * 100 + bits as u64);
+            let a: Vec<u8> = (0..m * k).map(|_| rng.below(256) as u8).collect();
+            let (lo, hi) = weight_code_range(bits).unwrap();
+            let codes: Vec<i8> = (0..n * k)
+                .map(|_| match bits {
+                    1 => [-1i8, 1][rng.below(2) as usize],
+                    _ => rng.range(lo as i64, hi as i64) as i8,
+                })
+                .collect();
+            let w = PackedWeights::pack(bits, n, k, &codes).unwrap();
+            let bias: Vec<i32> = (0..n).map(|_| rng.range(-1000, 1000) as i32).collect();
+            let requant: Vec<Requant> = (0..n)
+                .map(|j| Requant::from_real(0.0004 * (j as f64 + 1.0)).unwrap())
+                .collect();
+            let p = OutputParams {
+                bias: &bias,
+                requant: &requant,
+                zero_point: 3,
+                qmin: 3,
+                qmax: 255,
+            };
+            let mut want_acc = vec![0i32; m * n];
+            reference::gemm_u8i8_i32(&a, m, k, &w, &bias, &mut want_acc);
+            let mut want = vec![0u8; m * n];
+            reference::gemm_u8i8_u8(&a, m, k, &w, &p, &mut want);
+            for isa in Isa::available() {
+                let pw = PrepackedWeights::with_isa(isa, w.clone()).unwrap();
+                let (mut acc, mut out) = (vec![0i32; m * n], vec![0u8; m * n]);
+                pool.install(|| {
+                    kernels::gemm_acc_prepacked(&a, m, k, &pw, &bias, &mut acc).unwrap();
+                    kernels::gemm_requant_prepacked(&a, m, k, &pw, &p, &mut out).unwrap();
+                });
+                let what = format!("{} {bits}-bit, {threads} threads", isa.name());
+                assert!(acc == want_acc, "{what}: accumulators differ");
+                assert!(out == want, "{what}: requantized outputs differ");
+            }
+        }
+    }
+}
