@@ -2,6 +2,7 @@
 import gzip
 import os
 import struct
+import time
 
 import numpy as np
 
@@ -34,3 +35,21 @@ def load(directory=DEFAULT_DIR):
         _read_idx(_find(directory, "t10k-images-idx3-ubyte")),
         _read_idx(_find(directory, "t10k-labels-idx1-ubyte")),
     )
+
+
+def best_time(fn, budget_s, repeats):
+    """Best seconds per call of `fn` over `repeats` repeats of at least `budget_s` each, after one warm-up call (the
+    machine is shared: the best repeat is the closest estimate of what the code can do)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        iters = 0
+        while True:
+            fn()
+            iters += 1
+            el = time.perf_counter() - t0
+            if el >= budget_s:
+                break
+        best = min(best, el / iters)
+    return best

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import tempfile
-import time
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +18,7 @@ import torch
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                       quantize_static)
 
-from common import DEFAULT_DIR, load
+from common import DEFAULT_DIR, best_time, load
 
 
 class Calib(CalibrationDataReader):
@@ -28,22 +27,6 @@ class Calib(CalibrationDataReader):
 
     def get_next(self):
         return next(self.batches, None)
-
-
-def best_time(fn, budget_s, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        iters = 0
-        while True:
-            fn()
-            iters += 1
-            el = time.perf_counter() - t0
-            if el >= budget_s:
-                break
-        best = min(best, el / iters)
-    return best
 
 
 def main():

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import tempfile
-import time
 
 import numpy as np
 
@@ -25,23 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-from common import DEFAULT_DIR, load  # noqa: E402
-
-
-def best_time(fn, budget_s, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        iters = 0
-        while True:
-            fn()
-            iters += 1
-            el = time.perf_counter() - t0
-            if el >= budget_s:
-                break
-        best = min(best, el / iters)
-    return best
+from common import DEFAULT_DIR, best_time, load  # noqa: E402
 
 
 def interpreter_with_log(content, threads):

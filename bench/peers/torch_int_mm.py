@@ -11,23 +11,6 @@ import argparse
 import json
 import os
 import tempfile
-import time
-
-
-def best_time(fn, budget_s, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        iters = 0
-        while True:
-            fn()
-            iters += 1
-            el = time.perf_counter() - t0
-            if el >= budget_s:
-                break
-        best = min(best, el / iters)
-    return best
 
 
 def mismatch(a, b, c, rows=4):
@@ -43,6 +26,8 @@ def ort_matmul_integer(a, b, b_const, args):
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
+
+    from common import best_time  # imports numpy: only after main() has set the BLAS thread count
 
     m, k = a.shape
     n = b.shape[1]
@@ -84,6 +69,8 @@ def main():
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import numpy as np
     import torch
+
+    from common import best_time
 
     torch.set_num_threads(args.threads)
     n = args.size

@@ -3,6 +3,7 @@
 //! eval / inspect / predict, the JSON report) and divergence, which must keep the last good weights.
 //!
 //! Runs are tiny (one epoch on the builtin sample, about a second each) so the file stays well under a minute.
+use lowbit_runtime::testutil::{st_header, st_with_header};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -405,8 +406,7 @@ fn truncated_float_model_is_rejected() {
 
 /// Rewrites the `model` JSON of an `.lbq` file's metadata with `edit`, keeping the tensors.
 fn edit_lbq_model(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (mut header, data) = st_header(bytes).unwrap();
     let model_text = header["__metadata__"]["model"]
         .as_str()
         .unwrap()
@@ -414,23 +414,15 @@ fn edit_lbq_model(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Ve
     let mut model: serde_json::Value = serde_json::from_str(&model_text).unwrap();
     edit(&mut model);
     header["__metadata__"]["model"] = serde_json::Value::String(model.to_string());
-    let mut h = serde_json::to_vec(&header).unwrap();
-    while !h.len().is_multiple_of(8) {
-        h.push(b' ');
-    }
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&h);
-    out.extend_from_slice(&bytes[8 + n..]);
-    out
+    st_with_header(&header, &bytes[data..])
 }
 
 /// Overwrites element `index` of the f32 tensor `name` in an `.lbq` file, keeping everything else.
 fn set_lbq_f32(bytes: &[u8], name: &str, index: usize, value: f32) -> Vec<u8> {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (header, data) = st_header(bytes).unwrap();
     assert_eq!(header[name]["dtype"], "F32", "{name}");
     let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize;
-    let at = 8 + n + start + 4 * index;
+    let at = data + start + 4 * index;
     let mut out = bytes.to_vec();
     out[at..at + 4].copy_from_slice(&value.to_le_bytes());
     out
@@ -758,13 +750,7 @@ fn diverged_training_without_out_writes_nothing() {
 
 /// A safetensors container with only `__metadata__`.
 fn metadata_only(meta: serde_json::Value) -> Vec<u8> {
-    let mut h = serde_json::to_vec(&serde_json::json!({ "__metadata__": meta })).unwrap();
-    while !h.len().is_multiple_of(8) {
-        h.push(b' ');
-    }
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&h);
-    out
+    st_with_header(&serde_json::json!({ "__metadata__": meta }), &[])
 }
 
 #[test]

@@ -717,10 +717,10 @@ fn typed<'a>(
     Ok(t)
 }
 
-fn le_i32s(data: &[u8]) -> impl Iterator<Item = i32> + '_ {
+/// The 4-byte little-endian words of a tensor's data (`I32` / `F32`; safetensors checked the length).
+fn le_words(data: &[u8]) -> impl Iterator<Item = [u8; 4]> + '_ {
     data.chunks_exact(4)
         .filter_map(|c| <[u8; 4]>::try_from(c).ok())
-        .map(i32::from_le_bytes)
 }
 
 /// Reads layer `i`'s tensors for the file's format version, recording every name it expects.
@@ -757,7 +757,7 @@ impl<'a> LayerTensors<'a, '_> {
         let t = typed(self.st, &name, Dtype::I32, &format!("[{rows}]"), |s| {
             s == [rows]
         })?;
-        Ok(le_i32s(t.data()).collect())
+        Ok(le_words(t.data()).map(i32::from_le_bytes).collect())
     }
 
     /// A per-channel array: from the JSON in version 1, from tensor `what` afterwards (the engine checks lengths).
@@ -766,7 +766,7 @@ impl<'a> LayerTensors<'a, '_> {
         what: &str,
         json: Option<Vec<J>>,
         from_json: impl Fn(J) -> T,
-        read: impl Fn(&mut Self, &str) -> Result<Vec<T>, FormatError>,
+        read: impl FnOnce(&'a SafeTensors<'a>, &str) -> Result<Vec<T>, FormatError>,
     ) -> Result<Vec<T>, FormatError> {
         let i = self.i;
         match (self.version, json) {
@@ -779,7 +779,7 @@ impl<'a> LayerTensors<'a, '_> {
             ))),
             (_, None) => {
                 let name = self.name(what);
-                read(self, &name)
+                read(self.st, &name)
             }
         }
     }
@@ -794,14 +794,10 @@ impl<'a> LayerTensors<'a, '_> {
             "weight_scales",
             json,
             |x| x as f32,
-            |me, name| {
+            |st, name| {
                 let want = format!("[1] or [{rows}]");
-                let t = typed(me.st, name, Dtype::F32, &want, |s| s == [1] || s == [rows])?;
-                Ok(t.data()
-                    .chunks_exact(4)
-                    .filter_map(|c| <[u8; 4]>::try_from(c).ok())
-                    .map(f32::from_le_bytes)
-                    .collect())
+                let t = typed(st, name, Dtype::F32, &want, |s| s == [1] || s == [rows])?;
+                Ok(le_words(t.data()).map(f32::from_le_bytes).collect())
             },
         )
     }
@@ -816,21 +812,19 @@ impl<'a> LayerTensors<'a, '_> {
             "requant",
             json,
             |r| r,
-            |me, name| {
+            |st, name| {
                 let want = format!("[1, 2] or [{rows}, 2]");
-                let t = typed(me.st, name, Dtype::I32, &want, |s| {
+                let t = typed(st, name, Dtype::I32, &want, |s| {
                     s == [1, 2] || s == [rows, 2]
                 })?;
-                let v: Vec<i32> = le_i32s(t.data()).collect();
-                Ok(v.chunks_exact(2)
-                    .filter_map(|p| match p {
-                        [multiplier, shift] => Some(Requant {
-                            multiplier: *multiplier,
-                            shift: *shift,
-                        }),
-                        _ => None,
+                let mut words = le_words(t.data()).map(i32::from_le_bytes);
+                Ok(std::iter::from_fn(|| {
+                    Some(Requant {
+                        multiplier: words.next()?,
+                        shift: words.next()?,
                     })
-                    .collect())
+                })
+                .collect())
             },
         )
     }

@@ -340,13 +340,11 @@ pub fn lbq_as_version_1(bytes: &[u8]) -> Option<Vec<u8>> {
         .iter_mut()
         .enumerate()
     {
-        let Ok(scales) = st.tensor(&format!("layers.{i}.weight_scales")) else {
+        let Some(scales) = words(&format!("layers.{i}.weight_scales")) else {
             continue;
         };
         let scales: Vec<f64> = scales
-            .data()
-            .chunks_exact(4)
-            .filter_map(|c| c.try_into().ok())
+            .into_iter()
             .map(|c| f64::from(f32::from_le_bytes(c)))
             .collect();
         layer
@@ -380,4 +378,22 @@ pub fn lbq_as_version_1(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut keys: Vec<(&str, String)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     keys.sort();
     crate::format::container_bytes(&keys, &tensors).ok()
+}
+
+/// The JSON header of a safetensors file and where its data section starts (`8 +` header length), for tests
+/// that edit a file's raw header. `None` if `bytes` has no readable header.
+pub fn st_header(bytes: &[u8]) -> Option<(serde_json::Value, usize)> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    Some((header, 8 + n))
+}
+
+/// A safetensors file made of `header` (padded with spaces to a multiple of 8 bytes) and the data section `data`.
+pub fn st_with_header(header: &serde_json::Value, data: &[u8]) -> Vec<u8> {
+    let mut h = header.to_string().into_bytes();
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    out
 }

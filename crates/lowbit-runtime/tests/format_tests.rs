@@ -2,7 +2,7 @@
 //! mutation, atomic save.
 use lowbit_runtime::format::{self, from_bytes, is_lbq, read_metadata, to_bytes};
 use lowbit_runtime::model::{QLayer, QuantModel};
-use lowbit_runtime::testutil::{random_mlp, random_model, LayerOpts};
+use lowbit_runtime::testutil::{random_mlp, random_model, st_header, st_with_header, LayerOpts};
 use lowbit_runtime::{FormatError, QuantError};
 use proptest::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
@@ -438,16 +438,9 @@ fn reader_rejects_a_missing_or_extra_tensor() {
 #[test]
 fn reader_rejects_a_data_offset_near_u64_max_without_overflow() {
     let bytes = small_file();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (mut header, data) = st_header(&bytes).unwrap();
     header["layers.0.bias"]["data_offsets"][1] = serde_json::json!(u64::MAX);
-    let mut h = serde_json::to_vec(&header).unwrap();
-    while !h.len().is_multiple_of(8) {
-        h.push(b' ');
-    }
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend(&h);
-    out.extend(&bytes[8 + n..]);
+    let out = st_with_header(&header, &bytes[data..]);
     // Truncated: the sum saturates instead of wrapping to a small value that would pass the length check (and
     // panic in a build with overflow checks).
     assert!(matches!(

@@ -1129,12 +1129,12 @@ const PAR_BLOCKS_PER_THREAD: usize = 8;
 /// they get one block per thread. Prepared ones ([`Prepared`] other than `None`) cost nothing per block and get
 /// about [`PAR_BLOCKS_PER_THREAD`] blocks per thread (at least [`PAR_BLOCK_MACS`] each), which rayon's work stealing
 /// spreads over threads that a shared machine slows unevenly (measurements in docs/KERNELS.md, "Dispatch").
-fn par_rows(m: usize, n: usize, k: usize, prepared: bool) -> Option<usize> {
+fn par_rows(m: usize, n: usize, k: usize, panels: Prepared<'_>) -> Option<usize> {
     let threads = rayon::current_num_threads();
     if threads < 2 || m < 2 * MR || m.saturating_mul(n).saturating_mul(k) < PAR_MIN_MACS {
         return None;
     }
-    let rows = if prepared {
+    let rows = if !matches!(panels, Prepared::None) {
         m.div_ceil(threads * PAR_BLOCKS_PER_THREAD)
             .max(PAR_BLOCK_MACS.div_ceil(n.saturating_mul(k).max(1)))
     } else {
@@ -1201,7 +1201,7 @@ pub(crate) fn gemm_acc(
     if n == 0 || m == 0 {
         return;
     }
-    match par_rows(m, n, k, !matches!(panels, Prepared::None)) {
+    match par_rows(m, n, k, panels) {
         Some(block) => out
             .par_chunks_mut(block * n)
             .zip(a.par_chunks(block * k))
@@ -1252,7 +1252,7 @@ pub(crate) fn gemm_requant(
     if n == 0 || m == 0 {
         return;
     }
-    match par_rows(m, n, k, !matches!(panels, Prepared::None)) {
+    match par_rows(m, n, k, panels) {
         Some(block) => out
             .par_chunks_mut(block * n)
             .zip(a.par_chunks(block * k))
