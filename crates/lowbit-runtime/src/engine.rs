@@ -24,7 +24,7 @@
 use crate::error::QuantError;
 use crate::kernels;
 use crate::kernels::conv::{AccLayout, ConvAcc, ConvGeometry, DirectConv};
-use crate::kernels::{Isa, PrepackedWeights};
+use crate::kernels::{Isa, PaddedPlanes, PrepackedWeights};
 use crate::model::{OutputStage, QLayer, QuantModel};
 use crate::pack::PackedWeights;
 use crate::qparams::{act_code_range, requantize, QParams, Requant};
@@ -869,21 +869,24 @@ impl Engine {
             let _guard = Split;
             let lo = i * rows;
             let hi = (lo + rows).min(batch);
-            let result = self.execute_local(&input[lo * features..hi * features], hi - lo, None);
-            match (result, outs.get(i)) {
-                (Ok((_, l)), Some(out)) => {
+            let result = self
+                .execute_local(&input[lo * features..hi * features], hi - lo, None)
+                .and_then(|(_, l)| {
+                    let out = outs
+                        .get(i)
+                        .ok_or_else(|| internal("batch task out of range"))?;
                     let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-                    if out.len() == l.len() {
-                        out.copy_from_slice(&l);
+                    if out.len() != l.len() {
+                        return Err(internal("batch task logits of the wrong length"));
                     }
-                }
-                (Err(e), _) => {
-                    first_err
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(e);
-                }
-                (Ok(_), None) => {}
+                    out.copy_from_slice(&l);
+                    Ok(())
+                });
+            if let Err(e) = result {
+                first_err
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
             }
         };
         let completed = workers::run_tasks(tasks, &task);
@@ -1120,41 +1123,21 @@ fn choose_direct(
     }
 }
 
-/// `(channels, height, width, padding, pad code)` of a padded sample.
-type PlaneLayout = (usize, usize, usize, (usize, usize), u8);
-
-/// Zero-point-padded copies of one sample's planes (see [`pad_planes`]).
-#[derive(Default)]
-struct Planes {
-    data: Vec<u8>,
-    /// The layout whose borders `data` holds.
-    layout: Option<PlaneLayout>,
-}
-
 /// Copies one NCHW sample into `[c][h + 2 ph][w + 2 pw + 8]` planes filled with `pad_code`: im2col then reads
-/// every window row as one 8-byte load, with no edge cases (the 8 extra columns absorb the over-read). Every
-/// interior byte is overwritten, so the borders are written only when the layout or the pad code changed.
-fn pad_planes(x: &[u8], input: Shape, w: &Window, pad_code: u8, planes: &mut Planes) -> usize {
+/// every window row as one 8-byte load, with no edge cases (the 8 extra columns absorb the over-read). Returns the
+/// padded row length.
+fn pad_planes(
+    x: &[u8],
+    input: Shape,
+    w: &Window,
+    pad_code: u8,
+    planes: &mut PaddedPlanes,
+) -> usize {
     let (ph, pw) = w.padding;
-    let hp = input.height + 2 * ph;
     let wp = input.width + 2 * pw + 8;
-    let layout = (
-        input.channels,
-        input.height,
-        input.width,
-        w.padding,
-        pad_code,
-    );
-    if planes.layout != Some(layout) {
-        planes.data.clear();
-        planes.data.resize(input.channels * hp * wp, pad_code);
-        planes.layout = Some(layout);
-    }
-    for (c, plane) in x.chunks_exact(input.height * input.width).enumerate() {
-        for (y, row) in plane.chunks_exact(input.width).enumerate() {
-            kernels::copy_short(&mut planes.data[(c * hp + y + ph) * wp + pw..], row);
-        }
-    }
+    let len = input.channels * (input.height + 2 * ph) * wp;
+    let dims = (input.channels, input.height, input.width);
+    planes.fill(x, dims, w.padding, wp, len, pad_code);
     wp
 }
 
@@ -1166,7 +1149,7 @@ fn im2col(
     output: Shape,
     w: &Window,
     pad_code: u8,
-    planes: &mut Planes,
+    planes: &mut PaddedPlanes,
     col: &mut [u8],
 ) {
     let (kh, kw) = w.kernel;
@@ -1279,7 +1262,7 @@ fn transpose_into<T: Copy>(src: &[T], positions: usize, channels: usize, dst: &m
 
 /// Scratch for one convolution sample; `T` is the layer's output element (`u8` codes or `i32` accumulators).
 struct ConvScratch<T> {
-    planes: Planes,
+    planes: PaddedPlanes,
     col: Vec<u8>,
     acc: Vec<i32>,
     tmp: Vec<T>,
@@ -1288,7 +1271,7 @@ struct ConvScratch<T> {
 impl<T> Default for ConvScratch<T> {
     fn default() -> Self {
         Self {
-            planes: Planes::default(),
+            planes: PaddedPlanes::default(),
             col: Vec::new(),
             acc: Vec::new(),
             tmp: Vec::new(),
@@ -1299,7 +1282,7 @@ impl<T> Default for ConvScratch<T> {
 impl ConvOp {
     /// Runs every sample of `x` into `out` (`out_elems` per sample): `direct(weights, sample, scratch
     /// accumulators, out)` on the direct path, else im2col, `gemm(col, positions, [positions][channels] tmp)` and
-    /// `finish(one sample's tmp, scratch accumulators, out)`. Samples run in parallel when called outside the
+    /// `finish(one sample's tmp, out)`. Samples run in parallel when called outside the
     /// rayon pool (a batch too small for [`Engine::execute`] to split), else sequentially (the batch split already
     /// occupies every thread).
     fn run<T: Copy + Default + Send, U: Send>(
@@ -1309,7 +1292,7 @@ impl ConvOp {
         out_elems: usize,
         direct: impl Fn(&DirectConv, &[u8], &mut Vec<i32>, &mut [U]) -> Result<(), QuantError> + Sync,
         gemm: impl Fn(&[u8], usize, &mut [T]) -> Result<(), QuantError> + Sync,
-        finish: impl Fn(&[T], &mut Vec<i32>, &mut [U]) -> Result<(), QuantError> + Sync,
+        finish: impl Fn(&[T], &mut [U]) -> Result<(), QuantError> + Sync,
     ) -> Result<(), QuantError> {
         let (input, output) = (self.input, self.output);
         let in_elems = input.channels * input.height * input.width;
@@ -1336,7 +1319,7 @@ impl ConvOp {
             fit(&mut s.tmp, samples * tmp_elems);
             gemm(&s.col[..samples * col_len], samples * positions, &mut s.tmp)?;
             for (t, oi) in s.tmp.chunks(tmp_elems).zip(o.chunks_mut(out_elems)) {
-                finish(t, &mut s.acc, oi)?;
+                finish(t, oi)?;
             }
             Ok(())
         };
@@ -1415,7 +1398,7 @@ fn conv_requant(conv: &ConvOp, x: &[u8], out: &mut [u8]) -> Result<(), QuantErro
             rq.channels(acc, g.n, o)
         },
         |col, m, tmp| g.requant(col, m, tmp),
-        |t, _, o| {
+        |t, o| {
             transpose_into(t, positions, g.n, o);
             Ok(())
         },
@@ -1431,7 +1414,7 @@ fn conv_acc(conv: &ConvOp, x: &[u8], out: &mut [i32]) -> Result<(), QuantError> 
         conv.out_elems(),
         |d, xs, _, o| kernels::conv::direct_conv_acc(d, xs, conv.pad_code, &g.bias_eff, o),
         |col, m, tmp| g.acc(col, m, tmp),
-        |t, _, o| {
+        |t, o| {
             transpose_into(t, positions, g.n, o);
             Ok(())
         },
@@ -1476,7 +1459,7 @@ fn conv_pool_requant(
             pool(acc, AccLayout::Planes { row, plane }, o)
         },
         |col, m, tmp: &mut [i32]| g.acc(col, m, tmp),
-        |t, _, o| pool(t, AccLayout::Positions, o),
+        |t, o| pool(t, AccLayout::Positions, o),
     )
 }
 

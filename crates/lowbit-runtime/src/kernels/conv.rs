@@ -576,7 +576,7 @@ pub fn requant_channels(
                 .chunks_exact(positions)
                 .zip(out.chunks_exact_mut(positions));
             for (c, (arow, orow)) in rows.enumerate() {
-                let rq = channel_requant(&p, c);
+                let rq = p.requant_for(c);
                 for (o, &a) in orow.iter_mut().zip(arow) {
                     *o = requantize(a, rq, zero_point, qmin, qmax) as u8;
                 }
@@ -584,11 +584,6 @@ pub fn requant_channels(
         }
     }
     Ok(())
-}
-
-/// The requantization of channel `c` (`p.requant[0]` when per-tensor).
-fn channel_requant(p: &OutputParams, c: usize) -> Requant {
-    p.requant[if p.requant.len() == 1 { 0 } else { c }]
 }
 
 /// How one sample's convolution accumulators are laid out.
@@ -703,7 +698,7 @@ pub fn max_pool_requant(
         AccLayout::Positions => acc[(y * w + x) * channels + c],
     };
     for c in 0..channels {
-        let rq = channel_requant(p, c);
+        let rq = p.requant_for(c);
         for oy in 0..oh {
             for ox in 0..ow {
                 let (y, x) = (2 * oy, 2 * ox);

@@ -48,6 +48,14 @@ pub struct OutputParams<'a> {
     pub qmax: i32,
 }
 
+impl OutputParams<'_> {
+    /// The requantization of output column (or channel) `j`: `requant[j]`, or `requant[0]` when per-tensor.
+    #[inline]
+    pub fn requant_for(&self, j: usize) -> Requant {
+        self.requant[if self.requant.len() == 1 { 0 } else { j }]
+    }
+}
+
 /// A kernel tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Isa {
@@ -576,6 +584,44 @@ pub fn gemm_acc_b1b1_with(
         _ => reference::gemm_b1b1_i32(a_bits, m, k, w, bias, out),
     }
     Ok(())
+}
+
+/// Zero-point-padded copies of one sample's `[c][h][w]` planes, reused across calls by the convolutions: planes of
+/// `h + 2 * pad_h` rows of `row` bytes (`row >= w + 2 * pad_w`; the extra columns absorb over-reads), `len` bytes
+/// in all (slack past the last plane included). Every interior byte is overwritten on each call, so the borders are
+/// written only when the layout or the pad code changes.
+#[derive(Debug, Default)]
+pub(crate) struct PaddedPlanes {
+    pub(crate) data: Vec<u8>,
+    /// `[c, h, w, pad_h, pad_w, row, len]` and the pad code the borders were written for.
+    layout: Option<([usize; 7], u8)>,
+}
+
+impl PaddedPlanes {
+    /// Copies `x` (`c` planes of `h x w`, `h * w > 0`) in at row `pad_h`, column `pad_w` of each padded plane.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fill(
+        &mut self,
+        x: &[u8],
+        (c, h, w): (usize, usize, usize),
+        (pad_h, pad_w): (usize, usize),
+        row: usize,
+        len: usize,
+        pad_code: u8,
+    ) {
+        let key = ([c, h, w, pad_h, pad_w, row, len], pad_code);
+        if self.layout != Some(key) {
+            self.data.clear();
+            self.data.resize(len, pad_code);
+            self.layout = Some(key);
+        }
+        let hp = h + 2 * pad_h;
+        for (ic, plane) in x.chunks_exact(h * w).enumerate() {
+            for (y, src) in plane.chunks_exact(w).enumerate() {
+                copy_short(&mut self.data[(ic * hp + y + pad_h) * row + pad_w..], src);
+            }
+        }
+    }
 }
 
 /// `dst[..src.len()] = src`; rows of 8 to 32 bytes (LeNet's 14 and 28) as 8-byte moves, the last one

@@ -44,11 +44,7 @@ pub fn gemm_u8i8_i32(
 pub fn requant_u8(acc: &[i32], n: usize, p: &OutputParams, out: &mut [u8]) {
     for (arow, orow) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         for j in 0..n {
-            let rq = if p.requant.len() == 1 {
-                p.requant[0]
-            } else {
-                p.requant[j]
-            };
+            let rq = p.requant_for(j);
             orow[j] = requantize(arow[j], rq, p.zero_point, p.qmin, p.qmax) as u8;
         }
     }

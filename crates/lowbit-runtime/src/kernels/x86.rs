@@ -110,6 +110,12 @@ struct Scratch {
     acc: Vec<i32>,
     /// Zero-padded activation rows for the sub-byte kernel.
     apad: Vec<u8>,
+    /// [`direct_conv_quads`]: the zero-point-padded planes, ...
+    quad_planes: super::PaddedPlanes,
+    /// ... the built quads of one 16-position block (64 bytes per quad) ...
+    quad_panel: Vec<u8>,
+    /// ... and the caller's bias plus the flips' fix, per channel.
+    quad_bias: Vec<i32>,
 }
 
 thread_local! {
@@ -954,11 +960,7 @@ impl RequantConsts8 {
     unsafe fn new(p: &OutputParams, j: usize) -> Self {
         let (mut mult, mut shift) = ([0i32; 8], [0i32; 8]);
         for c in 0..8 {
-            let rq = if p.requant.len() == 1 {
-                p.requant[0]
-            } else {
-                p.requant[j + c]
-            };
+            let rq = p.requant_for(j + c);
             mult[c] = rq.multiplier;
             shift[c] = rq.shift;
         }
@@ -1108,11 +1110,7 @@ unsafe fn requant_u8__avx2(acc: &[i32], rows: usize, n: usize, p: &OutputParams,
     if n8 < n {
         for r in 0..rows {
             for j in n8..n {
-                let rq = if p.requant.len() == 1 {
-                    p.requant[0]
-                } else {
-                    p.requant[j]
-                };
+                let rq = p.requant_for(j);
                 out[r * n + j] = requantize(acc[r * n + j], rq, p.zero_point, p.qmin, p.qmax) as u8;
             }
         }
@@ -1417,7 +1415,7 @@ unsafe fn requant_channels__avx2(acc: &[i32], positions: usize, p: &OutputParams
         .chunks_exact(positions)
         .zip(out.chunks_exact_mut(positions));
     for (c, (arow, orow)) in rows.enumerate() {
-        let consts = RequantConsts8::broadcast(p.requant[if p.requant.len() == 1 { 0 } else { c }]);
+        let consts = RequantConsts8::broadcast(p.requant_for(c));
         for x in block_starts(positions) {
             stage.apply(arow.as_ptr().add(x), &consts, orow.as_mut_ptr().add(x));
         }
@@ -1534,8 +1532,7 @@ unsafe fn max_pool_requant__avx2(conv: ConvAcc<'_>, p: &OutputParams, out: &mut 
     match conv.layout {
         AccLayout::Planes { row, plane } => {
             for c in 0..channels {
-                let consts =
-                    RequantConsts8::broadcast(p.requant[if p.requant.len() == 1 { 0 } else { c }]);
+                let consts = RequantConsts8::broadcast(p.requant_for(c));
                 let cplane = acc.as_ptr().add(c * plane);
                 let oplane = out.as_mut_ptr().add(c * oh * ow);
                 for oy in 0..oh {
@@ -1723,23 +1720,6 @@ unsafe fn direct_block__avx2<const CB: usize>(
     }
 }
 
-/// Scratch of [`direct_conv_quads`], per thread.
-#[derive(Default)]
-struct QuadScratch {
-    /// Zero-point-padded planes `[c_in][hp][wp]` plus the slack the last position block reads.
-    planes: Vec<u8>,
-    /// `(c_in, h, w, pad_h, pad_w, planes.len(), pad code)` the borders were written for.
-    layout: Option<(usize, usize, usize, usize, usize, usize, u8)>,
-    /// The built quads of one 16-position block, 64 bytes per quad.
-    panel: Vec<u8>,
-    /// The caller's bias plus the flips' fix, per channel.
-    bias: Vec<i32>,
-}
-
-thread_local! {
-    static QUAD_SCRATCH: RefCell<QuadScratch> = RefCell::new(QuadScratch::default());
-}
-
 /// Channels accumulated together by [`quad_channels__avx2`] (two accumulators each, 16 positions).
 const QUAD_CHANNEL_BLOCK: usize = 6;
 
@@ -1753,35 +1733,32 @@ pub(crate) fn direct_conv_quads(
     bias: &[i32],
     out: &mut [i32],
 ) {
-    let (hp, wp) = g.padded();
+    let (_, wp) = g.padded();
     let stride = q.blocks.len() * 16;
     let nq = q.len() / 4;
     let len = q.span;
-    let mut run = |s: &mut QuadScratch| {
-        s.bias.clear();
-        s.bias.extend(
+    with_scratch(|s| {
+        s.quad_bias.clear();
+        s.quad_bias.extend(
             bias.iter()
                 .zip(&q.bias_fix)
                 .map(|(&b, &f)| b.wrapping_add(f)),
         );
-        let key = (g.c_in, g.h, g.w, g.pad_h, g.pad_w, len, pad_code);
-        if s.layout != Some(key) {
-            s.planes.clear();
-            s.planes.resize(len, pad_code);
-            s.layout = Some(key);
-        }
-        for (ic, plane) in x.chunks_exact(g.h * g.w).enumerate() {
-            for (y, row) in plane.chunks_exact(g.w).enumerate() {
-                super::copy_short(&mut s.planes[(ic * hp + y + g.pad_h) * wp + g.pad_w..], row);
-            }
-        }
-        s.panel.resize(nq * 64, 0);
+        let dims = (g.c_in, g.h, g.w);
+        s.quad_planes
+            .fill(x, dims, (g.pad_h, g.pad_w), wp, len, pad_code);
+        s.quad_panel.resize(nq * 64, 0);
         for (b, block) in q.blocks.iter().enumerate() {
             // SAFETY: AVX2 was detected (dispatch); each read is 16 bytes from a segment base plus a tap offset,
             // inside `q.span` = `len` (see `Quads::span`); 1 <= block.len <= 3; the panel holds nq quads of
             // 64 bytes; out holds c_out rows of `stride` (checked).
             unsafe {
-                build_quads__avx2(q, &s.planes, &block.segments[..block.len], &mut s.panel);
+                build_quads__avx2(
+                    q,
+                    &s.quad_planes.data,
+                    &block.segments[..block.len],
+                    &mut s.quad_panel,
+                );
                 let mut c0 = 0;
                 while c0 < g.c_out {
                     let cb = (g.c_out - c0).min(QUAD_CHANNEL_BLOCK);
@@ -1794,9 +1771,9 @@ pub(crate) fn direct_conv_quads(
                         _ => quad_channels__avx2::<1>,
                     };
                     f(
-                        &s.panel,
+                        &s.quad_panel,
                         &q.weights[c0 * nq..(c0 + cb) * nq],
-                        &s.bias[c0..c0 + cb],
+                        &s.quad_bias[c0..c0 + cb],
                         out.as_mut_ptr().add(c0 * stride + b * 16),
                         stride,
                     );
@@ -1804,10 +1781,6 @@ pub(crate) fn direct_conv_quads(
                 }
             }
         }
-    };
-    QUAD_SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => run(&mut s),
-        Err(_) => run(&mut QuadScratch::default()),
     })
 }
 
