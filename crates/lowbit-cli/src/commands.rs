@@ -18,7 +18,7 @@ use lowbit::quant::{ActMethod, LayerQuant, LayerSelector, Method, QuantConfig, W
 use lowbit::report::{DatasetInfo, Report};
 use lowbit::train::{self, TrainConfig};
 use lowbit_runtime::engine::Engine;
-use lowbit_runtime::model::{OutputStage, Provenance, QLayer};
+use lowbit_runtime::model::{OutputStage, Provenance, QOp};
 use std::path::Path;
 use std::time::Instant;
 
@@ -590,33 +590,6 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
     Ok(())
 }
 
-fn describe_stage(o: &OutputStage) -> String {
-    match o {
-        OutputStage::Logits => "logits (f32)".into(),
-        OutputStage::Requantize {
-            qparams,
-            bits,
-            relu,
-            ..
-        } => format!(
-            "u{bits} scale {:.4e} zp {}{}",
-            qparams.scale,
-            qparams.zero_point,
-            if *relu { " +relu" } else { "" }
-        ),
-    }
-}
-
-fn scale_range(s: &[f32]) -> String {
-    let lo = s.iter().cloned().fold(f32::INFINITY, f32::min);
-    let hi = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    if s.len() == 1 {
-        format!("{lo:.4e}")
-    } else {
-        format!("{lo:.3e}..{hi:.3e} ({})", s.len())
-    }
-}
-
 /// `lowbit inspect`.
 pub fn inspect(path: &Path) -> Result<()> {
     let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -644,85 +617,17 @@ pub fn inspect(path: &Path) -> Result<()> {
                 qm.provenance.seed,
                 qm.provenance.test_accuracy.map(pct).unwrap_or_else(|| "-".into())
             );
-            let mut t = Table::new(&[
-                "#", "layer", "shape", "w bits", "packing", "w scales", "input", "output", "bytes",
-            ]);
-            for (i, l) in qm.layers.iter().enumerate() {
-                let row = match l {
-                    QLayer::Dense(d) => vec![
-                        i.to_string(),
-                        "dense".into(),
-                        format!("{}->{}", d.in_features, d.out_features),
-                        d.weights.bits.to_string(),
-                        format!("{:?}", d.weights.packing),
-                        scale_range(&d.weight_scales),
-                        format!("scale {:.4e} zp {}", d.input.scale, d.input.zero_point),
-                        describe_stage(&d.output),
-                        (d.weights.data.len() + 4 * d.bias.len()).to_string(),
-                    ],
-                    QLayer::Conv2d(c) => vec![
-                        i.to_string(),
-                        "conv2d".into(),
-                        format!(
-                            "{}->{} {}x{} s{:?} p{:?}",
-                            c.in_channels,
-                            c.out_channels,
-                            c.kernel.0,
-                            c.kernel.1,
-                            c.stride,
-                            c.padding
-                        ),
-                        c.weights.bits.to_string(),
-                        format!("{:?}", c.weights.packing),
-                        scale_range(&c.weight_scales),
-                        format!("scale {:.4e} zp {}", c.input.scale, c.input.zero_point),
-                        describe_stage(&c.output),
-                        (c.weights.data.len() + 4 * c.bias.len()).to_string(),
-                    ],
-                    QLayer::MaxPool2d { kernel, stride } => vec![
-                        i.to_string(),
-                        "maxpool2d".into(),
-                        format!("{}x{} s{:?}", kernel.0, kernel.1, stride),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "0".into(),
-                    ],
-                    QLayer::AvgPool2d {
-                        kernel,
-                        stride,
-                        input,
-                        output,
-                        bits,
-                    } => vec![
-                        i.to_string(),
-                        "avgpool2d".into(),
-                        format!("{}x{} s{:?}", kernel.0, kernel.1, stride),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        format!("scale {:.4e} zp {}", input.scale, input.zero_point),
-                        format!(
-                            "u{bits} scale {:.4e} zp {}",
-                            output.scale, output.zero_point
-                        ),
-                        "0".into(),
-                    ],
-                    QLayer::Flatten => vec![
-                        i.to_string(),
-                        "flatten".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "0".into(),
-                    ],
-                };
-                t.row(row);
+            let mut t = Table::new(&["#", "node", "reads", "op", "output", "w scales", "bytes"]);
+            for (i, n) in lowbit::report::node_summaries(&qm)?.into_iter().enumerate() {
+                t.row(vec![
+                    i.to_string(),
+                    n.name,
+                    n.reads.join(", "),
+                    n.op,
+                    n.output,
+                    n.weight_scales.unwrap_or_else(|| "-".into()),
+                    n.bytes.to_string(),
+                ]);
             }
             print!("{}", t.render());
             println!(
@@ -1072,9 +977,9 @@ fn float_twin(qm: &lowbit_runtime::model::QuantModel) -> Result<Model> {
     }
     let relu = |out: &OutputStage| matches!(out, OutputStage::Requantize { relu: true, .. });
     let mut layers = Vec::new();
-    for l in &qm.layers {
+    for l in qm.ops() {
         match l {
-            QLayer::Dense(d) => {
+            QOp::Dense(d) => {
                 let (w, b) = dequant(
                     d.out_features,
                     d.in_features,
@@ -1093,7 +998,7 @@ fn float_twin(qm: &lowbit_runtime::model::QuantModel) -> Result<Model> {
                     layers.push(Layer::Relu(Relu::new()));
                 }
             }
-            QLayer::Conv2d(c) => {
+            QOp::Conv2d(c) => {
                 let (w, b) = dequant(
                     c.out_channels,
                     c.in_channels * c.kernel.0 * c.kernel.1,
@@ -1115,13 +1020,13 @@ fn float_twin(qm: &lowbit_runtime::model::QuantModel) -> Result<Model> {
                     layers.push(Layer::Relu(Relu::new()));
                 }
             }
-            QLayer::MaxPool2d { kernel, stride } => {
-                layers.push(Layer::MaxPool2d(MaxPool2d::new(*kernel, *stride)));
+            QOp::MaxPool2d(p) => {
+                layers.push(Layer::MaxPool2d(MaxPool2d::new(p.kernel, p.stride)));
             }
-            QLayer::AvgPool2d { kernel, stride, .. } => {
-                layers.push(Layer::AvgPool2d(AvgPool2d::new(*kernel, *stride)));
+            QOp::AvgPool2d(p) => {
+                layers.push(Layer::AvgPool2d(AvgPool2d::new(p.kernel, p.stride)));
             }
-            QLayer::Flatten => layers.push(Layer::Flatten(Flatten::new())),
+            QOp::Flatten => layers.push(Layer::Flatten(Flatten::new())),
         }
     }
     Ok(Model {

@@ -537,7 +537,7 @@ fn ptq_model_is_read_by_eval_inspect_and_predict() {
     assert!(eval.contains('%'), "{eval}");
     let inspect = run_ok(m.dir.path(), &["inspect", &q]);
     assert!(
-        inspect.contains("quantized model (lowbit.lbq v2)") && inspect.contains("PTQ W8A8"),
+        inspect.contains("quantized model (lowbit.lbq v3)") && inspect.contains("PTQ W8A8"),
         "{inspect}"
     );
     // A version-1 file (per-channel arrays in the JSON) still loads, and inspect names its own version.

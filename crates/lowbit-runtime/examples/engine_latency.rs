@@ -6,7 +6,7 @@
 //! `cargo run --release -p lowbit-runtime --example engine_latency` (about 10 s).
 use lowbit_runtime::engine::Engine;
 use lowbit_runtime::kernels::{self, PrepackedWeights};
-use lowbit_runtime::model::QLayer;
+use lowbit_runtime::model::QOp;
 use lowbit_runtime::testutil::{min_window_secs, reference_mlp};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ fn main() {
         let t256 = min_window_secs(Duration::from_millis(5), 40, || {
             std::hint::black_box(engine.run(std::hint::black_box(&x256), 256).ok());
         });
-        let QLayer::Dense(d) = &model.layers[0] else {
+        let QOp::Dense(d) = &model.nodes[0].op else {
             panic!("first layer is dense")
         };
         let pw = PrepackedWeights::new(d.weights.clone()).unwrap_or_else(|e| panic!("{e}"));

@@ -1,21 +1,27 @@
 //! The `.lbq` deployable model file: a safetensors container (see `docs/FORMAT.md` for the byte layout).
 //!
-//! `__metadata__` holds `format = "lowbit.lbq"`, `format_version = "2"` and `model`, a JSON document with the
-//! model's structure and scalar parameters (shapes, bit widths, activation scales and zero points, provenance).
-//! Tensors, for every Dense and Conv2d layer `i`: `layers.{i}.weight` (U8 packed codes, shape `[rows, row_bytes]`),
-//! `layers.{i}.bias` (I32, `[rows]`), `layers.{i}.weight_scales` (F32, `[1 or rows]`) and, when the layer
-//! requantizes, `layers.{i}.requant` (I32, `[1 or rows, 2]`: multiplier, shift). Version 1 kept the per-channel
-//! scales and requantization in the JSON as text (about 4.5 KB for the MLP, a sixth of a 4-bit model's file); it
-//! is still read.
+//! `__metadata__` holds `format = "lowbit.lbq"`, `format_version = "3"` and `model`, a JSON document with the
+//! graph and its scalar parameters: the input, then `nodes`, each with a `name`, the names of the values it reads
+//! (`"input"` or an earlier node) and its `op` (shapes, bit widths, activation scales and zero points), and the
+//! provenance. Tensors, for every Dense and Conv2d node `N`: `N.weight` (U8 packed codes, shape
+//! `[rows, row_bytes]`), `N.bias` (I32, `[rows]`), `N.weight_scales` (F32, `[1 or rows]`) and, when the node
+//! requantizes, `N.requant` (I32, `[1 or rows, 2]`: multiplier, shift).
+//!
+//! Versions 1 and 2 held a chain, `layers` instead of `nodes`, read as nodes named `layers.{i}` (which are also
+//! their tensors' prefixes); version 1 kept the per-channel scales and requantization in the JSON as text (about
+//! 4.5 KB for the MLP, a sixth of a 4-bit model's file). Both are still read.
 //!
 //! The reader treats its input as untrusted: sizes are capped before anything is allocated, arithmetic is
-//! checked, every field is validated, and the graph is finally checked by building an [`Engine`]. It never
-//! panics (this module denies `unwrap`, `expect` and slice indexing).
+//! checked, every field is validated, and the graph is finally checked by [`graph::check`], the validation the
+//! engine runs. It never panics (this module denies `unwrap`, `expect` and slice indexing).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use crate::engine::Engine;
 use crate::error::FormatError;
-use crate::model::{InputSpec, OutputStage, Provenance, QConv2d, QDense, QLayer, QuantModel};
+use crate::graph;
+use crate::model::{
+    InputSpec, OutputStage, Provenance, QAvgPool2d, QConv2d, QDense, QMaxPool2d, QNode, QOp,
+    QuantModel,
+};
 use crate::pack::{row_bytes, PackedWeights, Packing};
 use crate::qparams::{QParams, Requant};
 use safetensors::tensor::{Dtype, TensorView};
@@ -30,13 +36,19 @@ use std::path::Path;
 /// Value of the `format` metadata key of a quantized model file.
 pub const FORMAT_NAME: &str = "lowbit.lbq";
 /// Format version this build writes and the highest it reads (it reads every version from 1).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Largest JSON header accepted (safetensors itself allows 100 MB).
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
 /// Largest file [`load`] reads.
 pub const MAX_FILE_BYTES: u64 = 1 << 31;
-/// Most layers in a model.
-pub const MAX_LAYERS: usize = 256;
+/// Most nodes (layers) in a model.
+pub const MAX_LAYERS: usize = 1024;
+/// Most inputs of one node.
+pub const MAX_NODE_INPUTS: usize = 64;
+/// Longest node name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// The name by which nodes refer to the network input (no node may take it).
+pub const INPUT_NAME: &str = "input";
 /// Largest single dimension or count (channels, features, rows, kernel size, classes, list lengths).
 pub const MAX_DIM: usize = 1 << 20;
 /// Largest tensor, in elements.
@@ -153,13 +165,33 @@ enum LayerMeta {
     Flatten,
 }
 
+/// The model JSON of versions 1 and 2: a chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChainMeta {
+    input: InputMeta,
+    classes: usize,
+    class_names: Vec<String>,
+    layers: Vec<LayerMeta>,
+    provenance: Provenance,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeMeta {
+    name: String,
+    inputs: Vec<String>,
+    op: LayerMeta,
+}
+
+/// The model JSON since version 3: a graph.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModelMeta {
     input: InputMeta,
     classes: usize,
     class_names: Vec<String>,
-    layers: Vec<LayerMeta>,
+    nodes: Vec<NodeMeta>,
     provenance: Provenance,
 }
 
@@ -224,48 +256,58 @@ fn unpair(p: [usize; 2]) -> (usize, usize) {
     (a, b)
 }
 
+fn layer_meta(op: &QOp) -> LayerMeta {
+    match op {
+        QOp::Dense(d) => LayerMeta::Dense {
+            in_features: d.in_features,
+            out_features: d.out_features,
+            weights: weights_meta(&d.weights),
+            weight_scales: None,
+            input: QpMeta::from_qp(d.input),
+            output: output_meta(&d.output),
+        },
+        QOp::Conv2d(c) => LayerMeta::Conv2d {
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            kernel: pair(c.kernel),
+            stride: pair(c.stride),
+            padding: pair(c.padding),
+            weights: weights_meta(&c.weights),
+            weight_scales: None,
+            input: QpMeta::from_qp(c.input),
+            output: output_meta(&c.output),
+        },
+        QOp::MaxPool2d(p) => LayerMeta::MaxPool2d {
+            kernel: pair(p.kernel),
+            stride: pair(p.stride),
+        },
+        QOp::AvgPool2d(p) => LayerMeta::AvgPool2d {
+            kernel: pair(p.kernel),
+            stride: pair(p.stride),
+            input: QpMeta::from_qp(p.input),
+            output: QpMeta::from_qp(p.output),
+            bits: p.bits,
+        },
+        QOp::Flatten => LayerMeta::Flatten,
+    }
+}
+
+/// The name by which nodes refer to value `v`.
+fn value_name(model: &QuantModel, v: usize) -> String {
+    match v.checked_sub(1).and_then(|i| model.nodes.get(i)) {
+        Some(n) => n.name.clone(),
+        None => INPUT_NAME.to_string(),
+    }
+}
+
 fn model_meta(model: &QuantModel) -> ModelMeta {
-    let layers = model
-        .layers
+    let nodes = model
+        .nodes
         .iter()
-        .map(|l| match l {
-            QLayer::Dense(d) => LayerMeta::Dense {
-                in_features: d.in_features,
-                out_features: d.out_features,
-                weights: weights_meta(&d.weights),
-                weight_scales: None,
-                input: QpMeta::from_qp(d.input),
-                output: output_meta(&d.output),
-            },
-            QLayer::Conv2d(c) => LayerMeta::Conv2d {
-                in_channels: c.in_channels,
-                out_channels: c.out_channels,
-                kernel: pair(c.kernel),
-                stride: pair(c.stride),
-                padding: pair(c.padding),
-                weights: weights_meta(&c.weights),
-                weight_scales: None,
-                input: QpMeta::from_qp(c.input),
-                output: output_meta(&c.output),
-            },
-            QLayer::MaxPool2d { kernel, stride } => LayerMeta::MaxPool2d {
-                kernel: pair(*kernel),
-                stride: pair(*stride),
-            },
-            QLayer::AvgPool2d {
-                kernel,
-                stride,
-                input,
-                output,
-                bits,
-            } => LayerMeta::AvgPool2d {
-                kernel: pair(*kernel),
-                stride: pair(*stride),
-                input: QpMeta::from_qp(*input),
-                output: QpMeta::from_qp(*output),
-                bits: *bits,
-            },
-            QLayer::Flatten => LayerMeta::Flatten,
+        .map(|n| NodeMeta {
+            name: n.name.clone(),
+            inputs: n.inputs.iter().map(|&v| value_name(model, v)).collect(),
+            op: layer_meta(&n.op),
         })
         .collect();
     ModelMeta {
@@ -278,7 +320,7 @@ fn model_meta(model: &QuantModel) -> ModelMeta {
         },
         classes: model.classes,
         class_names: model.class_names.clone(),
-        layers,
+        nodes,
         provenance: model.provenance.clone(),
     }
 }
@@ -302,90 +344,123 @@ fn dims(what: &str, values: &[usize]) -> Result<(), FormatError> {
     values.iter().try_for_each(|&v| limit(what, v, MAX_DIM))
 }
 
-fn check_weights_limits(i: usize, w: &WeightsMeta) -> Result<usize, FormatError> {
-    dims(&format!("layers.{i}.weight dims"), &[w.rows, w.cols])?;
+fn check_weights_limits(name: &str, w: &WeightsMeta) -> Result<usize, FormatError> {
+    dims(&format!("{name}.weight dims"), &[w.rows, w.cols])?;
     let rb = row_bytes(w.packing, w.cols);
     let elems = w.rows.saturating_mul(rb);
-    limit(
-        &format!("layers.{i}.weight elements"),
-        elems,
-        MAX_TENSOR_ELEMS,
-    )?;
+    limit(&format!("{name}.weight elements"), elems, MAX_TENSOR_ELEMS)?;
     Ok(rb)
 }
 
-fn check_output_limits(i: usize, o: &OutputMeta) -> Result<(), FormatError> {
+fn check_output_limits(name: &str, o: &OutputMeta) -> Result<(), FormatError> {
     if let OutputMeta::Requantize {
         requant: Some(requant),
         ..
     } = o
     {
-        limit(
-            &format!("layers.{i}.requant length"),
-            requant.len(),
-            MAX_DIM,
-        )?;
+        limit(&format!("{name}.requant length"), requant.len(), MAX_DIM)?;
     }
     Ok(())
+}
+
+/// The limits of one op's metadata (named `name` in errors).
+fn check_layer_limits(name: &str, l: &LayerMeta) -> Result<(), FormatError> {
+    let what = format!("{name} dims");
+    match l {
+        LayerMeta::Dense {
+            in_features,
+            out_features,
+            weights,
+            weight_scales,
+            output,
+            ..
+        } => {
+            dims(&what, &[*in_features, *out_features])?;
+            dims(&what, &[weight_scales.as_ref().map_or(0, Vec::len)])?;
+            check_weights_limits(name, weights)?;
+            check_output_limits(name, output)?;
+        }
+        LayerMeta::Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            weights,
+            weight_scales,
+            output,
+            ..
+        } => {
+            dims(&what, &[*in_channels, *out_channels])?;
+            dims(&what, &[weight_scales.as_ref().map_or(0, Vec::len)])?;
+            dims(&what, kernel)?;
+            dims(&what, stride)?;
+            dims(&what, padding)?;
+            check_weights_limits(name, weights)?;
+            check_output_limits(name, output)?;
+        }
+        LayerMeta::MaxPool2d { kernel, stride } | LayerMeta::AvgPool2d { kernel, stride, .. } => {
+            dims(&what, kernel)?;
+            dims(&what, stride)?;
+        }
+        LayerMeta::Flatten => {}
+    }
+    Ok(())
+}
+
+/// The limits of the parts every version shares.
+fn check_model_limits(
+    input: &InputMeta,
+    classes: usize,
+    names: usize,
+    ops: usize,
+) -> Result<(), FormatError> {
+    limit("layers", ops, MAX_LAYERS)?;
+    dims("input dims", &[input.channels, input.height, input.width])?;
+    dims("classes", &[classes, names])
 }
 
 fn check_limits(meta: &ModelMeta) -> Result<(), FormatError> {
-    limit("layers", meta.layers.len(), MAX_LAYERS)?;
-    dims(
-        "input dims",
-        &[meta.input.channels, meta.input.height, meta.input.width],
+    check_model_limits(
+        &meta.input,
+        meta.classes,
+        meta.class_names.len(),
+        meta.nodes.len(),
     )?;
-    dims("classes", &[meta.classes, meta.class_names.len()])?;
-    for (i, l) in meta.layers.iter().enumerate() {
-        let what = format!("layers.{i} dims");
-        match l {
-            LayerMeta::Dense {
-                in_features,
-                out_features,
-                weights,
-                weight_scales,
-                output,
-                ..
-            } => {
-                dims(&what, &[*in_features, *out_features])?;
-                dims(&what, &[weight_scales.as_ref().map_or(0, Vec::len)])?;
-                check_weights_limits(i, weights)?;
-                check_output_limits(i, output)?;
-            }
-            LayerMeta::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                weights,
-                weight_scales,
-                output,
-                ..
-            } => {
-                dims(&what, &[*in_channels, *out_channels])?;
-                dims(&what, &[weight_scales.as_ref().map_or(0, Vec::len)])?;
-                dims(&what, kernel)?;
-                dims(&what, stride)?;
-                dims(&what, padding)?;
-                check_weights_limits(i, weights)?;
-                check_output_limits(i, output)?;
-            }
-            LayerMeta::MaxPool2d { kernel, stride }
-            | LayerMeta::AvgPool2d { kernel, stride, .. } => {
-                dims(&what, kernel)?;
-                dims(&what, stride)?;
-            }
-            LayerMeta::Flatten => {}
+    for (i, n) in meta.nodes.iter().enumerate() {
+        if n.name.is_empty() || n.name.len() > MAX_NAME_BYTES || n.name == INPUT_NAME {
+            return Err(FormatError::Malformed(format!(
+                "nodes[{i}]: name {:?} must be 1 to {MAX_NAME_BYTES} bytes and not {INPUT_NAME:?}",
+                n.name.chars().take(64).collect::<String>()
+            )));
         }
+        limit(
+            &format!("{} inputs", n.name),
+            n.inputs.len(),
+            MAX_NODE_INPUTS,
+        )?;
+        check_layer_limits(&n.name, &n.op)?;
     }
     Ok(())
 }
 
-fn check_engine_limits(engine: &Engine) -> Result<(), FormatError> {
+fn check_chain_limits(meta: &ChainMeta) -> Result<(), FormatError> {
+    check_model_limits(
+        &meta.input,
+        meta.classes,
+        meta.class_names.len(),
+        meta.layers.len(),
+    )?;
+    for (i, l) in meta.layers.iter().enumerate() {
+        check_layer_limits(&format!("layers.{i}"), l)?;
+    }
+    Ok(())
+}
+
+fn check_graph_limits(info: &graph::GraphInfo) -> Result<(), FormatError> {
     limit(
         "per-sample engine buffer elements",
-        engine.max_sample_elems(),
+        info.max_sample_elems,
         MAX_SAMPLE_ELEMS,
     )
 }
@@ -396,7 +471,7 @@ fn check_engine_limits(engine: &Engine) -> Result<(), FormatError> {
 /// Serializes `model` to `.lbq` bytes. The model is validated first (the same checks as the reader), so an
 /// invalid model is never written.
 pub fn to_bytes(model: &QuantModel) -> Result<Vec<u8>, FormatError> {
-    let engine = Engine::validated(model)?;
+    let info = graph::check(model)?;
     if let Some(acc) = model.provenance.test_accuracy {
         if !acc.is_finite() {
             return Err(FormatError::Malformed(format!(
@@ -406,24 +481,25 @@ pub fn to_bytes(model: &QuantModel) -> Result<Vec<u8>, FormatError> {
     }
     let meta = model_meta(model);
     check_limits(&meta)?;
-    check_engine_limits(&engine)?;
+    check_graph_limits(&info)?;
     let model_json = serde_json::to_string(&meta)
         .map_err(|e| FormatError::Malformed(format!("model JSON: {e}")))?;
 
     let mut tensors: Vec<Tensor> = Vec::new();
-    for (i, l) in model.layers.iter().enumerate() {
-        let (w, b, scales, output) = match l {
-            QLayer::Dense(d) => (&d.weights, &d.bias, &d.weight_scales, &d.output),
-            QLayer::Conv2d(c) => (&c.weights, &c.bias, &c.weight_scales, &c.output),
+    for node in &model.nodes {
+        let i = &node.name;
+        let (w, b, scales, output) = match &node.op {
+            QOp::Dense(d) => (&d.weights, &d.bias, &d.weight_scales, &d.output),
+            QOp::Conv2d(c) => (&c.weights, &c.bias, &c.weight_scales, &c.output),
             _ => continue,
         };
         let shape = vec![w.rows, row_bytes(w.packing, w.cols)];
-        tensors.push((format!("layers.{i}.weight"), "U8", shape, w.data.clone()));
+        tensors.push((format!("{i}.weight"), "U8", shape, w.data.clone()));
         let bytes: Vec<u8> = b.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.push((format!("layers.{i}.bias"), "I32", vec![b.len()], bytes));
+        tensors.push((format!("{i}.bias"), "I32", vec![b.len()], bytes));
         let bytes: Vec<u8> = scales.iter().flat_map(|v| v.to_le_bytes()).collect();
         tensors.push((
-            format!("layers.{i}.weight_scales"),
+            format!("{i}.weight_scales"),
             "F32",
             vec![scales.len()],
             bytes,
@@ -434,12 +510,7 @@ pub fn to_bytes(model: &QuantModel) -> Result<Vec<u8>, FormatError> {
                 .flat_map(|r| [r.multiplier, r.shift])
                 .flat_map(i32::to_le_bytes)
                 .collect();
-            tensors.push((
-                format!("layers.{i}.requant"),
-                "I32",
-                vec![requant.len(), 2],
-                bytes,
-            ));
+            tensors.push((format!("{i}.requant"), "I32", vec![requant.len(), 2], bytes));
         }
     }
     let meta = [
@@ -723,17 +794,18 @@ fn le_words(data: &[u8]) -> impl Iterator<Item = [u8; 4]> + '_ {
         .filter_map(|c| <[u8; 4]>::try_from(c).ok())
 }
 
-/// Reads layer `i`'s tensors for the file's format version, recording every name it expects.
+/// Reads node `node`'s tensors (`{node}.weight`...) for the file's format version, recording every name it
+/// expects.
 struct LayerTensors<'a, 'e> {
     st: &'a SafeTensors<'a>,
-    i: usize,
+    node: &'e str,
     version: u32,
     expected: &'e mut HashSet<String>,
 }
 
 impl<'a> LayerTensors<'a, '_> {
     fn name(&mut self, what: &str) -> String {
-        let name = format!("layers.{}.{what}", self.i);
+        let name = format!("{}.{what}", self.node);
         self.expected.insert(name.clone());
         name
     }
@@ -768,14 +840,14 @@ impl<'a> LayerTensors<'a, '_> {
         from_json: impl Fn(J) -> T,
         read: impl FnOnce(&'a SafeTensors<'a>, &str) -> Result<Vec<T>, FormatError>,
     ) -> Result<Vec<T>, FormatError> {
-        let i = self.i;
+        let node = self.node;
         match (self.version, json) {
             (1, Some(v)) => Ok(v.into_iter().map(from_json).collect()),
             (1, None) => Err(FormatError::Malformed(format!(
-                "layers.{i}: format version 1 needs {what:?} in the model JSON"
+                "{node}: format version 1 needs {what:?} in the model JSON"
             ))),
             (_, Some(_)) => Err(FormatError::Malformed(format!(
-                "layers.{i}: {what:?} is a tensor since format version 2, not a JSON field"
+                "{node}: {what:?} is a tensor since format version 2, not a JSON field"
             ))),
             (_, None) => {
                 let name = self.name(what);
@@ -876,79 +948,79 @@ pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
         .metadata
         .get("model")
         .ok_or_else(|| FormatError::Malformed("no \"model\" metadata key".into()))?;
-    let meta: ModelMeta =
-        serde_json::from_str(model_json).map_err(|e| json_malformed("model JSON", e))?;
-    check_limits(&meta)?;
+    // Nodes with their op metadata and input value ids; versions 1 and 2 are chains.
+    let (input, classes, class_names, provenance, nodes) = if version < 3 {
+        let meta: ChainMeta =
+            serde_json::from_str(model_json).map_err(|e| json_malformed("model JSON", e))?;
+        check_chain_limits(&meta)?;
+        let nodes: Vec<(String, Vec<usize>, LayerMeta)> = meta
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (format!("layers.{i}"), vec![i], l))
+            .collect();
+        (
+            meta.input,
+            meta.classes,
+            meta.class_names,
+            meta.provenance,
+            nodes,
+        )
+    } else {
+        let meta: ModelMeta =
+            serde_json::from_str(model_json).map_err(|e| json_malformed("model JSON", e))?;
+        check_limits(&meta)?;
+        // A node may only read the input or an earlier node: resolving names in order rejects cycles, unsorted
+        // graphs and dangling references alike.
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        ids.insert(INPUT_NAME.to_string(), 0);
+        let mut nodes = Vec::with_capacity(meta.nodes.len());
+        for (i, n) in meta.nodes.into_iter().enumerate() {
+            let inputs = n
+                .inputs
+                .iter()
+                .map(|v| {
+                    ids.get(v).copied().ok_or_else(|| {
+                        FormatError::Quant(crate::QuantError::ShapeMismatch {
+                            context: n.name.clone(),
+                            detail: format!(
+                                "input {:?} is not the input or an earlier node (a cycle, an unsorted graph or a \
+                                 dangling reference)",
+                                v.chars().take(64).collect::<String>()
+                            ),
+                        })
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if ids.insert(n.name.clone(), i + 1).is_some() {
+                return Err(FormatError::Quant(crate::QuantError::ShapeMismatch {
+                    context: n.name,
+                    detail: "duplicate node name".into(),
+                }));
+            }
+            nodes.push((n.name, inputs, n.op));
+        }
+        (
+            meta.input,
+            meta.classes,
+            meta.class_names,
+            meta.provenance,
+            nodes,
+        )
+    };
 
     let st = SafeTensors::deserialize(bytes).map_err(st_malformed)?;
     let mut expected: HashSet<String> = HashSet::new();
-    let mut layers = Vec::with_capacity(meta.layers.len());
-    for (i, l) in meta.layers.into_iter().enumerate() {
+    let mut qnodes = Vec::with_capacity(nodes.len());
+    for (name, inputs, l) in nodes {
         let mut t = LayerTensors {
             st: &st,
-            i,
+            node: &name,
             version,
             expected: &mut expected,
         };
-        let layer = match l {
-            LayerMeta::Dense {
-                in_features,
-                out_features,
-                weights,
-                weight_scales,
-                input,
-                output,
-            } => QLayer::Dense(QDense {
-                in_features,
-                out_features,
-                bias: t.bias(weights.rows)?,
-                weights: t.weights(&weights)?,
-                weight_scales: t.weight_scales(weight_scales, weights.rows)?,
-                input: input.to_qp(),
-                output: output_stage(output, &mut t, weights.rows)?,
-            }),
-            LayerMeta::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                weights,
-                weight_scales,
-                input,
-                output,
-            } => QLayer::Conv2d(QConv2d {
-                in_channels,
-                out_channels,
-                kernel: unpair(kernel),
-                stride: unpair(stride),
-                padding: unpair(padding),
-                bias: t.bias(weights.rows)?,
-                weights: t.weights(&weights)?,
-                weight_scales: t.weight_scales(weight_scales, weights.rows)?,
-                input: input.to_qp(),
-                output: output_stage(output, &mut t, weights.rows)?,
-            }),
-            LayerMeta::MaxPool2d { kernel, stride } => QLayer::MaxPool2d {
-                kernel: unpair(kernel),
-                stride: unpair(stride),
-            },
-            LayerMeta::AvgPool2d {
-                kernel,
-                stride,
-                input,
-                output,
-                bits,
-            } => QLayer::AvgPool2d {
-                kernel: unpair(kernel),
-                stride: unpair(stride),
-                input: input.to_qp(),
-                output: output.to_qp(),
-                bits,
-            },
-            LayerMeta::Flatten => QLayer::Flatten,
-        };
-        layers.push(layer);
+        let op = op_from_meta(l, &mut t)?;
+        qnodes.push(QNode { name, inputs, op });
     }
     if let Some(extra) = st
         .names()
@@ -961,22 +1033,84 @@ pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
     }
     let model = QuantModel {
         input: InputSpec {
-            channels: meta.input.channels,
-            height: meta.input.height,
-            width: meta.input.width,
+            channels: input.channels,
+            height: input.height,
+            width: input.width,
             qparams: QParams {
-                scale: meta.input.scale as f32,
-                zero_point: meta.input.zero_point,
+                scale: input.scale as f32,
+                zero_point: input.zero_point,
             },
         },
-        layers,
-        classes: meta.classes,
-        class_names: meta.class_names,
-        provenance: meta.provenance,
+        nodes: qnodes,
+        classes,
+        class_names,
+        provenance,
     };
-    let engine = Engine::validated(&model)?;
-    check_engine_limits(&engine)?;
+    let info = graph::check(&model)?;
+    check_graph_limits(&info)?;
     Ok(model)
+}
+
+/// One op from its metadata and its tensors.
+fn op_from_meta(l: LayerMeta, t: &mut LayerTensors<'_, '_>) -> Result<QOp, FormatError> {
+    Ok(match l {
+        LayerMeta::Dense {
+            in_features,
+            out_features,
+            weights,
+            weight_scales,
+            input,
+            output,
+        } => QOp::Dense(QDense {
+            in_features,
+            out_features,
+            bias: t.bias(weights.rows)?,
+            weights: t.weights(&weights)?,
+            weight_scales: t.weight_scales(weight_scales, weights.rows)?,
+            input: input.to_qp(),
+            output: output_stage(output, t, weights.rows)?,
+        }),
+        LayerMeta::Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            weights,
+            weight_scales,
+            input,
+            output,
+        } => QOp::Conv2d(QConv2d {
+            in_channels,
+            out_channels,
+            kernel: unpair(kernel),
+            stride: unpair(stride),
+            padding: unpair(padding),
+            bias: t.bias(weights.rows)?,
+            weights: t.weights(&weights)?,
+            weight_scales: t.weight_scales(weight_scales, weights.rows)?,
+            input: input.to_qp(),
+            output: output_stage(output, t, weights.rows)?,
+        }),
+        LayerMeta::MaxPool2d { kernel, stride } => QOp::MaxPool2d(QMaxPool2d {
+            kernel: unpair(kernel),
+            stride: unpair(stride),
+        }),
+        LayerMeta::AvgPool2d {
+            kernel,
+            stride,
+            input,
+            output,
+            bits,
+        } => QOp::AvgPool2d(QAvgPool2d {
+            kernel: unpair(kernel),
+            stride: unpair(stride),
+            input: input.to_qp(),
+            output: output.to_qp(),
+            bits,
+        }),
+        LayerMeta::Flatten => QOp::Flatten,
+    })
 }
 
 /// Reads and validates a `.lbq` file (at most [`MAX_FILE_BYTES`]).

@@ -2,8 +2,9 @@
 //!
 //! Data flow inside this crate: [`qparams`] (the one normative quantize / requantize arithmetic) ->
 //! [`pack`] (weight codes at their bit width) -> [`kernels`] (reference + SIMD, dispatched at run time) ->
-//! [`model`] (the quantized model) -> [`engine`] (runs it integer-only, its batches split over [`workers`]) ->
-//! [`format`] (the `.lbq` file).
+//! [`model`] (the quantized graph) -> [`graph`] (its validation) -> [`ops`] (one definition per op: inference,
+//! description, engine step) -> [`engine`] (plans and runs it integer-only, its batches split over [`workers`])
+//! -> [`format`] (the `.lbq` file).
 //!
 //! This crate never depends on training code.
 #![warn(missing_docs)]
@@ -11,8 +12,10 @@
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod graph;
 pub mod kernels;
 pub mod model;
+pub mod ops;
 pub mod pack;
 pub mod qparams;
 #[doc(hidden)]

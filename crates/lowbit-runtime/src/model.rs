@@ -1,8 +1,11 @@
 //! The quantized model: what the engine runs and the `.lbq` file stores.
 //!
-//! Activations between layers are unsigned codes (`u8` storage, `act_bits` significant bits) with per-tensor
-//! [`QParams`]. The network input is the raw `u8` pixel (scale 1/255, zero point 0 for images scaled to [0, 1]).
-//! Only the final layer's accumulators are dequantized, to f32 logits.
+//! A model is a graph: nodes in topological order, each reading earlier values by index ([`ValueId`]) and
+//! producing one value. Values are unsigned activation codes (`u8` storage, `bits` significant bits) with
+//! per-tensor [`QParams`], NCHW per sample; the network input is the raw `u8` pixel (scale 1/255, zero point 0
+//! for images scaled to [0, 1]). Only the last node's accumulators are dequantized, to f32 logits. Ops that
+//! consume codes restate the quantization they expect (`input` fields), which validation checks against the
+//! value's producer ([`crate::graph::check`]).
 use crate::pack::PackedWeights;
 use crate::qparams::{QParams, Requant};
 use serde::{Deserialize, Serialize};
@@ -103,48 +106,114 @@ pub struct QConv2d {
     pub output: OutputStage,
 }
 
-/// One layer of a quantized model.
+/// Max pooling without padding; codes keep their quantization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QMaxPool2d {
+    /// Window (rows, cols).
+    pub kernel: (usize, usize),
+    /// Stride (rows, cols).
+    pub stride: (usize, usize),
+}
+
+/// Average pooling without padding, requantized from `input` to `output` parameters:
+/// `out = clamp(zp_out + Requant::from_real(s_in / (s_out * window)).apply(sum(q - zp_in)), 0, 2^bits - 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QAvgPool2d {
+    /// Window (rows, cols).
+    pub kernel: (usize, usize),
+    /// Stride (rows, cols).
+    pub stride: (usize, usize),
+    /// Input quantization.
+    pub input: QParams,
+    /// Output quantization.
+    pub output: QParams,
+    /// Output bit width.
+    pub bits: u32,
+}
+
+/// The operation of one node of a quantized graph. Every op consumes `u8` activation codes; only the graph's
+/// output node produces something else (f32 logits, from a Dense or Conv2d with [`OutputStage::Logits`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum QLayer {
+pub enum QOp {
     /// Fully connected.
     Dense(QDense),
     /// Convolution.
     Conv2d(QConv2d),
     /// Max pooling on codes (exact: max commutes with a monotonic quantizer).
-    MaxPool2d {
-        /// Window (rows, cols).
-        kernel: (usize, usize),
-        /// Stride (rows, cols).
-        stride: (usize, usize),
-    },
-    /// Average pooling with requantization from `input` to `output` parameters.
-    AvgPool2d {
-        /// Window (rows, cols).
-        kernel: (usize, usize),
-        /// Stride (rows, cols).
-        stride: (usize, usize),
-        /// Input quantization.
-        input: QParams,
-        /// Output quantization.
-        output: QParams,
-        /// Output bit width.
-        bits: u32,
-    },
+    MaxPool2d(QMaxPool2d),
+    /// Average pooling with requantization (also the global average pool: a window of the whole map).
+    AvgPool2d(QAvgPool2d),
     /// NCHW to flat features (a no-op on the data).
     Flatten,
 }
 
-/// A quantized network: input spec, layers, and provenance.
+/// Index of a value of a [`QuantModel`]: `0` is the network input, `i + 1` the output of `nodes[i]`.
+pub type ValueId = usize;
+
+/// One node of a quantized graph: an op, the values it reads and the name of the value it produces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QNode {
+    /// Unique name of the node (and of its output value), used in files, errors and reports.
+    pub name: String,
+    /// The values the op reads, in the op's argument order; each refers to the input or an earlier node, so the
+    /// node list is topologically sorted and acyclic by construction.
+    pub inputs: Vec<ValueId>,
+    /// What the node computes.
+    pub op: QOp,
+}
+
+/// A quantized network: a graph of nodes from the input to one output (the last node, which emits logits).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantModel {
-    /// Input shape and quantization.
+    /// Input shape and quantization (value 0).
     pub input: InputSpec,
-    /// Layers in order; the last produces logits.
-    pub layers: Vec<QLayer>,
+    /// Nodes in topological order; node `i` produces value `i + 1`, the last one the logits.
+    pub nodes: Vec<QNode>,
     /// Number of classes (logits).
     pub classes: usize,
     /// Class names, if known (empty otherwise).
     pub class_names: Vec<String>,
     /// Where the model came from.
     pub provenance: Provenance,
+}
+
+impl QuantModel {
+    /// A chain: op `i` (named `layers.{i}`, the names format versions 1 and 2 give their layers) reads the
+    /// output of op `i - 1`, the first one the input.
+    pub fn chain(input: InputSpec, ops: Vec<QOp>, classes: usize) -> QuantModel {
+        let nodes = ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| QNode {
+                name: format!("layers.{i}"),
+                inputs: vec![i],
+                op,
+            })
+            .collect();
+        QuantModel {
+            input,
+            nodes,
+            classes,
+            class_names: Vec::new(),
+            provenance: Provenance::default(),
+        }
+    }
+
+    /// The ops in node order.
+    pub fn ops(&self) -> impl Iterator<Item = &QOp> {
+        self.nodes.iter().map(|n| &n.op)
+    }
+
+    /// The ops in node order, mutably.
+    pub fn ops_mut(&mut self) -> impl Iterator<Item = &mut QOp> {
+        self.nodes.iter_mut().map(|n| &mut n.op)
+    }
+
+    /// Whether every node reads exactly the value before it (the models format versions 1 and 2 hold).
+    pub fn is_chain(&self) -> bool {
+        self.nodes
+            .iter()
+            .enumerate()
+            .all(|(i, n)| n.inputs.as_slice() == [i])
+    }
 }

@@ -1,5 +1,7 @@
 //! Seeded builders of small random valid [`QuantModel`]s for tests in this and other crates. Not a stable API.
-use crate::model::{InputSpec, OutputStage, Provenance, QConv2d, QDense, QLayer, QuantModel};
+use crate::model::{
+    InputSpec, OutputStage, Provenance, QAvgPool2d, QConv2d, QDense, QMaxPool2d, QOp, QuantModel,
+};
 use crate::pack::PackedWeights;
 use crate::qparams::{act_code_range, weight_code_range, QParams, Requant};
 
@@ -119,7 +121,7 @@ pub fn random_dense(
     n: usize,
     logits: bool,
     o: LayerOpts,
-) -> (QLayer, QParams) {
+) -> (QOp, QParams) {
     let (weights, weight_scales, bias) = random_params(rng, n, k, o);
     let (output, out_qp) = if logits {
         (OutputStage::Logits, input)
@@ -127,7 +129,7 @@ pub fn random_dense(
         random_requant(rng, input, &weight_scales, k, o)
     };
     (
-        QLayer::Dense(QDense {
+        QOp::Dense(QDense {
             in_features: k,
             out_features: n,
             weights,
@@ -151,12 +153,12 @@ pub fn random_conv(
     stride: (usize, usize),
     padding: (usize, usize),
     o: LayerOpts,
-) -> (QLayer, QParams) {
+) -> (QOp, QParams) {
     let k = in_channels * kernel.0 * kernel.1;
     let (weights, weight_scales, bias) = random_params(rng, out_channels, k, o);
     let (output, out_qp) = random_requant(rng, input, &weight_scales, k, o);
     (
-        QLayer::Conv2d(QConv2d {
+        QOp::Conv2d(QConv2d {
             in_channels,
             out_channels,
             kernel,
@@ -189,11 +191,8 @@ fn input_spec(rng: &mut Rng, c: usize, h: usize, w: usize) -> InputSpec {
     }
 }
 
-fn finish(input: InputSpec, layers: Vec<QLayer>, classes: usize, seed: u64) -> QuantModel {
+fn finish(input: InputSpec, layers: Vec<QOp>, classes: usize, seed: u64) -> QuantModel {
     QuantModel {
-        input,
-        layers,
-        classes,
         class_names: (0..classes).map(|i| format!("class{i}")).collect(),
         provenance: Provenance {
             dataset: "random".into(),
@@ -201,6 +200,7 @@ fn finish(input: InputSpec, layers: Vec<QLayer>, classes: usize, seed: u64) -> Q
             test_accuracy: Some(0.5),
             recipe: "testutil".into(),
         },
+        ..QuantModel::chain(input, layers, classes)
     }
 }
 
@@ -233,13 +233,7 @@ pub fn reference_mlp(seed: u64, bits: u32) -> QuantModel {
     };
     let (l0, qp) = random_dense(&mut rng, input.qparams, 784, 64, false, o);
     let (l1, _) = random_dense(&mut rng, qp, 64, 10, true, o);
-    QuantModel {
-        input,
-        layers: vec![l0, l1],
-        classes: 10,
-        class_names: Vec::new(),
-        provenance: Provenance::default(),
-    }
+    QuantModel::chain(input, vec![l0, l1], 10)
 }
 
 /// Input (2x7x6) -> Conv 2->3 k3 s1 p1 -> MaxPool 2 s2 -> AvgPool 2 s1 -> Conv 3->2 k2 s1 p0 -> Flatten -> Dense
@@ -249,25 +243,25 @@ pub fn random_cnn(seed: u64, o: LayerOpts) -> QuantModel {
     let input = input_spec(&mut rng, 2, 7, 6);
     let (c0, qp) = random_conv(&mut rng, input.qparams, 2, 3, (3, 3), (1, 1), (1, 1), o);
     // 3x7x6 -> maxpool 2/2 -> 3x3x3 -> avgpool 2/1 -> 3x2x2 -> conv k2 -> 2x1x1
-    let pool = QLayer::MaxPool2d {
+    let pool = QOp::MaxPool2d(QMaxPool2d {
         kernel: (2, 2),
         stride: (2, 2),
-    };
+    });
     let (_, qmax) = act_code_range(o.act_bits).unwrap_or((0, 255));
     let avg_out = QParams {
         scale: qp.scale * rng.float(0.8, 1.2) as f32,
         zero_point: rng.range(0, (qmax / 2) as i64) as i32,
     };
-    let avg = QLayer::AvgPool2d {
+    let avg = QOp::AvgPool2d(QAvgPool2d {
         kernel: (2, 2),
         stride: (1, 1),
         input: qp,
         output: avg_out,
         bits: o.act_bits,
-    };
+    });
     let (c1, qp) = random_conv(&mut rng, avg_out, 3, 2, (2, 2), (1, 1), (0, 0), o);
     let (d, _) = random_dense(&mut rng, qp, 2, 4, true, o);
-    finish(input, vec![c0, pool, avg, c1, QLayer::Flatten, d], 4, seed)
+    finish(input, vec![c0, pool, avg, c1, QOp::Flatten, d], 4, seed)
 }
 
 /// A random model: [`random_mlp`] or [`random_cnn`] with random bit widths and granularity.
@@ -317,10 +311,70 @@ pub fn process_cpu_secs() -> f64 {
     ticks / 100.0
 }
 
-/// Rewrites a version-2 `.lbq` file as version 1: the per-channel tensors go back into the model JSON as text, as
-/// version 1 stored them (for tests of the reader's compatibility). `None` if `bytes` is not such a file.
+/// Rewrites a version-3 `.lbq` file of a chain (nodes `layers.{i}`, each reading the one before) as version 2,
+/// which held the ops as a `layers` list (for tests of the reader's compatibility). `None` if `bytes` is not such
+/// a file.
+pub fn lbq_as_version_2(bytes: &[u8]) -> Option<Vec<u8>> {
+    let st = safetensors::SafeTensors::deserialize(bytes).ok()?;
+    let mut meta = crate::format::read_metadata(bytes).ok()?;
+    if meta.get("format_version")? != "3" {
+        return None;
+    }
+    let mut model: serde_json::Value = serde_json::from_str(meta.get("model")?).ok()?;
+    let obj = model.as_object_mut()?;
+    let nodes = obj.remove("nodes")?;
+    let mut layers = Vec::new();
+    for (i, n) in nodes.as_array()?.iter().enumerate() {
+        let prev = if i == 0 {
+            "input".to_string()
+        } else {
+            format!("layers.{}", i - 1)
+        };
+        if n.get("name")?.as_str()? != format!("layers.{i}")
+            || n.get("inputs")? != &serde_json::json!([prev])
+        {
+            return None;
+        }
+        layers.push(n.get("op")?.clone());
+    }
+    obj.insert("layers".into(), serde_json::Value::Array(layers));
+    let mut tensors: Vec<crate::format::Tensor> = Vec::new();
+    let mut names = st.names();
+    names.sort();
+    for name in names {
+        let t = st.tensor(name).ok()?;
+        let dtype = match t.dtype() {
+            safetensors::tensor::Dtype::U8 => "U8",
+            safetensors::tensor::Dtype::I32 => "I32",
+            safetensors::tensor::Dtype::F32 => "F32",
+            _ => return None,
+        };
+        tensors.push((name.clone(), dtype, t.shape().to_vec(), t.data().to_vec()));
+    }
+    meta.insert("model".into(), model.to_string());
+    meta.insert("format_version".into(), "2".into());
+    let mut keys: Vec<(&str, String)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    keys.sort();
+    crate::format::container_bytes(&keys, &tensors).ok()
+}
+
+/// Rewrites a version-3 (or 2) `.lbq` file of a chain as version 1: the per-channel tensors go back into the
+/// model JSON as text, as version 1 stored them (for tests of the reader's compatibility). `None` if `bytes` is
+/// not such a file.
 pub fn lbq_as_version_1(bytes: &[u8]) -> Option<Vec<u8>> {
     use safetensors::tensor::Dtype;
+    let v2;
+    let bytes = match crate::format::read_metadata(bytes)
+        .ok()?
+        .get("format_version")?
+        .as_str()
+    {
+        "3" => {
+            v2 = lbq_as_version_2(bytes)?;
+            &v2[..]
+        }
+        _ => bytes,
+    };
     let st = safetensors::SafeTensors::deserialize(bytes).ok()?;
     let mut meta = crate::format::read_metadata(bytes).ok()?;
     let mut model: serde_json::Value = serde_json::from_str(meta.get("model")?).ok()?;

@@ -201,6 +201,34 @@ pub fn run_tasks(tasks: usize, task: &(dyn Fn(usize) + Sync)) -> bool {
     !job.panicked.load(SeqCst)
 }
 
+thread_local! {
+    /// Set while a thread runs tasks of a split batch (the caller or a helper): its convolutions then run their
+    /// samples sequentially, like the rayon pool's workers do, instead of splitting them again.
+    static IN_SPLIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is running a task of a split batch (see [`SplitTask`]).
+pub fn in_split() -> bool {
+    IN_SPLIT.get()
+}
+
+/// Marks this thread as running a batch task until dropped (also when the task unwinds).
+pub struct SplitTask(());
+
+impl SplitTask {
+    /// Sets the flag [`in_split`] reads.
+    pub fn enter() -> SplitTask {
+        IN_SPLIT.set(true);
+        SplitTask(())
+    }
+}
+
+impl Drop for SplitTask {
+    fn drop(&mut self) {
+        IN_SPLIT.set(false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! invariances, every bit width, and structural validation.
 use lowbit_runtime::engine::{argmax_rows, Engine};
 use lowbit_runtime::model::{
-    InputSpec, OutputStage, Provenance, QConv2d, QDense, QLayer, QuantModel,
+    InputSpec, OutputStage, QAvgPool2d, QConv2d, QDense, QMaxPool2d, QOp, QuantModel,
 };
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::{act_code_range, requantize, QParams, Requant};
@@ -38,18 +38,16 @@ fn hand_model(relu: bool) -> QuantModel {
         input: qp(1.0, 3),
         output: OutputStage::Logits,
     };
-    QuantModel {
-        input: InputSpec {
+    QuantModel::chain(
+        InputSpec {
             channels: 1,
             height: 1,
             width: 2,
             qparams: qp(1.0, 1),
         },
-        layers: vec![QLayer::Dense(l0), QLayer::Dense(l1)],
-        classes: 2,
-        class_names: vec![],
-        provenance: Provenance::default(),
-    }
+        vec![QOp::Dense(l0), QOp::Dense(l1)],
+        2,
+    )
 }
 
 #[test]
@@ -117,10 +115,10 @@ fn naive_run(m: &QuantModel, x: &[u8]) -> Naive {
     let (mut c, mut h, mut w) = (m.input.channels, m.input.height, m.input.width);
     let mut cur: Vec<u8> = x.to_vec();
     let mut codes = Vec::new();
-    for (li, layer) in m.layers.iter().enumerate() {
-        let last = li == m.layers.len() - 1;
+    for (li, layer) in m.ops().enumerate() {
+        let last = li == m.nodes.len() - 1;
         match layer {
-            QLayer::Dense(d) => {
+            QOp::Dense(d) => {
                 let zp = d.input.zero_point as i64;
                 let accs: Vec<i64> = (0..d.out_features)
                     .map(|j| {
@@ -153,7 +151,7 @@ fn naive_run(m: &QuantModel, x: &[u8]) -> Naive {
                     .collect();
                 (c, h, w) = (d.out_features, 1, 1);
             }
-            QLayer::Conv2d(cv) => {
+            QOp::Conv2d(cv) => {
                 let (kh, kw) = cv.kernel;
                 let (sh, sw) = cv.stride;
                 let (ph, pw) = cv.padding;
@@ -189,7 +187,8 @@ fn naive_run(m: &QuantModel, x: &[u8]) -> Naive {
                 cur = out;
                 (c, h, w) = (cv.out_channels, oh, ow);
             }
-            QLayer::MaxPool2d { kernel, stride } | QLayer::AvgPool2d { kernel, stride, .. } => {
+            QOp::MaxPool2d(QMaxPool2d { kernel, stride })
+            | QOp::AvgPool2d(QAvgPool2d { kernel, stride, .. }) => {
                 let oh = (h - kernel.0) / stride.0 + 1;
                 let ow = (w - kernel.1) / stride.1 + 1;
                 let mut out = vec![0u8; c * oh * ow];
@@ -203,12 +202,12 @@ fn naive_run(m: &QuantModel, x: &[u8]) -> Naive {
                                 })
                                 .collect();
                             out[ch * oh * ow + oy * ow + ox] = match layer {
-                                QLayer::AvgPool2d {
+                                QOp::AvgPool2d(QAvgPool2d {
                                     input,
                                     output,
                                     bits,
                                     ..
-                                } => {
+                                }) => {
                                     let sum: i32 =
                                         vals.iter().map(|&v| v as i32 - input.zero_point).sum();
                                     let real = input.scale as f64
@@ -230,7 +229,7 @@ fn naive_run(m: &QuantModel, x: &[u8]) -> Naive {
                 cur = out;
                 (h, w) = (oh, ow);
             }
-            QLayer::Flatten => {
+            QOp::Flatten => {
                 (c, h, w) = (c * h * w, 1, 1);
             }
         }
@@ -304,25 +303,19 @@ fn conv_relu_maxpool_flatten_dense_matches_direct_convolution() {
             qparams: qp(1.0 / 255.0, 0),
         };
         let (mut conv, q1) = random_conv(&mut rng, input.qparams, 1, 4, (3, 3), (1, 1), (1, 1), o);
-        if let QLayer::Conv2d(QConv2d {
+        if let QOp::Conv2d(QConv2d {
             output: OutputStage::Requantize { relu, .. },
             ..
         }) = &mut conv
         {
             *relu = true;
         }
-        let pool = QLayer::MaxPool2d {
+        let pool = QOp::MaxPool2d(QMaxPool2d {
             kernel: (2, 2),
             stride: (2, 2),
-        };
+        });
         let (dense, _) = random_dense(&mut rng, q1, 4 * 4 * 4, 10, true, o);
-        let m = QuantModel {
-            input,
-            layers: vec![conv, pool, QLayer::Flatten, dense],
-            classes: 10,
-            class_names: vec![],
-            provenance: Provenance::default(),
-        };
+        let m = QuantModel::chain(input, vec![conv, pool, QOp::Flatten, dense], 10);
         assert_matches_naive(&m, 3, seed);
     }
 }
@@ -330,8 +323,8 @@ fn conv_relu_maxpool_flatten_dense_matches_direct_convolution() {
 /// Scales the int8 conv weights of `m` by `num / den` (codes stay int8), e.g. to within +-64 where every pair
 /// of taps is safe for the u8 quad scheme.
 fn scale_conv_codes(m: &mut QuantModel, num: i32, den: i32) {
-    for layer in &mut m.layers {
-        if let QLayer::Conv2d(c) = layer {
+    for layer in m.ops_mut() {
+        if let QOp::Conv2d(c) = layer {
             if c.weights.packing != lowbit_runtime::pack::Packing::I8 {
                 continue;
             }
@@ -348,28 +341,22 @@ fn scale_conv_codes(m: &mut QuantModel, num: i32, den: i32) {
 }
 
 /// A one-channel `height x width` input with codes scaled to [0, 1], and a 2 x 2, stride-2 max pool.
-fn gray_input_and_pool(height: usize, width: usize) -> (InputSpec, QLayer) {
+fn gray_input_and_pool(height: usize, width: usize) -> (InputSpec, QOp) {
     let input = InputSpec {
         channels: 1,
         height,
         width,
         qparams: qp(1.0 / 255.0, 0),
     };
-    let pool = QLayer::MaxPool2d {
+    let pool = QOp::MaxPool2d(QMaxPool2d {
         kernel: (2, 2),
         stride: (2, 2),
-    };
+    });
     (input, pool)
 }
 
-fn ten_class_model(input: InputSpec, layers: Vec<QLayer>) -> QuantModel {
-    QuantModel {
-        input,
-        layers,
-        classes: 10,
-        class_names: vec![],
-        provenance: Provenance::default(),
-    }
+fn ten_class_model(input: InputSpec, layers: Vec<QOp>) -> QuantModel {
+    QuantModel::chain(input, layers, 10)
 }
 
 /// LeNet's layer pattern at odd sizes (pooled planes drop a row and a column), on the direct (i16 and u8 quad
@@ -385,7 +372,7 @@ fn lenet_shaped_conv_pool_stacks_match_the_naive_evaluator() {
         let (c2, q2) = random_conv(&mut rng, q1, 6, 16, (3, 3), (1, 1), (0, 0), o);
         let (d1, q3) = random_dense(&mut rng, q2, 16 * 2, 12, false, o);
         let (d2, _) = random_dense(&mut rng, q3, 12, 10, true, o);
-        let layers = vec![c1, pool.clone(), c2, pool, QLayer::Flatten, d1, d2];
+        let layers = vec![c1, pool.clone(), c2, pool, QOp::Flatten, d1, d2];
         let mut m = ten_class_model(input, layers);
         if seed >= 4 {
             // Trained-like magnitudes: quads after re-pairing and flips (seed 4), or as they are (seed 5).
@@ -421,7 +408,7 @@ fn wide_planes_and_wide_strided_kernels_match_the_naive_evaluator() {
         let (c1, q1) = random_conv(&mut rng, input.qparams, 1, 3, (5, 5), (1, 1), (2, 2), o);
         let (c2, q2) = random_conv(&mut rng, q1, 3, 9, (3, 9), (2, 1), (1, 4), o);
         let (d, _) = random_dense(&mut rng, q2, 9 * 2 * 4, 10, true, o);
-        let layers = vec![c1, pool.clone(), c2, pool, QLayer::Flatten, d];
+        let layers = vec![c1, pool.clone(), c2, pool, QOp::Flatten, d];
         assert_matches_naive(&ten_class_model(input, layers), 30, seed);
     }
 }
@@ -465,10 +452,10 @@ fn batch_of_n_equals_n_runs_of_batch_one() {
 /// Expands per-tensor scales and requant to per-channel copies of the same values.
 fn to_per_channel(m: &QuantModel) -> QuantModel {
     let mut m = m.clone();
-    for l in &mut m.layers {
+    for l in m.ops_mut() {
         let (rows, scales, output) = match l {
-            QLayer::Dense(d) => (d.out_features, &mut d.weight_scales, &mut d.output),
-            QLayer::Conv2d(c) => (c.out_channels, &mut c.weight_scales, &mut c.output),
+            QOp::Dense(d) => (d.out_features, &mut d.weight_scales, &mut d.output),
+            QOp::Conv2d(c) => (c.out_channels, &mut c.weight_scales, &mut c.output),
             _ => continue,
         };
         assert_eq!(scales.len(), 1);
@@ -504,7 +491,7 @@ fn per_channel_scales_change_the_logits_of_their_channel_only() {
     let x = Rng(1).bytes(e.input_features());
     let base = e.run(&x, 1).unwrap();
     let mut m2 = m.clone();
-    if let Some(QLayer::Dense(d)) = m2.layers.last_mut() {
+    if let Some(QOp::Dense(d)) = m2.nodes.last_mut().map(|n| &mut n.op) {
         d.weight_scales[1] *= 2.0;
     }
     let got = Engine::new(&m2).unwrap().run(&x, 1).unwrap();
@@ -536,8 +523,8 @@ fn run_rejects_input_of_the_wrong_length() {
 }
 
 fn dense_mut(m: &mut QuantModel, i: usize) -> &mut QDense {
-    match &mut m.layers[i] {
-        QLayer::Dense(d) => d,
+    match &mut m.nodes[i].op {
+        QOp::Dense(d) => d,
         _ => panic!("layer {i} is not dense"),
     }
 }
@@ -589,7 +576,7 @@ fn new_rejects_inconsistent_models() {
         ("accumulator overflow bias", |m| {
             dense_mut(m, 0).bias[0] = i32::MAX - 10
         }),
-        ("no layers", |m| m.layers.clear()),
+        ("no layers", |m| m.nodes.clear()),
     ];
     for (name, edit) in cases {
         let mut m = hand_model(false);
@@ -609,13 +596,7 @@ fn new_rejects_k_above_the_kernel_overflow_bound() {
         qparams: qp(1.0, 0),
     };
     let (d, _) = random_dense(&mut rng, input.qparams, k, 1, true, opts(1, 8, false));
-    let m = QuantModel {
-        input,
-        layers: vec![d],
-        classes: 1,
-        class_names: vec![],
-        provenance: Provenance::default(),
-    };
+    let m = QuantModel::chain(input, vec![d], 1);
     assert!(matches!(
         Engine::new(&m),
         Err(QuantError::ShapeMismatch { .. })

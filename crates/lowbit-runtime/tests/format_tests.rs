@@ -1,7 +1,7 @@
 //! `.lbq` reader and writer: round trips, one test per error variant, truncation at every offset, random
 //! mutation, atomic save.
 use lowbit_runtime::format::{self, from_bytes, is_lbq, read_metadata, to_bytes};
-use lowbit_runtime::model::{QLayer, QuantModel};
+use lowbit_runtime::model::{QOp, QuantModel};
 use lowbit_runtime::testutil::{random_mlp, random_model, st_header, st_with_header, LayerOpts};
 use lowbit_runtime::{FormatError, QuantError};
 use proptest::prelude::*;
@@ -78,7 +78,7 @@ fn metadata_tells_a_quantized_file_from_a_float_one() {
     let bytes = small_file();
     let meta = read_metadata(&bytes).unwrap();
     assert_eq!(meta["format"], "lowbit.lbq");
-    assert_eq!(meta["format_version"], "2");
+    assert_eq!(meta["format_version"], "3");
     let float = rebuild(&bytes, |m, _| {
         m.insert("format".into(), "lowbit.f32".into());
     });
@@ -115,17 +115,31 @@ fn rejects_another_format_name_as_bad_magic() {
 
 #[test]
 fn rejects_a_newer_version() {
-    let v3 = rebuild(&small_file(), |m, _| {
-        m.insert("format_version".into(), "3".into());
+    let v4 = rebuild(&small_file(), |m, _| {
+        m.insert("format_version".into(), "4".into());
     });
-    match from_bytes(&v3) {
-        Err(FormatError::UnsupportedVersion { found: 3, max: 2 }) => {}
+    match from_bytes(&v4) {
+        Err(FormatError::UnsupportedVersion { found: 4, max: 3 }) => {}
         other => panic!("{other:?}"),
     }
 }
 
 fn as_version_1(bytes: &[u8]) -> Vec<u8> {
     lowbit_runtime::testutil::lbq_as_version_1(bytes).unwrap()
+}
+
+fn as_version_2(bytes: &[u8]) -> Vec<u8> {
+    lowbit_runtime::testutil::lbq_as_version_2(bytes).unwrap()
+}
+
+#[test]
+fn version_2_files_still_read_to_the_same_model() {
+    for seed in 0..10u64 {
+        let m = random_model(seed);
+        let v2 = as_version_2(&to_bytes(&m).unwrap());
+        assert_eq!(read_metadata(&v2).unwrap()["format_version"], "2");
+        assert_eq!(from_bytes(&v2).unwrap(), m, "seed {seed}");
+    }
 }
 
 #[test]
@@ -140,7 +154,7 @@ fn version_1_files_still_read_to_the_same_model() {
 
 #[test]
 fn per_channel_arrays_must_sit_where_the_version_puts_them() {
-    let v2 = small_file();
+    let v2 = as_version_2(&small_file());
     // Version 2 with the arrays (also) in the JSON.
     let both = edit_model(&v2, |v| {
         v["layers"][0]["weight_scales"] = serde_json::json!([0.5])
@@ -289,7 +303,7 @@ fn rejects_dimensions_above_the_limit_before_allocating() {
         Err(FormatError::LimitExceeded { .. })
     ));
     let rows = edit_model(&small_file(), |v| {
-        v["layers"][0]["weights"]["rows"] = serde_json::json!(1u64 << 30)
+        v["nodes"][0]["op"]["weights"]["rows"] = serde_json::json!(1u64 << 30)
     });
     assert!(matches!(
         from_bytes(&rows),
@@ -300,7 +314,7 @@ fn rejects_dimensions_above_the_limit_before_allocating() {
 #[test]
 fn writer_rejects_a_nan_scale() {
     let mut m = small_model();
-    if let QLayer::Dense(d) = &mut m.layers[1] {
+    if let QOp::Dense(d) = &mut m.nodes[1].op {
         d.weight_scales[0] = f32::NAN;
     }
     assert!(matches!(
@@ -352,7 +366,7 @@ fn reader_rejects_a_zero_scale() {
         Err(FormatError::Quant(QuantError::InvalidQParams { .. }))
     ));
     let denormal = edit_model(&small_file(), |v| {
-        v["layers"][0]["input"]["scale"] = serde_json::json!(1e-45)
+        v["nodes"][0]["op"]["input"]["scale"] = serde_json::json!(1e-45)
     });
     assert!(matches!(from_bytes(&denormal), Err(FormatError::Quant(_))));
 }
@@ -360,7 +374,7 @@ fn reader_rejects_a_zero_scale() {
 #[test]
 fn reader_rejects_a_zero_point_out_of_range() {
     let zp = edit_model(&small_file(), |v| {
-        v["layers"][0]["output"]["zero_point"] = serde_json::json!(300)
+        v["nodes"][0]["op"]["output"]["zero_point"] = serde_json::json!(300)
     });
     assert!(matches!(
         from_bytes(&zp),
@@ -394,7 +408,7 @@ fn reader_rejects_invalid_requant() {
 #[test]
 fn reader_rejects_a_tensor_whose_shape_disagrees_with_the_metadata() {
     let cols = edit_model(&small_file(), |v| {
-        v["layers"][0]["weights"]["cols"] = serde_json::json!(17)
+        v["nodes"][0]["op"]["weights"]["cols"] = serde_json::json!(17)
     });
     assert!(matches!(from_bytes(&cols), Err(FormatError::Malformed(_))));
     let bias = rebuild(&small_file(), |_, t| {
@@ -414,7 +428,7 @@ fn reader_rejects_a_tensor_whose_shape_disagrees_with_the_metadata() {
 fn reader_rejects_inconsistent_layer_shapes_as_quant_errors() {
     // Weights and tensor agree, but the layer no longer chains with the next one.
     let m = edit_model(&small_file(), |v| {
-        v["layers"][1]["in_features"] = serde_json::json!(9)
+        v["nodes"][1]["op"]["in_features"] = serde_json::json!(9)
     });
     assert!(matches!(
         from_bytes(&m),
@@ -452,10 +466,10 @@ fn reader_rejects_a_data_offset_near_u64_max_without_overflow() {
 #[test]
 fn reader_rejects_extra_fields_on_logits_and_non_canonical_versions() {
     let extra = edit_model(&small_file(), |v| {
-        v["layers"][1]["output"]["requant"] = serde_json::json!([])
+        v["nodes"][1]["op"]["output"]["requant"] = serde_json::json!([])
     });
     assert!(matches!(from_bytes(&extra), Err(FormatError::Malformed(_))));
-    for spelled in ["+2", "02", " 2", "2.0"] {
+    for spelled in ["+3", "03", " 3", "3.0"] {
         let v = rebuild(&small_file(), |m, _| {
             m.insert("format_version".into(), spelled.into());
         });
@@ -599,4 +613,83 @@ fn load_of_a_missing_file_is_an_io_error() {
         format::load(std::path::Path::new("/nonexistent/x.lbq")),
         Err(FormatError::Io(_))
     ));
+}
+
+/// The node named `name` of a graph-reading error, if the error names one.
+fn node_named(r: Result<lowbit_runtime::QuantModel, FormatError>) -> String {
+    match r {
+        Err(FormatError::Quant(QuantError::ShapeMismatch { context, .. })) => context,
+        other => panic!("expected a shape error naming a node, got {other:?}"),
+    }
+}
+
+#[test]
+fn reader_rejects_cycles_and_forward_references_naming_the_node() {
+    // layers.0 reading layers.1 (which reads layers.0): a cycle, seen as a reference to a later node.
+    let cycle = edit_model(&small_file(), |v| {
+        v["nodes"][0]["inputs"] = serde_json::json!(["layers.1"])
+    });
+    assert_eq!(node_named(from_bytes(&cycle)), "layers.0");
+    let self_loop = edit_model(&small_file(), |v| {
+        v["nodes"][1]["inputs"] = serde_json::json!(["layers.1"])
+    });
+    assert_eq!(node_named(from_bytes(&self_loop)), "layers.1");
+}
+
+#[test]
+fn reader_rejects_a_dangling_input_naming_the_node() {
+    let dangling = edit_model(&small_file(), |v| {
+        v["nodes"][1]["inputs"] = serde_json::json!(["nowhere"])
+    });
+    assert_eq!(node_named(from_bytes(&dangling)), "layers.1");
+}
+
+#[test]
+fn reader_rejects_duplicate_and_reserved_node_names() {
+    let dup = edit_model(&small_file(), |v| {
+        v["nodes"][1]["name"] = serde_json::json!("layers.0");
+        v["nodes"][1]["inputs"] = serde_json::json!(["input"]);
+    });
+    assert_eq!(node_named(from_bytes(&dup)), "layers.0");
+    let reserved = edit_model(&small_file(), |v| {
+        v["nodes"][0]["name"] = serde_json::json!("input")
+    });
+    assert!(matches!(
+        from_bytes(&reserved),
+        Err(FormatError::Malformed(_))
+    ));
+    let long = edit_model(&small_file(), |v| {
+        v["nodes"][0]["name"] = serde_json::json!("x".repeat(300))
+    });
+    assert!(matches!(from_bytes(&long), Err(FormatError::Malformed(_))));
+}
+
+#[test]
+fn reader_rejects_the_wrong_number_of_inputs_naming_the_node() {
+    let two = edit_model(&small_file(), |v| {
+        v["nodes"][1]["inputs"] = serde_json::json!(["layers.0", "layers.0"])
+    });
+    assert_eq!(node_named(from_bytes(&two)), "layers.1");
+    let many = edit_model(&small_file(), |v| {
+        v["nodes"][1]["inputs"] = serde_json::json!(vec!["layers.0"; 100])
+    });
+    assert!(matches!(
+        from_bytes(&many),
+        Err(FormatError::LimitExceeded { .. })
+    ));
+}
+
+#[test]
+fn reader_rejects_an_unknown_op_and_a_chain_layout_under_version_3() {
+    let unknown = edit_model(&small_file(), |v| {
+        v["nodes"][0]["op"]["kind"] = serde_json::json!("fft")
+    });
+    assert!(matches!(
+        from_bytes(&unknown),
+        Err(FormatError::Malformed(_))
+    ));
+    let chain = rebuild(&as_version_2(&small_file()), |m, _| {
+        m.insert("format_version".into(), "3".into());
+    });
+    assert!(matches!(from_bytes(&chain), Err(FormatError::Malformed(_))));
 }

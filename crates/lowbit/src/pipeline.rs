@@ -282,11 +282,10 @@ pub fn label(quant: Option<&QuantConfig>, weight_bits_stored: Option<u32>) -> St
 
 /// Stored weight bit width of a quantized model (the widest layer).
 pub fn stored_weight_bits(qm: &QuantModel) -> Option<u32> {
-    qm.layers
-        .iter()
+    qm.ops()
         .filter_map(|l| match l {
-            lowbit_runtime::model::QLayer::Dense(d) => Some(d.weights.bits),
-            lowbit_runtime::model::QLayer::Conv2d(c) => Some(c.weights.bits),
+            lowbit_runtime::model::QOp::Dense(d) => Some(d.weights.bits),
+            lowbit_runtime::model::QOp::Conv2d(c) => Some(c.weights.bits),
             _ => None,
         })
         .max()
@@ -450,13 +449,12 @@ pub fn run(
 /// f32 bytes of the parameters of a quantized model (4 per weight and per bias), the denominator of its
 /// compression ratio.
 pub fn quant_float_bytes(qm: &QuantModel) -> usize {
-    qm.layers
-        .iter()
+    qm.ops()
         .map(|l| match l {
-            lowbit_runtime::model::QLayer::Dense(d) => {
+            lowbit_runtime::model::QOp::Dense(d) => {
                 4 * (d.weights.rows * d.weights.cols + d.bias.len())
             }
-            lowbit_runtime::model::QLayer::Conv2d(c) => {
+            lowbit_runtime::model::QOp::Conv2d(c) => {
                 4 * (c.weights.rows * c.weights.cols + c.bias.len())
             }
             _ => 0,
@@ -468,12 +466,12 @@ pub fn quant_float_bytes(qm: &QuantModel) -> usize {
 /// the f32 path: what `lowbit bench` compares the integer engine with. Dense models only.
 pub fn dequantize_to_float(qm: &QuantModel) -> Result<Model> {
     use crate::nn::{Dense, Layer, Relu};
-    use lowbit_runtime::model::QLayer;
+    use lowbit_runtime::model::QOp;
     let mut layers = Vec::new();
     let mut dims = Vec::new();
-    for l in &qm.layers {
+    for l in qm.ops() {
         match l {
-            QLayer::Dense(d) => {
+            QOp::Dense(d) => {
                 let mut row = vec![0i8; d.in_features];
                 let mut w = Vec::with_capacity(d.in_features * d.out_features);
                 let scale = |r: usize| d.weight_scales.get(r).or(d.weight_scales.first()).copied();
@@ -497,7 +495,7 @@ pub fn dequantize_to_float(qm: &QuantModel) -> Result<Model> {
                     layers.push(Layer::Relu(Relu::new()));
                 }
             }
-            QLayer::Flatten => {}
+            QOp::Flatten => {}
             _ => {
                 return Err(Error::Shape(
                     "dequantize_to_float supports dense models only".into(),

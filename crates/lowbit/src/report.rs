@@ -77,3 +77,71 @@ pub struct Report {
     /// Total wall time of the run.
     pub seconds: f64,
 }
+
+/// One node of a quantized graph as `inspect` and reports show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeSummary {
+    /// Node name.
+    pub name: String,
+    /// Names of the values it reads (`input` for the network input).
+    pub reads: Vec<String>,
+    /// The op in one line (kind, geometry, weight bits and granularity, output stage).
+    pub op: String,
+    /// Its output value: shape and quantization (`16x14x14 u8 s=1.2e-2 zp=0`, or `10 logits`).
+    pub output: String,
+    /// Weight scales (`min..max (count)`), for weighted nodes.
+    pub weight_scales: Option<String>,
+    /// Parameter bytes it stores (see [`crate::quant::model_bytes`]).
+    pub bytes: usize,
+}
+
+/// Every node of `qm`, in order, described from the runtime's own op definitions and the graph check.
+pub fn node_summaries(qm: &lowbit_runtime::QuantModel) -> crate::Result<Vec<NodeSummary>> {
+    use lowbit_runtime::model::QOp;
+    use lowbit_runtime::ops::ValueQuant;
+    let info = lowbit_runtime::graph::check(qm)?;
+    let name_of = |v: usize| match v.checked_sub(1).and_then(|i| qm.nodes.get(i)) {
+        Some(n) => n.name.clone(),
+        None => "input".to_string(),
+    };
+    Ok(qm
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let v = info.values[i + 1];
+            let s = v.shape;
+            let output = match v.quant {
+                ValueQuant::Codes { qparams, bits } => format!(
+                    "{}x{}x{} u{bits} s={:.3e} zp={}",
+                    s.channels, s.height, s.width, qparams.scale, qparams.zero_point
+                ),
+                ValueQuant::Logits => format!("{} logits", s.channels * s.height * s.width),
+            };
+            let weight_scales = match &n.op {
+                QOp::Dense(d) => Some(scale_range(&d.weight_scales)),
+                QOp::Conv2d(c) => Some(scale_range(&c.weight_scales)),
+                _ => None,
+            };
+            NodeSummary {
+                name: n.name.clone(),
+                reads: n.inputs.iter().map(|&v| name_of(v)).collect(),
+                op: n.op.describe(),
+                output,
+                weight_scales,
+                bytes: crate::quant::convert::node_bytes(&n.op),
+            }
+        })
+        .collect())
+}
+
+/// `min..max (count)` of a list of scales, or the one scale.
+fn scale_range(s: &[f32]) -> String {
+    let lo = s.iter().cloned().fold(f32::INFINITY, f32::min);
+    let hi = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    if s.len() == 1 {
+        format!("{lo:.4e}")
+    } else {
+        format!("{lo:.3e}..{hi:.3e} ({})", s.len())
+    }
+}

@@ -21,7 +21,7 @@ use lowbit::quant::{
     WeightQuantizer,
 };
 use lowbit::rng::Rng;
-use lowbit::runtime::model::{Provenance, QLayer};
+use lowbit::runtime::model::{Provenance, QOp};
 use lowbit::tensor::Tensor;
 use lowbit::train::{evaluate_float, train, TrainConfig};
 use std::path::Path;
@@ -432,10 +432,9 @@ fn batch_statistics_qat_converts_to_what_the_engine_and_the_simulation_run() {
     let qm = convert(&model, Provenance::default()).unwrap();
     // The stored codes are those of W * f with the running statistics: dequantized, within half a step of it.
     let qconvs: Vec<_> = qm
-        .layers
-        .iter()
+        .ops()
         .filter_map(|l| match l {
-            QLayer::Conv2d(c) => Some(c),
+            QOp::Conv2d(c) => Some(c),
             _ => None,
         })
         .collect();

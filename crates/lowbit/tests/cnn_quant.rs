@@ -5,7 +5,7 @@ mod common;
 use lowbit::data::{load, DataSource, Dataset};
 use lowbit::nn::{Layer, Model};
 use lowbit::quant::{convert, fold_batchnorms, prepare_qat, ptq, QuantConfig};
-use lowbit::runtime::model::{Provenance, QLayer};
+use lowbit::runtime::model::{Provenance, QAvgPool2d, QOp};
 use lowbit::tensor::Tensor;
 use lowbit::train::{evaluate_float, train, TrainConfig};
 
@@ -149,14 +149,13 @@ fn qat_w8a8_lenet5_runs_on_the_engine_exactly_as_the_simulation() {
     let (fake_acc, _) = evaluate_float(&mut model, &split.test, 256).unwrap();
     let qm = convert(&model, Provenance::default()).unwrap();
     let kinds: Vec<&str> = qm
-        .layers
-        .iter()
+        .ops()
         .map(|l| match l {
-            QLayer::Conv2d(_) => "conv",
-            QLayer::MaxPool2d { .. } => "maxpool",
-            QLayer::AvgPool2d { .. } => "avgpool",
-            QLayer::Flatten => "flatten",
-            QLayer::Dense(_) => "dense",
+            QOp::Conv2d(_) => "conv",
+            QOp::MaxPool2d(_) => "maxpool",
+            QOp::AvgPool2d(_) => "avgpool",
+            QOp::Flatten => "flatten",
+            QOp::Dense(_) => "dense",
         })
         .collect();
     assert_eq!(
@@ -186,13 +185,11 @@ fn ptq_of_a_cnn_with_batchnorm_avgpool_global_pool_and_dropout_matches_the_simul
     assert!(q.layers.iter().all(|l| !matches!(l, Layer::BatchNorm2d(_))));
     let qm = convert(&q, Provenance::default()).unwrap();
     assert!(qm
-        .layers
-        .iter()
-        .any(|l| matches!(l, QLayer::AvgPool2d { kernel: (2, 2), .. })));
+        .ops()
+        .any(|l| matches!(l, QOp::AvgPool2d(QAvgPool2d { kernel: (2, 2), .. }))));
     assert!(qm
-        .layers
-        .iter()
-        .any(|l| matches!(l, QLayer::AvgPool2d { kernel: (7, 7), .. })));
+        .ops()
+        .any(|l| matches!(l, QOp::AvgPool2d(QAvgPool2d { kernel: (7, 7), .. }))));
     assert_engine_equals_simulation(&qm, &split.test);
 }
 

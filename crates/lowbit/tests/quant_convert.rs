@@ -6,7 +6,7 @@ use lowbit::quant::{
 use lowbit::rng::Rng;
 use lowbit::tensor::Tensor;
 use lowbit::Error;
-use lowbit_runtime::model::{InputSpec, OutputStage, Provenance, QDense, QLayer, QuantModel};
+use lowbit_runtime::model::{InputSpec, OutputStage, Provenance, QDense, QOp, QuantModel};
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::{QParams, Requant};
 
@@ -127,9 +127,9 @@ fn converted_codes_equal_the_quantizer_codes_for_every_width() {
                 _ => None,
             })
             .collect();
-        assert_eq!(qm.layers.len(), denses.len());
-        for (ql, d) in qm.layers.iter().zip(&denses) {
-            let QLayer::Dense(qd) = ql else {
+        assert_eq!(qm.nodes.len(), denses.len());
+        for (ql, d) in qm.ops().zip(&denses) {
+            let QOp::Dense(qd) = ql else {
                 panic!("expected dense")
             };
             let wq = d.weight_quant.as_ref().unwrap();
@@ -150,15 +150,15 @@ fn converted_codes_equal_the_quantizer_codes_for_every_width() {
             }
         }
         assert!(matches!(
-            &qm.layers[0],
-            QLayer::Dense(QDense {
+            &qm.nodes[0].op,
+            QOp::Dense(QDense {
                 output: OutputStage::Requantize { relu: true, .. },
                 ..
             })
         ));
         assert!(matches!(
-            &qm.layers[1],
-            QLayer::Dense(QDense {
+            &qm.nodes[1].op,
+            QOp::Dense(QDense {
                 output: OutputStage::Logits,
                 ..
             })
@@ -199,7 +199,7 @@ fn simulation_tracks_the_fake_quant_model_within_one_code() {
                 "bits {wbits}/{abits} elem {i}: sim {code} float {expect}"
             );
         }
-        let QLayer::Dense(last) = &qm.layers[1] else {
+        let QOp::Dense(last) = &qm.nodes[1].op else {
             panic!()
         };
         for (i, (&a, &b)) in sim.logits.iter().zip(&h.data).enumerate() {
@@ -244,18 +244,16 @@ fn simulate_matches_a_hand_computed_model() {
         input: qp(0.25, 1),
         output: OutputStage::Logits,
     };
-    let qm = QuantModel {
-        input: InputSpec {
+    let qm = QuantModel::chain(
+        InputSpec {
             channels: 1,
             height: 1,
             width: 2,
             qparams: qp(0.5, 0),
         },
-        layers: vec![QLayer::Dense(l1), QLayer::Dense(l2)],
-        classes: 1,
-        class_names: vec![],
-        provenance: Provenance::default(),
-    };
+        vec![QOp::Dense(l1), QOp::Dense(l2)],
+        1,
+    );
     // x = [3, 4]: acc = [1 + 3 + 8, -2 - 3 + 12] = [12, 7]; * 0.5 = [6, 3.5 -> 4 (half up)]; + zp 1 = [7, 5].
     // Layer 2: acc = 3 + (7 - 1) * 2 + (5 - 1) * -1 = 11; logits = 11 * (0.25 * 0.5) = 1.375.
     // x = [0, 0]: acc = [1, -2] -> [0.5 -> 1, -1] + 1 = [2, 0 -> clamped to zp 1 by the ReLU];

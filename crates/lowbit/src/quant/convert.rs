@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::nn::conv::window_len;
 use crate::nn::{Conv2d, Dense, Layer, Model};
 use lowbit_runtime::model::{
-    InputSpec, OutputStage, Provenance, QConv2d, QDense, QLayer, QuantModel,
+    InputSpec, OutputStage, Provenance, QAvgPool2d, QConv2d, QDense, QMaxPool2d, QOp, QuantModel,
 };
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::{QParams, Requant};
@@ -52,7 +52,7 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
     while i < model.layers.len() {
         match &model.layers[i] {
             Layer::Flatten(_) => {
-                layers.push(QLayer::Flatten);
+                layers.push(QOp::Flatten);
                 (c, h, w) = (c * h * w, 1, 1);
                 i += 1;
             }
@@ -65,10 +65,10 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
                     (Some(a), Some(b)) => (a, b),
                     _ => return Err(bad_shape(i, "maxpool2d")),
                 };
-                layers.push(QLayer::MaxPool2d {
+                layers.push(QOp::MaxPool2d(QMaxPool2d {
                     kernel: p.kernel,
                     stride: p.stride,
-                });
+                }));
                 (h, w) = (oh, ow);
                 i += 1;
             }
@@ -87,13 +87,13 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
                     )));
                 };
                 let out = q.try_qparams()?;
-                layers.push(QLayer::AvgPool2d {
+                layers.push(QOp::AvgPool2d(QAvgPool2d {
                     kernel,
                     stride,
                     input: s_in,
                     output: out,
                     bits: q.bits(),
-                });
+                }));
                 s_in = out;
                 (h, w) = (oh, ow);
                 i += 2;
@@ -130,7 +130,7 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
                         if d.in_features != c * h * w {
                             return Err(bad_shape(i, "dense"));
                         }
-                        layers.push(QLayer::Dense(
+                        layers.push(QOp::Dense(
                             convert_dense(d, s_in, out_q, relu).map_err(|e| in_layer(i, e))?,
                         ));
                         (c, h, w) = (d.out_features, 1, 1);
@@ -140,7 +140,7 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
                             return Err(bad_shape(i, "conv2d"));
                         }
                         let (oh, ow) = cv.output_hw(h, w).ok_or_else(|| bad_shape(i, "conv2d"))?;
-                        layers.push(QLayer::Conv2d(
+                        layers.push(QOp::Conv2d(
                             convert_conv(cv, s_in, out_q, relu).map_err(|e| in_layer(i, e))?,
                         ));
                         (c, h, w) = (cv.out_channels, oh, ow);
@@ -163,8 +163,8 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
         }
     }
     let ends_in_logits = match layers.last() {
-        Some(QLayer::Dense(d)) => d.output == OutputStage::Logits,
-        Some(QLayer::Conv2d(cv)) => cv.output == OutputStage::Logits,
+        Some(QOp::Dense(d)) => d.output == OutputStage::Logits,
+        Some(QOp::Conv2d(cv)) => cv.output == OutputStage::Logits,
         _ => false,
     };
     if !ends_in_logits {
@@ -173,11 +173,8 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
         ));
     }
     Ok(QuantModel {
-        input,
-        layers,
-        classes: model.classes,
-        class_names: Vec::new(),
         provenance,
+        ..QuantModel::chain(input, layers, model.classes)
     })
 }
 
@@ -334,32 +331,33 @@ pub fn convert_conv(
 /// 8 per requantization multiplier (multiplier + shift) and 8 per input / output [`QParams`]
 /// (scale + zero point). Headers and names are not counted.
 pub fn model_bytes(qm: &QuantModel) -> usize {
+    8 + qm.ops().map(node_bytes).sum::<usize>() // 8: the input QParams
+}
+
+/// The parameter bytes of one op, as [`model_bytes`] counts them.
+pub fn node_bytes(op: &QOp) -> usize {
     let stage_bytes = |o: &OutputStage| match o {
         OutputStage::Requantize { requant, .. } => 8 + 8 * requant.len(),
         OutputStage::Logits => 0,
     };
-    let mut total = 8; // input QParams
-    for l in &qm.layers {
-        total += match l {
-            QLayer::Dense(d) => {
-                d.weights.data.len()
-                    + 4 * d.bias.len()
-                    + 4 * d.weight_scales.len()
-                    + 8
-                    + stage_bytes(&d.output)
-            }
-            QLayer::Conv2d(c) => {
-                c.weights.data.len()
-                    + 4 * c.bias.len()
-                    + 4 * c.weight_scales.len()
-                    + 8
-                    + stage_bytes(&c.output)
-            }
-            QLayer::AvgPool2d { .. } => 16,
-            QLayer::MaxPool2d { .. } | QLayer::Flatten => 0,
-        };
+    match op {
+        QOp::Dense(d) => {
+            d.weights.data.len()
+                + 4 * d.bias.len()
+                + 4 * d.weight_scales.len()
+                + 8
+                + stage_bytes(&d.output)
+        }
+        QOp::Conv2d(c) => {
+            c.weights.data.len()
+                + 4 * c.bias.len()
+                + 4 * c.weight_scales.len()
+                + 8
+                + stage_bytes(&c.output)
+        }
+        QOp::AvgPool2d(_) => 16,
+        QOp::MaxPool2d(_) | QOp::Flatten => 0,
     }
-    total
 }
 
 /// Bytes of the float model's parameters: 4 per trainable scalar (weights and biases of every layer).

@@ -1,29 +1,47 @@
-//! Integer simulation of a [`QuantModel`]: plain scalar loops written independently of the engine and kernels,
-//! so tests can compare the two layer by layer.
+//! Integer simulation of a [`QuantModel`] graph: plain scalar loops written independently of the engine and
+//! kernels, so tests can compare the two node by node.
 use crate::error::{Error, Result};
 use crate::nn::conv::window_len;
-use lowbit_runtime::model::{OutputStage, QConv2d, QDense, QLayer, QuantModel};
+use lowbit_runtime::model::{OutputStage, QConv2d, QDense, QOp, QuantModel};
 use lowbit_runtime::pack::{PackedWeights, Packing};
 use lowbit_runtime::qparams::{self, Requant};
 
 /// What [`simulate`] computes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Simulation {
-    /// `codes[i]` is the output of layer `i` (`batch * features` codes, sample-major) for every layer whose
-    /// output is codes; the logits layer (the last) has no entry, so `codes.len() == layers.len() - 1`.
-    /// Flatten's output equals its input.
+    /// `codes[i]` is the output of node `i` (`batch * elems` codes, sample-major NCHW) for every node but the
+    /// last (the logits node), so `codes.len() == nodes.len() - 1`; empty when not kept. Flatten's output equals
+    /// its input.
     pub codes: Vec<Vec<u8>>,
-    /// Accumulators of the last layer, `[batch, classes]`: `bias[c] + sum_k (x[k] - zp_in) * w[c][k]`.
+    /// Accumulators of the last node, `[batch, classes]`: `bias[c] + sum_k (x[k] - zp_in) * w[c][k]`.
     pub final_acc: Vec<i32>,
     /// Logits `[batch, classes]`: `acc as f32 * (s_in * s_w[c])`, the product of the two scales taken in f32
     /// (the engine's formula).
     pub logits: Vec<f32>,
 }
 
-/// Runs `qm` on `batch` samples of raw `u8` input (`batch * input.features()` values, NCHW per sample).
-/// Accumulators are computed in i64 and must fit i32 (else an error). Conv2d is a direct 7-deep loop (padded
-/// positions contribute `(zp - zp) * w = 0`), not im2col; pools follow the engine's documented formulas.
+/// A value of the graph during simulation: `batch` samples of `(c, h, w)` codes.
+struct Value {
+    data: Vec<u8>,
+    dims: (usize, usize, usize),
+}
+
+/// Runs `qm` on `batch` samples of raw `u8` input (`batch * input.features()` values, NCHW per sample), keeping
+/// every node's codes. Accumulators are computed in i64 and must fit i32 (else an error). Conv2d is a direct
+/// 7-deep loop (padded positions contribute `(zp - zp) * w = 0`), not im2col; pools follow the engine's
+/// documented formulas.
 pub fn simulate(qm: &QuantModel, input: &[u8], batch: usize) -> Result<Simulation> {
+    simulate_with(qm, input, batch, true)
+}
+
+/// [`simulate`]; with `keep_codes == false` each value is dropped after its last reader and
+/// [`Simulation::codes`] stays empty (for whole test sets, where only the logits matter).
+pub fn simulate_with(
+    qm: &QuantModel,
+    input: &[u8],
+    batch: usize,
+    keep_codes: bool,
+) -> Result<Simulation> {
     let features = qm.input.features();
     if Some(input.len()) != batch.checked_mul(features) {
         return Err(Error::Shape(format!(
@@ -31,90 +49,189 @@ pub fn simulate(qm: &QuantModel, input: &[u8], batch: usize) -> Result<Simulatio
             input.len()
         )));
     }
-    let mut cur = input.to_vec();
-    let (mut c, mut h, mut w) = (qm.input.channels, qm.input.height, qm.input.width);
-    let mut codes = Vec::new();
-    let n_layers = qm.layers.len();
-    for (li, layer) in qm.layers.iter().enumerate() {
-        let (acc, positions, stage, scales, s_in) = match layer {
-            QLayer::Flatten => {
-                (c, h, w) = (c * h * w, 1, 1);
-                codes.push(cur.clone());
-                continue;
+    let n_nodes = qm.nodes.len();
+    // The last node reading each value, so values can be dropped when not kept.
+    let mut last_read = vec![0usize; n_nodes + 1];
+    for (i, node) in qm.nodes.iter().enumerate() {
+        for &v in &node.inputs {
+            if let Some(l) = last_read.get_mut(v) {
+                *l = i;
             }
-            QLayer::MaxPool2d { kernel, stride } => {
-                let (oh, ow) = pool_out(li, h, w, *kernel, *stride)?;
-                cur = pool(&cur, batch * c, (h, w), (oh, ow), *kernel, *stride, |v| {
+        }
+    }
+    let mut values: Vec<Option<Value>> = Vec::with_capacity(n_nodes + 1);
+    values.push(Some(Value {
+        data: input.to_vec(),
+        dims: (qm.input.channels, qm.input.height, qm.input.width),
+    }));
+    let mut codes = Vec::new();
+    for (li, node) in qm.nodes.iter().enumerate() {
+        let name = &node.name;
+        let args = node
+            .inputs
+            .iter()
+            .map(|&v| {
+                values
+                    .get(v)
+                    .and_then(Option::as_ref)
+                    .filter(|_| v <= li)
+                    .ok_or_else(|| {
+                        Error::Shape(format!(
+                            "simulate: node {name} reads value {v}, not an earlier one"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<&Value>>>()?;
+        let x = match args.as_slice() {
+            [x] => *x,
+            _ => {
+                return Err(Error::Shape(format!(
+                    "simulate: node {name} has {} inputs",
+                    args.len()
+                )))
+            }
+        };
+        let (c, h, w) = x.dims;
+        let cur = &x.data;
+        let out = match &node.op {
+            QOp::Flatten => Value {
+                data: cur.clone(),
+                dims: (c * h * w, 1, 1),
+            },
+            QOp::MaxPool2d(p) => {
+                let (oh, ow) = pool_out(name, h, w, p.kernel, p.stride)?;
+                let data = pool(cur, batch * c, (h, w), (oh, ow), p.kernel, p.stride, |v| {
                     v.iter().copied().max().unwrap_or(0)
                 });
-                (h, w) = (oh, ow);
-                codes.push(cur.clone());
-                continue;
+                Value {
+                    data,
+                    dims: (c, oh, ow),
+                }
             }
-            QLayer::AvgPool2d {
-                kernel,
-                stride,
-                input,
-                output,
-                bits,
-            } => {
-                let (oh, ow) = pool_out(li, h, w, *kernel, *stride)?;
-                let (_, qmax) = qparams::act_code_range(*bits)?;
-                let area = (kernel.0 * kernel.1) as f64;
-                let rq = Requant::from_real(input.scale as f64 / (output.scale as f64 * area))?;
-                let (zp_in, zp_out) = (input.zero_point, output.zero_point);
-                cur = pool(&cur, batch * c, (h, w), (oh, ow), *kernel, *stride, |v| {
+            QOp::AvgPool2d(p) => {
+                let (oh, ow) = pool_out(name, h, w, p.kernel, p.stride)?;
+                let (_, qmax) = qparams::act_code_range(p.bits)?;
+                let area = (p.kernel.0 * p.kernel.1) as f64;
+                let rq = Requant::from_real(p.input.scale as f64 / (p.output.scale as f64 * area))?;
+                let (zp_in, zp_out) = (p.input.zero_point, p.output.zero_point);
+                let data = pool(cur, batch * c, (h, w), (oh, ow), p.kernel, p.stride, |v| {
                     let sum: i32 = v.iter().map(|&q| q as i32 - zp_in).sum();
                     qparams::requantize(sum, rq, zp_out, 0, qmax) as u8
                 });
-                (h, w) = (oh, ow);
-                codes.push(cur.clone());
-                continue;
+                Value {
+                    data,
+                    dims: (c, oh, ow),
+                }
             }
-            QLayer::Dense(d) => {
+            QOp::Dense(d) => {
                 if d.in_features != c * h * w {
                     return Err(Error::Shape(format!(
-                        "simulate: layer {li} expects {} features, got {}",
+                        "simulate: node {name} expects {} features, got {}",
                         d.in_features,
                         c * h * w
                     )));
                 }
-                let acc = dense_acc(d, &cur, batch, li)?;
-                (c, h, w) = (d.out_features, 1, 1);
-                (acc, 1, &d.output, &d.weight_scales, d.input.scale)
+                let acc = dense_acc(d, cur, batch, name)?;
+                let m = Matrix {
+                    name,
+                    stage: &d.output,
+                    scales: &d.weight_scales,
+                    s_in: d.input.scale,
+                    dims: (d.out_features, 1, 1),
+                };
+                match m.finish(acc, li + 1 == n_nodes)? {
+                    Finished::Codes(v) => v,
+                    Finished::Logits(final_acc, logits) => {
+                        return Ok(Simulation {
+                            codes,
+                            final_acc,
+                            logits,
+                        })
+                    }
+                }
             }
-            QLayer::Conv2d(cv) => {
+            QOp::Conv2d(cv) => {
                 if cv.in_channels != c {
                     return Err(Error::Shape(format!(
-                        "simulate: layer {li} expects {} channels, got {c}",
+                        "simulate: node {name} expects {} channels, got {c}",
                         cv.in_channels
                     )));
                 }
-                let (acc, oh, ow) = conv_acc(cv, &cur, batch, (h, w), li)?;
-                (c, h, w) = (cv.out_channels, oh, ow);
-                (acc, oh * ow, &cv.output, &cv.weight_scales, cv.input.scale)
+                let (acc, oh, ow) = conv_acc(cv, cur, batch, (h, w), name)?;
+                let m = Matrix {
+                    name,
+                    stage: &cv.output,
+                    scales: &cv.weight_scales,
+                    s_in: cv.input.scale,
+                    dims: (cv.out_channels, oh, ow),
+                };
+                match m.finish(acc, li + 1 == n_nodes)? {
+                    Finished::Codes(v) => v,
+                    Finished::Logits(final_acc, logits) => {
+                        return Ok(Simulation {
+                            codes,
+                            final_acc,
+                            logits,
+                        })
+                    }
+                }
             }
         };
+        if keep_codes {
+            codes.push(out.data.clone());
+        }
+        values.push(Some(out));
+        if !keep_codes {
+            for (v, slot) in values.iter_mut().enumerate() {
+                if last_read.get(v) == Some(&li) {
+                    *slot = None;
+                }
+            }
+        }
+    }
+    Err(Error::Shape(
+        "simulate: the model does not end in a logits node".into(),
+    ))
+}
+
+/// The output stage of a Dense or Conv2d node.
+struct Matrix<'a> {
+    name: &'a str,
+    stage: &'a OutputStage,
+    scales: &'a [f32],
+    s_in: f32,
+    /// Output (channels, height, width).
+    dims: (usize, usize, usize),
+}
+
+/// What a matrix node's accumulators become.
+enum Finished {
+    Codes(Value),
+    /// Accumulators and logits of the output node.
+    Logits(Vec<i32>, Vec<f32>),
+}
+
+impl Matrix<'_> {
+    fn finish(&self, acc: Vec<i32>, is_last: bool) -> Result<Finished> {
+        let name = self.name;
+        let (c, oh, ow) = self.dims;
+        let positions = oh * ow;
         // Channel of element idx within a sample laid out [C, positions].
         let per_sample = c * positions;
         let channel = |idx: usize| (idx % per_sample.max(1)) / positions.max(1);
-        match stage {
+        match self.stage {
             OutputStage::Logits => {
-                if li + 1 != n_layers {
+                if !is_last {
                     return Err(Error::Shape(format!(
-                        "simulate: layer {li} emits logits but is not last"
+                        "simulate: node {name} emits logits but is not last"
                     )));
                 }
                 let logits = acc
                     .iter()
                     .enumerate()
-                    .map(|(i, &a)| a as f32 * (s_in * scale_of(scales, channel(i))))
+                    .map(|(i, &a)| a as f32 * (self.s_in * scale_of(self.scales, channel(i))))
                     .collect();
-                return Ok(Simulation {
-                    codes,
-                    final_acc: acc,
-                    logits,
-                });
+                Ok(Finished::Logits(acc, logits))
             }
             OutputStage::Requantize {
                 qparams: qp,
@@ -126,11 +243,11 @@ pub fn simulate(qm: &QuantModel, input: &[u8], batch: usize) -> Result<Simulatio
                 let qmin = if *relu { lo.max(qp.zero_point) } else { lo };
                 if requant.is_empty() || requant.len() != 1 && requant.len() != c {
                     return Err(Error::Shape(format!(
-                        "simulate: layer {li} has {} requantization multipliers for {c} channels",
+                        "simulate: node {name} has {} requantization multipliers for {c} channels",
                         requant.len()
                     )));
                 }
-                cur = acc
+                let data = acc
                     .iter()
                     .enumerate()
                     .map(|(i, &a)| {
@@ -142,17 +259,17 @@ pub fn simulate(qm: &QuantModel, input: &[u8], batch: usize) -> Result<Simulatio
                         qparams::requantize(a, rq, qp.zero_point, qmin, hi) as u8
                     })
                     .collect();
-                codes.push(cur.clone());
+                Ok(Finished::Codes(Value {
+                    data,
+                    dims: self.dims,
+                }))
             }
         }
     }
-    Err(Error::Shape(
-        "simulate: the model does not end in a logits layer".into(),
-    ))
 }
 
 fn pool_out(
-    li: usize,
+    li: &str,
     h: usize,
     w: usize,
     kernel: (usize, usize),
@@ -164,7 +281,7 @@ fn pool_out(
     ) {
         (Some(a), Some(b)) => Ok((a, b)),
         _ => Err(Error::Shape(format!(
-            "simulate: layer {li} window {kernel:?} does not fit {h}x{w}"
+            "simulate: node {li} window {kernel:?} does not fit {h}x{w}"
         ))),
     }
 }
@@ -204,7 +321,7 @@ fn conv_acc(
     x: &[u8],
     batch: usize,
     (h, w): (usize, usize),
-    li: usize,
+    li: &str,
 ) -> Result<(Vec<i32>, usize, usize)> {
     let (kh, kw) = cv.kernel;
     let (sh, sw) = cv.stride;
@@ -215,14 +332,14 @@ fn conv_acc(
         (Some(a), Some(b)) => (a, b),
         _ => {
             return Err(Error::Shape(format!(
-                "simulate: layer {li} kernel {:?} does not fit {h}x{w}",
+                "simulate: node {li} kernel {:?} does not fit {h}x{w}",
                 cv.kernel
             )))
         }
     };
     if cv.bias.len() != oc_n || cv.weights.rows != oc_n || cv.weights.cols != k {
         return Err(Error::Shape(format!(
-            "simulate: layer {li} has {} biases and {}x{} weights for {oc_n}x{k}",
+            "simulate: node {li} has {} biases and {}x{} weights for {oc_n}x{k}",
             cv.bias.len(),
             cv.weights.rows,
             cv.weights.cols
@@ -250,9 +367,7 @@ fn conv_acc(
                         }
                     }
                     acc.push(i32::try_from(s).map_err(|_| {
-                        Error::Shape(format!(
-                            "simulate: layer {li} accumulator {s} overflows i32"
-                        ))
+                        Error::Shape(format!("simulate: node {li} accumulator {s} overflows i32"))
                     })?);
                 }
             }
@@ -270,11 +385,11 @@ fn scale_of(scales: &[f32], c: usize) -> f32 {
 }
 
 /// `acc[b, c] = bias[c] + sum_k (x[b, k] - zp_in) * w[c][k]`, checked against i32.
-fn dense_acc(d: &QDense, x: &[u8], batch: usize, li: usize) -> Result<Vec<i32>> {
+fn dense_acc(d: &QDense, x: &[u8], batch: usize, li: &str) -> Result<Vec<i32>> {
     let (k, n) = (d.in_features, d.out_features);
     if d.bias.len() != n || d.weights.rows != n || d.weights.cols != k {
         return Err(Error::Shape(format!(
-            "simulate: layer {li} has {} biases and {}x{} weights for {n}x{k}",
+            "simulate: node {li} has {} biases and {}x{} weights for {n}x{k}",
             d.bias.len(),
             d.weights.rows,
             d.weights.cols
@@ -293,9 +408,7 @@ fn dense_acc(d: &QDense, x: &[u8], batch: usize, li: usize) -> Result<Vec<i32>> 
                 .sum::<i64>()
                 + d.bias[c] as i64;
             acc.push(i32::try_from(s).map_err(|_| {
-                Error::Shape(format!(
-                    "simulate: layer {li} accumulator {s} overflows i32"
-                ))
+                Error::Shape(format!("simulate: node {li} accumulator {s} overflows i32"))
             })?);
         }
     }

@@ -24,8 +24,8 @@ pub fn engine_equals_simulation(qm: &QuantModel, test: &Dataset) -> Vec<usize> {
         for (li, (e, s)) in trace.codes.iter().zip(&sim.codes).enumerate() {
             if let Some(i) = e.iter().zip(s).position(|(a, b)| a != b) {
                 panic!(
-                    "layer {li} ({:?}) batch at {start}: first difference at {i}: engine {} simulation {} (len {})",
-                    std::mem::discriminant(&qm.layers[li]),
+                    "node {li} ({}) batch at {start}: first difference at {i}: engine {} simulation {} (len {})",
+                    qm.nodes[li].name,
                     e[i],
                     s[i],
                     e.len()

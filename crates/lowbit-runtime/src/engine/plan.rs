@@ -1,0 +1,173 @@
+//! Planning a checked graph into steps: the passes run once when an [`super::Engine`] is built.
+//!
+//! 1. Aliases: an op whose output is its input's bytes (Flatten) gets no step; its consumers read the input.
+//! 2. Fusion: a requantizing Conv2d whose only consumer is a 2 x 2, stride-2 max pool runs as one fused step
+//!    (see [`crate::ops`]'s conv module for why the codes are the same).
+//! 3. Buffers by liveness: each materialised value takes a free buffer slot when its step runs and returns it
+//!    after the last step that reads it, so a chain needs two slots and a residual block three.
+//!
+//! A traced plan (for layer-by-layer comparisons) skips 1 and 2, so every node's codes exist.
+use crate::error::QuantError;
+use crate::graph::GraphInfo;
+use crate::kernels::Isa;
+use crate::model::{QOp, QuantModel};
+use crate::ops::{internal, PlanCx, Step, ValueQuant};
+
+/// Where a step reads a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Src {
+    /// The caller's input batch.
+    Input,
+    /// A buffer slot.
+    Slot(usize),
+}
+
+/// Where a step writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dst {
+    /// Codes into a buffer slot.
+    Slot(usize),
+    /// The output node's accumulators.
+    Logits,
+}
+
+/// One step of a plan.
+#[derive(Debug)]
+pub(crate) struct Planned {
+    pub step: Box<dyn Step>,
+    pub inputs: Vec<Src>,
+    pub output: Dst,
+    /// Elements per sample of the produced value.
+    pub out_elems: usize,
+}
+
+/// The steps of a graph and the number of buffer slots they use.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub steps: Vec<Planned>,
+    pub slots: usize,
+}
+
+/// Plans `model` (already checked into `info`) for kernel tier `isa`; `traced` keeps every node's output.
+pub(crate) fn plan(
+    model: &QuantModel,
+    info: &GraphInfo,
+    isa: Isa,
+    traced: bool,
+) -> Result<Plan, QuantError> {
+    let n = model.nodes.len();
+    // Pass 1: the value each value's bytes really live in.
+    let mut home: Vec<usize> = (0..=n).collect();
+    // Pass 2: nodes that run inside their consumer's step (conv -> pool), and the node they are fused into.
+    let mut fused_from: Vec<Option<usize>> = vec![None; n];
+    let mut skipped = vec![false; n];
+    if !traced {
+        for (i, node) in model.nodes.iter().enumerate() {
+            if node.op.def().is_alias() {
+                home[i + 1] = home[node.inputs[0]];
+                skipped[i] = true;
+            }
+        }
+        for (i, node) in model.nodes.iter().enumerate() {
+            let QOp::Conv2d(_) = node.op else { continue };
+            if !matches!(info.values[i + 1].quant, ValueQuant::Codes { .. }) {
+                continue;
+            }
+            let [j] = info.consumers[i + 1].as_slice() else {
+                continue;
+            };
+            if let QOp::MaxPool2d(p) = &model.nodes[*j].op {
+                if p.kernel == (2, 2) && p.stride == (2, 2) && *j != n - 1 {
+                    skipped[i] = true;
+                    fused_from[*j] = Some(i);
+                }
+            }
+        }
+    }
+    // The node reading each home value last (values read through an alias count for their home).
+    let mut last_read = vec![None; n + 1];
+    for (j, node) in model.nodes.iter().enumerate() {
+        if skipped[j] {
+            continue;
+        }
+        let reads = match fused_from[j] {
+            Some(i) => &model.nodes[i].inputs,
+            None => &node.inputs,
+        };
+        for &v in reads {
+            last_read[home[v]] = Some(j);
+        }
+    }
+    // Pass 3: steps and slots.
+    let mut slot_of: Vec<Option<usize>> = vec![None; n + 1];
+    let mut free: Vec<usize> = Vec::new();
+    let mut slots = 0usize;
+    let mut steps = Vec::new();
+    for (j, node) in model.nodes.iter().enumerate() {
+        if skipped[j] {
+            continue;
+        }
+        let (reader, reads) = match fused_from[j] {
+            Some(i) => (i, &model.nodes[i].inputs),
+            None => (j, &node.inputs),
+        };
+        let src = |v: usize| -> Result<Src, QuantError> {
+            let h = home[v];
+            if h == 0 {
+                return Ok(Src::Input);
+            }
+            slot_of[h]
+                .map(Src::Slot)
+                .ok_or_else(|| internal("a value is read before it is written"))
+        };
+        let inputs = reads
+            .iter()
+            .map(|&v| src(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let in_infos: Vec<_> = reads.iter().map(|&v| info.values[v]).collect();
+        let output = if j == n - 1 {
+            Dst::Logits
+        } else {
+            let s = free.pop().unwrap_or_else(|| {
+                slots += 1;
+                slots - 1
+            });
+            slot_of[j + 1] = Some(s);
+            Dst::Slot(s)
+        };
+        let reader_node = &model.nodes[reader];
+        let cx = PlanCx {
+            name: &reader_node.name,
+            inputs: &in_infos,
+            output: info.values[reader + 1],
+            isa,
+        };
+        let step = match (fused_from[j], &reader_node.op) {
+            (Some(_), QOp::Conv2d(c)) => c.plan_fused_max_pool(&cx, info.values[j + 1].shape)?,
+            (Some(_), _) => return Err(internal("only convolutions fuse with pools")),
+            (None, op) => op.def().plan(&cx)?,
+        };
+        let out_elems = info.values[j + 1]
+            .shape
+            .elems()
+            .ok_or_else(|| internal("output size"))?;
+        steps.push(Planned {
+            step,
+            inputs,
+            output,
+            out_elems,
+        });
+        // Release what this step read last (after the output took its slot, so it never overwrites an input).
+        for &v in reads {
+            let h = home[v];
+            if h != 0 && last_read[h] == Some(j) {
+                if let Some(s) = slot_of[h].take() {
+                    if !free.contains(&s) {
+                        free.push(s);
+                    }
+                }
+            }
+        }
+    }
+    Ok(Plan { steps, slots })
+}

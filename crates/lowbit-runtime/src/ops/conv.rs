@@ -1,0 +1,581 @@
+//! Conv2d: im2col + GEMM, or a direct kernel when it issues fewer multiply-accumulates; fused with a following
+//! 2 x 2 max pool when the planner asks ([`QConv2d::plan_fused_max_pool`]).
+//!
+//! Conventions (normative, with those of [`super::matrix`]): im2col on codes, padded positions hold the input
+//! zero point, column index `k = ic*kh*kw + ky*kw + kx` (weights are `[oc][ic][kh][kw]`); output is NCHW.
+//! Fused conv + 2 x 2 stride-2 max pool takes the max of the i32 accumulators, then one requantization: the same
+//! codes, because requantization never decreases as the accumulator grows.
+use super::matrix::{describe_matrix, Gemm, MatrixSpec};
+use super::{
+    fit, internal, shape_err, InferCx, Inferred, OpDef, PlanCx, Shape, Step, StepOut, ValueInfo,
+    ValueQuant, Window,
+};
+use crate::error::QuantError;
+use crate::kernels;
+use crate::kernels::conv::{AccLayout, ConvAcc, ConvGeometry, DirectConv};
+use crate::kernels::{Isa, PaddedPlanes};
+use crate::model::QConv2d;
+use crate::workers;
+use rayon::prelude::*;
+
+impl QConv2d {
+    fn window(&self) -> Window {
+        Window {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+
+    /// Codes per weight row: `in_channels * kh * kw`.
+    fn k(&self, name: &str) -> Result<usize, QuantError> {
+        self.in_channels
+            .checked_mul(self.kernel.0)
+            .and_then(|v| v.checked_mul(self.kernel.1))
+            .ok_or_else(|| shape_err(name, "K overflows".into()))
+    }
+
+    fn spec<'a>(&'a self, name: &'a str, k: usize) -> MatrixSpec<'a> {
+        MatrixSpec {
+            name,
+            rows: self.out_channels,
+            k,
+            weights: &self.weights,
+            weight_scales: &self.weight_scales,
+            bias: &self.bias,
+            input: self.input,
+            output: &self.output,
+        }
+    }
+
+    /// Input and output shapes.
+    fn shapes(&self, cx: &InferCx<'_>) -> Result<(Shape, Shape), QuantError> {
+        let input = cx.input()?.shape;
+        if self.in_channels != input.channels {
+            return Err(shape_err(
+                cx.name,
+                format!(
+                    "in_channels {} but the incoming activation has {}",
+                    self.in_channels, input.channels
+                ),
+            ));
+        }
+        let output = self.window().output(cx.name, input, self.out_channels)?;
+        Ok((input, output))
+    }
+
+    /// The step, fused with a 2 x 2 stride-2 max pool to `pooled` (a requantizing conv whose only consumer is
+    /// that pool).
+    pub(crate) fn plan_fused_max_pool(
+        &self,
+        cx: &PlanCx<'_>,
+        pooled: Shape,
+    ) -> Result<Box<dyn Step>, QuantError> {
+        let conv = self.conv_op(cx)?;
+        conv.gemm.output_params(&[])?;
+        Ok(Box::new(ConvPoolStep { conv, pooled }))
+    }
+
+    fn conv_op(&self, cx: &PlanCx<'_>) -> Result<ConvOp, QuantError> {
+        let icx = InferCx {
+            name: cx.name,
+            inputs: cx.inputs,
+            is_output: cx.output.quant == ValueQuant::Logits,
+        };
+        let (input, output) = self.shapes(&icx)?;
+        let k = self.k(cx.name)?;
+        let gemm = self.spec(cx.name, k).gemm(&icx, cx.isa)?;
+        let pad_code = u8::try_from(self.input.zero_point).map_err(|_| internal("zero point"))?;
+        Ok(ConvOp {
+            gemm,
+            input,
+            output,
+            window: self.window(),
+            pad_code,
+            direct: choose_direct(cx.isa, self, input, &output)?.map(Box::new),
+        })
+    }
+}
+
+impl OpDef for QConv2d {
+    fn infer(&self, cx: &InferCx<'_>) -> Result<Inferred, QuantError> {
+        let (input, output) = self.shapes(cx)?;
+        let k = self.k(cx.name)?;
+        let c = self.spec(cx.name, k).check(cx)?;
+        let name = cx.name;
+        // im2col scratch (positions x K) plus the i32 accumulators, per sample.
+        let positions = output.height.checked_mul(output.width);
+        let mut scratch = positions
+            .and_then(|p| p.checked_mul(k.checked_add(self.out_channels)?))
+            .ok_or_else(|| shape_err(name, "im2col size overflows".into()))?;
+        // A direct kernel's accumulators in its own layout, at most whole padded rows rounded up to 16 positions
+        // (u8 quads on the wide grid). Bounded from the shape alone, so validation bounds the memory whichever
+        // kernel the engine later picks.
+        let direct_elems = self
+            .padding
+            .1
+            .checked_mul(2)
+            .and_then(|p| input.width.checked_add(p))
+            .and_then(|wp| output.height.checked_mul(wp))
+            .and_then(|p| p.checked_next_multiple_of(16))
+            .and_then(|p| p.checked_mul(self.out_channels))
+            .ok_or_else(|| shape_err(name, "direct conv size overflows".into()))?;
+        if self.stride == (1, 1) {
+            scratch = scratch.max(direct_elems);
+        }
+        let macs = self
+            .out_channels
+            .saturating_mul(k)
+            .saturating_mul(output.height * output.width);
+        Ok(Inferred {
+            output: ValueInfo {
+                shape: output,
+                quant: c.quant,
+            },
+            scratch_elems: scratch,
+            macs,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let (kh, kw) = self.kernel;
+        let mut s = format!(
+            "conv2d {}->{} {kh}x{kw}",
+            self.in_channels, self.out_channels
+        );
+        if self.stride != (1, 1) {
+            s += &format!(" stride {}x{}", self.stride.0, self.stride.1);
+        }
+        if self.padding != (0, 0) {
+            s += &format!(" pad {}x{}", self.padding.0, self.padding.1);
+        }
+        format!(
+            "{s}, {}",
+            describe_matrix(&self.weights, &self.weight_scales, &self.output)
+        )
+    }
+
+    fn plan(&self, cx: &PlanCx<'_>) -> Result<Box<dyn Step>, QuantError> {
+        Ok(Box::new(ConvStep {
+            conv: self.conv_op(cx)?,
+        }))
+    }
+}
+
+/// A convolution: im2col + GEMM, or the direct kernel when it issues fewer multiply-accumulates.
+#[derive(Debug, Clone)]
+struct ConvOp {
+    gemm: Gemm,
+    input: Shape,
+    output: Shape,
+    window: Window,
+    /// The input zero point, which padded positions hold.
+    pad_code: u8,
+    /// Int8 weights prepared for [`kernels::conv::direct_conv_acc`] (stride 1, AVX2 tiers), when cheaper.
+    direct: Option<Box<DirectConv>>,
+}
+
+#[derive(Debug)]
+struct ConvStep {
+    conv: ConvOp,
+}
+
+impl Step for ConvStep {
+    fn run(&self, inputs: &[&[u8]], _batch: usize, out: StepOut<'_>) -> Result<(), QuantError> {
+        let [x] = inputs else {
+            return Err(internal("conv takes one input"));
+        };
+        match out {
+            StepOut::Codes(o) => conv_requant(&self.conv, x, o),
+            StepOut::Acc(o) => conv_acc(&self.conv, x, o),
+        }
+    }
+
+    fn logits(&self, acc: &[i32]) -> Result<Vec<f32>, QuantError> {
+        let o = self.conv.output;
+        self.conv.gemm.logits(acc, o.height * o.width)
+    }
+
+    fn path(&self) -> Option<String> {
+        Some(self.conv.path())
+    }
+}
+
+#[derive(Debug)]
+struct ConvPoolStep {
+    conv: ConvOp,
+    pooled: Shape,
+}
+
+impl Step for ConvPoolStep {
+    fn run(&self, inputs: &[&[u8]], _batch: usize, out: StepOut<'_>) -> Result<(), QuantError> {
+        match (inputs, out) {
+            ([x], StepOut::Codes(o)) => conv_pool_requant(&self.conv, self.pooled, x, o),
+            _ => Err(internal("fused conv + pool emits codes from one input")),
+        }
+    }
+
+    fn path(&self) -> Option<String> {
+        Some(format!("{} + 2x2 max pool", self.conv.path()))
+    }
+}
+
+/// The direct kernel for a conv layer when it applies (int8 weights, stride 1, an AVX2 tier) and costs less than
+/// the im2col GEMM, whose int8 tile pads positions to 6 rows, channels to 16 columns and K to 16: the u8 quad
+/// scheme when the weights have a safe pair order, else the i16 scheme when it issues fewer multiply-accumulates.
+fn choose_direct(
+    isa: Isa,
+    c: &QConv2d,
+    input: Shape,
+    output: &Shape,
+) -> Result<Option<DirectConv>, QuantError> {
+    if c.stride != (1, 1)
+        || c.weights.packing != crate::pack::Packing::I8
+        || !matches!(isa, Isa::Avx2 | Isa::Avx512Vnni)
+    {
+        return Ok(None);
+    }
+    let geo = ConvGeometry {
+        c_in: input.channels,
+        h: input.height,
+        w: input.width,
+        c_out: c.out_channels,
+        kh: c.kernel.0,
+        kw: c.kernel.1,
+        pad_h: c.padding.0,
+        pad_w: c.padding.1,
+    };
+    if geo.oh() != output.height || geo.ow() != output.width {
+        return Err(internal("direct convolution geometry"));
+    }
+    let positions = output.height * output.width;
+    let gemm_macs = positions.next_multiple_of(6)
+        * geo.c_out.next_multiple_of(16)
+        * geo.k().next_multiple_of(16);
+    // The u8 quad scheme multiplies like the GEMM's pair path and skips its im2col, gather, and transpose or
+    // positions-layout pooling: it is worth up to 1.5x the GEMM's multiply-accumulates (LeNet's second conv,
+    // 1.34x, took 17% less CPU per sample on quads).
+    let direct = DirectConv::new(isa, geo, &c.weights)?;
+    match direct.quad_len() {
+        Some(len) if 2 * direct.layout().1 * len * geo.c_out <= 3 * gemm_macs => Ok(Some(direct)),
+        _ if geo.direct_macs() >= gemm_macs => Ok(None),
+        // Without a quad plan `new` already built the i16 scheme.
+        None => Ok(Some(direct)),
+        Some(_) => DirectConv::widened(isa, geo, &c.weights).map(Some),
+    }
+}
+
+/// Copies one NCHW sample into `[c][h + 2 ph][w + 2 pw + 8]` planes filled with `pad_code`: im2col then reads
+/// every window row as one 8-byte load, with no edge cases (the 8 extra columns absorb the over-read). Returns the
+/// padded row length.
+fn pad_planes(
+    x: &[u8],
+    input: Shape,
+    w: &Window,
+    pad_code: u8,
+    planes: &mut PaddedPlanes,
+) -> usize {
+    let (ph, pw) = w.padding;
+    let wp = input.width + 2 * pw + 8;
+    let len = input.channels * (input.height + 2 * ph) * wp;
+    let dims = (input.channels, input.height, input.width);
+    planes.fill(x, dims, w.padding, wp, len, pad_code);
+    wp
+}
+
+/// im2col of one NCHW sample: `col[p * k + (ic*kh*kw + ky*kw + kx)]` for output position `p`, padded positions
+/// holding `pad_code`. `col` must have 8 bytes of slack past `positions * k`, which may be overwritten.
+fn im2col(
+    x: &[u8],
+    input: Shape,
+    output: Shape,
+    w: &Window,
+    pad_code: u8,
+    planes: &mut PaddedPlanes,
+    col: &mut [u8],
+) {
+    let (kh, kw) = w.kernel;
+    let (sh, sw) = w.stride;
+    let k = input.channels * kh * kw;
+    let wp = pad_planes(x, input, w, pad_code, planes);
+    let plane = (input.height + 2 * w.padding.0) * wp;
+    let positions = output.height * output.width;
+    let data = &planes.data;
+    if kw <= 8 {
+        // Every read ends at most at the last padded row's column (ow - 1) * sw + 8 <= w + 2 pw + 8 - kw < wp,
+        // and every write at most at positions * k + 8 = col.len(): checked once here, not per copy.
+        let last_read = input.channels.saturating_sub(1) * plane
+            + kh.saturating_sub(1) * wp
+            + output.height.saturating_sub(1) * sh * wp
+            + output.width.saturating_sub(1) * sw
+            + 8;
+        assert!(last_read <= data.len() && positions * k + 8 <= col.len());
+        let g = WindowCopy {
+            src: data.as_ptr(),
+            dst: col.as_mut_ptr(),
+            channels: input.channels,
+            plane,
+            wp,
+            out: (output.height, output.width),
+            stride: (sh, sw),
+        };
+        // SAFETY: the reads and writes stay within the bounds asserted above; the buffers are distinct
+        // allocations. LeNet's 5 x 5 and the common 3 x 3 kernels get their row loops unrolled.
+        unsafe {
+            match (kh, kw) {
+                (5, 5) => g.run(5, 5),
+                (3, 3) => g.run(3, 3),
+                _ => g.run(kh, kw),
+            }
+        }
+    } else {
+        let mut d = 0;
+        for oy in 0..output.height {
+            for ox in 0..output.width {
+                let corner = oy * sh * wp + ox * sw;
+                for ic in 0..input.channels {
+                    for ky in 0..kh {
+                        let r = corner + ic * plane + ky * wp;
+                        col[d..d + kw].copy_from_slice(&data[r..r + kw]);
+                        d += kw;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 8-byte window-row copies of [`im2col`] for kernels at most 8 wide.
+struct WindowCopy {
+    src: *const u8,
+    dst: *mut u8,
+    channels: usize,
+    /// Bytes per padded plane.
+    plane: usize,
+    /// Bytes per padded row.
+    wp: usize,
+    out: (usize, usize),
+    stride: (usize, usize),
+}
+
+impl WindowCopy {
+    /// Copies window row `(ic, ky)` of each output position as one 8-byte load and store; the `8 - kw` surplus
+    /// bytes land on the next row's place (or the slack), which is written after.
+    ///
+    /// # Safety
+    /// `src` is readable up to the last window row's byte 8 and `dst` writable for `positions * k + 8` bytes
+    /// (as [`im2col`] asserts); `kw <= 8`.
+    #[inline(always)]
+    unsafe fn run(&self, kh: usize, kw: usize) {
+        let mut d = self.dst;
+        for oy in 0..self.out.0 {
+            for ox in 0..self.out.1 {
+                let mut s = self
+                    .src
+                    .add(oy * self.stride.0 * self.wp + ox * self.stride.1);
+                for _ in 0..self.channels {
+                    for ky in 0..kh {
+                        std::ptr::copy_nonoverlapping(s.add(ky * self.wp), d.add(ky * kw), 8);
+                    }
+                    s = s.add(self.plane);
+                    d = d.add(kh * kw);
+                }
+            }
+        }
+    }
+}
+
+/// Transposes `[positions, channels]` into `[channels, positions]`.
+fn transpose_into<T: Copy>(src: &[T], positions: usize, channels: usize, dst: &mut [T]) {
+    for (c, drow) in dst.chunks_exact_mut(positions).take(channels).enumerate() {
+        for (p, d) in drow.iter_mut().enumerate() {
+            *d = src[p * channels + c];
+        }
+    }
+}
+
+/// Scratch for one convolution sample; `T` is the layer's output element (`u8` codes or `i32` accumulators).
+struct ConvScratch<T> {
+    planes: PaddedPlanes,
+    col: Vec<u8>,
+    acc: Vec<i32>,
+    tmp: Vec<T>,
+}
+
+impl<T> Default for ConvScratch<T> {
+    fn default() -> Self {
+        Self {
+            planes: PaddedPlanes::default(),
+            col: Vec::new(),
+            acc: Vec::new(),
+            tmp: Vec::new(),
+        }
+    }
+}
+
+impl ConvOp {
+    /// Runs every sample of `x` into `out` (`out_elems` per sample): `direct(weights, sample, scratch
+    /// accumulators, out)` on the direct path, else im2col, `gemm(col, positions, [positions][channels] tmp)` and
+    /// `finish(one sample's tmp, out)`. Samples run in parallel when called outside the
+    /// rayon pool (a batch too small for [`Engine::execute`] to split), else sequentially (the batch split already
+    /// occupies every thread).
+    fn run<T: Copy + Default + Send, U: Send>(
+        &self,
+        x: &[u8],
+        out: &mut [U],
+        out_elems: usize,
+        direct: impl Fn(&DirectConv, &[u8], &mut Vec<i32>, &mut [U]) -> Result<(), QuantError> + Sync,
+        gemm: impl Fn(&[u8], usize, &mut [T]) -> Result<(), QuantError> + Sync,
+        finish: impl Fn(&[T], &mut [U]) -> Result<(), QuantError> + Sync,
+    ) -> Result<(), QuantError> {
+        let (input, output) = (self.input, self.output);
+        let in_elems = input.channels * input.height * input.width;
+        let positions = output.height * output.width;
+        let tmp_elems = positions * self.gemm.n;
+        let col_len = positions * self.gemm.k;
+        // im2col of `samples` samples into one matrix, one GEMM over all their positions (full micro-tiles, one
+        // call), then `finish` per sample.
+        let im2col_gemm = |s: &mut ConvScratch<T>, o: &mut [U], xs: &[u8]| {
+            let samples = o.len() / out_elems.max(1);
+            fit(&mut s.col, samples * col_len + 8);
+            for (i, xi) in xs.chunks(in_elems).take(samples).enumerate() {
+                let dst = &mut s.col[i * col_len..];
+                im2col(
+                    xi,
+                    input,
+                    output,
+                    &self.window,
+                    self.pad_code,
+                    &mut s.planes,
+                    dst,
+                );
+            }
+            fit(&mut s.tmp, samples * tmp_elems);
+            gemm(&s.col[..samples * col_len], samples * positions, &mut s.tmp)?;
+            for (t, oi) in s.tmp.chunks(tmp_elems).zip(o.chunks_mut(out_elems)) {
+                finish(t, oi)?;
+            }
+            Ok(())
+        };
+        let sample = |s: &mut ConvScratch<T>, o: &mut [U], xs: &[u8]| match &self.direct {
+            Some(d) => direct(d, xs, &mut s.acc, o),
+            None => im2col_gemm(s, o, xs),
+        };
+        if rayon::current_thread_index().is_some() || workers::in_split() || out.len() <= out_elems
+        {
+            let mut s = ConvScratch::default();
+            match &self.direct {
+                Some(_) => out
+                    .chunks_mut(out_elems)
+                    .zip(x.chunks(in_elems))
+                    .try_for_each(|(o, xs)| sample(&mut s, o, xs)),
+                None => im2col_gemm(&mut s, out, x),
+            }
+        } else {
+            out.par_chunks_mut(out_elems)
+                .zip(x.par_chunks(in_elems))
+                .try_for_each_init(ConvScratch::default, |s, (o, xs)| sample(s, o, xs))
+        }
+    }
+
+    /// Per-sample output elements (NCHW).
+    fn out_elems(&self) -> usize {
+        self.output.channels * self.output.height * self.output.width
+    }
+
+    /// The kernel that runs (`conv 150x16: direct u8 quads ...`).
+    fn path(&self) -> String {
+        let g = &self.gemm;
+        match &self.direct {
+            Some(d) => format!("conv {}x{}: {}", g.k, g.n, d.path()),
+            None => format!("conv {}x{}: {}", g.k, g.n, g.weights.path()),
+        }
+    }
+}
+
+fn conv_requant(conv: &ConvOp, x: &[u8], out: &mut [u8]) -> Result<(), QuantError> {
+    let g = &conv.gemm;
+    let p = g.output_params(&[])?;
+    let positions = conv.output.height * conv.output.width;
+    conv.run(
+        x,
+        out,
+        conv.out_elems(),
+        |d, xs, acc, o| {
+            fit(acc, o.len());
+            kernels::conv::direct_conv_acc(d, xs, conv.pad_code, &g.bias_eff, acc)?;
+            kernels::conv::requant_channels(
+                acc,
+                g.n,
+                positions,
+                p.requant,
+                p.zero_point,
+                p.qmin,
+                p.qmax,
+                o,
+            )
+        },
+        |col, m, tmp| g.requant(col, m, tmp),
+        |t, o| {
+            transpose_into(t, positions, g.n, o);
+            Ok(())
+        },
+    )
+}
+
+fn conv_acc(conv: &ConvOp, x: &[u8], out: &mut [i32]) -> Result<(), QuantError> {
+    let g = &conv.gemm;
+    let positions = conv.output.height * conv.output.width;
+    conv.run(
+        x,
+        out,
+        conv.out_elems(),
+        |d, xs, _, o| kernels::conv::direct_conv_acc(d, xs, conv.pad_code, &g.bias_eff, o),
+        |col, m, tmp| g.acc(col, m, tmp),
+        |t, o| {
+            transpose_into(t, positions, g.n, o);
+            Ok(())
+        },
+    )
+}
+
+/// A convolution followed by a 2 x 2, stride-2 max pool, fused: the pool takes the max of the i32 accumulators
+/// and only its outputs are requantized. Exact: requantization (positive multiplier, rounding, zero point,
+/// clamp) never decreases as the accumulator grows, so the max of requantized codes is the requantized max, and
+/// a quarter of the values go through it.
+fn conv_pool_requant(
+    conv: &ConvOp,
+    pooled: Shape,
+    x: &[u8],
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    let g = &conv.gemm;
+    let (h, w) = (conv.output.height, conv.output.width);
+    let pooled_elems = pooled.channels * pooled.height * pooled.width;
+    let p = g.output_params(&[])?;
+    let isa = kernels::selected_isa();
+    let pool = |acc: &[i32], layout, o: &mut [u8]| {
+        let conv = ConvAcc {
+            acc,
+            layout,
+            channels: g.n,
+            height: h,
+            width: w,
+        };
+        kernels::conv::max_pool_requant(isa, conv, &p, o)
+    };
+    conv.run(
+        x,
+        out,
+        pooled_elems,
+        |d, xs, acc, o| {
+            // The scheme's own layout (whole padded rows for the u8 quads): the pool reads the valid columns.
+            let (row, plane) = d.layout();
+            fit(acc, g.n * plane);
+            kernels::conv::direct_conv_acc_wide(d, xs, conv.pad_code, &g.bias_eff, acc)?;
+            pool(acc, AccLayout::Planes { row, plane }, o)
+        },
+        |col, m, tmp: &mut [i32]| g.acc(col, m, tmp),
+        |t, o| pool(t, AccLayout::Positions, o),
+    )
+}
