@@ -650,7 +650,7 @@ pub fn inspect(path: &Path) -> Result<()> {
                 prov.test_accuracy.map(pct).unwrap_or_else(|| "-".into())
             );
             let mut t = Table::new(&["#", "layer", "shape", "params"]);
-            for (i, l) in m.layers.iter_mut().enumerate() {
+            for (i, l) in m.layers_mut().enumerate() {
                 let shape = match l {
                     lowbit::nn::Layer::Dense(d) => format!("{}->{}", d.in_features, d.out_features),
                     _ => "-".into(),
@@ -1029,12 +1029,12 @@ fn float_twin(qm: &lowbit_runtime::model::QuantModel) -> Result<Model> {
             QOp::Flatten => layers.push(Layer::Flatten(Flatten::new())),
         }
     }
-    Ok(Model {
+    Ok(Model::sequential(
+        "dequantized",
+        [qm.input.channels, qm.input.height, qm.input.width],
+        qm.classes,
         layers,
-        input_shape: [qm.input.channels, qm.input.height, qm.input.width],
-        classes: qm.classes,
-        spec: "dequantized".into(),
-    })
+    ))
 }
 
 /// `lowbit bench`.

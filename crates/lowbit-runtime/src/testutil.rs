@@ -324,17 +324,16 @@ pub fn lbq_as_version_2(bytes: &[u8]) -> Option<Vec<u8>> {
     let obj = model.as_object_mut()?;
     let nodes = obj.remove("nodes")?;
     let mut layers = Vec::new();
+    // Version 2 names node i `layers.{i}`: rename the chain's nodes, and their tensors with them.
+    let mut renamed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut prev = "input".to_string();
     for (i, n) in nodes.as_array()?.iter().enumerate() {
-        let prev = if i == 0 {
-            "input".to_string()
-        } else {
-            format!("layers.{}", i - 1)
-        };
-        if n.get("name")?.as_str()? != format!("layers.{i}")
-            || n.get("inputs")? != &serde_json::json!([prev])
-        {
+        let name = n.get("name")?.as_str()?.to_string();
+        if n.get("inputs")? != &serde_json::json!([prev]) {
             return None;
         }
+        renamed.insert(name.clone(), format!("layers.{i}"));
+        prev = name;
         layers.push(n.get("op")?.clone());
     }
     obj.insert("layers".into(), serde_json::Value::Array(layers));
@@ -349,7 +348,9 @@ pub fn lbq_as_version_2(bytes: &[u8]) -> Option<Vec<u8>> {
             safetensors::tensor::Dtype::F32 => "F32",
             _ => return None,
         };
-        tensors.push((name.clone(), dtype, t.shape().to_vec(), t.data().to_vec()));
+        let (node, what) = name.rsplit_once('.')?;
+        let new = format!("{}.{what}", renamed.get(node)?);
+        tensors.push((new, dtype, t.shape().to_vec(), t.data().to_vec()));
     }
     meta.insert("model".into(), model.to_string());
     meta.insert("format_version".into(), "2".into());

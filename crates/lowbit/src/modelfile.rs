@@ -1,12 +1,21 @@
 //! Float model files and a loader that tells float from quantized files.
 //!
-//! A float model is a safetensors file whose `__metadata__` has `format = "lowbit.f32"`, `format_version = "1"`,
-//! `spec` (the model spec string, e.g. `mlp:784-64-10`) and `provenance` (JSON). For each layer `i` of the spec's
-//! layer list that has state, F32 tensors `layers.{i}.weight` and `layers.{i}.bias` (dense: weight `[out, in]`;
-//! conv: flat, in the layer's `[out, in, kh, kw]` order) or, for batch norm, `layers.{i}.gamma`, `.beta`,
-//! `.running_mean` and `.running_var`. Readers check each tensor's element count against the spec. Quantized models use the `.lbq` format of [`lowbit_runtime::format`].
+//! A float model is a safetensors file whose `__metadata__` has `format = "lowbit.f32"`, `format_version = "2"`,
+//! `model` (JSON: the spec string it was built from, the input shape, the class count and the graph: `nodes`,
+//! each with a `name`, the names of the values it reads, `"input"` or earlier nodes, and its `op` with its
+//! attributes) and `provenance` (JSON). Every node with state has F32 tensors `{name}.weight` and `{name}.bias`
+//! (dense: weight `[out, in]`; conv: flat, in the layer's `[out, in/groups, kh, kw]` order) or, for batch norm,
+//! `{name}.gamma`, `.beta`, `.running_mean` and `.running_var`. So any graph round-trips, whatever spec (if any)
+//! built it.
+//!
+//! Version 1 stored only the `spec` and the tensors `layers.{i}.*` of the spec's layer list; it is still read.
+//! Readers bound every size from the metadata before allocating, check each tensor's dtype and element count
+//! against its node, and refuse NaN and Inf. Quantized models use the `.lbq` format of
+//! [`lowbit_runtime::format`].
 use crate::error::{Error, Result};
 use crate::nn::{Layer, Model};
+
+mod graph_file;
 use lowbit_runtime::model::Provenance;
 use lowbit_runtime::{FormatError, QuantModel};
 use safetensors::tensor::Dtype;
@@ -16,7 +25,7 @@ use std::path::Path;
 /// `format` metadata value of float model files.
 pub const FLOAT_FORMAT: &str = "lowbit.f32";
 /// Current float format version.
-pub const FLOAT_FORMAT_VERSION: u32 = 1;
+pub const FLOAT_FORMAT_VERSION: u32 = 2;
 /// Largest model file read, in bytes (checked before reading it whole).
 pub const MAX_MODEL_FILE_BYTES: u64 = 1 << 30;
 
@@ -57,29 +66,64 @@ fn float_state(layer: &mut Layer) -> Vec<(&'static str, &mut Vec<f32>)> {
     }
 }
 
-/// Serializes a float model to bytes (deterministic: the same model gives the same bytes).
+/// Serializes a float model to bytes (deterministic: the same model gives the same bytes). Only float layers can
+/// be stored: a model prepared for quantization is saved as its float shadow by the caller, or as `.lbq`.
 pub fn float_to_bytes(model: &Model, provenance: &Provenance) -> Result<Vec<u8>> {
+    model.check_structure()?;
     let mut model = model.clone();
+    let names: Vec<String> = model.nodes.iter().map(|n| n.name.clone()).collect();
+    let value_name = |v: usize| match v.checked_sub(1) {
+        Some(i) => names[i].clone(),
+        None => graph_file::INPUT.to_string(),
+    };
+    let mut nodes = Vec::with_capacity(model.nodes.len());
     let mut tensors: Vec<lowbit_runtime::format::Tensor> = Vec::new();
-    for (i, layer) in model.layers.iter_mut().enumerate() {
+    for node in &mut model.nodes {
+        if node.name == graph_file::INPUT {
+            return Err(Error::Shape(format!(
+                "node name {:?} is reserved for the model input",
+                node.name
+            )));
+        }
+        let op = graph_file::LayerMeta::of(&node.layer).ok_or_else(|| {
+            Error::Shape(format!(
+                "node {} ({}) is not a float layer: save the quantized model instead",
+                node.name,
+                node.layer.kind()
+            ))
+        })?;
         // Dense weights keep their `[out, in]` shape (the format's first readers check it); the rest is flat.
-        let dense_shape = match layer {
+        let dense_shape = match &node.layer {
             Layer::Dense(d) => Some(vec![d.out_features, d.in_features]),
             _ => None,
         };
-        for (name, v) in float_state(layer) {
-            let shape = match (&dense_shape, name) {
+        for (param, v) in float_state(&mut node.layer) {
+            let shape = match (&dense_shape, param) {
                 (Some(s), "weight") => s.clone(),
                 _ => vec![v.len()],
             };
             let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            tensors.push((format!("layers.{i}.{name}"), "F32", shape, bytes));
+            tensors.push((format!("{}.{param}", node.name), "F32", shape, bytes));
         }
+        nodes.push(graph_file::NodeMeta {
+            name: node.name.clone(),
+            inputs: node.inputs.iter().map(|&v| value_name(v)).collect(),
+            op,
+        });
     }
+    let graph = graph_file::GraphMeta {
+        spec: model.spec.clone(),
+        input_shape: model.input_shape,
+        classes: model.classes,
+        nodes,
+    };
     let meta = [
         ("format", FLOAT_FORMAT.to_string()),
         ("format_version", FLOAT_FORMAT_VERSION.to_string()),
-        ("spec", model.spec.clone()),
+        (
+            "model",
+            serde_json::to_string(&graph).map_err(|e| Error::Shape(e.to_string()))?,
+        ),
         (
             "provenance",
             serde_json::to_string(provenance).map_err(|e| Error::Shape(e.to_string()))?,
@@ -123,6 +167,7 @@ pub fn float_from_bytes(bytes: &[u8], path: &Path) -> Result<(Model, Provenance)
     let version: u32 = meta
         .get("format_version")
         .and_then(|v| v.parse().ok())
+        .filter(|&v| v >= 1)
         .ok_or_else(|| malformed(path, "missing or bad format_version"))?;
     if version > FLOAT_FORMAT_VERSION {
         return Err(model_err(
@@ -133,23 +178,58 @@ pub fn float_from_bytes(bytes: &[u8], path: &Path) -> Result<(Model, Provenance)
             },
         ));
     }
-    let spec = meta
-        .get("spec")
-        .ok_or_else(|| malformed(path, "missing spec"))?;
     let provenance: Provenance = match meta.get("provenance") {
         Some(p) => {
             serde_json::from_str(p).map_err(|e| malformed(path, format!("provenance: {e}")))?
         }
         None => Provenance::default(),
     };
-    // Building the model allocates and initialises every weight the spec names, so a tiny file whose spec asks
-    // for hundreds of millions of parameters would cost a gigabyte and seconds before the tensor checks below
-    // reject it (a 104-byte file took 0.9 GB and 6 s). Every parameter must be stored in the file: compare first.
     let stored_elems: usize = st
         .tensors()
         .iter()
         .map(|(_, t)| t.shape().iter().product::<usize>())
         .sum();
+    let model = if version >= 2 {
+        let text = meta
+            .get("model")
+            .ok_or_else(|| malformed(path, "missing model"))?;
+        graph_file::read(text, stored_elems, |name, len| {
+            read_f32(&st, name, len, path)
+        })
+        .map_err(|e| match e {
+            Error::ModelFile { .. } => e,
+            other => malformed(path, other.to_string()),
+        })?
+    } else {
+        let spec = meta
+            .get("spec")
+            .ok_or_else(|| malformed(path, "missing spec"))?;
+        spec_model(&st, spec, stored_elems, path)?
+    };
+    if st.len() != count_state(&model) {
+        return Err(malformed(
+            path,
+            format!(
+                "{} tensors, the model has {}",
+                st.len(),
+                count_state(&model)
+            ),
+        ));
+    }
+    Ok((model, provenance))
+}
+
+/// The number of tensors a model's float state takes.
+fn count_state(model: &Model) -> usize {
+    let mut m = model.clone();
+    m.layers_mut().map(|l| float_state(l).len()).sum()
+}
+
+/// A version-1 file: the model its spec builds, with the tensors `layers.{i}.*` of the spec's layer list.
+fn spec_model(st: &SafeTensors, spec: &str, stored_elems: usize, path: &Path) -> Result<Model> {
+    // Building the model allocates and initialises every weight the spec names, so a tiny file whose spec asks
+    // for hundreds of millions of parameters would cost a gigabyte and seconds before the tensor checks below
+    // reject it (a 104-byte file took 0.9 GB and 6 s). Every parameter must be stored in the file: compare first.
     if let Some(needed) = mlp_param_count(spec).filter(|&n| n > stored_elems) {
         return Err(malformed(
             path,
@@ -157,20 +237,12 @@ pub fn float_from_bytes(bytes: &[u8], path: &Path) -> Result<(Model, Provenance)
         ));
     }
     let mut model = Model::from_spec(spec, 0).map_err(|e| malformed(path, format!("spec: {e}")))?;
-    let mut expected = 0usize;
-    for (i, layer) in model.layers.iter_mut().enumerate() {
+    for (i, layer) in model.layers_mut().enumerate() {
         for (name, v) in float_state(layer) {
-            *v = read_f32(&st, &format!("layers.{i}.{name}"), v.len(), path)?;
-            expected += 1;
+            *v = read_f32(st, &format!("layers.{i}.{name}"), v.len(), path)?;
         }
     }
-    if st.len() != expected {
-        return Err(malformed(
-            path,
-            format!("{} tensors, the spec {spec} has {expected}", st.len()),
-        ));
-    }
-    Ok((model, provenance))
+    Ok(model)
 }
 
 /// Parameters (weights and biases) of an `mlp:I-H1-...-O` spec, without building it; `None` for other specs or

@@ -504,16 +504,17 @@ pub fn dequantize_to_float(qm: &QuantModel) -> Result<Model> {
         }
     }
     dims.push(qm.classes);
-    Ok(Model {
+    let spec = format!(
+        "mlp:{}",
+        dims.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("-")
+    );
+    Ok(Model::sequential(
+        spec,
+        [qm.input.channels, qm.input.height, qm.input.width],
+        qm.classes,
         layers,
-        input_shape: [qm.input.channels, qm.input.height, qm.input.width],
-        classes: qm.classes,
-        spec: format!(
-            "mlp:{}",
-            dims.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("-")
-        ),
-    })
+    ))
 }

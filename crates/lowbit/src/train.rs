@@ -229,7 +229,7 @@ pub struct EpochStats {
 /// dead zones.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LayerDiagnostics {
-    /// Index in `Model::layers`.
+    /// Index in `Model::nodes`.
     pub index: usize,
     /// Layer kind (`dense`, `act_quant`, ...).
     pub kind: String,
@@ -272,8 +272,8 @@ struct LayerAcc {
 
 impl Diagnostics {
     fn observe_quantizers(&mut self, model: &Model) {
-        self.layers.resize(model.layers.len(), LayerAcc::default());
-        for (acc, layer) in self.layers.iter_mut().zip(&model.layers) {
+        self.layers.resize(model.nodes.len(), LayerAcc::default());
+        for (acc, layer) in self.layers.iter_mut().zip(model.layers()) {
             let wq = match layer {
                 Layer::Dense(d) => d.weight_quant.as_ref(),
                 Layer::Conv2d(c) => c.weight_quant.as_ref(),
@@ -294,9 +294,9 @@ impl Diagnostics {
 
     /// Adds each parameter's gradient norm; returns the global squared norm.
     fn observe_grads(&mut self, model: &mut Model) -> f64 {
-        self.layers.resize(model.layers.len(), LayerAcc::default());
+        self.layers.resize(model.nodes.len(), LayerAcc::default());
         let mut total = 0.0;
-        for (acc, layer) in self.layers.iter_mut().zip(model.layers.iter_mut()) {
+        for (acc, layer) in self.layers.iter_mut().zip(model.layers_mut()) {
             for (j, p) in layer.params_mut().iter().enumerate() {
                 let sq = sum_squares(p.grad);
                 total += sq;
@@ -315,7 +315,7 @@ impl Diagnostics {
         let layers = self
             .layers
             .into_iter()
-            .zip(&model.layers)
+            .zip(model.layers())
             .enumerate()
             .filter(|(_, (a, _))| {
                 !a.grads.is_empty() || a.weight_clipped.is_some() || a.act_clipped.is_some()

@@ -416,8 +416,7 @@ fn batch_statistics_qat_converts_to_what_the_engine_and_the_simulation_run() {
     );
     let model = qat("cnn:c6.bn-p-c8.bn-p-f16-10", &cfg, 1, &split.train);
     let convbn: Vec<&ConvBn2d> = model
-        .layers
-        .iter()
+        .layers()
         .filter_map(|l| match l {
             Layer::ConvBn2d(c) => Some(c.as_ref()),
             _ => None,
@@ -478,12 +477,11 @@ fn running_statistics_folding_still_removes_the_batch_norms_at_preparation() {
     };
     prepare_qat(&mut m, &cfg).unwrap();
     assert!(m
-        .layers
-        .iter()
+        .layers()
         .all(|l| !matches!(l, Layer::BatchNorm2d(_) | Layer::ConvBn2d(_))));
     let mut b = Model::from_spec("cnn:c4.bn-p-10", 0).unwrap();
     prepare_qat(&mut b, &QuantConfig::default()).unwrap();
-    let kinds: Vec<&str> = b.layers.iter().map(Layer::kind).collect();
+    let kinds: Vec<&str> = b.layers().map(Layer::kind).collect();
     assert_eq!(
         kinds,
         [

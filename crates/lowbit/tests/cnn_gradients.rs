@@ -249,8 +249,11 @@ fn dropout_gradient_matches_finite_differences_with_a_fixed_mask() {
 /// fine: their gradient is 0 and stays 0.
 fn check_small_cnn(seed: u64) -> bool {
     let mut rng = Rng::new(seed);
-    let mut model = Model {
-        layers: vec![
+    let mut model = Model::sequential(
+        "test cnn",
+        [1, 6, 6],
+        3,
+        vec![
             Layer::Conv2d(Conv2d::new(1, 2, (3, 3), (2, 2), (1, 1), &mut rng)),
             Layer::Relu(Relu::new()),
             Layer::MaxPool2d(MaxPool2d::new((2, 2), (2, 2))),
@@ -260,11 +263,8 @@ fn check_small_cnn(seed: u64) -> bool {
             Layer::Flatten(Flatten::new()),
             Layer::Dense(Dense::new(4, 3, &mut rng)),
         ],
-        input_shape: [1, 6, 6],
-        classes: 3,
-        spec: "test cnn".into(),
-    };
-    for l in &mut model.layers {
+    );
+    for l in model.layers_mut() {
         if let Layer::Conv2d(c) = l {
             // Doubled weights spread the pre-activations, so more seeds keep them clear of the kink.
             for w in &mut c.weight {
@@ -279,7 +279,7 @@ fn check_small_cnn(seed: u64) -> bool {
     let labels = [0u8, 2];
     // Margins on the branch points.
     let mut h = x.clone();
-    for l in model.layers.iter_mut() {
+    for l in model.layers_mut() {
         if matches!(l, Layer::Relu(_)) && h.data.iter().any(|v| v.abs() <= 2.0 * H) {
             return false;
         }

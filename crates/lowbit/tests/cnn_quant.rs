@@ -37,7 +37,7 @@ fn assert_engine_equals_simulation(qm: &lowbit::runtime::QuantModel, test: &Data
 #[test]
 fn lenet5_spec_has_the_classic_layers_and_61706_parameters() {
     let m = Model::from_spec("lenet5", 0).unwrap();
-    let kinds: Vec<_> = m.layers.iter().map(Layer::kind).collect();
+    let kinds: Vec<_> = m.layers().map(Layer::kind).collect();
     assert_eq!(
         kinds,
         [
@@ -57,7 +57,7 @@ fn lenet5_spec_has_the_classic_layers_and_61706_parameters() {
     );
     // conv 1*6*25+6, conv 6*16*25+16, fc 400*120+120, 120*84+84, 84*10+10.
     assert_eq!(m.param_count(), 156 + 2416 + 48120 + 10164 + 850);
-    let Layer::Conv2d(c) = &m.layers[0] else {
+    let Layer::Conv2d(c) = &m.nodes[0].layer else {
         panic!("conv first")
     };
     // Glorot uniform: fan_in 25, fan_out 150 -> limit sqrt(6 / 175).
@@ -70,7 +70,7 @@ fn lenet5_spec_has_the_classic_layers_and_61706_parameters() {
 #[test]
 fn cnn_specs_build_and_bad_ones_name_the_grammar() {
     let m = Model::from_spec("cnn:c16-c16-p-c32.bn-p-f64-d0.5-10", 1).unwrap();
-    let kinds: Vec<_> = m.layers.iter().map(Layer::kind).collect();
+    let kinds: Vec<_> = m.layers().map(Layer::kind).collect();
     assert_eq!(
         kinds,
         [
@@ -90,7 +90,7 @@ fn cnn_specs_build_and_bad_ones_name_the_grammar() {
             "dense"
         ]
     );
-    let Layer::Dense(d) = &m.layers[10] else {
+    let Layer::Dense(d) = &m.nodes[10].layer else {
         panic!("dense")
     };
     assert_eq!(d.in_features, 32 * 7 * 7);
@@ -182,7 +182,7 @@ fn ptq_of_a_cnn_with_batchnorm_avgpool_global_pool_and_dropout_matches_the_simul
     }
     let calib = batches(&split.train, 500, 100);
     let q = ptq(&model, &QuantConfig::default(), &calib).unwrap();
-    assert!(q.layers.iter().all(|l| !matches!(l, Layer::BatchNorm2d(_))));
+    assert!(q.layers().all(|l| !matches!(l, Layer::BatchNorm2d(_))));
     let qm = convert(&q, Provenance::default()).unwrap();
     assert!(qm
         .ops()
@@ -202,7 +202,7 @@ fn folding_batchnorm_into_the_conv_keeps_the_float_function() {
         model.forward(x, true).unwrap();
     }
     let mut rng = lowbit::rng::Rng::new(9);
-    for l in &mut model.layers {
+    for l in model.layers_mut() {
         if let Layer::BatchNorm2d(bn) = l {
             for (g, b) in bn.gamma.iter_mut().zip(&mut bn.beta) {
                 *g = rng.uniform_range(0.5, 2.0);
@@ -213,7 +213,7 @@ fn folding_batchnorm_into_the_conv_keeps_the_float_function() {
     }
     let mut folded = model.clone();
     fold_batchnorms(&mut folded).unwrap();
-    assert_eq!(folded.layers.len(), model.layers.len() - 2);
+    assert_eq!(folded.nodes.len(), model.nodes.len() - 2);
     let x = &batches(&split.test, 100, 100)[0];
     let a = model.forward(x, false).unwrap();
     let b = folded.forward(x, false).unwrap();
@@ -235,11 +235,12 @@ fn folding_batchnorm_into_the_conv_keeps_the_float_function() {
 #[test]
 fn fold_batchnorms_rejects_a_batch_norm_without_a_conv_before_it() {
     let mut m = Model::from_spec("cnn:c4.bn-10", 0).unwrap();
-    m.layers.swap(0, 1);
-    let before = m.layers.len();
+    let (a, b) = m.nodes.split_at_mut(1);
+    std::mem::swap(&mut a[0].layer, &mut b[0].layer);
+    let before = m.nodes.len();
     assert!(matches!(
         fold_batchnorms(&mut m),
         Err(lowbit::Error::Shape(_))
     ));
-    assert_eq!(m.layers.len(), before, "the model is left unchanged");
+    assert_eq!(m.nodes.len(), before, "the model is left unchanged");
 }

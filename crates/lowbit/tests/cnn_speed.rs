@@ -74,7 +74,7 @@ fn lenet5_layer_times_at_batch_64() {
         vec![64, 1, 28, 28],
     );
     let reps = 50;
-    let n = model.layers.len();
+    let n = model.nodes.len();
     // Mean and minimum per layer: on a shared machine the minimum is the better estimate of the work itself.
     let (mut fwd, mut bwd) = (vec![0.0f64; n], vec![0.0f64; n]);
     let (mut fwd_min, mut bwd_min) = (vec![f64::MAX; n], vec![f64::MAX; n]);
@@ -82,7 +82,7 @@ fn lenet5_layer_times_at_batch_64() {
     for _ in 0..reps {
         let start = Instant::now();
         let mut h = x.clone();
-        for (i, l) in model.layers.iter_mut().enumerate() {
+        for (i, l) in model.layers_mut().enumerate() {
             let t = Instant::now();
             h = l.forward(&h, true).expect("forward");
             let e = t.elapsed().as_secs_f64();
@@ -90,7 +90,7 @@ fn lenet5_layer_times_at_batch_64() {
             fwd_min[i] = fwd_min[i].min(e);
         }
         let mut g = Tensor::new(vec![0.01; h.len()], h.shape.clone());
-        for (i, l) in model.layers.iter_mut().enumerate().rev() {
+        for (i, l) in model.layers_mut().enumerate().rev() {
             let t = Instant::now();
             g = l.backward(&g).expect("backward");
             let e = t.elapsed().as_secs_f64();
@@ -99,7 +99,7 @@ fn lenet5_layer_times_at_batch_64() {
         }
         total_min = total_min.min(start.elapsed().as_secs_f64());
     }
-    for (i, l) in model.layers.iter().enumerate() {
+    for (i, l) in model.layers().enumerate() {
         println!(
             "{i:2} {:10} fwd {:8.1} us (min {:8.1})  bwd {:8.1} us (min {:8.1})",
             l.kind(),

@@ -12,7 +12,7 @@ use std::path::Path;
 fn distinct_model(spec: &str) -> Model {
     let mut m = Model::from_spec(spec, 7).unwrap();
     let mut rng = Rng::new(99);
-    for layer in &mut m.layers {
+    for layer in m.layers_mut() {
         if let Layer::BatchNorm2d(b) = layer {
             b.running_mean = rng.uniform_vec(b.channels, -0.5, 0.5);
             b.running_var = rng.uniform_vec(b.channels, 0.5, 2.0);
@@ -55,11 +55,12 @@ fn the_same_model_gives_the_same_bytes() {
 fn a_missing_conv_tensor_is_an_error_naming_it() {
     let model = distinct_model("lenet5");
     let bytes = float_to_bytes(&model, &Provenance::default()).unwrap();
-    // Rename layer 0's weight so the reader cannot find it (same length keeps the header valid).
+    // Rename layer 0's weight so the reader cannot find it (same length keeps the header valid; a name no other
+    // tensor has, so the safetensors header stays consistent).
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let at = text.find("layers.0.weight").unwrap();
     let mut broken = bytes.clone();
-    broken[at + "layers.".len()] = b'9';
+    broken[at + "layers.0.weigh".len()] = b'X';
     let err = float_from_bytes(&broken, Path::new("m.lbf"))
         .unwrap_err()
         .to_string();

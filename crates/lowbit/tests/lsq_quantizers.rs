@@ -368,7 +368,7 @@ fn per_layer_overrides_set_widths_and_bad_selectors_name_the_key() {
     prepare_qat(&mut m, &cfg).unwrap();
     let mut wbits = Vec::new();
     let mut abits = Vec::new();
-    for l in &m.layers {
+    for l in m.layers() {
         match l {
             Layer::Dense(d) => wbits.push(d.weight_quant.as_ref().unwrap().bits()),
             Layer::ActQuant(q) if !q.is_input() => {

@@ -110,16 +110,16 @@ fn training_reports_schedule_clipping_and_per_layer_diagnostics() {
     let (x, y) = blobs(256);
     let data = SliceSamples::new(&x, &y, [1, 1, 8]).unwrap();
     let mut rng = lowbit::rng::Rng::new(1);
-    let mut m = Model {
-        layers: vec![
+    let mut m = Model::sequential(
+        "test:8-16-2",
+        [1, 1, 8],
+        2,
+        vec![
             Layer::Dense(Dense::new(8, 16, &mut rng)),
             Layer::Relu(Relu::new()),
             Layer::Dense(Dense::new(16, 2, &mut rng)),
         ],
-        input_shape: [1, 1, 8],
-        classes: 2,
-        spec: "test:8-16-2".into(),
-    };
+    );
     let qcfg = QuantConfig {
         weight_bits: 4,
         act_bits: 4,
@@ -229,7 +229,7 @@ fn lsq_w2a2_beats_ste_w2a2_on_the_builtin_sample_and_converts_exactly() {
     let min_max = qat(
         |m| {
             quant::prepare_qat(m, &cfg(2, 2, WeightMethod::Ste, ActMethod::Ste)).unwrap();
-            for l in &mut m.layers {
+            for l in m.layers_mut() {
                 if let lowbit::nn::Layer::Dense(d) = l {
                     d.weight_quant =
                         Some(WeightQuantizer::new(WeightQuantKind::MinMax, 2, true).unwrap());

@@ -138,24 +138,24 @@ fn two_layer_model_gradients_match_finite_differences() {
 fn check_two_layer_model(seed: u64) -> bool {
     let mut rng = Rng::new(seed);
     let (b, k, h, c) = (4, 6, 5, 3);
-    let mut model = Model {
-        layers: vec![
+    let mut model = Model::sequential(
+        "test:6-5-3",
+        [1, 2, 3],
+        c,
+        vec![
             Layer::Dense(Dense::new(k, h, &mut rng)),
             Layer::Relu(Relu::new()),
             Layer::Dense(Dense::new(h, c, &mut rng)),
         ],
-        input_shape: [1, 2, 3],
-        classes: c,
-        spec: "test:6-5-3".into(),
-    };
-    if let Layer::Dense(d) = &mut model.layers[0] {
+    );
+    if let Layer::Dense(d) = &mut model.nodes[0].layer {
         for v in &mut d.bias {
             *v = rng.uniform_range(-0.5, 0.5);
         }
     }
     let x = random_tensor(&mut rng, &[b, 1, 2, 3]);
     let labels: Vec<u8> = (0..b).map(|i| (i % c) as u8).collect();
-    let pre = model.layers[0].forward(&x, false).unwrap();
+    let pre = model.nodes[0].layer.forward(&x, false).unwrap();
     if pre.data.iter().any(|v| v.abs() <= 2.0 * H) {
         return false;
     }

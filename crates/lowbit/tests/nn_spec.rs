@@ -13,11 +13,11 @@ fn option_of(r: lowbit::Result<Model>) -> String {
 #[test]
 fn mlp_784_64_10_has_the_keras_layout_and_parameter_count() {
     let mut m = Model::from_spec("mlp:784-64-10", 1).unwrap();
-    let kinds: Vec<_> = m.layers.iter().map(Layer::kind).collect();
+    let kinds: Vec<_> = m.layers().map(Layer::kind).collect();
     assert_eq!(kinds, ["dense", "relu", "dense"]);
     assert_eq!(m.param_count(), 784 * 64 + 64 + 64 * 10 + 10);
     assert_eq!((m.input_shape, m.classes), ([1, 28, 28], 10));
-    let Layer::Dense(d) = &m.layers[0] else {
+    let Layer::Dense(d) = &m.nodes[0].layer else {
         panic!()
     };
     let limit = (6.0f32 / (784.0 + 64.0)).sqrt();
@@ -32,9 +32,9 @@ fn mlp_784_64_10_has_the_keras_layout_and_parameter_count() {
 #[test]
 fn any_number_of_hidden_layers_is_accepted() {
     let m = Model::from_spec("mlp:784-10", 1).unwrap();
-    assert_eq!(m.layers.len(), 1);
+    assert_eq!(m.nodes.len(), 1);
     let m = Model::from_spec("mlp:784-32-16-8-10", 1).unwrap();
-    assert_eq!(m.layers.len(), 7);
+    assert_eq!(m.nodes.len(), 7);
     assert_eq!(m.classes, 10);
 }
 
@@ -87,7 +87,7 @@ fn forward_rejects_a_wrongly_shaped_batch() {
 #[test]
 fn predict_returns_the_argmax_class() {
     let mut m = Model::from_spec("mlp:784-10", 1).unwrap();
-    let Layer::Dense(d) = &mut m.layers[0] else {
+    let Layer::Dense(d) = &mut m.nodes[0].layer else {
         panic!()
     };
     d.weight.fill(0.0);

@@ -23,12 +23,7 @@ fn tiny_model(seed: u64) -> Model {
         Layer::Relu(Relu::new()),
         Layer::Dense(dense(5, 3)),
     ];
-    Model {
-        layers,
-        input_shape: [1, 2, 3],
-        classes: 3,
-        spec: "test:6-5-3".into(),
-    }
+    Model::sequential("test:6-5-3", [1, 2, 3], 3, layers)
 }
 
 fn pixels(seed: u64, batch: usize) -> Vec<u8> {
@@ -55,7 +50,7 @@ fn cfg(weight_bits: u32, act_bits: u32) -> QuantConfig {
 fn prepare_qat_inserts_input_and_hidden_quantizers_only() {
     let mut m = Model::from_spec("mlp:784-64-32-10", 1).unwrap();
     prepare_qat(&mut m, &cfg(4, 4)).unwrap();
-    let kinds: Vec<_> = m.layers.iter().map(|l| l.kind()).collect();
+    let kinds: Vec<_> = m.layers().map(|l| l.kind()).collect();
     assert_eq!(
         kinds,
         [
@@ -69,8 +64,8 @@ fn prepare_qat_inserts_input_and_hidden_quantizers_only() {
             "dense"
         ]
     );
-    assert!(matches!(&m.layers[0], Layer::ActQuant(q) if q.is_input()));
-    for l in &m.layers {
+    assert!(matches!(&m.nodes[0].layer, Layer::ActQuant(q) if q.is_input()));
+    for l in m.layers() {
         if let Layer::Dense(d) = l {
             assert!(d.weight_quant.is_some());
         }
@@ -100,8 +95,7 @@ fn keep_first_last_8bit_sets_those_layers_to_eight_bits() {
     let x = Tensor::zeros(&[1, 784]);
     m.forward(&x, true).unwrap();
     let bits: Vec<u32> = m
-        .layers
-        .iter()
+        .layers()
         .filter_map(|l| match l {
             Layer::Dense(d) => d.weight_quant.as_ref().map(|q| q.bits()),
             Layer::ActQuant(q) if !q.is_input() => Some(100 + q.bits()),
@@ -120,8 +114,7 @@ fn converted_codes_equal_the_quantizer_codes_for_every_width() {
         let q = ptq(&model, &cfg(wbits, 8), &calib).unwrap();
         let qm = convert(&q, Provenance::default()).unwrap();
         let denses: Vec<&Dense> = q
-            .layers
-            .iter()
+            .layers()
             .filter_map(|l| match l {
                 Layer::Dense(d) => Some(d),
                 _ => None,
@@ -183,7 +176,7 @@ fn simulation_tracks_the_fake_quant_model_within_one_code() {
         // Float fake-quant forward, layer by layer, keeping the hidden activation.
         let mut h = to_tensor(&px);
         let mut hidden = None;
-        for l in &mut q.layers {
+        for l in q.layers_mut() {
             h = l.forward(&h, false).unwrap();
             if let Layer::ActQuant(a) = l {
                 if !a.is_input() {
@@ -316,7 +309,7 @@ fn qat_training_step_moves_shadow_weights_through_the_ste() {
     let logits = m.forward(&x, true).unwrap();
     m.backward(&Tensor::new(vec![1.0; logits.len()], logits.shape.clone()))
         .unwrap();
-    for l in &m.layers {
+    for l in m.layers() {
         if let Layer::Dense(d) = l {
             assert!(d.grad_weight.iter().any(|&g| g != 0.0));
         }

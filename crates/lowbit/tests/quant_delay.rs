@@ -69,8 +69,7 @@ fn run(model: &mut Model, c: &TrainConfig) -> lowbit::Result<Vec<EpochStats>> {
 
 /// (weights, rows) of every weight layer, in model order.
 fn weight_layers(m: &Model) -> Vec<(Vec<f32>, usize)> {
-    m.layers
-        .iter()
+    m.layers()
         .filter_map(|l| match l {
             Layer::Conv2d(c) => Some((c.weight.clone(), c.out_channels)),
             Layer::Dense(d) => Some((d.weight.clone(), d.out_features)),
@@ -80,8 +79,7 @@ fn weight_layers(m: &Model) -> Vec<(Vec<f32>, usize)> {
 }
 
 fn weight_quantizers(m: &Model) -> Vec<&WeightQuantizer> {
-    m.layers
-        .iter()
+    m.layers()
         .filter_map(|l| match l {
             Layer::Conv2d(c) => c.weight_quant.as_ref(),
             Layer::Dense(d) => d.weight_quant.as_ref(),
@@ -91,8 +89,7 @@ fn weight_quantizers(m: &Model) -> Vec<&WeightQuantizer> {
 }
 
 fn act_quantizers(m: &Model) -> Vec<&ActQuantizer> {
-    m.layers
-        .iter()
+    m.layers()
         .filter_map(|l| match l {
             Layer::ActQuant(q) if !q.is_input() => Some(q),
             _ => None,
@@ -347,8 +344,7 @@ fn a_run_stopped_during_the_delay_leaves_the_quantizers_switched_on() {
     assert!(matches!(err, Error::Diverged { .. }), "{err}");
     assert!(weight_quantizers(&m).iter().all(|q| !q.is_bypassed()));
     let acts: Vec<&ActQuantizer> = m
-        .layers
-        .iter()
+        .layers()
         .filter_map(|l| match l {
             Layer::ActQuant(q) => Some(q),
             _ => None,

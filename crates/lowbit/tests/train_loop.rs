@@ -32,16 +32,16 @@ fn blobs(n: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
 
 fn small_model(seed: u64) -> Model {
     let mut rng = Rng::new(seed);
-    Model {
-        layers: vec![
+    Model::sequential(
+        "test:8-16-3",
+        [1, 1, DIM],
+        CLASSES,
+        vec![
             Layer::Dense(Dense::new(DIM, 16, &mut rng)),
             Layer::Relu(Relu::new()),
             Layer::Dense(Dense::new(16, CLASSES, &mut rng)),
         ],
-        input_shape: [1, 1, DIM],
-        classes: CLASSES,
-        spec: "test:8-16-3".into(),
-    }
+    )
 }
 
 fn cfg(epochs: usize) -> TrainConfig {

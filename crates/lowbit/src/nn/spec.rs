@@ -97,12 +97,12 @@ fn mlp(spec: &str, sizes: &str, seed: u64) -> Result<Model> {
             layers.push(Layer::Relu(Relu::new()));
         }
     }
-    Ok(Model {
+    Ok(Model::sequential(
+        spec,
+        IMAGE_SHAPE,
+        sizes[sizes.len() - 1],
         layers,
-        input_shape: IMAGE_SHAPE,
-        classes: sizes[sizes.len() - 1],
-        spec: spec.to_string(),
-    })
+    ))
 }
 
 /// LeNet-5 for 1x28x28 inputs (see the module doc).
@@ -122,12 +122,7 @@ fn lenet5(seed: u64) -> Model {
         Layer::Relu(Relu::new()),
         Layer::Dense(Dense::new(84, 10, &mut rng.fork(4))),
     ];
-    Model {
-        layers,
-        input_shape: IMAGE_SHAPE,
-        classes: 10,
-        spec: "lenet5".into(),
-    }
+    Model::sequential("lenet5", IMAGE_SHAPE, 10, layers)
 }
 
 /// The `cnn:` grammar (see the module doc); shapes are tracked so a bad spec fails here, not in training.
@@ -232,10 +227,5 @@ fn cnn(spec: &str, tokens: &str, seed: u64) -> Result<Model> {
         classes,
         &mut rng.fork(body.len() as u64),
     )));
-    Ok(Model {
-        layers,
-        input_shape: IMAGE_SHAPE,
-        classes,
-        spec: spec.to_string(),
-    })
+    Ok(Model::sequential(spec, IMAGE_SHAPE, classes, layers))
 }

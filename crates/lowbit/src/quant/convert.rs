@@ -5,184 +5,297 @@ use crate::error::{Error, Result};
 use crate::nn::conv::window_len;
 use crate::nn::{Conv2d, Dense, Layer, Model};
 use lowbit_runtime::model::{
-    InputSpec, OutputStage, Provenance, QAvgPool2d, QConv2d, QDense, QMaxPool2d, QOp, QuantModel,
+    InputSpec, OutputStage, Provenance, QAvgPool2d, QConv2d, QDense, QMaxPool2d, QNode, QOp,
+    QuantModel,
 };
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::{QParams, Requant};
 
-/// Converts a prepared model (see [`super::prepare_qat`] / [`super::ptq`]) to a [`QuantModel`].
+/// What a value of the training graph is on the integer side, during [`convert`].
+#[derive(Clone)]
+enum Lowered {
+    /// The float model input, before its quantizer.
+    Float,
+    /// Codes: runtime value `id` with these parameters and per-sample shape (C, H, W).
+    Codes {
+        id: usize,
+        qp: QParams,
+        bits: u32,
+        shape: (usize, usize, usize),
+    },
+    /// Accumulators of a requantizing node not yet emitted: they become codes at the next activation quantizer
+    /// (its parameters the node's output stage), or logits at the graph's output.
+    Pending(Pending),
+}
+
+#[derive(Clone)]
+struct Pending {
+    /// The training node that produced it (Dense, Conv2d, ConvBn2d or AvgPool2d).
+    node: usize,
+    /// Its input codes.
+    input: (usize, QParams, (usize, usize, usize)),
+    /// A ReLU absorbed as a clamp at the output zero point.
+    relu: bool,
+}
+
+/// Converts a prepared model (see [`super::prepare_qat`] / [`super::ptq`]) to a [`QuantModel`] graph, node by
+/// node in order, tracking what each value is on the integer side:
+///
+/// - the input quantizer turns the model input into codes (scale 1/255, zero point 0 for pixels);
+/// - Dense, Conv2d and AvgPool2d read codes and leave pending accumulators; a ReLU on them is absorbed (a clamp
+///   at the zero point); the activation quantizer that reads them emits the runtime node, requantizing to its
+///   codes: for a matrix node with `Requant::from_real(s_in * s_w[c] / s_out)`, for an average pool with its
+///   documented formula; at the graph's output a matrix node emits logits;
+/// - MaxPool2d and Flatten run on codes with unchanged parameters; Dropout (identity in inference) disappears.
 ///
 /// Per Dense or Conv2d: codes and scales from its [`super::WeightQuantizer::quantize`] (the same call the
 /// fake-quant forward makes; rows = output channels, columns `ic*kh*kw` in the runtime's order), packed at the
-/// quantizer's bit width; bias `round(b / (s_in * s_w[c]))` in f64, saturated to i32 (in fixed-step mode `b` is
-/// first put on the `1/k` grid); input parameters from the preceding activation quantizer (the network input:
-/// scale 1/255, zero point 0). A weight layer followed by `[ReLU] ActQuant` requantizes to that quantizer's codes
-/// with `Requant::from_real(s_in * s_w[c] / s_out)` (ReLU fused as a clamp at the zero point); the last one
-/// emits logits. MaxPool2d becomes a pool on codes with unchanged parameters; AvgPool2d (global pools resolved
-/// to the map size) must be followed by an ActQuant, whose parameters become its output. Flatten is kept,
-/// Dropout (identity in inference) dropped. Batch norms must have been folded ([`super::prepare_qat`] does it):
-/// a [`super::ConvBn2d`] (batch-statistics QAT) converts as its folded convolution
-/// ([`super::ConvBn2d::folded_conv`]: weights `W * f` quantized by its quantizer, bias
-/// `beta + (b - mean) * f`, running statistics), exactly the function its inference forward computes.
+/// quantizer's bit width; bias `round(b / (s_in * s_w[c]))` in f64 (in fixed-step mode `b` is first put on the
+/// `1/k` grid). Batch norms must have been folded ([`super::prepare_qat`] does it): a [`super::ConvBn2d`]
+/// (batch-statistics QAT) converts as its folded convolution ([`super::ConvBn2d::folded_conv`]: weights `W * f`
+/// quantized by its quantizer, bias `beta + (b - mean) * f`, running statistics), exactly the function its
+/// inference forward computes. Runtime nodes take the name of the training node that computes them.
 pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
-    let not_prepared = |what: &str| {
+    let not_prepared = |what: String| {
         Error::Shape(format!(
             "model {} is not prepared for conversion: {what}",
             model.spec
         ))
     };
-    let input_qp = match model.layers.first() {
-        Some(Layer::ActQuant(q)) if q.is_input() => q.try_qparams()?,
-        _ => return Err(not_prepared("the first layer must be the input quantizer")),
-    };
+    model.check_structure()?;
+    let n = model.nodes.len();
     let [channels, height, width] = model.input_shape;
+    let mut input_qp: Option<QParams> = None;
+    let mut low: Vec<Lowered> = Vec::with_capacity(n + 1);
+    low.push(Lowered::Float);
+    let mut nodes: Vec<QNode> = Vec::new();
+    let emit = |nodes: &mut Vec<QNode>, name: &str, input: usize, op: QOp| -> usize {
+        nodes.push(QNode {
+            name: name.to_string(),
+            inputs: vec![input],
+            op,
+        });
+        nodes.len()
+    };
+    for (j, node) in model.nodes.iter().enumerate() {
+        let name = node.name.as_str();
+        let cannot =
+            |what: &str| not_prepared(format!("node {name} ({}) {what}", node.layer.kind()));
+        let x = match node.inputs.as_slice() {
+            [v] => low[*v].clone(),
+            _ => {
+                return Err(cannot(
+                    "takes several inputs, which conversion does not support yet",
+                ))
+            }
+        };
+        let out = match (&node.layer, x) {
+            (Layer::ActQuant(q), Lowered::Float) if q.is_input() => {
+                let qp = q.try_qparams()?;
+                input_qp = Some(qp);
+                Lowered::Codes {
+                    id: 0,
+                    qp,
+                    bits: 8,
+                    shape: (channels, height, width),
+                }
+            }
+            (_, Lowered::Float) => {
+                return Err(cannot(
+                    "reads the float input: the input quantizer must come first",
+                ))
+            }
+            (
+                Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_) | Layer::AvgPool2d(_),
+                Lowered::Codes { id, qp, shape, .. },
+            ) => Lowered::Pending(Pending {
+                node: j,
+                input: (id, qp, shape),
+                relu: false,
+            }),
+            (Layer::Relu(_), Lowered::Pending(mut p)) => {
+                p.relu = true;
+                Lowered::Pending(p)
+            }
+            (Layer::ActQuant(q), Lowered::Pending(p)) if !q.is_input() => {
+                let (op, shape) = lower_pending(model, &p, Some(q))?;
+                let producer = &model.nodes[p.node].name;
+                let id = emit(&mut nodes, producer, p.input.0, op);
+                Lowered::Codes {
+                    id,
+                    qp: q.try_qparams()?,
+                    bits: q.bits(),
+                    shape,
+                }
+            }
+            (
+                Layer::MaxPool2d(pool),
+                Lowered::Codes {
+                    id,
+                    qp,
+                    bits,
+                    shape: (c, h, w),
+                },
+            ) => {
+                let (oh, ow) = match (
+                    window_len(h, pool.kernel.0, pool.stride.0, 0),
+                    window_len(w, pool.kernel.1, pool.stride.1, 0),
+                ) {
+                    (Some(a), Some(b)) => (a, b),
+                    _ => return Err(cannot("does not fit its input")),
+                };
+                let op = QOp::MaxPool2d(QMaxPool2d {
+                    kernel: pool.kernel,
+                    stride: pool.stride,
+                });
+                Lowered::Codes {
+                    id: emit(&mut nodes, name, id, op),
+                    qp,
+                    bits,
+                    shape: (c, oh, ow),
+                }
+            }
+            (
+                Layer::Flatten(_),
+                Lowered::Codes {
+                    id,
+                    qp,
+                    bits,
+                    shape: (c, h, w),
+                },
+            ) => Lowered::Codes {
+                id: emit(&mut nodes, name, id, QOp::Flatten),
+                qp,
+                bits,
+                shape: (c * h * w, 1, 1),
+            },
+            // Identity in inference; a flatten of logits changes nothing either.
+            (Layer::Dropout(_), x) => x,
+            (Layer::Flatten(_), x @ Lowered::Pending(_)) => x,
+            (_, Lowered::Pending(p)) => {
+                return Err(cannot(&format!(
+                    "reads the output of node {} before an activation quantizer",
+                    model.nodes[p.node].name
+                )))
+            }
+            (_, Lowered::Codes { .. }) => return Err(cannot("cannot run on activation codes")),
+        };
+        low.push(out);
+    }
+    let Some(qparams) = input_qp else {
+        return Err(not_prepared("it has no input quantizer".into()));
+    };
+    match low.pop() {
+        Some(Lowered::Pending(p)) if !p.relu && is_matrix(&model.nodes[p.node].layer) => {
+            let (op, _) = lower_pending(model, &p, None)?;
+            emit(&mut nodes, &model.nodes[p.node].name, p.input.0, op);
+        }
+        _ => {
+            return Err(not_prepared(
+                "the last node must be a Dense or Conv2d producing logits".into(),
+            ))
+        }
+    }
     let input = InputSpec {
         channels,
         height,
         width,
-        qparams: input_qp,
+        qparams,
     };
-    let mut layers = Vec::new();
-    let mut s_in = input_qp;
-    // Activation shape (C, H, W) reaching layer i; Dense output is (N, 1, 1).
-    let (mut c, mut h, mut w) = (channels, height, width);
-    let bad_shape =
-        |i: usize, what: &str| not_prepared(&format!("layer {i} ({what}) does not fit its input"));
-    let mut i = 1;
-    while i < model.layers.len() {
-        match &model.layers[i] {
-            Layer::Flatten(_) => {
-                layers.push(QOp::Flatten);
-                (c, h, w) = (c * h * w, 1, 1);
-                i += 1;
-            }
-            Layer::Dropout(_) => i += 1,
-            Layer::MaxPool2d(p) => {
-                let (oh, ow) = match (
-                    window_len(h, p.kernel.0, p.stride.0, 0),
-                    window_len(w, p.kernel.1, p.stride.1, 0),
-                ) {
-                    (Some(a), Some(b)) => (a, b),
-                    _ => return Err(bad_shape(i, "maxpool2d")),
-                };
-                layers.push(QOp::MaxPool2d(QMaxPool2d {
-                    kernel: p.kernel,
-                    stride: p.stride,
-                }));
-                (h, w) = (oh, ow);
-                i += 1;
-            }
-            Layer::AvgPool2d(p) => {
-                let (kernel, stride) = p.window_for(h, w);
-                let (oh, ow) = match (
-                    window_len(h, kernel.0, stride.0, 0),
-                    window_len(w, kernel.1, stride.1, 0),
-                ) {
-                    (Some(a), Some(b)) => (a, b),
-                    _ => return Err(bad_shape(i, "avgpool2d")),
-                };
-                let Some(Layer::ActQuant(q)) = model.layers.get(i + 1) else {
-                    return Err(not_prepared(&format!(
-                        "layer {i} (avgpool2d) is not followed by an activation quantizer"
-                    )));
-                };
-                let out = q.try_qparams()?;
-                layers.push(QOp::AvgPool2d(QAvgPool2d {
-                    kernel,
-                    stride,
-                    input: s_in,
-                    output: out,
-                    bits: q.bits(),
-                }));
-                s_in = out;
-                (h, w) = (oh, ow);
-                i += 2;
-            }
-            layer @ (Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_)) => {
-                let mut j = i + 1;
-                let relu = matches!(model.layers.get(j), Some(Layer::Relu(_)));
-                if relu {
-                    j += 1;
-                }
-                let out_q: Option<&ActQuantizer> = match model.layers.get(j) {
-                    Some(Layer::ActQuant(q)) if !q.is_input() => Some(q),
-                    _ => None,
-                };
-                let is_last = model.layers[j..]
-                    .iter()
-                    .all(|l| matches!(l, Layer::Dropout(_) | Layer::Flatten(_)));
-                if out_q.is_none() && (relu || !is_last) {
-                    return Err(not_prepared(&format!(
-                        "layer {i} ({}) is not followed by an activation quantizer and is not last",
-                        layer.kind()
-                    )));
-                }
-                let folded;
-                let layer = match layer {
-                    Layer::ConvBn2d(cb) => {
-                        folded = Layer::Conv2d(cb.folded_conv()?);
-                        &folded
-                    }
-                    other => other,
-                };
-                match layer {
-                    Layer::Dense(d) => {
-                        if d.in_features != c * h * w {
-                            return Err(bad_shape(i, "dense"));
-                        }
-                        layers.push(QOp::Dense(
-                            convert_dense(d, s_in, out_q, relu).map_err(|e| in_layer(i, e))?,
-                        ));
-                        (c, h, w) = (d.out_features, 1, 1);
-                    }
-                    Layer::Conv2d(cv) => {
-                        if cv.in_channels != c {
-                            return Err(bad_shape(i, "conv2d"));
-                        }
-                        let (oh, ow) = cv.output_hw(h, w).ok_or_else(|| bad_shape(i, "conv2d"))?;
-                        layers.push(QOp::Conv2d(
-                            convert_conv(cv, s_in, out_q, relu).map_err(|e| in_layer(i, e))?,
-                        ));
-                        (c, h, w) = (cv.out_channels, oh, ow);
-                    }
-                    _ => return Err(not_prepared("internal: expected a Dense or Conv2d")),
-                }
-                if let Some(a) = out_q {
-                    s_in = a.try_qparams()?;
-                    i = j + 1;
-                } else {
-                    i = j;
-                }
-            }
-            other => {
-                return Err(not_prepared(&format!(
-                    "layer {i} ({}) is not after a Dense or Conv2d",
-                    other.kind()
-                )))
-            }
-        }
-    }
-    let ends_in_logits = match layers.last() {
-        Some(QOp::Dense(d)) => d.output == OutputStage::Logits,
-        Some(QOp::Conv2d(cv)) => cv.output == OutputStage::Logits,
-        _ => false,
-    };
-    if !ends_in_logits {
-        return Err(not_prepared(
-            "the last layer must be a Dense or Conv2d producing logits",
-        ));
-    }
     Ok(QuantModel {
+        input,
+        nodes,
+        classes: model.classes,
+        class_names: Vec::new(),
         provenance,
-        ..QuantModel::chain(input, layers, model.classes)
     })
 }
 
-/// Names the layer in a conversion error.
-fn in_layer(i: usize, e: Error) -> Error {
-    match e {
-        Error::Conversion(m) => Error::Conversion(format!("layer {i}: {m}")),
+fn is_matrix(l: &Layer) -> bool {
+    matches!(l, Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_))
+}
+
+/// The runtime op of a pending node with its output stage (`out`: the activation quantizer, or `None` for
+/// logits), and its output shape.
+fn lower_pending(
+    model: &Model,
+    p: &Pending,
+    out: Option<&ActQuantizer>,
+) -> Result<(QOp, (usize, usize, usize))> {
+    let node = &model.nodes[p.node];
+    let (_, s_in, (c, h, w)) = p.input;
+    let bad_shape = || {
+        Error::Shape(format!(
+            "model {}: node {} ({}) does not fit its input {c}x{h}x{w}",
+            model.spec,
+            node.name,
+            node.layer.kind()
+        ))
+    };
+    let named = |e: Error| match e {
+        Error::Conversion(m) => Error::Conversion(format!("node {}: {m}", node.name)),
         other => other,
+    };
+    let folded;
+    let layer = match &node.layer {
+        Layer::ConvBn2d(cb) => {
+            folded = Layer::Conv2d(cb.folded_conv()?);
+            &folded
+        }
+        other => other,
+    };
+    match layer {
+        Layer::Dense(d) => {
+            if d.in_features != c * h * w {
+                return Err(bad_shape());
+            }
+            let q = convert_dense(d, s_in, out, p.relu).map_err(named)?;
+            Ok((QOp::Dense(q), (d.out_features, 1, 1)))
+        }
+        Layer::Conv2d(cv) => {
+            if cv.in_channels != c {
+                return Err(bad_shape());
+            }
+            let (oh, ow) = cv.output_hw(h, w).ok_or_else(bad_shape)?;
+            let q = convert_conv(cv, s_in, out, p.relu).map_err(named)?;
+            Ok((QOp::Conv2d(q), (cv.out_channels, oh, ow)))
+        }
+        Layer::AvgPool2d(pool) => {
+            let Some(q) = out else {
+                return Err(Error::Shape(format!(
+                    "model {}: node {} (avgpool2d) cannot produce the logits",
+                    model.spec, node.name
+                )));
+            };
+            if p.relu {
+                return Err(Error::Shape(format!(
+                    "model {}: node {}: a ReLU after an average pool of codes is not supported",
+                    model.spec, node.name
+                )));
+            }
+            let (kernel, stride) = pool.window_for(h, w);
+            let (oh, ow) = match (
+                window_len(h, kernel.0, stride.0, 0),
+                window_len(w, kernel.1, stride.1, 0),
+            ) {
+                (Some(a), Some(b)) => (a, b),
+                _ => return Err(bad_shape()),
+            };
+            let op = QOp::AvgPool2d(QAvgPool2d {
+                kernel,
+                stride,
+                input: s_in,
+                output: q.try_qparams()?,
+                bits: q.bits(),
+            });
+            Ok((op, (c, oh, ow)))
+        }
+        _ => Err(Error::Shape(format!(
+            "model {}: node {} ({}) is not a requantizing op",
+            model.spec,
+            node.name,
+            node.layer.kind()
+        ))),
     }
 }
 

@@ -2,27 +2,23 @@
 //! that [`super::prepare_qat`] has just equipped.
 use super::act::ActQuantizer;
 use super::config::{ActMethod, QuantConfig};
+use super::prepare::{clamp_chain_end, is_weight_layer};
 use super::weight::WeightQuantizer;
 use crate::error::{Error, Result};
 use crate::nn::{Layer, Model};
-
-fn is_weight_layer(l: &Layer) -> bool {
-    matches!(l, Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_))
-}
 
 /// Applies `cfg.act_quantizer` and the per-layer overrides `cfg.layers` to a prepared model:
 ///
 /// - with a learned activation method (LSQ, PACT), every hidden activation quantizer becomes that method at
 ///   the bit width preparation chose (the input quantizer stays fixed);
 /// - an override's `weight_bits` replaces the weight quantizer of that weight layer (Dense / Conv2d, counted
-///   in model order) by the one `cfg` gives at that width; its `act_bits` replaces the first activation
-///   quantizer after that layer (before the next weight layer). Overrides win over `keep_first_last_8bit`.
+///   in node order) by the one `cfg` gives at that width; its `act_bits` replaces the activation quantizer on
+///   that layer's output (after its clamp chain). Overrides win over `keep_first_last_8bit`.
 ///
 /// Fails, naming `layers[i].layer`, when a selector does not resolve to a weight layer of the model.
 pub fn configure_quantizers(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
     let positions: Vec<usize> = model
-        .layers
-        .iter()
+        .layers()
         .enumerate()
         .filter(|(_, l)| is_weight_layer(l))
         .map(|(i, _)| i)
@@ -42,7 +38,7 @@ pub fn configure_quantizers(model: &mut Model, cfg: &QuantConfig) -> Result<()> 
         }
     }
     if cfg.act_quantizer != ActMethod::Ste {
-        for l in &mut model.layers {
+        for l in model.layers_mut() {
             if let Layer::ActQuant(q) = l {
                 if !q.is_input() {
                     *q = ActQuantizer::from_config(cfg, q.bits())?;
@@ -56,22 +52,22 @@ pub fn configure_quantizers(model: &mut Model, cfg: &QuantConfig) -> Result<()> 
         };
         if let Some(b) = o.weight_bits {
             let wq = WeightQuantizer::from_config(&cfg.with_weight_bits(b))?;
-            match &mut model.layers[pos] {
+            match &mut model.nodes[pos].layer {
                 Layer::Dense(d) => d.weight_quant = Some(wq),
                 Layer::Conv2d(c) => c.weight_quant = Some(wq),
                 Layer::ConvBn2d(c) => c.conv.weight_quant = Some(wq),
                 _ => {}
             }
         }
-        if let (Some(b), Some(&next)) = (o.act_bits, positions.get(k + 1)) {
-            let slot = model.layers[pos + 1..next]
-                .iter_mut()
-                .find_map(|l| match l {
-                    Layer::ActQuant(q) if !q.is_input() => Some(q),
-                    _ => None,
-                });
-            if let Some(q) = slot {
-                *q = ActQuantizer::from_config(cfg, b)?;
+        if let Some(b) = o.act_bits {
+            let consumers = model.consumers();
+            let v = clamp_chain_end(model, &consumers, pos);
+            if let Some(&[q]) = consumers.get(v).map(Vec::as_slice) {
+                if let Layer::ActQuant(a) = &mut model.nodes[q].layer {
+                    if !a.is_input() {
+                        *a = ActQuantizer::from_config(cfg, b)?;
+                    }
+                }
             }
         }
     }

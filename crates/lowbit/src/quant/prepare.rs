@@ -1,16 +1,59 @@
-//! Wiring quantizers into a float model: QAT preparation and PTQ calibration.
+//! Wiring quantizers into a float graph: QAT preparation, PTQ calibration and batch-norm folding.
+//!
+//! Where quantizers go follows from what the integer engine computes, not from positions in a list: every op that
+//! produces a new real value from codes (Dense, Conv2d, average pooling) yields accumulators that must be
+//! requantized to codes before anything else reads them, after the ReLU / clip that the output stage can absorb
+//! as a clamp. So an activation quantizer is inserted on the value at the end of each such op's clamp chain,
+//! unless that value is the graph's output (the logits). Ops that move codes without changing what they mean
+//! (max pooling, flatten, dropout) need none.
 use super::act::ActQuantizer;
 use super::config::{BnFold, QuantConfig, WeightQuantKind};
 use super::convbn::ConvBn2d;
 use super::weight::WeightQuantizer;
 use crate::error::{Error, Result};
-use crate::nn::{Layer, Model};
+use crate::nn::{Layer, Model, ValueId};
 use crate::tensor::Tensor;
+
+/// Whether a layer holds weights that the engine multiplies (Dense, Conv2d, and a conv with a merged batch norm).
+pub(crate) fn is_weight_layer(l: &Layer) -> bool {
+    matches!(l, Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_))
+}
+
+/// Whether a layer produces a new real value from codes, which the engine requantizes (see the module doc).
+fn requantizes(l: &Layer) -> bool {
+    is_weight_layer(l) || matches!(l, Layer::AvgPool2d(_))
+}
+
+/// Whether a requantizing op's output stage absorbs this layer as a clamp.
+fn absorbed(l: &Layer) -> bool {
+    matches!(l, Layer::Relu(_))
+}
+
+/// Whether a layer moves codes without changing their quantization.
+fn code_transparent(l: &Layer) -> bool {
+    matches!(
+        l,
+        Layer::MaxPool2d(_) | Layer::Flatten(_) | Layer::Dropout(_)
+    )
+}
+
+/// The value at the end of node `j`'s clamp chain: its output, followed through single-reader ReLUs.
+pub(crate) fn clamp_chain_end(model: &Model, consumers: &[Vec<usize>], j: usize) -> ValueId {
+    let mut v = j + 1;
+    while let [k] = consumers[v].as_slice() {
+        if !absorbed(&model.nodes[*k].layer) {
+            break;
+        }
+        v = k + 1;
+    }
+    v
+}
 
 /// Attaches quantizers to a float model for QAT (from scratch or fine-tuning: the float weights are kept as the
 /// shadow weights the optimizer updates).
 ///
-/// - Every `BatchNorm2d` that directly follows a `Conv2d` is folded, as `cfg.bn_fold` says:
+/// - Every `BatchNorm2d` reading a `Conv2d` of as many channels that nothing else reads is folded, as
+///   `cfg.bn_fold` says:
 ///   - [`BnFold::BatchStats`] (the default): the pair becomes one [`ConvBn2d`] ([`merge_conv_batchnorms`]),
 ///     which quantizes the weights folded with the running variance but normalises with batch statistics while
 ///     training (Jacob et al. 2018, sec. 3.2), optionally freezing them after some steps; in inference and at
@@ -21,139 +64,176 @@ use crate::tensor::Tensor;
 ///
 ///   A batch norm anywhere else is an error.
 /// - Every `Dense`, `Conv2d` and `ConvBn2d` gets a [`WeightQuantizer`] from `cfg` (rows = output channels; with
-///   `keep_first_last_8bit`, the first and last of them get 8-bit min-max weights instead).
-/// - A fixed input quantizer ([`ActQuantizer::input`], scale exactly 1/255) becomes the first layer.
-/// - An EMA-tracked [`ActQuantizer`] of `cfg.act_bits` follows every hidden activation whenever another weight
-///   layer comes later: after each ReLU, after a Dense / Conv2d not followed by a ReLU, and after each average
-///   pool (the engine requantizes its output). Max pooling and flatten need none: max commutes with the
-///   monotonic quantizer, so the engine pools codes with unchanged parameters. The last weight layer produces
-///   float logits. With `keep_first_last_8bit`, the quantizers on the first weight layer's output and on the
-///   last one's input are 8-bit.
+///   `keep_first_last_8bit`, the first and last of them in node order get 8-bit min-max weights instead).
+/// - A fixed input quantizer ([`ActQuantizer::input`], scale exactly 1/255) reads the model input.
+/// - An EMA-tracked [`ActQuantizer`] of `cfg.act_bits` goes on the value at the end of every requantizing op's
+///   clamp chain (see the module doc) except the output. With `keep_first_last_8bit`, the quantizers on the
+///   first weight layer's output and on the last one's input (through code-transparent ops and average pools)
+///   are 8-bit.
 ///
 /// Fails if the model already holds activation quantizers.
 pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
     cfg.validate()?;
-    if model.layers.iter().any(|l| matches!(l, Layer::ActQuant(_))) {
+    if model.layers().any(|l| matches!(l, Layer::ActQuant(_))) {
         return Err(Error::option(
             "--method",
             "the model already has activation quantizers (prepared twice?)",
         ));
     }
+    model.check_structure()?;
     match cfg.bn_fold {
         BnFold::Running => fold_batchnorms(model)?,
         BnFold::BatchStats { freeze_after_steps } => {
             merge_conv_batchnorms(model, freeze_after_steps)?
         }
     }
-    let is_weight =
-        |l: &Layer| matches!(l, Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_));
-    let weight_positions: Vec<usize> = model
-        .layers
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| is_weight(l))
-        .map(|(i, _)| i)
+    let weights: Vec<usize> = (0..model.nodes.len())
+        .filter(|&j| is_weight_layer(&model.nodes[j].layer))
         .collect();
-    let (Some(&first_w), Some(&last_w)) = (weight_positions.first(), weight_positions.last())
-    else {
+    let (Some(&first_w), Some(&last_w)) = (weights.first(), weights.last()) else {
         return Err(Error::Shape(format!(
             "model {} has no Dense or Conv2d layer to quantize",
             model.spec
         )));
     };
-    let keep8 = |pos: usize| cfg.keep_first_last_8bit && (pos == first_w || pos == last_w);
-    let make_wq = |pos: usize| {
-        if keep8(pos) {
-            WeightQuantizer::new(WeightQuantKind::MinMax, 8, cfg.per_channel)
+    for &j in &weights {
+        let wq = if cfg.keep_first_last_8bit && (j == first_w || j == last_w) {
+            WeightQuantizer::new(WeightQuantKind::MinMax, 8, cfg.per_channel)?
         } else {
-            WeightQuantizer::from_config(cfg)
-        }
-    };
-    let old = std::mem::take(&mut model.layers);
-    let n = old.len();
-    let mut layers = Vec::with_capacity(n * 2 + 1);
-    layers.push(Layer::ActQuant(ActQuantizer::input()));
-    let next_is_relu: Vec<bool> = (0..n)
-        .map(|i| matches!(old.get(i + 1), Some(Layer::Relu(_))))
-        .collect();
-    for (i, mut layer) in old.into_iter().enumerate() {
-        let is_activation_point = match &mut layer {
-            Layer::Dense(d) => {
-                d.weight_quant = Some(make_wq(i)?);
-                !next_is_relu[i]
-            }
-            Layer::Conv2d(c) => {
-                c.weight_quant = Some(make_wq(i)?);
-                !next_is_relu[i]
-            }
-            Layer::ConvBn2d(c) => {
-                c.conv.weight_quant = Some(make_wq(i)?);
-                !next_is_relu[i]
-            }
-            Layer::Relu(_) | Layer::AvgPool2d(_) => true,
-            Layer::ActQuant(_)
-            | Layer::Flatten(_)
-            | Layer::MaxPool2d(_)
-            | Layer::Dropout(_)
-            | Layer::BatchNorm2d(_) => false,
+            WeightQuantizer::from_config(cfg)?
         };
-        layers.push(layer);
-        if is_activation_point && i < last_w {
-            // The producing weight layer of this activation: the nearest one at or before i.
-            let producer = weight_positions.iter().rev().find(|&&p| p <= i).copied();
-            let next_consumer = weight_positions.iter().find(|&&p| p > i).copied();
-            let eight = cfg.keep_first_last_8bit
-                && (producer == Some(first_w) || next_consumer == Some(last_w));
-            let bits = if eight { 8 } else { cfg.act_bits };
-            layers.push(Layer::ActQuant(ActQuantizer::new(bits, cfg.ema_momentum)?));
+        match &mut model.nodes[j].layer {
+            Layer::Dense(d) => d.weight_quant = Some(wq),
+            Layer::Conv2d(c) => c.weight_quant = Some(wq),
+            Layer::ConvBn2d(c) => c.conv.weight_quant = Some(wq),
+            _ => {}
         }
     }
-    model.layers = layers;
+    let n = model.nodes.len();
+    let consumers = model.consumers();
+    let eight = if cfg.keep_first_last_8bit {
+        eight_bit_points(model, &consumers, first_w, last_w)
+    } else {
+        Vec::new()
+    };
+    // Activation points by value, named after the node whose clamp chain ends there.
+    let mut points: Vec<(ValueId, String, u32)> = Vec::new();
+    for j in 0..n {
+        if !requantizes(&model.nodes[j].layer) {
+            continue;
+        }
+        let v = clamp_chain_end(model, &consumers, j);
+        if v == n {
+            continue; // the logits
+        }
+        let bits = if eight.contains(&v) { 8 } else { cfg.act_bits };
+        points.push((v, format!("{}.quant", model.nodes[v - 1].name), bits));
+    }
+    // Insert from the last value back, so the earlier values keep their ids.
+    points.sort_by_key(|p| std::cmp::Reverse(p.0));
+    for (v, name, bits) in points {
+        model.insert_after(
+            v,
+            name,
+            Layer::ActQuant(ActQuantizer::new(bits, cfg.ema_momentum)?),
+        );
+    }
+    model.insert_after(0, "input.quant", Layer::ActQuant(ActQuantizer::input()));
     super::mixed::configure_quantizers(model, cfg)
 }
 
-/// Checks that every `BatchNorm2d` directly follows a `Conv2d` of as many channels.
-fn check_batchnorms_follow_convs(model: &Model) -> Result<()> {
-    for (i, l) in model.layers.iter().enumerate() {
-        if let Layer::BatchNorm2d(bn) = l {
-            let ok = match i.checked_sub(1).and_then(|j| model.layers.get(j)) {
-                Some(Layer::Conv2d(c)) => c.out_channels == bn.channels,
-                _ => false,
-            };
-            if !ok {
+/// The values whose quantizers `keep_first_last_8bit` makes 8-bit: the first weight layer's output (after its
+/// clamp chain, then through code-transparent ops and average pools with their own quantization points) and
+/// the last weight layer's input (back through the same ops).
+fn eight_bit_points(
+    model: &Model,
+    consumers: &[Vec<usize>],
+    first_w: usize,
+    last_w: usize,
+) -> Vec<ValueId> {
+    let mut out = Vec::new();
+    let passes = |l: &Layer| code_transparent(l) || matches!(l, Layer::AvgPool2d(_));
+    // Forward from the first weight layer.
+    let mut v = clamp_chain_end(model, consumers, first_w);
+    loop {
+        out.push(v);
+        match consumers[v].as_slice() {
+            [k] if passes(&model.nodes[*k].layer) => {
+                v = if matches!(model.nodes[*k].layer, Layer::AvgPool2d(_)) {
+                    clamp_chain_end(model, consumers, *k)
+                } else {
+                    k + 1
+                };
+            }
+            _ => break,
+        }
+    }
+    // Backward from the last weight layer's input.
+    let mut v = model.nodes[last_w].inputs.first().copied().unwrap_or(0);
+    while v > 0 {
+        out.push(v);
+        let p = &model.nodes[v - 1];
+        if passes(&p.layer) || absorbed(&p.layer) {
+            v = p.inputs.first().copied().unwrap_or(0);
+        } else {
+            break;
+        }
+    }
+    out
+}
+
+/// The `BatchNorm2d` nodes that fold into the `Conv2d` they read: `(conv, bn)` node pairs. Any other batch norm
+/// (after something else, after a conv of another width, or after a conv whose output something else reads too)
+/// is an error.
+fn conv_batchnorm_pairs(model: &Model) -> Result<Vec<(usize, usize)>> {
+    let consumers = model.consumers();
+    let mut pairs = Vec::new();
+    for (k, node) in model.nodes.iter().enumerate() {
+        let Layer::BatchNorm2d(bn) = &node.layer else {
+            continue;
+        };
+        let conv = match node.inputs.as_slice() {
+            [v] if *v >= 1 => Some(*v - 1),
+            _ => None,
+        };
+        let ok = conv.filter(|&c| {
+            matches!(&model.nodes[c].layer, Layer::Conv2d(cv) if cv.out_channels == bn.channels)
+                && consumers[c + 1] == [k]
+        });
+        match ok {
+            Some(c) => pairs.push((c, k)),
+            None => {
                 return Err(Error::Shape(format!(
-                    "model {}: layer {i} (batch norm) must directly follow a Conv2d of as many channels to be folded",
-                    model.spec
-                )));
+                    "model {}: node {} (batch norm) must directly follow a Conv2d of as many channels, read by \
+                     nothing else, to be folded",
+                    model.spec, node.name
+                )))
             }
         }
     }
-    Ok(())
+    Ok(pairs)
 }
 
 /// Replaces every `Conv2d` + `BatchNorm2d` pair by one [`ConvBn2d`] (batch-statistics folding for QAT, the
-/// statistics frozen after `freeze_after_steps` training steps if given). A batch norm not directly after a
-/// convolution is an error, and the model is then left unchanged.
+/// statistics frozen after `freeze_after_steps` training steps if given). A batch norm that cannot fold is an
+/// error, and the model is then left unchanged.
 pub fn merge_conv_batchnorms(model: &mut Model, freeze_after_steps: Option<usize>) -> Result<()> {
-    check_batchnorms_follow_convs(model)?;
-    let old = std::mem::take(&mut model.layers);
-    let mut layers: Vec<Layer> = Vec::with_capacity(old.len());
-    for layer in old {
-        match (layer, layers.pop()) {
-            (Layer::BatchNorm2d(bn), Some(Layer::Conv2d(c))) => {
-                layers.push(Layer::ConvBn2d(Box::new(ConvBn2d::new(
-                    c,
-                    bn,
-                    freeze_after_steps,
-                )?)));
-            }
-            (layer, prev) => {
-                layers.extend(prev);
-                layers.push(layer);
-            }
-        }
+    let pairs = conv_batchnorm_pairs(model)?;
+    for &(c, k) in pairs.iter().rev() {
+        let bn_node = model.bypass(k)?;
+        let Layer::BatchNorm2d(bn) = bn_node.layer else {
+            return Err(Error::Shape("internal: expected a batch norm".into()));
+        };
+        let conv = std::mem::replace(
+            &mut model.nodes[c].layer,
+            Layer::Flatten(crate::nn::Flatten::new()),
+        );
+        let Layer::Conv2d(conv) = conv else {
+            return Err(Error::Shape("internal: expected a conv".into()));
+        };
+        model.nodes[c].layer =
+            Layer::ConvBn2d(Box::new(ConvBn2d::new(conv, bn, freeze_after_steps)?));
     }
-    model.layers = layers;
     Ok(())
 }
 
@@ -161,7 +241,7 @@ pub fn merge_conv_batchnorms(model: &mut Model, freeze_after_steps: Option<usize
 /// quantizer; see [`ConvBn2d::folded_conv`]): e.g. to hand a batch-statistics QAT model to code that only knows
 /// plain convolutions. Conversion does not need it.
 pub fn fold_conv_batchnorms(model: &mut Model) -> Result<()> {
-    for l in &mut model.layers {
+    for l in model.layers_mut() {
         if let Layer::ConvBn2d(c) = l {
             *l = Layer::Conv2d(c.folded_conv()?);
         }
@@ -169,28 +249,21 @@ pub fn fold_conv_batchnorms(model: &mut Model) -> Result<()> {
     Ok(())
 }
 
-/// Folds every `BatchNorm2d` into the `Conv2d` right before it (running statistics, see
+/// Folds every `BatchNorm2d` into the `Conv2d` it reads (running statistics, see
 /// [`crate::nn::Conv2d::fold_batchnorm`]) and removes it; in inference the model computes the same function.
-/// A batch norm not directly after a convolution is an error (it has nothing to fold into).
+/// A batch norm that cannot fold is an error (it has nothing to fold into), and the model is then unchanged.
 pub fn fold_batchnorms(model: &mut Model) -> Result<()> {
-    check_batchnorms_follow_convs(model)?;
-    let old = std::mem::take(&mut model.layers);
-    let mut layers: Vec<Layer> = Vec::with_capacity(old.len());
-    for layer in old {
-        match layer {
-            Layer::BatchNorm2d(bn) => match layers.last_mut() {
-                Some(Layer::Conv2d(c)) => c.fold_batchnorm(&bn)?,
-                _ => {
-                    return Err(Error::Shape(format!(
-                        "model {}: a batch norm must directly follow a Conv2d to be folded",
-                        model.spec
-                    )))
-                }
-            },
-            other => layers.push(other),
+    let pairs = conv_batchnorm_pairs(model)?;
+    for &(c, k) in pairs.iter().rev() {
+        if let (Layer::Conv2d(conv), Layer::BatchNorm2d(bn)) =
+            (&model.nodes[c].layer, &model.nodes[k].layer)
+        {
+            let mut folded = conv.clone();
+            folded.fold_batchnorm(bn)?;
+            model.nodes[c].layer = Layer::Conv2d(folded);
         }
+        model.bypass(k)?;
     }
-    model.layers = layers;
     Ok(())
 }
 
@@ -206,10 +279,8 @@ pub fn ptq(model: &Model, cfg: &QuantConfig, calibration: &[Tensor]) -> Result<M
         ..cfg.clone()
     };
     prepare_qat(&mut m, cfg)?;
-    for l in &mut m.layers {
-        if let Layer::ActQuant(q) = l {
-            q.start_calibration();
-        }
+    for q in act_quantizers_mut(&mut m) {
+        q.start_calibration();
     }
     let mut seen = 0usize;
     for batch in calibration {
@@ -228,39 +299,41 @@ pub fn ptq(model: &Model, cfg: &QuantConfig, calibration: &[Tensor]) -> Result<M
         seen += take;
     }
     freeze_ranges(&mut m);
-    for l in &m.layers {
-        if let Layer::ActQuant(q) = l {
-            if q.range().is_none() {
-                return Err(Error::MissingData(
-                    "PTQ calibration saw no samples (empty or non-finite calibration data)".into(),
-                ));
-            }
-        }
+    if m.layers()
+        .any(|l| matches!(l, Layer::ActQuant(q) if q.range().is_none()))
+    {
+        return Err(Error::MissingData(
+            "PTQ calibration saw no samples (empty or non-finite calibration data)".into(),
+        ));
     }
     Ok(m)
 }
 
+/// The activation quantizers of `model`, input quantizer included.
+fn act_quantizers_mut(model: &mut Model) -> impl Iterator<Item = &mut ActQuantizer> {
+    model.layers_mut().filter_map(|l| match l {
+        Layer::ActQuant(q) => Some(q),
+        _ => None,
+    })
+}
+
 /// Freezes every activation range (end of QAT or calibration); eval-mode forwards never update ranges anyway.
 pub fn freeze_ranges(model: &mut Model) {
-    for l in &mut model.layers {
-        if let Layer::ActQuant(q) = l {
-            q.freeze();
-        }
+    for q in act_quantizers_mut(model) {
+        q.freeze();
     }
 }
 
 /// Lets activation ranges track an EMA again (QAT fine-tuning of a PTQ-calibrated model).
 pub fn unfreeze_ranges(model: &mut Model) {
-    for l in &mut model.layers {
-        if let Layer::ActQuant(q) = l {
-            q.unfreeze();
-        }
+    for q in act_quantizers_mut(model) {
+        q.unfreeze();
     }
 }
 
 /// The weight quantizers of `model`'s Dense, Conv2d and ConvBn2d layers.
 fn weight_quantizers_mut(model: &mut Model) -> impl Iterator<Item = &mut WeightQuantizer> {
-    model.layers.iter_mut().filter_map(|l| match l {
+    model.layers_mut().filter_map(|l| match l {
         Layer::Dense(d) => d.weight_quant.as_mut(),
         Layer::Conv2d(c) => c.weight_quant.as_mut(),
         Layer::ConvBn2d(c) => c.conv.weight_quant.as_mut(),
@@ -270,7 +343,7 @@ fn weight_quantizers_mut(model: &mut Model) -> impl Iterator<Item = &mut WeightQ
 
 /// True when `model` holds any weight or activation quantizer (a QAT- or PTQ-prepared model).
 pub fn has_quantizers(model: &Model) -> bool {
-    model.layers.iter().any(|l| match l {
+    model.layers().any(|l| match l {
         Layer::Dense(d) => d.weight_quant.is_some(),
         Layer::Conv2d(c) => c.weight_quant.is_some(),
         Layer::ConvBn2d(c) => c.weight_quant().is_some(),
@@ -286,10 +359,8 @@ pub fn bypass_quantizers(model: &mut Model) {
     for q in weight_quantizers_mut(model) {
         q.set_bypassed(true);
     }
-    for l in &mut model.layers {
-        if let Layer::ActQuant(q) = l {
-            q.set_bypassed(true);
-        }
+    for q in act_quantizers_mut(model) {
+        q.set_bypassed(true);
     }
 }
 
@@ -302,10 +373,8 @@ pub fn start_quantizing(model: &mut Model) {
         q.set_bypassed(false);
         q.reset();
     }
-    for l in &mut model.layers {
-        if let Layer::ActQuant(q) = l {
-            q.set_bypassed(false);
-            q.reset();
-        }
+    for q in act_quantizers_mut(model) {
+        q.set_bypassed(false);
+        q.reset();
     }
 }
