@@ -86,11 +86,11 @@ fn folded_reference(g: &GroupedConvGeometry, x: &[u8], zp: u8, w: &[i8], bias: &
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut acc = b;
-                for t in 0..taps {
+                for (t, &wt) in wrow.iter().enumerate() {
                     let (icg, ky, kx) = (t / (g.kh * g.kw), t / g.kw % g.kh, t % g.kw);
                     let v =
                         xpad[((ic0 + icg) * hp + oy * g.stride.0 + ky) * wp + ox * g.stride.1 + kx];
-                    acc = acc.wrapping_add(v as i32 * wrow[t] as i32);
+                    acc = acc.wrapping_add(v as i32 * wt as i32);
                 }
                 out[(oc * oh + oy) * ow + ox] = acc;
             }
