@@ -12,10 +12,13 @@
 //!   (`ky < kh`, `kx < kw`); padded positions are ignored, which equals treating them as code 0. Padding below the
 //!   kernel size (checked) leaves every window at least one input code. `oh = (h + 2 ph - kh) / sh + 1` (floor).
 //!
-//! AVX2 (`x86_pool`): the average pool sums 32 codes per `vpsadbw` and subtracts `zp_in * n` once (the same
-//! integer); the max pool takes the vertical max of a window's input rows (`vpmaxub`, 32 columns per step) into a
-//! zero-bordered row, then the horizontal max of `kw` shifted loads, and for stride 2 keeps the even bytes
-//! (`vpand` + `vpackuswb`); other column strides pick every `sw`-th value from the stride-1 maxima.
+//! AVX2 (`x86_pool`): the average pool sums 32 codes per `vpsadbw` (a tail as one masked load) and subtracts
+//! `zp_in * n` once (the same integer); the max pool takes the vertical max of a window's input rows (`vpmaxub`, 32
+//! columns per step) into a zero-bordered row, then the horizontal max of `kw` shifted loads, and for stride 2 keeps
+//! the even bytes (`vpand` + `vpackuswb`); other column strides pick every `sw`-th value from the stride-1 maxima.
+//! Measured in `tests/kernels_graph_timing.rs` (thread CPU time, shared 2-core Zen3): global average pool of 64 x
+//! 64 planes of 8x8 / 7x7 codes 2.1x / 1.6x the (auto-vectorised) reference; max pool 3x3 stride 2 on 64 planes of
+//! 32x32 8.5x.
 use super::{check_len, mismatch, Isa};
 use crate::error::QuantError;
 use crate::qparams::{requantize, QParams, Requant};

@@ -1,5 +1,7 @@
 //! AVX2 element-wise kernels of [`super::eltwise`] (arithmetic and the exactness argument there). Single-threaded;
-//! 32 codes per step, the tail through the scalar reference.
+//! 32 codes per step, the tail through the scalar reference. Measured on 64 KiB of codes (thread CPU time, shared
+//! 2-core Zen3, `tests/kernels_graph_timing.rs`): Add 0.13 ns per code (23x the reference), Rescale 0.12 (11x), Lut
+//! 0.15 (2.8x).
 // Kernel names follow STYLE.md: `<op>__<isa>`.
 #![allow(non_snake_case)]
 use super::eltwise::{reference, AddQuant, RescaleQuant};
@@ -157,6 +159,9 @@ unsafe fn rescale_u8__avx2(x: &[u8], q: &RescaleQuant, out: &mut [u8]) {
 /// up by the low nibble with `vpshufb`, then a tree of `vpblendvb` picks the sub-table by bits 4, 5, 6 and 7 of the
 /// code (each moved to its byte's top bit by a 16-bit left shift of 3, 2, 1 and 0; bits crossing into the next
 /// byte land below its top bit). 16 lookups + 15 blends + 4 shifts and masks per 32 codes.
+///
+/// Kept because it beats the scalar loop, which is bound by one table load per code: 0.15 against 0.42 ns per code
+/// (2.8x) on 64 KiB of codes, thread CPU time on the shared 2-core Zen3 (`tests/kernels_graph_timing.rs`).
 ///
 /// # Safety
 /// AVX2 must be available; `src` is readable and `dst` writable for `n` bytes; they are either the same pointer

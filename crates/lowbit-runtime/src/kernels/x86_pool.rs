@@ -7,31 +7,55 @@ use std::arch::x86_64::*;
 /// Dispatch target of `pool::global_avg_pool_u8_with` on the AVX2 tiers (lengths and parameters checked).
 pub(crate) fn global_avg_pool_u8(x: &[u8], n: usize, q: &AvgPoolQuant, out: &mut [u8]) {
     assert!(n > 0 && x.len() == n * out.len());
-    for (o, plane) in out.iter_mut().zip(x.chunks_exact(n)) {
-        // SAFETY: AVX2 detected (dispatch); `plane` is a valid slice.
-        let sum = unsafe { sum_u8__avx2(plane) };
+    for (p, o) in out.iter_mut().enumerate() {
+        // SAFETY: AVX2 detected (dispatch); plane p is x[p * n..(p + 1) * n].
+        let sum = unsafe { plane_sum__avx2(x, p * n, n) };
         *o = avg_from_sum(sum as i64, n, q);
     }
 }
 
-/// `sum_i x[i]` (at most `255 * x.len()`), 32 codes per `vpsadbw` against zero.
+/// `0x00` then `0xff` bytes: the 32 bytes from offset `t` keep the last `t` lanes of a load.
+static TAIL_MASK: [u8; 64] = {
+    let mut m = [0u8; 64];
+    let mut i = 32;
+    while i < 64 {
+        m[i] = 0xff;
+        i += 1;
+    }
+    m
+};
+
+/// `sum_i x[start + i]` over `i < n` (at most `255 * n`), 32 codes per `vpsadbw` against zero. A tail of `t` codes
+/// is the 32-byte load ending at the plane's end with its first `32 - t` lanes masked off (those codes belong to the
+/// plane itself or the one before), unless fewer than 32 bytes precede the end; then it is summed one by one.
 ///
 /// # Safety
-/// AVX2 must be available.
+/// AVX2 must be available; `start + n <= x.len()`.
 #[target_feature(enable = "avx2")]
-unsafe fn sum_u8__avx2(x: &[u8]) -> u64 {
+unsafe fn plane_sum__avx2(x: &[u8], start: usize, n: usize) -> u64 {
     let zero = _mm256_setzero_si256();
     let mut acc = zero;
-    let mut i = 0;
-    while i + 32 <= x.len() {
-        // SAFETY: i + 32 <= x.len().
+    let end = start + n;
+    let mut i = start;
+    while i + 32 <= end {
+        // SAFETY: i + 32 <= end <= x.len().
         let v = _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i);
         acc = _mm256_add_epi64(acc, _mm256_sad_epu8(v, zero));
         i += 32;
     }
+    let t = end - i;
+    let mut rest = 0u64;
+    if t > 0 && end >= 32 {
+        // SAFETY: end - 32 >= 0 and end <= x.len(); TAIL_MASK[t..t + 32] is in bounds for t < 32.
+        let v = _mm256_loadu_si256(x.as_ptr().add(end - 32) as *const __m256i);
+        let mask = _mm256_loadu_si256(TAIL_MASK.as_ptr().add(t) as *const __m256i);
+        acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_and_si256(v, mask), zero));
+    } else {
+        rest = x[i..end].iter().map(|&v| u64::from(v)).sum();
+    }
     let mut lanes = [0u64; 4];
     _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc);
-    lanes.iter().sum::<u64>() + x[i..].iter().map(|&v| u64::from(v)).sum::<u64>()
+    lanes.iter().sum::<u64>() + rest
 }
 
 /// Dispatch target of `pool::max_pool_u8_with` on the AVX2 tiers (geometry validated, lengths checked).
