@@ -197,6 +197,7 @@ fn mobilenet_depthwise_layers_equal_reference_on_every_tier() {
         (96, 8, 1, 1),
         (16, 15, 2, 2),
         (8, 7, 1, 6),
+        (16, 32, 2, 1),
     ] {
         let mut g = GroupedConvGeometry::depthwise(c, hw, hw, 3, stride, 1);
         g.c_out = c * mult;
@@ -211,6 +212,15 @@ fn mobilenet_depthwise_layers_equal_reference_on_every_tier() {
         reference::grouped_conv_acc(&g, &x, 3, &w, &bias, &mut expected);
         for isa in Isa::available() {
             let conv = GroupedConv::new(isa, g, &w).expect("valid");
+            if isa == Isa::Avx2 {
+                // 16 columns per block for rows of 16 or more outputs, the wide grid below.
+                let expected_path = if g.ow() >= 16 {
+                    "avx2 rows"
+                } else {
+                    "avx2 wide grid"
+                };
+                assert_eq!(conv.path(), expected_path, "{g:?}");
+            }
             let mut got = vec![0i32; expected.len()];
             grouped_conv_acc(&conv, &x, 3, &bias, &mut got).expect("checked shapes");
             assert_same(&expected, &got, format_args!("{isa:?} on {g:?}"));

@@ -352,6 +352,16 @@ impl GroupedConv {
         self.isa
     }
 
+    /// The kernel, for reports: `reference`, or on AVX2 `avx2 rows` (16 columns of a row per block) or `avx2 wide
+    /// grid` (16 consecutive positions spanning rows, for narrow outputs).
+    pub fn path(&self) -> &'static str {
+        match &self.pairs {
+            Some(p) if p.planes.wide => "avx2 wide grid",
+            Some(_) => "avx2 rows",
+            None => "reference",
+        }
+    }
+
     fn check_io(&self, x_len: usize, bias_len: usize, out_len: usize) -> Result<(), QuantError> {
         const CTX: &str = "grouped_conv";
         let g = &self.geo;
