@@ -32,6 +32,27 @@ impl Rng {
     }
 }
 
+/// Exact comparison of kernel outputs: on the first differing index, `assert_eq!` fails naming that index, both
+/// values, how many elements differ, and `context` (shape, parameters, tier, seed).
+pub fn assert_same<T: PartialEq + std::fmt::Debug>(
+    expected: &[T],
+    got: &[T],
+    context: impl std::fmt::Display,
+) {
+    assert_eq!(expected.len(), got.len(), "output length; {context}");
+    if let Some(i) = expected.iter().zip(got).position(|(e, g)| e != g) {
+        let differ = expected.iter().zip(got).filter(|(e, g)| e != g).count();
+        assert_eq!(
+            got[i],
+            expected[i],
+            "index {i} of {} ({differ} differ): got {:?}, expected {:?}; {context}",
+            got.len(),
+            got[i],
+            expected[i]
+        );
+    }
+}
+
 /// Options of a random matrix layer.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerOpts {

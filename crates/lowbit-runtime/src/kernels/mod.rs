@@ -17,10 +17,20 @@ use std::sync::OnceLock;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 pub mod conv;
+pub mod depthwise;
+pub mod eltwise;
+pub mod layout;
 pub mod pairs;
+pub mod pool;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_depthwise;
+#[cfg(target_arch = "x86_64")]
+mod x86_eltwise;
+#[cfg(target_arch = "x86_64")]
+mod x86_pool;
 
 /// Largest K for which `K * 255 * 127` (the largest |sum| of u8 x [-127, 127] products) fits an `i32`:
 /// `floor((2^31 - 1) / 32385) = 66311`. The bias must additionally satisfy
