@@ -12,6 +12,7 @@ pub mod gemm;
 pub mod kernels;
 pub mod loss;
 pub mod pool;
+pub(crate) mod shape;
 pub mod spec;
 
 pub use activation::{Flatten, Relu};
