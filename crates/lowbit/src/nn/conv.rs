@@ -11,6 +11,11 @@
 //! for conv2) stays in L2 between im2col and the product, NCHW needs no scatter or transposition, and rayon
 //! splits samples across threads with no nested threading. The whole-batch matrixmultiply version ran LeNet's
 //! conv GEMMs at ~1 GMAC/s (packing `[K, B*P]` operands, its own threads competing with rayon's).
+//!
+//! Grouped convolutions (`groups > 1`) live in the child modules: `grouped` (constructors, one plain
+//! convolution per group) and `depthwise` (a direct per-channel kernel). This file stays above the house's ~800
+//! lines because the dense paths (im2col and implicit), their backward and the geometry helpers share private
+//! buffers and are read together.
 use super::activation::reshape_buffer;
 use super::kernels::{gemm_abt_batched, gemm_abt_batched_rows, gemm_atb, gemm_atb_rows, isa, Isa};
 use super::Param;
