@@ -11,7 +11,7 @@
 //! `W f` changes gradients by O(0.1..1).
 mod common;
 
-use common::grad::{dot, random_tensor_in as random_tensor, ATOL, H, RTOL};
+use common::grad::{dot, random_batch_norm, random_tensor_in as random_tensor, ATOL, H, RTOL};
 use common::{accuracy, engine_equals_simulation};
 use lowbit::config_file;
 use lowbit::data::{load, DataSource, Dataset};
@@ -33,14 +33,7 @@ fn conv_bn(seed: u64, ic: usize, oc: usize, padding: (usize, usize)) -> (Conv2d,
     for b in &mut conv.bias {
         *b = rng.uniform_range(-0.5, 0.5);
     }
-    let mut bn = BatchNorm2d::new(oc);
-    for c in 0..oc {
-        bn.gamma[c] = rng.uniform_range(0.5, 1.5);
-        bn.beta[c] = rng.uniform_range(-0.5, 0.5);
-        bn.running_mean[c] = rng.uniform_range(-0.3, 0.3);
-        bn.running_var[c] = rng.uniform_range(0.3, 2.0);
-    }
-    (conv, bn)
+    (conv, random_batch_norm(&mut rng, oc))
 }
 
 /// Checks dX and every parameter gradient (weight, bias, gamma, beta) of `layer` on `x` against central
@@ -101,6 +94,29 @@ fn convbn_gradients_match_finite_differences_with_batch_statistics() {
         let mut rng = Rng::new(seed + 100);
         let x = random_tensor(&mut rng, &[2, ic, 5, 5], -1.0, 1.0);
         check_gradients("batch statistics", seed, &layer, &x);
+    }
+}
+
+#[test]
+fn convbn_gradients_match_finite_differences_for_grouped_and_depthwise_convs() {
+    // (in, out, groups): two groups, depthwise, depthwise with a channel multiplier of 2.
+    for (seed, &(ic, oc, groups)) in [(4, 6, 2), (3, 3, 3), (2, 4, 2)].iter().enumerate() {
+        let seed = seed as u64;
+        let (dense, bn) = conv_bn(seed + 30, ic, oc, (1, 1));
+        let mut rng = Rng::new(seed + 300);
+        let mut conv =
+            Conv2d::new_grouped(ic, oc, (3, 3), (1, 1), (1, 1), groups, &mut rng).unwrap();
+        conv.bias = dense.bias;
+        for frozen in [None, Some(0)] {
+            let layer = ConvBn2d::new(conv.clone(), bn.clone(), frozen).unwrap();
+            let x = random_tensor(&mut rng, &[2, ic, 5, 5], -1.0, 1.0);
+            check_gradients(
+                &format!("groups {groups}, frozen {frozen:?}"),
+                seed,
+                &layer,
+                &x,
+            );
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 //! A wrong stride, a padding offset, a missing 1/N or a transposed weight index changes gradients by O(1).
 mod common;
 
-use common::grad::{central_difference, check, dot, random_tensor, H};
+use common::grad::{central_difference, check, check_layer, random_tensor, H};
 use lowbit::nn::{
     softmax_cross_entropy, AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, Layer,
     MaxPool2d, Model, Relu,
@@ -28,36 +28,6 @@ fn distinct_tensor(rng: &mut Rng, shape: &[usize]) -> Tensor {
     let mut v: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.05).collect();
     rng.shuffle(&mut v);
     Tensor::new(v, shape.to_vec())
-}
-
-/// Checks dX and every parameter gradient of `layer` on `x`, with objective `sum(y * r)`; `train` selects the
-/// mode of the perturbed forwards (batch norm must use batch statistics in both).
-fn check_layer(what: &str, seed: u64, layer: Layer, x: &Tensor, train: bool) {
-    let mut rng = Rng::new(seed ^ 0xABC);
-    let mut l = layer.clone();
-    let y = l.forward(x, true).unwrap();
-    let r = random_tensor(&mut rng, &y.shape);
-    let dx = l.backward(&r).unwrap();
-    assert_eq!(dx.shape, x.shape, "{what}: dX shape");
-    let grads: Vec<Vec<f32>> = l.params_mut().iter().map(|p| p.grad.to_vec()).collect();
-    // Each perturbed forward starts from the unchanged layer (same dropout mask, same running statistics).
-    let objective = |st: &mut (Layer, Tensor)| {
-        let mut fresh = st.0.clone();
-        dot(&fresh.forward(&st.1, train).unwrap(), &r)
-    };
-    for (p, g) in grads.iter().enumerate() {
-        let mut st = (layer.clone(), x.clone());
-        for (i, &gv) in g.iter().enumerate() {
-            let fd =
-                central_difference(&mut st, i, |s| s.0.params_mut().remove(p).value, objective);
-            check(&format!("{what} param {p}"), seed, i, fd, gv);
-        }
-    }
-    let mut st = (layer, x.clone());
-    for i in 0..x.len() {
-        let fd = central_difference(&mut st, i, |s| &mut s.1.data, objective);
-        check(&format!("{what} dX"), seed, i, fd, dx.data[i]);
-    }
 }
 
 #[test]

@@ -30,6 +30,11 @@ impl Relu {
         Self::default()
     }
 
+    /// Per-sample output shape: the input's.
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+
     /// Forward pass into the layer's output buffer (which backward reads).
     pub(crate) fn forward_buffered(&mut self, x: &Tensor) {
         reshape_buffer(&mut self.output, &x.shape);
@@ -97,6 +102,11 @@ impl Flatten {
     /// A flatten layer.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Per-sample output shape: `[d1 * d2 * ...]` for `[d1, d2, ...]`.
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(vec![super::shape::elems("flatten", input)?])
     }
 
     /// Forward pass into the layer's output buffer.

@@ -57,6 +57,18 @@ impl BatchNorm2d {
         }
     }
 
+    /// Per-sample output shape: the input's, whose first dimension must be the channel count (`[C, H, W]` or
+    /// `[C]`).
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        if input.first() != Some(&self.channels) {
+            return Err(Error::Shape(format!(
+                "batchnorm of {} channels: per-sample shape {input:?}",
+                self.channels
+            )));
+        }
+        Ok(input.to_vec())
+    }
+
     fn dims(&self, x: &Tensor) -> Result<(usize, usize)> {
         let ok = x.shape.len() >= 2 && x.shape[1] == self.channels;
         if !ok || x.rows() == 0 {

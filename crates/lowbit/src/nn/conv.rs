@@ -11,6 +11,11 @@
 //! for conv2) stays in L2 between im2col and the product, NCHW needs no scatter or transposition, and rayon
 //! splits samples across threads with no nested threading. The whole-batch matrixmultiply version ran LeNet's
 //! conv GEMMs at ~1 GMAC/s (packing `[K, B*P]` operands, its own threads competing with rayon's).
+//!
+//! Grouped convolutions (`groups > 1`) live in the child modules: `grouped` (constructors, one plain
+//! convolution per group) and `depthwise` (a direct per-channel kernel). This file stays above the house's ~800
+//! lines because the dense paths (im2col and implicit), their backward and the geometry helpers share private
+//! buffers and are read together.
 use super::activation::reshape_buffer;
 use super::kernels::{gemm_abt_batched, gemm_abt_batched_rows, gemm_atb, gemm_atb_rows, isa, Isa};
 use super::Param;
@@ -20,6 +25,9 @@ use crate::rng::Rng;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
+mod depthwise;
+mod grouped;
+
 /// Samples per backward task. The weight gradient is summed per group, then over groups in order; fixing the
 /// group size (not the thread count) keeps results identical on any machine. 8 gives 8 tasks at batch 64 and
 /// amortizes the kernel's horizontal sums over 8 samples.
@@ -27,6 +35,10 @@ const DW_GROUP: usize = 8;
 
 /// 2-D convolution layer. Input `[B, in_channels, H, W]`, output `[B, out_channels, OH, OW]` with
 /// `OH = (H + 2*ph - kh) / sh + 1` (likewise OW).
+///
+/// With [`Conv2d::groups`] `> 1` the channels split into `groups` equal groups: output channel `oc` reads only the
+/// `in_channels / groups` input channels of its group `oc / (out_channels / groups)`. `groups == in_channels`
+/// is the depthwise convolution (with a channel multiplier `out_channels / in_channels`).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     /// Input channels.
@@ -39,11 +51,12 @@ pub struct Conv2d {
     pub stride: (usize, usize),
     /// Zero padding (rows, cols).
     pub padding: (usize, usize),
-    /// Float (shadow) weights `[out_channels][in_channels * kh * kw]`, column `ic*kh*kw + ky*kw + kx`.
+    /// Float (shadow) weights `[out_channels][in_channels/groups * kh * kw]`, column `ic*kh*kw + ky*kw + kx`
+    /// with `ic` counted within the output channel's group.
     pub weight: Vec<f32>,
     /// Bias, `[out_channels]`.
     pub bias: Vec<f32>,
-    /// Fake-quantizer of the weights (rows = output channels, cols = `in_channels*kh*kw`); `None` for f32.
+    /// Fake-quantizer of the weights (rows = output channels, cols = [`Conv2d::k`]); `None` for f32.
     pub weight_quant: Option<WeightQuantizer>,
     /// dL/dweight of the last backward pass.
     pub grad_weight: Vec<f32>,
@@ -59,6 +72,9 @@ pub struct Conv2d {
     output: Tensor,
     /// dL/dinput of the last backward pass.
     input_grad: Tensor,
+    /// The group count and the state of the grouped paths; `None` for a dense convolution (`groups == 1`).
+    /// Boxed: `Conv2d` is the largest variant of [`super::Layer`].
+    grouped: Option<Box<grouped::GroupState>>,
     /// `W^T [K, oc]` of the last forward.
     w_t: Vec<f32>,
     /// Zero-padded input planes, one sample after the other (training forward, padded layers only).
@@ -75,10 +91,29 @@ pub struct Conv2d {
     dy_wide: Vec<f32>,
 }
 
-/// Output size of a window of `k` with stride `s` over `n + 2*p`, or `None` if it does not fit (or k, s = 0).
+/// Output size of a window of `k` with stride `s` over `n + 2*p`, or `None` if it does not fit (or k, s = 0, or
+/// the padded size overflows: shape inference runs on sizes read from files).
 pub fn window_len(n: usize, k: usize, s: usize, p: usize) -> Option<usize> {
-    let padded = n + 2 * p;
+    let padded = p.checked_mul(2)?.checked_add(n)?;
     (k >= 1 && s >= 1 && padded >= k).then(|| (padded - k) / s + 1)
+}
+
+/// Glorot-uniform weights `[oc][ic/groups * kh * kw]`: limit `sqrt(6 / (fan_in + fan_out))` with the fans one
+/// output and one input actually see, `fan_in = ic/groups * kh*kw`, `fan_out = oc/groups * kh*kw` (Keras' default
+/// for `groups == 1`).
+fn glorot(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: (usize, usize),
+    groups: usize,
+    rng: &mut Rng,
+) -> Vec<f32> {
+    let area = kernel.0 * kernel.1;
+    let (ic, oc) = (in_channels / groups, out_channels / groups);
+    let limit = (6.0 / ((ic + oc) * area) as f32).sqrt();
+    (0..out_channels * ic * area)
+        .map(|_| rng.uniform_range(-limit, limit))
+        .collect()
 }
 
 /// The range of output columns `ox` whose input column `ox*s + kx - p` lies in `[0, n)`.
@@ -107,6 +142,22 @@ fn sum_lanes(x: &[f32]) -> f32 {
     }
     let lanes = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
     lanes + tail
+}
+
+/// `dw` and `db` (overwritten) as the sums of per-group partials `[dW | db]` (each `dw.len() + db.len()` long),
+/// added in group order, so the result does not depend on how the groups were spread over threads.
+fn sum_partials(partials: &[f32], dw: &mut [f32], db: &mut [f32]) {
+    let n = dw.len();
+    dw.fill(0.0);
+    db.fill(0.0);
+    for part in partials.chunks_exact((n + db.len()).max(1)) {
+        for (d, v) in dw.iter_mut().zip(&part[..n]) {
+            *d += v;
+        }
+        for (d, v) in db.iter_mut().zip(&part[n..]) {
+            *d += v;
+        }
+    }
 }
 
 /// `dst.copy_from_slice(src)` for rows of a few dozen floats: fixed-size chunk copies are inlined, where a
@@ -387,11 +438,7 @@ impl Conv2d {
         padding: (usize, usize),
         rng: &mut Rng,
     ) -> Self {
-        let area = kernel.0 * kernel.1;
-        let limit = (6.0 / ((in_channels + out_channels) * area) as f32).sqrt();
-        let weight = (0..out_channels * in_channels * area)
-            .map(|_| rng.uniform_range(-limit, limit))
-            .collect();
+        let weight = glorot(in_channels, out_channels, kernel, 1, rng);
         Self::from_weights(
             in_channels,
             out_channels,
@@ -435,6 +482,7 @@ impl Conv2d {
             input_shape: Vec::new(),
             output: Tensor::default(),
             input_grad: Tensor::default(),
+            grouped: None,
             w_t: Vec::new(),
             padded: Vec::new(),
             partials: Vec::new(),
@@ -444,9 +492,36 @@ impl Conv2d {
         }
     }
 
-    /// Columns of the weight matrix, `in_channels * kh * kw`.
+    /// Columns of the weight matrix, `in_channels / groups * kh * kw`.
     pub fn k(&self) -> usize {
-        self.in_channels * self.kernel.0 * self.kernel.1
+        self.in_channels / self.groups() * self.kernel.0 * self.kernel.1
+    }
+
+    /// Channel groups: output channel `oc` reads the `in_channels / groups` input channels of group
+    /// `oc / (out_channels / groups)`; 1 for a dense convolution, `in_channels` for a depthwise one. Fixed at
+    /// construction ([`Conv2d::new_grouped`]), as the weight layout depends on it.
+    pub fn groups(&self) -> usize {
+        self.grouped.as_ref().map_or(1, |g| g.groups)
+    }
+
+    /// Per-sample output shape `[out_channels, OH, OW]` for an input of `[in_channels, H, W]`.
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let fits = |(c, h, w)| {
+            (c == self.in_channels)
+                .then(|| self.output_hw(h, w))
+                .flatten()
+        };
+        match input[..] {
+            [c, h, w] => fits((c, h, w)),
+            _ => None,
+        }
+        .map(|(oh, ow)| vec![self.out_channels, oh, ow])
+        .ok_or_else(|| {
+            Error::Shape(format!(
+                "conv2d {}->{} {}x{}: per-sample shape {input:?} (expected [{}, H, W] with H, W covering the kernel)",
+                self.in_channels, self.out_channels, self.kernel.0, self.kernel.1, self.in_channels
+            ))
+        })
     }
 
     /// Output (height, width) for an input of (h, w), or `None` if the kernel does not fit.
@@ -469,6 +544,7 @@ impl Conv2d {
     /// Folds a following batch norm into this convolution (Jacob et al. 2018, sec. 3.2):
     /// `w' = w * gamma / sqrt(var + eps)`, `b' = (b - mean) * gamma / sqrt(var + eps) + beta`, with the running
     /// statistics. After folding, this layer alone computes what conv followed by the (eval-mode) norm did.
+    /// Weight rows are output channels whatever the groups, so grouped and depthwise layers fold the same way.
     pub fn fold_batchnorm(&mut self, bn: &super::BatchNorm2d) -> Result<()> {
         if bn.channels != self.out_channels {
             return Err(Error::Shape(format!(
@@ -546,6 +622,9 @@ impl Conv2d {
         if let Some(q) = &mut self.weight_quant {
             self.weight_q.resize(self.weight.len(), 0.0);
             q.forward(&self.weight, self.out_channels, k, &mut self.weight_q);
+        }
+        if self.grouped.is_some() {
+            return self.forward_grouped(x, train);
         }
         let geom = self.geometry(h, w, oh, ow);
         let (oc, p) = (self.out_channels, oh * ow);
@@ -679,6 +758,9 @@ impl Conv2d {
 
     /// Backward pass into the layer's input-gradient buffer (left as it was when `need_input_grad` is false).
     pub(crate) fn backward_buffered(&mut self, grad: &Tensor, need_input_grad: bool) -> Result<()> {
+        if self.grouped.is_some() {
+            return self.backward_grouped(grad, need_input_grad);
+        }
         let [b, c_in, h, w] = self.input_shape[..] else {
             return Err(Error::Shape(
                 "conv2d: backward without a training forward pass".into(),
@@ -820,16 +902,7 @@ impl Conv2d {
         } else {
             &mut self.grad_weight
         };
-        dw.fill(0.0);
-        self.grad_bias.fill(0.0);
-        for part in self.partials.chunks_exact(part_len.max(1)) {
-            for (d, v) in dw.iter_mut().zip(&part[..oc * k]) {
-                *d += v;
-            }
-            for (d, v) in self.grad_bias.iter_mut().zip(&part[oc * k..]) {
-                *d += v;
-            }
-        }
+        sum_partials(&self.partials, dw, &mut self.grad_bias);
         if let Some(q) = &mut self.weight_quant {
             self.grad_weight.fill(0.0);
             q.backward(&self.weight, &self.grad_weight_q, &mut self.grad_weight);

@@ -73,6 +73,17 @@ impl Dense {
         }
     }
 
+    /// Per-sample output shape `[out_features]` for any input of `in_features` elements.
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        if input.is_empty() || super::shape::elems("dense", input)? != self.in_features {
+            return Err(Error::Shape(format!(
+                "dense {}->{}: per-sample shape {input:?}",
+                self.in_features, self.out_features
+            )));
+        }
+        Ok(vec![self.out_features])
+    }
+
     /// The weights the product actually uses: fake-quantized when quantizing (valid after a forward pass).
     pub fn effective_weight(&self) -> &[f32] {
         if self.weight_quant.is_some() && self.weight_q.len() == self.weight.len() {

@@ -33,6 +33,11 @@ impl Dropout {
         })
     }
 
+    /// Per-sample output shape: the input's.
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+
     /// Forward pass: a fresh mask in training, identity in inference.
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
         if !train {

@@ -4,7 +4,10 @@
 //! its backward pass needs during a training-mode forward pass. Parameters are visited in a fixed order (node
 //! order, then weight before bias), which is how [`crate::optim`] keys its per-parameter state.
 pub mod activation;
+pub mod add;
 pub mod batchnorm;
+pub mod clip;
+pub mod concat;
 pub mod conv;
 pub mod dense;
 pub mod dropout;
@@ -13,18 +16,26 @@ pub mod kernels;
 pub mod layer;
 pub mod loss;
 pub mod model;
+pub mod pad;
 pub mod pool;
+pub(crate) mod shape;
+pub mod slice;
 pub mod spec;
 
 pub use activation::{Flatten, Relu};
+pub use add::Add;
 pub use batchnorm::BatchNorm2d;
+pub use clip::Clip;
+pub use concat::Concat;
 pub use conv::Conv2d;
 pub use dense::Dense;
 pub use dropout::Dropout;
 pub use layer::Layer;
 pub use loss::{softmax_cross_entropy, LossOutput};
 pub use model::{Model, Node, ValueId};
+pub use pad::Pad;
 pub use pool::{AvgPool2d, MaxPool2d};
+pub use slice::{AxisSlice, Slice};
 
 use crate::tensor::Tensor;
 

@@ -1,19 +1,10 @@
 //! Pooling over NCHW planes without padding: max (with an argmax cache), average, and global average.
 use super::activation::reshape_buffer;
 use super::conv::window_len;
+use super::shape::{chw, nchw, per_task};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
-
-fn spatial(name: &str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
-    match x.shape[..] {
-        [b, c, h, w] if x.len() == b * c * h * w => Ok((b, c, h, w)),
-        _ => Err(Error::Shape(format!(
-            "{name}: input shape {:?} is not [B, C, H, W]",
-            x.shape
-        ))),
-    }
-}
 
 fn out_hw(
     name: &str,
@@ -31,12 +22,6 @@ fn out_hw(
             "{name}: window {kernel:?} stride {stride:?} does not fit a {h}x{w} input"
         ))),
     }
-}
-
-/// Planes per rayon job: about 16K input elements, so a job (~10 us) outweighs rayon's per-job cost (~1 us)
-/// instead of one 28x28 plane per job.
-fn planes_per_task(plane_elems: usize) -> usize {
-    (16 * 1024 / plane_elems.max(1)).max(1)
 }
 
 /// Whether `v` replaces the current maximum `best`: larger, or NaN over a number so a poisoned input stays
@@ -295,10 +280,17 @@ impl MaxPool2d {
         }
     }
 
+    /// Per-sample output shape `[C, OH, OW]` for an input of `[C, H, W]`.
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let [c, h, w] = chw("maxpool2d", input)?;
+        let (oh, ow) = out_hw("maxpool2d", h, w, self.kernel, self.stride)?;
+        Ok(vec![c, oh, ow])
+    }
+
     /// Forward pass into the layer's output buffer; caches the argmax positions in training mode. `relu`
     /// computes `maxpool(relu(x))` (and its gradient on backward) in the same pass.
     pub(crate) fn forward_buffered(&mut self, x: &Tensor, train: bool, relu: bool) -> Result<()> {
-        let (b, c, h, w) = spatial("maxpool2d", x)?;
+        let [b, c, h, w] = nchw("maxpool2d", x)?;
         let (oh, ow) = out_hw("maxpool2d", h, w, self.kernel, self.stride)?;
         let (kh, kw) = self.kernel;
         let (sh, sw) = self.stride;
@@ -337,14 +329,14 @@ impl MaxPool2d {
                 }
             }
         };
-        let per_task = planes_per_task(h * w);
+        let planes = per_task(h * w);
         if train {
             // Every element is written below.
             self.argmax.resize(b * c * op, 0);
             x.data
                 .par_chunks(h * w)
                 .zip(y.par_chunks_mut(op).zip(self.argmax.par_chunks_mut(op)))
-                .with_min_len(per_task)
+                .with_min_len(planes)
                 .for_each(|(plane, (out, args))| work(plane, out, args));
             self.input_shape.clone_from(&x.shape);
             self.relu_fused = relu;
@@ -352,7 +344,7 @@ impl MaxPool2d {
             x.data
                 .par_chunks(h * w)
                 .zip(y.par_chunks_mut(op))
-                .with_min_len(per_task)
+                .with_min_len(planes)
                 .for_each(|(plane, out)| work(plane, out, &mut []));
         }
         Ok(())
@@ -393,7 +385,7 @@ impl MaxPool2d {
             .data
             .par_chunks_mut(h * w)
             .zip(grad.data.par_chunks(op).zip(self.argmax.par_chunks(op)))
-            .with_min_len(planes_per_task(h * w))
+            .with_min_len(per_task(h * w))
             .for_each(|(plane, (g, a))| {
                 // Zeroed here, plane by plane, while the plane is in cache for the scatter.
                 plane.fill(0.0);
@@ -465,9 +457,17 @@ impl AvgPool2d {
         }
     }
 
+    /// Per-sample output shape `[C, OH, OW]` for an input of `[C, H, W]` (`[C, 1, 1]` when global).
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let [c, h, w] = chw("avgpool2d", input)?;
+        let (kernel, stride) = self.window_for(h, w);
+        let (oh, ow) = out_hw("avgpool2d", h, w, kernel, stride)?;
+        Ok(vec![c, oh, ow])
+    }
+
     /// Forward pass into the layer's output buffer.
     pub(crate) fn forward_buffered(&mut self, x: &Tensor, train: bool) -> Result<()> {
-        let (b, c, h, w) = spatial("avgpool2d", x)?;
+        let [b, c, h, w] = nchw("avgpool2d", x)?;
         let (kernel, stride) = self.window_for(h, w);
         let (oh, ow) = out_hw("avgpool2d", h, w, kernel, stride)?;
         let inv = 1.0 / (kernel.0 * kernel.1) as f32;
@@ -476,7 +476,7 @@ impl AvgPool2d {
         x.data
             .par_chunks(h * w)
             .zip(self.output.data.par_chunks_mut(op))
-            .with_min_len(planes_per_task(h * w))
+            .with_min_len(per_task(h * w))
             .for_each(|(plane, out)| {
                 for oy in 0..oh {
                     for ox in 0..ow {
@@ -527,7 +527,7 @@ impl AvgPool2d {
             .data
             .par_chunks_mut(h * w)
             .zip(grad.data.par_chunks(oh * ow))
-            .with_min_len(planes_per_task(h * w))
+            .with_min_len(per_task(h * w))
             .for_each(|(plane, g)| {
                 plane.fill(0.0);
                 for oy in 0..oh {

@@ -255,15 +255,16 @@ impl ConvBn2d {
     /// are the codes of `W * f`. Conversion and [`crate::quant::fold_batchnorms`]-style exports use it.
     pub fn folded_conv(&self) -> Result<Conv2d> {
         let c = &self.conv;
-        let mut folded = Conv2d::from_weights(
+        let mut folded = Conv2d::from_weights_grouped(
             c.in_channels,
             c.out_channels,
             c.kernel,
             c.stride,
             c.padding,
+            c.groups(),
             c.weight.clone(),
             c.bias.clone(),
-        );
+        )?;
         folded.fold_batchnorm(&self.bn)?;
         folded.weight_quant.clone_from(&c.weight_quant);
         Ok(folded)
