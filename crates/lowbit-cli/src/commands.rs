@@ -447,9 +447,13 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
         }
         out.report.file_bytes = std::fs::metadata(path).ok().map(|m| m.len());
     }
+    let train_count = match lowbit::train::split_indices(&split.train, &cfg.train) {
+        Ok((t, v)) if !v.is_empty() => format!("{} train + {} validation", t.len(), v.len()),
+        _ => format!("{} train", split.train.n),
+    };
     println!(
-        "{} on {} ({} train / {} test)",
-        out.report.run, data_name, split.train.n, split.test.n
+        "{} on {} ({train_count} / {} test)",
+        out.report.run, data_name, split.test.n
     );
     for e in &out.report.epochs {
         let val = e

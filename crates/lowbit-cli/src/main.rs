@@ -143,7 +143,7 @@ struct TrainArgs {
     /// Do not train the f32 baseline with the same seed (saves time; the report then has no difference).
     #[arg(long)]
     no_baseline: bool,
-    /// Hold out this fraction of the training set (0..1) and report validation accuracy per epoch.
+    /// Hold out this fraction (0..1) of each class of the training set, drawn with --seed, and report validation accuracy per epoch.
     #[arg(long, value_name = "FRACTION")]
     validation_split: Option<f32>,
     /// Training samples used to calibrate activation ranges (PTQ).
