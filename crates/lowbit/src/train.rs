@@ -202,6 +202,10 @@ pub struct Progress {
     pub loss: f32,
     /// Training accuracy so far in this epoch.
     pub accuracy: f32,
+    /// Mean loss of this step's batch alone (per-step curves; the running `loss` hides the first epoch).
+    pub batch_loss: f32,
+    /// Accuracy of this step's batch alone, in [0, 1].
+    pub batch_accuracy: f32,
 }
 
 /// Summary of one epoch.
@@ -490,6 +494,8 @@ fn train_validated<S: Samples + ?Sized>(
                 steps,
                 loss: (loss_sum / seen) as f32,
                 accuracy: (correct as f64 / seen) as f32,
+                batch_loss: out.loss,
+                batch_accuracy: out.correct as f32 / batch.len() as f32,
             });
         }
         let seconds = start.elapsed().as_secs_f64();
