@@ -215,8 +215,9 @@ struct TrainArgs {
     /// Write a JSON report here (schema: docs/REPORT.md).
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Draw the training curves (loss and accuracy per epoch, SVG) here.
-    #[arg(long)]
+    /// Draw the training curves here: per-step loss and accuracy (smoothed) with per-epoch markers; .svg or
+    /// .png by the extension.
+    #[arg(long, value_parser = plot::parse_plot_path)]
     plot: Option<PathBuf>,
 }
 
@@ -244,8 +245,9 @@ struct DemoArgs {
     /// Write a JSON report of every run here.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Draw accuracy against model size (SVG) here.
-    #[arg(long)]
+    /// Draw accuracy against model size (with the f32 line and the Pareto front) here; .svg or .png by the
+    /// extension.
+    #[arg(long, value_parser = plot::parse_plot_path)]
     plot: Option<PathBuf>,
 }
 
