@@ -2,14 +2,15 @@
 # Issue-4 acceptance: integer-engine inference and GEMM throughput against peers measured in the same run,
 # one program after another (never concurrently: the machine has 2 cores). Usage:
 #   bench/run_engine_peers.sh [PEERS_VENV [TFLITE_VENV]]
-# (defaults /work/peers-venv and /work/tflite-venv; see bench/peers/requirements.txt and requirements-tflite.txt;
-# without the TFLite venv that peer is skipped with a note).
+# (or the environment's PEERS_VENV and TFLITE_VENV; defaults bench/peers/.venv and bench/peers/.venv-tflite; see
+# bench/peers/requirements.txt and requirements-tflite.txt; without the TFLite venv that peer is skipped with a note).
 # Environment: CARGO_TARGET_DIR (default target), LOWBIT_ISA (caps the kernel tier), SECONDS_PER_CASE (default 1),
 # DATA (MNIST-format directory, default /usr/share/datasets/fashion-mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${1:-/work/peers-venv}"
-TFLITE_VENV="${2:-/work/tflite-venv}"
+# Absolute, because the peers run from bench/peers.
+VENV=$(realpath -m "${1:-${PEERS_VENV:-bench/peers/.venv}}")
+TFLITE_VENV=$(realpath -m "${2:-${TFLITE_VENV:-bench/peers/.venv-tflite}}")
 SECS="${SECONDS_PER_CASE:-1}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 OUT=bench/results

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Integer-engine LeNet-5 inference against peers measured in the same run, one program after another (never
 # concurrently: the machine has 2 cores). Usage:
-#   bench/run_lenet_engine_peers.sh [PEERS_VENV]   (default /work/peers-venv; see bench/peers/requirements.txt)
+#   bench/run_lenet_engine_peers.sh [PEERS_VENV]   (or $PEERS_VENV; default bench/peers/.venv; see
+#   bench/peers/requirements.txt)
 # Environment: CARGO_TARGET_DIR (default target), LOWBIT_ISA (caps the kernel tier), SECONDS_PER_CASE (default 2),
 # DATA (MNIST-format directory for the peers, default /usr/share/datasets/fashion-mnist), EPOCHS (default 1: f32
 # training before quantization, for lowbit and the peers alike), LIMIT (peers: first N training images, 0 = all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${1:-/work/peers-venv}"
+# Absolute, because the peers run from bench/peers.
+VENV=$(realpath -m "${1:-${PEERS_VENV:-bench/peers/.venv}}")
 SECS="${SECONDS_PER_CASE:-2}"
-DATA="${DATA:-/usr/share/datasets/fashion-mnist}"
+DATA=$(realpath -m "${DATA:-/usr/share/datasets/fashion-mnist}")
 EPOCHS="${EPOCHS:-1}"
 LIMIT="${LIMIT:-0}"
 TARGET="${CARGO_TARGET_DIR:-target}"

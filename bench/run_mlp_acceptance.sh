@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Issue-2 acceptance: the reference MLP on full Fashion-MNIST, 3 seeds, every demo recipe; then the timing
 # comparison with PyTorch (run one after the other, never concurrently). Usage:
-#   bench/run_mlp_acceptance.sh [PEERS_VENV]   (default /work/peers-venv; see bench/peers/requirements.txt)
+#   bench/run_mlp_acceptance.sh [PEERS_VENV]   (or $PEERS_VENV; default bench/peers/.venv; see
+#   bench/peers/requirements.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${1:-/work/peers-venv}"
+# Absolute, because the peer runs from bench/peers.
+VENV=$(realpath -m "${1:-${PEERS_VENV:-bench/peers/.venv}}")
 OUT=bench/results
 mkdir -p "$OUT"
 cargo build --release -q -p lowbit-cli

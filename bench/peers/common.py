@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 
-DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+# Debian's dataset-fashion-mnist, or the directory lowbit itself is pointed at.
+DEFAULT_DIR = os.environ.get("LOWBIT_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
 
 def _read_idx(path):

@@ -33,6 +33,8 @@ struct Bars {
     current: Option<ProgressBar>,
     /// The phase label and last good model of a phase that diverged, kept so `train --out` can still save it.
     diverged: Option<(String, Box<Model>)>,
+    /// Every training phase's per-step record, for `--plot`.
+    phases: Vec<crate::plot::Phase>,
 }
 
 impl Bars {
@@ -41,6 +43,7 @@ impl Bars {
             quiet,
             current: None,
             diverged: None,
+            phases: Vec::new(),
         }
     }
 
@@ -48,8 +51,21 @@ impl Bars {
         match e {
             Event::TrainingStarted { label, total_steps } => {
                 self.current = Some(bar(total_steps as u64, &label, self.quiet));
+                self.phases.push(crate::plot::Phase {
+                    label,
+                    ..Default::default()
+                });
             }
             Event::Step(p) => {
+                if let Some(phase) = self.phases.last_mut() {
+                    phase.steps_per_epoch = p.steps;
+                    phase.batch_loss.push(p.batch_loss);
+                    phase.batch_accuracy.push(p.batch_accuracy);
+                    if p.step == p.steps {
+                        phase.epoch_loss.push(f64::from(p.loss));
+                        phase.epoch_accuracy.push(f64::from(p.accuracy));
+                    }
+                }
                 if let Some(b) = &self.current {
                     b.inc(1);
                     if p.step == p.steps || p.step % 50 == 0 {
@@ -417,6 +433,11 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
         init: a.init.as_ref().map(|p| p.display().to_string()),
         baseline: !a.no_baseline,
     };
+    if let (Some(_), Some(_), Some(q)) = (&a.plot, &init, &cfg.quant) {
+        if q.method == Method::Ptq {
+            bail!("invalid --plot: PTQ of a given model (--init) trains nothing to draw");
+        }
+    }
     let mut bars = Bars::new(quiet);
     let out = pipeline::run(&cfg, &split, init.as_ref(), None, &mut |e| bars.handle(e));
     let mut out = match out {
@@ -447,9 +468,13 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
         }
         out.report.file_bytes = std::fs::metadata(path).ok().map(|m| m.len());
     }
+    let train_count = match lowbit::train::split_indices(&split.train, &cfg.train) {
+        Ok((t, v)) if !v.is_empty() => format!("{} train + {} validation", t.len(), v.len()),
+        _ => format!("{} train", split.train.n),
+    };
     println!(
-        "{} on {} ({} train / {} test)",
-        out.report.run, data_name, split.train.n, split.test.n
+        "{} on {} ({train_count} / {} test)",
+        out.report.run, data_name, split.test.n
     );
     for e in &out.report.epochs {
         let val = e
@@ -473,16 +498,29 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
         println!("report written to {}", path.display());
     }
     if let Some(path) = &a.plot {
-        let loss: Vec<f64> = out.report.epochs.iter().map(|e| e.train_loss).collect();
-        let acc: Vec<f64> = out.report.epochs.iter().map(|e| e.train_accuracy).collect();
-        if loss.is_empty() {
-            bail!("invalid --plot: this run trained no epochs (PTQ of a given model)");
+        // Earlier phases of a quantized run are its f32 baseline.
+        let last = bars.phases.len().saturating_sub(1);
+        for phase in &mut bars.phases[..last] {
+            if phase.label == "f32" {
+                phase.label = "f32 baseline".into();
+            }
         }
+        let validation: Vec<f64> = out
+            .report
+            .epochs
+            .iter()
+            .filter_map(|e| e.val_accuracy)
+            .collect();
         crate::plot::training_curves(
             path,
-            &format!("{} on {data_name}", out.report.run),
-            &loss,
-            &acc,
+            &crate::plot::TrainingCurves {
+                title: &format!(
+                    "{} {} on {data_name}, seed {}",
+                    out.report.run, cfg.model, cfg.train.seed
+                ),
+                phases: &bars.phases,
+                validation: &validation,
+            },
         )?;
         println!("plot written to {}", path.display());
     }
@@ -717,6 +755,7 @@ pub fn demo(a: &DemoArgs, quiet: bool) -> Result<()> {
         format!("{:.1}", baseline.seconds),
     ]);
     let mut reports = Vec::new();
+    let mut methods = Vec::new();
     let mut mismatches = 0usize;
     let mut isa = String::new();
     for qc in recipes {
@@ -758,6 +797,7 @@ pub fn demo(a: &DemoArgs, quiet: bool) -> Result<()> {
             format!("{:.1}", r.seconds),
         ]);
         reports.push(out.report);
+        methods.push(qc.method);
     }
     println!();
     print!("{}", table.render());
@@ -768,23 +808,32 @@ pub fn demo(a: &DemoArgs, quiet: bool) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     if let Some(path) = &a.plot {
-        let mut points = vec![crate::plot::SizePoint {
+        use crate::plot::{Marker, SizePoint};
+        let mut points = vec![SizePoint {
             label: "f32".into(),
             bytes: fb,
             accuracy: baseline.metrics.accuracy,
+            marker: Marker::Float,
         }];
-        points.extend(reports.iter().map(|r| crate::plot::SizePoint {
+        points.extend(reports.iter().zip(&methods).map(|(r, m)| SizePoint {
             label: r.run.clone(),
             bytes: r.model_bytes,
             accuracy: r.test_accuracy,
+            marker: match m {
+                Method::Ptq => Marker::Ptq,
+                Method::Qat => Marker::Qat,
+            },
         }));
         crate::plot::accuracy_vs_size(
             path,
-            &format!(
-                "{spec} on {}: accuracy vs size (integer engine)",
-                a.data.data
-            ),
-            &points,
+            &crate::plot::AccuracyVsSize {
+                title: &format!(
+                    "{spec} on {}, {} epochs, seed {}: test accuracy (integer engine) vs size",
+                    a.data.data, a.epochs, a.seed
+                ),
+                points: &points,
+                test_samples: split.test.n,
+            },
         )?;
         println!("plot written to {}", path.display());
     }

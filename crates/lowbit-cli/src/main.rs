@@ -143,7 +143,7 @@ struct TrainArgs {
     /// Do not train the f32 baseline with the same seed (saves time; the report then has no difference).
     #[arg(long)]
     no_baseline: bool,
-    /// Hold out this fraction of the training set (0..1) and report validation accuracy per epoch.
+    /// Hold out this fraction (0..1) of each class of the training set, drawn with --seed, and report validation accuracy per epoch.
     #[arg(long, value_name = "FRACTION")]
     validation_split: Option<f32>,
     /// Training samples used to calibrate activation ranges (PTQ).
@@ -215,8 +215,9 @@ struct TrainArgs {
     /// Write a JSON report here (schema: docs/REPORT.md).
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Draw the training curves (loss and accuracy per epoch, SVG) here.
-    #[arg(long)]
+    /// Draw the training curves here: per-step loss and accuracy (smoothed) with per-epoch markers; .svg or
+    /// .png by the extension.
+    #[arg(long, value_parser = plot::parse_plot_path)]
     plot: Option<PathBuf>,
 }
 
@@ -244,8 +245,9 @@ struct DemoArgs {
     /// Write a JSON report of every run here.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Draw accuracy against model size (SVG) here.
-    #[arg(long)]
+    /// Draw accuracy against model size (with the f32 line and the Pareto front) here; .svg or .png by the
+    /// extension.
+    #[arg(long, value_parser = plot::parse_plot_path)]
     plot: Option<PathBuf>,
 }
 

@@ -5,65 +5,11 @@
 //! Runs are tiny (one epoch on the builtin sample, about a second each) so the file stays well under a minute.
 use lowbit_runtime::testutil::{st_header, st_with_header};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 use tempfile::TempDir;
 
-fn lowbit(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowbit"))
-        .current_dir(dir)
-        .arg("--quiet")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run lowbit {args:?}: {e}"))
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts the run failed cleanly: non-zero exit, one `error:` line holding every fragment, no panic.
-fn assert_clean_error(out: &Output, args: &[&str], fragments: &[&str]) {
-    let err = stderr(out);
-    assert!(
-        !out.status.success(),
-        "lowbit {args:?} succeeded; stderr: {err}"
-    );
-    assert!(!err.contains("panicked"), "lowbit {args:?} panicked: {err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "lowbit {args:?}: expected one stderr line, got {lines:#?}"
-    );
-    assert!(
-        lines[0].starts_with("error: "),
-        "lowbit {args:?}: {:?}",
-        lines[0]
-    );
-    for f in fragments {
-        assert!(
-            lines[0].contains(f),
-            "lowbit {args:?}: {:?} does not mention {f:?}",
-            lines[0]
-        );
-    }
-}
-
-fn run_err(dir: &Path, args: &[&str], fragments: &[&str]) {
-    let out = lowbit(dir, args);
-    assert_clean_error(&out, args, fragments);
-}
-
-fn run_ok(dir: &Path, args: &[&str]) -> String {
-    let out = lowbit(dir, args);
-    assert!(
-        out.status.success(),
-        "lowbit {args:?} failed: {}",
-        stderr(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::{assert_clean_error, lowbit, run_err, run_ok, stderr};
 
 fn idx_bytes(magic_type: u8, dims: &[u32], payload: &[u8]) -> Vec<u8> {
     let mut b = vec![0, 0, magic_type, dims.len() as u8];

@@ -112,12 +112,11 @@ pub struct RunOutput {
     pub quant_model: Option<QuantModel>,
 }
 
-fn steps_per_epoch(n: usize, cfg: &TrainConfig) -> usize {
-    let n_val = cfg
-        .validation_fraction
-        .map(|f| ((n as f64) * f64::from(f)).round() as usize)
-        .unwrap_or(0);
-    n.saturating_sub(n_val).div_ceil(cfg.batch_size.max(1))
+/// Steps per epoch for the progress bar; 0 when the split is invalid ([`train::train`] reports why).
+fn steps_per_epoch(data: &Dataset, cfg: &TrainConfig) -> usize {
+    train::split_indices(data, cfg)
+        .map_or(0, |(t, _)| t.len())
+        .div_ceil(cfg.batch_size.max(1))
 }
 
 fn train_with_events(
@@ -129,7 +128,7 @@ fn train_with_events(
 ) -> Result<Vec<EpochStats>> {
     on_event(Event::TrainingStarted {
         label: label.to_string(),
-        total_steps: steps_per_epoch(data.n, cfg) * cfg.epochs,
+        total_steps: steps_per_epoch(data, cfg) * cfg.epochs,
     });
     let r = train::train(model, data, cfg, &mut |p| on_event(Event::Step(p)));
     on_event(Event::TrainingFinished);

@@ -1,6 +1,7 @@
 //! The training loop (float or QAT, depending on the quantizers attached to the model's layers).
 use std::time::Instant;
 
+use crate::data::stratified_split;
 use crate::error::{Error, Result};
 use crate::nn::{argmax_rows, softmax_cross_entropy, Layer, Model};
 use crate::optim::{clip_grad_norm, sum_squares, Optimizer, OptimizerKind, Schedule};
@@ -81,8 +82,9 @@ pub struct TrainConfig {
     pub lr: f32,
     /// Seed of the per-epoch shuffles.
     pub seed: u64,
-    /// Fraction of the samples held out for validation (`--validation-split`, in (0, 1)); like Keras'
-    /// `validation_split`, the last samples before shuffling are held out.
+    /// Fraction of the samples held out for validation (`--validation-split`, in (0, 1)): that fraction of
+    /// each class, drawn by a shuffle seeded from `seed` (see [`split_indices`]). Not Keras' tail split, which
+    /// on class-sorted data validates on classes it never trains.
     pub validation_fraction: Option<f32>,
     /// Learning-rate schedule (`--schedule`); `Constant` keeps `lr`.
     pub schedule: Schedule,
@@ -200,6 +202,10 @@ pub struct Progress {
     pub loss: f32,
     /// Training accuracy so far in this epoch.
     pub accuracy: f32,
+    /// Mean loss of this step's batch alone (per-step curves; the running `loss` hides the first epoch).
+    pub batch_loss: f32,
+    /// Accuracy of this step's batch alone, in [0, 1].
+    pub batch_accuracy: f32,
 }
 
 /// Summary of one epoch.
@@ -382,20 +388,8 @@ fn train_validated<S: Samples + ?Sized>(
     on_progress: &mut dyn FnMut(Progress),
     bypassed: &mut bool,
 ) -> Result<Vec<EpochStats>> {
-    let n = data.len();
-    let n_val = match cfg.validation_fraction {
-        Some(f) => ((n as f64) * f64::from(f)).round() as usize,
-        None => 0,
-    };
-    if n_val >= n || n == 0 {
-        return Err(Error::option(
-            "--validation-split",
-            format!("leaves no training samples out of {n}"),
-        ));
-    }
-    let n_train = n - n_val;
-    let val_indices: Vec<usize> = (n_train..n).collect();
-    let mut order: Vec<usize> = (0..n_train).collect();
+    let (mut order, val_indices) = split_indices(data, cfg)?;
+    let n_train = order.len();
     let mut opt = Optimizer::new(cfg.optimizer, cfg.lr)?;
     opt.set_quant_lr_scale(cfg.quant_lr_scale)?;
     let per: usize = model.input_shape.iter().product();
@@ -500,6 +494,8 @@ fn train_validated<S: Samples + ?Sized>(
                 steps,
                 loss: (loss_sum / seen) as f32,
                 accuracy: (correct as f64 / seen) as f32,
+                batch_loss: out.loss,
+                batch_accuracy: out.correct as f32 / batch.len() as f32,
             });
         }
         let seconds = start.elapsed().as_secs_f64();
@@ -523,6 +519,39 @@ fn train_validated<S: Samples + ?Sized>(
         });
     }
     Ok(history)
+}
+
+/// The training and validation sample indices of a run: all samples for training without
+/// `cfg.validation_fraction`, else a stratified split seeded from `cfg.seed` ([`stratified_split`]), so data
+/// sorted by class still validates on every class and the same seed holds out the same samples.
+/// Errors (naming `--validation-split`) when no training sample would remain, or when the fraction is large
+/// enough to hold some out but rounds to none.
+pub fn split_indices<S: Samples + ?Sized>(
+    data: &S,
+    cfg: &TrainConfig,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let n = data.len();
+    let (train, val) = match cfg.validation_fraction {
+        None => ((0..n).collect(), Vec::new()),
+        Some(f) => {
+            let labels: Vec<u8> = (0..n).map(|i| data.label(i)).collect();
+            let (train, val) = stratified_split(&labels, f, cfg.seed ^ 0x5711_7000_0000_0000);
+            if val.is_empty() && !train.is_empty() {
+                return Err(Error::option(
+                    "--validation-split",
+                    format!("{f} of {n} samples holds none out for validation"),
+                ));
+            }
+            (train, val)
+        }
+    };
+    if train.is_empty() {
+        return Err(Error::option(
+            "--validation-split",
+            format!("leaves no training samples out of {n}"),
+        ));
+    }
+    Ok((train, val))
 }
 
 /// Batch size for inference passes; larger than training batches because there is no backward pass.

@@ -4,7 +4,7 @@ use std::cell::Cell;
 use lowbit::nn::{Dense, Layer, Model, Relu};
 use lowbit::optim::OptimizerKind;
 use lowbit::rng::Rng;
-use lowbit::train::{evaluate_float, train, Samples, SliceSamples, TrainConfig};
+use lowbit::train::{evaluate_float, split_indices, train, Samples, SliceSamples, TrainConfig};
 use lowbit::Error;
 
 const DIM: usize = 8;
@@ -88,6 +88,90 @@ fn sgd_also_learns_and_validation_accuracy_is_reported() {
     let stats = train(&mut model, &data, &c, &mut |_| {}).unwrap();
     let val = stats[3].val_accuracy.expect("validation requested");
     assert!(val > 0.95, "{stats:?}");
+}
+
+/// `blobs` reordered so that every class-0 sample comes first, then class 1, then class 2 (as the embedded
+/// Fashion-MNIST sample is stored).
+fn sorted_blobs(n: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
+    let (x, y) = blobs(n, seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| y[i]);
+    let xs = order
+        .iter()
+        .flat_map(|&i| x[i * DIM..(i + 1) * DIM].iter().copied())
+        .collect();
+    (xs, order.iter().map(|&i| y[i]).collect())
+}
+
+#[test]
+fn validation_on_class_sorted_data_covers_every_class_and_tracks_test_accuracy() {
+    // 0.34 of 600 class-sorted samples: a tail split would hold out all of class 2 (never trained, validation
+    // accuracy about 2%); a stratified one holds out 68 of each class.
+    let (x, y) = sorted_blobs(600, 21);
+    let data = SliceSamples::new(&x, &y, [1, 1, DIM]).unwrap();
+    let c = TrainConfig {
+        validation_fraction: Some(0.34),
+        ..cfg(3)
+    };
+    let (train_idx, val_idx) = split_indices(&data, &c).unwrap();
+    let per_class = |idx: &[usize]| {
+        let mut n = [0usize; CLASSES];
+        idx.iter().for_each(|&i| n[usize::from(y[i])] += 1);
+        n
+    };
+    assert_eq!(per_class(&val_idx), [68; CLASSES]);
+    assert_eq!(per_class(&train_idx), [132; CLASSES]);
+    let mut model = small_model(4);
+    let stats = train(&mut model, &data, &c, &mut |_| {}).unwrap();
+    let val = stats[2].val_accuracy.expect("validation requested");
+    let (tx, ty) = blobs(300, 22);
+    let test = SliceSamples::new(&tx, &ty, [1, 1, DIM]).unwrap();
+    let (acc, pred) = evaluate_float(&mut model, &test, 64).unwrap();
+    // Bayes accuracy is over 99%: both must be high, so they are within a few points of each other.
+    assert!(val > 0.95 && acc > 0.95, "val {val}, test {acc}");
+    for class in 0..CLASSES {
+        let right = (0..300)
+            .filter(|&i| usize::from(ty[i]) == class && pred[i] == class)
+            .count();
+        assert!(right > 90, "class {class}: {right} of 100 right");
+    }
+}
+
+#[test]
+fn validation_split_is_seeded_disjoint_and_reproducible() {
+    let (x, y) = sorted_blobs(300, 5);
+    let data = SliceSamples::new(&x, &y, [1, 1, DIM]).unwrap();
+    let c = |seed| TrainConfig {
+        seed,
+        validation_fraction: Some(0.2),
+        ..cfg(2)
+    };
+    let (t, v) = split_indices(&data, &c(1)).unwrap();
+    let mut all: Vec<usize> = t.iter().chain(&v).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..300).collect::<Vec<_>>());
+    assert_eq!(split_indices(&data, &c(1)).unwrap().1, v);
+    assert_ne!(split_indices(&data, &c(2)).unwrap().1, v);
+    let run = |seed| {
+        let mut m = small_model(8);
+        let stats = train(&mut m, &data, &c(seed), &mut |_| {}).unwrap();
+        (m.snapshot(), stats[1].val_accuracy)
+    };
+    assert_eq!(run(1), run(1));
+}
+
+#[test]
+fn a_validation_fraction_that_rounds_to_no_sample_is_an_error() {
+    let (x, y) = blobs(30, 1);
+    let data = SliceSamples::new(&x, &y, [1, 1, DIM]).unwrap();
+    let c = TrainConfig {
+        validation_fraction: Some(0.04),
+        ..cfg(1)
+    };
+    assert!(matches!(
+        train(&mut small_model(1), &data, &c, &mut |_| {}),
+        Err(Error::InvalidOption { option, .. }) if option == "--validation-split"
+    ));
 }
 
 #[test]

@@ -58,6 +58,31 @@ pub fn class_names(name: &str) -> Vec<String> {
     }
 }
 
+/// Splits sample indices `0..labels.len()` into `(train, validation)`, holding out `fraction` of each label
+/// (rounded to nearest) chosen by a shuffle seeded from `seed`; both lists ascending. Data sorted by class
+/// (the embedded sample is) would lose whole classes to a tail split; this keeps every class on both sides.
+/// Either list may be empty (a fraction near 0 or 1, or tiny classes): callers decide whether that is an error.
+pub fn stratified_split(labels: &[u8], fraction: f32, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let classes = labels.iter().max().map_or(0, |&m| usize::from(m) + 1);
+    let mut by_class = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[usize::from(l)].push(i);
+    }
+    let mut rng = Rng::new(seed);
+    let mut train = Vec::with_capacity(labels.len());
+    let mut val = Vec::new();
+    for (class, mut idx) in by_class.into_iter().enumerate() {
+        // A stream per class (empty ones too) so one class's size does not change another's draw.
+        rng.fork(class as u64).shuffle(&mut idx);
+        let k = (idx.len() as f64 * f64::from(fraction)).round() as usize;
+        val.extend_from_slice(&idx[..k]);
+        train.extend_from_slice(&idx[k..]);
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    (train, val)
+}
+
 impl Dataset {
     /// Builds a dataset, checking that `images` holds `labels.len()` images of `rows x cols` and that every label
     /// is below `classes`. `name` is used in error messages.
@@ -157,22 +182,7 @@ impl Dataset {
                 format!("{fraction} is not strictly between 0 and 1"),
             ));
         }
-        let mut by_class = vec![Vec::new(); self.classes];
-        for (i, &l) in self.labels.iter().enumerate() {
-            if let Some(v) = by_class.get_mut(usize::from(l)) {
-                v.push(i);
-            }
-        }
-        let mut rng = Rng::new(seed);
-        let mut train = Vec::with_capacity(self.n);
-        let mut val = Vec::new();
-        for (class, mut idx) in by_class.into_iter().enumerate() {
-            // A stream per class so one class's size does not change another's draw.
-            rng.fork(class as u64).shuffle(&mut idx);
-            let k = (idx.len() as f64 * f64::from(fraction)).round() as usize;
-            val.extend_from_slice(&idx[..k]);
-            train.extend_from_slice(&idx[k..]);
-        }
+        let (train, val) = stratified_split(&self.labels, fraction, seed);
         if train.is_empty() || val.is_empty() {
             return Err(Error::option(
                 "validation fraction",
@@ -184,8 +194,6 @@ impl Dataset {
                 ),
             ));
         }
-        train.sort_unstable();
-        val.sort_unstable();
         Ok((self.subset(&train), self.subset(&val)))
     }
 

@@ -20,7 +20,7 @@ pub mod image;
 mod source;
 
 pub use batch::{pixels_to_f32, Batcher, Batches};
-pub use dataset::{class_names, Dataset, Split, FASHION_MNIST_CLASSES};
+pub use dataset::{class_names, stratified_split, Dataset, Split, FASHION_MNIST_CLASSES};
 pub use idx::{
     parse_idx_images, parse_idx_labels, read_idx_images, read_idx_labels, write_idx, IdxImages,
     IMAGES_MAGIC, LABELS_MAGIC, MAX_ITEMS, MAX_PAYLOAD_BYTES, MAX_SIDE,
