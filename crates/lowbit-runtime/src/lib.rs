@@ -15,7 +15,8 @@ pub mod kernels;
 pub mod model;
 pub mod pack;
 pub mod qparams;
-#[doc(hidden)]
+/// Test helpers for this workspace (cargo feature `testutil`, off by default; not a stable API).
+#[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 pub mod workers;
 
