@@ -3,7 +3,7 @@
 //! Data flow inside this crate: [`qparams`] (the one normative quantize / requantize arithmetic) ->
 //! [`pack`] (weight codes at their bit width) -> [`kernels`] (reference + SIMD, dispatched at run time) ->
 //! [`model`] (the quantized model) -> [`engine`] (runs it integer-only, its batches split over [`workers`]) ->
-//! [`format`] (the `.lbq` file).
+//! [`format`](mod@format) (the `.lbq` file).
 //!
 //! This crate never depends on training code.
 #![warn(missing_docs)]
