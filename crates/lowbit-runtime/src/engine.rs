@@ -184,9 +184,29 @@ struct Buffers {
     acc: Vec<i32>,
 }
 
+/// How an [`Engine`] runs, beyond what the model fixes. Build with struct update syntax,
+/// `EngineOptions { allow_spinning: true, ..EngineOptions::default() }`, so that new options keep old code compiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineOptions {
+    /// After a batch split over the helper threads, let them poll for the next batch for `LOWBIT_SPIN_US`
+    /// microseconds (default [`workers::DEFAULT_SPIN_US`]) before they sleep, like ONNX Runtime's
+    /// `allow_spinning`. Back-to-back calls then skip the helpers' wake-up (tens of microseconds on a VM, against
+    /// about 100 us for a batch of 256 through the MLP), at the price of a busy core per helper after every call.
+    /// Off by default, so that a library call leaves the host process idle when it returns; `lowbit bench`,
+    /// `lowbit eval` and the benchmarks turn it on. The `split_ab` example measures both ways (BENCHMARKS.md).
+    pub allow_spinning: bool,
+}
+
 /// A validated, ready-to-run quantized model.
+///
+/// An `Engine` is immutable once built and is `Send + Sync` (asserted at compile time): share one between threads
+/// (by reference, or in an `Arc`) and call [`Engine::run`] from all of them at once. Every call uses its own
+/// thread's scratch buffers and returns exactly the logits a single-threaded call would. A large batch is split
+/// between the calling thread and the runtime's helper threads ([`workers`]); while one call holds the helpers,
+/// concurrent calls run on their own threads.
 #[derive(Debug, Clone)]
 pub struct Engine {
+    options: EngineOptions,
     ops: Vec<Op>,
     /// Per-sample element count after each op.
     out_elems: Vec<usize>,
@@ -196,6 +216,12 @@ pub struct Engine {
     /// Multiply-accumulates per sample over all matrix layers; sizes the batch split of [`Engine::run`].
     macs_per_sample: usize,
 }
+
+// Fails to compile if a field ever makes `Engine` unshareable between threads (its docs promise that it is).
+const _: fn() = || {
+    fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Engine>();
+};
 
 fn shape_err(context: String, detail: String) -> QuantError {
     QuantError::ShapeMismatch { context, detail }
@@ -449,9 +475,21 @@ fn window_out(name: &str, input: Shape, w: &Window, channels: usize) -> Result<S
 }
 
 impl Engine {
-    /// Validates `model` completely and prepares it to run.
+    /// Validates `model` completely and prepares it to run, with the default [`EngineOptions`].
     pub fn new(model: &QuantModel) -> Result<Engine, QuantError> {
         Self::build(model, true)
+    }
+
+    /// [`Engine::new`] with explicit [`EngineOptions`].
+    pub fn with_options(model: &QuantModel, options: EngineOptions) -> Result<Engine, QuantError> {
+        let mut engine = Self::build(model, true)?;
+        engine.options = options;
+        Ok(engine)
+    }
+
+    /// The options this engine runs with.
+    pub fn options(&self) -> EngineOptions {
+        self.options
     }
 
     /// Every check of [`Engine::new`] without preparing weights for the selected kernel tier (the pair plans and
@@ -728,6 +766,7 @@ impl Engine {
             })
             .fold(0usize, usize::saturating_add);
         Ok(Engine {
+            options: EngineOptions::default(),
             ops,
             out_elems,
             input_features,
@@ -889,7 +928,7 @@ impl Engine {
                     .get_or_insert(e);
             }
         };
-        let completed = workers::run_tasks(tasks, &task);
+        let completed = workers::run_tasks(tasks, self.options.allow_spinning, &task);
         drop(outs);
         match first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Some(e) => Err(e),
