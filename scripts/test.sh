@@ -17,4 +17,14 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
 # directory ship, and the workspace crates resolve from each other's packages. Offline: the tests above fetched
 # every dependency. About 15 s with a warm target directory; a cold one adds a dev-profile build of the
 # dependencies (1.5 min of CPU).
-cargo package --workspace --locked --offline --allow-dirty --quiet
+# Cargo unpacks the packages it verifies against (lowbit-runtime, when verifying lowbit) into
+# $CARGO_HOME/registry/src and never unpacks the same name and version again, so a second run would build against
+# the first run's sources. A cargo home of our own under target/ (sharing the real one's index and downloaded
+# crates) lets each run drop those copies without touching anything outside this checkout.
+REAL_CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
+PKG_HOME="$PWD/target/package-home"
+mkdir -p "$PKG_HOME/registry"
+ln -sfn "$REAL_CARGO_HOME/registry/index" "$PKG_HOME/registry/index"
+ln -sfn "$REAL_CARGO_HOME/registry/cache" "$PKG_HOME/registry/cache"
+rm -rf "$PKG_HOME"/registry/src/-*
+CARGO_HOME="$PKG_HOME" cargo package --workspace --locked --offline --allow-dirty --quiet

@@ -6,6 +6,12 @@
 //! [`format`](mod@format) (the `.lbq` file).
 //!
 //! This crate never depends on training code.
+//!
+//! Load a `.lbq` file, run a batch and read the logits (`examples/run_lbq.rs`, also in the README):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/run_lbq.rs")]
+//! ```
 #![warn(missing_docs)]
 
 pub mod engine;
