@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes lowbit's builtin dataset: a class-balanced sample of Fashion-MNIST.
 
-Reads the Debian package files (apt-get install dataset-fashion-mnist) and writes, into data/builtin/,
+Reads the Debian package files (apt-get install dataset-fashion-mnist) and writes, into crates/lowbit/data/builtin/
+(inside the crate that embeds them, so that `cargo package` ships them),
   train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz  (500 images per class, 5,000 in all)
   t10k-images-idx3-ubyte.gz,  t10k-labels-idx1-ubyte.gz   (100 images per class, 1,000 in all)
 
@@ -87,7 +88,7 @@ def write_gz(path, raw):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     src = sys.argv[1] if len(sys.argv) > 1 else "/usr/share/datasets/fashion-mnist"
-    out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(here, "..", "data", "builtin")
+    out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(here, "..", "crates", "lowbit", "data", "builtin")
     os.makedirs(out, exist_ok=True)
     total = 0
     for split_index, (split, per_class) in enumerate(SPLITS):

@@ -17,8 +17,14 @@ use lowbit::pipeline::{self, Event, FloatRun, RunConfig};
 use lowbit::quant::{ActMethod, LayerQuant, LayerSelector, Method, QuantConfig, WeightMethod};
 use lowbit::report::{DatasetInfo, Report};
 use lowbit::train::{self, TrainConfig};
-use lowbit_runtime::engine::Engine;
+use lowbit_runtime::engine::{Engine, EngineOptions};
 use lowbit_runtime::model::{OutputStage, Provenance, QOp};
+
+/// The engine options of `eval` and `bench`, which run batch after batch in a process of their own: the helper
+/// threads may spin between batches (the library's default is off, for host processes that do other work).
+const CLI_ENGINE: EngineOptions = EngineOptions {
+    allow_spinning: true,
+};
 use std::path::Path;
 use std::time::Instant;
 
@@ -546,7 +552,7 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
     let names = split.test.class_names();
     let (m, source, sim, mism, isa, model_bytes, float_bytes) = match &model {
         AnyModel::Quant(qm) => {
-            let qe = pipeline::evaluate_quant(qm, &split.test)
+            let qe = pipeline::evaluate_quant(qm, &split.test, CLI_ENGINE)
                 .with_context(|| a.model.display().to_string())?;
             let mb = lowbit::quant::model_bytes(qm);
             let fb = pipeline::quant_float_bytes(qm);
@@ -1098,7 +1104,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     if !(a.seconds.is_finite() && a.seconds > 0.0) {
         bail!("invalid --seconds: must be a positive number");
     }
-    let engine = Engine::new(&qm)?;
+    let engine = Engine::with_options(&qm, CLI_ENGINE)?;
     let mut float_model = float_twin(&qm)?;
     let split = data::load(&DataSource::Builtin)?;
     let per = qm.input.features();

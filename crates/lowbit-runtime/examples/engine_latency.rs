@@ -2,9 +2,10 @@
 //! time per call, which filters out the windows in which the thread was descheduled (the mean of one long window,
 //! as `lowbit bench` reports, mostly measures the machine's load). Also times the first layer alone on prepared
 //! weights against the per-call-decoding `gemm_acc` API, the path sub-byte layers took before they were prepared.
+//! The engine's helper threads spin between calls (`EngineOptions::allow_spinning`), as in the CLI's `bench`.
 //!
 //! `cargo run --release -p lowbit-runtime --example engine_latency` (about 10 s).
-use lowbit_runtime::engine::Engine;
+use lowbit_runtime::engine::{Engine, EngineOptions};
 use lowbit_runtime::kernels::{self, PrepackedWeights};
 use lowbit_runtime::model::QOp;
 use lowbit_runtime::testutil::{min_window_secs, reference_mlp};
@@ -15,7 +16,11 @@ fn main() {
     println!("active ISA: {}", kernels::active_isa());
     for bits in [8u32, 4, 2, 1] {
         let model = reference_mlp(42, bits);
-        let engine = Engine::new(&model).unwrap_or_else(|e| panic!("engine: {e}"));
+        let spinning = EngineOptions {
+            allow_spinning: true,
+        };
+        let engine =
+            Engine::with_options(&model, spinning).unwrap_or_else(|e| panic!("engine: {e}"));
         let x1: Vec<u8> = (0..784).map(|t| (t * 37 % 256) as u8).collect();
         let x256: Vec<u8> = (0..256 * 784).map(|t| (t * 37 % 256) as u8).collect();
         let t1 = min_window_secs(window, 400, || {

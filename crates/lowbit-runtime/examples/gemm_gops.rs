@@ -3,8 +3,9 @@
 //! `cargo run --release -p lowbit-runtime --example gemm_gops` (add `-- --quick` for shorter runs, `-- --engine` for
 //! the engine cases only, `-- --big` for the prepacked 1024^3 cases only). Prints the
 //! active kernel tier, then the best of several timed repeats per case: the machine is shared, so the best
-//! repeat is the closest estimate of what the code can do; compare ratios only within one run.
-use lowbit_runtime::engine::Engine;
+//! repeat is the closest estimate of what the code can do; compare ratios only within one run. The engine cases
+//! let its helper threads spin between calls (`EngineOptions::allow_spinning`), as the CLI's `bench` does.
+use lowbit_runtime::engine::{Engine, EngineOptions};
 use lowbit_runtime::kernels::{self, OutputParams, PrepackedWeights};
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::{weight_code_range, Requant};
@@ -153,7 +154,11 @@ fn prepacked_case(m: usize, k: usize, n: usize, threads: usize, budget: Duration
 }
 
 fn engine_case(bits: u32, batch: usize, budget: Duration, reps: usize) {
-    let engine = Engine::new(&reference_mlp(42, bits)).unwrap_or_else(|e| panic!("engine: {e}"));
+    let spinning = EngineOptions {
+        allow_spinning: true,
+    };
+    let engine = Engine::with_options(&reference_mlp(42, bits), spinning)
+        .unwrap_or_else(|e| panic!("engine: {e}"));
     let input: Vec<u8> = (0..batch * 784).map(|t| (t * 37 % 256) as u8).collect();
     let (t, cpu) = best_secs_cpu(budget, reps, || {
         std::hint::black_box(

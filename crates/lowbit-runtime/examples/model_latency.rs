@@ -1,9 +1,10 @@
 //! Engine latency of a saved `.lbq` model at batch 1 and 256: the minimum over short windows of the mean wall time
-//! per call (filters out windows in which the thread was descheduled on a shared machine).
+//! per call (filters out windows in which the thread was descheduled on a shared machine). The engine's helper
+//! threads spin between calls (`EngineOptions::allow_spinning`), as in the CLI's `bench`.
 //!
 //! `cargo run --release -p lowbit-runtime --example model_latency -- MODEL.lbq [WINDOWS [BATCHES]]` (BATCHES comma separated, default
 //! `1,256`; WINDOWS = 0 runs each batch once, for instruction counts under callgrind)
-use lowbit_runtime::engine::Engine;
+use lowbit_runtime::engine::{Engine, EngineOptions};
 use lowbit_runtime::format;
 use lowbit_runtime::testutil::{min_window_secs, process_cpu_secs};
 use std::path::PathBuf;
@@ -21,7 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => vec![1, 256],
     };
     let model = format::load(&path)?;
-    let engine = Engine::new(&model)?;
+    let engine = Engine::with_options(
+        &model,
+        EngineOptions {
+            allow_spinning: true,
+        },
+    )?;
     let features = engine.input_features();
     println!(
         "{}: kernel {}, {} rayon threads",

@@ -3,7 +3,7 @@
 //!
 //! It checks the structure (unique names, inputs that refer to earlier values only, so no cycle and no dangling
 //! reference, the arity of every op, no unused node, one output that emits logits) and then every op against
-//! the values that reach it, in order ([`crate::ops::OpDef::infer`]: shapes, quantization parameters, weights,
+//! the values that reach it, in order (`OpDef::infer` in [`crate::ops`]: shapes, quantization parameters, weights,
 //! the i32 accumulator bound), and bounds the memory a run needs.
 use crate::error::QuantError;
 use crate::model::QuantModel;

@@ -4,9 +4,15 @@
 //! [`pack`] (weight codes at their bit width) -> [`kernels`] (reference + SIMD, dispatched at run time) ->
 //! [`model`] (the quantized graph) -> [`graph`] (its validation) -> [`ops`] (one definition per op: inference,
 //! description, engine step) -> [`engine`] (plans and runs it integer-only, its batches split over [`workers`])
-//! -> [`format`] (the `.lbq` file).
+//! -> [`format`](mod@format) (the `.lbq` file).
 //!
 //! This crate never depends on training code.
+//!
+//! Load a `.lbq` file, run a batch and read the logits (`examples/run_lbq.rs`, also in the README):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/run_lbq.rs")]
+//! ```
 #![warn(missing_docs)]
 
 pub mod engine;
@@ -18,7 +24,8 @@ pub mod model;
 pub mod ops;
 pub mod pack;
 pub mod qparams;
-#[doc(hidden)]
+/// Test helpers for this workspace (cargo feature `testutil`, off by default; not a stable API).
+#[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 pub mod workers;
 

@@ -2,10 +2,14 @@
 //!
 //! A batch of 256 through the 784-64-10 MLP takes about 100 us on two cores, so the few tens of microseconds a
 //! sleeping thread needs to wake up on this VM (a futex wake, then the hypervisor rescheduling an idle vCPU) is a
-//! large share of every call. Rayon's workers go to sleep soon after their queue empties; these helpers instead
+//! large share of every call. Rayon's workers go to sleep soon after their queue empties; these helpers can instead
 //! keep polling for the next batch for a while ([`DEFAULT_SPIN_US`], `LOWBIT_SPIN_US`) before they park, as ONNX
-//! Runtime's and OpenMP's thread pools do by default. Measured by the `split_ab` example, which alternates windows
-//! between this split and the whole batch handed to rayon (docs/KERNELS.md, BENCHMARKS.md).
+//! Runtime's and OpenMP's thread pools do by default. That polling burns a core of the host process for every
+//! batch, so it is opt-in: a caller passes `allow_spinning` (the engine's
+//! [`crate::engine::EngineOptions::allow_spinning`], off by default, on in the CLI's `bench` and `eval` and in the
+//! benchmarks), and the helpers spin after a batch only if that batch's caller allowed it; otherwise they park as
+//! soon as it is done. Measured by the `split_ab` example, which alternates windows between spinning, parking and
+//! the whole batch handed to rayon (docs/KERNELS.md, BENCHMARKS.md).
 //!
 //! One batch at a time uses the helpers: a caller that finds them busy (another thread's batch) runs its tasks alone
 //! on its own thread. The calling thread always takes tasks too, so a helper that is slow to wake only loses its
@@ -18,7 +22,8 @@ use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-/// How long a helper keeps polling for the next batch after its last one before it parks, in microseconds.
+/// How long a helper keeps polling for the next batch after a batch that allowed spinning, in microseconds
+/// (`LOWBIT_SPIN_US` overrides it, read once).
 pub const DEFAULT_SPIN_US: u64 = 500;
 
 /// One batch: the caller's task closure and the counter its threads take task indices from. Lives on the caller's
@@ -60,6 +65,9 @@ struct Pool {
     threads: OnceLock<Vec<Option<Thread>>>,
     /// Held by the caller whose batch the helpers run.
     busy: Mutex<()>,
+    /// Whether the latest batch's caller allowed spinning; written before `generation` is bumped.
+    allow_spinning: AtomicBool,
+    /// How long helpers poll after a batch that allowed it.
     spin: Duration,
 }
 
@@ -78,6 +86,7 @@ fn pool() -> &'static Pool {
             sleeping: (0..helpers).map(|_| AtomicBool::new(false)).collect(),
             threads: OnceLock::new(),
             busy: Mutex::new(()),
+            allow_spinning: AtomicBool::new(false),
             spin: Duration::from_micros(spin_us),
         }));
         // Without a thread the batch still runs: the caller takes every task itself.
@@ -99,6 +108,11 @@ fn helper(pool: &'static Pool, me: usize) {
     let mut seen = pool.generation.load(SeqCst);
     loop {
         let polled = Instant::now();
+        let spin = if pool.allow_spinning.load(SeqCst) {
+            pool.spin
+        } else {
+            Duration::ZERO
+        };
         let mut spins = 0u32;
         loop {
             let g = pool.generation.load(SeqCst);
@@ -107,7 +121,7 @@ fn helper(pool: &'static Pool, me: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins & 255 == 0 && polled.elapsed() >= pool.spin {
+            if spin.is_zero() || (spins & 255 == 0 && polled.elapsed() >= spin) {
                 // The caller reads `sleeping` after bumping `generation` (both SeqCst): either it sees the flag and
                 // unparks, or this thread sees the new generation and does not park.
                 pool.sleeping[me].store(true, SeqCst);
@@ -162,8 +176,10 @@ impl Drop for Close<'_> {
 }
 
 /// Runs `task(i)` once for every `i` in `0..tasks`, on the calling thread and the idle helpers, and returns when
-/// all have finished. Returns `false` if a task panicked (the other tasks still run).
-pub fn run_tasks(tasks: usize, task: &(dyn Fn(usize) + Sync)) -> bool {
+/// all have finished. Returns `false` if a task panicked (the other tasks still run). With `allow_spinning`, the
+/// helpers that took part keep polling for the next batch for the spin time before they park; without, they park
+/// as soon as the batch is done, and the process uses no CPU once this returns.
+pub fn run_tasks(tasks: usize, allow_spinning: bool, task: &(dyn Fn(usize) + Sync)) -> bool {
     let job = Job {
         task,
         tasks,
@@ -186,6 +202,7 @@ pub fn run_tasks(tasks: usize, task: &(dyn Fn(usize) + Sync)) -> bool {
         return !job.panicked.load(SeqCst);
     }
     pool.job.store(&job as *const Job<'_> as *mut (), SeqCst);
+    pool.allow_spinning.store(allow_spinning, SeqCst);
     let close = Close(pool);
     pool.generation.fetch_add(1, SeqCst);
     if let Some(threads) = pool.threads.get() {
@@ -239,9 +256,9 @@ mod tests {
         LOCK.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn counts(tasks: usize) -> (Vec<AtomicUsize>, bool) {
+    fn counts(tasks: usize, spinning: bool) -> (Vec<AtomicUsize>, bool) {
         let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
-        let ok = run_tasks(tasks, &|i| {
+        let ok = run_tasks(tasks, spinning, &|i| {
             hits[i].fetch_add(1, SeqCst);
         });
         (hits, ok)
@@ -251,8 +268,9 @@ mod tests {
     fn every_task_runs_exactly_once() {
         let _serial = serial();
         for tasks in [0usize, 1, 2, 3, 11, 64, 1000] {
-            for _ in 0..50 {
-                let (hits, ok) = counts(tasks);
+            // Alternating: helpers that parked after one batch must be woken for the next.
+            for round in 0..50 {
+                let (hits, ok) = counts(tasks, round % 2 == 0);
                 assert!(ok);
                 assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "{tasks} tasks");
             }
@@ -268,13 +286,14 @@ mod tests {
         }
         let main = std::thread::current().id();
         // Long enough tasks that an awake helper takes some; retried because a loaded machine may starve it.
-        let helped = |sleep_first: bool| {
+        // Spinning helpers are awake when the next batch comes; without spinning they have parked.
+        let helped = |spinning: bool| {
             (0..20).any(|_| {
-                if sleep_first {
-                    std::thread::sleep(pool().spin + Duration::from_millis(2));
+                if !spinning {
+                    std::thread::sleep(Duration::from_millis(2));
                 }
                 let others = AtomicUsize::new(0);
-                assert!(run_tasks(8, &|_| {
+                assert!(run_tasks(8, spinning, &|_| {
                     std::thread::sleep(Duration::from_millis(2));
                     if std::thread::current().id() != main {
                         others.fetch_add(1, SeqCst);
@@ -283,15 +302,15 @@ mod tests {
                 others.load(SeqCst) > 0
             })
         };
-        assert!(helped(false), "no helper ever took a task");
-        assert!(helped(true), "no helper took a task after parking");
+        assert!(helped(true), "no spinning helper ever took a task");
+        assert!(helped(false), "no helper took a task after parking");
     }
 
     #[test]
     fn a_panicking_task_is_reported_and_the_others_still_run() {
         let _serial = serial();
         let hits: Vec<AtomicUsize> = (0..16).map(|_| AtomicUsize::new(0)).collect();
-        let ok = run_tasks(16, &|i| {
+        let ok = run_tasks(16, false, &|i| {
             hits[i].fetch_add(1, SeqCst);
             if i == 5 {
                 panic!("task 5");
@@ -300,7 +319,7 @@ mod tests {
         assert!(!ok);
         assert!(hits.iter().all(|h| h.load(SeqCst) == 1));
         // The pool is still usable.
-        let (hits, ok) = counts(16);
+        let (hits, ok) = counts(16, false);
         assert!(ok && hits.iter().all(|h| h.load(SeqCst) == 1));
     }
 
@@ -311,7 +330,7 @@ mod tests {
             for t in 0..4 {
                 s.spawn(move || {
                     for round in 0..200 {
-                        let (hits, ok) = counts(3 + (t + round) % 13);
+                        let (hits, ok) = counts(3 + (t + round) % 13, round % 3 == 0);
                         assert!(ok);
                         assert!(hits.iter().all(|h| h.load(SeqCst) == 1));
                     }
@@ -327,7 +346,7 @@ mod tests {
         for _ in 0..10 {
             // Helpers' tasks outlast the caller's: returning early would leave them writing into a freed frame.
             let finished: Vec<AtomicBool> = (0..6).map(|_| AtomicBool::new(false)).collect();
-            assert!(run_tasks(6, &|i| {
+            assert!(run_tasks(6, true, &|i| {
                 let ms = if std::thread::current().id() == main {
                     1
                 } else {
@@ -350,19 +369,19 @@ mod tests {
             }
         }
         let inner = AtomicUsize::new(0);
-        assert!(run_tasks(4, &|_| {
+        assert!(run_tasks(4, false, &|_| {
             // The helpers are taken: the nested batch runs on this thread.
-            assert!(run_tasks(3, &|_| {
+            assert!(run_tasks(3, true, &|_| {
                 inner.fetch_add(1, SeqCst);
             }));
         }));
         assert_eq!(inner.load(SeqCst), 12);
-        assert!(!run_tasks(4, &|i| {
+        assert!(!run_tasks(4, false, &|i| {
             if i == 2 {
                 std::panic::panic_any(Bomb);
             }
         }));
-        let (hits, ok) = counts(8);
+        let (hits, ok) = counts(8, true);
         assert!(ok && hits.iter().all(|h| h.load(SeqCst) == 1));
     }
 }

@@ -1,7 +1,9 @@
 //! `Engine::run` splits large batches into rayon tasks that each run every layer; the result must equal the
-//! serial path (`run_traced` never splits) and per-sample runs bit for bit, for every weight bit width.
-use lowbit_runtime::engine::Engine;
-use lowbit_runtime::testutil::{reference_mlp, LayerOpts, Rng};
+//! serial path (`run_traced` never splits) and per-sample runs bit for bit, for every weight bit width, also when
+//! many threads share one engine.
+use lowbit_runtime::engine::{Engine, EngineOptions};
+use lowbit_runtime::testutil::{random_cnn, reference_mlp, LayerOpts, Rng};
+use std::sync::Arc;
 
 fn bits_of(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -58,7 +60,7 @@ fn split_cnn_batches_equal_the_serial_path() {
             act_bits: 8,
             per_channel: true,
         };
-        let e = Engine::new(&lowbit_runtime::testutil::random_cnn(seed, o)).unwrap();
+        let e = Engine::new(&random_cnn(seed, o)).unwrap();
         let f = e.input_features();
         let batch = 1000;
         let x = Rng(seed * 77).bytes(batch * f);
@@ -69,5 +71,78 @@ fn split_cnn_batches_equal_the_serial_path() {
             bits_of(&serial),
             "{bits}-bit cnn, seed {seed}"
         );
+    }
+}
+
+/// One call of a thread: batch, input, the single-threaded logits.
+type Job = (usize, Vec<u8>, Vec<f32>);
+
+/// Logits computed on one thread: inside a one-thread rayon pool the engine splits neither the batch over its
+/// helpers nor a layer over rayon.
+fn single_threaded(e: &Engine, x: &[u8], batch: usize) -> Vec<f32> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| e.run(x, batch)).unwrap()
+}
+
+#[test]
+fn eight_threads_sharing_one_engine_get_exactly_the_single_threaded_logits() {
+    const THREADS: u64 = 8;
+    let cnn = LayerOpts {
+        weight_bits: 4,
+        act_bits: 8,
+        per_channel: true,
+    };
+    // Batches below and above the split threshold (24 samples for the MLP, a few hundred for the small CNN), so
+    // concurrent callers contend for the helpers, run alone, or run a single task.
+    let cases: [(&str, lowbit_runtime::QuantModel, &[usize]); 3] = [
+        ("int8 mlp", reference_mlp(11, 8), &[1, 25, 256]),
+        ("int2 mlp", reference_mlp(12, 2), &[3, 100]),
+        ("int4 cnn", random_cnn(13, cnn), &[1, 1000]),
+    ];
+    for (name, model, batches) in cases {
+        for allow_spinning in [false, true] {
+            let e =
+                Arc::new(Engine::with_options(&model, EngineOptions { allow_spinning }).unwrap());
+            let f = e.input_features();
+            // Different inputs per thread and batch, with their single-threaded logits.
+            let work: Vec<Vec<Job>> = (0..THREADS)
+                .map(|t| {
+                    batches
+                        .iter()
+                        .map(|&b| {
+                            let x = Rng(t * 1000 + b as u64).bytes(b * f);
+                            let want = single_threaded(&e, &x, b);
+                            (b, x, want)
+                        })
+                        .collect()
+                })
+                .collect();
+            let handles: Vec<_> = work
+                .into_iter()
+                .enumerate()
+                .map(|(t, jobs)| {
+                    let e = Arc::clone(&e);
+                    std::thread::spawn(move || {
+                        for round in 0..5 {
+                            for (b, x, want) in &jobs {
+                                let got = e.run(x, *b).unwrap();
+                                assert_eq!(
+                                    bits_of(&got),
+                                    bits_of(want),
+                                    "{name}, thread {t}, round {round}, batch {b}, spinning {allow_spinning}"
+                                );
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .expect("a thread's logits differed (see its panic above)");
+            }
+        }
     }
 }

@@ -4,6 +4,12 @@
 //! loss, model specs) + [`optim`] -> [`quant`] (quantizer specs, fake-quant / STE, calibration, conversion to the
 //! runtime model) -> [`train`] (the loop, f32 or QAT) -> [`eval`] (accuracy, confusion matrix, per-layer error,
 //! reports). The integer engine and the `.lbq` file live in [`lowbit_runtime`].
+//!
+//! Quantize from code (`examples/quantize.rs`; run by the tests from the README):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/quantize.rs")]
+//! ```
 #![warn(missing_docs)]
 
 pub mod config_file;
@@ -22,3 +28,9 @@ pub mod train;
 
 pub use error::{Error, Result};
 pub use lowbit_runtime as runtime;
+
+/// The README's Rust examples, compiled and run as this crate's doctests (`README.md` here links to the
+/// repository's, so the packaged crate has it too).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

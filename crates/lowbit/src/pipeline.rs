@@ -8,7 +8,7 @@ use crate::quant::{self, ActMethod, Method, QuantConfig, WeightMethod};
 use crate::report::{DatasetInfo, EpochRecord, Report};
 use crate::tensor::Tensor;
 use crate::train::{self, EpochStats, Progress, Samples, TrainConfig};
-use lowbit_runtime::engine::Engine;
+use lowbit_runtime::engine::{Engine, EngineOptions};
 use lowbit_runtime::model::Provenance;
 use lowbit_runtime::QuantModel;
 use serde::Serialize;
@@ -164,9 +164,14 @@ pub fn train_float(
     })
 }
 
-/// Runs a quantized model on the integer engine over `test`, and the independent simulation alongside.
-pub fn evaluate_quant(qm: &QuantModel, test: &Dataset) -> Result<QuantEval> {
-    let engine = Engine::new(qm)?;
+/// Runs a quantized model on the integer engine (with `options`) over `test`, and the independent simulation
+/// alongside.
+pub fn evaluate_quant(
+    qm: &QuantModel,
+    test: &Dataset,
+    options: EngineOptions,
+) -> Result<QuantEval> {
+    let engine = Engine::with_options(qm, options)?;
     let per = test.rows * test.cols;
     if per != qm.input.features() {
         return Err(Error::Shape(format!(
@@ -405,7 +410,7 @@ pub fn run(
         recipe: label(Some(qcfg), None) + suffix,
     };
     let mut qm = quant::convert(&model, provenance)?;
-    let qe = evaluate_quant(&qm, &split.test)?;
+    let qe = evaluate_quant(&qm, &split.test, EngineOptions::default())?;
     qm.provenance.test_accuracy = Some(qe.metrics.accuracy);
     qm.provenance.recipe = label(Some(qcfg), stored_weight_bits(&qm)) + suffix;
     let (fake_acc, _) = train::evaluate_float(&mut model, &split.test, EVAL_BATCH)?;

@@ -198,7 +198,7 @@ fn qat(prepare: impl FnOnce(&mut Model), epochs: usize) -> (f64, f64, usize) {
     quant::freeze_ranges(&mut m);
     let (fake, _) = evaluate_float(&mut m, &s.test, 256).unwrap();
     let qm = quant::convert(&m, Provenance::default()).unwrap();
-    let qe = evaluate_quant(&qm, &s.test).unwrap();
+    let qe = evaluate_quant(&qm, &s.test, Default::default()).unwrap();
     (qe.metrics.accuracy, fake, qe.mismatches)
 }
 

@@ -1,12 +1,12 @@
 //! Runs a [`QuantModel`] integer-only.
 //!
 //! [`Engine::new`] validates the graph ([`crate::graph::check`], the same function the `.lbq` reader runs),
-//! then plans it once ([`plan`]: aliases, fusions, buffers by liveness) and prepares every weight matrix for the
+//! then plans it once (`plan`: aliases, fusions, buffers by liveness) and prepares every weight matrix for the
 //! selected kernel tier. A run feeds a batch through the planned steps; between nodes activations are `u8`
 //! codes, and only the output node's i32 accumulators become f32 logits. The arithmetic of each op is stated
 //! (normatively) in its module under [`crate::ops`].
 //!
-//! Threading is decided here and only here: a batch large enough is cut into tasks of about [`PAR_TASK_MACS`]
+//! Threading is decided here and only here: a batch large enough is cut into tasks of about `PAR_TASK_MACS`
 //! multiply-accumulates that the calling thread and the [`workers`] take from a shared counter (or that rayon
 //! runs, when called from inside its pool); each task runs every step on its samples with this thread's
 //! buffers. A batch too small to split lets convolutions spread their samples over rayon's pool instead.
@@ -54,9 +54,29 @@ struct Buffers {
     acc: Vec<i32>,
 }
 
+/// How an [`Engine`] runs, beyond what the model fixes. Build with struct update syntax,
+/// `EngineOptions { allow_spinning: true, ..EngineOptions::default() }`, so that new options keep old code compiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineOptions {
+    /// After a batch split over the helper threads, let them poll for the next batch for `LOWBIT_SPIN_US`
+    /// microseconds (default [`workers::DEFAULT_SPIN_US`]) before they sleep, like ONNX Runtime's
+    /// `allow_spinning`. Back-to-back calls then skip the helpers' wake-up (tens of microseconds on a VM, against
+    /// about 100 us for a batch of 256 through the MLP), at the price of a busy core per helper after every call.
+    /// Off by default, so that a library call leaves the host process idle when it returns; `lowbit bench`,
+    /// `lowbit eval` and the benchmarks turn it on. The `split_ab` example measures both ways (BENCHMARKS.md).
+    pub allow_spinning: bool,
+}
+
 /// A validated, planned, ready-to-run quantized model.
+///
+/// An `Engine` is immutable once built and is `Send + Sync` (asserted at compile time): share one between threads
+/// (by reference, or in an `Arc`) and call [`Engine::run`] from all of them at once. Every call uses its own
+/// thread's scratch buffers and returns exactly the logits a single-threaded call would. A large batch is split
+/// between the calling thread and the runtime's helper threads ([`workers`]); while one call holds the helpers,
+/// concurrent calls run on their own threads.
 #[derive(Debug)]
 pub struct Engine {
+    options: EngineOptions,
     info: GraphInfo,
     plan: Plan,
     /// The same graph without aliases or fusions, for [`Engine::run_traced`].
@@ -64,10 +84,29 @@ pub struct Engine {
     classes: usize,
 }
 
+// Fails to compile if a field ever makes `Engine` unshareable between threads (its docs promise that it is).
+const _: fn() = || {
+    fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Engine>();
+};
+
 impl Engine {
-    /// Validates `model` completely and prepares it to run on the selected kernel tier.
+    /// Validates `model` completely and prepares it to run on the selected kernel tier, with the default
+    /// [`EngineOptions`].
     pub fn new(model: &QuantModel) -> Result<Engine, QuantError> {
         Self::with_isa(model, kernels::selected_isa())
+    }
+
+    /// [`Engine::new`] with explicit [`EngineOptions`].
+    pub fn with_options(model: &QuantModel, options: EngineOptions) -> Result<Engine, QuantError> {
+        let mut engine = Self::new(model)?;
+        engine.options = options;
+        Ok(engine)
+    }
+
+    /// The options this engine runs with.
+    pub fn options(&self) -> EngineOptions {
+        self.options
     }
 
     /// Like [`Engine::new`] with weights prepared for `isa` (which must be available on this CPU; the
@@ -77,6 +116,7 @@ impl Engine {
         let plan = plan::plan(model, &info, isa, false)?;
         let traced = plan::plan(model, &info, isa, true)?;
         Ok(Engine {
+            options: EngineOptions::default(),
             classes: model.classes,
             info,
             plan,
@@ -220,7 +260,7 @@ impl Engine {
                     .get_or_insert(e);
             }
         };
-        let completed = workers::run_tasks(tasks, &task);
+        let completed = workers::run_tasks(tasks, self.options.allow_spinning, &task);
         drop(outs);
         match first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Some(e) => Err(e),
@@ -229,7 +269,7 @@ impl Engine {
         }
     }
 
-    /// Samples per task of the batch split (see [`PAR_TASK_MACS`]).
+    /// Samples per task of the batch split (see `PAR_TASK_MACS`).
     fn task_rows(&self) -> usize {
         PAR_TASK_MACS
             .div_ceil(self.info.macs_per_sample.max(1))

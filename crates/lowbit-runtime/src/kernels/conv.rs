@@ -178,7 +178,7 @@ fn quad_blocks(geo: &ConvGeometry, compact: bool) -> Vec<QuadBlock> {
 /// Which output positions the u8 quad scheme computes, 16 at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grid {
-    /// The cheaper of the two by [`quad_cost`].
+    /// The cheaper of the two by `quad_cost`.
     Auto,
     /// Whole padded rows (`oy * wp + ox` for every `ox < wp`): one load per tap and block, `wp - ow` wasted
     /// columns per row.

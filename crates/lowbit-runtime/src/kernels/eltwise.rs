@@ -2,7 +2,7 @@
 //! parameters, `Rescale` of one tensor onto other parameters (a `Concat` input), and a 256-entry lookup table that
 //! every unary op on codes lowers to (ReLU6 / Clip, and any float function via [`unary_table`]).
 //!
-//! Arithmetic (normative, in [`reference`]; every tier equals it bit for bit):
+//! Arithmetic (normative, in [`reference`](mod@reference); every tier equals it bit for bit):
 //! - Add: `out = clamp(zp_out + rshift_round((a - zp_a) * m_a + (b - zp_b) * m_b, shift), qmin, qmax)` with
 //!   [`AddParams`] (multipliers in `[0, 32767]`, shift in `0..=30`, [`crate::qparams::rshift_round`] rounds half
 //!   toward +infinity). A fused ReLU is `qmin = zp_out`; a ReLU6-style clip is any `[qmin, qmax]`.

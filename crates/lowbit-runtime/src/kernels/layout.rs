@@ -1,5 +1,5 @@
 //! Data movement on NCHW `u8` codes: zero padding (spatial and channel) and strided slicing. No arithmetic, so no
-//! SIMD tier: rows are copied with `copy_from_slice` (a `memcpy`) and the scalar definitions in [`reference`]
+//! SIMD tier: rows are copied with `copy_from_slice` (a `memcpy`) and the scalar definitions in [`reference`](mod@reference)
 //! restate the formulas element by element for the tests.
 //!
 //! - Pad: `out[n][c][y][x] = x[n][c - front][y - top][x - left]` where those indices are inside the input, else

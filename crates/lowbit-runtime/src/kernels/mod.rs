@@ -2,7 +2,7 @@
 //!
 //! Public entry points ([`gemm_acc`], [`gemm_requant`], [`gemm_acc_b1b1`] and their `_with` variants) check
 //! slice lengths and parameters and return [`QuantError`]; the per-ISA kernels behind them assume checked input.
-//! Every tier equals [`reference`] bit for bit (see that module for the arithmetic).
+//! Every tier equals [`reference`](mod@reference) bit for bit (see that module for the arithmetic).
 //!
 //! Dispatch: tiers `reference -> avx2 -> avx512vnni` on x86_64 and `reference -> neon -> neon-dotprod` on aarch64,
 //! detected once and cached in a [`OnceLock`]. `LOWBIT_ISA=reference|avx2|avx512vnni|neon|neon-dotprod` caps the

@@ -2,7 +2,7 @@
 //! any kernel, stride and padding. Planes (`batch * channels` of them) are independent, so the kernels take a
 //! plane count rather than a batch and channel count.
 //!
-//! Arithmetic (normative, [`reference`]):
+//! Arithmetic (normative, [`reference`](mod@reference)):
 //! - Global average pool of a plane of `n = h * w` codes: `out = requantize(sum_i (x_i - zp_in), requant, zp_out,
 //!   qmin, qmax)` ([`crate::qparams::requantize`]) with `requant = Requant::from_real(s_in / (s_out * n))`, the
 //!   real multiplier computed in f64 as `s_in as f64 / (s_out as f64 * n as f64)` ([`AvgPoolQuant::new`]): the

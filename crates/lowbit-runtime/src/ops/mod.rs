@@ -1,8 +1,8 @@
-//! One definition per op kind: what it needs of its inputs and what it produces ([`OpDef::infer`], used by
+//! One definition per op kind: what it needs of its inputs and what it produces (`OpDef::infer`, used by
 //! [`crate::graph::check`] for the reader and the engine alike), a one-line description for `inspect` and
-//! reports, and the engine step that runs it ([`OpDef::plan`]).
+//! reports, and the engine step that runs it (`OpDef::plan`).
 //!
-//! Adding an op means one module here with its [`OpDef`], one variant in [`crate::model::QOp`] (and its file
+//! Adding an op means one module here with its `OpDef`, one variant in [`crate::model::QOp`] (and its file
 //! metadata in [`crate::format`]). Element-wise unary ops need none of this: they lower to a 256-entry table.
 use crate::error::QuantError;
 use crate::kernels::Isa;

@@ -1,10 +1,10 @@
 //! Quantizers, QAT wiring, PTQ calibration and conversion to the runtime model.
 //!
 //! Every number goes through [`lowbit_runtime::qparams`] (the normative arithmetic), so QAT's fake-quant, PTQ
-//! calibration, [`convert`] and the integer engine agree by construction:
+//! calibration, [`convert()`] and the integer engine agree by construction:
 //! - [`WeightQuantizer::quantize`] is the single source of weight codes (fake-quant forward and conversion);
 //! - [`ActQuantizer`] fake-quantizes with `qparams::fake_quantize` on a tracked range;
-//! - [`simulate`] re-runs a [`lowbit_runtime::QuantModel`] with plain scalar loops, independent of the engine.
+//! - [`simulate()`] re-runs a [`lowbit_runtime::QuantModel`] with plain scalar loops, independent of the engine.
 pub mod act;
 pub mod config;
 pub mod convbn;
