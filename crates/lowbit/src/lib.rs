@@ -3,7 +3,8 @@
 //! Data flow, one module per stage: [`data`] (IDX files, the builtin sample, batching) -> [`nn`] (float layers,
 //! loss, model specs) + [`optim`] -> [`quant`] (quantizer specs, fake-quant / STE, calibration, conversion to the
 //! runtime model) -> [`train`] (the loop, f32 or QAT) -> [`eval`] (accuracy, confusion matrix, per-layer error,
-//! reports). The integer engine and the `.lbq` file live in [`lowbit_runtime`].
+//! reports); [`state`] names the training state a checkpoint saves. The integer engine and the `.lbq`
+//! file live in [`lowbit_runtime`].
 #![warn(missing_docs)]
 
 pub mod config_file;
@@ -17,6 +18,7 @@ pub mod pipeline;
 pub mod quant;
 pub mod report;
 pub mod rng;
+pub mod state;
 pub mod tensor;
 pub mod train;
 

@@ -17,6 +17,7 @@ use super::Param;
 use crate::error::{Error, Result};
 use crate::quant::WeightQuantizer;
 use crate::rng::Rng;
+use crate::state::{StateValue, StateVisitor, Stateful};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -861,6 +862,18 @@ impl Conv2d {
             params.extend(q.params_mut());
         }
         params
+    }
+}
+
+impl Stateful for Conv2d {
+    /// `weight`, `bias`, then the weight quantizer's state under `weight_quant`.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        v.value("weight", StateValue::F32(&mut self.weight))?;
+        v.value("bias", StateValue::F32(&mut self.bias))?;
+        if let Some(q) = &mut self.weight_quant {
+            v.part("weight_quant", q)?;
+        }
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@ use super::Param;
 use crate::error::{Error, Result};
 use crate::quant::WeightQuantizer;
 use crate::rng::Rng;
+use crate::state::{StateValue, StateVisitor, Stateful};
 use crate::tensor::Tensor;
 
 /// Fully connected layer. Input `[B, in_features]` (or any `[B, ...]` whose trailing size is `in_features`),
@@ -225,5 +226,17 @@ impl Dense {
             params.extend(q.params_mut());
         }
         params
+    }
+}
+
+impl Stateful for Dense {
+    /// `weight`, `bias`, then the weight quantizer's state under `weight_quant`.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        v.value("weight", StateValue::F32(&mut self.weight))?;
+        v.value("bias", StateValue::F32(&mut self.bias))?;
+        if let Some(q) = &mut self.weight_quant {
+            v.part("weight_quant", q)?;
+        }
+        Ok(())
     }
 }

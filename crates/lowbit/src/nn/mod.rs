@@ -24,6 +24,7 @@ pub use pool::{AvgPool2d, MaxPool2d};
 
 use crate::error::{Error, Result};
 use crate::quant::ActQuantizer;
+use crate::state::{StateVisitor, Stateful};
 use crate::tensor::Tensor;
 
 /// A trainable tensor and its gradient, as handed to the optimizer.
@@ -205,6 +206,23 @@ impl Layer {
     }
 }
 
+impl Stateful for Layer {
+    /// The state of the layer's component; layers without state (ReLU, flatten, pooling) visit nothing.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        match self {
+            Layer::Dense(l) => l.visit_state(v),
+            Layer::Conv2d(l) => l.visit_state(v),
+            Layer::BatchNorm2d(l) => l.visit_state(v),
+            Layer::ConvBn2d(l) => l.visit_state(v),
+            Layer::ActQuant(q) => q.visit_state(v),
+            Layer::Dropout(l) => l.visit_state(v),
+            Layer::Relu(_) | Layer::Flatten(_) | Layer::MaxPool2d(_) | Layer::AvgPool2d(_) => {
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A feed-forward classifier: layers in order, images in, logits out.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -381,6 +399,20 @@ impl Model {
             p.value.copy_from_slice(s);
         }
         Ok(())
+    }
+}
+
+impl Stateful for Model {
+    /// Every layer's state, layer `i` of kind `k` under `layers.{i}.{k}` (e.g. `layers.0.dense.weight`). The
+    /// kind in the name makes a checkpoint of another architecture fail by name rather than by length.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        v.scope("layers", |v| {
+            for (i, layer) in self.layers.iter_mut().enumerate() {
+                let kind = layer.kind();
+                v.scope(&i.to_string(), |v| v.part(kind, layer))?;
+            }
+            Ok(())
+        })
     }
 }
 
