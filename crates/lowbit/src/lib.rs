@@ -3,10 +3,11 @@
 //! Data flow, one module per stage: [`data`] (IDX files, the builtin sample, batching) -> [`nn`] (float layers,
 //! loss, model specs) + [`optim`] -> [`quant`] (quantizer specs, fake-quant / STE, calibration, conversion to the
 //! runtime model) -> [`train`] (the loop, f32 or QAT) -> [`eval`] (accuracy, confusion matrix, per-layer error,
-//! reports); [`state`] names the training state a checkpoint saves. The integer engine and the `.lbq`
+//! reports); [`state`] and [`checkpoint`] save and resume a training run. The integer engine and the `.lbq`
 //! file live in [`lowbit_runtime`].
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod config_file;
 pub mod data;
 pub mod error;
