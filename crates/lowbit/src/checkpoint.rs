@@ -227,6 +227,9 @@ impl PhaseCheckpoints {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
+        if let Some(dir) = self.tmp.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
         let mut f = std::fs::File::create(&self.tmp).map_err(io(&self.tmp))?;
         f.write_all(bytes).map_err(io(&self.tmp))?;
         f.sync_all().map_err(io(&self.tmp))?;
@@ -372,30 +375,33 @@ impl Loaded {
         };
         let len = std::fs::metadata(path).map_err(io)?.len();
         if len > MAX_CHECKPOINT_BYTES {
-            return Err(err(CheckpointError::LimitExceeded {
-                what: "file bytes".into(),
-                value: len,
-                max: MAX_CHECKPOINT_BYTES,
-            }));
+            return Err(err(CheckpointError::Container(
+                FormatError::LimitExceeded {
+                    what: "file bytes".into(),
+                    value: len,
+                    max: MAX_CHECKPOINT_BYTES,
+                },
+            )));
         }
         let bytes = std::fs::read(path).map_err(io)?;
+        Self::from_bytes(bytes, path)
+    }
+
+    /// Checks `bytes`, the content of the file at `path` (which names it in errors), as [`Loaded::read`] does.
+    pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Loaded> {
+        let err = |source| Error::Checkpoint {
+            path: path.to_path_buf(),
+            source,
+        };
+        let len = bytes.len() as u64;
         let header = format::parse_header(&bytes).map_err(|e| {
             err(match e {
-                FormatError::Truncated {
-                    section,
-                    needed,
-                    available,
-                } => CheckpointError::Truncated {
-                    section,
-                    needed,
-                    available,
-                },
-                FormatError::LimitExceeded { what, value, max } => {
-                    CheckpointError::LimitExceeded { what, value, max }
+                FormatError::BadMagic { .. } | FormatError::Malformed(_) => {
+                    CheckpointError::NotACheckpoint {
+                        found: e.to_string(),
+                    }
                 }
-                other => CheckpointError::NotACheckpoint {
-                    found: other.to_string(),
-                },
+                other => CheckpointError::Container(other),
             })
         })?;
         let format = header.metadata.get("format").map(String::as_str);
@@ -423,11 +429,11 @@ impl Loaded {
             .saturating_add(header.header_len)
             .saturating_add(header.data_bytes);
         if needed > len {
-            return Err(err(CheckpointError::Truncated {
+            return Err(err(CheckpointError::Container(FormatError::Truncated {
                 section: "data".into(),
                 needed,
                 available: len,
-            }));
+            })));
         }
         if needed < len {
             return Err(err(CheckpointError::Malformed(format!(
@@ -435,8 +441,11 @@ impl Loaded {
                 len - needed
             ))));
         }
-        let (_, layout) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| err(CheckpointError::Malformed(format!("safetensors: {e}"))))?;
+        let (_, layout) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            err(CheckpointError::Container(FormatError::Malformed(format!(
+                "safetensors: {e}"
+            ))))
+        })?;
         // `header_len` fits: the whole file was read into memory.
         let start = 8 + header.header_len as usize;
         let entries = layout

@@ -124,26 +124,10 @@ pub enum CheckpointError {
         /// This build's version.
         this: String,
     },
-    /// The file ends before a section is complete (a cut copy; lowbit's own writes are atomic).
-    #[error("truncated {section}: needs {needed} bytes, {available} available")]
-    Truncated {
-        /// Which section.
-        section: String,
-        /// Bytes needed.
-        needed: u64,
-        /// Bytes present.
-        available: u64,
-    },
-    /// A size above a hard limit (checked before allocating).
-    #[error("{what} = {value} exceeds the limit {max}")]
-    LimitExceeded {
-        /// What was measured.
-        what: String,
-        /// The value in the file.
-        value: u64,
-        /// The limit.
-        max: u64,
-    },
+    /// A container-level problem: a cut file (`Truncated`; lowbit's own writes are atomic, so a cut copy), a size
+    /// above a hard limit (checked before allocating), or an invalid safetensors layout.
+    #[error(transparent)]
+    Container(#[from] lowbit_runtime::FormatError),
     /// The stored checksum does not match the content: the file was damaged after it was written.
     #[error("corrupt: checksum {computed:016x} does not match the stored {stored:016x}")]
     ChecksumMismatch {

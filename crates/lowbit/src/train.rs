@@ -377,7 +377,8 @@ pub fn train<S: Samples + ?Sized>(
 /// `checkpoints.every_steps` optimizer steps) and, with `checkpoints.resume`, first continues from the phase's
 /// checkpoint if there is one. A resumed run ends with the model (and history) an uninterrupted run would have,
 /// bit for bit, on the same machine and thread count: the checkpoint holds the model's and the optimizer's
-/// [`crate::state::Stateful`] state, the data order, the position in the run and the history so far.
+/// [`crate::state::Stateful`] state, the data order, the position in the run and the history so far. Check the
+/// directory with [`Checkpointing::prepare`] first (it refuses to let a new run overwrite checkpoints).
 pub fn train_checkpointed<S: Samples + ?Sized>(
     model: &mut Model,
     data: &S,
@@ -469,7 +470,7 @@ fn train_validated<S: Samples + ?Sized>(
         }
         for step0 in st.steps_done..steps {
             let step = step0 + 1;
-            let batch = &order[step0 * cfg.batch_size..(step * cfg.batch_size).min(n_train)];
+            let batch = &order[step0 * cfg.batch_size..(step * cfg.batch_size).min(order.len())];
             if *bypassed && st.global_step == delay_steps {
                 start_quantizing(model);
                 *bypassed = false;

@@ -17,7 +17,7 @@ use super::Param;
 use crate::error::{Error, Result};
 use crate::quant::WeightQuantizer;
 use crate::rng::Rng;
-use crate::state::{StateValue, StateVisitor, Stateful};
+use crate::state::{StateVisitor, Stateful};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -868,12 +868,12 @@ impl Conv2d {
 impl Stateful for Conv2d {
     /// `weight`, `bias`, then the weight quantizer's state under `weight_quant`.
     fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
-        v.value("weight", StateValue::F32(&mut self.weight))?;
-        v.value("bias", StateValue::F32(&mut self.bias))?;
-        if let Some(q) = &mut self.weight_quant {
-            v.part("weight_quant", q)?;
-        }
-        Ok(())
+        super::dense::visit_weight_layer(
+            v,
+            &mut self.weight,
+            &mut self.bias,
+            &mut self.weight_quant,
+        )
     }
 }
 

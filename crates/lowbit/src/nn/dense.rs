@@ -232,11 +232,22 @@ impl Dense {
 impl Stateful for Dense {
     /// `weight`, `bias`, then the weight quantizer's state under `weight_quant`.
     fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
-        v.value("weight", StateValue::F32(&mut self.weight))?;
-        v.value("bias", StateValue::F32(&mut self.bias))?;
-        if let Some(q) = &mut self.weight_quant {
-            v.part("weight_quant", q)?;
-        }
-        Ok(())
+        visit_weight_layer(v, &mut self.weight, &mut self.bias, &mut self.weight_quant)
     }
+}
+
+/// The state of a layer with weights (dense, conv): `weight`, `bias`, then the weight quantizer's state under
+/// `weight_quant`.
+pub(super) fn visit_weight_layer(
+    v: &mut StateVisitor<'_>,
+    weight: &mut [f32],
+    bias: &mut [f32],
+    quant: &mut Option<WeightQuantizer>,
+) -> Result<()> {
+    v.value("weight", StateValue::F32(weight))?;
+    v.value("bias", StateValue::F32(bias))?;
+    if let Some(q) = quant {
+        v.part("weight_quant", q)?;
+    }
+    Ok(())
 }
