@@ -441,11 +441,8 @@ impl Loaded {
                 len - needed
             ))));
         }
-        let (_, layout) = SafeTensors::read_metadata(&bytes).map_err(|e| {
-            err(CheckpointError::Container(FormatError::Malformed(format!(
-                "safetensors: {e}"
-            ))))
-        })?;
+        let (_, layout) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| err(CheckpointError::Malformed(format!("safetensors: {e}"))))?;
         // `header_len` fits: the whole file was read into memory.
         let start = 8 + header.header_len as usize;
         let entries = layout

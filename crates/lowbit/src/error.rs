@@ -124,8 +124,8 @@ pub enum CheckpointError {
         /// This build's version.
         this: String,
     },
-    /// A container-level problem: a cut file (`Truncated`; lowbit's own writes are atomic, so a cut copy), a size
-    /// above a hard limit (checked before allocating), or an invalid safetensors layout.
+    /// A cut file (`FormatError::Truncated`: lowbit's own writes are atomic, so a cut copy) or a size above a
+    /// hard limit (`FormatError::LimitExceeded`, checked before allocating).
     #[error(transparent)]
     Container(#[from] lowbit_runtime::FormatError),
     /// The stored checksum does not match the content: the file was damaged after it was written.
