@@ -6,6 +6,7 @@ use crate::{
 };
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
+use lowbit::checkpoint::Checkpointing;
 use lowbit::config_file::{self, BnFoldName, FileConfig, MethodName, OptimizerName, QuantSection};
 use lowbit::data::{self, DataSource, Split};
 use lowbit::eval::{argmax_rows, metrics, Metrics};
@@ -73,7 +74,8 @@ impl Bars {
                     }
                 }
                 if let Some(b) = &self.current {
-                    b.inc(1);
+                    // A position, not an increment: a resumed run starts part way.
+                    b.set_position(((p.epoch - 1) * p.steps + p.step) as u64);
                     if p.step == p.steps || p.step % 50 == 0 {
                         b.set_message(format!(
                             "epoch {}/{} loss {:.3} acc {:.1}%",
@@ -424,9 +426,31 @@ fn save_diverged(cfg: &RunConfig, path: &Path, label: &str, mut model: Model) ->
     }
 }
 
+/// The checkpointing `--checkpoint-dir`, `--checkpoint-every` and `--resume` ask for, if any.
+fn checkpointing(a: &TrainArgs) -> Result<Option<Checkpointing>> {
+    let dir = match (&a.resume, &a.checkpoint_dir) {
+        (Some(r), Some(d)) if r != d => bail!(
+            "invalid --checkpoint-dir: --resume {} keeps checkpointing in its own directory, not {}",
+            r.display(),
+            d.display()
+        ),
+        (Some(dir), _) | (None, Some(dir)) => dir,
+        (None, None) if a.checkpoint_every.is_some() => {
+            bail!("invalid --checkpoint-every: needs --checkpoint-dir or --resume")
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Checkpointing::new(
+        dir,
+        a.checkpoint_every,
+        a.resume.is_some(),
+    )))
+}
+
 /// `lowbit train`.
 pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
     let (fc, tcfg, quant) = resolve_settings(a, explicit)?;
+    let checkpoints = checkpointing(a)?;
     let data_name = fc.data.clone().unwrap_or_else(|| a.data.data.clone());
     let model_spec = fc.model.clone().unwrap_or_else(|| a.model.clone());
     let split = load_data(&data_name)?;
@@ -445,7 +469,11 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
         }
     }
     let mut bars = Bars::new(quiet);
-    let out = pipeline::run(&cfg, &split, init.as_ref(), None, &mut |e| bars.handle(e));
+    let on_event = &mut |e| bars.handle(e);
+    let out = match &checkpoints {
+        Some(c) => pipeline::run_checkpointed(&cfg, &split, init.as_ref(), c, on_event),
+        None => pipeline::run(&cfg, &split, init.as_ref(), None, on_event),
+    };
     let mut out = match out {
         Ok(o) => o,
         Err(e @ lowbit::Error::Diverged { .. }) => {

@@ -209,6 +209,19 @@ struct TrainArgs {
     /// command line override it (example: docs/examples/lenet5-mixed.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Write training checkpoints into DIR (created if missing; it must hold none yet): at every epoch end, and
+    /// every --checkpoint-every steps. A killed run continues with --resume DIR.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Also checkpoint every N optimizer steps (with --checkpoint-dir or --resume).
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
+    /// Continue the run checkpointed in DIR, and keep checkpointing there. Pass the settings the run was
+    /// started with (a checkpoint of other settings, another model or another lowbit version is refused). The
+    /// final model is bit-identical to an uninterrupted run's on the same machine and thread count
+    /// (docs/CHECKPOINTS.md).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
     /// Write the model here (.lbq when quantized, float file otherwise); atomic.
     #[arg(long)]
     out: Option<PathBuf>,

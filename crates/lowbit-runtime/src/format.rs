@@ -656,13 +656,19 @@ struct MetaOnly {
 }
 
 /// The parsed safetensors header: its metadata and the end offset of the data section.
-struct Header {
-    metadata: HashMap<String, String>,
-    header_len: u64,
-    data_bytes: u64,
+pub struct Header {
+    /// The `__metadata__` entries (empty if there are none).
+    pub metadata: HashMap<String, String>,
+    /// Bytes of the JSON header (after the 8 length bytes).
+    pub header_len: u64,
+    /// Bytes the tensors' `data_offsets` need after the header (the largest end offset).
+    pub data_bytes: u64,
 }
 
-fn parse_header(bytes: &[u8]) -> Result<Header, FormatError> {
+/// Parses a safetensors container's header without validating its tensors: a cut file is reported as
+/// [`FormatError::Truncated`] (header) here, and the caller can compare `8 + header_len + data_bytes` with the
+/// file length to report a cut data section the same way.
+pub fn parse_header(bytes: &[u8]) -> Result<Header, FormatError> {
     let available = bytes.len() as u64;
     let len_bytes: [u8; 8] =
         bytes

@@ -60,6 +60,14 @@ pub enum Error {
     /// A trained model whose quantizers cannot be expressed in integers (e.g. degenerate ranges).
     #[error("cannot convert the model to integers: {0}")]
     Conversion(String),
+    /// A training checkpoint that cannot be written, found or resumed.
+    #[error("{path}: {source}")]
+    Checkpoint {
+        /// The checkpoint file (or directory).
+        path: PathBuf,
+        /// What is wrong.
+        source: CheckpointError,
+    },
     /// Quantization parameter problem.
     #[error(transparent)]
     Quant(#[from] lowbit_runtime::QuantError),
@@ -73,4 +81,83 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// Why a checkpoint cannot be resumed (see [`crate::checkpoint`]); the file is named by [`Error::Checkpoint`].
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    /// `--resume` found no checkpoint in the directory.
+    #[error("no checkpoint to resume (expected {expected})")]
+    NotFound {
+        /// The file names looked for.
+        expected: String,
+    },
+    /// A run that does not resume would overwrite checkpoints already in the directory.
+    #[error("already holds a checkpoint ({file}); continue it with --resume, or choose another directory")]
+    AlreadyExists {
+        /// The checkpoint found.
+        file: String,
+    },
+    /// Not a lowbit checkpoint (another file, or a header that does not parse).
+    #[error("not a lowbit checkpoint ({found})")]
+    NotACheckpoint {
+        /// What was found instead.
+        found: String,
+    },
+    /// A checkpoint format this build does not read.
+    #[error(
+        "checkpoint format version {found} is not supported (this build reads version {supported})"
+    )]
+    UnsupportedFormat {
+        /// Version in the file.
+        found: String,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// Written by another lowbit version, whose training arithmetic may differ.
+    #[error(
+        "written by lowbit {written_by}, this is lowbit {this}: resume with the version that wrote it, or start over"
+    )]
+    OtherVersion {
+        /// `lowbit_version` in the file.
+        written_by: String,
+        /// This build's version.
+        this: String,
+    },
+    /// A cut file (`FormatError::Truncated`: lowbit's own writes are atomic, so a cut copy) or a size above a
+    /// hard limit (`FormatError::LimitExceeded`, checked before allocating).
+    #[error(transparent)]
+    Container(#[from] lowbit_runtime::FormatError),
+    /// The stored checksum does not match the content: the file was damaged after it was written.
+    #[error("corrupt: checksum {computed:016x} does not match the stored {stored:016x}")]
+    ChecksumMismatch {
+        /// Checksum in the header.
+        stored: u64,
+        /// Checksum of the content read.
+        computed: u64,
+    },
+    /// Structurally wrong content (bad JSON, wrong dtype, non-finite values, trailing bytes).
+    #[error("malformed checkpoint: {0}")]
+    Malformed(String),
+    /// Written by a run with other settings (a resumed run must use the settings it was started with).
+    #[error("written by a run with {setting} = {checkpoint}, this run has {this_run} (resume with the same settings)")]
+    OtherSettings {
+        /// Dotted path of the first setting that differs (e.g. `train.lr`).
+        setting: String,
+        /// Its value in the checkpoint.
+        checkpoint: String,
+        /// Its value in this run.
+        this_run: String,
+    },
+    /// Written while training on other data.
+    #[error("written by a run on other data ({checkpoint}), this run's data is {this_run}")]
+    OtherData {
+        /// The checkpoint's data description (sample count, fingerprint).
+        checkpoint: String,
+        /// This run's.
+        this_run: String,
+    },
+    /// The stored state does not fit the model being resumed (missing, extra or resized tensors).
+    #[error("does not fit the model: {0}")]
+    OtherModel(String),
 }

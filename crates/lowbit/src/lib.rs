@@ -3,7 +3,8 @@
 //! Data flow, one module per stage: [`data`] (IDX files, the builtin sample, batching) -> [`nn`] (float layers,
 //! loss, model specs) + [`optim`] -> [`quant`] (quantizer specs, fake-quant / STE, calibration, conversion to the
 //! runtime model) -> [`train`] (the loop, f32 or QAT) -> [`eval`] (accuracy, confusion matrix, per-layer error,
-//! reports). The integer engine and the `.lbq` file live in [`lowbit_runtime`].
+//! reports); [`state`] and [`checkpoint`] save and resume a training run. The integer engine and the `.lbq`
+//! file live in [`lowbit_runtime`].
 //!
 //! Quantize from code (`examples/quantize.rs`; run by the tests from the README):
 //!
@@ -12,6 +13,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod config_file;
 pub mod data;
 pub mod error;
@@ -23,6 +25,7 @@ pub mod pipeline;
 pub mod quant;
 pub mod report;
 pub mod rng;
+pub mod state;
 pub mod tensor;
 pub mod train;
 

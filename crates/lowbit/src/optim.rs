@@ -2,6 +2,7 @@
 //! ([`crate::nn::Model::params_mut`]).
 use crate::error::{Error, Result};
 use crate::nn::Param;
+use crate::state::{StateValue, StateVisitor, Stateful};
 
 /// Which optimizer to build, with its hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -223,6 +224,59 @@ impl Optimizer {
             }
         }
         Ok(())
+    }
+}
+
+impl Optimizer {
+    /// Checks that the state (moments from a checkpoint) fits `params`: one buffer per tensor, of its length,
+    /// or none yet. The hyper-parameters are configuration, not state: the caller compares those.
+    pub fn check_params(&self, params: &[Param<'_>]) -> Result<()> {
+        let adam = matches!(self.kind, OptimizerKind::Adam { .. });
+        let expected_v = if adam { self.m.len() } else { 0 };
+        if self.v.len() != expected_v {
+            return Err(Error::Shape(format!(
+                "optimizer state has {} second-moment tensors for {} first-moment ones",
+                self.v.len(),
+                self.m.len()
+            )));
+        }
+        if self.m.is_empty() {
+            return Ok(());
+        }
+        if self.m.len() != params.len() {
+            return Err(Error::Shape(format!(
+                "optimizer state has {} tensors, the model {} parameters",
+                self.m.len(),
+                params.len()
+            )));
+        }
+        for (i, (p, m)) in params.iter().zip(&self.m).enumerate() {
+            let n = p.value.len();
+            if m.len() != n || self.v.get(i).is_some_and(|v| v.len() != n) {
+                return Err(Error::Shape(format!(
+                    "optimizer state of parameter {i} ({}) has {} values, the parameter {n}",
+                    p.name,
+                    m.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Stateful for Optimizer {
+    /// Steps taken (`step`, Adam's bias-correction exponent), the current learning rate (`lr`) and the
+    /// per-parameter moments (`m`: Adam's first moments or SGD's velocities, `v`: Adam's second moments), in
+    /// parameter visit order. Check a loaded state with [`Optimizer::check_params`].
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        v.value(
+            "step",
+            StateValue::U64(std::slice::from_mut(&mut self.step)),
+        )?;
+        v.value("lr", StateValue::F32(std::slice::from_mut(&mut self.lr)))?;
+        check_lr(self.lr)?;
+        v.f32_list("m", &mut self.m)?;
+        v.f32_list("v", &mut self.v)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The recipes the CLI runs, as library calls: train in f32 or quantized (QAT / PTQ), convert, evaluate on the
 //! integer engine, cross-check with the integer simulation, and build the report.
+use crate::checkpoint::Checkpointing;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::eval::{metrics, Metrics};
@@ -119,18 +120,24 @@ fn steps_per_epoch(data: &Dataset, cfg: &TrainConfig) -> usize {
         .div_ceil(cfg.batch_size.max(1))
 }
 
+/// Names of the training phases a run checkpoints: the f32 model (or the baseline of a quantized run), and QAT.
+pub const PHASES: [&str; 2] = ["f32", "qat"];
+
 fn train_with_events(
     model: &mut Model,
     data: &Dataset,
     cfg: &TrainConfig,
     label: &str,
+    checkpoints: Option<(&Checkpointing, &str)>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Vec<EpochStats>> {
     on_event(Event::TrainingStarted {
         label: label.to_string(),
         total_steps: steps_per_epoch(data, cfg) * cfg.epochs,
     });
-    let r = train::train(model, data, cfg, &mut |p| on_event(Event::Step(p)));
+    let r = train::train_checkpointed(model, data, cfg, checkpoints, &mut |p| {
+        on_event(Event::Step(p))
+    });
     on_event(Event::TrainingFinished);
     if let Err(Error::Diverged { .. }) = &r {
         on_event(Event::Diverged {
@@ -149,12 +156,25 @@ pub fn train_float(
     cfg: &TrainConfig,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<FloatRun> {
+    train_float_checkpointed(spec, init, split, cfg, None, on_event)
+}
+
+/// [`train_float`] checkpointing as phase `f32`.
+fn train_float_checkpointed(
+    spec: &str,
+    init: Option<&Model>,
+    split: &Split,
+    cfg: &TrainConfig,
+    checkpoints: Option<&Checkpointing>,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<FloatRun> {
     let t0 = Instant::now();
     let mut model = match init {
         Some(m) => m.clone(),
         None => Model::from_spec(spec, cfg.seed)?,
     };
-    let epochs = train_with_events(&mut model, &split.train, cfg, "f32", on_event)?;
+    let checkpoints = checkpoints.map(|c| (c, PHASES[0]));
+    let epochs = train_with_events(&mut model, &split.train, cfg, "f32", checkpoints, on_event)?;
     let (_, pred) = train::evaluate_float(&mut model, &split.test, EVAL_BATCH)?;
     Ok(FloatRun {
         metrics: metrics(&pred, &split.test.labels, split.test.classes),
@@ -305,10 +325,41 @@ pub fn run(
     baseline: Option<&FloatRun>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<RunOutput> {
+    run_with(cfg, split, init, baseline, None, on_event)
+}
+
+/// [`run`] (training its own baseline if it needs one) with each training phase checkpointed to, and with
+/// `checkpoints.resume` resumed from, `checkpoints.dir` ([`PHASES`] name the files). The run's settings (`cfg`,
+/// as JSON) replace `checkpoints.settings`: a checkpoint is resumed only by a run with the same settings. The
+/// directory is checked ([`Checkpointing::prepare`]) before anything trains.
+pub fn run_checkpointed(
+    cfg: &RunConfig,
+    split: &Split,
+    init: Option<&Model>,
+    checkpoints: &Checkpointing,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<RunOutput> {
+    let checkpoints = Checkpointing {
+        settings: serde_json::to_string(cfg).map_err(|e| Error::Shape(e.to_string()))?,
+        ..checkpoints.clone()
+    };
+    checkpoints.prepare(&PHASES)?;
+    run_with(cfg, split, init, None, Some(&checkpoints), on_event)
+}
+
+fn run_with(
+    cfg: &RunConfig,
+    split: &Split,
+    init: Option<&Model>,
+    baseline: Option<&FloatRun>,
+    checkpoints: Option<&Checkpointing>,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<RunOutput> {
     let t0 = Instant::now();
     let config = serde_json::to_value(cfg).map_err(|e| Error::Shape(e.to_string()))?;
     let Some(qcfg) = &cfg.quant else {
-        let fr = train_float(&cfg.model, init, split, &cfg.train, on_event)?;
+        let fr =
+            train_float_checkpointed(&cfg.model, init, split, &cfg.train, checkpoints, on_event)?;
         let fb = quant::float_bytes(&fr.model);
         let report = Report {
             lowbit_version: env!("CARGO_PKG_VERSION").into(),
@@ -359,7 +410,14 @@ pub fn run(
             Some(&owned_baseline)
         }
         (None, None) if qcfg.method == Method::Ptq || cfg.baseline => {
-            owned_baseline = train_float(&cfg.model, None, split, &cfg.train, on_event)?;
+            owned_baseline = train_float_checkpointed(
+                &cfg.model,
+                None,
+                split,
+                &cfg.train,
+                checkpoints,
+                on_event,
+            )?;
             Some(&owned_baseline)
         }
         (None, None) => None,
@@ -392,6 +450,7 @@ pub fn run(
                 &split.train,
                 &cfg.train,
                 &label(Some(qcfg), None),
+                checkpoints.map(|c| (c, PHASES[1])),
                 on_event,
             )?;
             quant::freeze_ranges(&mut m);

@@ -74,6 +74,12 @@ impl Rng {
         (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
+    /// The generator's four state words, for checkpoints: reading them and writing them back later continues the
+    /// stream exactly where it stood.
+    pub(crate) fn state_mut(&mut self) -> &mut [u64; 4] {
+        &mut self.s
+    }
+
     /// Fisher-Yates shuffle.
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {

@@ -1,6 +1,8 @@
 //! The training loop (float or QAT, depending on the quantizers attached to the model's layers).
+use std::borrow::Cow;
 use std::time::Instant;
 
+use crate::checkpoint::{Checkpointing, PhaseCheckpoints};
 use crate::data::stratified_split;
 use crate::error::{Error, Result};
 use crate::nn::{argmax_rows, softmax_cross_entropy, Layer, Model};
@@ -8,6 +10,9 @@ use crate::optim::{clip_grad_norm, sum_squares, Optimizer, OptimizerKind, Schedu
 use crate::quant::{bypass_quantizers, has_quantizers, start_quantizing};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
+use resume::{data_identity, resume, save_checkpoint, LoopArrays, LoopState};
+
+mod resume;
 
 /// A labelled image set the loop can draw samples from: [`crate::data::Dataset`] (implemented in
 /// [`crate::pipeline`]) or in-memory f32 slices ([`SliceSamples`]).
@@ -209,7 +214,7 @@ pub struct Progress {
 }
 
 /// Summary of one epoch.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
     /// Epoch, 1-based.
     pub epoch: usize,
@@ -233,7 +238,7 @@ pub struct EpochStats {
 
 /// One layer's training diagnostics over an epoch: vanishing / exploding gradients and quantizer clipping or
 /// dead zones.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerDiagnostics {
     /// Index in `Model::nodes`.
     pub index: usize,
@@ -250,7 +255,7 @@ pub struct LayerDiagnostics {
 }
 
 /// Mean gradient L2 norm of one parameter tensor.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ParamGradNorm {
     /// Parameter name (`weight`, `bias`, `weight_step`, `act_step`, `pact_alpha`, ...).
     pub name: String,
@@ -259,7 +264,7 @@ pub struct ParamGradNorm {
 }
 
 /// Per-epoch accumulator behind [`LayerDiagnostics`].
-#[derive(Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Diagnostics {
     steps: usize,
     grad_norm_sum: f64,
@@ -268,9 +273,10 @@ struct Diagnostics {
     layers: Vec<LayerAcc>,
 }
 
-#[derive(Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 struct LayerAcc {
-    grads: Vec<(&'static str, f64)>,
+    /// Parameter name (borrowed from the layer; owned when read from a checkpoint) and sum of gradient norms.
+    grads: Vec<(Cow<'static, str>, f64)>,
     weight_clipped: Option<f64>,
     weight_zero: Option<f64>,
     act_clipped: Option<f64>,
@@ -308,7 +314,7 @@ impl Diagnostics {
                 total += sq;
                 match acc.grads.get_mut(j) {
                     Some(slot) => slot.1 += sq.sqrt(),
-                    None => acc.grads.push((p.name, sq.sqrt())),
+                    None => acc.grads.push((Cow::Borrowed(p.name), sq.sqrt())),
                 }
             }
         }
@@ -332,9 +338,9 @@ impl Diagnostics {
                 grad_norms: a
                     .grads
                     .iter()
-                    .map(|&(name, s)| ParamGradNorm {
+                    .map(|(name, s)| ParamGradNorm {
                         name: name.to_string(),
-                        mean_l2: mean(s),
+                        mean_l2: mean(*s),
                     })
                     .collect(),
                 weight_clipped_fraction: a.weight_clipped.map(mean),
@@ -370,10 +376,27 @@ pub fn train<S: Samples + ?Sized>(
     cfg: &TrainConfig,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<EpochStats>> {
+    train_checkpointed(model, data, cfg, None, on_progress)
+}
+
+/// [`train`] that checkpoints phase `phase` of a run to `checkpoints.dir` (at every epoch end and every
+/// `checkpoints.every_steps` optimizer steps) and, with `checkpoints.resume`, first continues from the phase's
+/// checkpoint if there is one. A resumed run ends with the model (and history) an uninterrupted run would have,
+/// bit for bit, on the same machine and thread count: the checkpoint holds the model's and the optimizer's
+/// [`crate::state::Stateful`] state, the data order, the position in the run and the history so far. Check the
+/// directory with [`Checkpointing::prepare`] first (it refuses to let a new run overwrite checkpoints).
+pub fn train_checkpointed<S: Samples + ?Sized>(
+    model: &mut Model,
+    data: &S,
+    cfg: &TrainConfig,
+    checkpoints: Option<(&Checkpointing, &str)>,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<EpochStats>> {
     cfg.validate()?;
     check_shapes(model, data)?;
+    let phase = checkpoints.map(|(c, phase)| c.phase(phase, data_identity(data)));
     let mut bypassed = false;
-    let result = train_validated(model, data, cfg, on_progress, &mut bypassed);
+    let result = train_validated(model, data, cfg, phase.as_ref(), on_progress, &mut bypassed);
     if bypassed {
         start_quantizing(model);
     }
@@ -385,6 +408,7 @@ fn train_validated<S: Samples + ?Sized>(
     model: &mut Model,
     data: &S,
     cfg: &TrainConfig,
+    checkpoints: Option<&PhaseCheckpoints>,
     on_progress: &mut dyn FnMut(Progress),
     bypassed: &mut bool,
 ) -> Result<Vec<EpochStats>> {
@@ -407,28 +431,46 @@ fn train_validated<S: Samples + ?Sized>(
             ),
         ));
     }
-    if delay_steps > 0 && has_quantizers(model) {
-        bypass_quantizers(model);
-        *bypassed = true;
-    }
-    let mut global_step = 0usize;
-    let mut good = model.snapshot();
-    let mut history = Vec::with_capacity(cfg.epochs);
-    for epoch in 1..=cfg.epochs {
+    let mut good = Vec::new();
+    let resumed = match checkpoints {
+        Some(file) => resume(
+            file, model, &mut opt, &mut order, &mut good, steps, cfg.epochs,
+        )?,
+        None => None,
+    };
+    let mut st = match resumed {
+        Some(st) => {
+            *bypassed = st.bypassed;
+            st
+        }
+        None => {
+            if delay_steps > 0 && has_quantizers(model) {
+                bypass_quantizers(model);
+                *bypassed = true;
+            }
+            good = model.snapshot();
+            LoopState::default()
+        }
+    };
+    for epoch in st.epochs_done + 1..=cfg.epochs {
         let start = Instant::now();
-        // A fresh generator per epoch (not one long stream), so epoch e's order depends only on seed and e.
-        Rng::new(cfg.seed ^ 0x5EED_0000_0000_0000)
-            .fork(epoch as u64)
-            .shuffle(&mut order);
-        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-        let mut diag = Diagnostics::default();
-        for (step0, batch) in order.chunks(cfg.batch_size).enumerate() {
+        let seconds_before = st.seconds;
+        if st.steps_done == 0 {
+            // A fresh generator per epoch (not one long stream), so epoch e's shuffle depends only on seed, e
+            // and the order it starts from (the previous epoch's, which a checkpoint keeps).
+            Rng::new(cfg.seed ^ 0x5EED_0000_0000_0000)
+                .fork(epoch as u64)
+                .shuffle(&mut order);
+        }
+        for step0 in st.steps_done..steps {
             let step = step0 + 1;
-            if *bypassed && global_step == delay_steps {
+            let batch = &order[step0 * cfg.batch_size..(step * cfg.batch_size).min(order.len())];
+            if *bypassed && st.global_step == delay_steps {
                 start_quantizing(model);
                 *bypassed = false;
             }
             fill_batch(data, batch, model.input_shape, per, &mut x, &mut labels);
+            let batch_len = batch.len();
             let logits = model.forward(&x, true)?;
             let out = softmax_cross_entropy(&logits, &labels)?;
             let diverged = |what: String, model: &mut Model, good: &[Vec<f32>]| {
@@ -456,24 +498,24 @@ fn train_validated<S: Samples + ?Sized>(
                 return diverged(what, model, &good);
             }
             drop(params);
-            diag.observe_quantizers(model);
-            let norm_sq = diag.observe_grads(model);
-            diag.steps += 1;
-            diag.grad_norm_sum += norm_sq.sqrt();
+            st.diag.observe_quantizers(model);
+            let norm_sq = st.diag.observe_grads(model);
+            st.diag.steps += 1;
+            st.diag.grad_norm_sum += norm_sq.sqrt();
             let mut params = model.params_mut();
             if let Some(max_norm) = cfg.clip_grad_norm {
                 if clip_grad_norm(&mut params, max_norm) > max_norm {
-                    diag.clipped_steps += 1;
+                    st.diag.clipped_steps += 1;
                 }
             }
             opt.set_lr(cfg.schedule.lr_at(
                 cfg.lr,
-                global_step,
+                st.global_step,
                 cfg.warmup_steps,
                 steps,
                 total_steps,
             ))?;
-            global_step += 1;
+            st.global_step += 1;
             opt.step(&mut params)?;
             // Quantizer parameters (steps, alphas) are small and can be driven non-finite by a huge update.
             if let Some(i) = params
@@ -484,32 +526,47 @@ fn train_validated<S: Samples + ?Sized>(
                 drop(params);
                 return diverged(what, model, &good);
             }
-            loss_sum += f64::from(out.loss) * batch.len() as f64;
-            correct += out.correct;
-            let seen = (step0 * cfg.batch_size + batch.len()) as f64;
+            drop(params);
+            st.loss_sum += f64::from(out.loss) * batch_len as f64;
+            st.correct += out.correct;
+            st.steps_done = step;
+            let seen = (step0 * cfg.batch_size + batch_len) as f64;
             on_progress(Progress {
                 epoch,
                 epochs: cfg.epochs,
                 step,
                 steps,
-                loss: (loss_sum / seen) as f32,
-                accuracy: (correct as f64 / seen) as f32,
+                loss: (st.loss_sum / seen) as f32,
+                accuracy: (st.correct as f64 / seen) as f32,
                 batch_loss: out.loss,
-                batch_accuracy: out.correct as f32 / batch.len() as f32,
+                batch_accuracy: out.correct as f32 / batch_len as f32,
             });
+            if let Some(file) = checkpoints {
+                // The epoch's last step is saved by the epoch-end checkpoint just after.
+                if step < steps && file.due_at_step(st.global_step) {
+                    st.seconds = seconds_before + start.elapsed().as_secs_f64();
+                    let arrays = &mut LoopArrays {
+                        order: &mut order,
+                        good: &mut good,
+                    };
+                    st.bypassed = *bypassed;
+                    save_checkpoint(file, &st, model, &mut opt, arrays)?;
+                }
+                file.after_step(st.global_step);
+            }
         }
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = seconds_before + start.elapsed().as_secs_f64();
         let val_accuracy = if val_indices.is_empty() {
             None
         } else {
             Some(evaluate_indices(model, data, &val_indices, EVAL_BATCH)?.0 as f32)
         };
         good = model.snapshot();
-        let (grad_norm, clipped_steps, layers) = diag.finish(model);
-        history.push(EpochStats {
+        let (grad_norm, clipped_steps, layers) = std::mem::take(&mut st.diag).finish(model);
+        st.history.push(EpochStats {
             epoch,
-            train_loss: (loss_sum / n_train as f64) as f32,
-            train_accuracy: (correct as f64 / n_train as f64) as f32,
+            train_loss: (st.loss_sum / n_train as f64) as f32,
+            train_accuracy: (st.correct as f64 / n_train as f64) as f32,
             seconds,
             val_accuracy,
             lr: opt.lr(),
@@ -517,8 +574,21 @@ fn train_validated<S: Samples + ?Sized>(
             clipped_steps,
             layers,
         });
+        st.epochs_done = epoch;
+        st.steps_done = 0;
+        st.loss_sum = 0.0;
+        st.correct = 0;
+        st.seconds = 0.0;
+        if let Some(file) = checkpoints {
+            st.bypassed = *bypassed;
+            let arrays = &mut LoopArrays {
+                order: &mut order,
+                good: &mut good,
+            };
+            save_checkpoint(file, &st, model, &mut opt, arrays)?;
+        }
     }
-    Ok(history)
+    Ok(st.history)
 }
 
 /// The training and validation sample indices of a run: all samples for training without

@@ -2,6 +2,7 @@
 //! momentum 0.1, eps 1e-5, biased batch variance for normalizing, unbiased for the running estimate.
 use super::Param;
 use crate::error::{Error, Result};
+use crate::state::{StateValue, StateVisitor, Stateful};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -217,5 +218,16 @@ impl BatchNorm2d {
                 grad: &mut self.grad_beta,
             },
         ]
+    }
+}
+
+impl Stateful for BatchNorm2d {
+    /// `gamma`, `beta`, the running statistics and the frozen flag.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        v.value("gamma", StateValue::F32(&mut self.gamma))?;
+        v.value("beta", StateValue::F32(&mut self.beta))?;
+        v.value("running_mean", StateValue::F32(&mut self.running_mean))?;
+        v.value("running_var", StateValue::F32(&mut self.running_var))?;
+        v.value("frozen", StateValue::Flag(&mut self.frozen))
     }
 }

@@ -22,6 +22,7 @@ use super::Param;
 use crate::error::{Error, Result};
 use crate::quant::WeightQuantizer;
 use crate::rng::Rng;
+use crate::state::{StateVisitor, Stateful};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -934,6 +935,18 @@ impl Conv2d {
             params.extend(q.params_mut());
         }
         params
+    }
+}
+
+impl Stateful for Conv2d {
+    /// `weight`, `bias`, then the weight quantizer's state under `weight_quant`.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        super::dense::visit_weight_layer(
+            v,
+            &mut self.weight,
+            &mut self.bias,
+            &mut self.weight_quant,
+        )
     }
 }
 

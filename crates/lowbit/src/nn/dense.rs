@@ -6,6 +6,7 @@ use super::Param;
 use crate::error::{Error, Result};
 use crate::quant::WeightQuantizer;
 use crate::rng::Rng;
+use crate::state::{StateValue, StateVisitor, Stateful};
 use crate::tensor::Tensor;
 
 /// Fully connected layer. Input `[B, in_features]` (or any `[B, ...]` whose trailing size is `in_features`),
@@ -237,4 +238,27 @@ impl Dense {
         }
         params
     }
+}
+
+impl Stateful for Dense {
+    /// `weight`, `bias`, then the weight quantizer's state under `weight_quant`.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        visit_weight_layer(v, &mut self.weight, &mut self.bias, &mut self.weight_quant)
+    }
+}
+
+/// The state of a layer with weights (dense, conv): `weight`, `bias`, then the weight quantizer's state under
+/// `weight_quant`.
+pub(super) fn visit_weight_layer(
+    v: &mut StateVisitor<'_>,
+    weight: &mut [f32],
+    bias: &mut [f32],
+    quant: &mut Option<WeightQuantizer>,
+) -> Result<()> {
+    v.value("weight", StateValue::F32(weight))?;
+    v.value("bias", StateValue::F32(bias))?;
+    if let Some(q) = quant {
+        v.part("weight_quant", q)?;
+    }
+    Ok(())
 }

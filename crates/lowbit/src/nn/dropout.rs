@@ -2,6 +2,7 @@
 //! `1 / (1 - p)`, so inference is the identity.
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::state::{StateValue, StateVisitor, Stateful};
 use crate::tensor::Tensor;
 
 /// Dropout with a seeded mask stream: the same seed gives the same masks, and a clone of the layer draws the
@@ -74,5 +75,12 @@ impl Dropout {
             .map(|(&g, &m)| g * m)
             .collect();
         Ok(Tensor::new(data, grad.shape.clone()))
+    }
+}
+
+impl Stateful for Dropout {
+    /// The mask generator's position (`rng`), so a resumed run draws the masks an uninterrupted one would.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        v.value("rng", StateValue::U64(self.rng.state_mut()))
     }
 }

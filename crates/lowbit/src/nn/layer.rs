@@ -3,6 +3,7 @@
 use super::{AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, MaxPool2d, Param, Relu};
 use crate::error::Result;
 use crate::quant::ActQuantizer;
+use crate::state::{StateVisitor, Stateful};
 use crate::tensor::Tensor;
 
 /// The op of one node of a [`super::Model`]; every kind has the same forward / backward / params contract. Spatial layers work
@@ -191,6 +192,23 @@ impl Layer {
             Layer::BatchNorm2d(_) => "batchnorm2d",
             Layer::Dropout(_) => "dropout",
             Layer::ConvBn2d(_) => "conv_bn2d",
+        }
+    }
+}
+
+impl Stateful for Layer {
+    /// The state of the layer's component; layers without state (ReLU, flatten, pooling) visit nothing.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        match self {
+            Layer::Dense(l) => l.visit_state(v),
+            Layer::Conv2d(l) => l.visit_state(v),
+            Layer::BatchNorm2d(l) => l.visit_state(v),
+            Layer::ConvBn2d(l) => l.visit_state(v),
+            Layer::ActQuant(q) => q.visit_state(v),
+            Layer::Dropout(l) => l.visit_state(v),
+            Layer::Relu(_) | Layer::Flatten(_) | Layer::MaxPool2d(_) | Layer::AvgPool2d(_) => {
+                Ok(())
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 use super::Layer;
 use super::Param;
 use crate::error::{Error, Result};
+use crate::state::{StateVisitor, Stateful};
 use crate::tensor::Tensor;
 
 /// Index of a value of a [`Model`]: `0` is the input, `i + 1` the output of `nodes[i]`.
@@ -471,6 +472,21 @@ impl Model {
             p.value.copy_from_slice(s);
         }
         Ok(())
+    }
+}
+
+impl Stateful for Model {
+    /// Every node's state, node `n` of kind `k` under `nodes.{n}.{k}` (e.g. `nodes.layers.0.dense.weight`). The
+    /// kind in the name makes a checkpoint of another architecture fail by name rather than by length.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        v.scope("nodes", |v| {
+            for node in &mut self.nodes {
+                let kind = node.layer.kind();
+                let layer = &mut node.layer;
+                v.scope(&node.name, |v| v.part(kind, layer))?;
+            }
+            Ok(())
+        })
     }
 }
 

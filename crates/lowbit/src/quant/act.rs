@@ -4,6 +4,7 @@ use super::config::{ActMethod, QuantConfig};
 use super::{fastq, lsq, pact};
 use crate::error::{Error, Result};
 use crate::nn::Param;
+use crate::state::{StateValue, StateVisitor, Stateful};
 use crate::tensor::Tensor;
 use lowbit_runtime::qparams::{self, QParams};
 
@@ -493,6 +494,19 @@ impl ActQuantizer {
             .map(|(&g, &i)| if i { g } else { 0.0 })
             .collect();
         Tensor::new(data, grad_out.shape.clone())
+    }
+}
+
+impl Stateful for ActQuantizer {
+    /// The learned scalar (`learned`: LSQ step or PACT alpha) and whether it was initialized, the observed range
+    /// (EMA or calibration min/max), and the frozen, calibrating and bypassed (quantization delay) flags.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        v.value("learned", StateValue::F32(&mut self.learned))?;
+        v.value("initialized", StateValue::Flag(&mut self.initialized))?;
+        v.optional_pair("range", &mut self.range)?;
+        v.value("frozen", StateValue::Flag(&mut self.frozen))?;
+        v.value("calibrating", StateValue::Flag(&mut self.calibrating))?;
+        v.value("bypassed", StateValue::Flag(&mut self.bypassed))
     }
 }
 

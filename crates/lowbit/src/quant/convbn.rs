@@ -15,6 +15,7 @@
 use crate::error::{Error, Result};
 use crate::nn::{BatchNorm2d, Conv2d, Param};
 use crate::quant::WeightQuantizer;
+use crate::state::{StateValue, StateVisitor, Stateful};
 use crate::tensor::Tensor;
 
 /// A Conv2d followed by a BatchNorm2d, trained as one QAT layer with the batch norm folded into the quantized
@@ -268,5 +269,15 @@ impl ConvBn2d {
         folded.fold_batchnorm(&self.bn)?;
         folded.weight_quant.clone_from(&c.weight_quant);
         Ok(folded)
+    }
+}
+
+impl Stateful for ConvBn2d {
+    /// The convolution (`conv`: weights, bias, weight quantizer), the batch norm (`bn`: parameters, running
+    /// statistics, frozen flag) and the training-step counter that triggers the statistics freeze.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        v.part("conv", &mut self.conv)?;
+        v.part("bn", &mut self.bn)?;
+        v.value("steps", StateValue::Count(&mut self.steps))
     }
 }

@@ -5,6 +5,7 @@ use super::fastq;
 use super::lsq;
 use crate::error::{Error, Result};
 use crate::nn::Param;
+use crate::state::{StateValue, StateVisitor, Stateful};
 use lowbit_runtime::qparams::{self, QParams};
 
 /// Codes of a weight matrix and the scales that dequantize them (`w ~= code * scale`).
@@ -792,6 +793,19 @@ fn quantize_binary(w: &[f32], rows: usize, cols: usize) -> WeightCodes {
         bits: 1,
         inside: vec![true; w.len()],
         clipped: 0,
+    }
+}
+
+impl Stateful for WeightQuantizer {
+    /// The LSQ steps (`step`, empty until initialized) and the quantization-delay flag (`bypassed`). The other
+    /// kinds derive everything from the weights at each forward.
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        v.value("step", StateValue::F32Vec(&mut self.step))?;
+        v.value("bypassed", StateValue::Flag(&mut self.bypassed))?;
+        if self.grad_step.len() != self.step.len() {
+            self.grad_step = vec![0.0; self.step.len()];
+        }
+        Ok(())
     }
 }
 
