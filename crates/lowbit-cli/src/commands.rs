@@ -19,7 +19,7 @@ use lowbit::quant::{ActMethod, LayerQuant, LayerSelector, Method, QuantConfig, W
 use lowbit::report::{DatasetInfo, Report};
 use lowbit::train::{self, TrainConfig};
 use lowbit_runtime::engine::{Engine, EngineOptions};
-use lowbit_runtime::model::{OutputStage, Provenance, QOp};
+use lowbit_runtime::model::Provenance;
 
 /// The engine options of `eval` and `bench`, which run batch after batch in a process of their own: the helper
 /// threads may spin between batches (the library's default is off, for host processes that do other work).
@@ -1025,101 +1025,6 @@ fn time_pair(
     Ok((timing(fs), timing(is)))
 }
 
-/// The float model `lowbit bench` times against the engine: the same layers with dequantized weights (codes times
-/// scales), so both sides do the same work. Unlike `pipeline::dequantize_to_float` it also covers conv and pooling.
-fn float_twin(qm: &lowbit_runtime::model::QuantModel) -> Result<Model> {
-    use lowbit::nn::{AvgPool2d, Conv2d, Dense, Flatten, Layer, MaxPool2d, Relu};
-    use lowbit_runtime::pack::PackedWeights;
-    // Rows of codes times their scale (per row, or the single per-tensor scale), and the bias back in float.
-    fn dequant(
-        rows: usize,
-        cols: usize,
-        w: &PackedWeights,
-        scales: &[f32],
-        bias: &[i32],
-        in_scale: f32,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let mut row = vec![0i8; cols];
-        let mut wf = Vec::with_capacity(rows * cols);
-        let mut bf = Vec::with_capacity(rows);
-        for r in 0..rows {
-            let s = scales
-                .get(r)
-                .or(scales.first())
-                .copied()
-                .ok_or_else(|| anyhow!("layer without weight scales"))?;
-            let b = bias
-                .get(r)
-                .copied()
-                .ok_or_else(|| anyhow!("layer with {} biases for {rows} outputs", bias.len()))?;
-            w.unpack_row(r, &mut row);
-            wf.extend(row.iter().map(|&c| f32::from(c) * s));
-            bf.push(b as f32 * in_scale * s);
-        }
-        Ok((wf, bf))
-    }
-    let relu = |out: &OutputStage| matches!(out, OutputStage::Requantize { relu: true, .. });
-    let mut layers = Vec::new();
-    for l in qm.ops() {
-        match l {
-            QOp::Dense(d) => {
-                let (w, b) = dequant(
-                    d.out_features,
-                    d.in_features,
-                    &d.weights,
-                    &d.weight_scales,
-                    &d.bias,
-                    d.input.scale,
-                )?;
-                layers.push(Layer::Dense(Dense::from_weights(
-                    d.in_features,
-                    d.out_features,
-                    w,
-                    b,
-                )));
-                if relu(&d.output) {
-                    layers.push(Layer::Relu(Relu::new()));
-                }
-            }
-            QOp::Conv2d(c) => {
-                let (w, b) = dequant(
-                    c.out_channels,
-                    c.in_channels * c.kernel.0 * c.kernel.1,
-                    &c.weights,
-                    &c.weight_scales,
-                    &c.bias,
-                    c.input.scale,
-                )?;
-                layers.push(Layer::Conv2d(Conv2d::from_weights(
-                    c.in_channels,
-                    c.out_channels,
-                    c.kernel,
-                    c.stride,
-                    c.padding,
-                    w,
-                    b,
-                )));
-                if relu(&c.output) {
-                    layers.push(Layer::Relu(Relu::new()));
-                }
-            }
-            QOp::MaxPool2d(p) => {
-                layers.push(Layer::MaxPool2d(MaxPool2d::new(p.kernel, p.stride)));
-            }
-            QOp::AvgPool2d(p) => {
-                layers.push(Layer::AvgPool2d(AvgPool2d::new(p.kernel, p.stride)));
-            }
-            QOp::Flatten => layers.push(Layer::Flatten(Flatten::new())),
-        }
-    }
-    Ok(Model::sequential(
-        "dequantized",
-        [qm.input.channels, qm.input.height, qm.input.width],
-        qm.classes,
-        layers,
-    ))
-}
-
 /// `lowbit bench`.
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let qm = match modelfile::load_any(&a.model)? {
@@ -1133,7 +1038,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         bail!("invalid --seconds: must be a positive number");
     }
     let engine = Engine::with_options(&qm, CLI_ENGINE)?;
-    let mut float_model = float_twin(&qm)?;
+    let mut float_model = lowbit::quant::dequantize(&qm)?;
     let split = data::load(&DataSource::Builtin)?;
     let per = qm.input.features();
     let mut t = Table::new(&[
@@ -1232,7 +1137,7 @@ mod tests {
         )?;
         let qm = convert(&prepared, Provenance::default())?;
         let want = Engine::new(&qm)?.run(&pixels, n)?;
-        let got = float_twin(&qm)?.forward(&x, false)?;
+        let got = lowbit::quant::dequantize(&qm)?.forward(&x, false)?;
         assert_eq!(got.data.len(), want.len());
         let err: f32 = got
             .data

@@ -19,8 +19,8 @@
 use crate::error::FormatError;
 use crate::graph;
 use crate::model::{
-    InputSpec, OutputStage, Provenance, QAvgPool2d, QConv2d, QDense, QMaxPool2d, QNode, QOp,
-    QuantModel,
+    InputSpec, OutputStage, Provenance, QAdd, QAvgPool2d, QConcat, QConv2d, QDense, QLut,
+    QMaxPool2d, QNode, QOp, QPad, QSlice, QuantModel,
 };
 use crate::pack::{row_bytes, PackedWeights, Packing};
 use crate::qparams::{QParams, Requant};
@@ -116,6 +116,8 @@ enum OutputMeta {
         relu: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         requant: Option<Vec<Requant>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_code: Option<i32>,
     },
     // A struct variant, so that `deny_unknown_fields` applies (a unit variant would accept any extra field).
     #[serde(rename = "logits")]
@@ -142,6 +144,8 @@ enum LayerMeta {
         kernel: [usize; 2],
         stride: [usize; 2],
         padding: [usize; 2],
+        #[serde(default, skip_serializing_if = "is_one")]
+        groups: Option<usize>,
         weights: WeightsMeta,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         weight_scales: Option<Vec<f64>>,
@@ -163,6 +167,42 @@ enum LayerMeta {
     },
     #[serde(rename = "flatten")]
     Flatten,
+    #[serde(rename = "add")]
+    Add {
+        inputs: [QpMeta; 2],
+        output: QpMeta,
+        bits: u32,
+        relu: bool,
+    },
+    #[serde(rename = "concat")]
+    Concat {
+        inputs: Vec<QpMeta>,
+        output: QpMeta,
+        bits: u32,
+    },
+    #[serde(rename = "pad")]
+    Pad {
+        channels: [usize; 2],
+        rows: [usize; 2],
+        cols: [usize; 2],
+    },
+    #[serde(rename = "slice")]
+    Slice {
+        channels: [usize; 3],
+        rows: [usize; 3],
+        cols: [usize; 3],
+    },
+    #[serde(rename = "lut")]
+    Lut {
+        input: QpMeta,
+        output: QpMeta,
+        bits: u32,
+    },
+}
+
+/// Groups are written only when not 1 (so files of full convolutions read as before).
+fn is_one(g: &Option<usize>) -> bool {
+    g.is_none_or(|g| g == 1)
 }
 
 /// The model JSON of versions 1 and 2: a chain.
@@ -211,6 +251,7 @@ fn output_meta(o: &OutputStage) -> OutputMeta {
             qparams,
             bits,
             relu,
+            max_code,
             ..
         } => OutputMeta::Requantize {
             scale: qparams.scale as f64,
@@ -218,6 +259,7 @@ fn output_meta(o: &OutputStage) -> OutputMeta {
             bits: *bits,
             relu: *relu,
             requant: None,
+            max_code: *max_code,
         },
     }
 }
@@ -235,6 +277,7 @@ fn output_stage(
             bits,
             relu,
             requant,
+            max_code,
         } => OutputStage::Requantize {
             qparams: QParams {
                 scale: scale as f32,
@@ -243,6 +286,7 @@ fn output_stage(
             bits,
             relu,
             requant: t.requant(requant, rows)?,
+            max_code,
         },
     })
 }
@@ -272,6 +316,7 @@ fn layer_meta(op: &QOp) -> LayerMeta {
             kernel: pair(c.kernel),
             stride: pair(c.stride),
             padding: pair(c.padding),
+            groups: Some(c.groups),
             weights: weights_meta(&c.weights),
             weight_scales: None,
             input: QpMeta::from_qp(c.input),
@@ -289,6 +334,32 @@ fn layer_meta(op: &QOp) -> LayerMeta {
             bits: p.bits,
         },
         QOp::Flatten => LayerMeta::Flatten,
+        QOp::Add(a) => LayerMeta::Add {
+            inputs: a.inputs.map(QpMeta::from_qp),
+            output: QpMeta::from_qp(a.output),
+            bits: a.bits,
+            relu: a.relu,
+        },
+        QOp::Concat(c) => LayerMeta::Concat {
+            inputs: c.inputs.iter().map(|&q| QpMeta::from_qp(q)).collect(),
+            output: QpMeta::from_qp(c.output),
+            bits: c.bits,
+        },
+        QOp::Pad(p) => LayerMeta::Pad {
+            channels: pair(p.channels),
+            rows: pair(p.rows),
+            cols: pair(p.cols),
+        },
+        QOp::Slice(sl) => LayerMeta::Slice {
+            channels: sl.channels,
+            rows: sl.rows,
+            cols: sl.cols,
+        },
+        QOp::Lut(l) => LayerMeta::Lut {
+            input: QpMeta::from_qp(l.input),
+            output: QpMeta::from_qp(l.output),
+            bits: l.bits,
+        },
     }
 }
 
@@ -386,6 +457,7 @@ fn check_layer_limits(name: &str, l: &LayerMeta) -> Result<(), FormatError> {
             kernel,
             stride,
             padding,
+            groups,
             weights,
             weight_scales,
             output,
@@ -396,6 +468,7 @@ fn check_layer_limits(name: &str, l: &LayerMeta) -> Result<(), FormatError> {
             dims(&what, kernel)?;
             dims(&what, stride)?;
             dims(&what, padding)?;
+            dims(&what, &[groups.unwrap_or(1)])?;
             check_weights_limits(name, weights)?;
             check_output_limits(name, output)?;
         }
@@ -403,7 +476,28 @@ fn check_layer_limits(name: &str, l: &LayerMeta) -> Result<(), FormatError> {
             dims(&what, kernel)?;
             dims(&what, stride)?;
         }
-        LayerMeta::Flatten => {}
+        LayerMeta::Flatten | LayerMeta::Add { .. } | LayerMeta::Lut { .. } => {}
+        LayerMeta::Concat { inputs, .. } => {
+            limit(&format!("{name} inputs"), inputs.len(), MAX_NODE_INPUTS)?;
+        }
+        LayerMeta::Pad {
+            channels,
+            rows,
+            cols,
+        } => {
+            dims(&what, channels)?;
+            dims(&what, rows)?;
+            dims(&what, cols)?;
+        }
+        LayerMeta::Slice {
+            channels,
+            rows,
+            cols,
+        } => {
+            dims(&what, channels)?;
+            dims(&what, rows)?;
+            dims(&what, cols)?;
+        }
     }
     Ok(())
 }
@@ -488,6 +582,15 @@ pub fn to_bytes(model: &QuantModel) -> Result<Vec<u8>, FormatError> {
     let mut tensors: Vec<Tensor> = Vec::new();
     for node in &model.nodes {
         let i = &node.name;
+        if let QOp::Lut(l) = &node.op {
+            tensors.push((
+                format!("{i}.table"),
+                "U8",
+                vec![l.table.len()],
+                l.table.clone(),
+            ));
+            continue;
+        }
         let (w, b, scales, output) = match &node.op {
             QOp::Dense(d) => (&d.weights, &d.bias, &d.weight_scales, &d.output),
             QOp::Conv2d(c) => (&c.weights, &c.bias, &c.weight_scales, &c.output),
@@ -862,6 +965,13 @@ impl<'a> LayerTensors<'a, '_> {
         }
     }
 
+    /// A table op's 256 codes, `[256]`.
+    fn table(&mut self) -> Result<Vec<u8>, FormatError> {
+        let name = self.name("table");
+        let t = typed(self.st, &name, Dtype::U8, "[256]", |s| s == [256])?;
+        Ok(t.data().to_vec())
+    }
+
     /// Scales per output row, `[1]` (per-tensor) or `[rows]`.
     fn weight_scales(
         &mut self,
@@ -1082,6 +1192,7 @@ fn op_from_meta(l: LayerMeta, t: &mut LayerTensors<'_, '_>) -> Result<QOp, Forma
             kernel,
             stride,
             padding,
+            groups,
             weights,
             weight_scales,
             input,
@@ -1092,6 +1203,7 @@ fn op_from_meta(l: LayerMeta, t: &mut LayerTensors<'_, '_>) -> Result<QOp, Forma
             kernel: unpair(kernel),
             stride: unpair(stride),
             padding: unpair(padding),
+            groups: groups.unwrap_or(1),
             bias: t.bias(weights.rows)?,
             weights: t.weights(&weights)?,
             weight_scales: t.weight_scales(weight_scales, weights.rows)?,
@@ -1116,6 +1228,54 @@ fn op_from_meta(l: LayerMeta, t: &mut LayerTensors<'_, '_>) -> Result<QOp, Forma
             bits,
         }),
         LayerMeta::Flatten => QOp::Flatten,
+        LayerMeta::Add {
+            inputs,
+            output,
+            bits,
+            relu,
+        } => QOp::Add(QAdd {
+            inputs: [inputs[0].to_qp(), inputs[1].to_qp()],
+            output: output.to_qp(),
+            bits,
+            relu,
+        }),
+        LayerMeta::Concat {
+            inputs,
+            output,
+            bits,
+        } => QOp::Concat(QConcat {
+            inputs: inputs.iter().map(QpMeta::to_qp).collect(),
+            output: output.to_qp(),
+            bits,
+        }),
+        LayerMeta::Pad {
+            channels,
+            rows,
+            cols,
+        } => QOp::Pad(QPad {
+            channels: unpair(channels),
+            rows: unpair(rows),
+            cols: unpair(cols),
+        }),
+        LayerMeta::Slice {
+            channels,
+            rows,
+            cols,
+        } => QOp::Slice(QSlice {
+            channels,
+            rows,
+            cols,
+        }),
+        LayerMeta::Lut {
+            input,
+            output,
+            bits,
+        } => QOp::Lut(QLut {
+            input: input.to_qp(),
+            output: output.to_qp(),
+            bits,
+            table: t.table()?,
+        }),
     })
 }
 

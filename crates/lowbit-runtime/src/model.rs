@@ -57,6 +57,9 @@ pub enum OutputStage {
         relu: bool,
         /// One multiplier per output channel (`s_in * s_w[c] / s_out`), or one for per-tensor weights.
         requant: Vec<Requant>,
+        /// Highest output code below `2^bits - 1`, from a fused clip (ReLU6): `quantize(max)` on the output.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_code: Option<i32>,
     },
     /// Final layer: logits = `acc * s_in * s_w[c]` in f32.
     Logits,
@@ -81,7 +84,9 @@ pub struct QDense {
     pub output: OutputStage,
 }
 
-/// 2-D convolution on integer codes, NCHW activations, weights `[out_c][in_c][kh][kw]` packed per output channel.
+/// 2-D convolution on integer codes, NCHW activations, weights `[out_c][in_c / groups][kh][kw]` packed per output
+/// channel; output channel `oc` reads the input channels of its group (`groups` equal groups of channels;
+/// depthwise when `groups == in_channels`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QConv2d {
     /// Input channels.
@@ -94,7 +99,10 @@ pub struct QConv2d {
     pub stride: (usize, usize),
     /// Zero padding (rows, cols); padded positions hold the input zero point.
     pub padding: (usize, usize),
-    /// Weight codes, one packed row of `in_channels * kh * kw` codes per output channel.
+    /// Channel groups (1: a full convolution).
+    #[serde(default = "one")]
+    pub groups: usize,
+    /// Weight codes, one packed row of `in_channels / groups * kh * kw` codes per output channel.
     pub weights: PackedWeights,
     /// Weight scales: one or `out_channels`.
     pub weight_scales: Vec<f32>,
@@ -131,6 +139,76 @@ pub struct QAvgPool2d {
     pub bits: u32,
 }
 
+fn one() -> usize {
+    1
+}
+
+/// Residual sum of two code values requantized onto the output's parameters in fixed point (normative:
+/// [`crate::kernels::eltwise`] with [`crate::qparams::AddParams::from_scales`] of the three scales):
+/// `out = clamp(zp_out + rshift_round((a - zp_a) * m_a + (b - zp_b) * m_b, shift), qmin, 2^bits - 1)`, `qmin` the
+/// zero point with a fused ReLU, else 0.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QAdd {
+    /// Quantization of the two inputs, in order.
+    pub inputs: [QParams; 2],
+    /// Output quantization.
+    pub output: QParams,
+    /// Output bit width.
+    pub bits: u32,
+    /// Whether a ReLU is fused (clamp below at the output zero point).
+    pub relu: bool,
+}
+
+/// Channel concatenation; each input is rescaled onto the output's parameters in fixed point (normative:
+/// [`crate::kernels::eltwise`]'s rescale with [`crate::qparams::Rescale::from_scales`]), or copied when its
+/// parameters are the output's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QConcat {
+    /// Quantization of each input, in order.
+    pub inputs: Vec<QParams>,
+    /// Output quantization.
+    pub output: QParams,
+    /// Output bit width.
+    pub bits: u32,
+}
+
+/// Zero padding of channels, rows and columns (before, after); padded codes are the value's zero point (real 0),
+/// so the quantization is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QPad {
+    /// Channels added (front, back).
+    pub channels: (usize, usize),
+    /// Rows added (top, bottom).
+    pub rows: (usize, usize),
+    /// Columns added (left, right).
+    pub cols: (usize, usize),
+}
+
+/// Strided slice: per axis (channels, rows, cols) `[start, end, step]`, end exclusive, step >= 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QSlice {
+    /// Channels kept.
+    pub channels: [usize; 3],
+    /// Rows kept.
+    pub rows: [usize; 3],
+    /// Columns kept.
+    pub cols: [usize; 3],
+}
+
+/// An element-wise function on codes as a 256-entry table: `out = table[x]` (every unary op lowers to one:
+/// `table[q] = quantize(f(dequantize(q, input)), output)`, see [`crate::kernels::eltwise::unary_table`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QLut {
+    /// Quantization of the input.
+    pub input: QParams,
+    /// Quantization of the output.
+    pub output: QParams,
+    /// Output bit width.
+    pub bits: u32,
+    /// The table, 256 codes.
+    pub table: Vec<u8>,
+}
+
 /// The operation of one node of a quantized graph. Every op consumes `u8` activation codes; only the graph's
 /// output node produces something else (f32 logits, from a Dense or Conv2d with [`OutputStage::Logits`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +223,16 @@ pub enum QOp {
     AvgPool2d(QAvgPool2d),
     /// NCHW to flat features (a no-op on the data).
     Flatten,
+    /// Residual sum.
+    Add(QAdd),
+    /// Channel concatenation.
+    Concat(QConcat),
+    /// Zero padding.
+    Pad(QPad),
+    /// Strided slice.
+    Slice(QSlice),
+    /// Element-wise table.
+    Lut(QLut),
 }
 
 /// Index of a value of a [`QuantModel`]: `0` is the network input, `i + 1` the output of `nodes[i]`.

@@ -129,6 +129,7 @@ fn random_requant(
             bits: o.act_bits,
             relu,
             requant,
+            max_code: None,
         },
         qparams,
     )
@@ -185,6 +186,7 @@ pub fn random_conv(
             kernel,
             stride,
             padding,
+            groups: 1,
             weights,
             weight_scales,
             bias,

@@ -27,6 +27,7 @@ fn hand_model(relu: bool) -> QuantModel {
             bits: 8,
             relu,
             requant: vec![Requant::from_real(0.5).unwrap()],
+            max_code: None,
         },
     };
     let l1 = QDense {
@@ -85,8 +86,10 @@ fn out_stage(acc: i64, o: &OutputStage, c: usize) -> u8 {
             bits,
             relu,
             requant,
+            max_code,
         } => {
-            let (_, qmax) = act_code_range(*bits).unwrap();
+            let (_, full) = act_code_range(*bits).unwrap();
+            let qmax = max_code.map_or(full, |m| m.min(full));
             let rq = if requant.len() == 1 {
                 requant[0]
             } else {
@@ -232,6 +235,7 @@ fn naive_run(m: &QuantModel, x: &[u8]) -> Naive {
             QOp::Flatten => {
                 (c, h, w) = (c * h * w, 1, 1);
             }
+            other => panic!("the chain evaluator does not run {}", other.describe()),
         }
         codes.push(cur.clone());
     }

@@ -117,6 +117,12 @@ pub trait Stateful {
     fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()>;
 }
 
+impl<T: Stateful + ?Sized> Stateful for Box<T> {
+    fn visit_state(&mut self, v: &mut StateVisitor<'_>) -> Result<()> {
+        (**self).visit_state(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

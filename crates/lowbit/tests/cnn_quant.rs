@@ -156,6 +156,7 @@ fn qat_w8a8_lenet5_runs_on_the_engine_exactly_as_the_simulation() {
             QOp::AvgPool2d(_) => "avgpool",
             QOp::Flatten => "flatten",
             QOp::Dense(_) => "dense",
+            other => panic!("unexpected {}", other.describe()),
         })
         .collect();
     assert_eq!(

@@ -226,6 +226,7 @@ fn simulate_matches_a_hand_computed_model() {
             bits: 8,
             relu: true,
             requant: vec![Requant::from_real(0.5).unwrap()],
+            max_code: None,
         },
     };
     let l2 = QDense {

@@ -69,7 +69,12 @@ pub(crate) fn plan(
             }
         }
         for (i, node) in model.nodes.iter().enumerate() {
-            let QOp::Conv2d(_) = node.op else { continue };
+            let QOp::Conv2d(conv) = &node.op else {
+                continue;
+            };
+            if conv.groups != 1 {
+                continue;
+            }
             if !matches!(info.values[i + 1].quant, ValueQuant::Codes { .. }) {
                 continue;
             }

@@ -5,7 +5,7 @@
 //! zero point, column index `k = ic*kh*kw + ky*kw + kx` (weights are `[oc][ic][kh][kw]`); output is NCHW.
 //! Fused conv + 2 x 2 stride-2 max pool takes the max of the i32 accumulators, then one requantization: the same
 //! codes, because requantization never decreases as the accumulator grows.
-use super::matrix::{describe_matrix, Gemm, MatrixSpec};
+use super::matrix::{describe_matrix, Gemm, MatrixSpec, Out};
 use super::{
     fit, internal, shape_err, InferCx, Inferred, OpDef, PlanCx, Shape, Step, StepOut, ValueInfo,
     ValueQuant, Window,
@@ -13,6 +13,9 @@ use super::{
 use crate::error::QuantError;
 use crate::kernels;
 use crate::kernels::conv::{AccLayout, ConvAcc, ConvGeometry, DirectConv};
+use crate::kernels::depthwise::{
+    grouped_conv_acc, grouped_conv_requant, GroupedConv, GroupedConvGeometry,
+};
 use crate::kernels::{Isa, PaddedPlanes};
 use crate::model::QConv2d;
 use crate::workers;
@@ -27,9 +30,19 @@ impl QConv2d {
         }
     }
 
-    /// Codes per weight row: `in_channels * kh * kw`.
+    /// Codes per weight row: `in_channels / groups * kh * kw`.
     fn k(&self, name: &str) -> Result<usize, QuantError> {
-        self.in_channels
+        let g = self.groups;
+        if g == 0 || !self.in_channels.is_multiple_of(g) || !self.out_channels.is_multiple_of(g) {
+            return Err(shape_err(
+                name,
+                format!(
+                    "{} groups do not divide {} input and {} output channels",
+                    g, self.in_channels, self.out_channels
+                ),
+            ));
+        }
+        (self.in_channels / g)
             .checked_mul(self.kernel.0)
             .and_then(|v| v.checked_mul(self.kernel.1))
             .ok_or_else(|| shape_err(name, "K overflows".into()))
@@ -74,6 +87,39 @@ impl QConv2d {
         let conv = self.conv_op(cx)?;
         conv.gemm.output_params(&[])?;
         Ok(Box::new(ConvPoolStep { conv, pooled }))
+    }
+
+    /// The step of a grouped (or depthwise) convolution: one kernel over every group.
+    fn grouped_step(&self, cx: &PlanCx<'_>) -> Result<Box<dyn Step>, QuantError> {
+        let icx = InferCx {
+            name: cx.name,
+            inputs: cx.inputs,
+            is_output: cx.output.quant == ValueQuant::Logits,
+        };
+        let (input, output) = self.shapes(&icx)?;
+        let k = self.k(cx.name)?;
+        let checked = self.spec(cx.name, k).check(&icx)?;
+        let geo = GroupedConvGeometry {
+            c_in: input.channels,
+            h: input.height,
+            w: input.width,
+            c_out: self.out_channels,
+            kh: self.kernel.0,
+            kw: self.kernel.1,
+            stride: self.stride,
+            padding: self.padding,
+            groups: self.groups,
+        };
+        let conv = GroupedConv::from_packed(cx.isa, geo, &self.weights)?;
+        let zero_point = u8::try_from(self.input.zero_point).map_err(|_| internal("zero point"))?;
+        Ok(Box::new(GroupedStep {
+            conv,
+            bias: self.bias.clone(),
+            out: checked.out,
+            zero_point,
+            input,
+            output,
+        }))
     }
 
     fn conv_op(&self, cx: &PlanCx<'_>) -> Result<ConvOp, QuantError> {
@@ -143,6 +189,11 @@ impl OpDef for QConv2d {
             "conv2d {}->{} {kh}x{kw}",
             self.in_channels, self.out_channels
         );
+        if self.groups == self.in_channels && self.groups > 1 {
+            s += " depthwise";
+        } else if self.groups > 1 {
+            s += &format!(" groups {}", self.groups);
+        }
         if self.stride != (1, 1) {
             s += &format!(" stride {}x{}", self.stride.0, self.stride.1);
         }
@@ -156,9 +207,64 @@ impl OpDef for QConv2d {
     }
 
     fn plan(&self, cx: &PlanCx<'_>) -> Result<Box<dyn Step>, QuantError> {
+        if self.groups > 1 {
+            return self.grouped_step(cx);
+        }
         Ok(Box::new(ConvStep {
             conv: self.conv_op(cx)?,
         }))
+    }
+}
+
+/// A grouped or depthwise convolution, per sample on [`GroupedConv`]'s kernel (its bias is the stored one: the
+/// kernel subtracts the input zero point itself).
+#[derive(Debug)]
+struct GroupedStep {
+    conv: GroupedConv,
+    bias: Vec<i32>,
+    out: Out,
+    zero_point: u8,
+    input: Shape,
+    output: Shape,
+}
+
+impl Step for GroupedStep {
+    fn run(&self, inputs: &[&[u8]], _batch: usize, out: StepOut<'_>) -> Result<(), QuantError> {
+        let [x] = inputs else {
+            return Err(internal("conv takes one input"));
+        };
+        let in_elems = self.input.elems().unwrap_or(0);
+        let out_elems = self.output.elems().unwrap_or(0);
+        let samples = x.chunks(in_elems.max(1));
+        match out {
+            StepOut::Codes(o) => {
+                let p = self.out.params(&self.bias)?;
+                for (xs, os) in samples.zip(o.chunks_mut(out_elems.max(1))) {
+                    grouped_conv_requant(&self.conv, xs, self.zero_point, &p, os)?;
+                }
+            }
+            StepOut::Acc(o) => {
+                for (xs, os) in samples.zip(o.chunks_mut(out_elems.max(1))) {
+                    grouped_conv_acc(&self.conv, xs, self.zero_point, &self.bias, os)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn logits(&self, acc: &[i32]) -> Result<Vec<f32>, QuantError> {
+        self.out.logits(acc, self.output.height * self.output.width)
+    }
+
+    fn path(&self) -> Option<String> {
+        let g = self.conv.geometry();
+        Some(format!(
+            "conv {}x{} groups {}: {}",
+            g.c_in / g.groups * g.kh * g.kw,
+            g.c_out,
+            g.groups,
+            self.conv.path()
+        ))
     }
 }
 

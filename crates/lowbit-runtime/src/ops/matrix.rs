@@ -58,7 +58,31 @@ impl Gemm {
         &'a self,
         bias: &'a [i32],
     ) -> Result<OutputParams<'a>, QuantError> {
-        match &self.out {
+        self.out.params(bias)
+    }
+
+    /// Logits from NCHW accumulators (see [`Out::logits`]).
+    pub(crate) fn logits(&self, acc: &[i32], positions: usize) -> Result<Vec<f32>, QuantError> {
+        self.out.logits(acc, positions)
+    }
+}
+
+impl Out {
+    /// Logits from NCHW accumulators: each run of `positions` values is one channel, channels cycling per sample.
+    pub(crate) fn logits(&self, acc: &[i32], positions: usize) -> Result<Vec<f32>, QuantError> {
+        let Out::Logits { factor } = self else {
+            return Err(internal("the last layer must emit logits"));
+        };
+        let mut logits = Vec::with_capacity(acc.len());
+        for (row, &f) in acc.chunks(positions.max(1)).zip(factor.iter().cycle()) {
+            logits.extend(row.iter().map(|&a| a as f32 * f));
+        }
+        Ok(logits)
+    }
+
+    /// The kernels' output stage with `bias`; an error for logits.
+    pub(crate) fn params<'a>(&'a self, bias: &'a [i32]) -> Result<OutputParams<'a>, QuantError> {
+        match self {
             Out::Requant {
                 requant,
                 zero_point,
@@ -73,18 +97,6 @@ impl Gemm {
             }),
             Out::Logits { .. } => Err(internal("requant called on a logits layer")),
         }
-    }
-
-    /// Logits from NCHW accumulators: each run of `positions` values is one channel, channels cycling per sample.
-    pub(crate) fn logits(&self, acc: &[i32], positions: usize) -> Result<Vec<f32>, QuantError> {
-        let Out::Logits { factor } = &self.out else {
-            return Err(internal("the last layer must emit logits"));
-        };
-        let mut logits = Vec::with_capacity(acc.len());
-        for (row, &f) in acc.chunks(positions.max(1)).zip(factor.iter().cycle()) {
-            logits.extend(row.iter().map(|&a| a as f32 * f));
-        }
-        Ok(logits)
     }
 }
 
@@ -226,10 +238,22 @@ impl MatrixSpec<'_> {
                 bits,
                 relu,
                 requant,
+                max_code,
             } => {
                 cx.not_output()?;
-                let (_, qmax) = act_code_range(*bits)?;
-                check_qparams(*qparams, &format!("{name}.output"), qmax)?;
+                let (_, full) = act_code_range(*bits)?;
+                check_qparams(*qparams, &format!("{name}.output"), full)?;
+                let qmin = if *relu { qparams.zero_point } else { 0 };
+                let qmax = match *max_code {
+                    None => full,
+                    Some(m) if (qmin..=full).contains(&m) => m,
+                    Some(m) => {
+                        return Err(qp_err(
+                            format!("{name}.output"),
+                            format!("max_code {m} outside [{qmin}, {full}]"),
+                        ))
+                    }
+                };
                 if requant.len() != 1 && requant.len() != self.rows {
                     return Err(shape_err(
                         &format!("{name}.requant"),
@@ -243,7 +267,6 @@ impl MatrixSpec<'_> {
                 for r in requant {
                     r.validate()?;
                 }
-                let qmin = if *relu { qparams.zero_point } else { 0 };
                 (
                     Out::Requant {
                         requant: requant.clone(),
@@ -292,9 +315,16 @@ pub(crate) fn describe_matrix(w: &PackedWeights, scales: &[f32], out: &OutputSta
     };
     let stage = match out {
         OutputStage::Logits => "logits".to_string(),
-        OutputStage::Requantize { bits, relu, .. } => {
-            format!("requant {bits}-bit{}", if *relu { " relu" } else { "" })
-        }
+        OutputStage::Requantize {
+            bits,
+            relu,
+            max_code,
+            ..
+        } => format!(
+            "requant {bits}-bit{}{}",
+            if *relu { " relu" } else { "" },
+            max_code.map_or(String::new(), |m| format!(" max {m}"))
+        ),
     };
     format!("{weights} {gran}, {stage}")
 }

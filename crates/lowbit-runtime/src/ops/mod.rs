@@ -11,6 +11,8 @@ use crate::qparams::QParams;
 use std::fmt::Debug;
 
 pub(crate) mod conv;
+pub(crate) mod eltwise;
+pub(crate) mod layout;
 pub(crate) mod matrix;
 pub(crate) mod pool;
 
@@ -165,12 +167,15 @@ pub(crate) trait Step: Debug + Send + Sync {
 pub(crate) enum Arity {
     /// Exactly this many.
     Exactly(usize),
+    /// This many or more.
+    AtLeast(usize),
 }
 
 impl Arity {
     pub(crate) fn accepts(&self, n: usize) -> bool {
         match self {
             Arity::Exactly(k) => n == *k,
+            Arity::AtLeast(k) => n >= *k,
         }
     }
 }
@@ -255,6 +260,11 @@ impl QOp {
             QOp::MaxPool2d(p) => p,
             QOp::AvgPool2d(p) => p,
             QOp::Flatten => &Flatten,
+            QOp::Add(a) => a,
+            QOp::Concat(c) => c,
+            QOp::Pad(p) => p,
+            QOp::Slice(s) => s,
+            QOp::Lut(l) => l,
         }
     }
 

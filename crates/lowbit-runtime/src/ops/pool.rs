@@ -8,6 +8,7 @@ use super::{
 };
 use crate::error::QuantError;
 use crate::kernels;
+use crate::kernels::pool::{global_avg_pool_u8, AvgPoolQuant};
 use crate::model::{QAvgPool2d, QMaxPool2d};
 use crate::qparams::{act_code_range, requantize, Requant};
 
@@ -135,6 +136,14 @@ impl OpDef for QAvgPool2d {
             .ok_or_else(|| internal("pool input"))?
             .shape;
         let (_, qmax) = act_code_range(self.bits)?;
+        if self.kernel == (input.height, input.width) {
+            let quant =
+                AvgPoolQuant::new(self.input, self.output, input.height * input.width, qmax)?;
+            return Ok(Box::new(GlobalAvgPoolStep {
+                quant,
+                plane: input.height * input.width,
+            }));
+        }
         Ok(Box::new(AvgPoolStep {
             input,
             output: cx.output.shape,
@@ -144,6 +153,22 @@ impl OpDef for QAvgPool2d {
             zp_out: self.output.zero_point,
             qmax,
         }))
+    }
+}
+
+/// An average pool whose window is the whole map: one sum per channel plane.
+#[derive(Debug)]
+struct GlobalAvgPoolStep {
+    quant: AvgPoolQuant,
+    plane: usize,
+}
+
+impl Step for GlobalAvgPoolStep {
+    fn run(&self, inputs: &[&[u8]], _batch: usize, out: StepOut<'_>) -> Result<(), QuantError> {
+        let ([x], StepOut::Codes(o)) = (inputs, out) else {
+            return Err(internal("average pool: one input, codes out"));
+        };
+        global_avg_pool_u8(x, o.len(), self.plane, &self.quant, o)
     }
 }
 

@@ -364,6 +364,7 @@ fn quantize_matrix(
                 bits: a.bits(),
                 relu,
                 requant,
+                max_code: None,
             }
         }
     };
@@ -437,6 +438,7 @@ pub fn convert_conv(
         bias: q.bias,
         input,
         output: q.output,
+        groups: 1,
     })
 }
 
@@ -469,7 +471,10 @@ pub fn node_bytes(op: &QOp) -> usize {
                 + stage_bytes(&c.output)
         }
         QOp::AvgPool2d(_) => 16,
-        QOp::MaxPool2d(_) | QOp::Flatten => 0,
+        QOp::Add(_) => 24,
+        QOp::Concat(c) => 8 * (c.inputs.len() + 1),
+        QOp::Lut(l) => l.table.len() + 16,
+        QOp::MaxPool2d(_) | QOp::Flatten | QOp::Pad(_) | QOp::Slice(_) => 0,
     }
 }
 

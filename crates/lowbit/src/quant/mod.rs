@@ -9,6 +9,7 @@ pub mod act;
 pub mod config;
 pub mod convbn;
 pub mod convert;
+pub mod dequantize;
 mod fastq;
 pub mod lsq;
 pub mod mixed;
@@ -25,6 +26,7 @@ pub use config::{
 };
 pub use convbn::ConvBn2d;
 pub use convert::{convert, float_bytes, model_bytes};
+pub use dequantize::dequantize;
 pub use mixed::configure_quantizers;
 pub use prepare::{
     bypass_quantizers, fold_batchnorms, fold_conv_batchnorms, freeze_ranges, has_quantizers,

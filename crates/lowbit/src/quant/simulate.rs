@@ -20,10 +20,12 @@ pub struct Simulation {
     pub logits: Vec<f32>,
 }
 
-/// A value of the graph during simulation: `batch` samples of `(c, h, w)` codes.
+/// A value of the graph during simulation: `batch` samples of `(c, h, w)` codes, and the code of real 0 (what
+/// padding fills in).
 struct Value {
     data: Vec<u8>,
     dims: (usize, usize, usize),
+    zero_point: u8,
 }
 
 /// Runs `qm` on `batch` samples of raw `u8` input (`batch * input.features()` values, NCHW per sample), keeping
@@ -63,6 +65,7 @@ pub fn simulate_with(
     values.push(Some(Value {
         data: input.to_vec(),
         dims: (qm.input.channels, qm.input.height, qm.input.width),
+        zero_point: code_of(qm.input.qparams.zero_point)?,
     }));
     let mut codes = Vec::new();
     for (li, node) in qm.nodes.iter().enumerate() {
@@ -82,8 +85,9 @@ pub fn simulate_with(
                     })
             })
             .collect::<Result<Vec<&Value>>>()?;
-        let x = match args.as_slice() {
-            [x] => *x,
+        let x = match (&node.op, args.as_slice()) {
+            (_, [x]) => *x,
+            (QOp::Add(_) | QOp::Concat(_), [x, ..]) => *x,
             _ => {
                 return Err(Error::Shape(format!(
                     "simulate: node {name} has {} inputs",
@@ -94,9 +98,26 @@ pub fn simulate_with(
         let (c, h, w) = x.dims;
         let cur = &x.data;
         let out = match &node.op {
+            QOp::Add(a) => add(name, a, &args)?,
+            QOp::Concat(cat) => concat(name, cat, &args, batch)?,
+            QOp::Pad(p) => pad(x, p, batch)?,
+            QOp::Slice(sl) => slice(name, x, sl, batch)?,
+            QOp::Lut(l) => {
+                if l.table.len() != 256 {
+                    return Err(Error::Shape(format!(
+                        "simulate: node {name} table is not 256 codes"
+                    )));
+                }
+                Value {
+                    data: cur.iter().map(|&q| l.table[q as usize]).collect(),
+                    dims: x.dims,
+                    zero_point: code_of(l.output.zero_point)?,
+                }
+            }
             QOp::Flatten => Value {
                 data: cur.clone(),
                 dims: (c * h * w, 1, 1),
+                zero_point: x.zero_point,
             },
             QOp::MaxPool2d(p) => {
                 let (oh, ow) = pool_out(name, h, w, p.kernel, p.stride)?;
@@ -106,6 +127,7 @@ pub fn simulate_with(
                 Value {
                     data,
                     dims: (c, oh, ow),
+                    zero_point: x.zero_point,
                 }
             }
             QOp::AvgPool2d(p) => {
@@ -121,6 +143,7 @@ pub fn simulate_with(
                 Value {
                     data,
                     dims: (c, oh, ow),
+                    zero_point: code_of(zp_out)?,
                 }
             }
             QOp::Dense(d) => {
@@ -194,6 +217,152 @@ pub fn simulate_with(
     ))
 }
 
+/// `rshift_round(v, n)`: `v` for `n == 0`, else `(v + 2^(n-1)) >> n` (the rounding of every fixed-point rescale).
+fn rshift_round(v: i64, n: u32) -> i64 {
+    if n == 0 {
+        v
+    } else {
+        (v + (1i64 << (n - 1))) >> n
+    }
+}
+
+/// A zero point as the `u8` code it must be.
+fn code_of(zp: i32) -> Result<u8> {
+    u8::try_from(zp)
+        .map_err(|_| Error::Shape(format!("simulate: zero point {zp} is not a u8 code")))
+}
+
+/// Residual add: both inputs onto the output scale in one fixed-point sum, one rounding.
+fn add(name: &str, a: &lowbit_runtime::model::QAdd, args: &[&Value]) -> Result<Value> {
+    let [x, y] = args else {
+        return Err(Error::Shape(format!(
+            "simulate: add node {name} needs 2 inputs"
+        )));
+    };
+    if x.dims != y.dims || x.data.len() != y.data.len() {
+        return Err(Error::Shape(format!(
+            "simulate: add node {name} inputs differ in shape"
+        )));
+    }
+    let [qa, qb] = a.inputs;
+    let p = qparams::AddParams::from_scales(qa.scale, qb.scale, a.output.scale)?;
+    let (_, qmax) = qparams::act_code_range(a.bits)?;
+    let qmin = if a.relu { a.output.zero_point } else { 0 };
+    let data = x
+        .data
+        .iter()
+        .zip(&y.data)
+        .map(|(&u, &v)| {
+            let s = (i64::from(u) - i64::from(qa.zero_point)) * i64::from(p.multiplier_a)
+                + (i64::from(v) - i64::from(qb.zero_point)) * i64::from(p.multiplier_b);
+            (i64::from(a.output.zero_point) + rshift_round(s, p.shift))
+                .clamp(i64::from(qmin), i64::from(qmax)) as u8
+        })
+        .collect();
+    Ok(Value {
+        data,
+        dims: x.dims,
+        zero_point: code_of(a.output.zero_point)?,
+    })
+}
+
+/// Channel concatenation, each input rescaled onto the output's parameters (copied when they are equal).
+fn concat(
+    name: &str,
+    cat: &lowbit_runtime::model::QConcat,
+    args: &[&Value],
+    batch: usize,
+) -> Result<Value> {
+    let (_, qmax) = qparams::act_code_range(cat.bits)?;
+    let (_, h, w) = args[0].dims;
+    if cat.inputs.len() != args.len() || args.iter().any(|v| (v.dims.1, v.dims.2) != (h, w)) {
+        return Err(Error::Shape(format!(
+            "simulate: concat node {name} inputs do not fit"
+        )));
+    }
+    let channels: usize = args.iter().map(|v| v.dims.0).sum();
+    let mut data = Vec::with_capacity(batch * channels * h * w);
+    for b in 0..batch {
+        for (v, &qp) in args.iter().zip(&cat.inputs) {
+            let n = v.dims.0 * h * w;
+            let sample = &v.data[b * n..(b + 1) * n];
+            if qp == cat.output {
+                data.extend_from_slice(sample);
+                continue;
+            }
+            let r = qparams::Rescale::from_scales(qp.scale, cat.output.scale)?;
+            data.extend(sample.iter().map(|&q| {
+                let d = (i64::from(q) - i64::from(qp.zero_point)) * i64::from(r.multiplier);
+                (i64::from(cat.output.zero_point) + rshift_round(d, r.shift))
+                    .clamp(0, i64::from(qmax)) as u8
+            }));
+        }
+    }
+    Ok(Value {
+        data,
+        dims: (channels, h, w),
+        zero_point: code_of(cat.output.zero_point)?,
+    })
+}
+
+/// Zero padding with the value's zero point (real 0).
+fn pad(x: &Value, p: &lowbit_runtime::model::QPad, batch: usize) -> Result<Value> {
+    let (c, h, w) = x.dims;
+    let (oc, oh, ow) = (
+        c + p.channels.0 + p.channels.1,
+        h + p.rows.0 + p.rows.1,
+        w + p.cols.0 + p.cols.1,
+    );
+    let code = x.zero_point;
+    let mut data = vec![code; batch * oc * oh * ow];
+    for b in 0..batch {
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    let src = ((b * c + ch) * h + y) * w + xx;
+                    let dst =
+                        ((b * oc + ch + p.channels.0) * oh + y + p.rows.0) * ow + xx + p.cols.0;
+                    data[dst] = x.data[src];
+                }
+            }
+        }
+    }
+    Ok(Value {
+        data,
+        dims: (oc, oh, ow),
+        zero_point: code,
+    })
+}
+
+/// Strided slice on channels, rows and columns.
+fn slice(name: &str, x: &Value, sl: &lowbit_runtime::model::QSlice, batch: usize) -> Result<Value> {
+    let (c, h, w) = x.dims;
+    let axis = |[start, end, step]: [usize; 3], len: usize| -> Result<Vec<usize>> {
+        if step == 0 || start >= end || end > len {
+            return Err(Error::Shape(format!(
+                "simulate: slice node {name} range does not fit"
+            )));
+        }
+        Ok((start..end).step_by(step).collect())
+    };
+    let (cs, ys, xs) = (axis(sl.channels, c)?, axis(sl.rows, h)?, axis(sl.cols, w)?);
+    let mut data = Vec::with_capacity(batch * cs.len() * ys.len() * xs.len());
+    for b in 0..batch {
+        for &ch in &cs {
+            for &y in &ys {
+                for &xx in &xs {
+                    data.push(x.data[((b * c + ch) * h + y) * w + xx]);
+                }
+            }
+        }
+    }
+    Ok(Value {
+        data,
+        dims: (cs.len(), ys.len(), xs.len()),
+        zero_point: x.zero_point,
+    })
+}
+
 /// The output stage of a Dense or Conv2d node.
 struct Matrix<'a> {
     name: &'a str,
@@ -238,9 +407,11 @@ impl Matrix<'_> {
                 bits,
                 relu,
                 requant,
+                max_code,
             } => {
-                let (lo, hi) = qparams::act_code_range(*bits)?;
+                let (lo, full) = qparams::act_code_range(*bits)?;
                 let qmin = if *relu { lo.max(qp.zero_point) } else { lo };
+                let hi = max_code.map_or(full, |m| m.min(full));
                 if requant.is_empty() || requant.len() != 1 && requant.len() != c {
                     return Err(Error::Shape(format!(
                         "simulate: node {name} has {} requantization multipliers for {c} channels",
@@ -262,6 +433,7 @@ impl Matrix<'_> {
                 Ok(Finished::Codes(Value {
                     data,
                     dims: self.dims,
+                    zero_point: code_of(qp.zero_point)?,
                 }))
             }
         }
@@ -327,7 +499,15 @@ fn conv_acc(
     let (sh, sw) = cv.stride;
     let (ph, pw) = cv.padding;
     let (ic_n, oc_n) = (cv.in_channels, cv.out_channels);
-    let k = ic_n * kh * kw;
+    let g = cv.groups;
+    if g == 0 || !ic_n.is_multiple_of(g) || !oc_n.is_multiple_of(g) {
+        return Err(Error::Shape(format!(
+            "simulate: node {li} has {g} groups for {ic_n} -> {oc_n} channels"
+        )));
+    }
+    // Each output channel reads the `ic_g` input channels of its group.
+    let (ic_g, oc_g) = (ic_n / g, oc_n / g);
+    let k = ic_g * kh * kw;
     let (oh, ow) = match (window_len(h, kh, sh, ph), window_len(w, kw, sw, pw)) {
         (Some(a), Some(b)) => (a, b),
         _ => {
@@ -353,7 +533,8 @@ fn conv_acc(
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut s = cv.bias[o] as i64;
-                    for ic in 0..ic_n {
+                    let ic0 = (o / oc_g) * ic_g;
+                    for ic in ic0..ic0 + ic_g {
                         for ky in 0..kh {
                             for kx in 0..kw {
                                 let (iy, ix) = (oy * sh + ky, ox * sw + kx);
@@ -361,7 +542,7 @@ fn conv_acc(
                                     continue;
                                 }
                                 let a = x[((b * ic_n + ic) * h + iy - ph) * w + ix - pw] as i64;
-                                let q = wts[o * k + (ic * kh + ky) * kw + kx] as i64;
+                                let q = wts[o * k + ((ic - ic0) * kh + ky) * kw + kx] as i64;
                                 s += (a - zp) * q;
                             }
                         }
