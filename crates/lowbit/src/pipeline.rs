@@ -329,6 +329,7 @@ pub fn run(
             confusion_matrix: fr.metrics.confusion.clone(),
             layers: serde_json::Value::Array(vec![]),
             engine_isa: None,
+            kernel_tiers: crate::kernel_tiers::KernelTiers::current(),
             seconds: t0.elapsed().as_secs_f64(),
         };
         return Ok(RunOutput {
@@ -438,6 +439,7 @@ pub fn run(
         confusion_matrix: qe.metrics.confusion.clone(),
         layers: serde_json::to_value(&layers).unwrap_or_default(),
         engine_isa: Some(qe.isa.clone()),
+        kernel_tiers: crate::kernel_tiers::KernelTiers::current(),
         seconds: t0.elapsed().as_secs_f64(),
     };
     Ok(RunOutput {
