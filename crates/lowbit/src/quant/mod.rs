@@ -9,7 +9,7 @@ pub mod act;
 pub mod config;
 pub mod convbn;
 pub mod convert;
-mod fastq;
+mod kernels;
 pub mod lsq;
 pub mod mixed;
 pub mod pact;

@@ -1,6 +1,7 @@
 //! Slice kernels for QAT's per-step fake-quantization, exactly equal to the normative scalar arithmetic
 //! ([`lowbit_runtime::qparams::fake_quantize`]) but written so LLVM vectorizes them, and compiled twice: once
-//! for the baseline target and once with AVX2 (chosen at run time).
+//! for the baseline target and once with AVX2 (run when [`crate::kernel_tiers::Family::FakeQuant`]'s tier is
+//! `avx2`, i.e. unless `LOWBIT_ISA=reference` or the CPU lacks AVX2).
 //!
 //! Why the vector form is exact: `fake_quantize(x) = (clamp(round(x / s) + zp, qmin, qmax) - zp) * s`.
 //! Division is exactly rounded in SIMD as in scalar code. `round` (half away from zero) is monotone and fixes
