@@ -1363,52 +1363,56 @@ unsafe fn gemm_u8i8_i32__avx512vnni(
     bias: &[i32],
     out: &mut [i32],
 ) {
-    let n = w.rows;
-    for orow in out.chunks_exact_mut(n) {
-        orow.copy_from_slice(bias);
-    }
-    if rows == 0 || k == 0 {
-        return;
-    }
-    let rows_pad = rows.div_ceil(VNNI_MR) * VNNI_MR;
-    let mut ablk = vec![0u8; rows_pad * KC];
-    let mut panel = vec![0i8; KC * 16];
-    let mut tile = [0i32; 16];
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        let kc4 = kc.div_ceil(4) * 4;
-        for r in 0..rows {
-            let d = &mut ablk[r * kc4..(r + 1) * kc4];
-            d[..kc].copy_from_slice(&a[r * k + k0..r * k + k0 + kc]);
-            d[kc..].fill(0);
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let n = w.rows;
+        for orow in out.chunks_exact_mut(n) {
+            orow.copy_from_slice(bias);
         }
-        for j0 in (0..n).step_by(16) {
-            let nc = 16.min(n - j0);
-            panel[..kc4 * 16].fill(0);
-            for c in 0..nc {
-                let row = w.row(j0 + c);
-                for t in 0..kc {
-                    panel[(t / 4) * 64 + c * 4 + t % 4] = row[k0 + t] as i8;
-                }
+        if rows == 0 || k == 0 {
+            return;
+        }
+        let rows_pad = rows.div_ceil(VNNI_MR) * VNNI_MR;
+        let mut ablk = vec![0u8; rows_pad * KC];
+        let mut panel = vec![0i8; KC * 16];
+        let mut tile = [0i32; 16];
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let kc4 = kc.div_ceil(4) * 4;
+            for r in 0..rows {
+                let d = &mut ablk[r * kc4..(r + 1) * kc4];
+                d[..kc].copy_from_slice(&a[r * k + k0..r * k + k0 + kc]);
+                d[kc..].fill(0);
             }
-            for i0 in (0..rows).step_by(VNNI_MR) {
-                let mut acc = [_mm512_setzero_si512(); VNNI_MR];
-                for q in 0..kc4 / 4 {
-                    // SAFETY: q * 64 + 64 <= kc4 * 16 <= panel.len().
-                    let bv = _mm512_loadu_si512(panel.as_ptr().add(q * 64) as *const _);
-                    for (r, accr) in acc.iter_mut().enumerate() {
-                        // SAFETY: row i0 + r < rows_pad and 4q + 4 <= kc4, inside ablk.
-                        let quad = std::ptr::read_unaligned(
-                            ablk.as_ptr().add((i0 + r) * kc4 + 4 * q) as *const i32,
-                        );
-                        *accr = _mm512_dpbusd_epi32(*accr, _mm512_set1_epi32(quad), bv);
+            for j0 in (0..n).step_by(16) {
+                let nc = 16.min(n - j0);
+                panel[..kc4 * 16].fill(0);
+                for c in 0..nc {
+                    let row = w.row(j0 + c);
+                    for t in 0..kc {
+                        panel[(t / 4) * 64 + c * 4 + t % 4] = row[k0 + t] as i8;
                     }
                 }
-                for (r, accr) in acc.iter().enumerate().take(VNNI_MR.min(rows - i0)) {
-                    _mm512_storeu_si512(tile.as_mut_ptr() as *mut _, *accr);
-                    let o = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + nc];
-                    for (x, t) in o.iter_mut().zip(&tile) {
-                        *x = x.wrapping_add(*t);
+                for i0 in (0..rows).step_by(VNNI_MR) {
+                    let mut acc = [_mm512_setzero_si512(); VNNI_MR];
+                    for q in 0..kc4 / 4 {
+                        // SAFETY: q * 64 + 64 <= kc4 * 16 <= panel.len().
+                        let bv = _mm512_loadu_si512(panel.as_ptr().add(q * 64) as *const _);
+                        for (r, accr) in acc.iter_mut().enumerate() {
+                            // SAFETY: row i0 + r < rows_pad and 4q + 4 <= kc4, inside ablk.
+                            let quad = std::ptr::read_unaligned(
+                                ablk.as_ptr().add((i0 + r) * kc4 + 4 * q) as *const i32,
+                            );
+                            *accr = _mm512_dpbusd_epi32(*accr, _mm512_set1_epi32(quad), bv);
+                        }
+                    }
+                    for (r, accr) in acc.iter().enumerate().take(VNNI_MR.min(rows - i0)) {
+                        _mm512_storeu_si512(tile.as_mut_ptr() as *mut _, *accr);
+                        let o = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + nc];
+                        for (x, t) in o.iter_mut().zip(&tile) {
+                            *x = x.wrapping_add(*t);
+                        }
                     }
                 }
             }
