@@ -73,6 +73,18 @@ impl CpuFeatures {
         neon: true,
     };
 
+    /// Exactly what the `avx2` tier needs (AVX2, FMA, POPCNT: a Haswell- or Zen-class CPU such as this project's
+    /// Zen3, no AVX-512).
+    pub const AVX2_TIER: CpuFeatures = CpuFeatures {
+        avx2: true,
+        fma: true,
+        popcnt: true,
+        avx512f: false,
+        avx512bw: false,
+        avx512vnni: false,
+        neon: false,
+    };
+
     /// The running CPU's features, detected once.
     pub fn detect() -> CpuFeatures {
         static DETECTED: OnceLock<CpuFeatures> = OnceLock::new();
@@ -295,15 +307,7 @@ pub fn tier_for(implemented: &[Isa]) -> Isa {
 mod tests {
     use super::*;
 
-    const AVX2_ONLY: CpuFeatures = CpuFeatures {
-        avx2: true,
-        fma: true,
-        popcnt: true,
-        avx512f: false,
-        avx512bw: false,
-        avx512vnni: false,
-        neon: false,
-    };
+    const AVX2_ONLY: CpuFeatures = CpuFeatures::AVX2_TIER;
 
     #[test]
     fn an_unset_or_empty_variable_selects_the_best_runnable_tier() {
