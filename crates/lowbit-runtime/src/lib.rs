@@ -4,7 +4,7 @@
 //! [`pack`] (weight codes at their bit width) -> [`kernels`] (reference + SIMD, dispatched at run time to the
 //! tier [`isa`] selects) ->
 //! [`model`] (the quantized model) -> [`engine`] (runs it integer-only, its batches split over [`workers`]) ->
-//! [`format`] (the `.lbq` file).
+//! [`format`](mod@format) (the `.lbq` file).
 //!
 //! This crate never depends on training code.
 #![warn(missing_docs)]

@@ -2,7 +2,7 @@
 //!
 //! Public entry points ([`gemm_acc`], [`gemm_requant`], [`gemm_acc_b1b1`] and their `_with` variants) check
 //! slice lengths and parameters and return [`QuantError`]; the per-ISA kernels behind them assume checked input.
-//! Every tier equals [`reference`] bit for bit (see that module for the arithmetic).
+//! Every tier equals [`reference`](mod@reference) bit for bit (see that module for the arithmetic).
 //!
 //! Dispatch: the tier is [`crate::isa`]'s one selection ([`selected_isa`]: CPU features, capped by
 //! `LOWBIT_ISA`, read once); the engine's kernels implement every tier of [`Isa::ALL`]. The unverified tiers

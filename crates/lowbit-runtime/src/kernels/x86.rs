@@ -6,10 +6,10 @@
 //! width in `[k / 4][16][4]` panels, `vpmaddubsw` + `vpmaddwd` by ones, half the multiply instructions per
 //! product of the widened path. Everything else runs `gemm_u8i8_i32__avx2`, where `vpmaddubsw` is NOT used
 //! because its i16 pair sums could saturate (255 * 127 * 2 > 32767). Activations are widened u8 -> i16 (`vpmovzxbw`, exact) once per K block and L2 block
-//! of [`MC`] rows. Weight codes are widened i8 -> i16 into panels of `KC x 16` codes laid out as
-//! `[k pair][column][2]`: once per model for int8 ([`prepack_panels`], held by `PrepackedWeights`), or per call and
+//! of `MC` rows. Weight codes are widened i8 -> i16 into panels of `KC x 16` codes laid out as
+//! `[k pair][column][2]`: once per model for int8 (`prepack_panels`, held by `PrepackedWeights`), or per call and
 //! K block from the packed bytes (the plain `gemm_acc` API). Prepared sub-8-bit weights take another path
-//! (`gemm_subbyte_i32__avx2`): 8-column panels kept at their storage width ([`prepack_subbyte`]), expanded in
+//! (`gemm_subbyte_i32__avx2`): 8-column panels kept at their storage width (`prepack_subbyte`), expanded in
 //! registers by shift and mask and multiplied with `vpmaddubsw`, which cannot saturate for codes of at most 4 bits. The micro-kernel broadcasts one
 //! activation pair per row (`vpbroadcastd`) and multiplies it with 8 weight pairs (`vpmaddwd`, exact: two
 //! i16 x i16 products summed into i32), adding into a 6 x 16 tile of i32 accumulators held in 12 ymm registers.

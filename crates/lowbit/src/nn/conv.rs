@@ -3,7 +3,7 @@
 //! Layout: each sample is unfolded into `col_s[K, P]` (row `k = ic*kh*kw + ky*kw + kx`, the runtime's column
 //! index; column `p` = output position), stored one after the other as `col[B, K, P]`. Then, per sample,
 //! - forward: `Y_s[oc, P] = W[oc, K] col_s` (written straight into the NCHW output, then the bias);
-//! - dW `[oc, K] = sum_s dY_s col_s^T`, one partial per fixed group of [`DW_GROUP`] samples, partials added in
+//! - dW `[oc, K] = sum_s dY_s col_s^T`, one partial per fixed group of `DW_GROUP` samples, partials added in
 //!   group order (deterministic whatever the thread count);
 //! - dcol_s `[K, P] = W^T dY_s`, folded back into dX by col2im.
 //!

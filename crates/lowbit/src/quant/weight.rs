@@ -355,7 +355,7 @@ impl WeightQuantizer {
     /// Writes fake-quantized weights into `out` (same length as `w`) and remembers what backward needs.
     ///
     /// Writes exactly `self.quantize(w, rows, cols).dequantize(cols)`, but without building [`WeightCodes`]:
-    /// fused, vectorized passes ([`kernels`]) over reused buffers.
+    /// fused, vectorized passes (`quant::kernels`) over reused buffers.
     pub fn forward(&mut self, w: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
         self.ensure_init(w, rows, cols);
         if self.bypassed {
