@@ -12,7 +12,9 @@
 //! splits samples across threads with no nested threading. The whole-batch matrixmultiply version ran LeNet's
 //! conv GEMMs at ~1 GMAC/s (packing `[K, B*P]` operands, its own threads competing with rayon's).
 use super::activation::reshape_buffer;
-use super::kernels::{gemm_abt_batched, gemm_abt_batched_rows, gemm_atb, gemm_atb_rows, isa, Isa};
+use super::kernels::{gemm_abt_batched, gemm_abt_batched_rows, gemm_atb, gemm_atb_rows};
+#[cfg(target_arch = "x86_64")]
+use super::kernels::{isa, Isa};
 use super::Param;
 use crate::error::{Error, Result};
 use crate::quant::WeightQuantizer;
