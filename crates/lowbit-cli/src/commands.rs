@@ -654,6 +654,7 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
             confusion_matrix: m.confusion.clone(),
             layers: serde_json::Value::Array(vec![]),
             engine_isa: isa,
+            kernel_tiers: lowbit::kernel_tiers::KernelTiers::current(),
             seconds: t0.elapsed().as_secs_f64(),
         };
         write_json(path, &r)?;
@@ -1097,6 +1098,11 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         a.model.display(),
         lowbit_runtime::kernels::active_isa(),
         rayon::current_num_threads()
+    );
+    println!(
+        "kernel tiers: {} (LOWBIT_ISA={})",
+        lowbit::kernel_tiers::KernelTiers::current(),
+        std::env::var("LOWBIT_ISA").unwrap_or_else(|_| "unset".into())
     );
     for path in engine.kernel_paths() {
         println!("  {path}");

@@ -317,6 +317,12 @@ fn main() -> ExitCode {
                 .collect()
         })
         .unwrap_or_default();
+    // A bad LOWBIT_ISA stops every command before any kernel runs (the library alone would fall back to the
+    // reference tier): one line naming the value and what is wrong.
+    if let Err(e) = lowbit_runtime::isa::check_env() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Train(a) => commands::train(&a, &explicit, cli.quiet),
         Command::Eval(a) => commands::eval(&a, cli.quiet),

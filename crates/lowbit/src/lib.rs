@@ -12,12 +12,17 @@
 #![doc = include_str!("../examples/quantize.rs")]
 //! ```
 #![warn(missing_docs)]
+// Unsafe code (the SIMD kernels) states its contract: `# Safety` on every `unsafe fn` (private ones too, see
+// clippy.toml), `// SAFETY:` on every block, and no unsafe operation outside an explicit block.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod checkpoint;
 pub mod config_file;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod kernel_tiers;
 pub mod modelfile;
 pub mod nn;
 pub mod optim;

@@ -1,8 +1,12 @@
 //! Optimizers: Adam and SGD with momentum. State is kept per parameter tensor in the model's visit order
 //! ([`crate::nn::Model::params_mut`]).
 use crate::error::{Error, Result};
+#[cfg(target_arch = "x86_64")]
+use crate::kernel_tiers::Family;
 use crate::nn::Param;
 use crate::state::{StateValue, StateVisitor, Stateful};
+#[cfg(target_arch = "x86_64")]
+use lowbit_runtime::isa::Isa;
 
 /// Which optimizer to build, with its hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -446,6 +450,10 @@ fn adam_update_body(hp: &AdamStep, w: &mut [f32], g: &[f32], m: &mut [f32], v: &
     }
 }
 
+/// [`adam_update_body`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(non_snake_case)] // XNNPACK-style kernel name: stem__isa
@@ -455,8 +463,9 @@ unsafe fn adam_update__avx2(hp: &AdamStep, w: &mut [f32], g: &[f32], m: &mut [f3
 
 fn adam_update(hp: &AdamStep, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above); the body only indexes within the slices.
+    if Family::Optimizer.tier() == Isa::Avx2 {
+        // SAFETY: the optimizer's tier is avx2 only when the CPU has AVX2 (`kernel_tiers`); the body only indexes
+        // within the slices.
         unsafe { adam_update__avx2(hp, w, g, m, v) };
         return;
     }

@@ -383,6 +383,7 @@ fn run_with(
             confusion_matrix: fr.metrics.confusion.clone(),
             layers: serde_json::Value::Array(vec![]),
             engine_isa: None,
+            kernel_tiers: crate::kernel_tiers::KernelTiers::current(),
             seconds: t0.elapsed().as_secs_f64(),
         };
         return Ok(RunOutput {
@@ -500,6 +501,7 @@ fn run_with(
         confusion_matrix: qe.metrics.confusion.clone(),
         layers: serde_json::to_value(&layers).unwrap_or_default(),
         engine_isa: Some(qe.isa.clone()),
+        kernel_tiers: crate::kernel_tiers::KernelTiers::current(),
         seconds: t0.elapsed().as_secs_f64(),
     };
     Ok(RunOutput {

@@ -72,8 +72,11 @@ pub struct Report {
     pub confusion_matrix: Vec<Vec<u32>>,
     /// Per-layer quantization diagnostics (SQNR in dB, clipped fractions); empty in f32.
     pub layers: serde_json::Value,
-    /// Kernel tier the integer engine used.
+    /// Kernel tier the integer engine used (null when no quantized model ran).
     pub engine_isa: Option<String>,
+    /// The tier every kernel family ran in this process (engine, training GEMM, fake-quant, optimizer), from the
+    /// one selection capped by `LOWBIT_ISA`.
+    pub kernel_tiers: crate::kernel_tiers::KernelTiers,
     /// Total wall time of the run.
     pub seconds: f64,
 }

@@ -1,8 +1,6 @@
-//! aarch64 NEON kernels. Not compiled on the x86_64 development machine (no cross target installed), so this
-//! module is deliberately small: one dot-form kernel using only long-stable intrinsics.
-//!
-//! The dot-product (`sdot`) tier is not implemented yet: [`Isa::NeonDotprod`] reports unavailable, so a
-//! dotprod CPU runs this kernel and [`super::active_isa`] says "neon".
+//! aarch64 NEON kernels: one dot-form kernel using only long-stable intrinsics. Unverified on hardware, so compiled
+//! only with the `unverified-neon` feature (docs/KERNELS.md: its conformance tests pass under qemu-aarch64 with
+//! `scripts/test-aarch64.sh`). No dot-product (`sdot`) tier exists yet.
 // Kernel names follow STYLE.md: `<op>__<isa>`.
 #![allow(non_snake_case)]
 use super::{reference, Isa, OutputParams};
@@ -62,29 +60,33 @@ pub(crate) fn gemm_requant(
 /// The CPU must support NEON; `a.len() == w.len()`.
 #[target_feature(enable = "neon")]
 unsafe fn dot_u8i8__neon(a: &[u8], w: &[i8]) -> i32 {
-    let k = a.len().min(w.len());
-    let mut acc0 = vdupq_n_s32(0);
-    let mut acc1 = vdupq_n_s32(0);
-    let mut t = 0;
-    while t + 16 <= k {
-        // SAFETY: t + 16 <= k bounds both 16-byte loads.
-        let av = vld1q_u8(a.as_ptr().add(t));
-        let wv = vld1q_s8(w.as_ptr().add(t));
-        // u8 -> u16 is exact and <= 255, so reinterpreting as i16 is exact too; i16 x i16 -> i32 is exact.
-        let a_lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(av)));
-        let a_hi = vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(av)));
-        let w_lo = vmovl_s8(vget_low_s8(wv));
-        let w_hi = vmovl_s8(vget_high_s8(wv));
-        acc0 = vmlal_s16(acc0, vget_low_s16(a_lo), vget_low_s16(w_lo));
-        acc1 = vmlal_s16(acc1, vget_high_s16(a_lo), vget_high_s16(w_lo));
-        acc0 = vmlal_s16(acc0, vget_low_s16(a_hi), vget_low_s16(w_hi));
-        acc1 = vmlal_s16(acc1, vget_high_s16(a_hi), vget_high_s16(w_hi));
-        t += 16;
+    // SAFETY: the caller guarantees NEON (this function's contract); every pointer load below is bounded by
+    // `k = min(a.len(), w.len())` as its comment says.
+    unsafe {
+        let k = a.len().min(w.len());
+        let mut acc0 = vdupq_n_s32(0);
+        let mut acc1 = vdupq_n_s32(0);
+        let mut t = 0;
+        while t + 16 <= k {
+            // SAFETY: t + 16 <= k bounds both 16-byte loads.
+            let av = vld1q_u8(a.as_ptr().add(t));
+            let wv = vld1q_s8(w.as_ptr().add(t));
+            // u8 -> u16 is exact and <= 255, so reinterpreting as i16 is exact too; i16 x i16 -> i32 is exact.
+            let a_lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(av)));
+            let a_hi = vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(av)));
+            let w_lo = vmovl_s8(vget_low_s8(wv));
+            let w_hi = vmovl_s8(vget_high_s8(wv));
+            acc0 = vmlal_s16(acc0, vget_low_s16(a_lo), vget_low_s16(w_lo));
+            acc1 = vmlal_s16(acc1, vget_high_s16(a_lo), vget_high_s16(w_lo));
+            acc0 = vmlal_s16(acc0, vget_low_s16(a_hi), vget_low_s16(w_hi));
+            acc1 = vmlal_s16(acc1, vget_high_s16(a_hi), vget_high_s16(w_hi));
+            t += 16;
+        }
+        let mut sum = vaddvq_s32(vaddq_s32(acc0, acc1));
+        while t < k {
+            sum = sum.wrapping_add(a[t] as i32 * w[t] as i32);
+            t += 1;
+        }
+        sum
     }
-    let mut sum = vaddvq_s32(vaddq_s32(acc0, acc1));
-    while t < k {
-        sum = sum.wrapping_add(a[t] as i32 * w[t] as i32);
-        t += 1;
-    }
-    sum
 }

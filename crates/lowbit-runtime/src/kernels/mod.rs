@@ -4,17 +4,21 @@
 //! slice lengths and parameters and return [`QuantError`]; the per-ISA kernels behind them assume checked input.
 //! Every tier equals [`reference`](mod@reference) bit for bit (see that module for the arithmetic).
 //!
-//! Dispatch: tiers `reference -> avx2 -> avx512vnni` on x86_64 and `reference -> neon -> neon-dotprod` on aarch64,
-//! detected once and cached in a [`OnceLock`]. `LOWBIT_ISA=reference|avx2|avx512vnni|neon|neon-dotprod` caps the
-//! tier: the kernel used is the best available one whose rank (reference 0, avx2/neon 1, avx512vnni/neon-dotprod
-//! 2) is at or below the named one, so `LOWBIT_ISA=avx512vnni` on an AVX2-only CPU runs `avx2`, and
-//! `LOWBIT_ISA=neon` on x86 runs `avx2`. An unknown value is ignored (best available tier).
+//! Dispatch: the tier is [`crate::isa`]'s one selection ([`selected_isa`]: CPU features, capped by
+//! `LOWBIT_ISA`, read once); the engine's kernels implement every tier of [`Isa::ALL`]. The unverified tiers
+//! (`avx512vnni`, `neon`) are compiled only with their `unverified-*` cargo feature.
+//!
+//! Every `unsafe` operation in the kernel modules states its contract (`# Safety` on each `unsafe fn`, a
+//! `// SAFETY:` comment on each block), and `unsafe_op_in_unsafe_fn` is denied so that an `unsafe fn`'s body
+//! gets no blanket licence.
+#![deny(unsafe_op_in_unsafe_fn)]
 use crate::error::QuantError;
 use crate::pack::{row_bytes, PackedWeights, Packing};
 use crate::qparams::Requant;
-use std::sync::OnceLock;
 
-#[cfg(target_arch = "aarch64")]
+pub use crate::isa::{active_isa, selected_isa, Isa};
+
+#[cfg(all(target_arch = "aarch64", feature = "unverified-neon"))]
 pub mod aarch64;
 pub mod conv;
 pub mod depthwise;
@@ -64,126 +68,6 @@ impl OutputParams<'_> {
     pub fn requant_for(&self, j: usize) -> Requant {
         self.requant[if self.requant.len() == 1 { 0 } else { j }]
     }
-}
-
-/// A kernel tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Isa {
-    /// Portable scalar reference (normative).
-    Reference,
-    /// x86_64 AVX2: widen to i16, `vpmaddwd`.
-    Avx2,
-    /// x86_64 AVX-512 VNNI: `vpdpbusd` for int8 weights (other packings run the AVX2 kernels).
-    Avx512Vnni,
-    /// aarch64 NEON: widening multiply-accumulate.
-    Neon,
-    /// aarch64 NEON with the dot-product extension (not implemented yet: never available).
-    NeonDotprod,
-}
-
-impl Isa {
-    /// Every tier, in rank order within each architecture.
-    pub const ALL: [Isa; 5] = [
-        Isa::Reference,
-        Isa::Avx2,
-        Isa::Avx512Vnni,
-        Isa::Neon,
-        Isa::NeonDotprod,
-    ];
-
-    /// Stable name, as accepted by `LOWBIT_ISA` and returned by [`active_isa`].
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Reference => "reference",
-            Isa::Avx2 => "avx2",
-            Isa::Avx512Vnni => "avx512vnni",
-            Isa::Neon => "neon",
-            Isa::NeonDotprod => "neon-dotprod",
-        }
-    }
-
-    /// Parses a name (case-insensitive; `neon_dotprod` and `dotprod` also accepted).
-    pub fn from_name(s: &str) -> Option<Isa> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "reference" | "ref" | "scalar" => Some(Isa::Reference),
-            "avx2" => Some(Isa::Avx2),
-            "avx512vnni" | "avx512" | "vnni" => Some(Isa::Avx512Vnni),
-            "neon" => Some(Isa::Neon),
-            "neon-dotprod" | "neon_dotprod" | "dotprod" => Some(Isa::NeonDotprod),
-            _ => None,
-        }
-    }
-
-    /// Rank used by the `LOWBIT_ISA` cap: 0 reference, 1 avx2/neon, 2 avx512vnni/neon-dotprod.
-    pub fn rank(self) -> u8 {
-        match self {
-            Isa::Reference => 0,
-            Isa::Avx2 | Isa::Neon => 1,
-            Isa::Avx512Vnni | Isa::NeonDotprod => 2,
-        }
-    }
-
-    /// Whether this CPU (and this build's target architecture) can run the tier.
-    pub fn is_available(self) -> bool {
-        match self {
-            Isa::Reference => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("popcnt"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => {
-                Isa::Avx2.is_available()
-                    && is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vnni")
-            }
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
-            // No sdot kernel yet (see `aarch64`): report the tier unavailable so dispatch stays honest.
-            Isa::NeonDotprod => false,
-            #[allow(unreachable_patterns)]
-            _ => false,
-        }
-    }
-
-    /// Available tiers, lowest rank first (always starts with [`Isa::Reference`]).
-    pub fn available() -> Vec<Isa> {
-        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
-    }
-
-    /// The best available tier whose rank is at most `self`'s (never fails: the reference is always there).
-    pub fn capped(self) -> Isa {
-        Isa::available()
-            .into_iter()
-            .filter(|i| i.rank() <= self.rank())
-            .max_by_key(|i| i.rank())
-            .unwrap_or(Isa::Reference)
-    }
-}
-
-fn detect() -> Isa {
-    let best = Isa::available()
-        .into_iter()
-        .max_by_key(|i| i.rank())
-        .unwrap_or(Isa::Reference);
-    match std::env::var("LOWBIT_ISA")
-        .ok()
-        .as_deref()
-        .and_then(Isa::from_name)
-    {
-        Some(cap) => cap.capped(),
-        None => best,
-    }
-}
-
-/// The tier [`gemm_acc`] and [`gemm_requant`] use, detected once (CPU features, then the `LOWBIT_ISA` cap).
-pub fn selected_isa() -> Isa {
-    static SELECTED: OnceLock<Isa> = OnceLock::new();
-    *SELECTED.get_or_init(detect)
-}
-
-/// Which kernel tier is active ("reference", "avx2", "avx512vnni", "neon", "neon-dotprod").
-pub fn active_isa() -> &'static str {
-    selected_isa().name()
 }
 
 fn mismatch(context: &str, detail: String) -> QuantError {
@@ -295,7 +179,7 @@ pub fn gemm_acc_with(
         isa @ (Isa::Avx2 | Isa::Avx512Vnni) => {
             x86::gemm_acc(isa, a, m, k, w, x86::Prepared::None, bias, out)
         }
-        #[cfg(target_arch = "aarch64")]
+        #[cfg(all(target_arch = "aarch64", feature = "unverified-neon"))]
         isa @ Isa::Neon => aarch64::gemm_acc(isa, a, m, k, w, bias, out),
         _ => reference::gemm_u8i8_i32(a, m, k, w, bias, out),
     }
@@ -333,7 +217,7 @@ pub fn gemm_requant_with(
         isa @ (Isa::Avx2 | Isa::Avx512Vnni) => {
             x86::gemm_requant(isa, a, m, k, w, x86::Prepared::None, p, out)
         }
-        #[cfg(target_arch = "aarch64")]
+        #[cfg(all(target_arch = "aarch64", feature = "unverified-neon"))]
         isa @ Isa::Neon => aarch64::gemm_requant(isa, a, m, k, w, p, out),
         _ => reference::gemm_u8i8_u8(a, m, k, w, p, out),
     }
@@ -364,6 +248,7 @@ pub struct PrepackedWeights {
 
 /// Longest pair plan worth taking, for `k` activations: appended indices add work, and past a quarter more
 /// positions the `vpmaddubsw` kernels (about 1.4x the multiply rate of `vpmaddwd` on Zen3) lose their edge.
+#[cfg(target_arch = "x86_64")]
 fn max_pair_len(k: usize) -> usize {
     let k4 = k.div_ceil(4) * 4;
     k4 + k4 / 4
@@ -389,6 +274,8 @@ impl PrepackedWeights {
     fn prepare(isa: Isa, weights: PackedWeights, allow_pairs: bool) -> Result<Self, QuantError> {
         check_weights("PrepackedWeights", weights.cols, &weights)?;
         let isa = isa.capped();
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = allow_pairs; // the pair path is x86-only
         let pairs = match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 if weights.packing == Packing::I8 && allow_pairs => {
@@ -507,7 +394,7 @@ pub fn gemm_acc_prepacked(
         isa @ (Isa::Avx2 | Isa::Avx512Vnni) => {
             x86::gemm_acc(isa, a, m, k, pw, w.x86_prepared(), bias, out)
         }
-        #[cfg(target_arch = "aarch64")]
+        #[cfg(all(target_arch = "aarch64", feature = "unverified-neon"))]
         isa @ Isa::Neon => aarch64::gemm_acc(isa, a, m, k, pw, bias, out),
         _ => reference::gemm_u8i8_i32(a, m, k, pw, bias, out),
     }
@@ -540,7 +427,7 @@ pub fn gemm_requant_prepacked(
         isa @ (Isa::Avx2 | Isa::Avx512Vnni) => {
             x86::gemm_requant(isa, a, m, k, pw, w.x86_prepared(), p, out)
         }
-        #[cfg(target_arch = "aarch64")]
+        #[cfg(all(target_arch = "aarch64", feature = "unverified-neon"))]
         isa @ Isa::Neon => aarch64::gemm_requant(isa, a, m, k, pw, p, out),
         _ => reference::gemm_u8i8_u8(a, m, k, pw, p, out),
     }

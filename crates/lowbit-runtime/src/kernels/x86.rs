@@ -189,23 +189,27 @@ unsafe fn widen_a__avx2(
     kc16: usize,
     dst: &mut [i16],
 ) {
-    for r in 0..rows {
-        let src = &a[r * k + k0..r * k + k0 + kc];
-        let d = &mut dst[r * kc16..(r + 1) * kc16];
-        let mut t = 0;
-        while t + 16 <= kc {
-            // SAFETY: t + 16 <= kc = src.len() and kc <= kc16 = d.len(), so both 16-element accesses are in bounds.
-            let v = _mm_loadu_si128(src.as_ptr().add(t) as *const __m128i);
-            _mm256_storeu_si256(
-                d.as_mut_ptr().add(t) as *mut __m256i,
-                _mm256_cvtepu8_epi16(v),
-            );
-            t += 16;
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        for r in 0..rows {
+            let src = &a[r * k + k0..r * k + k0 + kc];
+            let d = &mut dst[r * kc16..(r + 1) * kc16];
+            let mut t = 0;
+            while t + 16 <= kc {
+                // SAFETY: t + 16 <= kc = src.len() and kc <= kc16 = d.len(), so both 16-element accesses are in bounds.
+                let v = _mm_loadu_si128(src.as_ptr().add(t) as *const __m128i);
+                _mm256_storeu_si256(
+                    d.as_mut_ptr().add(t) as *mut __m256i,
+                    _mm256_cvtepu8_epi16(v),
+                );
+                t += 16;
+            }
+            for (dd, &s) in d[t..kc].iter_mut().zip(&src[t..]) {
+                *dd = s as i16;
+            }
+            d[kc..].fill(0);
         }
-        for (dd, &s) in d[t..kc].iter_mut().zip(&src[t..]) {
-            *dd = s as i16;
-        }
-        d[kc..].fill(0);
     }
 }
 
@@ -227,57 +231,61 @@ unsafe fn pack_panel__avx2(
     wtmp: &mut [i8],
     panel: *mut i16,
 ) {
-    let wtmp = &mut wtmp[..NR * kc16];
-    for c in 0..NR {
-        let d = &mut wtmp[c * kc16..(c + 1) * kc16];
-        if c < nc {
-            decode_segment(w, j0 + c, k0, kc, d);
-            d[kc..].fill(0);
-        } else {
-            d.fill(0);
-        }
-    }
-    let src = wtmp.as_ptr();
-    for kb in (0..kc16).step_by(16) {
-        for half in 0..2 {
-            // Row c of this 8 x 8 block: 8 code pairs (k = kb..kb+16) of column half*8 + c, as i16 pairs.
-            let mut r = [_mm256_setzero_si256(); 8];
-            for (c, rc) in r.iter_mut().enumerate() {
-                // SAFETY: (half*8 + c) * kc16 + kb + 16 <= NR * kc16 = wtmp.len().
-                let v = _mm_loadu_si128(src.add((half * 8 + c) * kc16 + kb) as *const __m128i);
-                *rc = _mm256_cvtepi8_epi16(v);
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let wtmp = &mut wtmp[..NR * kc16];
+        for c in 0..NR {
+            let d = &mut wtmp[c * kc16..(c + 1) * kc16];
+            if c < nc {
+                decode_segment(w, j0 + c, k0, kc, d);
+                d[kc..].fill(0);
+            } else {
+                d.fill(0);
             }
-            // 8 x 8 transpose of 32-bit pairs: afterwards o[p] holds pair p of the 8 columns.
-            let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
-            let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-            let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
-            let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-            let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
-            let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-            let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
-            let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-            let u0 = _mm256_unpacklo_epi64(t0, t2);
-            let u1 = _mm256_unpackhi_epi64(t0, t2);
-            let u2 = _mm256_unpacklo_epi64(t1, t3);
-            let u3 = _mm256_unpackhi_epi64(t1, t3);
-            let u4 = _mm256_unpacklo_epi64(t4, t6);
-            let u5 = _mm256_unpackhi_epi64(t4, t6);
-            let u6 = _mm256_unpacklo_epi64(t5, t7);
-            let u7 = _mm256_unpackhi_epi64(t5, t7);
-            let o = [
-                _mm256_permute2x128_si256::<0x20>(u0, u4),
-                _mm256_permute2x128_si256::<0x20>(u1, u5),
-                _mm256_permute2x128_si256::<0x20>(u2, u6),
-                _mm256_permute2x128_si256::<0x20>(u3, u7),
-                _mm256_permute2x128_si256::<0x31>(u0, u4),
-                _mm256_permute2x128_si256::<0x31>(u1, u5),
-                _mm256_permute2x128_si256::<0x31>(u2, u6),
-                _mm256_permute2x128_si256::<0x31>(u3, u7),
-            ];
-            for (p, op) in o.iter().enumerate() {
-                // SAFETY: pair index kb/2 + p < kc16/2, so the 16 i16 written end at most at kc16 * NR.
-                let dst = panel.add(((kb / 2 + p) * NR + half * 8) * 2);
-                _mm256_storeu_si256(dst as *mut __m256i, *op);
+        }
+        let src = wtmp.as_ptr();
+        for kb in (0..kc16).step_by(16) {
+            for half in 0..2 {
+                // Row c of this 8 x 8 block: 8 code pairs (k = kb..kb+16) of column half*8 + c, as i16 pairs.
+                let mut r = [_mm256_setzero_si256(); 8];
+                for (c, rc) in r.iter_mut().enumerate() {
+                    // SAFETY: (half*8 + c) * kc16 + kb + 16 <= NR * kc16 = wtmp.len().
+                    let v = _mm_loadu_si128(src.add((half * 8 + c) * kc16 + kb) as *const __m128i);
+                    *rc = _mm256_cvtepi8_epi16(v);
+                }
+                // 8 x 8 transpose of 32-bit pairs: afterwards o[p] holds pair p of the 8 columns.
+                let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+                let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+                let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+                let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+                let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+                let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+                let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+                let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+                let u0 = _mm256_unpacklo_epi64(t0, t2);
+                let u1 = _mm256_unpackhi_epi64(t0, t2);
+                let u2 = _mm256_unpacklo_epi64(t1, t3);
+                let u3 = _mm256_unpackhi_epi64(t1, t3);
+                let u4 = _mm256_unpacklo_epi64(t4, t6);
+                let u5 = _mm256_unpackhi_epi64(t4, t6);
+                let u6 = _mm256_unpacklo_epi64(t5, t7);
+                let u7 = _mm256_unpackhi_epi64(t5, t7);
+                let o = [
+                    _mm256_permute2x128_si256::<0x20>(u0, u4),
+                    _mm256_permute2x128_si256::<0x20>(u1, u5),
+                    _mm256_permute2x128_si256::<0x20>(u2, u6),
+                    _mm256_permute2x128_si256::<0x20>(u3, u7),
+                    _mm256_permute2x128_si256::<0x31>(u0, u4),
+                    _mm256_permute2x128_si256::<0x31>(u1, u5),
+                    _mm256_permute2x128_si256::<0x31>(u2, u6),
+                    _mm256_permute2x128_si256::<0x31>(u3, u7),
+                ];
+                for (p, op) in o.iter().enumerate() {
+                    // SAFETY: pair index kb/2 + p < kc16/2, so the 16 i16 written end at most at kc16 * NR.
+                    let dst = panel.add(((kb / 2 + p) * NR + half * 8) * 2);
+                    _mm256_storeu_si256(dst as *mut __m256i, *op);
+                }
             }
         }
     }
@@ -297,22 +305,26 @@ unsafe fn ukernel_6x16__avx2(
     c: *mut i32,
     ldc: usize,
 ) {
-    let mut acc = [_mm256_setzero_si256(); 2 * MR];
-    for p in 0..kp {
-        let b0 = _mm256_loadu_si256(b.add(p * 32) as *const __m256i);
-        let b1 = _mm256_loadu_si256(b.add(p * 32 + 16) as *const __m256i);
-        for r in 0..MR {
-            let pair = std::ptr::read_unaligned(a.add(r * lda + 2 * p) as *const i32);
-            let av = _mm256_set1_epi32(pair);
-            acc[2 * r] = _mm256_add_epi32(acc[2 * r], _mm256_madd_epi16(av, b0));
-            acc[2 * r + 1] = _mm256_add_epi32(acc[2 * r + 1], _mm256_madd_epi16(av, b1));
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let mut acc = [_mm256_setzero_si256(); 2 * MR];
+        for p in 0..kp {
+            let b0 = _mm256_loadu_si256(b.add(p * 32) as *const __m256i);
+            let b1 = _mm256_loadu_si256(b.add(p * 32 + 16) as *const __m256i);
+            for r in 0..MR {
+                let pair = std::ptr::read_unaligned(a.add(r * lda + 2 * p) as *const i32);
+                let av = _mm256_set1_epi32(pair);
+                acc[2 * r] = _mm256_add_epi32(acc[2 * r], _mm256_madd_epi16(av, b0));
+                acc[2 * r + 1] = _mm256_add_epi32(acc[2 * r + 1], _mm256_madd_epi16(av, b1));
+            }
         }
-    }
-    for r in 0..MR {
-        let c0 = c.add(r * ldc) as *mut __m256i;
-        let c1 = c.add(r * ldc + 8) as *mut __m256i;
-        _mm256_storeu_si256(c0, _mm256_add_epi32(_mm256_loadu_si256(c0), acc[2 * r]));
-        _mm256_storeu_si256(c1, _mm256_add_epi32(_mm256_loadu_si256(c1), acc[2 * r + 1]));
+        for r in 0..MR {
+            let c0 = c.add(r * ldc) as *mut __m256i;
+            let c1 = c.add(r * ldc + 8) as *mut __m256i;
+            _mm256_storeu_si256(c0, _mm256_add_epi32(_mm256_loadu_si256(c0), acc[2 * r]));
+            _mm256_storeu_si256(c1, _mm256_add_epi32(_mm256_loadu_si256(c1), acc[2 * r + 1]));
+        }
     }
 }
 
@@ -334,15 +346,19 @@ unsafe fn run_tile(
     tile: &mut [i32; MR * NR],
     kern: impl FnOnce(*mut i32, usize),
 ) {
-    if mr == MR && nc == NR {
-        kern(out.as_mut_ptr().add(r0 * n + j0), n);
-    } else {
-        tile.fill(0);
-        kern(tile.as_mut_ptr(), NR);
-        for r in 0..mr {
-            let o = &mut out[(r0 + r) * n + j0..(r0 + r) * n + j0 + nc];
-            for (x, t) in o.iter_mut().zip(&tile[r * NR..]) {
-                *x = x.wrapping_add(*t);
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        if mr == MR && nc == NR {
+            kern(out.as_mut_ptr().add(r0 * n + j0), n);
+        } else {
+            tile.fill(0);
+            kern(tile.as_mut_ptr(), NR);
+            for r in 0..mr {
+                let o = &mut out[(r0 + r) * n + j0..(r0 + r) * n + j0 + nc];
+                for (x, t) in o.iter_mut().zip(&tile[r * NR..]) {
+                    *x = x.wrapping_add(*t);
+                }
             }
         }
     }
@@ -388,53 +404,57 @@ unsafe fn gemm_u8i8_i32__avx2(
     out: &mut [i32],
     s: &mut Scratch,
 ) {
-    let n = w.rows;
-    for orow in out.chunks_exact_mut(n) {
-        orow.copy_from_slice(bias);
-    }
-    if rows == 0 || k == 0 {
-        return;
-    }
-    let np = n.div_ceil(NR);
-    let k16 = k.div_ceil(16) * 16;
-    grow(&mut s.a16, rows.min(MC).div_ceil(MR) * MR * KC);
-    if panels.is_none() {
-        grow(&mut s.wtmp, NR * KC);
-        grow(&mut s.bblock, np * NR * KC);
-    }
-    let mut tile = [0i32; MR * NR];
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        let kc16 = kc.div_ceil(16) * 16;
-        let kp = kc16 / 2;
-        let (bbase, pstride) = match panels {
-            // SAFETY: the prepacked buffer holds np * k16 * NR i16 and k0 * NR < k16 * NR.
-            Some(pn) => (pn.as_ptr().add(k0 * NR), k16 * NR),
-            None => {
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let n = w.rows;
+        for orow in out.chunks_exact_mut(n) {
+            orow.copy_from_slice(bias);
+        }
+        if rows == 0 || k == 0 {
+            return;
+        }
+        let np = n.div_ceil(NR);
+        let k16 = k.div_ceil(16) * 16;
+        grow(&mut s.a16, rows.min(MC).div_ceil(MR) * MR * KC);
+        if panels.is_none() {
+            grow(&mut s.wtmp, NR * KC);
+            grow(&mut s.bblock, np * NR * KC);
+        }
+        let mut tile = [0i32; MR * NR];
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let kc16 = kc.div_ceil(16) * 16;
+            let kp = kc16 / 2;
+            let (bbase, pstride) = match panels {
+                // SAFETY: the prepacked buffer holds np * k16 * NR i16 and k0 * NR < k16 * NR.
+                Some(pn) => (pn.as_ptr().add(k0 * NR), k16 * NR),
+                None => {
+                    for p in 0..np {
+                        let j0 = p * NR;
+                        // SAFETY: bblock holds np * NR * KC >= (p + 1) * kc16 * NR i16.
+                        let dst = s.bblock.as_mut_ptr().add(p * kc16 * NR);
+                        pack_panel__avx2(w, j0, NR.min(n - j0), k0, kc, kc16, &mut s.wtmp, dst);
+                    }
+                    (s.bblock.as_ptr(), kc16 * NR)
+                }
+            };
+            for ib in (0..rows).step_by(MC) {
+                let mc = MC.min(rows - ib);
+                widen_a__avx2(&a[ib * k..], k, mc, k0, kc, kc16, &mut s.a16);
                 for p in 0..np {
                     let j0 = p * NR;
-                    // SAFETY: bblock holds np * NR * KC >= (p + 1) * kc16 * NR i16.
-                    let dst = s.bblock.as_mut_ptr().add(p * kc16 * NR);
-                    pack_panel__avx2(w, j0, NR.min(n - j0), k0, kc, kc16, &mut s.wtmp, dst);
-                }
-                (s.bblock.as_ptr(), kc16 * NR)
-            }
-        };
-        for ib in (0..rows).step_by(MC) {
-            let mc = MC.min(rows - ib);
-            widen_a__avx2(&a[ib * k..], k, mc, k0, kc, kc16, &mut s.a16);
-            for p in 0..np {
-                let j0 = p * NR;
-                let nc = NR.min(n - j0);
-                let bp = bbase.add(p * pstride);
-                for i0 in (0..mc).step_by(MR) {
-                    let mr = MR.min(mc - i0);
-                    // SAFETY: a16 holds round_up(mc, MR) rows of kc16, so rows i0..i0+6 exist (padding rows are
-                    // stale and their results are discarded below); the panel holds kp * 32 i16 from bp.
-                    let ap = s.a16.as_ptr().add(i0 * kc16);
-                    run_tile(out, n, ib + i0, j0, mr, nc, &mut tile, |c, ldc| {
-                        ukernel_6x16__avx2(kp, ap, kc16, bp, c, ldc)
-                    });
+                    let nc = NR.min(n - j0);
+                    let bp = bbase.add(p * pstride);
+                    for i0 in (0..mc).step_by(MR) {
+                        let mr = MR.min(mc - i0);
+                        // SAFETY: a16 holds round_up(mc, MR) rows of kc16, so rows i0..i0+6 exist (padding rows are
+                        // stale and their results are discarded below); the panel holds kp * 32 i16 from bp.
+                        let ap = s.a16.as_ptr().add(i0 * kc16);
+                        run_tile(out, n, ib + i0, j0, mr, nc, &mut tile, |c, ldc| {
+                            ukernel_6x16__avx2(kp, ap, kc16, bp, c, ldc)
+                        });
+                    }
                 }
             }
         }
@@ -456,20 +476,24 @@ unsafe fn gemv_panels__avx2<const G: usize>(
     pstride: usize,
     tile: &mut [i32; 4 * NR],
 ) {
-    let mut acc = [_mm256_setzero_si256(); 8];
-    for t in 0..kp {
-        let av = _mm256_set1_epi32(std::ptr::read_unaligned(a16.add(2 * t) as *const i32));
-        for q in 0..G {
-            let bq = b.add(q * pstride + t * 32);
-            let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq as *const __m128i));
-            let b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(16) as *const __m128i));
-            acc[2 * q] = _mm256_add_epi32(acc[2 * q], _mm256_madd_epi16(av, b0));
-            acc[2 * q + 1] = _mm256_add_epi32(acc[2 * q + 1], _mm256_madd_epi16(av, b1));
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let mut acc = [_mm256_setzero_si256(); 8];
+        for t in 0..kp {
+            let av = _mm256_set1_epi32(std::ptr::read_unaligned(a16.add(2 * t) as *const i32));
+            for q in 0..G {
+                let bq = b.add(q * pstride + t * 32);
+                let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq as *const __m128i));
+                let b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bq.add(16) as *const __m128i));
+                acc[2 * q] = _mm256_add_epi32(acc[2 * q], _mm256_madd_epi16(av, b0));
+                acc[2 * q + 1] = _mm256_add_epi32(acc[2 * q + 1], _mm256_madd_epi16(av, b1));
+            }
         }
-    }
-    for (q, pair) in acc.chunks_exact(2).take(G).enumerate() {
-        _mm256_storeu_si256(tile.as_mut_ptr().add(q * NR) as *mut __m256i, pair[0]);
-        _mm256_storeu_si256(tile.as_mut_ptr().add(q * NR + 8) as *mut __m256i, pair[1]);
+        for (q, pair) in acc.chunks_exact(2).take(G).enumerate() {
+            _mm256_storeu_si256(tile.as_mut_ptr().add(q * NR) as *mut __m256i, pair[0]);
+            _mm256_storeu_si256(tile.as_mut_ptr().add(q * NR + 8) as *mut __m256i, pair[1]);
+        }
     }
 }
 
@@ -488,27 +512,31 @@ unsafe fn gemv_u8i8_i32__avx2(
     out: &mut [i32],
     s: &mut Scratch,
 ) {
-    if k == 0 {
-        out.copy_from_slice(bias);
-        return;
-    }
-    let k16 = k.div_ceil(16) * 16;
-    grow(&mut s.a16, k16);
-    widen_a__avx2(a, k, 1, 0, k, k16, &mut s.a16);
-    let pstride = k16 * NR;
-    let kp = k16 / 2;
-    out.copy_from_slice(bias);
-    let ap = s.a16.as_ptr();
-    gemv_groups(n, out, |p, g, tile| {
-        // SAFETY: panels p..p+g exist (each pstride i8), a16 holds k16 i16.
-        let b = panels.as_ptr().add(p * pstride);
-        match g {
-            4 => gemv_panels__avx2::<4>(kp, ap, b, pstride, tile),
-            3 => gemv_panels__avx2::<3>(kp, ap, b, pstride, tile),
-            2 => gemv_panels__avx2::<2>(kp, ap, b, pstride, tile),
-            _ => gemv_panels__avx2::<1>(kp, ap, b, pstride, tile),
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        if k == 0 {
+            out.copy_from_slice(bias);
+            return;
         }
-    });
+        let k16 = k.div_ceil(16) * 16;
+        grow(&mut s.a16, k16);
+        widen_a__avx2(a, k, 1, 0, k, k16, &mut s.a16);
+        let pstride = k16 * NR;
+        let kp = k16 / 2;
+        out.copy_from_slice(bias);
+        let ap = s.a16.as_ptr();
+        gemv_groups(n, out, |p, g, tile| {
+            // SAFETY: panels p..p+g exist (each pstride i8), a16 holds k16 i16.
+            let b = panels.as_ptr().add(p * pstride);
+            match g {
+                4 => gemv_panels__avx2::<4>(kp, ap, b, pstride, tile),
+                3 => gemv_panels__avx2::<3>(kp, ap, b, pstride, tile),
+                2 => gemv_panels__avx2::<2>(kp, ap, b, pstride, tile),
+                _ => gemv_panels__avx2::<1>(kp, ap, b, pstride, tile),
+            }
+        });
+    }
 }
 
 /// K positions per block of the pair kernels: a 6-row activation slice is 6 KiB and a 16-column weight panel
@@ -544,56 +572,64 @@ pub(crate) fn prepack_pairs(w: &PackedWeights, plan: &PairPlan) -> Vec<i8> {
 /// AVX2 must be available; `a.len() >= plan.k()`; `dst` is writable for `plan.len() + 16` bytes.
 #[target_feature(enable = "avx2")]
 unsafe fn gather_row__avx2(plan: &PairPlan, a: &[u8], dst: *mut u8) {
-    const C: usize = pairs::CHUNK;
-    let chunks = plan.chunks();
-    let direct = a.len() / C;
-    let (shuffle, xor) = plan.masks();
-    let (sp, xp) = (shuffle.as_ptr(), xor.as_ptr());
-    let mut c = 0;
-    while c + 2 <= chunks.min(direct) {
-        // SAFETY: 32 bytes of `a` from 16c exist; the masks hold (chunks + 1) * 16 bytes; the store ends at most
-        // 16 bytes past the chunks.
-        let x = _mm256_loadu_si256(a.as_ptr().add(C * c) as *const __m256i);
-        let m = _mm256_loadu_si256(sp.add(C * c) as *const __m256i);
-        let f = _mm256_loadu_si256(xp.add(C * c) as *const __m256i);
-        let y = _mm256_xor_si256(_mm256_shuffle_epi8(x, m), f);
-        _mm256_storeu_si256(dst.add(C * c) as *mut __m256i, y);
-        c += 2;
-    }
-    while c < chunks {
-        let mut tmp = [0u8; C];
-        let src = if c < direct {
-            a.as_ptr().add(C * c)
-        } else {
-            // Byte loop, not a memcpy call: at most 15 bytes, once per matrix.
-            for (d, &x) in tmp.iter_mut().zip(&a[C * c..]) {
-                *d = x;
-            }
-            tmp.as_ptr()
-        };
-        let x = _mm_loadu_si128(src as *const __m128i);
-        let m = _mm_loadu_si128(sp.add(C * c) as *const __m128i);
-        let f = _mm_loadu_si128(xp.add(C * c) as *const __m128i);
-        let y = _mm_xor_si128(_mm_shuffle_epi8(x, m), f);
-        _mm_storeu_si128(dst.add(C * c) as *mut __m128i, y);
-        c += 1;
-    }
-    let mut t = plan.main_len();
-    for &i in plan.extra() {
-        *dst.add(t) = a[i as usize];
-        *dst.add(t + 1) = 0;
-        t += 2;
-    }
-    for i in t..plan.len() {
-        *dst.add(i) = 0;
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        const C: usize = pairs::CHUNK;
+        let chunks = plan.chunks();
+        let direct = a.len() / C;
+        let (shuffle, xor) = plan.masks();
+        let (sp, xp) = (shuffle.as_ptr(), xor.as_ptr());
+        let mut c = 0;
+        while c + 2 <= chunks.min(direct) {
+            // SAFETY: 32 bytes of `a` from 16c exist; the masks hold (chunks + 1) * 16 bytes; the store ends at most
+            // 16 bytes past the chunks.
+            let x = _mm256_loadu_si256(a.as_ptr().add(C * c) as *const __m256i);
+            let m = _mm256_loadu_si256(sp.add(C * c) as *const __m256i);
+            let f = _mm256_loadu_si256(xp.add(C * c) as *const __m256i);
+            let y = _mm256_xor_si256(_mm256_shuffle_epi8(x, m), f);
+            _mm256_storeu_si256(dst.add(C * c) as *mut __m256i, y);
+            c += 2;
+        }
+        while c < chunks {
+            let mut tmp = [0u8; C];
+            let src = if c < direct {
+                a.as_ptr().add(C * c)
+            } else {
+                // Byte loop, not a memcpy call: at most 15 bytes, once per matrix.
+                for (d, &x) in tmp.iter_mut().zip(&a[C * c..]) {
+                    *d = x;
+                }
+                tmp.as_ptr()
+            };
+            let x = _mm_loadu_si128(src as *const __m128i);
+            let m = _mm_loadu_si128(sp.add(C * c) as *const __m128i);
+            let f = _mm_loadu_si128(xp.add(C * c) as *const __m128i);
+            let y = _mm_xor_si128(_mm_shuffle_epi8(x, m), f);
+            _mm_storeu_si128(dst.add(C * c) as *mut __m128i, y);
+            c += 1;
+        }
+        let mut t = plan.main_len();
+        for &i in plan.extra() {
+            *dst.add(t) = a[i as usize];
+            *dst.add(t + 1) = 0;
+            t += 2;
+        }
+        for i in t..plan.len() {
+            *dst.add(i) = 0;
+        }
     }
 }
 
 /// `vpmaddubsw` then `vpmaddwd` by ones: four u8 x i8 products per i32 lane, exact because the plan made every
 /// byte pair safe (no i16 saturation).
+///
+/// # Safety
+/// AVX2 must be available (callers are `#[target_feature(enable = "avx2")]` kernels it is inlined into).
 #[inline(always)]
 unsafe fn quad_dot(av: __m256i, b: __m256i, ones: __m256i) -> __m256i {
-    _mm256_madd_epi16(_mm256_maddubs_epi16(av, b), ones)
+    // SAFETY: AVX2 is available (this function's contract); the intrinsics only compute on registers.
+    unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(av, b), ones) }
 }
 
 /// 6 x 16 micro-kernel of the pair path: `c[r][col] += sum_q a_r[4q..4q+4] . b[q][col][0..4]` over `kq4` quads.
@@ -610,23 +646,27 @@ unsafe fn ukernel_pairs_6x16__avx2(
     c: *mut i32,
     ldc: usize,
 ) {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_si256(); 2 * MR];
-    for q in 0..kq4 {
-        let b0 = _mm256_loadu_si256(b.add(q * 64) as *const __m256i);
-        let b1 = _mm256_loadu_si256(b.add(q * 64 + 32) as *const __m256i);
-        for r in 0..MR {
-            let quad = std::ptr::read_unaligned(a.add(r * lda + 4 * q) as *const i32);
-            let av = _mm256_set1_epi32(quad);
-            acc[2 * r] = _mm256_add_epi32(acc[2 * r], quad_dot(av, b0, ones));
-            acc[2 * r + 1] = _mm256_add_epi32(acc[2 * r + 1], quad_dot(av, b1, ones));
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); 2 * MR];
+        for q in 0..kq4 {
+            let b0 = _mm256_loadu_si256(b.add(q * 64) as *const __m256i);
+            let b1 = _mm256_loadu_si256(b.add(q * 64 + 32) as *const __m256i);
+            for r in 0..MR {
+                let quad = std::ptr::read_unaligned(a.add(r * lda + 4 * q) as *const i32);
+                let av = _mm256_set1_epi32(quad);
+                acc[2 * r] = _mm256_add_epi32(acc[2 * r], quad_dot(av, b0, ones));
+                acc[2 * r + 1] = _mm256_add_epi32(acc[2 * r + 1], quad_dot(av, b1, ones));
+            }
         }
-    }
-    for r in 0..MR {
-        let c0 = c.add(r * ldc) as *mut __m256i;
-        let c1 = c.add(r * ldc + 8) as *mut __m256i;
-        _mm256_storeu_si256(c0, _mm256_add_epi32(_mm256_loadu_si256(c0), acc[2 * r]));
-        _mm256_storeu_si256(c1, _mm256_add_epi32(_mm256_loadu_si256(c1), acc[2 * r + 1]));
+        for r in 0..MR {
+            let c0 = c.add(r * ldc) as *mut __m256i;
+            let c1 = c.add(r * ldc + 8) as *mut __m256i;
+            _mm256_storeu_si256(c0, _mm256_add_epi32(_mm256_loadu_si256(c0), acc[2 * r]));
+            _mm256_storeu_si256(c1, _mm256_add_epi32(_mm256_loadu_si256(c1), acc[2 * r + 1]));
+        }
     }
 }
 
@@ -644,21 +684,25 @@ unsafe fn gemv_pairs__avx2<const G: usize>(
     pstride: usize,
     tile: &mut [i32; 4 * NR],
 ) {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_si256(); 8];
-    for q in 0..kq4 {
-        let av = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 * q) as *const i32));
-        for g in 0..G {
-            let bq = b.add(g * pstride + q * 64);
-            let b0 = _mm256_loadu_si256(bq as *const __m256i);
-            let b1 = _mm256_loadu_si256(bq.add(32) as *const __m256i);
-            acc[2 * g] = _mm256_add_epi32(acc[2 * g], quad_dot(av, b0, ones));
-            acc[2 * g + 1] = _mm256_add_epi32(acc[2 * g + 1], quad_dot(av, b1, ones));
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); 8];
+        for q in 0..kq4 {
+            let av = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 * q) as *const i32));
+            for g in 0..G {
+                let bq = b.add(g * pstride + q * 64);
+                let b0 = _mm256_loadu_si256(bq as *const __m256i);
+                let b1 = _mm256_loadu_si256(bq.add(32) as *const __m256i);
+                acc[2 * g] = _mm256_add_epi32(acc[2 * g], quad_dot(av, b0, ones));
+                acc[2 * g + 1] = _mm256_add_epi32(acc[2 * g + 1], quad_dot(av, b1, ones));
+            }
         }
-    }
-    for (g, pair) in acc.chunks_exact(2).take(G).enumerate() {
-        _mm256_storeu_si256(tile.as_mut_ptr().add(g * NR) as *mut __m256i, pair[0]);
-        _mm256_storeu_si256(tile.as_mut_ptr().add(g * NR + 8) as *mut __m256i, pair[1]);
+        for (g, pair) in acc.chunks_exact(2).take(G).enumerate() {
+            _mm256_storeu_si256(tile.as_mut_ptr().add(g * NR) as *mut __m256i, pair[0]);
+            _mm256_storeu_si256(tile.as_mut_ptr().add(g * NR + 8) as *mut __m256i, pair[1]);
+        }
     }
 }
 
@@ -681,63 +725,67 @@ unsafe fn gemm_pairs__avx2(
     out: &mut [i32],
     s: &mut Scratch,
 ) {
-    let PairPanels {
-        plan,
-        panels,
-        bias_fix,
-    } = pp;
-    for orow in out.chunks_exact_mut(n) {
-        for ((o, &b), &f) in orow.iter_mut().zip(bias).zip(bias_fix) {
-            *o = b.wrapping_add(f);
-        }
-    }
-    let kq = plan.len();
-    if rows == 0 || kq == 0 {
-        return;
-    }
-    let np = n.div_ceil(NR);
-    let pstride = kq * NR;
-    // 16 bytes of slack: the gather's chunk stores may run past a row.
-    if rows == 1 {
-        grow(&mut s.apad, kq + 16);
-        gather_row__avx2(plan, &a[..k], s.apad.as_mut_ptr());
-        let ap = s.apad.as_ptr();
-        gemv_groups(n, out, |p, g, tile| {
-            // SAFETY: panels p..p+g exist (pstride bytes each); apad holds kq gathered bytes.
-            let b = panels.as_ptr().add(p * pstride);
-            match g {
-                4 => gemv_pairs__avx2::<4>(kq / 4, ap, b, pstride, tile),
-                3 => gemv_pairs__avx2::<3>(kq / 4, ap, b, pstride, tile),
-                2 => gemv_pairs__avx2::<2>(kq / 4, ap, b, pstride, tile),
-                _ => gemv_pairs__avx2::<1>(kq / 4, ap, b, pstride, tile),
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let PairPanels {
+            plan,
+            panels,
+            bias_fix,
+        } = pp;
+        for orow in out.chunks_exact_mut(n) {
+            for ((o, &b), &f) in orow.iter_mut().zip(bias).zip(bias_fix) {
+                *o = b.wrapping_add(f);
             }
-        });
-        return;
-    }
-    grow(&mut s.apad, rows.min(MC).div_ceil(MR) * MR * kq + 16);
-    let mut tile = [0i32; MR * NR];
-    for ib in (0..rows).step_by(MC) {
-        let mc = MC.min(rows - ib);
-        for r in 0..mc {
-            // SAFETY: row r of kq bytes starts at r * kq, and apad has 16 bytes of slack after the last row; rows
-            // are gathered in order, so a store running into row r + 1 is overwritten by it.
-            gather_row__avx2(plan, &a[(ib + r) * k..], s.apad.as_mut_ptr().add(r * kq));
         }
-        for k0 in (0..kq).step_by(KCQ) {
-            let kc = KCQ.min(kq - k0);
-            for p in 0..np {
-                let j0 = p * NR;
-                let nc = NR.min(n - j0);
-                // SAFETY: panel p holds kq * NR bytes from p * pstride; its block at k0 holds kc * NR.
-                let bp = panels.as_ptr().add(p * pstride + k0 * NR);
-                for i0 in (0..mc).step_by(MR) {
-                    let mr = MR.min(mc - i0);
-                    // SAFETY: apad holds round_up(mc, MR) rows of kq bytes (padding rows are stale and their
-                    // results discarded below); k0 + kc <= kq.
-                    let ap = s.apad.as_ptr().add(i0 * kq + k0);
-                    run_tile(out, n, ib + i0, j0, mr, nc, &mut tile, |c, ldc| {
-                        ukernel_pairs_6x16__avx2(kc / 4, ap, kq, bp, c, ldc)
-                    });
+        let kq = plan.len();
+        if rows == 0 || kq == 0 {
+            return;
+        }
+        let np = n.div_ceil(NR);
+        let pstride = kq * NR;
+        // 16 bytes of slack: the gather's chunk stores may run past a row.
+        if rows == 1 {
+            grow(&mut s.apad, kq + 16);
+            gather_row__avx2(plan, &a[..k], s.apad.as_mut_ptr());
+            let ap = s.apad.as_ptr();
+            gemv_groups(n, out, |p, g, tile| {
+                // SAFETY: panels p..p+g exist (pstride bytes each); apad holds kq gathered bytes.
+                let b = panels.as_ptr().add(p * pstride);
+                match g {
+                    4 => gemv_pairs__avx2::<4>(kq / 4, ap, b, pstride, tile),
+                    3 => gemv_pairs__avx2::<3>(kq / 4, ap, b, pstride, tile),
+                    2 => gemv_pairs__avx2::<2>(kq / 4, ap, b, pstride, tile),
+                    _ => gemv_pairs__avx2::<1>(kq / 4, ap, b, pstride, tile),
+                }
+            });
+            return;
+        }
+        grow(&mut s.apad, rows.min(MC).div_ceil(MR) * MR * kq + 16);
+        let mut tile = [0i32; MR * NR];
+        for ib in (0..rows).step_by(MC) {
+            let mc = MC.min(rows - ib);
+            for r in 0..mc {
+                // SAFETY: row r of kq bytes starts at r * kq, and apad has 16 bytes of slack after the last row; rows
+                // are gathered in order, so a store running into row r + 1 is overwritten by it.
+                gather_row__avx2(plan, &a[(ib + r) * k..], s.apad.as_mut_ptr().add(r * kq));
+            }
+            for k0 in (0..kq).step_by(KCQ) {
+                let kc = KCQ.min(kq - k0);
+                for p in 0..np {
+                    let j0 = p * NR;
+                    let nc = NR.min(n - j0);
+                    // SAFETY: panel p holds kq * NR bytes from p * pstride; its block at k0 holds kc * NR.
+                    let bp = panels.as_ptr().add(p * pstride + k0 * NR);
+                    for i0 in (0..mc).step_by(MR) {
+                        let mr = MR.min(mc - i0);
+                        // SAFETY: apad holds round_up(mc, MR) rows of kq bytes (padding rows are stale and their
+                        // results discarded below); k0 + kc <= kq.
+                        let ap = s.apad.as_ptr().add(i0 * kq + k0);
+                        run_tile(out, n, ib + i0, j0, mr, nc, &mut tile, |c, ldc| {
+                            ukernel_pairs_6x16__avx2(kc / 4, ap, kq, bp, c, ldc)
+                        });
+                    }
                 }
             }
         }
@@ -842,26 +890,30 @@ unsafe fn subbyte_rows__avx2<const BITS: usize, const R: usize>(
     panel: *const u8,
     tile: &mut [[i32; SB_NR]; SB_MR],
 ) {
-    let cpb = 8 / BITS;
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_si256(); R];
-    for g in 0..chunks {
-        let x = _mm256_loadu_si256(panel.add(g * SB_CHUNK_BYTES) as *const __m256i);
-        let mut s16 = [_mm256_setzero_si256(); R];
-        for j in 0..cpb {
-            let wv = subbyte_field__avx2::<BITS>(x, j);
-            let koff = (g * cpb + j) * 4;
-            for (r, s) in s16.iter_mut().enumerate() {
-                let quad = std::ptr::read_unaligned(a.add(r * lda + koff) as *const i32);
-                *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(_mm256_set1_epi32(quad), wv));
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let cpb = 8 / BITS;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); R];
+        for g in 0..chunks {
+            let x = _mm256_loadu_si256(panel.add(g * SB_CHUNK_BYTES) as *const __m256i);
+            let mut s16 = [_mm256_setzero_si256(); R];
+            for j in 0..cpb {
+                let wv = subbyte_field__avx2::<BITS>(x, j);
+                let koff = (g * cpb + j) * 4;
+                for (r, s) in s16.iter_mut().enumerate() {
+                    let quad = std::ptr::read_unaligned(a.add(r * lda + koff) as *const i32);
+                    *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(_mm256_set1_epi32(quad), wv));
+                }
+            }
+            for (ac, s) in acc.iter_mut().zip(&s16) {
+                *ac = _mm256_add_epi32(*ac, _mm256_madd_epi16(*s, ones));
             }
         }
-        for (ac, s) in acc.iter_mut().zip(&s16) {
-            *ac = _mm256_add_epi32(*ac, _mm256_madd_epi16(*s, ones));
+        for (t, ac) in tile.iter_mut().zip(&acc) {
+            _mm256_storeu_si256(t.as_mut_ptr() as *mut __m256i, *ac);
         }
-    }
-    for (t, ac) in tile.iter_mut().zip(&acc) {
-        _mm256_storeu_si256(t.as_mut_ptr() as *mut __m256i, *ac);
     }
 }
 
@@ -885,57 +937,61 @@ unsafe fn gemm_subbyte_i32__avx2(
     out: &mut [i32],
     s: &mut Scratch,
 ) {
-    let cpb = 8 / bits as usize;
-    let chunks = k.div_ceil(4 * cpb);
-    let kpad = chunks * 4 * cpb;
-    let np = n.div_ceil(SB_NR);
-    grow(&mut s.apad, SB_MR * kpad);
-    let mut tile = [[0i32; SB_NR]; SB_MR];
-    // sum a * code = scale * (sum a * v) - offset * sum a, per the offset-binary fields.
-    let (scale, offset) = if bits == 1 {
-        (2i32, 1i32)
-    } else {
-        (1, 1 << (bits - 1))
-    };
-    let mut asum = [0i32; SB_MR];
-    for i0 in (0..rows).step_by(SB_MR) {
-        let mr = SB_MR.min(rows - i0);
-        for r in 0..mr {
-            let d = &mut s.apad[r * kpad..(r + 1) * kpad];
-            d[..k].copy_from_slice(&a[(i0 + r) * k..(i0 + r + 1) * k]);
-            d[k..].fill(0);
-            let sum = d[..k]
-                .iter()
-                .fold(0u32, |acc, &x| acc.wrapping_add(x as u32));
-            asum[r] = (sum as i32).wrapping_mul(offset);
-        }
-        let ap = s.apad.as_ptr();
-        for p in 0..np {
-            // SAFETY: panel p holds chunks * 32 bytes; apad holds mr rows of kpad bytes.
-            let panel = panels.as_ptr().add(p * chunks * SB_CHUNK_BYTES);
-            match (bits, mr == SB_MR) {
-                (4, true) => subbyte_rows__avx2::<4, SB_MR>(chunks, ap, kpad, panel, &mut tile),
-                (2, true) => subbyte_rows__avx2::<2, SB_MR>(chunks, ap, kpad, panel, &mut tile),
-                (1, true) => subbyte_rows__avx2::<1, SB_MR>(chunks, ap, kpad, panel, &mut tile),
-                _ => {
-                    for r in 0..mr {
-                        let (ar, t) = (ap.add(r * kpad), &mut tile[r..]);
-                        let mut one = [[0i32; SB_NR]; SB_MR];
-                        match bits {
-                            4 => subbyte_rows__avx2::<4, 1>(chunks, ar, kpad, panel, &mut one),
-                            2 => subbyte_rows__avx2::<2, 1>(chunks, ar, kpad, panel, &mut one),
-                            _ => subbyte_rows__avx2::<1, 1>(chunks, ar, kpad, panel, &mut one),
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let cpb = 8 / bits as usize;
+        let chunks = k.div_ceil(4 * cpb);
+        let kpad = chunks * 4 * cpb;
+        let np = n.div_ceil(SB_NR);
+        grow(&mut s.apad, SB_MR * kpad);
+        let mut tile = [[0i32; SB_NR]; SB_MR];
+        // sum a * code = scale * (sum a * v) - offset * sum a, per the offset-binary fields.
+        let (scale, offset) = if bits == 1 {
+            (2i32, 1i32)
+        } else {
+            (1, 1 << (bits - 1))
+        };
+        let mut asum = [0i32; SB_MR];
+        for i0 in (0..rows).step_by(SB_MR) {
+            let mr = SB_MR.min(rows - i0);
+            for r in 0..mr {
+                let d = &mut s.apad[r * kpad..(r + 1) * kpad];
+                d[..k].copy_from_slice(&a[(i0 + r) * k..(i0 + r + 1) * k]);
+                d[k..].fill(0);
+                let sum = d[..k]
+                    .iter()
+                    .fold(0u32, |acc, &x| acc.wrapping_add(x as u32));
+                asum[r] = (sum as i32).wrapping_mul(offset);
+            }
+            let ap = s.apad.as_ptr();
+            for p in 0..np {
+                // SAFETY: panel p holds chunks * 32 bytes; apad holds mr rows of kpad bytes.
+                let panel = panels.as_ptr().add(p * chunks * SB_CHUNK_BYTES);
+                match (bits, mr == SB_MR) {
+                    (4, true) => subbyte_rows__avx2::<4, SB_MR>(chunks, ap, kpad, panel, &mut tile),
+                    (2, true) => subbyte_rows__avx2::<2, SB_MR>(chunks, ap, kpad, panel, &mut tile),
+                    (1, true) => subbyte_rows__avx2::<1, SB_MR>(chunks, ap, kpad, panel, &mut tile),
+                    _ => {
+                        for r in 0..mr {
+                            let (ar, t) = (ap.add(r * kpad), &mut tile[r..]);
+                            let mut one = [[0i32; SB_NR]; SB_MR];
+                            match bits {
+                                4 => subbyte_rows__avx2::<4, 1>(chunks, ar, kpad, panel, &mut one),
+                                2 => subbyte_rows__avx2::<2, 1>(chunks, ar, kpad, panel, &mut one),
+                                _ => subbyte_rows__avx2::<1, 1>(chunks, ar, kpad, panel, &mut one),
+                            }
+                            t[0] = one[0];
                         }
-                        t[0] = one[0];
                     }
                 }
-            }
-            let j0 = p * SB_NR;
-            let nc = SB_NR.min(n - j0);
-            for (r, t) in tile.iter().enumerate().take(mr) {
-                let o = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + nc];
-                for ((x, &b), &v) in o.iter_mut().zip(&bias[j0..]).zip(t) {
-                    *x = b.wrapping_add(v.wrapping_mul(scale).wrapping_sub(asum[r]));
+                let j0 = p * SB_NR;
+                let nc = SB_NR.min(n - j0);
+                for (r, t) in tile.iter().enumerate().take(mr) {
+                    let o = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + nc];
+                    for ((x, &b), &v) in o.iter_mut().zip(&bias[j0..]).zip(t) {
+                        *x = b.wrapping_add(v.wrapping_mul(scale).wrapping_sub(asum[r]));
+                    }
                 }
             }
         }
@@ -955,39 +1011,49 @@ struct RequantConsts8 {
 }
 
 impl RequantConsts8 {
-    /// Constants of columns `j..j + 8` (`p.requant[0]` for all when per-tensor); `p` passed `check_output`.
+    /// Constants of columns `j..j + 8` (`p.requant[0]` for all when per-tensor).
+    ///
+    /// # Safety
+    /// AVX2 must be available; `p` passed `check_output` and has `j + 8` columns (or is per-tensor).
     #[target_feature(enable = "avx2")]
     unsafe fn new(p: &OutputParams, j: usize) -> Self {
-        let (mut mult, mut shift) = ([0i32; 8], [0i32; 8]);
-        for c in 0..8 {
-            let rq = p.requant_for(j + c);
-            mult[c] = rq.multiplier;
-            shift[c] = rq.shift;
-        }
-        let one = _mm256_set1_epi64x(1);
-        let mv = _mm256_loadu_si256(mult.as_ptr() as *const __m256i);
-        // s = 31 + shift in 1..=62 (checked), so its i32 lanes zero-extend to the i64 shift counts.
-        let s = _mm256_add_epi32(
-            _mm256_loadu_si256(shift.as_ptr() as *const __m256i),
-            _mm256_set1_epi32(31),
-        );
-        let sh = [
-            _mm256_and_si256(s, _mm256_set1_epi64x(0xffff_ffff)),
-            _mm256_srli_epi64::<32>(s),
-        ];
-        let c63 = _mm256_set1_epi64x(63);
-        Self {
-            mult: mv,
-            mult_odd: _mm256_srli_epi64::<32>(mv),
-            shift: sh,
-            round: sh.map(|v| _mm256_sllv_epi64(one, _mm256_sub_epi64(v, one))),
-            offset: sh.map(|v| _mm256_sllv_epi64(one, _mm256_sub_epi64(c63, v))),
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            let (mut mult, mut shift) = ([0i32; 8], [0i32; 8]);
+            for c in 0..8 {
+                let rq = p.requant_for(j + c);
+                mult[c] = rq.multiplier;
+                shift[c] = rq.shift;
+            }
+            let one = _mm256_set1_epi64x(1);
+            let mv = _mm256_loadu_si256(mult.as_ptr() as *const __m256i);
+            // s = 31 + shift in 1..=62 (checked), so its i32 lanes zero-extend to the i64 shift counts.
+            let s = _mm256_add_epi32(
+                _mm256_loadu_si256(shift.as_ptr() as *const __m256i),
+                _mm256_set1_epi32(31),
+            );
+            let sh = [
+                _mm256_and_si256(s, _mm256_set1_epi64x(0xffff_ffff)),
+                _mm256_srli_epi64::<32>(s),
+            ];
+            let c63 = _mm256_set1_epi64x(63);
+            Self {
+                mult: mv,
+                mult_odd: _mm256_srli_epi64::<32>(mv),
+                shift: sh,
+                round: sh.map(|v| _mm256_sllv_epi64(one, _mm256_sub_epi64(v, one))),
+                offset: sh.map(|v| _mm256_sllv_epi64(one, _mm256_sub_epi64(c63, v))),
+            }
         }
     }
 }
 
 impl RequantConsts8 {
     /// The constants of `rq` in every lane (one channel row); `rq` passed [`Requant::validate`].
+    ///
+    /// # Safety
+    /// AVX2 must be available.
     #[target_feature(enable = "avx2")]
     unsafe fn broadcast(rq: Requant) -> Self {
         // 31 + shift in 1..=62 (validated), so both powers of two fit an i64.
@@ -1014,6 +1080,10 @@ struct OutputStage8 {
 }
 
 impl OutputStage8 {
+    /// The broadcast constants of `p`'s output stage.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
     #[target_feature(enable = "avx2")]
     unsafe fn new(p: &OutputParams) -> Self {
         let zp = p.zero_point as i64;
@@ -1036,8 +1106,12 @@ impl OutputStage8 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn apply(&self, src: *const i32, c: &RequantConsts8, dst: *mut u8) {
-        let x = _mm256_loadu_si256(src as *const __m256i);
-        std::ptr::write_unaligned(dst as *mut i64, self.codes(x, c));
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            let x = _mm256_loadu_si256(src as *const __m256i);
+            std::ptr::write_unaligned(dst as *mut i64, self.codes(x, c));
+        }
     }
 
     /// The 8 codes of the accumulators `x`, code `i` in byte `i` (see [`requant_u8__avx2`]).
@@ -1080,38 +1154,43 @@ impl OutputStage8 {
 /// AVX2 must be available; `acc` and `out` hold `rows * n` elements; `p` passed `check_output`.
 #[target_feature(enable = "avx2")]
 unsafe fn requant_u8__avx2(acc: &[i32], rows: usize, n: usize, p: &OutputParams, out: &mut [u8]) {
-    let n8 = n / 8 * 8;
-    let stage = OutputStage8::new(p);
-    let per_tensor = p.requant.len() == 1;
-    if per_tensor && n8 > 0 {
-        // One set of constants for the whole tile (per-tensor layers, and `kernels::conv`'s channel rows).
-        let c = RequantConsts8::new(p, 0);
-        for r in 0..rows {
-            for j in (0..n8).step_by(8) {
-                stage.apply(
-                    acc.as_ptr().add(r * n + j),
-                    &c,
-                    out.as_mut_ptr().add(r * n + j),
-                );
-            }
-        }
-    } else {
-        for j in (0..n8).step_by(8) {
-            let c = RequantConsts8::new(p, j);
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let n8 = n / 8 * 8;
+        let stage = OutputStage8::new(p);
+        let per_tensor = p.requant.len() == 1;
+        if per_tensor && n8 > 0 {
+            // One set of constants for the whole tile (per-tensor layers, and `kernels::conv`'s channel rows).
+            let c = RequantConsts8::new(p, 0);
             for r in 0..rows {
-                stage.apply(
-                    acc.as_ptr().add(r * n + j),
-                    &c,
-                    out.as_mut_ptr().add(r * n + j),
-                );
+                for j in (0..n8).step_by(8) {
+                    stage.apply(
+                        acc.as_ptr().add(r * n + j),
+                        &c,
+                        out.as_mut_ptr().add(r * n + j),
+                    );
+                }
+            }
+        } else {
+            for j in (0..n8).step_by(8) {
+                let c = RequantConsts8::new(p, j);
+                for r in 0..rows {
+                    stage.apply(
+                        acc.as_ptr().add(r * n + j),
+                        &c,
+                        out.as_mut_ptr().add(r * n + j),
+                    );
+                }
             }
         }
-    }
-    if n8 < n {
-        for r in 0..rows {
-            for j in n8..n {
-                let rq = p.requant_for(j);
-                out[r * n + j] = requantize(acc[r * n + j], rq, p.zero_point, p.qmin, p.qmax) as u8;
+        if n8 < n {
+            for r in 0..rows {
+                for j in n8..n {
+                    let rq = p.requant_for(j);
+                    out[r * n + j] =
+                        requantize(acc[r * n + j], rq, p.zero_point, p.qmin, p.qmax) as u8;
+                }
             }
         }
     }
@@ -1154,11 +1233,15 @@ fn acc_rows(
     out: &mut [i32],
     s: &mut Scratch,
 ) {
+    #[cfg(feature = "unverified-avx512vnni")]
     if isa == Isa::Avx512Vnni && w.packing == Packing::I8 {
-        // SAFETY: the dispatcher only passes Avx512Vnni when `Isa::is_available` detected avx512f/bw/vnni.
+        // SAFETY: the dispatcher only passes Avx512Vnni when `Isa::is_available` detected avx512f/bw/vnni; the
+        // entry point checked the shapes and `w.packing` is I8.
         unsafe { gemm_u8i8_i32__avx512vnni(a, rows, k, w, bias, out) }
         return;
     }
+    #[cfg(not(feature = "unverified-avx512vnni"))]
+    let _ = isa; // only the AVX2 kernels are in this build
     match panels {
         // SAFETY: Avx2 was detected by `Isa::is_available`; the entry point checked the shapes; `PrepackedWeights`
         // built these panels from `w` for this plan.
@@ -1260,6 +1343,7 @@ pub(crate) fn gemm_requant(
 }
 
 /// Rows of the VNNI micro-tile (one zmm accumulator of 16 columns per row).
+#[cfg(feature = "unverified-avx512vnni")]
 const VNNI_MR: usize = 4;
 
 /// Int8 weights with `vpdpbusd` (u8 x i8 -> i32 in groups of 4, no intermediate saturation, unlike `vpmaddubsw`;
@@ -1269,6 +1353,7 @@ const VNNI_MR: usize = 4;
 ///
 /// # Safety
 /// avx512f, avx512bw and avx512vnni must be available; shapes checked by the entry point; `w.packing == I8`.
+#[cfg(feature = "unverified-avx512vnni")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn gemm_u8i8_i32__avx512vnni(
     a: &[u8],
@@ -1278,52 +1363,56 @@ unsafe fn gemm_u8i8_i32__avx512vnni(
     bias: &[i32],
     out: &mut [i32],
 ) {
-    let n = w.rows;
-    for orow in out.chunks_exact_mut(n) {
-        orow.copy_from_slice(bias);
-    }
-    if rows == 0 || k == 0 {
-        return;
-    }
-    let rows_pad = rows.div_ceil(VNNI_MR) * VNNI_MR;
-    let mut ablk = vec![0u8; rows_pad * KC];
-    let mut panel = vec![0i8; KC * 16];
-    let mut tile = [0i32; 16];
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        let kc4 = kc.div_ceil(4) * 4;
-        for r in 0..rows {
-            let d = &mut ablk[r * kc4..(r + 1) * kc4];
-            d[..kc].copy_from_slice(&a[r * k + k0..r * k + k0 + kc]);
-            d[kc..].fill(0);
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let n = w.rows;
+        for orow in out.chunks_exact_mut(n) {
+            orow.copy_from_slice(bias);
         }
-        for j0 in (0..n).step_by(16) {
-            let nc = 16.min(n - j0);
-            panel[..kc4 * 16].fill(0);
-            for c in 0..nc {
-                let row = w.row(j0 + c);
-                for t in 0..kc {
-                    panel[(t / 4) * 64 + c * 4 + t % 4] = row[k0 + t] as i8;
-                }
+        if rows == 0 || k == 0 {
+            return;
+        }
+        let rows_pad = rows.div_ceil(VNNI_MR) * VNNI_MR;
+        let mut ablk = vec![0u8; rows_pad * KC];
+        let mut panel = vec![0i8; KC * 16];
+        let mut tile = [0i32; 16];
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let kc4 = kc.div_ceil(4) * 4;
+            for r in 0..rows {
+                let d = &mut ablk[r * kc4..(r + 1) * kc4];
+                d[..kc].copy_from_slice(&a[r * k + k0..r * k + k0 + kc]);
+                d[kc..].fill(0);
             }
-            for i0 in (0..rows).step_by(VNNI_MR) {
-                let mut acc = [_mm512_setzero_si512(); VNNI_MR];
-                for q in 0..kc4 / 4 {
-                    // SAFETY: q * 64 + 64 <= kc4 * 16 <= panel.len().
-                    let bv = _mm512_loadu_si512(panel.as_ptr().add(q * 64) as *const _);
-                    for (r, accr) in acc.iter_mut().enumerate() {
-                        // SAFETY: row i0 + r < rows_pad and 4q + 4 <= kc4, inside ablk.
-                        let quad = std::ptr::read_unaligned(
-                            ablk.as_ptr().add((i0 + r) * kc4 + 4 * q) as *const i32,
-                        );
-                        *accr = _mm512_dpbusd_epi32(*accr, _mm512_set1_epi32(quad), bv);
+            for j0 in (0..n).step_by(16) {
+                let nc = 16.min(n - j0);
+                panel[..kc4 * 16].fill(0);
+                for c in 0..nc {
+                    let row = w.row(j0 + c);
+                    for t in 0..kc {
+                        panel[(t / 4) * 64 + c * 4 + t % 4] = row[k0 + t] as i8;
                     }
                 }
-                for (r, accr) in acc.iter().enumerate().take(VNNI_MR.min(rows - i0)) {
-                    _mm512_storeu_si512(tile.as_mut_ptr() as *mut _, *accr);
-                    let o = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + nc];
-                    for (x, t) in o.iter_mut().zip(&tile) {
-                        *x = x.wrapping_add(*t);
+                for i0 in (0..rows).step_by(VNNI_MR) {
+                    let mut acc = [_mm512_setzero_si512(); VNNI_MR];
+                    for q in 0..kc4 / 4 {
+                        // SAFETY: q * 64 + 64 <= kc4 * 16 <= panel.len().
+                        let bv = _mm512_loadu_si512(panel.as_ptr().add(q * 64) as *const _);
+                        for (r, accr) in acc.iter_mut().enumerate() {
+                            // SAFETY: row i0 + r < rows_pad and 4q + 4 <= kc4, inside ablk.
+                            let quad = std::ptr::read_unaligned(
+                                ablk.as_ptr().add((i0 + r) * kc4 + 4 * q) as *const i32,
+                            );
+                            *accr = _mm512_dpbusd_epi32(*accr, _mm512_set1_epi32(quad), bv);
+                        }
+                    }
+                    for (r, accr) in acc.iter().enumerate().take(VNNI_MR.min(rows - i0)) {
+                        _mm512_storeu_si512(tile.as_mut_ptr() as *mut _, *accr);
+                        let o = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + nc];
+                        for (x, t) in o.iter_mut().zip(&tile) {
+                            *x = x.wrapping_add(*t);
+                        }
                     }
                 }
             }
@@ -1410,14 +1499,18 @@ pub(crate) fn requant_channels(acc: &[i32], positions: usize, p: &OutputParams, 
 /// the row count.
 #[target_feature(enable = "avx2")]
 unsafe fn requant_channels__avx2(acc: &[i32], positions: usize, p: &OutputParams, out: &mut [u8]) {
-    let stage = OutputStage8::new(p);
-    let rows = acc
-        .chunks_exact(positions)
-        .zip(out.chunks_exact_mut(positions));
-    for (c, (arow, orow)) in rows.enumerate() {
-        let consts = RequantConsts8::broadcast(p.requant_for(c));
-        for x in block_starts(positions) {
-            stage.apply(arow.as_ptr().add(x), &consts, orow.as_mut_ptr().add(x));
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let stage = OutputStage8::new(p);
+        let rows = acc
+            .chunks_exact(positions)
+            .zip(out.chunks_exact_mut(positions));
+        for (c, (arow, orow)) in rows.enumerate() {
+            let consts = RequantConsts8::broadcast(p.requant_for(c));
+            for x in block_starts(positions) {
+                stage.apply(arow.as_ptr().add(x), &consts, orow.as_mut_ptr().add(x));
+            }
         }
     }
 }
@@ -1477,12 +1570,16 @@ unsafe fn max_pool_narrow_planes__avx2(
     (oh, ow): (usize, usize),
     maxima: &mut [i32],
 ) {
-    for c in 0..channels {
-        for oy in 0..oh {
-            let r0 = acc.as_ptr().add(c * plane + 2 * oy * row);
-            let m = max_pool_2x2_i32x8(r0, r0.add(row));
-            let dst = maxima.as_mut_ptr().add((c * oh + oy) * ow);
-            _mm256_storeu_si256(dst as *mut __m256i, m);
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        for c in 0..channels {
+            for oy in 0..oh {
+                let r0 = acc.as_ptr().add(c * plane + 2 * oy * row);
+                let m = max_pool_2x2_i32x8(r0, r0.add(row));
+                let dst = maxima.as_mut_ptr().add((c * oh + oy) * ow);
+                _mm256_storeu_si256(dst as *mut __m256i, m);
+            }
         }
     }
 }
@@ -1494,20 +1591,24 @@ unsafe fn max_pool_narrow_planes__avx2(
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn max_pool_2x2_i32x8(r0: *const i32, r1: *const i32) -> __m256i {
-    let v0 = _mm256_max_epi32(
-        _mm256_loadu_si256(r0 as *const __m256i),
-        _mm256_loadu_si256(r1 as *const __m256i),
-    );
-    let v1 = _mm256_max_epi32(
-        _mm256_loadu_si256(r0.add(8) as *const __m256i),
-        _mm256_loadu_si256(r1.add(8) as *const __m256i),
-    );
-    let (f0, f1) = (_mm256_castsi256_ps(v0), _mm256_castsi256_ps(v1));
-    // Per 128-bit lane: even columns (0, 2 of v0, then of v1) and odd ones; their max is window order
-    // [0 1 4 5 | 2 3 6 7], which the 64-bit permute puts back in order.
-    let even = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(f0, f1));
-    let odd = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(f0, f1));
-    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_max_epi32(even, odd))
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let v0 = _mm256_max_epi32(
+            _mm256_loadu_si256(r0 as *const __m256i),
+            _mm256_loadu_si256(r1 as *const __m256i),
+        );
+        let v1 = _mm256_max_epi32(
+            _mm256_loadu_si256(r0.add(8) as *const __m256i),
+            _mm256_loadu_si256(r1.add(8) as *const __m256i),
+        );
+        let (f0, f1) = (_mm256_castsi256_ps(v0), _mm256_castsi256_ps(v1));
+        // Per 128-bit lane: even columns (0, 2 of v0, then of v1) and odd ones; their max is window order
+        // [0 1 4 5 | 2 3 6 7], which the 64-bit permute puts back in order.
+        let even = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(f0, f1));
+        let odd = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(f0, f1));
+        _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_max_epi32(even, odd))
+    }
 }
 
 /// Planes: per channel plane and output row, 8 windows per step (see [`block_starts`]), max then requantization
@@ -1520,57 +1621,61 @@ unsafe fn max_pool_2x2_i32x8(r0: *const i32, r1: *const i32) -> __m256i {
 /// planes, `channels >= 8` for positions; `p` passed `check_output` for `channels`.
 #[target_feature(enable = "avx2")]
 unsafe fn max_pool_requant__avx2(conv: ConvAcc<'_>, p: &OutputParams, out: &mut [u8]) {
-    let ConvAcc {
-        acc,
-        channels,
-        height: h,
-        width: w,
-        ..
-    } = conv;
-    let (oh, ow) = (h / 2, w / 2);
-    let stage = OutputStage8::new(p);
-    match conv.layout {
-        AccLayout::Planes { row, plane } => {
-            for c in 0..channels {
-                let consts = RequantConsts8::broadcast(p.requant_for(c));
-                let cplane = acc.as_ptr().add(c * plane);
-                let oplane = out.as_mut_ptr().add(c * oh * ow);
-                for oy in 0..oh {
-                    let r0 = cplane.add(2 * oy * row);
-                    for x in block_starts(ow) {
-                        // Reads columns 2x..2x + 16 <= 2 ow <= w <= row of rows 2 oy and 2 oy + 1 < h.
-                        let m = max_pool_2x2_i32x8(r0.add(2 * x), r0.add(row + 2 * x));
-                        std::ptr::write_unaligned(
-                            oplane.add(oy * ow + x) as *mut i64,
-                            stage.codes(m, &consts),
-                        );
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let ConvAcc {
+            acc,
+            channels,
+            height: h,
+            width: w,
+            ..
+        } = conv;
+        let (oh, ow) = (h / 2, w / 2);
+        let stage = OutputStage8::new(p);
+        match conv.layout {
+            AccLayout::Planes { row, plane } => {
+                for c in 0..channels {
+                    let consts = RequantConsts8::broadcast(p.requant_for(c));
+                    let cplane = acc.as_ptr().add(c * plane);
+                    let oplane = out.as_mut_ptr().add(c * oh * ow);
+                    for oy in 0..oh {
+                        let r0 = cplane.add(2 * oy * row);
+                        for x in block_starts(ow) {
+                            // Reads columns 2x..2x + 16 <= 2 ow <= w <= row of rows 2 oy and 2 oy + 1 < h.
+                            let m = max_pool_2x2_i32x8(r0.add(2 * x), r0.add(row + 2 * x));
+                            std::ptr::write_unaligned(
+                                oplane.add(oy * ow + x) as *mut i64,
+                                stage.codes(m, &consts),
+                            );
+                        }
                     }
                 }
             }
-        }
-        AccLayout::Positions => {
-            let plane = oh * ow;
-            for j in block_starts(channels) {
-                let consts = RequantConsts8::new(p, j);
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        // Window rows 2 oy and 2 oy + 1 < h, columns 2 ox and 2 ox + 1 < w, channels j..j + 8.
-                        let a = acc.as_ptr().add((2 * oy * w + 2 * ox) * channels + j);
-                        let b = a.add(w * channels);
-                        let m = _mm256_max_epi32(
-                            _mm256_max_epi32(
-                                _mm256_loadu_si256(a as *const __m256i),
-                                _mm256_loadu_si256(a.add(channels) as *const __m256i),
-                            ),
-                            _mm256_max_epi32(
-                                _mm256_loadu_si256(b as *const __m256i),
-                                _mm256_loadu_si256(b.add(channels) as *const __m256i),
-                            ),
-                        );
-                        let codes = stage.codes(m, &consts);
-                        let o = out.as_mut_ptr().add(j * plane + oy * ow + ox);
-                        for l in 0..8 {
-                            *o.add(l * plane) = (codes >> (8 * l)) as u8;
+            AccLayout::Positions => {
+                let plane = oh * ow;
+                for j in block_starts(channels) {
+                    let consts = RequantConsts8::new(p, j);
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            // Window rows 2 oy and 2 oy + 1 < h, columns 2 ox and 2 ox + 1 < w, channels j..j + 8.
+                            let a = acc.as_ptr().add((2 * oy * w + 2 * ox) * channels + j);
+                            let b = a.add(w * channels);
+                            let m = _mm256_max_epi32(
+                                _mm256_max_epi32(
+                                    _mm256_loadu_si256(a as *const __m256i),
+                                    _mm256_loadu_si256(a.add(channels) as *const __m256i),
+                                ),
+                                _mm256_max_epi32(
+                                    _mm256_loadu_si256(b as *const __m256i),
+                                    _mm256_loadu_si256(b.add(channels) as *const __m256i),
+                                ),
+                            );
+                            let codes = stage.codes(m, &consts);
+                            let o = out.as_mut_ptr().add(j * plane + oy * ow + ox);
+                            for l in 0..8 {
+                                *o.add(l * plane) = (codes >> (8 * l)) as u8;
+                            }
                         }
                     }
                 }
@@ -1673,47 +1778,51 @@ unsafe fn direct_block__avx2<const CB: usize>(
     bias: &[i32],
     out: &mut [i32],
 ) {
-    let (oh, ow) = (g.oh(), g.ow());
-    let kxp = g.kw.div_ceil(2);
-    // Distance between the same (ic, ky, pair) of consecutive channels.
-    let cstride = g.c_in * g.kh * kxp;
-    let wbase = pairs.as_ptr().add(c0 * cstride);
-    let mut biasv = [_mm256_setzero_si256(); CB];
-    for (c, b) in biasv.iter_mut().enumerate() {
-        *b = _mm256_set1_epi32(bias[c0 + c]);
-    }
-    let mut tail = [0i32; 8];
-    for oy in 0..oh {
-        for ox0 in (0..ow).step_by(8) {
-            let mut acc = biasv;
-            for ic in 0..g.c_in {
-                for ky in 0..g.kh {
-                    // Lane j of group ox0 reads columns ox0 + j + 2p and + 1 of padded row oy + ky: at most
-                    // round_up(ow, 8) - 1 + kw < wp.
-                    let row = planes.as_ptr().add((ic * hp + oy + ky) * wp + ox0);
-                    let wrow = wbase.add((ic * g.kh + ky) * kxp);
-                    for p in 0..kxp {
-                        let lo = _mm_loadu_si128(row.add(2 * p) as *const __m128i);
-                        let hi = _mm_loadu_si128(row.add(2 * p + 1) as *const __m128i);
-                        let pv = _mm256_set_m128i(
-                            _mm_unpackhi_epi16(lo, hi),
-                            _mm_unpacklo_epi16(lo, hi),
-                        );
-                        for (c, a) in acc.iter_mut().enumerate() {
-                            let wv = _mm256_set1_epi32(*wrow.add(c * cstride + p));
-                            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pv, wv));
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let (oh, ow) = (g.oh(), g.ow());
+        let kxp = g.kw.div_ceil(2);
+        // Distance between the same (ic, ky, pair) of consecutive channels.
+        let cstride = g.c_in * g.kh * kxp;
+        let wbase = pairs.as_ptr().add(c0 * cstride);
+        let mut biasv = [_mm256_setzero_si256(); CB];
+        for (c, b) in biasv.iter_mut().enumerate() {
+            *b = _mm256_set1_epi32(bias[c0 + c]);
+        }
+        let mut tail = [0i32; 8];
+        for oy in 0..oh {
+            for ox0 in (0..ow).step_by(8) {
+                let mut acc = biasv;
+                for ic in 0..g.c_in {
+                    for ky in 0..g.kh {
+                        // Lane j of group ox0 reads columns ox0 + j + 2p and + 1 of padded row oy + ky: at most
+                        // round_up(ow, 8) - 1 + kw < wp.
+                        let row = planes.as_ptr().add((ic * hp + oy + ky) * wp + ox0);
+                        let wrow = wbase.add((ic * g.kh + ky) * kxp);
+                        for p in 0..kxp {
+                            let lo = _mm_loadu_si128(row.add(2 * p) as *const __m128i);
+                            let hi = _mm_loadu_si128(row.add(2 * p + 1) as *const __m128i);
+                            let pv = _mm256_set_m128i(
+                                _mm_unpackhi_epi16(lo, hi),
+                                _mm_unpacklo_epi16(lo, hi),
+                            );
+                            for (c, a) in acc.iter_mut().enumerate() {
+                                let wv = _mm256_set1_epi32(*wrow.add(c * cstride + p));
+                                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pv, wv));
+                            }
                         }
                     }
                 }
-            }
-            let lanes = (ow - ox0).min(8);
-            for (c, a) in acc.iter().enumerate() {
-                let dst = out.as_mut_ptr().add(((c0 + c) * oh + oy) * ow + ox0);
-                if lanes == 8 {
-                    _mm256_storeu_si256(dst as *mut __m256i, *a);
-                } else {
-                    _mm256_storeu_si256(tail.as_mut_ptr() as *mut __m256i, *a);
-                    std::ptr::copy_nonoverlapping(tail.as_ptr(), dst, lanes);
+                let lanes = (ow - ox0).min(8);
+                for (c, a) in acc.iter().enumerate() {
+                    let dst = out.as_mut_ptr().add(((c0 + c) * oh + oy) * ow + ox0);
+                    if lanes == 8 {
+                        _mm256_storeu_si256(dst as *mut __m256i, *a);
+                    } else {
+                        _mm256_storeu_si256(tail.as_mut_ptr() as *mut __m256i, *a);
+                        std::ptr::copy_nonoverlapping(tail.as_ptr(), dst, lanes);
+                    }
                 }
             }
         }
@@ -1799,11 +1908,15 @@ unsafe fn build_quads__avx2(
     segments: &[(usize, usize)],
     panel: &mut [u8],
 ) {
-    // One instance per segment count, so the blends unroll.
-    match segments.len() {
-        1 => build_quads_n__avx2::<0>(q, planes, segments, panel),
-        2 => build_quads_n__avx2::<1>(q, planes, segments, panel),
-        _ => build_quads_n__avx2::<2>(q, planes, segments, panel),
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        // One instance per segment count, so the blends unroll.
+        match segments.len() {
+            1 => build_quads_n__avx2::<0>(q, planes, segments, panel),
+            2 => build_quads_n__avx2::<1>(q, planes, segments, panel),
+            _ => build_quads_n__avx2::<2>(q, planes, segments, panel),
+        }
     }
 }
 
@@ -1818,38 +1931,42 @@ unsafe fn build_quads_n__avx2<const EXTRA: usize>(
     segments: &[(usize, usize)],
     panel: &mut [u8],
 ) {
-    let lanes = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let mut rest = [(std::ptr::null::<u8>(), _mm_setzero_si128()); EXTRA];
-    for (r, &(base, lane)) in rest.iter_mut().zip(&segments[1..]) {
-        // Lanes at or past the segment's first lane (lane <= 15).
-        *r = (
-            planes.as_ptr().add(base),
-            _mm_cmpgt_epi8(lanes, _mm_set1_epi8(lane as i8 - 1)),
-        );
-    }
-    let base = planes.as_ptr().add(segments[0].0);
-    for ((offs, &xor), dst) in q
-        .offsets
-        .chunks_exact(4)
-        .zip(&q.xor)
-        .zip(panel.chunks_exact_mut(64))
-    {
-        // The 16 positions of a tap zero-extended to words; two taps' words merged by a shift and an or give the
-        // byte pairs (fewer shuffles than byte unpacks, which the shuffle ports bound).
-        let tap = |o: usize| {
-            let mut v = _mm_loadu_si128(base.add(o) as *const __m128i);
-            for &(b, mask) in &rest {
-                v = _mm_blendv_epi8(v, _mm_loadu_si128(b.add(o) as *const __m128i), mask);
-            }
-            _mm256_cvtepu8_epi16(v)
-        };
-        let pair = |a: usize, b: usize| _mm256_or_si256(tap(a), _mm256_slli_epi16::<8>(tap(b)));
-        let (u01, u23) = (pair(offs[0], offs[1]), pair(offs[2], offs[3]));
-        let m = _mm256_set1_epi32(xor);
-        let lo = _mm256_xor_si256(_mm256_unpacklo_epi16(u01, u23), m);
-        let hi = _mm256_xor_si256(_mm256_unpackhi_epi16(u01, u23), m);
-        _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, lo);
-        _mm256_storeu_si256(dst.as_mut_ptr().add(32) as *mut __m256i, hi);
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let lanes = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let mut rest = [(std::ptr::null::<u8>(), _mm_setzero_si128()); EXTRA];
+        for (r, &(base, lane)) in rest.iter_mut().zip(&segments[1..]) {
+            // Lanes at or past the segment's first lane (lane <= 15).
+            *r = (
+                planes.as_ptr().add(base),
+                _mm_cmpgt_epi8(lanes, _mm_set1_epi8(lane as i8 - 1)),
+            );
+        }
+        let base = planes.as_ptr().add(segments[0].0);
+        for ((offs, &xor), dst) in q
+            .offsets
+            .chunks_exact(4)
+            .zip(&q.xor)
+            .zip(panel.chunks_exact_mut(64))
+        {
+            // The 16 positions of a tap zero-extended to words; two taps' words merged by a shift and an or give the
+            // byte pairs (fewer shuffles than byte unpacks, which the shuffle ports bound).
+            let tap = |o: usize| {
+                let mut v = _mm_loadu_si128(base.add(o) as *const __m128i);
+                for &(b, mask) in &rest {
+                    v = _mm_blendv_epi8(v, _mm_loadu_si128(b.add(o) as *const __m128i), mask);
+                }
+                _mm256_cvtepu8_epi16(v)
+            };
+            let pair = |a: usize, b: usize| _mm256_or_si256(tap(a), _mm256_slli_epi16::<8>(tap(b)));
+            let (u01, u23) = (pair(offs[0], offs[1]), pair(offs[2], offs[3]));
+            let m = _mm256_set1_epi32(xor);
+            let lo = _mm256_xor_si256(_mm256_unpacklo_epi16(u01, u23), m);
+            let hi = _mm256_xor_si256(_mm256_unpackhi_epi16(u01, u23), m);
+            _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, lo);
+            _mm256_storeu_si256(dst.as_mut_ptr().add(32) as *mut __m256i, hi);
+        }
     }
 }
 
@@ -1867,34 +1984,40 @@ unsafe fn quad_channels__avx2<const CB: usize>(
     out: *mut i32,
     stride: usize,
 ) {
-    let nq = weights.len() / CB;
-    let ones = _mm256_set1_epi16(1);
-    let mut lo = [_mm256_setzero_si256(); CB];
-    let mut hi = [_mm256_setzero_si256(); CB];
-    for c in 0..CB {
-        lo[c] = _mm256_set1_epi32(bias[c]);
-        hi[c] = lo[c];
-    }
-    for (qi, quad) in panel.chunks_exact(64).take(nq).enumerate() {
-        let a = _mm256_loadu_si256(quad.as_ptr() as *const __m256i);
-        let b = _mm256_loadu_si256(quad.as_ptr().add(32) as *const __m256i);
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let nq = weights.len() / CB;
+        let ones = _mm256_set1_epi16(1);
+        let mut lo = [_mm256_setzero_si256(); CB];
+        let mut hi = [_mm256_setzero_si256(); CB];
         for c in 0..CB {
-            // Exact: the plan makes every pair of effective weights safe, so vpmaddubsw never saturates.
-            let wv = _mm256_set1_epi32(*weights.get_unchecked(c * nq + qi));
-            lo[c] = _mm256_add_epi32(lo[c], _mm256_madd_epi16(_mm256_maddubs_epi16(a, wv), ones));
-            hi[c] = _mm256_add_epi32(hi[c], _mm256_madd_epi16(_mm256_maddubs_epi16(b, wv), ones));
+            lo[c] = _mm256_set1_epi32(bias[c]);
+            hi[c] = lo[c];
         }
-    }
-    for c in 0..CB {
-        let dst = out.add(c * stride);
-        _mm256_storeu_si256(
-            dst as *mut __m256i,
-            _mm256_permute2x128_si256::<0x20>(lo[c], hi[c]),
-        );
-        _mm256_storeu_si256(
-            dst.add(8) as *mut __m256i,
-            _mm256_permute2x128_si256::<0x31>(lo[c], hi[c]),
-        );
+        for (qi, quad) in panel.chunks_exact(64).take(nq).enumerate() {
+            let a = _mm256_loadu_si256(quad.as_ptr() as *const __m256i);
+            let b = _mm256_loadu_si256(quad.as_ptr().add(32) as *const __m256i);
+            for c in 0..CB {
+                // Exact: the plan makes every pair of effective weights safe, so vpmaddubsw never saturates.
+                let wv = _mm256_set1_epi32(*weights.get_unchecked(c * nq + qi));
+                lo[c] =
+                    _mm256_add_epi32(lo[c], _mm256_madd_epi16(_mm256_maddubs_epi16(a, wv), ones));
+                hi[c] =
+                    _mm256_add_epi32(hi[c], _mm256_madd_epi16(_mm256_maddubs_epi16(b, wv), ones));
+            }
+        }
+        for c in 0..CB {
+            let dst = out.add(c * stride);
+            _mm256_storeu_si256(
+                dst as *mut __m256i,
+                _mm256_permute2x128_si256::<0x20>(lo[c], hi[c]),
+            );
+            _mm256_storeu_si256(
+                dst.add(8) as *mut __m256i,
+                _mm256_permute2x128_si256::<0x31>(lo[c], hi[c]),
+            );
+        }
     }
 }
 
@@ -1911,21 +2034,25 @@ pub(crate) fn max_pool_2x2_row(a: &[u8], b: &[u8], out: &mut [u8]) {
 /// AVX2 must be available; `a` and `b` hold at least `2 * out.len()` codes.
 #[target_feature(enable = "avx2")]
 unsafe fn max_pool_2x2_row__avx2(a: &[u8], b: &[u8], out: &mut [u8]) {
-    let n = out.len();
-    let low = _mm256_set1_epi16(0xff);
-    let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: 2i + 32 <= 2n <= a.len(), b.len(); i + 16 <= n = out.len().
-        let va = _mm256_loadu_si256(a.as_ptr().add(2 * i) as *const __m256i);
-        let vb = _mm256_loadu_si256(b.as_ptr().add(2 * i) as *const __m256i);
-        let v = _mm256_max_epu8(va, vb);
-        let m = _mm256_and_si256(_mm256_max_epu8(v, _mm256_srli_epi16::<8>(v)), low);
-        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi16(m, m));
-        _mm_storeu_si128(
-            out.as_mut_ptr().add(i) as *mut __m128i,
-            _mm256_castsi256_si128(packed),
-        );
-        i += 16;
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+    // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+    unsafe {
+        let n = out.len();
+        let low = _mm256_set1_epi16(0xff);
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: 2i + 32 <= 2n <= a.len(), b.len(); i + 16 <= n = out.len().
+            let va = _mm256_loadu_si256(a.as_ptr().add(2 * i) as *const __m256i);
+            let vb = _mm256_loadu_si256(b.as_ptr().add(2 * i) as *const __m256i);
+            let v = _mm256_max_epu8(va, vb);
+            let m = _mm256_and_si256(_mm256_max_epu8(v, _mm256_srli_epi16::<8>(v)), low);
+            let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi16(m, m));
+            _mm_storeu_si128(
+                out.as_mut_ptr().add(i) as *mut __m128i,
+                _mm256_castsi256_si128(packed),
+            );
+            i += 16;
+        }
+        super::conv::max_pool_2x2_row_reference(&a[2 * i..], &b[2 * i..], &mut out[i..]);
     }
-    super::conv::max_pool_2x2_row_reference(&a[2 * i..], &b[2 * i..], &mut out[i..]);
 }

@@ -71,76 +71,82 @@ unsafe fn fill_planes__avx2(
     zero_point_in: u8,
     planes: &mut [i16],
 ) {
-    let (ph, pw, sw, w) = (g.padding.0, g.padding.1, g.stride.1, g.w);
-    let zp = i16::from(zero_point_in);
-    let (zpv, zpv8) = (_mm256_set1_epi16(zp), _mm_set1_epi16(zp));
-    let (low, low8) = (_mm256_set1_epi16(0xff), _mm_set1_epi16(0xff));
-    // Offsets of the first input column of each column phase, without divisions in the row loop: column
-    // `pw + r + k * sw` of padded row `iy` is element `k` past `at(r)` of that row.
-    let (sh, plane) = (g.stride.0, layout.hq * layout.wq);
-    let first: Vec<usize> = (0..sw).map(|r| layout.offset(g, 0, 0, pw + r)).collect();
-    for ic in 0..g.c_in {
-        let (mut row_phase, mut row) = (ph % sh, ph / sh);
-        for y in 0..g.h {
-            let src = &x[(ic * g.h + y) * w..][..w];
-            let row_base = (ic * sh + row_phase) * sw * plane + row * layout.wq;
-            let at = |r: usize| row_base + first[r];
-            row_phase += 1;
-            if row_phase == sh {
-                row_phase = 0;
-                row += 1;
-            }
-            let mut j = 0;
-            match sw {
-                1 => {
-                    let dst = planes[at(0)..][..w].as_mut_ptr();
-                    while j + 16 <= w {
-                        // SAFETY: j + 16 <= w, the length of `src` and of the destination row segment.
-                        let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                            src.as_ptr().add(j) as *const __m128i
-                        ));
-                        _mm256_storeu_si256(dst.add(j) as *mut __m256i, _mm256_sub_epi16(v, zpv));
-                        j += 16;
-                    }
-                    if j + 8 <= w {
-                        // SAFETY: as above, for 8 codes.
-                        let v = _mm_cvtepu8_epi16(_mm_loadl_epi64(
-                            src.as_ptr().add(j) as *const __m128i
-                        ));
-                        _mm_storeu_si128(dst.add(j) as *mut __m128i, _mm_sub_epi16(v, zpv8));
-                        j += 8;
-                    }
+    // SAFETY: the caller upholds this function's `# Safety` contract, which covers every access below.
+    unsafe {
+        let (ph, pw, sw, w) = (g.padding.0, g.padding.1, g.stride.1, g.w);
+        let zp = i16::from(zero_point_in);
+        let (zpv, zpv8) = (_mm256_set1_epi16(zp), _mm_set1_epi16(zp));
+        let (low, low8) = (_mm256_set1_epi16(0xff), _mm_set1_epi16(0xff));
+        // Offsets of the first input column of each column phase, without divisions in the row loop: column
+        // `pw + r + k * sw` of padded row `iy` is element `k` past `at(r)` of that row.
+        let (sh, plane) = (g.stride.0, layout.hq * layout.wq);
+        let first: Vec<usize> = (0..sw).map(|r| layout.offset(g, 0, 0, pw + r)).collect();
+        for ic in 0..g.c_in {
+            let (mut row_phase, mut row) = (ph % sh, ph / sh);
+            for y in 0..g.h {
+                let src = &x[(ic * g.h + y) * w..][..w];
+                let row_base = (ic * sh + row_phase) * sw * plane + row * layout.wq;
+                let at = |r: usize| row_base + first[r];
+                row_phase += 1;
+                if row_phase == sh {
+                    row_phase = 0;
+                    row += 1;
                 }
-                2 => {
-                    // Input column 2t lands at `even + t`, 2t + 1 at `odd + t` (each in its column phase).
-                    let even = planes.as_mut_ptr().add(at(0));
-                    let odd = planes.as_mut_ptr().add(at(1));
-                    while j + 32 <= w {
-                        // SAFETY: 32 codes of `src`; columns pw + j .. pw + j + 32 of the row, 16 in each phase.
-                        let v = _mm256_loadu_si256(src.as_ptr().add(j) as *const __m256i);
-                        let e = _mm256_sub_epi16(_mm256_and_si256(v, low), zpv);
-                        let o = _mm256_sub_epi16(_mm256_srli_epi16::<8>(v), zpv);
-                        _mm256_storeu_si256(even.add(j / 2) as *mut __m256i, e);
-                        _mm256_storeu_si256(odd.add(j / 2) as *mut __m256i, o);
-                        j += 32;
+                let mut j = 0;
+                match sw {
+                    1 => {
+                        let dst = planes[at(0)..][..w].as_mut_ptr();
+                        while j + 16 <= w {
+                            // SAFETY: j + 16 <= w, the length of `src` and of the destination row segment.
+                            let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                                src.as_ptr().add(j) as *const __m128i
+                            ));
+                            _mm256_storeu_si256(
+                                dst.add(j) as *mut __m256i,
+                                _mm256_sub_epi16(v, zpv),
+                            );
+                            j += 16;
+                        }
+                        if j + 8 <= w {
+                            // SAFETY: as above, for 8 codes.
+                            let v = _mm_cvtepu8_epi16(_mm_loadl_epi64(
+                                src.as_ptr().add(j) as *const __m128i
+                            ));
+                            _mm_storeu_si128(dst.add(j) as *mut __m128i, _mm_sub_epi16(v, zpv8));
+                            j += 8;
+                        }
                     }
-                    if j + 16 <= w {
-                        // SAFETY: as above, for 16 codes.
-                        let v = _mm_loadu_si128(src.as_ptr().add(j) as *const __m128i);
-                        let e = _mm_sub_epi16(_mm_and_si128(v, low8), zpv8);
-                        let o = _mm_sub_epi16(_mm_srli_epi16::<8>(v), zpv8);
-                        _mm_storeu_si128(even.add(j / 2) as *mut __m128i, e);
-                        _mm_storeu_si128(odd.add(j / 2) as *mut __m128i, o);
-                        j += 16;
+                    2 => {
+                        // Input column 2t lands at `even + t`, 2t + 1 at `odd + t` (each in its column phase).
+                        let even = planes.as_mut_ptr().add(at(0));
+                        let odd = planes.as_mut_ptr().add(at(1));
+                        while j + 32 <= w {
+                            // SAFETY: 32 codes of `src`; columns pw + j .. pw + j + 32 of the row, 16 in each phase.
+                            let v = _mm256_loadu_si256(src.as_ptr().add(j) as *const __m256i);
+                            let e = _mm256_sub_epi16(_mm256_and_si256(v, low), zpv);
+                            let o = _mm256_sub_epi16(_mm256_srli_epi16::<8>(v), zpv);
+                            _mm256_storeu_si256(even.add(j / 2) as *mut __m256i, e);
+                            _mm256_storeu_si256(odd.add(j / 2) as *mut __m256i, o);
+                            j += 32;
+                        }
+                        if j + 16 <= w {
+                            // SAFETY: as above, for 16 codes.
+                            let v = _mm_loadu_si128(src.as_ptr().add(j) as *const __m128i);
+                            let e = _mm_sub_epi16(_mm_and_si128(v, low8), zpv8);
+                            let o = _mm_sub_epi16(_mm_srli_epi16::<8>(v), zpv8);
+                            _mm_storeu_si128(even.add(j / 2) as *mut __m128i, e);
+                            _mm_storeu_si128(odd.add(j / 2) as *mut __m128i, o);
+                            j += 16;
+                        }
                     }
+                    _ => {}
                 }
-                _ => {}
-            }
-            // Columns j.. (j a multiple of sw): those of one phase are consecutive elements.
-            for r in 0..sw.min(w - j) {
-                let base = at(r) + j / sw;
-                for (k, &v) in src[j + r..].iter().step_by(sw).enumerate() {
-                    planes[base + k] = i16::from(v) - zp;
+                // Columns j.. (j a multiple of sw): those of one phase are consecutive elements.
+                for r in 0..sw.min(w - j) {
+                    let base = at(r) + j / sw;
+                    for (k, &v) in src[j + r..].iter().step_by(sw).enumerate() {
+                        planes[base + k] = i16::from(v) - zp;
+                    }
                 }
             }
         }
@@ -162,18 +168,21 @@ unsafe fn block16__avx2(
     ws: &[i32],
     bias: __m256i,
 ) -> [__m256i; 2] {
-    let (mut lo, mut hi) = (bias, bias);
-    for (o, &wpair) in offs.iter().zip(ws) {
-        let a0 = _mm256_loadu_si256(p.add(o[0]) as *const __m256i);
-        let a1 = _mm256_loadu_si256(p.add(o[1]) as *const __m256i);
-        let wv = _mm256_set1_epi32(wpair);
-        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a0, a1), wv));
-        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a0, a1), wv));
+    // SAFETY: the caller upholds this function's `# Safety` contract, which covers every access below.
+    unsafe {
+        let (mut lo, mut hi) = (bias, bias);
+        for (o, &wpair) in offs.iter().zip(ws) {
+            let a0 = _mm256_loadu_si256(p.add(o[0]) as *const __m256i);
+            let a1 = _mm256_loadu_si256(p.add(o[1]) as *const __m256i);
+            let wv = _mm256_set1_epi32(wpair);
+            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a0, a1), wv));
+            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a0, a1), wv));
+        }
+        [
+            _mm256_permute2x128_si256::<0x20>(lo, hi),
+            _mm256_permute2x128_si256::<0x31>(lo, hi),
+        ]
     }
-    [
-        _mm256_permute2x128_si256::<0x20>(lo, hi),
-        _mm256_permute2x128_si256::<0x31>(lo, hi),
-    ]
 }
 
 /// Every output channel, in blocks of 16 outputs ([`block16__avx2`]): 16 columns of a row at a time, or on the wide
@@ -197,48 +206,51 @@ unsafe fn grouped_conv_acc__avx2(
     bias: &[i32],
     out: &mut [i32],
 ) {
-    let (oh, ow) = (g.oh(), g.ow());
-    let ppc = pairs.pairs_per_channel;
-    let wq = pairs.planes.wq;
-    let mut wide = vec![
-        0i32;
-        if pairs.planes.wide {
-            (oh * wq).div_ceil(16) * 16
-        } else {
-            16
-        }
-    ];
-    for (oc, &bias_c) in bias.iter().enumerate() {
-        let offs = &pairs.offsets[oc * ppc..][..ppc];
-        let ws = &pairs.weights[oc * ppc..][..ppc];
-        let b = _mm256_set1_epi32(bias_c);
-        let oplane = &mut out[oc * oh * ow..][..oh * ow];
-        if pairs.planes.wide {
-            for (k, chunk) in wide.chunks_exact_mut(16).enumerate() {
-                // SAFETY: reads as the doc above bounds them; the chunk holds 16 i32.
-                let [first, second] = block16__avx2(planes.as_ptr().add(16 * k), offs, ws, b);
-                _mm256_storeu_si256(chunk.as_mut_ptr() as *mut __m256i, first);
-                _mm256_storeu_si256(chunk.as_mut_ptr().add(8) as *mut __m256i, second);
+    // SAFETY: the caller upholds this function's `# Safety` contract, which covers every access below.
+    unsafe {
+        let (oh, ow) = (g.oh(), g.ow());
+        let ppc = pairs.pairs_per_channel;
+        let wq = pairs.planes.wq;
+        let mut wide = vec![
+            0i32;
+            if pairs.planes.wide {
+                (oh * wq).div_ceil(16) * 16
+            } else {
+                16
+            }
+        ];
+        for (oc, &bias_c) in bias.iter().enumerate() {
+            let offs = &pairs.offsets[oc * ppc..][..ppc];
+            let ws = &pairs.weights[oc * ppc..][..ppc];
+            let b = _mm256_set1_epi32(bias_c);
+            let oplane = &mut out[oc * oh * ow..][..oh * ow];
+            if pairs.planes.wide {
+                for (k, chunk) in wide.chunks_exact_mut(16).enumerate() {
+                    // SAFETY: reads as the doc above bounds them; the chunk holds 16 i32.
+                    let [first, second] = block16__avx2(planes.as_ptr().add(16 * k), offs, ws, b);
+                    _mm256_storeu_si256(chunk.as_mut_ptr() as *mut __m256i, first);
+                    _mm256_storeu_si256(chunk.as_mut_ptr().add(8) as *mut __m256i, second);
+                }
+                for (oy, orow) in oplane.chunks_exact_mut(ow).enumerate() {
+                    orow.copy_from_slice(&wide[oy * wq..][..ow]);
+                }
+                continue;
             }
             for (oy, orow) in oplane.chunks_exact_mut(ow).enumerate() {
-                orow.copy_from_slice(&wide[oy * wq..][..ow]);
-            }
-            continue;
-        }
-        for (oy, orow) in oplane.chunks_exact_mut(ow).enumerate() {
-            for ox0 in (0..ow).step_by(16) {
-                // SAFETY: reads as the doc above bounds them.
-                let [first, second] =
-                    block16__avx2(planes.as_ptr().add(oy * wq + ox0), offs, ws, b);
-                let lanes = (ow - ox0).min(16);
-                if lanes == 16 {
-                    // SAFETY: ox0 + 16 <= ow, the row's length.
-                    _mm256_storeu_si256(orow.as_mut_ptr().add(ox0) as *mut __m256i, first);
-                    _mm256_storeu_si256(orow.as_mut_ptr().add(ox0 + 8) as *mut __m256i, second);
-                } else {
-                    _mm256_storeu_si256(wide.as_mut_ptr() as *mut __m256i, first);
-                    _mm256_storeu_si256(wide.as_mut_ptr().add(8) as *mut __m256i, second);
-                    orow[ox0..].copy_from_slice(&wide[..lanes]);
+                for ox0 in (0..ow).step_by(16) {
+                    // SAFETY: reads as the doc above bounds them.
+                    let [first, second] =
+                        block16__avx2(planes.as_ptr().add(oy * wq + ox0), offs, ws, b);
+                    let lanes = (ow - ox0).min(16);
+                    if lanes == 16 {
+                        // SAFETY: ox0 + 16 <= ow, the row's length.
+                        _mm256_storeu_si256(orow.as_mut_ptr().add(ox0) as *mut __m256i, first);
+                        _mm256_storeu_si256(orow.as_mut_ptr().add(ox0 + 8) as *mut __m256i, second);
+                    } else {
+                        _mm256_storeu_si256(wide.as_mut_ptr() as *mut __m256i, first);
+                        _mm256_storeu_si256(wide.as_mut_ptr().add(8) as *mut __m256i, second);
+                        orow[ox0..].copy_from_slice(&wide[..lanes]);
+                    }
                 }
             }
         }

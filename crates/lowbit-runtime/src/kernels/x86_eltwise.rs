@@ -50,6 +50,9 @@ struct FixedPoint16 {
 
 impl FixedPoint16 {
     /// `(m_a, m_b)` in `[0, 32767]`, `shift` in `0..=30`, zero point and bounds in `0..=255` (all validated).
+    ///
+    /// # Safety
+    /// AVX2 must be available (the intrinsics read no memory).
     #[target_feature(enable = "avx2")]
     unsafe fn new(m_a: i32, m_b: i32, shift: u32, zero_point: i32, qmin: i32, qmax: i32) -> Self {
         let round = if shift == 0 { 0 } else { 1i32 << (shift - 1) };
@@ -66,6 +69,9 @@ impl FixedPoint16 {
     /// For 16 code differences `da`, `db` (i16 in `[-255, 255]`, element order 0..16): `zp + rshift_round(da * m_a
     /// + db * m_b, shift)` as 16 saturated i16 in element order. The i32 sums are below `2^24 + 2^29` in magnitude
     /// (module doc of `eltwise`), so nothing wraps.
+    ///
+    /// # Safety
+    /// AVX2 must be available (register arithmetic only).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn half(&self, da: __m256i, db: __m256i) -> __m256i {
@@ -83,6 +89,9 @@ impl FixedPoint16 {
 
     /// 32 codes from two [`FixedPoint16::half`] results (elements 0..16 and 16..32): saturate to `[0, 255]`,
     /// restore the element order across lanes, clamp to `[qmin, qmax]`.
+    ///
+    /// # Safety
+    /// AVX2 must be available (register arithmetic only).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn codes(&self, r0: __m256i, r1: __m256i) -> __m256i {
@@ -92,6 +101,9 @@ impl FixedPoint16 {
 }
 
 /// Zero-extends the low (`HIGH == 0`) or high 16 codes of `v` to i16 and subtracts `zp`.
+///
+/// # Safety
+/// AVX2 must be available (register arithmetic only).
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn diff16<const HIGH: i32>(v: __m256i, zp: __m256i) -> __m256i {
@@ -107,29 +119,32 @@ unsafe fn diff16<const HIGH: i32>(v: __m256i, zp: __m256i) -> __m256i {
 /// AVX2 must be available; `a`, `b` and `out` have equal lengths; `q` passed `AddQuant::validate`.
 #[target_feature(enable = "avx2")]
 unsafe fn add_u8__avx2(a: &[u8], b: &[u8], q: &AddQuant, out: &mut [u8]) {
-    let n = out.len();
-    let p = q.params;
-    let stage = FixedPoint16::new(
-        p.multiplier_a,
-        p.multiplier_b,
-        p.shift,
-        q.zero_point_out,
-        q.qmin,
-        q.qmax,
-    );
-    let zpa = _mm256_set1_epi16(q.zero_point_a as i16);
-    let zpb = _mm256_set1_epi16(q.zero_point_b as i16);
-    let mut i = 0;
-    while i + 32 <= n {
-        // SAFETY: i + 32 <= n, the length of all three slices.
-        let va = _mm256_loadu_si256(a.as_ptr().add(i) as *const __m256i);
-        let vb = _mm256_loadu_si256(b.as_ptr().add(i) as *const __m256i);
-        let r0 = stage.half(diff16::<0>(va, zpa), diff16::<0>(vb, zpb));
-        let r1 = stage.half(diff16::<1>(va, zpa), diff16::<1>(vb, zpb));
-        _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, stage.codes(r0, r1));
-        i += 32;
+    // SAFETY: the caller upholds this function's `# Safety` contract, which covers every access below.
+    unsafe {
+        let n = out.len();
+        let p = q.params;
+        let stage = FixedPoint16::new(
+            p.multiplier_a,
+            p.multiplier_b,
+            p.shift,
+            q.zero_point_out,
+            q.qmin,
+            q.qmax,
+        );
+        let zpa = _mm256_set1_epi16(q.zero_point_a as i16);
+        let zpb = _mm256_set1_epi16(q.zero_point_b as i16);
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n, the length of all three slices.
+            let va = _mm256_loadu_si256(a.as_ptr().add(i) as *const __m256i);
+            let vb = _mm256_loadu_si256(b.as_ptr().add(i) as *const __m256i);
+            let r0 = stage.half(diff16::<0>(va, zpa), diff16::<0>(vb, zpb));
+            let r1 = stage.half(diff16::<1>(va, zpa), diff16::<1>(vb, zpb));
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, stage.codes(r0, r1));
+            i += 32;
+        }
+        reference::add_u8(&a[i..], &b[i..], q, &mut out[i..]);
     }
-    reference::add_u8(&a[i..], &b[i..], q, &mut out[i..]);
 }
 
 /// Rescale, 32 codes per step: Add's stage with each difference paired with 0 and `m_b = 0`.
@@ -138,21 +153,24 @@ unsafe fn add_u8__avx2(a: &[u8], b: &[u8], q: &AddQuant, out: &mut [u8]) {
 /// AVX2 must be available; `x` and `out` have equal lengths; `q` passed `RescaleQuant::validate`.
 #[target_feature(enable = "avx2")]
 unsafe fn rescale_u8__avx2(x: &[u8], q: &RescaleQuant, out: &mut [u8]) {
-    let n = out.len();
-    let p = q.params;
-    let stage = FixedPoint16::new(p.multiplier, 0, p.shift, q.zero_point_out, q.qmin, q.qmax);
-    let zp = _mm256_set1_epi16(q.zero_point_in as i16);
-    let zero = _mm256_setzero_si256();
-    let mut i = 0;
-    while i + 32 <= n {
-        // SAFETY: i + 32 <= n, the length of both slices.
-        let v = _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i);
-        let r0 = stage.half(diff16::<0>(v, zp), zero);
-        let r1 = stage.half(diff16::<1>(v, zp), zero);
-        _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, stage.codes(r0, r1));
-        i += 32;
+    // SAFETY: the caller upholds this function's `# Safety` contract, which covers every access below.
+    unsafe {
+        let n = out.len();
+        let p = q.params;
+        let stage = FixedPoint16::new(p.multiplier, 0, p.shift, q.zero_point_out, q.qmin, q.qmax);
+        let zp = _mm256_set1_epi16(q.zero_point_in as i16);
+        let zero = _mm256_setzero_si256();
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n, the length of both slices.
+            let v = _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i);
+            let r0 = stage.half(diff16::<0>(v, zp), zero);
+            let r1 = stage.half(diff16::<1>(v, zp), zero);
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, stage.codes(r0, r1));
+            i += 32;
+        }
+        reference::rescale_u8(&x[i..], q, &mut out[i..]);
     }
-    reference::rescale_u8(&x[i..], q, &mut out[i..]);
 }
 
 /// Table lookup, 32 codes per step: the 16 sub-tables `table[16j..16j + 16]` (broadcast to both lanes) are looked
@@ -168,41 +186,44 @@ unsafe fn rescale_u8__avx2(x: &[u8], q: &RescaleQuant, out: &mut [u8]) {
 /// or do not overlap.
 #[target_feature(enable = "avx2")]
 unsafe fn lut_u8__avx2(table: &[u8; 256], src: *const u8, dst: *mut u8, n: usize) {
-    let mut sub = [_mm256_setzero_si256(); 16];
-    for (j, s) in sub.iter_mut().enumerate() {
-        *s = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-            table.as_ptr().add(16 * j) as *const __m128i
-        ));
-    }
-    let low = _mm256_set1_epi8(0x0f);
-    let mut i = 0;
-    while i + 32 <= n {
-        // SAFETY: i + 32 <= n; the block is loaded before it is stored, so src == dst is fine.
-        let x = _mm256_loadu_si256(src.add(i) as *const __m256i);
-        let idx = _mm256_and_si256(x, low);
-        let mut v = [_mm256_setzero_si256(); 16];
-        for (vj, s) in v.iter_mut().zip(&sub) {
-            *vj = _mm256_shuffle_epi8(*s, idx);
+    // SAFETY: the caller upholds this function's `# Safety` contract, which covers every access below.
+    unsafe {
+        let mut sub = [_mm256_setzero_si256(); 16];
+        for (j, s) in sub.iter_mut().enumerate() {
+            *s = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                table.as_ptr().add(16 * j) as *const __m128i
+            ));
         }
-        let m4 = _mm256_slli_epi16::<3>(x);
-        let mut w = [_mm256_setzero_si256(); 8];
-        for (j, wj) in w.iter_mut().enumerate() {
-            *wj = _mm256_blendv_epi8(v[2 * j], v[2 * j + 1], m4);
+        let low = _mm256_set1_epi8(0x0f);
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n; the block is loaded before it is stored, so src == dst is fine.
+            let x = _mm256_loadu_si256(src.add(i) as *const __m256i);
+            let idx = _mm256_and_si256(x, low);
+            let mut v = [_mm256_setzero_si256(); 16];
+            for (vj, s) in v.iter_mut().zip(&sub) {
+                *vj = _mm256_shuffle_epi8(*s, idx);
+            }
+            let m4 = _mm256_slli_epi16::<3>(x);
+            let mut w = [_mm256_setzero_si256(); 8];
+            for (j, wj) in w.iter_mut().enumerate() {
+                *wj = _mm256_blendv_epi8(v[2 * j], v[2 * j + 1], m4);
+            }
+            let m5 = _mm256_slli_epi16::<2>(x);
+            let mut u = [_mm256_setzero_si256(); 4];
+            for (j, uj) in u.iter_mut().enumerate() {
+                *uj = _mm256_blendv_epi8(w[2 * j], w[2 * j + 1], m5);
+            }
+            let m6 = _mm256_slli_epi16::<1>(x);
+            let s0 = _mm256_blendv_epi8(u[0], u[1], m6);
+            let s1 = _mm256_blendv_epi8(u[2], u[3], m6);
+            _mm256_storeu_si256(dst.add(i) as *mut __m256i, _mm256_blendv_epi8(s0, s1, x));
+            i += 32;
         }
-        let m5 = _mm256_slli_epi16::<2>(x);
-        let mut u = [_mm256_setzero_si256(); 4];
-        for (j, uj) in u.iter_mut().enumerate() {
-            *uj = _mm256_blendv_epi8(w[2 * j], w[2 * j + 1], m5);
+        while i < n {
+            // SAFETY: i < n.
+            *dst.add(i) = table[*src.add(i) as usize];
+            i += 1;
         }
-        let m6 = _mm256_slli_epi16::<1>(x);
-        let s0 = _mm256_blendv_epi8(u[0], u[1], m6);
-        let s1 = _mm256_blendv_epi8(u[2], u[3], m6);
-        _mm256_storeu_si256(dst.add(i) as *mut __m256i, _mm256_blendv_epi8(s0, s1, x));
-        i += 32;
-    }
-    while i < n {
-        // SAFETY: i < n.
-        *dst.add(i) = table[*src.add(i) as usize];
-        i += 1;
     }
 }

@@ -33,29 +33,32 @@ static TAIL_MASK: [u8; 64] = {
 /// AVX2 must be available; `start + n <= x.len()`.
 #[target_feature(enable = "avx2")]
 unsafe fn plane_sum__avx2(x: &[u8], start: usize, n: usize) -> u64 {
-    let zero = _mm256_setzero_si256();
-    let mut acc = zero;
-    let end = start + n;
-    let mut i = start;
-    while i + 32 <= end {
-        // SAFETY: i + 32 <= end <= x.len().
-        let v = _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i);
-        acc = _mm256_add_epi64(acc, _mm256_sad_epu8(v, zero));
-        i += 32;
+    // SAFETY: the caller upholds this function's `# Safety` contract, which covers every access below.
+    unsafe {
+        let zero = _mm256_setzero_si256();
+        let mut acc = zero;
+        let end = start + n;
+        let mut i = start;
+        while i + 32 <= end {
+            // SAFETY: i + 32 <= end <= x.len().
+            let v = _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i);
+            acc = _mm256_add_epi64(acc, _mm256_sad_epu8(v, zero));
+            i += 32;
+        }
+        let t = end - i;
+        let mut rest = 0u64;
+        if t > 0 && end >= 32 {
+            // SAFETY: end - 32 >= 0 and end <= x.len(); TAIL_MASK[t..t + 32] is in bounds for t < 32.
+            let v = _mm256_loadu_si256(x.as_ptr().add(end - 32) as *const __m256i);
+            let mask = _mm256_loadu_si256(TAIL_MASK.as_ptr().add(t) as *const __m256i);
+            acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_and_si256(v, mask), zero));
+        } else {
+            rest = x[i..end].iter().map(|&v| u64::from(v)).sum();
+        }
+        let mut lanes = [0u64; 4];
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc);
+        lanes.iter().sum::<u64>() + rest
     }
-    let t = end - i;
-    let mut rest = 0u64;
-    if t > 0 && end >= 32 {
-        // SAFETY: end - 32 >= 0 and end <= x.len(); TAIL_MASK[t..t + 32] is in bounds for t < 32.
-        let v = _mm256_loadu_si256(x.as_ptr().add(end - 32) as *const __m256i);
-        let mask = _mm256_loadu_si256(TAIL_MASK.as_ptr().add(t) as *const __m256i);
-        acc = _mm256_add_epi64(acc, _mm256_sad_epu8(_mm256_and_si256(v, mask), zero));
-    } else {
-        rest = x[i..end].iter().map(|&v| u64::from(v)).sum();
-    }
-    let mut lanes = [0u64; 4];
-    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc);
-    lanes.iter().sum::<u64>() + rest
 }
 
 /// Dispatch target of `pool::max_pool_u8_with` on the AVX2 tiers (geometry validated, lengths checked).
@@ -100,22 +103,25 @@ pub(crate) fn max_pool_u8(x: &[u8], planes: usize, g: &PoolGeometry, out: &mut [
 /// AVX2 must be available; rows `lo..hi` of `w` codes lie in `plane`; `dst` holds `w` codes.
 #[target_feature(enable = "avx2")]
 unsafe fn vertical_max__avx2(plane: &[u8], w: usize, lo: usize, hi: usize, dst: &mut [u8]) {
-    dst.copy_from_slice(&plane[lo * w..][..w]);
-    for y in lo + 1..hi {
-        let src = &plane[y * w..][..w];
-        let mut j = 0;
-        while j + 32 <= w {
-            // SAFETY: j + 32 <= w, the length of `src` and `dst`.
-            let a = _mm256_loadu_si256(src.as_ptr().add(j) as *const __m256i);
-            let d = _mm256_loadu_si256(dst.as_ptr().add(j) as *const __m256i);
-            _mm256_storeu_si256(
-                dst.as_mut_ptr().add(j) as *mut __m256i,
-                _mm256_max_epu8(a, d),
-            );
-            j += 32;
-        }
-        for (d, &s) in dst[j..].iter_mut().zip(&src[j..]) {
-            *d = (*d).max(s);
+    // SAFETY: the caller upholds this function's `# Safety` contract, which covers every access below.
+    unsafe {
+        dst.copy_from_slice(&plane[lo * w..][..w]);
+        for y in lo + 1..hi {
+            let src = &plane[y * w..][..w];
+            let mut j = 0;
+            while j + 32 <= w {
+                // SAFETY: j + 32 <= w, the length of `src` and `dst`.
+                let a = _mm256_loadu_si256(src.as_ptr().add(j) as *const __m256i);
+                let d = _mm256_loadu_si256(dst.as_ptr().add(j) as *const __m256i);
+                _mm256_storeu_si256(
+                    dst.as_mut_ptr().add(j) as *mut __m256i,
+                    _mm256_max_epu8(a, d),
+                );
+                j += 32;
+            }
+            for (d, &s) in dst[j..].iter_mut().zip(&src[j..]) {
+                *d = (*d).max(s);
+            }
         }
     }
 }
@@ -126,16 +132,19 @@ unsafe fn vertical_max__avx2(plane: &[u8], w: usize, lo: usize, hi: usize, dst: 
 /// AVX2 must be available; `row.len() >= maxima.len() + kw - 1`; `maxima.len()` is a multiple of 32.
 #[target_feature(enable = "avx2")]
 unsafe fn horizontal_max__avx2(row: &[u8], kw: usize, maxima: &mut [u8]) {
-    for j in (0..maxima.len()).step_by(32) {
-        // SAFETY: j + kx + 32 <= maxima.len() + kw - 1 <= row.len().
-        let mut m = _mm256_loadu_si256(row.as_ptr().add(j) as *const __m256i);
-        for kx in 1..kw {
-            m = _mm256_max_epu8(
-                m,
-                _mm256_loadu_si256(row.as_ptr().add(j + kx) as *const __m256i),
-            );
+    // SAFETY: the caller upholds this function's `# Safety` contract, which covers every access below.
+    unsafe {
+        for j in (0..maxima.len()).step_by(32) {
+            // SAFETY: j + kx + 32 <= maxima.len() + kw - 1 <= row.len().
+            let mut m = _mm256_loadu_si256(row.as_ptr().add(j) as *const __m256i);
+            for kx in 1..kw {
+                m = _mm256_max_epu8(
+                    m,
+                    _mm256_loadu_si256(row.as_ptr().add(j + kx) as *const __m256i),
+                );
+            }
+            _mm256_storeu_si256(maxima.as_mut_ptr().add(j) as *mut __m256i, m);
         }
-        _mm256_storeu_si256(maxima.as_mut_ptr().add(j) as *mut __m256i, m);
     }
 }
 
@@ -145,22 +154,25 @@ unsafe fn horizontal_max__avx2(row: &[u8], kw: usize, maxima: &mut [u8]) {
 /// AVX2 must be available; `src.len() >= 2 * dst.len() - 1`.
 #[target_feature(enable = "avx2")]
 unsafe fn even_bytes__avx2(src: &[u8], dst: &mut [u8]) {
-    let low = _mm256_set1_epi16(0xff);
-    let mut i = 0;
-    while i + 16 <= dst.len() && 2 * i + 32 <= src.len() {
-        // SAFETY: 2i + 32 <= src.len(), i + 16 <= dst.len().
-        let v = _mm256_and_si256(
-            _mm256_loadu_si256(src.as_ptr().add(2 * i) as *const __m256i),
-            low,
-        );
-        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi16(v, v));
-        _mm_storeu_si128(
-            dst.as_mut_ptr().add(i) as *mut __m128i,
-            _mm256_castsi256_si128(packed),
-        );
-        i += 16;
-    }
-    for (j, d) in dst.iter_mut().enumerate().skip(i) {
-        *d = src[2 * j];
+    // SAFETY: the caller upholds this function's `# Safety` contract, which covers every access below.
+    unsafe {
+        let low = _mm256_set1_epi16(0xff);
+        let mut i = 0;
+        while i + 16 <= dst.len() && 2 * i + 32 <= src.len() {
+            // SAFETY: 2i + 32 <= src.len(), i + 16 <= dst.len().
+            let v = _mm256_and_si256(
+                _mm256_loadu_si256(src.as_ptr().add(2 * i) as *const __m256i),
+                low,
+            );
+            let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi16(v, v));
+            _mm_storeu_si128(
+                dst.as_mut_ptr().add(i) as *mut __m128i,
+                _mm256_castsi256_si128(packed),
+            );
+            i += 16;
+        }
+        for (j, d) in dst.iter_mut().enumerate().skip(i) {
+            *d = src[2 * j];
+        }
     }
 }

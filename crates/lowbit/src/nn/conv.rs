@@ -17,7 +17,9 @@
 //! lines because the dense paths (im2col and implicit), their backward and the geometry helpers share private
 //! buffers and are read together.
 use super::activation::reshape_buffer;
-use super::kernels::{gemm_abt_batched, gemm_abt_batched_rows, gemm_atb, gemm_atb_rows, isa, Isa};
+use super::kernels::{gemm_abt_batched, gemm_abt_batched_rows, gemm_atb, gemm_atb_rows};
+#[cfg(target_arch = "x86_64")]
+use super::kernels::{isa, Isa};
 use super::Param;
 use crate::error::{Error, Result};
 use crate::quant::WeightQuantizer;
@@ -210,7 +212,7 @@ fn add_short(dst: &mut [f32], src: &[f32]) {
 /// `dx[offsets[k]..][..n] += rows[k]` for each row of `rows[K, n]`, k ascending.
 fn add_wide_rows(rows: &[f32], n: usize, offsets: &[usize], dx: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx2Fma {
+    if isa() == Isa::Avx2 {
         // SAFETY: isa() reports AVX2 only when the CPU has it; the body is safe code.
         return unsafe { add_wide_rows__avx2(rows, n, offsets, dx) };
     }
@@ -218,6 +220,9 @@ fn add_wide_rows(rows: &[f32], n: usize, offsets: &[usize], dx: &mut [f32]) {
 }
 
 /// [`add_wide_rows`] compiled for AVX2 (8-float adds; the same adds, so the same results).
+///
+/// # Safety
+/// The CPU must support AVX2 (the body is safe code).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(non_snake_case)]
@@ -255,7 +260,7 @@ impl Geometry {
     /// `pad` is that scratch, [`Geometry::padded_len`] elements (any contents; empty when there is no padding).
     fn im2col(&self, x: &[f32], col: &mut [f32], pad: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if isa() == Isa::Avx2Fma {
+        if isa() == Isa::Avx2 {
             // SAFETY: isa() reports AVX2 only when the CPU has it; the body is safe code.
             return unsafe { self.im2col__avx2(x, col, pad) };
         }
@@ -264,6 +269,9 @@ impl Geometry {
 
     /// [`Geometry::im2col`] compiled for AVX2: the short row copies move 8 floats at a time instead of 4 (the
     /// crate's baseline is SSE2). Same results: only copies.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 (the body is safe code).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     #[allow(non_snake_case)]
@@ -380,7 +388,7 @@ impl Geometry {
     /// Adds one sample's `dcol[K, P]` back into `dx[C, H, W]`.
     fn col2im(&self, dcol: &[f32], dx: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if isa() == Isa::Avx2Fma {
+        if isa() == Isa::Avx2 {
             // SAFETY: isa() reports AVX2 only when the CPU has it; the body is safe code.
             return unsafe { self.col2im__avx2(dcol, dx) };
         }
@@ -389,6 +397,9 @@ impl Geometry {
 
     /// [`Geometry::col2im`] compiled for AVX2 (8-float adds). The same adds in the same order as the portable
     /// code (no FMA contraction in Rust), so the same results.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 (the body is safe code).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     #[allow(non_snake_case)]

@@ -15,32 +15,16 @@
 //! 43-53 us vs 37 us here. Neither kernel packs: the rows they read are contiguous already.
 //!
 //! Results differ from the reference only in summation order (f32); both are deterministic for a given ISA.
-//! `LOWBIT_ISA=reference` forces the portable path.
+//! The tier is [`crate::kernel_tiers::Family::TrainGemm`]'s: `avx2` (AVX2 + FMA) unless `LOWBIT_ISA=reference`
+//! or the CPU lacks it.
 use super::gemm::MatRef;
-use std::sync::OnceLock;
+use crate::kernel_tiers::Family;
+pub use lowbit_runtime::isa::Isa;
 
-/// Which implementation [`gemm_abt`] and [`gemm_atb`] use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// Portable path (matrixmultiply for the products).
-    Reference,
-    /// AVX2 + FMA kernels (x86-64).
-    Avx2Fma,
-}
-
-/// The ISA chosen once per process: the best the CPU supports, capped by `LOWBIT_ISA=reference`.
+/// The tier [`gemm_abt`], [`gemm_atb`] and the other training kernels run: [`Isa::Avx2`] (AVX2 + FMA kernels) or
+/// [`Isa::Reference`] (portable), chosen once per process.
 pub fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        if std::env::var("LOWBIT_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("reference")) {
-            return Isa::Reference;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Isa::Avx2Fma;
-        }
-        Isa::Reference
-    })
+    Family::TrainGemm.tier()
 }
 
 fn check(what: &str, a_len: usize, b_len: usize, c_len: usize, need: [usize; 3]) {
@@ -66,8 +50,8 @@ pub fn gemm_abt(
     check("gemm_abt", a.len(), b.len(), c.len(), [m * k, n * k, m * n]);
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() returns Avx2Fma only when the CPU has AVX2 and FMA; lengths were checked above.
-        Isa::Avx2Fma => unsafe { avx2::gemm_abt__avx2_fma(m, k, n, a, b, c, accumulate) },
+        // SAFETY: isa() returns Avx2 only when the CPU has AVX2 and FMA; lengths were checked above.
+        Isa::Avx2 => unsafe { avx2::gemm_abt__avx2_fma(m, k, n, a, b, c, accumulate) },
         _ => {
             use super::gemm::sgemm;
             let beta = if accumulate { 1.0 } else { 0.0 };
@@ -98,7 +82,7 @@ pub fn gemm_atb(kk: usize, m: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f3
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in gemm_abt.
-        Isa::Avx2Fma => unsafe { avx2::gemm_atb__avx2_fma(kk, m, n, a, b, c) },
+        Isa::Avx2 => unsafe { avx2::gemm_atb__avx2_fma(kk, m, n, a, b, c) },
         _ => {
             use super::gemm::sgemm;
             sgemm(
@@ -146,7 +130,7 @@ pub fn gemm_nn_strided(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize) 
     );
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => {
+        Isa::Avx2 => {
             let st = avx2::NnStrides {
                 a_rs: a.row_stride,
                 a_cs: a.col_stride,
@@ -202,8 +186,8 @@ pub fn gemm_abt_batched(
     );
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() returns Avx2Fma only when the CPU has AVX2 and FMA; lengths were checked above.
-        Isa::Avx2Fma => unsafe {
+        // SAFETY: isa() returns Avx2 only when the CPU has AVX2 and FMA; lengths were checked above.
+        Isa::Avx2 => unsafe {
             avx2::gemm_abt_batched__avx2_fma(batch, m, k, n, a, b, c, accumulate)
         },
         _ => reference::gemm_abt_batched(batch, m, k, n, a, b, c, accumulate),
@@ -242,7 +226,7 @@ pub fn gemm_atb_rows(
     }
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => {
+        Isa::Avx2 => {
             let st = avx2::NnStrides {
                 a_rs: 1,
                 a_cs: m,
@@ -300,8 +284,8 @@ pub fn gemm_abt_batched_rows(
     );
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() returns Avx2Fma only when the CPU has AVX2 and FMA; bounds were checked above.
-        Isa::Avx2Fma => unsafe {
+        // SAFETY: isa() returns Avx2 only when the CPU has AVX2 and FMA; bounds were checked above.
+        Isa::Avx2 => unsafe {
             avx2::gemm_abt_batched_rows__avx2_fma(batch, m, k, n, a, a_bs, b, b_bs, b_off, c)
         },
         _ => reference::gemm_abt_batched_rows(batch, m, k, n, a, a_bs, b, b_bs, b_off, c),
@@ -411,6 +395,8 @@ pub mod reference {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -423,6 +409,10 @@ mod avx2 {
     /// One MR x NR tile of `C (+)= A B^T`: `a` = row i0 of A, `b` = row j0 of B (both stride k), `c` = &C[i0, j0].
     ///
     /// Registers: MR * NR accumulators + NR B vectors + 1 A vector <= 16 for MR = 4, NR = 3.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `a` is readable for `MR` rows and `b` for `NR` rows of `k` floats
+    /// (stride `k`); `c` is readable and writable for `MR` rows of `NR` floats (stride `ldc`).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn abt_tile<const MR: usize, const NR: usize>(
@@ -433,30 +423,34 @@ mod avx2 {
         ldc: usize,
         accumulate: bool,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); NR]; MR];
-        let k8 = k / 8 * 8;
-        let mut p = 0;
-        while p < k8 {
-            let mut bv = [_mm256_setzero_ps(); NR];
-            for (q, v) in bv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(b.add(q * k + p));
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let av = _mm256_loadu_ps(a.add(r * k + p));
-                for (acc_rq, &bq) in acc_r.iter_mut().zip(&bv) {
-                    *acc_rq = _mm256_fmadd_ps(av, bq, *acc_rq);
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+            let k8 = k / 8 * 8;
+            let mut p = 0;
+            while p < k8 {
+                let mut bv = [_mm256_setzero_ps(); NR];
+                for (q, v) in bv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(b.add(q * k + p));
                 }
-            }
-            p += 8;
-        }
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (q, &v) in acc_r.iter().enumerate() {
-                let mut s = hsum(v);
-                for t in k8..k {
-                    s += *a.add(r * k + t) * *b.add(q * k + t);
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = _mm256_loadu_ps(a.add(r * k + p));
+                    for (acc_rq, &bq) in acc_r.iter_mut().zip(&bv) {
+                        *acc_rq = _mm256_fmadd_ps(av, bq, *acc_rq);
+                    }
                 }
-                let dst = c.add(r * ldc + q);
-                *dst = if accumulate { *dst + s } else { s };
+                p += 8;
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (q, &v) in acc_r.iter().enumerate() {
+                    let mut s = hsum(v);
+                    for t in k8..k {
+                        s += *a.add(r * k + t) * *b.add(q * k + t);
+                    }
+                    let dst = c.add(r * ldc + q);
+                    *dst = if accumulate { *dst + s } else { s };
+                }
             }
         }
     }
@@ -475,15 +469,18 @@ mod avx2 {
         c: &mut [f32],
         accumulate: bool,
     ) {
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        let mut i = 0;
-        while i < m {
-            let mr = (m - i).min(4);
-            let mut j = 0;
-            while j < n {
-                let nr = (n - j).min(3);
-                let (a0, b0, c0) = (ap.add(i * k), bp.add(j * k), cp.add(i * n + j));
-                macro_rules! tile {
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(4);
+                let mut j = 0;
+                while j < n {
+                    let nr = (n - j).min(3);
+                    let (a0, b0, c0) = (ap.add(i * k), bp.add(j * k), cp.add(i * n + j));
+                    macro_rules! tile {
                     ($($mr:literal, $nr:literal);*) => {
                         match (mr, nr) {
                             $(($mr, $nr) => abt_tile::<$mr, $nr>(a0, b0, c0, k, n, accumulate),)*
@@ -491,10 +488,11 @@ mod avx2 {
                         }
                     };
                 }
-                tile!(4, 3; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1);
-                j += nr;
+                    tile!(4, 3; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1);
+                    j += nr;
+                }
+                i += mr;
             }
-            i += mr;
         }
     }
 
@@ -535,7 +533,8 @@ mod avx2 {
     impl BRows for Offsets {
         #[inline(always)]
         unsafe fn row(self, p: usize) -> usize {
-            *self.0.add(p)
+            // SAFETY: `p < kk` (the trait's contract) and the pointer addresses at least `kk` offsets (this type's).
+            unsafe { *self.0.add(p) }
         }
     }
 
@@ -543,6 +542,11 @@ mod avx2 {
     ///
     /// Registers: MR * NV accumulators + NV B vectors + 1 broadcast = 15 for MR = 6, NV = 2. (3 x 4 and 4 x 3
     /// need 16-17 registers, and LLVM spilled one accumulator to the stack: 73 us for 64x32x784.)
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; for `p < kk` and `r < MR`, `a[r * st.a_rs + p * st.a_cs]` is readable,
+    /// `b` row `rows.row(p)` is readable for `NV * 8` floats and `c` is writable for `MR` rows of `NV * 8` floats
+    /// (stride `st.ldc`).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn nn_tile<const MR: usize, const NV: usize, R: BRows>(
@@ -553,23 +557,27 @@ mod avx2 {
         st: NnStrides,
         rows: R,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-        for p in 0..kk {
-            let mut bv = [_mm256_setzero_ps(); NV];
-            let bp = b.add(rows.row(p));
-            for (v, bq) in bv.iter_mut().enumerate() {
-                *bq = _mm256_loadu_ps(bp.add(v * 8));
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(r * st.a_rs + p * st.a_cs));
-                for (acc_rv, &bq) in acc_r.iter_mut().zip(&bv) {
-                    *acc_rv = _mm256_fmadd_ps(av, bq, *acc_rv);
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+            for p in 0..kk {
+                let mut bv = [_mm256_setzero_ps(); NV];
+                let bp = b.add(rows.row(p));
+                for (v, bq) in bv.iter_mut().enumerate() {
+                    *bq = _mm256_loadu_ps(bp.add(v * 8));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*a.add(r * st.a_rs + p * st.a_cs));
+                    for (acc_rv, &bq) in acc_r.iter_mut().zip(&bv) {
+                        *acc_rv = _mm256_fmadd_ps(av, bq, *acc_rv);
+                    }
                 }
             }
-        }
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (v, &x) in acc_r.iter().enumerate() {
-                _mm256_storeu_ps(c.add(r * st.ldc + v * 8), x);
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (v, &x) in acc_r.iter().enumerate() {
+                    _mm256_storeu_ps(c.add(r * st.ldc + v * 8), x);
+                }
             }
         }
     }
@@ -587,12 +595,16 @@ mod avx2 {
         b: &[f32],
         c: &mut [f32],
     ) {
-        let st = NnStrides {
-            a_rs: 1,
-            a_cs: m,
-            ldc: n,
-        };
-        gemm_nn__avx2_fma(m, kk, n, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), st, Ld(n));
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            let st = NnStrides {
+                a_rs: 1,
+                a_cs: m,
+                ldc: n,
+            };
+            gemm_nn__avx2_fma(m, kk, n, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), st, Ld(n));
+        }
     }
 
     /// `C[m, n] = A[m, kk] B[kk, n]` with the strides of `st`, B's row p at `bp + rows.row(p)` (B and C rows
@@ -613,16 +625,19 @@ mod avx2 {
         st: NnStrides,
         rows: R,
     ) {
-        let n8 = n / 8 * 8;
-        // Column blocks outermost: a kk x 16 panel of B (2 KB at kk = 32) stays in L1 across all row tiles.
-        let mut j = 0;
-        while j < n8 {
-            let nv = ((n8 - j) / 8).min(2);
-            let mut i = 0;
-            while i < m {
-                let mr = (m - i).min(6);
-                let (a0, b0, c0) = (ap.add(i * st.a_rs), bp.add(j), cp.add(i * st.ldc + j));
-                macro_rules! tile {
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            let n8 = n / 8 * 8;
+            // Column blocks outermost: a kk x 16 panel of B (2 KB at kk = 32) stays in L1 across all row tiles.
+            let mut j = 0;
+            while j < n8 {
+                let nv = ((n8 - j) / 8).min(2);
+                let mut i = 0;
+                while i < m {
+                    let mr = (m - i).min(6);
+                    let (a0, b0, c0) = (ap.add(i * st.a_rs), bp.add(j), cp.add(i * st.ldc + j));
+                    macro_rules! tile {
                     ($($mr:literal, $nv:literal);*) => {
                         match (mr, nv) {
                             $(($mr, $nv) => nn_tile::<$mr, $nv, R>(a0, b0, c0, kk, st, rows),)*
@@ -630,33 +645,37 @@ mod avx2 {
                         }
                     };
                 }
-                tile!(6, 2; 6, 1; 5, 2; 5, 1; 4, 2; 4, 1; 3, 2; 3, 1; 2, 2; 2, 1; 1, 2; 1, 1);
-                i += mr;
-            }
-            j += nv * 8;
-        }
-        // Columns past the last multiple of 8: one masked vector, same summation order (p ascending). A scalar
-        // tail here cost as much as the vector body for convolution planes of 100 columns (conv2 of LeNet).
-        if n8 < n {
-            let mask = tail_mask(n - n8);
-            let mut i = 0;
-            while i < m {
-                let mr = (m - i).min(6);
-                let (a0, b0, c0) = (ap.add(i * st.a_rs), bp.add(n8), cp.add(i * st.ldc + n8));
-                match mr {
-                    6 => nn_tile_masked::<6, R>(a0, b0, c0, kk, st, rows, mask),
-                    5 => nn_tile_masked::<5, R>(a0, b0, c0, kk, st, rows, mask),
-                    4 => nn_tile_masked::<4, R>(a0, b0, c0, kk, st, rows, mask),
-                    3 => nn_tile_masked::<3, R>(a0, b0, c0, kk, st, rows, mask),
-                    2 => nn_tile_masked::<2, R>(a0, b0, c0, kk, st, rows, mask),
-                    _ => nn_tile_masked::<1, R>(a0, b0, c0, kk, st, rows, mask),
+                    tile!(6, 2; 6, 1; 5, 2; 5, 1; 4, 2; 4, 1; 3, 2; 3, 1; 2, 2; 2, 1; 1, 2; 1, 1);
+                    i += mr;
                 }
-                i += mr;
+                j += nv * 8;
+            }
+            // Columns past the last multiple of 8: one masked vector, same summation order (p ascending). A scalar
+            // tail here cost as much as the vector body for convolution planes of 100 columns (conv2 of LeNet).
+            if n8 < n {
+                let mask = tail_mask(n - n8);
+                let mut i = 0;
+                while i < m {
+                    let mr = (m - i).min(6);
+                    let (a0, b0, c0) = (ap.add(i * st.a_rs), bp.add(n8), cp.add(i * st.ldc + n8));
+                    match mr {
+                        6 => nn_tile_masked::<6, R>(a0, b0, c0, kk, st, rows, mask),
+                        5 => nn_tile_masked::<5, R>(a0, b0, c0, kk, st, rows, mask),
+                        4 => nn_tile_masked::<4, R>(a0, b0, c0, kk, st, rows, mask),
+                        3 => nn_tile_masked::<3, R>(a0, b0, c0, kk, st, rows, mask),
+                        2 => nn_tile_masked::<2, R>(a0, b0, c0, kk, st, rows, mask),
+                        _ => nn_tile_masked::<1, R>(a0, b0, c0, kk, st, rows, mask),
+                    }
+                    i += mr;
+                }
             }
         }
     }
 
     /// Lanes `0..rem` all ones, the rest zero (`rem` in 1..=7).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tail_mask(rem: usize) -> __m256i {
@@ -668,6 +687,10 @@ mod avx2 {
 
     /// [`nn_tile`] for the last, partial vector of columns: only lanes set in `mask` are read or written
     /// (masked-off lanes of `vmaskmovps` never access memory, so they may lie past the end of `b` or `c`).
+    ///
+    /// # Safety
+    /// As [`nn_tile`] with `NV = 1`, except that only the lanes set in `mask` of `b` and `c` need be
+    /// accessible.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn nn_tile_masked<const MR: usize, R: BRows>(
@@ -679,16 +702,20 @@ mod avx2 {
         rows: R,
         mask: __m256i,
     ) {
-        let mut acc = [_mm256_setzero_ps(); MR];
-        for p in 0..kk {
-            let bv = _mm256_maskload_ps(b.add(rows.row(p)), mask);
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(r * st.a_rs + p * st.a_cs));
-                *acc_r = _mm256_fmadd_ps(av, bv, *acc_r);
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); MR];
+            for p in 0..kk {
+                let bv = _mm256_maskload_ps(b.add(rows.row(p)), mask);
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*a.add(r * st.a_rs + p * st.a_cs));
+                    *acc_r = _mm256_fmadd_ps(av, bv, *acc_r);
+                }
             }
-        }
-        for (r, &x) in acc.iter().enumerate() {
-            _mm256_maskstore_ps(c.add(r * st.ldc), mask, x);
+            for (r, &x) in acc.iter().enumerate() {
+                _mm256_maskstore_ps(c.add(r * st.ldc), mask, x);
+            }
         }
     }
 
@@ -698,6 +725,11 @@ mod avx2 {
     /// Registers: 12 accumulators + 3 B vectors + 1 A vector for MR = 4, NR = 3; the k tail is one masked step
     /// (masked-off lanes load as 0 and add nothing). 7 loads per 12 FMAs; a 6 x 2 tile (8 loads per 12 FMAs,
     /// fewer passes over B) took ~25% more of the LeNet step's profile.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; for each sample `s < batch`, `a + s * a_bs` is readable for `MR` rows and
+    /// `b + s * b_bs + b_rows[j]` for `k` floats (`j < NR`); `c` is readable and writable for `MR` rows of `NR`
+    /// floats (stride `ldc`).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
@@ -713,43 +745,47 @@ mod avx2 {
         ldc: usize,
         accumulate: bool,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); NR]; MR];
-        let k8 = k / 8 * 8;
-        for t in 0..batch {
-            let (at, bt) = (a.add(t * a_bs), b.add(t * b_bs));
-            let mut p = 0;
-            while p < k8 {
-                let mut bv = [_mm256_setzero_ps(); NR];
-                for (q, v) in bv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(bt.add(b_rows[q] + p));
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+            let k8 = k / 8 * 8;
+            for t in 0..batch {
+                let (at, bt) = (a.add(t * a_bs), b.add(t * b_bs));
+                let mut p = 0;
+                while p < k8 {
+                    let mut bv = [_mm256_setzero_ps(); NR];
+                    for (q, v) in bv.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(bt.add(b_rows[q] + p));
+                    }
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let av = _mm256_loadu_ps(at.add(r * k + p));
+                        for (acc_rq, &bq) in acc_r.iter_mut().zip(&bv) {
+                            *acc_rq = _mm256_fmadd_ps(av, bq, *acc_rq);
+                        }
+                    }
+                    p += 8;
                 }
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let av = _mm256_loadu_ps(at.add(r * k + p));
-                    for (acc_rq, &bq) in acc_r.iter_mut().zip(&bv) {
-                        *acc_rq = _mm256_fmadd_ps(av, bq, *acc_rq);
+                if k8 < k {
+                    let mask = tail_mask(k - k8);
+                    let mut bv = [_mm256_setzero_ps(); NR];
+                    for (q, v) in bv.iter_mut().enumerate() {
+                        *v = _mm256_maskload_ps(bt.add(b_rows[q] + k8), mask);
+                    }
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let av = _mm256_maskload_ps(at.add(r * k + k8), mask);
+                        for (acc_rq, &bq) in acc_r.iter_mut().zip(&bv) {
+                            *acc_rq = _mm256_fmadd_ps(av, bq, *acc_rq);
+                        }
                     }
                 }
-                p += 8;
             }
-            if k8 < k {
-                let mask = tail_mask(k - k8);
-                let mut bv = [_mm256_setzero_ps(); NR];
-                for (q, v) in bv.iter_mut().enumerate() {
-                    *v = _mm256_maskload_ps(bt.add(b_rows[q] + k8), mask);
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (q, &v) in acc_r.iter().enumerate() {
+                    let s = hsum(v);
+                    let dst = c.add(r * ldc + q);
+                    *dst = if accumulate { *dst + s } else { s };
                 }
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let av = _mm256_maskload_ps(at.add(r * k + k8), mask);
-                    for (acc_rq, &bq) in acc_r.iter_mut().zip(&bv) {
-                        *acc_rq = _mm256_fmadd_ps(av, bq, *acc_rq);
-                    }
-                }
-            }
-        }
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (q, &v) in acc_r.iter().enumerate() {
-                let s = hsum(v);
-                let dst = c.add(r * ldc + q);
-                *dst = if accumulate { *dst + s } else { s };
             }
         }
     }
@@ -770,7 +806,11 @@ mod avx2 {
         c: &mut [f32],
         accumulate: bool,
     ) {
-        abt_batched_tiles(batch, m, k, n, a, m * k, b, n * k, |j| j * k, c, accumulate);
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            abt_batched_tiles(batch, m, k, n, a, m * k, b, n * k, |j| j * k, c, accumulate);
+        }
     }
 
     /// The tile loop of both batched `A B^T` kernels: 4 x 3 tiles (smaller at the edges) with B's row `j` at
@@ -793,16 +833,19 @@ mod avx2 {
         c: &mut [f32],
         accumulate: bool,
     ) {
-        let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-        let mut i = 0;
-        while i < m {
-            let mr = (m - i).min(4);
-            let mut j = 0;
-            while j < n {
-                let nr = (n - j).min(3);
-                let (a0, c0) = (ap.add(i * k), cp.add(i * n + j));
-                let off = |q: usize| b_row(j + q.min(nr - 1));
-                macro_rules! tile {
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(4);
+                let mut j = 0;
+                while j < n {
+                    let nr = (n - j).min(3);
+                    let (a0, c0) = (ap.add(i * k), cp.add(i * n + j));
+                    let off = |q: usize| b_row(j + q.min(nr - 1));
+                    macro_rules! tile {
                     ($($mr:literal, $nr:literal);*) => {
                         match (mr, nr) {
                             $(($mr, $nr) => abt_batched_tile::<$mr, $nr>(
@@ -812,10 +855,11 @@ mod avx2 {
                         }
                     };
                 }
-                tile!(4, 3; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1);
-                j += nr;
+                    tile!(4, 3; 4, 2; 4, 1; 3, 3; 3, 2; 3, 1; 2, 3; 2, 2; 2, 1; 1, 3; 1, 2; 1, 1);
+                    j += nr;
+                }
+                i += mr;
             }
-            i += mr;
         }
     }
 
@@ -839,7 +883,11 @@ mod avx2 {
         b_off: &[usize],
         c: &mut [f32],
     ) {
-        abt_batched_tiles(batch, m, k, n, a, a_bs, b, b_bs, |j| b_off[j], c, false);
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            abt_batched_tiles(batch, m, k, n, a, a_bs, b, b_bs, |j| b_off[j], c, false);
+        }
     }
 }
 
@@ -1040,7 +1088,7 @@ mod tests {
             && std::is_x86_feature_detected!("fma")
             && std::env::var("LOWBIT_ISA").is_err()
         {
-            assert_eq!(isa(), Isa::Avx2Fma);
+            assert_eq!(isa(), Isa::Avx2);
             return;
         }
         eprintln!(

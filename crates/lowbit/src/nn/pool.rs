@@ -110,7 +110,7 @@ fn max_plane_2x2_dispatch<const RELU: bool>(
     args: &mut [u32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::kernels::isa() == super::kernels::Isa::Avx2Fma
+    if super::kernels::isa() == super::kernels::Isa::Avx2
         && plane.len() >= 2 * oh * w
         && w >= 2 * ow
         && out.len() >= oh * ow
@@ -130,16 +130,25 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// Even and odd elements of the 16 floats `a ++ b`, each in element order.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn deinterleave(a: __m256, b: __m256) -> (__m256, __m256) {
-        // shuffle_ps works per 128-bit half: [a0 a2 b0 b2 | a4 a6 b4 b6]; swapping the middle 64-bit pairs
-        // restores element order.
-        let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-        let o = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
-        (swap_middle(e), swap_middle(o))
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            // shuffle_ps works per 128-bit half: [a0 a2 b0 b2 | a4 a6 b4 b6]; swapping the middle 64-bit pairs
+            // restores element order.
+            let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+            let o = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+            (swap_middle(e), swap_middle(o))
+        }
     }
 
+    /// # Safety
+    /// The CPU must support AVX2.
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn swap_middle(v: __m256) -> __m256 {
@@ -148,20 +157,31 @@ mod avx2 {
 
     /// 16 floats at `p`: two plain loads for a full step, else the lanes of `m_lo`, `m_hi` (masked-off lanes
     /// read no memory, so they may lie past the row's end).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `p` is readable for 16 floats when `full`, else for the lanes set in `m_lo` and
+    /// `m_hi`.
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn load16(p: *const f32, full: bool, m_lo: __m256i, m_hi: __m256i) -> (__m256, __m256) {
-        if full {
-            (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
-        } else {
-            (
-                _mm256_maskload_ps(p, m_lo),
-                _mm256_maskload_ps(p.add(8), m_hi),
-            )
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            if full {
+                (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+            } else {
+                (
+                    _mm256_maskload_ps(p, m_lo),
+                    _mm256_maskload_ps(p.add(8), m_hi),
+                )
+            }
         }
     }
 
     /// Lanes `0..n` all ones (n clamped to 0..=8).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn first_lanes(n: usize) -> __m256i {
@@ -186,81 +206,85 @@ mod avx2 {
         out: &mut [f32],
         args: &mut [u32],
     ) {
-        let with_args = !args.is_empty();
-        let lane = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-        let w32 = w as i32;
-        // Offset of each candidate from its window's top-left element, in candidate order.
-        let offs = [
-            _mm256_set1_epi32(0),
-            _mm256_set1_epi32(1),
-            _mm256_set1_epi32(w32),
-            _mm256_set1_epi32(w32 + 1),
-        ];
-        let zero = _mm256_setzero_ps();
-        for oy in 0..oh {
-            let r0 = plane.as_ptr().add(2 * oy * w);
-            let r1 = r0.add(w);
-            let o = out.as_mut_ptr().add(oy * ow);
-            let mut ox = 0;
-            while ox < ow {
-                let rem = (ow - ox).min(8);
-                let (p0, p1) = (r0.add(2 * ox), r1.add(2 * ox));
-                let (m_lo, m_hi) = (
-                    first_lanes(2 * rem),
-                    first_lanes((2 * rem).saturating_sub(8)),
-                );
-                let (a0, b0) = load16(p0, rem == 8, m_lo, m_hi);
-                let (a1, b1) = load16(p1, rem == 8, m_lo, m_hi);
-                let (c0, c1) = deinterleave(a0, b0);
-                let (c2, c3) = deinterleave(a1, b1);
-                let mut best = c0;
-                let mut off = offs[0];
-                for (c, &oc) in [c1, c2, c3].iter().zip(&offs[1..]) {
-                    // beats(c, best) = c > best, or c is NaN and best is not.
-                    let take = _mm256_or_ps(
-                        _mm256_cmp_ps::<_CMP_GT_OQ>(*c, best),
-                        _mm256_and_ps(
-                            _mm256_cmp_ps::<_CMP_UNORD_Q>(*c, *c),
-                            _mm256_cmp_ps::<_CMP_ORD_Q>(best, best),
-                        ),
+        // SAFETY: the caller upholds this function's `# Safety` contract (the CPU feature it enables; the
+        // bounds it lists), which is what the intrinsics and pointer accesses below rely on.
+        unsafe {
+            let with_args = !args.is_empty();
+            let lane = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+            let w32 = w as i32;
+            // Offset of each candidate from its window's top-left element, in candidate order.
+            let offs = [
+                _mm256_set1_epi32(0),
+                _mm256_set1_epi32(1),
+                _mm256_set1_epi32(w32),
+                _mm256_set1_epi32(w32 + 1),
+            ];
+            let zero = _mm256_setzero_ps();
+            for oy in 0..oh {
+                let r0 = plane.as_ptr().add(2 * oy * w);
+                let r1 = r0.add(w);
+                let o = out.as_mut_ptr().add(oy * ow);
+                let mut ox = 0;
+                while ox < ow {
+                    let rem = (ow - ox).min(8);
+                    let (p0, p1) = (r0.add(2 * ox), r1.add(2 * ox));
+                    let (m_lo, m_hi) = (
+                        first_lanes(2 * rem),
+                        first_lanes((2 * rem).saturating_sub(8)),
                     );
-                    best = _mm256_blendv_ps(best, *c, take);
-                    off = _mm256_castps_si256(_mm256_blendv_ps(
-                        _mm256_castsi256_ps(off),
-                        _mm256_castsi256_ps(oc),
-                        take,
-                    ));
-                }
-                let value = if RELU {
-                    _mm256_blendv_ps(best, zero, _mm256_cmp_ps::<_CMP_LT_OQ>(best, zero))
-                } else {
-                    best
-                };
-                let m_out = first_lanes(rem);
-                if rem == 8 {
-                    _mm256_storeu_ps(o.add(ox), value);
-                } else {
-                    _mm256_maskstore_ps(o.add(ox), m_out, value);
-                }
-                if with_args {
-                    let base = _mm256_set1_epi32((2 * oy * w + 2 * ox) as i32);
-                    let mut idx = _mm256_add_epi32(_mm256_add_epi32(base, lane), off);
-                    if RELU {
-                        let pass = _mm256_cmp_ps::<_CMP_GT_OQ>(best, zero);
-                        idx = _mm256_castps_si256(_mm256_blendv_ps(
-                            _mm256_castsi256_ps(_mm256_set1_epi32(NO_GRAD as i32)),
-                            _mm256_castsi256_ps(idx),
-                            pass,
+                    let (a0, b0) = load16(p0, rem == 8, m_lo, m_hi);
+                    let (a1, b1) = load16(p1, rem == 8, m_lo, m_hi);
+                    let (c0, c1) = deinterleave(a0, b0);
+                    let (c2, c3) = deinterleave(a1, b1);
+                    let mut best = c0;
+                    let mut off = offs[0];
+                    for (c, &oc) in [c1, c2, c3].iter().zip(&offs[1..]) {
+                        // beats(c, best) = c > best, or c is NaN and best is not.
+                        let take = _mm256_or_ps(
+                            _mm256_cmp_ps::<_CMP_GT_OQ>(*c, best),
+                            _mm256_and_ps(
+                                _mm256_cmp_ps::<_CMP_UNORD_Q>(*c, *c),
+                                _mm256_cmp_ps::<_CMP_ORD_Q>(best, best),
+                            ),
+                        );
+                        best = _mm256_blendv_ps(best, *c, take);
+                        off = _mm256_castps_si256(_mm256_blendv_ps(
+                            _mm256_castsi256_ps(off),
+                            _mm256_castsi256_ps(oc),
+                            take,
                         ));
                     }
-                    let a = args.as_mut_ptr().add(oy * ow + ox) as *mut i32;
-                    if rem == 8 {
-                        _mm256_storeu_si256(a as *mut __m256i, idx);
+                    let value = if RELU {
+                        _mm256_blendv_ps(best, zero, _mm256_cmp_ps::<_CMP_LT_OQ>(best, zero))
                     } else {
-                        _mm256_maskstore_epi32(a, m_out, idx);
+                        best
+                    };
+                    let m_out = first_lanes(rem);
+                    if rem == 8 {
+                        _mm256_storeu_ps(o.add(ox), value);
+                    } else {
+                        _mm256_maskstore_ps(o.add(ox), m_out, value);
                     }
+                    if with_args {
+                        let base = _mm256_set1_epi32((2 * oy * w + 2 * ox) as i32);
+                        let mut idx = _mm256_add_epi32(_mm256_add_epi32(base, lane), off);
+                        if RELU {
+                            let pass = _mm256_cmp_ps::<_CMP_GT_OQ>(best, zero);
+                            idx = _mm256_castps_si256(_mm256_blendv_ps(
+                                _mm256_castsi256_ps(_mm256_set1_epi32(NO_GRAD as i32)),
+                                _mm256_castsi256_ps(idx),
+                                pass,
+                            ));
+                        }
+                        let a = args.as_mut_ptr().add(oy * ow + ox) as *mut i32;
+                        if rem == 8 {
+                            _mm256_storeu_si256(a as *mut __m256i, idx);
+                        } else {
+                            _mm256_maskstore_epi32(a, m_out, idx);
+                        }
+                    }
+                    ox += 8;
                 }
-                ox += 8;
             }
         }
     }

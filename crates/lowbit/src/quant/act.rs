@@ -1,7 +1,7 @@
 //! Activation quantizer: unsigned asymmetric codes with a tracked range, fake-quantized with
 //! [`qparams::fake_quantize`] exactly.
 use super::config::{ActMethod, QuantConfig};
-use super::{fastq, lsq, pact};
+use super::{kernels, lsq, pact};
 use crate::error::{Error, Result};
 use crate::nn::Param;
 use crate::state::{StateValue, StateVisitor, Stateful};
@@ -388,10 +388,10 @@ impl ActQuantizer {
         };
         let qmax = (1i32 << self.bits) - 1;
         // Each element is `qparams::fake_quantize(v, qp, 0, qmax)`; the mask is `v` inside
-        // `[dequantize(0), dequantize(qmax)]` (see `fastq` for why the vector form is exact).
+        // `[dequantize(0), dequantize(qmax)]` (see `quant::kernels` for why the vector form is exact).
         let mut data = vec![0.0; x.len()];
         self.inside.resize(x.len(), false);
-        let clipped = fastq::act_fake_quant_ste(
+        let clipped = kernels::act_fake_quant_ste(
             &x.data,
             qp.scale,
             qp.zero_point,
@@ -432,7 +432,7 @@ impl ActQuantizer {
         let mut data = vec![0.0; x.len()];
         self.inside.resize(x.len(), false);
         let clipped = match self.method {
-            ActMethod::Pact => fastq::act_fake_quant_pact(
+            ActMethod::Pact => kernels::act_fake_quant_pact(
                 &x.data,
                 qp.scale,
                 qmax,
@@ -440,7 +440,7 @@ impl ActQuantizer {
                 &mut data,
                 &mut self.inside,
             ),
-            _ => fastq::act_fake_quant_lsq(&x.data, qp.scale, qmax, &mut data, &mut self.inside),
+            _ => kernels::act_fake_quant_lsq(&x.data, qp.scale, qmax, &mut data, &mut self.inside),
         };
         self.clipped_fraction = if x.is_empty() {
             0.0
@@ -482,7 +482,7 @@ impl ActQuantizer {
                 _ => {
                     let s = lsq::effective_step(v);
                     let qmax = self.qmax();
-                    let sum = fastq::lsq_act_step_grad(&self.last_input, &grad_out.data, s, qmax);
+                    let sum = kernels::lsq_act_step_grad(&self.last_input, &grad_out.data, s, qmax);
                     (sum * f64::from(lsq::grad_scale(self.features, qmax))) as f32
                 }
             };

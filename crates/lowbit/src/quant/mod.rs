@@ -10,7 +10,7 @@ pub mod config;
 pub mod convbn;
 pub mod convert;
 pub mod dequantize;
-mod fastq;
+mod kernels;
 pub mod lsq;
 pub mod mixed;
 pub mod pact;

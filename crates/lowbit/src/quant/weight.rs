@@ -1,7 +1,7 @@
 //! Weight quantizers. [`WeightQuantizer::quantize`] is the single source of weight codes: QAT's fake-quant
 //! forward (`code * scale`) and the conversion to the runtime model both call it, so they agree by construction.
 use super::config::{QuantConfig, WeightQuantKind};
-use super::fastq;
+use super::kernels;
 use super::lsq;
 use crate::error::{Error, Result};
 use crate::nn::Param;
@@ -356,7 +356,7 @@ impl WeightQuantizer {
     /// Writes fake-quantized weights into `out` (same length as `w`) and remembers what backward needs.
     ///
     /// Writes exactly `self.quantize(w, rows, cols).dequantize(cols)`, but without building [`WeightCodes`]:
-    /// fused, vectorized passes (`quant::fastq`) over reused buffers.
+    /// fused, vectorized passes (`quant::kernels`) over reused buffers.
     pub fn forward(&mut self, w: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
         self.ensure_init(w, rows, cols);
         if self.bypassed {
@@ -402,7 +402,7 @@ impl WeightQuantizer {
         let (ngroups, group_len) = self.groups(rows, cols, w.len());
         let maxes = &mut self.scratch.scales;
         maxes.clear();
-        maxes.extend(group_chunks(w, ngroups, group_len).map(fastq::max_abs));
+        maxes.extend(group_chunks(w, ngroups, group_len).map(kernels::max_abs));
         // The tensor's max is the max of the groups' (max is exact), so `max_abs(w)` need not be rescanned.
         let tensor_scale = maxes.iter().fold(0f32, |m, &v| m.max(v)) / qmax as f32;
         let fallback = if tensor_scale.is_normal() {
@@ -418,7 +418,7 @@ impl WeightQuantizer {
         {
             let s = m / qmax as f32;
             let s = if s.is_normal() { s } else { fallback };
-            zeros += fastq::weight_fake_quant(g, s, -hi, hi, o).0;
+            zeros += kernels::weight_fake_quant(g, s, -hi, hi, o).0;
         }
         (zeros, 0)
     }
@@ -434,13 +434,13 @@ impl WeightQuantizer {
         let sc = &mut self.scratch;
         sc.sums.resize(ngroups, 0.0);
         sc.counts.resize(ngroups, 0);
-        fastq::group_abs_sums(w, group_len, None, &mut sc.sums, &mut sc.counts);
+        kernels::group_abs_sums(w, group_len, None, &mut sc.sums, &mut sc.counts);
         sc.thresholds.clear();
         for (g, &sum) in group_chunks(w, ngroups, group_len).zip(sc.sums.iter()) {
             let mean_abs = sum / g.len().max(1) as f64;
             sc.thresholds.push((0.7 * mean_abs) as f32);
         }
-        fastq::group_abs_sums(
+        kernels::group_abs_sums(
             w,
             group_len,
             Some(&sc.thresholds),
@@ -459,7 +459,7 @@ impl WeightQuantizer {
             } else {
                 ZERO_TENSOR_SCALE
             };
-            zeros += fastq::ternary_fake_quant(g, delta, alpha, o);
+            zeros += kernels::ternary_fake_quant(g, delta, alpha, o);
         }
         (zeros, 0)
     }
@@ -475,7 +475,7 @@ impl WeightQuantizer {
         let sc = &mut self.scratch;
         sc.sums.resize(ngroups, 0.0);
         sc.counts.resize(ngroups, 0);
-        fastq::group_abs_sums(w, group_len, None, &mut sc.sums, &mut sc.counts);
+        kernels::group_abs_sums(w, group_len, None, &mut sc.sums, &mut sc.counts);
         // The tensor mean is only a fallback for all-zero rows: computed only if one occurs.
         let mut fallback = None;
         for ((g, o), &sum) in group_chunks(w, ngroups, group_len)
@@ -496,7 +496,7 @@ impl WeightQuantizer {
                     }
                 })
             };
-            fastq::binary_fake_quant(g, alpha, o);
+            kernels::binary_fake_quant(g, alpha, o);
         }
         (0, 0)
     }
@@ -525,7 +525,7 @@ impl WeightQuantizer {
             .zip(out.chunks_mut(group_len.max(1)))
             .zip(self.scratch.scales.iter())
         {
-            let (z, c) = fastq::weight_fake_quant(g, s, -hi, hi, o);
+            let (z, c) = kernels::weight_fake_quant(g, s, -hi, hi, o);
             zeros += z;
             clipped += c;
         }
@@ -571,7 +571,7 @@ impl WeightQuantizer {
     pub fn backward(&mut self, w: &[f32], grad_wq: &[f32], grad_w: &mut [f32]) {
         if self.bypassed {
             // The forward was the identity: every gradient passes and the steps did not take part.
-            fastq::add_masked(grad_w, grad_wq, None);
+            kernels::add_masked(grad_w, grad_wq, None);
             self.grad_step.fill(0.0);
             return;
         }
@@ -580,7 +580,7 @@ impl WeightQuantizer {
                 return self.backward_lsq(w, grad_wq, grad_w);
             }
             // Every other fast kind passes every gradient.
-            fastq::add_masked(grad_w, grad_wq, None);
+            kernels::add_masked(grad_w, grad_wq, None);
             return;
         }
         if self.inside.len() != w.len() {
@@ -633,11 +633,11 @@ impl WeightQuantizer {
                     .zip(sc.derivative.chunks_mut(group_len)),
             )
         {
-            fastq::lsq_weight_backward(wg, lsq::effective_step(*s), qp, gq, gw, d);
+            kernels::lsq_weight_backward(wg, lsq::effective_step(*s), qp, gq, gw, d);
         }
         let ngroups = w.chunks(group_len).len().min(self.step.len());
         sc.sums.resize(ngroups, 0.0);
-        fastq::group_dots(grad_wq, &sc.derivative, group_len, &mut sc.sums);
+        kernels::group_dots(grad_wq, &sc.derivative, group_len, &mut sc.sums);
         self.grad_step.resize(self.step.len(), 0.0);
         for ((gs, &sum), wg) in self
             .grad_step

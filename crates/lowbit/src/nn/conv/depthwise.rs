@@ -265,55 +265,63 @@ mod avx2 {
     /// scalar loop, which panics on the bad index).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn taps__avx2_fma(wide: &mut [f32], src: &[f32], windows: &[usize], w: &[f32]) {
-        let n = wide.len();
-        let in_bounds = w.len() >= windows.len()
-            && windows
-                .iter()
-                .all(|&at| at.checked_add(n).is_some_and(|end| end <= src.len()));
-        if !in_bounds || n < 8 {
-            for (j, out) in wide.iter_mut().enumerate() {
-                let mut a = 0.0f32;
-                for (&at, &wt) in windows.iter().zip(w) {
-                    a = wt.mul_add(src[at + j], a);
+        // SAFETY: AVX2 and FMA are present (this function's contract); the pointer reads are bounds-checked
+        // below before any vector load.
+        unsafe {
+            let n = wide.len();
+            let in_bounds = w.len() >= windows.len()
+                && windows
+                    .iter()
+                    .all(|&at| at.checked_add(n).is_some_and(|end| end <= src.len()));
+            if !in_bounds || n < 8 {
+                for (j, out) in wide.iter_mut().enumerate() {
+                    let mut a = 0.0f32;
+                    for (&at, &wt) in windows.iter().zip(w) {
+                        a = wt.mul_add(src[at + j], a);
+                    }
+                    *out = a;
                 }
-                *out = a;
+                return;
             }
-            return;
-        }
-        let (sp, wp) = (src.as_ptr(), wide.as_mut_ptr());
-        let mut i = 0;
-        while i + 32 <= n {
-            let (mut a0, mut a1, mut a2, mut a3) = (
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-            );
-            for (&at, &wt) in windows.iter().zip(w) {
-                let wv = _mm256_set1_ps(wt);
-                let p = sp.add(at + i);
-                a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p), a0);
-                a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(8)), a1);
-                a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(16)), a2);
-                a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(24)), a3);
+            let (sp, wp) = (src.as_ptr(), wide.as_mut_ptr());
+            let mut i = 0;
+            while i + 32 <= n {
+                let (mut a0, mut a1, mut a2, mut a3) = (
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                    _mm256_setzero_ps(),
+                );
+                for (&at, &wt) in windows.iter().zip(w) {
+                    let wv = _mm256_set1_ps(wt);
+                    let p = sp.add(at + i);
+                    a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p), a0);
+                    a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(8)), a1);
+                    a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(16)), a2);
+                    a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.add(24)), a3);
+                }
+                _mm256_storeu_ps(wp.add(i), a0);
+                _mm256_storeu_ps(wp.add(i + 8), a1);
+                _mm256_storeu_ps(wp.add(i + 16), a2);
+                _mm256_storeu_ps(wp.add(i + 24), a3);
+                i += 32;
             }
-            _mm256_storeu_ps(wp.add(i), a0);
-            _mm256_storeu_ps(wp.add(i + 8), a1);
-            _mm256_storeu_ps(wp.add(i + 16), a2);
-            _mm256_storeu_ps(wp.add(i + 24), a3);
-            i += 32;
-        }
-        loop {
-            // The last vector may overlap the previous one: it ends exactly at n (n >= 8).
-            let at_i = i.min(n - 8);
-            let mut acc = _mm256_setzero_ps();
-            for (&at, &wt) in windows.iter().zip(w) {
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(wt), _mm256_loadu_ps(sp.add(at + at_i)), acc);
-            }
-            _mm256_storeu_ps(wp.add(at_i), acc);
-            i += 8;
-            if at_i + 8 >= n {
-                break;
+            loop {
+                // The last vector may overlap the previous one: it ends exactly at n (n >= 8).
+                let at_i = i.min(n - 8);
+                let mut acc = _mm256_setzero_ps();
+                for (&at, &wt) in windows.iter().zip(w) {
+                    acc = _mm256_fmadd_ps(
+                        _mm256_set1_ps(wt),
+                        _mm256_loadu_ps(sp.add(at + at_i)),
+                        acc,
+                    );
+                }
+                _mm256_storeu_ps(wp.add(at_i), acc);
+                i += 8;
+                if at_i + 8 >= n {
+                    break;
+                }
             }
         }
     }
@@ -326,48 +334,51 @@ mod avx2 {
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot__avx2_fma(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
-        let mut i = 0;
-        while i + 32 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i)), a0);
-            a1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(ap.add(i + 8)),
-                _mm256_loadu_ps(bp.add(i + 8)),
-                a1,
+        // SAFETY: AVX2 and FMA are present (this function's contract); loads stay below `n`, the shorter length.
+        unsafe {
+            let n = a.len().min(b.len());
+            let (ap, bp) = (a.as_ptr(), b.as_ptr());
+            let (mut a0, mut a1, mut a2, mut a3) = (
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
             );
-            a2 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(ap.add(i + 16)),
-                _mm256_loadu_ps(bp.add(i + 16)),
-                a2,
-            );
-            a3 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(ap.add(i + 24)),
-                _mm256_loadu_ps(bp.add(i + 24)),
-                a3,
-            );
-            i += 32;
+            let mut i = 0;
+            while i + 32 <= n {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i)), a0);
+                a1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(ap.add(i + 8)),
+                    _mm256_loadu_ps(bp.add(i + 8)),
+                    a1,
+                );
+                a2 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(ap.add(i + 16)),
+                    _mm256_loadu_ps(bp.add(i + 16)),
+                    a2,
+                );
+                a3 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(ap.add(i + 24)),
+                    _mm256_loadu_ps(bp.add(i + 24)),
+                    a3,
+                );
+                i += 32;
+            }
+            while i + 8 <= n {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i)), a0);
+                i += 8;
+            }
+            let v = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+            // [l0+l4, l1+l5, l2+l6, l3+l7], then [(l0+l4)+(l2+l6), (l1+l5)+(l3+l7), ..], then their sum.
+            let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let y = _mm_add_ps(x, _mm_movehl_ps(x, x));
+            let lanes = _mm_cvtss_f32(_mm_add_ss(y, _mm_shuffle_ps::<0b01>(y, y)));
+            let mut tail = 0.0f32;
+            for (&x, &y) in a[i..n].iter().zip(&b[i..n]) {
+                tail = x.mul_add(y, tail);
+            }
+            lanes + tail
         }
-        while i + 8 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i)), a0);
-            i += 8;
-        }
-        let v = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-        // [l0+l4, l1+l5, l2+l6, l3+l7], then [(l0+l4)+(l2+l6), (l1+l5)+(l3+l7), ..], then their sum.
-        let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let y = _mm_add_ps(x, _mm_movehl_ps(x, x));
-        let lanes = _mm_cvtss_f32(_mm_add_ss(y, _mm_shuffle_ps::<0b01>(y, y)));
-        let mut tail = 0.0f32;
-        for (&x, &y) in a[i..n].iter().zip(&b[i..n]) {
-            tail = x.mul_add(y, tail);
-        }
-        lanes + tail
     }
 }
 
@@ -402,6 +413,9 @@ fn forward_sample<const FMA: bool>(
 }
 
 /// [`forward_sample`] compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (the body is safe code, compiled with those features enabled).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(non_snake_case)]
@@ -423,7 +437,7 @@ fn forward_sample_dispatch(
     ys: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx2Fma {
+    if isa() == Isa::Avx2 {
         // SAFETY: isa() reports Avx2Fma only when the CPU has AVX2 and FMA; the body is safe code.
         return unsafe { forward_sample__avx2_fma(p, xs, phased, wide, ys) };
     }
@@ -493,6 +507,9 @@ fn backward_group<const FMA: bool>(
 }
 
 /// [`backward_group`] compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (the body is safe code, compiled with those features enabled).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(non_snake_case)]
@@ -516,7 +533,7 @@ fn backward_group_dispatch(
     s: &mut Scratch,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx2Fma {
+    if isa() == Isa::Avx2 {
         // SAFETY: isa() reports Avx2Fma only when the CPU has AVX2 and FMA; the body is safe code.
         return unsafe { backward_group__avx2_fma(p, phased, gd, part, dx, s) };
     }

@@ -1,6 +1,7 @@
 //! Slice kernels for QAT's per-step fake-quantization, exactly equal to the normative scalar arithmetic
 //! ([`lowbit_runtime::qparams::fake_quantize`]) but written so LLVM vectorizes them, and compiled twice: once
-//! for the baseline target and once with AVX2 (chosen at run time).
+//! for the baseline target and once with AVX2 (run when [`crate::kernel_tiers::Family::FakeQuant`]'s tier is
+//! `avx2`, i.e. unless `LOWBIT_ISA=reference` or the CPU lacks AVX2).
 //!
 //! Why the vector form is exact: `fake_quantize(x) = (clamp(round(x / s) + zp, qmin, qmax) - zp) * s`.
 //! Division is exactly rounded in SIMD as in scalar code. `round` (half away from zero) is monotone and fixes
@@ -13,6 +14,10 @@
 //!
 //! Sums in f64 keep the sequential order of the scalar code they replace (so results stay bit-identical); only
 //! independent groups are interleaved, to hide the add latency.
+#[cfg(target_arch = "x86_64")]
+use crate::kernel_tiers::Family;
+#[cfg(target_arch = "x86_64")]
+use lowbit_runtime::isa::Isa;
 
 /// Fake-quantizes one value: `qparams::fake_quantize(x, QParams(scale, zp), qmin, qmax)` with
 /// `lo = qmin - zp`, `hi = qmax - zp`; also returns the clamped rounded quotient (the code minus `zp`).
@@ -203,12 +208,17 @@ macro_rules! dispatched {
         pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
+                /// The safe body compiled for AVX2.
+                ///
+                /// # Safety
+                /// The CPU must support AVX2.
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $imp($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx2") {
-                    // SAFETY: AVX2 was just detected; the function only touches the slices it is given.
+                if Family::FakeQuant.tier() == Isa::Avx2 {
+                    // SAFETY: fake-quant's tier is avx2 only when the CPU has AVX2 (`kernel_tiers`); the function
+                    // is safe code and only touches the slices it is given.
                     return unsafe { avx2($($arg),*) };
                 }
             }
