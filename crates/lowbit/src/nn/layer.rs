@@ -2,7 +2,7 @@
 //! forward, backward, parameters, state, and how quantization treats it), and the [`Layer`] enum over the kinds,
 //! which dispatches to it from one list.
 //!
-//! Adding a layer kind means its module with an `impl Op`, one line in [`layers!`]'s list, and its tests.
+//! Adding a layer kind means its module with an `impl Op`, one line in the `layers!` list, and its tests.
 use super::{
     Add, AvgPool2d, BatchNorm2d, Clip, Concat, Conv2d, Dense, Dropout, Flatten, MaxPool2d, Pad,
     Param, Relu, Slice,
@@ -13,7 +13,7 @@ use crate::state::{StateVisitor, Stateful};
 use crate::tensor::Tensor;
 
 /// How quantization treats an op: where quantizers go (see [`crate::quant::prepare_qat`]) and how it lowers to
-/// the integer engine (see [`crate::quant::convert`]).
+/// the integer engine (see [`crate::quant::convert()`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantRole {
     /// Multiplies codes by quantized weights (Dense, Conv2d): accumulators the engine requantizes.
