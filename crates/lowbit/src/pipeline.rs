@@ -159,6 +159,17 @@ pub fn train_float(
     train_float_checkpointed(spec, init, split, cfg, None, on_event)
 }
 
+/// A fresh model of `spec` for the data of `split`: its image shape and class count.
+pub fn model_for(spec: &str, seed: u64, split: &Split) -> Result<Model> {
+    let d = &split.train;
+    Model::from_spec_for(
+        spec,
+        seed,
+        [1, d.rows, d.cols],
+        d.classes.max(split.test.classes),
+    )
+}
+
 /// [`train_float`] checkpointing as phase `f32`.
 fn train_float_checkpointed(
     spec: &str,
@@ -171,7 +182,7 @@ fn train_float_checkpointed(
     let t0 = Instant::now();
     let mut model = match init {
         Some(m) => m.clone(),
-        None => Model::from_spec(spec, cfg.seed)?,
+        None => model_for(spec, cfg.seed, split)?,
     };
     let checkpoints = checkpoints.map(|c| (c, PHASES[0]));
     let epochs = train_with_events(&mut model, &split.train, cfg, "f32", checkpoints, on_event)?;
@@ -443,7 +454,7 @@ fn run_with(
         Method::Qat => {
             let mut m = match init {
                 Some(m) => m.clone(),
-                None => Model::from_spec(&cfg.model, cfg.train.seed)?,
+                None => model_for(&cfg.model, cfg.train.seed, split)?,
             };
             quant::prepare_qat(&mut m, qcfg)?;
             let epochs = train_with_events(

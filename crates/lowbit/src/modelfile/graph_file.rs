@@ -2,7 +2,8 @@
 //! weight is allocated, then the model built from its tensors.
 use crate::error::{Error, Result};
 use crate::nn::{
-    AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, Layer, MaxPool2d, Model, Node, Relu,
+    Add, AvgPool2d, AxisSlice, BatchNorm2d, Clip, Concat, Conv2d, Dense, Dropout, Flatten, Layer,
+    MaxPool2d, Model, Node, Pad, Relu, Slice,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -34,6 +35,8 @@ pub(super) enum LayerMeta {
         kernel: [usize; 2],
         stride: [usize; 2],
         padding: [usize; 2],
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
     },
     #[serde(rename = "batchnorm2d")]
     BatchNorm2d {
@@ -58,6 +61,36 @@ pub(super) enum LayerMeta {
     Flatten {},
     #[serde(rename = "dropout")]
     Dropout { p: f32 },
+    #[serde(rename = "add")]
+    Add {},
+    #[serde(rename = "concat")]
+    Concat {},
+    #[serde(rename = "pad")]
+    Pad {
+        channels: [usize; 2],
+        rows: [usize; 2],
+        cols: [usize; 2],
+    },
+    #[serde(rename = "slice")]
+    Slice {
+        channels: [usize; 3],
+        rows: [usize; 3],
+        cols: [usize; 3],
+    },
+    #[serde(rename = "clip")]
+    Clip { min: f32, max: f32 },
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(g: &usize) -> bool {
+    *g == 1
+}
+
+fn axis(a: &AxisSlice) -> [usize; 3] {
+    [a.start, a.end, a.step]
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -100,6 +133,7 @@ impl LayerMeta {
                 kernel: pair(c.kernel),
                 stride: pair(c.stride),
                 padding: pair(c.padding),
+                groups: c.groups(),
             },
             Layer::BatchNorm2d(b) => LayerMeta::BatchNorm2d {
                 channels: b.channels,
@@ -118,13 +152,58 @@ impl LayerMeta {
             },
             Layer::Flatten(_) => LayerMeta::Flatten {},
             Layer::Dropout(d) => LayerMeta::Dropout { p: d.p },
+            Layer::Add(_) => LayerMeta::Add {},
+            Layer::Concat(_) => LayerMeta::Concat {},
+            Layer::Pad(p) => LayerMeta::Pad {
+                channels: [p.front, p.back],
+                rows: [p.top, p.bottom],
+                cols: [p.left, p.right],
+            },
+            Layer::Slice(s) => LayerMeta::Slice {
+                channels: axis(&s.channels),
+                rows: axis(&s.rows),
+                cols: axis(&s.cols),
+            },
+            Layer::Clip(c) => LayerMeta::Clip {
+                min: c.min,
+                max: c.max,
+            },
             _ => return None,
         })
     }
 
     /// Checks the attributes (limits, ranges) and infers the output shape from the input's, with checked
     /// arithmetic; returns it and the number of parameter values the layer stores.
-    fn infer(&self, input: &[usize]) -> std::result::Result<(Vec<usize>, usize), String> {
+    fn infer(&self, inputs: &[&[usize]]) -> std::result::Result<(Vec<usize>, usize), String> {
+        match self {
+            LayerMeta::Add {} => {
+                return match inputs {
+                    [a, b] if a == b => Ok((a.to_vec(), 0)),
+                    _ => Err(format!("add needs two inputs of one shape, got {inputs:?}")),
+                }
+            }
+            LayerMeta::Concat {} => {
+                let Some(first) = inputs.first() else {
+                    return Err("concat needs an input".into());
+                };
+                let mut c = 0usize;
+                for s in inputs {
+                    match (s, first) {
+                        ([ci, h, w], [_, h0, w0]) if h == h0 && w == w0 => {
+                            c = c.saturating_add(*ci)
+                        }
+                        _ => {
+                            return Err(format!("concat inputs {inputs:?} differ beyond channels"))
+                        }
+                    }
+                }
+                return Ok((vec![c, first[1], first[2]], 0));
+            }
+            _ => {}
+        }
+        let [input] = inputs else {
+            return Err(format!("takes 1 input, has {}", inputs.len()));
+        };
         let dims = |v: &[usize]| {
             v.iter()
                 .all(|&d| (1..=MAX_DIM).contains(&d))
@@ -148,6 +227,40 @@ impl LayerMeta {
             }
         };
         match *self {
+            LayerMeta::Add {} | LayerMeta::Concat {} => Err("handled above".into()),
+            LayerMeta::Clip { min, max } => {
+                if min.is_nan() || max.is_nan() || min >= max {
+                    return Err(format!("clip [{min}, {max}]"));
+                }
+                Ok((input.to_vec(), 0))
+            }
+            LayerMeta::Pad {
+                channels,
+                rows,
+                cols,
+            } => {
+                let (c, h, w) = spatial()?;
+                let add = |v: usize, [a, b]: [usize; 2]| {
+                    (a <= MAX_DIM && b <= MAX_DIM)
+                        .then(|| v + a + b)
+                        .ok_or("padding too large")
+                };
+                Ok((vec![add(c, channels)?, add(h, rows)?, add(w, cols)?], 0))
+            }
+            LayerMeta::Slice {
+                channels,
+                rows,
+                cols,
+            } => {
+                let (c, h, w) = spatial()?;
+                let len = |[a, b, st]: [usize; 3], n: usize| {
+                    let b = b.min(n);
+                    (st >= 1 && a < b)
+                        .then(|| (b - a).div_ceil(st))
+                        .ok_or(format!("slice {a}..{b}:{st} of {n}"))
+                };
+                Ok((vec![len(channels, c)?, len(rows, h)?, len(cols, w)?], 0))
+            }
             LayerMeta::Dense {
                 in_features,
                 out_features,
@@ -165,15 +278,21 @@ impl LayerMeta {
                 kernel,
                 stride,
                 padding,
+                groups,
             } => {
-                dims(&[in_channels, out_channels])?;
+                dims(&[in_channels, out_channels, groups])?;
                 let (c, h, w) = spatial()?;
                 if c != in_channels {
                     return Err(format!("in_channels {in_channels}, input has {c}"));
                 }
+                if in_channels % groups != 0 || out_channels % groups != 0 {
+                    return Err(format!(
+                        "{groups} groups for {in_channels} -> {out_channels}"
+                    ));
+                }
                 let (oh, ow) = window(kernel, stride, padding, h, w)?;
                 let params = out_channels
-                    .checked_mul(in_channels)
+                    .checked_mul(in_channels / groups)
                     .and_then(|v| v.checked_mul(kernel[0] * kernel[1]))
                     .and_then(|v| v.checked_add(out_channels))
                     .ok_or("too many parameters")?;
@@ -243,15 +362,20 @@ impl LayerMeta {
                 kernel,
                 stride,
                 padding,
-            } => Layer::Conv2d(Conv2d::from_weights(
+                groups,
+            } => Layer::Conv2d(Conv2d::from_weights_grouped(
                 in_channels,
                 out_channels,
                 unpair(kernel),
                 unpair(stride),
                 unpair(padding),
-                tensor("weight", out_channels * in_channels * kernel[0] * kernel[1])?,
+                groups,
+                tensor(
+                    "weight",
+                    out_channels * (in_channels / groups) * kernel[0] * kernel[1],
+                )?,
                 tensor("bias", out_channels)?,
-            )),
+            )?),
             LayerMeta::BatchNorm2d {
                 channels,
                 momentum,
@@ -284,6 +408,22 @@ impl LayerMeta {
             }),
             LayerMeta::Flatten {} => Layer::Flatten(Flatten::new()),
             LayerMeta::Dropout { p } => Layer::Dropout(Dropout::new(p, seed)?),
+            LayerMeta::Add {} => Layer::Add(Add::new()),
+            LayerMeta::Concat {} => Layer::Concat(Concat::new()),
+            LayerMeta::Pad {
+                channels,
+                rows,
+                cols,
+            } => Layer::Pad(Pad::new(unpair(channels), unpair(rows), unpair(cols))),
+            LayerMeta::Slice {
+                channels,
+                rows,
+                cols,
+            } => {
+                let a = |[x, y, z]: [usize; 3]| AxisSlice::new(x, y, z);
+                Layer::Slice(Slice::new(a(channels), a(rows), a(cols)))
+            }
+            LayerMeta::Clip { min, max } => Layer::Clip(Clip::new(min, max)?),
         })
     }
 }
@@ -341,10 +481,8 @@ pub(super) fn read(
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let [x] = inputs.as_slice() else {
-            return Err(at(format!("takes 1 input, has {}", inputs.len())));
-        };
-        let (shape, p) = n.op.infer(&shapes[*x]).map_err(at)?;
+        let in_shapes: Vec<&[usize]> = inputs.iter().map(|&v| shapes[v].as_slice()).collect();
+        let (shape, p) = n.op.infer(&in_shapes).map_err(at)?;
         let e = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if !e.is_some_and(|e| (1..=MAX_SAMPLE_ELEMS).contains(&e)) {
             return Err(at(format!("output {shape:?} is empty or too large")));

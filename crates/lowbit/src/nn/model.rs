@@ -78,6 +78,17 @@ impl Model {
         super::spec::from_spec(spec, seed)
     }
 
+    /// Builds a model from a spec string for inputs of `input_shape` and `classes` classes (see
+    /// [`super::spec::from_spec_for`]).
+    pub fn from_spec_for(
+        spec: &str,
+        seed: u64,
+        input_shape: [usize; 3],
+        classes: usize,
+    ) -> Result<Model> {
+        super::spec::from_spec_for(spec, seed, input_shape, classes)
+    }
+
     /// A chain: node `i` (named `layers.{i}`, as the chains of float file version 1 named their tensors) reads the
     /// output of node `i - 1`, the first one the input.
     pub fn sequential(

@@ -3,10 +3,12 @@ use super::act::ActQuantizer;
 use super::weight::WeightQuantizer;
 use crate::error::{Error, Result};
 use crate::nn::conv::window_len;
+use crate::nn::layer::QuantRole;
 use crate::nn::{Conv2d, Dense, Layer, Model};
+use lowbit_runtime::kernels::eltwise::unary_table;
 use lowbit_runtime::model::{
-    InputSpec, OutputStage, Provenance, QAvgPool2d, QConv2d, QDense, QMaxPool2d, QNode, QOp,
-    QuantModel,
+    InputSpec, OutputStage, Provenance, QAdd, QAvgPool2d, QConcat, QConv2d, QDense, QLut,
+    QMaxPool2d, QNode, QOp, QPad, QSlice, QuantModel,
 };
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::{QParams, Requant};
@@ -17,41 +19,49 @@ enum Lowered {
     /// The float model input, before its quantizer.
     Float,
     /// Codes: runtime value `id` with these parameters and per-sample shape (C, H, W).
-    Codes {
-        id: usize,
-        qp: QParams,
-        bits: u32,
-        shape: (usize, usize, usize),
-    },
-    /// Accumulators of a requantizing node not yet emitted: they become codes at the next activation quantizer
-    /// (its parameters the node's output stage), or logits at the graph's output.
+    Codes(Codes),
+    /// Accumulators (or a sum) of a requantizing node not yet emitted: they become codes at the next activation
+    /// quantizer (its parameters the node's output stage), or logits at the graph's output.
     Pending(Pending),
+}
+
+/// Codes of a runtime value.
+#[derive(Clone, Copy)]
+struct Codes {
+    id: usize,
+    qp: QParams,
+    bits: u32,
+    shape: (usize, usize, usize),
 }
 
 #[derive(Clone)]
 struct Pending {
-    /// The training node that produced it (Dense, Conv2d, ConvBn2d or AvgPool2d).
+    /// The training node that produced it (Dense, Conv2d, ConvBn2d, AvgPool2d, Add or Concat).
     node: usize,
     /// Its input codes.
-    input: (usize, QParams, (usize, usize, usize)),
+    inputs: Vec<Codes>,
     /// A ReLU absorbed as a clamp at the output zero point.
     relu: bool,
+    /// The upper bound of an absorbed clip (ReLU6), if any.
+    clip_max: Option<f32>,
 }
 
 /// Converts a prepared model (see [`super::prepare_qat`] / [`super::ptq`]) to a [`QuantModel`] graph, node by
 /// node in order, tracking what each value is on the integer side:
 ///
 /// - the input quantizer turns the model input into codes (scale 1/255, zero point 0 for pixels);
-/// - Dense, Conv2d and AvgPool2d read codes and leave pending accumulators; a ReLU on them is absorbed (a clamp
-///   at the zero point); the activation quantizer that reads them emits the runtime node, requantizing to its
-///   codes: for a matrix node with `Requant::from_real(s_in * s_w[c] / s_out)`, for an average pool with its
-///   documented formula; at the graph's output a matrix node emits logits;
-/// - MaxPool2d and Flatten run on codes with unchanged parameters; Dropout (identity in inference) disappears.
+/// - requantizing ops (Dense, Conv2d, AvgPool2d, Add, Concat) read codes and leave a pending result; a ReLU or a
+///   clip from 0 on it is absorbed (a clamp in the output stage); the activation quantizer that reads it emits the
+///   runtime node, requantizing to its codes: a matrix node with `Requant::from_real(s_in * s_w[c] / s_out)`, an
+///   average pool, add or concat with their documented fixed-point formulas; at the graph's output a matrix node
+///   emits logits;
+/// - MaxPool2d, Flatten, Pad and Slice run on codes with unchanged parameters; Dropout (identity in inference)
+///   disappears; a ReLU or clip on codes becomes a 256-entry table.
 ///
 /// Per Dense or Conv2d: codes and scales from its [`super::WeightQuantizer::quantize`] (the same call the
-/// fake-quant forward makes; rows = output channels, columns `ic*kh*kw` in the runtime's order), packed at the
-/// quantizer's bit width; bias `round(b / (s_in * s_w[c]))` in f64 (in fixed-step mode `b` is first put on the
-/// `1/k` grid). Batch norms must have been folded ([`super::prepare_qat`] does it): a [`super::ConvBn2d`]
+/// fake-quant forward makes; rows = output channels, columns `ic/groups*kh*kw` in the runtime's order), packed at
+/// the quantizer's bit width; bias `round(b / (s_in * s_w[c]))` in f64 (in fixed-step mode `b` is first put on
+/// the `1/k` grid). Batch norms must have been folded ([`super::prepare_qat`] does it): a [`super::ConvBn2d`]
 /// (batch-statistics QAT) converts as its folded convolution ([`super::ConvBn2d::folded_conv`]: weights `W * f`
 /// quantized by its quantizer, bias `beta + (b - mean) * f`, running statistics), exactly the function its
 /// inference forward computes. Runtime nodes take the name of the training node that computes them.
@@ -69,10 +79,10 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
     let mut low: Vec<Lowered> = Vec::with_capacity(n + 1);
     low.push(Lowered::Float);
     let mut nodes: Vec<QNode> = Vec::new();
-    let emit = |nodes: &mut Vec<QNode>, name: &str, input: usize, op: QOp| -> usize {
+    let emit = |nodes: &mut Vec<QNode>, name: &str, inputs: Vec<usize>, op: QOp| -> usize {
         nodes.push(QNode {
             name: name.to_string(),
-            inputs: vec![input],
+            inputs,
             op,
         });
         nodes.len()
@@ -81,104 +91,76 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
         let name = node.name.as_str();
         let cannot =
             |what: &str| not_prepared(format!("node {name} ({}) {what}", node.layer.kind()));
-        let x = match node.inputs.as_slice() {
-            [v] => low[*v].clone(),
-            _ => {
-                return Err(cannot(
-                    "takes several inputs, which conversion does not support yet",
-                ))
-            }
+        let args: Vec<Lowered> = node.inputs.iter().map(|&v| low[v].clone()).collect();
+        let codes_args = || -> Result<Vec<Codes>> {
+            args.iter()
+                .map(|a| match a {
+                    Lowered::Codes(c) => Ok(*c),
+                    Lowered::Pending(p) => Err(cannot(&format!(
+                        "reads the output of node {} before an activation quantizer",
+                        model.nodes[p.node].name
+                    ))),
+                    Lowered::Float => Err(cannot(
+                        "reads the float input: the input quantizer must come first",
+                    )),
+                })
+                .collect()
         };
-        let out = match (&node.layer, x) {
-            (Layer::ActQuant(q), Lowered::Float) if q.is_input() => {
+        let out = match (&node.layer, args.as_slice()) {
+            (Layer::ActQuant(q), [Lowered::Float]) if q.is_input() => {
                 let qp = q.try_qparams()?;
                 input_qp = Some(qp);
-                Lowered::Codes {
+                Lowered::Codes(Codes {
                     id: 0,
                     qp,
                     bits: 8,
                     shape: (channels, height, width),
-                }
+                })
             }
-            (_, Lowered::Float) => {
-                return Err(cannot(
-                    "reads the float input: the input quantizer must come first",
-                ))
+            (l, _) if l.quant_role() == QuantRole::Weighted || is_requantizing(l) => {
+                Lowered::Pending(Pending {
+                    node: j,
+                    inputs: codes_args()?,
+                    relu: false,
+                    clip_max: None,
+                })
             }
-            (
-                Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_) | Layer::AvgPool2d(_),
-                Lowered::Codes { id, qp, shape, .. },
-            ) => Lowered::Pending(Pending {
-                node: j,
-                input: (id, qp, shape),
-                relu: false,
+            (Layer::Relu(_), [Lowered::Pending(p)]) => Lowered::Pending(Pending {
+                relu: true,
+                ..p.clone()
             }),
-            (Layer::Relu(_), Lowered::Pending(mut p)) => {
-                p.relu = true;
-                Lowered::Pending(p)
-            }
-            (Layer::ActQuant(q), Lowered::Pending(p)) if !q.is_input() => {
-                let (op, shape) = lower_pending(model, &p, Some(q))?;
+            (Layer::Clip(c), [Lowered::Pending(p)]) if c.min == 0.0 => Lowered::Pending(Pending {
+                relu: true,
+                clip_max: Some(p.clip_max.map_or(c.max, |m| m.min(c.max))),
+                ..p.clone()
+            }),
+            (Layer::ActQuant(q), [Lowered::Pending(p)]) if !q.is_input() => {
+                let (op, shape) = lower_pending(model, p, Some(q))?;
                 let producer = &model.nodes[p.node].name;
-                let id = emit(&mut nodes, producer, p.input.0, op);
-                Lowered::Codes {
-                    id,
+                let ids = p.inputs.iter().map(|c| c.id).collect();
+                Lowered::Codes(Codes {
+                    id: emit(&mut nodes, producer, ids, op),
                     qp: q.try_qparams()?,
                     bits: q.bits(),
                     shape,
-                }
+                })
             }
-            (
-                Layer::MaxPool2d(pool),
-                Lowered::Codes {
-                    id,
-                    qp,
-                    bits,
-                    shape: (c, h, w),
-                },
-            ) => {
-                let (oh, ow) = match (
-                    window_len(h, pool.kernel.0, pool.stride.0, 0),
-                    window_len(w, pool.kernel.1, pool.stride.1, 0),
-                ) {
-                    (Some(a), Some(b)) => (a, b),
-                    _ => return Err(cannot("does not fit its input")),
-                };
-                let op = QOp::MaxPool2d(QMaxPool2d {
-                    kernel: pool.kernel,
-                    stride: pool.stride,
-                });
-                Lowered::Codes {
-                    id: emit(&mut nodes, name, id, op),
-                    qp,
-                    bits,
-                    shape: (c, oh, ow),
-                }
-            }
-            (
-                Layer::Flatten(_),
-                Lowered::Codes {
-                    id,
-                    qp,
-                    bits,
-                    shape: (c, h, w),
-                },
-            ) => Lowered::Codes {
-                id: emit(&mut nodes, name, id, QOp::Flatten),
-                qp,
-                bits,
-                shape: (c * h * w, 1, 1),
-            },
             // Identity in inference; a flatten of logits changes nothing either.
-            (Layer::Dropout(_), x) => x,
-            (Layer::Flatten(_), x @ Lowered::Pending(_)) => x,
-            (_, Lowered::Pending(p)) => {
-                return Err(cannot(&format!(
-                    "reads the output of node {} before an activation quantizer",
-                    model.nodes[p.node].name
-                )))
+            (Layer::Dropout(_), [x]) => x.clone(),
+            (Layer::Flatten(_), [x @ Lowered::Pending(_)]) => x.clone(),
+            (layer, _) => {
+                let [x] = codes_args()?[..] else {
+                    return Err(cannot("takes several inputs"));
+                };
+                let (op, shape) = lower_on_codes(model, j, x)?;
+                let _ = layer;
+                Lowered::Codes(Codes {
+                    id: emit(&mut nodes, name, vec![x.id], op),
+                    shape,
+                    qp: x.qp,
+                    bits: x.bits,
+                })
             }
-            (_, Lowered::Codes { .. }) => return Err(cannot("cannot run on activation codes")),
         };
         low.push(out);
     }
@@ -186,9 +168,12 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
         return Err(not_prepared("it has no input quantizer".into()));
     };
     match low.pop() {
-        Some(Lowered::Pending(p)) if !p.relu && is_matrix(&model.nodes[p.node].layer) => {
+        Some(Lowered::Pending(p))
+            if !p.relu && p.clip_max.is_none() && is_matrix(&model.nodes[p.node].layer) =>
+        {
             let (op, _) = lower_pending(model, &p, None)?;
-            emit(&mut nodes, &model.nodes[p.node].name, p.input.0, op);
+            let ids = p.inputs.iter().map(|c| c.id).collect();
+            emit(&mut nodes, &model.nodes[p.node].name, ids, op);
         }
         _ => {
             return Err(not_prepared(
@@ -211,6 +196,85 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
     })
 }
 
+/// Whether a layer is a requantizing op without weights (average pool, add, concat).
+fn is_requantizing(l: &Layer) -> bool {
+    l.quant_role() == QuantRole::Requantizing
+}
+
+/// A code-transparent or element-wise op on codes `x` (node `j`): its runtime op (parameters unchanged) and
+/// output shape.
+fn lower_on_codes(model: &Model, j: usize, x: Codes) -> Result<(QOp, (usize, usize, usize))> {
+    let node = &model.nodes[j];
+    let (c, h, w) = x.shape;
+    let bad = |what: String| {
+        Error::Shape(format!(
+            "model {}: node {} ({}): {what}",
+            model.spec,
+            node.name,
+            node.layer.kind()
+        ))
+    };
+    Ok(match &node.layer {
+        Layer::MaxPool2d(pool) => {
+            let (oh, ow) = match (
+                window_len(h, pool.kernel.0, pool.stride.0, 0),
+                window_len(w, pool.kernel.1, pool.stride.1, 0),
+            ) {
+                (Some(a), Some(b)) => (a, b),
+                _ => return Err(bad("does not fit its input".into())),
+            };
+            let op = QOp::MaxPool2d(QMaxPool2d {
+                kernel: pool.kernel,
+                stride: pool.stride,
+            });
+            (op, (c, oh, ow))
+        }
+        Layer::Flatten(_) => (QOp::Flatten, (c * h * w, 1, 1)),
+        Layer::Pad(p) => (
+            QOp::Pad(QPad {
+                channels: (p.front, p.back),
+                rows: (p.top, p.bottom),
+                cols: (p.left, p.right),
+            }),
+            (
+                c + p.front + p.back,
+                h + p.top + p.bottom,
+                w + p.left + p.right,
+            ),
+        ),
+        Layer::Slice(sl) => {
+            let axis = |a: &crate::nn::AxisSlice, len: usize| {
+                let end = a.end.min(len);
+                [a.start, end, a.step]
+            };
+            let op = QSlice {
+                channels: axis(&sl.channels, c),
+                rows: axis(&sl.rows, h),
+                cols: axis(&sl.cols, w),
+            };
+            let len = |[a, b, st]: [usize; 3]| b.saturating_sub(a).div_ceil(st.max(1));
+            let shape = (len(op.channels), len(op.rows), len(op.cols));
+            (QOp::Slice(op), shape)
+        }
+        Layer::Relu(_) | Layer::Clip(_) => {
+            let (lo, hi) = match &node.layer {
+                Layer::Clip(cl) => (cl.min, cl.max),
+                _ => (0.0, f32::INFINITY),
+            };
+            let (_, qmax) = lowbit_runtime::qparams::act_code_range(x.bits)?;
+            let table = unary_table(x.qp, x.qp, 0, qmax, |v| v.clamp(lo, hi))?;
+            let op = QOp::Lut(QLut {
+                input: x.qp,
+                output: x.qp,
+                bits: x.bits,
+                table: table.to_vec(),
+            });
+            (op, x.shape)
+        }
+        _ => return Err(bad("cannot run on activation codes".into())),
+    })
+}
+
 fn is_matrix(l: &Layer) -> bool {
     matches!(l, Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_))
 }
@@ -223,10 +287,24 @@ fn lower_pending(
     out: Option<&ActQuantizer>,
 ) -> Result<(QOp, (usize, usize, usize))> {
     let node = &model.nodes[p.node];
-    let (_, s_in, (c, h, w)) = p.input;
+    let first = p.inputs.first().copied().ok_or_else(|| {
+        Error::Shape(format!(
+            "model {}: node {} has no input",
+            model.spec, node.name
+        ))
+    })?;
+    let (s_in, (c, h, w)) = (first.qp, first.shape);
     let bad_shape = || {
         Error::Shape(format!(
             "model {}: node {} ({}) does not fit its input {c}x{h}x{w}",
+            model.spec,
+            node.name,
+            node.layer.kind()
+        ))
+    };
+    let unsupported = |what: &str| {
+        Error::Shape(format!(
+            "model {}: node {} ({}): {what}",
             model.spec,
             node.name,
             node.layer.kind()
@@ -236,6 +314,9 @@ fn lower_pending(
         Error::Conversion(m) => Error::Conversion(format!("node {}: {m}", node.name)),
         other => other,
     };
+    // The activation quantizer that turns the result into codes; only a matrix node may emit logits.
+    let requantized =
+        || -> Result<&ActQuantizer> { out.ok_or_else(|| unsupported("cannot produce the logits")) };
     let folded;
     let layer = match &node.layer {
         Layer::ConvBn2d(cb) => {
@@ -244,12 +325,24 @@ fn lower_pending(
         }
         other => other,
     };
+    let max_code = |q: Option<&ActQuantizer>| -> Result<Option<i32>> {
+        match (p.clip_max, q) {
+            (Some(hi), Some(q)) => {
+                let qp = q.try_qparams()?;
+                let (_, qmax) = lowbit_runtime::qparams::act_code_range(q.bits())?;
+                let code = lowbit_runtime::qparams::quantize(hi, qp, qp.zero_point, qmax);
+                Ok((code < qmax).then_some(code))
+            }
+            _ => Ok(None),
+        }
+    };
     match layer {
         Layer::Dense(d) => {
             if d.in_features != c * h * w {
                 return Err(bad_shape());
             }
-            let q = convert_dense(d, s_in, out, p.relu).map_err(named)?;
+            let mut q = convert_dense(d, s_in, out, p.relu).map_err(named)?;
+            set_max_code(&mut q.output, max_code(out)?);
             Ok((QOp::Dense(q), (d.out_features, 1, 1)))
         }
         Layer::Conv2d(cv) => {
@@ -257,21 +350,16 @@ fn lower_pending(
                 return Err(bad_shape());
             }
             let (oh, ow) = cv.output_hw(h, w).ok_or_else(bad_shape)?;
-            let q = convert_conv(cv, s_in, out, p.relu).map_err(named)?;
+            let mut q = convert_conv(cv, s_in, out, p.relu).map_err(named)?;
+            set_max_code(&mut q.output, max_code(out)?);
             Ok((QOp::Conv2d(q), (cv.out_channels, oh, ow)))
         }
         Layer::AvgPool2d(pool) => {
-            let Some(q) = out else {
-                return Err(Error::Shape(format!(
-                    "model {}: node {} (avgpool2d) cannot produce the logits",
-                    model.spec, node.name
-                )));
-            };
+            let q = requantized()?;
             if p.relu {
-                return Err(Error::Shape(format!(
-                    "model {}: node {}: a ReLU after an average pool of codes is not supported",
-                    model.spec, node.name
-                )));
+                return Err(unsupported(
+                    "a ReLU after an average pool of codes is not supported",
+                ));
             }
             let (kernel, stride) = pool.window_for(h, w);
             let (oh, ow) = match (
@@ -290,12 +378,49 @@ fn lower_pending(
             });
             Ok((op, (c, oh, ow)))
         }
-        _ => Err(Error::Shape(format!(
-            "model {}: node {} ({}) is not a requantizing op",
-            model.spec,
-            node.name,
-            node.layer.kind()
-        ))),
+        Layer::Add(_) => {
+            let q = requantized()?;
+            let [a, b] = p.inputs[..] else {
+                return Err(unsupported("takes two inputs"));
+            };
+            if a.shape != b.shape {
+                return Err(bad_shape());
+            }
+            if p.clip_max.is_some() {
+                return Err(unsupported("a clip after a residual add is not supported"));
+            }
+            let op = QOp::Add(QAdd {
+                inputs: [a.qp, b.qp],
+                output: q.try_qparams()?,
+                bits: q.bits(),
+                relu: p.relu,
+            });
+            Ok((op, a.shape))
+        }
+        Layer::Concat(_) => {
+            let q = requantized()?;
+            if p.relu || p.clip_max.is_some() {
+                return Err(unsupported("a clamp after a concat is not supported"));
+            }
+            if p.inputs.iter().any(|x| (x.shape.1, x.shape.2) != (h, w)) {
+                return Err(bad_shape());
+            }
+            let channels = p.inputs.iter().map(|x| x.shape.0).sum();
+            let op = QOp::Concat(QConcat {
+                inputs: p.inputs.iter().map(|x| x.qp).collect(),
+                output: q.try_qparams()?,
+                bits: q.bits(),
+            });
+            Ok((op, (channels, h, w)))
+        }
+        _ => Err(unsupported("is not a requantizing op")),
+    }
+}
+
+/// Puts a fused clip's highest code on a requantizing output stage.
+fn set_max_code(stage: &mut OutputStage, code: Option<i32>) {
+    if let OutputStage::Requantize { max_code, .. } = stage {
+        *max_code = code;
     }
 }
 
@@ -438,7 +563,7 @@ pub fn convert_conv(
         bias: q.bias,
         input,
         output: q.output,
-        groups: 1,
+        groups: cv.groups(),
     })
 }
 

@@ -11,30 +11,34 @@ use super::config::{BnFold, QuantConfig, WeightQuantKind};
 use super::convbn::ConvBn2d;
 use super::weight::WeightQuantizer;
 use crate::error::{Error, Result};
+use crate::nn::layer::QuantRole;
 use crate::nn::{Layer, Model, ValueId};
 use crate::tensor::Tensor;
 
 /// Whether a layer holds weights that the engine multiplies (Dense, Conv2d, and a conv with a merged batch norm).
 pub(crate) fn is_weight_layer(l: &Layer) -> bool {
-    matches!(l, Layer::Dense(_) | Layer::Conv2d(_) | Layer::ConvBn2d(_))
+    l.quant_role() == QuantRole::Weighted
 }
 
 /// Whether a layer produces a new real value from codes, which the engine requantizes (see the module doc).
 fn requantizes(l: &Layer) -> bool {
-    is_weight_layer(l) || matches!(l, Layer::AvgPool2d(_))
+    matches!(
+        l.quant_role(),
+        QuantRole::Weighted | QuantRole::Requantizing
+    )
 }
 
-/// Whether a requantizing op's output stage absorbs this layer as a clamp.
+/// Whether a requantizing op's output stage absorbs this layer as a clamp: a ReLU, or a clip from 0 (ReLU6).
 fn absorbed(l: &Layer) -> bool {
-    matches!(l, Layer::Relu(_))
+    match l {
+        Layer::Clip(c) => c.min == 0.0,
+        other => other.quant_role() == QuantRole::Clamp,
+    }
 }
 
 /// Whether a layer moves codes without changing their quantization.
 fn code_transparent(l: &Layer) -> bool {
-    matches!(
-        l,
-        Layer::MaxPool2d(_) | Layer::Flatten(_) | Layer::Dropout(_)
-    )
+    l.quant_role() == QuantRole::Transparent
 }
 
 /// The value at the end of node `j`'s clamp chain: its output, followed through single-reader ReLUs.
@@ -190,6 +194,14 @@ fn conv_batchnorm_pairs(model: &Model) -> Result<Vec<(usize, usize)>> {
     let mut pairs = Vec::new();
     for (k, node) in model.nodes.iter().enumerate() {
         let Layer::BatchNorm2d(bn) = &node.layer else {
+            if node.layer.quant_role() == QuantRole::Folded {
+                return Err(Error::Shape(format!(
+                    "model {}: node {} ({}) cannot be folded",
+                    model.spec,
+                    node.name,
+                    node.layer.kind()
+                )));
+            }
             continue;
         };
         let conv = match node.inputs.as_slice() {

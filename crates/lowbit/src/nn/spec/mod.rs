@@ -11,6 +11,12 @@
 //!   - the last token, a plain number N: the fully connected output layer of N classes.
 //!
 //!   Example: `cnn:c16-c16-p-c32.bn-p-f64-10`.
+//! - `resnet:N[:a|:b]` and `mobilenet[:...]`: graph models (see [`graphs`]).
+//!
+//! [`from_spec_for`] builds a spec for a given input shape and class count (the data's); [`from_spec`] for
+//! 1x28x28 images and 10 classes. `lenet5` and `cnn:` adapt their sizes to the input; `mlp:` states it.
+mod graphs;
+
 use super::{
     AvgPool2d, BatchNorm2d, Conv2d, Dense, Dropout, Flatten, Layer, MaxPool2d, Model, Relu,
 };
@@ -21,21 +27,42 @@ use crate::rng::Rng;
 pub const IMAGE_SHAPE: [usize; 3] = [1, 28, 28];
 
 const VALID_FORMS: &str = "valid forms: mlp:I-H1-...-O (e.g. mlp:784-64-10, I = 784 for 28x28x1 images); \
-     lenet5; cnn:T1-...-N with tokens cK (3x3 conv, pad 1, ReLU), cK.bn (conv, batch norm, ReLU), p (2x2 max \
+     lenet5; resnet:N[:a|:b] (N = 6n+2, e.g. resnet:20); mobilenet[:tTcCnNsS-...-hH]; cnn:T1-...-N with tokens cK (3x3 conv, pad 1, ReLU), cK.bn (conv, batch norm, ReLU), p (2x2 max \
      pool), a (2x2 average pool), g (global average pool), dP (dropout, P in [0, 1)), fK (fully connected + \
      ReLU) and a final class count N (e.g. cnn:c16-c16-p-c32-p-f64-10)";
 
-/// Builds a freshly initialised model from a spec string, with weights drawn from `seed`.
+/// Builds a freshly initialised model from a spec string for 1x28x28 images and 10 classes, with weights drawn
+/// from `seed`.
 pub fn from_spec(spec: &str, seed: u64) -> Result<Model> {
+    from_spec_for(spec, seed, IMAGE_SHAPE, 10)
+}
+
+/// Builds a freshly initialised model from a spec string for inputs of `input_shape` (C, H, W) and `classes`
+/// classes (the graph specs' and `lenet5`'s output width; `mlp:` and `cnn:` state theirs).
+pub fn from_spec_for(
+    spec: &str,
+    seed: u64,
+    input_shape: [usize; 3],
+    classes: usize,
+) -> Result<Model> {
     let spec = spec.trim();
     if let Some(sizes) = spec.strip_prefix("mlp:") {
-        return mlp(spec, sizes, seed);
+        return mlp(spec, sizes, seed, input_shape);
     }
     if spec == "lenet5" {
-        return Ok(lenet5(seed));
+        return lenet5(seed, input_shape, classes);
     }
     if let Some(tokens) = spec.strip_prefix("cnn:") {
-        return cnn(spec, tokens, seed);
+        return cnn(spec, tokens, seed, input_shape);
+    }
+    if let Some(args) = spec.strip_prefix("resnet:") {
+        return graphs::resnet(spec, args, seed, input_shape, classes);
+    }
+    if spec == "mobilenet" {
+        return graphs::mobilenet(spec, None, seed, input_shape, classes);
+    }
+    if let Some(args) = spec.strip_prefix("mobilenet:") {
+        return graphs::mobilenet(spec, Some(args), seed, input_shape, classes);
     }
     Err(Error::option(
         "--model",
@@ -43,7 +70,7 @@ pub fn from_spec(spec: &str, seed: u64) -> Result<Model> {
     ))
 }
 
-fn mlp(spec: &str, sizes: &str, seed: u64) -> Result<Model> {
+fn mlp(spec: &str, sizes: &str, seed: u64, input_shape: [usize; 3]) -> Result<Model> {
     let sizes = sizes
         .split('-')
         .map(|s| {
@@ -67,13 +94,13 @@ fn mlp(spec: &str, sizes: &str, seed: u64) -> Result<Model> {
             format!("'{spec}' needs at least an input and an output size; {VALID_FORMS}"),
         ));
     }
-    let input_len: usize = IMAGE_SHAPE.iter().product();
+    let input_len: usize = input_shape.iter().product();
     if sizes[0] != input_len {
         return Err(Error::option(
             "--model",
             format!(
                 "'{spec}': input size {} does not match the {}x{}x{} images ({input_len})",
-                sizes[0], IMAGE_SHAPE[0], IMAGE_SHAPE[1], IMAGE_SHAPE[2]
+                sizes[0], input_shape[0], input_shape[1], input_shape[2]
             ),
         ));
     }
@@ -99,34 +126,43 @@ fn mlp(spec: &str, sizes: &str, seed: u64) -> Result<Model> {
     }
     Ok(Model::sequential(
         spec,
-        IMAGE_SHAPE,
+        input_shape,
         sizes[sizes.len() - 1],
         layers,
     ))
 }
 
-/// LeNet-5 for 1x28x28 inputs (see the module doc).
-fn lenet5(seed: u64) -> Model {
+/// LeNet-5 (see the module doc); the sizes after the convolutions follow the input's (16x5x5 for 28x28).
+fn lenet5(seed: u64, input: [usize; 3], classes: usize) -> Result<Model> {
+    let [c, h, w] = input;
+    // conv1 keeps the size (pad 2), pool halves, conv2 (5x5, no pad) takes 4, pool halves.
+    let after = |n: usize| (n / 2).checked_sub(4).map(|m| m / 2).filter(|&m| m > 0);
+    let (Some(h2), Some(w2)) = (after(h), after(w)) else {
+        return Err(Error::option(
+            "--model",
+            format!("lenet5 needs inputs of at least 12x12, got {h}x{w}"),
+        ));
+    };
     let mut rng = Rng::new(seed);
     let layers = vec![
-        Layer::Conv2d(Conv2d::new(1, 6, (5, 5), (1, 1), (2, 2), &mut rng.fork(0))),
+        Layer::Conv2d(Conv2d::new(c, 6, (5, 5), (1, 1), (2, 2), &mut rng.fork(0))),
         Layer::Relu(Relu::new()),
         Layer::MaxPool2d(MaxPool2d::new((2, 2), (2, 2))),
         Layer::Conv2d(Conv2d::new(6, 16, (5, 5), (1, 1), (0, 0), &mut rng.fork(1))),
         Layer::Relu(Relu::new()),
         Layer::MaxPool2d(MaxPool2d::new((2, 2), (2, 2))),
         Layer::Flatten(Flatten::new()),
-        Layer::Dense(Dense::new(16 * 5 * 5, 120, &mut rng.fork(2))),
+        Layer::Dense(Dense::new(16 * h2 * w2, 120, &mut rng.fork(2))),
         Layer::Relu(Relu::new()),
         Layer::Dense(Dense::new(120, 84, &mut rng.fork(3))),
         Layer::Relu(Relu::new()),
-        Layer::Dense(Dense::new(84, 10, &mut rng.fork(4))),
+        Layer::Dense(Dense::new(84, classes, &mut rng.fork(4))),
     ];
-    Model::sequential("lenet5", IMAGE_SHAPE, 10, layers)
+    Ok(Model::sequential("lenet5", input, classes, layers))
 }
 
 /// The `cnn:` grammar (see the module doc); shapes are tracked so a bad spec fails here, not in training.
-fn cnn(spec: &str, tokens: &str, seed: u64) -> Result<Model> {
+fn cnn(spec: &str, tokens: &str, seed: u64, input_shape: [usize; 3]) -> Result<Model> {
     let bad =
         |reason: String| Error::option("--model", format!("'{spec}': {reason}; {VALID_FORMS}"));
     let parse_count = |t: &str, what: &str| -> Result<usize> {
@@ -141,7 +177,7 @@ fn cnn(spec: &str, tokens: &str, seed: u64) -> Result<Model> {
     };
     let classes = parse_count(last, "class count")?;
     let mut rng = Rng::new(seed);
-    let [mut c, mut h, mut w] = IMAGE_SHAPE;
+    let [mut c, mut h, mut w] = input_shape;
     let mut flat: Option<usize> = None;
     let mut layers = Vec::new();
     for (i, &t) in body.iter().enumerate() {
@@ -227,5 +263,5 @@ fn cnn(spec: &str, tokens: &str, seed: u64) -> Result<Model> {
         classes,
         &mut rng.fork(body.len() as u64),
     )));
-    Ok(Model::sequential(spec, IMAGE_SHAPE, classes, layers))
+    Ok(Model::sequential(spec, input_shape, classes, layers))
 }
