@@ -285,7 +285,7 @@ impl LayerMeta {
                 if c != in_channels {
                     return Err(format!("in_channels {in_channels}, input has {c}"));
                 }
-                if in_channels % groups != 0 || out_channels % groups != 0 {
+                if !in_channels.is_multiple_of(groups) || !out_channels.is_multiple_of(groups) {
                     return Err(format!(
                         "{groups} groups for {in_channels} -> {out_channels}"
                     ));

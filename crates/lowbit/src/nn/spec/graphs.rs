@@ -152,7 +152,7 @@ pub(super) fn resnet(
         .trim()
         .parse()
         .map_err(|_| bad("the depth is not a number"))?;
-    if depth < 8 || (depth - 2) % 6 != 0 || depth > 1202 {
+    if depth < 8 || !(depth - 2).is_multiple_of(6) || depth > 1202 {
         return Err(bad(&format!("depth {depth} is not 6n + 2 in 8..=1202")));
     }
     let option_b = match option.trim() {
