@@ -64,6 +64,35 @@ impl Elementwise for LeakyRelu {
     }
 }
 
+/// Sigmoid: `1 / (1 + e^-x)`, computed as `0.5 * (1 + tanh(x / 2))` (no overflow for any `x`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sigmoid;
+
+impl Elementwise for Sigmoid {
+    const KIND: &'static str = "sigmoid";
+    fn f(&self, x: f32) -> f32 {
+        0.5 * (1.0 + (0.5 * x).tanh())
+    }
+    fn df(&self, x: f32) -> f32 {
+        let s = self.f(x);
+        s * (1.0 - s)
+    }
+    fn params(&self) -> Vec<f32> {
+        Vec::new()
+    }
+    fn from_params(p: &[f32]) -> Result<Self> {
+        match p {
+            [] => Ok(Sigmoid),
+            _ => Err(Error::Shape(format!(
+                "sigmoid takes no parameters, got {p:?}"
+            ))),
+        }
+    }
+    fn example() -> Self {
+        Sigmoid
+    }
+}
+
 /// A layer applying an element-wise function; caches its input for the backward pass.
 #[derive(Debug, Clone)]
 pub struct Unary<E: Elementwise> {
@@ -210,4 +239,5 @@ impl Op for UnaryOp {
 
 unary_ops! {
     LeakyRelu(LeakyRelu),
+    Sigmoid(Sigmoid),
 }
