@@ -1,5 +1,5 @@
 //! Element-wise functions `y = f(x)` (LeakyReLU...): defined once each by an [`Elementwise`] impl below and one
-//! line in the [`unary_ops!`] list. Everything else follows from `f` and `df`: the layer's forward and backward,
+//! line in the `unary_ops!` list. Everything else follows from `f` and `df`: the layer's forward and backward,
 //! its float-file metadata (kind + parameters), and its quantized form, a 256-entry table
 //! `table[q] = quantize(f(dequantize(q, in)), out)` that the runtime runs as is ([`crate::quant::convert()`]).
 //! The table is exact by construction: QAT's fake-quant graph evaluates the same `f` on the same dequantized
