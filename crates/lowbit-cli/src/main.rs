@@ -1,6 +1,7 @@
 //! The `lowbit` command-line tool: train, quantize, evaluate, inspect, predict and benchmark models.
 mod commands;
 mod plot;
+mod sensitivity;
 mod sweep;
 mod ui;
 
@@ -42,6 +43,9 @@ enum Command {
     /// each on the integer engine, and print the table, the Pareto front and the smallest model within
     /// --max-drop (with --plot: the picture).
     Sweep(Box<sweep::SweepArgs>),
+    /// What each bit costs, layer by layer: accuracy and loss on the integer engine with one layer's weights (or
+    /// activations) at fewer bits, and the Hessian-trace estimate that predicts it.
+    Sensitivity(Box<sensitivity::SensitivityArgs>),
 }
 
 /// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a directory of
@@ -342,6 +346,7 @@ fn main() -> ExitCode {
         Command::Predict(a) => commands::predict(&a),
         Command::Bench(a) => commands::bench(&a),
         Command::Sweep(a) => sweep::sweep(&a, cli.quiet),
+        Command::Sensitivity(a) => sensitivity::sensitivity(&a, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
