@@ -1,6 +1,6 @@
 //! `lowbit sweep`: one float model quantized at several bit widths and fixed steps, each measured on the integer
 //! engine; one table, the Pareto front, the recommended point for an accuracy budget, and one picture.
-use crate::commands::{load_data, load_float_model, pct, write_json, Bars};
+use crate::commands::{load_data, load_float_model, pct, write_model_report, Bars};
 use crate::plot::{self, Marker, SizePoint};
 use crate::ui::Table;
 use anyhow::Result;
@@ -232,16 +232,11 @@ pub fn sweep(a: &SweepArgs, quiet: bool) -> Result<()> {
         println!("plot written to {}", path.display());
     }
     if let Some(path) = &a.report {
-        let v = serde_json::json!({
-            "lowbit_version": env!("CARGO_PKG_VERSION"),
-            "model": a.model.display().to_string(),
-            "spec": model.spec,
-            "data": a.data.data,
+        let fields = serde_json::json!({
             "method": format!("{:?}", a.method).to_lowercase(),
             "sweep": result,
         });
-        write_json(path, &v)?;
-        println!("report written to {}", path.display());
+        write_model_report(path, &a.model, &model.spec, &a.data.data, fields)?;
     }
     Ok(())
 }
