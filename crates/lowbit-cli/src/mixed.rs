@@ -5,10 +5,10 @@ use crate::commands::{load_data, load_float_model, pct, write_model_report, Bars
 use crate::ui::Table;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use lowbit::allocate::{self, Budget, Choice};
+use lowbit::allocate::{self, Budget, Cost};
 use lowbit::config_file::{FileConfig, MethodName, QuantSection};
 use lowbit::pipeline::{self, RunConfig};
-use lowbit::quant::{LayerQuant, LayerSelector, Method, QuantConfig};
+use lowbit::quant::{Method, QuantConfig};
 use lowbit::sensitivity::{self, SensitivityConfig};
 use lowbit::train::TrainConfig;
 use std::path::PathBuf;
@@ -134,33 +134,12 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
     let Some(sens) = sens else {
         bail!("--bits: give at least one width other than 8");
     };
-    // Candidates per layer: 8 bits at zero cost (the reference), then each lower width.
-    let by_drop = a.max_drop.is_some();
-    let mut layers: Vec<Vec<Choice>> = Vec::with_capacity(sens.layers.len());
-    for l in &sens.layers {
-        let cols = l.weights / l.rows.max(1);
-        let mut c = vec![Choice {
-            bits: 8,
-            bytes: allocate::weight_bytes(8, l.rows, cols)?,
-            cost: 0.0,
-        }];
-        for k in &l.costs {
-            let cost = if by_drop {
-                k.weight_drop_pp
-            } else {
-                match a.cost {
-                    CostArg::Measured => k.weight_loss_delta,
-                    CostArg::Hessian => k.predicted.unwrap_or(f64::INFINITY),
-                }
-            };
-            c.push(Choice {
-                bits: k.bits,
-                bytes: allocate::weight_bytes(k.bits, l.rows, cols)?,
-                cost,
-            });
-        }
-        layers.push(c);
-    }
+    let cost = match (a.max_drop.is_some(), a.cost) {
+        (true, _) => Cost::MeasuredDrop,
+        (false, CostArg::Measured) => Cost::MeasuredLoss,
+        (false, CostArg::Hessian) => Cost::Hessian,
+    };
+    let layers = allocate::layer_choices(&sens, cost)?;
     let total_weights: usize = sens.layers.iter().map(|l| l.weights).sum();
     let budget = match (a.budget_bits, a.budget_bytes, a.max_drop) {
         (Some(b), _, _) => Budget::Bytes((b * total_weights as f64 / 8.0).floor() as u64),
@@ -184,32 +163,9 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         pipeline::run(&cfg, &split, Some(&model), None, &mut |e| bars.handle(e))
     };
     let mut bars = Bars::new(true);
-    let chosen_cfg = QuantConfig {
-        layers: alloc
-            .bits
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| LayerQuant {
-                layer: LayerSelector::Index(i as i64),
-                weight_bits: Some(b),
-                act_bits: None,
-            })
-            .collect(),
-        ..base.clone()
-    };
+    let chosen_cfg = alloc.quant_config(&base);
     let chosen = run(chosen_cfg.clone(), &mut bars)?;
-    let predicted_drop: f64 = alloc
-        .choice
-        .iter()
-        .zip(&sens.layers)
-        .map(|(&k, l)| {
-            if k == 0 {
-                0.0
-            } else {
-                l.costs[k - 1].weight_drop_pp
-            }
-        })
-        .sum();
+    let predicted_drop = alloc.predicted_drop_pp(&sens);
 
     println!(
         "lowbit mixed: {} ({}) on {}, A{} PTQ, {} weight layers, {} weights; budget {}",

@@ -7,8 +7,88 @@
 //! from it exactly (no relaxation, no solver binary). Sizes are whole bytes of packed weights as the engine
 //! stores them (3 bits in 4-bit containers, 5-7 in bytes: a 3-bit layer costs what a 4-bit one does).
 use crate::error::{Error, Result};
+use crate::quant::{LayerQuant, LayerSelector, QuantConfig};
+use crate::sensitivity::Sensitivity;
 use lowbit_runtime::pack::{row_bytes, Packing};
 use serde::Serialize;
+
+/// Which per-layer cost of a [`Sensitivity`] an allocation minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Cost {
+    /// The engine's cross-entropy increase with only that layer lowered.
+    MeasuredLoss,
+    /// The engine's accuracy drop (percentage points) with only that layer lowered: an accuracy budget.
+    MeasuredDrop,
+    /// HAWQ's Hessian prediction (needs the Hessian estimate).
+    Hessian,
+}
+
+/// Each weight layer's candidates: 8 bits at zero cost (the reference every cost is measured against), then
+/// every bit width the sensitivity analysis tried.
+pub fn layer_choices(sens: &Sensitivity, cost: Cost) -> Result<Vec<Vec<Choice>>> {
+    sens.layers
+        .iter()
+        .map(|l| {
+            let cols = l.weights / l.rows.max(1);
+            let mut c = vec![Choice {
+                bits: 8,
+                bytes: weight_bytes(8, l.rows, cols)?,
+                cost: 0.0,
+            }];
+            for k in l.costs.iter().filter(|k| k.bits != 8) {
+                let value = match cost {
+                    Cost::MeasuredLoss => k.weight_loss_delta,
+                    Cost::MeasuredDrop => k.weight_drop_pp,
+                    Cost::Hessian => k.predicted.ok_or_else(|| {
+                        Error::option(
+                            "--cost",
+                            "hessian needs the Hessian estimate (hessian_iters > 0)",
+                        )
+                    })?,
+                };
+                c.push(Choice {
+                    bits: k.bits,
+                    bytes: weight_bytes(k.bits, l.rows, cols)?,
+                    cost: value,
+                });
+            }
+            Ok(c)
+        })
+        .collect()
+}
+
+impl Allocation {
+    /// `base` with every weight layer's bits set as allocated (per-layer overrides, by weight-layer index).
+    pub fn quant_config(&self, base: &QuantConfig) -> QuantConfig {
+        QuantConfig {
+            layers: self
+                .bits
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| LayerQuant {
+                    layer: LayerSelector::Index(i as i64),
+                    weight_bits: Some(b),
+                    act_bits: None,
+                })
+                .collect(),
+            ..base.clone()
+        }
+    }
+
+    /// The sum of the layers' measured accuracy drops for this allocation (the additive prediction).
+    pub fn predicted_drop_pp(&self, sens: &Sensitivity) -> f64 {
+        self.bits
+            .iter()
+            .zip(&sens.layers)
+            .map(|(&b, l)| {
+                l.costs
+                    .iter()
+                    .find(|c| c.bits == b)
+                    .map_or(0.0, |c| c.weight_drop_pp)
+            })
+            .sum()
+    }
+}
 
 /// One candidate of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
