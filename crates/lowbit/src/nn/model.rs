@@ -308,6 +308,7 @@ impl Model {
                 vals.push(Val::Empty);
                 continue;
             }
+            let t0 = super::profile::now();
             let (before, rest) = self.nodes.split_at_mut(j);
             let node = &mut rest[0];
             // A max pool reading a fused ReLU reads the ReLU's input instead.
@@ -335,6 +336,7 @@ impl Model {
                 }
             };
             vals.push(out.map_or(Val::Node(j), Val::Owned));
+            super::profile::record(t0, j, false);
             // Owned values nobody reads any more are dropped as the pass goes.
             if !keep_all {
                 for &v in &node.inputs {
@@ -412,14 +414,17 @@ impl Model {
                 Val::Empty => continue,
             };
             let layer = &mut upto[j].layer;
+            let t0 = super::profile::now();
             if reads.len() == 1 {
                 let out = layer.backward_buffered(g, need_in)?;
+                super::profile::record(t0, j, true);
                 if need_in {
                     let contribution = out.map_or(Val::Node(j), Val::Owned);
                     accumulate(&mut grads, reads[0], contribution, &self.nodes)?;
                 }
             } else {
                 let parts = layer.backward_multi(g)?;
+                super::profile::record(t0, j, true);
                 if parts.len() != reads.len() {
                     return Err(internal(
                         "a layer returned the wrong number of input gradients",
