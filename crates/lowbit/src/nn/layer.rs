@@ -345,6 +345,18 @@ impl Op for BatchNorm2d {
     fn backward(&mut self, grad: &Tensor, _need: bool) -> Result<Vec<Tensor>> {
         Ok(vec![BatchNorm2d::backward(self, grad)?])
     }
+    fn forward_buffered(&mut self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+        BatchNorm2d::forward_buffered(self, x, train).map(|()| None)
+    }
+    fn output_buffer(&self) -> &Tensor {
+        self.output()
+    }
+    fn backward_buffered(&mut self, grad: &Tensor, _need: bool) -> Result<Option<Tensor>> {
+        BatchNorm2d::backward_buffered(self, grad).map(|()| None)
+    }
+    fn input_grad_buffer(&self) -> &Tensor {
+        self.input_grad()
+    }
     fn params_mut(&mut self) -> Vec<Param<'_>> {
         BatchNorm2d::params_mut(self)
     }
