@@ -856,9 +856,7 @@ impl Conv2d {
         // dY (see [`Geometry::transposed`]) by the same implicit product as the forward pass: no [K, P] matrix
         // written per sample and added back by col2im (at ResNet-20's 28x28 layers, 450 KB per sample, more
         // than L2, and ~2x the time of the product itself).
-        let tgeom = (implicit && !wide_dx)
-            .then(|| geom.transposed())
-            .flatten();
+        let tgeom = (implicit && !wide_dx).then(|| geom.transposed()).flatten();
         let dcol_len = if let Some(t) = &tgeom {
             if need_input_grad {
                 t.row_offsets(oc, &mut self.offsets_t);
