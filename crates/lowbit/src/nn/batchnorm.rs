@@ -267,12 +267,17 @@ impl BatchNorm2d {
                     let ch = (t * chunk + i) % c;
                     let k = gamma[ch] * inv_std[ch];
                     let (sg, sgx) = sums[ch];
-                    for ((dv, &gv), &hv) in d.iter_mut().zip(g).zip(h) {
-                        *dv = if batch_stats {
-                            k * (gv - sg / n - hv * sgx / n)
-                        } else {
-                            k * gv
-                        };
+                    // The branch and the divisions hoisted out of the loop (the same values), so that it
+                    // vectorizes: with them inside it compiled to scalar code.
+                    if batch_stats {
+                        let (mean_g, mean_gx) = (sg / n, sgx / n);
+                        for ((dv, &gv), &hv) in d.iter_mut().zip(g).zip(h) {
+                            *dv = k * (gv - mean_g - hv * mean_gx);
+                        }
+                    } else {
+                        for (dv, &gv) in d.iter_mut().zip(g) {
+                            *dv = k * gv;
+                        }
                     }
                 }
             });
