@@ -1,6 +1,7 @@
 //! The `lowbit` command-line tool: train, quantize, evaluate, inspect, predict and benchmark models.
 mod commands;
 mod plot;
+mod sweep;
 mod ui;
 
 use clap::parser::ValueSource;
@@ -37,6 +38,10 @@ enum Command {
     /// Samples/s and latency of the f32 model and the integer engine side by side (best of 5 windows, and the
     /// mean over all of them).
     Bench(BenchArgs),
+    /// How many bits, which step: quantize a float model at several weight bit widths and fixed steps, measure
+    /// each on the integer engine, and print the table, the Pareto front and the smallest model within
+    /// --max-drop (with --plot: the picture).
+    Sweep(Box<sweep::SweepArgs>),
 }
 
 /// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a directory of
@@ -95,6 +100,9 @@ enum ScheduleArg {
     Constant,
     Step,
     Cosine,
+    /// One-cycle (PyTorch's OneCycleLR, cosine): up from lr/25 to --lr over --pct-start of the steps, then down to
+    /// lr/250000.
+    Onecycle,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -188,6 +196,9 @@ struct TrainArgs {
     /// Cosine schedule: final learning rate.
     #[arg(long, default_value_t = 0.0)]
     min_lr: f32,
+    /// One-cycle schedule: fraction of the steps spent rising to --lr.
+    #[arg(long, default_value_t = 0.3)]
+    pct_start: f32,
     /// Linear learning-rate warm-up over this many steps.
     #[arg(long)]
     warmup_steps: Option<usize>,
@@ -330,6 +341,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => commands::demo(&a, cli.quiet),
         Command::Predict(a) => commands::predict(&a),
         Command::Bench(a) => commands::bench(&a),
+        Command::Sweep(a) => sweep::sweep(&a, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

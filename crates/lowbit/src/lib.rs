@@ -31,6 +31,7 @@ pub mod quant;
 pub mod report;
 pub mod rng;
 pub mod state;
+pub mod sweep;
 pub mod tensor;
 pub mod train;
 

@@ -22,6 +22,7 @@ pub mod profile;
 pub(crate) mod shape;
 pub mod slice;
 pub mod spec;
+pub mod unary;
 
 pub use activation::{Flatten, Relu};
 pub use add::Add;
@@ -37,6 +38,7 @@ pub use model::{Model, Node, ValueId};
 pub use pad::Pad;
 pub use pool::{AvgPool2d, MaxPool2d};
 pub use slice::{AxisSlice, Slice};
+pub use unary::{LeakyRelu, Unary, UnaryOp};
 
 use crate::tensor::Tensor;
 
