@@ -137,6 +137,8 @@ fn parse_layer_bits(item: &str) -> Result<LayerQuant> {
         layer,
         weight_bits,
         act_bits,
+        calibration: None,
+        weight_calibration: None,
     })
 }
 
@@ -219,6 +221,8 @@ fn resolve_settings(
             ("per_channel", "--per-channel"),
             ("bn_fold", "--bn-fold"),
             ("bn_freeze_steps", "--bn-freeze-steps"),
+            ("calibration", "--calibration"),
+            ("weight_calibration", "--weight-calibration"),
         ] {
             if typed(id) {
                 bail!(
@@ -290,6 +294,12 @@ fn resolve_settings(
         if let Some(n) = a.bn_freeze_steps {
             q.bn_freeze_steps = Some(n);
         }
+        if let Some(c) = a.calibration {
+            q.calibration = Some(c);
+        }
+        if let Some(c) = a.weight_calibration {
+            q.weight_calibration = Some(c);
+        }
         if typed("calibration_samples") || q.calibration_samples.is_none() {
             q.calibration_samples = Some(a.calibration_samples);
         }
@@ -351,7 +361,15 @@ fn print_report_summary(r: &Report) {
     print!("{}", t.render());
     if let serde_json::Value::Array(layers) = &r.layers {
         if !layers.is_empty() {
-            let mut lt = Table::new(&[
+            // PTQ runs say which calibrator chose each layer's ranges.
+            let text = |v: &serde_json::Value, k: &str| match v.get(k) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                _ => None,
+            };
+            let calibrated = layers.iter().any(|l| {
+                text(l, "act_calibration").is_some() || text(l, "weight_calibration").is_some()
+            });
+            let mut head = vec![
                 "layer",
                 "w bits",
                 "a bits",
@@ -359,7 +377,11 @@ fn print_report_summary(r: &Report) {
                 "act SQNR dB",
                 "w clipped",
                 "act clipped",
-            ]);
+            ];
+            if calibrated {
+                head.extend(["w calib", "a calib"]);
+            }
+            let mut lt = Table::new(&head);
             let num = |v: &serde_json::Value, k: &str| -> String {
                 match v.get(k) {
                     Some(serde_json::Value::Number(n)) => {
@@ -377,7 +399,7 @@ fn print_report_summary(r: &Report) {
                 }
             };
             for l in layers {
-                lt.row(vec![
+                let mut row = vec![
                     l.get("layer")
                         .and_then(|v| v.as_str())
                         .unwrap_or("?")
@@ -388,7 +410,13 @@ fn print_report_summary(r: &Report) {
                     num(l, "act_sqnr_db"),
                     num(l, "weight_clipped_fraction"),
                     num(l, "act_clipped_fraction"),
-                ]);
+                ];
+                if calibrated {
+                    for k in ["weight_calibration", "act_calibration"] {
+                        row.push(text(l, k).unwrap_or_else(|| "-".into()));
+                    }
+                }
+                lt.row(row);
             }
             println!();
             print!("{}", lt.render());
