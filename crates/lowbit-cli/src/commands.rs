@@ -223,6 +223,7 @@ fn resolve_settings(
             ("bn_freeze_steps", "--bn-freeze-steps"),
             ("calibration", "--calibration"),
             ("weight_calibration", "--weight-calibration"),
+            ("bias_correction", "--bias-correction"),
         ] {
             if typed(id) {
                 bail!(
@@ -299,6 +300,9 @@ fn resolve_settings(
         }
         if let Some(c) = a.weight_calibration {
             q.weight_calibration = Some(c);
+        }
+        if a.bias_correction {
+            q.bias_correction = Some(true);
         }
         if typed("calibration_samples") || q.calibration_samples.is_none() {
             q.calibration_samples = Some(a.calibration_samples);

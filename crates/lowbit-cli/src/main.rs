@@ -161,6 +161,10 @@ struct TrainArgs {
     /// with --per-channel); min-max weights only (3..=8 bits).
     #[arg(long, value_name = "RULE", value_parser = parse_weight_calibration)]
     weight_calibration: Option<lowbit::quant::WeightCalibration>,
+    /// PTQ empirical bias correction: each layer's bias absorbs the mean shift quantization causes in its
+    /// outputs on the calibration samples (Nagel et al. 2019), layer after layer.
+    #[arg(long)]
+    bias_correction: bool,
     /// Quantizer method for weights and activations: `lsq` learns step sizes for both; `pact` learns the
     /// activation clipping level (weights keep `ste`). The two flags below override it.
     #[arg(long, value_enum)]

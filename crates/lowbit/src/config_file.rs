@@ -134,6 +134,8 @@ pub struct QuantSection {
     pub calibration: Option<Calibrator>,
     /// PTQ weight calibration: `minmax` or `mse`.
     pub weight_calibration: Option<WeightCalibration>,
+    /// PTQ empirical bias correction.
+    pub bias_correction: Option<bool>,
     /// Per-layer overrides.
     #[serde(default)]
     pub layers: Vec<LayerQuant>,
@@ -245,6 +247,7 @@ impl FileConfig {
             layers: q.layers.clone(),
             calibration: q.calibration.unwrap_or(d.calibration),
             weight_calibration: q.weight_calibration.unwrap_or(d.weight_calibration),
+            bias_correction: q.bias_correction.unwrap_or(d.bias_correction),
             bn_fold: match (q.bn_fold, q.bn_freeze_steps) {
                 (Some(BnFoldName::Running), Some(_)) => {
                     return Err(Error::option(

@@ -318,6 +318,9 @@ pub fn label(quant: Option<&QuantConfig>, weight_bits_stored: Option<u32>) -> St
             if q.weight_calibration != quant::WeightCalibration::MinMax {
                 out.push_str(&format!(" weights={}", q.weight_calibration));
             }
+            if q.bias_correction {
+                out.push_str(" bias-corrected");
+            }
             out
         }
     }

@@ -182,6 +182,9 @@ pub struct QuantConfig {
     /// PTQ: how min-max weight scales are chosen (`--weight-calibration`).
     #[serde(default)]
     pub weight_calibration: WeightCalibration,
+    /// PTQ: empirical bias correction (`--bias-correction`, see [`super::ptq()`]).
+    #[serde(default)]
+    pub bias_correction: bool,
 }
 
 impl Default for QuantConfig {
@@ -203,6 +206,7 @@ impl Default for QuantConfig {
             bn_fold: BnFold::default(),
             calibration: Calibrator::MinMax,
             weight_calibration: WeightCalibration::MinMax,
+            bias_correction: false,
         }
     }
 }
@@ -284,6 +288,12 @@ impl QuantConfig {
                     "{} calibrates PTQ ranges: it needs --method ptq (QAT tracks its ranges while training)",
                     self.calibration
                 ),
+            ));
+        }
+        if self.bias_correction && self.method != Method::Ptq {
+            return Err(Error::option(
+                "--bias-correction",
+                "corrects PTQ biases on calibration samples: it needs --method ptq",
             ));
         }
         if self.weight_calibration == WeightCalibration::Mse {

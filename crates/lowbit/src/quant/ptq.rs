@@ -2,7 +2,7 @@
 //! activation ranges on unlabelled samples, freeze.
 use super::calibrate::{mse_weight_clip, Histogram, WeightCalibration};
 use super::config::{BnFold, QuantConfig};
-use super::prepare::{act_quantizers_mut, freeze_ranges, prepare_qat};
+use super::prepare::{act_quantizers_mut, bypass_quantizers, freeze_ranges, prepare_qat};
 use crate::error::{Error, Result};
 use crate::nn::{Layer, Model};
 use crate::tensor::Tensor;
@@ -16,7 +16,13 @@ use crate::tensor::Tensor;
 /// 2. one pass with weights fake-quantized and activations observed unquantized records every activation's
 ///    running min and max (the `minmax` range);
 /// 3. if any activation quantizer has another calibrator, a second pass over the same samples fills one
-///    [`Histogram`] per such quantizer over its min-max range, from which the calibrator picks the range.
+///    [`Histogram`] per such quantizer over its min-max range, from which the calibrator picks the range;
+/// 4. with `cfg.bias_correction`, empirical bias correction (Nagel et al. 2019, "Data-Free Quantization Through
+///    Weight Equalization and Bias Correction", sec. 4.2, with the expectations measured on the calibration
+///    samples): weight layer after weight layer in node order, the bias absorbs the mean difference, per output
+///    channel, between the float model's output of that layer and the quantized model's (ranges frozen,
+///    earlier layers already corrected), so the correction also covers the shift that rounding and clipping
+///    upstream cause.
 ///
 /// Weights are rounded to nearest by the quantizers at every forward and at conversion. Batch norms are always
 /// folded with their running statistics (`cfg.bn_fold` is a QAT setting).
@@ -73,7 +79,67 @@ pub fn ptq(model: &Model, cfg: &QuantConfig, calibration: &[Tensor]) -> Result<M
             "PTQ calibration saw no samples (empty or non-finite calibration data)".into(),
         ));
     }
+    if cfg.bias_correction {
+        correct_biases(&mut m, &batches)?;
+    }
     Ok(m)
+}
+
+/// Step 4 of [`ptq`]: see there.
+fn correct_biases(m: &mut Model, batches: &[Tensor]) -> Result<()> {
+    let layers: Vec<(usize, usize)> = m
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(j, n)| match &n.layer {
+            Layer::Dense(d) => Some((j, d.out_features)),
+            Layer::Conv2d(c) => Some((j, c.out_channels)),
+            _ => None,
+        })
+        .collect();
+    let mut float = m.clone();
+    bypass_quantizers(&mut float);
+    // The float model's channel means of every weight layer's output, from one pass.
+    let mut float_means: Vec<Vec<f64>> = layers.iter().map(|&(_, c)| vec![0.0; c]).collect();
+    let mut counts = vec![0usize; layers.len()];
+    for x in batches {
+        let values = float.forward_all(x, false)?;
+        for (((j, _), sums), n) in layers.iter().zip(&mut float_means).zip(&mut counts) {
+            *n += add_channel_sums(&values[j + 1], sums);
+        }
+    }
+    for ((&(j, channels), f), &n) in layers.iter().zip(&float_means).zip(&counts) {
+        let mut sums = vec![0.0; channels];
+        for x in batches {
+            let values = m.forward_all(x, false)?;
+            add_channel_sums(&values[j + 1], &mut sums);
+        }
+        let bias = match &mut m.nodes[j].layer {
+            Layer::Dense(d) => &mut d.bias,
+            Layer::Conv2d(c) => &mut c.bias,
+            _ => continue,
+        };
+        let per = n.max(1) as f64;
+        for ((b, &fs), &qs) in bias.iter_mut().zip(f).zip(&sums) {
+            *b += ((fs - qs) / per) as f32;
+        }
+    }
+    Ok(())
+}
+
+/// Adds each channel's sum of `t` (`[N, C, ...]`, channel = dimension 1) into `sums`; returns the values per
+/// channel added (samples times positions).
+fn add_channel_sums(t: &Tensor, sums: &mut [f64]) -> usize {
+    let c = sums.len();
+    let rows = t.rows();
+    if c == 0 || rows == 0 || t.len() % (rows * c) != 0 {
+        return 0;
+    }
+    let positions = t.len() / (rows * c);
+    for (i, chunk) in t.data.chunks(positions).enumerate() {
+        sums[i % c] += chunk.iter().map(|&v| f64::from(v)).sum::<f64>();
+    }
+    rows * positions
 }
 
 /// The first `limit` samples of `batches` (the last batch cut short if needed).
