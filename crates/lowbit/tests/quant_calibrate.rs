@@ -572,7 +572,7 @@ fn ptq_graph_models_per_calibrator_equal_the_simulation_and_follow_the_float_mod
 
 /// Mean logits of `m` over `batches`, per class.
 fn mean_logits(m: &mut Model, batches: &[Tensor]) -> Vec<f64> {
-    let mut sums = vec![0f64; 10];
+    let mut sums = [0f64; 10];
     let mut n = 0;
     for x in batches {
         let y = m.forward(x, false).unwrap();

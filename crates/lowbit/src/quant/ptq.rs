@@ -132,7 +132,7 @@ fn correct_biases(m: &mut Model, batches: &[Tensor]) -> Result<()> {
 fn add_channel_sums(t: &Tensor, sums: &mut [f64]) -> usize {
     let c = sums.len();
     let rows = t.rows();
-    if c == 0 || rows == 0 || t.len() % (rows * c) != 0 {
+    if c == 0 || rows == 0 || !t.len().is_multiple_of(rows * c) {
         return 0;
     }
     let positions = t.len() / (rows * c);
