@@ -47,6 +47,19 @@ pub struct Trace {
     pub logits: Vec<f32>,
 }
 
+/// Time spent in one planned step, from [`Engine::profile`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepProfile {
+    /// The node (or fused nodes, `conv + pool`) the step computes.
+    pub name: String,
+    /// The kernel that ran, for matrix ops (as in [`Engine::kernel_paths`]).
+    pub path: Option<String>,
+    /// Multiply-accumulates per sample.
+    pub macs: usize,
+    /// Best seconds per call of this step over the profiled runs, for the whole batch.
+    pub seconds: f64,
+}
+
 /// Per-thread activation buffers reused across [`Engine::run`] calls (grown, never shrunk).
 #[derive(Default)]
 struct Buffers {
@@ -178,6 +191,41 @@ impl Engine {
         })
     }
 
+    /// Times every planned step on the calling thread: `runs` runs of `batch` samples (at least one), each
+    /// step's best time kept. The batch is neither split over threads nor spread within a step, so the
+    /// figures are one core's; steps are those of [`Engine::run`] (fusions included) in plan order.
+    pub fn profile(
+        &self,
+        input: &[u8],
+        batch: usize,
+        runs: usize,
+    ) -> Result<Vec<StepProfile>, QuantError> {
+        let _single = workers::SplitTask::enter();
+        let mut best = vec![f64::INFINITY; self.plan.steps.len()];
+        for _ in 0..runs.max(1) {
+            let mut times = Vec::with_capacity(best.len());
+            BUFFERS_PROFILE.with(|cell| {
+                let mut b = cell.borrow_mut();
+                self.execute_in(input, batch, None, &mut b, Some(&mut times))
+            })?;
+            for (b, t) in best.iter_mut().zip(times) {
+                *b = b.min(t);
+            }
+        }
+        Ok(self
+            .plan
+            .steps
+            .iter()
+            .zip(best)
+            .map(|(p, seconds)| StepProfile {
+                name: p.name.clone(),
+                path: p.step.path(),
+                macs: p.macs,
+                seconds,
+            })
+            .collect())
+    }
+
     /// Predicted class per sample: argmax of the logits, ties going to the lowest index.
     pub fn predict(&self, input: &[u8], batch: usize) -> Result<Vec<usize>, QuantError> {
         let logits = self.run(input, batch)?;
@@ -287,8 +335,8 @@ impl Engine {
             static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
         }
         BUFFERS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut b) => self.execute_in(input, batch, trace, &mut b),
-            Err(_) => self.execute_in(input, batch, trace, &mut Buffers::default()),
+            Ok(mut b) => self.execute_in(input, batch, trace, &mut b, None),
+            Err(_) => self.execute_in(input, batch, trace, &mut Buffers::default(), None),
         })
     }
 
@@ -298,6 +346,7 @@ impl Engine {
         batch: usize,
         mut trace: Option<&mut Vec<Vec<u8>>>,
         bufs: &mut Buffers,
+        mut times: Option<&mut Vec<f64>>,
     ) -> Result<(Vec<i32>, Vec<f32>), QuantError> {
         let features = self.info.input_features;
         let expected = batch.checked_mul(features);
@@ -322,6 +371,7 @@ impl Engine {
             bufs.slots.resize_with(plan.slots, Vec::new);
         }
         for p in &plan.steps {
+            let start = times.as_ref().map(|_| std::time::Instant::now());
             let out_len = batch
                 .checked_mul(p.out_elems)
                 .ok_or_else(|| internal("batch too large"))?;
@@ -331,6 +381,9 @@ impl Engine {
                     fit(&mut bufs.acc, out_len);
                     p.step.run(&inputs, batch, StepOut::Acc(&mut bufs.acc))?;
                     let logits = p.step.logits(&bufs.acc)?;
+                    if let (Some(t), Some(t0)) = (times.as_deref_mut(), start) {
+                        t.push(t0.elapsed().as_secs_f64());
+                    }
                     let accumulators = if trace.is_some() {
                         bufs.acc.clone()
                     } else {
@@ -351,11 +404,19 @@ impl Engine {
                     }
                     bufs.slots[s] = out;
                     result?;
+                    if let (Some(t), Some(t0)) = (times.as_deref_mut(), start) {
+                        t.push(t0.elapsed().as_secs_f64());
+                    }
                 }
             }
         }
         Err(internal("the plan has no output step"))
     }
+}
+
+thread_local! {
+    /// [`Engine::profile`]'s buffers, apart from the runs' so that profiling does not grow those.
+    static BUFFERS_PROFILE: RefCell<Buffers> = RefCell::new(Buffers::default());
 }
 
 /// The input slices of a step.

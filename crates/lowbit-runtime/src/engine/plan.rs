@@ -35,6 +35,10 @@ pub(crate) enum Dst {
 #[derive(Debug)]
 pub(crate) struct Planned {
     pub step: Box<dyn Step>,
+    /// The node names the step computes (`conv1 + pool1` when fused), for profiles.
+    pub name: String,
+    /// Multiply-accumulates per sample of those nodes.
+    pub macs: usize,
     pub inputs: Vec<Src>,
     pub output: Dst,
     /// Elements per sample of the produced value.
@@ -156,8 +160,17 @@ pub(crate) fn plan(
             .shape
             .elems()
             .ok_or_else(|| internal("output size"))?;
+        let (name, macs) = match fused_from[j] {
+            Some(i) => (
+                format!("{} + {}", model.nodes[i].name, node.name),
+                info.node_macs[i] + info.node_macs[j],
+            ),
+            None => (node.name.clone(), info.node_macs[j]),
+        };
         steps.push(Planned {
             step,
+            name,
+            macs,
             inputs,
             output,
             out_elems,
