@@ -1,12 +1,12 @@
 //! Where the engine's time goes: each planned step of a saved `.lbq` model timed on one thread
 //! ([`Engine::profile`]: best of RUNS runs of a BATCH-sample batch), with its share and multiply-accumulate rate.
 //!
-//! `cargo run --release -p lowbit-runtime --example engine_profile -- MODEL.lbq [BATCH [RUNS]]` (default batch 16,
-//! 20 runs). Inputs are seeded random codes. On a shared machine the best of many runs filters out the runs in
-//! which the thread was descheduled.
+//! `cargo run --release -p lowbit-runtime --example engine_profile -- MODEL.lbq [BATCH [RUNS] [wall]]` (default
+//! batch 16, 20 runs). Inputs are seeded random codes. Times are the thread's CPU time (on a shared machine, the
+//! work done rather than the machine's load), or wall time with `wall`.
 use lowbit_runtime::engine::Engine;
 use lowbit_runtime::format;
-use lowbit_runtime::testutil::Rng;
+use lowbit_runtime::testutil::{thread_cpu_secs, Rng};
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,14 +17,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let batch: usize = args.next().map(|v| v.parse()).transpose()?.unwrap_or(16);
     let runs: usize = args.next().map(|v| v.parse()).transpose()?.unwrap_or(20);
+    let wall = args.next().as_deref() == Some("wall");
     let engine = Engine::new(&format::load(&path)?)?;
     let input = Rng(1).bytes(batch * engine.input_features());
-    let steps = engine.profile(&input, batch, runs)?;
+    let steps = if wall {
+        engine.profile(&input, batch, runs)?
+    } else {
+        engine.profile_with_clock(&input, batch, runs, &thread_cpu_secs)?
+    };
     let total: f64 = steps.iter().map(|s| s.seconds).sum();
     let macs: usize = steps.iter().map(|s| s.macs).sum();
     println!(
-        "{}: batch {batch}, best of {runs} runs per step, one thread",
-        path.display()
+        "{}: batch {batch}, best of {runs} runs per step, one thread, {} time",
+        path.display(),
+        if wall { "wall" } else { "thread CPU" }
     );
     println!(
         "{:<34} {:>10} {:>10} {:>6} {:>9}  kernel",

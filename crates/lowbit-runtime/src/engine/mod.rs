@@ -200,13 +200,26 @@ impl Engine {
         batch: usize,
         runs: usize,
     ) -> Result<Vec<StepProfile>, QuantError> {
+        let t0 = std::time::Instant::now();
+        self.profile_with_clock(input, batch, runs, &|| t0.elapsed().as_secs_f64())
+    }
+
+    /// [`Engine::profile`] with another clock (seconds from any origin), e.g. the thread's CPU time, which on a
+    /// shared machine leaves out the time other processes held the core.
+    pub fn profile_with_clock(
+        &self,
+        input: &[u8],
+        batch: usize,
+        runs: usize,
+        clock: &dyn Fn() -> f64,
+    ) -> Result<Vec<StepProfile>, QuantError> {
         let _single = workers::SplitTask::enter();
         let mut best = vec![f64::INFINITY; self.plan.steps.len()];
         for _ in 0..runs.max(1) {
             let mut times = Vec::with_capacity(best.len());
             BUFFERS_PROFILE.with(|cell| {
                 let mut b = cell.borrow_mut();
-                self.execute_in(input, batch, None, &mut b, Some(&mut times))
+                self.execute_in(input, batch, None, &mut b, Some((&mut times, clock)))
             })?;
             for (b, t) in best.iter_mut().zip(times) {
                 *b = b.min(t);
@@ -346,7 +359,7 @@ impl Engine {
         batch: usize,
         mut trace: Option<&mut Vec<Vec<u8>>>,
         bufs: &mut Buffers,
-        mut times: Option<&mut Vec<f64>>,
+        mut times: Option<(&mut Vec<f64>, &dyn Fn() -> f64)>,
     ) -> Result<(Vec<i32>, Vec<f32>), QuantError> {
         let features = self.info.input_features;
         let expected = batch.checked_mul(features);
@@ -371,7 +384,7 @@ impl Engine {
             bufs.slots.resize_with(plan.slots, Vec::new);
         }
         for p in &plan.steps {
-            let start = times.as_ref().map(|_| std::time::Instant::now());
+            let start = times.as_ref().map(|(_, clock)| clock());
             let out_len = batch
                 .checked_mul(p.out_elems)
                 .ok_or_else(|| internal("batch too large"))?;
@@ -381,8 +394,8 @@ impl Engine {
                     fit(&mut bufs.acc, out_len);
                     p.step.run(&inputs, batch, StepOut::Acc(&mut bufs.acc))?;
                     let logits = p.step.logits(&bufs.acc)?;
-                    if let (Some(t), Some(t0)) = (times.as_deref_mut(), start) {
-                        t.push(t0.elapsed().as_secs_f64());
+                    if let (Some((t, clock)), Some(t0)) = (times.as_mut(), start) {
+                        t.push(clock() - t0);
                     }
                     let accumulators = if trace.is_some() {
                         bufs.acc.clone()
@@ -404,8 +417,8 @@ impl Engine {
                     }
                     bufs.slots[s] = out;
                     result?;
-                    if let (Some(t), Some(t0)) = (times.as_deref_mut(), start) {
-                        t.push(t0.elapsed().as_secs_f64());
+                    if let (Some((t, clock)), Some(t0)) = (times.as_mut(), start) {
+                        t.push(clock() - t0);
                     }
                 }
             }
