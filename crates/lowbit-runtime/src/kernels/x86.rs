@@ -1008,6 +1008,10 @@ pub(crate) struct RequantConsts8 {
     shift: [__m256i; 2],
     round: [__m256i; 2],
     offset: [__m256i; 2],
+    /// Per column `s - 32`, the i32 arithmetic shift of the short path ([`OutputStage8::codes_i32`]).
+    high_shift: __m256i,
+    /// Every column has `s >= 32` (requantization shift at least 1, every scale ratio below 1/2): the short path.
+    high: bool,
 }
 
 impl RequantConsts8 {
@@ -1044,6 +1048,8 @@ impl RequantConsts8 {
                 shift: sh,
                 round: sh.map(|v| _mm256_sllv_epi64(one, _mm256_sub_epi64(v, one))),
                 offset: sh.map(|v| _mm256_sllv_epi64(one, _mm256_sub_epi64(c63, v))),
+                high_shift: _mm256_sub_epi32(s, _mm256_set1_epi32(32)),
+                high: shift.iter().all(|&x| x >= 1),
             }
         }
     }
@@ -1065,6 +1071,8 @@ impl RequantConsts8 {
             shift: [sh; 2],
             round: [_mm256_set1_epi64x(1i64 << (s - 1)); 2],
             offset: [_mm256_set1_epi64x(1i64 << (63 - s)); 2],
+            high_shift: _mm256_set1_epi32(rq.shift - 1),
+            high: rq.shift >= 1,
         }
     }
 }
@@ -1134,6 +1142,17 @@ impl OutputStage8 {
     pub(crate) unsafe fn codes_i32(&self, x: __m256i, c: &RequantConsts8) -> __m256i {
         let ve = _mm256_mul_epi32(x, c.mult);
         let vo = _mm256_mul_epi32(_mm256_srli_epi64::<32>(x), c.mult_odd);
+        if c.high {
+            // s >= 32: `(v + 2^(s-1)) >> s` is `((v + 2^(s-1)) >> 32) >> (s - 32)` (floor divisions compose), the
+            // first shift is the i64 lane's high half, and `|v| < 2^62` with `2^(s-1) <= 2^61` leaves quotients of
+            // at most 2^30 in magnitude: an i32 arithmetic shift, no wrap in the reference's `as i32`, and the zero
+            // point added without overflow.
+            let ve = _mm256_add_epi64(ve, c.round[0]);
+            let vo = _mm256_add_epi64(vo, c.round[1]);
+            let t = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(ve), vo);
+            let q = _mm256_add_epi32(_mm256_srav_epi32(t, c.high_shift), self.zp);
+            return _mm256_min_epi32(_mm256_max_epi32(q, self.qmin), self.qmax);
+        }
         let ve = _mm256_xor_si256(_mm256_add_epi64(ve, c.round[0]), self.sign);
         let vo = _mm256_xor_si256(_mm256_add_epi64(vo, c.round[1]), self.sign);
         let ve = _mm256_sub_epi64(_mm256_srlv_epi64(ve, c.shift[0]), c.offset[0]);
