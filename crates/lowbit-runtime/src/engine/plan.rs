@@ -92,7 +92,9 @@ pub(crate) fn plan(
                 QOp::Add(_) => model.nodes[*j].inputs.iter().filter(|&&v| v == i + 1).count() == 1,
                 _ => false,
             };
-            if fuses && *j != n - 1 {
+            // One convolution per consumer: an Add of two convolutions (ResNet's option-B shortcut) fuses the first
+            // and reads the other's codes.
+            if fuses && *j != n - 1 && fused_from[*j].is_none() {
                 skipped[i] = true;
                 fused_from[*j] = Some(i);
             }
