@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release -p lowbit-runtime --example engine_profile -- MODEL.lbq [BATCH [RUNS] [wall]]` (default
 //! batch 16, 20 runs). Inputs are seeded random codes. Times are the thread's CPU time (on a shared machine, the
-//! work done rather than the machine's load), or wall time with `wall`.
+//! work done rather than the machine's load), or wall time with `wall`. Set `RAYON_NUM_THREADS=1`: an im2col GEMM
+//! large enough spreads its row blocks over rayon's pool, whose CPU time the calling thread's clock misses.
 use lowbit_runtime::engine::Engine;
 use lowbit_runtime::format;
 use lowbit_runtime::testutil::{thread_cpu_secs, Rng};

@@ -149,14 +149,17 @@ fn check(seed: u64) {
         .collect();
     for isa in Isa::available() {
         let conv = PlaneConv::new(isa, g, &w).expect("int8 weights");
-        let mut out = vec![0u8; n];
-        plane_conv_requant(&conv, &x, pad, &bias, &p, residual, &mut out).expect("checked");
-        if let Some(i) = out.iter().zip(&expected).position(|(a, b)| a != b) {
-            panic!(
-                "{isa:?} seed {seed}: index {i}: expected {} got {} on {g:?}, pad {pad}, zp {zero_point}, qmin {qmin}, \
-                 residual {with_residual}",
-                expected[i], out[i]
-            );
+        for split in [false, true] {
+            let mut out = vec![0u8; n];
+            plane_conv_requant(&conv, &x, pad, &bias, &p, residual, split, &mut out)
+                .expect("checked");
+            if let Some(i) = out.iter().zip(&expected).position(|(a, b)| a != b) {
+                panic!(
+                    "{isa:?} seed {seed}: index {i}: expected {} got {} on {g:?}, pad {pad}, zp {zero_point}, \
+                     qmin {qmin}, residual {with_residual}, split {split}",
+                    expected[i], out[i]
+                );
+            }
         }
         let mut out_ref = vec![0u8; n];
         reference::plane_conv_requant(&g, &conv, &x, pad, &bias, &p, residual, &mut out_ref);
@@ -219,8 +222,10 @@ fn resnet_shapes_equal_the_im2col_reference() {
         for isa in Isa::available() {
             let conv = PlaneConv::new(isa, g, &w).expect("int8 weights");
             let mut out = vec![0u8; expected.len()];
-            plane_conv_requant(&conv, &x, 7, &bias, &p, None, &mut out).expect("checked");
-            assert_eq!(out, expected, "{isa:?} {g:?}");
+            for split in [false, true] {
+                plane_conv_requant(&conv, &x, 7, &bias, &p, None, split, &mut out).expect("checked");
+                assert_eq!(out, expected, "{isa:?} {g:?} split {split}");
+            }
         }
     }
 }
@@ -274,9 +279,9 @@ fn plane_convolution_rejects_bad_weights_groups_and_lengths() {
         qmax: 255,
     };
     let mut out = vec![0u8; 8];
-    assert!(plane_conv_requant(&conv, &[0; 31], 0, &[0, 0], &p, None, &mut out).is_err());
-    assert!(plane_conv_requant(&conv, &[0; 32], 0, &[0], &p, None, &mut out).is_err());
-    assert!(plane_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, None, &mut out[..7]).is_err());
+    assert!(plane_conv_requant(&conv, &[0; 31], 0, &[0, 0], &p, None, false, &mut out).is_err());
+    assert!(plane_conv_requant(&conv, &[0; 32], 0, &[0], &p, None, false, &mut out).is_err());
+    assert!(plane_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, None, false, &mut out[..7]).is_err());
     let add = AddQuant {
         params: AddParams::from_scales(0.1, 0.1, 0.1).expect("in range"),
         zero_point_a: 0,
@@ -290,6 +295,6 @@ fn plane_convolution_rejects_bad_weights_groups_and_lengths() {
         codes: &short,
         quant: &add,
     };
-    assert!(plane_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, Some(r), &mut out).is_err());
-    assert!(plane_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, None, &mut out).is_ok());
+    assert!(plane_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, Some(r), false, &mut out).is_err());
+    assert!(plane_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, None, false, &mut out).is_ok());
 }

@@ -238,7 +238,10 @@ pub struct Residual<'a> {
 }
 
 /// One sample: the module doc's `out` (`[c_out][oh][ow]` codes) from `x` (`[c_in][h][w]` codes). `bias` is the
-/// zero-point-corrected bias; `p.bias` is not used. Uses the tier the weights were prepared for.
+/// zero-point-corrected bias; `p.bias` is not used. Uses the tier the weights were prepared for. With `split`, the
+/// AVX2 tiers run the two halves of the output rows as two rayon tasks (for a lone sample on a multi-core
+/// machine; the codes are the same); the reference ignores it.
+#[allow(clippy::too_many_arguments)]
 pub fn plane_conv_requant(
     conv: &PlaneConv,
     x: &[u8],
@@ -246,6 +249,7 @@ pub fn plane_conv_requant(
     bias: &[i32],
     p: &OutputParams,
     residual: Option<Residual<'_>>,
+    split: bool,
     out: &mut [u8],
 ) -> Result<(), QuantError> {
     const CTX: &str = "plane_conv_requant";
@@ -262,7 +266,9 @@ pub fn plane_conv_requant(
     match conv.isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => {
-            super::x86_conv_planes::plane_conv_requant(conv, x, pad_code, bias, p, residual, out)
+            super::x86_conv_planes::plane_conv_requant(
+                conv, x, pad_code, bias, p, residual, split, out,
+            )
         }
         _ => reference::plane_conv_requant(g, conv, x, pad_code, bias, p, residual, out),
     }

@@ -394,6 +394,10 @@ impl Step for ConvAddStep {
     }
 }
 
+/// Multiply-accumulates from which a lone sample's plane convolution runs as two tasks (about 30 us of work on
+/// one core; rayon's fork and join cost a few microseconds while its workers are awake).
+const PAR_SAMPLE_SPLIT_MACS: usize = 2_000_000;
+
 /// [`PlaneConv`] for a conv layer when it applies (int8 weights, groups 1, an AVX2 tier) and issues no more
 /// multiply-accumulates than the u8 quad scheme, the only other kernel with as many products per multiply
 /// instruction (LeNet's single-channel first convolution stays on quads: a channel pair there is half zero).
@@ -717,6 +721,13 @@ impl ConvOp {
         let p = g.output_params(&[])?;
         let in_elems = self.input.elems().unwrap_or(0).max(1);
         let out_elems = self.out_elems().max(1);
+        let nested = rayon::current_thread_index().is_some() || workers::in_split();
+        // A lone sample (batch 1) splits its output rows over two tasks when it is worth a fork (the GEMM's
+        // threshold); batches split by sample.
+        let split = !nested
+            && out.len() <= out_elems
+            && rayon::current_num_threads() > 1
+            && planes.issued_macs() >= PAR_SAMPLE_SPLIT_MACS;
         let sample = |i: usize, xs: &[u8], os: &mut [u8]| {
             let r = match residual {
                 Some((codes, quant)) => Some(Residual {
@@ -727,10 +738,9 @@ impl ConvOp {
                 }),
                 None => None,
             };
-            plane_conv_requant(planes, xs, self.pad_code, &g.bias_eff, &p, r, os)
+            plane_conv_requant(planes, xs, self.pad_code, &g.bias_eff, &p, r, split, os)
         };
-        if rayon::current_thread_index().is_some() || workers::in_split() || out.len() <= out_elems
-        {
+        if nested || out.len() <= out_elems {
             out.chunks_mut(out_elems)
                 .zip(x.chunks(in_elems))
                 .enumerate()
