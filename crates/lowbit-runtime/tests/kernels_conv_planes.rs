@@ -14,7 +14,13 @@ use lowbit_runtime::testutil::Rng;
 use proptest::prelude::*;
 
 /// im2col with `pad` at padded positions, the reference GEMM, NCHW: written out independently of the kernel.
-fn im2col_acc(g: &GroupedConvGeometry, x: &[u8], pad: u8, w: &PackedWeights, bias: &[i32]) -> Vec<i32> {
+fn im2col_acc(
+    g: &GroupedConvGeometry,
+    x: &[u8],
+    pad: u8,
+    w: &PackedWeights,
+    bias: &[i32],
+) -> Vec<i32> {
     let (oh, ow, k) = (g.oh(), g.ow(), g.taps());
     let (sh, sw) = g.stride;
     let (ph, pw) = g.padding;
@@ -126,7 +132,11 @@ fn check(seed: u64) {
         qmax: 255,
     };
     let add = AddQuant {
-        qmin: if rng.range(0, 1) == 0 { 0 } else { add.zero_point_out },
+        qmin: if rng.range(0, 1) == 0 {
+            0
+        } else {
+            add.zero_point_out
+        },
         ..add
     };
     let residual = with_residual.then_some(Residual {
@@ -200,7 +210,9 @@ fn resnet_shapes_equal_the_im2col_reference() {
             groups: 1,
         };
         let mut rng = Rng(100 + i as u64);
-        let x: Vec<u8> = (0..c_in * hw * hw).map(|_| rng.range(0, 255) as u8).collect();
+        let x: Vec<u8> = (0..c_in * hw * hw)
+            .map(|_| rng.range(0, 255) as u8)
+            .collect();
         let codes: Vec<i8> = (0..c_out * g.taps())
             .map(|_| rng.range(-127, 127) as i8)
             .collect();
@@ -223,7 +235,8 @@ fn resnet_shapes_equal_the_im2col_reference() {
             let conv = PlaneConv::new(isa, g, &w).expect("int8 weights");
             let mut out = vec![0u8; expected.len()];
             for split in [false, true] {
-                plane_conv_requant(&conv, &x, 7, &bias, &p, None, split, &mut out).expect("checked");
+                plane_conv_requant(&conv, &x, 7, &bias, &p, None, split, &mut out)
+                    .expect("checked");
                 assert_eq!(out, expected, "{isa:?} {g:?} split {split}");
             }
         }
@@ -281,7 +294,9 @@ fn plane_convolution_rejects_bad_weights_groups_and_lengths() {
     let mut out = vec![0u8; 8];
     assert!(plane_conv_requant(&conv, &[0; 31], 0, &[0, 0], &p, None, false, &mut out).is_err());
     assert!(plane_conv_requant(&conv, &[0; 32], 0, &[0], &p, None, false, &mut out).is_err());
-    assert!(plane_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, None, false, &mut out[..7]).is_err());
+    assert!(
+        plane_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, None, false, &mut out[..7]).is_err()
+    );
     let add = AddQuant {
         params: AddParams::from_scales(0.1, 0.1, 0.1).expect("in range"),
         zero_point_a: 0,

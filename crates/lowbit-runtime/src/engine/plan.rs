@@ -89,7 +89,14 @@ pub(crate) fn plan(
             let fuses = match &model.nodes[*j].op {
                 QOp::MaxPool2d(p) => p.kernel == (2, 2) && p.stride == (2, 2),
                 // The other input must be another value (an Add of the convolution with itself reads it twice).
-                QOp::Add(_) => model.nodes[*j].inputs.iter().filter(|&&v| v == i + 1).count() == 1,
+                QOp::Add(_) => {
+                    model.nodes[*j]
+                        .inputs
+                        .iter()
+                        .filter(|&&v| v == i + 1)
+                        .count()
+                        == 1
+                }
                 _ => false,
             };
             // One convolution per consumer: an Add of two convolutions (ResNet's option-B shortcut) fuses the first

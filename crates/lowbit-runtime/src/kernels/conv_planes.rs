@@ -130,7 +130,11 @@ fn channel_blocks(c_out: usize, per_block: usize) -> Vec<ChannelBlock> {
 impl PlaneConv {
     /// Prepares `weights` (`I8`, `c_out` rows of `c_in * kh * kw` codes) for a convolution of geometry `geo`
     /// (`groups == 1`, valid: see [`GroupedConvGeometry::validate`]) on `isa` ([`Isa::capped`]).
-    pub fn new(isa: Isa, geo: GroupedConvGeometry, weights: &PackedWeights) -> Result<Self, QuantError> {
+    pub fn new(
+        isa: Isa,
+        geo: GroupedConvGeometry,
+        weights: &PackedWeights,
+    ) -> Result<Self, QuantError> {
         const CTX: &str = "PlaneConv";
         geo.validate()?;
         if geo.groups != 1 {
@@ -265,11 +269,9 @@ pub fn plane_conv_requant(
     }
     match conv.isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
-            super::x86_conv_planes::plane_conv_requant(
-                conv, x, pad_code, bias, p, residual, split, out,
-            )
-        }
+        Isa::Avx2 | Isa::Avx512Vnni => super::x86_conv_planes::plane_conv_requant(
+            conv, x, pad_code, bias, p, residual, split, out,
+        ),
         _ => reference::plane_conv_requant(g, conv, x, pad_code, bias, p, residual, out),
     }
     Ok(())
@@ -320,8 +322,11 @@ pub mod reference {
                             for ic in 0..g.c_in {
                                 let pair = conv.weights[b.at + (t * pairs + ic / 2) * b.len + j];
                                 let w = i32::from((pair >> (16 * (ic % 2))) as u16 as i16);
-                                acc = acc
-                                    .wrapping_add(w.wrapping_mul(pixel(ic, oy * sh + ky, ox * sw + kx)));
+                                acc = acc.wrapping_add(w.wrapping_mul(pixel(
+                                    ic,
+                                    oy * sh + ky,
+                                    ox * sw + kx,
+                                )));
                             }
                         }
                         let i = (c * oh + oy) * ow + ox;

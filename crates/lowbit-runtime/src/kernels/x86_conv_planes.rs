@@ -123,7 +123,12 @@ unsafe fn build_planes__avx2(conv: &PlaneConv, x: &[u8], pad_code: u8, dst: &mut
     for i in 0..l.pairs {
         let a = &x[2 * i * plane_in..(2 * i + 1) * plane_in];
         let b = x.get((2 * i + 1) * plane_in..(2 * i + 2) * plane_in);
-        let pad = u32::from(pad_code) | if b.is_some() { u32::from(pad_code) << 16 } else { 0 };
+        let pad = u32::from(pad_code)
+            | if b.is_some() {
+                u32::from(pad_code) << 16
+            } else {
+                0
+            };
         let planes = &mut dst[i * l.plane..(i + 1) * l.plane];
         for (y, row) in planes.chunks_exact_mut(l.row).enumerate() {
             let Some(iy) = y.checked_sub(ph).filter(|&iy| iy < g.h) else {
@@ -220,7 +225,9 @@ unsafe fn interleave_row__avx2(a: &[u8], b: Option<&[u8]>, dst: &mut [u32]) {
         unsafe {
             let va = _mm256_cvtepu8_epi32(_mm_loadl_epi64(a.as_ptr().add(j) as *const __m128i));
             let vb = match b {
-                Some(b) => _mm256_cvtepu8_epi32(_mm_loadl_epi64(b.as_ptr().add(j) as *const __m128i)),
+                Some(b) => {
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(b.as_ptr().add(j) as *const __m128i))
+                }
                 None => _mm256_setzero_si256(),
             };
             let v = _mm256_or_si256(va, _mm256_slli_epi32::<16>(vb));

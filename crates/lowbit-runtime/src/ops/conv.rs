@@ -14,10 +14,10 @@ use crate::error::QuantError;
 use crate::kernels;
 use crate::kernels::conv::{AccLayout, ConvAcc, ConvGeometry, DirectConv};
 use crate::kernels::conv_planes::{plane_conv_requant, PlaneConv, Residual};
-use crate::kernels::eltwise::{add_u8, AddQuant};
 use crate::kernels::depthwise::{
     grouped_conv_acc, grouped_conv_requant, GroupedConv, GroupedConvGeometry,
 };
+use crate::kernels::eltwise::{add_u8, AddQuant};
 use crate::kernels::{Isa, PaddedPlanes};
 use crate::model::{QAdd, QConv2d};
 use crate::workers;
