@@ -40,6 +40,7 @@ unsafe impl Sync for OutPtr {}
 
 /// Dispatch target of `conv_planes::plane_conv_requant` on the AVX2 tiers (lengths and parameters checked there);
 /// with `split`, the output vectors in two halves on two rayon tasks.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plane_conv_requant(
     conv: &PlaneConv,
     x: &[u8],
@@ -82,12 +83,12 @@ pub(crate) fn plane_conv_requant(
                 .push(unsafe { RequantConsts8::broadcast(p.requant_for(c)) });
         }
         let (planes, requant) = (&s.planes[..], &s.requant[..]);
-        // SAFETY (both calls): AVX2 detected; the planes hold the sample in `conv`'s layout, every vector's reads
-        // stay within them (`PlaneLayout`'s bounds), the blocks' weights are `conv`'s, and `out` (and the
-        // residual) hold `c_out * oh * ow` codes (asserted). The two halves of a split write the outputs of
-        // disjoint vectors, every channel of a vector by one task, so no byte is written twice.
-        let run_part = |vectors: &[Vector], out: OutPtr| unsafe {
-            run_blocks__avx2(conv, planes, vectors, requant, bias, p, residual, out.0)
+        let run_part = |vectors: &[Vector], out: OutPtr| {
+            // SAFETY: AVX2 detected; the planes hold the sample in `conv`'s layout, every vector's reads stay
+            // within them (`PlaneLayout`'s bounds), the blocks' weights are `conv`'s, and `out` (and the residual)
+            // hold `c_out * oh * ow` codes (asserted). The two halves of a split write the outputs of disjoint
+            // vectors, every channel of a vector by one task, so no byte is written twice.
+            unsafe { run_blocks__avx2(conv, planes, vectors, requant, bias, p, residual, out.0) }
         };
         let out = OutPtr(out.as_mut_ptr());
         // Half the vectors each, at an even index (the tiles take them in pairs).
