@@ -7,49 +7,11 @@ use lowbit_runtime::kernels::conv_planes::{
 };
 use lowbit_runtime::kernels::depthwise::GroupedConvGeometry;
 use lowbit_runtime::kernels::eltwise::{reference::add_code, AddQuant};
-use lowbit_runtime::kernels::{self, Isa, OutputParams};
+use lowbit_runtime::kernels::{Isa, OutputParams};
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::{requantize, AddParams, Requant};
-use lowbit_runtime::testutil::Rng;
+use lowbit_runtime::testutil::{im2col_conv_acc, Rng};
 use proptest::prelude::*;
-
-/// im2col with `pad` at padded positions, the reference GEMM, NCHW: written out independently of the kernel.
-fn im2col_acc(
-    g: &GroupedConvGeometry,
-    x: &[u8],
-    pad: u8,
-    w: &PackedWeights,
-    bias: &[i32],
-) -> Vec<i32> {
-    let (oh, ow, k) = (g.oh(), g.ow(), g.taps());
-    let (sh, sw) = g.stride;
-    let (ph, pw) = g.padding;
-    let mut col = vec![pad; oh * ow * k];
-    for oy in 0..oh {
-        for ox in 0..ow {
-            for ic in 0..g.c_in {
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
-                        let (y, xx) = (oy * sh + ky, ox * sw + kx);
-                        if y >= ph && y - ph < g.h && xx >= pw && xx - pw < g.w {
-                            col[(oy * ow + ox) * k + (ic * g.kh + ky) * g.kw + kx] =
-                                x[(ic * g.h + y - ph) * g.w + xx - pw];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let mut acc = vec![0i32; oh * ow * g.c_out];
-    kernels::reference::gemm_u8i8_i32(&col, oh * ow, k, w, bias, &mut acc);
-    let mut nchw = vec![0i32; acc.len()];
-    for p in 0..oh * ow {
-        for c in 0..g.c_out {
-            nchw[c * oh * ow + p] = acc[p * g.c_out + c];
-        }
-    }
-    nchw
-}
 
 fn geometry(rng: &mut Rng) -> GroupedConvGeometry {
     loop {
@@ -143,7 +105,7 @@ fn check(seed: u64) {
         codes: &residual_codes,
         quant: &add,
     });
-    let acc = im2col_acc(&g, &x, pad, &w, &bias);
+    let acc = im2col_conv_acc(&g, &x, pad, &w, &bias);
     let positions = g.oh() * g.ow();
     let expected: Vec<u8> = acc
         .iter()
@@ -226,7 +188,7 @@ fn resnet_shapes_equal_the_im2col_reference() {
             qmin: 0,
             qmax: 255,
         };
-        let acc = im2col_acc(&g, &x, 7, &w, &bias);
+        let acc = im2col_conv_acc(&g, &x, 7, &w, &bias);
         let expected: Vec<u8> = acc
             .iter()
             .map(|&a| requantize(a, requant[0], 120, 0, 255) as u8)

@@ -122,6 +122,21 @@ impl QConv2d {
         }))
     }
 
+    /// This layer's geometry on an input of shape `input`, in the grouped kernels' terms.
+    fn grouped_geometry(&self, input: Shape) -> GroupedConvGeometry {
+        GroupedConvGeometry {
+            c_in: input.channels,
+            h: input.height,
+            w: input.width,
+            c_out: self.out_channels,
+            kh: self.kernel.0,
+            kw: self.kernel.1,
+            stride: self.stride,
+            padding: self.padding,
+            groups: self.groups,
+        }
+    }
+
     /// The step of a grouped (or depthwise) convolution: one kernel over every group.
     fn grouped_step(&self, cx: &PlanCx<'_>) -> Result<Box<dyn Step>, QuantError> {
         let icx = InferCx {
@@ -132,17 +147,7 @@ impl QConv2d {
         let (input, output) = self.shapes(&icx)?;
         let k = self.k(cx.name)?;
         let checked = self.spec(cx.name, k).check(&icx)?;
-        let geo = GroupedConvGeometry {
-            c_in: input.channels,
-            h: input.height,
-            w: input.width,
-            c_out: self.out_channels,
-            kh: self.kernel.0,
-            kw: self.kernel.1,
-            stride: self.stride,
-            padding: self.padding,
-            groups: self.groups,
-        };
+        let geo = self.grouped_geometry(input);
         let conv = GroupedConv::from_packed(cx.isa, geo, &self.weights)?;
         let zero_point = u8::try_from(self.input.zero_point).map_err(|_| internal("zero point"))?;
         Ok(Box::new(GroupedStep {
@@ -413,18 +418,7 @@ fn choose_planes(
     {
         return Ok(None);
     }
-    let geo = GroupedConvGeometry {
-        c_in: input.channels,
-        h: input.height,
-        w: input.width,
-        c_out: c.out_channels,
-        kh: c.kernel.0,
-        kw: c.kernel.1,
-        stride: c.stride,
-        padding: c.padding,
-        groups: 1,
-    };
-    let planes = PlaneConv::new(isa, geo, &c.weights)?;
+    let planes = PlaneConv::new(isa, c.grouped_geometry(input), &c.weights)?;
     let quads = direct.and_then(|d| {
         let len = d.quad_len()?;
         Some(d.layout().1 * len * d.geometry().c_out)
