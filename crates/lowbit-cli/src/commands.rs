@@ -1087,6 +1087,14 @@ fn time_pair(
     Ok((timing(fs), timing(is)))
 }
 
+/// Peak resident set of this process in KiB: the kernel's high-water mark `VmHWM` (Linux), which the peer scripts
+/// read too (`getrusage`'s `ru_maxrss` would carry a parent's peak across `execve`).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// `lowbit bench`.
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let qm = match modelfile::load_any(&a.model)? {
@@ -1115,21 +1123,18 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         "mean speed-up",
     ]);
     for &b in &a.batch {
-        let input: Vec<u8> = (0..b)
-            .flat_map(|i| split.test.image(i % split.test.n).to_vec())
-            .collect();
+        // Sample images centred in the model's input and repeated over its channels (the images themselves when
+        // the model takes 28x28x1).
+        let shape = [qm.input.channels, qm.input.height, qm.input.width];
+        let mut input = Vec::with_capacity(b * per);
+        for i in 0..b {
+            split.test.fitted_image(i % split.test.n, shape, &mut input);
+        }
         let x: Vec<f32> = input.iter().map(|&p| f32::from(p) / 255.0).collect();
         let xt = lowbit::tensor::Tensor::new(
             x,
             vec![b, qm.input.channels, qm.input.height, qm.input.width],
         );
-        if input.len() != b * per {
-            bail!(
-                "{}: bench feeds {}-pixel sample images, the model expects {per} input values",
-                a.model.display(),
-                input.len() / b
-            );
-        }
         let (f, i) = time_pair(
             b,
             a.seconds,
@@ -1169,6 +1174,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         println!("  {path}");
     }
     print!("{}", t.render());
+    match peak_rss_kib() {
+        Some(kib) => println!(
+            "peak RSS: {:.1} MiB (this process: f32 model, engine, sample data, both sides' buffers)",
+            kib as f64 / 1024.0
+        ),
+        None => println!("peak RSS: unavailable (no /proc/self/status)"),
+    }
     println!(
         "samples/s and latency: best of {BENCH_WINDOWS} windows of {:.2} s each, f32 and engine windows \
          alternating (the peer scripts' estimator); mean: over all windows",
