@@ -1,5 +1,6 @@
 //! The `lowbit` command-line tool: train, quantize, evaluate, inspect, predict and benchmark models.
 mod commands;
+mod import;
 mod mixed;
 mod plot;
 mod sensitivity;
@@ -50,6 +51,9 @@ enum Command {
     /// Automatic mixed precision: per-layer weight bits for --budget-bits, --budget-bytes or --max-drop, chosen
     /// exactly over each layer's measured cost, measured on the integer engine beside the uniform allocations.
     Mixed(Box<mixed::MixedArgs>),
+    /// Import an ONNX classifier (Conv, Gemm/MatMul, BatchNorm, pooling, Add, Concat... opset 11 or later) as a
+    /// float model file that train --init, eval, inspect, sweep, sensitivity and mixed take.
+    Import(import::ImportArgs),
 }
 
 /// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a directory of
@@ -383,6 +387,7 @@ fn main() -> ExitCode {
         Command::Sweep(a) => sweep::sweep(&a, cli.quiet),
         Command::Sensitivity(a) => sensitivity::sensitivity(&a, cli.quiet),
         Command::Mixed(a) => mixed::mixed(&a, cli.quiet),
+        Command::Import(a) => import::import(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,14 @@ pub enum Error {
         /// What is wrong.
         source: CheckpointError,
     },
+    /// An ONNX file that cannot be imported.
+    #[error("{path}: {source}")]
+    Onnx {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: crate::onnx::OnnxError,
+    },
     /// Quantization parameter problem.
     #[error(transparent)]
     Quant(#[from] lowbit_runtime::QuantError),

@@ -26,6 +26,7 @@ pub mod eval;
 pub mod kernel_tiers;
 pub mod modelfile;
 pub mod nn;
+pub mod onnx;
 pub mod optim;
 pub mod pipeline;
 pub mod quant;

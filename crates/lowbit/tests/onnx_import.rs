@@ -1,0 +1,280 @@
+//! ONNX import: the fixtures of `tests/fixtures/onnx/` (made by `bench/peers/make_onnx_fixtures.py` with
+//! torch.onnx.export, with ONNX Runtime's outputs for one input batch) give ONNX Runtime's outputs, and bad files
+//! give typed errors.
+use lowbit::modelfile::{float_from_bytes, float_to_bytes};
+use lowbit::nn::Layer;
+use lowbit::onnx::proto::{tensor_proto::DataLocation, ModelProto};
+use lowbit::onnx::{import_bytes, OnnxError};
+use lowbit::tensor::Tensor;
+use lowbit_runtime::model::Provenance;
+use prost::Message;
+use std::path::{Path, PathBuf};
+
+/// Largest difference allowed between lowbit's and ONNX Runtime's outputs, relative to the largest absolute
+/// output: the acceptance bound. Both sum the same f32 products in different orders; over the longest
+/// dot products here (K = 784) the reordering error is a few ulps of the partial sums, ~1e-6 relative, so 1e-4
+/// leaves two orders of magnitude while any real mistake (a transposed weight, a lost bias, a wrong pad) moves
+/// outputs by percent.
+const RELATIVE_TOLERANCE: f32 = 1e-4;
+
+const FIXTURES: [&str; 5] = ["mlp", "lenet", "resnet_a", "resnet_b_unfolded", "dwsep"];
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx")
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+struct Fixture {
+    bytes: Vec<u8>,
+    input: Tensor,
+    expected: Vec<f32>,
+    output: String,
+    opset: i64,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir().join(format!("{name}.json"))).unwrap())
+            .unwrap();
+    let shape: Vec<usize> = meta["input_shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    Fixture {
+        bytes: std::fs::read(dir().join(format!("{name}.onnx"))).unwrap(),
+        input: Tensor::new(read_f32(&dir().join(format!("{name}.input.f32"))), shape),
+        expected: read_f32(&dir().join(format!("{name}.output.f32"))),
+        output: meta["output"].as_str().unwrap().to_string(),
+        opset: meta["opset"].as_i64().unwrap(),
+    }
+}
+
+/// What ONNX Runtime computed from the logits: the logits, or the trailing op the importer dropped.
+fn as_exported(logits: &Tensor, output: &str) -> Vec<f32> {
+    let c = logits.row_len();
+    let mut out = Vec::new();
+    for row in logits.data.chunks(c) {
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = row.iter().map(|v| (v - m).exp()).sum();
+        match output {
+            "logits" => out.extend_from_slice(row),
+            "softmax" => out.extend(row.iter().map(|v| (v - m).exp() / sum)),
+            "log_softmax" => out.extend(row.iter().map(|v| v - m - sum.ln())),
+            other => panic!("unknown fixture output {other}"),
+        }
+    }
+    out
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{name}: output length");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= RELATIVE_TOLERANCE * scale,
+            "{name}: output {i}: lowbit {g}, ONNX Runtime {w} (largest |output| {scale})"
+        );
+    }
+}
+
+#[test]
+fn every_fixture_gives_onnx_runtimes_outputs() {
+    for name in FIXTURES {
+        let f = fixture(name);
+        let mut model = import_bytes(&f.bytes, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let logits = model.forward(&f.input, false).unwrap();
+        assert_close(name, &as_exported(&logits, &f.output), &f.expected);
+    }
+}
+
+#[test]
+fn imported_models_round_trip_through_the_float_file() {
+    for name in FIXTURES {
+        let f = fixture(name);
+        let mut model = import_bytes(&f.bytes, name).unwrap();
+        let bytes = float_to_bytes(&model, &Provenance::default()).unwrap();
+        let (mut back, _) = float_from_bytes(&bytes, Path::new("x.f32")).unwrap();
+        let a = model.forward(&f.input, false).unwrap();
+        let b = back.forward(&f.input, false).unwrap();
+        assert_eq!(a.data, b.data, "{name}");
+    }
+}
+
+#[test]
+fn unfolded_batch_norm_is_imported_as_a_batch_norm_layer() {
+    let f = fixture("resnet_b_unfolded");
+    let model = import_bytes(&f.bytes, "resnet_b").unwrap();
+    let bns = model
+        .layers()
+        .filter(|l| matches!(l, Layer::BatchNorm2d(_)))
+        .count();
+    assert_eq!(
+        bns, 6,
+        "stem, two per block, one on the projection shortcut"
+    );
+}
+
+#[test]
+fn fixtures_cover_opset_11_and_a_newer_opset() {
+    let opsets: Vec<i64> = FIXTURES.iter().map(|n| fixture(n).opset).collect();
+    assert!(opsets.contains(&11), "{opsets:?}");
+    assert!(opsets.iter().any(|&o| o > 13), "{opsets:?}");
+}
+
+fn decoded(name: &str) -> ModelProto {
+    ModelProto::decode(&fixture(name).bytes[..]).unwrap()
+}
+
+fn import_proto(m: &ModelProto) -> Result<lowbit::nn::Model, OnnxError> {
+    import_bytes(&m.encode_to_vec(), "edited")
+}
+
+#[test]
+fn an_unsupported_op_is_named_with_its_node_and_the_opset() {
+    let mut m = decoded("mlp");
+    let g = m.graph.as_mut().unwrap();
+    let node = g.node.iter_mut().find(|n| n.op_type() == "Relu").unwrap();
+    node.op_type = Some("Erf".into());
+    let relu_name = node.name().to_string();
+    let err = import_proto(&m).unwrap_err();
+    match &err {
+        OnnxError::UnsupportedOp {
+            op, node, opset, ..
+        } => {
+            assert_eq!(
+                (op.as_str(), node.as_str(), *opset),
+                ("Erf", relu_name.as_str(), 11)
+            );
+        }
+        other => panic!("expected UnsupportedOp, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        !msg.contains('\n') && msg.contains("Erf") && msg.contains(&relu_name),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_missing_initializer_is_named() {
+    let mut m = decoded("mlp");
+    let g = m.graph.as_mut().unwrap();
+    let gone = g.initializer.remove(0).name().to_string();
+    match import_proto(&m).unwrap_err() {
+        OnnxError::MissingValue { name, .. } => assert_eq!(name, gone),
+        other => panic!("expected MissingValue, got {other:?}"),
+    }
+}
+
+#[test]
+fn external_data_is_refused_naming_the_tensor() {
+    let mut m = decoded("mlp");
+    let t = &mut m.graph.as_mut().unwrap().initializer[0];
+    t.data_location = Some(DataLocation::External as i32);
+    let want = t.name().to_string();
+    match import_proto(&m).unwrap_err() {
+        OnnxError::ExternalData { name } => assert_eq!(name, want),
+        other => panic!("expected ExternalData, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_old_opset_is_refused() {
+    let mut m = decoded("mlp");
+    m.opset_import[0].version = Some(9);
+    assert_eq!(
+        import_proto(&m).unwrap_err(),
+        OnnxError::UnsupportedOpset { found: 9, min: 11 }
+    );
+}
+
+#[test]
+fn an_initializer_of_the_wrong_length_is_a_bad_tensor() {
+    let mut m = decoded("mlp");
+    let t = &mut m.graph.as_mut().unwrap().initializer[0];
+    let raw = t.raw_data.as_mut().unwrap();
+    raw.truncate(raw.len() - 4);
+    assert!(matches!(
+        import_proto(&m).unwrap_err(),
+        OnnxError::BadTensor { .. }
+    ));
+}
+
+#[test]
+fn a_weight_computed_at_run_time_is_refused() {
+    let mut m = decoded("mlp");
+    let g = m.graph.as_mut().unwrap();
+    let input = g.input[0].name().to_string();
+    let gemm = g.node.iter_mut().find(|n| n.op_type() == "Gemm").unwrap();
+    gemm.input[1] = input;
+    assert!(matches!(
+        import_proto(&m).unwrap_err(),
+        OnnxError::NotConstant { .. }
+    ));
+}
+
+#[test]
+fn gemm_alpha_beta_and_trans_b_scale_and_lay_out_the_weights() {
+    let base = import_bytes(&fixture("mlp").bytes, "mlp").unwrap();
+    let mut m = decoded("mlp");
+    let g = m.graph.as_mut().unwrap();
+    let gemm = g.node.iter_mut().find(|n| n.op_type() == "Gemm").unwrap();
+    for a in &mut gemm.attribute {
+        match a.name() {
+            "alpha" => a.f = Some(0.5),
+            "beta" => a.f = Some(2.0),
+            _ => {}
+        }
+    }
+    let edited = import_proto(&m).unwrap();
+    let dense =
+        |model: &lowbit::nn::Model| match model.layers().find(|l| matches!(l, Layer::Dense(_))) {
+            Some(Layer::Dense(d)) => d.clone(),
+            _ => panic!("no dense layer"),
+        };
+    let (a, b) = (dense(&base), dense(&edited));
+    assert!(a.weight.iter().zip(&b.weight).all(|(x, y)| *y == 0.5 * x));
+    assert!(a.bias.iter().zip(&b.bias).all(|(x, y)| *y == 2.0 * x));
+}
+
+#[test]
+fn every_truncation_of_a_file_is_an_error_not_a_panic() {
+    let bytes = fixture("dwsep").bytes;
+    for len in (0..bytes.len()).step_by(7) {
+        assert!(
+            import_bytes(&bytes[..len], "cut").is_err(),
+            "a file cut at {len} of {} bytes imported",
+            bytes.len()
+        );
+    }
+}
+
+#[test]
+fn corrupt_bytes_give_errors_not_panics() {
+    let bytes = fixture("resnet_a").bytes;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..300 {
+        let mut b = bytes.clone();
+        for _ in 0..4 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let i = (state % b.len() as u64) as usize;
+            b[i] ^= (state >> 32) as u8 | 1;
+        }
+        let _ = import_bytes(&b, "corrupt");
+    }
+    assert!(matches!(
+        import_bytes(b"not a protobuf at all \xff\xff", "junk"),
+        Err(OnnxError::Decode(_))
+    ));
+}
