@@ -1,0 +1,118 @@
+//! `lowbit import`: an ONNX file made by torch.onnx.export becomes a float model that PTQ, QAT fine-tuning, eval,
+//! inspect and sweep take; bad files fail with one line naming the file and write nothing.
+use std::path::{Path, PathBuf};
+use tempfile::TempDir;
+
+mod common;
+use common::{run_err, run_ok};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../lowbit/tests/fixtures/onnx/{name}.onnx"))
+}
+
+fn import(dir: &Path, name: &str) -> String {
+    let src = fixture(name);
+    let out = format!("{name}.f32");
+    let stdout = run_ok(dir, &["import", src.to_str().unwrap(), "--out", &out]);
+    assert!(dir.join(&out).exists(), "{stdout}");
+    stdout
+}
+
+#[test]
+fn an_imported_mlp_and_lenet_quantize_with_ptq_on_builtin_data_and_evaluate() {
+    let dir = TempDir::new().unwrap();
+    for name in ["mlp", "lenet"] {
+        let said = import(dir.path(), name);
+        assert!(said.contains("input 1x28x28, 10 classes"), "{said}");
+        let f32_file = format!("{name}.f32");
+        let lbq = format!("{name}.lbq");
+        let table = run_ok(
+            dir.path(),
+            &[
+                "train",
+                "--method",
+                "ptq",
+                "--weight-bits",
+                "8",
+                "--init",
+                &f32_file,
+                "--out",
+                &lbq,
+            ],
+        );
+        // Measured on the integer engine, which agrees with the independent simulation on every image.
+        assert!(
+            table.contains("(engine)") && table.contains("0 differing predictions"),
+            "{table}"
+        );
+        let eval = run_ok(dir.path(), &["eval", &lbq]);
+        assert!(eval.contains("test accuracy"), "{eval}");
+        let inspect = run_ok(dir.path(), &["inspect", &f32_file]);
+        assert!(inspect.contains(&format!("onnx:{name}.onnx")), "{inspect}");
+    }
+}
+
+#[test]
+fn an_imported_mlp_fine_tunes_with_qat_and_sweeps() {
+    let dir = TempDir::new().unwrap();
+    import(dir.path(), "mlp");
+    let table = run_ok(
+        dir.path(),
+        &[
+            "train",
+            "--init",
+            "mlp.f32",
+            "--weight-bits",
+            "4",
+            "--epochs",
+            "1",
+            "--out",
+            "q.lbq",
+        ],
+    );
+    assert!(table.contains("model written to q.lbq"), "{table}");
+    let sweep = run_ok(dir.path(), &["sweep", "mlp.f32", "--bits", "4,8"]);
+    assert!(
+        sweep.contains("PTQ W4A8") && sweep.contains("PTQ W8A8"),
+        "{sweep}"
+    );
+}
+
+#[test]
+fn an_unsupported_op_fails_naming_file_op_node_and_opset_and_writes_nothing() {
+    let dir = TempDir::new().unwrap();
+    // Same-length byte surgery: every "Relu" (the op type and the node names) becomes "Erfx".
+    let bytes = std::fs::read(fixture("mlp")).unwrap();
+    let mut edited = bytes.clone();
+    for i in 0..edited.len().saturating_sub(3) {
+        if &edited[i..i + 4] == b"Relu" {
+            edited[i..i + 4].copy_from_slice(b"Erfx");
+        }
+    }
+    std::fs::write(dir.path().join("bad.onnx"), edited).unwrap();
+    run_err(
+        dir.path(),
+        &["import", "bad.onnx", "--out", "bad.f32"],
+        &["bad.onnx", "op Erfx", "/net/net.2/Erfx", "opset 11"],
+    );
+    assert!(!dir.path().join("bad.f32").exists());
+}
+
+#[test]
+fn a_truncated_file_fails_with_one_line_and_writes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let bytes = std::fs::read(fixture("lenet")).unwrap();
+    std::fs::write(dir.path().join("cut.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+    run_err(
+        dir.path(),
+        &["import", "cut.onnx", "--out", "cut.f32"],
+        &["cut.onnx", "not a valid ONNX model"],
+    );
+    assert!(!dir.path().join("cut.f32").exists());
+    run_err(
+        dir.path(),
+        &["import", "missing.onnx", "--out", "m.f32"],
+        &["missing.onnx"],
+    );
+    assert!(!dir.path().join("m.f32").exists());
+}
