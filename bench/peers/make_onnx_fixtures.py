@@ -193,6 +193,51 @@ def export(name, model, shape, opset, output_kind, fold_constants=True, out=ARGS
     print(f"{name}: opset {opset}, {os.path.getsize(path)} bytes, ops {' '.join(ops)}")
 
 
+def edge_ops(out=ARGS.out):
+    """Attribute forms PyTorch's exporter does not emit, built with onnx.helper: auto_pad SAME_UPPER with a
+    stride, asymmetric pads, padded average pooling, Clip bounds from initializers, Squeeze of the spatial axes,
+    Gemm with transB=0, alpha, beta and a [1, N] bias."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(12)
+
+    def init(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="same_upper", auto_pad="SAME_UPPER",
+                         strides=[2, 2], kernel_shape=[3, 3]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="clip"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="asymmetric", pads=[0, 1, 2, 1]),
+        helper.make_node("AveragePool", ["c2"], ["p1"], name="avg_padded", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                         count_include_pad=1),
+        helper.make_node("GlobalAveragePool", ["p1"], ["g"], name="gap"),
+        helper.make_node("Squeeze", ["g", "axes"], ["s"], name="squeeze"),
+        helper.make_node("Gemm", ["s", "w3", "b3"], ["output"], name="gemm", transB=0, alpha=0.7, beta=0.3),
+    ]
+    inits = [init("w1", 4, 2, 3, 3), init("b1", 4), init("w2", 6, 4, 2, 2), init("w3", 6, 10), init("b3", 1, 10),
+             numpy_helper.from_array(np.array(-0.5, np.float32), "lo"),
+             numpy_helper.from_array(np.array(0.8, np.float32), "hi"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
+    graph = helper.make_graph(nodes, "edge_ops",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2, 7, 7])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = os.path.join(out, "edge_ops.onnx")
+    onnx.save(model, path)
+    x = rng.random((4, 2, 7, 7), dtype=np.float32)
+    y = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    x.astype("<f4").tofile(os.path.join(out, "edge_ops.input.f32"))
+    y.astype("<f4").tofile(os.path.join(out, "edge_ops.output.f32"))
+    meta = {"input_shape": list(x.shape), "output_shape": list(y.shape), "opset": 13, "output": "logits",
+            "batchnorm_folded": True, "ops": sorted({n.op_type for n in nodes})}
+    with open(os.path.join(out, "edge_ops.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    print(f"edge_ops: opset 13, {os.path.getsize(path)} bytes")
+
+
 def main():
     os.makedirs(ARGS.out, exist_ok=True)
     torch.manual_seed(0)
@@ -205,6 +250,7 @@ def main():
     export("resnet_b_unfolded", ResNet("B"), (3, 16, 16), "current", "logits", fold_constants=False)
     torch.manual_seed(4)
     export("dwsep", DepthwiseSeparable(), (3, 16, 16), 13, "softmax", fold_constants=False)
+    edge_ops()
 
 
 if __name__ == "__main__":

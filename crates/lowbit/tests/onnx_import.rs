@@ -17,7 +17,14 @@ use std::path::{Path, PathBuf};
 /// outputs by percent.
 const RELATIVE_TOLERANCE: f32 = 1e-4;
 
-const FIXTURES: [&str; 5] = ["mlp", "lenet", "resnet_a", "resnet_b_unfolded", "dwsep"];
+const FIXTURES: [&str; 6] = [
+    "mlp",
+    "lenet",
+    "resnet_a",
+    "resnet_b_unfolded",
+    "dwsep",
+    "edge_ops",
+];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx")
