@@ -5,6 +5,9 @@
 //! zero point, column index `k = ic*kh*kw + ky*kw + kx` (weights are `[oc][ic][kh][kw]`); output is NCHW.
 //! Fused conv + 2 x 2 stride-2 max pool takes the max of the i32 accumulators, then one requantization: the same
 //! codes, because requantization never decreases as the accumulator grows.
+//!
+//! (Over 800 lines on purpose: the planner's choice between im2col, direct and plane kernels, and each one's
+//! geometry checks, in one place.)
 use super::matrix::{describe_matrix, Gemm, MatrixSpec, Out};
 use super::{
     fit, internal, shape_err, InferCx, Inferred, OpDef, PlanCx, Shape, Step, StepOut, ValueInfo,
