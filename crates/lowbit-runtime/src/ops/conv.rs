@@ -99,18 +99,7 @@ impl QConv2d {
         let (input, output) = self.shapes(&icx)?;
         let k = self.k(cx.name)?;
         let checked = self.spec(cx.name, k).check(&icx)?;
-        let geo = GroupedConvGeometry {
-            c_in: input.channels,
-            h: input.height,
-            w: input.width,
-            c_out: self.out_channels,
-            kh: self.kernel.0,
-            kw: self.kernel.1,
-            stride: self.stride,
-            padding: self.padding,
-            groups: self.groups,
-        };
-        let conv = GroupedConv::from_packed(cx.isa, geo, &self.weights)?;
+        let conv = GroupedConv::from_packed(cx.isa, self.grouped_geometry(input), &self.weights)?;
         let zero_point = u8::try_from(self.input.zero_point).map_err(|_| internal("zero point"))?;
         Ok(Box::new(GroupedStep {
             conv,
@@ -120,6 +109,37 @@ impl QConv2d {
             input,
             output,
         }))
+    }
+
+    /// The grouped kernel's geometry on `input`.
+    fn grouped_geometry(&self, input: Shape) -> GroupedConvGeometry {
+        GroupedConvGeometry {
+            c_in: input.channels,
+            h: input.height,
+            w: input.width,
+            c_out: self.out_channels,
+            kh: self.kernel.0,
+            kw: self.kernel.1,
+            stride: self.stride,
+            padding: self.padding,
+            groups: self.groups,
+        }
+    }
+
+    /// Elements of the zero-point-padded copy of one input sample that the kernels read, or more: `c_in` planes
+    /// of `(h + 2 ph + sh) x (w + 2 pw + sw + 8)` cover im2col's planes (8 columns of over-read slack) and the
+    /// grouped kernel's stride-phase planes (each axis rounded up to a multiple of the stride). A large padding
+    /// with a large stride gives a small output from huge planes, so this must be bounded on its own.
+    fn padded_input_elems(&self, input: Shape) -> Option<usize> {
+        let axis = |n: usize, pad: usize, stride: usize, slack: usize| {
+            pad.checked_mul(2)?
+                .checked_add(n)?
+                .checked_add(stride)?
+                .checked_add(slack)
+        };
+        let rows = axis(input.height, self.padding.0, self.stride.0, 0)?;
+        let cols = axis(input.width, self.padding.1, self.stride.1, 8)?;
+        input.channels.checked_mul(rows)?.checked_mul(cols)
     }
 
     fn conv_op(&self, cx: &PlanCx<'_>) -> Result<ConvOp, QuantError> {
@@ -168,6 +188,20 @@ impl OpDef for QConv2d {
             .ok_or_else(|| shape_err(name, "direct conv size overflows".into()))?;
         if self.stride == (1, 1) {
             scratch = scratch.max(direct_elems);
+        }
+        let padded = self
+            .padded_input_elems(input)
+            .ok_or_else(|| shape_err(name, "padded input size overflows".into()))?;
+        scratch = scratch.max(padded);
+        if self.groups > 1 {
+            // The engine runs grouped convolutions on a kernel with limits of its own: a file must not load
+            // that the engine then refuses.
+            self.grouped_geometry(input)
+                .validate()
+                .map_err(|e| match e {
+                    QuantError::ShapeMismatch { detail, .. } => shape_err(name, detail),
+                    other => other,
+                })?;
         }
         let macs = self
             .out_channels
