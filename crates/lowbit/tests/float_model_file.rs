@@ -1,10 +1,14 @@
 //! Float model files keep every layer's state: a CNN with batch norm round-trips to the same outputs, and the same
-//! model always gives the same bytes.
+//! model always gives the same bytes. Hostile files (specs that would allocate far more than the file
+//! holds) are errors before anything big is allocated.
 use lowbit::modelfile::{float_from_bytes, float_to_bytes};
 use lowbit::nn::{Layer, Model};
 use lowbit::rng::Rng;
 use lowbit::tensor::Tensor;
+use lowbit::Error;
+use lowbit_runtime::format::container_bytes;
 use lowbit_runtime::model::Provenance;
+use lowbit_runtime::FormatError;
 use std::path::Path;
 
 /// A conv + batch-norm model whose every value differs from a fresh `from_spec` build (other seed, trained-looking
@@ -65,4 +69,57 @@ fn a_missing_conv_tensor_is_an_error_naming_it() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("layers.0.weight"), "{err}");
+}
+
+/// The reason of a malformed-file error.
+fn malformed(r: lowbit::Result<(Model, Provenance)>) -> String {
+    match r {
+        Err(Error::ModelFile {
+            source: FormatError::Malformed(m),
+            ..
+        }) => m,
+        other => panic!("expected a malformed file, got {other:?}"),
+    }
+}
+
+/// A version-1 float file: a spec and no tensors.
+fn version_1_spec(spec: &str) -> Vec<u8> {
+    let meta = [
+        ("format", "lowbit.f32".to_string()),
+        ("format_version", "1".to_string()),
+        ("spec", spec.to_string()),
+    ];
+    container_bytes(&meta, &[]).unwrap()
+}
+
+#[test]
+fn a_version_1_cnn_spec_is_checked_against_the_stored_values_before_it_is_built() {
+    // 151 M parameters (604 MB, seconds to initialise) were built before the missing tensors were noticed.
+    let m = malformed(float_from_bytes(
+        &version_1_spec("cnn:c4096-c4096-10"),
+        Path::new("bomb.f32"),
+    ));
+    assert!(m.contains("stores 0 values"), "{m}");
+    // Beyond any file: over 2^28 parameters is a spec error.
+    let m = malformed(float_from_bytes(
+        &version_1_spec("cnn:c4096-c4096-c4096-c4096-c4096-10"),
+        Path::new("bomb.f32"),
+    ));
+    assert!(m.contains("too many parameters"), "{m}");
+}
+
+#[test]
+fn a_version_1_file_with_a_graph_spec_is_refused_unbuilt() {
+    // Version 1 predates graph specs; `mobilenet:t8c4096n16s1` would have built 17 GB of weights.
+    for spec in [
+        "mobilenet:t1c4n1s1-h8",
+        "resnet:8",
+        "mobilenet:t8c4096n16s1",
+    ] {
+        let m = malformed(float_from_bytes(&version_1_spec(spec), Path::new("g.f32")));
+        assert!(
+            m.contains("not an mlp:, lenet5 or cnn: spec"),
+            "{spec}: {m}"
+        );
+    }
 }
