@@ -1,13 +1,14 @@
 //! Float model files keep every layer's state: a CNN with batch norm round-trips to the same outputs, and the same
-//! model always gives the same bytes. Hostile files (specs that would allocate far more than the file
+//! model always gives the same bytes. Hostile files (specs or graphs that would allocate far more than the file
 //! holds) are errors before anything big is allocated.
 use lowbit::modelfile::{float_from_bytes, float_to_bytes};
-use lowbit::nn::{Layer, Model};
+use lowbit::nn::{Add, Conv2d, Dense, Flatten, Layer, MaxPool2d, Model, Node, Pad};
 use lowbit::rng::Rng;
 use lowbit::tensor::Tensor;
 use lowbit::Error;
 use lowbit_runtime::format::container_bytes;
 use lowbit_runtime::model::Provenance;
+use lowbit_runtime::testutil::edit_model_json;
 use lowbit_runtime::FormatError;
 use std::path::Path;
 
@@ -122,4 +123,91 @@ fn a_version_1_file_with_a_graph_spec_is_refused_unbuilt() {
             "{spec}: {m}"
         );
     }
+}
+
+/// A graph of `(name, inputs, layer)` nodes.
+fn graph(input: [usize; 3], nodes: Vec<(&str, Vec<usize>, Layer)>, classes: usize) -> Model {
+    Model {
+        nodes: nodes
+            .into_iter()
+            .map(|(name, inputs, layer)| Node {
+                name: name.into(),
+                inputs,
+                layer,
+            })
+            .collect(),
+        input_shape: input,
+        classes,
+        spec: "test graph".into(),
+    }
+}
+
+#[test]
+fn a_conv_whose_stride_hides_huge_padded_planes_is_refused() {
+    // 1x1x1 -> conv 2x2 stride 2 pad 1 (1x1 out) -> flatten -> dense 1->3. With padding 2^19 and stride 2^20 the
+    // output stays 1x1 but the forward pass would first pad the input to 2^20 x 2^20 (4 TB of f32).
+    let mut rng = Rng::new(1);
+    let m = graph(
+        [1, 1, 1],
+        vec![
+            (
+                "conv",
+                vec![0],
+                Layer::Conv2d(Conv2d::new(1, 1, (2, 2), (2, 2), (1, 1), &mut rng)),
+            ),
+            ("flatten", vec![1], Layer::Flatten(Flatten::new())),
+            ("fc", vec![2], Layer::Dense(Dense::new(1, 3, &mut rng))),
+        ],
+        3,
+    );
+    let bytes = float_to_bytes(&m, &Provenance::default()).unwrap();
+    assert!(float_from_bytes(&bytes, Path::new("ok.f32")).is_ok());
+    let hostile = edit_model_json(&bytes, |v| {
+        v["nodes"][0]["op"]["padding"] = serde_json::json!([1 << 19, 1 << 19]);
+        v["nodes"][0]["op"]["stride"] = serde_json::json!([1 << 20, 1 << 20]);
+    })
+    .unwrap();
+    let m = malformed(float_from_bytes(&hostile, Path::new("pad.f32")));
+    assert!(m.contains("conv") && m.contains("padded input"), "{m}");
+    // A padding near usize::MAX is an error too, not an overflow.
+    let wrap = edit_model_json(&bytes, |v| {
+        v["nodes"][0]["op"]["padding"] = serde_json::json!([u64::MAX / 2 + 1, 1])
+    })
+    .unwrap();
+    let m = malformed(float_from_bytes(&wrap, Path::new("wrap.f32")));
+    assert!(m.contains("conv"), "{m}");
+}
+
+#[test]
+fn many_large_values_alive_at_once_exceed_the_total_activation_limit() {
+    // 1x1x1 padded five times to 1x8192x8192 (2^26 elements each, the per-value limit), summed by four adds:
+    // nine values of 2^26 f32, 2.3 GB per sample for a forward pass.
+    let pad = || Layer::Pad(Pad::new((0, 0), (0, 8191), (0, 8191)));
+    let add = || Layer::Add(Add::new());
+    let mut rng = Rng::new(2);
+    let m = graph(
+        [1, 1, 1],
+        vec![
+            ("p1", vec![0], pad()),
+            ("p2", vec![0], pad()),
+            ("p3", vec![0], pad()),
+            ("p4", vec![0], pad()),
+            ("p5", vec![0], pad()),
+            ("a1", vec![1, 2], add()),
+            ("a2", vec![6, 3], add()),
+            ("a3", vec![7, 4], add()),
+            ("a4", vec![8, 5], add()),
+            (
+                "pool",
+                vec![9],
+                Layer::MaxPool2d(MaxPool2d::new((8192, 8192), (8192, 8192))),
+            ),
+            ("flatten", vec![10], Layer::Flatten(Flatten::new())),
+            ("fc", vec![11], Layer::Dense(Dense::new(1, 3, &mut rng))),
+        ],
+        3,
+    );
+    let bytes = float_to_bytes(&m, &Provenance::default()).unwrap();
+    let m = malformed(float_from_bytes(&bytes, Path::new("wide.f32")));
+    assert!(m.contains("elements per sample"), "{m}");
 }

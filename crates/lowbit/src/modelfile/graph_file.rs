@@ -14,8 +14,12 @@ pub(super) const INPUT: &str = "input";
 const MAX_NODES: usize = 4096;
 /// Largest dimension or count (channels, features, kernel, classes).
 const MAX_DIM: usize = 1 << 20;
-/// Largest activation of one sample, in elements (the shape inference below bounds every value).
+/// Largest activation of one sample, in elements (the shape inference below bounds every value, and a
+/// convolution's padded input and im2col matrix).
 const MAX_SAMPLE_ELEMS: usize = 1 << 26;
+/// Largest sum of every value's elements per sample: a forward pass keeps every value, so 4096 values of
+/// `MAX_SAMPLE_ELEMS` would otherwise ask for a terabyte.
+const MAX_TOTAL_SAMPLE_ELEMS: usize = 1 << 28;
 /// Longest node name, in bytes.
 const MAX_NAME_BYTES: usize = 256;
 
@@ -217,10 +221,14 @@ impl LayerMeta {
         };
         let window = |k: [usize; 2], s: [usize; 2], p: [usize; 2], h: usize, w: usize| {
             dims(&[k[0], k[1], s[0], s[1]])?;
+            if p[0] > MAX_DIM || p[1] > MAX_DIM {
+                return Err(format!("padding {p:?} above {MAX_DIM}"));
+            }
+            // No overflow: sizes are at most MAX_SAMPLE_ELEMS, paddings at most MAX_DIM.
             let oh = (h + 2 * p[0]).checked_sub(k[0]).map(|d| d / s[0] + 1);
             let ow = (w + 2 * p[1]).checked_sub(k[1]).map(|d| d / s[1] + 1);
             match (oh, ow) {
-                (Some(a), Some(b)) if p[0] <= MAX_DIM && p[1] <= MAX_DIM => Ok((a, b)),
+                (Some(a), Some(b)) => Ok((a, b)),
                 _ => Err(format!(
                     "window {k:?} does not fit {h}x{w} with padding {p:?}"
                 )),
@@ -291,6 +299,21 @@ impl LayerMeta {
                     ));
                 }
                 let (oh, ow) = window(kernel, stride, padding, h, w)?;
+                // The forward pass copies the input into zero-bordered planes and unfolds it (im2col): with a
+                // large padding and stride, or a large kernel, both can dwarf the output.
+                let padded = (h + 2 * padding[0]) * (w + 2 * padding[1]);
+                let col = (in_channels / groups)
+                    .checked_mul(kernel[0] * kernel[1])
+                    .and_then(|k| k.checked_mul(oh * ow));
+                if c.checked_mul(padded).is_none_or(|e| e > MAX_SAMPLE_ELEMS)
+                    || col.is_none_or(|e| e > MAX_SAMPLE_ELEMS)
+                {
+                    return Err(format!(
+                        "padded input ({c}x{}x{}) or im2col matrix above {MAX_SAMPLE_ELEMS} elements",
+                        h + 2 * padding[0],
+                        w + 2 * padding[1]
+                    ));
+                }
                 let params = out_channels
                     .checked_mul(in_channels / groups)
                     .and_then(|v| v.checked_mul(kernel[0] * kernel[1]))
@@ -447,7 +470,7 @@ pub(super) fn read(
         .and_then(|v| v.checked_mul(w))
         .filter(|&e| (1..=MAX_SAMPLE_ELEMS).contains(&e))
         .ok_or_else(|| bad(format!("input shape {:?}", g.input_shape)))?;
-    let _ = input_elems;
+    let mut total_elems = input_elems;
     if !(1..=MAX_DIM).contains(&g.classes) {
         return Err(bad(format!("{} classes", g.classes)));
     }
@@ -488,6 +511,12 @@ pub(super) fn read(
             return Err(at(format!("output {shape:?} is empty or too large")));
         }
         params = params.saturating_add(p);
+        total_elems = total_elems.saturating_add(e.unwrap_or(0));
+        if total_elems > MAX_TOTAL_SAMPLE_ELEMS {
+            return Err(at(format!(
+                "the values up to here hold {total_elems} elements per sample, above {MAX_TOTAL_SAMPLE_ELEMS}"
+            )));
+        }
         if ids.insert(&n.name, i + 1).is_some() {
             return Err(at("duplicate name".into()));
         }
