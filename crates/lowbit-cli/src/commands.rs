@@ -186,6 +186,11 @@ fn resolve_settings(
                 gamma: a.lr_gamma,
             },
             ScheduleArg::Cosine => Schedule::Cosine { min_lr: a.min_lr },
+            ScheduleArg::Onecycle => Schedule::OneCycle {
+                pct_start: a.pct_start,
+                div_factor: 25.0,
+                final_div_factor: 1e4,
+            },
         });
     }
     if let Some(w) = a.warmup_steps {

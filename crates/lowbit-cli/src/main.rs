@@ -95,6 +95,9 @@ enum ScheduleArg {
     Constant,
     Step,
     Cosine,
+    /// One-cycle (PyTorch's OneCycleLR, cosine): up from lr/25 to --lr over --pct-start of the steps, then down to
+    /// lr/250000.
+    Onecycle,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -188,6 +191,9 @@ struct TrainArgs {
     /// Cosine schedule: final learning rate.
     #[arg(long, default_value_t = 0.0)]
     min_lr: f32,
+    /// One-cycle schedule: fraction of the steps spent rising to --lr.
+    #[arg(long, default_value_t = 0.3)]
+    pct_start: f32,
     /// Linear learning-rate warm-up over this many steps.
     #[arg(long)]
     warmup_steps: Option<usize>,

@@ -270,7 +270,9 @@ fn key_of(flag: &str) -> String {
         | "--weight-decay" | "--beta1" | "--beta2" | "--eps" | "--clip-grad-norm"
         | "--max-loss" | "--quant-lr-scale" | "--warmup-steps" => "training",
         "--quant-delay-epochs" => "training",
-        "--schedule" | "--lr-step-every" | "--lr-gamma" | "--min-lr" => "training.schedule",
+        "--schedule" | "--lr-step-every" | "--lr-gamma" | "--min-lr" | "--pct-start" => {
+            "training.schedule"
+        }
         _ if flag.starts_with("layers[") => return format!("quantization.{flag}"),
         _ => "quantization",
     };

@@ -306,6 +306,19 @@ pub enum Schedule {
         /// Final learning rate (finite, >= 0 and <= lr).
         min_lr: f32,
     },
+    /// One-cycle (Smith & Topin 2019), as PyTorch's `OneCycleLR` with cosine annealing: from `lr / div_factor`
+    /// up to `lr` over the first `pct_start` of the run's steps, then down to `lr / (div_factor *
+    /// final_div_factor)` at its last step, each phase `end + (start - end) (1 + cos(pi p)) / 2`. With it the base
+    /// `--lr` is the peak; warmup steps, if any, come before it.
+    #[serde(rename = "onecycle")]
+    OneCycle {
+        /// Fraction of the steps spent rising (0 < pct_start < 1; PyTorch's default 0.3).
+        pct_start: f32,
+        /// Peak over initial rate (PyTorch's default 25).
+        div_factor: f32,
+        /// Initial over final rate (PyTorch's default 1e4).
+        final_div_factor: f32,
+    },
 }
 
 impl Schedule {
@@ -333,6 +346,29 @@ impl Schedule {
                         "--min-lr",
                         format!("{min_lr} is not a finite number >= 0"),
                     ));
+                }
+            }
+            Schedule::OneCycle {
+                pct_start,
+                div_factor,
+                final_div_factor,
+            } => {
+                if !(pct_start > 0.0 && pct_start < 1.0) {
+                    return Err(Error::option(
+                        "--pct-start",
+                        format!("{pct_start} is not in (0, 1)"),
+                    ));
+                }
+                for (flag, v) in [
+                    ("--div-factor", div_factor),
+                    ("--final-div-factor", final_div_factor),
+                ] {
+                    if !(v.is_finite() && v >= 1.0) {
+                        return Err(Error::option(
+                            flag,
+                            format!("{v} is not a finite number >= 1"),
+                        ));
+                    }
                 }
             }
         }
@@ -368,6 +404,34 @@ impl Schedule {
                 let t = ((step - warmup_steps) as f64 / span).min(1.0);
                 let (hi, lo) = (f64::from(lr), f64::from(min_lr));
                 lo + (hi - lo) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+            Schedule::OneCycle {
+                pct_start,
+                div_factor,
+                final_div_factor,
+            } => {
+                let cos = |start: f64, end: f64, p: f64| {
+                    end + (start - end) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+                };
+                let peak = f64::from(lr);
+                let initial = peak / f64::from(div_factor);
+                let last = initial / f64::from(final_div_factor);
+                // PyTorch's phase ends: the rise ends at step pct * total - 1, the fall at total - 1.
+                let total = total_steps.saturating_sub(warmup_steps) as f64;
+                let up_end = f64::from(pct_start) * total - 1.0;
+                let down_end = total - 1.0;
+                let t = (step - warmup_steps) as f64;
+                if t <= up_end {
+                    cos(initial, peak, if up_end > 0.0 { t / up_end } else { 1.0 })
+                } else {
+                    let span = down_end - up_end;
+                    let p = if span > 0.0 {
+                        ((t - up_end) / span).min(1.0)
+                    } else {
+                        1.0
+                    };
+                    cos(peak, last, p)
+                }
             }
         };
         // A learning rate of exactly 0 is rejected by `Optimizer::set_lr`; the floor only matters for a

@@ -211,3 +211,61 @@ fn many_large_values_alive_at_once_exceed_the_total_activation_limit() {
     let m = malformed(float_from_bytes(&bytes, Path::new("wide.f32")));
     assert!(m.contains("elements per sample"), "{m}");
 }
+
+/// The float file of `spec` with its `model` JSON edited.
+fn edited_graph(spec: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let bytes = float_to_bytes(&distinct_model(spec), &Provenance::default()).unwrap();
+    edit_model_json(&bytes, edit).unwrap()
+}
+
+/// The error reading `bytes`, as one line.
+fn read_error(bytes: &[u8]) -> String {
+    let e = float_from_bytes(bytes, Path::new("g.f32"))
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains('\n'), "one line: {e}");
+    assert!(e.starts_with("g.f32"), "names the file: {e}");
+    e
+}
+
+#[test]
+fn graph_files_with_cycles_dangling_inputs_bad_shapes_or_unknown_ops_name_the_node() {
+    // Node 3 reads node 5: a forward reference (a cycle in a sorted file).
+    let e = read_error(&edited_graph("resnet:8", |m| {
+        m["nodes"][3]["inputs"] = serde_json::json!([m["nodes"][5]["name"].clone()])
+    }));
+    assert!(e.contains("s1.b0") || e.contains("node"), "{e}");
+    assert!(e.contains("earlier node"), "{e}");
+    let e = read_error(&edited_graph("resnet:8", |m| {
+        m["nodes"][2]["inputs"] = serde_json::json!(["nowhere"])
+    }));
+    assert!(e.contains("nowhere") && e.contains("node"), "{e}");
+    // A conv whose input has other channels than it declares.
+    let e = read_error(&edited_graph("resnet:8", |m| {
+        m["nodes"][0]["op"]["in_channels"] = serde_json::json!(3)
+    }));
+    assert!(e.contains("stem.conv") && e.contains("in_channels"), "{e}");
+    let e = read_error(&edited_graph("resnet:8", |m| {
+        m["nodes"][1]["op"] = serde_json::json!({"kind": "fft"})
+    }));
+    assert!(e.contains("fft") || e.contains("unknown variant"), "{e}");
+    let e = read_error(&edited_graph("resnet:8", |m| {
+        m["nodes"][0]["op"]["out_channels"] = serde_json::json!(1u64 << 40)
+    }));
+    assert!(e.contains("stem.conv"), "{e}");
+    // Absurd padding that would make a huge activation, refused before anything is allocated.
+    let e = read_error(&edited_graph("resnet:8", |m| {
+        let i = m["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|n| n["op"]["kind"] == "pad")
+            .unwrap();
+        m["nodes"][i]["op"]["rows"] = serde_json::json!([1 << 19, 1 << 19])
+    }));
+    assert!(e.contains("short.pad"), "{e}");
+    let e = read_error(&edited_graph("resnet:8", |m| {
+        m["nodes"][4]["name"] = m["nodes"][3]["name"].clone();
+    }));
+    assert!(e.contains("duplicate") || e.contains("earlier node"), "{e}");
+}

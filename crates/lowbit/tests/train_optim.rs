@@ -171,3 +171,33 @@ fn lsq_step_sizes_move_at_the_scaled_learning_rate_and_other_parameters_do_not()
         }
     }
 }
+
+#[test]
+fn one_cycle_follows_pytorchs_one_cycle_lr() {
+    // torch.optim.lr_scheduler.OneCycleLR(max_lr=2e-3, total_steps=100), defaults pct_start 0.3, div_factor 25,
+    // final_div_factor 1e4, anneal_strategy "cos": phase ends at steps 29 and 99.
+    let s = lowbit::optim::Schedule::OneCycle {
+        pct_start: 0.3,
+        div_factor: 25.0,
+        final_div_factor: 1e4,
+    };
+    s.validate().unwrap();
+    let lr = |step| s.lr_at(2e-3, step, 0, 10, 100);
+    let close = |a: f32, b: f64| ((a as f64) - b).abs() <= 1e-6 * b.abs().max(1e-12);
+    assert!(close(lr(0), 8e-5), "{}", lr(0));
+    assert!(close(lr(29), 2e-3), "{}", lr(29));
+    // Rising: 8e-5 + (2e-3 - 8e-5) (1 - cos(pi t / 29)) / 2.
+    let up = |t: f64| 8e-5 + (2e-3 - 8e-5) * 0.5 * (1.0 - (std::f64::consts::PI * t / 29.0).cos());
+    assert!(close(lr(14), up(14.0)), "{}", lr(14));
+    assert!(close(lr(64), (2e-3 + 8e-9) / 2.0), "{}", lr(64));
+    assert!(close(lr(99), 8e-9), "{}", lr(99));
+    assert!((30..99).all(|t| lr(t) > lr(t + 1)), "falls monotonically");
+    for bad in [0.0, 1.0, f32::NAN] {
+        let b = lowbit::optim::Schedule::OneCycle {
+            pct_start: bad,
+            div_factor: 25.0,
+            final_div_factor: 1e4,
+        };
+        assert!(b.validate().is_err(), "{bad}");
+    }
+}

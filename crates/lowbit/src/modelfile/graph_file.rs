@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::nn::{
     Add, AvgPool2d, AxisSlice, BatchNorm2d, Clip, Concat, Conv2d, Dense, Dropout, Flatten, Layer,
-    MaxPool2d, Model, Node, Pad, Relu, Slice,
+    MaxPool2d, Model, Node, Pad, Relu, Slice, UnaryOp,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -83,6 +83,9 @@ pub(super) enum LayerMeta {
     },
     #[serde(rename = "clip")]
     Clip { min: f32, max: f32 },
+    /// Any element-wise function of [`crate::nn::unary`], by its kind.
+    #[serde(rename = "unary")]
+    Unary { op: String, params: Vec<f32> },
 }
 
 fn one() -> usize {
@@ -172,6 +175,10 @@ impl LayerMeta {
                 min: c.min,
                 max: c.max,
             },
+            Layer::Unary(u) => LayerMeta::Unary {
+                op: u.op().kind().to_string(),
+                params: u.params(),
+            },
             _ => return None,
         })
     }
@@ -242,6 +249,14 @@ impl LayerMeta {
                 }
                 Ok((input.to_vec(), 0))
             }
+            LayerMeta::Unary { ref op, ref params } => match UnaryOp::from_kind(op, params) {
+                Some(Ok(_)) => Ok((input.to_vec(), 0)),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err(format!(
+                    "unknown element-wise op {:?}",
+                    op.chars().take(32).collect::<String>()
+                )),
+            },
             LayerMeta::Pad {
                 channels,
                 rows,
@@ -447,6 +462,10 @@ impl LayerMeta {
                 Layer::Slice(Slice::new(a(channels), a(rows), a(cols)))
             }
             LayerMeta::Clip { min, max } => Layer::Clip(Clip::new(min, max)?),
+            LayerMeta::Unary { ref op, ref params } => Layer::Unary(
+                UnaryOp::from_kind(op, params)
+                    .ok_or_else(|| Error::Shape(format!("unknown element-wise op {op:?}")))??,
+            ),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! which dispatches to it from one list.
 //!
 //! Adding a layer kind means its module with an `impl Op`, one line in the `layers!` list, and its tests.
+use super::unary::UnaryOp;
 use super::{
     Add, AvgPool2d, BatchNorm2d, Clip, Concat, Conv2d, Dense, Dropout, Flatten, MaxPool2d, Pad,
     Param, Relu, Slice,
@@ -29,6 +30,9 @@ pub enum QuantRole {
     Quantizer,
     /// Must be folded into the op before it before quantization (batch norm).
     Folded,
+    /// An element-wise function of one input (LeakyReLU...): requantized through a 256-entry table to the
+    /// quantizer that follows.
+    Elementwise,
 }
 
 /// What every layer kind defines, once.
@@ -595,6 +599,8 @@ layers! {
     Slice(Slice),
     /// Clamp to `[min, max]` (ReLU6 is `Clip(0, 6)`).
     Clip(Clip),
+    /// An element-wise function (see [`super::unary`]).
+    Unary(UnaryOp),
 }
 
 impl Layer {

@@ -21,6 +21,7 @@ pub mod pool;
 pub(crate) mod shape;
 pub mod slice;
 pub mod spec;
+pub mod unary;
 
 pub use activation::{Flatten, Relu};
 pub use add::Add;
@@ -36,6 +37,7 @@ pub use model::{Model, Node, ValueId};
 pub use pad::Pad;
 pub use pool::{AvgPool2d, MaxPool2d};
 pub use slice::{AxisSlice, Slice};
+pub use unary::{LeakyRelu, Unary, UnaryOp};
 
 use crate::tensor::Tensor;
 

@@ -196,9 +196,12 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
     })
 }
 
-/// Whether a layer is a requantizing op without weights (average pool, add, concat).
+/// Whether a layer is a requantizing op without weights (average pool, add, concat, element-wise functions).
 fn is_requantizing(l: &Layer) -> bool {
-    l.quant_role() == QuantRole::Requantizing
+    matches!(
+        l.quant_role(),
+        QuantRole::Requantizing | QuantRole::Elementwise
+    )
 }
 
 /// A code-transparent or element-wise op on codes `x` (node `j`): its runtime op (parameters unchanged) and
@@ -396,6 +399,24 @@ fn lower_pending(
                 relu: p.relu,
             });
             Ok((op, a.shape))
+        }
+        Layer::Unary(u) => {
+            // The function and any clamp absorbed after it, tabulated once per input code.
+            let q = requantized()?;
+            let out = q.try_qparams()?;
+            let (_, qmax) = lowbit_runtime::qparams::act_code_range(q.bits())?;
+            let (lo, hi) = (
+                if p.relu { 0.0 } else { f32::NEG_INFINITY },
+                p.clip_max.unwrap_or(f32::INFINITY),
+            );
+            let table = unary_table(s_in, out, 0, qmax, |x| u.apply(x).clamp(lo, hi))?;
+            let op = QOp::Lut(QLut {
+                input: s_in,
+                output: out,
+                bits: q.bits(),
+                table: table.to_vec(),
+            });
+            Ok((op, (c, h, w)))
         }
         Layer::Concat(_) => {
             let q = requantized()?;

@@ -24,7 +24,7 @@ pub(crate) fn is_weight_layer(l: &Layer) -> bool {
 fn requantizes(l: &Layer) -> bool {
     matches!(
         l.quant_role(),
-        QuantRole::Weighted | QuantRole::Requantizing
+        QuantRole::Weighted | QuantRole::Requantizing | QuantRole::Elementwise
     )
 }
 

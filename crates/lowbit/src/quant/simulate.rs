@@ -5,6 +5,7 @@ use crate::nn::conv::window_len;
 use lowbit_runtime::model::{OutputStage, QConv2d, QDense, QOp, QuantModel};
 use lowbit_runtime::pack::{PackedWeights, Packing};
 use lowbit_runtime::qparams::{self, Requant};
+use rayon::prelude::*;
 
 /// What [`simulate`] computes.
 #[derive(Debug, Clone, PartialEq)]
@@ -527,32 +528,55 @@ fn conv_acc(
     }
     let wts = unpack(&cv.weights)?;
     let zp = cv.input.zero_point as i64;
-    let mut acc = Vec::with_capacity(batch * oc_n * oh * ow);
-    for b in 0..batch {
-        for o in 0..oc_n {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut s = cv.bias[o] as i64;
-                    let ic0 = (o / oc_g) * ic_g;
-                    for ic in ic0..ic0 + ic_g {
-                        for ky in 0..kh {
-                            for kx in 0..kw {
-                                let (iy, ix) = (oy * sh + ky, ox * sw + kx);
-                                if iy < ph || ix < pw || iy - ph >= h || ix - pw >= w {
+    let in_sample = ic_n * h * w;
+    let out_sample = oc_n * oh * ow;
+    // Per sample (in parallel), per output channel: the plane of i64 sums, one tap at a time over the output
+    // positions whose input lies inside the map (padding contributes (zp - zp) * w = 0, so it is skipped).
+    let samples: Vec<Result<Vec<i32>>> = (0..batch)
+        .into_par_iter()
+        .map(|b| {
+            let xs = &x[b * in_sample..(b + 1) * in_sample];
+            let mut out = Vec::with_capacity(out_sample);
+            let mut plane = vec![0i64; oh * ow];
+            for o in 0..oc_n {
+                plane.fill(cv.bias[o] as i64);
+                let ic0 = (o / oc_g) * ic_g;
+                for ic in ic0..ic0 + ic_g {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let q = wts[o * k + ((ic - ic0) * kh + ky) * kw + kx] as i64;
+                            if q == 0 {
+                                continue;
+                            }
+                            for oy in 0..oh {
+                                let iy = oy * sh + ky;
+                                if iy < ph || iy - ph >= h {
                                     continue;
                                 }
-                                let a = x[((b * ic_n + ic) * h + iy - ph) * w + ix - pw] as i64;
-                                let q = wts[o * k + ((ic - ic0) * kh + ky) * kw + kx] as i64;
-                                s += (a - zp) * q;
+                                let row = &xs[(ic * h + iy - ph) * w..][..w];
+                                let dst = &mut plane[oy * ow..(oy + 1) * ow];
+                                for (ox, d) in dst.iter_mut().enumerate() {
+                                    let ix = ox * sw + kx;
+                                    if ix >= pw && ix - pw < w {
+                                        *d += (row[ix - pw] as i64 - zp) * q;
+                                    }
+                                }
                             }
                         }
                     }
-                    acc.push(i32::try_from(s).map_err(|_| {
-                        Error::Shape(format!("simulate: node {li} accumulator {s} overflows i32"))
+                }
+                for &v in &plane {
+                    out.push(i32::try_from(v).map_err(|_| {
+                        Error::Shape(format!("simulate: node {li} accumulator {v} overflows i32"))
                     })?);
                 }
             }
-        }
+            Ok(out)
+        })
+        .collect();
+    let mut acc = Vec::with_capacity(batch * out_sample);
+    for s in samples {
+        acc.extend(s?);
     }
     Ok((acc, oh, ow))
 }

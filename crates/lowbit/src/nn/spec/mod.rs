@@ -11,7 +11,10 @@
 //!   - the last token, a plain number N: the fully connected output layer of N classes.
 //!
 //!   Example: `cnn:c16-c16-p-c32.bn-p-f64-10`.
-//! - `resnet:N[:a|:b]` and `mobilenet[:...]`: graph models (see [`graphs`]).
+//! - `resnet:N[:a|:b]` (`N = 6n + 2`): the CIFAR-style ResNet of He et al. (16-32-64 channels, global average
+//!   pool); `:a` (default) identity / zero-pad shortcuts, `:b` 1x1-conv shortcuts at downsampling blocks.
+//! - `mobilenet[:B1-B2-...[-hH]]`: MobileNetV2-style inverted residual blocks with ReLU6, each block
+//!   `tTcCnNsS` (expansion, channels, repeats, stride), head width `H`; `mobilenet` alone is a small default.
 //!
 //! [`from_spec_for`] builds a spec for a given input shape and class count (the data's); [`from_spec`] for
 //! 1x28x28 images and 10 classes. `lenet5` and `cnn:` adapt their sizes to the input; `mlp:` states it.
