@@ -3,14 +3,14 @@
 //! that libFuzzer's `-max_len` keeps them whole. Every seed is read back before it is written.
 //!
 //! ```sh
-//! cargo run --release -p lowbit --example fuzz_seeds -- fuzz/corpus
+//! cargo run --release -p lowbit --example fuzz_seeds -- fuzz/seeds
 //! ```
 //!
 //! writes `DIR/load_lbq/*.lbq` and `DIR/load_float/*.f32` (deterministic: the same files on every run).
 use lowbit::modelfile::{float_from_bytes, float_to_bytes};
 use lowbit::nn::{
     Add, AvgPool2d, AxisSlice, BatchNorm2d, Clip, Concat, Conv2d, Dense, Dropout, Flatten, Layer,
-    MaxPool2d, Model, Node, Pad, Relu, Slice,
+    MaxPool2d, Model, Node, Pad, Relu, Slice, UnaryOp,
 };
 use lowbit::quant::{convert, ptq, QuantConfig};
 use lowbit::rng::Rng;
@@ -183,13 +183,53 @@ fn every_layer_graph() -> Res<Model> {
     Ok(model)
 }
 
-/// Float seeds: the every-layer graph (version 2), a small mobilenet, and a version-1 file (spec + tensors).
+/// A chain through every element-wise function (`nn::unary`), then a dense layer.
+fn unary_chain() -> Res<Model> {
+    let mut nodes: Vec<Node> = UnaryOp::examples()
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| Node {
+            name: format!("unary{i}"),
+            inputs: vec![i],
+            layer: Layer::Unary(u),
+        })
+        .collect();
+    let n = nodes.len();
+    nodes.push(Node {
+        name: "flatten".into(),
+        inputs: vec![n],
+        layer: Layer::Flatten(Flatten::new()),
+    });
+    nodes.push(Node {
+        name: "fc".into(),
+        inputs: vec![n + 1],
+        layer: Layer::Dense(Dense::new(4, 3, &mut Rng::new(5))),
+    });
+    let mut model = Model {
+        nodes,
+        input_shape: [1, 2, 2],
+        classes: 3,
+        spec: "fuzz seed: every element-wise function".into(),
+    };
+    model.check_structure()?;
+    model.forward(&Tensor::zeros(&[1, 1, 2, 2]), false)?;
+    Ok(model)
+}
+
+/// Float seeds: the every-layer graph and a chain of every element-wise function (version 2), a small
+/// mobilenet, and a version-1 file (spec + tensors).
 fn float_seeds() -> Res<Vec<(String, Vec<u8>)>> {
     let prov = Provenance::default();
-    let mut seeds = vec![(
-        "every_layer_v2.f32".to_string(),
-        float_to_bytes(&every_layer_graph()?, &prov)?,
-    )];
+    let mut seeds = vec![
+        (
+            "every_layer_v2.f32".to_string(),
+            float_to_bytes(&every_layer_graph()?, &prov)?,
+        ),
+        (
+            "unary_v2.f32".to_string(),
+            float_to_bytes(&unary_chain()?, &prov)?,
+        ),
+    ];
     let mobilenet = Model::from_spec_for("mobilenet:t1c4n1s1-h8", 3, [1, 6, 6], 3)?;
     seeds.push((
         "mobilenet_v2.f32".into(),
