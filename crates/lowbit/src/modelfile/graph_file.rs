@@ -1,5 +1,6 @@
 //! The graph of a float model file (version 2): node metadata, limits and shape inference checked before any
 //! weight is allocated, then the model built from its tensors.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 use crate::error::{Error, Result};
 use crate::nn::{
     Add, AvgPool2d, AxisSlice, BatchNorm2d, Clip, Concat, Conv2d, Dense, Dropout, Flatten, Layer,
@@ -208,7 +209,10 @@ impl LayerMeta {
                         }
                     }
                 }
-                return Ok((vec![c, first[1], first[2]], 0));
+                return match first {
+                    [_, h, w] => Ok((vec![c, *h, *w], 0)),
+                    _ => Err(format!("concat inputs {inputs:?} are not [C, H, W]")),
+                };
             }
             _ => {}
         }
@@ -523,7 +527,11 @@ pub(super) fn read(
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let in_shapes: Vec<&[usize]> = inputs.iter().map(|&v| shapes[v].as_slice()).collect();
+        // Every id in `ids` has its shape pushed already.
+        let in_shapes: Vec<&[usize]> = inputs
+            .iter()
+            .filter_map(|&v| shapes.get(v).map(Vec::as_slice))
+            .collect();
         let (shape, p) = n.op.infer(&in_shapes).map_err(at)?;
         let e = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if !e.is_some_and(|e| (1..=MAX_SAMPLE_ELEMS).contains(&e)) {
