@@ -103,6 +103,29 @@ pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(
     Ok(())
 }
 
+/// Writes the JSON report of a command that analyses a model file: the version, the model, its spec and the
+/// data, then the command's own `fields` (an object).
+pub(crate) fn write_model_report(
+    path: &Path,
+    model: &Path,
+    spec: &str,
+    data: &str,
+    fields: serde_json::Value,
+) -> Result<()> {
+    let mut v = serde_json::json!({
+        "lowbit_version": env!("CARGO_PKG_VERSION"),
+        "model": model.display().to_string(),
+        "spec": spec,
+        "data": data,
+    });
+    if let (Some(o), serde_json::Value::Object(extra)) = (v.as_object_mut(), fields) {
+        o.extend(extra);
+    }
+    write_json(path, &v)?;
+    println!("report written to {}", path.display());
+    Ok(())
+}
+
 pub(crate) fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }

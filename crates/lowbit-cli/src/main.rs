@@ -1,5 +1,6 @@
 //! The `lowbit` command-line tool: train, quantize, evaluate, inspect, predict and benchmark models.
 mod commands;
+mod mixed;
 mod plot;
 mod sensitivity;
 mod sweep;
@@ -46,6 +47,9 @@ enum Command {
     /// What each bit costs, layer by layer: accuracy and loss on the integer engine with one layer's weights (or
     /// activations) at fewer bits, and the Hessian-trace estimate that predicts it.
     Sensitivity(Box<sensitivity::SensitivityArgs>),
+    /// Automatic mixed precision: per-layer weight bits for --budget-bits, --budget-bytes or --max-drop, chosen
+    /// exactly over each layer's measured cost, measured on the integer engine beside the uniform allocations.
+    Mixed(Box<mixed::MixedArgs>),
 }
 
 /// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a directory of
@@ -347,6 +351,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => commands::bench(&a),
         Command::Sweep(a) => sweep::sweep(&a, cli.quiet),
         Command::Sensitivity(a) => sensitivity::sensitivity(&a, cli.quiet),
+        Command::Mixed(a) => mixed::mixed(&a, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -174,6 +174,12 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig> {
 }
 
 impl FileConfig {
+    /// The configuration as TOML text that [`load`] reads back to the same value (keys left unset are omitted).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self)
+            .map_err(|e| Error::option("--config", format!("cannot write as TOML: {e}")))
+    }
+
     /// The training configuration: [`TrainConfig::default`] overridden by `[training]`, validated.
     pub fn train_config(&self) -> Result<TrainConfig> {
         let t = &self.training;
