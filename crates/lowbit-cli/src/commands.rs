@@ -160,6 +160,8 @@ fn parse_layer_bits(item: &str) -> Result<LayerQuant> {
         layer,
         weight_bits,
         act_bits,
+        calibration: None,
+        weight_calibration: None,
     })
 }
 
@@ -242,6 +244,9 @@ fn resolve_settings(
             ("per_channel", "--per-channel"),
             ("bn_fold", "--bn-fold"),
             ("bn_freeze_steps", "--bn-freeze-steps"),
+            ("calibration", "--calibration"),
+            ("weight_calibration", "--weight-calibration"),
+            ("bias_correction", "--bias-correction"),
         ] {
             if typed(id) {
                 bail!(
@@ -313,6 +318,15 @@ fn resolve_settings(
         if let Some(n) = a.bn_freeze_steps {
             q.bn_freeze_steps = Some(n);
         }
+        if let Some(c) = a.calibration {
+            q.calibration = Some(c);
+        }
+        if let Some(c) = a.weight_calibration {
+            q.weight_calibration = Some(c);
+        }
+        if a.bias_correction {
+            q.bias_correction = Some(true);
+        }
         if typed("calibration_samples") || q.calibration_samples.is_none() {
             q.calibration_samples = Some(a.calibration_samples);
         }
@@ -374,7 +388,15 @@ fn print_report_summary(r: &Report) {
     print!("{}", t.render());
     if let serde_json::Value::Array(layers) = &r.layers {
         if !layers.is_empty() {
-            let mut lt = Table::new(&[
+            // PTQ runs say which calibrator chose each layer's ranges.
+            let text = |v: &serde_json::Value, k: &str| match v.get(k) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                _ => None,
+            };
+            let calibrated = layers.iter().any(|l| {
+                text(l, "act_calibration").is_some() || text(l, "weight_calibration").is_some()
+            });
+            let mut head = vec![
                 "layer",
                 "w bits",
                 "a bits",
@@ -382,7 +404,11 @@ fn print_report_summary(r: &Report) {
                 "act SQNR dB",
                 "w clipped",
                 "act clipped",
-            ]);
+            ];
+            if calibrated {
+                head.extend(["w calib", "a calib"]);
+            }
+            let mut lt = Table::new(&head);
             let num = |v: &serde_json::Value, k: &str| -> String {
                 match v.get(k) {
                     Some(serde_json::Value::Number(n)) => {
@@ -400,7 +426,7 @@ fn print_report_summary(r: &Report) {
                 }
             };
             for l in layers {
-                lt.row(vec![
+                let mut row = vec![
                     l.get("layer")
                         .and_then(|v| v.as_str())
                         .unwrap_or("?")
@@ -411,7 +437,13 @@ fn print_report_summary(r: &Report) {
                     num(l, "act_sqnr_db"),
                     num(l, "weight_clipped_fraction"),
                     num(l, "act_clipped_fraction"),
-                ]);
+                ];
+                if calibrated {
+                    for k in ["weight_calibration", "act_calibration"] {
+                        row.push(text(l, k).unwrap_or_else(|| "-".into()));
+                    }
+                }
+                lt.row(row);
             }
             println!();
             print!("{}", lt.render());
@@ -1055,6 +1087,14 @@ fn time_pair(
     Ok((timing(fs), timing(is)))
 }
 
+/// Peak resident set of this process in KiB: the kernel's high-water mark `VmHWM` (Linux), which the peer scripts
+/// read too (`getrusage`'s `ru_maxrss` would carry a parent's peak across `execve`).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// `lowbit bench`.
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let qm = match modelfile::load_any(&a.model)? {
@@ -1083,21 +1123,18 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         "mean speed-up",
     ]);
     for &b in &a.batch {
-        let input: Vec<u8> = (0..b)
-            .flat_map(|i| split.test.image(i % split.test.n).to_vec())
-            .collect();
+        // Sample images centred in the model's input and repeated over its channels (the images themselves when
+        // the model takes 28x28x1).
+        let shape = [qm.input.channels, qm.input.height, qm.input.width];
+        let mut input = Vec::with_capacity(b * per);
+        for i in 0..b {
+            split.test.fitted_image(i % split.test.n, shape, &mut input);
+        }
         let x: Vec<f32> = input.iter().map(|&p| f32::from(p) / 255.0).collect();
         let xt = lowbit::tensor::Tensor::new(
             x,
             vec![b, qm.input.channels, qm.input.height, qm.input.width],
         );
-        if input.len() != b * per {
-            bail!(
-                "{}: bench feeds {}-pixel sample images, the model expects {per} input values",
-                a.model.display(),
-                input.len() / b
-            );
-        }
         let (f, i) = time_pair(
             b,
             a.seconds,
@@ -1137,6 +1174,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         println!("  {path}");
     }
     print!("{}", t.render());
+    match peak_rss_kib() {
+        Some(kib) => println!(
+            "peak RSS: {:.1} MiB (this process: f32 model, engine, sample data, both sides' buffers)",
+            kib as f64 / 1024.0
+        ),
+        None => println!("peak RSS: unavailable (no /proc/self/status)"),
+    }
     println!(
         "samples/s and latency: best of {BENCH_WINDOWS} windows of {:.2} s each, f32 and engine windows \
          alternating (the peer scripts' estimator); mean: over all windows",

@@ -165,6 +165,19 @@ struct TrainArgs {
     /// Training samples used to calibrate activation ranges (PTQ).
     #[arg(long, default_value_t = 2000)]
     calibration_samples: usize,
+    /// PTQ activation calibrator: `minmax` (observed range), `percentile:P` (e.g. percentile:99.99), `mse`
+    /// (least squared quantization error) or `entropy` (TensorRT's KL divergence, 2048-bin histograms).
+    /// Per layer: `calibration` in a config file's [[quantization.layers]].
+    #[arg(long, value_name = "CALIBRATOR", value_parser = parse_calibrator)]
+    calibration: Option<lowbit::quant::Calibrator>,
+    /// PTQ weight scales: `minmax` (max |w|) or `mse` (clipping ratio with least squared error, per channel
+    /// with --per-channel); min-max weights only (3..=8 bits).
+    #[arg(long, value_name = "RULE", value_parser = parse_weight_calibration)]
+    weight_calibration: Option<lowbit::quant::WeightCalibration>,
+    /// PTQ empirical bias correction: each layer's bias absorbs the mean shift quantization causes in its
+    /// outputs on the calibration samples (Nagel et al. 2019), layer after layer.
+    #[arg(long)]
+    bias_correction: bool,
     /// Quantizer method for weights and activations: `lsq` learns step sizes for both; `pact` learns the
     /// activation clipping level (weights keep `ste`). The two flags below override it.
     #[arg(long, value_enum)]
@@ -307,6 +320,24 @@ struct BenchArgs {
     /// Seconds to spend per measurement (split into 5 windows).
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
+}
+
+/// `--calibration`, with the library's message for a bad value.
+fn parse_calibrator(s: &str) -> Result<lowbit::quant::Calibrator, String> {
+    s.parse().map_err(|e: lowbit::Error| reason_of(e))
+}
+
+/// `--weight-calibration`, with the library's message for a bad value.
+fn parse_weight_calibration(s: &str) -> Result<lowbit::quant::WeightCalibration, String> {
+    s.parse().map_err(|e: lowbit::Error| reason_of(e))
+}
+
+/// The reason of an option error (clap names the option itself).
+fn reason_of(e: lowbit::Error) -> String {
+    match e {
+        lowbit::Error::InvalidOption { reason, .. } => reason,
+        other => other.to_string(),
+    }
 }
 
 fn main() -> ExitCode {

@@ -27,6 +27,8 @@ pub struct GraphInfo {
     pub total_sample_elems: usize,
     /// Multiply-accumulates per sample over all nodes.
     pub macs_per_sample: usize,
+    /// Multiply-accumulates per sample of each node, in node order.
+    pub node_macs: Vec<usize>,
 }
 
 /// Validates `model` completely (see the module doc). Errors name the node (or tensor) at fault.
@@ -73,6 +75,7 @@ pub fn check(model: &QuantModel) -> Result<GraphInfo, QuantError> {
     let mut max_sample_elems = input_features;
     let mut total_sample_elems = input_features;
     let mut macs_per_sample = 0usize;
+    let mut node_macs = Vec::with_capacity(model.nodes.len());
     let last = model.nodes.len() - 1;
     for (i, node) in model.nodes.iter().enumerate() {
         let name = node.name.as_str();
@@ -122,6 +125,7 @@ pub fn check(model: &QuantModel) -> Result<GraphInfo, QuantError> {
         max_sample_elems = max_sample_elems.max(elems).max(inferred.scratch_elems);
         total_sample_elems = total_sample_elems.saturating_add(elems);
         macs_per_sample = macs_per_sample.saturating_add(inferred.macs);
+        node_macs.push(inferred.macs);
         values.push(inferred.output);
     }
     if let Some(unused) = (1..=last).find(|&v| consumers[v].is_empty()) {
@@ -154,5 +158,6 @@ pub fn check(model: &QuantModel) -> Result<GraphInfo, QuantError> {
         max_sample_elems,
         total_sample_elems,
         macs_per_sample,
+        node_macs,
     })
 }

@@ -69,6 +69,8 @@ impl Allocation {
                     layer: LayerSelector::Index(i as i64),
                     weight_bits: Some(b),
                     act_bits: None,
+                    calibration: None,
+                    weight_calibration: None,
                 })
                 .collect(),
             ..base.clone()

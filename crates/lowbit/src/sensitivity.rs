@@ -272,6 +272,8 @@ pub fn analyse(
                     layer: LayerSelector::Index(l as i64),
                     weight_bits,
                     act_bits,
+                    calibration: None,
+                    weight_calibration: None,
                 }],
                 ..cfg.base.clone()
             };
