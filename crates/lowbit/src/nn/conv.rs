@@ -533,6 +533,27 @@ impl Conv2d {
             out_channels * in_channels * kernel.0 * kernel.1
         );
         debug_assert_eq!(bias.len(), out_channels);
+        Self::with_checked_weights(
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            weight,
+            bias,
+        )
+    }
+
+    /// A one-group layer of `weight` and `bias`, whose lengths the caller has checked for its group count.
+    fn with_checked_weights(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Self {
         Self {
             in_channels,
             out_channels,
