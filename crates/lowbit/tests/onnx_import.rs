@@ -285,3 +285,20 @@ fn corrupt_bytes_give_errors_not_panics() {
         Err(OnnxError::Decode(_))
     ));
 }
+
+#[test]
+fn a_graph_that_is_not_a_one_input_one_output_classifier_is_refused() {
+    let mut m = decoded("mlp");
+    let g = m.graph.as_mut().unwrap();
+    let extra = g.output[0].clone();
+    g.output.push(extra);
+    assert!(matches!(import_proto(&m).unwrap_err(), OnnxError::Graph(_)));
+    let mut m = decoded("mlp");
+    let g = m.graph.as_mut().unwrap();
+    let extra = g.input[0].clone();
+    g.input.push(lowbit::onnx::proto::ValueInfoProto {
+        name: Some("second".into()),
+        ..extra
+    });
+    assert!(matches!(import_proto(&m).unwrap_err(), OnnxError::Graph(_)));
+}
