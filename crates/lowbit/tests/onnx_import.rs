@@ -302,3 +302,56 @@ fn a_graph_that_is_not_a_one_input_one_output_classifier_is_refused() {
     });
     assert!(matches!(import_proto(&m).unwrap_err(), OnnxError::Graph(_)));
 }
+
+/// The MLP fixture with every initializer moved to `weights.bin` beside the model (as `onnx.save(...,
+/// save_as_external_data=True)` lays them out), `location` rewritten by `place`.
+fn with_external_data(dir: &Path, place: impl Fn(&str) -> String) -> PathBuf {
+    use lowbit::onnx::proto::StringStringEntryProto as Entry;
+    let mut m = decoded("mlp");
+    let mut blob = Vec::new();
+    for t in &mut m.graph.as_mut().unwrap().initializer {
+        let raw = t.raw_data.take().unwrap();
+        let entry = |k: &str, v: String| Entry {
+            key: Some(k.into()),
+            value: Some(v),
+        };
+        t.external_data = vec![
+            entry("location", place("weights.bin")),
+            entry("offset", blob.len().to_string()),
+            entry("length", raw.len().to_string()),
+        ];
+        t.data_location = Some(DataLocation::External as i32);
+        blob.extend_from_slice(&raw);
+    }
+    std::fs::write(dir.join("weights.bin"), blob).unwrap();
+    let path = dir.join("mlp_external.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    path
+}
+
+#[test]
+fn external_data_beside_the_file_gives_the_same_model() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = with_external_data(dir.path(), |l| l.to_string());
+    let f = fixture("mlp");
+    let mut inline = import_bytes(&f.bytes, "mlp").unwrap();
+    let mut external = lowbit::onnx::import(&path).unwrap();
+    let a = inline.forward(&f.input, false).unwrap();
+    let b = external.forward(&f.input, false).unwrap();
+    assert_eq!(a.data, b.data);
+}
+
+#[test]
+fn external_data_outside_the_directory_or_missing_is_refused() {
+    for (place, what) in [("../weights.bin", "outside"), ("gone.bin", "missing")] {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = with_external_data(dir.path(), |_| place.to_string());
+        match lowbit::onnx::import(&path).unwrap_err() {
+            lowbit::error::Error::Onnx {
+                source: OnnxError::ExternalFile { location, .. },
+                ..
+            } => assert_eq!(location, place, "{what}"),
+            other => panic!("{what}: expected ExternalFile, got {other:?}"),
+        }
+    }
+}

@@ -9,6 +9,7 @@ use crate::nn::{
 };
 use prost::Message;
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 /// The oldest default-domain opset imported.
 pub const MIN_OPSET: i64 = 11;
@@ -18,6 +19,7 @@ type R<T> = std::result::Result<T, OnnxError>;
 /// A run-time value: its id and per-sample shape.
 type Dyn = (ValueId, Vec<usize>);
 
+mod external;
 mod ops;
 
 /// A value of the ONNX graph while importing.
@@ -29,9 +31,28 @@ enum Val {
     Dyn(ValueId, Vec<usize>),
 }
 
-/// Imports an ONNX model from its bytes; `spec` becomes the model's description.
+/// Imports an ONNX model from its bytes; `spec` becomes the model's description. Tensors stored as external data
+/// are refused ([`OnnxError::ExternalData`]): see [`import_bytes_with_external_data`].
 pub fn import_bytes(bytes: &[u8], spec: &str) -> R<Model> {
     let model = ModelProto::decode(bytes).map_err(|e| OnnxError::Decode(e.to_string()))?;
+    import_model(&model, spec)
+}
+
+/// [`import_bytes`] for a model whose external-data files (`location` relative to `dir`, never outside it) are
+/// read into its initializers first.
+pub fn import_bytes_with_external_data(bytes: &[u8], spec: &str, dir: &Path) -> R<Model> {
+    let mut model = ModelProto::decode(bytes).map_err(|e| OnnxError::Decode(e.to_string()))?;
+    if let Some(g) = model.graph.as_mut() {
+        for t in &mut g.initializer {
+            if !t.external_data.is_empty() {
+                external::load(t, dir)?;
+            }
+        }
+    }
+    import_model(&model, spec)
+}
+
+fn import_model(model: &ModelProto, spec: &str) -> R<Model> {
     let opset = model
         .opset_import
         .iter()

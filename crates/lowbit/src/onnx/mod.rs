@@ -7,7 +7,8 @@
 //! `Cast`/`ConstantOfShape`/`Slice`/`Transpose`/`Reshape` chains that exporters emit to compute a `Reshape` target
 //! or `Pad` amounts) are folded in [`fold`], with the batch dimension kept as a symbol; every other node becomes
 //! lowbit layers, one table row per op in [`import`]. Anything else is refused with the op, the node and the opset
-//! named, before anything is written.
+//! named, before anything is written. Initializers stored as external data are read from files beside the model
+//! (never outside its directory).
 //!
 //! This lives in the training crate, not in `lowbit-runtime`: a deployed app never reads ONNX.
 use crate::error::{Error, Result};
@@ -19,7 +20,7 @@ mod import;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto;
 
-pub use import::{import_bytes, MIN_OPSET};
+pub use import::{import_bytes, import_bytes_with_external_data, MIN_OPSET};
 
 /// What is wrong with an ONNX file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -59,11 +60,22 @@ pub enum OnnxError {
         /// The input that is not constant.
         name: String,
     },
-    /// A tensor stored outside the file (external data), which this importer does not read yet.
-    #[error("tensor {name:?} is stored as external data, which lowbit does not import yet (re-export with the weights inside the file)")]
+    /// A tensor stored outside the file (external data) when no directory to read it from is known.
+    #[error("tensor {name:?} is stored as external data, and the model was given as bytes without its directory")]
     ExternalData {
         /// The tensor's name.
         name: String,
+    },
+    /// External data that cannot be read: a location outside the model's directory, a missing file, a range
+    /// past its end.
+    #[error("tensor {name:?}: external data {location:?}: {reason}")]
+    ExternalFile {
+        /// The tensor's name.
+        name: String,
+        /// The `location` the model gives.
+        location: String,
+        /// What is wrong.
+        reason: String,
     },
     /// A tensor whose data does not match its type or dimensions, or of an unsupported element type.
     #[error("tensor {name:?}: {reason}")]
@@ -94,10 +106,12 @@ fn detail_suffix(detail: &str) -> String {
     }
 }
 
-/// Reads and imports an ONNX file (size-capped like every model file).
+/// Reads and imports an ONNX file (size-capped like every model file); tensors stored as external data are read
+/// from files beside it.
 pub fn import(path: &Path) -> Result<Model> {
     let bytes = crate::modelfile::read_file_capped(path)?;
-    import_bytes(&bytes, &spec_for(path)).map_err(|source| Error::Onnx {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    import_bytes_with_external_data(&bytes, &spec_for(path), dir).map_err(|source| Error::Onnx {
         path: path.to_path_buf(),
         source,
     })
