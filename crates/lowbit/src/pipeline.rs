@@ -23,11 +23,22 @@ impl Samples for Dataset {
         self.n
     }
     fn sample_shape(&self) -> [usize; 3] {
-        [1, self.rows, self.cols]
+        self.shape()
     }
     fn write_sample(&self, index: usize, out: &mut [f32]) {
-        for (o, &p) in out.iter_mut().zip(self.image(index)) {
-            *o = f32::from(p) / 255.0;
+        let image = self.image(index);
+        match &self.normalization {
+            None => {
+                for (o, &p) in out.iter_mut().zip(image) {
+                    *o = f32::from(p) / 255.0;
+                }
+            }
+            Some(n) => {
+                let plane = (self.rows * self.cols).max(1);
+                for (i, (o, &p)) in out.iter_mut().zip(image).enumerate() {
+                    *o = n.value(i / plane, p);
+                }
+            }
         }
     }
     fn label(&self, index: usize) -> u8 {
@@ -159,15 +170,15 @@ pub fn train_float(
     train_float_checkpointed(spec, init, split, cfg, None, on_event)
 }
 
-/// A fresh model of `spec` for the data of `split`: its image shape and class count.
+/// A fresh model of `spec` for the data of `split`: its image shape, class count and input normalisation.
 pub fn model_for(spec: &str, seed: u64, split: &Split) -> Result<Model> {
     let d = &split.train;
-    Model::from_spec_for(
-        spec,
-        seed,
-        [1, d.rows, d.cols],
-        d.classes.max(split.test.classes),
-    )
+    let mut m = Model::from_spec_for(spec, seed, d.shape(), d.classes.max(split.test.classes))?;
+    if let Some(n) = &d.normalization {
+        n.check_channels(d.channels)?;
+    }
+    m.normalization = d.normalization.clone();
+    Ok(m)
 }
 
 /// [`train_float`] checkpointing as phase `f32`.
@@ -203,11 +214,12 @@ pub fn evaluate_quant(
     options: EngineOptions,
 ) -> Result<QuantEval> {
     let engine = Engine::with_options(qm, options)?;
-    let per = test.rows * test.cols;
+    let per = test.image_len();
     if per != qm.input.features() {
         return Err(Error::Shape(format!(
-            "model takes {} input features, data has {}x{} images",
+            "model takes {} input features, data has {}x{}x{} images",
             qm.input.features(),
+            test.channels,
             test.rows,
             test.cols
         )));
@@ -216,7 +228,8 @@ pub fn evaluate_quant(
     let mut sim_pred = Vec::with_capacity(test.n);
     for start in (0..test.n).step_by(EVAL_BATCH) {
         let b = EVAL_BATCH.min(test.n - start);
-        let input = &test.images[start * per..(start + b) * per];
+        let input = qm.input_codes(&test.images[start * per..(start + b) * per]);
+        let input = &input[..];
         engine_pred.extend(engine.predict(input, b)?);
         let sim = quant::simulate(qm, input, b)?;
         sim_pred.extend(crate::eval::argmax_rows(&sim.logits, qm.classes));
@@ -239,7 +252,7 @@ pub fn evaluate_quant(
 /// (not the first `n`), so a set stored sorted by class, like `builtin`, still gives every class.
 pub fn sample_batches(data: &Dataset, n: usize, batch: usize) -> Vec<Tensor> {
     let n = n.min(data.n);
-    let per = data.rows * data.cols;
+    let per = data.image_len();
     let pick = |i: usize| i * data.n / n.max(1);
     (0..n)
         .step_by(batch.max(1))
@@ -249,7 +262,7 @@ pub fn sample_batches(data: &Dataset, n: usize, batch: usize) -> Vec<Tensor> {
             for i in 0..b {
                 data.write_sample(pick(s + i), &mut x[i * per..(i + 1) * per]);
             }
-            Tensor::new(x, vec![b, 1, data.rows, data.cols])
+            Tensor::new(x, vec![b, data.channels, data.rows, data.cols])
         })
         .collect()
 }
