@@ -494,6 +494,10 @@ fn run_with(
         recipe: label(Some(qcfg), None) + suffix,
     };
     let mut qm = quant::convert(&model, provenance)?;
+    // Sources with their own class names (image folders, CIFAR) travel with the deployed model.
+    if split.test.names.len() == qm.classes {
+        qm.class_names = split.test.names.clone();
+    }
     let qe = evaluate_quant(&qm, &split.test, EngineOptions::default())?;
     qm.provenance.test_accuracy = Some(qe.metrics.accuracy);
     qm.provenance.recipe = label(Some(qcfg), stored_weight_bits(&qm)) + suffix;

@@ -187,6 +187,36 @@ fn decode(path: &Path, size: Option<(usize, usize)>) -> Result<Decoded> {
     })
 }
 
+/// Reads one PNG or JPEG image for a model taking `[channels, rows, cols]` (1 or 3 channels): resized and
+/// center-cropped as `--image-size` does (a no-op at the model's size), then made gray (the `image` crate's
+/// luma) or RGB. Returns CHW pixels.
+pub fn read_image_for(path: &Path, [channels, rows, cols]: [usize; 3]) -> Result<Vec<u8>> {
+    if channels != 1 && channels != 3 {
+        return Err(err(
+            path,
+            DataError::Unsupported {
+                what: "model input".into(),
+                found: format!("{channels} channels (images give 1 or 3)"),
+            },
+        ));
+    }
+    let d = decode(path, Some((rows, cols)))?;
+    Ok(match (channels, d.colour) {
+        (1, true) => {
+            // Back to an image to take the decoder's luma of the resized colour pixels.
+            let plane = rows * cols;
+            let rgb: Vec<u8> = (0..plane)
+                .flat_map(|i| [d.pixels[i], d.pixels[plane + i], d.pixels[2 * plane + i]])
+                .collect();
+            image::RgbImage::from_raw(cols as u32, rows as u32, rgb)
+                .map(|img| DynamicImage::ImageRgb8(img).to_luma8().into_raw())
+                .unwrap_or_default()
+        }
+        (3, false) => d.pixels.repeat(3),
+        _ => d.pixels,
+    })
+}
+
 /// Decodes PNG or JPEG bytes, rejecting other formats and images larger than [`MAX_DECODED_SIDE`] before they
 /// are decoded.
 pub fn decode_bytes(bytes: &[u8]) -> std::result::Result<DynamicImage, DataError> {
