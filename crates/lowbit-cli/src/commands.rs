@@ -708,6 +708,15 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
     Ok(())
 }
 
+fn print_normalization(n: Option<&Normalization>) {
+    if let Some(n) = n {
+        println!(
+            "input normalisation: (pixel / 255 - mean) / std per channel, mean {:?}, std {:?}",
+            n.mean, n.std
+        );
+    }
+}
+
 /// `lowbit inspect`.
 pub fn inspect(path: &Path) -> Result<()> {
     let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -735,6 +744,7 @@ pub fn inspect(path: &Path) -> Result<()> {
                 qm.provenance.seed,
                 qm.provenance.test_accuracy.map(pct).unwrap_or_else(|| "-".into())
             );
+            print_normalization(qm.normalization.as_ref());
             let mut t = Table::new(&["#", "node", "reads", "op", "output", "w scales", "bytes"]);
             for (i, n) in lowbit::report::node_summaries(&qm)?.into_iter().enumerate() {
                 t.row(vec![
@@ -767,6 +777,7 @@ pub fn inspect(path: &Path) -> Result<()> {
                 prov.seed,
                 prov.test_accuracy.map(pct).unwrap_or_else(|| "-".into())
             );
+            print_normalization(m.normalization.as_ref());
             let mut t = Table::new(&["#", "layer", "shape", "params"]);
             for (i, l) in m.layers_mut().enumerate() {
                 let shape = match l {

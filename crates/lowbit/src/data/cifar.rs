@@ -76,7 +76,7 @@ pub struct CifarRecords {
 /// Parses a CIFAR binary file held in memory.
 pub fn parse_cifar(bytes: &[u8], kind: CifarKind) -> Result<CifarRecords, DataError> {
     let record = kind.record_bytes();
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         let whole = bytes.len() / record;
         return Err(DataError::Truncated {
             section: format!("record {whole} ({record}-byte records)"),

@@ -677,7 +677,7 @@ mod tests {
             parse_header(b"{'descr':'<f4','fortran_order':False,'shape':()}")
                 .unwrap()
                 .shape,
-            vec![]
+            Vec::<usize>::new()
         );
     }
 
