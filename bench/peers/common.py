@@ -41,8 +41,13 @@ def load(directory=DEFAULT_DIR):
 def best_time(fn, budget_s, repeats):
     """Best seconds per call of `fn` over `repeats` repeats of at least `budget_s` each, after one warm-up call (the
     machine is shared: the best repeat is the closest estimate of what the code can do)."""
+    return time_windows(fn, budget_s, repeats)[0]
+
+
+def time_windows(fn, budget_s, repeats):
+    """(best, mean) seconds per call of `fn`: best_time's estimator, and the mean over every call of every window."""
     fn()
-    best = float("inf")
+    best, calls, total = float("inf"), 0, 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
         iters = 0
@@ -53,4 +58,6 @@ def best_time(fn, budget_s, repeats):
             if el >= budget_s:
                 break
         best = min(best, el / iters)
-    return best
+        calls += iters
+        total += el
+    return best, total / calls

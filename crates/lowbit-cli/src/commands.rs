@@ -31,7 +31,11 @@ use std::path::Path;
 use std::time::Instant;
 
 /// Loads `--data` (named `spec`, which a config file may have set) with the data flags and a normalisation.
-fn load_data(spec: &str, a: &DataArg, normalization: Option<Normalization>) -> Result<Split> {
+pub(crate) fn load_data(
+    spec: &str,
+    a: &DataArg,
+    normalization: Option<Normalization>,
+) -> Result<Split> {
     let source: DataSource = spec.parse()?;
     let opts = DataOptions {
         image_size: a.image_size,
@@ -63,7 +67,7 @@ fn model_normalization(model: &AnyModel) -> Option<Normalization> {
 }
 
 /// Progress-bar driver for pipeline events.
-struct Bars {
+pub(crate) struct Bars {
     quiet: bool,
     current: Option<ProgressBar>,
     /// The phase label and last good model of a phase that diverged, kept so `train --out` can still save it.
@@ -73,7 +77,7 @@ struct Bars {
 }
 
 impl Bars {
-    fn new(quiet: bool) -> Self {
+    pub(crate) fn new(quiet: bool) -> Self {
         Self {
             quiet,
             current: None,
@@ -82,7 +86,7 @@ impl Bars {
         }
     }
 
-    fn handle(&mut self, e: Event) {
+    pub(crate) fn handle(&mut self, e: Event) {
         match e {
             Event::TrainingStarted { label, total_steps } => {
                 self.current = Some(bar(total_steps as u64, &label, self.quiet));
@@ -125,13 +129,13 @@ impl Bars {
     }
 }
 
-fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     modelfile::write_atomic(path, text.as_bytes())?;
     Ok(())
 }
 
-fn pct(x: f64) -> String {
+pub(crate) fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
 
@@ -334,11 +338,11 @@ fn resolve_settings(
     Ok((fc, tcfg, qcfg))
 }
 
-fn load_float_model(path: &Path) -> Result<Model> {
+pub(crate) fn load_float_model(path: &Path) -> Result<Model> {
     match modelfile::load_any(path)? {
         AnyModel::Float(m, _) => Ok(*m),
         AnyModel::Quant(_) => bail!(
-            "{}: is a quantized .lbq model; --init needs a float model (train without --weight-bits)",
+            "{}: is a quantized .lbq model; a float model is needed here (train without --weight-bits)",
             path.display()
         ),
     }
@@ -924,6 +928,7 @@ pub fn demo(a: &DemoArgs, quiet: bool) -> Result<()> {
                 ),
                 points: &points,
                 test_samples: split.test.n,
+                recommended: None,
             },
         )?;
         println!("plot written to {}", path.display());

@@ -1,6 +1,8 @@
 //! The `lowbit` command-line tool: train, quantize, evaluate, inspect, predict and benchmark models.
 mod commands;
 mod plot;
+mod sensitivity;
+mod sweep;
 mod ui;
 
 use clap::parser::ValueSource;
@@ -37,6 +39,13 @@ enum Command {
     /// Samples/s and latency of the f32 model and the integer engine side by side (best of 5 windows, and the
     /// mean over all of them).
     Bench(BenchArgs),
+    /// How many bits, which step: quantize a float model at several weight bit widths and fixed steps, measure
+    /// each on the integer engine, and print the table, the Pareto front and the smallest model within
+    /// --max-drop (with --plot: the picture).
+    Sweep(Box<sweep::SweepArgs>),
+    /// What each bit costs, layer by layer: accuracy and loss on the integer engine with one layer's weights (or
+    /// activations) at fewer bits, and the Hessian-trace estimate that predicts it.
+    Sensitivity(Box<sensitivity::SensitivityArgs>),
 }
 
 /// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a path whose
@@ -370,6 +379,8 @@ fn main() -> ExitCode {
         Command::Demo(a) => commands::demo(&a, cli.quiet),
         Command::Predict(a) => commands::predict(&a),
         Command::Bench(a) => commands::bench(&a),
+        Command::Sweep(a) => sweep::sweep(&a, cli.quiet),
+        Command::Sensitivity(a) => sensitivity::sensitivity(&a, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

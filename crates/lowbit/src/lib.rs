@@ -30,7 +30,9 @@ pub mod pipeline;
 pub mod quant;
 pub mod report;
 pub mod rng;
+pub mod sensitivity;
 pub mod state;
+pub mod sweep;
 pub mod tensor;
 pub mod train;
 

@@ -25,7 +25,9 @@ const FONT: &str = "sans-serif";
 const FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
 
 /// Series colours (Tableau 10 without its yellow, too faint on white), in the order methods are drawn.
-const PALETTE: [RGBColor; 8] = [
+// Tableau 10 without its grey (kept for reference lines) plus two darker tones, so a sweep's dozen settings
+// get distinct colours.
+const PALETTE: [RGBColor; 11] = [
     RGBColor(78, 121, 167),
     RGBColor(242, 142, 43),
     RGBColor(89, 161, 79),
@@ -34,6 +36,9 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(156, 117, 95),
     RGBColor(118, 183, 178),
     RGBColor(255, 157, 167),
+    RGBColor(237, 201, 72),
+    RGBColor(40, 70, 110),
+    RGBColor(120, 40, 60),
 ];
 const GREY: RGBColor = RGBColor(110, 110, 110);
 

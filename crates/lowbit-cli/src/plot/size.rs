@@ -29,20 +29,11 @@ pub struct SizePoint {
     pub marker: Marker,
 }
 
-/// Indices of the points no other point beats on both size and accuracy (smaller or equal and more
-/// accurate or equal, one strictly), ordered by size.
+/// Indices of the points no other point beats on both size and accuracy, ordered by size
+/// ([`lowbit::sweep::pareto_front`]).
 pub fn pareto_front(points: &[SizePoint]) -> Vec<usize> {
-    let dominated = |i: usize| {
-        let p = &points[i];
-        points.iter().any(|q| {
-            q.bytes <= p.bytes
-                && q.accuracy >= p.accuracy
-                && (q.bytes < p.bytes || q.accuracy > p.accuracy)
-        })
-    };
-    let mut front: Vec<usize> = (0..points.len()).filter(|&i| !dominated(i)).collect();
-    front.sort_by_key(|&i| points[i].bytes);
-    front
+    let pairs: Vec<(usize, f64)> = points.iter().map(|p| (p.bytes, p.accuracy)).collect();
+    lowbit::sweep::pareto_front(&pairs)
 }
 
 /// 1, 2 and 5 times the powers of ten in `lo..=hi` (labelled ticks) and every integer multiple (grid lines).
@@ -80,6 +71,8 @@ pub struct AccuracyVsSize<'a> {
     pub points: &'a [SizePoint],
     /// Test samples behind each accuracy (for the interval bars).
     pub test_samples: usize,
+    /// A point to ring, with its legend text (e.g. the smallest model within an accuracy budget).
+    pub recommended: Option<(usize, String)>,
 }
 
 /// Writes the picture to `path` (SVG or PNG by extension).
@@ -113,6 +106,7 @@ enum Key {
     Line(ShapeStyle),
     Dashed(ShapeStyle),
     Interval,
+    Ring,
 }
 
 impl Picture for AccuracyVsSize<'_> {
@@ -224,6 +218,13 @@ impl Picture for AccuracyVsSize<'_> {
             ));
         }
 
+        if let Some((i, text)) = &self.recommended {
+            if let Some(p) = points.get(*i) {
+                let at = chart.backend_coord(&(p.bytes as f64, p.accuracy * 100.0));
+                root.draw(&Circle::new(at, 13, BLACK.stroke_width(2)))?;
+                keys.push((Key::Ring, text.clone()));
+            }
+        }
         let (lx, ly) = legend.get_base_pixel();
         let text = TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
         for (row, (key, label)) in keys.iter().enumerate() {
@@ -235,6 +236,7 @@ impl Picture for AccuracyVsSize<'_> {
                     root.draw(&PathElement::new([(x, y), (x + 9, y)], *style))?;
                     root.draw(&PathElement::new([(x + 15, y), (x + 24, y)], *style))?;
                 }
+                Key::Ring => root.draw(&Circle::new((x + 12, y), 10, BLACK.stroke_width(2)))?,
                 Key::Interval => {
                     let bar = GREY.stroke_width(1);
                     root.draw(&PathElement::new([(x + 12, y - 8), (x + 12, y + 8)], bar))?;

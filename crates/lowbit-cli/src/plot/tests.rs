@@ -216,6 +216,7 @@ fn accuracy_vs_size_shows_each_method_in_its_colour_with_reference_front_and_leg
         title: "sizes",
         points: &points,
         test_samples: 1000,
+        recommended: None,
     };
     accuracy_vs_size(&path, &picture).unwrap();
     let els = elements(&std::fs::read_to_string(&path).unwrap());
@@ -256,6 +257,44 @@ fn accuracy_vs_size_shows_each_method_in_its_colour_with_reference_front_and_leg
     }
     assert!(!t.iter().any(|s| s.contains("10000")), "{t:?}");
     assert_eq!(t.iter().filter(|s| **s == "100 kB").count(), 1);
+}
+
+#[test]
+fn the_recommended_point_is_ringed_in_the_chart_and_named_in_the_legend() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("r.svg");
+    let points = size_points();
+    let rings = |recommended: Option<(usize, String)>| {
+        let picture = AccuracyVsSize {
+            title: "sizes",
+            points: &points,
+            test_samples: 1000,
+            recommended,
+        };
+        accuracy_vs_size(&path, &picture).unwrap();
+        let els = elements(&std::fs::read_to_string(&path).unwrap());
+        let n = els
+            .iter()
+            .filter(|e| e.tag == "circle" && e.attr("fill") == Some("none"))
+            .count();
+        (
+            n,
+            texts(&els)
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (none, _) = rings(None);
+    let (some, t) = rings(Some((2, "recommended: smallest within 1 pp of f32".into())));
+    assert_eq!((none, some), (0, 2));
+    assert!(
+        t.iter()
+            .any(|s| s == "recommended: smallest within 1 pp of f32"),
+        "{t:?}"
+    );
+    // An index past the points draws nothing rather than failing.
+    assert_eq!(rings(Some((99, "x".into()))).0, 0);
 }
 
 fn decode(path: &Path) -> (png::OutputInfo, Vec<u8>) {
@@ -306,6 +345,7 @@ fn png_pictures_decode_at_their_size_with_their_series_colours_and_text() {
             title: "png",
             points: &points,
             test_samples: 1000,
+            recommended: None,
         },
     )
     .unwrap();
@@ -358,6 +398,7 @@ fn drawing_nothing_is_an_error_not_an_empty_picture() {
         title: "none",
         points: &[],
         test_samples: 1,
+        recommended: None,
     };
     assert!(accuracy_vs_size(&dir.path().join("s.png"), &empty).is_err());
     assert!(!dir.path().join("c.svg").exists());

@@ -1,0 +1,90 @@
+//! `lowbit sensitivity`: every weight layer measured on the engine at every bit width, a positive Hessian trace
+//! per layer, and bad options refused before any work.
+use serde_json::Value;
+use tempfile::TempDir;
+
+mod common;
+use common::{run_err, run_ok};
+
+#[test]
+fn sensitivity_covers_every_weight_layer_and_bit_width_with_engine_measurements() {
+    let dir = TempDir::new().unwrap();
+    run_ok(
+        dir.path(),
+        &[
+            "train", "--model", "lenet5", "--epochs", "1", "--out", "m.f32",
+        ],
+    );
+    let table = run_ok(
+        dir.path(),
+        &[
+            "sensitivity",
+            "m.f32",
+            "--bits",
+            "2,4",
+            "--samples",
+            "300",
+            "--hessian-samples",
+            "64",
+            "--hessian-iters",
+            "4",
+            "--report",
+            "s.json",
+        ],
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.json")).unwrap()).unwrap();
+    let s = &r["sensitivity"];
+    assert_eq!(s["test_samples"], 300);
+    let layers = s["layers"].as_array().unwrap();
+    // LeNet-5: two convolutions and three fully connected layers.
+    assert_eq!(layers.len(), 5, "{table}");
+    for (i, l) in layers.iter().enumerate() {
+        assert_eq!(l["index"], i);
+        assert!(l["hessian_trace"].as_f64().unwrap() > 0.0, "{l}");
+        let costs = l["costs"].as_array().unwrap();
+        assert_eq!(costs.len(), 2);
+        let (two, four) = (&costs[0], &costs[1]);
+        assert_eq!(
+            (two["bits"].as_u64(), four["bits"].as_u64()),
+            (Some(2), Some(4))
+        );
+        // Fewer bits, a larger weight perturbation; the prediction scales with it.
+        let p2 = two["weight_perturbation"].as_f64().unwrap();
+        let p4 = four["weight_perturbation"].as_f64().unwrap();
+        assert!(p2 > p4 && p4 > 0.0, "{l}");
+        assert!(two["predicted"].as_f64().unwrap() > four["predicted"].as_f64().unwrap());
+        // The last layer's output is float logits: no activation measurement.
+        assert_eq!(two["act_drop_pp"].is_null(), i == 4, "{l}");
+        assert!(table.contains(l["name"].as_str().unwrap()));
+    }
+    let spearman = s["spearman"].as_array().unwrap();
+    assert_eq!(spearman.len(), 2);
+}
+
+#[test]
+fn bad_sensitivity_options_fail_with_one_line_before_loading_anything() {
+    let dir = TempDir::new().unwrap();
+    for (args, fragment) in [
+        (
+            vec!["sensitivity", "none.f32", "--bits", "9"],
+            "--weight-bits",
+        ),
+        (
+            vec!["sensitivity", "none.f32", "--base-bits", "0"],
+            "--weight-bits",
+        ),
+        (
+            vec!["sensitivity", "none.f32", "--samples", "0"],
+            "--samples",
+        ),
+        (
+            vec!["sensitivity", "none.f32", "--hessian-samples", "0"],
+            "--hessian-samples",
+        ),
+    ] {
+        run_err(dir.path(), &args, &[fragment]);
+    }
+    run_err(dir.path(), &["sensitivity", "none.f32"], &["none.f32"]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
