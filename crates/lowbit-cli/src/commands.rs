@@ -135,6 +135,29 @@ pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(
     Ok(())
 }
 
+/// Writes the JSON report of a command that analyses a model file: the version, the model, its spec and the
+/// data, then the command's own `fields` (an object).
+pub(crate) fn write_model_report(
+    path: &Path,
+    model: &Path,
+    spec: &str,
+    data: &str,
+    fields: serde_json::Value,
+) -> Result<()> {
+    let mut v = serde_json::json!({
+        "lowbit_version": env!("CARGO_PKG_VERSION"),
+        "model": model.display().to_string(),
+        "spec": spec,
+        "data": data,
+    });
+    if let (Some(o), serde_json::Value::Object(extra)) = (v.as_object_mut(), fields) {
+        o.extend(extra);
+    }
+    write_json(path, &v)?;
+    println!("report written to {}", path.display());
+    Ok(())
+}
+
 pub(crate) fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
@@ -169,6 +192,8 @@ fn parse_layer_bits(item: &str) -> Result<LayerQuant> {
         layer,
         weight_bits,
         act_bits,
+        calibration: None,
+        weight_calibration: None,
     })
 }
 
@@ -251,6 +276,9 @@ fn resolve_settings(
             ("per_channel", "--per-channel"),
             ("bn_fold", "--bn-fold"),
             ("bn_freeze_steps", "--bn-freeze-steps"),
+            ("calibration", "--calibration"),
+            ("weight_calibration", "--weight-calibration"),
+            ("bias_correction", "--bias-correction"),
         ] {
             if typed(id) {
                 bail!(
@@ -322,6 +350,15 @@ fn resolve_settings(
         if let Some(n) = a.bn_freeze_steps {
             q.bn_freeze_steps = Some(n);
         }
+        if let Some(c) = a.calibration {
+            q.calibration = Some(c);
+        }
+        if let Some(c) = a.weight_calibration {
+            q.weight_calibration = Some(c);
+        }
+        if a.bias_correction {
+            q.bias_correction = Some(true);
+        }
         if typed("calibration_samples") || q.calibration_samples.is_none() {
             q.calibration_samples = Some(a.calibration_samples);
         }
@@ -383,7 +420,15 @@ fn print_report_summary(r: &Report) {
     print!("{}", t.render());
     if let serde_json::Value::Array(layers) = &r.layers {
         if !layers.is_empty() {
-            let mut lt = Table::new(&[
+            // PTQ runs say which calibrator chose each layer's ranges.
+            let text = |v: &serde_json::Value, k: &str| match v.get(k) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                _ => None,
+            };
+            let calibrated = layers.iter().any(|l| {
+                text(l, "act_calibration").is_some() || text(l, "weight_calibration").is_some()
+            });
+            let mut head = vec![
                 "layer",
                 "w bits",
                 "a bits",
@@ -391,7 +436,11 @@ fn print_report_summary(r: &Report) {
                 "act SQNR dB",
                 "w clipped",
                 "act clipped",
-            ]);
+            ];
+            if calibrated {
+                head.extend(["w calib", "a calib"]);
+            }
+            let mut lt = Table::new(&head);
             let num = |v: &serde_json::Value, k: &str| -> String {
                 match v.get(k) {
                     Some(serde_json::Value::Number(n)) => {
@@ -409,7 +458,7 @@ fn print_report_summary(r: &Report) {
                 }
             };
             for l in layers {
-                lt.row(vec![
+                let mut row = vec![
                     l.get("layer")
                         .and_then(|v| v.as_str())
                         .unwrap_or("?")
@@ -420,7 +469,13 @@ fn print_report_summary(r: &Report) {
                     num(l, "act_sqnr_db"),
                     num(l, "weight_clipped_fraction"),
                     num(l, "act_clipped_fraction"),
-                ]);
+                ];
+                if calibrated {
+                    for k in ["weight_calibration", "act_calibration"] {
+                        row.push(text(l, k).unwrap_or_else(|| "-".into()));
+                    }
+                }
+                lt.row(row);
             }
             println!();
             print!("{}", lt.render());

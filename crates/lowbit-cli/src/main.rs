@@ -1,5 +1,6 @@
 //! The `lowbit` command-line tool: train, quantize, evaluate, inspect, predict and benchmark models.
 mod commands;
+mod mixed;
 mod plot;
 mod sensitivity;
 mod sweep;
@@ -46,6 +47,9 @@ enum Command {
     /// What each bit costs, layer by layer: accuracy and loss on the integer engine with one layer's weights (or
     /// activations) at fewer bits, and the Hessian-trace estimate that predicts it.
     Sensitivity(Box<sensitivity::SensitivityArgs>),
+    /// Automatic mixed precision: per-layer weight bits for --budget-bits, --budget-bytes or --max-drop, chosen
+    /// exactly over each layer's measured cost, measured on the integer engine beside the uniform allocations.
+    Mixed(Box<mixed::MixedArgs>),
 }
 
 /// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a path whose
@@ -195,6 +199,19 @@ struct TrainArgs {
     /// Training samples used to calibrate activation ranges (PTQ).
     #[arg(long, default_value_t = 2000)]
     calibration_samples: usize,
+    /// PTQ activation calibrator: `minmax` (observed range), `percentile:P` (e.g. percentile:99.99), `mse`
+    /// (least squared quantization error) or `entropy` (TensorRT's KL divergence, 2048-bin histograms).
+    /// Per layer: `calibration` in a config file's [[quantization.layers]].
+    #[arg(long, value_name = "CALIBRATOR", value_parser = parse_calibrator)]
+    calibration: Option<lowbit::quant::Calibrator>,
+    /// PTQ weight scales: `minmax` (max |w|) or `mse` (clipping ratio with least squared error, per channel
+    /// with --per-channel); min-max weights only (3..=8 bits).
+    #[arg(long, value_name = "RULE", value_parser = parse_weight_calibration)]
+    weight_calibration: Option<lowbit::quant::WeightCalibration>,
+    /// PTQ empirical bias correction: each layer's bias absorbs the mean shift quantization causes in its
+    /// outputs on the calibration samples (Nagel et al. 2019), layer after layer.
+    #[arg(long)]
+    bias_correction: bool,
     /// Quantizer method for weights and activations: `lsq` learns step sizes for both; `pact` learns the
     /// activation clipping level (weights keep `ste`). The two flags below override it.
     #[arg(long, value_enum)]
@@ -339,6 +356,24 @@ struct BenchArgs {
     seconds: f64,
 }
 
+/// `--calibration`, with the library's message for a bad value.
+fn parse_calibrator(s: &str) -> Result<lowbit::quant::Calibrator, String> {
+    s.parse().map_err(|e: lowbit::Error| reason_of(e))
+}
+
+/// `--weight-calibration`, with the library's message for a bad value.
+fn parse_weight_calibration(s: &str) -> Result<lowbit::quant::WeightCalibration, String> {
+    s.parse().map_err(|e: lowbit::Error| reason_of(e))
+}
+
+/// The reason of an option error (clap names the option itself).
+fn reason_of(e: lowbit::Error) -> String {
+    match e {
+        lowbit::Error::InvalidOption { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
 fn main() -> ExitCode {
     // Usage errors are one line too (clap's own text adds a usage block); help and version still print in full.
     let usage_error = |e: clap::Error| {
@@ -381,6 +416,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => commands::bench(&a),
         Command::Sweep(a) => sweep::sweep(&a, cli.quiet),
         Command::Sensitivity(a) => sensitivity::sensitivity(&a, cli.quiet),
+        Command::Mixed(a) => mixed::mixed(&a, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

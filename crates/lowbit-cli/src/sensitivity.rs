@@ -1,6 +1,6 @@
 //! `lowbit sensitivity`: per weight layer and bit width, the accuracy and loss one layer's quantization costs on
 //! the integer engine, beside the Hessian-trace estimate that predicts it without a sweep.
-use crate::commands::{load_data, load_float_model, write_json};
+use crate::commands::{load_data, load_float_model, write_model_report};
 use crate::ui::Table;
 use anyhow::Result;
 use clap::Args;
@@ -141,16 +141,11 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
     }
     println!("Total {:.1}s.", t0.elapsed().as_secs_f64());
     if let Some(path) = &a.report {
-        let v = serde_json::json!({
-            "lowbit_version": env!("CARGO_PKG_VERSION"),
-            "model": a.model.display().to_string(),
-            "spec": model.spec,
-            "data": a.data.data,
+        let fields = serde_json::json!({
             "base_bits": a.base_bits,
             "sensitivity": s,
         });
-        write_json(path, &v)?;
-        println!("report written to {}", path.display());
+        write_model_report(path, &a.model, &model.spec, &a.data.data, fields)?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `lowbit sweep`: one float model quantized at several bit widths and fixed steps, each measured on the integer
 //! engine; one table, the Pareto front, the recommended point for an accuracy budget, and one picture.
-use crate::commands::{load_data, load_float_model, pct, write_json, Bars};
+use crate::commands::{load_data, load_float_model, pct, write_model_report, Bars};
 use crate::plot::{self, Marker, SizePoint};
 use crate::ui::Table;
 use anyhow::Result;
@@ -39,6 +39,15 @@ pub struct SweepArgs {
         allow_negative_numbers = true
     )]
     quant_step: Vec<f32>,
+    /// Mixed-precision points: per-layer weight bits at these average stored bits per weight (e.g. 2.5,3),
+    /// allocated over each layer's measured cost at the lower --bits (see `lowbit mixed`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "BITS",
+        allow_negative_numbers = true
+    )]
+    mixed_bits: Vec<f64>,
     /// PTQ (default, minutes) or QAT fine-tuning at every setting.
     #[arg(long, value_enum, default_value_t = SweepMethod::Ptq)]
     method: SweepMethod,
@@ -88,6 +97,7 @@ pub fn sweep(a: &SweepArgs, quiet: bool) -> Result<()> {
         .iter()
         .map(|&b| Setting::Bits(b))
         .chain(a.quant_step.iter().map(|&k| Setting::Step(k)))
+        .chain(a.mixed_bits.iter().map(|&b| Setting::Mixed(b)))
         .collect();
     let method = match a.method {
         SweepMethod::Ptq => Method::Ptq,
@@ -207,9 +217,10 @@ pub fn sweep(a: &SweepArgs, quiet: bool) -> Result<()> {
             label: p.label.clone(),
             bytes: p.bytes,
             accuracy: p.accuracy,
-            marker: match method {
-                Method::Ptq => Marker::Ptq,
-                Method::Qat => Marker::Qat,
+            marker: match (p.setting, method) {
+                (Setting::Mixed(_), _) => Marker::Mixed,
+                (_, Method::Ptq) => Marker::Ptq,
+                (_, Method::Qat) => Marker::Qat,
             },
         }));
         plot::accuracy_vs_size(
@@ -232,16 +243,11 @@ pub fn sweep(a: &SweepArgs, quiet: bool) -> Result<()> {
         println!("plot written to {}", path.display());
     }
     if let Some(path) = &a.report {
-        let v = serde_json::json!({
-            "lowbit_version": env!("CARGO_PKG_VERSION"),
-            "model": a.model.display().to_string(),
-            "spec": model.spec,
-            "data": a.data.data,
+        let fields = serde_json::json!({
             "method": format!("{:?}", a.method).to_lowercase(),
             "sweep": result,
         });
-        write_json(path, &v)?;
-        println!("report written to {}", path.display());
+        write_model_report(path, &a.model, &model.spec, &a.data.data, fields)?;
     }
     Ok(())
 }

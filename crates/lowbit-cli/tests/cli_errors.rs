@@ -240,6 +240,69 @@ fn bad_training_options_name_the_option() {
         (&["--lr", "NaN"], &["--lr", "NaN"]),
         (&["--epochs", "many"], &["--epochs", "many"]),
         (&["--no-such-flag"], &["--no-such-flag"]),
+        (
+            &[
+                "--weight-bits",
+                "8",
+                "--method",
+                "ptq",
+                "--calibration",
+                "kl",
+            ],
+            &["--calibration", "kl"],
+        ),
+        (
+            &[
+                "--weight-bits",
+                "8",
+                "--method",
+                "ptq",
+                "--calibration",
+                "percentile:101",
+            ],
+            &["--calibration", "(0, 100]"],
+        ),
+        (
+            &[
+                "--weight-bits",
+                "8",
+                "--method",
+                "ptq",
+                "--calibration",
+                "percentile:x",
+            ],
+            &["--calibration", "not a number"],
+        ),
+        (
+            &["--weight-bits", "8", "--calibration", "entropy"],
+            &["--calibration", "--method ptq"],
+        ),
+        (
+            &["--calibration", "mse"],
+            &["--calibration", "--weight-bits"],
+        ),
+        (
+            &[
+                "--weight-bits",
+                "8",
+                "--method",
+                "ptq",
+                "--weight-calibration",
+                "kl",
+            ],
+            &["--weight-calibration", "kl"],
+        ),
+        (
+            &[
+                "--weight-bits",
+                "2",
+                "--method",
+                "ptq",
+                "--weight-calibration",
+                "mse",
+            ],
+            &["--weight-calibration", "ternary"],
+        ),
     ];
     for (extra, fragments) in cases {
         let mut args = vec!["train", "--epochs", "1", "--no-baseline"];

@@ -90,6 +90,47 @@ fn a_ptq_sweep_reports_every_setting_measured_on_the_engine_with_front_and_recom
 }
 
 #[test]
+fn mixed_points_meet_their_bit_budget_and_are_drawn_as_their_own_kind() {
+    let dir = TempDir::new().unwrap();
+    trained(dir.path());
+    run_ok(
+        dir.path(),
+        &[
+            "sweep",
+            "m.f32",
+            "--bits",
+            "2,4",
+            "--mixed-bits",
+            "3",
+            "--report",
+            "s.json",
+            "--plot",
+            "s.svg",
+        ],
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.json")).unwrap()).unwrap();
+    let points = r["sweep"]["points"].as_array().unwrap();
+    let mixed = &points[2];
+    assert_eq!(mixed["setting"]["kind"], "mixed");
+    assert_eq!(mixed["label"], "PTQ mixed 3 bits");
+    assert_eq!(mixed["report"]["engine_simulation_mismatches"], 0);
+    // Its weights fit 3 bits per weight: never more bytes than uniform 4 bits, never fewer than uniform 2.
+    let bytes = |p: &Value| p["bytes"].as_u64().unwrap();
+    assert!(
+        bytes(&points[0]) <= bytes(mixed) && bytes(mixed) <= bytes(&points[1]),
+        "{points:?}"
+    );
+    let svg = std::fs::read_to_string(dir.path().join("s.svg")).unwrap();
+    assert!(svg.contains("PTQ mixed 3 bits: "));
+    run_err(
+        dir.path(),
+        &["sweep", "m.f32", "--mixed-bits", "0"],
+        &["--mixed-bits"],
+    );
+}
+
+#[test]
 fn bad_sweep_options_fail_with_one_line_before_loading_anything() {
     let dir = TempDir::new().unwrap();
     // The model file does not exist: option errors must come first.

@@ -5,7 +5,9 @@
 //! [`QuantConfig::default`]). Unknown keys are errors. Every error names the file and the key at fault.
 use crate::error::{Error, Result};
 use crate::optim::{OptimizerKind, Schedule};
-use crate::quant::{ActMethod, BnFold, LayerQuant, Method, QuantConfig, WeightMethod};
+use crate::quant::{
+    ActMethod, BnFold, Calibrator, LayerQuant, Method, QuantConfig, WeightCalibration, WeightMethod,
+};
 use crate::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -128,6 +130,12 @@ pub struct QuantSection {
     pub bn_fold: Option<BnFoldName>,
     /// With `bn_fold = "batch"`: freeze the batch-norm statistics after this many training steps.
     pub bn_freeze_steps: Option<usize>,
+    /// PTQ activation calibrator: `minmax`, `percentile:P`, `mse` or `entropy`.
+    pub calibration: Option<Calibrator>,
+    /// PTQ weight calibration: `minmax` or `mse`.
+    pub weight_calibration: Option<WeightCalibration>,
+    /// PTQ empirical bias correction.
+    pub bias_correction: Option<bool>,
     /// Per-layer overrides.
     #[serde(default)]
     pub layers: Vec<LayerQuant>,
@@ -174,6 +182,12 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig> {
 }
 
 impl FileConfig {
+    /// The configuration as TOML text that [`load`] reads back to the same value (keys left unset are omitted).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self)
+            .map_err(|e| Error::option("--config", format!("cannot write as TOML: {e}")))
+    }
+
     /// The training configuration: [`TrainConfig::default`] overridden by `[training]`, validated.
     pub fn train_config(&self) -> Result<TrainConfig> {
         let t = &self.training;
@@ -237,6 +251,9 @@ impl FileConfig {
             pact_alpha_init: q.pact_alpha,
             pact_l2: q.pact_l2.unwrap_or(d.pact_l2),
             layers: q.layers.clone(),
+            calibration: q.calibration.unwrap_or(d.calibration),
+            weight_calibration: q.weight_calibration.unwrap_or(d.weight_calibration),
+            bias_correction: q.bias_correction.unwrap_or(d.bias_correction),
             bn_fold: match (q.bn_fold, q.bn_freeze_steps) {
                 (Some(BnFoldName::Running), Some(_)) => {
                     return Err(Error::option(

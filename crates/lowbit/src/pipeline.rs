@@ -289,7 +289,8 @@ fn dataset_info(split: &Split, data: &str) -> DatasetInfo {
     }
 }
 
-/// A short label such as `QAT W4A8`, `PTQ W8A8 per-channel`, `QAT k=2 (W3A8)`, `f32`.
+/// A short label such as `QAT W4A8`, `PTQ W8A8`, `PTQ W4A8 act=entropy weights=mse`, `QAT k=2 (W3A8)`, `f32`
+/// (calibrators are named when they are not min-max).
 pub fn label(quant: Option<&QuantConfig>, weight_bits_stored: Option<u32>) -> String {
     match quant {
         None => "f32".into(),
@@ -323,7 +324,17 @@ pub fn label(quant: Option<&QuantConfig>, weight_bits_stored: Option<u32>) -> St
                     format!("W{}A{}{name}", q.weight_bits, q.act_bits)
                 }
             };
-            format!("{method} {w}")
+            let mut out = format!("{method} {w}");
+            if q.calibration != quant::Calibrator::MinMax {
+                out.push_str(&format!(" act={}", q.calibration));
+            }
+            if q.weight_calibration != quant::WeightCalibration::MinMax {
+                out.push_str(&format!(" weights={}", q.weight_calibration));
+            }
+            if q.bias_correction {
+                out.push_str(" bias-corrected");
+            }
+            out
         }
     }
 }

@@ -111,6 +111,8 @@ pub struct LayerSensitivity {
     pub name: String,
     /// Weight count.
     pub weights: usize,
+    /// Output channels (rows of the weight matrix; the weights are `rows x weights / rows`).
+    pub rows: usize,
     /// Hutchinson estimate of the trace of the loss Hessian over this layer's weights.
     pub hessian_trace: Option<f64>,
     /// Per bit width.
@@ -277,6 +279,8 @@ pub fn analyse(
                     layer: LayerSelector::Index(l as i64),
                     weight_bits,
                     act_bits,
+                    calibration: None,
+                    weight_calibration: None,
                 }],
                 ..cfg.base.clone()
             };
@@ -316,6 +320,7 @@ pub fn analyse(
             index: l,
             name: node.name.clone(),
             weights: w.len(),
+            rows,
             hessian_trace: traces.as_ref().map(|t| t[l]),
             costs,
         });

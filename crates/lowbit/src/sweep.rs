@@ -1,12 +1,14 @@
 //! Sweeps: one trained float model quantized at several settings (weight bit widths, fixed steps `k`), each
 //! measured on the integer engine, with the accuracy-versus-size Pareto front and the smallest model within an
 //! accuracy budget. The answer to "which step, how many bits" as one table and one picture (`lowbit sweep`).
+use crate::allocate::{self, Budget, Cost};
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::nn::Model;
 use crate::pipeline::{self, Event, FloatRun, RunConfig};
 use crate::quant::{self, QuantConfig};
 use crate::report::Report;
+use crate::sensitivity::{self, Sensitivity, SensitivityConfig};
 use crate::train::TrainConfig;
 use serde::Serialize;
 
@@ -18,10 +20,14 @@ pub enum Setting {
     Bits(u32),
     /// Weights on the fixed grid `round(w * k) / k` (`--quant-step k`).
     Step(f32),
+    /// Per-layer weight bits for this average of stored bits per weight ([`crate::allocate`], over the measured
+    /// one-layer-at-a-time loss of the sweep's lower bit widths).
+    Mixed(f64),
 }
 
 impl Setting {
-    /// The base configuration with this setting applied.
+    /// The base configuration with a uniform setting applied (a mixed one keeps the base: its per-layer bits
+    /// come from the allocation).
     pub fn apply(&self, base: &QuantConfig) -> QuantConfig {
         let mut q = base.clone();
         match *self {
@@ -30,6 +36,7 @@ impl Setting {
                 q.quant_step = None;
             }
             Setting::Step(k) => q.quant_step = Some(k),
+            Setting::Mixed(_) => {}
         }
         q
     }
@@ -130,6 +137,14 @@ impl SweepConfig {
         }
         for s in &self.settings {
             s.apply(&self.base).validate()?;
+            if let Setting::Mixed(b) = s {
+                if !(b.is_finite() && *b > 0.0 && *b <= 8.0) {
+                    return Err(Error::option(
+                        "--mixed-bits",
+                        format!("{b} is not in (0, 8]"),
+                    ));
+                }
+            }
         }
         if self.base.method == quant::Method::Qat {
             self.train.validate()?;
@@ -158,20 +173,45 @@ pub fn run(
     };
     let float_accuracy = baseline.metrics.accuracy;
     let mut points = Vec::with_capacity(cfg.settings.len());
+    let mut sens: Option<Sensitivity> = None;
     for &setting in &cfg.settings {
+        let quant = match setting {
+            Setting::Mixed(avg_bits) => {
+                if sens.is_none() {
+                    sens = Some(mixed_sensitivity(model, split, cfg)?);
+                }
+                let s = sens.as_ref().expect("computed above");
+                let layers = allocate::layer_choices(s, Cost::MeasuredLoss)?;
+                let weights: usize = s.layers.iter().map(|l| l.weights).sum();
+                let budget = Budget::Bytes((avg_bits * weights as f64 / 8.0).floor() as u64);
+                allocate::solve(&layers, budget)?.quant_config(&QuantConfig {
+                    weight_bits: 8,
+                    quant_step: None,
+                    ..cfg.base.clone()
+                })
+            }
+            _ => setting.apply(&cfg.base),
+        };
         let run_cfg = RunConfig {
             data: cfg.data.clone(),
             model: model.spec.clone(),
             train: cfg.train.clone(),
-            quant: Some(setting.apply(&cfg.base)),
+            quant: Some(quant),
             init: None,
             baseline: false,
         };
         let out = pipeline::run(&run_cfg, split, Some(model), Some(&baseline), on_event)?;
         let r = out.report;
+        let label = match setting {
+            Setting::Mixed(b) => format!(
+                "{} mixed {b} bits",
+                r.run.split(" mixed").next().unwrap_or("")
+            ),
+            _ => r.run.clone(),
+        };
         let point = SweepPoint {
             setting,
-            label: r.run.clone(),
+            label,
             accuracy: r.test_accuracy,
             delta_pp: (r.test_accuracy - float_accuracy) * 100.0,
             bytes: r.model_bytes,
@@ -190,6 +230,36 @@ pub fn run(
         max_drop_pp: cfg.max_drop_pp,
         points,
     })
+}
+
+/// One-layer-at-a-time sensitivity (PTQ, every other layer at 8 bits) at the sweep's lower uniform widths
+/// (2 to 7 bits; 2, 3 and 4 when it has none), for its mixed settings.
+fn mixed_sensitivity(model: &Model, split: &Split, cfg: &SweepConfig) -> Result<Sensitivity> {
+    let mut bits: Vec<u32> = cfg
+        .settings
+        .iter()
+        .filter_map(|s| match s {
+            Setting::Bits(b) if (2..8).contains(b) => Some(*b),
+            _ => None,
+        })
+        .collect();
+    if bits.is_empty() {
+        bits = vec![2, 3, 4];
+    }
+    let scfg = SensitivityConfig {
+        base: QuantConfig {
+            weight_bits: 8,
+            quant_step: None,
+            method: quant::Method::Ptq,
+            layers: Vec::new(),
+            ..cfg.base.clone()
+        },
+        bits,
+        activations: false,
+        hessian_iters: 0,
+        ..SensitivityConfig::default()
+    };
+    sensitivity::analyse(model, split, &scfg, &mut |_, _| {})
 }
 
 #[cfg(test)]

@@ -355,11 +355,15 @@ fn per_layer_overrides_set_widths_and_bad_selectors_name_the_key() {
                 layer: LayerSelector::Name("first".into()),
                 weight_bits: Some(8),
                 act_bits: Some(8),
+                calibration: None,
+                weight_calibration: None,
             },
             LayerQuant {
                 layer: LayerSelector::Index(-1),
                 weight_bits: Some(8),
                 act_bits: None,
+                calibration: None,
+                weight_calibration: None,
             },
         ],
         ..lsq_cfg(2, 2, ActMethod::Lsq)
@@ -385,6 +389,8 @@ fn per_layer_overrides_set_widths_and_bad_selectors_name_the_key() {
             layer: LayerSelector::Index(3),
             weight_bits: Some(8),
             act_bits: None,
+            calibration: None,
+            weight_calibration: None,
         }],
         ..lsq_cfg(2, 2, ActMethod::Lsq)
     };

@@ -288,6 +288,8 @@ fn lsq_w4a4_with_mixed_precision_converts_and_the_engine_matches_the_simulation(
             layer: quant::LayerSelector::Name("first".into()),
             weight_bits: Some(8),
             act_bits: Some(8),
+            calibration: None,
+            weight_calibration: None,
         }],
         ..cfg(4, 4, WeightMethod::Lsq, ActMethod::Lsq)
     };

@@ -15,6 +15,8 @@ pub enum Marker {
     Ptq,
     /// Quantization-aware training.
     Qat,
+    /// A mixed-precision allocation.
+    Mixed,
 }
 
 /// One point of the accuracy-versus-size picture.
@@ -97,6 +99,10 @@ fn draw_marker<DB: DrawingBackend>(
             colour.filled(),
         )),
         Marker::Qat => area.draw(&TriangleMarker::new((x, y), 8, colour.filled())),
+        Marker::Mixed => area.draw(&Polygon::new(
+            vec![(x, y - 8), (x + 8, y), (x, y + 8), (x - 8, y)],
+            colour.filled(),
+        )),
     }
 }
 

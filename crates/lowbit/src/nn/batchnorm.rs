@@ -1,5 +1,7 @@
 //! Batch normalization over the channels of NCHW activations (Ioffe & Szegedy 2015), PyTorch's conventions:
 //! momentum 0.1, eps 1e-5, biased batch variance for normalizing, unbiased for the running estimate.
+use super::activation::reshape_buffer;
+use super::shape::per_task;
 use super::Param;
 use crate::error::{Error, Result};
 use crate::state::{StateValue, StateVisitor, Stateful};
@@ -35,6 +37,10 @@ pub struct BatchNorm2d {
     inv_std: Vec<f32>,
     input_shape: Vec<usize>,
     used_batch_stats: bool,
+    /// Output of the last forward pass (reused from step to step).
+    output: Tensor,
+    /// dL/dinput of the last backward pass.
+    input_grad: Tensor,
 }
 
 impl BatchNorm2d {
@@ -55,6 +61,8 @@ impl BatchNorm2d {
             inv_std: Vec::new(),
             input_shape: Vec::new(),
             used_batch_stats: false,
+            output: Tensor::default(),
+            input_grad: Tensor::default(),
         }
     }
 
@@ -72,7 +80,7 @@ impl BatchNorm2d {
 
     fn dims(&self, x: &Tensor) -> Result<(usize, usize)> {
         let ok = x.shape.len() >= 2 && x.shape[1] == self.channels;
-        if !ok || x.rows() == 0 {
+        if !ok || x.rows() == 0 || x.row_len() == 0 {
             return Err(Error::Shape(format!(
                 "batchnorm of {} channels: input shape {:?}",
                 self.channels, x.shape
@@ -83,44 +91,66 @@ impl BatchNorm2d {
 
     /// Forward pass.
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_buffered(x, train)?;
+        Ok(self.output.clone())
+    }
+
+    /// The output of the last forward pass.
+    pub(crate) fn output(&self) -> &Tensor {
+        &self.output
+    }
+
+    /// dL/dinput of the last backward pass.
+    pub(crate) fn input_grad(&self) -> &Tensor {
+        &self.input_grad
+    }
+
+    /// [`BatchNorm2d::forward`] into the layer's output buffer.
+    ///
+    /// Batch statistics, deterministic whatever the thread count: each `(sample, channel)` plane's sum and
+    /// squared deviations from its own mean in 8 f32 lanes (a fixed order), then, per channel, the planes
+    /// combined in f64 in sample order by Chan et al.'s pairwise update (`M2 = sum M2_p + n_p (mean_p -
+    /// mean)^2`), which needs one pass over memory and does not cancel catastrophically as `E[x^2] - E[x]^2`
+    /// can.
+    pub(crate) fn forward_buffered(&mut self, x: &Tensor, train: bool) -> Result<()> {
         let (b, p) = self.dims(x)?;
         let c = self.channels;
         let batch_stats = train && !self.frozen;
+        let chunk = per_task(p);
         let (mean, inv_std): (Vec<f32>, Vec<f32>) = if batch_stats {
-            let n = (b * p) as f64;
-            let stats: Vec<(f64, f64)> = (0..c)
-                .into_par_iter()
-                .map(|ch| {
-                    let mut s = 0.0f64;
-                    for s_i in 0..b {
-                        s += x.data[(s_i * c + ch) * p..(s_i * c + ch + 1) * p]
-                            .iter()
-                            .map(|&v| f64::from(v))
-                            .sum::<f64>();
+            // Per plane: (sum, squared deviations from the plane's mean).
+            let mut planes = vec![(0.0f32, 0.0f32); b * c];
+            planes
+                .par_chunks_mut(chunk)
+                .zip(x.data.par_chunks(chunk * p))
+                .for_each(|(st, xs)| {
+                    for (s, plane) in st.iter_mut().zip(xs.chunks_exact(p)) {
+                        *s = plane_sum_m2(plane);
                     }
-                    let m = s / n;
-                    let mut v = 0.0f64;
-                    for s_i in 0..b {
-                        v += x.data[(s_i * c + ch) * p..(s_i * c + ch + 1) * p]
-                            .iter()
-                            .map(|&t| (f64::from(t) - m).powi(2))
-                            .sum::<f64>();
-                    }
-                    (m, v / n)
-                })
-                .collect();
+                });
+            let (n_p, n) = (p as f64, (b * p) as f64);
             let mom = f64::from(self.momentum);
-            for (ch, &(m, v)) in stats.iter().enumerate() {
+            let mut mean = Vec::with_capacity(c);
+            let mut inv_std = Vec::with_capacity(c);
+            for ch in 0..c {
+                let total: f64 = (0..b).map(|s| f64::from(planes[s * c + ch].0)).sum();
+                let m = total / n;
+                let m2: f64 = (0..b)
+                    .map(|s| {
+                        let (sum, dev) = planes[s * c + ch];
+                        f64::from(dev) + n_p * (f64::from(sum) / n_p - m).powi(2)
+                    })
+                    .sum();
+                let v = m2 / n;
                 let unbiased = if n > 1.0 { v * n / (n - 1.0) } else { v };
                 self.running_mean[ch] =
                     ((1.0 - mom) * f64::from(self.running_mean[ch]) + mom * m) as f32;
                 self.running_var[ch] =
                     ((1.0 - mom) * f64::from(self.running_var[ch]) + mom * unbiased) as f32;
+                mean.push(m as f32);
+                inv_std.push((1.0 / (v + f64::from(self.eps)).sqrt()) as f32);
             }
-            stats
-                .iter()
-                .map(|&(m, v)| (m as f32, (1.0 / (v + f64::from(self.eps)).sqrt()) as f32))
-                .unzip()
+            (mean, inv_std)
         } else {
             (
                 self.running_mean.clone(),
@@ -130,32 +160,62 @@ impl BatchNorm2d {
                     .collect(),
             )
         };
-        let mut xhat = vec![0.0f32; x.len()];
-        let mut y = vec![0.0f32; x.len()];
-        xhat.par_chunks_mut(p)
-            .zip(y.par_chunks_mut(p))
-            .zip(x.data.par_chunks(p))
-            .enumerate()
-            .for_each(|(i, ((xh, yo), xi))| {
-                let ch = i % c;
-                let (m, s, g, bt) = (mean[ch], inv_std[ch], self.gamma[ch], self.beta[ch]);
-                for ((h, o), &v) in xh.iter_mut().zip(yo.iter_mut()).zip(xi) {
-                    *h = (v - m) * s;
-                    *o = g * *h + bt;
-                }
-            });
+        reshape_buffer(&mut self.output, &x.shape);
+        let (gamma, beta) = (&self.gamma, &self.beta);
+        let affine = |i: usize| {
+            let ch = i % c;
+            (mean[ch], inv_std[ch], gamma[ch], beta[ch])
+        };
         if train {
-            self.xhat = xhat;
+            self.xhat.resize(x.len(), 0.0);
+            self.output
+                .data
+                .par_chunks_mut(chunk * p)
+                .zip(self.xhat.par_chunks_mut(chunk * p))
+                .zip(x.data.par_chunks(chunk * p))
+                .enumerate()
+                .for_each(|(t, ((ys, hs), xs))| {
+                    let planes = ys.chunks_exact_mut(p).zip(hs.chunks_exact_mut(p));
+                    for (i, ((yo, xh), xi)) in planes.zip(xs.chunks_exact(p)).enumerate() {
+                        let (m, s, g, bt) = affine(t * chunk + i);
+                        for ((h, o), &v) in xh.iter_mut().zip(yo.iter_mut()).zip(xi) {
+                            *h = (v - m) * s;
+                            *o = g * *h + bt;
+                        }
+                    }
+                });
             self.inv_std = inv_std;
             self.input_shape.clone_from(&x.shape);
             self.used_batch_stats = batch_stats;
+        } else {
+            self.output
+                .data
+                .par_chunks_mut(chunk * p)
+                .zip(x.data.par_chunks(chunk * p))
+                .enumerate()
+                .for_each(|(t, (ys, xs))| {
+                    for (i, (yo, xi)) in ys.chunks_exact_mut(p).zip(xs.chunks_exact(p)).enumerate()
+                    {
+                        let (m, s, g, bt) = affine(t * chunk + i);
+                        for (o, &v) in yo.iter_mut().zip(xi) {
+                            *o = g * ((v - m) * s) + bt;
+                        }
+                    }
+                });
         }
-        Ok(Tensor::new(y, x.shape.clone()))
+        Ok(())
     }
 
     /// Backward pass: sets the gamma and beta gradients, returns dL/dx. With batch statistics,
     /// `dx = gamma * inv_std / N * (N dy - sum dy - xhat sum(dy xhat))`; with fixed statistics the norm is affine.
     pub fn backward(&mut self, grad: &Tensor) -> Result<Tensor> {
+        self.backward_buffered(grad)?;
+        Ok(self.input_grad.clone())
+    }
+
+    /// [`BatchNorm2d::backward`] into the layer's input-gradient buffer. The sums `sum dy` and `sum dy xhat` are
+    /// taken per plane in 8 f32 lanes, then over samples in f64 in sample order (deterministic).
+    pub(crate) fn backward_buffered(&mut self, grad: &Tensor) -> Result<()> {
         if grad.shape != self.input_shape || self.xhat.len() != grad.len() {
             return Err(Error::Shape(format!(
                 "batchnorm: backward with gradient {:?} after forward of {:?}",
@@ -164,44 +224,64 @@ impl BatchNorm2d {
         }
         let (b, p) = self.dims(grad)?;
         let c = self.channels;
-        let n = (b * p) as f32;
-        let sums: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-                for s in 0..b {
-                    let r = (s * c + ch) * p..(s * c + ch + 1) * p;
-                    for (&g, &h) in grad.data[r.clone()].iter().zip(&self.xhat[r]) {
-                        sg += f64::from(g);
-                        sgx += f64::from(g) * f64::from(h);
-                    }
-                }
-                (sg as f32, sgx as f32)
-            })
-            .collect();
-        for (ch, &(sg, sgx)) in sums.iter().enumerate() {
-            self.grad_beta[ch] = sg;
-            self.grad_gamma[ch] = sgx;
-        }
-        let mut dx = vec![0.0f32; grad.len()];
-        let batch_stats = self.used_batch_stats;
-        dx.par_chunks_mut(p)
-            .zip(grad.data.par_chunks(p))
-            .zip(self.xhat.par_chunks(p))
-            .enumerate()
-            .for_each(|(i, ((d, g), h))| {
-                let ch = i % c;
-                let k = self.gamma[ch] * self.inv_std[ch];
-                let (sg, sgx) = sums[ch];
-                for ((dv, &gv), &hv) in d.iter_mut().zip(g).zip(h) {
-                    *dv = if batch_stats {
-                        k * (gv - sg / n - hv * sgx / n)
-                    } else {
-                        k * gv
-                    };
+        let chunk = per_task(p);
+        let mut planes = vec![(0.0f32, 0.0f32); b * c];
+        planes
+            .par_chunks_mut(chunk)
+            .zip(grad.data.par_chunks(chunk * p))
+            .zip(self.xhat.par_chunks(chunk * p))
+            .for_each(|((st, gs), hs)| {
+                for ((s, g), h) in st
+                    .iter_mut()
+                    .zip(gs.chunks_exact(p))
+                    .zip(hs.chunks_exact(p))
+                {
+                    *s = plane_sum_dot(g, h);
                 }
             });
-        Ok(Tensor::new(dx, grad.shape.clone()))
+        let mut sums = Vec::with_capacity(c);
+        for ch in 0..c {
+            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+            for s in 0..b {
+                let (a, d) = planes[s * c + ch];
+                sg += f64::from(a);
+                sgx += f64::from(d);
+            }
+            self.grad_beta[ch] = sg as f32;
+            self.grad_gamma[ch] = sgx as f32;
+            sums.push((sg as f32, sgx as f32));
+        }
+        let n = (b * p) as f32;
+        let batch_stats = self.used_batch_stats;
+        reshape_buffer(&mut self.input_grad, &grad.shape);
+        let (gamma, inv_std) = (&self.gamma, &self.inv_std);
+        self.input_grad
+            .data
+            .par_chunks_mut(chunk * p)
+            .zip(grad.data.par_chunks(chunk * p))
+            .zip(self.xhat.par_chunks(chunk * p))
+            .enumerate()
+            .for_each(|(t, ((ds, gs), hs))| {
+                let planes = ds.chunks_exact_mut(p).zip(gs.chunks_exact(p));
+                for (i, ((d, g), h)) in planes.zip(hs.chunks_exact(p)).enumerate() {
+                    let ch = (t * chunk + i) % c;
+                    let k = gamma[ch] * inv_std[ch];
+                    let (sg, sgx) = sums[ch];
+                    // The branch and the divisions hoisted out of the loop (the same values), so that it
+                    // vectorizes: with them inside it compiled to scalar code.
+                    if batch_stats {
+                        let (mean_g, mean_gx) = (sg / n, sgx / n);
+                        for ((dv, &gv), &hv) in d.iter_mut().zip(g).zip(h) {
+                            *dv = k * (gv - mean_g - hv * mean_gx);
+                        }
+                    } else {
+                        for (dv, &gv) in d.iter_mut().zip(g) {
+                            *dv = k * gv;
+                        }
+                    }
+                }
+            });
+        Ok(())
     }
 
     /// Parameters: gamma (`weight`), then beta (`bias`).
@@ -230,4 +310,76 @@ impl Stateful for BatchNorm2d {
         v.value("running_var", StateValue::F32(&mut self.running_var))?;
         v.value("frozen", StateValue::Flag(&mut self.frozen))
     }
+}
+
+/// `(sum, sum of (x - mean)^2)` of one plane, `mean = sum / len`, each in 8 f32 lanes added in a fixed order.
+fn plane_sum_m2(x: &[f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::kernels::isa() == super::kernels::Isa::Avx2 {
+        // SAFETY: isa() reports AVX2 only when the CPU has it; the body is safe code.
+        return unsafe { plane_sum_m2__avx2(x) };
+    }
+    plane_sum_m2_portable(x)
+}
+
+/// [`plane_sum_m2`] compiled for AVX2 (the same lane operations, so the same results).
+///
+/// # Safety
+/// The CPU must support AVX2 (the body is safe code).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(non_snake_case)]
+unsafe fn plane_sum_m2__avx2(x: &[f32]) -> (f32, f32) {
+    plane_sum_m2_portable(x)
+}
+
+#[inline(always)]
+fn plane_sum_m2_portable(x: &[f32]) -> (f32, f32) {
+    let sum = lanes2(x, x, |a, _| a);
+    let mean = sum / x.len().max(1) as f32;
+    (sum, lanes2(x, x, |a, _| (a - mean) * (a - mean)))
+}
+
+/// `(sum g, sum g h)` of one plane, each in 8 f32 lanes added in a fixed order.
+fn plane_sum_dot(g: &[f32], h: &[f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::kernels::isa() == super::kernels::Isa::Avx2 {
+        // SAFETY: isa() reports AVX2 only when the CPU has it; the body is safe code.
+        return unsafe { plane_sum_dot__avx2(g, h) };
+    }
+    plane_sum_dot_portable(g, h)
+}
+
+/// [`plane_sum_dot`] compiled for AVX2 (the same lane operations, so the same results).
+///
+/// # Safety
+/// The CPU must support AVX2 (the body is safe code).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(non_snake_case)]
+unsafe fn plane_sum_dot__avx2(g: &[f32], h: &[f32]) -> (f32, f32) {
+    plane_sum_dot_portable(g, h)
+}
+
+#[inline(always)]
+fn plane_sum_dot_portable(g: &[f32], h: &[f32]) -> (f32, f32) {
+    (lanes2(g, h, |a, _| a), lanes2(g, h, |a, b| a * b))
+}
+
+/// Sum of `f(x[i], y[i])` in 8 interleaved lanes (term `i` into lane `i % 8`), then the lanes in a fixed tree
+/// order: vectorizes (a plain f32 sum is one serial chain of adds) and does not depend on threads.
+#[inline(always)]
+fn lanes2(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xt, yt) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += f(a[l], b[l]);
+        }
+    }
+    for ((l, &a), &b) in acc.iter_mut().zip(xt).zip(yt) {
+        *l += f(a, b);
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }

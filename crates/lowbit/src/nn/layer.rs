@@ -72,6 +72,20 @@ pub trait Op: Stateful {
     fn input_grad_buffer(&self) -> &Tensor {
         &EMPTY
     }
+    /// [`Op::forward_buffered`] for any number of inputs.
+    fn forward_multi_buffered(
+        &mut self,
+        inputs: &[&Tensor],
+        train: bool,
+    ) -> Result<Option<Tensor>> {
+        self.forward(inputs, train).map(Some)
+    }
+    /// `Ok(true)` when dL/dinput of every input is `grad` itself (a sum), after checking that `grad` fits the
+    /// last training forward: the graph then hands `grad` on instead of calling backward, which would copy it
+    /// once per input.
+    fn gradient_passes_through(&self, _grad: &Tensor) -> Result<bool> {
+        Ok(false)
+    }
     /// Trainable parameters with their gradients (empty for parameter-free layers).
     fn params_mut(&mut self) -> Vec<Param<'_>> {
         Vec::new()
@@ -349,6 +363,18 @@ impl Op for BatchNorm2d {
     fn backward(&mut self, grad: &Tensor, _need: bool) -> Result<Vec<Tensor>> {
         Ok(vec![BatchNorm2d::backward(self, grad)?])
     }
+    fn forward_buffered(&mut self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+        BatchNorm2d::forward_buffered(self, x, train).map(|()| None)
+    }
+    fn output_buffer(&self) -> &Tensor {
+        self.output()
+    }
+    fn backward_buffered(&mut self, grad: &Tensor, _need: bool) -> Result<Option<Tensor>> {
+        BatchNorm2d::backward_buffered(self, grad).map(|()| None)
+    }
+    fn input_grad_buffer(&self) -> &Tensor {
+        self.input_grad()
+    }
     fn params_mut(&mut self) -> Vec<Param<'_>> {
         BatchNorm2d::params_mut(self)
     }
@@ -419,6 +445,19 @@ impl Op for Add {
     }
     fn backward(&mut self, grad: &Tensor, _need: bool) -> Result<Vec<Tensor>> {
         Add::backward(self, grad)
+    }
+    fn forward_multi_buffered(
+        &mut self,
+        inputs: &[&Tensor],
+        train: bool,
+    ) -> Result<Option<Tensor>> {
+        Add::forward_buffered(self, inputs, train).map(|()| None)
+    }
+    fn output_buffer(&self) -> &Tensor {
+        self.output()
+    }
+    fn gradient_passes_through(&self, grad: &Tensor) -> Result<bool> {
+        self.check_grad(grad).map(|()| true)
     }
     fn quant_role(&self) -> QuantRole {
         QuantRole::Requantizing
@@ -557,6 +596,16 @@ impl<T: Op + ?Sized> Op for Box<T> {
     fn input_grad_buffer(&self) -> &Tensor {
         (**self).input_grad_buffer()
     }
+    fn forward_multi_buffered(
+        &mut self,
+        inputs: &[&Tensor],
+        train: bool,
+    ) -> Result<Option<Tensor>> {
+        (**self).forward_multi_buffered(inputs, train)
+    }
+    fn gradient_passes_through(&self, grad: &Tensor) -> Result<bool> {
+        (**self).gradient_passes_through(grad)
+    }
     fn params_mut(&mut self) -> Vec<Param<'_>> {
         (**self).params_mut()
     }
@@ -612,6 +661,20 @@ impl Layer {
     /// Forward pass of a layer on its inputs (in the node's input order).
     pub fn forward_multi(&mut self, inputs: &[&Tensor], train: bool) -> Result<Tensor> {
         self.op_mut().forward(inputs, train)
+    }
+
+    /// See [`Op::forward_multi_buffered`].
+    pub(crate) fn forward_multi_buffered(
+        &mut self,
+        inputs: &[&Tensor],
+        train: bool,
+    ) -> Result<Option<Tensor>> {
+        self.op_mut().forward_multi_buffered(inputs, train)
+    }
+
+    /// See [`Op::gradient_passes_through`].
+    pub(crate) fn gradient_passes_through(&self, grad: &Tensor) -> Result<bool> {
+        self.op().gradient_passes_through(grad)
     }
 
     /// Backward pass of a layer with several inputs: dL/dinput for each input, in order.

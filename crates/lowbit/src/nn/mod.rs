@@ -18,6 +18,7 @@ pub mod loss;
 pub mod model;
 pub mod pad;
 pub mod pool;
+pub mod profile;
 pub(crate) mod shape;
 pub mod slice;
 pub mod spec;

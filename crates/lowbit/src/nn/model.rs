@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::state::{StateVisitor, Stateful};
 use crate::tensor::Tensor;
 use lowbit_runtime::preprocess::Normalization;
+use rayon::prelude::*;
 
 /// Index of a value of a [`Model`]: `0` is the input, `i + 1` the output of `nodes[i]`.
 pub type ValueId = usize;
@@ -313,6 +314,7 @@ impl Model {
                 vals.push(Val::Empty);
                 continue;
             }
+            let t0 = super::profile::now();
             let (before, rest) = self.nodes.split_at_mut(j);
             let node = &mut rest[0];
             // A max pool reading a fused ReLU reads the ReLU's input instead.
@@ -336,10 +338,11 @@ impl Model {
                         .iter()
                         .map(|&v| resolve(&vals[v], x, before, false))
                         .collect::<Result<Vec<_>>>()?;
-                    Some(layer.forward_multi(&inputs, train)?)
+                    layer.forward_multi_buffered(&inputs, train)?
                 }
             };
             vals.push(out.map_or(Val::Node(j), Val::Owned));
+            super::profile::record(t0, j, false);
             // Owned values nobody reads any more are dropped as the pass goes.
             if !keep_all {
                 for &v in &node.inputs {
@@ -417,14 +420,35 @@ impl Model {
                 Val::Empty => continue,
             };
             let layer = &mut upto[j].layer;
+            let t0 = super::profile::now();
             if reads.len() == 1 {
                 let out = layer.backward_buffered(g, need_in)?;
+                super::profile::record(t0, j, true);
                 if need_in {
                     let contribution = out.map_or(Val::Node(j), Val::Owned);
                     accumulate(&mut grads, reads[0], contribution, &self.nodes)?;
                 }
+            } else if layer.gradient_passes_through(g)? {
+                super::profile::record(t0, j, true);
+                // Every input's gradient is this one: a reference to the same buffer (copied only if owned).
+                let targets: Vec<ValueId> = reads.iter().copied().filter(|&v| needs[v]).collect();
+                let mut g_val = Some(g_val);
+                for (i, &v) in targets.iter().enumerate() {
+                    let contribution = if i + 1 == targets.len() {
+                        g_val.take().unwrap_or(Val::Empty)
+                    } else {
+                        match &g_val {
+                            Some(Val::Owned(t)) => Val::Owned(t.clone()),
+                            Some(Val::Node(k)) => Val::Node(*k),
+                            Some(Val::Given) => Val::Given,
+                            _ => Val::Empty,
+                        }
+                    };
+                    accumulate(&mut grads, v, contribution, &self.nodes)?;
+                }
             } else {
                 let parts = layer.backward_multi(g)?;
+                super::profile::record(t0, j, true);
                 if parts.len() != reads.len() {
                     return Err(internal(
                         "a layer returned the wrong number of input gradients",
@@ -506,6 +530,9 @@ impl Stateful for Model {
     }
 }
 
+/// Elements per rayon job of a gradient sum.
+const SUM_CHUNK: usize = 16 * 1024;
+
 /// Adds one reader's contribution to dL/dvalue `v`: the first contribution is kept where it is (a layer buffer
 /// or an owned tensor), a second one turns it into an owned sum.
 fn accumulate(grads: &mut [Val], v: ValueId, contribution: Val, nodes: &[Node]) -> Result<()> {
@@ -516,17 +543,36 @@ fn accumulate(grads: &mut [Val], v: ValueId, contribution: Val, nodes: &[Node]) 
         Val::Empty => *slot = contribution,
         prev => {
             let empty = Tensor::default();
-            let mut sum = match prev {
-                Val::Owned(t) => t,
-                other => resolve(&other, &empty, nodes, true)?.clone(),
-            };
             let add = resolve(&contribution, &empty, nodes, true)?;
-            if add.data.len() != sum.data.len() {
-                return Err(internal("gradients of one value differ in size"));
-            }
-            for (s, a) in sum.data.iter_mut().zip(&add.data) {
-                *s += a;
-            }
+            let differ = || internal("gradients of one value differ in size");
+            // `prev + add` either way (so the same bits); a buffer's value is summed into a new tensor in one
+            // pass rather than copied first.
+            let sum = match prev {
+                Val::Owned(mut t) => {
+                    if add.data.len() != t.data.len() {
+                        return Err(differ());
+                    }
+                    t.data
+                        .par_chunks_mut(SUM_CHUNK)
+                        .zip(add.data.par_chunks(SUM_CHUNK))
+                        .for_each(|(s, a)| s.iter_mut().zip(a).for_each(|(s, a)| *s += a));
+                    t
+                }
+                other => {
+                    let p = resolve(&other, &empty, nodes, true)?;
+                    if add.data.len() != p.data.len() {
+                        return Err(differ());
+                    }
+                    let data = p
+                        .data
+                        .par_iter()
+                        .zip(&add.data)
+                        .with_min_len(SUM_CHUNK)
+                        .map(|(p, a)| p + a)
+                        .collect();
+                    Tensor::new(data, p.shape.clone())
+                }
+            };
             *slot = Val::Owned(sum);
         }
     }

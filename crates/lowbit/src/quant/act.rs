@@ -1,5 +1,6 @@
 //! Activation quantizer: unsigned asymmetric codes with a tracked range, fake-quantized with
 //! [`qparams::fake_quantize`] exactly.
+use super::calibrate::Calibrator;
 use super::config::{ActMethod, QuantConfig};
 use super::{kernels, lsq, pact};
 use crate::error::{Error, Result};
@@ -70,6 +71,8 @@ pub struct ActQuantizer {
     features: usize,
     /// Quantization delay: forward is the identity, backward passes every gradient, nothing is tracked.
     bypassed: bool,
+    /// How PTQ chooses this range from the calibration samples (`None` outside PTQ).
+    calibrator: Option<Calibrator>,
 }
 
 impl Default for ActQuantizer {
@@ -93,6 +96,7 @@ impl Default for ActQuantizer {
             last_input: Vec::new(),
             features: 0,
             bypassed: false,
+            calibrator: None,
         }
     }
 }
@@ -166,6 +170,16 @@ impl ActQuantizer {
         self.last_input.clear();
         self.features = 0;
         self.clipped_fraction = 0.0;
+    }
+
+    /// Sets how PTQ chooses this quantizer's range (see [`super::ptq()`]); `None` outside PTQ.
+    pub fn set_calibrator(&mut self, c: Option<Calibrator>) {
+        self.calibrator = c;
+    }
+
+    /// How PTQ chooses (or chose) this quantizer's range, if it is calibrated by PTQ.
+    pub fn calibrator(&self) -> Option<Calibrator> {
+        self.calibrator
     }
 
     /// Which quantizer this is.

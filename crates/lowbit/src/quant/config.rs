@@ -1,4 +1,5 @@
 //! The quantizer spec chosen by the user (`--weight-bits`, `--act-bits`, `--quant-step`, ...).
+use super::calibrate::{Calibrator, WeightCalibration};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -115,8 +116,9 @@ impl std::fmt::Display for LayerSelector {
     }
 }
 
-/// A per-layer bit-width override (mixed precision), applied after [`QuantConfig::keep_first_last_8bit`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A per-layer override (mixed precision, PTQ calibrators), applied after
+/// [`QuantConfig::keep_first_last_8bit`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerQuant {
     /// The weight layer.
@@ -128,6 +130,12 @@ pub struct LayerQuant {
     /// float logits).
     #[serde(default)]
     pub act_bits: Option<u32>,
+    /// PTQ: calibrator of the activation quantizer on that layer's output (as `act_bits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibrator>,
+    /// PTQ: how that layer's min-max weight scales are chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_calibration: Option<WeightCalibration>,
 }
 
 /// Quantization spec of a model. `weight_bits` 2 means ternary and 1 binary; a `quant_step` overrides the bit
@@ -168,6 +176,15 @@ pub struct QuantConfig {
     /// Batch-norm folding in QAT (`--bn-fold`); ignored by PTQ, which folds with running statistics.
     #[serde(default)]
     pub bn_fold: BnFold,
+    /// PTQ: how activation ranges are chosen from the calibration samples (`--calibration`).
+    #[serde(default)]
+    pub calibration: Calibrator,
+    /// PTQ: how min-max weight scales are chosen (`--weight-calibration`).
+    #[serde(default)]
+    pub weight_calibration: WeightCalibration,
+    /// PTQ: empirical bias correction (`--bias-correction`, see [`super::ptq()`]).
+    #[serde(default)]
+    pub bias_correction: bool,
 }
 
 impl Default for QuantConfig {
@@ -187,6 +204,9 @@ impl Default for QuantConfig {
             pact_l2: 0.0,
             layers: Vec::new(),
             bn_fold: BnFold::default(),
+            calibration: Calibrator::MinMax,
+            weight_calibration: WeightCalibration::MinMax,
+            bias_correction: false,
         }
     }
 }
@@ -261,8 +281,53 @@ impl QuantConfig {
                 format!("must be finite and >= 0, got {}", self.pact_l2),
             ));
         }
+        if self.method != Method::Ptq && self.calibration != Calibrator::MinMax {
+            return Err(Error::option(
+                "--calibration",
+                format!(
+                    "{} calibrates PTQ ranges: it needs --method ptq (QAT tracks its ranges while training)",
+                    self.calibration
+                ),
+            ));
+        }
+        if self.bias_correction && self.method != Method::Ptq {
+            return Err(Error::option(
+                "--bias-correction",
+                "corrects PTQ biases on calibration samples: it needs --method ptq",
+            ));
+        }
+        if self.weight_calibration == WeightCalibration::Mse {
+            if self.method != Method::Ptq {
+                return Err(Error::option(
+                    "--weight-calibration",
+                    "mse chooses PTQ weight scales: it needs --method ptq",
+                ));
+            }
+            check_clippable("--weight-calibration", self.weight_kind(), self.weight_bits)?;
+        }
         for (i, l) in self.layers.iter().enumerate() {
             let key = format!("layers[{i}]");
+            if self.method != Method::Ptq
+                && (l.calibration.is_some() || l.weight_calibration.is_some())
+            {
+                let what = if l.calibration.is_some() {
+                    "calibration"
+                } else {
+                    "weight_calibration"
+                };
+                return Err(Error::option(
+                    format!("{key}.{what}"),
+                    "calibrators choose PTQ ranges: they need method = \"ptq\"",
+                ));
+            }
+            if l.weight_calibration == Some(WeightCalibration::Mse) {
+                let bits = l.weight_bits.unwrap_or(self.weight_bits);
+                check_clippable(
+                    &format!("{key}.weight_calibration"),
+                    self.with_weight_bits(bits).weight_kind(),
+                    bits,
+                )?;
+            }
             if let LayerSelector::Name(n) = &l.layer {
                 if n != "first" && n != "last" {
                     return Err(Error::option(
@@ -322,6 +387,26 @@ impl QuantConfig {
             (None, _) => WeightQuantKind::MinMax,
         }
     }
+}
+
+/// MSE weight clipping needs a min-max rule: a clipping range to shrink.
+fn check_clippable(key: &str, kind: WeightQuantKind, bits: u32) -> Result<()> {
+    if kind != WeightQuantKind::MinMax {
+        return Err(Error::option(
+            key,
+            format!(
+                "mse clips min-max weights (3..=8 bits, no --quant-step); {bits}-bit weights here are {}",
+                match kind {
+                    WeightQuantKind::FixedStep { .. } => "fixed step",
+                    WeightQuantKind::Ternary => "ternary",
+                    WeightQuantKind::Binary => "binary",
+                    WeightQuantKind::Lsq => "lsq",
+                    WeightQuantKind::MinMax => "min-max",
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_lsq_weight_bits(key: &str, bits: u32) -> Result<()> {

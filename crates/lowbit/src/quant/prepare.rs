@@ -1,4 +1,5 @@
-//! Wiring quantizers into a float graph: QAT preparation, PTQ calibration and batch-norm folding.
+//! Wiring quantizers into a float graph: QAT preparation (which PTQ starts from, see [`super::ptq()`]) and
+//! batch-norm folding.
 //!
 //! Where quantizers go follows from what the integer engine computes, not from positions in a list: every op that
 //! produces a new real value from codes (Dense, Conv2d, average pooling) yields accumulators that must be
@@ -13,7 +14,6 @@ use super::weight::WeightQuantizer;
 use crate::error::{Error, Result};
 use crate::nn::layer::QuantRole;
 use crate::nn::{Layer, Model, ValueId};
-use crate::tensor::Tensor;
 
 /// Whether a layer holds weights that the engine multiplies (Dense, Conv2d, and a conv with a merged batch norm).
 pub(crate) fn is_weight_layer(l: &Layer) -> bool {
@@ -284,50 +284,8 @@ pub fn fold_batchnorms(model: &mut Model) -> Result<()> {
     Ok(())
 }
 
-/// Post-training quantization: a copy of `model` with quantizers attached (as [`prepare_qat`]), activation
-/// ranges calibrated as the running min/max over `calibration` batches (at most `cfg.calibration_samples`
-/// samples; weights fake-quantized, activations observed unquantized), then frozen. Weights are rounded to
-/// nearest by the quantizers at every forward and at conversion. Batch norms are always folded with their
-/// running statistics (`cfg.bn_fold` is a QAT setting).
-pub fn ptq(model: &Model, cfg: &QuantConfig, calibration: &[Tensor]) -> Result<Model> {
-    let mut m = model.clone();
-    let cfg = &QuantConfig {
-        bn_fold: BnFold::Running,
-        ..cfg.clone()
-    };
-    prepare_qat(&mut m, cfg)?;
-    for q in act_quantizers_mut(&mut m) {
-        q.start_calibration();
-    }
-    let mut seen = 0usize;
-    for batch in calibration {
-        if seen >= cfg.calibration_samples {
-            break;
-        }
-        let take = batch.rows().min(cfg.calibration_samples - seen);
-        let x = if take == batch.rows() {
-            batch.clone()
-        } else {
-            let mut shape = batch.shape.clone();
-            shape[0] = take;
-            Tensor::new(batch.data[..take * batch.row_len()].to_vec(), shape)
-        };
-        m.forward(&x, false)?;
-        seen += take;
-    }
-    freeze_ranges(&mut m);
-    if m.layers()
-        .any(|l| matches!(l, Layer::ActQuant(q) if q.range().is_none()))
-    {
-        return Err(Error::MissingData(
-            "PTQ calibration saw no samples (empty or non-finite calibration data)".into(),
-        ));
-    }
-    Ok(m)
-}
-
 /// The activation quantizers of `model`, input quantizer included.
-fn act_quantizers_mut(model: &mut Model) -> impl Iterator<Item = &mut ActQuantizer> {
+pub(crate) fn act_quantizers_mut(model: &mut Model) -> impl Iterator<Item = &mut ActQuantizer> {
     model.layers_mut().filter_map(|l| match l {
         Layer::ActQuant(q) => Some(q),
         _ => None,

@@ -24,6 +24,14 @@ pub struct LayerQuantStats {
     pub weight_clipped_fraction: f64,
     /// Fraction of output activations clipped by this node's activation quantizer on the given batches.
     pub act_clipped_fraction: f64,
+    /// PTQ: how the weight scales were chosen (`minmax`, `mse`); `None` outside PTQ and for weights of
+    /// rules without a range (ternary, binary, fixed step).
+    #[serde(default)]
+    pub weight_calibration: Option<String>,
+    /// PTQ: how the output activation range was chosen (`minmax`, `percentile:P`, `mse`, `entropy`); `None`
+    /// outside PTQ and for the logits node.
+    #[serde(default)]
+    pub act_calibration: Option<String>,
 }
 
 /// `10 log10(signal energy / noise energy)`; infinite when the noise is zero, NaN when both are.
@@ -125,6 +133,18 @@ pub fn layer_quant_stats(model: &Model, batches: &[Tensor]) -> Result<Vec<LayerQ
             Layer::ActQuant(q) => Some(q.bits()),
             _ => None,
         });
+        let act_calibration = aq.and_then(|k| match &model.nodes[k].layer {
+            Layer::ActQuant(q) => q.calibrator().map(|c| c.to_string()),
+            _ => None,
+        });
+        let weight_calibration = match &node.layer {
+            Layer::Dense(d) => d.weight_quant.as_ref(),
+            Layer::Conv2d(c) => c.weight_quant.as_ref(),
+            Layer::ConvBn2d(c) => c.weight_quant(),
+            _ => None,
+        }
+        .and_then(|q| q.calibration())
+        .map(|c| c.to_string());
         rows.push((
             value.min(n),
             aq,
@@ -136,6 +156,8 @@ pub fn layer_quant_stats(model: &Model, batches: &[Tensor]) -> Result<Vec<LayerQ
                 act_sqnr_db: f64::NAN,
                 weight_clipped_fraction: w_clip,
                 act_clipped_fraction: 0.0,
+                weight_calibration,
+                act_calibration,
             },
         ));
     }

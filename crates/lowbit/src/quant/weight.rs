@@ -1,5 +1,6 @@
 //! Weight quantizers. [`WeightQuantizer::quantize`] is the single source of weight codes: QAT's fake-quant
 //! forward (`code * scale`) and the conversion to the runtime model both call it, so they agree by construction.
+use super::calibrate::WeightCalibration;
 use super::config::{QuantConfig, WeightQuantKind};
 use super::kernels;
 use super::lsq;
@@ -82,6 +83,10 @@ pub struct WeightQuantizer {
     scratch: Scratch,
     /// Quantization delay: forward passes the float weights, backward the whole gradient, steps get none.
     bypassed: bool,
+    /// Min-max: clipping ratio per group (scale `c max|w| / qmax`); empty means 1 (nothing clipped).
+    clip: Vec<f32>,
+    /// How PTQ chose the scale (`None` outside PTQ), for reports.
+    calibration: Option<WeightCalibration>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -109,6 +114,8 @@ impl Default for WeightQuantizer {
             fast_len: None,
             scratch: Scratch::default(),
             bypassed: false,
+            clip: Vec::new(),
+            calibration: None,
         }
     }
 }
@@ -243,6 +250,47 @@ impl WeightQuantizer {
         }
     }
 
+    /// Min-max only: clips each group (the tensor, or each output row when per channel) at `ratio` times its
+    /// largest magnitude, so `scale = ratio max|w| / qmax` and larger weights take the extreme code (PTQ's MSE
+    /// weight calibration). Each ratio must be in `(0, 1]`; an empty list restores plain min-max. A list
+    /// whose length does not match the weights' groups at quantization is ignored.
+    pub fn set_clip(&mut self, ratios: Vec<f32>) -> Result<()> {
+        if self.kind != WeightQuantKind::MinMax && !ratios.is_empty() {
+            return Err(Error::option(
+                "--weight-calibration",
+                "clipping applies to min-max weights (3..=8 bits, no --quant-step)",
+            ));
+        }
+        if let Some(r) = ratios
+            .iter()
+            .find(|r| !(r.is_finite() && **r > 0.0 && **r <= 1.0))
+        {
+            return Err(Error::option(
+                "--weight-calibration",
+                format!("a clipping ratio must be in (0, 1], got {r}"),
+            ));
+        }
+        self.clip = ratios;
+        self.inside.clear();
+        self.fast_len = None;
+        Ok(())
+    }
+
+    /// The clipping ratios set by [`set_clip`](Self::set_clip) (empty: none).
+    pub fn clip(&self) -> &[f32] {
+        &self.clip
+    }
+
+    /// Records how PTQ chose this quantizer's scale (reports only; [`set_clip`](Self::set_clip) does the work).
+    pub fn set_calibration(&mut self, c: Option<WeightCalibration>) {
+        self.calibration = c;
+    }
+
+    /// How PTQ chose the scale, if this quantizer was calibrated by PTQ.
+    pub fn calibration(&self) -> Option<WeightCalibration> {
+        self.calibration
+    }
+
     /// Fraction of zero codes in the last forward (the ternary / low-bit dead zone).
     pub fn zero_fraction(&self) -> f32 {
         self.zero_fraction
@@ -362,7 +410,12 @@ impl WeightQuantizer {
         if self.bypassed {
             return self.forward_bypassed(w, out);
         }
-        if w.is_empty() || out.len() != w.len() || rows.checked_mul(cols) != Some(w.len()) {
+        // Clipped min-max needs the STE mask, which only the reference path keeps.
+        if w.is_empty()
+            || out.len() != w.len()
+            || rows.checked_mul(cols) != Some(w.len())
+            || !self.clip.is_empty()
+        {
             return self.forward_generic(w, rows, cols, out);
         }
         let n = w.len();
@@ -666,27 +719,34 @@ impl WeightQuantizer {
         } else {
             ZERO_TENSOR_SCALE
         };
+        let clip = (self.clip.len() == ngroups).then_some(self.clip.as_slice());
         let mut scales = Vec::with_capacity(ngroups);
         let mut codes = Vec::with_capacity(w.len());
-        for g in group_chunks(w, ngroups, group_len) {
-            let s = max_abs(g) / qmax as f32;
+        let mut inside = Vec::with_capacity(w.len());
+        for (i, g) in group_chunks(w, ngroups, group_len).enumerate() {
+            let s = match clip {
+                Some(c) => max_abs(g) * c[i] / qmax as f32,
+                None => max_abs(g) / qmax as f32,
+            };
             let s = if s.is_normal() { s } else { fallback };
             let qp = QParams {
                 scale: s,
                 zero_point: 0,
             };
-            codes.extend(
-                g.iter()
-                    .map(|&x| qparams::quantize(x, qp, -qmax, qmax) as i8),
-            );
+            for &x in g {
+                let wide = qparams::quantize(x, qp, -(1 << 30), 1 << 30);
+                inside.push(wide.abs() <= qmax);
+                codes.push(wide.clamp(-qmax, qmax) as i8);
+            }
             scales.push(s);
         }
+        let clipped = inside.iter().filter(|&&i| !i).count();
         WeightCodes {
             codes,
             scales,
             bits: self.config_bits,
-            inside: vec![true; w.len()],
-            clipped: 0,
+            inside,
+            clipped,
         }
     }
 

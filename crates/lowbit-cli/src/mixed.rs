@@ -1,0 +1,325 @@
+//! `lowbit mixed`: per-layer weight bits for a budget, chosen exactly over each layer's measured (or
+//! Hessian-predicted) cost, written as a config file, then quantized and measured on the integer engine beside
+//! every uniform allocation.
+use crate::commands::{load_data, load_float_model, pct, write_model_report, Bars};
+use crate::ui::Table;
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use lowbit::allocate::{self, Budget, Cost};
+use lowbit::config_file::{FileConfig, MethodName, QuantSection};
+use lowbit::pipeline::{self, RunConfig};
+use lowbit::quant::{Method, QuantConfig};
+use lowbit::sensitivity::{self, SensitivityConfig};
+use lowbit::train::TrainConfig;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What the allocation minimises.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostArg {
+    /// The cross-entropy each layer adds on the engine when only it is lowered (one PTQ per layer and width).
+    Measured,
+    /// HAWQ's Hessian-trace prediction tr(H)/n * ||Q(W) - W||^2 (no per-layer quantized runs needed for it).
+    Hessian,
+}
+
+/// Arguments of `lowbit mixed`.
+#[derive(Args, Debug, Clone)]
+pub struct MixedArgs {
+    /// Trained float model file.
+    model: PathBuf,
+    #[command(flatten)]
+    data: crate::DataArg,
+    /// Average stored weight bits (packed as the engine stores them: 3 bits take 4) at most this.
+    #[arg(long, value_name = "BITS", allow_negative_numbers = true)]
+    budget_bits: Option<f64>,
+    /// Packed weight bytes at most this.
+    #[arg(long, value_name = "BYTES")]
+    budget_bytes: Option<u64>,
+    /// The smallest allocation whose predicted accuracy drop (the sum of the layers' measured drops) is at most
+    /// this many percentage points.
+    #[arg(long, value_name = "PP", allow_negative_numbers = true)]
+    max_drop: Option<f64>,
+    /// Candidate weight bit widths per layer besides 8, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    bits: Vec<u32>,
+    /// Activation bits of every layer.
+    #[arg(long, default_value_t = 8)]
+    act_bits: u32,
+    /// What the allocation minimises under a size budget.
+    #[arg(long, value_enum, default_value_t = CostArg::Measured)]
+    cost: CostArg,
+    /// Test images per sensitivity measurement (default: the whole test set; the final model is always
+    /// measured on all of it).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Write the allocation as a config file (`train --config FILE --init MODEL` reruns it, or fine-tunes it with
+    /// `--method qat`); .toml or .json.
+    #[arg(long, value_name = "FILE")]
+    out_config: Option<PathBuf>,
+    /// Write the quantized model (.lbq).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write everything as JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+/// Runs `lowbit mixed`.
+pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
+    let t0 = Instant::now();
+    let given = [
+        a.budget_bits.is_some(),
+        a.budget_bytes.is_some(),
+        a.max_drop.is_some(),
+    ];
+    if given.iter().filter(|&&g| g).count() != 1 {
+        bail!("give exactly one of --budget-bits, --budget-bytes and --max-drop");
+    }
+    if let Some(b) = a.budget_bits {
+        if !(b.is_finite() && b > 0.0 && b <= 8.0) {
+            bail!("--budget-bits: {b} is not in (0, 8]");
+        }
+    }
+    if let Some(d) = a.max_drop {
+        if !(d.is_finite() && d >= 0.0) {
+            bail!("--max-drop: {d} must be a finite number >= 0");
+        }
+    }
+    if let Some(p) = &a.out_config {
+        match p.extension().and_then(|e| e.to_str()) {
+            Some("toml" | "json") => {}
+            _ => bail!("{}: --out-config must end in .toml or .json", p.display()),
+        }
+    }
+    let mut bits: Vec<u32> = a.bits.iter().copied().filter(|&b| b != 8).collect();
+    bits.sort_unstable();
+    bits.dedup();
+    let base = QuantConfig {
+        weight_bits: 8,
+        act_bits: a.act_bits,
+        method: Method::Ptq,
+        ..QuantConfig::default()
+    };
+    let scfg = SensitivityConfig {
+        base: base.clone(),
+        bits: bits.clone(),
+        activations: false,
+        test_samples: a.samples.unwrap_or(usize::MAX),
+        hessian_iters: if a.cost == CostArg::Hessian { 32 } else { 0 },
+        ..SensitivityConfig::default()
+    };
+    if !bits.is_empty() {
+        scfg.validate()?;
+    }
+    base.validate()?;
+    let model = load_float_model(&a.model)?;
+    let split = load_data(&a.data.data, &a.data, model.normalization.clone())?;
+
+    let bar = crate::ui::bar(0, "sensitivity", quiet);
+    let sens = if bits.is_empty() {
+        None
+    } else {
+        Some(sensitivity::analyse(
+            &model,
+            &split,
+            &scfg,
+            &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            },
+        )?)
+    };
+    bar.finish_and_clear();
+    let Some(sens) = sens else {
+        bail!("--bits: give at least one width other than 8");
+    };
+    let cost = match (a.max_drop.is_some(), a.cost) {
+        (true, _) => Cost::MeasuredDrop,
+        (false, CostArg::Measured) => Cost::MeasuredLoss,
+        (false, CostArg::Hessian) => Cost::Hessian,
+    };
+    let layers = allocate::layer_choices(&sens, cost)?;
+    let total_weights: usize = sens.layers.iter().map(|l| l.weights).sum();
+    let budget = match (a.budget_bits, a.budget_bytes, a.max_drop) {
+        (Some(b), _, _) => Budget::Bytes((b * total_weights as f64 / 8.0).floor() as u64),
+        (_, Some(n), _) => Budget::Bytes(n),
+        (_, _, Some(d)) => Budget::MaxCost(d),
+        _ => unreachable!("exactly one budget was checked above"),
+    };
+    let t_solve = Instant::now();
+    let alloc = allocate::solve(&layers, budget)?;
+    let solve_ms = t_solve.elapsed().as_secs_f64() * 1e3;
+
+    let run = |q: QuantConfig, bars: &mut Bars| {
+        let cfg = RunConfig {
+            data: a.data.data.clone(),
+            model: model.spec.clone(),
+            train: TrainConfig::default(),
+            quant: Some(q),
+            init: None,
+            baseline: false,
+        };
+        pipeline::run(&cfg, &split, Some(&model), None, &mut |e| bars.handle(e))
+    };
+    let mut bars = Bars::new(true);
+    let chosen_cfg = alloc.quant_config(&base);
+    let chosen = run(chosen_cfg.clone(), &mut bars)?;
+    let predicted_drop = alloc.predicted_drop_pp(&sens);
+
+    println!(
+        "lowbit mixed: {} ({}) on {}, A{} PTQ, {} weight layers, {} weights; budget {}",
+        a.model.display(),
+        model.spec,
+        a.data.data,
+        a.act_bits,
+        sens.layers.len(),
+        total_weights,
+        match budget {
+            Budget::Bytes(b) => format!(
+                "{b} packed weight bytes ({:.2} bits per weight)",
+                b as f64 * 8.0 / total_weights as f64
+            ),
+            Budget::MaxCost(d) => format!("a predicted drop of at most {d} pp"),
+        }
+    );
+    let mut t = Table::new(&["#", "layer", "weights", "bits", "bytes", "cost"]);
+    for ((l, &k), choices) in sens.layers.iter().zip(&alloc.choice).zip(&layers) {
+        t.row(vec![
+            l.index.to_string(),
+            l.name.clone(),
+            l.weights.to_string(),
+            choices[k].bits.to_string(),
+            choices[k].bytes.to_string(),
+            format!("{:.4}", choices[k].cost),
+        ]);
+    }
+    println!();
+    print!("{}", t.render());
+    println!(
+        "\nSolved exactly over {} allocations on the frontier in {solve_ms:.1} ms. Weight bytes {} ({:.2} bits per \
+         weight).",
+        allocate::frontier(&layers)?.len(),
+        alloc.bytes,
+        alloc.bytes as f64 * 8.0 / total_weights as f64
+    );
+
+    // The uniform allocations beside it, each measured the same way.
+    let mut cmp = Table::new(&[
+        "allocation",
+        "weight bytes",
+        "bits/weight",
+        "accuracy",
+        "vs f32",
+        "model bytes",
+    ]);
+    let f32_acc = sens.float_accuracy;
+    let chosen_acc = chosen.report.test_accuracy;
+    let mut uniform = Vec::new();
+    for &b in bits.iter().chain(std::iter::once(&8)) {
+        let bytes: u64 = layers
+            .iter()
+            .map(|c| c.iter().find(|ch| ch.bits == b).map_or(0, |ch| ch.bytes))
+            .sum();
+        let out = run(
+            QuantConfig {
+                weight_bits: b,
+                ..base.clone()
+            },
+            &mut bars,
+        )?;
+        uniform.push((b, bytes, out.report.test_accuracy, out.report.model_bytes));
+    }
+    for &(b, bytes, acc, mb) in &uniform {
+        cmp.row(vec![
+            format!("uniform W{b}A{}", a.act_bits),
+            bytes.to_string(),
+            format!("{:.2}", bytes as f64 * 8.0 / total_weights as f64),
+            pct(acc),
+            format!("{:+.2} pp", (acc - f32_acc) * 100.0),
+            mb.to_string(),
+        ]);
+    }
+    cmp.row(vec![
+        "mixed (this)".into(),
+        alloc.bytes.to_string(),
+        format!("{:.2}", alloc.bytes as f64 * 8.0 / total_weights as f64),
+        pct(chosen_acc),
+        format!("{:+.2} pp", (chosen_acc - f32_acc) * 100.0),
+        chosen.report.model_bytes.to_string(),
+    ]);
+    println!();
+    print!("{}", cmp.render());
+    let best_uniform = uniform
+        .iter()
+        .filter(|u| u.1 <= alloc.bytes)
+        .max_by(|x, y| x.2.total_cmp(&y.2));
+    println!(
+        "\nf32 {:.2}%. Predicted accuracy (all-8-bit {:.2}% minus the layers' measured drops) {:.2}%, measured on \
+         the integer engine {:.2}% ({} engine/simulation mismatches).",
+        f32_acc * 100.0,
+        sens.base_accuracy * 100.0,
+        (sens.base_accuracy * 100.0 - predicted_drop),
+        chosen_acc * 100.0,
+        chosen.report.engine_simulation_mismatches.unwrap_or(0)
+    );
+    match best_uniform {
+        Some(&(b, _, acc, _)) => println!(
+            "Best uniform allocation of equal or smaller size: W{b} at {:.2}% ({:+.2} pp for the mixed one).",
+            acc * 100.0,
+            (chosen_acc - acc) * 100.0
+        ),
+        None => println!("No uniform allocation is this small."),
+    }
+    if let Some(path) = &a.out_config {
+        let fc = FileConfig {
+            model: Some(model.spec.clone()),
+            data: Some(a.data.data.clone()),
+            quantization: Some(QuantSection {
+                weight_bits: Some(8),
+                act_bits: Some(a.act_bits),
+                per_channel: Some(base.per_channel),
+                method: Some(MethodName::Ptq),
+                layers: chosen_cfg.layers.clone(),
+                ..QuantSection::default()
+            }),
+            ..FileConfig::default()
+        };
+        let text = match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => serde_json::to_string_pretty(&fc)?,
+            _ => format!(
+                "# Written by `lowbit mixed` for {} ({}). Rerun: lowbit train --config {} --init {}\n{}",
+                a.model.display(),
+                model.spec,
+                path.display(),
+                a.model.display(),
+                fc.to_toml()?
+            ),
+        };
+        lowbit::modelfile::write_atomic(path, text.as_bytes())?;
+        println!("config written to {}", path.display());
+    }
+    if let Some(path) = &a.out {
+        if let Some(qm) = &chosen.quant_model {
+            lowbit_runtime::format::save(qm, path)?;
+            println!("model written to {}", path.display());
+        }
+    }
+    if let Some(path) = &a.report {
+        let fields = serde_json::json!({
+            "budget": budget,
+            "allocation": alloc,
+            "predicted_drop_pp": predicted_drop,
+            "measured_accuracy": chosen_acc,
+            "float_accuracy": f32_acc,
+            "uniform": uniform.iter().map(|&(b, bytes, acc, mb)| serde_json::json!({
+                "bits": b, "weight_bytes": bytes, "accuracy": acc, "model_bytes": mb
+            })).collect::<Vec<_>>(),
+            "sensitivity": sens,
+            "report": chosen.report,
+        });
+        write_model_report(path, &a.model, &model.spec, &a.data.data, fields)?;
+    }
+    println!("Total {:.1}s.", t0.elapsed().as_secs_f64());
+    Ok(())
+}

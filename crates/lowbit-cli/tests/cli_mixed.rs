@@ -1,0 +1,141 @@
+//! `lowbit mixed`: the allocation meets its budget, is written as a config that `train --config` reruns to the
+//! same engine accuracy, and impossible or malformed budgets fail with one line before any work.
+use serde_json::Value;
+use tempfile::TempDir;
+
+mod common;
+use common::{run_err, run_ok};
+
+fn train_lenet(dir: &std::path::Path) {
+    run_ok(
+        dir,
+        &[
+            "train", "--model", "lenet5", "--epochs", "1", "--out", "m.f32",
+        ],
+    );
+}
+
+#[test]
+fn a_bit_budget_is_met_and_the_written_config_reproduces_the_measured_accuracy() {
+    let dir = TempDir::new().unwrap();
+    train_lenet(dir.path());
+    let out = run_ok(
+        dir.path(),
+        &[
+            "mixed",
+            "m.f32",
+            "--budget-bits",
+            "3",
+            "--bits",
+            "2,4",
+            "--samples",
+            "300",
+            "--out-config",
+            "a.toml",
+            "--report",
+            "r.json",
+            "--out",
+            "m.lbq",
+        ],
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    let bits: Vec<u64> = r["allocation"]["bits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap())
+        .collect();
+    assert_eq!(bits.len(), 5, "{out}");
+    assert!(bits.iter().all(|b| [2, 4, 8].contains(b)), "{bits:?}");
+    let weights: u64 = r["sensitivity"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["weights"].as_u64().unwrap())
+        .sum();
+    let bytes = r["allocation"]["bytes"].as_u64().unwrap();
+    assert!(
+        bytes * 8 <= 3 * weights,
+        "{bytes} bytes for {weights} weights"
+    );
+    // Never worse than the uniform allocation it could have been (2 bits everywhere fits any 3-bit budget).
+    let uniform2 = r["uniform"][0]["accuracy"].as_f64().unwrap();
+    let measured = r["measured_accuracy"].as_f64().unwrap();
+    assert_eq!(r["uniform"][0]["bits"], 2);
+    assert!(
+        measured >= uniform2,
+        "mixed {measured} < uniform W2 {uniform2}"
+    );
+    // The config file reruns to the same engine accuracy.
+    let rerun = run_ok(
+        dir.path(),
+        &[
+            "train", "--config", "a.toml", "--init", "m.f32", "--report", "t.json",
+        ],
+    );
+    let t: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("t.json")).unwrap()).unwrap();
+    assert_eq!(t["test_accuracy"], r["measured_accuracy"], "{rerun}");
+    assert!(dir.path().join("m.lbq").exists());
+}
+
+#[test]
+fn impossible_and_malformed_budgets_fail_with_one_line_and_write_nothing() {
+    let dir = TempDir::new().unwrap();
+    for (args, fragment) in [
+        (vec!["mixed", "none.f32"], "exactly one"),
+        (
+            vec!["mixed", "none.f32", "--budget-bits", "3", "--max-drop", "1"],
+            "exactly one",
+        ),
+        (
+            vec!["mixed", "none.f32", "--budget-bits", "0"],
+            "--budget-bits",
+        ),
+        (
+            vec!["mixed", "none.f32", "--budget-bits", "9"],
+            "--budget-bits",
+        ),
+        (
+            vec!["mixed", "none.f32", "--max-drop", "-0.5"],
+            "--max-drop",
+        ),
+        (
+            vec!["mixed", "none.f32", "--max-drop", "1", "--bits", "12"],
+            "--weight-bits",
+        ),
+        (
+            vec![
+                "mixed",
+                "none.f32",
+                "--max-drop",
+                "1",
+                "--out-config",
+                "a.yaml",
+            ],
+            "--out-config",
+        ),
+    ] {
+        run_err(dir.path(), &args, &[fragment]);
+    }
+    train_lenet(dir.path());
+    // 1 bit per weight is below what 2-bit layers can store.
+    run_err(
+        dir.path(),
+        &[
+            "mixed",
+            "m.f32",
+            "--budget-bits",
+            "1",
+            "--bits",
+            "2,4",
+            "--samples",
+            "100",
+            "--out-config",
+            "a.toml",
+        ],
+        &["--budget", "smallest needs"],
+    );
+    assert!(!dir.path().join("a.toml").exists());
+}

@@ -1,0 +1,330 @@
+//! Automatic mixed precision: per-layer weight bit widths for a size budget or an accuracy budget, chosen
+//! exactly over per-layer costs ([`crate::sensitivity`]) by dynamic programming over the Pareto frontier of
+//! (bytes, cost).
+//!
+//! Layer by layer, every partial allocation that no other beats on both bytes and summed cost is kept; the
+//! frontier after the last layer holds the best cost for every reachable size, so a budget picks its answer
+//! from it exactly (no relaxation, no solver binary). Sizes are whole bytes of packed weights as the engine
+//! stores them (3 bits in 4-bit containers, 5-7 in bytes: a 3-bit layer costs what a 4-bit one does).
+use crate::error::{Error, Result};
+use crate::quant::{LayerQuant, LayerSelector, QuantConfig};
+use crate::sensitivity::Sensitivity;
+use lowbit_runtime::pack::{row_bytes, Packing};
+use serde::Serialize;
+
+/// Which per-layer cost of a [`Sensitivity`] an allocation minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Cost {
+    /// The engine's cross-entropy increase with only that layer lowered.
+    MeasuredLoss,
+    /// The engine's accuracy drop (percentage points) with only that layer lowered: an accuracy budget.
+    MeasuredDrop,
+    /// HAWQ's Hessian prediction (needs the Hessian estimate).
+    Hessian,
+}
+
+/// Each weight layer's candidates: 8 bits at zero cost (the reference every cost is measured against), then
+/// every bit width the sensitivity analysis tried.
+pub fn layer_choices(sens: &Sensitivity, cost: Cost) -> Result<Vec<Vec<Choice>>> {
+    sens.layers
+        .iter()
+        .map(|l| {
+            let cols = l.weights / l.rows.max(1);
+            let mut c = vec![Choice {
+                bits: 8,
+                bytes: weight_bytes(8, l.rows, cols)?,
+                cost: 0.0,
+            }];
+            for k in l.costs.iter().filter(|k| k.bits != 8) {
+                let value = match cost {
+                    Cost::MeasuredLoss => k.weight_loss_delta,
+                    Cost::MeasuredDrop => k.weight_drop_pp,
+                    Cost::Hessian => k.predicted.ok_or_else(|| {
+                        Error::option(
+                            "--cost",
+                            "hessian needs the Hessian estimate (hessian_iters > 0)",
+                        )
+                    })?,
+                };
+                c.push(Choice {
+                    bits: k.bits,
+                    bytes: weight_bytes(k.bits, l.rows, cols)?,
+                    cost: value,
+                });
+            }
+            Ok(c)
+        })
+        .collect()
+}
+
+impl Allocation {
+    /// `base` with every weight layer's bits set as allocated (per-layer overrides, by weight-layer index).
+    pub fn quant_config(&self, base: &QuantConfig) -> QuantConfig {
+        QuantConfig {
+            layers: self
+                .bits
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| LayerQuant {
+                    layer: LayerSelector::Index(i as i64),
+                    weight_bits: Some(b),
+                    act_bits: None,
+                    calibration: None,
+                    weight_calibration: None,
+                })
+                .collect(),
+            ..base.clone()
+        }
+    }
+
+    /// The sum of the layers' measured accuracy drops for this allocation (the additive prediction).
+    pub fn predicted_drop_pp(&self, sens: &Sensitivity) -> f64 {
+        self.bits
+            .iter()
+            .zip(&sens.layers)
+            .map(|(&b, l)| {
+                l.costs
+                    .iter()
+                    .find(|c| c.bits == b)
+                    .map_or(0.0, |c| c.weight_drop_pp)
+            })
+            .sum()
+    }
+}
+
+/// One candidate of one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Choice {
+    /// Weight bits.
+    pub bits: u32,
+    /// Packed weight bytes at those bits.
+    pub bytes: u64,
+    /// The cost minimised (loss increase, or the Hessian prediction), additive over layers.
+    pub cost: f64,
+}
+
+/// Packed bytes of a `rows x cols` weight matrix at `bits` (rows padded to whole bytes, as stored).
+pub fn weight_bytes(bits: u32, rows: usize, cols: usize) -> Result<u64> {
+    let packing = Packing::for_bits(bits).map_err(|e| Error::option("--bits", e.to_string()))?;
+    Ok((rows * row_bytes(packing, cols)) as u64)
+}
+
+/// What the allocation must meet.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum Budget {
+    /// Packed weight bytes at most this.
+    Bytes(u64),
+    /// Summed cost at most this (with costs in accuracy points: an accuracy budget); the smallest allocation
+    /// within it.
+    MaxCost(f64),
+}
+
+/// A chosen allocation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Allocation {
+    /// Index into each layer's choices.
+    pub choice: Vec<usize>,
+    /// Bits per layer.
+    pub bits: Vec<u32>,
+    /// Packed weight bytes.
+    pub bytes: u64,
+    /// Summed cost.
+    pub cost: f64,
+}
+
+/// The exact (bytes, cost) Pareto frontier of every allocation, smallest first (cost strictly falling).
+pub fn frontier(layers: &[Vec<Choice>]) -> Result<Vec<Allocation>> {
+    if let Some(l) = layers.iter().position(Vec::is_empty) {
+        return Err(Error::option(
+            "--bits",
+            format!("weight layer {l} has no candidate bit width"),
+        ));
+    }
+    // (bytes, cost, back-pointer into the previous frontier, choice), per layer.
+    let mut levels: Vec<Vec<(u64, f64, usize, usize)>> = Vec::with_capacity(layers.len());
+    let mut current: Vec<(u64, f64, usize, usize)> = vec![(0, 0.0, 0, 0)];
+    for choices in layers {
+        let mut next: Vec<(u64, f64, usize, usize)> = current
+            .iter()
+            .enumerate()
+            .flat_map(|(p, &(b, c, _, _))| {
+                choices
+                    .iter()
+                    .enumerate()
+                    .map(move |(k, ch)| (b + ch.bytes, c + ch.cost, p, k))
+            })
+            .collect();
+        next.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)));
+        let mut kept: Vec<(u64, f64, usize, usize)> = Vec::with_capacity(next.len());
+        for s in next {
+            if kept.last().is_none_or(|k| s.1 < k.1) {
+                kept.push(s);
+            }
+        }
+        levels.push(std::mem::replace(&mut current, kept.clone()));
+        current = kept;
+    }
+    levels.push(current);
+    let last = levels.len() - 1;
+    Ok((0..levels[last].len())
+        .map(|i| {
+            let mut choice = vec![0; layers.len()];
+            let mut at = i;
+            for l in (0..layers.len()).rev() {
+                let (_, _, p, k) = levels[l + 1][at];
+                choice[l] = k;
+                at = p;
+            }
+            let (bytes, cost, _, _) = levels[last][i];
+            Allocation {
+                bits: choice.iter().zip(layers).map(|(&k, c)| c[k].bits).collect(),
+                choice,
+                bytes,
+                cost,
+            }
+        })
+        .collect())
+}
+
+/// The allocation that meets `budget` best: the least cost within a byte budget, or the fewest bytes within a
+/// cost budget. An impossible budget is an error that says what the closest allocation needs.
+pub fn solve(layers: &[Vec<Choice>], budget: Budget) -> Result<Allocation> {
+    let front = frontier(layers)?;
+    match budget {
+        Budget::Bytes(max) => front
+            .iter()
+            .rev()
+            .find(|a| a.bytes <= max)
+            .cloned()
+            .ok_or_else(|| {
+                Error::option(
+                    "--budget-bits/--budget-bytes",
+                    format!(
+                        "no allocation fits in {max} weight bytes; the smallest needs {}",
+                        front.first().map_or(0, |a| a.bytes)
+                    ),
+                )
+            }),
+        Budget::MaxCost(max) => front
+            .iter()
+            .find(|a| a.cost <= max + 1e-12)
+            .cloned()
+            .ok_or_else(|| {
+                Error::option(
+                    "--max-drop",
+                    format!(
+                        "no allocation stays within {max}; the best one predicts {:.3}",
+                        front.last().map_or(0.0, |a| a.cost)
+                    ),
+                )
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brute_force(layers: &[Vec<Choice>], budget: Budget) -> Option<(u64, f64)> {
+        let mut best: Option<(u64, f64)> = None;
+        let total: usize = layers.iter().map(Vec::len).product();
+        for mut code in 0..total {
+            let (mut b, mut c) = (0u64, 0.0f64);
+            for choices in layers {
+                let ch = choices[code % choices.len()];
+                code /= choices.len();
+                b += ch.bytes;
+                c += ch.cost;
+            }
+            let better = match (budget, best) {
+                (Budget::Bytes(m), _) if b > m => false,
+                (Budget::MaxCost(m), _) if c > m + 1e-12 => false,
+                (_, None) => true,
+                (Budget::Bytes(_), Some((_, bc))) => c < bc,
+                (Budget::MaxCost(_), Some((bb, _))) => b < bb,
+            };
+            if better {
+                best = Some((b, c));
+            }
+        }
+        best
+    }
+
+    fn layers(seed: u64) -> Vec<Vec<Choice>> {
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..6)
+            .map(|_| {
+                let n = 1 + (rng.next_u64() % 400) as usize;
+                [2u32, 3, 4, 8]
+                    .iter()
+                    .map(|&bits| Choice {
+                        bits,
+                        bytes: weight_bytes(bits, n, 9).unwrap(),
+                        cost: f64::from(rng.uniform()) / f64::from(bits),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_frontier_solution_equals_brute_force_on_random_layers_and_budgets() {
+        for seed in 0..20 {
+            let l = layers(seed);
+            let front = frontier(&l).unwrap();
+            let (lo, hi) = (front[0].bytes, front.last().unwrap().bytes);
+            for k in 0..=10 {
+                let budget = Budget::Bytes(lo + (hi - lo) * k / 10);
+                let a = solve(&l, budget).unwrap();
+                let (_, c) = brute_force(&l, budget).unwrap();
+                assert!((a.cost - c).abs() < 1e-12, "seed {seed} {budget:?}");
+                let recomputed: u64 = a.choice.iter().zip(&l).map(|(&k, ch)| ch[k].bytes).sum();
+                assert_eq!(recomputed, a.bytes);
+                let max = front.last().unwrap().cost
+                    + (front[0].cost - front.last().unwrap().cost) * k as f64 / 10.0;
+                let a = solve(&l, Budget::MaxCost(max)).unwrap();
+                let (b, _) = brute_force(&l, Budget::MaxCost(max)).unwrap();
+                assert_eq!(a.bytes, b, "seed {seed} max cost {max}");
+            }
+        }
+    }
+
+    #[test]
+    fn impossible_budgets_are_errors_that_name_the_option_and_the_nearest_allocation() {
+        let l = layers(3);
+        let smallest = frontier(&l).unwrap()[0].bytes;
+        let e = solve(&l, Budget::Bytes(smallest - 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--budget") && e.contains(&smallest.to_string()),
+            "{e}"
+        );
+        let e = solve(&l, Budget::MaxCost(-1.0)).unwrap_err().to_string();
+        assert!(e.contains("--max-drop"), "{e}");
+        assert!(frontier(&[vec![]]).is_err());
+    }
+
+    #[test]
+    fn fifty_layers_solve_in_well_under_a_second() {
+        let mut rng = crate::rng::Rng::new(9);
+        let l: Vec<Vec<Choice>> = (0..50)
+            .map(|_| {
+                let n = 16 + (rng.next_u64() % 600) as usize;
+                [2u32, 3, 4, 5, 6, 8]
+                    .iter()
+                    .map(|&bits| Choice {
+                        bits,
+                        bytes: weight_bytes(bits, n, 27).unwrap(),
+                        cost: f64::from(rng.uniform()) * 2f64.powi(-(bits as i32)),
+                    })
+                    .collect()
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        let front = frontier(&l).unwrap();
+        let mid = (front[0].bytes + front.last().unwrap().bytes) / 2;
+        solve(&l, Budget::Bytes(mid)).unwrap();
+        assert!(t.elapsed().as_secs_f64() < 1.0, "{:?}", t.elapsed());
+    }
+}
