@@ -1155,6 +1155,14 @@ fn time_pair(
     Ok((timing(fs), timing(is)))
 }
 
+/// Peak resident set of this process in KiB: the kernel's high-water mark `VmHWM` (Linux), which the peer scripts
+/// read too (`getrusage`'s `ru_maxrss` would carry a parent's peak across `execve`).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// `lowbit bench`.
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let qm = match modelfile::load_any(&a.model)? {
@@ -1183,17 +1191,15 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         "mean speed-up",
     ]);
     for &b in &a.batch {
-        // The embedded sample's images when they fit the model; seeded random pixels otherwise (colour and
-        // other sizes: the engine's time does not depend on the pixel values).
-        let pixels: Vec<u8> = if split.test.image_len() == per {
-            (0..b)
-                .flat_map(|i| split.test.image(i % split.test.n).to_vec())
-                .collect()
-        } else {
-            let mut rng = lowbit::rng::Rng::new(1);
-            (0..b * per).map(|_| rng.below(256) as u8).collect()
-        };
+        // Sample images centred in the model's input and repeated over its channels (the images themselves when
+        // the model takes 28x28x1), normalised and coded as the model says.
         let shape = [qm.input.channels, qm.input.height, qm.input.width];
+        let mut pixels = Vec::with_capacity(b * per);
+        for i in 0..b {
+            split
+                .test
+                .fitted_image(i % split.test.n, shape, &mut pixels);
+        }
         let mut x = Vec::with_capacity(pixels.len());
         data::pixels_to_input(&pixels, shape, qm.normalization.as_ref(), &mut x);
         let xt = lowbit::tensor::Tensor::new(x, vec![b, shape[0], shape[1], shape[2]]);
@@ -1237,6 +1243,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         println!("  {path}");
     }
     print!("{}", t.render());
+    match peak_rss_kib() {
+        Some(kib) => println!(
+            "peak RSS: {:.1} MiB (this process: f32 model, engine, sample data, both sides' buffers)",
+            kib as f64 / 1024.0
+        ),
+        None => println!("peak RSS: unavailable (no /proc/self/status)"),
+    }
     println!(
         "samples/s and latency: best of {BENCH_WINDOWS} windows of {:.2} s each, f32 and engine windows \
          alternating (the peer scripts' estimator); mean: over all windows",

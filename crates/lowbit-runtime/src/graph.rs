@@ -24,6 +24,8 @@ pub struct GraphInfo {
     pub max_sample_elems: usize,
     /// Multiply-accumulates per sample over all nodes.
     pub macs_per_sample: usize,
+    /// Multiply-accumulates per sample of each node, in node order.
+    pub node_macs: Vec<usize>,
 }
 
 /// Validates `model` completely (see the module doc). Errors name the node (or tensor) at fault.
@@ -72,6 +74,7 @@ pub fn check(model: &QuantModel) -> Result<GraphInfo, QuantError> {
     let mut consumers = vec![Vec::new(); model.nodes.len() + 1];
     let mut max_sample_elems = input_features;
     let mut macs_per_sample = 0usize;
+    let mut node_macs = Vec::with_capacity(model.nodes.len());
     let last = model.nodes.len() - 1;
     for (i, node) in model.nodes.iter().enumerate() {
         let name = node.name.as_str();
@@ -120,6 +123,7 @@ pub fn check(model: &QuantModel) -> Result<GraphInfo, QuantError> {
             .ok_or_else(|| shape_err(name, "output is empty or overflows".into()))?;
         max_sample_elems = max_sample_elems.max(elems).max(inferred.scratch_elems);
         macs_per_sample = macs_per_sample.saturating_add(inferred.macs);
+        node_macs.push(inferred.macs);
         values.push(inferred.output);
     }
     if let Some(unused) = (1..=last).find(|&v| consumers[v].is_empty()) {
@@ -151,5 +155,6 @@ pub fn check(model: &QuantModel) -> Result<GraphInfo, QuantError> {
         input_features,
         max_sample_elems,
         macs_per_sample,
+        node_macs,
     })
 }

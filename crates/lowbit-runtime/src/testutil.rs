@@ -337,6 +337,62 @@ pub fn process_cpu_secs() -> f64 {
     0.0
 }
 
+/// CPU time of the calling thread in seconds (`CLOCK_THREAD_CPUTIME_ID` on Unix; 0 elsewhere): for per-step
+/// profiles of single-threaded work on a shared machine.
+pub fn thread_cpu_secs() -> f64 {
+    #[cfg(unix)]
+    {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a live, writable `timespec`, the only memory `clock_gettime` writes.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            return t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9;
+        }
+    }
+    0.0
+}
+
+/// A convolution's accumulators (groups 1), NCHW, written out independently of the engine's convolution kernels:
+/// im2col (`[positions][c_in * kh * kw]`, padded positions holding `pad`) and the normative reference GEMM.
+pub fn im2col_conv_acc(
+    g: &crate::kernels::depthwise::GroupedConvGeometry,
+    x: &[u8],
+    pad: u8,
+    w: &PackedWeights,
+    bias: &[i32],
+) -> Vec<i32> {
+    let (oh, ow, k) = (g.oh(), g.ow(), g.taps());
+    let (sh, sw) = g.stride;
+    let (ph, pw) = g.padding;
+    let mut col = vec![pad; oh * ow * k];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for ic in 0..g.c_in {
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let (y, xx) = (oy * sh + ky, ox * sw + kx);
+                        if y >= ph && y - ph < g.h && xx >= pw && xx - pw < g.w {
+                            col[(oy * ow + ox) * k + (ic * g.kh + ky) * g.kw + kx] =
+                                x[(ic * g.h + y - ph) * g.w + xx - pw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut acc = vec![0i32; oh * ow * g.c_out];
+    crate::kernels::reference::gemm_u8i8_i32(&col, oh * ow, k, w, bias, &mut acc);
+    let mut nchw = vec![0i32; acc.len()];
+    for p in 0..oh * ow {
+        for c in 0..g.c_out {
+            nchw[c * oh * ow + p] = acc[p * g.c_out + c];
+        }
+    }
+    nchw
+}
+
 /// Rewrites a version-3 `.lbq` file of a chain (nodes `layers.{i}`, each reading the one before) as version 2,
 /// which held the ops as a `layers` list (for tests of the reader's compatibility). `None` if `bytes` is not such
 /// a file.

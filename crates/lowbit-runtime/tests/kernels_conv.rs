@@ -6,14 +6,15 @@ use lowbit_runtime::kernels::conv::{
     direct_conv_acc, max_pool_2x2_row, max_pool_requant, requant_channels, AccLayout, ConvAcc,
     ConvGeometry, DirectConv, Grid,
 };
+use lowbit_runtime::kernels::depthwise::GroupedConvGeometry;
 use lowbit_runtime::kernels::{reference, Isa, OutputParams};
 use lowbit_runtime::pack::PackedWeights;
 use lowbit_runtime::qparams::{requantize, Requant};
-use lowbit_runtime::testutil::Rng;
+use lowbit_runtime::testutil::{im2col_conv_acc, Rng};
 use proptest::prelude::*;
 
-/// im2col (`[positions][c_in * kh * kw]`, padded positions holding `pad`) and the reference GEMM, transposed to
-/// NCHW: the engine's original convolution, written out independently of `kernels::conv`.
+/// im2col and the reference GEMM, NCHW (`testutil::im2col_conv_acc`): the engine's original convolution, written
+/// out independently of `kernels::conv`.
 fn im2col_reference(
     g: &ConvGeometry,
     x: &[u8],
@@ -21,33 +22,18 @@ fn im2col_reference(
     w: &PackedWeights,
     bias: &[i32],
 ) -> Vec<i32> {
-    let (oh, ow, k) = (g.oh(), g.ow(), g.k());
-    let mut col = vec![pad; oh * ow * k];
-    for oy in 0..oh {
-        for ox in 0..ow {
-            for ic in 0..g.c_in {
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
-                        let (y, xx) = (oy + ky, ox + kx);
-                        if y >= g.pad_h && y - g.pad_h < g.h && xx >= g.pad_w && xx - g.pad_w < g.w
-                        {
-                            col[(oy * ow + ox) * k + (ic * g.kh + ky) * g.kw + kx] =
-                                x[(ic * g.h + y - g.pad_h) * g.w + xx - g.pad_w];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let mut acc = vec![0i32; oh * ow * g.c_out];
-    reference::gemm_u8i8_i32(&col, oh * ow, k, w, bias, &mut acc);
-    let mut nchw = vec![0i32; acc.len()];
-    for p in 0..oh * ow {
-        for c in 0..g.c_out {
-            nchw[c * oh * ow + p] = acc[p * g.c_out + c];
-        }
-    }
-    nchw
+    let grouped = GroupedConvGeometry {
+        c_in: g.c_in,
+        h: g.h,
+        w: g.w,
+        c_out: g.c_out,
+        kh: g.kh,
+        kw: g.kw,
+        stride: (1, 1),
+        padding: (g.pad_h, g.pad_w),
+        groups: 1,
+    };
+    im2col_conv_acc(&grouped, x, pad, w, bias)
 }
 
 fn geometry(rng: &mut Rng) -> ConvGeometry {

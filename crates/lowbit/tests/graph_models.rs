@@ -117,3 +117,37 @@ fn ptq_graph_models_run_on_the_engine_node_for_node_equal_to_the_simulation() {
         }
     }
 }
+
+#[test]
+fn planned_engine_runs_with_fusions_equal_the_traced_unfused_run_and_the_simulation() {
+    // `run` takes the planned steps (conv + add fused, the channel-pair-plane kernels, the batch split), the
+    // trace the unfused ones: the logits must be the same numbers, at every batch size and input shape.
+    let split = load(&DataSource::Builtin).unwrap();
+    let calib: Vec<Tensor> = (0..2).map(|i| batch(&split.train, i * 100, 100)).collect();
+    for spec in ["resnet:8", "resnet:8:b", "mobilenet:t1c8n1s1-t2c16n2s2-h32"] {
+        let mut m = Model::from_spec(spec, 4).unwrap();
+        for i in 0..3 {
+            m.forward(&batch(&split.train, i * 32, 32), true).unwrap();
+        }
+        for bits in [8, 4] {
+            let cfg = QuantConfig {
+                weight_bits: bits,
+                ..QuantConfig::default()
+            };
+            let qm = convert(&ptq(&m, &cfg, &calib).unwrap(), Provenance::default()).unwrap();
+            let engine = lowbit::runtime::engine::Engine::new(&qm).unwrap();
+            let per = split.test.image_len();
+            for n in [1, 7, 40] {
+                let input = &split.test.images[..n * per];
+                let traced = engine.run_traced(input, n).unwrap();
+                let sim = lowbit::quant::simulate(&qm, input, n).unwrap();
+                assert_eq!(traced.logits, sim.logits, "{spec} W{bits} batch {n}: trace");
+                assert_eq!(
+                    engine.run(input, n).unwrap(),
+                    sim.logits,
+                    "{spec} W{bits} batch {n}: planned run"
+                );
+            }
+        }
+    }
+}

@@ -47,6 +47,19 @@ pub struct Trace {
     pub logits: Vec<f32>,
 }
 
+/// Time spent in one planned step, from [`Engine::profile`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepProfile {
+    /// The node (or fused nodes, `conv + pool`) the step computes.
+    pub name: String,
+    /// The kernel that ran, for matrix ops (as in [`Engine::kernel_paths`]).
+    pub path: Option<String>,
+    /// Multiply-accumulates per sample.
+    pub macs: usize,
+    /// Best seconds per call of this step over the profiled runs, for the whole batch.
+    pub seconds: f64,
+}
+
 /// Per-thread activation buffers reused across [`Engine::run`] calls (grown, never shrunk).
 #[derive(Default)]
 struct Buffers {
@@ -178,6 +191,54 @@ impl Engine {
         })
     }
 
+    /// Times every planned step on the calling thread: `runs` runs of `batch` samples (at least one), each
+    /// step's best time kept. The batch is neither split over threads nor spread within a step, so the
+    /// figures are one core's; steps are those of [`Engine::run`] (fusions included) in plan order.
+    pub fn profile(
+        &self,
+        input: &[u8],
+        batch: usize,
+        runs: usize,
+    ) -> Result<Vec<StepProfile>, QuantError> {
+        let t0 = std::time::Instant::now();
+        self.profile_with_clock(input, batch, runs, &|| t0.elapsed().as_secs_f64())
+    }
+
+    /// [`Engine::profile`] with another clock (seconds from any origin), e.g. the thread's CPU time, which on a
+    /// shared machine leaves out the time other processes held the core.
+    pub fn profile_with_clock(
+        &self,
+        input: &[u8],
+        batch: usize,
+        runs: usize,
+        clock: &dyn Fn() -> f64,
+    ) -> Result<Vec<StepProfile>, QuantError> {
+        let _single = workers::SplitTask::enter();
+        let mut best = vec![f64::INFINITY; self.plan.steps.len()];
+        for _ in 0..runs.max(1) {
+            let mut times = Vec::with_capacity(best.len());
+            BUFFERS_PROFILE.with(|cell| {
+                let mut b = cell.borrow_mut();
+                self.execute_in(input, batch, None, &mut b, Some((&mut times, clock)))
+            })?;
+            for (b, t) in best.iter_mut().zip(times) {
+                *b = b.min(t);
+            }
+        }
+        Ok(self
+            .plan
+            .steps
+            .iter()
+            .zip(best)
+            .map(|(p, seconds)| StepProfile {
+                name: p.name.clone(),
+                path: p.step.path(),
+                macs: p.macs,
+                seconds,
+            })
+            .collect())
+    }
+
     /// Predicted class per sample: argmax of the logits, ties going to the lowest index.
     pub fn predict(&self, input: &[u8], batch: usize) -> Result<Vec<usize>, QuantError> {
         let logits = self.run(input, batch)?;
@@ -269,11 +330,14 @@ impl Engine {
         }
     }
 
-    /// Samples per task of the batch split (see `PAR_TASK_MACS`).
+    /// Samples per task of the batch split (see `PAR_TASK_MACS`). A sample of at least `PAR_TASK_MACS` is a task
+    /// of its own: rounded up to 12 samples, ResNet-20's 40M-MAC samples made a batch of 64 five tasks and a third,
+    /// and one of two threads idled through a third of a task.
     fn task_rows(&self) -> usize {
-        PAR_TASK_MACS
-            .div_ceil(self.info.macs_per_sample.max(1))
-            .next_multiple_of(PAR_TASK_ROW_MULTIPLE)
+        match PAR_TASK_MACS.div_ceil(self.info.macs_per_sample.max(1)) {
+            1 => 1,
+            rows => rows.next_multiple_of(PAR_TASK_ROW_MULTIPLE),
+        }
     }
 
     /// [`Engine::execute`] on the calling thread.
@@ -287,8 +351,8 @@ impl Engine {
             static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
         }
         BUFFERS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut b) => self.execute_in(input, batch, trace, &mut b),
-            Err(_) => self.execute_in(input, batch, trace, &mut Buffers::default()),
+            Ok(mut b) => self.execute_in(input, batch, trace, &mut b, None),
+            Err(_) => self.execute_in(input, batch, trace, &mut Buffers::default(), None),
         })
     }
 
@@ -298,6 +362,7 @@ impl Engine {
         batch: usize,
         mut trace: Option<&mut Vec<Vec<u8>>>,
         bufs: &mut Buffers,
+        mut times: Option<(&mut Vec<f64>, &dyn Fn() -> f64)>,
     ) -> Result<(Vec<i32>, Vec<f32>), QuantError> {
         let features = self.info.input_features;
         let expected = batch.checked_mul(features);
@@ -322,6 +387,7 @@ impl Engine {
             bufs.slots.resize_with(plan.slots, Vec::new);
         }
         for p in &plan.steps {
+            let start = times.as_ref().map(|(_, clock)| clock());
             let out_len = batch
                 .checked_mul(p.out_elems)
                 .ok_or_else(|| internal("batch too large"))?;
@@ -331,6 +397,9 @@ impl Engine {
                     fit(&mut bufs.acc, out_len);
                     p.step.run(&inputs, batch, StepOut::Acc(&mut bufs.acc))?;
                     let logits = p.step.logits(&bufs.acc)?;
+                    if let (Some((t, clock)), Some(t0)) = (times.as_mut(), start) {
+                        t.push(clock() - t0);
+                    }
                     let accumulators = if trace.is_some() {
                         bufs.acc.clone()
                     } else {
@@ -351,11 +420,19 @@ impl Engine {
                     }
                     bufs.slots[s] = out;
                     result?;
+                    if let (Some((t, clock)), Some(t0)) = (times.as_mut(), start) {
+                        t.push(clock() - t0);
+                    }
                 }
             }
         }
         Err(internal("the plan has no output step"))
     }
+}
+
+thread_local! {
+    /// [`Engine::profile`]'s buffers, apart from the runs' so that profiling does not grow those.
+    static BUFFERS_PROFILE: RefCell<Buffers> = RefCell::new(Buffers::default());
 }
 
 /// The input slices of a step.

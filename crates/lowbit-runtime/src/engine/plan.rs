@@ -2,7 +2,8 @@
 //!
 //! 1. Aliases: an op whose output is its input's bytes (Flatten) gets no step; its consumers read the input.
 //! 2. Fusion: a requantizing Conv2d whose only consumer is a 2 x 2, stride-2 max pool runs as one fused step
-//!    (see [`crate::ops`]'s conv module for why the codes are the same).
+//!    (see [`crate::ops`]'s conv module for why the codes are the same); so does one whose only consumer is a
+//!    residual Add (the Add reads the convolution's codes as they are produced, and its other input as usual).
 //! 3. Buffers by liveness: each materialised value takes a free buffer slot when its step runs and returns it
 //!    after the last step that reads it, so a chain needs two slots and a residual block three.
 //!
@@ -35,6 +36,10 @@ pub(crate) enum Dst {
 #[derive(Debug)]
 pub(crate) struct Planned {
     pub step: Box<dyn Step>,
+    /// The node names the step computes (`conv1 + pool1` when fused), for profiles.
+    pub name: String,
+    /// Multiply-accumulates per sample of those nodes.
+    pub macs: usize,
     pub inputs: Vec<Src>,
     pub output: Dst,
     /// Elements per sample of the produced value.
@@ -81,25 +86,43 @@ pub(crate) fn plan(
             let [j] = info.consumers[i + 1].as_slice() else {
                 continue;
             };
-            if let QOp::MaxPool2d(p) = &model.nodes[*j].op {
-                if p.kernel == (2, 2) && p.stride == (2, 2) && *j != n - 1 {
-                    skipped[i] = true;
-                    fused_from[*j] = Some(i);
+            let fuses = match &model.nodes[*j].op {
+                QOp::MaxPool2d(p) => p.kernel == (2, 2) && p.stride == (2, 2),
+                // The other input must be another value (an Add of the convolution with itself reads it twice).
+                QOp::Add(_) => {
+                    model.nodes[*j]
+                        .inputs
+                        .iter()
+                        .filter(|&&v| v == i + 1)
+                        .count()
+                        == 1
                 }
+                _ => false,
+            };
+            // One convolution per consumer: an Add of two convolutions (ResNet's option-B shortcut) fuses the first
+            // and reads the other's codes.
+            if fuses && *j != n - 1 && fused_from[*j].is_none() {
+                skipped[i] = true;
+                fused_from[*j] = Some(i);
             }
         }
     }
+    // What a step reads: its node's inputs, or for a fused pair the convolution's inputs and then (for an Add)
+    // the Add's other input.
+    let reads_of = |j: usize| -> Vec<usize> {
+        match fused_from[j] {
+            Some(i) => {
+                let mut r = model.nodes[i].inputs.clone();
+                r.extend(model.nodes[j].inputs.iter().filter(|&&v| v != i + 1));
+                r
+            }
+            None => model.nodes[j].inputs.clone(),
+        }
+    };
     // The node reading each home value last (values read through an alias count for their home).
     let mut last_read = vec![None; n + 1];
-    for (j, node) in model.nodes.iter().enumerate() {
-        if skipped[j] {
-            continue;
-        }
-        let reads = match fused_from[j] {
-            Some(i) => &model.nodes[i].inputs,
-            None => &node.inputs,
-        };
-        for &v in reads {
+    for j in (0..n).filter(|&j| !skipped[j]) {
+        for v in reads_of(j) {
             last_read[home[v]] = Some(j);
         }
     }
@@ -112,10 +135,8 @@ pub(crate) fn plan(
         if skipped[j] {
             continue;
         }
-        let (reader, reads) = match fused_from[j] {
-            Some(i) => (i, &model.nodes[i].inputs),
-            None => (j, &node.inputs),
-        };
+        let reader = fused_from[j].unwrap_or(j);
+        let reads = reads_of(j);
         let src = |v: usize| -> Result<Src, QuantError> {
             let h = home[v];
             if h == 0 {
@@ -147,23 +168,37 @@ pub(crate) fn plan(
             output: info.values[reader + 1],
             isa,
         };
-        let step = match (fused_from[j], &reader_node.op) {
-            (Some(_), QOp::Conv2d(c)) => c.plan_fused_max_pool(&cx, info.values[j + 1].shape)?,
-            (Some(_), _) => return Err(internal("only convolutions fuse with pools")),
-            (None, op) => op.def().plan(&cx)?,
+        let step = match (fused_from[j], &reader_node.op, &node.op) {
+            (Some(_), QOp::Conv2d(c), QOp::MaxPool2d(_)) => {
+                c.plan_fused_max_pool(&cx, info.values[j + 1].shape)?
+            }
+            (Some(i), QOp::Conv2d(c), QOp::Add(a)) => {
+                c.plan_fused_add(&cx, a, &node.name, node.inputs[0] == i + 1)?
+            }
+            (Some(_), _, _) => return Err(internal("only conv + pool and conv + add fuse")),
+            (None, op, _) => op.def().plan(&cx)?,
         };
         let out_elems = info.values[j + 1]
             .shape
             .elems()
             .ok_or_else(|| internal("output size"))?;
+        let (name, macs) = match fused_from[j] {
+            Some(i) => (
+                format!("{} + {}", model.nodes[i].name, node.name),
+                info.node_macs[i] + info.node_macs[j],
+            ),
+            None => (node.name.clone(), info.node_macs[j]),
+        };
         steps.push(Planned {
             step,
+            name,
+            macs,
             inputs,
             output,
             out_elems,
         });
         // Release what this step read last (after the output took its slot, so it never overwrites an input).
-        for &v in reads {
+        for &v in &reads {
             let h = home[v];
             if h != 0 && last_read[h] == Some(j) {
                 if let Some(s) = slot_of[h].take() {

@@ -84,6 +84,21 @@ pub(crate) fn check_codes(
 }
 
 impl AddQuant {
+    /// The same Add with its inputs exchanged: `add_code(a, b, q) == add_code(b, a, &q.swapped())` for all codes,
+    /// as the fixed-point sum `da * m_a + db * m_b` is the same integer in either order.
+    pub fn swapped(&self) -> AddQuant {
+        AddQuant {
+            params: AddParams {
+                multiplier_a: self.params.multiplier_b,
+                multiplier_b: self.params.multiplier_a,
+                shift: self.params.shift,
+            },
+            zero_point_a: self.zero_point_b,
+            zero_point_b: self.zero_point_a,
+            ..*self
+        }
+    }
+
     /// Checks the multipliers and shift, the zero points and the output range.
     pub fn validate(&self) -> Result<(), QuantError> {
         self.params.validate()?;

@@ -21,6 +21,7 @@ pub use crate::isa::{active_isa, selected_isa, Isa};
 #[cfg(all(target_arch = "aarch64", feature = "unverified-neon"))]
 pub mod aarch64;
 pub mod conv;
+pub mod conv_planes;
 pub mod depthwise;
 pub mod eltwise;
 pub mod layout;
@@ -29,6 +30,8 @@ pub mod pool;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_conv_planes;
 #[cfg(target_arch = "x86_64")]
 mod x86_depthwise;
 #[cfg(target_arch = "x86_64")]

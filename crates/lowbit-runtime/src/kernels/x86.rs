@@ -1002,12 +1002,16 @@ unsafe fn gemm_subbyte_i32__avx2(
 /// down), then per i64 lane (even, odd columns) the total shift `s = 31 + shift`, the rounding constant
 /// `2^(s - 1)` and the offset `2^(63 - s)` of the logical-shift trick (see [`requant_u8__avx2`]).
 #[derive(Clone, Copy)]
-struct RequantConsts8 {
+pub(crate) struct RequantConsts8 {
     mult: __m256i,
     mult_odd: __m256i,
     shift: [__m256i; 2],
     round: [__m256i; 2],
     offset: [__m256i; 2],
+    /// Per column `s - 32`, the i32 arithmetic shift of the short path ([`OutputStage8::codes_i32`]).
+    high_shift: __m256i,
+    /// Every column has `s >= 32` (requantization shift at least 1, every scale ratio below 1/2): the short path.
+    high: bool,
 }
 
 impl RequantConsts8 {
@@ -1044,6 +1048,8 @@ impl RequantConsts8 {
                 shift: sh,
                 round: sh.map(|v| _mm256_sllv_epi64(one, _mm256_sub_epi64(v, one))),
                 offset: sh.map(|v| _mm256_sllv_epi64(one, _mm256_sub_epi64(c63, v))),
+                high_shift: _mm256_sub_epi32(s, _mm256_set1_epi32(32)),
+                high: shift.iter().all(|&x| x >= 1),
             }
         }
     }
@@ -1055,7 +1061,7 @@ impl RequantConsts8 {
     /// # Safety
     /// AVX2 must be available.
     #[target_feature(enable = "avx2")]
-    unsafe fn broadcast(rq: Requant) -> Self {
+    pub(crate) unsafe fn broadcast(rq: Requant) -> Self {
         // 31 + shift in 1..=62 (validated), so both powers of two fit an i64.
         let s = (31 + rq.shift) as i64;
         let sh = _mm256_set1_epi64x(s);
@@ -1065,12 +1071,14 @@ impl RequantConsts8 {
             shift: [sh; 2],
             round: [_mm256_set1_epi64x(1i64 << (s - 1)); 2],
             offset: [_mm256_set1_epi64x(1i64 << (63 - s)); 2],
+            high_shift: _mm256_set1_epi32(rq.shift - 1),
+            high: rq.shift >= 1,
         }
     }
 }
 
 /// The zero point and clamp bounds of an output stage, broadcast.
-struct OutputStage8 {
+pub(crate) struct OutputStage8 {
     lo_t: __m256i,
     hi_t: __m256i,
     zp: __m256i,
@@ -1085,7 +1093,7 @@ impl OutputStage8 {
     /// # Safety
     /// AVX2 must be available.
     #[target_feature(enable = "avx2")]
-    unsafe fn new(p: &OutputParams) -> Self {
+    pub(crate) unsafe fn new(p: &OutputParams) -> Self {
         let zp = p.zero_point as i64;
         let lo_t = (p.qmin as i64 - zp - 1).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         let hi_t = (p.qmax as i64 - zp + 1).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
@@ -1121,8 +1129,30 @@ impl OutputStage8 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn codes(&self, x: __m256i, c: &RequantConsts8) -> i64 {
+        // SAFETY: AVX2 available (this function's contract); register arithmetic only.
+        unsafe { pack_codes8(self.codes_i32(x, c)) }
+    }
+
+    /// The 8 codes of the accumulators `x` as i32 lanes, in `[qmin, qmax]` (see [`requant_u8__avx2`]).
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn codes_i32(&self, x: __m256i, c: &RequantConsts8) -> __m256i {
         let ve = _mm256_mul_epi32(x, c.mult);
         let vo = _mm256_mul_epi32(_mm256_srli_epi64::<32>(x), c.mult_odd);
+        if c.high {
+            // s >= 32: `(v + 2^(s-1)) >> s` is `((v + 2^(s-1)) >> 32) >> (s - 32)` (floor divisions compose), the
+            // first shift is the i64 lane's high half, and `|v| < 2^62` with `2^(s-1) <= 2^61` leaves quotients of
+            // at most 2^30 in magnitude: an i32 arithmetic shift, no wrap in the reference's `as i32`, and the zero
+            // point added without overflow.
+            let ve = _mm256_add_epi64(ve, c.round[0]);
+            let vo = _mm256_add_epi64(vo, c.round[1]);
+            let t = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(ve), vo);
+            let q = _mm256_add_epi32(_mm256_srav_epi32(t, c.high_shift), self.zp);
+            return _mm256_min_epi32(_mm256_max_epi32(q, self.qmin), self.qmax);
+        }
         let ve = _mm256_xor_si256(_mm256_add_epi64(ve, c.round[0]), self.sign);
         let vo = _mm256_xor_si256(_mm256_add_epi64(vo, c.round[1]), self.sign);
         let ve = _mm256_sub_epi64(_mm256_srlv_epi64(ve, c.shift[0]), c.offset[0]);
@@ -1130,16 +1160,25 @@ impl OutputStage8 {
         let t = _mm256_blend_epi32::<0b1010_1010>(ve, _mm256_slli_epi64::<32>(vo));
         let t = _mm256_min_epi32(_mm256_max_epi32(t, self.lo_t), self.hi_t);
         let q = _mm256_add_epi32(t, self.zp);
-        let q = _mm256_min_epi32(_mm256_max_epi32(q, self.qmin), self.qmax);
-        let q16 = _mm256_packs_epi32(q, q);
-        let q8 = _mm256_packus_epi16(q16, q16);
-        // Each 128-bit lane holds its 4 codes in its low 4 bytes.
-        let both = _mm_unpacklo_epi32(
-            _mm256_castsi256_si128(q8),
-            _mm256_extracti128_si256::<1>(q8),
-        );
-        _mm_cvtsi128_si64(both)
+        _mm256_min_epi32(_mm256_max_epi32(q, self.qmin), self.qmax)
     }
+}
+
+/// The 8 i32 lanes of `q` (each in `0..=255`) as 8 bytes, lane `i` in byte `i`.
+///
+/// # Safety
+/// AVX2 must be available.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn pack_codes8(q: __m256i) -> i64 {
+    let q16 = _mm256_packs_epi32(q, q);
+    let q8 = _mm256_packus_epi16(q16, q16);
+    // Each 128-bit lane holds its 4 codes in its low 4 bytes.
+    let both = _mm_unpacklo_epi32(
+        _mm256_castsi256_si128(q8),
+        _mm256_extracti128_si256::<1>(q8),
+    );
+    _mm_cvtsi128_si64(both)
 }
 
 /// Output stage of [`reference::requant_u8`] on `rows x n` accumulators, 8 columns per step, bit-exact:

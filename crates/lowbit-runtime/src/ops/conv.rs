@@ -13,11 +13,13 @@ use super::{
 use crate::error::QuantError;
 use crate::kernels;
 use crate::kernels::conv::{AccLayout, ConvAcc, ConvGeometry, DirectConv};
+use crate::kernels::conv_planes::{plane_conv_requant, PlaneConv, Residual};
 use crate::kernels::depthwise::{
     grouped_conv_acc, grouped_conv_requant, GroupedConv, GroupedConvGeometry,
 };
+use crate::kernels::eltwise::{add_u8, AddQuant};
 use crate::kernels::{Isa, PaddedPlanes};
-use crate::model::QConv2d;
+use crate::model::{QAdd, QConv2d};
 use crate::workers;
 use rayon::prelude::*;
 
@@ -84,9 +86,55 @@ impl QConv2d {
         cx: &PlanCx<'_>,
         pooled: Shape,
     ) -> Result<Box<dyn Step>, QuantError> {
-        let conv = self.conv_op(cx)?;
+        let conv = self.conv_op(cx, false)?;
         conv.gemm.output_params(&[])?;
         Ok(Box::new(ConvPoolStep { conv, pooled }))
+    }
+
+    /// The step of this requantizing convolution fused with the residual `add` that is its only consumer:
+    /// `cx.inputs` are the convolution's input then the Add's other input, `conv_first` whether the convolution
+    /// is the Add's first input. The Add reads the convolution's codes as they leave its output stage
+    /// ([`crate::kernels::conv_planes`]), or, where that kernel does not apply, from a scratch buffer: the same
+    /// codes either way.
+    pub(crate) fn plan_fused_add(
+        &self,
+        cx: &PlanCx<'_>,
+        add: &QAdd,
+        add_name: &str,
+        conv_first: bool,
+    ) -> Result<Box<dyn Step>, QuantError> {
+        let [conv_input, residual] = cx.inputs else {
+            return Err(internal("a fused conv + add reads two values"));
+        };
+        let conv_cx = PlanCx {
+            inputs: std::slice::from_ref(conv_input),
+            ..*cx
+        };
+        let conv = self.conv_op(&conv_cx, true)?;
+        conv.gemm.output_params(&[])?;
+        if residual.shape != conv.output {
+            return Err(internal("a fused add's inputs differ in shape"));
+        }
+        let quant = add.quant(add_name)?;
+        Ok(Box::new(ConvAddStep {
+            conv,
+            add: if conv_first { quant } else { quant.swapped() },
+        }))
+    }
+
+    /// This layer's geometry on an input of shape `input`, in the grouped kernels' terms.
+    fn grouped_geometry(&self, input: Shape) -> GroupedConvGeometry {
+        GroupedConvGeometry {
+            c_in: input.channels,
+            h: input.height,
+            w: input.width,
+            c_out: self.out_channels,
+            kh: self.kernel.0,
+            kw: self.kernel.1,
+            stride: self.stride,
+            padding: self.padding,
+            groups: self.groups,
+        }
     }
 
     /// The step of a grouped (or depthwise) convolution: one kernel over every group.
@@ -99,17 +147,7 @@ impl QConv2d {
         let (input, output) = self.shapes(&icx)?;
         let k = self.k(cx.name)?;
         let checked = self.spec(cx.name, k).check(&icx)?;
-        let geo = GroupedConvGeometry {
-            c_in: input.channels,
-            h: input.height,
-            w: input.width,
-            c_out: self.out_channels,
-            kh: self.kernel.0,
-            kw: self.kernel.1,
-            stride: self.stride,
-            padding: self.padding,
-            groups: self.groups,
-        };
+        let geo = self.grouped_geometry(input);
         let conv = GroupedConv::from_packed(cx.isa, geo, &self.weights)?;
         let zero_point = u8::try_from(self.input.zero_point).map_err(|_| internal("zero point"))?;
         Ok(Box::new(GroupedStep {
@@ -122,7 +160,9 @@ impl QConv2d {
         }))
     }
 
-    fn conv_op(&self, cx: &PlanCx<'_>) -> Result<ConvOp, QuantError> {
+    /// The convolution's kernels; `planes_allowed` when its codes leave through a requantizing output stage that
+    /// [`PlaneConv`] computes (not the accumulators a fused pool or the logits need).
+    fn conv_op(&self, cx: &PlanCx<'_>, planes_allowed: bool) -> Result<ConvOp, QuantError> {
         let icx = InferCx {
             name: cx.name,
             inputs: cx.inputs,
@@ -132,13 +172,19 @@ impl QConv2d {
         let k = self.k(cx.name)?;
         let gemm = self.spec(cx.name, k).gemm(&icx, cx.isa)?;
         let pad_code = u8::try_from(self.input.zero_point).map_err(|_| internal("zero point"))?;
+        let direct = choose_direct(cx.isa, self, input, &output)?;
+        let planes = match planes_allowed && matches!(gemm.out, Out::Requant { .. }) {
+            true => choose_planes(cx.isa, self, input, direct.as_ref())?,
+            false => None,
+        };
         Ok(ConvOp {
             gemm,
             input,
             output,
             window: self.window(),
             pad_code,
-            direct: choose_direct(cx.isa, self, input, &output)?.map(Box::new),
+            direct: direct.filter(|_| planes.is_none()).map(Box::new),
+            planes: planes.map(Box::new),
         })
     }
 }
@@ -211,7 +257,7 @@ impl OpDef for QConv2d {
             return self.grouped_step(cx);
         }
         Ok(Box::new(ConvStep {
-            conv: self.conv_op(cx)?,
+            conv: self.conv_op(cx, true)?,
         }))
     }
 }
@@ -279,6 +325,9 @@ struct ConvOp {
     pad_code: u8,
     /// Int8 weights prepared for [`kernels::conv::direct_conv_acc`] (stride 1, AVX2 tiers), when cheaper.
     direct: Option<Box<DirectConv>>,
+    /// Int8 weights prepared for [`plane_conv_requant`] (AVX2 tiers, requantized outputs), when cheaper; it then
+    /// runs instead of `direct` and the GEMM.
+    planes: Option<Box<PlaneConv>>,
 }
 
 #[derive(Debug)]
@@ -292,7 +341,7 @@ impl Step for ConvStep {
             return Err(internal("conv takes one input"));
         };
         match out {
-            StepOut::Codes(o) => conv_requant(&self.conv, x, o),
+            StepOut::Codes(o) => conv_requant(&self.conv, x, None, o),
             StepOut::Acc(o) => conv_acc(&self.conv, x, o),
         }
     }
@@ -324,6 +373,60 @@ impl Step for ConvPoolStep {
     fn path(&self) -> Option<String> {
         Some(format!("{} + 2x2 max pool", self.conv.path()))
     }
+}
+
+/// A convolution and the residual Add that reads its codes, as one step (inputs: the convolution's input, the
+/// Add's other input; output: the Add's codes).
+#[derive(Debug)]
+struct ConvAddStep {
+    conv: ConvOp,
+    /// The Add with the convolution's codes as its first input.
+    add: AddQuant,
+}
+
+impl Step for ConvAddStep {
+    fn run(&self, inputs: &[&[u8]], _batch: usize, out: StepOut<'_>) -> Result<(), QuantError> {
+        match (inputs, out) {
+            ([x, r], StepOut::Codes(o)) if r.len() == o.len() => {
+                conv_requant(&self.conv, x, Some((r, &self.add)), o)
+            }
+            _ => Err(internal("fused conv + add: two inputs, codes out")),
+        }
+    }
+
+    fn path(&self) -> Option<String> {
+        Some(format!("{} + add", self.conv.path()))
+    }
+}
+
+/// Multiply-accumulates from which a lone sample's plane convolution runs as two tasks (about 30 us of work on
+/// one core; rayon's fork and join cost a few microseconds while its workers are awake).
+const PAR_SAMPLE_SPLIT_MACS: usize = 2_000_000;
+
+/// [`PlaneConv`] for a conv layer when it applies (int8 weights, groups 1, an AVX2 tier) and issues no more
+/// multiply-accumulates than the u8 quad scheme, the only other kernel with as many products per multiply
+/// instruction (LeNet's single-channel first convolution stays on quads: a channel pair there is half zero).
+fn choose_planes(
+    isa: Isa,
+    c: &QConv2d,
+    input: Shape,
+    direct: Option<&DirectConv>,
+) -> Result<Option<PlaneConv>, QuantError> {
+    if c.groups != 1
+        || c.weights.packing != crate::pack::Packing::I8
+        || !matches!(isa, Isa::Avx2 | Isa::Avx512Vnni)
+    {
+        return Ok(None);
+    }
+    let planes = PlaneConv::new(isa, c.grouped_geometry(input), &c.weights)?;
+    let quads = direct.and_then(|d| {
+        let len = d.quad_len()?;
+        Some(d.layout().1 * len * d.geometry().c_out)
+    });
+    Ok(match quads {
+        Some(q) if q < planes.issued_macs() => None,
+        _ => Some(planes),
+    })
 }
 
 /// The direct kernel for a conv layer when it applies (int8 weights, stride 1, an AVX2 tier) and costs less than
@@ -592,14 +695,83 @@ impl ConvOp {
     /// The kernel that runs (`conv 150x16: direct u8 quads ...`).
     fn path(&self) -> String {
         let g = &self.gemm;
-        match &self.direct {
-            Some(d) => format!("conv {}x{}: {}", g.k, g.n, d.path()),
-            None => format!("conv {}x{}: {}", g.k, g.n, g.weights.path()),
+        match (&self.planes, &self.direct) {
+            (Some(p), _) => format!("conv {}x{}: {}", g.k, g.n, p.path()),
+            (None, Some(d)) => format!("conv {}x{}: {}", g.k, g.n, d.path()),
+            (None, None) => format!("conv {}x{}: {}", g.k, g.n, g.weights.path()),
+        }
+    }
+
+    /// [`plane_conv_requant`] of every sample of `x` into `out` (`self.planes` must be set), each with its slice
+    /// of the residual when an Add is fused. Samples run in parallel under the same rule as [`ConvOp::run`].
+    fn run_planes(
+        &self,
+        planes: &PlaneConv,
+        x: &[u8],
+        residual: Option<(&[u8], &AddQuant)>,
+        out: &mut [u8],
+    ) -> Result<(), QuantError> {
+        let g = &self.gemm;
+        let p = g.output_params(&[])?;
+        let in_elems = self.input.elems().unwrap_or(0).max(1);
+        let out_elems = self.out_elems().max(1);
+        let nested = rayon::current_thread_index().is_some() || workers::in_split();
+        // A lone sample (batch 1) splits its output rows over two tasks when it is worth a fork (the GEMM's
+        // threshold); batches split by sample.
+        let split = !nested
+            && out.len() <= out_elems
+            && rayon::current_num_threads() > 1
+            && planes.issued_macs() >= PAR_SAMPLE_SPLIT_MACS;
+        let sample = |i: usize, xs: &[u8], os: &mut [u8]| {
+            let r = match residual {
+                Some((codes, quant)) => Some(Residual {
+                    codes: codes
+                        .get(i * out_elems..(i + 1) * out_elems)
+                        .ok_or_else(|| internal("residual too short"))?,
+                    quant,
+                }),
+                None => None,
+            };
+            plane_conv_requant(planes, xs, self.pad_code, &g.bias_eff, &p, r, split, os)
+        };
+        if nested || out.len() <= out_elems {
+            out.chunks_mut(out_elems)
+                .zip(x.chunks(in_elems))
+                .enumerate()
+                .try_for_each(|(i, (os, xs))| sample(i, xs, os))
+        } else {
+            out.par_chunks_mut(out_elems)
+                .zip(x.par_chunks(in_elems))
+                .enumerate()
+                .try_for_each(|(i, (os, xs))| sample(i, xs, os))
         }
     }
 }
 
-fn conv_requant(conv: &ConvOp, x: &[u8], out: &mut [u8]) -> Result<(), QuantError> {
+/// The convolution's codes of every sample, or with `residual` the codes of the Add that reads them.
+fn conv_requant(
+    conv: &ConvOp,
+    x: &[u8],
+    residual: Option<(&[u8], &AddQuant)>,
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    if let Some(planes) = &conv.planes {
+        return conv.run_planes(planes, x, residual, out);
+    }
+    if let Some((codes, quant)) = residual {
+        thread_local! {
+            static CODES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut unfused = |tmp: &mut Vec<u8>| {
+            fit(tmp, out.len());
+            conv_requant(conv, x, None, tmp)?;
+            add_u8(tmp, codes, quant, out)
+        };
+        return CODES.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut tmp) => unfused(&mut tmp),
+            Err(_) => unfused(&mut Vec::new()),
+        });
+    }
     let g = &conv.gemm;
     let p = g.output_params(&[])?;
     let positions = conv.output.height * conv.output.width;

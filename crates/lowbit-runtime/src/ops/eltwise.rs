@@ -23,7 +23,8 @@ fn output_codes(name: &str, output: QParams, bits: u32) -> Result<(ValueQuant, i
 }
 
 impl QAdd {
-    fn quant(&self, name: &str) -> Result<AddQuant, QuantError> {
+    /// The kernels' parameters of this Add, validated.
+    pub(crate) fn quant(&self, name: &str) -> Result<AddQuant, QuantError> {
         let [a, b] = self.inputs;
         let (_, qmax) = output_codes(name, self.output, self.bits)?;
         let q = AddQuant {

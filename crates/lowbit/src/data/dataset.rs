@@ -180,6 +180,34 @@ impl Dataset {
         &self.images[i * len..(i + 1) * len]
     }
 
+    /// Image `i` laid out for a model input of `[channels, height, width]`, appended to `out`: centred on a
+    /// zero background (cropped symmetrically where the model input is smaller) and repeated in every channel.
+    /// Lets a model built for another input shape (e.g. 3x32x32) be fed and benchmarked with these images.
+    /// Panics if `i >= len()`.
+    pub fn fitted_image(&self, i: usize, [channels, height, width]: [usize; 3], out: &mut Vec<u8>) {
+        let src = self.image(i);
+        let start = out.len();
+        out.resize(start + height * width, 0);
+        // Offsets of the image in the input (positive) or of the input in the image (negative), centred.
+        let offset = |from: usize, to: usize| (to as isize - from as isize) / 2;
+        let (dy, dx) = (offset(self.rows, height), offset(self.cols, width));
+        for y in 0..height {
+            let sy = y as isize - dy;
+            if sy < 0 || sy >= self.rows as isize {
+                continue;
+            }
+            for x in 0..width {
+                let sx = x as isize - dx;
+                if (0..self.cols as isize).contains(&sx) {
+                    out[start + y * width + x] = src[sy as usize * self.cols + sx as usize];
+                }
+            }
+        }
+        for _ in 1..channels {
+            out.extend_from_within(start..start + height * width);
+        }
+    }
+
     /// Label of image `i`. Panics if `i >= len()`.
     pub fn label(&self, i: usize) -> u8 {
         self.labels[i]
@@ -286,6 +314,26 @@ mod tests {
         assert_eq!(s.labels, vec![1, 0, 1]);
         assert_eq!(s.image(0), &[4, 4, 4, 4]);
         assert_eq!(s.image(1), &[0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn fitted_image_centres_pads_crops_and_repeats_channels() {
+        let d = Dataset::new(vec![1, 2, 3, 4], vec![0], 2, 2, 1, "t").unwrap();
+        let mut out = vec![9];
+        d.fitted_image(0, [2, 4, 3], &mut out);
+        #[rustfmt::skip]
+        let plane = [
+            0, 0, 0,
+            1, 2, 0,
+            3, 4, 0,
+            0, 0, 0,
+        ];
+        assert_eq!(out[0], 9, "appends");
+        assert_eq!(&out[1..13], &plane);
+        assert_eq!(&out[13..], &plane);
+        let mut crop = Vec::new();
+        d.fitted_image(0, [1, 1, 2], &mut crop);
+        assert_eq!(crop, vec![1, 2]);
     }
 
     #[test]
