@@ -89,9 +89,9 @@ impl Bars {
             }
             Event::AdaRound(p) => {
                 // One bar over every layer; with a time budget the later layers' lengths are estimates.
-                let b = self
-                    .current
-                    .get_or_insert_with(|| bar((p.layers * p.iters) as u64, "AdaRound", self.quiet));
+                let b = self.current.get_or_insert_with(|| {
+                    bar((p.layers * p.iters) as u64, "AdaRound", self.quiet)
+                });
                 b.set_length((p.layers * p.iters) as u64);
                 b.set_position((p.layer * p.iters + p.iter) as u64);
                 if p.iter == 1 || p.iter == p.iters || p.iter % 50 == 0 {
@@ -360,7 +360,8 @@ fn resolve_settings(
         if let Some(s) = a.adaround_seconds {
             q.adaround_seconds = Some(s);
         }
-        if (q.adaround_iters.is_some() || q.adaround_seconds.is_some()) && q.adaround != Some(true) {
+        if (q.adaround_iters.is_some() || q.adaround_seconds.is_some()) && q.adaround != Some(true)
+        {
             let flag = if q.adaround_iters.is_some() {
                 "--adaround-iters"
             } else {

@@ -187,7 +187,7 @@ struct TrainArgs {
     adaround_iters: Option<usize>,
     /// AdaRound time budget in seconds for all layers: each layer runs as many iterations (at most
     /// --adaround-iters) as fit its share (the result then depends on the machine's speed).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     adaround_seconds: Option<f64>,
     /// Quantizer method for weights and activations: `lsq` learns step sizes for both; `pact` learns the
     /// activation clipping level (weights keep `ste`). The two flags below override it.

@@ -39,7 +39,8 @@ fn batch(data: &Dataset, start: usize, n: usize) -> Tensor {
 fn dense(rows: usize, cols: usize, bits: u32, per_channel: bool, seed: u64) -> Layer {
     let mut d = Dense::new(cols, rows, &mut Rng::new(seed));
     d.bias = Rng::new(seed + 1).uniform_vec(rows, -0.1, 0.1);
-    d.weight_quant = Some(WeightQuantizer::new(WeightQuantKind::MinMax, bits, per_channel).unwrap());
+    d.weight_quant =
+        Some(WeightQuantizer::new(WeightQuantKind::MinMax, bits, per_channel).unwrap());
     Layer::Dense(d)
 }
 
@@ -102,7 +103,11 @@ fn check_gradient(what: &str, layer: &Layer, x: &Tensor, seed: u64) {
             check(&format!("{what} beta {beta:?}"), seed, i, fd, g);
             checked += 1;
         }
-        assert!(checked > p.len() / 2, "{what}: only {checked} of {} checked", p.len());
+        assert!(
+            checked > p.len() / 2,
+            "{what}: only {checked} of {} checked",
+            p.len()
+        );
     }
 }
 
@@ -157,12 +162,21 @@ fn adaround_reconstructs_a_layer_better_than_rounding_to_nearest_and_stays_on_th
         for (i, (a, b)) in got.iter().zip(&learned_w).enumerate() {
             assert_eq!(a.to_bits(), b.to_bits(), "W{bits} index {i}: {a} vs {b}");
         }
-        let (c_near, c_learn) = (q.quantize(&d.weight, 16, 48), rounded.quantize(&d.weight, 16, 48));
-        assert_eq!(c_near.scales, c_learn.scales, "the scales stay as PTQ chose them");
+        let (c_near, c_learn) = (
+            q.quantize(&d.weight, 16, 48),
+            rounded.quantize(&d.weight, 16, 48),
+        );
+        assert_eq!(
+            c_near.scales, c_learn.scales,
+            "the scales stay as PTQ chose them"
+        );
         let qmax = q.grid_max().unwrap();
         let mut changed = 0;
         for (i, (&a, &b)) in c_near.codes.iter().zip(&c_learn.codes).enumerate() {
-            assert!((i32::from(a) - i32::from(b)).abs() <= 1, "W{bits} index {i}: {a} vs {b}");
+            assert!(
+                (i32::from(a) - i32::from(b)).abs() <= 1,
+                "W{bits} index {i}: {a} vs {b}"
+            );
             assert!(i32::from(b).abs() <= qmax, "W{bits} index {i}: code {b}");
             changed += usize::from(a != b);
         }
@@ -172,7 +186,13 @@ fn adaround_reconstructs_a_layer_better_than_rounding_to_nearest_and_stays_on_th
 
 fn trained_mlp(split: &lowbit::data::Split) -> Model {
     let mut float = Model::from_spec("mlp:784-64-10", 0).unwrap();
-    lowbit::train::train(&mut float, &split.train, &TrainConfig::default(), &mut |_| {}).unwrap();
+    lowbit::train::train(
+        &mut float,
+        &split.train,
+        &TrainConfig::default(),
+        &mut |_| {},
+    )
+    .unwrap();
     float
 }
 
@@ -207,7 +227,11 @@ fn ptq_with_adaround_runs_on_the_engine_equal_to_the_simulation_and_beats_neares
     };
     let (nearest, _) = run(false, false);
     let (learned, progress) = run(true, true);
-    assert_eq!(progress, 2 * 300, "one progress event per iteration of each layer");
+    assert_eq!(
+        progress,
+        2 * 300,
+        "one progress event per iteration of each layer"
+    );
     let r = &learned.report;
     assert_eq!(r.accuracy_source, "engine");
     assert_eq!(r.engine_simulation_mismatches, Some(0));
@@ -259,7 +283,11 @@ fn adaround_on_graph_models_with_depthwise_and_residual_layers_equals_the_simula
                 .layers()
                 .filter(|l| matches!(l, Layer::Dense(_) | Layer::Conv2d(_)))
                 .count();
-            assert_eq!(seen.len(), weight_layers, "{spec} W{bits}: every weight layer");
+            assert_eq!(
+                seen.len(),
+                weight_layers,
+                "{spec} W{bits}: every weight layer"
+            );
             let qm = convert(&q, Provenance::default()).unwrap();
             engine_equals_simulation(&qm, &test);
         }
@@ -305,10 +333,16 @@ fn a_tiny_time_budget_still_rounds_every_layer() {
     })
     .unwrap();
     assert_eq!(last.len(), 2, "both layers finish");
-    assert!(last.iter().all(|&n| n < 1000), "iterations per layer {last:?}");
+    assert!(
+        last.iter().all(|&n| n < 1000),
+        "iterations per layer {last:?}"
+    );
     for l in q.layers() {
         if let Layer::Dense(d) = l {
-            assert_eq!(d.weight_quant.as_ref().unwrap().rounding().len(), d.weight.len());
+            assert_eq!(
+                d.weight_quant.as_ref().unwrap().rounding().len(),
+                d.weight.len()
+            );
         }
     }
 }
@@ -368,7 +402,10 @@ fn rejects_a_non_positive_or_non_finite_adaround_budget() {
 #[test]
 fn rejects_a_rounding_for_weights_without_a_grid() {
     let mut q = WeightQuantizer::new(WeightQuantKind::Binary, 1, true).unwrap();
-    assert_eq!(option_of(q.set_rounding(vec![true; 4]).unwrap_err()), "--adaround");
+    assert_eq!(
+        option_of(q.set_rounding(vec![true; 4]).unwrap_err()),
+        "--adaround"
+    );
 }
 
 #[test]
@@ -384,4 +421,31 @@ fn ptq_without_adaround_leaves_rounding_to_nearest() {
         Layer::Dense(d) => d.weight_quant.as_ref().unwrap().rounding().is_empty(),
         _ => true,
     }));
+}
+
+#[test]
+fn config_files_set_adaround_and_name_the_key_of_a_bad_budget() {
+    let path = std::path::Path::new("c.toml");
+    let ok = lowbit::config_file::parse(
+        "[quantization]\nmethod = \"ptq\"\nweight_bits = 4\nadaround = true\nadaround_iters = 50\n\
+         adaround_seconds = 2.5\n",
+        path,
+    )
+    .unwrap()
+    .quant_config()
+    .unwrap()
+    .unwrap();
+    assert!(ok.adaround);
+    assert_eq!((ok.adaround_iters, ok.adaround_seconds), (50, Some(2.5)));
+    match lowbit::config_file::parse(
+        "[quantization]\nmethod = \"ptq\"\nadaround = true\nadaround_seconds = -1.0\n",
+        path,
+    )
+    .unwrap_err()
+    {
+        Error::Data { reason, .. } => {
+            assert!(reason.contains("adaround_seconds"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -391,7 +391,11 @@ impl WeightQuantizer {
                 .zip(q.codes.iter_mut().zip(q.inside.iter_mut()))
                 .enumerate()
             {
-                let s = q.scales[if q.scales.len() == 1 { 0 } else { i / cols.max(1) }];
+                let s = q.scales[if q.scales.len() == 1 {
+                    0
+                } else {
+                    i / cols.max(1)
+                }];
                 let wide = floor_code(x, s) + i32::from(up);
                 *inside = wide.abs() <= qmax;
                 *c = wide.clamp(-qmax, qmax) as i8;
