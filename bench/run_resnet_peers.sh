@@ -7,7 +7,7 @@
 #   speed     ROUNDS (default 3) rounds of: lowbit's own commands (the hook below), then bench/peers/resnet_speed.py
 #             (ORT f32 / int8 QDQ, PyTorch f32 / x86 int8 at batch 64 and 1 on 3x32x32, PyTorch f32 training steps
 #             at batch 128 on 1x28x28, peak RSS of each in a fresh process). Minutes.
-#   accuracy  bench/peers/resnet_train.py (resnet20 option A seeds 1-3, option B and mobilenet seed 1, 8 epochs)
+#   accuracy  lowbit's recipes (lowbit_accuracy below), then bench/peers/resnet_train.py (resnet20 option A seeds 1-3, option B and mobilenet seed 1, 8 epochs)
 #             and bench/peers/resnet_quant.py (PTQ rows; Brevitas W4A4 / W2A2 QAT for resnet20). Hours.
 # Environment: DATA (MNIST-format directory, default /usr/share/datasets/fashion-mnist), MODELS (where trained
 # peer models go, default a temporary directory; they are not committed), SEEDS (default 1,2,3), EPOCHS (default 8),
@@ -55,27 +55,47 @@ peak_rss() {
 }
 
 lowbit_speed() {
-  # ---- lowbit hook (issue 11): the lead fills this in once the CLI can build and bench resnet:20 ----
-  # The commands run here, in every round, right before the peers, so the ratios come from one run. A template
-  # (flag names are placeholders until the CLI has them):
-  #   cargo build --release -q -p lowbit-cli
-  #   LOWBIT="$TARGET/release/lowbit"
-  #   MODEL="$MODELS/resnet20-w8a8-32x32x3.lbq"
-  #   [[ -e "$MODEL" ]] || "$LOWBIT" train --quiet --model resnet:20 --input 3x32x32 --epochs 0 \
-  #     --weight-bits 8 --act-bits 8 --per-channel --method ptq --out "$MODEL"
-  #   echo "## lowbit bench resnet:20 3x32x32 (int = integer engine), $THREADS threads"
-  #   peak_rss "$LOWBIT" bench "$MODEL" --batch 64,1 --seconds "$SECS" --threads "$THREADS"
-  #   echo "## lowbit f32 training throughput, resnet:20 1x28x28, batch 128"
-  #   "$LOWBIT" train --quiet --data "$DATA" --model resnet:20 --epochs 1 --batch-size 128 --no-baseline \
-  #     --report "$MODELS/lowbit-resnet20-epoch.json"
-  echo "## lowbit: hook not filled in yet (bench/run_resnet_peers.sh, lowbit_speed)"
+  # lowbit's side of the speed rows, run right before the peers in every round so the ratios come from one run.
+  cargo build --release -q -p lowbit-cli
+  cargo build --release -q -p lowbit --example make_resnet_lbq --example train_step_timing
+  local lowbit="$TARGET/release/lowbit"
+  local model="$MODELS/resnet20-32x32x3-w8a8.lbq"
+  # resnet:20 option A for 3x32x32, W8A8 per-channel PTQ (calibrated on the builtin sample, centred and
+  # repeated over channels); weights do not change the speed.
+  [[ -e "$model" ]] || "$TARGET/release/examples/make_resnet_lbq" "$model" > /dev/null
+  echo "## lowbit bench resnet:20 3x32x32 W8A8 (int = integer engine), RAYON_NUM_THREADS=$THREADS"
+  RAYON_NUM_THREADS="$THREADS" peak_rss "$lowbit" bench "$model" --batch 64,1 --seconds "$SECS"
+  echo "## lowbit f32 training steps, resnet:20 1x28x28, batch 128, RAYON_NUM_THREADS=$THREADS"
+  RAYON_NUM_THREADS="$THREADS" peak_rss "$TARGET/release/examples/train_step_timing" resnet:20 128 "$REPEATS" 3
 }
 
 lowbit_accuracy() {
-  # ---- lowbit hook (issue 11): the lowbit recipes beside the peers' (same data, seeds, epochs) ----
-  #   "$LOWBIT" train --quiet --data "$DATA" --model resnet:20 --epochs "$EPOCHS" --batch-size 128 \
-  #     --lr 2e-3 --schedule onecycle --seed S --report "$OUT/resnet20-f32-seedS.json"   (etc.)
-  echo "## lowbit: hook not filled in yet (bench/run_resnet_peers.sh, lowbit_accuracy)"
+  # lowbit's recipes beside the peers' (same data, seeds, epochs): f32 resnet:20 (28x28x1 as the data has it,
+  # Adam, batch 128, one-cycle to 2e-3), then from each f32 model PTQ W8A8 per-channel, LSQ W4A4 QAT for 3 epochs
+  # and LSQ W2A2 (first and last layer 8-bit) for 5; mobilenet f32 and PTQ W8A8 per-channel for seed 1.
+  # Fine-tuning rate: QAT_LR (default 2e-4, cosine). Reports: bench/results/resnet-lowbit-*.json.
+  cargo build --release -q -p lowbit-cli
+  local lowbit="$TARGET/release/lowbit" qat_lr="${QAT_LR:-2e-4}"
+  local train=("$lowbit" train --quiet --data "$DATA" --batch-size 128)
+  for seed in ${SEEDS//,/ }; do
+    local f32="$MODELS/lowbit-resnet20-seed$seed.f32" tag="$OUT/resnet-lowbit-resnet20"
+    echo "## lowbit resnet:20 seed $seed: f32, PTQ W8A8, LSQ W4A4 (3 epochs), LSQ W2A2 first/last 8-bit (5 epochs)"
+    "${train[@]}" --model resnet:20 --epochs "$EPOCHS" --lr 2e-3 --schedule onecycle --seed "$seed" --out "$f32" \
+      --report "$tag-f32-seed$seed.json"
+    "${train[@]}" --init "$f32" --method ptq --weight-bits 8 --act-bits 8 --per-channel --seed "$seed" \
+      --report "$tag-ptq-w8a8-seed$seed.json"
+    "${train[@]}" --init "$f32" --quantizer lsq --weight-bits 4 --act-bits 4 --per-channel --epochs 3 \
+      --lr "$qat_lr" --schedule cosine --seed "$seed" --report "$tag-lsq-w4a4-seed$seed.json"
+    "${train[@]}" --init "$f32" --quantizer lsq --weight-bits 2 --act-bits 2 --per-channel --epochs 5 \
+      --layer-bits first:8:8,last:8 --lr "$qat_lr" --schedule cosine --seed "$seed" \
+      --report "$tag-lsq-w2a2-seed$seed.json"
+  done
+  local mf32="$MODELS/lowbit-mobilenet-seed1.f32"
+  echo "## lowbit mobilenet seed 1: f32, PTQ W8A8 per-channel"
+  "${train[@]}" --model mobilenet --epochs "$EPOCHS" --lr 2e-3 --schedule onecycle --seed 1 --out "$mf32" \
+    --report "$OUT/resnet-lowbit-mobilenet-f32-seed1.json"
+  "${train[@]}" --init "$mf32" --method ptq --weight-bits 8 --act-bits 8 --per-channel --seed 1 \
+    --report "$OUT/resnet-lowbit-mobilenet-ptq-w8a8-seed1.json"
 }
 
 if [[ "$MODE" == speed || "$MODE" == all ]]; then

@@ -27,4 +27,9 @@ mkdir -p "$PKG_HOME/registry"
 ln -sfn "$REAL_CARGO_HOME/registry/index" "$PKG_HOME/registry/index"
 ln -sfn "$REAL_CARGO_HOME/registry/cache" "$PKG_HOME/registry/cache"
 rm -rf "$PKG_HOME"/registry/src/-*
-CARGO_HOME="$PKG_HOME" cargo package --workspace --locked --offline --allow-dirty --quiet
+# Cargo also trusts its compiled copies of registry crates by name and version, so the verification builds get a
+# target directory of their own in which our three crates are always rebuilt (their dependencies stay cached).
+PKG_TARGET="$PWD/target/package-build"
+rm -rf "$PKG_TARGET"/debug/.fingerprint/lowbit-* "$PKG_TARGET"/debug/deps/liblowbit*
+CARGO_HOME="$PKG_HOME" CARGO_TARGET_DIR="$PKG_TARGET" \
+  cargo package --workspace --locked --offline --allow-dirty --quiet

@@ -14,6 +14,9 @@
 //! The reader treats its input as untrusted: sizes are capped before anything is allocated, arithmetic is
 //! checked, every field is validated, and the graph is finally checked by [`graph::check`], the validation the
 //! engine runs. It never panics (this module denies `unwrap`, `expect` and slice indexing).
+//!
+//! (Over 800 lines on purpose: every check the reader makes on a hostile file, limits before allocation, sits in
+//! this one module beside the writer it mirrors, so the fuzzed surface is one file to audit.)
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use crate::error::FormatError;
@@ -55,6 +58,9 @@ pub const MAX_DIM: usize = 1 << 20;
 pub const MAX_TENSOR_ELEMS: usize = 1 << 28;
 /// Largest per-sample buffer the engine may need for the model (activations, im2col scratch), in elements.
 pub const MAX_SAMPLE_ELEMS: usize = 1 << 26;
+/// Largest sum of every value's per-sample elements: each value is bounded by [`MAX_SAMPLE_ELEMS`], but a run
+/// keeps many alive at once (a traced run all of them), so 1024 nodes could otherwise ask for 64 GB per sample.
+pub const MAX_TOTAL_SAMPLE_ELEMS: usize = 1 << 28;
 
 const META_KEY: &str = "__metadata__";
 
@@ -556,6 +562,11 @@ fn check_graph_limits(info: &graph::GraphInfo) -> Result<(), FormatError> {
         "per-sample engine buffer elements",
         info.max_sample_elems,
         MAX_SAMPLE_ELEMS,
+    )?;
+    limit(
+        "per-sample activation elements of all nodes",
+        info.total_sample_elems,
+        MAX_TOTAL_SAMPLE_ELEMS,
     )
 }
 

@@ -22,6 +22,9 @@ pub struct GraphInfo {
     /// Largest per-sample buffer (a value, or an op's scratch) in elements: bounds the memory an untrusted
     /// model can make a run allocate.
     pub max_sample_elems: usize,
+    /// Sum of every value's per-sample elements (the input included, saturating): bounds the activation memory
+    /// of a run, which keeps many values alive at once (a traced run keeps them all).
+    pub total_sample_elems: usize,
     /// Multiply-accumulates per sample over all nodes.
     pub macs_per_sample: usize,
     /// Multiply-accumulates per sample of each node, in node order.
@@ -70,6 +73,7 @@ pub fn check(model: &QuantModel) -> Result<GraphInfo, QuantError> {
     });
     let mut consumers = vec![Vec::new(); model.nodes.len() + 1];
     let mut max_sample_elems = input_features;
+    let mut total_sample_elems = input_features;
     let mut macs_per_sample = 0usize;
     let mut node_macs = Vec::with_capacity(model.nodes.len());
     let last = model.nodes.len() - 1;
@@ -119,6 +123,7 @@ pub fn check(model: &QuantModel) -> Result<GraphInfo, QuantError> {
             .filter(|&e| e > 0)
             .ok_or_else(|| shape_err(name, "output is empty or overflows".into()))?;
         max_sample_elems = max_sample_elems.max(elems).max(inferred.scratch_elems);
+        total_sample_elems = total_sample_elems.saturating_add(elems);
         macs_per_sample = macs_per_sample.saturating_add(inferred.macs);
         node_macs.push(inferred.macs);
         values.push(inferred.output);
@@ -151,6 +156,7 @@ pub fn check(model: &QuantModel) -> Result<GraphInfo, QuantError> {
         consumers,
         input_features,
         max_sample_elems,
+        total_sample_elems,
         macs_per_sample,
         node_macs,
     })

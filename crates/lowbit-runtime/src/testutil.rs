@@ -1,6 +1,7 @@
 //! Seeded builders of small random valid [`QuantModel`]s for tests in this and other crates. Not a stable API.
 use crate::model::{
-    InputSpec, OutputStage, Provenance, QAvgPool2d, QConv2d, QDense, QMaxPool2d, QOp, QuantModel,
+    InputSpec, OutputStage, Provenance, QAdd, QAvgPool2d, QConcat, QConv2d, QDense, QLut,
+    QMaxPool2d, QNode, QOp, QPad, QSlice, QuantModel,
 };
 use crate::pack::PackedWeights;
 use crate::qparams::{act_code_range, weight_code_range, QParams, Requant};
@@ -176,7 +177,22 @@ pub fn random_conv(
     padding: (usize, usize),
     o: LayerOpts,
 ) -> (QOp, QParams) {
-    let k = in_channels * kernel.0 * kernel.1;
+    let geometry = (kernel, stride, padding);
+    random_grouped_conv(rng, input, in_channels, out_channels, geometry, 1, o)
+}
+
+/// A random Conv2d layer in `groups` channel groups (`geometry`: kernel, stride, padding); returns it and its
+/// output parameters.
+pub fn random_grouped_conv(
+    rng: &mut Rng,
+    input: QParams,
+    in_channels: usize,
+    out_channels: usize,
+    (kernel, stride, padding): ((usize, usize), (usize, usize), (usize, usize)),
+    groups: usize,
+    o: LayerOpts,
+) -> (QOp, QParams) {
+    let k = in_channels / groups * kernel.0 * kernel.1;
     let (weights, weight_scales, bias) = random_params(rng, out_channels, k, o);
     let (output, out_qp) = random_requant(rng, input, &weight_scales, k, o);
     (
@@ -186,7 +202,7 @@ pub fn random_conv(
             kernel,
             stride,
             padding,
-            groups: 1,
+            groups,
             weights,
             weight_scales,
             bias,
@@ -302,6 +318,129 @@ pub fn random_model(seed: u64) -> QuantModel {
     }
 }
 
+/// Random output parameters at `scale_base` times a factor in `[0.8, 1.6)`, zero point in the lower half.
+fn random_out_qparams(rng: &mut Rng, scale_base: f32, o: LayerOpts) -> QParams {
+    let (_, qmax) = act_code_range(o.act_bits).unwrap_or((0, 255));
+    QParams {
+        scale: scale_base * rng.float(0.8, 1.6) as f32,
+        zero_point: rng.range(0, (qmax / 2) as i64) as i32,
+    }
+}
+
+/// A small graph with every op kind (about 2 KB as a file at 8 bits), for tests of the reader, the engine and
+/// fuzzing seeds. Input 3x6x6:
+///
+/// ```text
+/// stem: conv 3->8 3x3 pad 1 -> dw: depthwise 3x3 pad 1, clipped (max_code) -> pw: 1x1 conv in 2 groups
+/// add(stem, pw) -> max pool 2x2 -> pad (channels 1+3, rows 1+0, cols 0+1) -> slice (every 2nd channel, cols 1..)
+/// lut(slice) -> concat(lut rescaled, slice copied) -> avg pool 2x2 stride 1 -> global avg pool -> flatten
+/// -> fc: dense 12->3 logits
+/// ```
+pub fn random_graph(seed: u64, o: LayerOpts) -> QuantModel {
+    let mut rng = Rng(seed);
+    let input = input_spec(&mut rng, 3, 6, 6);
+    let (_, qmax) = act_code_range(o.act_bits).unwrap_or((0, 255));
+    let same = ((3, 3), (1, 1), (1, 1));
+    let (stem, qp_stem) = random_grouped_conv(&mut rng, input.qparams, 3, 8, same, 1, o);
+    let (mut dw, qp_dw) = random_grouped_conv(&mut rng, qp_stem, 8, 8, same, 8, o);
+    if let QOp::Conv2d(QConv2d {
+        output:
+            OutputStage::Requantize {
+                qparams,
+                relu,
+                max_code,
+                ..
+            },
+        ..
+    }) = &mut dw
+    {
+        let qmin = if *relu { qparams.zero_point } else { 0 };
+        *max_code = Some(((qparams.zero_point + qmax) / 2).max(qmin));
+    }
+    let pointwise = ((1, 1), (1, 1), (0, 0));
+    let (pw, qp_pw) = random_grouped_conv(&mut rng, qp_dw, 8, 8, pointwise, 2, o);
+    let qp_add = random_out_qparams(&mut rng, qp_stem.scale.max(qp_pw.scale), o);
+    let add = QOp::Add(QAdd {
+        inputs: [qp_stem, qp_pw],
+        output: qp_add,
+        bits: o.act_bits,
+        relu: rng.next_u64() & 1 == 1,
+    });
+    let pool = QOp::MaxPool2d(QMaxPool2d {
+        kernel: (2, 2),
+        stride: (2, 2),
+    });
+    // 8x3x3 -> 12x4x4 -> 6x4x3
+    let pad = QOp::Pad(QPad {
+        channels: (1, 3),
+        rows: (1, 0),
+        cols: (0, 1),
+    });
+    let slice = QOp::Slice(QSlice {
+        channels: [0, 12, 2],
+        rows: [0, 4, 1],
+        cols: [1, 4, 1],
+    });
+    let qp_lut = random_out_qparams(&mut rng, qp_add.scale, o);
+    let table = crate::kernels::eltwise::unary_table(qp_add, qp_lut, 0, qmax, f32::abs)
+        .unwrap_or_else(|e| panic!("table: {e}"));
+    let lut = QOp::Lut(QLut {
+        input: qp_add,
+        output: qp_lut,
+        bits: o.act_bits,
+        table: table.to_vec(),
+    });
+    // The slice keeps the output's parameters (a copy), the table's output is rescaled.
+    let concat = QOp::Concat(QConcat {
+        inputs: vec![qp_lut, qp_add],
+        output: qp_add,
+        bits: o.act_bits,
+    });
+    let qp_avg = random_out_qparams(&mut rng, qp_add.scale, o);
+    let avg = QOp::AvgPool2d(QAvgPool2d {
+        kernel: (2, 2),
+        stride: (1, 1),
+        input: qp_add,
+        output: qp_avg,
+        bits: o.act_bits,
+    });
+    let qp_gap = random_out_qparams(&mut rng, qp_avg.scale, o);
+    let gap = QOp::AvgPool2d(QAvgPool2d {
+        kernel: (3, 2),
+        stride: (1, 1),
+        input: qp_avg,
+        output: qp_gap,
+        bits: o.act_bits,
+    });
+    let (fc, _) = random_dense(&mut rng, qp_gap, 12, 3, true, o);
+    let nodes = [
+        ("stem", vec![0], stem),
+        ("dw", vec![1], dw),
+        ("pw", vec![2], pw),
+        ("add", vec![1, 3], add),
+        ("pool", vec![4], pool),
+        ("pad", vec![5], pad),
+        ("slice", vec![6], slice),
+        ("lut", vec![7], lut),
+        ("concat", vec![8, 7], concat),
+        ("avg", vec![9], avg),
+        ("gap", vec![10], gap),
+        ("flatten", vec![11], QOp::Flatten),
+        ("fc", vec![12], fc),
+    ];
+    QuantModel {
+        nodes: nodes
+            .into_iter()
+            .map(|(name, inputs, op)| QNode {
+                name: name.into(),
+                inputs,
+                op,
+            })
+            .collect(),
+        ..finish(input, Vec::new(), 3, seed)
+    }
+}
+
 /// Minimum over `windows` windows of about `window` each of the mean wall seconds per call of `f` (after one
 /// warm-up call): on a shared machine this filters out the windows in which the thread was descheduled.
 pub fn min_window_secs(window: std::time::Duration, windows: usize, mut f: impl FnMut()) -> f64 {
@@ -335,6 +474,18 @@ pub fn process_cpu_secs() -> f64 {
         }
     }
     0.0
+}
+
+/// A `.lbq` (or float model) file with its `model` metadata JSON edited by `edit` and everything else kept
+/// (header order, tensors): the surgery of reader tests. `None` if `bytes` is not a safetensors file with a
+/// `model` JSON.
+pub fn edit_model_json(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Option<Vec<u8>> {
+    let (mut header, start) = st_header(bytes)?;
+    let meta = header.get_mut("__metadata__")?;
+    let mut model: serde_json::Value = serde_json::from_str(meta.get("model")?.as_str()?).ok()?;
+    edit(&mut model);
+    meta["model"] = model.to_string().into();
+    Some(st_with_header(&header, bytes.get(start..)?))
 }
 
 /// CPU time of the calling thread in seconds (`CLOCK_THREAD_CPUTIME_ID` on Unix; 0 elsewhere): for per-step

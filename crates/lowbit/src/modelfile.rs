@@ -228,9 +228,12 @@ fn count_state(model: &Model) -> usize {
 /// A version-1 file: the model its spec builds, with the tensors `layers.{i}.*` of the spec's layer list.
 fn spec_model(st: &SafeTensors, spec: &str, stored_elems: usize, path: &Path) -> Result<Model> {
     // Building the model allocates and initialises every weight the spec names, so a tiny file whose spec asks
-    // for hundreds of millions of parameters would cost a gigabyte and seconds before the tensor checks below
+    // for hundreds of millions of parameters would cost gigabytes and seconds before the tensor checks below
     // reject it (a 104-byte file took 0.9 GB and 6 s). Every parameter must be stored in the file: compare first.
-    if let Some(needed) = mlp_param_count(spec).filter(|&n| n > stored_elems) {
+    // Version 1 predates the graph specs (resnet, mobilenet): those are refused here, unbuilt.
+    let needed = crate::nn::spec::chain_param_count(spec, crate::nn::spec::IMAGE_SHAPE, 10)
+        .map_err(|e| malformed(path, format!("spec: {e}")))?;
+    if needed > stored_elems {
         return Err(malformed(
             path,
             format!("spec {spec} has {needed} parameters, the file stores {stored_elems} values"),
@@ -243,19 +246,6 @@ fn spec_model(st: &SafeTensors, spec: &str, stored_elems: usize, path: &Path) ->
         }
     }
     Ok(model)
-}
-
-/// Parameters (weights and biases) of an `mlp:I-H1-...-O` spec, without building it; `None` for other specs or
-/// text [`Model::from_spec`] would reject anyway (it reports those), and saturating at `usize::MAX`.
-fn mlp_param_count(spec: &str) -> Option<usize> {
-    let sizes = spec
-        .strip_prefix("mlp:")?
-        .split('-')
-        .map(|t| t.trim().parse::<usize>().ok())
-        .collect::<Option<Vec<usize>>>()?;
-    Some(sizes.windows(2).fold(0usize, |acc, w| {
-        acc.saturating_add(w[0].saturating_mul(w[1]).saturating_add(w[1]))
-    }))
 }
 
 /// Tensor `name` as `len` finite f32 values, in any shape holding exactly `len` of them.

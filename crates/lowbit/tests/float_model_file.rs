@@ -1,10 +1,15 @@
 //! Float model files keep every layer's state: a CNN with batch norm round-trips to the same outputs, and the same
-//! model always gives the same bytes.
+//! model always gives the same bytes. Hostile files (specs or graphs that would allocate far more than the file
+//! holds) are errors before anything big is allocated.
 use lowbit::modelfile::{float_from_bytes, float_to_bytes};
-use lowbit::nn::{Layer, Model};
+use lowbit::nn::{Add, Conv2d, Dense, Flatten, Layer, MaxPool2d, Model, Node, Pad};
 use lowbit::rng::Rng;
 use lowbit::tensor::Tensor;
+use lowbit::Error;
+use lowbit_runtime::format::container_bytes;
 use lowbit_runtime::model::Provenance;
+use lowbit_runtime::testutil::edit_model_json;
+use lowbit_runtime::FormatError;
 use std::path::Path;
 
 /// A conv + batch-norm model whose every value differs from a fresh `from_spec` build (other seed, trained-looking
@@ -67,18 +72,150 @@ fn a_missing_conv_tensor_is_an_error_naming_it() {
     assert!(err.contains("layers.0.weight"), "{err}");
 }
 
+/// The reason of a malformed-file error.
+fn malformed(r: lowbit::Result<(Model, Provenance)>) -> String {
+    match r {
+        Err(Error::ModelFile {
+            source: FormatError::Malformed(m),
+            ..
+        }) => m,
+        other => panic!("expected a malformed file, got {other:?}"),
+    }
+}
+
+/// A version-1 float file: a spec and no tensors.
+fn version_1_spec(spec: &str) -> Vec<u8> {
+    let meta = [
+        ("format", "lowbit.f32".to_string()),
+        ("format_version", "1".to_string()),
+        ("spec", spec.to_string()),
+    ];
+    container_bytes(&meta, &[]).unwrap()
+}
+
+#[test]
+fn a_version_1_cnn_spec_is_checked_against_the_stored_values_before_it_is_built() {
+    // 151 M parameters (604 MB, seconds to initialise) were built before the missing tensors were noticed.
+    let m = malformed(float_from_bytes(
+        &version_1_spec("cnn:c4096-c4096-10"),
+        Path::new("bomb.f32"),
+    ));
+    assert!(m.contains("stores 0 values"), "{m}");
+    // Beyond any file: over 2^28 parameters is a spec error.
+    let m = malformed(float_from_bytes(
+        &version_1_spec("cnn:c4096-c4096-c4096-c4096-c4096-10"),
+        Path::new("bomb.f32"),
+    ));
+    assert!(m.contains("too many parameters"), "{m}");
+}
+
+#[test]
+fn a_version_1_file_with_a_graph_spec_is_refused_unbuilt() {
+    // Version 1 predates graph specs; `mobilenet:t8c4096n16s1` would have built 17 GB of weights.
+    for spec in [
+        "mobilenet:t1c4n1s1-h8",
+        "resnet:8",
+        "mobilenet:t8c4096n16s1",
+    ] {
+        let m = malformed(float_from_bytes(&version_1_spec(spec), Path::new("g.f32")));
+        assert!(
+            m.contains("not an mlp:, lenet5 or cnn: spec"),
+            "{spec}: {m}"
+        );
+    }
+}
+
+/// A graph of `(name, inputs, layer)` nodes.
+fn graph(input: [usize; 3], nodes: Vec<(&str, Vec<usize>, Layer)>, classes: usize) -> Model {
+    Model {
+        nodes: nodes
+            .into_iter()
+            .map(|(name, inputs, layer)| Node {
+                name: name.into(),
+                inputs,
+                layer,
+            })
+            .collect(),
+        input_shape: input,
+        classes,
+        spec: "test graph".into(),
+    }
+}
+
+#[test]
+fn a_conv_whose_stride_hides_huge_padded_planes_is_refused() {
+    // 1x1x1 -> conv 2x2 stride 2 pad 1 (1x1 out) -> flatten -> dense 1->3. With padding 2^19 and stride 2^20 the
+    // output stays 1x1 but the forward pass would first pad the input to 2^20 x 2^20 (4 TB of f32).
+    let mut rng = Rng::new(1);
+    let m = graph(
+        [1, 1, 1],
+        vec![
+            (
+                "conv",
+                vec![0],
+                Layer::Conv2d(Conv2d::new(1, 1, (2, 2), (2, 2), (1, 1), &mut rng)),
+            ),
+            ("flatten", vec![1], Layer::Flatten(Flatten::new())),
+            ("fc", vec![2], Layer::Dense(Dense::new(1, 3, &mut rng))),
+        ],
+        3,
+    );
+    let bytes = float_to_bytes(&m, &Provenance::default()).unwrap();
+    assert!(float_from_bytes(&bytes, Path::new("ok.f32")).is_ok());
+    let hostile = edit_model_json(&bytes, |v| {
+        v["nodes"][0]["op"]["padding"] = serde_json::json!([1 << 19, 1 << 19]);
+        v["nodes"][0]["op"]["stride"] = serde_json::json!([1 << 20, 1 << 20]);
+    })
+    .unwrap();
+    let m = malformed(float_from_bytes(&hostile, Path::new("pad.f32")));
+    assert!(m.contains("conv") && m.contains("padded input"), "{m}");
+    // A padding near usize::MAX is an error too, not an overflow.
+    let wrap = edit_model_json(&bytes, |v| {
+        v["nodes"][0]["op"]["padding"] = serde_json::json!([u64::MAX / 2 + 1, 1])
+    })
+    .unwrap();
+    let m = malformed(float_from_bytes(&wrap, Path::new("wrap.f32")));
+    assert!(m.contains("conv"), "{m}");
+}
+
+#[test]
+fn many_large_values_alive_at_once_exceed_the_total_activation_limit() {
+    // 1x1x1 padded five times to 1x8192x8192 (2^26 elements each, the per-value limit), summed by four adds:
+    // nine values of 2^26 f32, 2.3 GB per sample for a forward pass.
+    let pad = || Layer::Pad(Pad::new((0, 0), (0, 8191), (0, 8191)));
+    let add = || Layer::Add(Add::new());
+    let mut rng = Rng::new(2);
+    let m = graph(
+        [1, 1, 1],
+        vec![
+            ("p1", vec![0], pad()),
+            ("p2", vec![0], pad()),
+            ("p3", vec![0], pad()),
+            ("p4", vec![0], pad()),
+            ("p5", vec![0], pad()),
+            ("a1", vec![1, 2], add()),
+            ("a2", vec![6, 3], add()),
+            ("a3", vec![7, 4], add()),
+            ("a4", vec![8, 5], add()),
+            (
+                "pool",
+                vec![9],
+                Layer::MaxPool2d(MaxPool2d::new((8192, 8192), (8192, 8192))),
+            ),
+            ("flatten", vec![10], Layer::Flatten(Flatten::new())),
+            ("fc", vec![11], Layer::Dense(Dense::new(1, 3, &mut rng))),
+        ],
+        3,
+    );
+    let bytes = float_to_bytes(&m, &Provenance::default()).unwrap();
+    let m = malformed(float_from_bytes(&bytes, Path::new("wide.f32")));
+    assert!(m.contains("elements per sample"), "{m}");
+}
+
 /// The float file of `spec` with its `model` JSON edited.
 fn edited_graph(spec: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
     let bytes = float_to_bytes(&distinct_model(spec), &Provenance::default()).unwrap();
-    let (mut header, data) = lowbit_runtime::testutil::st_header(&bytes).unwrap();
-    let meta = header["__metadata__"]["model"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut model: serde_json::Value = serde_json::from_str(&meta).unwrap();
-    edit(&mut model);
-    header["__metadata__"]["model"] = serde_json::Value::String(model.to_string());
-    lowbit_runtime::testutil::st_with_header(&header, &bytes[data..])
+    edit_model_json(&bytes, edit).unwrap()
 }
 
 /// The error reading `bytes`, as one line.

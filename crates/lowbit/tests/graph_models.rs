@@ -119,6 +119,43 @@ fn ptq_graph_models_run_on_the_engine_node_for_node_equal_to_the_simulation() {
 }
 
 #[test]
+fn a_hand_built_graph_with_every_op_runs_on_the_engine_node_for_node_equal_to_the_simulation() {
+    use lowbit::runtime::engine::Engine;
+    use lowbit::runtime::testutil::{random_graph, LayerOpts, Rng};
+    for (seed, (weight_bits, act_bits, per_channel)) in [
+        (8, 8, true),
+        (4, 8, false),
+        (2, 4, true),
+        (1, 8, true),
+        (3, 5, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let o = LayerOpts {
+            weight_bits,
+            act_bits,
+            per_channel,
+        };
+        let qm = random_graph(seed as u64, o);
+        let engine = Engine::new(&qm).unwrap();
+        let batch = 64;
+        let x = Rng(seed as u64 + 100).bytes(batch * engine.input_features());
+        let trace = engine.run_traced(&x, batch).unwrap();
+        let sim = lowbit::quant::simulate(&qm, &x, batch).unwrap();
+        assert_eq!(trace.codes.len(), sim.codes.len());
+        for (i, (e, s)) in trace.codes.iter().zip(&sim.codes).enumerate() {
+            assert_eq!(e, s, "{o:?}: node {}", qm.nodes[i].name);
+        }
+        assert_eq!(trace.accumulators, sim.final_acc, "{o:?}");
+        // Not a degenerate graph: the codes after the table differ between samples.
+        let lut = &trace.codes[7];
+        let per = lut.len() / batch;
+        assert!(lut.chunks(per).any(|c| c != &lut[..per]), "{o:?}");
+    }
+}
+
+#[test]
 fn planned_engine_runs_with_fusions_equal_the_traced_unfused_run_and_the_simulation() {
     // `run` takes the planned steps (conv + add fused, the channel-pair-plane kernels, the batch split), the
     // trace the unfused ones: the logits must be the same numbers, at every batch size and input shape.

@@ -17,6 +17,10 @@
 //! tile, reading a second copy of the panels kept at int8 width (half the L2 traffic; `vpmovsxbw` widens them). Accumulation is wrapping, like the reference. The output stage (`requant_u8__avx2`, bit-exact with
 //! [`super::reference::requant_u8`]) runs on each finished row block while it is still in cache. Scratch buffers
 //! are thread-local and reused across calls.
+//!
+//! (Over 800 lines on purpose: the AVX2/VNNI/popcount GEMMs share private scratch, prepacking and output-stage
+//! helpers whose `target_feature` safety contracts are easiest to audit in one module; graph-op kernels live in
+//! the `x86_*.rs` siblings.)
 // Kernel names follow STYLE.md: `<op>__<isa>` (double underscore separates the ISA, as in XNNPACK).
 #![allow(non_snake_case)]
 use super::conv::{AccLayout, ConvAcc};

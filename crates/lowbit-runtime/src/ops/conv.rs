@@ -5,6 +5,9 @@
 //! zero point, column index `k = ic*kh*kw + ky*kw + kx` (weights are `[oc][ic][kh][kw]`); output is NCHW.
 //! Fused conv + 2 x 2 stride-2 max pool takes the max of the i32 accumulators, then one requantization: the same
 //! codes, because requantization never decreases as the accumulator grows.
+//!
+//! (Over 800 lines on purpose: the planner's choice between im2col, direct and plane kernels, and each one's
+//! geometry checks, in one place.)
 use super::matrix::{describe_matrix, Gemm, MatrixSpec, Out};
 use super::{
     fit, internal, shape_err, InferCx, Inferred, OpDef, PlanCx, Shape, Step, StepOut, ValueInfo,
@@ -160,6 +163,22 @@ impl QConv2d {
         }))
     }
 
+    /// Elements of the zero-point-padded copy of one input sample that the kernels read, or more: `c_in` planes
+    /// of `(h + 2 ph + sh) x (w + 2 pw + sw + 8)` cover im2col's planes (8 columns of over-read slack) and the
+    /// grouped kernel's stride-phase planes (each axis rounded up to a multiple of the stride). A large padding
+    /// with a large stride gives a small output from huge planes, so this must be bounded on its own.
+    fn padded_input_elems(&self, input: Shape) -> Option<usize> {
+        let axis = |n: usize, pad: usize, stride: usize, slack: usize| {
+            pad.checked_mul(2)?
+                .checked_add(n)?
+                .checked_add(stride)?
+                .checked_add(slack)
+        };
+        let rows = axis(input.height, self.padding.0, self.stride.0, 0)?;
+        let cols = axis(input.width, self.padding.1, self.stride.1, 8)?;
+        input.channels.checked_mul(rows)?.checked_mul(cols)
+    }
+
     /// The convolution's kernels; `planes_allowed` when its codes leave through a requantizing output stage that
     /// [`PlaneConv`] computes (not the accumulators a fused pool or the logits need).
     fn conv_op(&self, cx: &PlanCx<'_>, planes_allowed: bool) -> Result<ConvOp, QuantError> {
@@ -214,6 +233,20 @@ impl OpDef for QConv2d {
             .ok_or_else(|| shape_err(name, "direct conv size overflows".into()))?;
         if self.stride == (1, 1) {
             scratch = scratch.max(direct_elems);
+        }
+        let padded = self
+            .padded_input_elems(input)
+            .ok_or_else(|| shape_err(name, "padded input size overflows".into()))?;
+        scratch = scratch.max(padded);
+        if self.groups > 1 {
+            // The engine runs grouped convolutions on a kernel with limits of its own: a file must not load
+            // that the engine then refuses.
+            self.grouped_geometry(input)
+                .validate()
+                .map_err(|e| match e {
+                    QuantError::ShapeMismatch { detail, .. } => shape_err(name, detail),
+                    other => other,
+                })?;
         }
         let macs = self
             .out_channels

@@ -1,5 +1,6 @@
 //! The graph of a float model file (version 2): node metadata, limits and shape inference checked before any
 //! weight is allocated, then the model built from its tensors.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 use crate::error::{Error, Result};
 use crate::nn::{
     Add, AvgPool2d, AxisSlice, BatchNorm2d, Clip, Concat, Conv2d, Dense, Dropout, Flatten, Layer,
@@ -14,8 +15,12 @@ pub(super) const INPUT: &str = "input";
 const MAX_NODES: usize = 4096;
 /// Largest dimension or count (channels, features, kernel, classes).
 const MAX_DIM: usize = 1 << 20;
-/// Largest activation of one sample, in elements (the shape inference below bounds every value).
+/// Largest activation of one sample, in elements (the shape inference below bounds every value, and a
+/// convolution's padded input and im2col matrix).
 const MAX_SAMPLE_ELEMS: usize = 1 << 26;
+/// Largest sum of every value's elements per sample: a forward pass keeps every value, so 4096 values of
+/// `MAX_SAMPLE_ELEMS` would otherwise ask for a terabyte.
+const MAX_TOTAL_SAMPLE_ELEMS: usize = 1 << 28;
 /// Longest node name, in bytes.
 const MAX_NAME_BYTES: usize = 256;
 
@@ -204,7 +209,10 @@ impl LayerMeta {
                         }
                     }
                 }
-                return Ok((vec![c, first[1], first[2]], 0));
+                return match first {
+                    [_, h, w] => Ok((vec![c, *h, *w], 0)),
+                    _ => Err(format!("concat inputs {inputs:?} are not [C, H, W]")),
+                };
             }
             _ => {}
         }
@@ -224,10 +232,14 @@ impl LayerMeta {
         };
         let window = |k: [usize; 2], s: [usize; 2], p: [usize; 2], h: usize, w: usize| {
             dims(&[k[0], k[1], s[0], s[1]])?;
+            if p[0] > MAX_DIM || p[1] > MAX_DIM {
+                return Err(format!("padding {p:?} above {MAX_DIM}"));
+            }
+            // No overflow: sizes are at most MAX_SAMPLE_ELEMS, paddings at most MAX_DIM.
             let oh = (h + 2 * p[0]).checked_sub(k[0]).map(|d| d / s[0] + 1);
             let ow = (w + 2 * p[1]).checked_sub(k[1]).map(|d| d / s[1] + 1);
             match (oh, ow) {
-                (Some(a), Some(b)) if p[0] <= MAX_DIM && p[1] <= MAX_DIM => Ok((a, b)),
+                (Some(a), Some(b)) => Ok((a, b)),
                 _ => Err(format!(
                     "window {k:?} does not fit {h}x{w} with padding {p:?}"
                 )),
@@ -306,6 +318,21 @@ impl LayerMeta {
                     ));
                 }
                 let (oh, ow) = window(kernel, stride, padding, h, w)?;
+                // The forward pass copies the input into zero-bordered planes and unfolds it (im2col): with a
+                // large padding and stride, or a large kernel, both can dwarf the output.
+                let padded = (h + 2 * padding[0]) * (w + 2 * padding[1]);
+                let col = (in_channels / groups)
+                    .checked_mul(kernel[0] * kernel[1])
+                    .and_then(|k| k.checked_mul(oh * ow));
+                if c.checked_mul(padded).is_none_or(|e| e > MAX_SAMPLE_ELEMS)
+                    || col.is_none_or(|e| e > MAX_SAMPLE_ELEMS)
+                {
+                    return Err(format!(
+                        "padded input ({c}x{}x{}) or im2col matrix above {MAX_SAMPLE_ELEMS} elements",
+                        h + 2 * padding[0],
+                        w + 2 * padding[1]
+                    ));
+                }
                 let params = out_channels
                     .checked_mul(in_channels / groups)
                     .and_then(|v| v.checked_mul(kernel[0] * kernel[1]))
@@ -466,7 +493,7 @@ pub(super) fn read(
         .and_then(|v| v.checked_mul(w))
         .filter(|&e| (1..=MAX_SAMPLE_ELEMS).contains(&e))
         .ok_or_else(|| bad(format!("input shape {:?}", g.input_shape)))?;
-    let _ = input_elems;
+    let mut total_elems = input_elems;
     if !(1..=MAX_DIM).contains(&g.classes) {
         return Err(bad(format!("{} classes", g.classes)));
     }
@@ -500,13 +527,23 @@ pub(super) fn read(
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let in_shapes: Vec<&[usize]> = inputs.iter().map(|&v| shapes[v].as_slice()).collect();
+        // Every id in `ids` has its shape pushed already.
+        let in_shapes: Vec<&[usize]> = inputs
+            .iter()
+            .filter_map(|&v| shapes.get(v).map(Vec::as_slice))
+            .collect();
         let (shape, p) = n.op.infer(&in_shapes).map_err(at)?;
         let e = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if !e.is_some_and(|e| (1..=MAX_SAMPLE_ELEMS).contains(&e)) {
             return Err(at(format!("output {shape:?} is empty or too large")));
         }
         params = params.saturating_add(p);
+        total_elems = total_elems.saturating_add(e.unwrap_or(0));
+        if total_elems > MAX_TOTAL_SAMPLE_ELEMS {
+            return Err(at(format!(
+                "the values up to here hold {total_elems} elements per sample, above {MAX_TOTAL_SAMPLE_ELEMS}"
+            )));
+        }
         if ids.insert(&n.name, i + 1).is_some() {
             return Err(at("duplicate name".into()));
         }

@@ -17,6 +17,8 @@
 //! Results differ from the reference only in summation order (f32); both are deterministic for a given ISA.
 //! The tier is [`crate::kernel_tiers::Family::TrainGemm`]'s: `avx2` (AVX2 + FMA) unless `LOWBIT_ISA=reference`
 //! or the CPU lacks it.
+//!
+//! (Over 800 lines on purpose: each AVX2+FMA kernel sits beside the scalar reference it must match.)
 use super::gemm::MatRef;
 use crate::kernel_tiers::Family;
 pub use lowbit_runtime::isa::Isa;

@@ -46,7 +46,7 @@ struct Pending {
     clip_max: Option<f32>,
 }
 
-/// Converts a prepared model (see [`super::prepare_qat`] / [`super::ptq`]) to a [`QuantModel`] graph, node by
+/// Converts a prepared model (see [`super::prepare_qat`] / [`super::ptq()`]) to a [`QuantModel`] graph, node by
 /// node in order, tracking what each value is on the integer side:
 ///
 /// - the input quantizer turns the model input into codes (scale 1/255, zero point 0 for pixels);

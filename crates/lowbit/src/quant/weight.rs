@@ -1,5 +1,8 @@
 //! Weight quantizers. [`WeightQuantizer::quantize`] is the single source of weight codes: QAT's fake-quant
 //! forward (`code * scale`) and the conversion to the runtime model both call it, so they agree by construction.
+//!
+//! (Over 800 lines on purpose: the single source of weight codes, every rule's forward and straight-through
+//! backward together, so QAT and conversion cannot drift apart.)
 use super::calibrate::WeightCalibration;
 use super::config::{QuantConfig, WeightQuantKind};
 use super::kernels;

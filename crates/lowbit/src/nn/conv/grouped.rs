@@ -153,20 +153,16 @@ impl Conv2d {
                 want.map_or_else(|| "too many".to_string(), |n| n.to_string()),
             )));
         }
-        // from_weights' length contract is for one group; the lengths were checked above.
-        let mut layer = Self::from_weights(
+        // Not from_weights: its (debug-asserted) length contract is for one group.
+        let mut layer = Self::with_checked_weights(
             in_channels,
             out_channels,
             kernel,
             stride,
             padding,
-            Vec::new(),
-            Vec::new(),
+            weight,
+            bias,
         );
-        layer.grad_weight = vec![0.0; weight.len()];
-        layer.grad_bias = vec![0.0; bias.len()];
-        layer.weight = weight;
-        layer.bias = bias;
         layer.grouped = (groups > 1).then(|| Box::new(GroupState::new(groups)));
         Ok(layer)
     }

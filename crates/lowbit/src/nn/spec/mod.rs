@@ -73,7 +73,8 @@ pub fn from_spec_for(
     ))
 }
 
-fn mlp(spec: &str, sizes: &str, seed: u64, input_shape: [usize; 3]) -> Result<Model> {
+/// The sizes of an `mlp:` spec, checked against the input and [`MAX_PARAMS`].
+fn mlp_sizes(spec: &str, sizes: &str, input_shape: [usize; 3]) -> Result<Vec<usize>> {
     let sizes = sizes
         .split('-')
         .map(|s| {
@@ -108,15 +109,20 @@ fn mlp(spec: &str, sizes: &str, seed: u64, input_shape: [usize; 3]) -> Result<Mo
         ));
     }
     // Keep weights a sane size; a typo like 784-640000-10 should not try to allocate gigabytes.
-    const MAX_PARAMS: usize = 1 << 28;
     let mut params = 0usize;
     for w in sizes.windows(2) {
         params = w[0]
             .checked_mul(w[1])
+            .and_then(|p| p.checked_add(w[1]))
             .and_then(|p| params.checked_add(p))
             .filter(|&p| p <= MAX_PARAMS)
             .ok_or_else(|| Error::option("--model", format!("'{spec}' has too many parameters")))?;
     }
+    Ok(sizes)
+}
+
+fn mlp(spec: &str, sizes: &str, seed: u64, input_shape: [usize; 3]) -> Result<Model> {
+    let sizes = mlp_sizes(spec, sizes, input_shape)?;
     let mut rng = Rng::new(seed);
     let mut layers = Vec::new();
     let last = sizes.len() - 2;
@@ -164,8 +170,43 @@ fn lenet5(seed: u64, input: [usize; 3], classes: usize) -> Result<Model> {
     Ok(Model::sequential("lenet5", input, classes, layers))
 }
 
-/// The `cnn:` grammar (see the module doc); shapes are tracked so a bad spec fails here, not in training.
-fn cnn(spec: &str, tokens: &str, seed: u64, input_shape: [usize; 3]) -> Result<Model> {
+/// One token of a `cnn:` spec with the sizes it sees.
+enum CnnToken {
+    /// 3x3 convolution from `c_in` to `k` channels, with a batch norm when `bn`, then ReLU.
+    Conv {
+        c_in: usize,
+        k: usize,
+        bn: bool,
+    },
+    MaxPool,
+    AvgPool,
+    Global,
+    Dropout(f32),
+    /// Fully connected `fan_in -> k` then ReLU, after a flatten when `flatten`.
+    Fc {
+        fan_in: usize,
+        k: usize,
+        flatten: bool,
+    },
+}
+
+/// A parsed and shape-checked `cnn:` spec: its tokens, the output layer and the parameter count, known before
+/// anything is allocated (a float file's spec is checked against the values the file stores).
+struct CnnPlan {
+    tokens: Vec<CnnToken>,
+    /// Input features of the output layer, and whether a flatten precedes it.
+    fan_in: usize,
+    flatten: bool,
+    classes: usize,
+    params: usize,
+}
+
+/// Most parameters a `cnn:` or `mlp:` spec may have (1 GB of f32 weights).
+const MAX_PARAMS: usize = 1 << 28;
+
+/// Parses the `cnn:` grammar (see the module doc), tracking shapes so that a bad spec fails here, not in
+/// training, and counting parameters.
+fn cnn_plan(spec: &str, tokens: &str, input_shape: [usize; 3]) -> Result<CnnPlan> {
     let bad =
         |reason: String| Error::option("--model", format!("'{spec}': {reason}; {VALID_FORMS}"));
     let parse_count = |t: &str, what: &str| -> Result<usize> {
@@ -179,12 +220,18 @@ fn cnn(spec: &str, tokens: &str, seed: u64, input_shape: [usize; 3]) -> Result<M
         return Err(bad("empty".into()));
     };
     let classes = parse_count(last, "class count")?;
-    let mut rng = Rng::new(seed);
     let [mut c, mut h, mut w] = input_shape;
     let mut flat: Option<usize> = None;
-    let mut layers = Vec::new();
-    for (i, &t) in body.iter().enumerate() {
-        let mut layer_rng = rng.fork(i as u64);
+    let mut plan = Vec::with_capacity(body.len());
+    let mut params = 0usize;
+    let mut count = |p: Option<usize>| {
+        params = p
+            .and_then(|p| params.checked_add(p))
+            .filter(|&p| p <= MAX_PARAMS)
+            .ok_or_else(|| bad("too many parameters".into()))?;
+        Ok::<(), Error>(())
+    };
+    for &t in body {
         let spatial = |what: &str| {
             if flat.is_some() {
                 Err(bad(format!("'{what}' after a fully connected layer")))
@@ -199,72 +246,178 @@ fn cnn(spec: &str, tokens: &str, seed: u64, input_shape: [usize; 3]) -> Result<M
                 None => (rest, false),
             };
             let k = parse_count(n, "channel count")?;
-            layers.push(Layer::Conv2d(Conv2d::new(
-                c,
-                k,
-                (3, 3),
-                (1, 1),
-                (1, 1),
-                &mut layer_rng,
-            )));
-            if bn {
-                layers.push(Layer::BatchNorm2d(BatchNorm2d::new(k)));
-            }
-            layers.push(Layer::Relu(Relu::new()));
+            count(
+                c.checked_mul(9 * k)
+                    .map(|p| p + k + if bn { 4 * k } else { 0 }),
+            )?;
+            plan.push(CnnToken::Conv { c_in: c, k, bn });
             c = k;
         } else if t == "p" || t == "a" {
             spatial(t)?;
             if h < 2 || w < 2 {
                 return Err(bad(format!("pooling '{t}' on a {h}x{w} map")));
             }
-            layers.push(if t == "p" {
-                Layer::MaxPool2d(MaxPool2d::new((2, 2), (2, 2)))
+            plan.push(if t == "p" {
+                CnnToken::MaxPool
             } else {
-                Layer::AvgPool2d(AvgPool2d::new((2, 2), (2, 2)))
+                CnnToken::AvgPool
             });
             (h, w) = (h / 2, w / 2);
         } else if t == "g" {
             spatial(t)?;
-            layers.push(Layer::AvgPool2d(AvgPool2d::global()));
+            plan.push(CnnToken::Global);
             (h, w) = (1, 1);
         } else if let Some(p) = t.strip_prefix('d') {
             let p: f32 = p
                 .parse()
                 .map_err(|_| bad(format!("dropout '{t}' is not dP with P a number")))?;
-            layers.push(Layer::Dropout(
-                Dropout::new(p, layer_rng.next_u64())
-                    .map_err(|_| bad(format!("dropout {p} is not in [0, 1)")))?,
-            ));
+            if !(0.0..1.0).contains(&p) {
+                return Err(bad(format!("dropout {p} is not in [0, 1)")));
+            }
+            plan.push(CnnToken::Dropout(p));
         } else if let Some(n) = t.strip_prefix('f') {
             let k = parse_count(n, "unit count")?;
-            let fan_in = match flat {
-                Some(f) => f,
-                None => {
-                    layers.push(Layer::Flatten(Flatten::new()));
-                    c * h * w
-                }
+            let (fan_in, flatten) = match flat {
+                Some(f) => (f, false),
+                None => (c * h * w, true),
             };
-            layers.push(Layer::Dense(Dense::new(fan_in, k, &mut layer_rng)));
-            layers.push(Layer::Relu(Relu::new()));
+            count(fan_in.checked_mul(k).map(|p| p + k))?;
+            plan.push(CnnToken::Fc { fan_in, k, flatten });
             flat = Some(k);
         } else {
             return Err(bad(format!("unknown token '{t}'")));
         }
     }
-    let fan_in = match flat {
-        Some(f) => f,
-        None => {
-            layers.push(Layer::Flatten(Flatten::new()));
-            c * h * w
-        }
+    let (fan_in, flatten) = match flat {
+        Some(f) => (f, false),
+        None => (c * h * w, true),
     };
-    if fan_in.checked_mul(classes).is_none_or(|p| p > 1 << 28) {
-        return Err(bad("too many parameters".into()));
+    count(fan_in.checked_mul(classes).map(|p| p + classes))?;
+    Ok(CnnPlan {
+        tokens: plan,
+        fan_in,
+        flatten,
+        classes,
+        params,
+    })
+}
+
+/// The `cnn:` model (see the module doc).
+fn cnn(spec: &str, tokens: &str, seed: u64, input_shape: [usize; 3]) -> Result<Model> {
+    let plan = cnn_plan(spec, tokens, input_shape)?;
+    let mut rng = Rng::new(seed);
+    let mut layers = Vec::new();
+    for (i, t) in plan.tokens.iter().enumerate() {
+        let mut layer_rng = rng.fork(i as u64);
+        match *t {
+            CnnToken::Conv { c_in, k, bn } => {
+                layers.push(Layer::Conv2d(Conv2d::new(
+                    c_in,
+                    k,
+                    (3, 3),
+                    (1, 1),
+                    (1, 1),
+                    &mut layer_rng,
+                )));
+                if bn {
+                    layers.push(Layer::BatchNorm2d(BatchNorm2d::new(k)));
+                }
+                layers.push(Layer::Relu(Relu::new()));
+            }
+            CnnToken::MaxPool => layers.push(Layer::MaxPool2d(MaxPool2d::new((2, 2), (2, 2)))),
+            CnnToken::AvgPool => layers.push(Layer::AvgPool2d(AvgPool2d::new((2, 2), (2, 2)))),
+            CnnToken::Global => layers.push(Layer::AvgPool2d(AvgPool2d::global())),
+            CnnToken::Dropout(p) => {
+                layers.push(Layer::Dropout(Dropout::new(p, layer_rng.next_u64())?))
+            }
+            CnnToken::Fc { fan_in, k, flatten } => {
+                if flatten {
+                    layers.push(Layer::Flatten(Flatten::new()));
+                }
+                layers.push(Layer::Dense(Dense::new(fan_in, k, &mut layer_rng)));
+                layers.push(Layer::Relu(Relu::new()));
+            }
+        }
+    }
+    if plan.flatten {
+        layers.push(Layer::Flatten(Flatten::new()));
     }
     layers.push(Layer::Dense(Dense::new(
-        fan_in,
-        classes,
-        &mut rng.fork(body.len() as u64),
+        plan.fan_in,
+        plan.classes,
+        &mut rng.fork(plan.tokens.len() as u64),
     )));
-    Ok(Model::sequential(spec, input_shape, classes, layers))
+    Ok(Model::sequential(spec, input_shape, plan.classes, layers))
+}
+
+/// The values a float file stores for a chain spec (`mlp:`, `lenet5`, `cnn:`) for `input_shape` and `classes`:
+/// weights, biases and batch-norm statistics, counted without allocating the `mlp:` and `cnn:` weights (`lenet5`
+/// is built: its size follows the input's). An error for invalid and graph specs. Float files of version 1,
+/// which stored only the spec, are checked against it before the model is built.
+pub(crate) fn chain_param_count(
+    spec: &str,
+    input_shape: [usize; 3],
+    classes: usize,
+) -> Result<usize> {
+    let spec = spec.trim();
+    if let Some(sizes) = spec.strip_prefix("mlp:") {
+        let sizes = mlp_sizes(spec, sizes, input_shape)?;
+        return Ok(sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum());
+    }
+    if let Some(tokens) = spec.strip_prefix("cnn:") {
+        return Ok(cnn_plan(spec, tokens, input_shape)?.params);
+    }
+    if spec == "lenet5" {
+        return Ok(lenet5(0, input_shape, classes)?.param_count());
+    }
+    Err(Error::option(
+        "--model",
+        format!("'{spec}' is not an mlp:, lenet5 or cnn: spec"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The values a float file stores for `model`: weights, biases and batch-norm statistics.
+    fn stored_values(model: &Model) -> usize {
+        model
+            .layers()
+            .map(|l| match l {
+                Layer::Dense(d) => d.weight.len() + d.bias.len(),
+                Layer::Conv2d(c) => c.weight.len() + c.bias.len(),
+                Layer::BatchNorm2d(b) => 4 * b.gamma.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn chain_param_count_equals_the_values_of_the_built_model() {
+        for spec in [
+            "mlp:784-64-10",
+            "mlp:784-8-8-10",
+            "lenet5",
+            "cnn:c16-c16-p-c32.bn-p-f64-10",
+            "cnn:c8.bn-a-g-d0.25-f16-f8-10",
+            "cnn:c4-12",
+        ] {
+            let built = from_spec(spec, 3).unwrap();
+            let counted = chain_param_count(spec, IMAGE_SHAPE, 10).unwrap();
+            assert_eq!(counted, stored_values(&built), "{spec}");
+        }
+    }
+
+    #[test]
+    fn chain_param_count_refuses_graph_specs_and_huge_chains_without_building_them() {
+        for spec in [
+            "resnet:20",
+            "mobilenet",
+            "cnn:c4096-c4096-c4096-c4096-c4096-10",
+            "nonsense",
+        ] {
+            assert!(chain_param_count(spec, IMAGE_SHAPE, 10).is_err(), "{spec}");
+        }
+    }
 }
