@@ -119,6 +119,27 @@ impl Bars {
                     }
                 }
             }
+            Event::AdaRound(p) => {
+                // One bar over every layer; with a time budget the later layers' lengths are estimates.
+                let b = self.current.get_or_insert_with(|| {
+                    bar((p.layers * p.iters) as u64, "AdaRound", self.quiet)
+                });
+                b.set_length((p.layers * p.iters) as u64);
+                b.set_position((p.layer * p.iters + p.iter) as u64);
+                if p.iter == 1 || p.iter == p.iters || p.iter % 50 == 0 {
+                    b.set_message(format!(
+                        "AdaRound {} {}/{} loss {:.4}",
+                        p.name,
+                        p.layer + 1,
+                        p.layers,
+                        p.loss
+                    ));
+                }
+                if p.layer + 1 == p.layers && p.iter == p.iters {
+                    b.finish_and_clear();
+                    self.current = None;
+                }
+            }
             Event::TrainingFinished => {
                 if let Some(b) = self.current.take() {
                     b.finish_and_clear();
@@ -279,6 +300,9 @@ fn resolve_settings(
             ("calibration", "--calibration"),
             ("weight_calibration", "--weight-calibration"),
             ("bias_correction", "--bias-correction"),
+            ("adaround", "--adaround"),
+            ("adaround_iters", "--adaround-iters"),
+            ("adaround_seconds", "--adaround-seconds"),
         ] {
             if typed(id) {
                 bail!(
@@ -358,6 +382,24 @@ fn resolve_settings(
         }
         if a.bias_correction {
             q.bias_correction = Some(true);
+        }
+        if a.adaround {
+            q.adaround = Some(true);
+        }
+        if let Some(n) = a.adaround_iters {
+            q.adaround_iters = Some(n);
+        }
+        if let Some(s) = a.adaround_seconds {
+            q.adaround_seconds = Some(s);
+        }
+        if (q.adaround_iters.is_some() || q.adaround_seconds.is_some()) && q.adaround != Some(true)
+        {
+            let flag = if q.adaround_iters.is_some() {
+                "--adaround-iters"
+            } else {
+                "--adaround-seconds"
+            };
+            bail!("invalid {flag}: it sets up AdaRound, which needs --adaround");
         }
         if typed("calibration_samples") || q.calibration_samples.is_none() {
             q.calibration_samples = Some(a.calibration_samples);

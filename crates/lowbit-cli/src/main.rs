@@ -212,6 +212,17 @@ struct TrainArgs {
     /// outputs on the calibration samples (Nagel et al. 2019), layer after layer.
     #[arg(long)]
     bias_correction: bool,
+    /// PTQ AdaRound (Nagel et al. 2020): learn per weight whether to round up or down so that each layer's
+    /// output on the calibration samples stays close to the float model's; min-max or ternary weights.
+    #[arg(long)]
+    adaround: bool,
+    /// AdaRound Adam iterations per layer (default 1000).
+    #[arg(long, value_name = "N")]
+    adaround_iters: Option<usize>,
+    /// AdaRound time budget in seconds for all layers: each layer runs as many iterations (at most
+    /// --adaround-iters) as fit its share (the result then depends on the machine's speed).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    adaround_seconds: Option<f64>,
     /// Quantizer method for weights and activations: `lsq` learns step sizes for both; `pact` learns the
     /// activation clipping level (weights keep `ste`). The two flags below override it.
     #[arg(long, value_enum)]

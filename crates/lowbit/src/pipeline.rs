@@ -75,6 +75,8 @@ pub enum Event {
     },
     /// One training step done.
     Step(Progress),
+    /// One AdaRound iteration done (PTQ with `adaround`).
+    AdaRound(quant::AdaRoundProgress),
     /// The phase finished.
     TrainingFinished,
     /// The phase stopped on a non-finite loss or gradient; `model` holds the last good weights (end of the last
@@ -331,6 +333,9 @@ pub fn label(quant: Option<&QuantConfig>, weight_bits_stored: Option<u32>) -> St
             if q.weight_calibration != quant::WeightCalibration::MinMax {
                 out.push_str(&format!(" weights={}", q.weight_calibration));
             }
+            if q.adaround {
+                out.push_str(" adaround");
+            }
             if q.bias_correction {
                 out.push_str(" bias-corrected");
             }
@@ -473,7 +478,10 @@ fn run_with(
             } else {
                 baseline.map(|b| b.epochs.clone()).unwrap_or_default()
             };
-            (quant::ptq(src, qcfg, &calib)?, epochs)
+            let q = quant::ptq_with_progress(src, qcfg, &calib, cfg.train.seed, &mut |p| {
+                on_event(Event::AdaRound(p.clone()))
+            })?;
+            (q, epochs)
         }
         Method::Qat => {
             let mut m = match init {
