@@ -1,14 +1,14 @@
 //! The subcommands. Each returns `anyhow::Result` with context naming the file or option at fault.
 use crate::ui::{bar, Table};
 use crate::{
-    ActQuantizerArg, BenchArgs, BnFoldArg, DemoArgs, EvalArgs, MethodArg, OptimizerArg,
-    PredictArgs, QuantizerArg, ScheduleArg, TrainArgs, WeightQuantizerArg,
+    ActQuantizerArg, BenchArgs, BnFoldArg, DataArg, DemoArgs, EvalArgs, MethodArg, NormArgs,
+    OptimizerArg, PredictArgs, QuantizerArg, ScheduleArg, TrainArgs, WeightQuantizerArg,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use lowbit::checkpoint::Checkpointing;
 use lowbit::config_file::{self, BnFoldName, FileConfig, MethodName, OptimizerName, QuantSection};
-use lowbit::data::{self, DataSource, Split};
+use lowbit::data::{self, DataOptions, DataSource, Split};
 use lowbit::eval::{argmax_rows, metrics, Metrics};
 use lowbit::modelfile::{self, AnyModel};
 use lowbit::nn::Model;
@@ -20,6 +20,7 @@ use lowbit::report::{DatasetInfo, Report};
 use lowbit::train::{self, TrainConfig};
 use lowbit_runtime::engine::{Engine, EngineOptions};
 use lowbit_runtime::model::Provenance;
+use lowbit_runtime::preprocess::Normalization;
 
 /// The engine options of `eval` and `bench`, which run batch after batch in a process of their own: the helper
 /// threads may spin between batches (the library's default is off, for host processes that do other work).
@@ -29,9 +30,40 @@ const CLI_ENGINE: EngineOptions = EngineOptions {
 use std::path::Path;
 use std::time::Instant;
 
-pub(crate) fn load_data(spec: &str) -> Result<Split> {
+/// Loads `--data` (named `spec`, which a config file may have set) with the data flags and a normalisation.
+pub(crate) fn load_data(
+    spec: &str,
+    a: &DataArg,
+    normalization: Option<Normalization>,
+) -> Result<Split> {
     let source: DataSource = spec.parse()?;
-    Ok(data::load(&source)?)
+    let opts = DataOptions {
+        image_size: a.image_size,
+        layout: a.layout,
+        coarse_labels: a.coarse_labels,
+        normalization,
+    };
+    Ok(data::load_with(&source, &opts)?)
+}
+
+/// `--mean` / `--std` as a normalisation (`None` when neither is given).
+fn normalization(n: &NormArgs) -> Result<Option<Normalization>> {
+    match (n.mean.is_empty(), n.std.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => Ok(Some(
+            Normalization::new(n.mean.clone(), n.std.clone())
+                .map_err(|e| anyhow!("invalid --mean/--std: {e}"))?,
+        )),
+        _ => bail!("invalid --mean/--std: give both, with one value or one per channel each"),
+    }
+}
+
+/// The normalisation a model was trained with, for data it is evaluated on.
+fn model_normalization(model: &AnyModel) -> Option<Normalization> {
+    match model {
+        AnyModel::Quant(qm) => qm.normalization.clone(),
+        AnyModel::Float(m, _) => m.normalization.clone(),
+    }
 }
 
 /// Progress-bar driver for pipeline events.
@@ -85,6 +117,27 @@ impl Bars {
                             p.accuracy * 100.0
                         ));
                     }
+                }
+            }
+            Event::AdaRound(p) => {
+                // One bar over every layer; with a time budget the later layers' lengths are estimates.
+                let b = self.current.get_or_insert_with(|| {
+                    bar((p.layers * p.iters) as u64, "AdaRound", self.quiet)
+                });
+                b.set_length((p.layers * p.iters) as u64);
+                b.set_position((p.layer * p.iters + p.iter) as u64);
+                if p.iter == 1 || p.iter == p.iters || p.iter % 50 == 0 {
+                    b.set_message(format!(
+                        "AdaRound {} {}/{} loss {:.4}",
+                        p.name,
+                        p.layer + 1,
+                        p.layers,
+                        p.loss
+                    ));
+                }
+                if p.layer + 1 == p.layers && p.iter == p.iters {
+                    b.finish_and_clear();
+                    self.current = None;
                 }
             }
             Event::TrainingFinished => {
@@ -247,6 +300,9 @@ fn resolve_settings(
             ("calibration", "--calibration"),
             ("weight_calibration", "--weight-calibration"),
             ("bias_correction", "--bias-correction"),
+            ("adaround", "--adaround"),
+            ("adaround_iters", "--adaround-iters"),
+            ("adaround_seconds", "--adaround-seconds"),
         ] {
             if typed(id) {
                 bail!(
@@ -326,6 +382,24 @@ fn resolve_settings(
         }
         if a.bias_correction {
             q.bias_correction = Some(true);
+        }
+        if a.adaround {
+            q.adaround = Some(true);
+        }
+        if let Some(n) = a.adaround_iters {
+            q.adaround_iters = Some(n);
+        }
+        if let Some(s) = a.adaround_seconds {
+            q.adaround_seconds = Some(s);
+        }
+        if (q.adaround_iters.is_some() || q.adaround_seconds.is_some()) && q.adaround != Some(true)
+        {
+            let flag = if q.adaround_iters.is_some() {
+                "--adaround-iters"
+            } else {
+                "--adaround-seconds"
+            };
+            bail!("invalid {flag}: it sets up AdaRound, which needs --adaround");
         }
         if typed("calibration_samples") || q.calibration_samples.is_none() {
             q.calibration_samples = Some(a.calibration_samples);
@@ -513,8 +587,20 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
     let checkpoints = checkpointing(a)?;
     let data_name = fc.data.clone().unwrap_or_else(|| a.data.data.clone());
     let model_spec = fc.model.clone().unwrap_or_else(|| a.model.clone());
-    let split = load_data(&data_name)?;
     let init = a.init.as_deref().map(load_float_model).transpose()?;
+    // A model to fine-tune brings its normalisation; flags that say otherwise are a mistake.
+    let norm = match (
+        normalization(&a.norm)?,
+        init.as_ref().and_then(|m| m.normalization.clone()),
+    ) {
+        (Some(flags), Some(model)) if flags != model => bail!(
+            "invalid --mean/--std: the --init model was trained with mean {:?} and std {:?}",
+            model.mean,
+            model.std
+        ),
+        (flags, model) => flags.or(model),
+    };
+    let split = load_data(&data_name, &a.data, norm)?;
     let cfg = RunConfig {
         data: data_name.clone(),
         model: init.as_ref().map(|m| m.spec.clone()).unwrap_or(model_spec),
@@ -636,7 +722,7 @@ fn print_metrics(m: &Metrics, names: &[String]) {
 pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
     let t0 = Instant::now();
     let model = modelfile::load_any(&a.model)?;
-    let split = load_data(&a.data.data)?;
+    let split = load_data(&a.data.data, &a.data, model_normalization(&model))?;
     let names = split.test.class_names();
     let (m, source, sim, mism, isa, model_bytes, float_bytes) = match &model {
         AnyModel::Quant(qm) => {
@@ -723,6 +809,15 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
     Ok(())
 }
 
+fn print_normalization(n: Option<&Normalization>) {
+    if let Some(n) = n {
+        println!(
+            "input normalisation: (pixel / 255 - mean) / std per channel, mean {:?}, std {:?}",
+            n.mean, n.std
+        );
+    }
+}
+
 /// `lowbit inspect`.
 pub fn inspect(path: &Path) -> Result<()> {
     let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -750,6 +845,7 @@ pub fn inspect(path: &Path) -> Result<()> {
                 qm.provenance.seed,
                 qm.provenance.test_accuracy.map(pct).unwrap_or_else(|| "-".into())
             );
+            print_normalization(qm.normalization.as_ref());
             let mut t = Table::new(&["#", "node", "reads", "op", "output", "w scales", "bytes"]);
             for (i, n) in lowbit::report::node_summaries(&qm)?.into_iter().enumerate() {
                 t.row(vec![
@@ -782,6 +878,7 @@ pub fn inspect(path: &Path) -> Result<()> {
                 prov.seed,
                 prov.test_accuracy.map(pct).unwrap_or_else(|| "-".into())
             );
+            print_normalization(m.normalization.as_ref());
             let mut t = Table::new(&["#", "layer", "shape", "params"]);
             for (i, l) in m.layers_mut().enumerate() {
                 let shape = match l {
@@ -801,7 +898,7 @@ pub fn inspect(path: &Path) -> Result<()> {
 /// `lowbit demo`: the reference pipeline's comparison table.
 pub fn demo(a: &DemoArgs, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
-    let split = load_data(&a.data.data)?;
+    let split = load_data(&a.data.data, &a.data, None)?;
     let tcfg = TrainConfig {
         epochs: a.epochs,
         batch_size: 32,
@@ -960,26 +1057,25 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
 /// `lowbit predict`.
 pub fn predict(a: &PredictArgs) -> Result<()> {
     let model = modelfile::load_any(&a.model)?;
-    let (rows, cols, names) = match &model {
-        // Models written without class names (as `train` writes them) fall back to their dataset's names.
+    let (shape, names) = match &model {
+        // Models written without class names fall back to their dataset's names.
         AnyModel::Quant(qm) if qm.class_names.is_empty() => (
-            qm.input.height,
-            qm.input.width,
+            [qm.input.channels, qm.input.height, qm.input.width],
             data::class_names(&qm.provenance.dataset),
         ),
-        AnyModel::Quant(qm) => (qm.input.height, qm.input.width, qm.class_names.clone()),
-        AnyModel::Float(m, p) => (
-            m.input_shape[1],
-            m.input_shape[2],
-            data::class_names(&p.dataset),
+        AnyModel::Quant(qm) => (
+            [qm.input.channels, qm.input.height, qm.input.width],
+            qm.class_names.clone(),
         ),
+        AnyModel::Float(m, p) => (m.input_shape, data::class_names(&p.dataset)),
     };
+    let [channels, rows, cols] = shape;
     let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(idx) = &a.idx {
         let imgs = data::read_idx_images(idx)?;
-        if imgs.rows != rows || imgs.cols != cols {
+        if channels != 1 || imgs.rows != rows || imgs.cols != cols {
             bail!(
-                "{}: images are {}x{}, the model takes {rows}x{cols}",
+                "{}: images are 1x{}x{}, the model takes {channels}x{rows}x{cols}",
                 idx.display(),
                 imgs.rows,
                 imgs.cols
@@ -1000,18 +1096,32 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
         ));
     }
     for f in &a.files {
-        inputs.push((f.display().to_string(), data::read_image(f, rows, cols)?));
+        // PGM (and the exact-size PNG path) for gray models; the `image` crate, resizing as --image-size does,
+        // for colour models and JPEG.
+        let head = std::fs::File::open(f)
+            .and_then(|mut file| {
+                let mut b = [0u8; 2];
+                std::io::Read::read(&mut file, &mut b).map(|n| b[..n].to_vec())
+            })
+            .with_context(|| f.display().to_string())?;
+        let px = if channels == 1 && (head.starts_with(b"P") || head.starts_with(&[0x89])) {
+            data::read_image(f, rows, cols)?
+        } else {
+            data::folder::read_image_for(f, shape)?
+        };
+        inputs.push((f.display().to_string(), px));
     }
     if inputs.is_empty() {
         bail!("nothing to predict: give image files or --idx FILE --index I");
     }
     for (name, px) in inputs {
         let logits = match &model {
-            AnyModel::Quant(qm) => Engine::new(qm)?.run(&px, 1)?,
+            AnyModel::Quant(qm) => Engine::new(qm)?.run(&qm.input_codes(&px), 1)?,
             AnyModel::Float(m, _) => {
                 let mut m = (**m).clone();
-                let x: Vec<f32> = px.iter().map(|&p| f32::from(p) / 255.0).collect();
-                let t = lowbit::tensor::Tensor::new(x, vec![1, 1, rows, cols]);
+                let mut x = Vec::with_capacity(px.len());
+                data::pixels_to_input(&px, shape, m.normalization.as_ref(), &mut x);
+                let t = lowbit::tensor::Tensor::new(x, vec![1, channels, rows, cols]);
                 m.forward(&t, false)?.data
             }
         };
@@ -1124,17 +1234,18 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     ]);
     for &b in &a.batch {
         // Sample images centred in the model's input and repeated over its channels (the images themselves when
-        // the model takes 28x28x1).
+        // the model takes 28x28x1), normalised and coded as the model says.
         let shape = [qm.input.channels, qm.input.height, qm.input.width];
-        let mut input = Vec::with_capacity(b * per);
+        let mut pixels = Vec::with_capacity(b * per);
         for i in 0..b {
-            split.test.fitted_image(i % split.test.n, shape, &mut input);
+            split
+                .test
+                .fitted_image(i % split.test.n, shape, &mut pixels);
         }
-        let x: Vec<f32> = input.iter().map(|&p| f32::from(p) / 255.0).collect();
-        let xt = lowbit::tensor::Tensor::new(
-            x,
-            vec![b, qm.input.channels, qm.input.height, qm.input.width],
-        );
+        let mut x = Vec::with_capacity(pixels.len());
+        data::pixels_to_input(&pixels, shape, qm.normalization.as_ref(), &mut x);
+        let xt = lowbit::tensor::Tensor::new(x, vec![b, shape[0], shape[1], shape[2]]);
+        let input = qm.input_codes(&pixels).into_owned();
         let (f, i) = time_pair(
             b,
             a.seconds,

@@ -56,13 +56,45 @@ enum Command {
     Import(import::ImportArgs),
 }
 
-/// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a directory of
-/// MNIST-format IDX files.
+/// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a path whose
+/// content says what it is.
 #[derive(Args, Debug, Clone)]
 struct DataArg {
-    /// `builtin`, `fashion-mnist`, or a directory with train-images-idx3-ubyte[.gz] and friends.
+    /// `builtin`, `fashion-mnist`, or a path: a directory of MNIST-format IDX files
+    /// (train-images-idx3-ubyte[.gz] and friends); an image folder (train/ and test/ or val/, one subfolder of
+    /// PNG/JPEG images per class, classes sorted by name; RGB if any image is in colour, gray images then
+    /// replicated to 3 channels, alpha dropped); a directory with x_train.npy, y_train.npy, x_test.npy, y_test.npy
+    /// or an .npz holding them (x uint8, or float32 in [0, 1]; y integer); CIFAR-10 (data_batch_*.bin,
+    /// test_batch.bin) or CIFAR-100 (train.bin, test.bin) binaries.
     #[arg(long, default_value = "builtin")]
     data: String,
+    /// Image folders: resize every image (bilinear, aspect ratio kept) so that it covers HxW, i.e. its shorter
+    /// side fits, then center-crop it to HxW. Without it all images must have the same size.
+    #[arg(long, value_name = "HxW", value_parser = parse_image_size)]
+    image_size: Option<(usize, usize)>,
+    /// NumPy data: where the channel axis of 4-D image arrays is (auto: the one of axes 1 and 3 that is 1, 3 or
+    /// 4 wide).
+    #[arg(long, value_name = "auto|nchw|nhwc", default_value = "auto")]
+    layout: lowbit::data::NpyLayout,
+    /// CIFAR-100: use the 20 coarse labels instead of the 100 fine ones.
+    #[arg(long)]
+    coarse_labels: bool,
+}
+
+fn parse_image_size(s: &str) -> Result<(usize, usize), String> {
+    lowbit::data::folder::parse_image_size(s).map_err(|e| e.to_string())
+}
+
+/// Per-channel input normalisation: `x = (pixel / 255 - mean[c]) / std[c]`, stored in the model so that `eval`,
+/// `predict` and the engine apply it.
+#[derive(Args, Debug, Clone, Default)]
+struct NormArgs {
+    /// Per-channel means after scaling pixels to [0, 1], comma-separated (one value, or one per channel).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    mean: Vec<f32>,
+    /// Per-channel standard deviations (positive), comma-separated, as many as --mean.
+    #[arg(long, value_delimiter = ',')]
+    std: Vec<f32>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +153,8 @@ enum ScheduleArg {
 struct TrainArgs {
     #[command(flatten)]
     data: DataArg,
+    #[command(flatten)]
+    norm: NormArgs,
     /// Model spec, e.g. `mlp:784-64-10` (any number of hidden layers).
     #[arg(long, default_value = "mlp:784-64-10")]
     model: String,
@@ -182,6 +216,17 @@ struct TrainArgs {
     /// outputs on the calibration samples (Nagel et al. 2019), layer after layer.
     #[arg(long)]
     bias_correction: bool,
+    /// PTQ AdaRound (Nagel et al. 2020): learn per weight whether to round up or down so that each layer's
+    /// output on the calibration samples stays close to the float model's; min-max or ternary weights.
+    #[arg(long)]
+    adaround: bool,
+    /// AdaRound Adam iterations per layer (default 1000).
+    #[arg(long, value_name = "N")]
+    adaround_iters: Option<usize>,
+    /// AdaRound time budget in seconds for all layers: each layer runs as many iterations (at most
+    /// --adaround-iters) as fit its share (the result then depends on the machine's speed).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    adaround_seconds: Option<f64>,
     /// Quantizer method for weights and activations: `lsq` learns step sizes for both; `pact` learns the
     /// activation clipping level (weights keep `ste`). The two flags below override it.
     #[arg(long, value_enum)]

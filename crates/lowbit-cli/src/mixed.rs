@@ -114,7 +114,7 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
     }
     base.validate()?;
     let model = load_float_model(&a.model)?;
-    let split = load_data(&a.data.data)?;
+    let split = load_data(&a.data.data, &a.data, model.normalization.clone())?;
 
     let bar = crate::ui::bar(0, "sensitivity", quiet);
     let sens = if bits.is_empty() {

@@ -65,7 +65,7 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
     };
     cfg.validate()?;
     let model = load_float_model(&a.model)?;
-    let split = load_data(&a.data.data)?;
+    let split = load_data(&a.data.data, &a.data, model.normalization.clone())?;
     let bar = crate::ui::bar(0, "measurements", quiet);
     let s = sensitivity::analyse(&model, &split, &cfg, &mut |done, total| {
         bar.set_length(total as u64);

@@ -125,7 +125,7 @@ pub fn sweep(a: &SweepArgs, quiet: bool) -> Result<()> {
     // Options first, then files: a bad flag costs nothing.
     cfg.validate()?;
     let model = load_float_model(&a.model)?;
-    let split = load_data(&a.data.data)?;
+    let split = load_data(&a.data.data, &a.data, model.normalization.clone())?;
     println!(
         "lowbit sweep: {} ({}) on {} ({} test images), {} settings by {}, A{}, {}",
         a.model.display(),

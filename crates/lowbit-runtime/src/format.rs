@@ -22,8 +22,8 @@
 use crate::error::FormatError;
 use crate::graph;
 use crate::model::{
-    InputSpec, OutputStage, Provenance, QAdd, QAvgPool2d, QConcat, QConv2d, QDense, QLut,
-    QMaxPool2d, QNode, QOp, QPad, QSlice, QuantModel,
+    InputSpec, Normalization, OutputStage, Provenance, QAdd, QAvgPool2d, QConcat, QConv2d, QDense,
+    QLut, QMaxPool2d, QNode, QOp, QPad, QSlice, QuantModel,
 };
 use crate::pack::{row_bytes, PackedWeights, Packing};
 use crate::qparams::{QParams, Requant};
@@ -100,6 +100,12 @@ struct InputMeta {
     width: usize,
     scale: f64,
     zero_point: i32,
+    // Optional within version 3: written only for models trained on normalised inputs, so other files are
+    // unchanged, and a reader that predates them rejects such a file (unknown field) rather than feeding it pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mean: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    std: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -394,6 +400,8 @@ fn model_meta(model: &QuantModel) -> ModelMeta {
             width: model.input.width,
             scale: model.input.qparams.scale as f64,
             zero_point: model.input.qparams.zero_point,
+            mean: model.normalization.as_ref().map(|n| n.mean.clone()),
+            std: model.normalization.as_ref().map(|n| n.std.clone()),
         },
         classes: model.classes,
         class_names: model.class_names.clone(),
@@ -1158,6 +1166,19 @@ pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
             "unexpected tensor {extra:?}"
         )));
     }
+    let normalization = match (input.mean, input.std) {
+        (None, None) => None,
+        (Some(mean), Some(std)) => {
+            let n = Normalization { mean, std };
+            n.check_channels(input.channels)?;
+            Some(n)
+        }
+        _ => {
+            return Err(FormatError::Malformed(
+                "input has a mean without a std, or a std without a mean".into(),
+            ))
+        }
+    };
     let model = QuantModel {
         input: InputSpec {
             channels: input.channels,
@@ -1172,6 +1193,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<QuantModel, FormatError> {
         classes,
         class_names,
         provenance,
+        normalization,
     };
     let info = graph::check(&model)?;
     check_graph_limits(&info)?;

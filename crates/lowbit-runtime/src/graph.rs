@@ -52,6 +52,9 @@ pub fn check(model: &QuantModel) -> Result<GraphInfo, QuantError> {
     if model.nodes.is_empty() {
         return Err(shape_err("model", "no nodes".into()));
     }
+    if let Some(n) = &model.normalization {
+        n.check_channels(spec.channels)?;
+    }
     if !model.class_names.is_empty() && model.class_names.len() != model.classes {
         return Err(shape_err(
             "class_names",

@@ -25,6 +25,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod pack;
+pub mod preprocess;
 pub mod qparams;
 /// Test helpers for this workspace (cargo feature `testutil`, off by default; not a stable API).
 #[cfg(any(test, feature = "testutil"))]

@@ -7,6 +7,7 @@
 //! consume codes restate the quantization they expect (`input` fields), which validation checks against the
 //! value's producer ([`crate::graph::check`]).
 use crate::pack::PackedWeights;
+pub use crate::preprocess::Normalization;
 use crate::qparams::{QParams, Requant};
 use serde::{Deserialize, Serialize};
 
@@ -263,9 +264,33 @@ pub struct QuantModel {
     pub class_names: Vec<String>,
     /// Where the model came from.
     pub provenance: Provenance,
+    /// How pixels become input codes, when the model was trained on normalised inputs (`None`: the code is the
+    /// pixel). Apply it with [`QuantModel::input_codes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<Normalization>,
 }
 
 impl QuantModel {
+    /// The input codes of raw pixels (`n` samples, NCHW): the pixels themselves, or their normalised values
+    /// quantized with the input's parameters ([`Normalization::codes`]).
+    pub fn input_codes<'a>(&self, pixels: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        match &self.normalization {
+            None => std::borrow::Cow::Borrowed(pixels),
+            Some(n) => {
+                let mut out = Vec::new();
+                let plane = self.input.height * self.input.width;
+                n.codes(
+                    self.input.qparams,
+                    self.input.channels,
+                    plane,
+                    pixels,
+                    &mut out,
+                );
+                std::borrow::Cow::Owned(out)
+            }
+        }
+    }
+
     /// A chain: op `i` (named `layers.{i}`, the names format versions 1 and 2 give their layers) reads the
     /// output of op `i - 1`, the first one the input.
     pub fn chain(input: InputSpec, ops: Vec<QOp>, classes: usize) -> QuantModel {
@@ -284,6 +309,7 @@ impl QuantModel {
             classes,
             class_names: Vec::new(),
             provenance: Provenance::default(),
+            normalization: None,
         }
     }
 

@@ -175,6 +175,7 @@ fn every_layer_graph() -> Res<Model> {
         input_shape: [3, 6, 6],
         classes: 3,
         spec: "fuzz seed: every layer".into(),
+        normalization: None,
     };
     model.check_structure()?;
     // Shapes are checked by running it.
@@ -210,6 +211,7 @@ fn unary_chain() -> Res<Model> {
         input_shape: [1, 2, 2],
         classes: 3,
         spec: "fuzz seed: every element-wise function".into(),
+        normalization: None,
     };
     model.check_structure()?;
     model.forward(&Tensor::zeros(&[1, 1, 2, 2]), false)?;

@@ -136,6 +136,12 @@ pub struct QuantSection {
     pub weight_calibration: Option<WeightCalibration>,
     /// PTQ empirical bias correction.
     pub bias_correction: Option<bool>,
+    /// PTQ AdaRound (learned weight rounding).
+    pub adaround: Option<bool>,
+    /// AdaRound iterations per layer.
+    pub adaround_iters: Option<usize>,
+    /// AdaRound time budget for all layers, in seconds.
+    pub adaround_seconds: Option<f64>,
     /// Per-layer overrides.
     #[serde(default)]
     pub layers: Vec<LayerQuant>,
@@ -254,6 +260,9 @@ impl FileConfig {
             calibration: q.calibration.unwrap_or(d.calibration),
             weight_calibration: q.weight_calibration.unwrap_or(d.weight_calibration),
             bias_correction: q.bias_correction.unwrap_or(d.bias_correction),
+            adaround: q.adaround.unwrap_or(d.adaround),
+            adaround_iters: q.adaround_iters.unwrap_or(d.adaround_iters),
+            adaround_seconds: q.adaround_seconds,
             bn_fold: match (q.bn_fold, q.bn_freeze_steps) {
                 (Some(BnFoldName::Running), Some(_)) => {
                     return Err(Error::option(

@@ -24,6 +24,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A data file (NumPy, CIFAR, image folder) that cannot be used, by typed reason.
+    #[error("{path}: {source}")]
+    DataFile {
+        /// The file (or directory).
+        path: PathBuf,
+        /// What is wrong.
+        source: DataError,
+    },
     /// A data source that does not exist.
     #[error("{0}")]
     MissingData(String),
@@ -89,6 +97,90 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// Why a data file cannot be used (see [`crate::data`]); the file is named by [`Error::DataFile`].
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum DataError {
+    /// The file does not start with its format's magic bytes.
+    #[error("not a {format} file (found {found})")]
+    BadMagic {
+        /// The format expected.
+        format: String,
+        /// What the file starts with, escaped.
+        found: String,
+    },
+    /// The file ends before a part it announces.
+    #[error("truncated {section}: needs {needed} bytes, {available} available")]
+    Truncated {
+        /// The part cut off.
+        section: String,
+        /// Bytes the part needs.
+        needed: u64,
+        /// Bytes left in the file.
+        available: u64,
+    },
+    /// More bytes than the header announces.
+    #[error("{extra} bytes of trailing data after the {section}")]
+    TrailingData {
+        /// The last part read.
+        section: String,
+        /// Bytes left over.
+        extra: u64,
+    },
+    /// A size above what the reader accepts (checked before allocating).
+    #[error("{what} is {value}, above the limit of {max}")]
+    LimitExceeded {
+        /// What is too large.
+        what: String,
+        /// Its value.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A header that does not parse.
+    #[error("malformed {section}: {reason}")]
+    Malformed {
+        /// The part that is malformed.
+        section: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A valid file of a kind the reader does not take (a dtype, a layout, an image mode).
+    #[error("unsupported {what}: {found}")]
+    Unsupported {
+        /// What is unsupported.
+        what: String,
+        /// The value found, and what would be accepted.
+        found: String,
+    },
+    /// A label outside `0..classes`.
+    #[error("label {label} at index {index} is out of range: this dataset has {classes} classes")]
+    LabelOutOfRange {
+        /// Index of the sample.
+        index: usize,
+        /// The label.
+        label: i64,
+        /// Number of classes.
+        classes: usize,
+    },
+    /// A float pixel outside [0, 1] (or not finite).
+    #[error("pixel value {value} at element {index} is not in [0, 1]")]
+    PixelOutOfRange {
+        /// Flat element index.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// Parts that must agree do not (counts, shapes, class folders of the two splits).
+    #[error("{0}")]
+    Mismatch(String),
+    /// A required file or folder is missing, or a folder holds no images.
+    #[error("{0}")]
+    Missing(String),
+    /// An image the decoder rejects.
+    #[error("cannot decode image: {0}")]
+    Image(String),
 }
 
 /// Why a checkpoint cannot be resumed (see [`crate::checkpoint`]); the file is named by [`Error::Checkpoint`].

@@ -116,6 +116,7 @@ pub fn float_to_bytes(model: &Model, provenance: &Provenance) -> Result<Vec<u8>>
         input_shape: model.input_shape,
         classes: model.classes,
         nodes,
+        normalization: model.normalization.clone(),
     };
     let meta = [
         ("format", FLOAT_FORMAT.to_string()),

@@ -23,11 +23,22 @@ impl Samples for Dataset {
         self.n
     }
     fn sample_shape(&self) -> [usize; 3] {
-        [1, self.rows, self.cols]
+        self.shape()
     }
     fn write_sample(&self, index: usize, out: &mut [f32]) {
-        for (o, &p) in out.iter_mut().zip(self.image(index)) {
-            *o = f32::from(p) / 255.0;
+        let image = self.image(index);
+        match &self.normalization {
+            None => {
+                for (o, &p) in out.iter_mut().zip(image) {
+                    *o = f32::from(p) / 255.0;
+                }
+            }
+            Some(n) => {
+                let plane = (self.rows * self.cols).max(1);
+                for (i, (o, &p)) in out.iter_mut().zip(image).enumerate() {
+                    *o = n.value(i / plane, p);
+                }
+            }
         }
     }
     fn label(&self, index: usize) -> u8 {
@@ -64,6 +75,8 @@ pub enum Event {
     },
     /// One training step done.
     Step(Progress),
+    /// One AdaRound iteration done (PTQ with `adaround`).
+    AdaRound(quant::AdaRoundProgress),
     /// The phase finished.
     TrainingFinished,
     /// The phase stopped on a non-finite loss or gradient; `model` holds the last good weights (end of the last
@@ -159,15 +172,15 @@ pub fn train_float(
     train_float_checkpointed(spec, init, split, cfg, None, on_event)
 }
 
-/// A fresh model of `spec` for the data of `split`: its image shape and class count.
+/// A fresh model of `spec` for the data of `split`: its image shape, class count and input normalisation.
 pub fn model_for(spec: &str, seed: u64, split: &Split) -> Result<Model> {
     let d = &split.train;
-    Model::from_spec_for(
-        spec,
-        seed,
-        [1, d.rows, d.cols],
-        d.classes.max(split.test.classes),
-    )
+    let mut m = Model::from_spec_for(spec, seed, d.shape(), d.classes.max(split.test.classes))?;
+    if let Some(n) = &d.normalization {
+        n.check_channels(d.channels)?;
+    }
+    m.normalization = d.normalization.clone();
+    Ok(m)
 }
 
 /// [`train_float`] checkpointing as phase `f32`.
@@ -203,11 +216,12 @@ pub fn evaluate_quant(
     options: EngineOptions,
 ) -> Result<QuantEval> {
     let engine = Engine::with_options(qm, options)?;
-    let per = test.rows * test.cols;
+    let per = test.image_len();
     if per != qm.input.features() {
         return Err(Error::Shape(format!(
-            "model takes {} input features, data has {}x{} images",
+            "model takes {} input features, data has {}x{}x{} images",
             qm.input.features(),
+            test.channels,
             test.rows,
             test.cols
         )));
@@ -216,7 +230,8 @@ pub fn evaluate_quant(
     let mut sim_pred = Vec::with_capacity(test.n);
     for start in (0..test.n).step_by(EVAL_BATCH) {
         let b = EVAL_BATCH.min(test.n - start);
-        let input = &test.images[start * per..(start + b) * per];
+        let input = qm.input_codes(&test.images[start * per..(start + b) * per]);
+        let input = &input[..];
         engine_pred.extend(engine.predict(input, b)?);
         let sim = quant::simulate(qm, input, b)?;
         sim_pred.extend(crate::eval::argmax_rows(&sim.logits, qm.classes));
@@ -239,7 +254,7 @@ pub fn evaluate_quant(
 /// (not the first `n`), so a set stored sorted by class, like `builtin`, still gives every class.
 pub fn sample_batches(data: &Dataset, n: usize, batch: usize) -> Vec<Tensor> {
     let n = n.min(data.n);
-    let per = data.rows * data.cols;
+    let per = data.image_len();
     let pick = |i: usize| i * data.n / n.max(1);
     (0..n)
         .step_by(batch.max(1))
@@ -249,7 +264,7 @@ pub fn sample_batches(data: &Dataset, n: usize, batch: usize) -> Vec<Tensor> {
             for i in 0..b {
                 data.write_sample(pick(s + i), &mut x[i * per..(i + 1) * per]);
             }
-            Tensor::new(x, vec![b, 1, data.rows, data.cols])
+            Tensor::new(x, vec![b, data.channels, data.rows, data.cols])
         })
         .collect()
 }
@@ -317,6 +332,9 @@ pub fn label(quant: Option<&QuantConfig>, weight_bits_stored: Option<u32>) -> St
             }
             if q.weight_calibration != quant::WeightCalibration::MinMax {
                 out.push_str(&format!(" weights={}", q.weight_calibration));
+            }
+            if q.adaround {
+                out.push_str(" adaround");
             }
             if q.bias_correction {
                 out.push_str(" bias-corrected");
@@ -460,7 +478,10 @@ fn run_with(
             } else {
                 baseline.map(|b| b.epochs.clone()).unwrap_or_default()
             };
-            (quant::ptq(src, qcfg, &calib)?, epochs)
+            let q = quant::ptq_with_progress(src, qcfg, &calib, cfg.train.seed, &mut |p| {
+                on_event(Event::AdaRound(p.clone()))
+            })?;
+            (q, epochs)
         }
         Method::Qat => {
             let mut m = match init {
@@ -492,6 +513,10 @@ fn run_with(
         recipe: label(Some(qcfg), None) + suffix,
     };
     let mut qm = quant::convert(&model, provenance)?;
+    // Sources with their own class names (image folders, CIFAR) travel with the deployed model.
+    if split.test.names.len() == qm.classes {
+        qm.class_names = split.test.names.clone();
+    }
     let qe = evaluate_quant(&qm, &split.test, EngineOptions::default())?;
     qm.provenance.test_accuracy = Some(qe.metrics.accuracy);
     qm.provenance.recipe = label(Some(qcfg), stored_weight_bits(&qm)) + suffix;

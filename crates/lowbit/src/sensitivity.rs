@@ -183,7 +183,10 @@ fn measure(model: &Model, q: &QuantConfig, calib: &[Tensor], eval: &Eval) -> Res
     let (mut correct, mut loss) = (0usize, 0.0f64);
     for start in (0..eval.n).step_by(EVAL_BATCH) {
         let b = EVAL_BATCH.min(eval.n - start);
-        let logits = engine.run(&eval.images[start * per..(start + b) * per], b)?;
+        let logits = engine.run(
+            &qm.input_codes(&eval.images[start * per..(start + b) * per]),
+            b,
+        )?;
         let out = softmax_cross_entropy(
             &Tensor::new(logits, vec![b, qm.classes]),
             &eval.labels[start..start + b],
@@ -217,7 +220,7 @@ pub fn analyse(
 ) -> Result<Sensitivity> {
     cfg.validate()?;
     let test = &split.test;
-    let per = test.rows * test.cols;
+    let per = test.image_len();
     let pick = spread(test.n, cfg.test_samples);
     let eval = Eval {
         images: pick
@@ -240,10 +243,14 @@ pub fn analyse(
 
     let float_accuracy = {
         let mut m = model.clone();
-        let x = Tensor::new(
-            eval.images.iter().map(|&p| f32::from(p) / 255.0).collect(),
-            vec![eval.n, 1, test.rows, test.cols],
+        let mut x = Vec::with_capacity(eval.images.len());
+        crate::data::pixels_to_input(
+            &eval.images,
+            test.shape(),
+            test.normalization.as_ref(),
+            &mut x,
         );
+        let x = Tensor::new(x, vec![eval.n, test.channels, test.rows, test.cols]);
         let pred = m.predict(&x)?;
         pred.iter()
             .zip(&eval.labels)
@@ -360,7 +367,7 @@ fn hessian_traces(
 ) -> Result<Vec<f64>> {
     let train = &split.train;
     let pick = spread(train.n, cfg.hessian_samples);
-    let per = train.rows * train.cols;
+    let per = train.image_len();
     let batches: Vec<(Tensor, Vec<u8>)> = pick
         .chunks(EVAL_BATCH)
         .map(|c| {
@@ -369,7 +376,7 @@ fn hessian_traces(
                 train.write_sample(i, &mut x[k * per..(k + 1) * per]);
             }
             (
-                Tensor::new(x, vec![c.len(), 1, train.rows, train.cols]),
+                Tensor::new(x, vec![c.len(), train.channels, train.rows, train.cols]),
                 c.iter().map(|&i| train.labels[i]).collect(),
             )
         })

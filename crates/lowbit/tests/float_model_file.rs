@@ -139,6 +139,7 @@ fn graph(input: [usize; 3], nodes: Vec<(&str, Vec<usize>, Layer)>, classes: usiz
         input_shape: input,
         classes,
         spec: "test graph".into(),
+        normalization: None,
     }
 }
 

@@ -66,6 +66,7 @@ fn residual_graph(seed: u64) -> Model {
         input_shape: [2, 5, 5],
         classes: 4,
         spec: "test residual graph".into(),
+        normalization: None,
     }
 }
 

@@ -1,9 +1,11 @@
-//! Mini-batches for training and evaluation: pixels scaled to [0, 1] as f32 (`x / 255`), NCHW with one channel.
+//! Mini-batches for training and evaluation: pixels scaled to [0, 1] as f32 (`x / 255`), then normalised per
+//! channel when the dataset says so, NCHW.
 
 use super::dataset::Dataset;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
+use lowbit_runtime::preprocess::Normalization;
 
 /// `PIXEL_SCALE[v] == v as f32 / 255.0` exactly; a table lookup is faster than a division and, unlike multiplying
 /// by `1.0 / 255.0`, rounds the same as the division.
@@ -20,6 +22,26 @@ static PIXEL_SCALE: [f32; 256] = {
 /// Scales raw pixels to [0, 1] (`x / 255`), appending to `out`.
 pub fn pixels_to_f32(pixels: &[u8], out: &mut Vec<f32>) {
     out.extend(pixels.iter().map(|&p| PIXEL_SCALE[usize::from(p)]));
+}
+
+/// The model input of raw pixels (whole CHW images of `shape`), appended to `out`: `p / 255`, or
+/// [`Normalization::value`] of each pixel's channel when `norm` is given. The one pixel-to-input function of the
+/// float path (training, evaluation, prediction), so they all agree with the quantized model's input codes.
+pub fn pixels_to_input(
+    pixels: &[u8],
+    shape: [usize; 3],
+    norm: Option<&Normalization>,
+    out: &mut Vec<f32>,
+) {
+    let Some(n) = norm else {
+        return pixels_to_f32(pixels, out);
+    };
+    let [channels, rows, cols] = shape;
+    let plane = (rows * cols).max(1);
+    for (i, chunk) in pixels.chunks(plane).enumerate() {
+        let c = i % channels.max(1);
+        out.extend(chunk.iter().map(|&p| n.value(c, p)));
+    }
 }
 
 /// Cuts a dataset into mini-batches: a seeded shuffled order per epoch, or the stored order for evaluation.
@@ -69,7 +91,7 @@ impl<'a> Batcher<'a> {
         order
     }
 
-    /// Shuffled batches of `epoch` as `([B, 1, rows, cols] tensor, labels)`; allocates per batch, see
+    /// Shuffled batches of `epoch` as `([B, channels, rows, cols] tensor, labels)`; allocates per batch, see
     /// [`Batcher::fill_batch`] for the allocation-free form.
     pub fn epoch(&self, epoch: usize) -> Batches<'a> {
         Batches {
@@ -88,26 +110,31 @@ impl<'a> Batcher<'a> {
         }
     }
 
-    /// Overwrites `x` with the scaled pixels of the images at `idx` (`idx.len() * rows * cols` values, NCHW with
-    /// C = 1) and `y` with their labels. Reuses the buffers' capacity, so a loop that keeps them allocates only
+    /// Overwrites `x` with the scaled pixels of the images at `idx` (`idx.len()` whole images, NCHW) and `y` with their labels. Reuses the buffers' capacity, so a loop that keeps them allocates only
     /// on its first batch. Panics on an index `>= len()`.
     pub fn fill_batch(&self, idx: &[usize], x: &mut Vec<f32>, y: &mut Vec<u8>) {
         x.clear();
         y.clear();
         x.reserve(idx.len() * self.data.image_len());
         y.reserve(idx.len());
+        let norm = self.data.normalization.as_ref();
         for &i in idx {
-            pixels_to_f32(self.data.image(i), x);
+            pixels_to_input(self.data.image(i), self.data.shape(), norm, x);
             y.push(self.data.label(i));
         }
     }
 
-    /// The images at `idx` as a `[B, 1, rows, cols]` tensor plus labels.
+    /// The images at `idx` as a `[B, channels, rows, cols]` tensor plus labels.
     pub fn batch(&self, idx: &[usize]) -> (Tensor, Vec<u8>) {
         let mut x = Vec::new();
         let mut y = Vec::new();
         self.fill_batch(idx, &mut x, &mut y);
-        let shape = vec![idx.len(), 1, self.data.rows, self.data.cols];
+        let shape = vec![
+            idx.len(),
+            self.data.channels,
+            self.data.rows,
+            self.data.cols,
+        ];
         (Tensor::new(x, shape), y)
     }
 }

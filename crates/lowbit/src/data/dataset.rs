@@ -2,29 +2,38 @@
 
 use crate::rng::Rng;
 use crate::{Error, Result};
+use lowbit_runtime::preprocess::Normalization;
 use std::path::PathBuf;
 
-/// Labelled grayscale images held as raw bytes (0 = black, 255 = white).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Labelled images held as raw bytes (0 = black, 255 = white), grayscale or with several channels.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
-    /// `n * rows * cols` raw pixels, row-major, image after image.
+    /// `n * channels * rows * cols` raw pixels, image after image, each channel-major (CHW) and row-major.
     pub images: Vec<u8>,
     /// One label per image, each `< classes`.
     pub labels: Vec<u8>,
     /// Number of images.
     pub n: usize,
+    /// Channels per image (1 for grayscale, 3 for RGB).
+    pub channels: usize,
     /// Image height in pixels.
     pub rows: usize,
     /// Image width in pixels.
     pub cols: usize,
     /// Number of classes; labels are `0..classes`.
     pub classes: usize,
-    /// Source name (`builtin`, `fashion-mnist`, or a directory path); selects [`class_names`].
+    /// Source name (`builtin`, `fashion-mnist`, or a directory path); selects [`class_names`] when `names` is
+    /// empty.
     pub name: String,
+    /// Class names given by the source (an image folder's subfolders), in label order; empty when the source
+    /// has none.
+    pub names: Vec<String>,
+    /// Normalisation applied when pixels become model inputs ([`super::pixels_to_input`]); `None`: `p / 255`.
+    pub normalization: Option<Normalization>,
 }
 
 /// A training set and a test set with the same image size and classes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Split {
     /// Training images.
     pub train: Dataset,
@@ -94,16 +103,31 @@ impl Dataset {
         classes: usize,
         name: impl Into<String>,
     ) -> Result<Self> {
+        Self::with_channels(images, labels, [1, rows, cols], classes, name)
+    }
+
+    /// [`Dataset::new`] for images of `shape = [channels, rows, cols]` (CHW per image).
+    pub fn with_channels(
+        images: Vec<u8>,
+        labels: Vec<u8>,
+        shape: [usize; 3],
+        classes: usize,
+        name: impl Into<String>,
+    ) -> Result<Self> {
+        let [channels, rows, cols] = shape;
         let name = name.into();
         let err = |reason: String| Error::Data {
             path: PathBuf::from(&name),
             reason,
         };
         let n = labels.len();
-        let expected = n.checked_mul(rows).and_then(|v| v.checked_mul(cols));
-        if expected != Some(images.len()) {
+        let expected = n
+            .checked_mul(channels)
+            .and_then(|v| v.checked_mul(rows))
+            .and_then(|v| v.checked_mul(cols));
+        if channels == 0 || expected != Some(images.len()) {
             return Err(err(format!(
-                "{} pixel bytes do not hold {n} images of {rows}x{cols}",
+                "{} pixel bytes do not hold {n} images of {channels}x{rows}x{cols}",
                 images.len()
             )));
         }
@@ -120,10 +144,13 @@ impl Dataset {
             images,
             labels,
             n,
+            channels,
             rows,
             cols,
             classes,
             name,
+            names: Vec::new(),
+            normalization: None,
         })
     }
 
@@ -137,9 +164,14 @@ impl Dataset {
         self.n == 0
     }
 
-    /// Pixels per image (`rows * cols`).
+    /// Pixels per image (`channels * rows * cols`).
     pub fn image_len(&self) -> usize {
-        self.rows * self.cols
+        self.channels * self.rows * self.cols
+    }
+
+    /// Shape of one image, `[channels, rows, cols]`.
+    pub fn shape(&self) -> [usize; 3] {
+        [self.channels, self.rows, self.cols]
     }
 
     /// Raw pixels of image `i`. Panics if `i >= len()` (a caller bug, like slice indexing).
@@ -193,10 +225,13 @@ impl Dataset {
             images,
             labels,
             n: indices.len(),
+            channels: self.channels,
             rows: self.rows,
             cols: self.cols,
             classes: self.classes,
             name: self.name.clone(),
+            names: self.names.clone(),
+            normalization: self.normalization.clone(),
         }
     }
 
@@ -236,9 +271,12 @@ impl Dataset {
         counts
     }
 
-    /// Class names: [`class_names`] of this set's name, extended with numerals when there are more than ten
-    /// classes (EMNIST), truncated when fewer.
+    /// Class names: the source's own (`names`) when it has them; otherwise [`class_names`] of this set's name,
+    /// extended with numerals when there are more than ten classes (EMNIST), truncated when fewer.
     pub fn class_names(&self) -> Vec<String> {
+        if self.names.len() == self.classes {
+            return self.names.clone();
+        }
         let mut names = class_names(&self.name);
         names.extend((names.len()..self.classes).map(|c| c.to_string()));
         names.truncate(self.classes);

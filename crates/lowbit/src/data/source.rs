@@ -1,8 +1,15 @@
-//! Where data comes from: the embedded sample, the installed Fashion-MNIST package, or a directory of IDX files.
+//! Where data comes from: the embedded sample, the installed Fashion-MNIST package, or a path: a directory of IDX
+//! files, an image folder, a directory of NumPy arrays or an `.npz` archive, or CIFAR-10/100 binaries; the
+//! path's content says which ([`DataFormat::detect`]).
 
+use super::cifar::{cifar100_names, find_cifar, read_cifar, CifarKind, CIFAR10_CLASSES};
 use super::dataset::{Dataset, Split};
+use super::folder::{is_image_folder, read_image_folder};
 use super::idx::{parse_idx_images, parse_idx_labels, read_idx_images, read_idx_labels, IdxImages};
+use super::npy::{npy_images, npy_labels, read_npy, read_npz, NpyArray, NpyLayout};
+use crate::error::DataError;
 use crate::{Error, Result};
+use lowbit_runtime::preprocess::Normalization;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -68,12 +75,131 @@ impl FromStr for DataSource {
     }
 }
 
-/// Loads a source's train and test sets.
+/// The names of the four arrays of a NumPy data source (`NAME.npy` files in a directory, or entries of an `.npz`).
+pub const NPY_ARRAY_NAMES: [&str; 4] = ["x_train", "y_train", "x_test", "y_test"];
+/// Most classes of a source whose labels are bytes (image folders, NumPy, CIFAR-100).
+pub const MAX_BYTE_CLASSES: usize = 256;
+
+/// What a path holds, told by its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataFormat {
+    /// The four IDX files of [`IDX_FILE_NAMES`].
+    Idx,
+    /// `train/` and `test/` (or `val/`) with one folder per class ([`super::folder`]).
+    ImageFolder,
+    /// `x_train.npy`, `y_train.npy`, `x_test.npy`, `y_test.npy` in a directory.
+    NpyDir,
+    /// An `.npz` archive holding those four arrays.
+    Npz,
+    /// CIFAR-10 binaries (`data_batch_*.bin`, `test_batch.bin`).
+    Cifar10,
+    /// CIFAR-100 binaries (`train.bin`, `test.bin`).
+    Cifar100,
+}
+
+impl DataFormat {
+    /// The format of `path`: an `.npz` file; or a directory that is an image folder, holds `x_train.npy`, holds
+    /// CIFAR binaries (itself or its `cifar-10-batches-bin` / `cifar-100-binary` subfolder), in that order;
+    /// IDX otherwise (whose loader names the files it misses).
+    pub fn detect(path: &Path) -> DataFormat {
+        if path.is_file() {
+            return DataFormat::Npz;
+        }
+        if is_image_folder(path) {
+            DataFormat::ImageFolder
+        } else if path.join("x_train.npy").is_file() {
+            DataFormat::NpyDir
+        } else if let Some((ten, _, _)) = find_cifar(path) {
+            if ten {
+                DataFormat::Cifar10
+            } else {
+                DataFormat::Cifar100
+            }
+        } else {
+            DataFormat::Idx
+        }
+    }
+}
+
+/// How to read the sources that need more than a path, and the normalisation to attach.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DataOptions {
+    /// Resize and center-crop image-folder images to `(rows, cols)` ([`super::folder`]); image folders only.
+    pub image_size: Option<(usize, usize)>,
+    /// Channel axis of 4-D NumPy image arrays; NumPy sources only.
+    pub layout: NpyLayout,
+    /// CIFAR-100: train on the 20 coarse labels instead of the 100 fine ones.
+    pub coarse_labels: bool,
+    /// Per-channel normalisation, set on both splits (checked against their channel count).
+    pub normalization: Option<Normalization>,
+}
+
+/// Loads a source's train and test sets with default [`DataOptions`].
 ///
 /// Class count rule: `builtin` and `fashion-mnist` have 10 classes and reject other labels. A directory has
 /// `max(10, largest label + 1)` classes, the largest label taken over train and test together, and labels must
 /// be below [`MAX_CLASSES`]. Train and test must have the same image size.
 pub fn load(source: &DataSource) -> Result<Split> {
+    load_with(source, &DataOptions::default())
+}
+
+/// Loads a source's train and test sets; see [`load`] for IDX directories and [`DataFormat::detect`] for what a
+/// path may hold. NumPy sources have `largest label + 1` classes (labels below [`MAX_BYTE_CLASSES`]); CIFAR
+/// 10, 100 or 20 (coarse); an image folder one per class folder.
+pub fn load_with(source: &DataSource, opts: &DataOptions) -> Result<Split> {
+    let format = match source {
+        DataSource::Dir(p) if p.exists() => Some(DataFormat::detect(p)),
+        _ => None,
+    };
+    let check = |applies: bool, option: &str, what: &str| {
+        if applies {
+            Ok(())
+        } else {
+            Err(Error::option(
+                option,
+                format!("applies to {what} only, and --data {source} is not one"),
+            ))
+        }
+    };
+    if opts.image_size.is_some() {
+        check(
+            format == Some(DataFormat::ImageFolder),
+            "--image-size",
+            "image folders",
+        )?;
+    }
+    if opts.layout != NpyLayout::Auto {
+        check(
+            matches!(format, Some(DataFormat::NpyDir | DataFormat::Npz)),
+            "--layout",
+            "NumPy data",
+        )?;
+    }
+    if opts.coarse_labels {
+        check(
+            format == Some(DataFormat::Cifar100),
+            "--coarse-labels",
+            "CIFAR-100",
+        )?;
+    }
+    let mut split = match (source, format) {
+        (DataSource::Dir(p), Some(f)) if f != DataFormat::Idx => load_path(p, f, opts)?,
+        _ => load_builtin_or_idx(source)?,
+    };
+    if let Some(n) = &opts.normalization {
+        n.check_channels(split.train.channels).map_err(|e| {
+            Error::option(
+                "--mean/--std",
+                format!("{e} ({} has {} channels)", source, split.train.channels),
+            )
+        })?;
+        split.train.normalization = Some(n.clone());
+        split.test.normalization = Some(n.clone());
+    }
+    Ok(split)
+}
+
+fn load_builtin_or_idx(source: &DataSource) -> Result<Split> {
     match source {
         DataSource::Builtin => super::builtin::load_builtin(),
         DataSource::FashionMnist => {
@@ -236,6 +362,123 @@ pub(super) fn assemble(
         name,
     )?;
     Ok(Split { train, test })
+}
+
+fn data_file(path: &Path, source: DataError) -> Error {
+    Error::DataFile {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An image folder, a NumPy directory or archive, or CIFAR binaries.
+fn load_path(path: &Path, format: DataFormat, opts: &DataOptions) -> Result<Split> {
+    let name = path.display().to_string();
+    match format {
+        DataFormat::ImageFolder => {
+            let f = read_image_folder(path, opts.image_size)?;
+            let classes = f.classes.len();
+            let mut train = Dataset::with_channels(f.train.0, f.train.1, f.shape, classes, &name)?;
+            let mut test = Dataset::with_channels(f.test.0, f.test.1, f.shape, classes, &name)?;
+            train.names = f.classes.clone();
+            test.names = f.classes;
+            Ok(Split { train, test })
+        }
+        DataFormat::NpyDir | DataFormat::Npz => {
+            let (arrays, paths): (Vec<NpyArray>, Vec<PathBuf>) = if format == DataFormat::Npz {
+                let arrays = read_npz(path, &NPY_ARRAY_NAMES)?;
+                (arrays, vec![path.to_path_buf(); 4])
+            } else {
+                let paths: Vec<PathBuf> = NPY_ARRAY_NAMES
+                    .iter()
+                    .map(|n| path.join(format!("{n}.npy")))
+                    .collect();
+                let arrays = paths.iter().map(|p| read_npy(p)).collect::<Result<_>>()?;
+                (arrays, paths)
+            };
+            let [xt, yt, xe, ye] = arrays.as_slice() else {
+                return Err(data_file(
+                    path,
+                    DataError::Missing("four arrays expected".into()),
+                ));
+            };
+            let mut sets = Vec::with_capacity(2);
+            for ((x, y), (xp, yp)) in [(xt, yt), (xe, ye)]
+                .into_iter()
+                .zip([(&paths[0], &paths[1]), (&paths[2], &paths[3])])
+            {
+                let images = npy_images(x, opts.layout).map_err(|e| data_file(xp, e))?;
+                let labels = npy_labels(y, MAX_BYTE_CLASSES).map_err(|e| data_file(yp, e))?;
+                if labels.len() != images.count {
+                    return Err(data_file(
+                        yp,
+                        DataError::Mismatch(format!(
+                            "{} labels for {} images",
+                            labels.len(),
+                            images.count
+                        )),
+                    ));
+                }
+                sets.push((images, labels, xp));
+            }
+            let [(ti, tl, _), (ei, el, ep)] = <[_; 2]>::try_from(sets)
+                .map_err(|_| data_file(path, DataError::Missing("two splits expected".into())))?;
+            if ti.shape != ei.shape {
+                return Err(data_file(
+                    ep,
+                    DataError::Mismatch(format!(
+                        "test images are {:?} (CHW), training images {:?}",
+                        ei.shape, ti.shape
+                    )),
+                ));
+            }
+            let classes = tl
+                .iter()
+                .chain(&el)
+                .map(|&l| usize::from(l) + 1)
+                .max()
+                .unwrap_or(1);
+            Ok(Split {
+                train: Dataset::with_channels(ti.pixels, tl, ti.shape, classes, &name)?,
+                test: Dataset::with_channels(ei.pixels, el, ei.shape, classes, &name)?,
+            })
+        }
+        DataFormat::Cifar10 | DataFormat::Cifar100 => {
+            let Some((ten, train_files, test_file)) = find_cifar(path) else {
+                return Err(data_file(path, DataError::Missing("no CIFAR files".into())));
+            };
+            let kind = match (ten, opts.coarse_labels) {
+                (true, _) => CifarKind::Cifar10,
+                (false, false) => CifarKind::Cifar100Fine,
+                (false, true) => CifarKind::Cifar100Coarse,
+            };
+            if !test_file.is_file() {
+                return Err(data_file(
+                    &test_file,
+                    DataError::Missing("missing: CIFAR test data".into()),
+                ));
+            }
+            let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+            for f in &train_files {
+                let r = read_cifar(f, kind)?;
+                pixels.extend_from_slice(&r.pixels);
+                labels.extend_from_slice(&r.labels);
+            }
+            let test = read_cifar(&test_file, kind)?;
+            let shape = [3, 32, 32];
+            let classes = kind.classes();
+            let mut train = Dataset::with_channels(pixels, labels, shape, classes, &name)?;
+            let mut test = Dataset::with_channels(test.pixels, test.labels, shape, classes, &name)?;
+            let names = match kind {
+                CifarKind::Cifar10 => CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+                _ => cifar100_names(test_file.parent().unwrap_or(path), kind),
+            };
+            train.names = names.clone();
+            test.names = names;
+            Ok(Split { train, test })
+        }
+        DataFormat::Idx => load_builtin_or_idx(&DataSource::Dir(path.to_path_buf())),
+    }
 }
 
 /// Parses the four IDX files of a split held in memory (used for the embedded sample).

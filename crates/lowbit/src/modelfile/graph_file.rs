@@ -116,6 +116,9 @@ pub(super) struct GraphMeta {
     pub input_shape: [usize; 3],
     pub classes: usize,
     pub nodes: Vec<NodeMeta>,
+    /// Optional within version 2: only models trained on normalised inputs carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<lowbit_runtime::preprocess::Normalization>,
 }
 
 fn pair(p: (usize, usize)) -> [usize; 2] {
@@ -578,7 +581,12 @@ pub(super) fn read(
         input_shape: g.input_shape,
         classes: g.classes,
         spec: g.spec,
+        normalization: g.normalization,
     };
+    if let Some(n) = &model.normalization {
+        n.check_channels(c)
+            .map_err(|e| bad(format!("input normalisation: {e}")))?;
+    }
     model.check_structure()?;
     Ok(model)
 }

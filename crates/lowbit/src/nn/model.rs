@@ -9,6 +9,7 @@ use super::Param;
 use crate::error::{Error, Result};
 use crate::state::{StateVisitor, Stateful};
 use crate::tensor::Tensor;
+use lowbit_runtime::preprocess::Normalization;
 use rayon::prelude::*;
 
 /// Index of a value of a [`Model`]: `0` is the input, `i + 1` the output of `nodes[i]`.
@@ -36,6 +37,9 @@ pub struct Model {
     pub classes: usize,
     /// The spec string the model was built from (e.g. `mlp:784-64-10`), or a description of its origin.
     pub spec: String,
+    /// Per-channel normalisation its inputs were trained with (`None`: pixels / 255); see
+    /// [`crate::data::pixels_to_input`], which applies it.
+    pub normalization: Option<Normalization>,
 }
 
 /// Where a value of a forward (or a gradient of a backward) pass lives.
@@ -112,6 +116,7 @@ impl Model {
             input_shape,
             classes,
             spec: spec.into(),
+            normalization: None,
         }
     }
 

@@ -120,6 +120,8 @@ fn import_model(model: &ModelProto, spec: &str) -> R<Model> {
         input_shape,
         classes,
         spec: spec.to_string(),
+        // Preprocessing flags (--mean/--std) for imported models are a later step of the ONNX work.
+        normalization: None,
     };
     model
         .check_structure()

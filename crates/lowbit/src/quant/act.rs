@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::nn::Param;
 use crate::state::{StateValue, StateVisitor, Stateful};
 use crate::tensor::Tensor;
+use lowbit_runtime::preprocess::Normalization;
 use lowbit_runtime::qparams::{self, QParams};
 
 /// Scale of the network input: pixels are `u8` codes `p` meaning `p / 255`.
@@ -249,6 +250,21 @@ impl ActQuantizer {
             frozen: true,
             ..Self::default()
         }
+    }
+
+    /// The input quantizer of a model whose inputs are normalised: 8 bits, fixed parameters covering every value
+    /// `n` can give a pixel of `channels` channels ([`act_qparams`] of [`Normalization::range`]), never updated.
+    /// The engine's input codes are `quantize` of the same values with the same parameters
+    /// ([`Normalization::codes`]), so the simulation reads what the engine reads.
+    pub fn normalized_input(n: &Normalization, channels: usize) -> Result<Self> {
+        n.check_channels(channels)?;
+        let (lo, hi) = n.range(channels);
+        Ok(Self {
+            bits: 8,
+            fixed: Some(act_qparams(lo, hi, 8)?),
+            frozen: true,
+            ..Self::default()
+        })
     }
 
     /// Activation bit width.

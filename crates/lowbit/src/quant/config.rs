@@ -185,6 +185,19 @@ pub struct QuantConfig {
     /// PTQ: empirical bias correction (`--bias-correction`, see [`super::ptq()`]).
     #[serde(default)]
     pub bias_correction: bool,
+    /// PTQ: learned rounding of the weights (`--adaround`, see [`super::adaround`]).
+    #[serde(default)]
+    pub adaround: bool,
+    /// AdaRound iterations per layer (`--adaround-iters`).
+    #[serde(default = "default_adaround_iters")]
+    pub adaround_iters: usize,
+    /// AdaRound time budget for all layers, in seconds (`--adaround-seconds`); `None`: no limit.
+    #[serde(default)]
+    pub adaround_seconds: Option<f64>,
+}
+
+fn default_adaround_iters() -> usize {
+    super::adaround::DEFAULT_ITERS
 }
 
 impl Default for QuantConfig {
@@ -207,6 +220,9 @@ impl Default for QuantConfig {
             calibration: Calibrator::MinMax,
             weight_calibration: WeightCalibration::MinMax,
             bias_correction: false,
+            adaround: false,
+            adaround_iters: default_adaround_iters(),
+            adaround_seconds: None,
         }
     }
 }
@@ -295,6 +311,38 @@ impl QuantConfig {
                 "--bias-correction",
                 "corrects PTQ biases on calibration samples: it needs --method ptq",
             ));
+        }
+        if self.adaround {
+            if self.method != Method::Ptq {
+                return Err(Error::option(
+                    "--adaround",
+                    "learns PTQ rounding on calibration samples: it needs --method ptq",
+                ));
+            }
+            if matches!(
+                self.weight_kind(),
+                WeightQuantKind::FixedStep { .. } | WeightQuantKind::Binary | WeightQuantKind::Lsq
+            ) {
+                return Err(Error::option(
+                    "--adaround",
+                    "learned rounding needs min-max (3..=8 bits) or ternary (2 bits) weights, not \
+                     --quant-step or binary",
+                ));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.adaround_iters) {
+            return Err(Error::option(
+                "--adaround-iters",
+                format!("must be 1..=1000000, got {}", self.adaround_iters),
+            ));
+        }
+        if let Some(s) = self.adaround_seconds {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(Error::option(
+                    "--adaround-seconds",
+                    format!("must be finite and > 0, got {s}"),
+                ));
+            }
         }
         if self.weight_calibration == WeightCalibration::Mse {
             if self.method != Method::Ptq {

@@ -193,6 +193,7 @@ pub fn convert(model: &Model, provenance: Provenance) -> Result<QuantModel> {
         classes: model.classes,
         class_names: Vec::new(),
         provenance,
+        normalization: model.normalization.clone(),
     })
 }
 

@@ -137,5 +137,6 @@ pub fn dequantize(qm: &QuantModel) -> Result<Model> {
         input_shape: [qm.input.channels, qm.input.height, qm.input.width],
         classes: qm.classes,
         spec: "dequantized".into(),
+        normalization: qm.normalization.clone(),
     })
 }

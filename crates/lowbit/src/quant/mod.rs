@@ -7,6 +7,7 @@
 //!   [`calibrate`] module chooses from histograms of the calibration samples;
 //! - [`simulate()`] re-runs a [`lowbit_runtime::QuantModel`] with plain scalar loops, independent of the engine.
 pub mod act;
+pub mod adaround;
 pub mod calibrate;
 pub mod config;
 pub mod convbn;
@@ -23,6 +24,7 @@ pub mod stats;
 pub mod weight;
 
 pub use act::{act_qparams, ActQuantizer, INPUT_SCALE};
+pub use adaround::{AdaRoundOptions, AdaRoundProgress};
 pub use calibrate::{Calibrator, Histogram, WeightCalibration};
 pub use config::{
     ActMethod, BnFold, LayerQuant, LayerSelector, Method, QuantConfig, WeightMethod,
@@ -36,7 +38,7 @@ pub use prepare::{
     bypass_quantizers, fold_batchnorms, fold_conv_batchnorms, freeze_ranges, has_quantizers,
     merge_conv_batchnorms, prepare_qat, start_quantizing, unfreeze_ranges,
 };
-pub use ptq::ptq;
+pub use ptq::{ptq, ptq_with_progress};
 pub use simulate::{simulate, Simulation};
 pub use stats::{layer_quant_stats, sqnr_db, LayerQuantStats};
 pub use weight::{WeightCodes, WeightQuantizer};

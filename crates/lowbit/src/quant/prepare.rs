@@ -69,7 +69,8 @@ pub(crate) fn clamp_chain_end(model: &Model, consumers: &[Vec<usize>], j: usize)
 ///   A batch norm anywhere else is an error.
 /// - Every `Dense`, `Conv2d` and `ConvBn2d` gets a [`WeightQuantizer`] from `cfg` (rows = output channels; with
 ///   `keep_first_last_8bit`, the first and last of them in node order get 8-bit min-max weights instead).
-/// - A fixed input quantizer ([`ActQuantizer::input`], scale exactly 1/255) reads the model input.
+/// - A fixed input quantizer ([`ActQuantizer::input`], scale exactly 1/255; or
+///   [`ActQuantizer::normalized_input`] for a model with input normalisation) reads the model input.
 /// - An EMA-tracked [`ActQuantizer`] of `cfg.act_bits` goes on the value at the end of every requantizing op's
 ///   clamp chain (see the module doc) except the output. With `keep_first_last_8bit`, the quantizers on the
 ///   first weight layer's output and on the last one's input (through code-transparent ops and average pools)
@@ -142,7 +143,11 @@ pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
             Layer::ActQuant(ActQuantizer::new(bits, cfg.ema_momentum)?),
         );
     }
-    model.insert_after(0, "input.quant", Layer::ActQuant(ActQuantizer::input()));
+    let input_quant = match &model.normalization {
+        None => ActQuantizer::input(),
+        Some(n) => ActQuantizer::normalized_input(n, model.input_shape[0])?,
+    };
+    model.insert_after(0, "input.quant", Layer::ActQuant(input_quant));
     super::mixed::configure_quantizers(model, cfg)
 }
 

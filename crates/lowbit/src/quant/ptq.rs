@@ -1,5 +1,6 @@
 //! Post-training quantization: attach quantizers to a trained float model, clip the weights, calibrate the
 //! activation ranges on unlabelled samples, freeze.
+use super::adaround::{self, AdaRoundOptions, AdaRoundProgress};
 use super::calibrate::{mse_weight_clip, Histogram, WeightCalibration};
 use super::config::{BnFold, QuantConfig};
 use super::prepare::{act_quantizers_mut, bypass_quantizers, freeze_ranges, prepare_qat};
@@ -17,16 +18,30 @@ use crate::tensor::Tensor;
 ///    running min and max (the `minmax` range);
 /// 3. if any activation quantizer has another calibrator, a second pass over the same samples fills one
 ///    [`Histogram`] per such quantizer over its min-max range, from which the calibrator picks the range;
-/// 4. with `cfg.bias_correction`, empirical bias correction (Nagel et al. 2019, "Data-Free Quantization Through
+/// 4. with `cfg.adaround`, AdaRound ([`super::adaround`]) learns the rounding of every min-max or ternary
+///    weight layer in node order, with the scales of step 1 and the activation ranges of steps 2-3 (sampling
+///    seeded 0; [`ptq_with_progress`] takes the seed);
+/// 5. with `cfg.bias_correction`, empirical bias correction (Nagel et al. 2019, "Data-Free Quantization Through
 ///    Weight Equalization and Bias Correction", sec. 4.2, with the expectations measured on the calibration
 ///    samples): weight layer after weight layer in node order, the bias absorbs the mean difference, per output
 ///    channel, between the float model's output of that layer and the quantized model's (ranges frozen,
 ///    earlier layers already corrected), so the correction also covers the shift that rounding and clipping
 ///    upstream cause.
 ///
-/// Weights are rounded to nearest by the quantizers at every forward and at conversion. Batch norms are always
+/// Weights are rounded to nearest (or as AdaRound chose) by the quantizers at every forward and at conversion. Batch norms are always
 /// folded with their running statistics (`cfg.bn_fold` is a QAT setting).
 pub fn ptq(model: &Model, cfg: &QuantConfig, calibration: &[Tensor]) -> Result<Model> {
+    ptq_with_progress(model, cfg, calibration, 0, &mut |_| {})
+}
+
+/// [`ptq`] with AdaRound's sampling seeded by `seed` and its progress reported to `progress`.
+pub fn ptq_with_progress(
+    model: &Model,
+    cfg: &QuantConfig,
+    calibration: &[Tensor],
+    seed: u64,
+    progress: &mut dyn FnMut(&AdaRoundProgress),
+) -> Result<Model> {
     let mut m = model.clone();
     let cfg = &QuantConfig {
         bn_fold: BnFold::Running,
@@ -79,13 +94,21 @@ pub fn ptq(model: &Model, cfg: &QuantConfig, calibration: &[Tensor]) -> Result<M
             "PTQ calibration saw no samples (empty or non-finite calibration data)".into(),
         ));
     }
+    if cfg.adaround {
+        let opts = AdaRoundOptions {
+            iters: cfg.adaround_iters,
+            seconds: cfg.adaround_seconds,
+            seed,
+        };
+        adaround::adaround(&mut m, &batches, &opts, progress)?;
+    }
     if cfg.bias_correction {
         correct_biases(&mut m, &batches)?;
     }
     Ok(m)
 }
 
-/// Step 4 of [`ptq`]: see there.
+/// Step 5 of [`ptq`]: see there.
 fn correct_biases(m: &mut Model, batches: &[Tensor]) -> Result<()> {
     let layers: Vec<(usize, usize)> = m
         .nodes

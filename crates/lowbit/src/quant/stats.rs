@@ -24,8 +24,9 @@ pub struct LayerQuantStats {
     pub weight_clipped_fraction: f64,
     /// Fraction of output activations clipped by this node's activation quantizer on the given batches.
     pub act_clipped_fraction: f64,
-    /// PTQ: how the weight scales were chosen (`minmax`, `mse`); `None` outside PTQ and for weights of
-    /// rules without a range (ternary, binary, fixed step).
+    /// PTQ: how the weight scales were chosen (`minmax`, `mse`), with `+adaround` (or just `adaround` for
+    /// ternary weights) when AdaRound chose the rounding; `None` outside PTQ and for weights of rules without a
+    /// range (ternary, binary, fixed step) rounded to nearest.
     #[serde(default)]
     pub weight_calibration: Option<String>,
     /// PTQ: how the output activation range was chosen (`minmax`, `percentile:P`, `mse`, `entropy`); `None`
@@ -143,8 +144,14 @@ pub fn layer_quant_stats(model: &Model, batches: &[Tensor]) -> Result<Vec<LayerQ
             Layer::ConvBn2d(c) => c.weight_quant(),
             _ => None,
         }
-        .and_then(|q| q.calibration())
-        .map(|c| c.to_string());
+        .and_then(|q| {
+            let c = q.calibration().map(|c| c.to_string());
+            if q.rounding().is_empty() {
+                c
+            } else {
+                Some(c.map_or("adaround".into(), |c| format!("{c}+adaround")))
+            }
+        });
         rows.push((
             value.min(n),
             aq,

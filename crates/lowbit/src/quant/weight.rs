@@ -90,6 +90,9 @@ pub struct WeightQuantizer {
     clip: Vec<f32>,
     /// How PTQ chose the scale (`None` outside PTQ), for reports.
     calibration: Option<WeightCalibration>,
+    /// AdaRound: per weight, round up (`floor(w/s) + 1`) or down (`floor(w/s)`) instead of to nearest; empty
+    /// means nearest. Set by PTQ ([`super::adaround`]); a list whose length does not match the weights is ignored.
+    round_up: Vec<bool>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -119,6 +122,7 @@ impl Default for WeightQuantizer {
             bypassed: false,
             clip: Vec::new(),
             calibration: None,
+            round_up: Vec::new(),
         }
     }
 }
@@ -294,6 +298,38 @@ impl WeightQuantizer {
         self.calibration
     }
 
+    /// The largest code of the uniform symmetric grid `{-q..=q} * scale` this quantizer rounds onto (min-max:
+    /// `2^(b-1) - 1`; ternary: 1, on the grid of its scale `alpha`), or `None` for rules without such a grid
+    /// (binary, fixed step, LSQ), whose rounding AdaRound cannot choose.
+    pub fn grid_max(&self) -> Option<i32> {
+        match self.kind {
+            WeightQuantKind::MinMax => Some((1i32 << (self.config_bits - 1)) - 1),
+            WeightQuantKind::Ternary => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Chooses the rounding direction of every weight (AdaRound): code `clamp(floor(w/s) + up, -q, q)` with
+    /// `floor` from [`floor_code`] and the scale as the rule computes it; an empty list restores rounding to
+    /// nearest. Only for rules with a [`grid_max`](Self::grid_max).
+    pub fn set_rounding(&mut self, round_up: Vec<bool>) -> Result<()> {
+        if self.grid_max().is_none() && !round_up.is_empty() {
+            return Err(Error::option(
+                "--adaround",
+                "learned rounding applies to min-max and ternary weights (no --quant-step, not binary)",
+            ));
+        }
+        self.round_up = round_up;
+        self.inside.clear();
+        self.fast_len = None;
+        Ok(())
+    }
+
+    /// The rounding directions set by [`set_rounding`](Self::set_rounding) (empty: to nearest).
+    pub fn rounding(&self) -> &[bool] {
+        &self.round_up
+    }
+
     /// Fraction of zero codes in the last forward (the ternary / low-bit dead zone).
     pub fn zero_fraction(&self) -> f32 {
         self.zero_fraction
@@ -339,15 +375,37 @@ impl WeightQuantizer {
     /// - binary: `code = qparams::quantize_binary(w)` (+1 for `w >= 0`), `alpha = mean|w|` per row.
     /// - LSQ: `scale = s` (the learned step, see [`lsq::effective_step`]), `code = qparams::quantize(w, s)`
     ///   clamped to `[-Qp, Qp]`, `Qp = 2^(b-1) - 1`; before initialization the initial step of `w` is used.
+    ///
+    /// With a rounding set by [`set_rounding`](Self::set_rounding), min-max and ternary keep their scales and
+    /// take `clamp(floor(w/s) + up, -q, q)` as the codes.
     pub fn quantize(&self, w: &[f32], rows: usize, cols: usize) -> WeightCodes {
         debug_assert_eq!(w.len(), rows * cols);
-        match self.kind {
+        let mut q = match self.kind {
             WeightQuantKind::MinMax => self.quantize_min_max(w, rows, cols),
             WeightQuantKind::FixedStep { k } => quantize_fixed_step(w, k),
             WeightQuantKind::Ternary => self.quantize_ternary(w, rows, cols),
             WeightQuantKind::Binary => quantize_binary(w, rows, cols),
             WeightQuantKind::Lsq => self.quantize_lsq(w, rows, cols),
+        };
+        if let Some(qmax) = self.grid_max().filter(|_| self.round_up.len() == w.len()) {
+            for (i, ((&x, &up), (c, inside))) in w
+                .iter()
+                .zip(&self.round_up)
+                .zip(q.codes.iter_mut().zip(q.inside.iter_mut()))
+                .enumerate()
+            {
+                let s = q.scales[if q.scales.len() == 1 {
+                    0
+                } else {
+                    i / cols.max(1)
+                }];
+                let wide = floor_code(x, s) + i32::from(up);
+                *inside = wide.abs() <= qmax;
+                *c = wide.clamp(-qmax, qmax) as i8;
+            }
+            q.clipped = q.inside.iter().filter(|&&i| !i).count();
         }
+        q
     }
 
     fn quantize_lsq(&self, w: &[f32], rows: usize, cols: usize) -> WeightCodes {
@@ -418,6 +476,7 @@ impl WeightQuantizer {
             || out.len() != w.len()
             || rows.checked_mul(cols) != Some(w.len())
             || !self.clip.is_empty()
+            || !self.round_up.is_empty()
         {
             return self.forward_generic(w, rows, cols, out);
         }
@@ -791,6 +850,18 @@ impl WeightQuantizer {
             inside: vec![true; w.len()],
             clipped: 0,
         }
+    }
+}
+
+/// `floor(x / s)` as an integer (saturating far outside the i32 range, 0 for NaN): the lower of the two grid
+/// points AdaRound chooses between. The division is the one [`qparams::quantize`] rounds, so rounding up or
+/// down lands within one step of the nearest code.
+pub fn floor_code(x: f32, s: f32) -> i32 {
+    let r = (x / s).floor();
+    if r.is_nan() {
+        0
+    } else {
+        r.clamp(-1_073_741_824.0, 1_073_741_824.0) as i32
     }
 }
 

@@ -126,6 +126,7 @@ impl Builder {
             input_shape: [input[0], input[1], input[2]],
             classes,
             spec: self.spec,
+            normalization: None,
         })
     }
 }
