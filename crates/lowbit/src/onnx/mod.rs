@@ -5,7 +5,7 @@
 //! `scripts/gen_onnx_proto.sh` regenerates it). [`import`] walks the graph once in its (topological) order: values
 //! computed from constants only (initializers, `Constant` nodes, and the `Shape`/`Gather`/`Unsqueeze`/`Concat`/
 //! `Cast`/`ConstantOfShape`/`Slice`/`Transpose`/`Reshape` chains that exporters emit to compute a `Reshape` target
-//! or `Pad` amounts) are folded in [`fold`], with the batch dimension kept as a symbol; every other node becomes
+//! or `Pad` amounts) are folded in `fold`, with the batch dimension kept as a symbol; every other node becomes
 //! lowbit layers, one table row per op in [`import`]. Anything else is refused with the op, the node and the opset
 //! named, before anything is written. Initializers stored as external data are read from files beside the model
 //! (never outside its directory).
