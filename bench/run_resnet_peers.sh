@@ -2,13 +2,14 @@
 # Issue 11: resnet:20 / mobilenet peers (PyTorch, Brevitas, ONNX Runtime), one program after another (never two
 # timed jobs at once: the machine has 2 cores), output tee'd to bench/results/resnet-peers-YYYY-MM-DD<letter>.txt
 # (the first free letter). Usage:
-#   bench/run_resnet_peers.sh [speed|accuracy|all] [PEERS_VENV]
+#   bench/run_resnet_peers.sh [speed|accuracy|lowbit-accuracy|all] [PEERS_VENV]
 # (venv: the second argument, $PEERS_VENV, or bench/peers/.venv; see bench/peers/requirements.txt).
 #   speed     ROUNDS (default 3) rounds of: lowbit's own commands (the hook below), then bench/peers/resnet_speed.py
 #             (ORT f32 / int8 QDQ, PyTorch f32 / x86 int8 at batch 64 and 1 on 3x32x32, PyTorch f32 training steps
 #             at batch 128 on 1x28x28, peak RSS of each in a fresh process). Minutes.
 #   accuracy  lowbit's recipes (lowbit_accuracy below), then bench/peers/resnet_train.py (resnet20 option A seeds 1-3, option B and mobilenet seed 1, 8 epochs)
 #             and bench/peers/resnet_quant.py (PTQ rows; Brevitas W4A4 / W2A2 QAT for resnet20). Hours.
+#   lowbit-accuracy  only lowbit's recipes (no venv needed); SEEDS=1 makes it one seed (about an hour quiet).
 # Environment: DATA (MNIST-format directory, default /usr/share/datasets/fashion-mnist), MODELS (where trained
 # peer models go, default a temporary directory; they are not committed), SEEDS (default 1,2,3), EPOCHS (default 8),
 # THREADS (default 2), SECONDS_PER_CASE (timed window, default 1), REPEATS (windows per case, default 5),
@@ -16,10 +17,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-speed}"
-case "$MODE" in speed | accuracy | all) ;; *) echo "usage: $0 [speed|accuracy|all] [PEERS_VENV]" >&2; exit 2 ;; esac
+case "$MODE" in speed | accuracy | lowbit-accuracy | all) ;; *)
+  echo "usage: $0 [speed|accuracy|lowbit-accuracy|all] [PEERS_VENV]" >&2
+  exit 2
+  ;;
+esac
 VENV=$(realpath -m "${2:-${PEERS_VENV:-bench/peers/.venv}}")
 PY="$VENV/bin/python"
-[[ -x "$PY" ]] || { echo "$0: no python at $PY (make the venv: see bench/peers/requirements.txt)" >&2; exit 1; }
+if [[ "$MODE" != lowbit-accuracy && ! -x "$PY" ]]; then
+  echo "$0: no python at $PY (make the venv: see bench/peers/requirements.txt)" >&2
+  exit 1
+fi
 # Absolute, because the peers run from bench/peers.
 DATA=$(realpath -m "${DATA:-/usr/share/datasets/fashion-mnist}")
 MODELS=$(realpath -m "${MODELS:-$(mktemp -d)}")
@@ -105,6 +113,10 @@ if [[ "$MODE" == speed || "$MODE" == all ]]; then
     echo "## peers: bench/peers/resnet_speed.py --threads $THREADS --batches 64,1 (resnet20 option A, 3x32x32, PyTorch init seed 0)"
     peers resnet_speed.py --threads "$THREADS" --batches 64,1 --seconds "$SECS" --repeats "$REPEATS"
   done
+fi
+
+if [[ "$MODE" == lowbit-accuracy ]]; then
+  lowbit_accuracy
 fi
 
 if [[ "$MODE" == accuracy || "$MODE" == all ]]; then
