@@ -390,6 +390,13 @@ fn reason_of(e: lowbit::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // `lowbit inspect m.lbq | head`: when the reader goes away, stop like every Unix tool (killed by SIGPIPE)
+    // instead of panicking in println!. Files are written atomically, so nothing half-written is left behind.
+    #[cfg(unix)]
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Usage errors are one line too (clap's own text adds a usage block); help and version still print in full.
     let usage_error = |e: clap::Error| {
         let text = e.to_string();

@@ -784,3 +784,24 @@ fn float_file_whose_spec_outgrows_its_data_is_rejected_before_building_the_model
         ],
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_without_a_panic() {
+    // `lowbit inspect m.lbq | head -1`: the reader is gone before the first line is written, so every write
+    // fails with EPIPE; the command must stop like any Unix tool, not panic in println!.
+    let m = models();
+    for model in [m.quant(), m.float()] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lowbit"))
+            .arg("inspect")
+            .arg(&model)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{}: {err}", model.display());
+        assert!(err.is_empty(), "{}: {err}", model.display());
+    }
+}
