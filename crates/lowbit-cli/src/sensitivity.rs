@@ -43,6 +43,10 @@ pub struct SensitivityArgs {
     /// Write everything as JSON.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Draw the per-layer drops (bars) and the Hessian estimate against the measured loss (scatter): .png or
+    /// .svg.
+    #[arg(long, value_parser = crate::plot::parse_plot_path)]
+    plot: Option<PathBuf>,
 }
 
 /// Runs `lowbit sensitivity`.
@@ -140,6 +144,22 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
         }
     }
     println!("Total {:.1}s.", t0.elapsed().as_secs_f64());
+    if let Some(path) = &a.plot {
+        let title = format!(
+            "{}: per-layer sensitivity, every other layer W{b}A{b} ({} test images)",
+            model.spec,
+            s.test_samples,
+            b = a.base_bits
+        );
+        crate::plot::sensitivity_picture(
+            path,
+            &crate::plot::SensitivityPicture {
+                title: &title,
+                sensitivity: &s,
+            },
+        )?;
+        println!("Picture: {}", path.display());
+    }
     if let Some(path) = &a.report {
         let fields = serde_json::json!({
             "base_bits": a.base_bits,

@@ -30,7 +30,15 @@ fn sensitivity_covers_every_weight_layer_and_bit_width_with_engine_measurements(
             "4",
             "--report",
             "s.json",
+            "--plot",
+            "s.png",
         ],
+    );
+    let png = std::fs::read(dir.path().join("s.png")).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
     );
     let r: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.json")).unwrap()).unwrap();
@@ -81,6 +89,10 @@ fn bad_sensitivity_options_fail_with_one_line_before_loading_anything() {
         (
             vec!["sensitivity", "none.f32", "--hessian-samples", "0"],
             "--hessian-samples",
+        ),
+        (
+            vec!["sensitivity", "none.f32", "--plot", "s.jpg"],
+            ".svg or .png",
         ),
     ] {
         run_err(dir.path(), &args, &[fragment]);

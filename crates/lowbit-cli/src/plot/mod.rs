@@ -1,16 +1,18 @@
-//! Pictures: training curves for `train --plot`, accuracy against size for `demo --plot`; SVG or PNG by the
-//! file's extension.
+//! Pictures: training curves for `train --plot`, accuracy against size for `demo --plot` and `sweep --plot`,
+//! per-layer costs for `sensitivity --plot`; SVG or PNG by the file's extension.
 //!
 //! Text is laid out and (for PNG) drawn with a font embedded in the binary (`assets/DejaVuSans-subset.ttf`, an ASCII
 //! and Latin-1 subset of DejaVu Sans, see `assets/README.md`): a fresh machine needs no system fonts, and the
 //! SVG's layout (label areas, legend boxes) is measured with real glyph widths instead of a guess.
 mod curves;
 mod raster;
+mod sensitivity;
 mod size;
 #[cfg(test)]
 mod tests;
 
 pub use curves::{training_curves, Phase, TrainingCurves};
+pub use sensitivity::{sensitivity_picture, SensitivityPicture};
 pub use size::{accuracy_vs_size, AccuracyVsSize, Marker, SizePoint};
 
 use anyhow::{anyhow, bail, Result};

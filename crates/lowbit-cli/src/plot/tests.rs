@@ -403,3 +403,95 @@ fn drawing_nothing_is_an_error_not_an_empty_picture() {
     assert!(accuracy_vs_size(&dir.path().join("s.png"), &empty).is_err());
     assert!(!dir.path().join("c.svg").exists());
 }
+
+/// Three layers at 2 and 4 bits: activations measured on the first two, the Hessian estimate on all, one
+/// measured loss increase below zero.
+fn sensitivity_of(predicted: bool) -> lowbit::sensitivity::Sensitivity {
+    use lowbit::sensitivity::{BitCost, LayerSensitivity, Sensitivity};
+    let layers = (0..3)
+        .map(|l| LayerSensitivity {
+            index: l,
+            name: format!("conv{l}"),
+            weights: 100,
+            rows: 10,
+            hessian_trace: predicted.then_some(1.0),
+            costs: [2u32, 4]
+                .iter()
+                .map(|&b| BitCost {
+                    bits: b,
+                    weight_perturbation: 1.0,
+                    predicted: predicted.then_some(0.01 * (l + 1) as f64 / f64::from(b)),
+                    weight_drop_pp: 3.0 / f64::from(b) - l as f64,
+                    weight_loss_delta: if l == 2 && b == 4 {
+                        -0.001
+                    } else {
+                        0.02 / f64::from(b)
+                    },
+                    act_drop_pp: (l < 2).then_some(1.0),
+                })
+                .collect(),
+        })
+        .collect();
+    Sensitivity {
+        float_accuracy: 0.9,
+        base_accuracy: 0.9,
+        base_loss: 0.3,
+        test_samples: 1000,
+        layers,
+        spearman: vec![(2, Some(0.5)), (4, None)],
+    }
+}
+
+#[test]
+fn sensitivity_picture_draws_a_bar_per_layer_and_width_and_the_estimate_against_the_measurement() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("s.svg");
+    let s = sensitivity_of(true);
+    let picture = SensitivityPicture {
+        title: "sens",
+        sensitivity: &s,
+    };
+    sensitivity_picture(&path, &picture).unwrap();
+    let els = elements(&std::fs::read_to_string(&path).unwrap());
+    let stroked = |tag: &str, colour: &str| {
+        els.iter()
+            .filter(|e| {
+                e.tag == tag && e.attr("stroke") == Some(colour) && e.attr("fill") == Some("none")
+            })
+            .count()
+    };
+    for colour in [BLUE_HEX, ORANGE_HEX] {
+        // Weight bars: one per layer, plus the legend key.
+        assert_eq!(count(&els, "rect", colour), 4, "{colour}");
+        // Activation bars (outlined): the two layers that have them, plus the key.
+        assert_eq!(stroked("rect", colour), 3, "{colour}");
+    }
+    // Scatter: the points with a positive measured increase (3 at 2 bits, 2 at 4), plus a key dot each.
+    assert_eq!(count(&els, "circle", BLUE_HEX), 4);
+    assert_eq!(count(&els, "circle", ORANGE_HEX), 3);
+    assert_eq!(stroked("circle", ORANGE_HEX), 1);
+    let t = texts(&els);
+    for label in [
+        "conv0",
+        "conv2",
+        "W2: weights alone",
+        "A4: activations alone",
+        "W2 (right): Spearman 0.50",
+        "W4 (right)",
+        "no increase measured: at the floor",
+    ] {
+        assert!(t.contains(&label), "no {label:?} in {t:?}");
+    }
+
+    // Without the Hessian estimate there is no scatter.
+    let s = sensitivity_of(false);
+    let picture = SensitivityPicture {
+        title: "sens",
+        sensitivity: &s,
+    };
+    assert_eq!(picture.size(), (1000, 560));
+    sensitivity_picture(&path, &picture).unwrap();
+    let els = elements(&std::fs::read_to_string(&path).unwrap());
+    assert_eq!(count(&els, "circle", BLUE_HEX), 0);
+    assert_eq!(count(&els, "rect", BLUE_HEX), 4);
+}
