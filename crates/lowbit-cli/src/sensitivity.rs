@@ -143,6 +143,12 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
             println!("Spearman rank correlation, predicted vs measured loss at {b} bits: {r:.3}");
         }
     }
+    if let Some(r) = s.spearman_pooled {
+        println!(
+            "Spearman rank correlation over every layer and bit width ({} pairs): {r:.3}",
+            s.layers.len() * a.bits.len()
+        );
+    }
     println!("Total {:.1}s.", t0.elapsed().as_secs_f64());
     if let Some(path) = &a.plot {
         let title = format!(

@@ -68,6 +68,20 @@ fn sensitivity_covers_every_weight_layer_and_bit_width_with_engine_measurements(
     }
     let spearman = s["spearman"].as_array().unwrap();
     assert_eq!(spearman.len(), 2);
+    // The pooled coefficient ranks all 10 (layer, width) pairs at once.
+    let pairs = |key: &str| -> Vec<f64> {
+        layers
+            .iter()
+            .flat_map(|l| l["costs"].as_array().unwrap())
+            .map(|c| c[key].as_f64().unwrap())
+            .collect()
+    };
+    let pooled = lowbit::sensitivity::spearman(&pairs("predicted"), &pairs("weight_loss_delta"));
+    assert_eq!(s["spearman_pooled"].as_f64(), pooled, "{s}");
+    assert!(
+        table.contains("over every layer and bit width (10 pairs)"),
+        "{table}"
+    );
 }
 
 #[test]

@@ -135,6 +135,9 @@ pub struct Sensitivity {
     /// Per bit width: Spearman rank correlation between the predicted cost and the measured loss increase over
     /// the layers (None without a Hessian estimate or with fewer than 3 layers).
     pub spearman: Vec<(u32, Option<f64>)>,
+    /// Spearman's rank correlation over every (layer, bit width) pair at once: what a mixed-precision allocation
+    /// relies on, since it trades one layer's bits against another's (None without a Hessian estimate).
+    pub spearman_pooled: Option<f64>,
 }
 
 /// Spearman's rank correlation of two equally long series (average ranks for ties); None when either is
@@ -325,7 +328,7 @@ pub fn analyse(
             costs,
         });
     }
-    let spearman = cfg
+    let per_width = cfg
         .bits
         .iter()
         .enumerate()
@@ -338,13 +341,23 @@ pub fn analyse(
             (b, predicted.and_then(|p| spearman(&p, &measured)))
         })
         .collect();
+    let pooled: Option<Vec<(f64, f64)>> = layers
+        .iter()
+        .flat_map(|l| &l.costs)
+        .map(|c| c.predicted.map(|p| (p, c.weight_loss_delta)))
+        .collect();
+    let spearman_pooled = pooled.and_then(|v| {
+        let (p, m): (Vec<f64>, Vec<f64>) = v.into_iter().unzip();
+        spearman(&p, &m)
+    });
     Ok(Sensitivity {
         float_accuracy,
         base_accuracy,
         base_loss,
         test_samples: eval.n,
         layers,
-        spearman,
+        spearman: per_width,
+        spearman_pooled,
     })
 }
 

@@ -66,6 +66,7 @@ enum Key {
     Outlined(RGBColor),
     Dot(RGBColor),
     Hollow,
+    Blank,
 }
 
 impl Picture for SensitivityPicture<'_> {
@@ -248,6 +249,9 @@ impl Picture for SensitivityPicture<'_> {
                 };
                 keys.push((Key::Dot(colour(k)), text));
             }
+            if let Some(r) = s.spearman_pooled {
+                keys.push((Key::Blank, format!("all widths: Spearman {r:.2}")));
+            }
             if any_floor {
                 keys.push((Key::Hollow, "no increase measured: at the floor".into()));
             }
@@ -267,6 +271,7 @@ impl Picture for SensitivityPicture<'_> {
                 ))?,
                 Key::Dot(c) => root.draw(&Circle::new((x + 9, y), 5, c.filled()))?,
                 Key::Hollow => root.draw(&Circle::new((x + 9, y), 5, GREY.stroke_width(2)))?,
+                Key::Blank => {}
             }
             root.draw(&Text::new(label.clone(), (x + 28, y), text.clone()))?;
         }

@@ -439,6 +439,7 @@ fn sensitivity_of(predicted: bool) -> lowbit::sensitivity::Sensitivity {
         test_samples: 1000,
         layers,
         spearman: vec![(2, Some(0.5)), (4, None)],
+        spearman_pooled: predicted.then_some(0.25),
     }
 }
 
@@ -478,6 +479,7 @@ fn sensitivity_picture_draws_a_bar_per_layer_and_width_and_the_estimate_against_
         "A4: activations alone",
         "W2 (right): Spearman 0.50",
         "W4 (right)",
+        "all widths: Spearman 0.25",
         "no increase measured: at the floor",
     ] {
         assert!(t.contains(&label), "no {label:?} in {t:?}");
