@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Issue-13 mixed precision against uniform allocations, PTQ and QAT, on one float model per seed (LeNet-5 by the
+# issue-3 recipe: 5 epochs, batch 64, Adam 1e-3, full Fashion-MNIST). For activations at 8 and at 4 bits:
+#   - `lowbit mixed --budget-bits B` (B = 2.5 and 3.0) chooses the weight bits per layer over the measured
+#     one-layer costs, writes the allocation (a config file), PTQs it and measures it beside every uniform PTQ;
+#   - QAT: the same allocation fine-tuned from the float model (LSQ, per-channel, QAT_EPOCHS epochs, Adam
+#     QAT_LR with a cosine schedule), against uniform LSQ QAT at every weight width with the same recipe.
+# Every accuracy is the integer engine's on the 10,000 test images. Output: bench/results/mixed/, a table on stdout.
+# Usage: bench/run_mixed.sh [SEED] (default 1). Environment: MODEL (a float model to use instead of training one),
+# QAT_EPOCHS (default 2), QAT_LR (default 2e-4), DATA (default fashion-mnist), CARGO_TARGET_DIR; a report that
+# exists already is kept (FRESH=1 reruns everything).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEED=${1:-1}
+DATA=${DATA:-fashion-mnist}
+EPOCHS=${QAT_EPOCHS:-2}
+LR=${QAT_LR:-2e-4}
+OUT=bench/results/mixed
+mkdir -p "$OUT"
+cargo build --release -q -p lowbit-cli
+LOWBIT="${CARGO_TARGET_DIR:-target}/release/lowbit"
+fresh() { [[ -n "${FRESH:-}" || ! -e "$1" ]]; }
+if [[ -n "${MODEL:-}" ]]; then
+  F32=$MODEL
+else
+  F32="$OUT/lenet5-seed$SEED.f32"
+  fresh "$F32" && "$LOWBIT" train -q --data "$DATA" --model lenet5 --epochs 5 --batch-size 64 --seed "$SEED" \
+    --no-baseline --out "$F32" > /dev/null
+fi
+qat=(--method qat --quantizer lsq --per-channel --epochs "$EPOCHS" --lr "$LR" --schedule cosine --batch-size 64 --seed "$SEED")
+for a in 8 4; do
+  for b in 2.5 3; do
+    r="$OUT/mixed-a$a-b$b-seed$SEED"
+    fresh "$r.json" && "$LOWBIT" mixed -q "$F32" --data "$DATA" --budget-bits "$b" --act-bits "$a" \
+      --out-config "$r.toml" --report "$r.json" > /dev/null
+    r2="$OUT/qat-mixed-a$a-b$b-seed$SEED.json"
+    fresh "$r2" && "$LOWBIT" train -q --data "$DATA" --init "$F32" --config "$r.toml" "${qat[@]}" \
+      --act-bits "$a" --report "$r2" > /dev/null
+  done
+  for w in 2 3 4 8; do
+    r="$OUT/qat-uniform-w${w}a$a-seed$SEED.json"
+    fresh "$r" && "$LOWBIT" train -q --data "$DATA" --init "$F32" "${qat[@]}" --weight-bits "$w" --act-bits "$a" \
+      --report "$r" > /dev/null
+  done
+done
+python3 - "$OUT" "$SEED" <<'PY'
+import json, sys
+out, seed = sys.argv[1], sys.argv[2]
+load = lambda p: json.load(open(f"{out}/{p}"))
+pp = lambda x: f"{x * 100:.2f}%"
+print(f"Seed {seed}. Engine accuracy on the test set; sizes are the .lbq model bytes.")
+print("| A | budget | method | mixed bits | mixed | mixed bytes | best uniform <= size | uniform | mixed - uniform |")
+print("|---|---|---|---|---|---|---|---|---|")
+for a in [8, 4]:
+    qat_uniform = {w: load(f"qat-uniform-w{w}a{a}-seed{seed}.json") for w in [2, 3, 4, 8]}
+    for b in ["2.5", "3"]:
+        m = load(f"mixed-a{a}-b{b}-seed{seed}.json")
+        bits = ",".join(str(x) for x in m["allocation"]["bits"])
+        size = m["report"]["model_bytes"]
+        fits = [u for u in m["uniform"] if u["model_bytes"] <= size]
+        best = max(fits, key=lambda u: u["accuracy"]) if fits else None
+        row = f"| A{a} | {b} | PTQ | {bits} | {pp(m['measured_accuracy'])} | {size:,} | "
+        row += (f"W{best['bits']} ({best['model_bytes']:,} B) | {pp(best['accuracy'])} | "
+                f"{(m['measured_accuracy'] - best['accuracy']) * 100:+.2f} pp |") if best else "none | - | - |"
+        print(row)
+        q = load(f"qat-mixed-a{a}-b{b}-seed{seed}.json")
+        qsize = q["model_bytes"]
+        qfits = [(w, r) for w, r in qat_uniform.items() if r["model_bytes"] <= qsize]
+        row = f"| A{a} | {b} | QAT | {bits} | {pp(q['test_accuracy'])} | {qsize:,} | "
+        if qfits:
+            w, r = max(qfits, key=lambda x: x[1]["test_accuracy"])
+            row += (f"W{w} ({r['model_bytes']:,} B) | {pp(r['test_accuracy'])} | "
+                    f"{(q['test_accuracy'] - r['test_accuracy']) * 100:+.2f} pp |")
+        else:
+            row += "none | - | - |"
+        print(row)
+    print(f"| A{a} | f32 | | | {pp(m['float_accuracy'])} | | | | |")
+    print(f"| A{a} | uniform QAT | | | " + ", ".join(
+        f"W{w} {pp(r['test_accuracy'])} ({r['model_bytes']:,} B)" for w, r in qat_uniform.items()) + " | | | | |")
+PY
