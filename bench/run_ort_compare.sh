@@ -55,33 +55,43 @@ cargo build --release -q -p lowbit-cli
 LOWBIT="$TARGET/release/lowbit"
 fresh() { [[ -n "${FRESH:-}" || ! -s "$1" ]]; }
 
-# lowbit's PTQ rows for one imported model: NAME -> $OUT/lowbit-NAME-ROW.json.
-lowbit_rows() {
-  local name=$1 f32="$MODELS/$1.f32" seed=$2
-  local ptq=("$LOWBIT" train -q --data "$DATA" --init "$f32" --method ptq --per-channel --act-bits 8 --seed "$seed")
+# lowbit's PTQ rows for one imported model: NAME -> $OUT/lowbit-NAME-ROW.json (`name` and `ptq` are
+# lowbit_rows' locals, which bash's dynamic scope shows to the two helpers).
+w8a8() {
+  local wcal=$1 calib r
   for calib in minmax percentile:99.99 mse entropy; do
-    for wcal in minmax mse; do
-      local r="$OUT/lowbit-$name-w8a8-$calib-w$wcal.json"
-      fresh "$r" || continue
-      "${ptq[@]}" --weight-bits 8 --calibration "$calib" --weight-calibration "$wcal" --report "$r" > /dev/null
-      echo "lowbit $name W8A8 act $calib weights $wcal: done"
-    done
+    r="$OUT/lowbit-$name-w8a8-$calib-w$wcal.json"
+    fresh "$r" || continue
+    "${ptq[@]}" --weight-bits 8 --calibration "$calib" --weight-calibration "$wcal" --report "$r" > /dev/null
+    echo "lowbit $name W8A8 act $calib weights $wcal: done"
   done
+}
+w4a8_nearest() {
   local r="$OUT/lowbit-$name-w4a8-nearest.json"
   if fresh "$r"; then
     "${ptq[@]}" --weight-bits 4 --report "$r" > /dev/null
     echo "lowbit $name W4A8 nearest min-max: done"
   fi
+}
+lowbit_rows() {
+  local name=$1 f32="$MODELS/$1.f32" seed=$2
+  local ptq=("$LOWBIT" train -q --data "$DATA" --init "$f32" --method ptq --per-channel --act-bits 8 --seed "$seed")
+  # Order: on the slow ResNet the main rows (W8A8 with min-max weight scales, W4A8 AdaRound) come first.
+  w8a8 minmax
+  local r
   for bits in 4 3 2; do
     r="$OUT/lowbit-$name-w${bits}a8-adaround-bc.json"
-    fresh "$r" || continue
-    local extra=(--adaround --bias-correction)
-    # At 2 bits lowbit's weights are ternary: no MSE clipping (the threshold rule), AdaRound on {-1, 0, 1} * alpha.
-    [[ $bits != 2 ]] && extra+=(--weight-calibration mse)
-    start=$(date +%s)
-    "${ptq[@]}" --weight-bits "$bits" "${extra[@]}" --report "$r" > /dev/null
-    echo "lowbit $name W${bits}A8 AdaRound + bias correction: done in $(($(date +%s) - start)) s"
+    if fresh "$r"; then
+      local extra=(--adaround --bias-correction)
+      # At 2 bits lowbit's weights are ternary: no MSE clipping (the threshold rule), AdaRound on {-1, 0, 1} * alpha.
+      [[ $bits != 2 ]] && extra+=(--weight-calibration mse)
+      start=$(date +%s)
+      "${ptq[@]}" --weight-bits "$bits" "${extra[@]}" --report "$r" > /dev/null
+      echo "lowbit $name W${bits}A8 AdaRound + bias correction: done in $(($(date +%s) - start)) s"
+    fi
+    if [[ $bits == 4 ]]; then w4a8_nearest; fi
   done
+  w8a8 mse
   r="$OUT/lowbit-$name-w4a8-adaround.json"
   if fresh "$r"; then
     start=$(date +%s)
@@ -91,12 +101,12 @@ lowbit_rows() {
 }
 
 compare() {
-  local name=$1 seed=$2
+  local name=$1 seed=$2 unfused=${3:-}
   "$LOWBIT" import "$MODELS/$name.onnx" --out "$MODELS/$name.f32"
   local o="$OUT/ort-$name.jsonl"
   if fresh "$o"; then
     # ORT's calibrators also print progress on stdout: keep the JSON lines.
-    peers ort_quantize.py --data "$DATA" --threads "$THREADS" ort --onnx "$MODELS/$name.onnx" 2> /dev/null |
+    peers ort_quantize.py --data "$DATA" --threads "$THREADS" ort --onnx "$MODELS/$name.onnx" $unfused 2> /dev/null |
       grep '^{' > "$o.tmp"
     mv "$o.tmp" "$o"
   fi
@@ -117,7 +127,8 @@ if [[ "${RESNET:-1}" != 0 ]]; then
   [[ -s "$MODELS/resnet20-seed1.onnx" ]] ||
     peers resnet_train.py --data "$DATA" --model resnet20 --seeds 1 --epochs "$RESNET_EPOCHS" --threads "$THREADS" \
       --no-epoch-eval --out "$MODELS" 2> /dev/null | tee -a "$OUT/pytorch-train.jsonl"
-  compare resnet20-seed1 1
+  # The ResNet's ORT rows skip the second, unoptimised session (slow, and a simulation rather than ORT's kernels).
+  compare resnet20-seed1 1 --no-unfused
   r="$OUT/lowbit-resnet20-seed1-lsq-w4a4.json"
   if [[ "${LSQ:-0}" == 1 ]] && fresh "$r"; then
     start=$(date +%s)
