@@ -103,12 +103,22 @@ lowbit_rows() {
 compare() {
   local name=$1 seed=$2 unfused=${3:-}
   "$LOWBIT" import "$MODELS/$name.onnx" --out "$MODELS/$name.f32"
-  local o="$OUT/ort-$name.jsonl"
+  local o="$OUT/ort-$name.jsonl" rows=() row
   if fresh "$o"; then
+    : > "$o"
+    rows=(all)
+  else
+    # Rows added to ort_quantize.py since the file was written.
+    for row in $(cd bench/peers && "$PY" -c 'import ort_quantize; print(" ".join(ort_quantize.ROWS))'); do
+      grep -q "\"row\": \"$row\"" "$o" || rows+=("$row")
+    done
+  fi
+  if ((${#rows[@]})); then
     # ORT's calibrators also print progress on stdout: keep the JSON lines.
-    peers ort_quantize.py --data "$DATA" --threads "$THREADS" ort --onnx "$MODELS/$name.onnx" $unfused 2> /dev/null |
-      grep '^{' > "$o.tmp"
-    mv "$o.tmp" "$o"
+    peers ort_quantize.py --data "$DATA" --threads "$THREADS" ort --onnx "$MODELS/$name.onnx" $unfused \
+      --rows "$(IFS=,; echo "${rows[*]}")" 2> /dev/null | grep '^{' > "$o.tmp"
+    cat "$o.tmp" >> "$o"
+    rm "$o.tmp"
   fi
   echo "ORT $name: $(wc -l < "$o") rows"
   lowbit_rows "$name" "$seed"

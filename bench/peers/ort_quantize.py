@@ -20,6 +20,12 @@
                       into QLinearConv / QGemm / MatMulInteger: ORT's integer kernels), and also with optimisations
                       off (each DequantizeLinear -> float op -> QuantizeLinear: ORT's float simulation of the same
                       QDQ model) as `accuracy_unfused`.
+        Entropy2048-* quantize_static cannot set the entropy calibrator's histogram size, and with its defaults
+                      (num_bins = num_quantized_bins = 128) the KL search has a single candidate, the whole range:
+                      Entropy gives exactly MinMax's scales. This row runs ORT's own EntropyCalibrater
+                      (onnxruntime.quantization.calibrate.create_calibrator, num_bins 2048, num_quantized_bins 128,
+                      TensorRT's sizes and lowbit's) on the same images and hands its ranges to quantize_static as
+                      TensorQuantOverrides rmin / rmax (MinMax calibration underneath, overridden).
         *-w4          the same with weight_type=QInt4 (ORT's 4-bit offer for static QDQ: per-channel int4 weights,
                       opset raised to 21), activations QUInt8: W4A8 with round-to-nearest weights; an error the
                       quantizer or the session raises is recorded in the row instead of an accuracy.
@@ -43,7 +49,7 @@ import numpy as np
 from common import DEFAULT_DIR, load
 
 ROWS = ["f32", "MinMax-u8", "Entropy-u8", "Percentile-u8", "MinMax-s8", "Entropy-s8", "Percentile-s8",
-        "MinMax-w4", "Entropy-w4", "Percentile-w4"]
+        "MinMax-w4", "Entropy-w4", "Percentile-w4", "Entropy2048-u8", "Entropy2048-w4"]
 
 
 def calibration_indices(n_train, n):
@@ -135,6 +141,7 @@ def ort_cmd(args):
     import onnxruntime as ort
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
+    from onnxruntime.quantization.calibrate import create_calibrator
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     xtr, _, xte, yte = load(args.data)
@@ -178,9 +185,19 @@ def ort_cmd(args):
         with tempfile.TemporaryDirectory() as d:
             qpath = os.path.join(d, "q.onnx")
             try:
+                extra = {}
+                if method == "Entropy2048":
+                    cal = create_calibrator(src, None, os.path.join(d, "augmented.onnx"), CalibrationMethod.Entropy,
+                                            extra_options={"num_bins": 2048, "num_quantized_bins": 128})
+                    cal.collect_data(Reader(input_name))
+                    ranges = cal.compute_data()
+                    extra["TensorQuantOverrides"] = {
+                        name: [{"rmin": np.float32(ranges[name].range_value[0]),
+                                "rmax": np.float32(ranges[name].range_value[1])}] for name in ranges.data}
+                    method = "MinMax"
                 quantize_static(src, qpath, Reader(input_name), quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=act_type, weight_type=weight_type,
-                                calibrate_method=getattr(CalibrationMethod, method))
+                                calibrate_method=getattr(CalibrationMethod, method), extra_options=extra)
                 out["quantize_seconds"] = round(time.perf_counter() - t0, 1)
                 out["weight_initializers"] = weight_types(qpath)
                 pred = predictions(session(qpath, args.threads), x)

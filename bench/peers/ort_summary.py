@@ -17,10 +17,10 @@ from statistics import mean
 
 MODELS = [("mlp", "MLP 784-64-10"), ("lenet5", "LeNet-5"), ("resnet20", "ResNet-20")]
 ORT8 = [(f"{m}-{a}", f"ORT {m}, {'uint8' if a == 'u8' else 'int8'} act.") for a in ("u8", "s8")
-        for m in ("MinMax", "Entropy", "Percentile")]
+        for m in ("MinMax", "Entropy", "Percentile")] + [("Entropy2048-u8", "ORT Entropy 2048 bins, uint8 act.")]
 LOWBIT8 = [(f"w8a8-{c}-w{w}", f"lowbit {c}, {w} weights") for c in ("minmax", "percentile:99.99", "mse", "entropy")
            for w in ("minmax", "mse")]
-ORT4 = [(f"{m}-w4", f"ORT {m}, int4 weights (nearest)") for m in ("MinMax", "Entropy", "Percentile")]
+ORT4 = [(f"{m}-w4", f"ORT {m}, int4 weights (nearest)") for m in ("MinMax", "Entropy", "Percentile", "Entropy2048")]
 LOWBIT4 = [("w4a8-nearest", "lowbit W4A8 nearest, min-max weights", 4),
            ("w4a8-adaround", "lowbit W4A8 AdaRound, MSE weights", 4),
            ("w4a8-adaround-bc", "lowbit W4A8 AdaRound + bias corr., MSE weights", 4),
