@@ -20,7 +20,8 @@
 # A JSON result that exists already is kept, and so is a model in $MODELS (FRESH=1 reruns every row).
 # Environment: DATA (MNIST-format directory, default /usr/share/datasets/fashion-mnist), MODELS (default a
 # temporary directory), SEEDS (default 1,2,3), EPOCHS (5), RESNET_EPOCHS (3), THREADS (1: accuracy only, and a
-# second spinning thread slows PyTorch badly on the loaded 2-core machine), RESNET=0 skips the ResNet, LSQ=1,
+# second spinning thread slows PyTorch badly on the loaded 2-core machine), RESNET=0 skips the ResNet, ORT=0 skips
+# ORT's rows (lowbit's only), SEEDS=" " only the ResNet, LSQ=1,
 # QAT_EPOCHS (2), QAT_LR (2e-4), CARGO_TARGET_DIR (default target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -113,7 +114,7 @@ compare() {
       grep -q "\"row\": \"$row\"" "$o" || rows+=("$row")
     done
   fi
-  if ((${#rows[@]})); then
+  if ((${#rows[@]})) && [[ "${ORT:-1}" != 0 ]]; then
     # ORT's calibrators also print progress on stdout: keep the JSON lines.
     peers ort_quantize.py --data "$DATA" --threads "$THREADS" ort --onnx "$MODELS/$name.onnx" $unfused \
       --rows "$(IFS=,; echo "${rows[*]}")" 2> /dev/null | grep '^{' > "$o.tmp"
