@@ -106,7 +106,6 @@ compare() {
   "$LOWBIT" import "$MODELS/$name.onnx" --out "$MODELS/$name.f32"
   local o="$OUT/ort-$name.jsonl" rows=() row
   if fresh "$o"; then
-    : > "$o"
     rows=(all)
   else
     # Rows added to ort_quantize.py since the file was written.
@@ -118,10 +117,11 @@ compare() {
     # ORT's calibrators also print progress on stdout: keep the JSON lines.
     peers ort_quantize.py --data "$DATA" --threads "$THREADS" ort --onnx "$MODELS/$name.onnx" $unfused \
       --rows "$(IFS=,; echo "${rows[*]}")" 2> /dev/null | grep '^{' > "$o.tmp"
+    [[ ${rows[0]} == all ]] && : > "$o"
     cat "$o.tmp" >> "$o"
     rm "$o.tmp"
   fi
-  echo "ORT $name: $(wc -l < "$o") rows"
+  [[ -e "$o" ]] && echo "ORT $name: $(wc -l < "$o") rows"
   lowbit_rows "$name" "$seed"
 }
 
