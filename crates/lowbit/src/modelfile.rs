@@ -295,19 +295,68 @@ pub fn read_file_capped(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(io)
 }
 
-/// Loads a float (`lowbit.f32`) or quantized (`lowbit.lbq`) model file, telling them apart by metadata.
+/// Loads a float (`lowbit.f32`) or quantized (`lowbit.lbq`) model file, telling them apart by metadata, or an
+/// ONNX model, imported in memory as a float model (see [`load_any_with`]).
 pub fn load_any(path: &Path) -> Result<AnyModel> {
+    load_any_with(path, &crate::onnx::Preprocessing::default())
+}
+
+/// [`load_any`], with the input preprocessing an ONNX import takes (command-line flags over the model's
+/// metadata). A lowbit float file without a normalisation takes it (as `train --init` does); a file with its own
+/// normalisation, or a quantized file, refuses one that differs ([`Error::InvalidOption`]).
+///
+/// A file is ONNX when its name ends in `.onnx`, or when it is not a lowbit (safetensors) file and decodes as an
+/// ONNX model with an IR version, an opset and a graph ([`crate::onnx::looks_like_onnx`]): protobuf has no magic
+/// number, so the extension decides where it can, and the content only for other names. A `.onnx` file that does
+/// not decode is reported as a bad ONNX file.
+pub fn load_any_with(path: &Path, preprocessing: &crate::onnx::Preprocessing) -> Result<AnyModel> {
     let bytes = read_file_capped(path)?;
-    let is_float = SafeTensors::read_metadata(&bytes)
-        .ok()
+    let header = SafeTensors::read_metadata(&bytes).ok();
+    if crate::onnx::has_onnx_extension(path)
+        || (header.is_none() && crate::onnx::looks_like_onnx(&bytes))
+    {
+        let model = crate::onnx::import_file_bytes(&bytes, path, preprocessing)?;
+        let provenance = crate::onnx::provenance(path);
+        return Ok(AnyModel::Float(Box::new(model), provenance));
+    }
+    let is_float = header
         .and_then(|(_, m)| m.metadata().clone())
         .and_then(|m| m.get("format").cloned())
         .is_some_and(|f| f == FLOAT_FORMAT);
-    if is_float {
+    let mut model = if is_float {
         let (m, p) = float_from_bytes(&bytes, path)?;
-        Ok(AnyModel::Float(Box::new(m), p))
+        AnyModel::Float(Box::new(m), p)
     } else {
         let qm = lowbit_runtime::format::from_bytes(&bytes).map_err(|e| model_err(path, e))?;
-        Ok(AnyModel::Quant(Box::new(qm)))
+        AnyModel::Quant(Box::new(qm))
+    };
+    if !preprocessing.is_empty() {
+        let given = preprocessing
+            .normalization()
+            .map_err(|reason| Error::option("--mean/--std/--input-scale", reason))?;
+        let own = match &mut model {
+            AnyModel::Float(m, _) => {
+                if let (None, Some(n)) = (&m.normalization, &given) {
+                    n.check_channels(m.input_shape[0])?;
+                    m.normalization = given.clone();
+                }
+                &m.normalization
+            }
+            AnyModel::Quant(q) => &q.normalization,
+        };
+        if &given != own {
+            return Err(Error::option(
+                "--mean/--std/--input-scale",
+                format!(
+                    "{} was trained with {} (the flags set preprocessing of ONNX imports only)",
+                    path.display(),
+                    own.as_ref().map_or("pixels / 255".into(), |n| format!(
+                        "mean {:?} and std {:?} (after scaling pixels to [0, 1])",
+                        n.mean, n.std
+                    ))
+                ),
+            ));
+        }
     }
+    Ok(model)
 }
