@@ -303,7 +303,7 @@ impl Importer {
             });
         let chw = match (shape.as_deref(), nhwc) {
             (Some([_, Some(c), Some(h), Some(w)]), false) => [*c, *h, *w],
-            (Some([_, Some(h), Some(w), Some(c)]), true) => [*h, *w, *c],
+            (Some([_, Some(h), Some(w), Some(c)]), true) => [*c, *h, *w],
             _ => {
                 return Err(OnnxError::Graph(format!(
                     "graph input {:?}: shape {shape:?} is not {} with known C, H and W (the batch may be symbolic)",
