@@ -847,8 +847,13 @@ pub fn inspect(path: &Path) -> Result<()> {
             );
         }
         AnyModel::Float(mut m, prov) => {
+            let format = if lowbit::onnx::has_onnx_extension(path) {
+                "ONNX, imported in memory"
+            } else {
+                "lowbit.f32"
+            };
             println!(
-                "{}: float model (lowbit.f32), spec {}, {} parameters, {} bytes on disk; dataset {}; seed {}; accuracy {}",
+                "{}: float model ({format}), spec {}, {} parameters, {} bytes on disk; dataset {}; seed {}; accuracy {}",
                 path.display(),
                 m.spec,
                 m.param_count(),

@@ -32,7 +32,7 @@ enum Command {
     Eval(EvalArgs),
     /// Show a model file's layers, bit widths, scales, ranges and sizes.
     Inspect {
-        /// Model file.
+        /// Model file (.lbq, float, or ONNX imported in memory).
         model: PathBuf,
     },
     /// The main job: f32 baseline, PTQ W8A8/W4A8, QAT W4A8/ternary/binary and the fixed step k=2, one table.
@@ -193,7 +193,8 @@ struct TrainArgs {
     /// Fixed-step weights w_q = round(w*K)/K (scale 1/K; the stored bit width is the smallest that fits).
     #[arg(long, value_name = "K", allow_negative_numbers = true)]
     quant_step: Option<f32>,
-    /// Start from this float model file (QAT fine-tuning, or PTQ without retraining).
+    /// Start from this float model file or ONNX model (QAT fine-tuning, or PTQ without retraining); for ONNX,
+    /// --input-scale/--mean/--std set its preprocessing.
     #[arg(long, value_name = "MODEL")]
     init: Option<PathBuf>,
     /// Do not train the f32 baseline with the same seed (saves time; the report then has no difference).
@@ -288,7 +289,7 @@ struct TrainArgs {
 
 #[derive(Args, Debug, Clone)]
 struct EvalArgs {
-    /// Model file (.lbq or float).
+    /// Model file (.lbq, float, or ONNX imported in memory with its `lowbit.*` metadata preprocessing).
     model: PathBuf,
     #[command(flatten)]
     data: DataArg,
@@ -318,7 +319,7 @@ struct DemoArgs {
 
 #[derive(Args, Debug, Clone)]
 struct PredictArgs {
-    /// Model file (.lbq or float).
+    /// Model file (.lbq, float, or ONNX imported in memory).
     model: PathBuf,
     /// Image files (PNG or PGM).
     files: Vec<PathBuf>,
