@@ -563,20 +563,48 @@ fn checkpointing(a: &TrainArgs) -> Result<Option<Checkpointing>> {
     )))
 }
 
+/// The data options and preprocessing of a run: a config file's `[input]` overlaid with the flags the user typed.
+fn input_settings(
+    a: &TrainArgs,
+    fc: &FileConfig,
+    explicit: &[String],
+) -> Result<(DataArg, NormArgs)> {
+    let typed = |id: &str| explicit.iter().any(|e| e == id);
+    let (mut data, mut norm) = (a.data.clone(), a.norm.clone());
+    let file = &fc.input;
+    if !typed("image_size") {
+        data.image_size = file.image_size()?.or(data.image_size);
+    }
+    if !typed("layout") {
+        data.layout = file.layout()?.unwrap_or(data.layout);
+    }
+    if !typed("input_scale") {
+        norm.input_scale = file.input_scale.or(norm.input_scale);
+    }
+    if !typed("mean") {
+        norm.mean = file.mean.clone().unwrap_or(norm.mean);
+    }
+    if !typed("std") {
+        norm.std = file.std.clone().unwrap_or(norm.std);
+    }
+    Ok((data, norm))
+}
+
 /// `lowbit train`.
 pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
     let (fc, tcfg, quant) = resolve_settings(a, explicit)?;
+    let (data_args, norm_args) = input_settings(a, &fc, explicit)?;
     let checkpoints = checkpointing(a)?;
     let data_name = fc.data.clone().unwrap_or_else(|| a.data.data.clone());
     let model_spec = fc.model.clone().unwrap_or_else(|| a.model.clone());
     let init = a
         .init
         .as_deref()
-        .map(|p| load_float_model_with(p, &a.norm).context("--init"))
+        .map(|p| load_float_model_with(p, &norm_args).context("--init"))
         .transpose()?;
     // A model to fine-tune brings its normalisation; flags that say otherwise are a mistake.
     let norm = match (
-        normalization(&a.norm)?,
+        normalization(&norm_args)?,
         init.as_ref().and_then(|m| m.normalization.clone()),
     ) {
         (Some(flags), Some(model)) if flags != model => bail!(
@@ -586,7 +614,7 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
         ),
         (flags, model) => flags.or(model),
     };
-    let split = load_data(&data_name, &a.data, norm)?;
+    let split = load_data(&data_name, &data_args, norm)?;
     let cfg = RunConfig {
         data: data_name.clone(),
         model: init.as_ref().map(|m| m.spec.clone()).unwrap_or(model_spec),
