@@ -66,6 +66,34 @@ fn float_state(layer: &mut Layer) -> Vec<(&'static str, &mut Vec<f32>)> {
     }
 }
 
+/// The value rules of the float file, for models built elsewhere (the ONNX importer) that must be storable:
+/// every stored tensor finite, batch-norm variances non-negative and `eps` finite and positive. The error names the
+/// node and the tensor.
+pub(crate) fn check_float_values(model: &mut Model) -> std::result::Result<(), (String, String)> {
+    for node in &mut model.nodes {
+        if let Layer::BatchNorm2d(b) = &node.layer {
+            if !(b.eps.is_finite() && b.eps > 0.0) {
+                return Err((
+                    node.name.clone(),
+                    format!("batch-norm epsilon {} is not finite and positive", b.eps),
+                ));
+            }
+            if b.running_var.iter().any(|&v| v < 0.0) {
+                return Err((
+                    node.name.clone(),
+                    "running_var holds a negative variance".into(),
+                ));
+            }
+        }
+        for (suffix, values) in float_state(&mut node.layer) {
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err((format!("{}.{suffix}", node.name), "holds NaN or Inf".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Serializes a float model to bytes (deterministic: the same model gives the same bytes). Only float layers can
 /// be stored: a model prepared for quantization is saved as its float shadow by the caller, or as `.lbq`.
 pub fn float_to_bytes(model: &Model, provenance: &Provenance) -> Result<Vec<u8>> {

@@ -479,3 +479,45 @@ fn external_data_outside_the_directory_or_missing_is_refused() {
         }
     }
 }
+
+/// `name`'s initializer `k`-th input of the first node of type `op`, its first value replaced by `v`.
+fn with_first_value(name: &str, op: &str, k: usize, v: f32) -> ModelProto {
+    let mut m = decoded(name);
+    let g = m.graph.as_mut().unwrap();
+    let input = g.node.iter().find(|n| n.op_type() == op).unwrap().input[k].clone();
+    let t = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name() == input)
+        .unwrap();
+    match t.raw_data.as_mut() {
+        Some(raw) => raw[..4].copy_from_slice(&v.to_le_bytes()),
+        None => t.float_data[0] = v,
+    }
+    m
+}
+
+#[test]
+fn values_the_float_file_would_refuse_are_bad_tensors() {
+    // Found by the import_onnx fuzz target: a negative running variance was imported, and the float file then
+    // refused to read the model it had written.
+    for (m, what) in [
+        (
+            with_first_value("resnet_b_unfolded", "BatchNormalization", 4, -1.0),
+            "negative variance",
+        ),
+        (
+            with_first_value("resnet_b_unfolded", "Conv", 1, f32::NAN),
+            "NaN or Inf",
+        ),
+        (
+            with_first_value("mlp", "Gemm", 2, f32::INFINITY),
+            "NaN or Inf",
+        ),
+    ] {
+        match import_proto(&m).unwrap_err() {
+            OnnxError::BadTensor { reason, .. } => assert!(reason.contains(what), "{reason}"),
+            other => panic!("expected BadTensor ({what}), got {other:?}"),
+        }
+    }
+}

@@ -155,6 +155,10 @@ fn import_model(model: &ModelProto, spec: &str) -> R<Model> {
     model
         .check_structure()
         .map_err(|e| OnnxError::Graph(e.to_string()))?;
+    // What the float file would refuse to store (or evaluation would turn into NaN) is refused here.
+    let mut model = model;
+    crate::modelfile::check_float_values(&mut model)
+        .map_err(|(name, reason)| OnnxError::BadTensor { name, reason })?;
     Ok(model)
 }
 
