@@ -1,12 +1,12 @@
 """Builds the ONNX import fixtures of crates/lowbit/tests/fixtures/onnx/ from ordinary PyTorch code.
 
 Usage:
-    python3 bench/peers/make_onnx_fixtures.py [--venv PEERS_VENV] [--out DIR]
+    python3 bench/peers/make_onnx_fixtures.py [--venv PEERS_VENV] [--out DIR] [--only NAME,...]
 
 The venv (the argument, else $PEERS_VENV, else the running interpreter) needs torch, onnx and onnxruntime (see
 requirements.txt); the script re-runs itself under that venv's python. For each fixture NAME it writes:
     NAME.onnx        exported by torch.onnx.export (the TorchScript exporter, dynamo=False)
-    NAME.input.f32   an input batch, little-endian f32, NCHW
+    NAME.input.f32   an input batch, little-endian f32, in the model's layout (NCHW; NHWC for nhwc_keras)
     NAME.output.f32  ONNX Runtime's output for that batch, little-endian f32, [B, classes]
     NAME.json        shapes, opset, what the output is (logits, or a trailing softmax/log-softmax of them)
 Weights are random (seeded): the fixtures test the importer's arithmetic, not accuracy. "Current opset" is the
@@ -23,11 +23,13 @@ def reexec_under_venv():
     ap.add_argument("--venv", default=os.environ.get("PEERS_VENV"))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "..", "..", "crates", "lowbit", "tests", "fixtures", "onnx"))
+    ap.add_argument("--only", default="", help="comma-separated fixture names to (re)write; default all")
     args = ap.parse_args()
     if args.venv:
         python = os.path.join(os.path.abspath(args.venv), "bin", "python")
         if os.path.realpath(sys.prefix) != os.path.realpath(args.venv) and os.path.exists(python):
-            os.execv(python, [python, os.path.abspath(__file__), "--venv", args.venv, "--out", args.out])
+            os.execv(python, [python, os.path.abspath(__file__), "--venv", args.venv, "--out", args.out,
+                              "--only", args.only])
     return args
 
 
@@ -147,6 +149,64 @@ class DepthwiseSeparable(nn.Module):
         return torch.softmax(torch.matmul(x, self.w) + self.b, dim=1)
 
 
+class KerasStyleNhwc(nn.Module):
+    """A channels-last model as Keras/tf2onnx exports it: an NHWC input transposed to NCHW for the first conv, a
+    transpose pair (to NHWC and back, as tf2onnx leaves around ops it keeps in NHWC), global average pooling
+    and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, 1, 1)
+        self.c2 = nn.Conv2d(8, 12, 3, 2, 1)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x.permute(0, 3, 1, 2)))
+        # The exporter fuses two consecutive permutes, so nhwc_keras() inserts the pair into the graph itself.
+        x = F.relu(self.c2(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def nhwc_keras(out=ARGS.out):
+    """KerasStyleNhwc exported like tf2onnx: NHWC input "input" [batch, 12, 12, 3], opset 13, with the
+    preprocessing of a Keras model fed raw pixels in its metadata (lowbit.input_scale 255, lowbit.mean and
+    lowbit.std 127.5: x = pixel / 127.5 - 1). The input batch is such normalised pixels (integers 0..255), so
+    a test can feed lowbit the pixels and its stored normalisation."""
+    name = "nhwc_keras"
+    gen = torch.Generator().manual_seed(sum(map(ord, name)))
+    torch.manual_seed(5)
+    model = KerasStyleNhwc().eval()
+    pixels = torch.randint(0, 256, (4, 12, 12, 3), generator=gen).float()
+    x = (pixels - 127.5) / 127.5
+    path = os.path.join(out, name + ".onnx")
+    torch.onnx.export(model, (x,), path, dynamo=False, opset_version=13, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    m = onnx.load(path)
+    relu = next(n for n in m.graph.node if n.op_type == "Relu")
+    pair = [onnx.helper.make_node("Transpose", [relu.output[0]], ["to_nhwc"], name="/to_nhwc", perm=[0, 2, 3, 1]),
+            onnx.helper.make_node("Transpose", ["to_nhwc"], ["to_nchw"], name="/to_nchw", perm=[0, 3, 1, 2])]
+    for n in m.graph.node:
+        if n.op_type == "Conv" and relu.output[0] in n.input:
+            n.input[list(n.input).index(relu.output[0])] = "to_nchw"
+    at = list(m.graph.node).index(relu) + 1
+    for i, n in enumerate(pair):
+        m.graph.node.insert(at + i, n)
+    for k, v in [("lowbit.input_scale", "255"), ("lowbit.mean", "127.5"), ("lowbit.std", "127.5")]:
+        m.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(m)
+    onnx.save(m, path)
+    y = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    x.numpy().astype("<f4").tofile(os.path.join(out, name + ".input.f32"))
+    y.astype("<f4").tofile(os.path.join(out, name + ".output.f32"))
+    ops = sorted({n.op_type for n in m.graph.node})
+    meta = {"input_shape": list(x.shape), "output_shape": list(y.shape), "opset": 13, "output": "logits",
+            "batchnorm_folded": True, "ops": ops, "layout": "nhwc"}
+    with open(os.path.join(out, name + ".json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    print(f"{name}: opset 13, {os.path.getsize(path)} bytes, ops {' '.join(ops)}")
+
+
 def randomize_bn(model, gen):
     """Non-trivial running statistics and affine parameters, so a mistake in batch-norm import shows."""
     for m in model.modules():
@@ -240,17 +300,28 @@ def edge_ops(out=ARGS.out):
 
 def main():
     os.makedirs(ARGS.out, exist_ok=True)
-    torch.manual_seed(0)
-    export("mlp", Mlp(), (1, 28, 28), 11, "logits")
-    torch.manual_seed(1)
-    export("lenet", LeNet5(), (1, 28, 28), "current", "log_softmax")
-    torch.manual_seed(2)
-    export("resnet_a", ResNet("A"), (3, 16, 16), 11, "logits")
-    torch.manual_seed(3)
-    export("resnet_b_unfolded", ResNet("B"), (3, 16, 16), "current", "logits", fold_constants=False)
-    torch.manual_seed(4)
-    export("dwsep", DepthwiseSeparable(), (3, 16, 16), 13, "softmax", fold_constants=False)
-    edge_ops()
+    only = set(filter(None, ARGS.only.split(",")))
+
+    def wanted(name):
+        return not only or name in only
+
+    # Each fixture seeds torch itself, so writing a subset leaves the others' bytes as they were.
+    for seed, name, make in [
+        (0, "mlp", lambda: export("mlp", Mlp(), (1, 28, 28), 11, "logits")),
+        (1, "lenet", lambda: export("lenet", LeNet5(), (1, 28, 28), "current", "log_softmax")),
+        (2, "resnet_a", lambda: export("resnet_a", ResNet("A"), (3, 16, 16), 11, "logits")),
+        (3, "resnet_b_unfolded", lambda: export("resnet_b_unfolded", ResNet("B"), (3, 16, 16), "current",
+                                                "logits", fold_constants=False)),
+        (4, "dwsep", lambda: export("dwsep", DepthwiseSeparable(), (3, 16, 16), 13, "softmax",
+                                    fold_constants=False)),
+    ]:
+        if wanted(name):
+            torch.manual_seed(seed)
+            make()
+    if wanted("edge_ops"):
+        edge_ops()
+    if wanted("nhwc_keras"):
+        nhwc_keras()
 
 
 if __name__ == "__main__":

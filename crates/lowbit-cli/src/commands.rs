@@ -16,6 +16,7 @@ use lowbit::data::{self, DataOptions, DataSource, Split};
 use lowbit::eval::{argmax_rows, metrics, Metrics};
 use lowbit::modelfile::{self, AnyModel};
 use lowbit::nn::Model;
+use lowbit::onnx::Preprocessing;
 use lowbit::optim::OptimizerKind;
 use lowbit::optim::Schedule;
 use lowbit::pipeline::{self, Event, FloatRun, RunConfig};
@@ -50,16 +51,21 @@ pub(crate) fn load_data(
     Ok(data::load_with(&source, &opts)?)
 }
 
-/// `--mean` / `--std` as a normalisation (`None` when neither is given).
-fn normalization(n: &NormArgs) -> Result<Option<Normalization>> {
-    match (n.mean.is_empty(), n.std.is_empty()) {
-        (true, true) => Ok(None),
-        (false, false) => Ok(Some(
-            Normalization::new(n.mean.clone(), n.std.clone())
-                .map_err(|e| anyhow!("invalid --mean/--std: {e}"))?,
-        )),
-        _ => bail!("invalid --mean/--std: give both, with one value or one per channel each"),
+/// `--input-scale`, `--mean` and `--std` as given (each part optional, so that an ONNX model's metadata fills
+/// the others).
+pub(crate) fn preprocessing(n: &NormArgs) -> Preprocessing {
+    Preprocessing {
+        input_scale: n.input_scale,
+        mean: (!n.mean.is_empty()).then(|| n.mean.clone()),
+        std: (!n.std.is_empty()).then(|| n.std.clone()),
     }
+}
+
+/// `--input-scale` / `--mean` / `--std` as a normalisation (`None` when none is given).
+fn normalization(n: &NormArgs) -> Result<Option<Normalization>> {
+    preprocessing(n)
+        .normalization()
+        .map_err(|e| anyhow!("invalid --mean/--std/--input-scale: {e} (give --mean and --std with one value or one per channel each)"))
 }
 
 /// The normalisation a model was trained with, for data it is evaluated on.
@@ -188,7 +194,7 @@ pub(crate) fn pct(x: f64) -> String {
 }
 
 /// Parses one `--layer-bits` item, `LAYER:WBITS[:ABITS]`.
-fn parse_layer_bits(item: &str) -> Result<LayerQuant> {
+pub(crate) fn parse_layer_bits(item: &str) -> Result<LayerQuant> {
     let bad = || {
         anyhow!("invalid --layer-bits: `{item}` is not LAYER:WBITS[:ABITS] (e.g. first:8:8, -1:8, 2:4:4)")
     };
@@ -290,24 +296,20 @@ fn resolve_settings(
     if let Some(c) = a.clip_grad_norm {
         t.clip_grad_norm = Some(c);
     }
-    let wants_quant = a.weight_bits.is_some() || a.quant_step.is_some();
+    let wants_quant = a.quant.weight_bits.is_some() || a.quant_step.is_some();
     if fc.quantization.is_none() && !wants_quant {
-        for (id, flag) in [
-            ("act_bits", "--act-bits"),
+        let train_only = [
             ("quantizer", "--quantizer"),
             ("weight_quantizer", "--weight-quantizer"),
             ("act_quantizer", "--act-quantizer"),
-            ("layer_bits", "--layer-bits"),
-            ("per_channel", "--per-channel"),
             ("bn_fold", "--bn-fold"),
             ("bn_freeze_steps", "--bn-freeze-steps"),
-            ("calibration", "--calibration"),
-            ("weight_calibration", "--weight-calibration"),
-            ("bias_correction", "--bias-correction"),
-            ("adaround", "--adaround"),
-            ("adaround_iters", "--adaround-iters"),
-            ("adaround_seconds", "--adaround-seconds"),
-        ] {
+        ];
+        // --calibration-samples alone was always accepted (it has a default and means nothing without PTQ).
+        let shared = crate::quantize::QUANT_FLAGS
+            .into_iter()
+            .filter(|(id, _)| *id != "calibration_samples");
+        for (id, flag) in train_only.into_iter().chain(shared) {
             if typed(id) {
                 bail!(
                     "invalid {flag}: quantization needs --weight-bits or --quant-step \
@@ -320,15 +322,7 @@ fn resolve_settings(
         }
     } else {
         let q = fc.quantization.get_or_insert_with(QuantSection::default);
-        if let Some(b) = a.weight_bits {
-            q.weight_bits = Some(b);
-        }
-        if let Some(b) = a.act_bits {
-            q.act_bits = Some(b);
-        }
-        if typed("per_channel") || q.per_channel.is_none() {
-            q.per_channel = Some(a.per_channel);
-        }
+        crate::quantize::apply_quant_args(q, &a.quant, &typed)?;
         if typed("method") || q.method.is_none() {
             q.method = Some(match a.method {
                 MethodArg::Qat => MethodName::Qat,
@@ -378,57 +372,41 @@ fn resolve_settings(
         if let Some(n) = a.bn_freeze_steps {
             q.bn_freeze_steps = Some(n);
         }
-        if let Some(c) = a.calibration {
-            q.calibration = Some(c);
-        }
-        if let Some(c) = a.weight_calibration {
-            q.weight_calibration = Some(c);
-        }
-        if a.bias_correction {
-            q.bias_correction = Some(true);
-        }
-        if a.adaround {
-            q.adaround = Some(true);
-        }
-        if let Some(n) = a.adaround_iters {
-            q.adaround_iters = Some(n);
-        }
-        if let Some(s) = a.adaround_seconds {
-            q.adaround_seconds = Some(s);
-        }
-        if (q.adaround_iters.is_some() || q.adaround_seconds.is_some()) && q.adaround != Some(true)
-        {
-            let flag = if q.adaround_iters.is_some() {
-                "--adaround-iters"
-            } else {
-                "--adaround-seconds"
-            };
-            bail!("invalid {flag}: it sets up AdaRound, which needs --adaround");
-        }
-        if typed("calibration_samples") || q.calibration_samples.is_none() {
-            q.calibration_samples = Some(a.calibration_samples);
-        }
-        if !a.layer_bits.is_empty() {
-            q.layers = a
-                .layer_bits
-                .iter()
-                .map(|s| parse_layer_bits(s))
-                .collect::<Result<_>>()?;
-        }
     }
     let tcfg = fc.train_config()?;
     let qcfg = fc.quant_config()?;
     Ok((fc, tcfg, qcfg))
 }
 
+/// A float model file or an ONNX model (imported in memory with the model's metadata preprocessing).
 pub(crate) fn load_float_model(path: &Path) -> Result<Model> {
-    match modelfile::load_any(path)? {
+    load_float_model_with(path, &NormArgs::default())
+}
+
+/// [`load_float_model`] with `--input-scale` / `--mean` / `--std` for an ONNX import (a float file without a
+/// normalisation takes them; one with its own refuses different ones).
+pub(crate) fn load_float_model_with(path: &Path, norm: &NormArgs) -> Result<Model> {
+    match modelfile::load_any_with(path, &preprocessing(norm))? {
         AnyModel::Float(m, _) => Ok(*m),
         AnyModel::Quant(_) => bail!(
             "{}: is a quantized .lbq model; a float model is needed here (train without --weight-bits)",
             path.display()
         ),
     }
+}
+
+/// The end of a `train` or `quantize` run: the summary and per-layer tables, where the model went, and the JSON
+/// report written to `report`.
+pub(crate) fn print_run(r: &Report, model: Option<&Path>, report: Option<&Path>) -> Result<()> {
+    print_report_summary(r);
+    if let Some(path) = model {
+        println!("model written to {}", path.display());
+    }
+    if let Some(path) = report {
+        write_json(path, r)?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
 }
 
 fn print_report_summary(r: &Report) {
@@ -585,16 +563,48 @@ fn checkpointing(a: &TrainArgs) -> Result<Option<Checkpointing>> {
     )))
 }
 
+/// The data options and preprocessing of a run: a config file's `[input]` overlaid with the flags the user typed.
+fn input_settings(
+    a: &TrainArgs,
+    fc: &FileConfig,
+    explicit: &[String],
+) -> Result<(DataArg, NormArgs)> {
+    let typed = |id: &str| explicit.iter().any(|e| e == id);
+    let (mut data, mut norm) = (a.data.clone(), a.norm.clone());
+    let file = &fc.input;
+    if !typed("image_size") {
+        data.image_size = file.image_size()?.or(data.image_size);
+    }
+    if !typed("layout") {
+        data.layout = file.layout()?.unwrap_or(data.layout);
+    }
+    if !typed("input_scale") {
+        norm.input_scale = file.input_scale.or(norm.input_scale);
+    }
+    if !typed("mean") {
+        norm.mean = file.mean.clone().unwrap_or(norm.mean);
+    }
+    if !typed("std") {
+        norm.std = file.std.clone().unwrap_or(norm.std);
+    }
+    Ok((data, norm))
+}
+
 /// `lowbit train`.
 pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
     let (fc, tcfg, quant) = resolve_settings(a, explicit)?;
+    let (data_args, norm_args) = input_settings(a, &fc, explicit)?;
     let checkpoints = checkpointing(a)?;
     let data_name = fc.data.clone().unwrap_or_else(|| a.data.data.clone());
     let model_spec = fc.model.clone().unwrap_or_else(|| a.model.clone());
-    let init = a.init.as_deref().map(load_float_model).transpose()?;
+    let init = a
+        .init
+        .as_deref()
+        .map(|p| load_float_model_with(p, &norm_args).context("--init"))
+        .transpose()?;
     // A model to fine-tune brings its normalisation; flags that say otherwise are a mistake.
     let norm = match (
-        normalization(&a.norm)?,
+        normalization(&norm_args)?,
         init.as_ref().and_then(|m| m.normalization.clone()),
     ) {
         (Some(flags), Some(model)) if flags != model => bail!(
@@ -604,7 +614,7 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
         ),
         (flags, model) => flags.or(model),
     };
-    let split = load_data(&data_name, &a.data, norm)?;
+    let split = load_data(&data_name, &data_args, norm)?;
     let cfg = RunConfig {
         data: data_name.clone(),
         model: init.as_ref().map(|m| m.spec.clone()).unwrap_or(model_spec),
@@ -673,14 +683,7 @@ pub fn train(a: &TrainArgs, explicit: &[String], quiet: bool) -> Result<()> {
             e.seconds
         );
     }
-    print_report_summary(&out.report);
-    if let Some(path) = &a.out {
-        println!("model written to {}", path.display());
-    }
-    if let Some(path) = &a.report {
-        write_json(path, &out.report)?;
-        println!("report written to {}", path.display());
-    }
+    print_run(&out.report, a.out.as_deref(), a.report.as_deref())?;
     if let Some(path) = &a.plot {
         // Earlier phases of a quantized run are its f32 baseline.
         let last = bars.phases.len().saturating_sub(1);
@@ -872,8 +875,13 @@ pub fn inspect(path: &Path) -> Result<()> {
             );
         }
         AnyModel::Float(mut m, prov) => {
+            let format = if lowbit::onnx::has_onnx_extension(path) {
+                "ONNX, imported in memory"
+            } else {
+                "lowbit.f32"
+            };
             println!(
-                "{}: float model (lowbit.f32), spec {}, {} parameters, {} bytes on disk; dataset {}; seed {}; accuracy {}",
+                "{}: float model ({format}), spec {}, {} parameters, {} bytes on disk; dataset {}; seed {}; accuracy {}",
                 path.display(),
                 m.spec,
                 m.param_count(),

@@ -3,6 +3,7 @@ mod commands;
 mod import;
 mod mixed;
 mod plot;
+mod quantize;
 mod sensitivity;
 mod sweep;
 mod ui;
@@ -31,7 +32,7 @@ enum Command {
     Eval(EvalArgs),
     /// Show a model file's layers, bit widths, scales, ranges and sizes.
     Inspect {
-        /// Model file.
+        /// Model file (.lbq, float, or ONNX imported in memory).
         model: PathBuf,
     },
     /// The main job: f32 baseline, PTQ W8A8/W4A8, QAT W4A8/ternary/binary and the fixed step k=2, one table.
@@ -54,6 +55,10 @@ enum Command {
     /// Import an ONNX classifier (Conv, Gemm/MatMul, BatchNorm, pooling, Add, Concat... opset 11 or later) as a
     /// float model file that train --init, eval, inspect, sweep, sensitivity and mixed take.
     Import(import::ImportArgs),
+    /// One call from a float model (ONNX or lowbit) to a deployable .lbq: import, PTQ calibrated on training
+    /// samples (the quantization flags of `train --method ptq`), accuracy measured on the integer engine against
+    /// the float model, the same report and tables.
+    Quantize(Box<quantize::QuantizeArgs>),
 }
 
 /// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a path whose
@@ -85,16 +90,20 @@ fn parse_image_size(s: &str) -> Result<(usize, usize), String> {
     lowbit::data::folder::parse_image_size(s).map_err(|e| e.to_string())
 }
 
-/// Per-channel input normalisation: `x = (pixel / 255 - mean[c]) / std[c]`, stored in the model so that `eval`,
-/// `predict` and the engine apply it.
+/// Per-channel input normalisation: `x = (pixel / 255 * input_scale - mean[c]) / std[c]`, stored in the model so
+/// that `eval`, `predict` and the engine apply it.
 #[derive(Args, Debug, Clone, Default)]
 struct NormArgs {
-    /// Per-channel means after scaling pixels to [0, 1], comma-separated (one value, or one per channel).
+    /// Per-channel means after scaling pixels to [0, --input-scale], comma-separated (one value, or one per
+    /// channel).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     mean: Vec<f32>,
     /// Per-channel standard deviations (positive), comma-separated, as many as --mean.
     #[arg(long, value_delimiter = ',')]
     std: Vec<f32>,
+    /// Pixels are scaled to [0, S] before --mean/--std (default 1: [0, 1]; 255 for models fed raw pixel values).
+    #[arg(long, value_name = "S")]
+    input_scale: Option<f32>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,22 +185,16 @@ struct TrainArgs {
     /// Random seed (same seed, same model, bit for bit).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Weight bit width 1..=8 (2 = ternary, 1 = binary). Omit (and omit --quant-step) to train in f32.
-    #[arg(long)]
-    weight_bits: Option<u32>,
-    /// Activation bit width 1..=8 (default 8 when quantizing).
-    #[arg(long)]
-    act_bits: Option<u32>,
-    /// One weight scale per output channel instead of one per layer.
-    #[arg(long)]
-    per_channel: bool,
+    #[command(flatten)]
+    quant: quantize::QuantArgs,
     /// Quantization method.
     #[arg(long, value_enum, default_value_t = MethodArg::Qat)]
     method: MethodArg,
     /// Fixed-step weights w_q = round(w*K)/K (scale 1/K; the stored bit width is the smallest that fits).
     #[arg(long, value_name = "K", allow_negative_numbers = true)]
     quant_step: Option<f32>,
-    /// Start from this float model file (QAT fine-tuning, or PTQ without retraining).
+    /// Start from this float model file or ONNX model (QAT fine-tuning, or PTQ without retraining); for ONNX,
+    /// --input-scale/--mean/--std set its preprocessing.
     #[arg(long, value_name = "MODEL")]
     init: Option<PathBuf>,
     /// Do not train the f32 baseline with the same seed (saves time; the report then has no difference).
@@ -200,33 +203,6 @@ struct TrainArgs {
     /// Hold out this fraction (0..1) of each class of the training set, drawn with --seed, and report validation accuracy per epoch.
     #[arg(long, value_name = "FRACTION")]
     validation_split: Option<f32>,
-    /// Training samples used to calibrate activation ranges (PTQ).
-    #[arg(long, default_value_t = 2000)]
-    calibration_samples: usize,
-    /// PTQ activation calibrator: `minmax` (observed range), `percentile:P` (e.g. percentile:99.99), `mse`
-    /// (least squared quantization error) or `entropy` (TensorRT's KL divergence, 2048-bin histograms).
-    /// Per layer: `calibration` in a config file's [[quantization.layers]].
-    #[arg(long, value_name = "CALIBRATOR", value_parser = parse_calibrator)]
-    calibration: Option<lowbit::quant::Calibrator>,
-    /// PTQ weight scales: `minmax` (max |w|) or `mse` (clipping ratio with least squared error, per channel
-    /// with --per-channel); min-max weights only (3..=8 bits).
-    #[arg(long, value_name = "RULE", value_parser = parse_weight_calibration)]
-    weight_calibration: Option<lowbit::quant::WeightCalibration>,
-    /// PTQ empirical bias correction: each layer's bias absorbs the mean shift quantization causes in its
-    /// outputs on the calibration samples (Nagel et al. 2019), layer after layer.
-    #[arg(long)]
-    bias_correction: bool,
-    /// PTQ AdaRound (Nagel et al. 2020): learn per weight whether to round up or down so that each layer's
-    /// output on the calibration samples stays close to the float model's; min-max or ternary weights.
-    #[arg(long)]
-    adaround: bool,
-    /// AdaRound Adam iterations per layer (default 1000).
-    #[arg(long, value_name = "N")]
-    adaround_iters: Option<usize>,
-    /// AdaRound time budget in seconds for all layers: each layer runs as many iterations (at most
-    /// --adaround-iters) as fit its share (the result then depends on the machine's speed).
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
-    adaround_seconds: Option<f64>,
     /// Quantizer method for weights and activations: `lsq` learns step sizes for both; `pact` learns the
     /// activation clipping level (weights keep `ste`). The two flags below override it.
     #[arg(long, value_enum)]
@@ -243,10 +219,6 @@ struct TrainArgs {
     /// L2 penalty on PACT's alpha.
     #[arg(long)]
     pact_l2: Option<f32>,
-    /// Per-layer bit widths (mixed precision): `LAYER:WBITS[:ABITS]`, comma separated; LAYER is a weight-layer
-    /// index (negative from the end), `first` or `last`. Example: `first:8:8,last:8`.
-    #[arg(long, value_delimiter = ',')]
-    layer_bits: Vec<String>,
     /// QAT batch-norm folding: `batch` (default) trains on batch statistics with the folded weights quantized;
     /// `running` folds with running statistics before training (PTQ always does).
     #[arg(long, value_enum)]
@@ -317,7 +289,7 @@ struct TrainArgs {
 
 #[derive(Args, Debug, Clone)]
 struct EvalArgs {
-    /// Model file (.lbq or float).
+    /// Model file (.lbq, float, or ONNX imported in memory with its `lowbit.*` metadata preprocessing).
     model: PathBuf,
     #[command(flatten)]
     data: DataArg,
@@ -347,7 +319,7 @@ struct DemoArgs {
 
 #[derive(Args, Debug, Clone)]
 struct PredictArgs {
-    /// Model file (.lbq or float).
+    /// Model file (.lbq, float, or ONNX imported in memory).
     model: PathBuf,
     /// Image files (PNG or PGM).
     files: Vec<PathBuf>,
@@ -389,6 +361,19 @@ fn reason_of(e: lowbit::Error) -> String {
     }
 }
 
+/// The ids of the flags the user typed for `command` (not those left at their defaults).
+fn explicit_of(matches: &clap::ArgMatches, command: &str) -> Vec<String> {
+    matches
+        .subcommand_matches(command)
+        .map(|m| {
+            m.ids()
+                .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.as_str().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn main() -> ExitCode {
     // `lowbit inspect m.lbq | head`: when the reader goes away, stop like every Unix tool (killed by SIGPIPE)
     // instead of panicking in println!. Files are written atomically, so nothing half-written is left behind.
@@ -414,15 +399,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     // The train flags the user typed: they override a --config file; defaults do not.
-    let explicit: Vec<String> = matches
-        .subcommand_matches("train")
-        .map(|m| {
-            m.ids()
-                .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
-                .map(|id| id.as_str().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
+    let explicit = explicit_of(&matches, "train");
     // A bad LOWBIT_ISA stops every command before any kernel runs (the library alone would fall back to the
     // reference tier): one line naming the value and what is wrong.
     if let Err(e) = lowbit_runtime::isa::check_env() {
@@ -440,6 +417,9 @@ fn main() -> ExitCode {
         Command::Sensitivity(a) => sensitivity::sensitivity(&a, cli.quiet),
         Command::Mixed(a) => mixed::mixed(&a, cli.quiet),
         Command::Import(a) => import::import(&a),
+        Command::Quantize(a) => {
+            quantize::quantize(&a, &explicit_of(&matches, "quantize"), cli.quiet)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,7 +26,7 @@ pub enum CostArg {
 /// Arguments of `lowbit mixed`.
 #[derive(Args, Debug, Clone)]
 pub struct MixedArgs {
-    /// Trained float model file.
+    /// Trained float model file, or an ONNX model (imported in memory).
     model: PathBuf,
     #[command(flatten)]
     data: crate::DataArg,

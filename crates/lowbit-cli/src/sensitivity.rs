@@ -12,7 +12,7 @@ use std::time::Instant;
 /// Arguments of `lowbit sensitivity`.
 #[derive(Args, Debug, Clone)]
 pub struct SensitivityArgs {
-    /// Trained float model file.
+    /// Trained float model file, or an ONNX model (imported in memory).
     model: PathBuf,
     #[command(flatten)]
     data: crate::DataArg,

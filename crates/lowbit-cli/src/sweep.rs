@@ -23,7 +23,7 @@ pub enum SweepMethod {
 /// Arguments of `lowbit sweep`.
 #[derive(Args, Debug, Clone)]
 pub struct SweepArgs {
-    /// Trained float model file (`lowbit train ... --out MODEL.f32` without --weight-bits).
+    /// Trained float model file (`lowbit train ... --out MODEL.f32` without --weight-bits), or an ONNX model.
     model: PathBuf,
     #[command(flatten)]
     data: crate::DataArg,

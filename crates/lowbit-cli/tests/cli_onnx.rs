@@ -116,3 +116,108 @@ fn a_truncated_file_fails_with_one_line_and_writes_nothing() {
     );
     assert!(!dir.path().join("m.f32").exists());
 }
+
+#[test]
+fn every_command_that_takes_a_float_model_takes_the_onnx_file_itself() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let mlp = fixture("mlp");
+    let m = mlp.to_str().unwrap();
+    let inspect = run_ok(d, &["inspect", m]);
+    assert!(
+        inspect.contains("ONNX, imported in memory") && inspect.contains("onnx:mlp.onnx"),
+        "{inspect}"
+    );
+    let eval = run_ok(d, &["eval", m]);
+    assert!(eval.contains("[float]"), "{eval}");
+    // The in-memory import is the same model as the imported file: same accuracy to the image.
+    run_ok(d, &["import", m, "--out", "mlp.f32"]);
+    let line = |s: &str| {
+        s.lines()
+            .next()
+            .unwrap()
+            .split(": ")
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(line(&eval), line(&run_ok(d, &["eval", "mlp.f32"])));
+    // A 28x28 gray picture (PGM) for predict.
+    let mut pgm = b"P5\n28 28\n255\n".to_vec();
+    pgm.extend((0..784).map(|i| (i % 251) as u8));
+    std::fs::write(d.join("x.pgm"), pgm).unwrap();
+    let p = run_ok(d, &["predict", m, "x.pgm"]);
+    assert!(p.contains("x.pgm: ") && p.contains("(class "), "{p}");
+    let qat = run_ok(
+        d,
+        &[
+            "train",
+            "--init",
+            m,
+            "--weight-bits",
+            "4",
+            "--epochs",
+            "1",
+            "--out",
+            "qat.lbq",
+        ],
+    );
+    assert!(qat.contains("QAT W4A8 from f32"), "{qat}");
+    let ptq = run_ok(
+        d,
+        &[
+            "train",
+            "--method",
+            "ptq",
+            "--init",
+            m,
+            "--weight-bits",
+            "8",
+            "--out",
+            "ptq.lbq",
+        ],
+    );
+    assert!(ptq.contains("(engine)"), "{ptq}");
+    let sweep = run_ok(d, &["sweep", m, "--bits", "8"]);
+    assert!(sweep.contains("PTQ W8A8"), "{sweep}");
+    let sens = run_ok(
+        d,
+        &[
+            "sensitivity",
+            m,
+            "--bits",
+            "4",
+            "--no-activations",
+            "--samples",
+            "200",
+            "--hessian-iters",
+            "0",
+        ],
+    );
+    assert!(sens.contains("net.1") || sens.contains("Gemm"), "{sens}");
+    let mixed = run_ok(
+        d,
+        &[
+            "mixed",
+            m,
+            "--bits",
+            "4",
+            "--budget-bits",
+            "6",
+            "--samples",
+            "200",
+            "--out",
+            "mixed.lbq",
+        ],
+    );
+    assert!(d.join("mixed.lbq").exists(), "{mixed}");
+    // bench times a quantized model against its float twin: the .lbq that quantize made from the ONNX file.
+    run_ok(d, &["quantize", m, "--out", "q.lbq"]);
+    let bench = run_ok(d, &["bench", "q.lbq", "--batch", "1", "--seconds", "0.05"]);
+    assert!(bench.contains("speed-up"), "{bench}");
+    run_err(
+        d,
+        &["bench", m],
+        &["mlp.onnx", "bench needs a quantized .lbq model"],
+    );
+}

@@ -208,3 +208,27 @@ fn broken_data_files_give_one_line_naming_the_file() {
         &["--mean/--std", "1 channels"],
     );
 }
+
+#[test]
+fn a_config_files_input_section_sets_the_normalisation_and_typed_flags_win() {
+    let t = TempDir::new().unwrap();
+    std::fs::write(
+        t.path().join("run.toml"),
+        "model = \"mlp:784-16-10\"\n[training]\nepochs = 1\n[input]\ninput_scale = 255.0\nmean = [127.5]\nstd = [127.5]\n",
+    )
+    .unwrap();
+    run_ok(
+        t.path(),
+        &["train", "--config", "run.toml", "--out", "file.f32"],
+    );
+    let i = run_ok(t.path(), &["inspect", "file.f32"]);
+    assert!(i.contains("mean [0.5], std [0.5]"), "{i}");
+    run_ok(
+        t.path(),
+        &[
+            "train", "--config", "run.toml", "--std", "255", "--out", "flag.f32",
+        ],
+    );
+    let i = run_ok(t.path(), &["inspect", "flag.f32"]);
+    assert!(i.contains("mean [0.5], std [1.0]"), "{i}");
+}

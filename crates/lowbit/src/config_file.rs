@@ -31,6 +31,74 @@ pub struct FileConfig {
     /// Quantization; absent for a plain f32 run.
     #[serde(default)]
     pub quantization: Option<QuantSection>,
+    /// Input: how images are read and preprocessed.
+    #[serde(default, skip_serializing_if = "InputSection::is_empty")]
+    pub input: InputSection,
+}
+
+/// `[input]`: the data-source options and input preprocessing of the CLI flags of the same names.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSection {
+    /// Image folders: resize and center-crop every image to `"HxW"` (`--image-size`).
+    pub image_size: Option<String>,
+    /// NumPy data: `"auto"`, `"nchw"` or `"nhwc"` (`--layout`).
+    pub layout: Option<String>,
+    /// Pixels scaled to `[0, input_scale]` before `mean` and `std` (`--input-scale`, default 1).
+    pub input_scale: Option<f32>,
+    /// Per-channel means in the scaled units (`--mean`).
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviations in the scaled units (`--std`).
+    pub std: Option<Vec<f32>>,
+}
+
+impl InputSection {
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        self == &InputSection::default()
+    }
+
+    /// `image_size` parsed (`None` when unset).
+    pub fn image_size(&self) -> Result<Option<(usize, usize)>> {
+        self.image_size
+            .as_deref()
+            .map(crate::data::folder::parse_image_size)
+            .transpose()
+    }
+
+    /// `layout` parsed (`None` when unset).
+    pub fn layout(&self) -> Result<Option<crate::data::NpyLayout>> {
+        self.layout.as_deref().map(str::parse).transpose()
+    }
+
+    /// `input_scale`, `mean` and `std` as preprocessing (for flags to override part by part).
+    pub fn preprocessing(&self) -> crate::onnx::Preprocessing {
+        crate::onnx::Preprocessing {
+            input_scale: self.input_scale,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }
+    }
+
+    /// Every key checked, errors naming it.
+    fn validate(&self, path: &Path) -> Result<()> {
+        let key = |k: &str, e: Error| {
+            let reason = match e {
+                Error::InvalidOption { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            data_error(path, format!("key `input.{k}`: {reason}"))
+        };
+        self.image_size().map_err(|e| key("image_size", e))?;
+        self.layout().map_err(|e| key("layout", e))?;
+        self.preprocessing().normalization().map_err(|reason| {
+            data_error(
+                path,
+                format!("keys `input.input_scale`/`mean`/`std`: {reason}"),
+            )
+        })?;
+        Ok(())
+    }
 }
 
 /// Optimizer named in a file.
@@ -184,6 +252,7 @@ pub fn parse(text: &str, path: &Path) -> Result<FileConfig> {
     cfg.train_config()
         .and_then(|_| cfg.quant_config())
         .map_err(|e| name_key(e, path))?;
+    cfg.input.validate(path)?;
     Ok(cfg)
 }
 

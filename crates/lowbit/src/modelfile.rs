@@ -66,6 +66,34 @@ fn float_state(layer: &mut Layer) -> Vec<(&'static str, &mut Vec<f32>)> {
     }
 }
 
+/// The value rules of the float file, for models built elsewhere (the ONNX importer) that must be storable:
+/// every stored tensor finite, batch-norm variances non-negative and `eps` finite and positive. The error names the
+/// node and the tensor.
+pub(crate) fn check_float_values(model: &mut Model) -> std::result::Result<(), (String, String)> {
+    for node in &mut model.nodes {
+        if let Layer::BatchNorm2d(b) = &node.layer {
+            if !(b.eps.is_finite() && b.eps > 0.0) {
+                return Err((
+                    node.name.clone(),
+                    format!("batch-norm epsilon {} is not finite and positive", b.eps),
+                ));
+            }
+            if b.running_var.iter().any(|&v| v < 0.0) {
+                return Err((
+                    node.name.clone(),
+                    "running_var holds a negative variance".into(),
+                ));
+            }
+        }
+        for (suffix, values) in float_state(&mut node.layer) {
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err((format!("{}.{suffix}", node.name), "holds NaN or Inf".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Serializes a float model to bytes (deterministic: the same model gives the same bytes). Only float layers can
 /// be stored: a model prepared for quantization is saved as its float shadow by the caller, or as `.lbq`.
 pub fn float_to_bytes(model: &Model, provenance: &Provenance) -> Result<Vec<u8>> {
@@ -295,19 +323,68 @@ pub fn read_file_capped(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(io)
 }
 
-/// Loads a float (`lowbit.f32`) or quantized (`lowbit.lbq`) model file, telling them apart by metadata.
+/// Loads a float (`lowbit.f32`) or quantized (`lowbit.lbq`) model file, telling them apart by metadata, or an
+/// ONNX model, imported in memory as a float model (see [`load_any_with`]).
 pub fn load_any(path: &Path) -> Result<AnyModel> {
+    load_any_with(path, &crate::onnx::Preprocessing::default())
+}
+
+/// [`load_any`], with the input preprocessing an ONNX import takes (command-line flags over the model's
+/// metadata). A lowbit float file without a normalisation takes it (as `train --init` does); a file with its own
+/// normalisation, or a quantized file, refuses one that differs ([`Error::InvalidOption`]).
+///
+/// A file is ONNX when its name ends in `.onnx`, or when it is not a lowbit (safetensors) file and decodes as an
+/// ONNX model with an IR version, an opset and a graph ([`crate::onnx::looks_like_onnx`]): protobuf has no magic
+/// number, so the extension decides where it can, and the content only for other names. A `.onnx` file that does
+/// not decode is reported as a bad ONNX file.
+pub fn load_any_with(path: &Path, preprocessing: &crate::onnx::Preprocessing) -> Result<AnyModel> {
     let bytes = read_file_capped(path)?;
-    let is_float = SafeTensors::read_metadata(&bytes)
-        .ok()
+    let header = SafeTensors::read_metadata(&bytes).ok();
+    if crate::onnx::has_onnx_extension(path)
+        || (header.is_none() && crate::onnx::looks_like_onnx(&bytes))
+    {
+        let model = crate::onnx::import_file_bytes(&bytes, path, preprocessing)?;
+        let provenance = crate::onnx::provenance(path);
+        return Ok(AnyModel::Float(Box::new(model), provenance));
+    }
+    let is_float = header
         .and_then(|(_, m)| m.metadata().clone())
         .and_then(|m| m.get("format").cloned())
         .is_some_and(|f| f == FLOAT_FORMAT);
-    if is_float {
+    let mut model = if is_float {
         let (m, p) = float_from_bytes(&bytes, path)?;
-        Ok(AnyModel::Float(Box::new(m), p))
+        AnyModel::Float(Box::new(m), p)
     } else {
         let qm = lowbit_runtime::format::from_bytes(&bytes).map_err(|e| model_err(path, e))?;
-        Ok(AnyModel::Quant(Box::new(qm)))
+        AnyModel::Quant(Box::new(qm))
+    };
+    if !preprocessing.is_empty() {
+        let given = preprocessing
+            .normalization()
+            .map_err(|reason| Error::option("--mean/--std/--input-scale", reason))?;
+        let own = match &mut model {
+            AnyModel::Float(m, _) => {
+                if let (None, Some(n)) = (&m.normalization, &given) {
+                    n.check_channels(m.input_shape[0])?;
+                    m.normalization = given.clone();
+                }
+                &m.normalization
+            }
+            AnyModel::Quant(q) => &q.normalization,
+        };
+        if &given != own {
+            return Err(Error::option(
+                "--mean/--std/--input-scale",
+                format!(
+                    "{} was trained with {} (the flags set preprocessing of ONNX imports only)",
+                    path.display(),
+                    own.as_ref().map_or("pixels / 255".into(), |n| format!(
+                        "mean {:?} and std {:?} (after scaling pixels to [0, 1])",
+                        n.mean, n.std
+                    ))
+                ),
+            ));
+        }
     }
+    Ok(model)
 }

@@ -17,13 +17,14 @@ use std::path::{Path, PathBuf};
 /// outputs by percent.
 const RELATIVE_TOLERANCE: f32 = 1e-4;
 
-const FIXTURES: [&str; 6] = [
+const FIXTURES: [&str; 7] = [
     "mlp",
     "lenet",
     "resnet_a",
     "resnet_b_unfolded",
     "dwsep",
     "edge_ops",
+    "nhwc_keras",
 ];
 
 fn dir() -> PathBuf {
@@ -56,13 +57,37 @@ fn fixture(name: &str) -> Fixture {
         .iter()
         .map(|v| v.as_u64().unwrap() as usize)
         .collect();
+    let mut input = read_f32(&dir().join(format!("{name}.input.f32")));
+    let mut shape = shape;
+    // An NHWC fixture's batch, as lowbit's (NCHW) model reads it: the input transposes fold at import.
+    if meta["layout"] == "nhwc" {
+        let [n, h, w, c] = shape[..] else {
+            panic!("{name}: NHWC input of shape {shape:?}")
+        };
+        input = nhwc_to_nchw(&input, [n, h, w, c]);
+        shape = vec![n, c, h, w];
+    }
     Fixture {
         bytes: std::fs::read(dir().join(format!("{name}.onnx"))).unwrap(),
-        input: Tensor::new(read_f32(&dir().join(format!("{name}.input.f32"))), shape),
+        input: Tensor::new(input, shape),
         expected: read_f32(&dir().join(format!("{name}.output.f32"))),
         output: meta["output"].as_str().unwrap().to_string(),
         opset: meta["opset"].as_i64().unwrap(),
     }
+}
+
+fn nhwc_to_nchw(x: &[f32], [n, h, w, c]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..n {
+        for y in 0..h {
+            for xx in 0..w {
+                for ch in 0..c {
+                    out[((b * c + ch) * h + y) * w + xx] = x[((b * h + y) * w + xx) * c + ch];
+                }
+            }
+        }
+    }
+    out
 }
 
 /// What ONNX Runtime computed from the logits: the logits, or the trailing op the importer dropped.
@@ -113,6 +138,105 @@ fn imported_models_round_trip_through_the_float_file() {
         let a = model.forward(&f.input, false).unwrap();
         let b = back.forward(&f.input, false).unwrap();
         assert_eq!(a.data, b.data, "{name}");
+    }
+}
+
+#[test]
+fn an_nhwc_input_and_a_transpose_pair_fold_away() {
+    let f = fixture("nhwc_keras");
+    let model = import_bytes(&f.bytes, "nhwc_keras").unwrap();
+    assert_eq!(model.input_shape, [3, 12, 12]);
+    // Conv, Relu, Conv, Relu, GlobalAveragePool, Flatten, Gemm: no node for any of the three transposes.
+    assert_eq!(
+        model.nodes.len(),
+        7,
+        "{:?}",
+        model.nodes.iter().map(|n| &n.name).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_transpose_that_is_not_undone_is_refused_naming_its_node() {
+    // Drop the transpose back to NCHW: the conv then reads the NHWC view.
+    let mut m = decoded("nhwc_keras");
+    let g = m.graph.as_mut().unwrap();
+    let back = g.node.iter().position(|n| n.name() == "/to_nchw").unwrap();
+    g.node.remove(back);
+    for n in &mut g.node {
+        for i in &mut n.input {
+            if i == "to_nchw" {
+                *i = "to_nhwc".into();
+            }
+        }
+    }
+    match import_proto(&m).unwrap_err() {
+        OnnxError::UnsupportedOp {
+            op, node, detail, ..
+        } => {
+            assert_eq!((op.as_str(), node.as_str()), ("Conv", "/c2/Conv"));
+            assert!(detail.contains("transposed"), "{detail}");
+        }
+        other => panic!("expected UnsupportedOp, got {other:?}"),
+    }
+}
+
+#[test]
+fn metadata_preprocessing_gives_onnx_runtimes_logits_from_pixels() {
+    // The fixture's batch is (pixel - 127.5) / 127.5 of integer pixels, and its metadata says so
+    // (lowbit.input_scale 255, lowbit.mean and lowbit.std 127.5): lowbit's stored normalisation, applied to the
+    // pixels by the one pixel-to-input function of the float path, must give ONNX Runtime's logits.
+    let f = fixture("nhwc_keras");
+    let mut model = import_bytes(&f.bytes, "nhwc_keras").unwrap();
+    let norm = model.normalization.clone().expect("metadata normalisation");
+    let pixels: Vec<u8> = f
+        .input
+        .data
+        .iter()
+        .map(|&x| {
+            let p = x * 127.5 + 127.5;
+            assert!((p - p.round()).abs() < 1e-3, "{p} is not an integer pixel");
+            p.round() as u8
+        })
+        .collect();
+    let mut x = Vec::new();
+    lowbit::data::pixels_to_input(&pixels, model.input_shape, Some(&norm), &mut x);
+    let input = Tensor::new(x, f.input.shape.clone());
+    let logits = model.forward(&input, false).unwrap();
+    assert_close("nhwc_keras from pixels", &logits.data, &f.expected);
+    // Flags override the metadata part by part: a different mean changes the stored normalisation.
+    let flags = lowbit::onnx::Preprocessing {
+        mean: Some(vec![100.0]),
+        ..Default::default()
+    };
+    let m = lowbit::onnx::import_bytes_with_options(&f.bytes, "x", None, &flags).unwrap();
+    let n = m.normalization.unwrap();
+    assert!(
+        (n.mean[0] - 100.0 / 255.0).abs() < 1e-7 && (n.std[0] - 0.5).abs() < 1e-7,
+        "{n:?}"
+    );
+    // Preprocessing that does not fit the model's three channels is refused.
+    let flags = lowbit::onnx::Preprocessing {
+        mean: Some(vec![0.1, 0.2]),
+        std: Some(vec![1.0, 1.0]),
+        ..Default::default()
+    };
+    assert!(matches!(
+        lowbit::onnx::import_bytes_with_options(&f.bytes, "x", None, &flags).unwrap_err(),
+        OnnxError::Preprocessing(_)
+    ));
+}
+
+#[test]
+fn bad_metadata_is_refused_naming_the_key() {
+    use lowbit::onnx::proto::StringStringEntryProto as Entry;
+    let mut m = decoded("mlp");
+    m.metadata_props.push(Entry {
+        key: Some("lowbit.std".into()),
+        value: Some("wide".into()),
+    });
+    match import_proto(&m).unwrap_err() {
+        OnnxError::Metadata { key, .. } => assert_eq!(key, "lowbit.std"),
+        other => panic!("expected Metadata, got {other:?}"),
     }
 }
 
@@ -352,6 +476,48 @@ fn external_data_outside_the_directory_or_missing_is_refused() {
                 ..
             } => assert_eq!(location, place, "{what}"),
             other => panic!("{what}: expected ExternalFile, got {other:?}"),
+        }
+    }
+}
+
+/// `name`'s initializer `k`-th input of the first node of type `op`, its first value replaced by `v`.
+fn with_first_value(name: &str, op: &str, k: usize, v: f32) -> ModelProto {
+    let mut m = decoded(name);
+    let g = m.graph.as_mut().unwrap();
+    let input = g.node.iter().find(|n| n.op_type() == op).unwrap().input[k].clone();
+    let t = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name() == input)
+        .unwrap();
+    match t.raw_data.as_mut() {
+        Some(raw) => raw[..4].copy_from_slice(&v.to_le_bytes()),
+        None => t.float_data[0] = v,
+    }
+    m
+}
+
+#[test]
+fn values_the_float_file_would_refuse_are_bad_tensors() {
+    // Found by the import_onnx fuzz target: a negative running variance was imported, and the float file then
+    // refused to read the model it had written.
+    for (m, what) in [
+        (
+            with_first_value("resnet_b_unfolded", "BatchNormalization", 4, -1.0),
+            "negative variance",
+        ),
+        (
+            with_first_value("resnet_b_unfolded", "Conv", 1, f32::NAN),
+            "NaN or Inf",
+        ),
+        (
+            with_first_value("mlp", "Gemm", 2, f32::INFINITY),
+            "NaN or Inf",
+        ),
+    ] {
+        match import_proto(&m).unwrap_err() {
+            OnnxError::BadTensor { reason, .. } => assert!(reason.contains(what), "{reason}"),
+            other => panic!("expected BadTensor ({what}), got {other:?}"),
         }
     }
 }

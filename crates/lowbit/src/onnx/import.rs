@@ -2,7 +2,7 @@
 //! folded constants.
 use super::fold::{self, Const, BATCH};
 use super::proto::{AttributeProto, ModelProto, NodeProto};
-use super::OnnxError;
+use super::{OnnxError, Preprocessing};
 use crate::nn::{
     AvgPool2d, BatchNorm2d, Clip, Concat, Dense, Flatten, Layer, LeakyRelu, Model, Node, Relu,
     Unary, UnaryOp, ValueId,
@@ -29,27 +29,56 @@ enum Val {
     Const(Const),
     /// Computed at run time by the lowbit graph: its value id and per-sample shape (batch dimension dropped).
     Dyn(ValueId, Vec<usize>),
+    /// A run-time value seen through layout transposes: the lowbit value `Dyn(id, shape)` (NCHW) with its axes
+    /// (batch included) permuted by `perm`, as Keras/tf2onnx graphs hold NHWC tensors. Only a transpose that
+    /// undoes the permutation may read it, which is what makes those transposes layout-only and foldable.
+    Permuted(ValueId, Vec<usize>, Vec<usize>),
 }
+
+/// The NHWC view of an NCHW tensor: `NHWC[i] = NCHW[TO_NHWC[i]]`.
+const TO_NHWC: [usize; 4] = [0, 2, 3, 1];
+/// The transpose that turns an NHWC graph input into NCHW (`perm` of tf2onnx's leading `Transpose`).
+const TO_NCHW: [i64; 4] = [0, 3, 1, 2];
 
 /// Imports an ONNX model from its bytes; `spec` becomes the model's description. Tensors stored as external data
 /// are refused ([`OnnxError::ExternalData`]): see [`import_bytes_with_external_data`].
 pub fn import_bytes(bytes: &[u8], spec: &str) -> R<Model> {
-    let model = ModelProto::decode(bytes).map_err(|e| OnnxError::Decode(e.to_string()))?;
-    import_model(&model, spec)
+    import_bytes_with_options(bytes, spec, None, &Preprocessing::default())
 }
 
 /// [`import_bytes`] for a model whose external-data files (`location` relative to `dir`, never outside it) are
 /// read into its initializers first.
 pub fn import_bytes_with_external_data(bytes: &[u8], spec: &str, dir: &Path) -> R<Model> {
+    import_bytes_with_options(bytes, spec, Some(dir), &Preprocessing::default())
+}
+
+/// The general import: external data read from `dir` (refused when `None`), and the input preprocessing of
+/// `preprocessing` (command-line flags) over the model's `lowbit.*` metadata, stored in the model as its
+/// normalisation.
+pub fn import_bytes_with_options(
+    bytes: &[u8],
+    spec: &str,
+    dir: Option<&Path>,
+    preprocessing: &Preprocessing,
+) -> R<Model> {
     let mut model = ModelProto::decode(bytes).map_err(|e| OnnxError::Decode(e.to_string()))?;
-    if let Some(g) = model.graph.as_mut() {
+    if let (Some(g), Some(dir)) = (model.graph.as_mut(), dir) {
         for t in &mut g.initializer {
             if !t.external_data.is_empty() {
                 external::load(t, dir)?;
             }
         }
     }
-    import_model(&model, spec)
+    let mut imported = import_model(&model, spec)?;
+    let pre = preprocessing
+        .clone()
+        .or(Preprocessing::from_metadata(&model.metadata_props)?);
+    imported.normalization = pre.normalization().map_err(OnnxError::Preprocessing)?;
+    if let Some(n) = &imported.normalization {
+        n.check_channels(imported.input_shape[0])
+            .map_err(|e| OnnxError::Preprocessing(e.to_string()))?;
+    }
+    Ok(imported)
 }
 
 fn import_model(model: &ModelProto, spec: &str) -> R<Model> {
@@ -120,12 +149,16 @@ fn import_model(model: &ModelProto, spec: &str) -> R<Model> {
         input_shape,
         classes,
         spec: spec.to_string(),
-        // Preprocessing flags (--mean/--std) for imported models are a later step of the ONNX work.
+        // Set by the caller from flags and metadata.
         normalization: None,
     };
     model
         .check_structure()
         .map_err(|e| OnnxError::Graph(e.to_string()))?;
+    // What the float file would refuse to store (or evaluation would turn into NaN) is refused here.
+    let mut model = model;
+    crate::modelfile::check_float_values(&mut model)
+        .map_err(|(name, reason)| OnnxError::BadTensor { name, reason })?;
     Ok(model)
 }
 
@@ -258,18 +291,39 @@ impl Importer {
             }),
             _ => None,
         };
-        let chw = match shape.as_deref() {
-            Some([_, Some(c), Some(h), Some(w)]) => [*c, *h, *w],
+        // An input read only by transposes to NCHW is NHWC (Keras, tf2onnx): lowbit's model takes it as NCHW
+        // and those transposes fold away.
+        let readers: Vec<&NodeProto> = graph
+            .node
+            .iter()
+            .filter(|n| n.input.iter().any(|i| i == input.name()))
+            .collect();
+        let nhwc = !readers.is_empty()
+            && readers.iter().all(|n| {
+                n.op_type() == "Transpose"
+                    && n.attribute
+                        .iter()
+                        .any(|a| a.name() == "perm" && a.ints == TO_NCHW)
+            });
+        let chw = match (shape.as_deref(), nhwc) {
+            (Some([_, Some(c), Some(h), Some(w)]), false) => [*c, *h, *w],
+            (Some([_, Some(h), Some(w), Some(c)]), true) => [*c, *h, *w],
             _ => {
                 return Err(OnnxError::Graph(format!(
-                    "graph input {:?}: shape {shape:?} is not NCHW with known C, H and W (the batch may be symbolic)",
-                    input.name()
+                    "graph input {:?}: shape {shape:?} is not {} with known C, H and W (the batch may be symbolic)",
+                    input.name(),
+                    if nhwc { "NHWC" } else { "NCHW" }
                 )))
             }
         };
-        self.values
-            .insert(input.name().to_string(), Val::Dyn(0, chw.to_vec()));
-        Ok(chw)
+        let [c, h, w] = chw;
+        let val = if nhwc {
+            Val::Permuted(0, vec![c, h, w], TO_NHWC.to_vec())
+        } else {
+            Val::Dyn(0, vec![c, h, w])
+        };
+        self.values.insert(input.name().to_string(), val);
+        Ok([c, h, w])
     }
 
     fn get(&self, cx: &Ctx<'_>, k: usize) -> R<Option<&Val>> {
@@ -291,7 +345,7 @@ impl Importer {
         match self.get(cx, k)? {
             None => Ok(None),
             Some(Val::Const(c)) => Ok(Some(c)),
-            Some(Val::Dyn(..)) => Err(OnnxError::NotConstant {
+            Some(Val::Dyn(..) | Val::Permuted(..)) => Err(OnnxError::NotConstant {
                 node: cx.name(),
                 op: cx.n.op_type().to_string(),
                 name: cx.n.input[k].clone(),
@@ -307,6 +361,10 @@ impl Importer {
     fn dynamic(&self, cx: &Ctx<'_>, k: usize) -> R<Dyn> {
         match self.get(cx, k)? {
             Some(Val::Dyn(id, shape)) => Ok((*id, shape.clone())),
+            Some(Val::Permuted(_, _, perm)) => Err(cx.unsupported(format!(
+                "input {k} is a transposed (axes {perm:?}) view of an NCHW value; only transposes that a later \
+                 transpose undoes are imported (layout-only)"
+            ))),
             _ => Err(cx.unsupported(format!("input {k} must be computed from the graph input"))),
         }
     }
@@ -522,6 +580,7 @@ impl Importer {
                 self.flatten(&cx, x)?
             }
             "Reshape" | "Squeeze" | "Unsqueeze" => self.reshape(&cx)?,
+            "Transpose" => self.layout_transpose(&cx)?,
             "Softmax" | "LogSoftmax" => {
                 let x = self.dynamic(&cx, 0)?;
                 let trailing = self.uses.get(cx.output()?) == Some(&1)
@@ -617,6 +676,40 @@ impl Importer {
                 fold::slice(x, &p)
             }
             _ => Err("folding this op on constants is not supported".into()),
+        }
+    }
+
+    /// A `Transpose` of a run-time value: layout-only when a later transpose undoes it (tracked as
+    /// [`Val::Permuted`]); an identity permutation passes the value through.
+    fn layout_transpose(&self, cx: &Ctx<'_>) -> R<Val> {
+        let (id, shape, before) = match self.get(cx, 0)? {
+            Some(Val::Dyn(id, shape)) => {
+                (*id, shape.clone(), (0..=shape.len()).collect::<Vec<_>>())
+            }
+            Some(Val::Permuted(id, shape, p)) => (*id, shape.clone(), p.clone()),
+            _ => return Err(cx.unsupported("no input")),
+        };
+        let rank = before.len();
+        // No `perm` reverses the axes (ONNX's default).
+        let perm: Vec<i64> = cx
+            .ints("perm")
+            .unwrap_or_else(|| (0..rank as i64).rev().collect());
+        let mut seen = vec![false; rank];
+        let valid = perm.len() == rank
+            && perm.iter().all(|&p| {
+                usize::try_from(p).is_ok_and(|p| p < rank && !std::mem::replace(&mut seen[p], true))
+            });
+        if !valid || perm[0] != 0 {
+            return Err(cx.unsupported(format!(
+                "perm {perm:?} of a rank-{rank} value (need a permutation that keeps the batch axis first)"
+            )));
+        }
+        // Transposing a view permuted by `before` by `perm` views the source by before[perm[i]].
+        let composed: Vec<usize> = perm.iter().map(|&p| before[p as usize]).collect();
+        if composed.iter().enumerate().all(|(i, &p)| i == p) {
+            Ok(Val::Dyn(id, shape))
+        } else {
+            Ok(Val::Permuted(id, shape, composed))
         }
     }
 

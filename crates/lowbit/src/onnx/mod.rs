@@ -17,10 +17,14 @@ use std::path::Path;
 
 mod fold;
 mod import;
+mod preprocess;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto;
 
-pub use import::{import_bytes, import_bytes_with_external_data, MIN_OPSET};
+pub use import::{
+    import_bytes, import_bytes_with_external_data, import_bytes_with_options, MIN_OPSET,
+};
+pub use preprocess::{Preprocessing, META_INPUT_SCALE, META_MEAN, META_STD};
 
 /// What is wrong with an ONNX file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -96,6 +100,17 @@ pub enum OnnxError {
     /// A graph lowbit cannot express: input or output not of the classifier form, shapes that do not fit.
     #[error("{0}")]
     Graph(String),
+    /// A `lowbit.*` key of the model's `metadata_props` whose value cannot be used.
+    #[error("metadata {key:?}: {reason}")]
+    Metadata {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Input preprocessing (flags or metadata) that is invalid or does not fit the model's input.
+    #[error("input preprocessing: {0}")]
+    Preprocessing(String),
 }
 
 fn detail_suffix(detail: &str) -> String {
@@ -107,21 +122,72 @@ fn detail_suffix(detail: &str) -> String {
 }
 
 /// Reads and imports an ONNX file (size-capped like every model file); tensors stored as external data are read
-/// from files beside it.
+/// from files beside it. The preprocessing is the model's metadata's ([`Preprocessing`]).
 pub fn import(path: &Path) -> Result<Model> {
+    import_with(path, &Preprocessing::default())
+}
+
+/// [`import`] with preprocessing given by the caller (command-line flags), which overrides the model's metadata
+/// part by part.
+pub fn import_with(path: &Path, preprocessing: &Preprocessing) -> Result<Model> {
     let bytes = crate::modelfile::read_file_capped(path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    import_bytes_with_external_data(&bytes, &spec_for(path), dir).map_err(|source| Error::Onnx {
-        path: path.to_path_buf(),
-        source,
+    import_file_bytes(&bytes, path, preprocessing)
+}
+
+/// Imports the bytes read from `path` (external data beside it), errors naming the file.
+pub(crate) fn import_file_bytes(
+    bytes: &[u8],
+    path: &Path,
+    preprocessing: &Preprocessing,
+) -> Result<Model> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    import_bytes_with_options(bytes, &spec_for(path), Some(dir), preprocessing).map_err(|source| {
+        Error::Onnx {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// The provenance of a model imported from `path`: no dataset, seed or accuracy; the recipe names the file.
+pub fn provenance(path: &Path) -> lowbit_runtime::model::Provenance {
+    lowbit_runtime::model::Provenance {
+        dataset: String::new(),
+        seed: 0,
+        test_accuracy: None,
+        recipe: format!("imported from ONNX {}", file_name(path)),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Whether `path` names an ONNX file: by its extension `.onnx` (any case). Protobuf has no magic number, so
+/// content cannot say it reliably; [`crate::modelfile::load_any_with`] also takes other names whose content is
+/// not a lowbit file but decodes as an ONNX model with a graph ([`looks_like_onnx`]).
+pub fn has_onnx_extension(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// Whether `bytes` decode as an ONNX `ModelProto` that declares an IR version, an opset and a graph with at least
+/// one node: the fields every exporter writes and random or lowbit bytes almost never decode to.
+pub fn looks_like_onnx(bytes: &[u8]) -> bool {
+    use prost::Message;
+    proto::ModelProto::decode(bytes).is_ok_and(|m| {
+        m.ir_version() > 0
+            && !m.opset_import.is_empty()
+            && m.graph.as_ref().is_some_and(|g| !g.node.is_empty())
     })
 }
 
 /// The description an imported model carries as its spec: `onnx:FILE_NAME`.
 fn spec_for(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string());
-    format!("onnx:{name}")
+    format!("onnx:{}", file_name(path))
 }

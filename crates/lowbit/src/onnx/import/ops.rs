@@ -145,7 +145,7 @@ impl Importer {
         }
         match self.emit(cx, ".pad", Layer::Pad(Pad::spatial(t, b, l, r)), vec![x])? {
             Val::Dyn(id, shape) => Ok(((id, shape), (0, 0))),
-            Val::Const(_) => unreachable!("emit returns run-time values"),
+            Val::Const(_) | Val::Permuted(..) => unreachable!("emit returns run-time values"),
         }
     }
 
@@ -179,7 +179,7 @@ impl Importer {
             let [t, l, b, r] = pads;
             match self.emit(cx, ".pad", Layer::Pad(Pad::spatial(t, b, l, r)), vec![x])? {
                 Val::Dyn(id, shape) => (id, shape),
-                Val::Const(_) => unreachable!("emit returns run-time values"),
+                Val::Const(_) | Val::Permuted(..) => unreachable!("emit returns run-time values"),
             }
         };
         let layer = if max {
