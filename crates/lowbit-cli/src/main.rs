@@ -1,5 +1,6 @@
 //! The `lowbit` command-line tool: train, quantize, evaluate, inspect, predict and benchmark models.
 mod commands;
+mod export;
 mod import;
 mod mixed;
 mod plot;
@@ -54,6 +55,9 @@ enum Command {
     /// Import an ONNX classifier (Conv, Gemm/MatMul, BatchNorm, pooling, Add, Concat... opset 11 or later) as a
     /// float model file that train --init, eval, inspect, sweep, sensitivity and mixed take.
     Import(import::ImportArgs),
+    /// Export a model as ONNX: a quantized .lbq as standard QDQ (runs in ONNX Runtime, tract...), a float model
+    /// as f32.
+    Export(export::ExportArgs),
 }
 
 /// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a path whose
@@ -324,6 +328,10 @@ struct EvalArgs {
     /// Write a JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write the predicted class of every test image here, one index per line in test-set order (from the
+    /// integer engine for a .lbq model), e.g. to compare with another runtime.
+    #[arg(long, value_name = "FILE")]
+    predictions: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -433,6 +441,7 @@ fn main() -> ExitCode {
         Command::Sensitivity(a) => sensitivity::sensitivity(&a, cli.quiet),
         Command::Mixed(a) => mixed::mixed(&a, cli.quiet),
         Command::Import(a) => import::import(&a),
+        Command::Export(a) => export::export(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,157 @@
+//! tract-onnx, an independent Rust ONNX runtime, runs lowbit's exports on the builtin test sample (1,000
+//! Fashion-MNIST images): models from lowbit's specs (MLP, LeNet-5, resnet:8 with option-A shortcuts, a small
+//! MobileNet with depthwise convolutions and ReLU6), trained one epoch on the builtin training sample.
+//! - f32 export: tract's logits equal lowbit's within [`F32_LOGIT_TOLERANCE`] of each image's largest logit;
+//! - QDQ export of PTQ W8A8 per-channel: tract's argmax agrees with lowbit's integer engine on at least 99.9% of
+//!   the images ([`MAX_DIFFERING`]), and the count of differing images is printed (`--nocapture`).
+use lowbit::data::{load, DataSource, Dataset};
+use lowbit::nn::Model;
+use lowbit::onnx::export;
+use lowbit::pipeline::evaluate_quant;
+use lowbit::quant::{convert, ptq, QuantConfig};
+use lowbit::runtime::engine::EngineOptions;
+use lowbit::runtime::model::Provenance;
+use lowbit::tensor::Tensor as LTensor;
+use lowbit::train::{train, TrainConfig};
+use prost::Message;
+use tract_onnx::prelude::*;
+
+/// The bound on f32 logits: 1e-4 of the image's largest |logit|. Both sides sum the same f32 products in
+/// different orders; with K <= 1,600 terms per output the accumulated rounding is below K * 2^-24 ~ 1e-4 of the
+/// terms' magnitude only in the worst case, and measured differences are around 1e-6.
+const F32_LOGIT_TOLERANCE: f32 = 1e-4;
+
+/// At most 1 of the 1,000 test images may differ (99.9% agreement, the bound).
+const MAX_DIFFERING: usize = 1;
+
+/// Images per tract run.
+const BATCH: usize = 250;
+
+fn pixels(data: &Dataset, start: usize, n: usize) -> Vec<f32> {
+    let per = data.image_len();
+    data.images[start * per..(start + n) * per]
+        .iter()
+        .map(|&p| f32::from(p) / 255.0)
+        .collect()
+}
+
+fn batch(data: &Dataset, start: usize, n: usize) -> LTensor {
+    LTensor::new(
+        pixels(data, start, n),
+        vec![n, data.channels, data.rows, data.cols],
+    )
+}
+
+/// Logits of the ONNX model `bytes` run by tract on every test image, `[n, classes]` row-major.
+fn tract_logits(bytes: &[u8], test: &Dataset) -> Vec<f32> {
+    let shape = [BATCH, test.channels, test.rows, test.cols];
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .expect("tract reads the export")
+        .with_input_fact(0, f32::fact(shape).into())
+        .unwrap()
+        .into_optimized()
+        .expect("tract optimises the export")
+        .into_runnable()
+        .unwrap();
+    let mut out = Vec::with_capacity(test.n * test.classes);
+    for start in (0..test.n).step_by(BATCH) {
+        let x = Tensor::from_shape(&shape, &pixels(test, start, BATCH)).unwrap();
+        let y = plan.run(tvec!(x.into())).expect("tract runs the export");
+        out.extend(y[0].to_plain_array_view::<f32>().unwrap().iter().copied());
+    }
+    out
+}
+
+fn trained(spec: &str, train_set: &Dataset) -> Model {
+    let mut m = Model::from_spec(spec, 1).unwrap();
+    let cfg = TrainConfig {
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    train(&mut m, train_set, &cfg, &mut |_| {}).unwrap();
+    m
+}
+
+fn check(spec: &str) {
+    let split = load(&DataSource::Builtin).unwrap();
+    let test = &split.test;
+    assert_eq!(test.n % BATCH, 0);
+    let mut m = trained(spec, &split.train);
+
+    // f32: logits within tolerance.
+    let bytes = export::float_model(&m, &Provenance::default())
+        .unwrap()
+        .encode_to_vec();
+    let theirs = tract_logits(&bytes, test);
+    let mut ours = Vec::with_capacity(theirs.len());
+    for start in (0..test.n).step_by(BATCH) {
+        ours.extend(m.forward(&batch(test, start, BATCH), false).unwrap().data);
+    }
+    let mut worst = 0f32;
+    for (i, (a, b)) in ours
+        .chunks(test.classes)
+        .zip(theirs.chunks(test.classes))
+        .enumerate()
+    {
+        let top = a
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(f32::MIN_POSITIVE);
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / top;
+        worst = worst.max(diff);
+        assert!(
+            diff <= F32_LOGIT_TOLERANCE,
+            "{spec} f32: image {i}: lowbit {a:?} tract {b:?} (relative {diff})"
+        );
+    }
+
+    // QDQ W8A8 per-channel: argmax agreement with the integer engine.
+    let calib: Vec<LTensor> = (0..4).map(|i| batch(&split.train, i * 250, 250)).collect();
+    let cfg = QuantConfig {
+        per_channel: true,
+        ..QuantConfig::default()
+    };
+    let qm = convert(&ptq(&m, &cfg, &calib).unwrap(), Provenance::default()).unwrap();
+    let engine = evaluate_quant(&qm, test, EngineOptions::default()).unwrap();
+    let bytes = export::quant_model(&qm).unwrap().encode_to_vec();
+    let theirs = lowbit::eval::argmax_rows(&tract_logits(&bytes, test), test.classes);
+    let differ: Vec<usize> = (0..test.n)
+        .filter(|&i| theirs[i] != engine.predictions[i])
+        .collect();
+    let tract_correct = (0..test.n)
+        .filter(|&i| theirs[i] == test.labels[i] as usize)
+        .count();
+    eprintln!(
+        "{spec}: f32 worst relative logit difference {worst:.2e}; QDQ W8A8: tract and the engine differ on {} of {} images {differ:?}; accuracy tract {:.1}%, engine {:.1}%",
+        differ.len(),
+        test.n,
+        100.0 * tract_correct as f64 / test.n as f64,
+        100.0 * engine.metrics.accuracy
+    );
+    assert!(
+        differ.len() <= MAX_DIFFERING,
+        "{spec}: {} images differ: {differ:?}",
+        differ.len()
+    );
+}
+
+#[test]
+fn tract_runs_the_mlp_exports_like_lowbit() {
+    check("mlp:784-64-10");
+}
+
+#[test]
+fn tract_runs_the_lenet5_exports_like_lowbit() {
+    check("lenet5");
+}
+
+#[test]
+fn tract_runs_the_resnet8_exports_like_lowbit() {
+    check("resnet:8");
+}
+
+#[test]
+fn tract_runs_the_mobilenet_exports_like_lowbit() {
+    check("mobilenet:t1c16n1s1-t4c24n2s2-h64");
+}
