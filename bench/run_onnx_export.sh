@@ -7,7 +7,8 @@
 # bench/peers/requirements.txt).
 # For MLP (mlp:784-64-10) and LeNet-5: the f32 model (trained here for EPOCHS epochs with seed 1, or taken from
 # $MLP_F32 / $LENET_F32), PTQ W8A8 and W4A8 per-channel (min-max, 2,000 calibration samples), then for the f32
-# model and each .lbq: `lowbit export`, `lowbit eval --predictions`, bench/peers/check_onnx_export.py.
+# model and each .lbq: `lowbit export` (for a .lbq also with --weight-type int8, run by ORT fused and with its
+# graph optimisations off), `lowbit eval --predictions`, bench/peers/check_onnx_export.py.
 # Environment: DATA (MNIST-format directory, default /usr/share/datasets/fashion-mnist), MODELS (where models and
 # exports go, default a temporary directory), EPOCHS (default 5), MLP_F32, LENET_F32 (trained float models to use
 # instead of training), THREADS (ORT threads, default 2), CARGO_TARGET_DIR (default target).
@@ -37,12 +38,16 @@ echo "# data $DATA, models $MODELS, $("$PY" -c 'import onnxruntime, onnx; print(
 cargo build --release -q -p lowbit-cli
 LOWBIT="$TARGET/release/lowbit"
 
-check() { # MODEL_FILE: export, lowbit's predictions, ORT's comparison
+check() { # MODEL_FILE [EXPORT FLAGS...]: export, lowbit's predictions, ORT's comparison
   local model="$1" stem="${1%.*}"
-  "$LOWBIT" export "$model" --onnx "$stem.onnx"
-  "$LOWBIT" eval "$model" --data "$DATA" --predictions "$stem.pred.txt" | head -1
-  (cd bench/peers && "$PY" check_onnx_export.py "$stem.onnx" --data "$DATA" --predictions "$stem.pred.txt" \
-    --threads "$THREADS" --json "$stem.ort.json")
+  shift
+  local onnx="$stem${1:+-${2:-}}.onnx"
+  echo "## lowbit export $(basename "$model") $*"
+  "$LOWBIT" export "$model" --onnx "$onnx" "$@"
+  "$LOWBIT" eval "$model" --data "$DATA" --predictions "$stem.pred.txt" > "$stem.eval.txt"
+  head -1 "$stem.eval.txt"
+  (cd bench/peers && "$PY" check_onnx_export.py "$onnx" --data "$DATA" --predictions "$stem.pred.txt" \
+    --threads "$THREADS" --json "${onnx%.onnx}.ort.json")
 }
 
 for spec in mlp:784-64-10 lenet5; do
@@ -64,5 +69,10 @@ for spec in mlp:784-64-10 lenet5; do
       --act-bits 8 --seed 1 --out "$lbq" > /dev/null
     echo "## $spec PTQ W${wbits}A8 per-channel"
     check "$lbq"
+    # int8 weights (symmetric, zero point 0): ONNX Runtime's AVX2 u8 x s8 kernels saturate (see the module doc
+    # of lowbit::onnx::export); the ORT_DISABLE_ALL row runs the same file unfused, in float.
+    check "$lbq" --weight-type int8
+    (cd bench/peers && "$PY" check_onnx_export.py "${lbq%.lbq}-int8.onnx" --data "$DATA" \
+      --predictions "${lbq%.lbq}.pred.txt" --threads "$THREADS" --no-optimization | sed -n 2,3p)
   done
 done

@@ -25,8 +25,11 @@ def metadata(model_path):
     return {p.key: p.value for p in m.metadata_props}, m.doc_string
 
 
-def ort_logits(model_path, x, batch, threads):
+def ort_logits(model_path, x, batch, threads, optimize=True):
     opts = ort.SessionOptions()
+    if not optimize:
+        # No QDQ fusion: every op runs as written, in float (the reference semantics of the QDQ graph).
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
@@ -45,6 +48,8 @@ def main():
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--show", type=int, default=20, help="differing images to list")
+    ap.add_argument("--no-optimization", action="store_true",
+                    help="run with ORT's graph optimisations off (QDQ not fused into integer kernels)")
     a = ap.parse_args()
 
     _, _, x_test, y_test = common.load(a.data)
@@ -61,7 +66,7 @@ def main():
     ours = np.array([int(l) for l in open(a.predictions).read().split()], dtype=np.int64)
     if len(ours) != len(y_test):
         sys.exit(f"{a.predictions}: {len(ours)} predictions for {len(y_test)} test images")
-    logits = ort_logits(a.model, x, a.batch, a.threads)
+    logits = ort_logits(a.model, x, a.batch, a.threads, optimize=not a.no_optimization)
     theirs = logits.argmax(axis=1)
     differ = np.nonzero(theirs != ours)[0]
     n = len(y_test)
@@ -69,7 +74,8 @@ def main():
     acc_ours = float((ours == y_test).mean())
     top2 = np.sort(logits, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
-    print(f"{a.model}: form {meta.get('lowbit.form', '?')}, onnxruntime {ort.__version__}, {n} test images")
+    mode = "graph optimisations off" if a.no_optimization else "default session options"
+    print(f"{a.model}: form {meta.get('lowbit.form', '?')}, onnxruntime {ort.__version__} ({mode}), {n} test images")
     print(f"agreement: {n - len(differ)} / {n} ({100.0 * (n - len(differ)) / n:.2f}%), {len(differ)} differ")
     print(f"accuracy: ONNX Runtime {100 * acc_ort:.2f}%, lowbit {100 * acc_ours:.2f}%"
           f" (difference {100 * (acc_ort - acc_ours):+.2f} pp)")

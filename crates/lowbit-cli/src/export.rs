@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use lowbit::modelfile::AnyModel;
+use lowbit::onnx::export::WeightType;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `lowbit export`.
@@ -27,6 +28,20 @@ pub struct ExportArgs {
     /// ONNX file to write as plain f32; MODEL must be a float model (the same file --onnx writes for one).
     #[arg(long = "onnx-f32", value_name = "OUT.onnx")]
     pub onnx_f32: Option<PathBuf>,
+    /// QDQ weight storage: `uint8` (code + 128, zero point 128; ONNX Runtime's x86 AVX2 kernels then stay exact)
+    /// or `int8` (the codes, zero point 0: symmetric, for runtimes that require it; ONNX Runtime on AVX2 without
+    /// VNNI saturates 16-bit pair sums with it and can predict differently). Same real weights either way.
+    #[arg(long, value_enum, default_value_t = WeightTypeArg::Uint8)]
+    pub weight_type: WeightTypeArg,
+}
+
+/// `--weight-type`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightTypeArg {
+    /// uint8, zero point 128.
+    Uint8,
+    /// int8, zero point 0.
+    Int8,
 }
 
 /// Loads `a.model` and writes its ONNX form (atomically; nothing is written on error).
@@ -46,7 +61,11 @@ pub fn export(a: &ExportArgs) -> Result<()> {
         // clap's group makes exactly one of them present.
         _ => bail!("give one of --onnx and --onnx-f32"),
     };
-    let s = lowbit::onnx::export::export(&model, out)?;
+    let weight_type = match a.weight_type {
+        WeightTypeArg::Uint8 => WeightType::Uint8,
+        WeightTypeArg::Int8 => WeightType::Int8,
+    };
+    let s = lowbit::onnx::export::export(&model, weight_type, out)?;
     println!(
         "exported {} as {} ONNX (opset {}, {} nodes, {} initializers, {} bytes) -> {}",
         a.model.display(),

@@ -3,7 +3,7 @@
 //! error variant; files are written atomically and not at all on error.
 use lowbit::modelfile::AnyModel;
 use lowbit::nn::{Layer, Model};
-use lowbit::onnx::export::{self, ExportError, OPSET};
+use lowbit::onnx::export::{self, ExportError, WeightType, OPSET};
 use lowbit::onnx::import_bytes;
 use lowbit::onnx::proto::ModelProto;
 use lowbit::quant::{convert, ptq, QuantConfig};
@@ -142,9 +142,15 @@ fn ops(p: &ModelProto) -> Vec<String> {
 }
 
 #[test]
-fn qdq_export_has_per_channel_int8_weights_int32_bias_and_opset_13() {
+fn qdq_export_has_per_channel_weights_int32_bias_and_opset_13() {
     let qm = quantized("lenet5", 8);
-    let p = export::quant_model(&qm).unwrap();
+    for wt in [WeightType::Int8, WeightType::Uint8] {
+        qdq_form(&qm, wt);
+    }
+}
+
+fn qdq_form(qm: &lowbit::runtime::QuantModel, wt: WeightType) {
+    let p = export::quant_model(qm, wt).unwrap();
     assert_eq!(p.opset_import[0].version(), OPSET);
     let g = p.graph.as_ref().unwrap();
     assert_eq!(g.input[0].name(), "input");
@@ -164,8 +170,31 @@ fn qdq_export_has_per_channel_int8_weights_int32_bias_and_opset_13() {
         .unwrap();
     let (name, c) = conv;
     let w = init(&format!("{name}.weight_q"));
-    assert_eq!(w.data_type(), 3, "int8");
+    let z = init(&format!("{name}.weight_zero_point"));
     assert_eq!(w.dims, vec![6, 1, 5, 5]);
+    // Codes as stored, back to lowbit's signed codes: the packed weights exactly.
+    let offset = match wt {
+        WeightType::Int8 => 0,
+        WeightType::Uint8 => 128,
+    };
+    assert_eq!(w.data_type(), if offset == 0 { 3 } else { 2 }, "{wt:?}");
+    assert!(z.raw_data().iter().all(|&b| i16::from(b) == offset));
+    let codes: Vec<i16> = w
+        .raw_data()
+        .iter()
+        .map(|&b| {
+            if offset == 0 {
+                i16::from(b as i8)
+            } else {
+                i16::from(b) - 128
+            }
+        })
+        .collect();
+    let want: Vec<i16> = (0..6)
+        .flat_map(|r| (0..25).map(move |k| (r, k)))
+        .map(|(r, k)| i16::from(c.weights.code(r, k)))
+        .collect();
+    assert_eq!(codes, want, "{wt:?}");
     let s = init(&format!("{name}.weight_scale"));
     assert_eq!(s.dims, vec![6]);
     let b = init(&format!("{name}.bias_q"));
@@ -196,14 +225,15 @@ fn qdq_export_has_per_channel_int8_weights_int32_bias_and_opset_13() {
 #[test]
 fn four_bit_weights_keep_their_range_and_activations_get_a_clip() {
     let qm = quantized("mlp:784-32-10", 4);
-    let p = export::quant_model(&qm).unwrap();
+    let p = export::quant_model(&qm, WeightType::default()).unwrap();
     let g = p.graph.as_ref().unwrap();
     for t in g
         .initializer
         .iter()
         .filter(|t| t.name().ends_with(".weight_q"))
     {
-        let codes: Vec<i8> = t.raw_data().iter().map(|&b| b as i8).collect();
+        // uint8 storage: code + 128.
+        let codes: Vec<i16> = t.raw_data().iter().map(|&b| i16::from(b) - 128).collect();
         assert!(codes.iter().all(|c| (-7..=7).contains(c)), "{}", t.name());
         assert!(codes.iter().any(|&c| c.abs() == 7), "{}", t.name());
     }
@@ -223,7 +253,7 @@ fn four_bit_weights_keep_their_range_and_activations_get_a_clip() {
         )
         .unwrap()
     };
-    let p = export::quant_model(&qm).unwrap();
+    let p = export::quant_model(&qm, WeightType::default()).unwrap();
     assert!(ops(&p).iter().any(|o| o == "Clip"), "{:?}", ops(&p));
 }
 
@@ -236,7 +266,7 @@ fn graph_ops_of_resnet_and_mobilenet_are_exported() {
         ),
         ("mobilenet:t1c16n1s1-t4c24n2s2-h64", &["Add", "Conv"][..]),
     ] {
-        let p = export::quant_model(&quantized(spec, 8)).unwrap();
+        let p = export::quant_model(&quantized(spec, 8), WeightType::default()).unwrap();
         let ops = ops(&p);
         for w in want {
             assert!(ops.iter().any(|o| o == w), "{spec}: no {w} in {ops:?}");
@@ -265,7 +295,7 @@ fn a_qat_float_model_is_refused_with_the_node_named() {
 fn an_invalid_quantized_model_is_refused() {
     let mut qm = quantized("mlp:784-16-10", 8);
     qm.classes = 3;
-    let err = export::quant_model(&qm).unwrap_err();
+    let err = export::quant_model(&qm, WeightType::default()).unwrap_err();
     assert!(matches!(err, ExportError::InvalidModel(_)), "{err}");
 }
 
@@ -274,14 +304,23 @@ fn export_writes_atomically_and_nothing_on_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.onnx");
     let qm = quantized("mlp:784-16-10", 8);
-    let s = export::export(&AnyModel::Quant(Box::new(qm.clone())), &out).unwrap();
+    let s = export::export(
+        &AnyModel::Quant(Box::new(qm.clone())),
+        WeightType::default(),
+        &out,
+    )
+    .unwrap();
     assert_eq!(s.form, "qdq");
     assert_eq!(std::fs::metadata(&out).unwrap().len() as usize, s.bytes);
     let mut qat = Model::from_spec("mlp:784-16-10", 1).unwrap();
     lowbit::quant::prepare_qat(&mut qat, &QuantConfig::default()).unwrap();
     let bad = dir.path().join("bad.onnx");
-    let err =
-        export::export(&AnyModel::Float(Box::new(qat), Provenance::default()), &bad).unwrap_err();
+    let err = export::export(
+        &AnyModel::Float(Box::new(qat), Provenance::default()),
+        WeightType::default(),
+        &bad,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("bad.onnx"), "{err}");
     assert!(!bad.exists());
     // Only the one file: no temporary left behind.

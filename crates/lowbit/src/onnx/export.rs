@@ -9,8 +9,9 @@
 //! **QDQ form** (what ONNX Runtime's `quantize_static` writes and its graph optimiser fuses into `QLinearConv`,
 //! `QLinearMatMul`...): every activation value of the lowbit graph becomes `QuantizeLinear` -> uint8 codes ->
 //! `DequantizeLinear` with the value's scale and zero point; each op runs on the dequantized floats:
-//! - Dense / Conv2d (grouped and depthwise too): weights as int8 codes with `DequantizeLinear` per channel
-//!   (axis 0, zero point 0) or per tensor; the bias as int32 accumulator units with scale `s_in * s_w[c]` (f32),
+//! - Dense / Conv2d (grouped and depthwise too): weight codes with `DequantizeLinear` per channel (axis 0) or
+//!   per tensor, stored as uint8 `code + 128` with zero point 128 (default) or int8 with zero point 0
+//!   ([`WeightType`]); the bias as int32 accumulator units with scale `s_in * s_w[c]` (f32),
 //!   which is exactly lowbit's bias; then `Gemm` (`transB = 1`) or `Conv`. The last layer's float output is the
 //!   logits (lowbit: `acc * s_in * s_w[c]`).
 //! - The requantizing output stage: a fused ReLU as `Relu`; a sub-8-bit activation or a ReLU6 bound as a `Clip`
@@ -21,8 +22,8 @@
 //!   the same parameters (exact: the op only moves dequantized codes).
 //! - Element-wise tables (unfused ReLU, Clip, LeakyReLU, Sigmoid): `Cast` of the codes to int32 and `Gather` from
 //!   lowbit's 256-entry table, then `DequantizeLinear`: bit-exact by construction.
-//! - Weights of 1 to 7 bits: int8 containers holding their true range (`[-(2^(b-1)-1), 2^(b-1)-1]`, binary
-//!   `{-1, +1}`); activations of 1 to 7 bits: uint8 containers behind the `Clip` above. No INT4 types (opset 21)
+//! - Weights of 1 to 7 bits: 8-bit containers holding their true range (`[-(2^(b-1)-1), 2^(b-1)-1]`, binary
+//!   `{-1, +1}`, plus 128 in uint8); activations of 1 to 7 bits: uint8 containers behind the `Clip` above. No INT4 types (opset 21)
 //!   so that opset-13 runtimes load every export.
 //!
 //! **Where other runtimes differ from lowbit's integer engine** (so predictions may differ on a few images):
@@ -34,6 +35,8 @@
 //!   in its own order (relative error around 1e-7 of the sum).
 //! - Average pooling, Add and Concat: lowbit rescales in fixed point (Q31 for pooling, Q15-style for Add/Concat,
 //!   [`lowbit_runtime::qparams::AddParams`]); runtimes compute the float mean or sum and quantize it.
+//! - ONNX Runtime on x86 with AVX2 but no VNNI: its fused u8 x s8 kernels saturate 16-bit pair sums, so int8
+//!   weights ([`WeightType::Int8`]) can change predictions there; the default uint8 weights avoid it.
 //! - Input: lowbit quantizes normalised inputs rounding half away from zero, `QuantizeLinear` half to even (for
 //!   un-normalised pixels, `p / 255` quantized with scale 1/255 gives the pixel back in both).
 //!
@@ -123,9 +126,23 @@ pub fn float_model(model: &Model, provenance: &Provenance) -> Result<ModelProto,
     ))
 }
 
+/// How a QDQ export stores weight codes. Both hold the same real values (`DequantizeLinear` gives `code * scale`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightType {
+    /// `code + 128` in uint8 with zero point 128 (the default): ONNX Runtime's x86 kernels then take their exact
+    /// u8 x u8 path. With int8 weights its AVX2 (non-VNNI) u8 x s8 kernels sum pairs of products in saturating
+    /// 16-bit lanes (`vpmaddubsw`), and on Fashion-MNIST LeNet-5 W8A8 predicted another class than lowbit's
+    /// engine on 125 of 10,000 images, against 0 with uint8 weights or with ORT's graph optimisations off
+    /// (BENCHMARKS.md, "ONNX export").
+    #[default]
+    Uint8,
+    /// The codes themselves in int8 with zero point 0 (symmetric), for runtimes that require it.
+    Int8,
+}
+
 /// A quantized model as a QDQ ONNX model (see the module doc).
-pub fn quant_model(model: &QuantModel) -> Result<ModelProto, ExportError> {
-    let graph = qdq::graph(model)?;
+pub fn quant_model(model: &QuantModel, weight_type: WeightType) -> Result<ModelProto, ExportError> {
+    let graph = qdq::graph(model, weight_type)?;
     Ok(wrap(
         graph,
         "qdq",
@@ -136,16 +153,16 @@ pub fn quant_model(model: &QuantModel) -> Result<ModelProto, ExportError> {
     ))
 }
 
-/// Exports `model` to `path` (QDQ for a quantized model, f32 for a float one), atomically; nothing is written
-/// when the model cannot be exported.
-pub fn export(model: &AnyModel, path: &Path) -> Result<ExportSummary> {
+/// Exports `model` to `path` (QDQ with weights as `weight_type` for a quantized model, f32 for a float one),
+/// atomically; nothing is written when the model cannot be exported.
+pub fn export(model: &AnyModel, weight_type: WeightType, path: &Path) -> Result<ExportSummary> {
     let err = |source| Error::OnnxExport {
         path: path.to_path_buf(),
         source,
     };
     let (proto, form) = match model {
         AnyModel::Float(m, p) => (float_model(m, p).map_err(err)?, "f32"),
-        AnyModel::Quant(q) => (quant_model(q).map_err(err)?, "qdq"),
+        AnyModel::Quant(q) => (quant_model(q, weight_type).map_err(err)?, "qdq"),
     };
     let graph = proto.graph.as_ref();
     let bytes = proto.encode_to_vec();

@@ -1,5 +1,5 @@
 //! The QDQ export of a quantized model (the form and its differences from lowbit's engine: see [`super`]).
-use super::{attr_int, window_attrs, Builder, ExportError, INPUT};
+use super::{attr_int, window_attrs, Builder, ExportError, WeightType, INPUT};
 use crate::onnx::proto::{tensor_proto::DataType, GraphProto};
 use lowbit_runtime::model::{OutputStage, QOp, QuantModel};
 use lowbit_runtime::ops::{ValueInfo, ValueQuant};
@@ -23,7 +23,10 @@ enum Out {
 }
 
 /// The QDQ graph of a quantized model.
-pub(super) fn graph(model: &QuantModel) -> Result<GraphProto, ExportError> {
+pub(super) fn graph(
+    model: &QuantModel,
+    weight_type: WeightType,
+) -> Result<GraphProto, ExportError> {
     let info = lowbit_runtime::graph::check(model)
         .map_err(|e| ExportError::InvalidModel(e.to_string()))?;
     let mut b = Builder::new();
@@ -50,6 +53,7 @@ pub(super) fn graph(model: &QuantModel) -> Result<GraphProto, ExportError> {
                 let x = b.flat(&x.dq, !x.flat, &format!("{name}.flatten"));
                 let (w, bias) = weights(
                     &mut b,
+                    weight_type,
                     name,
                     &d.weights,
                     &d.weight_scales,
@@ -70,6 +74,7 @@ pub(super) fn graph(model: &QuantModel) -> Result<GraphProto, ExportError> {
                 let icg = c.in_channels / c.groups.max(1);
                 let (w, bias) = weights(
                     &mut b,
+                    weight_type,
                     name,
                     &c.weights,
                     &c.weight_scales,
@@ -341,10 +346,12 @@ fn stage(b: &mut Builder, name: &str, acc: String, output: &OutputStage, flat: b
     }
 }
 
-/// The dequantized weight (int8 codes, scale per output channel on axis 0 or per tensor) and bias (int32
+/// The dequantized weight (codes as `weight_type`, scale per output channel on axis 0 or per tensor) and bias (int32
 /// accumulator units, scale `s_in * s_w[c]`) of a Dense or Conv2d whose weight tensor has dimensions `dims`.
+#[allow(clippy::too_many_arguments)]
 fn weights(
     b: &mut Builder,
+    weight_type: WeightType,
     name: &str,
     packed: &PackedWeights,
     scales: &[f32],
@@ -366,13 +373,29 @@ fn weights(
             vec![]
         }
     };
-    let wq = b.init(&format!("{name}.weight_q"), dims, &codes);
+    let (wq, wz) = match weight_type {
+        WeightType::Int8 => (
+            b.init(&format!("{name}.weight_q"), dims, &codes),
+            b.init(
+                &format!("{name}.weight_zero_point"),
+                sdims,
+                &vec![0i8; scales.len()],
+            ),
+        ),
+        WeightType::Uint8 => {
+            // code + 128 with zero point 128: the same real values (codes lie in [-127, 127]).
+            let shifted: Vec<u8> = codes.iter().map(|&c| (i16::from(c) + 128) as u8).collect();
+            (
+                b.init(&format!("{name}.weight_q"), dims, &shifted),
+                b.init(
+                    &format!("{name}.weight_zero_point"),
+                    sdims,
+                    &vec![128u8; scales.len()],
+                ),
+            )
+        }
+    };
     let ws = b.init(&format!("{name}.weight_scale"), sdims, scales);
-    let wz = b.init(
-        &format!("{name}.weight_zero_point"),
-        sdims,
-        &vec![0i8; scales.len()],
-    );
     let w = b.node(
         "DequantizeLinear",
         &[&wq, &ws, &wz],
