@@ -182,3 +182,61 @@ fn tract_runs_the_resnet8_exports_like_lowbit() {
 fn tract_runs_the_mobilenet_exports_like_lowbit() {
     check("mobilenet:t1c16n1s1-t4c24n2s2-h64");
 }
+
+/// Element-wise functions (LeakyReLU, Sigmoid): the f32 export as ONNX ops, the QDQ export as lowbit's 256-entry
+/// table (`Cast` + `Gather`), untrained (the table path is exact, so agreement does not need trained margins).
+#[test]
+fn tract_runs_elementwise_tables_like_the_engine() {
+    use lowbit::nn::layer::Op;
+    use lowbit::nn::{Conv2d, Dense, Flatten, Layer, MaxPool2d, UnaryOp};
+    let split = load(&DataSource::Builtin).unwrap();
+    let test = &split.test;
+    for (k, u) in UnaryOp::examples().into_iter().enumerate() {
+        let kind = u.op().kind();
+        let mut rng = lowbit::rng::Rng::new(7 + k as u64);
+        let layers = vec![
+            Layer::Conv2d(Conv2d::new(1, 4, (3, 3), (1, 1), (1, 1), &mut rng)),
+            Layer::Unary(u.clone()),
+            Layer::MaxPool2d(MaxPool2d::new((2, 2), (2, 2))),
+            Layer::Flatten(Flatten::new()),
+            Layer::Dense(Dense::new(4 * 14 * 14, 10, &mut rng)),
+        ];
+        let mut m = Model::sequential("unary", [1, 28, 28], 10, layers);
+        let bytes = export::float_model(&m, &Provenance::default())
+            .unwrap()
+            .encode_to_vec();
+        let theirs = tract_logits(&bytes, test);
+        let ours = m.forward(&batch(test, 0, test.n), false).unwrap().data;
+        for (a, b) in ours.chunks(10).zip(theirs.chunks(10)) {
+            let top = a
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()))
+                .max(f32::MIN_POSITIVE);
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / top;
+            assert!(diff <= F32_LOGIT_TOLERANCE, "{kind}: {a:?} vs {b:?}");
+        }
+        let calib = vec![batch(&split.train, 0, 250)];
+        let qm = convert(
+            &ptq(&m, &QuantConfig::default(), &calib).unwrap(),
+            Provenance::default(),
+        )
+        .unwrap();
+        assert!(
+            qm.ops()
+                .any(|o| matches!(o, lowbit::runtime::model::QOp::Lut(_))),
+            "{kind}: no table"
+        );
+        let engine = Engine::with_options(&qm, EngineOptions::default()).unwrap();
+        let engine_pred = engine.predict(&test.images, test.n).unwrap();
+        let bytes = export::quant_model(&qm, export::WeightType::default())
+            .unwrap()
+            .encode_to_vec();
+        let theirs = lowbit::eval::argmax_rows(&tract_logits(&bytes, test), test.classes);
+        let differ = (0..test.n).filter(|&i| theirs[i] != engine_pred[i]).count();
+        eprintln!(
+            "{kind}: tract and the engine differ on {differ} of {} images",
+            test.n
+        );
+        assert!(differ <= MAX_DIFFERING, "{kind}: {differ} images differ");
+    }
+}
