@@ -187,7 +187,6 @@ fn tract_runs_the_mobilenet_exports_like_lowbit() {
 /// table (`Cast` + `Gather`), untrained (the table path is exact, so agreement does not need trained margins).
 #[test]
 fn tract_runs_elementwise_tables_like_the_engine() {
-    use lowbit::nn::layer::Op;
     use lowbit::nn::{Conv2d, Dense, Flatten, Layer, MaxPool2d, UnaryOp};
     let split = load(&DataSource::Builtin).unwrap();
     let test = &split.test;

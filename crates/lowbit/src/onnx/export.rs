@@ -261,40 +261,18 @@ trait Elem: Copy {
     fn put(self, out: &mut Vec<u8>);
 }
 
-impl Elem for f32 {
-    const TYPE: DataType = DataType::Float;
-    fn put(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
+/// Little-endian raw data, as ONNX stores it.
+macro_rules! elem {
+    ($($t:ty => $dt:ident),* $(,)?) => {$(
+        impl Elem for $t {
+            const TYPE: DataType = DataType::$dt;
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
 }
-
-impl Elem for i64 {
-    const TYPE: DataType = DataType::Int64;
-    fn put(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-}
-
-impl Elem for i32 {
-    const TYPE: DataType = DataType::Int32;
-    fn put(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-}
-
-impl Elem for i8 {
-    const TYPE: DataType = DataType::Int8;
-    fn put(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-}
-
-impl Elem for u8 {
-    const TYPE: DataType = DataType::Uint8;
-    fn put(self, out: &mut Vec<u8>) {
-        out.push(self);
-    }
-}
+elem!(f32 => Float, i64 => Int64, i32 => Int32, i8 => Int8, u8 => Uint8);
 
 impl Builder {
     fn new() -> Self {
