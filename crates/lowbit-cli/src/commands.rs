@@ -731,7 +731,7 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
     let model = modelfile::load_any(&a.model)?;
     let split = load_data(&a.data.data, &a.data, model_normalization(&model))?;
     let names = split.test.class_names();
-    let (m, source, sim, mism, isa, model_bytes, float_bytes) = match &model {
+    let (m, predictions, source, sim, mism, isa, model_bytes, float_bytes) = match &model {
         AnyModel::Quant(qm) => {
             let qe = pipeline::evaluate_quant(qm, &split.test, CLI_ENGINE)
                 .with_context(|| a.model.display().to_string())?;
@@ -739,6 +739,7 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
             let fb = pipeline::quant_float_bytes(qm);
             (
                 qe.metrics,
+                qe.predictions,
                 "engine",
                 Some(qe.simulated_accuracy),
                 Some(qe.mismatches),
@@ -754,6 +755,7 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
             let fb = lowbit::quant::float_bytes(&fm);
             (
                 metrics(&pred, &split.test.labels, split.test.classes),
+                pred,
                 "float",
                 None,
                 None,
@@ -779,6 +781,9 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
         );
     }
     print_metrics(&m, &names);
+    if let Some(path) = &a.predictions {
+        crate::export::write_predictions(path, &predictions)?;
+    }
     if let Some(path) = &a.report {
         let r = Report {
             lowbit_version: env!("CARGO_PKG_VERSION").into(),

@@ -1,5 +1,6 @@
 //! The `lowbit` command-line tool: train, quantize, evaluate, inspect, predict and benchmark models.
 mod commands;
+mod export;
 mod import;
 mod mixed;
 mod plot;
@@ -59,6 +60,9 @@ enum Command {
     /// samples (the quantization flags of `train --method ptq`), accuracy measured on the integer engine against
     /// the float model, the same report and tables.
     Quantize(Box<quantize::QuantizeArgs>),
+    /// Export a model as ONNX: a quantized .lbq as standard QDQ (runs in ONNX Runtime, tract...), a float model
+    /// as f32.
+    Export(export::ExportArgs),
 }
 
 /// Data source: `builtin` (embedded Fashion-MNIST sample), `fashion-mnist` (Debian package), or a path whose
@@ -296,6 +300,10 @@ struct EvalArgs {
     /// Write a JSON report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write the predicted class of every test image here, one index per line in test-set order (from the
+    /// integer engine for a .lbq model), e.g. to compare with another runtime.
+    #[arg(long, value_name = "FILE")]
+    predictions: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -384,8 +392,18 @@ fn main() -> ExitCode {
     }
     // Usage errors are one line too (clap's own text adds a usage block); help and version still print in full.
     let usage_error = |e: clap::Error| {
+        // Its first paragraph, joined: "required arguments were not provided:" lists them on the next lines.
         let text = e.to_string();
-        let first = text.lines().next().unwrap_or("error: invalid arguments");
+        let first: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        let first = if first.is_empty() {
+            "error: invalid arguments".to_string()
+        } else {
+            first.join(" ")
+        };
         eprintln!("{first} (see --help)");
         ExitCode::from(2)
     };
@@ -420,6 +438,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => {
             quantize::quantize(&a, &explicit_of(&matches, "quantize"), cli.quiet)
         }
+        Command::Export(a) => export::export(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -149,6 +149,12 @@ pub struct QuantizeArgs {
     /// Write a JSON report here (schema: docs/REPORT.md).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Also write the quantized model as standard QDQ ONNX (as `lowbit export MODEL.lbq --onnx` does).
+    #[arg(long, value_name = "OUT.onnx")]
+    pub onnx: Option<PathBuf>,
+    /// QDQ weight storage of --onnx (see `lowbit export --help`).
+    #[arg(long, value_enum, default_value_t = crate::export::WeightTypeArg::Uint8, requires = "onnx")]
+    pub weight_type: crate::export::WeightTypeArg,
 }
 
 /// `lowbit quantize`.
@@ -183,9 +189,25 @@ pub fn quantize(a: &QuantizeArgs, explicit: &[String], quiet: bool) -> Result<()
     let Some(qm) = &out.quant_model else {
         bail!("internal error: a PTQ run returned no quantized model");
     };
+    // The ONNX form is built before anything is written, so a model that cannot be exported leaves no .lbq.
+    let onnx = match &a.onnx {
+        Some(path) => {
+            let proto =
+                lowbit::onnx::export::quant_model(qm, a.weight_type.into()).map_err(|source| {
+                    lowbit::Error::OnnxExport {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+            Some((path, lowbit::onnx::export::to_bytes(&proto)))
+        }
+        None => None,
+    };
     lowbit_runtime::format::save(qm, &a.out).with_context(|| a.out.display().to_string())?;
     out.report.file_bytes = std::fs::metadata(&a.out).ok().map(|m| m.len());
-    // `--onnx OUT.onnx` (export of the quantized model) belongs here, after the .lbq is written: one call with `qm`.
+    if let Some((path, bytes)) = &onnx {
+        lowbit::modelfile::write_atomic(path, bytes)?;
+    }
     println!(
         "{} of {} on {} ({} calibration samples of {} train / {} test), measured on the integer engine against \
          the float model",
@@ -196,5 +218,14 @@ pub fn quantize(a: &QuantizeArgs, explicit: &[String], quiet: bool) -> Result<()
         split.train.n,
         split.test.n
     );
-    print_run(&out.report, Some(&a.out), a.report.as_deref())
+    print_run(&out.report, Some(&a.out), a.report.as_deref())?;
+    if let Some((path, bytes)) = &onnx {
+        println!(
+            "ONNX (QDQ, opset {}, {} bytes) written to {}",
+            lowbit::onnx::export::OPSET,
+            bytes.len(),
+            path.display()
+        );
+    }
+    Ok(())
 }

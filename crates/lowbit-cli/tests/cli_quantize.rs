@@ -80,6 +80,33 @@ fn quantize_writes_the_same_model_as_train_ptq_from_the_same_float_model() {
         r["file_bytes"].as_u64(),
         Some(std::fs::metadata(d.join("q.lbq")).unwrap().len())
     );
+
+    // --onnx writes the QDQ file `lowbit export` writes for the same .lbq, beside a byte-identical .lbq.
+    let mut o = vec!["quantize", "m.f32", "--seed", "3", "--out", "o.lbq"];
+    o.extend(PTQ_FLAGS);
+    o.extend(["--onnx", "o.onnx", "--weight-type", "int8"]);
+    let said = run_ok(d, &o);
+    assert!(said.contains("written to o.onnx"), "{said}");
+    run_ok(
+        d,
+        &[
+            "export",
+            "q.lbq",
+            "--onnx",
+            "e.onnx",
+            "--weight-type",
+            "int8",
+        ],
+    );
+    let read = |f: &str| std::fs::read(d.join(f)).unwrap();
+    assert_eq!(read("o.lbq"), read("q.lbq"));
+    assert_eq!(read("o.onnx"), read("e.onnx"));
+    run_ok(d, &["export", "q.lbq", "--onnx", "u.onnx"]);
+    assert_ne!(
+        read("o.onnx"),
+        read("u.onnx"),
+        "--weight-type must reach the export"
+    );
 }
 
 #[test]
@@ -305,6 +332,11 @@ fn quantize_refuses_bad_options_before_writing() {
         d,
         &["quantize", m, "--input-scale", "0", "--out", "q.lbq"],
         &["mlp.onnx", "input scale"],
+    );
+    run_err(
+        d,
+        &["quantize", m, "--weight-type", "int8", "--out", "q.lbq"],
+        &["--onnx"],
     );
     // A 1-channel model on RGB data.
     rgb_npy(d, 10);

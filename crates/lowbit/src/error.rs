@@ -76,6 +76,14 @@ pub enum Error {
         /// What is wrong.
         source: CheckpointError,
     },
+    /// A model that cannot be exported to ONNX (nothing is written).
+    #[error("{path}: {source}")]
+    OnnxExport {
+        /// The ONNX file that was to be written.
+        path: PathBuf,
+        /// What is wrong.
+        source: crate::onnx::export::ExportError,
+    },
     /// An ONNX file that cannot be imported.
     #[error("{path}: {source}")]
     Onnx {

@@ -113,6 +113,8 @@ pub struct QuantEval {
     pub mismatches: usize,
     /// Kernel tier that ran.
     pub isa: String,
+    /// The engine's predicted class of each test image, in order.
+    pub predictions: Vec<usize>,
 }
 
 /// Output of [`run`].
@@ -247,6 +249,7 @@ pub fn evaluate_quant(
         simulated_accuracy: sim_metrics.accuracy,
         mismatches,
         isa: lowbit_runtime::kernels::active_isa().to_string(),
+        predictions: engine_pred,
     })
 }
 

@@ -10,11 +10,14 @@
 //! named, before anything is written. Initializers stored as external data are read from files beside the model
 //! (never outside its directory).
 //!
+//! [`export`] goes the other way: a quantized model as standard QDQ ONNX, a float model as f32 ONNX.
+//!
 //! This lives in the training crate, not in `lowbit-runtime`: a deployed app never reads ONNX.
 use crate::error::{Error, Result};
 use crate::nn::Model;
 use std::path::Path;
 
+pub mod export;
 mod fold;
 mod import;
 mod preprocess;

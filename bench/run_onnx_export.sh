@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Issue 12, ONNX export: lowbit's exports run by ONNX Runtime on the full Fashion-MNIST test set (10,000 images),
+# compared image by image with lowbit (the integer engine for .lbq models). Output tee'd to
+# bench/results/onnx-export-YYYY-MM-DD<letter>.txt (the first free letter). Usage:
+#   bench/run_onnx_export.sh [PEERS_VENV]
+# (venv: the argument, $PEERS_VENV, or bench/peers/.venv; it needs onnxruntime, onnx and numpy, see
+# bench/peers/requirements.txt).
+# For MLP (mlp:784-64-10) and LeNet-5: the f32 model (trained here for EPOCHS epochs with seed 1, or taken from
+# $MLP_F32 / $LENET_F32), PTQ W8A8 and W4A8 per-channel (min-max, 2,000 calibration samples), then for the f32
+# model and each .lbq: `lowbit export` (for a .lbq also with --weight-type int8, run by ORT fused and with its
+# graph optimisations off), `lowbit eval --predictions`, bench/peers/check_onnx_export.py.
+# Environment: DATA (MNIST-format directory, default /usr/share/datasets/fashion-mnist), MODELS (where models and
+# exports go, default a temporary directory), EPOCHS (default 5), MLP_F32, LENET_F32 (trained float models to use
+# instead of training), THREADS (ORT threads, default 2), CARGO_TARGET_DIR (default target).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=$(realpath -m "${1:-${PEERS_VENV:-bench/peers/.venv}}")
+PY="$VENV/bin/python"
+if [[ ! -x "$PY" ]]; then
+  echo "$0: no python at $PY (make the venv: see bench/peers/requirements.txt)" >&2
+  exit 1
+fi
+DATA=$(realpath -m "${DATA:-/usr/share/datasets/fashion-mnist}")
+MODELS=$(realpath -m "${MODELS:-$(mktemp -d)}")
+EPOCHS="${EPOCHS:-5}"
+THREADS="${THREADS:-2}"
+TARGET=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+OUT=bench/results
+mkdir -p "$OUT" "$MODELS"
+for letter in {a..z}; do
+  LOG="$OUT/onnx-export-$(date -u +%F)$letter.txt"
+  [[ -e "$LOG" ]] || break
+done
+exec > >(tee "$LOG") 2>&1
+echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores," \
+  "load average $(cut -d' ' -f1-3 /proc/loadavg), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "# data $DATA, models $MODELS, $("$PY" -c 'import onnxruntime, onnx; print("onnxruntime", onnxruntime.__version__, "onnx", onnx.__version__)')"
+cargo build --release -q -p lowbit-cli
+LOWBIT="$TARGET/release/lowbit"
+
+check() { # MODEL_FILE [EXPORT FLAGS...]: export, lowbit's predictions, ORT's comparison
+  local model="$1" stem="${1%.*}"
+  shift
+  local onnx="$stem${1:+-${2:-}}.onnx"
+  echo "## lowbit export $(basename "$model") $*"
+  "$LOWBIT" export "$model" --onnx "$onnx" "$@"
+  "$LOWBIT" eval "$model" --data "$DATA" --predictions "$stem.pred.txt" > "$stem.eval.txt"
+  head -1 "$stem.eval.txt"
+  (cd bench/peers && "$PY" check_onnx_export.py "$onnx" --data "$DATA" --predictions "$stem.pred.txt" \
+    --threads "$THREADS" --json "${onnx%.onnx}.ort.json")
+}
+
+for spec in mlp:784-64-10 lenet5; do
+  name=${spec%%:*}
+  given=$([[ $name == mlp ]] && echo "${MLP_F32:-}" || echo "${LENET_F32:-}")
+  f32="$MODELS/$name.f32"
+  if [[ -n "$given" ]]; then
+    cp "$given" "$f32"
+    echo "## $spec: f32 model $given"
+  elif [[ ! -e "$f32" ]]; then
+    echo "## $spec: training f32, $EPOCHS epochs, seed 1"
+    "$LOWBIT" train -q --data "$DATA" --model "$spec" --epochs "$EPOCHS" --seed 1 --out "$f32" | tail -1
+  fi
+  echo "## $spec f32"
+  check "$f32"
+  for wbits in 8 4; do
+    lbq="$MODELS/$name-w${wbits}a8.lbq"
+    "$LOWBIT" train -q --data "$DATA" --init "$f32" --method ptq --per-channel --weight-bits "$wbits" \
+      --act-bits 8 --seed 1 --out "$lbq" > /dev/null
+    echo "## $spec PTQ W${wbits}A8 per-channel"
+    check "$lbq"
+    # int8 weights (symmetric, zero point 0): ONNX Runtime's AVX2 u8 x s8 kernels saturate (see the module doc
+    # of lowbit::onnx::export); the ORT_DISABLE_ALL row runs the same file unfused, in float.
+    check "$lbq" --weight-type int8
+    (cd bench/peers && "$PY" check_onnx_export.py "${lbq%.lbq}-int8.onnx" --data "$DATA" \
+      --predictions "${lbq%.lbq}.pred.txt" --threads "$THREADS" --no-optimization | sed -n 2,3p)
+  done
+done
