@@ -60,6 +60,17 @@ impl SensitivityPicture<'_> {
     }
 }
 
+/// Labelled ticks of a log axis: 1, 2 and 5 per decade while they fit (at most 8), else the powers of ten alone,
+/// so labels over five or more decades do not run into each other.
+pub(super) fn decades_only(bold: Vec<f64>) -> Vec<f64> {
+    if bold.len() <= 8 {
+        return bold;
+    }
+    bold.into_iter()
+        .filter(|v| (v.log10() - v.log10().round()).abs() < 1e-9)
+        .collect()
+}
+
 /// Legend rows.
 enum Key {
     Filled(RGBColor),
@@ -198,6 +209,7 @@ impl Picture for SensitivityPicture<'_> {
             let (ylo, yhi) = (floor / 2.0, mmax * 2.0);
             let (xbold, xlight) = log_ticks(xlo, xhi);
             let (ybold, ylight) = log_ticks(ylo, yhi);
+            let (xbold, ybold) = (decades_only(xbold), decades_only(ybold));
             let mut sc = ChartBuilder::on(&area)
                 .margin(15)
                 .x_label_area_size(50)

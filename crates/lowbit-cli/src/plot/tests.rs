@@ -497,3 +497,17 @@ fn sensitivity_picture_draws_a_bar_per_layer_and_width_and_the_estimate_against_
     assert_eq!(count(&els, "circle", BLUE_HEX), 0);
     assert_eq!(count(&els, "rect", BLUE_HEX), 4);
 }
+
+#[test]
+fn log_axes_over_many_decades_label_only_the_powers_of_ten() {
+    let (bold, _) = log_ticks(5e-5, 2.0);
+    assert_eq!(bold.len(), 15);
+    let thin = super::sensitivity::decades_only(bold);
+    let want = [1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+    assert_eq!(thin.len(), want.len(), "{thin:?}");
+    for (t, w) in thin.iter().zip(want) {
+        assert!((t / w - 1.0).abs() < 1e-9, "{thin:?}");
+    }
+    let (few, _) = log_ticks(1e-3, 1e-1);
+    assert_eq!(super::sensitivity::decades_only(few.clone()), few);
+}
