@@ -235,7 +235,7 @@ pub fn evaluate_quant(
         let input = qm.input_codes(&test.images[start * per..(start + b) * per]);
         let input = &input[..];
         engine_pred.extend(engine.predict(input, b)?);
-        let sim = quant::simulate(qm, input, b)?;
+        let sim = quant::simulate_with(qm, input, b, false)?;
         sim_pred.extend(crate::eval::argmax_rows(&sim.logits, qm.classes));
     }
     let sim_metrics = metrics(&sim_pred, &test.labels, test.classes);

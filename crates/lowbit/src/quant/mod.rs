@@ -39,6 +39,6 @@ pub use prepare::{
     merge_conv_batchnorms, prepare_qat, start_quantizing, unfreeze_ranges,
 };
 pub use ptq::{ptq, ptq_with_progress};
-pub use simulate::{simulate, Simulation};
+pub use simulate::{simulate, simulate_with, Simulation};
 pub use stats::{layer_quant_stats, sqnr_db, LayerQuantStats};
 pub use weight::{WeightCodes, WeightQuantizer};
