@@ -14,12 +14,10 @@
 # instead of training), THREADS (ORT threads, default 2), CARGO_TARGET_DIR (default target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 VENV=$(realpath -m "${1:-${PEERS_VENV:-bench/peers/.venv}}")
 PY="$VENV/bin/python"
-if [[ ! -x "$PY" ]]; then
-  echo "$0: no python at $PY (make the venv: see bench/peers/requirements.txt)" >&2
-  exit 1
-fi
+require_python "$PY"
 DATA=$(realpath -m "${DATA:-/usr/share/datasets/fashion-mnist}")
 MODELS=$(realpath -m "${MODELS:-$(mktemp -d)}")
 EPOCHS="${EPOCHS:-5}"
@@ -27,13 +25,9 @@ THREADS="${THREADS:-2}"
 TARGET=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 OUT=bench/results
 mkdir -p "$OUT" "$MODELS"
-for letter in {a..z}; do
-  LOG="$OUT/onnx-export-$(date -u +%F)$letter.txt"
-  [[ -e "$LOG" ]] || break
-done
+LOG=$(next_log "$OUT/onnx-export")
 exec > >(tee "$LOG") 2>&1
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores," \
-  "load average $(cut -d' ' -f1-3 /proc/loadavg), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+machine_line
 echo "# data $DATA, models $MODELS, $("$PY" -c 'import onnxruntime, onnx; print("onnxruntime", onnxruntime.__version__, "onnx", onnx.__version__)')"
 cargo build --release -q -p lowbit-cli
 LOWBIT="$TARGET/release/lowbit"

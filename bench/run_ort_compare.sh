@@ -25,12 +25,10 @@
 # QAT_EPOCHS (2), QAT_LR (2e-4), CARGO_TARGET_DIR (default target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 VENV=$(realpath -m "${1:-${PEERS_VENV:-bench/peers/.venv}}")
 PY="$VENV/bin/python"
-if [[ ! -x "$PY" ]]; then
-  echo "$0: no python at $PY (make the venv: see bench/peers/requirements.txt)" >&2
-  exit 1
-fi
+require_python "$PY"
 DATA=$(realpath -m "${DATA:-/usr/share/datasets/fashion-mnist}")
 MODELS=$(realpath -m "${MODELS:-$(mktemp -d)}")
 SEEDS="${SEEDS:-1,2,3}"
@@ -42,13 +40,9 @@ QAT_LR="${QAT_LR:-2e-4}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 OUT=bench/results/ort-compare
 mkdir -p "$OUT" "$MODELS"
-for letter in {a..z}; do
-  LOG="bench/results/ort-compare-$(date -u +%F)$letter.txt"
-  [[ -e "$LOG" ]] || break
-done
+LOG=$(next_log "bench/results/ort-compare")
 exec > >(tee "$LOG") 2>&1
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores," \
-  "load average $(cut -d' ' -f1-3 /proc/loadavg), git $(git rev-parse --short HEAD 2> /dev/null || echo '?')"
+machine_line
 echo "# peers: $("$PY" -c 'import torch, onnx, onnxruntime; print("torch", torch.__version__, "onnx", onnx.__version__, "onnxruntime", onnxruntime.__version__)' 2> /dev/null)"
 echo "# data $DATA, models in $MODELS, seeds $SEEDS, $EPOCHS epochs (ResNet-20: $RESNET_EPOCHS), $THREADS thread(s)"
 peers() { (cd bench/peers && "$PY" "$@"); }

@@ -16,6 +16,7 @@
 # CARGO_TARGET_DIR (default target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 MODE="${1:-speed}"
 case "$MODE" in speed | accuracy | lowbit-accuracy | all) ;; *)
   echo "usage: $0 [speed|accuracy|lowbit-accuracy|all] [PEERS_VENV]" >&2
@@ -24,10 +25,7 @@ case "$MODE" in speed | accuracy | lowbit-accuracy | all) ;; *)
 esac
 VENV=$(realpath -m "${2:-${PEERS_VENV:-bench/peers/.venv}}")
 PY="$VENV/bin/python"
-if [[ "$MODE" != lowbit-accuracy && ! -x "$PY" ]]; then
-  echo "$0: no python at $PY (make the venv: see bench/peers/requirements.txt)" >&2
-  exit 1
-fi
+[[ "$MODE" == lowbit-accuracy ]] || require_python "$PY"
 # Absolute, because the peers run from bench/peers.
 DATA=$(realpath -m "${DATA:-/usr/share/datasets/fashion-mnist}")
 MODELS=$(realpath -m "${MODELS:-$(mktemp -d)}")
@@ -40,13 +38,9 @@ ROUNDS="${ROUNDS:-3}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 OUT=bench/results
 mkdir -p "$OUT" "$MODELS"
-for letter in {a..z}; do
-  LOG="$OUT/resnet-peers-$(date -u +%F)$letter.txt"
-  [[ -e "$LOG" ]] || break
-done
+LOG=$(next_log "$OUT/resnet-peers")
 exec > >(tee "$LOG") 2>&1
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores," \
-  "load average $(cut -d' ' -f1-3 /proc/loadavg), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+machine_line
 flags=$(grep -m1 '^flags' /proc/cpuinfo)
 echo "# cpu flags: $(for f in avx2 fma avx512f avx512_vnni avx_vnni; do [[ " $flags " == *" $f "* ]] && printf '%s ' "$f"; done)"
 echo "# mode $MODE, $THREADS threads, peers: $("$PY" -c 'import torch, onnxruntime, brevitas; print("torch", torch.__version__, "onnxruntime", onnxruntime.__version__, "brevitas", brevitas.__version__)' 2> /dev/null)"
