@@ -12,6 +12,7 @@ use crate::train::{self, EpochStats, Progress, Samples, TrainConfig};
 use lowbit_runtime::engine::{Engine, EngineOptions};
 use lowbit_runtime::model::Provenance;
 use lowbit_runtime::QuantModel;
+use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -228,16 +229,30 @@ pub fn evaluate_quant(
             test.cols
         )));
     }
-    let mut engine_pred = Vec::with_capacity(test.n);
-    let mut sim_pred = Vec::with_capacity(test.n);
-    for start in (0..test.n).step_by(EVAL_BATCH) {
+    let starts: Vec<usize> = (0..test.n).step_by(EVAL_BATCH).collect();
+    let codes = |start: usize| {
         let b = EVAL_BATCH.min(test.n - start);
-        let input = qm.input_codes(&test.images[start * per..(start + b) * per]);
-        let input = &input[..];
-        engine_pred.extend(engine.predict(input, b)?);
-        let sim = quant::simulate_with(qm, input, b, false)?;
-        sim_pred.extend(crate::eval::argmax_rows(&sim.logits, qm.classes));
+        (
+            qm.input_codes(&test.images[start * per..(start + b) * per]),
+            b,
+        )
+    };
+    let mut engine_pred = Vec::with_capacity(test.n);
+    for &start in &starts {
+        let (input, b) = codes(start);
+        engine_pred.extend(engine.predict(&input, b)?);
     }
+    // The simulation is scalar and single-threaded (it is the independent reference), so its batches run side
+    // by side; each batch's predictions land in order.
+    let sim_batches = starts
+        .par_iter()
+        .map(|&start| {
+            let (input, b) = codes(start);
+            let sim = quant::simulate_with(qm, &input, b, false)?;
+            Ok(crate::eval::argmax_rows(&sim.logits, qm.classes))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sim_pred: Vec<usize> = sim_batches.into_iter().flatten().collect();
     let sim_metrics = metrics(&sim_pred, &test.labels, test.classes);
     let mismatches = engine_pred
         .iter()

@@ -8,7 +8,7 @@
 //! (`resnet20.f32`, `resnet20b.f32`, `mobilenet.f32`) to check instead of briefly initialised ones.
 mod common;
 
-use common::engine_equals_simulation;
+use common::{batch, engine_equals_simulation};
 use lowbit::data::{self, DataSource, Dataset};
 use lowbit::nn::Model;
 use lowbit::quant::{convert, ptq, QuantConfig};
@@ -24,15 +24,6 @@ fn full_data() -> Option<data::Split> {
         Ok(s) => Some(s),
         Err(e) => panic!("{e} (run scripts/test.sh, which installs dataset-fashion-mnist)"),
     }
-}
-
-fn batch(data: &Dataset, start: usize, n: usize) -> Tensor {
-    let per = data.image_len();
-    let x = data.images[start * per..(start + n) * per]
-        .iter()
-        .map(|&p| f32::from(p) / 255.0)
-        .collect();
-    Tensor::new(x, vec![n, 1, data.rows, data.cols])
 }
 
 /// The float model: a trained one from `LOWBIT_GRAPH_MODEL_DIR`, else the spec with batch-norm statistics from a

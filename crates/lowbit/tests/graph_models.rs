@@ -3,7 +3,7 @@
 //! node for node equal to the independent simulation; float files round-trip them.
 mod common;
 
-use common::engine_equals_simulation;
+use common::{batch, engine_equals_simulation};
 use lowbit::data::{load, DataSource, Dataset};
 use lowbit::modelfile::{float_from_bytes, float_to_bytes};
 use lowbit::nn::Model;
@@ -11,15 +11,6 @@ use lowbit::quant::{convert, ptq, QuantConfig};
 use lowbit::runtime::model::Provenance;
 use lowbit::tensor::Tensor;
 use std::path::Path;
-
-fn batch(data: &Dataset, start: usize, n: usize) -> Tensor {
-    let per = data.image_len();
-    let x: Vec<f32> = data.images[start * per..(start + n) * per]
-        .iter()
-        .map(|&p| f32::from(p) / 255.0)
-        .collect();
-    Tensor::new(x, vec![n, 1, data.rows, data.cols])
-}
 
 #[test]
 fn resnet20_and_mobilenet_have_the_expected_size_and_shapes() {

@@ -96,6 +96,11 @@ pub trait Op: Stateful {
     }
     /// How quantization treats it.
     fn quant_role(&self) -> QuantRole;
+    /// Whether its output is never negative, given which inputs are never negative (in order). QAT centres
+    /// the learned activation codes of values that can be negative ([`crate::quant::prepare_qat`]).
+    fn nonnegative_output(&self, _inputs: &[bool]) -> bool {
+        false
+    }
 }
 
 /// The one input of a one-input op.
@@ -257,6 +262,9 @@ impl Op for Relu {
     fn quant_role(&self) -> QuantRole {
         QuantRole::Clamp
     }
+    fn nonnegative_output(&self, _inputs: &[bool]) -> bool {
+        true
+    }
 }
 
 impl Op for Flatten {
@@ -288,6 +296,9 @@ impl Op for Flatten {
     fn quant_role(&self) -> QuantRole {
         QuantRole::Transparent
     }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        inputs.iter().all(|&n| n)
+    }
 }
 
 impl Op for MaxPool2d {
@@ -318,6 +329,9 @@ impl Op for MaxPool2d {
     fn quant_role(&self) -> QuantRole {
         QuantRole::Transparent
     }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        inputs.iter().all(|&n| n)
+    }
 }
 
 impl Op for AvgPool2d {
@@ -347,6 +361,9 @@ impl Op for AvgPool2d {
     }
     fn quant_role(&self) -> QuantRole {
         QuantRole::Requantizing
+    }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        inputs.iter().all(|&n| n)
     }
 }
 
@@ -402,6 +419,9 @@ impl Op for Dropout {
     fn quant_role(&self) -> QuantRole {
         QuantRole::Transparent
     }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        inputs.iter().all(|&n| n)
+    }
 }
 
 impl Op for ActQuantizer {
@@ -427,6 +447,9 @@ impl Op for ActQuantizer {
     }
     fn quant_role(&self) -> QuantRole {
         QuantRole::Quantizer
+    }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        inputs.iter().all(|&n| n)
     }
 }
 
@@ -462,6 +485,9 @@ impl Op for Add {
     fn quant_role(&self) -> QuantRole {
         QuantRole::Requantizing
     }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        inputs.iter().all(|&n| n)
+    }
 }
 
 impl Op for Concat {
@@ -483,6 +509,9 @@ impl Op for Concat {
     fn quant_role(&self) -> QuantRole {
         QuantRole::Requantizing
     }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        inputs.iter().all(|&n| n)
+    }
 }
 
 impl Op for Pad {
@@ -500,6 +529,9 @@ impl Op for Pad {
     }
     fn quant_role(&self) -> QuantRole {
         QuantRole::Transparent
+    }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        inputs.iter().all(|&n| n)
     }
 }
 
@@ -519,6 +551,9 @@ impl Op for Slice {
     fn quant_role(&self) -> QuantRole {
         QuantRole::Transparent
     }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        inputs.iter().all(|&n| n)
+    }
 }
 
 impl Op for Clip {
@@ -536,6 +571,9 @@ impl Op for Clip {
     }
     fn quant_role(&self) -> QuantRole {
         QuantRole::Clamp
+    }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        self.min >= 0.0 || (self.max >= 0.0 && inputs.iter().all(|&n| n))
     }
 }
 
@@ -614,6 +652,9 @@ impl<T: Op + ?Sized> Op for Box<T> {
     }
     fn quant_role(&self) -> QuantRole {
         (**self).quant_role()
+    }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        (**self).nonnegative_output(inputs)
     }
 }
 

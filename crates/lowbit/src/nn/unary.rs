@@ -23,6 +23,10 @@ pub trait Elementwise: std::fmt::Debug + Clone + Send + Sync {
     fn from_params(p: &[f32]) -> Result<Self>;
     /// A representative instance (what the generic tests of every function check).
     fn example() -> Self;
+    /// Whether `f(x) >= 0` for every `x` the input can hold (`input_nonnegative`: only `x >= 0`).
+    fn nonnegative_output(&self, _input_nonnegative: bool) -> bool {
+        false
+    }
 }
 
 /// LeakyReLU: `x` for `x > 0`, else `alpha * x` (ONNX's default alpha 0.01).
@@ -62,6 +66,9 @@ impl Elementwise for LeakyRelu {
     fn example() -> Self {
         Self { alpha: 0.1 }
     }
+    fn nonnegative_output(&self, input_nonnegative: bool) -> bool {
+        input_nonnegative
+    }
 }
 
 /// Sigmoid: `1 / (1 + e^-x)`, computed as `0.5 * (1 + tanh(x / 2))` (no overflow for any `x`).
@@ -90,6 +97,9 @@ impl Elementwise for Sigmoid {
     }
     fn example() -> Self {
         Sigmoid
+    }
+    fn nonnegative_output(&self, _input_nonnegative: bool) -> bool {
+        true
     }
 }
 
@@ -156,6 +166,9 @@ impl<E: Elementwise> Op for Unary<E> {
     }
     fn quant_role(&self) -> QuantRole {
         QuantRole::Elementwise
+    }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        self.func.nonnegative_output(inputs.iter().all(|&n| n))
     }
 }
 
@@ -234,6 +247,9 @@ impl Op for UnaryOp {
     }
     fn quant_role(&self) -> QuantRole {
         QuantRole::Elementwise
+    }
+    fn nonnegative_output(&self, inputs: &[bool]) -> bool {
+        self.op().nonnegative_output(inputs)
     }
 }
 

@@ -44,9 +44,11 @@ pub fn act_qparams(lo: f32, hi: f32, bits: u32) -> Result<QParams> {
 ///
 /// Learned methods ([`ActMethod::Lsq`], [`ActMethod::Pact`]) replace the tracked range by one learned scalar
 /// (the LSQ step `s`, or PACT's clipping level `alpha`) exposed through [`ActQuantizer::params_mut`]; their
-/// codes are `[0, 2^b - 1]` with zero point 0 and scale `s` (LSQ) or `alpha / (2^b - 1)` (PACT). The scalar is
-/// initialized by the first training forward: LSQ `2 mean|x| / sqrt(2^b - 1)` (Esser et al. 2020), PACT the
-/// configured alpha or else the batch maximum.
+/// codes are `[0, 2^b - 1]` with zero point 0 and scale `s` (LSQ) or `alpha / (2^b - 1)` (PACT). On a value
+/// that can be negative ([`ActQuantizer::set_signed`], e.g. a residual branch before its `Add`) LSQ codes are
+/// centred instead: zero point `2^(b-1)`, so the range is `[-2^(b-1) s, (2^(b-1) - 1) s]`. The scalar is
+/// initialized by the first training forward: LSQ `2 mean|x| / sqrt(Qp)` with `Qp` the largest positive code
+/// (Esser et al. 2020), PACT the configured alpha or else the batch maximum.
 #[derive(Debug, Clone)]
 pub struct ActQuantizer {
     bits: u32,
@@ -73,6 +75,8 @@ pub struct ActQuantizer {
     bypassed: bool,
     /// How PTQ chooses this range from the calibration samples (`None` outside PTQ).
     calibrator: Option<Calibrator>,
+    /// The value read can be negative: LSQ codes are centred on zero point `2^(b-1)`.
+    signed: bool,
 }
 
 impl Default for ActQuantizer {
@@ -97,6 +101,7 @@ impl Default for ActQuantizer {
             features: 0,
             bypassed: false,
             calibrator: None,
+            signed: false,
         }
     }
 }
@@ -214,6 +219,33 @@ impl ActQuantizer {
         (1i32 << self.bits) - 1
     }
 
+    /// Zero point of a learned quantizer's codes: `2^(b-1)` when signed, else 0.
+    fn learned_zero_point(&self) -> i32 {
+        if self.signed {
+            1 << (self.bits - 1)
+        } else {
+            0
+        }
+    }
+
+    /// Marks the value this quantizer reads as one that can be negative (no ReLU before it), or not.
+    /// [`super::prepare_qat`] sets it from the graph. It changes only learned quantizers: LSQ centres its codes
+    /// (see the type's doc); PACT, whose clipping level has no signed form here, and 1-bit LSQ (whose centred
+    /// codes would be `{-s, 0}`) become the EMA min/max quantizer, whose zero point follows the range.
+    pub fn set_signed(&mut self, signed: bool) {
+        self.signed = signed;
+        if signed
+            && (self.method == ActMethod::Pact || (self.method == ActMethod::Lsq && self.bits == 1))
+        {
+            self.method = ActMethod::Ste;
+        }
+    }
+
+    /// Whether the value read can be negative ([`ActQuantizer::set_signed`]).
+    pub fn is_signed(&self) -> bool {
+        self.signed
+    }
+
     /// Scale of a learned quantizer whose scalar is `v`.
     fn learned_scale(&self, v: f32) -> f32 {
         match self.method {
@@ -234,7 +266,10 @@ impl ActQuantizer {
                     1.0
                 }
             }),
-            _ => lsq::init_step(x, qmax, 1.0 / qmax as f32),
+            _ => {
+                let qp = qmax - self.learned_zero_point();
+                lsq::init_step(x, qp, 1.0 / qp as f32)
+            }
         }
     }
 
@@ -281,7 +316,10 @@ impl ActQuantizer {
     pub fn range(&self) -> Option<(f32, f32)> {
         if self.fixed.is_none() && self.method != ActMethod::Ste && !self.calibrating {
             let qp = self.try_qparams().ok()?;
-            return Some((0.0, qparams::dequantize(self.qmax(), qp)));
+            return Some((
+                qparams::dequantize(0, qp),
+                qparams::dequantize(self.qmax(), qp),
+            ));
         }
         match self.fixed {
             Some(qp) => {
@@ -293,13 +331,14 @@ impl ActQuantizer {
     }
 
     /// Sets the range directly (e.g. restored from a checkpoint), then freezes it. For learned quantizers `hi`
-    /// sets the scalar (LSQ step `hi / (2^b - 1)`, PACT alpha `hi`).
+    /// sets the scalar (LSQ step `hi / (2^b - 1)`, or `(hi - lo) / (2^b - 1)` when signed; PACT alpha `hi`).
     pub fn set_range(&mut self, lo: f32, hi: f32) -> Result<()> {
         act_qparams(lo, hi, self.bits)?;
         if self.method != ActMethod::Ste && hi > 0.0 {
+            let span = if self.signed { hi - lo.min(0.0) } else { hi };
             self.learned[0] = match self.method {
                 ActMethod::Pact => hi,
-                _ => hi / self.qmax() as f32,
+                _ => span / self.qmax() as f32,
             };
             self.initialized = true;
         }
@@ -355,7 +394,10 @@ impl ActQuantizer {
                     reason: "learned quantizer not initialized (train first)".into(),
                 }));
             }
-            return Ok(QParams::new(self.learned_scale(self.learned[0]), 0)?);
+            return Ok(QParams::new(
+                self.learned_scale(self.learned[0]),
+                self.learned_zero_point(),
+            )?);
         }
         match self.range {
             Some((lo, hi)) => act_qparams(lo, hi, self.bits),
@@ -437,7 +479,8 @@ impl ActQuantizer {
         Tensor::new(data, x.shape.clone())
     }
 
-    /// LSQ / PACT forward: codes `qparams::quantize(x, QParams(scale, 0), 0, 2^b - 1)`.
+    /// LSQ / PACT forward: codes `qparams::quantize(x, QParams(scale, zp), 0, 2^b - 1)` (`zp` 0, or `2^(b-1)`
+    /// for signed LSQ).
     fn forward_learned(&mut self, x: &Tensor, train: bool) -> Tensor {
         let value = if self.initialized {
             self.learned[0]
@@ -451,14 +494,15 @@ impl ActQuantizer {
         };
         let qmax = self.qmax();
         let scale = self.learned_scale(value);
+        let zp = self.learned_zero_point();
         let qp = QParams {
             scale,
-            zero_point: 0,
+            zero_point: zp,
         };
         let alpha = pact::effective_alpha(value);
         // Elements: `qparams::fake_quantize(v, qp, 0, qmax)`. Mask: PACT `0 <= v < alpha`, LSQ
-        // `lsq::inside(v, scale, 0, qmax)`. Clipped = above the range (values at or below 0 are ReLU's zeros,
-        // not clipping): PACT `v >= alpha`, LSQ `v / scale >= qmax`.
+        // `-zp < v / scale < qmax - zp`. Clipped = above the range (unsigned values at or below 0 are ReLU's
+        // zeros, not clipping; signed LSQ counts below too): PACT `v >= alpha`, LSQ `v / scale >= qmax - zp`.
         let mut data = vec![0.0; x.len()];
         self.inside.resize(x.len(), false);
         let clipped = match self.method {
@@ -470,7 +514,14 @@ impl ActQuantizer {
                 &mut data,
                 &mut self.inside,
             ),
-            _ => kernels::act_fake_quant_lsq(&x.data, qp.scale, qmax, &mut data, &mut self.inside),
+            _ => kernels::act_fake_quant_lsq(
+                &x.data,
+                qp.scale,
+                zp,
+                qmax - zp,
+                &mut data,
+                &mut self.inside,
+            ),
         };
         self.clipped_fraction = if x.is_empty() {
             0.0
@@ -490,7 +541,7 @@ impl ActQuantizer {
     /// gradient passes unchanged.
     ///
     /// Learned quantizers also set the scalar's gradient (overwriting): LSQ `g * sum dL/dy * dy/ds` with
-    /// `g = 1/sqrt(N (2^b - 1))`, N the features per sample (Esser et al. 2020, eq. 3); PACT the sum of `dL/dy`
+    /// `g = 1/sqrt(N Qp)`, N the features per sample (Esser et al. 2020, eq. 3); PACT the sum of `dL/dy`
     /// where `x >= alpha`, plus `l2 * alpha` (Choi et al. 2018).
     pub fn backward(&mut self, grad_out: &Tensor) -> Tensor {
         if self.bypassed {
@@ -511,9 +562,11 @@ impl ActQuantizer {
                 }
                 _ => {
                     let s = lsq::effective_step(v);
-                    let qmax = self.qmax();
-                    let sum = kernels::lsq_act_step_grad(&self.last_input, &grad_out.data, s, qmax);
-                    (sum * f64::from(lsq::grad_scale(self.features, qmax))) as f32
+                    let qn = self.learned_zero_point();
+                    let qp = self.qmax() - qn;
+                    let sum =
+                        kernels::lsq_act_step_grad(&self.last_input, &grad_out.data, s, qn, qp);
+                    (sum * f64::from(lsq::grad_scale(self.features, qp))) as f32
                 }
             };
         }

@@ -274,10 +274,19 @@ fn act_ste_impl(
 }
 
 #[inline(always)]
-fn act_lsq_impl(x: &[f32], scale: f32, qmax: i32, out: &mut [f32], inside: &mut [bool]) -> usize {
-    let hi = qmax as f32;
-    act_impl(x, scale, 0.0, hi, out, inside, |_, q| {
-        (q > 0.0 && q < hi, q >= hi)
+fn act_lsq_impl(
+    x: &[f32],
+    scale: f32,
+    qn: i32,
+    qp: i32,
+    out: &mut [f32],
+    inside: &mut [bool],
+) -> usize {
+    let (lo, hi) = ((-qn) as f32, qp as f32);
+    // Below the range counts as clipped only for signed codes: at or below 0 unsigned codes hold ReLU's zeros.
+    let signed = qn > 0;
+    act_impl(x, scale, lo, hi, out, inside, |_, q| {
+        (q > lo && q < hi, q >= hi || (signed && q <= lo))
     })
 }
 
@@ -309,12 +318,13 @@ dispatched!(
 );
 
 dispatched!(
-    /// LSQ activation fake-quant (zero point 0); mask = `0 < x/s < qmax`; returns the count with
-    /// `x/s >= qmax`.
+    /// LSQ activation fake-quant to the codes `[-qn, qp]` relative to the zero point (`qn = 0`: unsigned, zero
+    /// point 0); mask = `-qn < x/s < qp`; returns the count with `x/s >= qp` (or, when `qn > 0`, `<= -qn`).
     fn act_fake_quant_lsq = act_lsq_impl(
         x: &[f32],
         scale: f32,
-        qmax: i32,
+        qn: i32,
+        qp: i32,
         out: &mut [f32],
         inside: &mut [bool]
     ) -> usize
@@ -452,20 +462,22 @@ dispatched!(
 /// Lanes of [`lsq_act_step_grad`]'s interleaved sum.
 const STEP_LANES: usize = 8;
 
-/// LSQ activation step gradient without the gradient scale: `sum g[i] * dv_q/ds(x[i])` for the range `[0, qp]`
-/// ([`super::lsq::step_derivative`] with `qn = 0`), each product exact in f64. One activation step covers the
+/// LSQ activation step gradient without the gradient scale: `sum g[i] * dv_q/ds(x[i])` for the range
+/// `[-qn, qp]` ([`super::lsq::step_derivative`]), each product exact in f64. One activation step covers the
 /// whole tensor (hundreds of thousands of values per batch), so a single sequential sum would be bound by the
 /// add latency; element `i` goes to partial sum `i % 8` and the eight are combined pairwise, a fixed order that
 /// gives the same bits on every build and tier.
 #[inline(always)]
-fn lsq_act_step_grad_impl(x: &[f32], g: &[f32], s: f32, qp: i32) -> f64 {
+fn lsq_act_step_grad_impl(x: &[f32], g: &[f32], s: f32, qn: i32, qp: i32) -> f64 {
     let hi = qp as f32;
+    // `-0.0` for unsigned codes, as `step_derivative` returns it.
+    let lo = -(qn as f32);
     let n = x.len().min(g.len());
     let full = n / STEP_LANES * STEP_LANES;
     let term = |v: f32, gv: f32| {
         let r = v / s;
         let d = if r >= hi { hi } else { -r + r.round() };
-        let d = if r <= -0.0 { -0.0 } else { d };
+        let d = if r <= lo { lo } else { d };
         f64::from(gv) * f64::from(d)
     };
     let mut acc = [0f64; STEP_LANES];
@@ -485,7 +497,7 @@ fn lsq_act_step_grad_impl(x: &[f32], g: &[f32], s: f32, qp: i32) -> f64 {
 
 dispatched!(
     /// LSQ activation step gradient, unscaled (see `lsq_act_step_grad_impl`).
-    fn lsq_act_step_grad = lsq_act_step_grad_impl(x: &[f32], g: &[f32], s: f32, qp: i32) -> f64
+    fn lsq_act_step_grad = lsq_act_step_grad_impl(x: &[f32], g: &[f32], s: f32, qn: i32, qp: i32) -> f64
 );
 
 #[cfg(test)]
@@ -588,26 +600,59 @@ mod tests {
         let g: Vec<f32> = (0..n)
             .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.013)
             .collect();
-        let (s, qp) = (0.25f32, 15);
-        let mut lanes = [0f64; 8];
-        for i in 0..n {
-            lanes[i % 8] +=
-                f64::from(g[i]) * f64::from(super::super::lsq::step_derivative(x[i], s, 0, qp));
+        let s = 0.25f32;
+        // Unsigned 4-bit codes, then signed ones (zero point 8: codes -8..=7 about it).
+        for (qn, qp) in [(0, 15), (8, 7)] {
+            let term = |i: usize| {
+                f64::from(g[i]) * f64::from(super::super::lsq::step_derivative(x[i], s, qn, qp))
+            };
+            let mut lanes = [0f64; 8];
+            for i in 0..n {
+                lanes[i % 8] += term(i);
+            }
+            let want = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+                + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+            let got = lsq_act_step_grad(&x, &g, s, qn, qp);
+            assert_eq!(got.to_bits(), want.to_bits(), "qn={qn}");
+            assert_eq!(
+                lsq_act_step_grad_impl(&x, &g, s, qn, qp).to_bits(),
+                want.to_bits()
+            );
+            let sequential: f64 = (0..n).map(term).sum();
+            assert!((got - sequential).abs() <= 1e-12 * sequential.abs().max(1.0));
         }
-        let want = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-            + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-        let got = lsq_act_step_grad(&x, &g, s, qp);
-        assert_eq!(got.to_bits(), want.to_bits());
-        assert_eq!(
-            lsq_act_step_grad_impl(&x, &g, s, qp).to_bits(),
-            want.to_bits()
-        );
-        let sequential: f64 = (0..n)
-            .map(|i| {
-                f64::from(g[i]) * f64::from(super::super::lsq::step_derivative(x[i], s, 0, qp))
-            })
-            .sum();
-        assert!((got - sequential).abs() <= 1e-12 * sequential.abs().max(1.0));
+    }
+
+    #[test]
+    fn lsq_activation_kernel_matches_scalar_fake_quant_unsigned_and_signed() {
+        let xs: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.01237).collect();
+        // (scale, bits, zero point): unsigned codes have zero point 0, signed ones 2^(b-1).
+        for (scale, bits, zp) in [
+            (0.05f32, 8, 0),
+            (0.3, 2, 0),
+            (0.05, 8, 128),
+            (0.3, 4, 8),
+            (0.7, 2, 2),
+        ] {
+            let qmax = (1i32 << bits) - 1;
+            let (qn, qp) = (zp, qmax - zp);
+            let mut out = vec![0f32; xs.len()];
+            let mut inside = vec![false; xs.len()];
+            let clipped = act_fake_quant_lsq(&xs, scale, qn, qp, &mut out, &mut inside);
+            let q = QParams {
+                scale,
+                zero_point: zp,
+            };
+            let mut want_clipped = 0;
+            for (i, &x) in xs.iter().enumerate() {
+                let want = qparams::fake_quantize(x, q, 0, qmax);
+                assert_eq!(out[i].to_bits(), want.to_bits(), "x={x} zp={zp}");
+                let r = x / scale;
+                assert_eq!(inside[i], r > -(qn as f32) && r < qp as f32, "x={x}");
+                want_clipped += usize::from(r >= qp as f32 || (zp > 0 && r <= -(qn as f32)));
+            }
+            assert_eq!(clipped, want_clipped, "zp={zp}");
+        }
     }
 
     #[test]

@@ -72,7 +72,8 @@ pub(crate) fn clamp_chain_end(model: &Model, consumers: &[Vec<usize>], j: usize)
 /// - A fixed input quantizer ([`ActQuantizer::input`], scale exactly 1/255; or
 ///   [`ActQuantizer::normalized_input`] for a model with input normalisation) reads the model input.
 /// - An EMA-tracked [`ActQuantizer`] of `cfg.act_bits` goes on the value at the end of every requantizing op's
-///   clamp chain (see the module doc) except the output. With `keep_first_last_8bit`, the quantizers on the
+///   clamp chain (see the module doc) except the output; on a value that can be negative it is marked signed
+///   ([`ActQuantizer::set_signed`]). With `keep_first_last_8bit`, the quantizers on the
 ///   first weight layer's output and on the last one's input (through code-transparent ops and average pools)
 ///   are 8-bit.
 ///
@@ -148,7 +149,36 @@ pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
         Some(n) => ActQuantizer::normalized_input(n, model.input_shape[0])?,
     };
     model.insert_after(0, "input.quant", Layer::ActQuant(input_quant));
-    super::mixed::configure_quantizers(model, cfg)
+    super::mixed::configure_quantizers(model, cfg)?;
+    mark_signed_points(model);
+    Ok(())
+}
+
+/// Which values are never negative, by value id: ReLU and ReLU6 outputs, and what pooling, padding, slicing,
+/// concatenating or adding only such values gives ([`crate::nn::Op::nonnegative_output`]). The input counts
+/// when it is pixels in `[0, 1]` (no normalisation).
+pub(crate) fn nonnegative_values(model: &Model) -> Vec<bool> {
+    let mut nonneg = vec![false; model.nodes.len() + 1];
+    nonneg[0] = model.normalization.is_none();
+    for (j, node) in model.nodes.iter().enumerate() {
+        let inputs: Vec<bool> = node.inputs.iter().map(|&v| nonneg[v]).collect();
+        nonneg[j + 1] = node.layer.op().nonnegative_output(&inputs);
+    }
+    nonneg
+}
+
+/// Tells every hidden activation quantizer whether the value it reads can be negative: a residual branch
+/// before its `Add`, a linear bottleneck, a 1x1 shortcut conv. Unsigned learned codes would clip all of its
+/// negative half to 0 ([`ActQuantizer::set_signed`]).
+fn mark_signed_points(model: &mut Model) {
+    let nonneg = nonnegative_values(model);
+    for node in &mut model.nodes {
+        if let (Layer::ActQuant(q), [v]) = (&mut node.layer, node.inputs.as_slice()) {
+            if !q.is_input() {
+                q.set_signed(!nonneg[*v]);
+            }
+        }
+    }
 }
 
 /// The values whose quantizers `keep_first_last_8bit` makes 8-bit: the first weight layer's output (after its

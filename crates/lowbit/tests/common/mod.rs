@@ -7,6 +7,17 @@ use lowbit::data::Dataset;
 use lowbit::quant::simulate;
 use lowbit::runtime::engine::{argmax_rows, Engine};
 use lowbit::runtime::QuantModel;
+use lowbit::tensor::Tensor;
+
+/// Images `start..start + n` of `data` as an f32 batch `[n, C, H, W]`, pixels / 255.
+pub fn batch(data: &Dataset, start: usize, n: usize) -> Tensor {
+    let per = data.image_len();
+    let x = data.images[start * per..(start + n) * per]
+        .iter()
+        .map(|&p| f32::from(p) / 255.0)
+        .collect();
+    Tensor::new(x, vec![n, data.channels, data.rows, data.cols])
+}
 
 /// Runs the integer engine and the library's independent simulation on all of `test` (batches of 250) and
 /// asserts identical codes at every layer, identical final accumulators and identical predictions. Returns the
