@@ -2,7 +2,7 @@
 //! layout ops), kept apart from the graph walk in [`super`].
 use super::{Ctx, Dyn, Importer, Val, R};
 use crate::nn::{
-    Add, AvgPool2d, AxisSlice, BatchNorm2d, Conv2d, Dense, Layer, MaxPool2d, Pad, Slice,
+    Add, AvgPool2d, AxisSlice, BatchNorm2d, Conv2d, Dense, Layer, MaxPool2d, Pad, Slice, ValueId,
 };
 use crate::onnx::fold::{self, Const};
 
@@ -209,23 +209,13 @@ impl Importer {
             (Some(Val::Dyn(id, shape)), Some(Val::Const(c)))
             | (Some(Val::Const(c)), Some(Val::Dyn(id, shape))) => {
                 // A bias after MatMul (or Conv): folded into that layer when nothing else reads its output.
-                let src =
-                    cx.n.input
-                        .iter()
-                        .find(|i| matches!(self.values.get(*i), Some(Val::Dyn(..))))
-                        .cloned()
-                        .unwrap_or_default();
-                let only_reader = self.uses.get(&src) == Some(&1);
                 let channels = shape.first().copied().unwrap_or(0);
                 let bias = if shape.len() == 1 {
                     broadcast_bias(&c, channels)
                 } else {
                     channel_bias(&c, channels)
                 };
-                let layer = id
-                    .checked_sub(1)
-                    .and_then(|j| self.nodes.get_mut(j))
-                    .map(|n| &mut n.layer);
+                let (layer, only_reader) = self.producer(cx, id);
                 match (layer, bias, only_reader) {
                     (Some(Layer::Dense(d)), Some(bias), true) if shape.len() == 1 => {
                         d.bias.iter_mut().zip(&bias).for_each(|(b, v)| *b += v);
@@ -246,6 +236,23 @@ impl Importer {
             }
             _ => Err(cx.unsupported("inputs")),
         }
+    }
+
+    /// The layer that computed the value `id` this node reads, and whether this node is its only reader (so a
+    /// constant bias or scale can fold into it).
+    fn producer(&mut self, cx: &Ctx<'_>, id: ValueId) -> (Option<&mut Layer>, bool) {
+        let src =
+            cx.n.input
+                .iter()
+                .find(|i| matches!(self.values.get(*i), Some(Val::Dyn(..))))
+                .cloned()
+                .unwrap_or_default();
+        let only_reader = self.uses.get(&src) == Some(&1);
+        let layer = id
+            .checked_sub(1)
+            .and_then(|j| self.nodes.get_mut(j))
+            .map(|n| &mut n.layer);
+        (layer, only_reader)
     }
 
     /// `Mul` of a run-time value by a constant per channel (a batch norm as tf2onnx writes Keras's: `Mul`, then
@@ -275,18 +282,7 @@ impl Importer {
                 c.dims
             ))
         })?;
-        let src =
-            cx.n.input
-                .iter()
-                .find(|i| matches!(self.values.get(*i), Some(Val::Dyn(..))))
-                .cloned()
-                .unwrap_or_default();
-        let only_reader = self.uses.get(&src) == Some(&1);
-        let layer = id
-            .checked_sub(1)
-            .and_then(|j| self.nodes.get_mut(j))
-            .map(|n| &mut n.layer);
-        let (weight, bias) = match (layer, only_reader) {
+        let (weight, bias) = match self.producer(cx, id) {
             (Some(Layer::Conv2d(conv)), true) => (&mut conv.weight, &mut conv.bias),
             (Some(Layer::Dense(d)), true) if shape.len() == 1 => (&mut d.weight, &mut d.bias),
             _ if shape.len() == 3 => {
