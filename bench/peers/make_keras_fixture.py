@@ -20,6 +20,7 @@ random (seeded), so every parameter shows in the logits.
 import argparse
 import json
 import os
+import re
 import sys
 
 NAME = "keras_cnn"
@@ -32,10 +33,13 @@ def reexec_under_venv():
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "..", "..", "crates", "lowbit", "tests", "fixtures", "onnx"))
     args = ap.parse_args()
+    python = sys.executable
     if args.venv:
-        python = os.path.join(os.path.abspath(args.venv), "bin", "python")
-        if os.path.realpath(sys.prefix) != os.path.realpath(args.venv) and os.path.exists(python):
-            os.execv(python, [python, os.path.abspath(__file__), "--venv", args.venv, "--out", args.out])
+        venv_python = os.path.join(os.path.abspath(args.venv), "bin", "python")
+        if os.path.realpath(sys.prefix) != os.path.realpath(args.venv) and os.path.exists(venv_python):
+            python = venv_python
+    if python != sys.executable:
+        os.execv(python, [python, os.path.abspath(__file__), "--venv", args.venv, "--out", args.out])
     return args
 
 
@@ -75,6 +79,21 @@ def build():
     return model
 
 
+def stable_constant_names(graph):
+    """Renames the constants tf2onnx creates (NAME__N, whose counter and whose merging of equal constants vary from
+    run to run) after their first reader, so the same model gives the same bytes."""
+    renamed = {}
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if re.search(r"__\d+(:0)?$", i) and i not in renamed and any(t.name == i for t in graph.initializer):
+                renamed[i] = f"{n.name}/input{k}"
+    for t in graph.initializer:
+        t.name = renamed.get(t.name, t.name)
+    for n in graph.node:
+        n.input[:] = [renamed.get(i, i) for i in n.input]
+    graph.initializer.sort(key=lambda t: t.name)
+
+
 def main():
     os.makedirs(ARGS.out, exist_ok=True)
     model = build()
@@ -85,6 +104,7 @@ def main():
     for n in proto.graph.node:
         n.output[:] = ["output" if o == old else o for o in n.output]
     proto.graph.output[0].name = "output"
+    stable_constant_names(proto.graph)
     onnx.checker.check_model(proto)
     path = os.path.join(ARGS.out, NAME + ".onnx")
     onnx.save(proto, path)

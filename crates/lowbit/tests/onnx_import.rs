@@ -1,6 +1,6 @@
 //! ONNX import: the fixtures of `tests/fixtures/onnx/` (made by `bench/peers/make_onnx_fixtures.py` with
-//! torch.onnx.export, with ONNX Runtime's outputs for one input batch) give ONNX Runtime's outputs, and bad files
-//! give typed errors.
+//! torch.onnx.export, and `keras_cnn` by `bench/peers/make_keras_fixture.py` with tf2onnx, with ONNX Runtime's
+//! outputs for one input batch) give ONNX Runtime's outputs, and bad files give typed errors.
 use lowbit::modelfile::{float_from_bytes, float_to_bytes};
 use lowbit::nn::Layer;
 use lowbit::onnx::proto::{tensor_proto::DataLocation, ModelProto};
