@@ -1,6 +1,6 @@
 //! ONNX import: the fixtures of `tests/fixtures/onnx/` (made by `bench/peers/make_onnx_fixtures.py` with
-//! torch.onnx.export, and `keras_cnn` by `bench/peers/make_keras_fixture.py` with tf2onnx, with ONNX Runtime's
-//! outputs for one input batch) give ONNX Runtime's outputs, and bad files give typed errors.
+//! torch.onnx.export, the `keras_*` ones by `bench/peers/make_keras_fixture.py` with tf2onnx, each with ONNX
+//! Runtime's outputs for one input batch) give ONNX Runtime's outputs, and bad files give typed errors.
 use lowbit::modelfile::{float_from_bytes, float_to_bytes};
 use lowbit::nn::Layer;
 use lowbit::onnx::proto::{tensor_proto::DataLocation, ModelProto};
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// outputs by percent.
 const RELATIVE_TOLERANCE: f32 = 1e-4;
 
-const FIXTURES: [&str; 8] = [
+const FIXTURES: [&str; 9] = [
     "mlp",
     "lenet",
     "resnet_a",
@@ -26,6 +26,7 @@ const FIXTURES: [&str; 8] = [
     "edge_ops",
     "nhwc_keras",
     "keras_cnn",
+    "keras_color",
 ];
 
 fn dir() -> PathBuf {
