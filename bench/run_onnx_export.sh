@@ -9,9 +9,14 @@
 # $MLP_F32 / $LENET_F32), PTQ W8A8 and W4A8 per-channel (min-max, 2,000 calibration samples), then for the f32
 # model and each .lbq: `lowbit export` (for a .lbq also with --weight-type int8, run by ORT fused and with its
 # graph optimisations off), `lowbit eval --predictions`, bench/peers/check_onnx_export.py.
+# For ResNet and MobileNet: the trained float models $RESNET_F32 and $MOBILENET_F32 (skipped with a message when
+# unset: this script trains only the small models), PTQ W8A8 per-channel (LARGE_WBITS="8 4" adds W4A8: the quantized
+# evaluation of a ResNet-20 runs the scalar integer simulation over the test set, minutes per model), the same
+# checks. lowbit's predictions are computed once per model (the .pred.txt beside it, reused while newer than it).
 # Environment: DATA (MNIST-format directory, default /usr/share/datasets/fashion-mnist), MODELS (where models and
 # exports go, default a temporary directory), EPOCHS (default 5), MLP_F32, LENET_F32 (trained float models to use
-# instead of training), THREADS (ORT threads, default 2), CARGO_TARGET_DIR (default target).
+# instead of training), RESNET_F32, MOBILENET_F32, ROWS (which of mlp lenet5 resnet mobilenet to run, default
+# all), LARGE_WBITS (default 8), THREADS (ORT threads, default 2), CARGO_TARGET_DIR (default target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -21,6 +26,7 @@ require_python "$PY"
 DATA=$(realpath -m "${DATA:-/usr/share/datasets/fashion-mnist}")
 MODELS=$(realpath -m "${MODELS:-$(mktemp -d)}")
 EPOCHS="${EPOCHS:-5}"
+ROWS="${ROWS:-mlp lenet5 resnet mobilenet}"
 THREADS="${THREADS:-2}"
 TARGET=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 OUT=bench/results
@@ -38,26 +44,40 @@ check() { # MODEL_FILE [EXPORT FLAGS...]: export, lowbit's predictions, ORT's co
   local onnx="$stem${1:+-${2:-}}.onnx"
   echo "## lowbit export $(basename "$model") $*"
   "$LOWBIT" export "$model" --onnx "$onnx" "$@"
-  "$LOWBIT" eval "$model" --data "$DATA" --predictions "$stem.pred.txt" > "$stem.eval.txt"
+  if [[ ! "$stem.pred.txt" -nt "$model" ]]; then
+    "$LOWBIT" eval "$model" --data "$DATA" --predictions "$stem.pred.txt" > "$stem.eval.txt"
+  fi
   head -1 "$stem.eval.txt"
   (cd bench/peers && "$PY" check_onnx_export.py "$onnx" --data "$DATA" --predictions "$stem.pred.txt" \
     --threads "$THREADS" --json "${onnx%.onnx}.ort.json")
 }
 
-for spec in mlp:784-64-10 lenet5; do
+for spec in mlp:784-64-10 lenet5 resnet mobilenet; do
   name=${spec%%:*}
-  given=$([[ $name == mlp ]] && echo "${MLP_F32:-}" || echo "${LENET_F32:-}")
+  [[ " $ROWS " == *" $name "* ]] || continue
+  case $name in
+    mlp) given="${MLP_F32:-}" ;;
+    lenet5) given="${LENET_F32:-}" ;;
+    resnet) given="${RESNET_F32:-}" ;;
+    mobilenet) given="${MOBILENET_F32:-}" ;;
+  esac
   f32="$MODELS/$name.f32"
   if [[ -n "$given" ]]; then
-    cp "$given" "$f32"
-    echo "## $spec: f32 model $given"
+    # cp -p keeps the model's time, so predictions computed earlier for the same model stay valid.
+    [[ "$(realpath "$given")" == "$f32" ]] || cp -p "$given" "$f32"
+    echo "## $spec: f32 model $(basename "$given")"
+  elif [[ $name == resnet || $name == mobilenet ]]; then
+    echo "## $spec: skipped (set ${name^^}_F32 to a trained float model)"
+    continue
   elif [[ ! -e "$f32" ]]; then
     echo "## $spec: training f32, $EPOCHS epochs, seed 1"
     "$LOWBIT" train -q --data "$DATA" --model "$spec" --epochs "$EPOCHS" --seed 1 --out "$f32" | tail -1
   fi
   echo "## $spec f32"
   check "$f32"
-  for wbits in 8 4; do
+  wbits_list="8 4"
+  [[ $name == resnet || $name == mobilenet ]] && wbits_list="${LARGE_WBITS:-8}"
+  for wbits in $wbits_list; do
     lbq="$MODELS/$name-w${wbits}a8.lbq"
     "$LOWBIT" train -q --data "$DATA" --init "$f32" --method ptq --per-channel --weight-bits "$wbits" \
       --act-bits 8 --seed 1 --out "$lbq" > /dev/null

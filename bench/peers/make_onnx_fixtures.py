@@ -9,7 +9,8 @@ requirements.txt); the script re-runs itself under that venv's python. For each 
     NAME.input.f32   an input batch, little-endian f32, in the model's layout (NCHW; NHWC for nhwc_keras)
     NAME.output.f32  ONNX Runtime's output for that batch, little-endian f32, [B, classes]
     NAME.json        shapes, opset, what the output is (logits, or a trailing softmax/log-softmax of them)
-Weights are random (seeded): the fixtures test the importer's arithmetic, not accuracy. "Current opset" is the
+Weights are random (seeded): the fixtures test the importer's arithmetic, not accuracy. The Keras fixture
+(keras_cnn, through tf2onnx) is make_keras_fixture.py's, in a TensorFlow venv of its own. "Current opset" is the
 highest opset the installed exporter accepts (probed, newest first).
 """
 import argparse

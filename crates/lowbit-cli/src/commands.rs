@@ -729,6 +729,12 @@ fn print_metrics(m: &Metrics, names: &[String]) {
 pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
     let t0 = Instant::now();
     let model = modelfile::load_any(&a.model)?;
+    if a.logits.is_some() && matches!(model, AnyModel::Quant(_)) {
+        bail!(
+            "{}: --logits is for float models (a .lbq's logits are integers: use --predictions)",
+            a.model.display()
+        );
+    }
     let split = load_data(&a.data.data, &a.data, model_normalization(&model))?;
     let names = split.test.class_names();
     let (m, predictions, source, sim, mism, isa, model_bytes, float_bytes) = match &model {
@@ -750,8 +756,13 @@ pub fn eval(a: &EvalArgs, _quiet: bool) -> Result<()> {
         }
         AnyModel::Float(fm, _) => {
             let mut fm = (**fm).clone();
-            let (_, pred) = train::evaluate_float(&mut fm, &split.test, pipeline::EVAL_BATCH)
+            let mut logits = Vec::new();
+            let keep = a.logits.as_ref().map(|_| &mut logits);
+            let (_, pred) = train::float_logits(&mut fm, &split.test, pipeline::EVAL_BATCH, keep)
                 .with_context(|| a.model.display().to_string())?;
+            if let Some(path) = &a.logits {
+                crate::export::write_logits(path, &logits, split.test.n)?;
+            }
             let fb = lowbit::quant::float_bytes(&fm);
             (
                 metrics(&pred, &split.test.labels, split.test.classes),

@@ -94,3 +94,12 @@ pub fn write_predictions(path: &Path, predictions: &[usize]) -> Result<()> {
     lowbit::modelfile::write_atomic(path, text.as_bytes())?;
     Ok(())
 }
+
+/// Writes `[images, logits.len() / images]` little-endian f32 logits as a `.npy` file (atomically).
+pub fn write_logits(path: &Path, logits: &[f32], images: usize) -> Result<()> {
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let shape = [images, logits.len() / images.max(1)];
+    let npy = lowbit::data::npy::npy_bytes("<f4", &shape, &bytes);
+    lowbit::modelfile::write_atomic(path, &npy)?;
+    Ok(())
+}

@@ -304,6 +304,10 @@ struct EvalArgs {
     /// integer engine for a .lbq model), e.g. to compare with another runtime.
     #[arg(long, value_name = "FILE")]
     predictions: Option<PathBuf>,
+    /// Float models: write every test image's f32 logits here as a NumPy `.npy` array `[images, classes]`, e.g.
+    /// to compare them with another runtime's.
+    #[arg(long, value_name = "FILE.npy")]
+    logits: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

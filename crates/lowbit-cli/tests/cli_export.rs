@@ -116,6 +116,47 @@ fn eval_predictions_lists_one_class_per_test_image_matching_the_reported_accurac
 }
 
 #[test]
+fn eval_logits_writes_the_float_models_logits_whose_argmax_are_its_predictions() {
+    let dir = TempDir::new().unwrap();
+    models(dir.path());
+    run_ok(
+        dir.path(),
+        &[
+            "eval",
+            "mlp.f32",
+            "--predictions",
+            "p.txt",
+            "--logits",
+            "l.npy",
+        ],
+    );
+    let pred: Vec<usize> = std::fs::read_to_string(dir.path().join("p.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let npy = lowbit::data::npy::read_npy(&dir.path().join("l.npy")).unwrap();
+    assert_eq!(npy.shape, [pred.len(), 10]);
+    let logits: Vec<f32> = npy
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let argmax: Vec<usize> = logits
+        .chunks(10)
+        .map(|r| (0..10).fold(0, |best, i| if r[i] > r[best] { i } else { best }))
+        .collect();
+    assert_eq!(argmax, pred);
+    // A .lbq's logits are integers: refused, naming the file, nothing written.
+    run_err(
+        dir.path(),
+        &["eval", "mlp.lbq", "--logits", "q.npy"],
+        &["mlp.lbq", "--logits"],
+    );
+    assert!(!dir.path().join("q.npy").exists());
+}
+
+#[test]
 fn onnx_f32_of_a_quantized_model_is_refused_naming_the_file_and_writing_nothing() {
     let dir = TempDir::new().unwrap();
     models(dir.path());

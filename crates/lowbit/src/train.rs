@@ -559,7 +559,7 @@ fn train_validated<S: Samples + ?Sized>(
         let val_accuracy = if val_indices.is_empty() {
             None
         } else {
-            Some(evaluate_indices(model, data, &val_indices, EVAL_BATCH)?.0 as f32)
+            Some(evaluate_indices(model, data, &val_indices, EVAL_BATCH, None)?.0 as f32)
         };
         good = model.snapshot();
         let (grad_norm, clipped_steps, layers) = std::mem::take(&mut st.diag).finish(model);
@@ -633,12 +633,23 @@ pub fn evaluate_float<S: Samples + ?Sized>(
     data: &S,
     batch: usize,
 ) -> Result<(f64, Vec<usize>)> {
+    float_logits(model, data, batch, None)
+}
+
+/// [`evaluate_float`] that also appends every sample's logits (`[N, classes]` row-major) to `logits` when given,
+/// e.g. to compare them with another runtime's.
+pub fn float_logits<S: Samples + ?Sized>(
+    model: &mut Model,
+    data: &S,
+    batch: usize,
+    logits: Option<&mut Vec<f32>>,
+) -> Result<(f64, Vec<usize>)> {
     if batch == 0 {
         return Err(Error::option("--batch-size", "must be at least 1"));
     }
     check_shapes(model, data)?;
     let indices: Vec<usize> = (0..data.len()).collect();
-    evaluate_indices(model, data, &indices, batch)
+    evaluate_indices(model, data, &indices, batch, logits)
 }
 
 fn evaluate_indices<S: Samples + ?Sized>(
@@ -646,6 +657,7 @@ fn evaluate_indices<S: Samples + ?Sized>(
     data: &S,
     indices: &[usize],
     batch: usize,
+    mut keep: Option<&mut Vec<f32>>,
 ) -> Result<(f64, Vec<usize>)> {
     let per: usize = model.input_shape.iter().product();
     let mut x = Tensor::default();
@@ -655,6 +667,9 @@ fn evaluate_indices<S: Samples + ?Sized>(
     for chunk in indices.chunks(batch) {
         fill_batch(data, chunk, model.input_shape, per, &mut x, &mut labels);
         let logits = model.forward(&x, false)?;
+        if let Some(k) = keep.as_deref_mut() {
+            k.extend_from_slice(&logits.data);
+        }
         for (p, &l) in argmax_rows(&logits).into_iter().zip(&labels) {
             correct += usize::from(p == usize::from(l));
             predictions.push(p);

@@ -1,6 +1,6 @@
 //! ONNX import: the fixtures of `tests/fixtures/onnx/` (made by `bench/peers/make_onnx_fixtures.py` with
-//! torch.onnx.export, with ONNX Runtime's outputs for one input batch) give ONNX Runtime's outputs, and bad files
-//! give typed errors.
+//! torch.onnx.export, the `keras_*` ones by `bench/peers/make_keras_fixture.py` with tf2onnx, each with ONNX
+//! Runtime's outputs for one input batch) give ONNX Runtime's outputs, and bad files give typed errors.
 use lowbit::modelfile::{float_from_bytes, float_to_bytes};
 use lowbit::nn::Layer;
 use lowbit::onnx::proto::{tensor_proto::DataLocation, ModelProto};
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// outputs by percent.
 const RELATIVE_TOLERANCE: f32 = 1e-4;
 
-const FIXTURES: [&str; 7] = [
+const FIXTURES: [&str; 9] = [
     "mlp",
     "lenet",
     "resnet_a",
@@ -25,6 +25,8 @@ const FIXTURES: [&str; 7] = [
     "dwsep",
     "edge_ops",
     "nhwc_keras",
+    "keras_cnn",
+    "keras_color",
 ];
 
 fn dir() -> PathBuf {
@@ -519,5 +521,180 @@ fn values_the_float_file_would_refuse_are_bad_tensors() {
             OnnxError::BadTensor { reason, .. } => assert!(reason.contains(what), "{reason}"),
             other => panic!("expected BadTensor ({what}), got {other:?}"),
         }
+    }
+}
+
+#[test]
+fn a_keras_flatten_of_nhwc_takes_the_dense_weight_rows_in_nhwc_order() {
+    // tf2onnx: the one-channel NHWC input reaches the first conv through a Reshape, the batch norm is a Mul and
+    // an Add after it, and Flatten transposes back to NHWC before its Reshape. All of it folds: Conv, Relu,
+    // MaxPool, Conv, Relu, Flatten, Dense.
+    let f = fixture("keras_cnn");
+    let model = import_bytes(&f.bytes, "keras_cnn").unwrap();
+    assert_eq!(model.input_shape, [1, 28, 28]);
+    let kinds: Vec<&str> = model.layers().map(|l| l.kind()).collect();
+    assert_eq!(kinds.len(), 7, "{kinds:?}");
+    // The Dense weight is the MatMul's [288, 10] with its rows taken from NHWC order ((y * 6 + x) * 8 + c) to
+    // lowbit's NCHW flattening ((c * 6 + y) * 6 + x), values untouched.
+    let m = decoded("keras_cnn");
+    let g = m.graph.as_ref().unwrap();
+    let matmul = g.node.iter().find(|n| n.op_type() == "MatMul").unwrap();
+    let w = g
+        .initializer
+        .iter()
+        .find(|t| t.name() == matmul.input[1])
+        .unwrap();
+    let onnx_w: Vec<f32> = w
+        .raw_data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let Some(Layer::Dense(d)) = model.layers().find(|l| matches!(l, Layer::Dense(_))) else {
+        panic!("no dense layer")
+    };
+    assert_eq!((d.in_features, d.out_features), (288, 10));
+    for o in 0..10 {
+        for c in 0..8 {
+            for y in 0..6 {
+                for x in 0..6 {
+                    let ours = d.weight[o * 288 + (c * 6 + y) * 6 + x];
+                    let theirs = onnx_w[((y * 6 + x) * 8 + c) * 10 + o];
+                    assert_eq!(ours.to_bits(), theirs.to_bits(), "o {o} c {c} y {y} x {x}");
+                }
+            }
+        }
+    }
+}
+
+/// `keras_cnn` with its batch norm (Mul, Add) moved from the first conv's output to after the max pooling, where
+/// it cannot fold into a conv; `bn` replaces the pair by an ONNX BatchNormalization of the same scale and shift.
+fn keras_bn_after_pool(bn: bool) -> ModelProto {
+    use lowbit::onnx::proto::{AttributeProto, NodeProto, TensorProto};
+    let mut m = decoded("keras_cnn");
+    let g = m.graph.as_mut().unwrap();
+    let at = |g: &lowbit::onnx::proto::GraphProto, op: &str| {
+        g.node.iter().position(|n| n.op_type() == op).unwrap()
+    };
+    let mul = g.node.remove(at(g, "Mul"));
+    let add = g.node.remove(at(g, "Add"));
+    let conv_out = g.node[at(g, "Conv")].output[0].clone();
+    let relu = at(g, "Relu");
+    g.node[relu].input[0] = conv_out;
+    let pool = at(g, "MaxPool");
+    let pool_out = g.node[pool].output[0].clone();
+    let conv2 = g.node.iter().rposition(|n| n.op_type() == "Conv").unwrap();
+    g.node[conv2].input[0] = add.output[0].clone();
+    let scale_name = mul.input[1].clone();
+    let shift_name = add.input[1].clone();
+    let mut nodes = if bn {
+        let c = 6i64;
+        let vec_of = |g: &lowbit::onnx::proto::GraphProto, name: &str, out: &str| {
+            let mut t: TensorProto = g
+                .initializer
+                .iter()
+                .find(|t| t.name() == name)
+                .unwrap()
+                .clone();
+            t.dims = vec![c];
+            t.name = Some(out.into());
+            t
+        };
+        let (s, b) = (
+            vec_of(g, &scale_name, "bn_s"),
+            vec_of(g, &shift_name, "bn_b"),
+        );
+        let raw = |v: f32| {
+            std::iter::repeat_n(v.to_le_bytes(), 6)
+                .flatten()
+                .collect::<Vec<u8>>()
+        };
+        let mean = TensorProto {
+            name: Some("bn_mean".into()),
+            raw_data: Some(raw(0.0)),
+            ..s.clone()
+        };
+        let var = TensorProto {
+            name: Some("bn_var".into()),
+            raw_data: Some(raw(1.0)),
+            ..s.clone()
+        };
+        g.initializer.extend([s, b, mean, var]);
+        vec![NodeProto {
+            name: Some("bn".into()),
+            op_type: Some("BatchNormalization".into()),
+            input: ["", "bn_s", "bn_b", "bn_mean", "bn_var"]
+                .map(String::from)
+                .to_vec(),
+            output: vec![add.output[0].clone()],
+            attribute: vec![AttributeProto {
+                name: Some("epsilon".into()),
+                f: Some(1e-5),
+                r#type: Some(1),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]
+    } else {
+        vec![mul, add]
+    };
+    nodes[0].input[0] = pool_out;
+    let after = at(g, "MaxPool") + 1;
+    for (i, n) in nodes.into_iter().enumerate() {
+        g.node.insert(after + i, n);
+    }
+    m
+}
+
+#[test]
+fn a_mul_and_add_per_channel_that_cannot_fold_into_a_conv_become_a_batch_norm() {
+    let f = fixture("keras_cnn");
+    let mut as_mul_add = import_proto(&keras_bn_after_pool(false)).unwrap();
+    let mut as_bn = import_proto(&keras_bn_after_pool(true)).unwrap();
+    let kinds: Vec<&str> = as_mul_add.layers().map(|l| l.kind()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| k.contains("batch")).count(),
+        1,
+        "{kinds:?}"
+    );
+    let a = as_mul_add.forward(&f.input, false).unwrap();
+    let b = as_bn.forward(&f.input, false).unwrap();
+    let unmoved = import_bytes(&f.bytes, "keras_cnn")
+        .unwrap()
+        .forward(&f.input, false)
+        .unwrap();
+    assert_close("Mul and Add as a batch norm", &a.data, &b.data);
+    // Moving the batch norm past Relu and MaxPool changes the function: the test would see a dropped one.
+    assert!(a
+        .data
+        .iter()
+        .zip(&unmoved.data)
+        .any(|(x, y)| (x - y).abs() > 1e-2));
+}
+
+#[test]
+fn a_flattened_nhwc_value_read_by_anything_but_a_dense_layer_is_refused() {
+    let mut m = decoded("keras_cnn");
+    let g = m.graph.as_mut().unwrap();
+    let matmul = g.node.iter().position(|n| n.op_type() == "MatMul").unwrap();
+    let flat = g.node[matmul].input[0].clone();
+    g.node[matmul].input[0] = "relu_of_flat".into();
+    g.node.insert(
+        matmul,
+        lowbit::onnx::proto::NodeProto {
+            name: Some("relu_of_flat".into()),
+            op_type: Some("Relu".into()),
+            input: vec![flat],
+            output: vec!["relu_of_flat".into()],
+            ..Default::default()
+        },
+    );
+    match import_proto(&m).unwrap_err() {
+        OnnxError::UnsupportedOp {
+            op, node, detail, ..
+        } => {
+            assert_eq!((op.as_str(), node.as_str()), ("Relu", "relu_of_flat"));
+            assert!(detail.contains("flattened"), "{detail}");
+        }
+        other => panic!("expected UnsupportedOp, got {other:?}"),
     }
 }

@@ -4,8 +4,8 @@ use super::fold::{self, Const, BATCH};
 use super::proto::{AttributeProto, ModelProto, NodeProto};
 use super::{OnnxError, Preprocessing};
 use crate::nn::{
-    AvgPool2d, BatchNorm2d, Clip, Concat, Dense, Flatten, Layer, LeakyRelu, Model, Node, Relu,
-    Unary, UnaryOp, ValueId,
+    AvgPool2d, BatchNorm2d, Clip, Concat, Dense, Layer, LeakyRelu, Model, Node, Relu, Unary,
+    UnaryOp, ValueId,
 };
 use prost::Message;
 use std::collections::{HashMap, HashSet};
@@ -20,6 +20,7 @@ type R<T> = std::result::Result<T, OnnxError>;
 type Dyn = (ValueId, Vec<usize>);
 
 mod external;
+mod layout;
 mod ops;
 
 /// A value of the ONNX graph while importing.
@@ -33,6 +34,10 @@ enum Val {
     /// (batch included) permuted by `perm`, as Keras/tf2onnx graphs hold NHWC tensors. Only a transpose that
     /// undoes the permutation may read it, which is what makes those transposes layout-only and foldable.
     Permuted(ValueId, Vec<usize>, Vec<usize>),
+    /// The flattening of a [`Val::Permuted`] view: the lowbit value `id` of per-sample shape `[k]` (the NCHW
+    /// flattening) whose element `order[j]` is the graph's element `j`. Only a `Gemm` or `MatMul` may read it,
+    /// taking its weight rows in that order (Keras's `Flatten` of NHWC, then `Dense`).
+    Reordered(ValueId, usize, Vec<usize>),
 }
 
 /// The NHWC view of an NCHW tensor: `NHWC[i] = NCHW[TO_NHWC[i]]`.
@@ -300,10 +305,11 @@ impl Importer {
             .collect();
         let nhwc = !readers.is_empty()
             && readers.iter().all(|n| {
-                n.op_type() == "Transpose"
+                let to_nchw = n.op_type() == "Transpose"
                     && n.attribute
                         .iter()
-                        .any(|a| a.name() == "perm" && a.ints == TO_NCHW)
+                        .any(|a| a.name() == "perm" && a.ints == TO_NCHW);
+                to_nchw || self.reshapes_to_one_channel(n, shape.as_deref())
             });
         let chw = match (shape.as_deref(), nhwc) {
             (Some([_, Some(c), Some(h), Some(w)]), false) => [*c, *h, *w],
@@ -326,6 +332,20 @@ impl Importer {
         Ok([c, h, w])
     }
 
+    /// True for tf2onnx's form of the NHWC-to-NCHW transpose of a one-channel input `[N, H, W, 1]`: a
+    /// `Reshape` to `[-1, 1, H, W]` (the same data).
+    fn reshapes_to_one_channel(&self, n: &NodeProto, shape: Option<&[Option<usize>]>) -> bool {
+        let Some([_, Some(h), Some(w), Some(1)]) = shape else {
+            return false;
+        };
+        let target = match n.input.get(1).and_then(|t| self.values.get(t)) {
+            Some(Val::Const(c)) => c.to_i64().unwrap_or_default(),
+            _ => return false,
+        };
+        n.op_type() == "Reshape"
+            && matches!(target[..], [b, 1, th, tw] if (b == -1 || b == 0) && (th, tw) == (*h as i64, *w as i64))
+    }
+
     fn get(&self, cx: &Ctx<'_>, k: usize) -> R<Option<&Val>> {
         match cx.n.input.get(k).filter(|s| !s.is_empty()) {
             None => Ok(None),
@@ -345,11 +365,13 @@ impl Importer {
         match self.get(cx, k)? {
             None => Ok(None),
             Some(Val::Const(c)) => Ok(Some(c)),
-            Some(Val::Dyn(..) | Val::Permuted(..)) => Err(OnnxError::NotConstant {
-                node: cx.name(),
-                op: cx.n.op_type().to_string(),
-                name: cx.n.input[k].clone(),
-            }),
+            Some(Val::Dyn(..) | Val::Permuted(..) | Val::Reordered(..)) => {
+                Err(OnnxError::NotConstant {
+                    node: cx.name(),
+                    op: cx.n.op_type().to_string(),
+                    name: cx.n.input[k].clone(),
+                })
+            }
         }
     }
 
@@ -364,6 +386,9 @@ impl Importer {
             Some(Val::Permuted(_, _, perm)) => Err(cx.unsupported(format!(
                 "input {k} is a transposed (axes {perm:?}) view of an NCHW value; only transposes that a later \
                  transpose undoes are imported (layout-only)"
+            ))),
+            Some(Val::Reordered(..)) => Err(cx.unsupported(format!(
+                "input {k} is a flattened transposed (NHWC) value; only a Gemm or MatMul may read it"
             ))),
             _ => Err(cx.unsupported(format!("input {k} must be computed from the graph input"))),
         }
@@ -464,17 +489,24 @@ impl Importer {
             "Conv" => self.conv(&cx)?,
             "Gemm" => self.gemm(&cx)?,
             "MatMul" => {
-                let (x, shape) = self.flat_input(&cx)?;
+                let ((x, shape), order) = self.flat_input(&cx)?;
                 let w = self.required_constant(&cx, 1)?;
                 let [k, m] = w.dims[..] else {
                     return Err(
                         cx.unsupported(format!("weight of shape {:?} (need [K, N])", w.dims))
                     );
                 };
+                if shape != [k] {
+                    return Err(cx.unsupported(format!(
+                        "weight of shape {:?} for {shape:?} input features",
+                        w.dims
+                    )));
+                }
                 let wt = fold::transpose(w, &[])
                     .map_err(fold_err)?
                     .to_f32()
                     .map_err(fold_err)?;
+                let wt = ops::reorder_columns(wt, k, order.as_deref());
                 self.emit(
                     &cx,
                     "",
@@ -483,6 +515,7 @@ impl Importer {
                 )?
             }
             "Add" => self.add(&cx)?,
+            "Mul" => self.mul(&cx)?,
             "BatchNormalization" => {
                 if cx.int("training_mode", 0) != 0 || n.output.iter().skip(1).any(|o| !o.is_empty())
                 {
@@ -572,13 +605,7 @@ impl Importer {
             }
             "Pad" => self.pad(&cx)?,
             "Slice" => self.slice(&cx)?,
-            "Flatten" => {
-                let x = self.dynamic(&cx, 0)?;
-                if fold::axis(cx.int("axis", 1), x.1.len() + 1) != Ok(1) {
-                    return Err(cx.unsupported("flatten at an axis other than 1"));
-                }
-                self.flatten(&cx, x)?
-            }
+            "Flatten" => self.flatten_op(&cx)?,
             "Reshape" | "Squeeze" | "Unsqueeze" => self.reshape(&cx)?,
             "Transpose" => self.layout_transpose(&cx)?,
             "Softmax" | "LogSoftmax" => {
@@ -679,52 +706,6 @@ impl Importer {
         }
     }
 
-    /// A `Transpose` of a run-time value: layout-only when a later transpose undoes it (tracked as
-    /// [`Val::Permuted`]); an identity permutation passes the value through.
-    fn layout_transpose(&self, cx: &Ctx<'_>) -> R<Val> {
-        let (id, shape, before) = match self.get(cx, 0)? {
-            Some(Val::Dyn(id, shape)) => {
-                (*id, shape.clone(), (0..=shape.len()).collect::<Vec<_>>())
-            }
-            Some(Val::Permuted(id, shape, p)) => (*id, shape.clone(), p.clone()),
-            _ => return Err(cx.unsupported("no input")),
-        };
-        let rank = before.len();
-        // No `perm` reverses the axes (ONNX's default).
-        let perm: Vec<i64> = cx
-            .ints("perm")
-            .unwrap_or_else(|| (0..rank as i64).rev().collect());
-        let mut seen = vec![false; rank];
-        let valid = perm.len() == rank
-            && perm.iter().all(|&p| {
-                usize::try_from(p).is_ok_and(|p| p < rank && !std::mem::replace(&mut seen[p], true))
-            });
-        if !valid || perm[0] != 0 {
-            return Err(cx.unsupported(format!(
-                "perm {perm:?} of a rank-{rank} value (need a permutation that keeps the batch axis first)"
-            )));
-        }
-        // Transposing a view permuted by `before` by `perm` views the source by before[perm[i]].
-        let composed: Vec<usize> = perm.iter().map(|&p| before[p as usize]).collect();
-        if composed.iter().enumerate().all(|(i, &p)| i == p) {
-            Ok(Val::Dyn(id, shape))
-        } else {
-            Ok(Val::Permuted(id, shape, composed))
-        }
-    }
-
-    /// The one input as a flat per-sample vector (`[B, K]`).
-    fn flat_input(&self, cx: &Ctx<'_>) -> R<Dyn> {
-        let x = self.dynamic(cx, 0)?;
-        if x.1.len() != 1 {
-            return Err(cx.unsupported(format!(
-                "input of per-sample shape {:?} (need [B, K]: flatten first)",
-                x.1
-            )));
-        }
-        Ok(x)
-    }
-
     /// The one input as a per-sample `[C, H, W]`.
     fn spatial(&self, cx: &Ctx<'_>) -> R<Dyn> {
         let x = self.dynamic(cx, 0)?;
@@ -732,13 +713,6 @@ impl Importer {
             return Err(cx.unsupported(format!("input of per-sample shape {:?} (need NCHW)", x.1)));
         }
         Ok(x)
-    }
-
-    fn flatten(&mut self, cx: &Ctx<'_>, x: Dyn) -> R<Val> {
-        if x.1.len() == 1 {
-            return Ok(Val::Dyn(x.0, x.1));
-        }
-        self.emit(cx, "", Layer::Flatten(Flatten::new()), vec![x])
     }
 }
 

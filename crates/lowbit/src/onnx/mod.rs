@@ -6,9 +6,11 @@
 //! computed from constants only (initializers, `Constant` nodes, and the `Shape`/`Gather`/`Unsqueeze`/`Concat`/
 //! `Cast`/`ConstantOfShape`/`Slice`/`Transpose`/`Reshape` chains that exporters emit to compute a `Reshape` target
 //! or `Pad` amounts) are folded in `fold`, with the batch dimension kept as a symbol; every other node becomes
-//! lowbit layers, one table row per op in [`import`]. Anything else is refused with the op, the node and the opset
-//! named, before anything is written. Initializers stored as external data are read from files beside the model
-//! (never outside its directory).
+//! lowbit layers, one table row per op in [`import`]. NHWC graphs (Keras through tf2onnx) hold transposed views
+//! of lowbit's NCHW values; their layout ops fold away (transposes undone later, tf2onnx's `Reshape` form of a
+//! one-channel input's transpose, and a flatten of NHWC before `Dense`, whose weight rows are then reordered).
+//! Anything else is refused with the op, the node and the opset named, before anything is written. Initializers
+//! stored as external data are read from files beside the model (never outside its directory).
 //!
 //! [`export`] goes the other way: a quantized model as standard QDQ ONNX, a float model as f32 ONNX.
 //!

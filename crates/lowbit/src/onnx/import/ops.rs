@@ -1,15 +1,17 @@
 //! The op rows of the importer with layer parameters to translate (Gemm, Conv, pooling, Add, Pad, Slice and the
 //! layout ops), kept apart from the graph walk in [`super`].
 use super::{Ctx, Dyn, Importer, Val, R};
-use crate::nn::{Add, AvgPool2d, AxisSlice, Conv2d, Dense, Layer, MaxPool2d, Pad, Slice};
-use crate::onnx::fold::{self, Const, BATCH};
+use crate::nn::{
+    Add, AvgPool2d, AxisSlice, BatchNorm2d, Conv2d, Dense, Layer, MaxPool2d, Pad, Slice, ValueId,
+};
+use crate::onnx::fold::{self, Const};
 
 impl Importer {
     pub(super) fn gemm(&mut self, cx: &Ctx<'_>) -> R<Val> {
         if cx.int("transA", 0) != 0 {
             return Err(cx.unsupported("transA = 1 on the batch input"));
         }
-        let x = self.flat_input(cx)?;
+        let (x, order) = self.flat_input(cx)?;
         let k = x.1[0];
         let w = self.required_constant(cx, 1)?;
         let (alpha, beta) = (cx.float("alpha", 1.0), cx.float("beta", 1.0));
@@ -33,6 +35,7 @@ impl Importer {
             .iter()
             .map(|v| v * alpha)
             .collect();
+        let weight = reorder_columns(weight, k, order.as_deref());
         let bias = match self.constant(cx, 2)? {
             None => vec![0.0; m],
             Some(c) => broadcast_bias(c, m)
@@ -145,7 +148,9 @@ impl Importer {
         }
         match self.emit(cx, ".pad", Layer::Pad(Pad::spatial(t, b, l, r)), vec![x])? {
             Val::Dyn(id, shape) => Ok(((id, shape), (0, 0))),
-            Val::Const(_) | Val::Permuted(..) => unreachable!("emit returns run-time values"),
+            Val::Const(_) | Val::Permuted(..) | Val::Reordered(..) => {
+                unreachable!("emit returns run-time values")
+            }
         }
     }
 
@@ -179,7 +184,9 @@ impl Importer {
             let [t, l, b, r] = pads;
             match self.emit(cx, ".pad", Layer::Pad(Pad::spatial(t, b, l, r)), vec![x])? {
                 Val::Dyn(id, shape) => (id, shape),
-                Val::Const(_) | Val::Permuted(..) => unreachable!("emit returns run-time values"),
+                Val::Const(_) | Val::Permuted(..) | Val::Reordered(..) => {
+                    unreachable!("emit returns run-time values")
+                }
             }
         };
         let layer = if max {
@@ -202,29 +209,22 @@ impl Importer {
             (Some(Val::Dyn(id, shape)), Some(Val::Const(c)))
             | (Some(Val::Const(c)), Some(Val::Dyn(id, shape))) => {
                 // A bias after MatMul (or Conv): folded into that layer when nothing else reads its output.
-                let src =
-                    cx.n.input
-                        .iter()
-                        .find(|i| matches!(self.values.get(*i), Some(Val::Dyn(..))))
-                        .cloned()
-                        .unwrap_or_default();
-                let only_reader = self.uses.get(&src) == Some(&1);
                 let channels = shape.first().copied().unwrap_or(0);
                 let bias = if shape.len() == 1 {
                     broadcast_bias(&c, channels)
                 } else {
                     channel_bias(&c, channels)
                 };
-                let layer = id
-                    .checked_sub(1)
-                    .and_then(|j| self.nodes.get_mut(j))
-                    .map(|n| &mut n.layer);
+                let (layer, only_reader) = self.producer(cx, id);
                 match (layer, bias, only_reader) {
                     (Some(Layer::Dense(d)), Some(bias), true) if shape.len() == 1 => {
                         d.bias.iter_mut().zip(&bias).for_each(|(b, v)| *b += v);
                     }
                     (Some(Layer::Conv2d(conv)), Some(bias), true) => {
                         conv.bias.iter_mut().zip(&bias).for_each(|(b, v)| *b += v);
+                    }
+                    (Some(Layer::BatchNorm2d(bn)), Some(bias), true) => {
+                        bn.beta.iter_mut().zip(&bias).for_each(|(b, v)| *b += v);
                     }
                     _ => {
                         return Err(cx.unsupported(
@@ -236,6 +236,81 @@ impl Importer {
             }
             _ => Err(cx.unsupported("inputs")),
         }
+    }
+
+    /// The layer that computed the value `id` this node reads, and whether this node is its only reader (so a
+    /// constant bias or scale can fold into it).
+    fn producer(&mut self, cx: &Ctx<'_>, id: ValueId) -> (Option<&mut Layer>, bool) {
+        let src =
+            cx.n.input
+                .iter()
+                .find(|i| matches!(self.values.get(*i), Some(Val::Dyn(..))))
+                .cloned()
+                .unwrap_or_default();
+        let only_reader = self.uses.get(&src) == Some(&1);
+        let layer = id
+            .checked_sub(1)
+            .and_then(|j| self.nodes.get_mut(j))
+            .map(|n| &mut n.layer);
+        (layer, only_reader)
+    }
+
+    /// `Mul` of a run-time value by a constant per channel (a batch norm as tf2onnx writes Keras's: `Mul`, then
+    /// `Add`): folded into the Conv or Dense before it when nothing else reads that layer's output, else a
+    /// [`BatchNorm2d`] of that scale (whose `beta` a following `Add` takes).
+    pub(super) fn mul(&mut self, cx: &Ctx<'_>) -> R<Val> {
+        let (id, shape, c) = match (self.get(cx, 0)?.cloned(), self.get(cx, 1)?.cloned()) {
+            (Some(Val::Dyn(id, shape)), Some(Val::Const(c)))
+            | (Some(Val::Const(c)), Some(Val::Dyn(id, shape))) => (id, shape, c),
+            _ => {
+                return Err(cx.unsupported(
+                    "a product other than a run-time value times a constant per channel",
+                ))
+            }
+        };
+        let channels = shape.first().copied().unwrap_or(0);
+        let scale = if c.len() == 1 {
+            c.to_f32().ok().map(|v| vec![v[0]; channels])
+        } else if shape.len() == 1 {
+            broadcast_bias(&c, channels)
+        } else {
+            channel_bias(&c, channels)
+        }
+        .ok_or_else(|| {
+            cx.unsupported(format!(
+                "a factor of shape {:?} for per-sample shape {shape:?} (need one value per channel)",
+                c.dims
+            ))
+        })?;
+        let (weight, bias) = match self.producer(cx, id) {
+            (Some(Layer::Conv2d(conv)), true) => (&mut conv.weight, &mut conv.bias),
+            (Some(Layer::Dense(d)), true) if shape.len() == 1 => (&mut d.weight, &mut d.bias),
+            _ if shape.len() == 3 => {
+                let mut bn = BatchNorm2d::new(channels);
+                // gamma / sqrt(1 + eps) is the scale.
+                let norm = (1.0 + f64::from(bn.eps)).sqrt();
+                bn.gamma = scale
+                    .iter()
+                    .map(|&s| (f64::from(s) * norm) as f32)
+                    .collect();
+                return self.emit(cx, "", Layer::BatchNorm2d(bn), vec![(id, shape)]);
+            }
+            _ => {
+                return Err(cx.unsupported(
+                    "scaling a value that is not a convolution's or a dense layer's output",
+                ))
+            }
+        };
+        let per = weight.len() / channels.max(1);
+        for ((row, b), s) in weight
+            .chunks_exact_mut(per)
+            .zip(bias.iter_mut())
+            .zip(&scale)
+        {
+            row.iter_mut().for_each(|w| *w *= s);
+            *b *= s;
+        }
+        Ok(Val::Dyn(id, shape))
     }
 
     pub(super) fn pad(&mut self, cx: &Ctx<'_>) -> R<Val> {
@@ -302,73 +377,21 @@ impl Importer {
         let layer = Slice::new(axes[0], axes[1], axes[2]);
         self.emit(cx, "", Layer::Slice(layer), vec![x])
     }
+}
 
-    /// `Reshape`, `Squeeze`, `Unsqueeze` of a run-time value: only a flatten (or nothing) is expressible.
-    pub(super) fn reshape(&mut self, cx: &Ctx<'_>) -> R<Val> {
-        let x = self.dynamic(cx, 0)?;
-        let mut full = vec![BATCH];
-        full.extend(x.1.iter().map(|&d| d as i64));
-        let target: Vec<i64> = match cx.n.op_type() {
-            "Reshape" => {
-                let t = self
-                    .required_constant(cx, 1)?
-                    .to_i64()
-                    .map_err(|e| cx.unsupported(e))?;
-                match t.first() {
-                    Some(&BATCH) | Some(&0) | Some(&-1) => {}
-                    _ => {
-                        return Err(
-                            cx.unsupported(format!("target {t:?} that does not keep the batch"))
-                        )
-                    }
-                }
-                let rest = fold::reshape_dims(&x.1, &t[1..]).map_err(|e| cx.unsupported(e))?;
-                rest.iter().map(|&d| d as i64).collect()
-            }
-            op => {
-                let axes = if self.opset >= 13 {
-                    self.constant(cx, 1)?
-                        .map(|c| c.to_i64())
-                        .transpose()
-                        .map_err(|e| cx.unsupported(e))?
-                } else {
-                    cx.ints("axes")
-                };
-                let dims: Vec<usize> = std::iter::once(1).chain(x.1.iter().copied()).collect();
-                let out = if op == "Squeeze" {
-                    fold::squeeze_dims(&dims, axes.as_deref())
-                } else {
-                    fold::unsqueeze_dims(&dims, axes.as_deref().unwrap_or(&[]))
-                }
-                .map_err(|e| cx.unsupported(e))?;
-                let keeps_batch = axes.as_deref().unwrap_or(&[]).iter().all(|&a| {
-                    fold::axis(
-                        a,
-                        if op == "Squeeze" {
-                            dims.len()
-                        } else {
-                            out.len()
-                        },
-                    ) != Ok(0)
-                });
-                if !keeps_batch || out.is_empty() {
-                    return Err(cx.unsupported("squeezing or unsqueezing the batch axis"));
-                }
-                out[1..].iter().map(|&d| d as i64).collect()
-            }
-        };
-        let target: Vec<usize> = target.iter().map(|&d| d as usize).collect();
-        if target == x.1 {
-            Ok(Val::Dyn(x.0, x.1))
-        } else if target.len() == 1 {
-            self.flatten(cx, x)
-        } else {
-            Err(cx.unsupported(format!(
-                "reshaping per-sample {:?} to {target:?} (only flattening is supported)",
-                x.1
-            )))
+/// A `[m, k]` Dense weight whose input features arrive in `order` (feature `j` of the graph is lowbit's
+/// `order[j]`): column `j` moves to `order[j]`.
+pub(super) fn reorder_columns(weight: Vec<f32>, k: usize, order: Option<&[usize]>) -> Vec<f32> {
+    let Some(order) = order else {
+        return weight;
+    };
+    let mut out = vec![0.0; weight.len()];
+    for (row, new) in weight.chunks_exact(k).zip(out.chunks_exact_mut(k)) {
+        for (v, &to) in row.iter().zip(order) {
+            new[to] = *v;
         }
     }
+    out
 }
 
 /// A Dense bias from a constant of `[m]`, `[1, m]` or one element.
