@@ -23,3 +23,12 @@ machine_line() {
   echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores," \
     "load average $(cut -d' ' -f1-3 /proc/loadavg), git $(git rev-parse --short HEAD 2> /dev/null || echo '?')"
 }
+
+# Sets VENV (the argument, else $PEERS_VENV, else bench/peers/.venv), PY (its python, which must exist) and DATA
+# ($DATA, else the Debian Fashion-MNIST directory): the prelude of every driver that runs peers.
+peers_setup() {
+  VENV=$(realpath -m "${1:-${PEERS_VENV:-bench/peers/.venv}}")
+  PY="$VENV/bin/python"
+  require_python "$PY"
+  DATA=$(realpath -m "${DATA:-/usr/share/datasets/fashion-mnist}")
+}

@@ -11,10 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-VENV=$(realpath -m "${1:-${PEERS_VENV:-bench/peers/.venv}}")
-PY="$VENV/bin/python"
-require_python "$PY"
-DATA=$(realpath -m "${DATA:-/usr/share/datasets/fashion-mnist}")
+peers_setup "${1:-}"
 WORK=$(realpath -m "${WORK:-$(mktemp -d)}")
 TARGET=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 OUT=bench/results

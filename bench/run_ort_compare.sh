@@ -26,10 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-VENV=$(realpath -m "${1:-${PEERS_VENV:-bench/peers/.venv}}")
-PY="$VENV/bin/python"
-require_python "$PY"
-DATA=$(realpath -m "${DATA:-/usr/share/datasets/fashion-mnist}")
+peers_setup "${1:-}"
 MODELS=$(realpath -m "${MODELS:-$(mktemp -d)}")
 SEEDS="${SEEDS:-1,2,3}"
 EPOCHS="${EPOCHS:-5}"
