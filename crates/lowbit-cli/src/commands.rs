@@ -5,8 +5,8 @@
 //! own files and call those helpers. Moving the six older commands out the same way is the planned split.)
 use crate::ui::{bar, Table};
 use crate::{
-    ActQuantizerArg, BenchArgs, BnFoldArg, DataArg, DemoArgs, EvalArgs, MethodArg, NormArgs,
-    OptimizerArg, PredictArgs, QuantizerArg, ScheduleArg, TrainArgs, WeightQuantizerArg,
+    ActQuantizerArg, BenchArgs, BnFoldArg, DataArg, DemoArgs, EvalArgs, LsqInitArg, MethodArg,
+    NormArgs, OptimizerArg, PredictArgs, QuantizerArg, ScheduleArg, TrainArgs, WeightQuantizerArg,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
@@ -20,7 +20,9 @@ use lowbit::onnx::Preprocessing;
 use lowbit::optim::OptimizerKind;
 use lowbit::optim::Schedule;
 use lowbit::pipeline::{self, Event, FloatRun, RunConfig};
-use lowbit::quant::{ActMethod, LayerQuant, LayerSelector, Method, QuantConfig, WeightMethod};
+use lowbit::quant::{
+    ActMethod, LayerQuant, LayerSelector, LsqInit, Method, QuantConfig, WeightMethod,
+};
 use lowbit::report::{DatasetInfo, Report};
 use lowbit::train::{self, TrainConfig};
 use lowbit_runtime::engine::{Engine, EngineOptions};
@@ -304,6 +306,7 @@ fn resolve_settings(
             ("act_quantizer", "--act-quantizer"),
             ("bn_fold", "--bn-fold"),
             ("bn_freeze_steps", "--bn-freeze-steps"),
+            ("lsq_init", "--lsq-init"),
         ];
         // --calibration-samples alone was always accepted (it has a default and means nothing without PTQ).
         let shared = crate::quantize::QUANT_FLAGS
@@ -371,6 +374,12 @@ fn resolve_settings(
         }
         if let Some(n) = a.bn_freeze_steps {
             q.bn_freeze_steps = Some(n);
+        }
+        if let Some(i) = a.lsq_init {
+            q.lsq_init = Some(match i {
+                LsqInitArg::Lsq => LsqInit::Lsq,
+                LsqInitArg::Mse => LsqInit::Mse,
+            });
         }
     }
     let tcfg = fc.train_config()?;

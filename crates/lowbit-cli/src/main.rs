@@ -153,6 +153,14 @@ enum BnFoldArg {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LsqInitArg {
+    /// The LSQ paper's 2 mean|v| / sqrt(Qp) (default).
+    Lsq,
+    /// The step with the least squared quantization error on the weights and the first batch's activations.
+    Mse,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum ScheduleArg {
     Constant,
     Step,
@@ -230,6 +238,11 @@ struct TrainArgs {
     /// With `--bn-fold batch`: freeze the batch-norm statistics after this many training steps.
     #[arg(long, value_name = "STEPS")]
     bn_freeze_steps: Option<usize>,
+    /// How LSQ steps start: `lsq` (the paper's 2 mean|v| / sqrt(Qp), default) or `mse` (least squared
+    /// quantization error on each weight tensor or channel, and on each activation's first batch; better for a
+    /// short fine-tuning at 2-4 bits, where the steps do not travel far from where they start).
+    #[arg(long, value_enum)]
+    lsq_init: Option<LsqInitArg>,
     /// Learning-rate schedule.
     #[arg(long, value_enum)]
     schedule: Option<ScheduleArg>,

@@ -303,6 +303,22 @@ fn bad_training_options_name_the_option() {
             ],
             &["--weight-calibration", "ternary"],
         ),
+        (&["--lsq-init", "mse"], &["--lsq-init", "--weight-bits"]),
+        (
+            &["--weight-bits", "4", "--lsq-init", "mse"],
+            &["--lsq-init", "--quantizer lsq"],
+        ),
+        (
+            &[
+                "--weight-bits",
+                "4",
+                "--quantizer",
+                "lsq",
+                "--lsq-init",
+                "max",
+            ],
+            &["--lsq-init", "max"],
+        ),
     ];
     for (extra, fragments) in cases {
         let mut args = vec!["train", "--epochs", "1", "--no-baseline"];

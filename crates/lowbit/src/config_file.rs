@@ -6,7 +6,8 @@
 use crate::error::{Error, Result};
 use crate::optim::{OptimizerKind, Schedule};
 use crate::quant::{
-    ActMethod, BnFold, Calibrator, LayerQuant, Method, QuantConfig, WeightCalibration, WeightMethod,
+    ActMethod, BnFold, Calibrator, LayerQuant, LsqInit, Method, QuantConfig, WeightCalibration,
+    WeightMethod,
 };
 use crate::train::TrainConfig;
 use serde::{Deserialize, Serialize};
@@ -188,6 +189,8 @@ pub struct QuantSection {
     pub pact_alpha: Option<f32>,
     /// PACT L2 on alpha.
     pub pact_l2: Option<f32>,
+    /// How LSQ steps start: `lsq` (the paper's rule) or `mse`.
+    pub lsq_init: Option<LsqInit>,
     /// EMA momentum of the `ste` activation ranges.
     pub ema_momentum: Option<f32>,
     /// PTQ calibration samples.
@@ -325,6 +328,7 @@ impl FileConfig {
             act_quantizer: q.act_quantizer.unwrap_or(d.act_quantizer),
             pact_alpha_init: q.pact_alpha,
             pact_l2: q.pact_l2.unwrap_or(d.pact_l2),
+            lsq_init: q.lsq_init.unwrap_or(d.lsq_init),
             layers: q.layers.clone(),
             calibration: q.calibration.unwrap_or(d.calibration),
             weight_calibration: q.weight_calibration.unwrap_or(d.weight_calibration),

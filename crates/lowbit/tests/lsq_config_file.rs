@@ -109,6 +109,11 @@ fn errors_name_the_file_and_the_key() {
             "quantization.pact_alpha",
         ),
         (
+            "i2.toml",
+            "[quantization]\nlsq_init = \"mse\"\n",
+            "quantization.lsq_init",
+        ),
+        (
             "j.json",
             "{\"training\": {\"batch_size\": 0}}",
             "training.batch_size",
@@ -135,4 +140,17 @@ fn a_missing_file_is_an_io_error_naming_it() {
         Err(Error::Io { path, .. }) => assert_eq!(path, p),
         other => panic!("expected Error::Io, got {other:?}"),
     }
+}
+
+#[test]
+fn lsq_init_is_read_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(
+        &p,
+        "[quantization]\nweight_bits = 4\nweight_quantizer = \"lsq\"\nlsq_init = \"mse\"\n",
+    )
+    .unwrap();
+    let q = load(&p).unwrap().quant_config().unwrap().unwrap();
+    assert_eq!(q.lsq_init, lowbit::quant::LsqInit::Mse);
 }

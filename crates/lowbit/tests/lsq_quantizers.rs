@@ -3,7 +3,7 @@
 use lowbit::nn::{softmax_cross_entropy, Layer, Model};
 use lowbit::optim::{Optimizer, OptimizerKind};
 use lowbit::quant::{
-    lsq, prepare_qat, ActMethod, ActQuantizer, LayerQuant, LayerSelector, QuantConfig,
+    lsq, prepare_qat, ActMethod, ActQuantizer, LayerQuant, LayerSelector, LsqInit, QuantConfig,
     WeightMethod, WeightQuantKind, WeightQuantizer,
 };
 use lowbit::rng::Rng;
@@ -231,6 +231,108 @@ fn lsq_activation_step_is_initialized_from_the_first_training_batch() {
     assert_close(a.learned_value().unwrap(), 4.0 / 15f32.sqrt(), "init step");
 }
 
+/// `sum (v - s * code)^2` in f64, as `lsq::mse_step` measures it.
+fn squared_error(v: &[f32], s: f32, qn: i32, qp: i32) -> f64 {
+    v.iter()
+        .map(|&x| {
+            let d = f64::from(x) - f64::from(lsq::code(x, s, qn, qp) as f32 * s);
+            d * d
+        })
+        .sum()
+}
+
+fn gaussian(n: usize, sigma: f32, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| sigma * rng.normal()).collect()
+}
+
+#[test]
+fn mse_step_is_within_a_percent_of_a_fine_brute_force_search_and_beats_the_paper_rule() {
+    // Weights (symmetric codes), a ReLU output (unsigned) and a signed activation (zero point 2^(b-1)).
+    let relu: Vec<f32> = gaussian(20_000, 1.0, 2)
+        .into_iter()
+        .map(|x| x.max(0.0))
+        .collect();
+    let cases = [
+        (gaussian(4_608, 0.05, 1), 7, 7),
+        (gaussian(4_608, 0.05, 1), 1, 1),
+        (relu.clone(), 0, 15),
+        (relu, 0, 3),
+        (gaussian(20_000, 2.0, 3), 8, 7),
+    ];
+    for (v, qn, qp) in cases {
+        let s = lsq::mse_step(&v, qn, qp, 1.0);
+        let err = squared_error(&v, s, qn, qp);
+        let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let best = (1..=10_000)
+            .map(|k| squared_error(&v, max * k as f32 / 10_000.0 / qp as f32, qn, qp))
+            .fold(f64::INFINITY, f64::min);
+        assert!(err <= best * 1.01, "qn {qn} qp {qp}: {err} vs {best}");
+        let paper = lsq::init_step(&v, qp, 1.0);
+        assert!(
+            err < squared_error(&v, paper, qn, qp),
+            "qn {qn} qp {qp}: not better than 2 mean|v| / sqrt(Qp)"
+        );
+    }
+    // The ratio the doc of `mse_step` quotes: Gaussian weights at 4 bits.
+    let w = gaussian(100_000, 1.0, 4);
+    let ratio = lsq::init_step(&w, 7, 1.0) / lsq::mse_step(&w, 7, 7, 1.0);
+    assert!((1.5..1.9).contains(&ratio), "paper / mse step = {ratio}");
+}
+
+#[test]
+fn mse_step_falls_back_when_nothing_is_representable_and_ignores_non_finite_values() {
+    assert_eq!(lsq::mse_step(&[0.0; 8], 7, 7, 0.25), 0.25);
+    assert_eq!(lsq::mse_step(&[], 7, 7, 0.25), 0.25);
+    // Unsigned codes cannot represent negatives: every step is as bad, so the fallback stays.
+    assert_eq!(lsq::mse_step(&[-1.0, -2.0], 0, 15, 0.25), 0.25);
+    let v = [0.5, 1.0, -0.75, 0.25];
+    let mut with_bad = v.to_vec();
+    with_bad.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY]);
+    assert_eq!(
+        lsq::mse_step(&with_bad, 7, 7, 1.0),
+        lsq::mse_step(&v, 7, 7, 1.0)
+    );
+    // Exactly representable values: the step that represents them all without error is found.
+    assert_eq!(lsq::mse_step(&[0.0, 0.5, 1.0, 1.5], 0, 3, 1.0), 0.5);
+}
+
+#[test]
+fn mse_initialization_reaches_weight_and_activation_steps() {
+    let cfg = QuantConfig {
+        lsq_init: LsqInit::Mse,
+        per_channel: true,
+        ..lsq_cfg(4, 4, ActMethod::Lsq)
+    };
+    let mut a = ActQuantizer::from_config(&cfg, 4).unwrap();
+    let x = gaussian(512, 1.0, 5);
+    a.forward(&Tensor::new(x.clone(), vec![4, 128]), true);
+    assert_eq!(
+        a.learned_value().unwrap(),
+        lsq::mse_step(&x, 0, 15, 1.0 / 15.0)
+    );
+    let mut signed = ActQuantizer::from_config(&cfg, 4).unwrap();
+    signed.set_signed(true);
+    signed.forward(&Tensor::new(x.clone(), vec![4, 128]), true);
+    assert_eq!(
+        signed.learned_value().unwrap(),
+        lsq::mse_step(&x, 8, 7, 1.0 / 7.0)
+    );
+    let (rows, cols) = (3, 50);
+    let w = gaussian(rows * cols, 0.1, 6);
+    let mut q = WeightQuantizer::from_config(&cfg).unwrap();
+    q.ensure_init(&w, rows, cols);
+    let want: Vec<f32> = w
+        .chunks(cols)
+        .map(|g| lsq::mse_step(g, 7, 7, 1.0))
+        .collect();
+    assert_eq!(q.steps(), want.as_slice());
+    // The default keeps the paper's rule.
+    let mut p = WeightQuantizer::from_config(&lsq_cfg(4, 4, ActMethod::Lsq)).unwrap();
+    p.ensure_init(&w, rows, cols);
+    assert_eq!(p.steps()[0], lsq::init_step(&w[..cols], 7, 1.0));
+}
+
 #[test]
 fn pact_alpha_gradient_and_codes_match_a_hand_computed_case() {
     let cfg = QuantConfig {
@@ -437,4 +539,15 @@ fn lsq_config_validation_names_the_option() {
         "--pact-l2"
     );
     assert!(lsq_cfg(2, 2, ActMethod::Pact).validate().is_ok());
+    let ste = QuantConfig {
+        lsq_init: LsqInit::Mse,
+        ..QuantConfig::default()
+    };
+    assert_eq!(opt(ste), "--lsq-init");
+    assert!(QuantConfig {
+        lsq_init: LsqInit::Mse,
+        ..lsq_cfg(4, 4, ActMethod::Ste)
+    }
+    .validate()
+    .is_ok());
 }

@@ -1,7 +1,7 @@
 //! Activation quantizer: unsigned asymmetric codes with a tracked range, fake-quantized with
 //! [`qparams::fake_quantize`] exactly.
 use super::calibrate::Calibrator;
-use super::config::{ActMethod, QuantConfig};
+use super::config::{ActMethod, LsqInit, QuantConfig};
 use super::{kernels, lsq, pact};
 use crate::error::{Error, Result};
 use crate::nn::Param;
@@ -77,6 +77,8 @@ pub struct ActQuantizer {
     calibrator: Option<Calibrator>,
     /// The value read can be negative: LSQ codes are centred on zero point `2^(b-1)`.
     signed: bool,
+    /// How an LSQ step starts.
+    lsq_init: LsqInit,
 }
 
 impl Default for ActQuantizer {
@@ -102,6 +104,7 @@ impl Default for ActQuantizer {
             bypassed: false,
             calibrator: None,
             signed: false,
+            lsq_init: LsqInit::Lsq,
         }
     }
 }
@@ -135,6 +138,7 @@ impl ActQuantizer {
         q.method = cfg.act_quantizer;
         q.pact_alpha_init = cfg.pact_alpha_init;
         q.pact_l2 = cfg.pact_l2;
+        q.lsq_init = cfg.lsq_init;
         if let Some(a) = cfg.pact_alpha_init.filter(|_| q.method == ActMethod::Pact) {
             q.learned[0] = a;
         }
@@ -267,8 +271,12 @@ impl ActQuantizer {
                 }
             }),
             _ => {
-                let qp = qmax - self.learned_zero_point();
-                lsq::init_step(x, qp, 1.0 / qp as f32)
+                let qn = self.learned_zero_point();
+                let qp = qmax - qn;
+                match self.lsq_init {
+                    LsqInit::Lsq => lsq::init_step(x, qp, 1.0 / qp as f32),
+                    LsqInit::Mse => lsq::mse_step(x, qn, qp, 1.0 / qp as f32),
+                }
             }
         }
     }

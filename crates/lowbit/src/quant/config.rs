@@ -138,6 +138,18 @@ pub struct LayerQuant {
     pub weight_calibration: Option<WeightCalibration>,
 }
 
+/// How LSQ steps (weights and activations) start (`--lsq-init`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LsqInit {
+    /// The paper's `2 mean|v| / sqrt(Qp)` (Esser et al. 2020, section 2.1).
+    #[default]
+    Lsq,
+    /// The step with the least squared quantization error on the values seen ([`super::lsq::mse_step`]):
+    /// each weight tensor (or channel), and each activation's first quantized training batch.
+    Mse,
+}
+
 /// Quantization spec of a model. `weight_bits` 2 means ternary and 1 binary; a `quant_step` overrides the bit
 /// width (the bit width is then derived from the codes that occur).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +182,9 @@ pub struct QuantConfig {
     /// PACT: L2 coefficient on alpha (`--pact-l2`), 0 disables.
     #[serde(default)]
     pub pact_l2: f32,
+    /// LSQ: how the steps start (`--lsq-init`).
+    #[serde(default)]
+    pub lsq_init: LsqInit,
     /// Per-layer bit-width overrides (mixed precision).
     #[serde(default)]
     pub layers: Vec<LayerQuant>,
@@ -215,6 +230,7 @@ impl Default for QuantConfig {
             act_quantizer: ActMethod::Ste,
             pact_alpha_init: None,
             pact_l2: 0.0,
+            lsq_init: LsqInit::Lsq,
             layers: Vec::new(),
             bn_fold: BnFold::default(),
             calibration: Calibrator::MinMax,
@@ -295,6 +311,15 @@ impl QuantConfig {
             return Err(Error::option(
                 "--pact-l2",
                 format!("must be finite and >= 0, got {}", self.pact_l2),
+            ));
+        }
+        if self.lsq_init != LsqInit::Lsq
+            && self.weight_quantizer != WeightMethod::Lsq
+            && self.act_quantizer != ActMethod::Lsq
+        {
+            return Err(Error::option(
+                "--lsq-init",
+                "sets how LSQ steps start: it needs an lsq quantizer (--quantizer lsq)",
             ));
         }
         if self.method != Method::Ptq && self.calibration != Calibrator::MinMax {

@@ -46,6 +46,63 @@ pub fn init_step(v: &[f32], qp: i32, fallback: f32) -> f32 {
     }
 }
 
+/// Step candidates of [`mse_step`]: `k / MSE_CANDIDATES` of the smallest step that clips nothing.
+const MSE_CANDIDATES: usize = 100;
+
+/// Values [`mse_step`] measures the error on: an evenly strided sample of at most this many.
+const MSE_SAMPLE: usize = 1 << 16;
+
+/// The step with the least squared quantization error `sum (v - s * code(v, s))^2` for codes `[-qn, qp]`,
+/// among `k / 100` (k = 1..=100) of the smallest step that clips no value, measured on an evenly strided sample
+/// of at most 65,536 finite values; ties keep the larger step. `fallback` when no finite value is representable
+/// (all zeros, or only negatives with `qn = 0`).
+///
+/// Why: LSQ's `2 mean|v| / sqrt(Qp)` is far from the error-minimising step at 2-4 bits (about 1.7x too large for
+/// Gaussian weights at 4 bits), and in a short fine-tuning the steps, trained at a fraction of the learning rate,
+/// do not travel that far.
+pub fn mse_step(v: &[f32], qn: i32, qp: i32, fallback: f32) -> f32 {
+    let finite = v.iter().filter(|x| x.is_finite()).count();
+    let stride = finite.div_ceil(MSE_SAMPLE).max(1);
+    let sample: Vec<f32> = v
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .step_by(stride)
+        .collect();
+    let reach = |x: f32| {
+        if x > 0.0 && qp > 0 {
+            x / qp as f32
+        } else if x < 0.0 && qn > 0 {
+            -x / qn as f32
+        } else {
+            0.0
+        }
+    };
+    let base = sample.iter().fold(0f32, |m, &x| m.max(reach(x)));
+    if !base.is_normal() {
+        return fallback;
+    }
+    let mut best = (f64::INFINITY, fallback);
+    for k in (1..=MSE_CANDIDATES).rev() {
+        let s = base * k as f32 / MSE_CANDIDATES as f32;
+        if !s.is_normal() {
+            continue;
+        }
+        let s = effective_step(s);
+        let err: f64 = sample
+            .iter()
+            .map(|&x| {
+                let d = f64::from(x) - f64::from(code(x, s, qn, qp) as f32 * s);
+                d * d
+            })
+            .sum();
+        if err < best.0 {
+            best = (err, s);
+        }
+    }
+    best.1
+}
+
 /// Gradient scale `g = 1 / sqrt(N * Qp)` (Esser et al. 2020, section 2.2).
 #[inline]
 pub fn grad_scale(n: usize, qp: i32) -> f32 {

@@ -27,7 +27,7 @@ pub use act::{act_qparams, ActQuantizer, INPUT_SCALE};
 pub use adaround::{AdaRoundOptions, AdaRoundProgress};
 pub use calibrate::{Calibrator, Histogram, WeightCalibration};
 pub use config::{
-    ActMethod, BnFold, LayerQuant, LayerSelector, Method, QuantConfig, WeightMethod,
+    ActMethod, BnFold, LayerQuant, LayerSelector, LsqInit, Method, QuantConfig, WeightMethod,
     WeightQuantKind,
 };
 pub use convbn::ConvBn2d;

@@ -4,7 +4,7 @@
 //! (Over 800 lines on purpose: the single source of weight codes, every rule's forward and straight-through
 //! backward together, so QAT and conversion cannot drift apart.)
 use super::calibrate::WeightCalibration;
-use super::config::{QuantConfig, WeightQuantKind};
+use super::config::{LsqInit, QuantConfig, WeightQuantKind};
 use super::kernels;
 use super::lsq;
 use crate::error::{Error, Result};
@@ -93,6 +93,8 @@ pub struct WeightQuantizer {
     /// AdaRound: per weight, round up (`floor(w/s) + 1`) or down (`floor(w/s)`) instead of to nearest; empty
     /// means nearest. Set by PTQ ([`super::adaround`]); a list whose length does not match the weights is ignored.
     round_up: Vec<bool>,
+    /// How LSQ steps start.
+    lsq_init: LsqInit,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -123,6 +125,7 @@ impl Default for WeightQuantizer {
             clip: Vec::new(),
             calibration: None,
             round_up: Vec::new(),
+            lsq_init: LsqInit::Lsq,
         }
     }
 }
@@ -193,9 +196,13 @@ impl WeightQuantizer {
     fn initial_steps(&self, w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         let qp = self.lsq_qp();
         let (ngroups, group_len) = self.groups(rows, cols, w.len());
-        let tensor = lsq::init_step(w, qp, ZERO_TENSOR_SCALE);
+        let init = |v: &[f32], fallback| match self.lsq_init {
+            LsqInit::Lsq => lsq::init_step(v, qp, fallback),
+            LsqInit::Mse => lsq::mse_step(v, qp, qp, fallback),
+        };
+        let tensor = init(w, ZERO_TENSOR_SCALE);
         group_chunks(w, ngroups, group_len)
-            .map(|g| lsq::init_step(g, qp, tensor))
+            .map(|g| init(g, tensor))
             .collect()
     }
 
@@ -338,7 +345,9 @@ impl WeightQuantizer {
     /// The quantizer a [`QuantConfig`] asks for (validates the config first).
     pub fn from_config(cfg: &QuantConfig) -> Result<Self> {
         cfg.validate()?;
-        Self::new(cfg.weight_kind(), cfg.weight_bits, cfg.per_channel)
+        let mut q = Self::new(cfg.weight_kind(), cfg.weight_bits, cfg.per_channel)?;
+        q.lsq_init = cfg.lsq_init;
+        Ok(q)
     }
 
     /// The rule in use.
