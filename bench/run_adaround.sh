@@ -41,31 +41,4 @@ for model in mlp lenet5; do
     done
   done
 done
-python3 - "$OUT" "$SEED" <<'PY'
-import json, sys
-out, seed = sys.argv[1], sys.argv[2]
-names = {"minmax": "nearest, min-max scales", "mse": "nearest, MSE scales",
-         "bc": "nearest, MSE scales + bias correction", "adaround-only": "AdaRound, MSE scales",
-         "adaround": "AdaRound, MSE scales + bias correction"}
-ternary = {"minmax": "nearest, ternary (TWN threshold)", "bc": "nearest, ternary + bias correction",
-           "adaround-only": "AdaRound on the ternary grid",
-           "adaround": "AdaRound on the ternary grid + bias correction"}
-print(f"Seed {seed} (one seed)")
-print("| model | weights | rounding | engine accuracy | f32 | drop vs f32 | engine = simulation |")
-print("|---|---|---|---|---|---|---|")
-for model in ["mlp", "lenet5"]:
-    for bits in [4, 3, 2]:
-        for rule in ["minmax", "mse", "bc", "adaround-only", "adaround"]:
-            if bits == 2 and rule == "mse":
-                continue
-            r = json.load(open(f"{out}/{model}-w{bits}a8-{rule}-seed{seed}.json"))
-            # Drop: f32 minus engine accuracy (negative = the quantized model scored higher).
-            drop = r["baseline_accuracy"] * 100 - r["test_accuracy"] * 100
-            n = r["engine_simulation_mismatches"]
-            same = "yes" if n == 0 else f"{n} differ"
-            name = names[rule]
-            if bits == 2:
-                name = ternary[rule]
-            print(f"| {model} | W{bits}A8 | {name} | {r['test_accuracy']*100:.2f}% | "
-                  f"{r['baseline_accuracy']*100:.2f}% | {drop:+.2f} pp | {same} |")
-PY
+python3 bench/summarize_seeds.py adaround "$OUT" --seed "$SEED"

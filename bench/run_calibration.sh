@@ -33,23 +33,4 @@ for model in mlp lenet5; do
     done
   done
 done
-python3 - "$OUT" "$SEED" <<'PY'
-import json, sys
-out, seed = sys.argv[1], sys.argv[2]
-print(f"Seed {seed}; f32: mlp {json.load(open(f'{out}/mlp-w8a8-minmax-wminmax-seed{seed}.json'))['baseline_accuracy']*100:.2f}%, "
-      f"lenet5 {json.load(open(f'{out}/lenet5-w8a8-minmax-wminmax-seed{seed}.json'))['baseline_accuracy']*100:.2f}%")
-print("| model | weights | activation calibrator | weight scales | bias correction | engine accuracy | drop vs f32 | engine = simulation |")
-print("|---|---|---|---|---|---|---|---|")
-for model in ["mlp", "lenet5"]:
-    for bits in [8, 4]:
-        for calib in ["minmax", "percentile:99.9", "percentile:99.99", "mse", "entropy"]:
-            for wcal in ["minmax", "mse"]:
-                for bc in ["", "-bc"] if bits == 4 else [""]:
-                    r = json.load(open(f"{out}/{model}-w{bits}a8-{calib}-w{wcal}{bc}-seed{seed}.json"))
-                    # Drop: f32 minus engine accuracy (negative = the quantized model scored higher).
-                    drop = r["baseline_accuracy"] * 100 - r["test_accuracy"] * 100
-                    n = r["engine_simulation_mismatches"]
-                    same = "yes" if n == 0 else f"{n} differ"
-                    print(f"| {model} | W{bits}A8 | {calib} | {wcal} | {'yes' if bc else 'no'} | "
-                          f"{r['test_accuracy']*100:.2f}% | {drop:+.2f} pp | {same} |")
-PY
+python3 bench/summarize_seeds.py calibration "$OUT" --seed "$SEED"

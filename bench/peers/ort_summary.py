@@ -24,6 +24,7 @@ ORT4 = [(f"{m}-w4", f"ORT {m}, int4 weights (nearest)") for m in ("MinMax", "Ent
 LOWBIT4 = [("w4a8-nearest", "lowbit W4A8 nearest, min-max weights", 4),
            ("w4a8-adaround", "lowbit W4A8 AdaRound, MSE weights", 4),
            ("w4a8-adaround-bc", "lowbit W4A8 AdaRound + bias corr., MSE weights", 4),
+           ("w4a8-adaround10k", "lowbit W4A8 AdaRound 10,000 iterations per layer, MSE weights", 4),
            ("w3a8-adaround-bc", "lowbit W3A8 AdaRound + bias corr., MSE weights", 3),
            ("w2a8-adaround-bc", "lowbit W2A8 AdaRound + bias corr., ternary", 2),
            ("lsq-w4a4", "lowbit LSQ W4A4 QAT fine-tuning (imported model)", 4)]

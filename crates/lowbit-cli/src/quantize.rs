@@ -29,6 +29,10 @@ pub struct QuantArgs {
     /// index (negative from the end), `first` or `last`. Example: `first:8:8,last:8`.
     #[arg(long, value_delimiter = ',')]
     pub layer_bits: Vec<String>,
+    /// Keep the first and the last weight layer at 8 bits (min-max weights), with the first layer's output and
+    /// the last layer's input quantized at 8 bits: the usual setting of 2- to 4-bit networks.
+    #[arg(long)]
+    pub first_last_8bit: bool,
     /// Training samples used to calibrate activation ranges (PTQ).
     #[arg(long, default_value_t = 2000)]
     pub calibration_samples: usize,
@@ -59,9 +63,10 @@ pub struct QuantArgs {
 }
 
 /// The flag ids of [`QuantArgs`] with their spellings, for "needs --weight-bits" messages.
-pub const QUANT_FLAGS: [(&str, &str); 10] = [
+pub const QUANT_FLAGS: [(&str, &str); 11] = [
     ("act_bits", "--act-bits"),
     ("layer_bits", "--layer-bits"),
+    ("first_last_8bit", "--first-last-8bit"),
     ("per_channel", "--per-channel"),
     ("calibration", "--calibration"),
     ("weight_calibration", "--weight-calibration"),
@@ -96,6 +101,9 @@ pub fn apply_quant_args(
     }
     if a.bias_correction {
         q.bias_correction = Some(true);
+    }
+    if a.first_last_8bit {
+        q.keep_first_last_8bit = Some(true);
     }
     if a.adaround {
         q.adaround = Some(true);

@@ -139,3 +139,52 @@ fn impossible_and_malformed_budgets_fail_with_one_line_and_write_nothing() {
     );
     assert!(!dir.path().join("a.toml").exists());
 }
+
+/// `--first-last-8bit` keeps the first and last weight layers at 8 bits, and the activations next to them (the
+/// first layer's output, the last layer's input) at 8 bits, while LSQ trains the rest at 2.
+#[test]
+fn first_last_8bit_keeps_the_edges_at_eight_bits_and_the_middle_at_the_requested_width() {
+    let dir = TempDir::new().unwrap();
+    run_ok(
+        dir.path(),
+        &[
+            "train",
+            "--model",
+            "lenet5",
+            "--epochs",
+            "1",
+            "--no-baseline",
+            "--weight-bits",
+            "2",
+            "--act-bits",
+            "2",
+            "--quantizer",
+            "lsq",
+            "--first-last-8bit",
+            "--report",
+            "r.json",
+        ],
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    let bits = |key: &str| -> Vec<Option<u64>> {
+        r["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l[key].as_u64())
+            .collect()
+    };
+    // LeNet-5's weight layers: conv, conv, dense, dense, dense; the logits have no activation quantizer.
+    assert_eq!(
+        bits("weight_bits"),
+        [Some(8), Some(2), Some(2), Some(2), Some(8)]
+    );
+    assert_eq!(bits("act_bits"), [Some(8), Some(2), Some(2), Some(8), None]);
+    assert_eq!(r["config"]["quant"]["keep_first_last_8bit"], true);
+    run_err(
+        dir.path(),
+        &["train", "--first-last-8bit"],
+        &["--first-last-8bit", "--weight-bits"],
+    );
+}

@@ -379,6 +379,7 @@ fn key_of(flag: &str) -> String {
         "--lr-step-every" => "every_epochs",
         "--lr-gamma" => "gamma",
         "--pact-alpha" => "pact_alpha",
+        "--first-last-8bit" => "keep_first_last_8bit",
         other => other.trim_start_matches("--"),
     };
     format!("{section}.{}", key.replace('-', "_"))

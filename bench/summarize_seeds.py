@@ -1,0 +1,136 @@
+"""Seed-averaged tables of bench/run_calibration.sh and bench/run_adaround.sh (standard library only).
+
+Usage: python3 bench/summarize_seeds.py calibration|calibration-compact|adaround [RESULTS_DIR] [--seed S]
+(default bench/results/calibration or bench/results/adaround; --seed: that seed's reports only, as the drivers
+print after each run)
+
+Reads every report the drivers wrote (`MODEL-wBa8-...-seedS.json`) and prints one markdown table: per row the mean
+engine accuracy over the seeds found, the mean drop vs each seed's own f32 model (pp; negative: the quantized model
+scored higher) and the smallest and largest drop, plus whether the engine and the integer simulation agreed on
+every test image of every run.
+"""
+import glob
+import json
+import os
+import re
+import sys
+from statistics import mean
+
+
+def cell(runs):
+    drops = [(r["baseline_accuracy"] - r["test_accuracy"]) * 100 for r in runs]
+    acc = mean(r["test_accuracy"] for r in runs) * 100
+    if len(runs) == 1:
+        return f"{acc:.2f}% ({drops[0]:+.2f} pp)"
+    return f"{acc:.2f}% ({mean(drops):+.2f} pp, {min(drops):+.2f}..{max(drops):+.2f})"
+
+
+def load(out, only=None):
+    """{row key without the seed: [report, ...]} and the seeds found (`only`: that seed alone)."""
+    rows, seeds = {}, set()
+    for path in sorted(glob.glob(os.path.join(out, "*-seed*.json"))):
+        m = re.match(r"(.+)-seed(\d+)\.json$", os.path.basename(path))
+        if not m or (only is not None and int(m[2]) != only):
+            continue
+        seeds.add(int(m[2]))
+        with open(path) as f:
+            rows.setdefault(m[1], []).append(json.load(f))
+    return rows, sorted(seeds)
+
+
+def f32_line(rows, seeds):
+    parts = []
+    for model in ("mlp", "lenet5"):
+        base = {}
+        for key, runs in rows.items():
+            if key.startswith(model + "-"):
+                for r in runs:
+                    base.setdefault(round(r["baseline_accuracy"] * 100, 2), None)
+        parts.append(f"{model} {', '.join(f'{b:.2f}%' for b in base)}")
+    return f"Seeds {', '.join(map(str, seeds))}; f32 of the float models: " + "; ".join(parts)
+
+
+def agreement(rows):
+    runs = [r for rs in rows.values() for r in rs]
+    bad = sum(1 for r in runs if r["engine_simulation_mismatches"] != 0)
+    return f"engine = simulation on every test image in {len(runs) - bad} of {len(runs)} runs"
+
+
+def calibration(rows):
+    calibs = ["minmax", "percentile:99.9", "percentile:99.99", "mse", "entropy"]
+    print("| model | weights | activation calibrator | weight scales | bias correction | engine accuracy (mean drop, range) |")
+    print("|---|---|---|---|---|---|")
+    for model in ("mlp", "lenet5"):
+        for bits in (8, 4):
+            for calib in calibs:
+                for wcal in ("minmax", "mse"):
+                    for bc in ("", "-bc") if bits == 4 else ("",):
+                        runs = rows.get(f"{model}-w{bits}a8-{calib}-w{wcal}{bc}")
+                        if runs:
+                            print(f"| {model} | W{bits}A8 | {calib} | {wcal} | {'yes' if bc else 'no'} | {cell(runs)} |")
+
+
+def calibration_compact(rows):
+    """One row per activation calibrator, one column per setting: the mean drop over the seeds (pp)."""
+    cols = [(m, b, w, bc) for m in ("mlp", "lenet5") for (b, w, bc) in
+            ((8, "minmax", ""), (8, "mse", ""), (4, "minmax", ""), (4, "minmax", "-bc"), (4, "mse", ""),
+             (4, "mse", "-bc"))]
+    head = [f"{'MLP' if m == 'mlp' else 'LeNet'} W{b}A8{', mse weights' if w == 'mse' else ''}{' + bias corr.' if bc else ''}"
+            for (m, b, w, bc) in cols]
+    print("| activation calibrator | " + " | ".join(head) + " |")
+    print("|---|" + "---|" * len(cols))
+    for calib in ["minmax", "percentile:99.9", "percentile:99.99", "mse", "entropy"]:
+        cells = []
+        for (m, b, w, bc) in cols:
+            runs = rows.get(f"{m}-w{b}a8-{calib}-w{w}{bc}", [])
+            cells.append(f"{mean((r['baseline_accuracy'] - r['test_accuracy']) * 100 for r in runs):+.2f}"
+                         if runs else "-")
+        print(f"| `{calib}` | " + " | ".join(cells) + " |")
+
+
+def adaround(rows):
+    names = {"minmax": "nearest, min-max scales", "mse": "nearest, MSE scales",
+             "bc": "nearest, MSE scales + bias correction", "adaround-only": "AdaRound, MSE scales",
+             "adaround": "AdaRound, MSE scales + bias correction"}
+    ternary = {"minmax": "nearest, ternary (TWN threshold)", "bc": "nearest, ternary + bias correction",
+               "adaround-only": "AdaRound on the ternary grid",
+               "adaround": "AdaRound on the ternary grid + bias correction"}
+    print("| model | weights | rounding | engine accuracy (mean drop, range) |")
+    print("|---|---|---|---|")
+    for model in ("mlp", "lenet5"):
+        for bits in (4, 3, 2):
+            for rule in names:
+                runs = rows.get(f"{model}-w{bits}a8-{rule}")
+                if runs:
+                    name = ternary[rule] if bits == 2 else names[rule]
+                    print(f"| {model} | W{bits}A8 | {name} | {cell(runs)} |")
+
+
+def main():
+    args = sys.argv[1:]
+    only = None
+    if "--seed" in args:
+        i = args.index("--seed")
+        only = int(args[i + 1])
+        del args[i:i + 2]
+    if not args or args[0] not in ("calibration", "calibration-compact", "adaround"):
+        sys.exit("usage: summarize_seeds.py calibration|calibration-compact|adaround [RESULTS_DIR] [--seed S]")
+    kind = args[0]
+    out = args[1] if len(args) > 1 else os.path.join(os.path.dirname(__file__), "results",
+                                                     kind.removesuffix("-compact"))
+    rows, seeds = load(out, only)
+    if not rows:
+        sys.exit(f"{out}: no reports")
+    print(f32_line(rows, seeds))
+    print(agreement(rows))
+    print()
+    if kind == "calibration":
+        calibration(rows)
+    elif kind == "calibration-compact":
+        calibration_compact(rows)
+    else:
+        adaround(rows)
+
+
+if __name__ == "__main__":
+    main()
