@@ -295,6 +295,12 @@ fn resolve_settings(
     if let Some(d) = a.quant_delay_epochs {
         t.quant_delay_epochs = Some(d);
     }
+    if let Some(d) = a.distill {
+        t.distill = Some(d);
+    }
+    if let Some(d) = a.distill_temperature {
+        t.distill_temperature = Some(d);
+    }
     if let Some(c) = a.clip_grad_norm {
         t.clip_grad_norm = Some(c);
     }

@@ -275,6 +275,14 @@ struct TrainArgs {
     /// steps, PACT alphas, ranges) initialized from the weights and data at that point. Default 0.
     #[arg(long, value_name = "EPOCHS")]
     quant_delay_epochs: Option<f32>,
+    /// QAT knowledge distillation: weight in (0, 1] of the soft targets of the float model training starts
+    /// from (--init, or the f32 baseline), the labels getting the rest (Hinton et al. 2015). Costs one float
+    /// forward per step.
+    #[arg(long, value_name = "ALPHA")]
+    distill: Option<f32>,
+    /// Distillation softmax temperature (default 1).
+    #[arg(long, value_name = "T")]
+    distill_temperature: Option<f32>,
     /// Read model, data, training and quantization settings from a TOML or JSON file; flags typed on the
     /// command line override it (example: docs/examples/lenet5-mixed.toml).
     #[arg(long, value_name = "FILE")]

@@ -212,6 +212,29 @@ fn lsq_qat_run_killed_in_both_phases_resumes_to_the_same_lbq_file() {
 }
 
 #[test]
+fn distilled_qat_killed_after_its_teacher_was_trained_resumes_to_the_same_lbq_file() {
+    // The teacher is the f32 baseline trained in the same run: the resumed QAT phase must distil from the
+    // same model, which it gets back from the finished f32 phase.
+    let args = &[
+        "train",
+        "--epochs",
+        "2",
+        "--weight-bits",
+        "4",
+        "--act-bits",
+        "4",
+        "--quantizer",
+        "lsq",
+        "--distill",
+        "0.7",
+        "--distill-temperature",
+        "2",
+    ];
+    let pauses = ["step:qat:100".to_string(), "step:qat:200".to_string()];
+    assert_resumes_to_the_uninterrupted_model(args, "30", "lbq", &pauses);
+}
+
+#[test]
 fn conv_batchnorm_qat_killed_while_the_statistics_freeze_resumes_exactly() {
     // ConvBn2d trained on batch statistics until step 80 (its step counter and frozen flag are state), W4A8,
     // one epoch of 157 steps.

@@ -304,6 +304,23 @@ fn bad_training_options_name_the_option() {
             &["--weight-calibration", "ternary"],
         ),
         (&["--lsq-init", "mse"], &["--lsq-init", "--weight-bits"]),
+        (&["--distill", "0.5"], &["--distill", "quantization-aware"]),
+        (
+            &["--weight-bits", "8", "--method", "ptq", "--distill", "0.5"],
+            &["--distill", "quantization-aware"],
+        ),
+        (
+            &["--weight-bits", "4", "--distill", "0.5"],
+            &["--distill", "teacher"],
+        ),
+        (
+            &["--weight-bits", "4", "--distill", "1.5"],
+            &["--distill", "(0, 1]"],
+        ),
+        (
+            &["--weight-bits", "4", "--distill-temperature", "2"],
+            &["--distill-temperature", "--distill"],
+        ),
         (
             &["--weight-bits", "4", "--lsq-init", "mse"],
             &["--lsq-init", "--quantizer lsq"],

@@ -9,7 +9,7 @@ use crate::quant::{
     ActMethod, BnFold, Calibrator, LayerQuant, LsqInit, Method, QuantConfig, WeightCalibration,
     WeightMethod,
 };
-use crate::train::TrainConfig;
+use crate::train::{Distill, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -164,6 +164,10 @@ pub struct TrainingSection {
     pub quant_lr_scale: Option<f32>,
     /// QAT quantization delay in epochs (fractions allowed): float training first, within `epochs`.
     pub quant_delay_epochs: Option<f32>,
+    /// Knowledge distillation from the float model QAT starts from: weight of its soft targets in (0, 1].
+    pub distill: Option<f32>,
+    /// Distillation softmax temperature (default 1).
+    pub distill_temperature: Option<f32>,
 }
 
 /// `[quantization]`: each key mirrors the CLI flag of the same name; `[[quantization.layers]]` entries are
@@ -299,6 +303,19 @@ impl FileConfig {
             max_loss: t.max_loss.unwrap_or(d.max_loss),
             quant_lr_scale: t.quant_lr_scale.unwrap_or(d.quant_lr_scale),
             quant_delay_epochs: t.quant_delay_epochs.unwrap_or(d.quant_delay_epochs),
+            distill: match (t.distill, t.distill_temperature) {
+                (Some(alpha), temperature) => Some(Distill {
+                    alpha,
+                    temperature: temperature.unwrap_or(1.0),
+                }),
+                (None, Some(_)) => {
+                    return Err(Error::option(
+                        "--distill-temperature",
+                        "sets up distillation, which needs --distill",
+                    ))
+                }
+                (None, None) => None,
+            },
         };
         c.validate()?;
         Ok(c)
@@ -365,9 +382,21 @@ fn data_error(path: &Path, reason: String) -> Error {
 /// The file key a CLI flag corresponds to.
 fn key_of(flag: &str) -> String {
     let section = match flag {
-        "--epochs" | "--batch-size" | "--lr" | "--validation-split" | "--momentum"
-        | "--weight-decay" | "--beta1" | "--beta2" | "--eps" | "--clip-grad-norm"
-        | "--max-loss" | "--quant-lr-scale" | "--warmup-steps" => "training",
+        "--epochs"
+        | "--batch-size"
+        | "--lr"
+        | "--validation-split"
+        | "--momentum"
+        | "--weight-decay"
+        | "--beta1"
+        | "--beta2"
+        | "--eps"
+        | "--clip-grad-norm"
+        | "--max-loss"
+        | "--quant-lr-scale"
+        | "--warmup-steps"
+        | "--distill"
+        | "--distill-temperature" => "training",
         "--quant-delay-epochs" => "training",
         "--schedule" | "--lr-step-every" | "--lr-gamma" | "--min-lr" | "--pct-start" => {
             "training.schedule"

@@ -141,6 +141,7 @@ pub const PHASES: [&str; 2] = ["f32", "qat"];
 
 fn train_with_events(
     model: &mut Model,
+    teacher: Option<&Model>,
     data: &Dataset,
     cfg: &TrainConfig,
     label: &str,
@@ -151,7 +152,7 @@ fn train_with_events(
         label: label.to_string(),
         total_steps: steps_per_epoch(data, cfg) * cfg.epochs,
     });
-    let r = train::train_checkpointed(model, data, cfg, checkpoints, &mut |p| {
+    let r = train::train_distilled(model, teacher, data, cfg, checkpoints, &mut |p| {
         on_event(Event::Step(p))
     });
     on_event(Event::TrainingFinished);
@@ -201,7 +202,20 @@ fn train_float_checkpointed(
         None => model_for(spec, cfg.seed, split)?,
     };
     let checkpoints = checkpoints.map(|c| (c, PHASES[0]));
-    let epochs = train_with_events(&mut model, &split.train, cfg, "f32", checkpoints, on_event)?;
+    // The baseline of a distilled QAT run is the teacher: it learns from the labels.
+    let cfg = &TrainConfig {
+        distill: None,
+        ..cfg.clone()
+    };
+    let epochs = train_with_events(
+        &mut model,
+        None,
+        &split.train,
+        cfg,
+        "f32",
+        checkpoints,
+        on_event,
+    )?;
     let (_, pred) = train::evaluate_float(&mut model, &split.test, EVAL_BATCH)?;
     Ok(FloatRun {
         metrics: metrics(&pred, &split.test.labels, split.test.classes),
@@ -415,6 +429,13 @@ fn run_with(
 ) -> Result<RunOutput> {
     let t0 = Instant::now();
     let config = serde_json::to_value(cfg).map_err(|e| Error::Shape(e.to_string()))?;
+    let ptq = cfg.quant.as_ref().is_some_and(|q| q.method == Method::Ptq);
+    if cfg.train.distill.is_some() && (cfg.quant.is_none() || ptq) {
+        return Err(Error::option(
+            "--distill",
+            "distillation is for quantization-aware training (QAT with --weight-bits), from a float model",
+        ));
+    }
     let Some(qcfg) = &cfg.quant else {
         let fr =
             train_float_checkpointed(&cfg.model, init, split, &cfg.train, checkpoints, on_event)?;
@@ -507,8 +528,20 @@ fn run_with(
                 None => model_for(&cfg.model, cfg.train.seed, split)?,
             };
             quant::prepare_qat(&mut m, qcfg)?;
+            let teacher = match (cfg.train.distill, init, baseline) {
+                (None, _, _) => None,
+                (Some(_), Some(t), _) => Some(t),
+                (Some(_), None, Some(b)) => Some(&b.model),
+                (Some(_), None, None) => {
+                    return Err(Error::option(
+                        "--distill",
+                        "needs a float teacher: start from --init, or keep the f32 baseline",
+                    ))
+                }
+            };
             let epochs = train_with_events(
                 &mut m,
+                teacher,
                 &split.train,
                 &cfg.train,
                 &label(Some(qcfg), None),

@@ -5,7 +5,7 @@ use std::time::Instant;
 use crate::checkpoint::{Checkpointing, PhaseCheckpoints};
 use crate::data::stratified_split;
 use crate::error::{Error, Result};
-use crate::nn::{argmax_rows, softmax_cross_entropy, Layer, Model};
+use crate::nn::{argmax_rows, distillation_loss, softmax_cross_entropy, Layer, Model};
 use crate::optim::{clip_grad_norm, sum_squares, Optimizer, OptimizerKind, Schedule};
 use crate::quant::{bypass_quantizers, has_quantizers, start_quantizing};
 use crate::rng::Rng;
@@ -113,6 +113,18 @@ pub struct TrainConfig {
     /// ([`crate::quant::start_quantizing`]). No effect on a model without quantizers. Measured on LeNet-5 LSQ
     /// W2A2, Fashion-MNIST, 5 epochs, 3 seeds: delays of 0.5 and 1 epoch did not help (85.1-85.6% vs 85.7%).
     pub quant_delay_epochs: f32,
+    /// Knowledge distillation from a float teacher (`--distill`); `None` trains on the labels alone. Only
+    /// [`train_distilled`] has a teacher: [`train`] refuses a config that asks for one.
+    pub distill: Option<Distill>,
+}
+
+/// Knowledge-distillation weights (see [`crate::nn::distillation_loss`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Distill {
+    /// Weight of the teacher's soft targets, in `(0, 1]` (`--distill`); the labels get `1 - alpha`.
+    pub alpha: f32,
+    /// Softmax temperature, finite and > 0 (`--distill-temperature`, default 1).
+    pub temperature: f32,
 }
 
 impl Default for TrainConfig {
@@ -130,6 +142,7 @@ impl Default for TrainConfig {
             max_loss: 1e4,
             quant_lr_scale: 0.1,
             quant_delay_epochs: 0.0,
+            distill: None,
         }
     }
 }
@@ -184,6 +197,20 @@ impl TrainConfig {
                 return Err(Error::option(
                     "--clip-grad-norm",
                     format!("{c} is not a positive finite number"),
+                ));
+            }
+        }
+        if let Some(d) = self.distill {
+            if !(d.alpha.is_finite() && d.alpha > 0.0 && d.alpha <= 1.0) {
+                return Err(Error::option(
+                    "--distill",
+                    format!("{} is not in (0, 1]", d.alpha),
+                ));
+            }
+            if !(d.temperature.is_finite() && d.temperature > 0.0) {
+                return Err(Error::option(
+                    "--distill-temperature",
+                    format!("{} is not a positive finite number", d.temperature),
                 ));
             }
         }
@@ -392,11 +419,50 @@ pub fn train_checkpointed<S: Samples + ?Sized>(
     checkpoints: Option<(&Checkpointing, &str)>,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<EpochStats>> {
+    train_distilled(model, None, data, cfg, checkpoints, on_progress)
+}
+
+/// [`train_checkpointed`] with a float `teacher` whose logits on each batch (evaluation mode) give the soft
+/// targets of `cfg.distill` ([`crate::nn::distillation_loss`]). `cfg.distill` and `teacher` go together: one
+/// without the other is an error naming `--distill`.
+pub fn train_distilled<S: Samples + ?Sized>(
+    model: &mut Model,
+    teacher: Option<&Model>,
+    data: &S,
+    cfg: &TrainConfig,
+    checkpoints: Option<(&Checkpointing, &str)>,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<EpochStats>> {
     cfg.validate()?;
     check_shapes(model, data)?;
+    let mut teacher = match (cfg.distill, teacher) {
+        (Some(_), Some(t)) => {
+            check_shapes(t, data)?;
+            Some(t.clone())
+        }
+        (None, None) => None,
+        (Some(_), None) => return Err(Error::option(
+            "--distill",
+            "needs a float teacher: quantization-aware training from --init or the f32 baseline",
+        )),
+        (None, Some(_)) => {
+            return Err(Error::option(
+                "--distill",
+                "a teacher was given but no distillation weight",
+            ))
+        }
+    };
     let phase = checkpoints.map(|(c, phase)| c.phase(phase, data_identity(data)));
     let mut bypassed = false;
-    let result = train_validated(model, data, cfg, phase.as_ref(), on_progress, &mut bypassed);
+    let result = train_validated(
+        model,
+        teacher.as_mut(),
+        data,
+        cfg,
+        phase.as_ref(),
+        on_progress,
+        &mut bypassed,
+    );
     if bypassed {
         start_quantizing(model);
     }
@@ -406,6 +472,7 @@ pub fn train_checkpointed<S: Samples + ?Sized>(
 /// [`train`] after validation; `bypassed` says whether the model's quantizers are bypassed on return.
 fn train_validated<S: Samples + ?Sized>(
     model: &mut Model,
+    mut teacher: Option<&mut Model>,
     data: &S,
     cfg: &TrainConfig,
     checkpoints: Option<&PhaseCheckpoints>,
@@ -472,7 +539,13 @@ fn train_validated<S: Samples + ?Sized>(
             fill_batch(data, batch, model.input_shape, per, &mut x, &mut labels);
             let batch_len = batch.len();
             let logits = model.forward(&x, true)?;
-            let out = softmax_cross_entropy(&logits, &labels)?;
+            let out = match (cfg.distill, teacher.as_deref_mut()) {
+                (Some(d), Some(t)) => {
+                    let soft = t.forward(&x, false)?;
+                    distillation_loss(&logits, &labels, &soft, d.alpha, d.temperature)?
+                }
+                _ => softmax_cross_entropy(&logits, &labels)?,
+            };
             let diverged = |what: String, model: &mut Model, good: &[Vec<f32>]| {
                 model.restore(good)?;
                 Err(Error::Diverged { epoch, step, what })

@@ -33,7 +33,7 @@ pub use conv::Conv2d;
 pub use dense::Dense;
 pub use dropout::Dropout;
 pub use layer::Layer;
-pub use loss::{softmax_cross_entropy, LossOutput};
+pub use loss::{distillation_loss, softmax_cross_entropy, LossOutput};
 pub use model::{Model, Node, ValueId};
 pub use pad::Pad;
 pub use pool::{AvgPool2d, MaxPool2d};
