@@ -198,7 +198,7 @@ unsafe fn deinterleave_u32__avx2(src: &[u32], even: &mut [u32], odd: &mut [u32])
 /// # Safety
 /// AVX2 must be available; `a` (and `b`) hold `dst.len()` codes.
 #[target_feature(enable = "avx2")]
-unsafe fn interleave_row__avx2(a: &[u8], b: Option<&[u8]>, dst: &mut [u32]) {
+pub(crate) unsafe fn interleave_row__avx2(a: &[u8], b: Option<&[u8]>, dst: &mut [u32]) {
     let n = dst.len();
     let zero = [0u8; 16];
     let mut j = 0;
@@ -243,7 +243,7 @@ unsafe fn interleave_row__avx2(a: &[u8], b: Option<&[u8]>, dst: &mut [u32]) {
 
 /// The Add of [`Residual`] in 8 i32 lanes: the multiplier pair, rounding constant and shift, the zero points
 /// and the clamp bounds, broadcast.
-struct AddStage8 {
+pub(crate) struct AddStage8 {
     mults: __m256i,
     round: __m256i,
     count: __m128i,
@@ -258,7 +258,7 @@ impl AddStage8 {
     /// # Safety
     /// AVX2 must be available; `q` passed [`AddQuant::validate`].
     #[target_feature(enable = "avx2")]
-    unsafe fn new(q: &AddQuant) -> Self {
+    pub(crate) unsafe fn new(q: &AddQuant) -> Self {
         let prm = q.params;
         let round = if prm.shift == 0 {
             0
@@ -287,7 +287,7 @@ impl AddStage8 {
     /// AVX2 must be available; `b` is readable for 8 bytes; the lanes of `a` lie in `0..=255`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn apply(&self, a: __m256i, b: *const u8) -> __m256i {
+    pub(crate) unsafe fn apply(&self, a: __m256i, b: *const u8) -> __m256i {
         // SAFETY: `b` readable for 8 bytes (contract).
         let vb = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(b as *const __m128i) });
         let da = _mm256_sub_epi32(a, self.zp_a);
