@@ -1,6 +1,6 @@
 //! The Winograd F(2x2, 3x3) convolution (its scalar path and every available SIMD tier) equals the normative
 //! channel-pair-plane reference bit for bit, on random 3x3 stride-1 geometries: odd channel counts, 1 included,
-//! sizes 1 to 12 with odd output edges, padding 0 to 2, pad codes, zero points and weights at their extremes,
+//! sizes 1 to 12 (widths to 40) with odd output edges, padding 0 to 2, pad codes, zero points and weights at their extremes,
 //! per-tensor and per-channel requantization, with and without a fused residual Add; plus hand-checked cases and
 //! the overflow bound at its limit.
 use lowbit_runtime::kernels::conv_planes::{reference as planes_reference, PlaneConv, Residual};
@@ -20,7 +20,11 @@ fn geometry(rng: &mut Rng) -> GroupedConvGeometry {
         let g = GroupedConvGeometry {
             c_in: [1, 2, 3, 5, 7, 8, 13, 16, 17][rng.range(0, 8) as usize],
             h: rng.range(1, 12) as usize,
-            w: rng.range(1, 12) as usize,
+            // One case in four wide enough for whole 8-tile vectors in a tile row (16-byte row stores).
+            w: match rng.range(0, 3) {
+                0 => rng.range(13, 40),
+                _ => rng.range(1, 12),
+            } as usize,
             c_out: [1, 2, 3, 5, 6, 7, 11, 13, 16, 17][rng.range(0, 9) as usize],
             kh: 3,
             kw: 3,
@@ -67,9 +71,12 @@ fn assert_matches_planes(
     };
     for isa in Isa::available() {
         let conv = WinogradConv::new(isa, g, w).expect("eligible");
-        let mut out = vec![0u8; n];
-        winograd_conv_requant(&conv, x, pad, bias, p, residual, &mut out).expect("checked");
-        compare(&format!("{:?}", conv.isa()), &out);
+        for split in [false, true] {
+            let mut out = vec![0u8; n];
+            winograd_conv_requant(&conv, x, pad, bias, p, residual, split, &mut out)
+                .expect("checked");
+            compare(&format!("{:?} split {split}", conv.isa()), &out);
+        }
         let mut scalar = vec![0u8; n];
         reference::winograd_conv_requant(&conv, x, pad, bias, p, residual, &mut scalar);
         compare("scalar", &scalar);
@@ -183,7 +190,7 @@ fn a_hand_computed_4x4_convolution_gives_the_expected_codes() {
     for isa in Isa::available() {
         let conv = WinogradConv::new(isa, g, &w).expect("eligible");
         let mut out = [0u8; 4];
-        winograd_conv_requant(&conv, &x, 0, &[2], &p, None, &mut out).expect("checked");
+        winograd_conv_requant(&conv, &x, 0, &[2], &p, None, false, &mut out).expect("checked");
         assert_eq!(out, [34, 38, 52, 56], "{isa:?}");
     }
 }
@@ -207,7 +214,7 @@ fn a_single_pixel_with_padding_reads_the_pad_code_around_it() {
     for isa in Isa::available() {
         let conv = WinogradConv::new(isa, g, &w).expect("eligible");
         let mut out = [0u8; 1];
-        winograd_conv_requant(&conv, &[3], 5, &[0], &p, None, &mut out).expect("checked");
+        winograd_conv_requant(&conv, &[3], 5, &[0], &p, None, false, &mut out).expect("checked");
         assert_eq!(out, [83], "{isa:?}");
     }
 }
@@ -317,19 +324,32 @@ fn winograd_convolution_rejects_bad_weights_geometries_and_lengths() {
     for isa in Isa::available() {
         let conv = WinogradConv::new(isa, g, &w8).expect("eligible");
         let mut out = vec![0u8; 8];
-        assert!(winograd_conv_requant(&conv, &[0; 31], 0, &[0, 0], &p, None, &mut out).is_err());
-        assert!(winograd_conv_requant(&conv, &[0; 32], 0, &[0], &p, None, &mut out).is_err());
         assert!(
-            winograd_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, None, &mut out[..7]).is_err()
+            winograd_conv_requant(&conv, &[0; 31], 0, &[0, 0], &p, None, false, &mut out).is_err()
         );
-        assert!(winograd_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, Some(r), &mut out).is_err());
+        assert!(
+            winograd_conv_requant(&conv, &[0; 32], 0, &[0], &p, None, false, &mut out).is_err()
+        );
+        assert!(
+            winograd_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, None, false, &mut out[..7])
+                .is_err()
+        );
+        assert!(
+            winograd_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, Some(r), false, &mut out)
+                .is_err()
+        );
         let three = [requant[0]; 3];
         let bad = OutputParams {
             requant: &three,
             ..p
         };
-        assert!(winograd_conv_requant(&conv, &[0; 32], 0, &[0, 0], &bad, None, &mut out).is_err());
-        assert!(winograd_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, None, &mut out).is_ok());
+        assert!(
+            winograd_conv_requant(&conv, &[0; 32], 0, &[0, 0], &bad, None, false, &mut out)
+                .is_err()
+        );
+        assert!(
+            winograd_conv_requant(&conv, &[0; 32], 0, &[0, 0], &p, None, false, &mut out).is_ok()
+        );
     }
 }
 

@@ -219,7 +219,10 @@ impl WinogradConv {
 }
 
 /// One sample: `out` (`[c_out][oh][ow]` codes, the planes path's codes) from `x` (`[c_in][h][w]` codes). `bias`
-/// is the zero-point-corrected bias; `p.bias` is not used. Uses the tier the weights were prepared for.
+/// is the zero-point-corrected bias; `p.bias` is not used. Uses the tier the weights were prepared for. With
+/// `split`, the AVX2 tiers run the two halves of the tiles as two rayon tasks (for a lone sample on a multi-core
+/// machine; the codes are the same); the scalar path ignores it.
+#[allow(clippy::too_many_arguments)]
 pub fn winograd_conv_requant(
     conv: &WinogradConv,
     x: &[u8],
@@ -227,6 +230,7 @@ pub fn winograd_conv_requant(
     bias: &[i32],
     p: &OutputParams,
     residual: Option<Residual<'_>>,
+    split: bool,
     out: &mut [u8],
 ) -> Result<(), QuantError> {
     const CTX: &str = "winograd_conv_requant";
@@ -242,9 +246,9 @@ pub fn winograd_conv_requant(
     }
     match conv.isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
-            super::x86_winograd::winograd_conv_requant(conv, x, pad_code, bias, p, residual, out)
-        }
+        Isa::Avx2 | Isa::Avx512Vnni => super::x86_winograd::winograd_conv_requant(
+            conv, x, pad_code, bias, p, residual, split, out,
+        ),
         _ => reference::winograd_conv_requant(conv, x, pad_code, bias, p, residual, out),
     }
     Ok(())

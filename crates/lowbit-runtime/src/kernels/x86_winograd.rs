@@ -1,31 +1,41 @@
 //! AVX2 kernel of [`super::winograd`] (scheme and exactness argument there). Single-threaded; scratch (the
-//! padded channel-pair planes, the transformed tiles, per-channel requantization constants, tile positions) is
+//! padded channel-pair planes, the transformed tiles, per-channel requantization constants, output runs) is
 //! thread-local and only grown.
+//!
+//! The planes hold each padded row as its even columns, then its odd ones, so that the 4 columns of the input
+//! tiles of 8 consecutive tiles are 4 plain loads (no shuffles per tile). The codes of 8 tiles leave as one
+//! 16-byte row segment per output row (the two columns interleaved), stored whole where the 8 tiles are 8
+//! consecutive tiles of one tile row, else run by run (tile rows shorter than 8, row ends, odd edges).
 // Kernel names follow STYLE.md: `<op>__<isa>`.
 #![allow(non_snake_case)]
 use super::conv_planes::Residual;
 use super::winograd::{WinogradConv, POSITIONS};
 use super::x86::{pack_codes8, OutputStage8, RequantConsts8};
-use super::x86_conv_planes::{interleave_row__avx2, AddStage8};
+use super::x86_conv_planes::{deinterleave_u32__avx2, interleave_row__avx2, AddStage8};
 use super::OutputParams;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-/// Where a tile's outputs go: `pos` is output `(2 ty, 2 tx)`'s index in a channel, `right` / `below` whether its
-/// second column / row exist (odd edges drop them).
+/// Consecutive tiles of one tile row within a vector of 8, from lane `lo`: their first output row segment starts
+/// at `pos` in a channel (output `(2 ty, 2 tx)`) and holds `cols` codes (2 per tile, one less at an odd right
+/// edge); `below` whether their second output row exists.
 #[derive(Debug, Clone, Copy, Default)]
-struct TileOut {
+struct Run {
+    lo: usize,
     pos: usize,
-    right: bool,
+    cols: usize,
     below: bool,
 }
 
 #[derive(Default)]
 struct Scratch {
     planes: Vec<u32>,
+    wide: Vec<u32>,
     v: Vec<u32>,
     requant: Vec<RequantConsts8>,
-    tiles: Vec<TileOut>,
+    runs: Vec<Run>,
+    /// Per vector of 8 tiles, its runs' range in `runs`.
+    vector_runs: Vec<(usize, usize)>,
 }
 
 thread_local! {
@@ -33,10 +43,12 @@ thread_local! {
 }
 
 /// The padded planes of one sample: `rows x row` elements per channel pair, every position the input tiles of
-/// 8-tile vectors read (rows `0..2 th + 2`, columns `0..16 ceil(tw / 8) + 2`), outside the input `pad_code`.
+/// 8-tile vectors read (rows `0..2 th + 2`, columns `0..2 half`), outside the input `pad_code`; each row is its
+/// `half` even columns, then its `half` odd ones.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
     rows: usize,
+    half: usize,
     row: usize,
     /// Elements per `[position][pair]` row of the transformed tiles: every tile, rounded up to a vector, and one
     /// more vector for the last tile row's discarded lanes.
@@ -46,15 +58,31 @@ struct Layout {
 impl Layout {
     fn new(conv: &WinogradConv) -> Self {
         let t = conv.tiles;
+        // The last vector of a tile row starts at tile 8 (ceil(tw / 8) - 1) and reads phase columns up to 8 past
+        // it, plus one.
+        let half = 8 * t.tw.div_ceil(8) + 1;
         Self {
             rows: 2 * t.th + 2,
-            row: 16 * t.tw.div_ceil(8) + 2,
+            half,
+            row: 2 * half,
             tile_stride: t.len().div_ceil(8) * 8 + 8,
         }
     }
 }
 
-/// Dispatch target of `winograd::winograd_conv_requant` on the AVX2 tiers (lengths and parameters checked there).
+/// The output codes' base, shared by the two tasks of a split sample (each writes other bytes).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut u8);
+// SAFETY: the tasks holding copies write the outputs of disjoint tiles (see the split in
+// `winograd_conv_requant`) and the slice it points into outlives them (`rayon::join` returns before the
+// caller's borrow ends).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// Dispatch target of `winograd::winograd_conv_requant` on the AVX2 tiers (lengths and parameters checked there);
+/// with `split`, the tiles in two halves on two rayon tasks.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn winograd_conv_requant(
     conv: &WinogradConv,
     x: &[u8],
@@ -62,6 +90,7 @@ pub(crate) fn winograd_conv_requant(
     bias: &[i32],
     p: &OutputParams,
     residual: Option<Residual<'_>>,
+    split: bool,
     out: &mut [u8],
 ) {
     let mut run = |s: &mut Scratch| {
@@ -76,36 +105,81 @@ pub(crate) fn winograd_conv_requant(
         let pairs = conv.pairs;
         fit(&mut s.planes, pairs * l.rows * l.row);
         fit(&mut s.v, POSITIONS * pairs * l.tile_stride);
-        // SAFETY: AVX2 detected (dispatch); `x` holds the sample (asserted), `planes` and `v` the layout's sizes.
+        s.wide.clear();
+        s.wide.resize(l.row, 0);
+        // SAFETY: AVX2 detected (dispatch); `x` holds the sample (asserted), `planes`, `wide` and `v` the layout's
+        // sizes.
         unsafe {
-            build_planes__avx2(conv, &l, x, pad_code, &mut s.planes);
+            build_planes__avx2(conv, &l, x, pad_code, &mut s.wide, &mut s.planes);
             transform_input__avx2(conv, &l, &s.planes, &mut s.v);
         }
-        let (oh, ow) = (g.oh(), g.ow());
-        s.tiles.clear();
-        for ty in 0..conv.tiles.th {
-            for tx in 0..conv.tiles.tw {
-                s.tiles.push(TileOut {
-                    pos: 2 * ty * ow + 2 * tx,
-                    right: 2 * tx + 1 < ow,
-                    below: 2 * ty + 1 < oh,
-                });
-            }
-        }
+        output_runs(conv, &mut s.runs, &mut s.vector_runs);
         s.requant.clear();
         for c in 0..g.c_out {
             // SAFETY: AVX2 detected (dispatch); register arithmetic only.
             s.requant
                 .push(unsafe { RequantConsts8::broadcast(p.requant_for(c)) });
         }
-        // SAFETY: AVX2 detected; `v` holds the transformed tiles in `l`'s layout, `tiles` one entry per tile,
-        // `requant` and `bias` one per channel, `out` and the residual `c_out * oh * ow` codes (asserted).
-        unsafe { run_blocks__avx2(conv, &l, &s.v, &s.tiles, &s.requant, bias, p, residual, out) };
+        let (v, requant) = (&s.v[..], &s.requant[..]);
+        let (runs, vector_runs) = (&s.runs[..], &s.vector_runs[..]);
+        let run_part = |lo: usize, hi: usize, out: OutPtr| {
+            // SAFETY: AVX2 detected; `v` holds the transformed tiles in `l`'s layout, `runs` those of every vector,
+            // `requant` and `bias` one per channel, `out` and the residual `c_out * oh * ow` codes (asserted). The
+            // two halves of a split write the outputs of disjoint tiles, so no byte is written twice.
+            unsafe {
+                run_blocks__avx2(
+                    conv,
+                    &l,
+                    v,
+                    (runs, vector_runs),
+                    lo..hi,
+                    requant,
+                    bias,
+                    p,
+                    residual,
+                    out.0,
+                )
+            }
+        };
+        let out = OutPtr(out.as_mut_ptr());
+        // Half the tiles each, at a multiple of 16 (the micro-tiles take two vectors of 8).
+        let end = conv.tiles.len().div_ceil(8) * 8;
+        let half = end / 32 * 16;
+        if split && half > 0 {
+            rayon::join(|| run_part(0, half, out), || run_part(half, end, out));
+        } else {
+            run_part(0, end, out);
+        }
     };
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut s) => run(&mut s),
         Err(_) => run(&mut Scratch::default()),
     })
+}
+
+/// The output runs of every vector of 8 tiles (see [`Run`]).
+fn output_runs(conv: &WinogradConv, runs: &mut Vec<Run>, vector_runs: &mut Vec<(usize, usize)>) {
+    let g = conv.geometry();
+    let (oh, ow) = (g.oh(), g.ow());
+    let (n, tw) = (conv.tiles.len(), conv.tiles.tw);
+    runs.clear();
+    vector_runs.clear();
+    for t0 in (0..n).step_by(8) {
+        let first = runs.len();
+        let mut lane = 0;
+        while lane < 8 && t0 + lane < n {
+            let (ty, tx) = ((t0 + lane) / tw, (t0 + lane) % tw);
+            let len = (tw - tx).min(8 - lane).min(n - t0 - lane);
+            runs.push(Run {
+                lo: lane,
+                pos: 2 * ty * ow + 2 * tx,
+                cols: (2 * len).min(ow - 2 * tx),
+                below: 2 * ty + 1 < oh,
+            });
+            lane += len;
+        }
+        vector_runs.push((first, runs.len()));
+    }
 }
 
 fn fit(v: &mut Vec<u32>, n: usize) {
@@ -115,16 +189,19 @@ fn fit(v: &mut Vec<u32>, n: usize) {
 }
 
 /// Writes `x` into `dst` as `l`'s padded planes: channel pairs `x[2i] | x[2i + 1] << 16` (the odd last channel
-/// alone, its partner 0), every other position `pad_code` in both halves.
+/// alone, its partner 0), every other position `pad_code` in both halves; each row widened into `wide` first, then
+/// split into its even and odd columns.
 ///
 /// # Safety
-/// AVX2 must be available; `x` holds `c_in * h * w` codes and `dst` at least `pairs * rows * row` elements.
+/// AVX2 must be available; `x` holds `c_in * h * w` codes, `wide` exactly `row` elements and `dst` at least
+/// `pairs * rows * row`.
 #[target_feature(enable = "avx2")]
 unsafe fn build_planes__avx2(
     conv: &WinogradConv,
     l: &Layout,
     x: &[u8],
     pad_code: u8,
+    wide: &mut [u32],
     dst: &mut [u32],
 ) {
     let g = conv.geometry();
@@ -145,38 +222,22 @@ unsafe fn build_planes__avx2(
                 row.fill(pad);
                 continue;
             };
-            row[..pw].fill(pad);
+            wide[..pw].fill(pad);
             let ra = &a[iy * g.w..(iy + 1) * g.w];
             let rb = b.map(|b| &b[iy * g.w..(iy + 1) * g.w]);
-            // SAFETY: AVX2 available (this function's contract); `row[pw..pw + w]` exists (`row >= w + 2 pw`, the
-            // layout's columns cover the padded input).
-            unsafe { interleave_row__avx2(ra, rb, &mut row[pw..pw + g.w]) };
-            row[pw + g.w..].fill(pad);
+            // SAFETY: AVX2 available (this function's contract); `wide[pw..pw + w]` exists (`row = 2 half >= 2 tw +
+            // 2 >= w + 2 pw`).
+            unsafe { interleave_row__avx2(ra, rb, &mut wide[pw..pw + g.w]) };
+            wide[pw + g.w..].fill(pad);
+            let (even, odd) = row.split_at_mut(l.half);
+            // SAFETY: AVX2 available (this function's contract); slices bounds-checked by the callee.
+            let done = unsafe { deinterleave_u32__avx2(wide, even, odd) };
+            for j in done..l.half {
+                even[j] = wide[2 * j];
+                odd[j] = wide[2 * j + 1];
+            }
         }
     }
-}
-
-/// Elements `p[0], p[2], .., p[14]` and `p[1], p[3], .., p[15]` of the 16 u32 at `p`.
-///
-/// # Safety
-/// AVX2 must be available; `p` readable for 16 u32.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn even_odd(p: *const u32) -> (__m256i, __m256i) {
-    // SAFETY: reads `p[0..16]` (contract).
-    let (a, b) = unsafe {
-        (
-            _mm256_castsi256_ps(_mm256_loadu_si256(p as *const __m256i)),
-            _mm256_castsi256_ps(_mm256_loadu_si256(p.add(8) as *const __m256i)),
-        )
-    };
-    // Per 128-bit lane: [a0 a2 b0 b2] and [a1 a3 b1 b3]; then the 64-bit quarters in order 0, 2, 1, 3.
-    let e = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
-    let o = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
-    (
-        _mm256_permute4x64_epi64::<0b11_01_10_00>(e),
-        _mm256_permute4x64_epi64::<0b11_01_10_00>(o),
-    )
 }
 
 /// `B^T v` of one column (or row) of 4 vectors, in i16 lanes (exact: `|result| <= 2 * 510`).
@@ -209,16 +270,20 @@ unsafe fn transform_input__avx2(conv: &WinogradConv, l: &Layout, planes: &[u32],
     for i in 0..pairs {
         for ty in 0..t.th {
             for tx in (0..t.tw).step_by(8) {
-                // SAFETY: rows `2 ty..2 ty + 4 <= rows` and columns `2 tx..2 tx + 18 <= row` (the layout covers
+                // SAFETY: rows `2 ty..2 ty + 4 <= rows` and phase columns `tx..tx + 9 <= half` (the layout covers
                 // the last vector of every tile row); stores at `ty * tw + tx + 8 <= tile_stride` within each
                 // `[position][pair]` row.
                 unsafe {
                     let mut d = [[_mm256_setzero_si256(); 4]; 4];
                     for (r, dr) in d.iter_mut().enumerate() {
-                        let p = src.add((i * l.rows + 2 * ty + r) * l.row + 2 * tx);
-                        let (e0, o0) = even_odd(p);
-                        let (e2, o2) = even_odd(p.add(2));
-                        *dr = [e0, o0, e2, o2];
+                        let e = src.add((i * l.rows + 2 * ty + r) * l.row + tx);
+                        let o = e.add(l.half);
+                        *dr = [
+                            _mm256_loadu_si256(e as *const __m256i),
+                            _mm256_loadu_si256(o as *const __m256i),
+                            _mm256_loadu_si256(e.add(1) as *const __m256i),
+                            _mm256_loadu_si256(o.add(1) as *const __m256i),
+                        ];
                     }
                     // B^T d: each column of d; then each row of the result times B.
                     let mut cols = [[_mm256_setzero_si256(); 4]; 4];
@@ -242,25 +307,26 @@ unsafe fn transform_input__avx2(conv: &WinogradConv, l: &Layout, planes: &[u32],
     }
 }
 
-/// Every tile of `conv`'s blocks, channel-major like the planes kernel: 16 tiles (2 vectors) per micro-tile, a
-/// final single vector.
+/// Tiles `range` (`start` a multiple of 16, `end` of 8, at most the tiles rounded up to 8) of `conv`'s blocks,
+/// channel-major like the planes kernel: 16 tiles (2 vectors) per micro-tile, a final single vector.
 ///
 /// # Safety
 /// AVX2 must be available; as [`winograd_conv_requant`]'s call: `v` holds the transformed tiles in `l`'s layout,
-/// `tiles` one entry per tile, `requant` and `bias` one per output channel, `out` (and the residual's codes)
-/// `c_out * oh * ow` codes.
+/// `runs` the output runs of every vector, `requant` and `bias` one per output channel, `out` (and the residual's
+/// codes) `c_out * oh * ow` codes, those of the tiles in `range` written by no one else meanwhile.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
 unsafe fn run_blocks__avx2(
     conv: &WinogradConv,
     l: &Layout,
     v: &[u32],
-    tiles: &[TileOut],
+    runs: (&[Run], &[(usize, usize)]),
+    range: std::ops::Range<usize>,
     requant: &[RequantConsts8],
     bias: &[i32],
     p: &OutputParams,
     residual: Option<Residual<'_>>,
-    out: &mut [u8],
+    out: *mut u8,
 ) {
     let g = conv.geometry();
     let cx = TileCx {
@@ -275,13 +341,13 @@ unsafe fn run_blocks__avx2(
         add: residual.map(|r| (unsafe { AddStage8::new(r.quant) }, r.codes)),
         requant,
         bias,
-        tiles,
+        runs: runs.0,
+        vector_runs: runs.1,
     };
-    let vectors = tiles.len().div_ceil(8);
     for b in &conv.blocks {
         let w = conv.weights[b.at..].as_ptr();
-        let mut t0 = 0;
-        while t0 + 16 <= vectors * 8 {
+        let mut t0 = range.start;
+        while t0 + 16 <= range.end {
             // SAFETY: this function's contract covers every block, tile and channel used by the micro-tile.
             unsafe {
                 match b.len {
@@ -295,7 +361,7 @@ unsafe fn run_blocks__avx2(
             }
             t0 += 16;
         }
-        if t0 < vectors * 8 {
+        if t0 < range.end {
             // SAFETY: as above.
             unsafe {
                 match b.len {
@@ -322,18 +388,19 @@ struct TileCx<'a> {
     add: Option<(AddStage8, &'a [u8])>,
     requant: &'a [RequantConsts8],
     bias: &'a [i32],
-    tiles: &'a [TileOut],
+    runs: &'a [Run],
+    vector_runs: &'a [(usize, usize)],
 }
 
 impl TileCx<'_> {
     /// Channels `first..first + OB` at the `8 V` tiles from `t0`: the 16 products `M` (see [`accumulate__avx2`]),
     /// then per channel and vector `A^T M A`, the exact division by 4, the bias and the output stage, and the
-    /// codes of the tiles that exist stored at their (existing) positions.
+    /// codes stored by output row.
     ///
     /// # Safety
     /// AVX2 must be available; `w` points at the block's `16 * pairs * OB` weight pairs; the tiles' transformed
     /// inputs `v + (k * pairs + i) * stride + t0 + 0..8 V` lie in the buffer; channels `first..first + OB` exist
-    /// in `requant`, `bias` and `out`.
+    /// in `requant`, `bias` and `out`, whose codes of these tiles no one else writes meanwhile.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2")]
     unsafe fn tile<const OB: usize, const V: usize>(
@@ -341,7 +408,7 @@ impl TileCx<'_> {
         first: usize,
         w: *const u32,
         t0: usize,
-        out: &mut [u8],
+        out: *mut u8,
     ) {
         let mut m = [[[_mm256_setzero_si256(); V]; OB]; POSITIONS];
         // SAFETY: the reads stay within the bounds this function's contract lists.
@@ -360,60 +427,99 @@ impl TileCx<'_> {
                     t[1][s] = _mm256_sub_epi32(_mm256_sub_epi32(at(1, s), at(2, s)), at(3, s));
                 }
                 for (r, tr) in t.iter().enumerate() {
-                    let y = [
-                        _mm256_add_epi32(_mm256_add_epi32(tr[0], tr[1]), tr[2]),
-                        _mm256_sub_epi32(_mm256_sub_epi32(tr[1], tr[2]), tr[3]),
+                    let y0 = _mm256_add_epi32(_mm256_add_epi32(tr[0], tr[1]), tr[2]);
+                    let y1 = _mm256_sub_epi32(_mm256_sub_epi32(tr[1], tr[2]), tr[3]);
+                    let acc = [
+                        _mm256_add_epi32(_mm256_srai_epi32::<2>(y0), bias),
+                        _mm256_add_epi32(_mm256_srai_epi32::<2>(y1), bias),
                     ];
-                    for (s, &ys) in y.iter().enumerate() {
-                        let acc = _mm256_add_epi32(_mm256_srai_epi32::<2>(ys), bias);
-                        // SAFETY: AVX2 available (contract); register arithmetic and the bounds-checked store.
-                        unsafe { self.store(acc, rq, c, t0 + 8 * vi, r, s, out) };
-                    }
+                    // SAFETY: AVX2 available; channel `c` and these tiles' codes are this call's (contract).
+                    unsafe { self.store_row(acc, rq, c, t0 / 8 + vi, r, out) };
                 }
             }
         }
     }
 
-    /// The output stage of the accumulators `acc` of output `(r, s)` of the 8 tiles from `t`, channel `c`, and
-    /// the codes of the existing ones stored.
+    /// The output stage of output row `r` of the tiles of vector `vector`, channel `c`: the accumulators of their
+    /// two columns `acc`, requantized, the Add when fused (its other codes gathered by run and split into the two
+    /// columns), and the codes interleaved back into row order and stored by run.
     ///
     /// # Safety
-    /// AVX2 must be available.
-    #[allow(clippy::too_many_arguments)]
+    /// AVX2 must be available; `out` holds `c_out * oh * ow` codes, channel `c` exists, and no one else writes
+    /// these tiles' codes meanwhile.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn store(
+    unsafe fn store_row(
         &self,
-        acc: __m256i,
+        acc: [__m256i; 2],
         rq: &RequantConsts8,
         c: usize,
-        t: usize,
+        vector: usize,
         r: usize,
-        s: usize,
-        out: &mut [u8],
+        out: *mut u8,
     ) {
-        let tiles = self.tiles.get(t..).unwrap_or(&[]);
-        let tiles = &tiles[..tiles.len().min(8)];
-        let base = c * self.positions + r * self.ow + s;
-        let exists = |o: &TileOut| (r == 0 || o.below) && (s == 0 || o.right);
+        let (lo, hi) = self.vector_runs[vector];
+        let runs = &self.runs[lo..hi];
+        let base = c * self.positions + r * self.ow;
+        let exists = |run: &Run| r == 0 || run.below;
         // SAFETY: AVX2 available (contract); register arithmetic only.
-        let mut q = unsafe { self.stage.codes_i32(acc, rq) };
+        let mut q = unsafe {
+            [
+                self.stage.codes_i32(acc[0], rq),
+                self.stage.codes_i32(acc[1], rq),
+            ]
+        };
         if let Some((add, codes)) = &self.add {
-            let mut other = [0u8; 8];
-            for (k, o) in tiles.iter().enumerate() {
-                if exists(o) {
-                    other[k] = codes[base + o.pos];
+            let mut other = [0u8; 16];
+            for run in runs.iter().filter(|run| exists(run)) {
+                let at = base + run.pos;
+                let dst = &mut other[2 * run.lo..2 * run.lo + run.cols];
+                // Whole runs of 8 or 4 tiles as one fixed-size copy (a variable one is a library call).
+                match run.cols {
+                    16 => dst.copy_from_slice(&codes[at..at + 16]),
+                    8 => dst.copy_from_slice(&codes[at..at + 8]),
+                    n => dst.copy_from_slice(&codes[at..at + n]),
                 }
             }
-            // SAFETY: AVX2 available (contract); `other` holds 8 bytes.
-            q = unsafe { add.apply(q, other.as_ptr()) };
+            // SAFETY: AVX2 available (contract); `other` holds 16 bytes.
+            unsafe {
+                // Even bytes (first columns) to the low half, odd ones (second columns) to the high half.
+                let split = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+                let b = _mm_shuffle_epi8(_mm_loadu_si128(other.as_ptr() as *const __m128i), split);
+                q[0] = add.apply_i32(q[0], _mm256_cvtepu8_epi32(b));
+                q[1] = add.apply_i32(q[1], _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(b)));
+            }
         }
         // SAFETY: AVX2 available (contract); register arithmetic only.
-        let bytes = unsafe { pack_codes8(q) }.to_le_bytes();
-        for (o, &code) in tiles.iter().zip(&bytes) {
-            if exists(o) {
-                out[base + o.pos] = code;
+        let row = unsafe {
+            _mm_unpacklo_epi8(
+                _mm_cvtsi64_si128(pack_codes8(q[0])),
+                _mm_cvtsi64_si128(pack_codes8(q[1])),
+            )
+        };
+        if let [run] = runs {
+            if run.cols == 16 && exists(run) {
+                // SAFETY: the run's 16 codes lie in channel `c`'s output row (contract).
+                unsafe { _mm_storeu_si128(out.add(base + run.pos) as *mut __m128i, row) };
+                return;
             }
+        }
+        let mut bytes = [0u8; 16];
+        // SAFETY: a 16-byte store into `bytes`.
+        unsafe { _mm_storeu_si128(bytes.as_mut_ptr() as *mut __m128i, row) };
+        for run in runs.iter().filter(|run| exists(run)) {
+            let (src, dst) = (
+                bytes.as_ptr().wrapping_add(2 * run.lo),
+                out.wrapping_add(base + run.pos),
+            );
+            // SAFETY: the run's `cols` codes lie in channel `c`'s output row (contract; `cols` stops at its end),
+            // and `src` is within `bytes` for `cols` bytes (`2 lo + cols <= 16`).
+            unsafe {
+                match run.cols {
+                    8 => std::ptr::copy_nonoverlapping(src, dst, 8),
+                    n => std::ptr::copy_nonoverlapping(src, dst, n),
+                }
+            };
         }
     }
 }
