@@ -478,9 +478,16 @@ impl TileCx<'_> {
                 self.stage.codes_i32(acc[1], rq),
             ]
         };
+        let whole = match runs {
+            [run] if run.cols == 16 && exists(run) => Some(base + run.pos),
+            _ => None,
+        };
         if let Some((add, codes)) = &self.add {
             let mut other = [0u8; 16];
-            for run in runs.iter().filter(|run| exists(run)) {
+            // A whole row segment loads straight from the codes (a copy then a 16-byte load would stall store
+            // forwarding).
+            let direct = whole.and_then(|at| codes.get(at..at + 16));
+            for run in runs.iter().filter(|run| direct.is_none() && exists(run)) {
                 let at = base + run.pos;
                 let dst = &mut other[2 * run.lo..2 * run.lo + run.cols];
                 // Whole runs of 8 or 4 tiles as one fixed-size copy (a variable one is a library call).
@@ -494,7 +501,8 @@ impl TileCx<'_> {
             unsafe {
                 // Even bytes (first columns) to the low half, odd ones (second columns) to the high half.
                 let split = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-                let b = _mm_shuffle_epi8(_mm_loadu_si128(other.as_ptr() as *const __m128i), split);
+                let src = direct.unwrap_or(&other).as_ptr();
+                let b = _mm_shuffle_epi8(_mm_loadu_si128(src as *const __m128i), split);
                 q[0] = add.apply_i32(q[0], _mm256_cvtepu8_epi32(b));
                 q[1] = add.apply_i32(q[1], _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(b)));
             }
@@ -506,12 +514,10 @@ impl TileCx<'_> {
                 _mm_cvtsi64_si128(pack_codes8(q[1])),
             )
         };
-        if let [run] = runs {
-            if run.cols == 16 && exists(run) {
-                // SAFETY: the run's 16 codes lie in channel `c`'s output row (contract).
-                unsafe { _mm_storeu_si128(out.add(base + run.pos) as *mut __m128i, row) };
-                return;
-            }
+        if let Some(at) = whole {
+            // SAFETY: the run's 16 codes lie in channel `c`'s output row (contract).
+            unsafe { _mm_storeu_si128(out.add(at) as *mut __m128i, row) };
+            return;
         }
         let mut bytes = [0u8; 16];
         // SAFETY: a 16-byte store into `bytes`.
