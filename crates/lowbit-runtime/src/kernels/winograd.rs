@@ -19,16 +19,17 @@
 //! planes path's, code for code. Outputs past an odd edge are computed and discarded.
 //!
 //! Overflow: every step is a ring operation, so computing in wrapping `i32` yields `Y mod 2^32`; that is `Y`
-//! itself whenever `|Y| <= 4 * c_in * 9 * 255 * 128 <= i32::MAX`, i.e. `c_in <= `[`MAX_WINOGRAD_C_IN`]` = 1827`,
-//! whatever the intermediate `M` or `A^T M` do. `V` and `U` fit `i16` exactly (bounds above), so the AVX2 kernel's
+//! itself whenever `|Y| <= 4 * c_in * 9 * 255 * 128 <= i32::MAX`, i.e. for `c_in` up to [`MAX_WINOGRAD_C_IN`]
+//! (1827), whatever the intermediate `M` or `A^T M` do. `V` and `U` fit `i16` exactly (bounds above), so the AVX2 kernel's
 //! `vpmaddwd` products (`<= 1020 * 1152`, pair sums `< 2^22`) are exact too. Past the bound the planner keeps the
 //! direct kernel.
 //!
-//! AVX2 (`x86_winograd`): the input transform of 8 tiles of one tile row at a time in i16 channel-pair lanes,
-//! stored `[16][pair][tile]`; then per block of at most 6 output channels and 16 tiles, 16 small GEMMs (one per
-//! transform position) with the planes kernel's micro-tile (broadcast weight pairs, `vpmaddwd` on 2 vectors of 8
-//! tiles), the 16 results kept in an L1 buffer; then the output transform, the shift, the bias and the output
-//! stage in 8 tile lanes, and the codes scattered to their 2 x 2 positions.
+//! AVX2 (`x86_winograd`): the input transform of 8 tiles of one tile row at a time in i16 channel-pair lanes
+//! (plain loads from planes split into even and odd columns), stored `[16][pair][tile]`; then per block of at most
+//! 6 output channels and 16 tiles, 16 small GEMMs (one per transform position) with the planes kernel's micro-tile
+//! (broadcast weight pairs, `vpmaddwd` on 2 vectors of 8 tiles), the 16 results kept in an L1 buffer; then the
+//! output transform, the shift, the bias and the output stage in 8 tile lanes, and each output row's codes of the
+//! 8 tiles interleaved into a 16-byte row segment.
 use super::conv_planes::{channel_blocks, ChannelBlock, Residual};
 use super::{check_len, mismatch, Isa, OutputParams};
 use crate::error::QuantError;

@@ -473,8 +473,8 @@ fn choose_planes(
 
 /// Input channels from which Winograd pays for its transforms: the output transform and stage cost the same per
 /// output channel whatever `c_in`, so few input channels leave too few products to save. Measured on ResNet-20
-/// (`engine_profile ... ab`, one thread): the 3-channel stem ran 0.81-0.85x the planes kernel's speed, the
-/// 16-channel layers 1.06-1.17x, the 32- and 64-channel ones 1.27-1.47x.
+/// (`engine_profile ... ab`, one thread, planes time / Winograd time): the 3-channel stem 0.81-0.85 (kernel as
+/// of the planner commit), the 16-channel layers 1.12-1.31, the 32- and 64-channel ones 1.29-1.54 (final kernel).
 const WINOGRAD_MIN_C_IN: usize = 8;
 
 /// [`WinogradConv`] for a conv layer on the planes kernel when it applies ([`winograd_applies`]), has at least
