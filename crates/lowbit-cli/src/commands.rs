@@ -33,6 +33,7 @@ use lowbit_runtime::preprocess::Normalization;
 /// threads may spin between batches (the library's default is off, for host processes that do other work).
 const CLI_ENGINE: EngineOptions = EngineOptions {
     allow_spinning: true,
+    direct_3x3: false,
 };
 use std::path::Path;
 use std::time::Instant;

@@ -22,8 +22,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch: usize = args.next().map(|b| b.parse()).transpose()?.unwrap_or(256);
     let windows: usize = args.next().map(|w| w.parse()).transpose()?.unwrap_or(40);
     let model = format::load(&path)?;
-    let engines = [true, false]
-        .map(|allow_spinning| Engine::with_options(&model, EngineOptions { allow_spinning }));
+    let engines = [true, false].map(|allow_spinning| {
+        Engine::with_options(
+            &model,
+            EngineOptions {
+                allow_spinning,
+                ..EngineOptions::default()
+            },
+        )
+    });
     let [spinning, parking] = engines;
     let (spinning, parking) = (spinning?, parking?);
     let features = parking.input_features();

@@ -18,6 +18,7 @@ fn main() {
         let model = reference_mlp(42, bits);
         let spinning = EngineOptions {
             allow_spinning: true,
+            ..EngineOptions::default()
         };
         let engine =
             Engine::with_options(&model, spinning).unwrap_or_else(|e| panic!("engine: {e}"));

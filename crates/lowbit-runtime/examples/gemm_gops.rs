@@ -156,6 +156,7 @@ fn prepacked_case(m: usize, k: usize, n: usize, threads: usize, budget: Duration
 fn engine_case(bits: u32, batch: usize, budget: Duration, reps: usize) {
     let spinning = EngineOptions {
         allow_spinning: true,
+        ..EngineOptions::default()
     };
     let engine = Engine::with_options(&reference_mlp(42, bits), spinning)
         .unwrap_or_else(|e| panic!("engine: {e}"));

@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &model,
         EngineOptions {
             allow_spinning: true,
+            ..EngineOptions::default()
         },
     )?;
     let features = engine.input_features();

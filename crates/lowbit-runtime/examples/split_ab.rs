@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &model,
         EngineOptions {
             allow_spinning: true,
+            ..EngineOptions::default()
         },
     )?;
     let parking = Engine::new(&model)?;

@@ -104,8 +104,16 @@ fn eight_threads_sharing_one_engine_get_exactly_the_single_threaded_logits() {
     ];
     for (name, model, batches) in cases {
         for allow_spinning in [false, true] {
-            let e =
-                Arc::new(Engine::with_options(&model, EngineOptions { allow_spinning }).unwrap());
+            let e = Arc::new(
+                Engine::with_options(
+                    &model,
+                    EngineOptions {
+                        allow_spinning,
+                        ..EngineOptions::default()
+                    },
+                )
+                .unwrap(),
+            );
             let f = e.input_features();
             // Different inputs per thread and batch, with their single-threaded logits.
             let work: Vec<Vec<Job>> = (0..THREADS)

@@ -79,6 +79,7 @@ fn with_spinning_allowed_the_helpers_use_cpu_after_run_returns() {
     let _setup = setup();
     let options = EngineOptions {
         allow_spinning: true,
+        ..EngineOptions::default()
     };
     let engine = Engine::with_options(&reference_mlp(1, 8), options).unwrap();
     let used = cpu_in_the_idle_second_after_run(&engine);

@@ -164,6 +164,31 @@ fn planned_engine_runs_with_fusions_equal_the_traced_unfused_run_and_the_simulat
             };
             let qm = convert(&ptq(&m, &cfg, &calib).unwrap(), Provenance::default()).unwrap();
             let engine = lowbit::runtime::engine::Engine::new(&qm).unwrap();
+            // The same plan with 3x3 convolutions kept off Winograd (on AVX2, int8 ResNet convolutions with 16 or
+            // more input channels take it by default).
+            let direct = lowbit::runtime::engine::Engine::with_options(
+                &qm,
+                lowbit::runtime::engine::EngineOptions {
+                    direct_3x3: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let winograd = |e: &lowbit::runtime::engine::Engine| {
+                e.kernel_paths().iter().any(|p| p.contains("winograd"))
+            };
+            assert!(!winograd(&direct), "{spec} W{bits}");
+            let avx2 = matches!(
+                lowbit::runtime::kernels::selected_isa(),
+                lowbit::runtime::kernels::Isa::Avx2 | lowbit::runtime::kernels::Isa::Avx512Vnni
+            );
+            if avx2 && bits == 8 && spec.starts_with("resnet") {
+                assert!(
+                    winograd(&engine),
+                    "{spec} W{bits}: {:?}",
+                    engine.kernel_paths()
+                );
+            }
             let per = split.test.image_len();
             for n in [1, 7, 40] {
                 let input = &split.test.images[..n * per];
@@ -174,6 +199,11 @@ fn planned_engine_runs_with_fusions_equal_the_traced_unfused_run_and_the_simulat
                     engine.run(input, n).unwrap(),
                     sim.logits,
                     "{spec} W{bits} batch {n}: planned run"
+                );
+                assert_eq!(
+                    direct.run(input, n).unwrap(),
+                    sim.logits,
+                    "{spec} W{bits} batch {n}: planned run without Winograd"
                 );
             }
         }

@@ -78,6 +78,10 @@ pub struct EngineOptions {
     /// Off by default, so that a library call leaves the host process idle when it returns; `lowbit bench`,
     /// `lowbit eval` and the benchmarks turn it on. The `split_ab` example measures both ways (BENCHMARKS.md).
     pub allow_spinning: bool,
+    /// Keep 3x3 stride-1 convolutions on the direct channel-pair-plane kernel instead of Winograd F(2x2, 3x3)
+    /// ([`crate::kernels::winograd`]). The codes are the same either way; this exists for A/B measurements
+    /// (the `engine_profile` example's `ab` mode).
+    pub direct_3x3: bool,
 }
 
 /// A validated, planned, ready-to-run quantized model.
@@ -112,9 +116,7 @@ impl Engine {
 
     /// [`Engine::new`] with explicit [`EngineOptions`].
     pub fn with_options(model: &QuantModel, options: EngineOptions) -> Result<Engine, QuantError> {
-        let mut engine = Self::new(model)?;
-        engine.options = options;
-        Ok(engine)
+        Self::with_isa_options(model, kernels::selected_isa(), options)
     }
 
     /// The options this engine runs with.
@@ -125,11 +127,20 @@ impl Engine {
     /// Like [`Engine::new`] with weights prepared for `isa` (which must be available on this CPU; the
     /// reference tier always is).
     pub(crate) fn with_isa(model: &QuantModel, isa: Isa) -> Result<Engine, QuantError> {
+        Self::with_isa_options(model, isa, EngineOptions::default())
+    }
+
+    fn with_isa_options(
+        model: &QuantModel,
+        isa: Isa,
+        options: EngineOptions,
+    ) -> Result<Engine, QuantError> {
         let info = graph::check(model)?;
-        let plan = plan::plan(model, &info, isa, false)?;
-        let traced = plan::plan(model, &info, isa, true)?;
+        let winograd = !options.direct_3x3;
+        let plan = plan::plan(model, &info, isa, false, winograd)?;
+        let traced = plan::plan(model, &info, isa, true, winograd)?;
         Ok(Engine {
-            options: EngineOptions::default(),
+            options,
             classes: model.classes,
             info,
             plan,

@@ -53,12 +53,14 @@ pub(crate) struct Plan {
     pub slots: usize,
 }
 
-/// Plans `model` (already checked into `info`) for kernel tier `isa`; `traced` keeps every node's output.
+/// Plans `model` (already checked into `info`) for kernel tier `isa`; `traced` keeps every node's output;
+/// `winograd` lets eligible 3x3 convolutions run as Winograd F(2x2, 3x3) (the same codes).
 pub(crate) fn plan(
     model: &QuantModel,
     info: &GraphInfo,
     isa: Isa,
     traced: bool,
+    winograd: bool,
 ) -> Result<Plan, QuantError> {
     let n = model.nodes.len();
     // Pass 1: the value each value's bytes really live in.
@@ -167,6 +169,7 @@ pub(crate) fn plan(
             inputs: &in_infos,
             output: info.values[reader + 1],
             isa,
+            winograd,
         };
         let step = match (fused_from[j], &reader_node.op, &node.op) {
             (Some(_), QOp::Conv2d(c), QOp::MaxPool2d(_)) => {

@@ -111,7 +111,7 @@ pub struct PlaneConv {
 
 /// The channel blocks: `ceil(c_out / 6)` blocks whose sizes differ by at most one (16 channels: 6, 5, 5), so no
 /// block wastes most of a tile.
-fn channel_blocks(c_out: usize, per_block: usize) -> Vec<ChannelBlock> {
+pub(crate) fn channel_blocks(c_out: usize, per_block: usize) -> Vec<ChannelBlock> {
     let n = c_out.div_ceil(MAX_TILE_CHANNELS);
     let mut blocks = Vec::with_capacity(n);
     let mut first = 0;

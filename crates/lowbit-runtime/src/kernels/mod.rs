@@ -28,6 +28,7 @@ pub mod layout;
 pub mod pairs;
 pub mod pool;
 pub mod reference;
+pub mod winograd;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
@@ -38,6 +39,8 @@ mod x86_depthwise;
 mod x86_eltwise;
 #[cfg(target_arch = "x86_64")]
 mod x86_pool;
+#[cfg(target_arch = "x86_64")]
+mod x86_winograd;
 
 /// Largest K for which `K * 255 * 127` (the largest |sum| of u8 x [-127, 127] products) fits an `i32`:
 /// `floor((2^31 - 1) / 32385) = 66311`. The bias must additionally satisfy

@@ -172,7 +172,11 @@ unsafe fn build_planes__avx2(conv: &PlaneConv, x: &[u8], pad_code: u8, dst: &mut
 /// # Safety
 /// AVX2 must be available.
 #[target_feature(enable = "avx2")]
-unsafe fn deinterleave_u32__avx2(src: &[u32], even: &mut [u32], odd: &mut [u32]) -> usize {
+pub(crate) unsafe fn deinterleave_u32__avx2(
+    src: &[u32],
+    even: &mut [u32],
+    odd: &mut [u32],
+) -> usize {
     let mut j = 0;
     while 2 * j + 16 <= src.len() && j + 8 <= even.len() && j + 8 <= odd.len() {
         // SAFETY: reads `src[2j..2j + 16]`, writes `even[j..j + 8]` and `odd[j..j + 8]`, all in bounds (loop test).
@@ -198,7 +202,7 @@ unsafe fn deinterleave_u32__avx2(src: &[u32], even: &mut [u32], odd: &mut [u32])
 /// # Safety
 /// AVX2 must be available; `a` (and `b`) hold `dst.len()` codes.
 #[target_feature(enable = "avx2")]
-unsafe fn interleave_row__avx2(a: &[u8], b: Option<&[u8]>, dst: &mut [u32]) {
+pub(crate) unsafe fn interleave_row__avx2(a: &[u8], b: Option<&[u8]>, dst: &mut [u32]) {
     let n = dst.len();
     let zero = [0u8; 16];
     let mut j = 0;
@@ -243,7 +247,7 @@ unsafe fn interleave_row__avx2(a: &[u8], b: Option<&[u8]>, dst: &mut [u32]) {
 
 /// The Add of [`Residual`] in 8 i32 lanes: the multiplier pair, rounding constant and shift, the zero points
 /// and the clamp bounds, broadcast.
-struct AddStage8 {
+pub(crate) struct AddStage8 {
     mults: __m256i,
     round: __m256i,
     count: __m128i,
@@ -258,7 +262,7 @@ impl AddStage8 {
     /// # Safety
     /// AVX2 must be available; `q` passed [`AddQuant::validate`].
     #[target_feature(enable = "avx2")]
-    unsafe fn new(q: &AddQuant) -> Self {
+    pub(crate) unsafe fn new(q: &AddQuant) -> Self {
         let prm = q.params;
         let round = if prm.shift == 0 {
             0
@@ -287,9 +291,20 @@ impl AddStage8 {
     /// AVX2 must be available; `b` is readable for 8 bytes; the lanes of `a` lie in `0..=255`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn apply(&self, a: __m256i, b: *const u8) -> __m256i {
+    pub(crate) unsafe fn apply(&self, a: __m256i, b: *const u8) -> __m256i {
         // SAFETY: `b` readable for 8 bytes (contract).
         let vb = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(b as *const __m128i) });
+        // SAFETY: AVX2 available (contract).
+        unsafe { self.apply_i32(a, vb) }
+    }
+
+    /// [`AddStage8::apply`] with the other input's 8 codes as i32 lanes `vb` (each in `0..=255`).
+    ///
+    /// # Safety
+    /// AVX2 must be available; the lanes of `a` and `vb` lie in `0..=255`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn apply_i32(&self, a: __m256i, vb: __m256i) -> __m256i {
         let da = _mm256_sub_epi32(a, self.zp_a);
         let db = _mm256_sub_epi32(vb, self.zp_b);
         let pair = _mm256_blend_epi16::<0b1010_1010>(da, _mm256_slli_epi32::<16>(db));

@@ -21,6 +21,7 @@ use crate::kernels::depthwise::{
     grouped_conv_acc, grouped_conv_requant, GroupedConv, GroupedConvGeometry,
 };
 use crate::kernels::eltwise::{add_u8, AddQuant};
+use crate::kernels::winograd::{winograd_applies, winograd_conv_requant, WinogradConv};
 use crate::kernels::{Isa, PaddedPlanes};
 use crate::model::{QAdd, QConv2d};
 use crate::workers;
@@ -196,6 +197,10 @@ impl QConv2d {
             true => choose_planes(cx.isa, self, input, direct.as_ref())?,
             false => None,
         };
+        let winograd = match &planes {
+            Some(p) if cx.winograd => choose_winograd(cx.isa, self, input, p)?,
+            _ => None,
+        };
         Ok(ConvOp {
             gemm,
             input,
@@ -204,6 +209,7 @@ impl QConv2d {
             pad_code,
             direct: direct.filter(|_| planes.is_none()).map(Box::new),
             planes: planes.map(Box::new),
+            winograd: winograd.map(Box::new),
         })
     }
 }
@@ -361,6 +367,9 @@ struct ConvOp {
     /// Int8 weights prepared for [`plane_conv_requant`] (AVX2 tiers, requantized outputs), when cheaper; it then
     /// runs instead of `direct` and the GEMM.
     planes: Option<Box<PlaneConv>>,
+    /// The same convolution as Winograd F(2x2, 3x3) (3x3 stride 1 within the overflow bound), when it issues
+    /// fewer multiplies than `planes`; it then runs instead.
+    winograd: Option<Box<WinogradConv>>,
 }
 
 #[derive(Debug)]
@@ -460,6 +469,30 @@ fn choose_planes(
         Some(q) if q < planes.issued_macs() => None,
         _ => Some(planes),
     })
+}
+
+/// Input channels from which Winograd pays for its transforms: the output transform and stage cost the same per
+/// output channel whatever `c_in`, so few input channels leave too few products to save. Measured on ResNet-20
+/// (`engine_profile ... ab`, one thread, planes time / Winograd time): the 3-channel stem 0.81-0.85 (kernel as
+/// of the planner commit), the 16-channel layers 1.12-1.31, the 32- and 64-channel ones 1.29-1.54 (final kernel).
+const WINOGRAD_MIN_C_IN: usize = 8;
+
+/// [`WinogradConv`] for a conv layer on the planes kernel when it applies ([`winograd_applies`]), has at least
+/// [`WINOGRAD_MIN_C_IN`] input channels, and issues fewer multiplies than `planes` (about 2.25 times fewer on
+/// large outputs; not on outputs of a few positions, where its 16-product tiles and 8-tile vectors are mostly
+/// padding).
+fn choose_winograd(
+    isa: Isa,
+    c: &QConv2d,
+    input: Shape,
+    planes: &PlaneConv,
+) -> Result<Option<WinogradConv>, QuantError> {
+    let geo = c.grouped_geometry(input);
+    if !winograd_applies(&geo) || geo.c_in < WINOGRAD_MIN_C_IN {
+        return Ok(None);
+    }
+    let w = WinogradConv::new(isa, geo, &c.weights)?;
+    Ok((w.issued_macs() < planes.issued_macs()).then_some(w))
 }
 
 /// The direct kernel for a conv layer when it applies (int8 weights, stride 1, an AVX2 tier) and costs less than
@@ -728,11 +761,13 @@ impl ConvOp {
     /// The kernel that runs (`conv 150x16: direct u8 quads ...`).
     fn path(&self) -> String {
         let g = &self.gemm;
-        match (&self.planes, &self.direct) {
-            (Some(p), _) => format!("conv {}x{}: {}", g.k, g.n, p.path()),
-            (None, Some(d)) => format!("conv {}x{}: {}", g.k, g.n, d.path()),
-            (None, None) => format!("conv {}x{}: {}", g.k, g.n, g.weights.path()),
-        }
+        let path = match (&self.winograd, &self.planes, &self.direct) {
+            (Some(w), _, _) => w.path(),
+            (None, Some(p), _) => p.path(),
+            (None, None, Some(d)) => d.path(),
+            (None, None, None) => g.weights.path(),
+        };
+        format!("conv {}x{}: {path}", g.k, g.n)
     }
 
     /// [`plane_conv_requant`] of every sample of `x` into `out` (`self.planes` must be set), each with its slice
@@ -765,7 +800,14 @@ impl ConvOp {
                 }),
                 None => None,
             };
-            plane_conv_requant(planes, xs, self.pad_code, &g.bias_eff, &p, r, split, os)
+            match &self.winograd {
+                Some(w) => {
+                    winograd_conv_requant(w, xs, self.pad_code, &g.bias_eff, &p, r, split, os)
+                }
+                None => {
+                    plane_conv_requant(planes, xs, self.pad_code, &g.bias_eff, &p, r, split, os)
+                }
+            }
         };
         if nested || out.len() <= out_elems {
             out.chunks_mut(out_elems)

@@ -138,6 +138,8 @@ pub(crate) struct PlanCx<'a> {
     pub output: ValueInfo,
     /// Kernel tier to prepare weights for.
     pub isa: Isa,
+    /// Whether eligible 3x3 convolutions may run as Winograd ([`crate::engine::EngineOptions::direct_3x3`]).
+    pub winograd: bool,
 }
 
 /// Where a step writes.
