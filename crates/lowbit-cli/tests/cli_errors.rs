@@ -3,6 +3,9 @@
 //! eval / inspect / predict, the JSON report) and divergence, which must keep the last good weights.
 //!
 //! Runs are tiny (one epoch on the builtin sample, about a second each) so the file stays well under a minute.
+//!
+//! (Over 800 lines: the error paths of every subcommand in one place, each test a few lines of arguments and
+//! expected fragments.)
 use lowbit_runtime::testutil::{st_header, st_with_header};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
