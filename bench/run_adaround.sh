@@ -41,4 +41,6 @@ for model in mlp lenet5; do
     done
   done
 done
+# The reports name the temporary float models by path; keep the committed ones free of this machine's paths.
+sed -i "s#\"$MODELS/#\"MODELS/#" "$OUT"/*-seed"$SEED".json
 python3 bench/summarize_seeds.py adaround "$OUT" --seed "$SEED"

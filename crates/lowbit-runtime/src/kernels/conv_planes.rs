@@ -258,21 +258,36 @@ pub fn plane_conv_requant(
 ) -> Result<(), QuantError> {
     const CTX: &str = "plane_conv_requant";
     let g = &conv.geo;
-    let out_elems = g.c_out.checked_mul(g.oh() * g.ow());
-    check_len(CTX, "input", x.len(), g.c_in.checked_mul(g.h * g.w))?;
-    check_len(CTX, "bias", bias.len(), Some(g.c_out))?;
-    check_len(CTX, "output", out.len(), out_elems)?;
-    super::check_output(CTX, g.c_out, p)?;
-    if let Some(r) = &residual {
-        check_len(CTX, "residual", r.codes.len(), out_elems)?;
-        r.quant.validate()?;
-    }
+    check_sample_args(CTX, g, x, bias, p, residual.as_ref(), out)?;
     match conv.isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => super::x86_conv_planes::plane_conv_requant(
             conv, x, pad_code, bias, p, residual, split, out,
         ),
         _ => reference::plane_conv_requant(g, conv, x, pad_code, bias, p, residual, out),
+    }
+    Ok(())
+}
+
+/// The checks of a one-sample convolution entry point (this module's and [`super::winograd`]'s): input, bias and
+/// output lengths against `g`, the output stage, and the residual's length and quantization.
+pub(crate) fn check_sample_args(
+    ctx: &str,
+    g: &GroupedConvGeometry,
+    x: &[u8],
+    bias: &[i32],
+    p: &OutputParams,
+    residual: Option<&Residual<'_>>,
+    out: &[u8],
+) -> Result<(), QuantError> {
+    let out_elems = g.c_out.checked_mul(g.oh() * g.ow());
+    check_len(ctx, "input", x.len(), g.c_in.checked_mul(g.h * g.w))?;
+    check_len(ctx, "bias", bias.len(), Some(g.c_out))?;
+    check_len(ctx, "output", out.len(), out_elems)?;
+    super::check_output(ctx, g.c_out, p)?;
+    if let Some(r) = residual {
+        check_len(ctx, "residual", r.codes.len(), out_elems)?;
+        r.quant.validate()?;
     }
     Ok(())
 }

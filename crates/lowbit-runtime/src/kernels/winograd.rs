@@ -236,15 +236,7 @@ pub fn winograd_conv_requant(
 ) -> Result<(), QuantError> {
     const CTX: &str = "winograd_conv_requant";
     let g = &conv.geo;
-    let out_elems = g.c_out.checked_mul(g.oh() * g.ow());
-    check_len(CTX, "input", x.len(), g.c_in.checked_mul(g.h * g.w))?;
-    check_len(CTX, "bias", bias.len(), Some(g.c_out))?;
-    check_len(CTX, "output", out.len(), out_elems)?;
-    super::check_output(CTX, g.c_out, p)?;
-    if let Some(r) = &residual {
-        check_len(CTX, "residual", r.codes.len(), out_elems)?;
-        r.quant.validate()?;
-    }
+    super::conv_planes::check_sample_args(CTX, g, x, bias, p, residual.as_ref(), out)?;
     match conv.isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => super::x86_winograd::winograd_conv_requant(
