@@ -2,10 +2,11 @@
 
 The parent process builds the model (PyTorch default initialisation from --seed, or --weights: a state_dict of
 the same shape), exports ONNX f32 (opset 17), makes the ONNX Runtime int8 model with quantize_static
-(QuantFormat.QDQ, per_channel=True, int8 weights, uint8 activations, MinMax calibration on --calib uniform random
-images) and saves the state_dict; then it runs each runtime in a fresh child process (this script with --child),
-one after another, so each peak RSS (the child's VmHWM from /proc/self/status, everything it imported included)
-is that runtime's alone (resource.getrusage's ru_maxrss would not do: Linux carries it across execve, so every
+after ORT's quant_pre_process (QuantFormat.QDQ, per_channel=True, int8 weights, uint8 activations, MinMax
+calibration on --calib uniform random images; every convolution becomes a QLinearConv) and saves the
+state_dict; then it runs each runtime in a fresh child process (this script with --child), one after another,
+so each peak RSS (the child's VmHWM from /proc/self/status, everything it imported included) is that runtime's
+alone (resource.getrusage's ru_maxrss would not do: Linux carries it across execve, so every
 child would report at least the parent's peak):
   ort-f32     onnxruntime CPU provider, f32 model, intra_op_num_threads = --threads, sequential, ORT_ENABLE_ALL
   ort-int8    the same session options on the QDQ int8 model

@@ -33,6 +33,11 @@ pub struct QuantArgs {
     /// the last layer's input quantized at 8 bits: the usual setting of 2- to 4-bit networks.
     #[arg(long)]
     pub first_last_8bit: bool,
+    /// Bits of the activations that only feed a residual add (the branch before its sum, a 1x1 shortcut, an
+    /// added linear bottleneck), 2..=8; default: --act-bits. With --add-bits 8, --act-bits counts the inputs
+    /// of weight layers only, as in the LSQ and PACT papers.
+    #[arg(long, value_name = "BITS")]
+    pub add_bits: Option<u32>,
     /// Training samples used to calibrate activation ranges (PTQ).
     #[arg(long, default_value_t = 2000)]
     pub calibration_samples: usize,
@@ -63,10 +68,11 @@ pub struct QuantArgs {
 }
 
 /// The flag ids of [`QuantArgs`] with their spellings, for "needs --weight-bits" messages.
-pub const QUANT_FLAGS: [(&str, &str); 11] = [
+pub const QUANT_FLAGS: [(&str, &str); 12] = [
     ("act_bits", "--act-bits"),
     ("layer_bits", "--layer-bits"),
     ("first_last_8bit", "--first-last-8bit"),
+    ("add_bits", "--add-bits"),
     ("per_channel", "--per-channel"),
     ("calibration", "--calibration"),
     ("weight_calibration", "--weight-calibration"),
@@ -104,6 +110,9 @@ pub fn apply_quant_args(
     }
     if a.first_last_8bit {
         q.keep_first_last_8bit = Some(true);
+    }
+    if let Some(b) = a.add_bits {
+        q.add_bits = Some(b);
     }
     if a.adaround {
         q.adaround = Some(true);

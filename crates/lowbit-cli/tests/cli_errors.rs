@@ -307,6 +307,11 @@ fn bad_training_options_name_the_option() {
             &["--weight-calibration", "ternary"],
         ),
         (&["--lsq-init", "mse"], &["--lsq-init", "--weight-bits"]),
+        (&["--add-bits", "8"], &["--add-bits", "--weight-bits"]),
+        (
+            &["--weight-bits", "4", "--add-bits", "9"],
+            &["--add-bits", "2..=8", "9"],
+        ),
         (&["--distill", "0.5"], &["--distill", "quantization-aware"]),
         (
             &["--weight-bits", "8", "--method", "ptq", "--distill", "0.5"],

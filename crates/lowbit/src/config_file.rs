@@ -201,6 +201,8 @@ pub struct QuantSection {
     pub calibration_samples: Option<usize>,
     /// First and last weight layers at 8 bits.
     pub keep_first_last_8bit: Option<bool>,
+    /// Bits of the values that only feed residual adds (default: `act_bits`).
+    pub add_bits: Option<u32>,
     /// Batch-norm folding in QAT: `running` or `batch` (the default).
     pub bn_fold: Option<BnFoldName>,
     /// With `bn_fold = "batch"`: freeze the batch-norm statistics after this many training steps.
@@ -341,6 +343,7 @@ impl FileConfig {
             ema_momentum: q.ema_momentum.unwrap_or(d.ema_momentum),
             calibration_samples: q.calibration_samples.unwrap_or(d.calibration_samples),
             keep_first_last_8bit: q.keep_first_last_8bit.unwrap_or(d.keep_first_last_8bit),
+            add_bits: q.add_bits.or(d.add_bits),
             weight_quantizer: q.weight_quantizer.unwrap_or(d.weight_quantizer),
             act_quantizer: q.act_quantizer.unwrap_or(d.act_quantizer),
             pact_alpha_init: q.pact_alpha,

@@ -106,6 +106,60 @@ fn keep_first_last_8bit_sets_those_layers_to_eight_bits() {
     assert_eq!(bits, vec![8, 108, 2, 108, 8]);
 }
 
+/// `add_bits` widens exactly the quantizers whose value only feeds residual `Add`s: each block's second conv
+/// (both options), and option B's 1x1 shortcut convs; every other hidden quantizer keeps `act_bits`.
+#[test]
+fn add_bits_widens_the_values_that_only_feed_adds() {
+    // (spec, add_bits, expected quantizers at 8 bits: resnet:8 has one block per stage, option B a 1x1
+    // shortcut in stages 2 and 3)
+    for (spec, add_bits, wide) in [
+        ("resnet:8", Some(8), 3),
+        ("resnet:8:b", Some(8), 5),
+        ("resnet:8", None, 0),
+    ] {
+        let mut m = Model::from_spec(spec, 1).unwrap();
+        let c = QuantConfig {
+            add_bits,
+            ..cfg(4, 2)
+        };
+        prepare_qat(&mut m, &c).unwrap();
+        let consumers = m.consumers();
+        let (mut eights, mut twos) = (0, 0);
+        for (j, node) in m.nodes.iter().enumerate() {
+            let Layer::ActQuant(q) = &node.layer else {
+                continue;
+            };
+            if q.is_input() {
+                continue;
+            }
+            let to_adds = consumers[j + 1]
+                .iter()
+                .all(|&k| matches!(m.nodes[k].layer, Layer::Add(_)));
+            let expected = if to_adds && add_bits.is_some() { 8 } else { 2 };
+            assert_eq!(q.bits(), expected, "{spec}: {}", node.name);
+            if q.bits() == 8 {
+                eights += 1;
+            } else {
+                twos += 1;
+            }
+        }
+        assert_eq!(eights, wide, "{spec} {add_bits:?}");
+        assert!(twos >= 6, "{spec}: {twos} quantizers at 2 bits");
+    }
+    for bad in [1, 9] {
+        let mut m = Model::from_spec("resnet:8", 1).unwrap();
+        let e = prepare_qat(
+            &mut m,
+            &QuantConfig {
+                add_bits: Some(bad),
+                ..cfg(4, 2)
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--add-bits"), "{e}");
+    }
+}
+
 #[test]
 fn converted_codes_equal_the_quantizer_codes_for_every_width() {
     for wbits in [1, 2, 3, 4, 8] {

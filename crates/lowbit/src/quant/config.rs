@@ -170,6 +170,11 @@ pub struct QuantConfig {
     pub calibration_samples: usize,
     /// Keep the first and the last Dense layer at 8-bit min-max weights (off for the MLP reference).
     pub keep_first_last_8bit: bool,
+    /// Bits of the activation quantizers on values that only feed residual `Add`s (a branch before its sum,
+    /// a 1x1 shortcut conv, a linear bottleneck that is added), `--add-bits`; `None`: `act_bits`. As in LSQ and
+    /// PACT, where "activation bits" are those of the inputs of weight layers, and the add is kept wider.
+    #[serde(default)]
+    pub add_bits: Option<u32>,
     /// Weight quantizer family (`--weight-quantizer`); `Ste` is the fixed-rule behaviour.
     #[serde(default)]
     pub weight_quantizer: WeightMethod,
@@ -226,6 +231,7 @@ impl Default for QuantConfig {
             ema_momentum: 0.99,
             calibration_samples: 2000,
             keep_first_last_8bit: false,
+            add_bits: None,
             weight_quantizer: WeightMethod::Ste,
             act_quantizer: ActMethod::Ste,
             pact_alpha_init: None,
@@ -257,6 +263,14 @@ impl QuantConfig {
                 "--act-bits",
                 format!("must be 1..=8, got {}", self.act_bits),
             ));
+        }
+        if let Some(b) = self.add_bits {
+            if !(2..=8).contains(&b) {
+                return Err(Error::option(
+                    "--add-bits",
+                    format!("must be 2..=8 (the residual operands are signed), got {b}"),
+                ));
+            }
         }
         if let Some(k) = self.quant_step {
             if !k.is_finite() || k <= 0.0 {

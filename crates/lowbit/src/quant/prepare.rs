@@ -75,7 +75,7 @@ pub(crate) fn clamp_chain_end(model: &Model, consumers: &[Vec<usize>], j: usize)
 ///   clamp chain (see the module doc) except the output; on a value that can be negative it is marked signed
 ///   ([`ActQuantizer::set_signed`]). With `keep_first_last_8bit`, the quantizers on the
 ///   first weight layer's output and on the last one's input (through code-transparent ops and average pools)
-///   are 8-bit.
+///   are 8-bit. With `cfg.add_bits`, the quantizers on values read only by `Add`s get that width.
 ///
 /// Fails if the model already holds activation quantizers.
 pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
@@ -132,7 +132,15 @@ pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
         if v == n {
             continue; // the logits
         }
-        let bits = if eight.contains(&v) { 8 } else { cfg.act_bits };
+        let feeds_adds_only = !consumers[v].is_empty()
+            && consumers[v]
+                .iter()
+                .all(|&k| matches!(model.nodes[k].layer, Layer::Add(_)));
+        let bits = match cfg.add_bits {
+            _ if eight.contains(&v) => 8,
+            Some(b) if feeds_adds_only => b,
+            _ => cfg.act_bits,
+        };
         points.push((v, format!("{}.quant", model.nodes[v - 1].name), bits));
     }
     // Insert from the last value back, so the earlier values keep their ids.
