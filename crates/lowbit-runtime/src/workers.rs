@@ -219,6 +219,41 @@ pub fn run_tasks(tasks: usize, allow_spinning: bool, task: &(dyn Fn(usize) + Syn
 }
 
 thread_local! {
+    /// Whether the engine call running on this thread lets the helpers spin (see [`SpinScope`]); read by [`join`].
+    static ALLOW_SPIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Records, for the engine call on this thread, whether the helpers that [`join`] wakes may keep polling after
+/// it ([`run_tasks`]' `allow_spinning`); the previous setting comes back when dropped.
+pub struct SpinScope(bool);
+
+impl SpinScope {
+    /// Sets the flag [`join`] reads.
+    pub fn enter(allow_spinning: bool) -> SpinScope {
+        SpinScope(ALLOW_SPIN.replace(allow_spinning))
+    }
+}
+
+impl Drop for SpinScope {
+    fn drop(&mut self) {
+        ALLOW_SPIN.set(self.0);
+    }
+}
+
+/// Runs `a` and `b`, one on the calling thread and one on an idle helper (both here, one after the other, when
+/// no helper is free): the two halves of a lone sample's convolution. A helper still polling after the previous
+/// step takes its half within a microsecond, where a rayon worker that fell asleep between two 15-us steps takes
+/// tens of microseconds to wake on this VM; with rayon's `join` two threads ran ResNet-20 at batch 1 slower than
+/// one. Panics if either half panicked (as `rayon::join` would).
+pub fn join(a: impl Fn() + Sync, b: impl Fn() + Sync) {
+    let both = |i: usize| if i == 0 { a() } else { b() };
+    assert!(
+        run_tasks(2, ALLOW_SPIN.get(), &both),
+        "a half of a split step panicked"
+    );
+}
+
+thread_local! {
     /// Set while a thread runs tasks of a split batch (the caller or a helper): its convolutions then run their
     /// samples sequentially, like the rayon pool's workers do, instead of splitting them again.
     static IN_SPLIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -304,6 +339,30 @@ mod tests {
         };
         assert!(helped(true), "no spinning helper ever took a task");
         assert!(helped(false), "no helper took a task after parking");
+    }
+
+    #[test]
+    fn join_runs_both_halves_once_and_restores_the_spin_setting() {
+        let _serial = serial();
+        for allow in [false, true, false] {
+            let _spin = SpinScope::enter(allow);
+            assert_eq!(ALLOW_SPIN.get(), allow);
+            for _ in 0..100 {
+                let (a, b) = (AtomicUsize::new(0), AtomicUsize::new(0));
+                join(
+                    || {
+                        a.fetch_add(1, SeqCst);
+                    },
+                    || {
+                        b.fetch_add(1, SeqCst);
+                    },
+                );
+                assert_eq!((a.load(SeqCst), b.load(SeqCst)), (1, 1));
+            }
+        }
+        assert!(!ALLOW_SPIN.get());
+        let panicked = catch_unwind(AssertUnwindSafe(|| join(|| (), || panic!("half"))));
+        assert!(panicked.is_err(), "a panicking half must panic the caller");
     }
 
     #[test]

@@ -265,6 +265,9 @@ impl Engine {
         trace: Option<&mut Vec<Vec<u8>>>,
         caller_splits: bool,
     ) -> Result<(Vec<i32>, Vec<f32>), QuantError> {
+        // A lone sample's convolutions split over the helpers (`workers::join`), which spin afterwards only if
+        // this engine allows it.
+        let _spin = workers::SpinScope::enter(self.options.allow_spinning);
         let rows = self.task_rows();
         if trace.is_none() && batch > rows && rayon::current_num_threads() > 1 {
             let features = self.info.input_features;

@@ -33,7 +33,7 @@ thread_local! {
 #[derive(Clone, Copy)]
 struct OutPtr(*mut u8);
 // SAFETY: the tasks holding copies write disjoint bytes (see the split in `plane_conv_requant`) and the slice it
-// points into outlives them (`rayon::join` returns before the caller's borrow ends).
+// points into outlives them (`workers::join` returns before the caller's borrow ends).
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
@@ -95,7 +95,7 @@ pub(crate) fn plane_conv_requant(
         let half = s.vectors.len() / 4 * 2;
         if split && half > 0 {
             let (a, b) = s.vectors.split_at(half);
-            rayon::join(|| run_part(a, out), || run_part(b, out));
+            crate::workers::join(|| run_part(a, out), || run_part(b, out));
         } else {
             run_part(&s.vectors, out);
         }

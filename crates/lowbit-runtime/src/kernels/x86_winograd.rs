@@ -74,7 +74,7 @@ impl Layout {
 #[derive(Clone, Copy)]
 struct OutPtr(*mut u8);
 // SAFETY: the tasks holding copies write the outputs of disjoint tiles (see the split in
-// `winograd_conv_requant`) and the slice it points into outlives them (`rayon::join` returns before the
+// `winograd_conv_requant`) and the slice it points into outlives them (`workers::join` returns before the
 // caller's borrow ends).
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
@@ -146,7 +146,7 @@ pub(crate) fn winograd_conv_requant(
         let end = conv.tiles.len().div_ceil(8) * 8;
         let half = end / 32 * 16;
         if split && half > 0 {
-            rayon::join(|| run_part(0, half, out), || run_part(half, end, out));
+            crate::workers::join(|| run_part(0, half, out), || run_part(half, end, out));
         } else {
             run_part(0, end, out);
         }
