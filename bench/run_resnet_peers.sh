@@ -75,11 +75,12 @@ lowbit_accuracy() {
   # lowbit's recipes beside the peers' (same data, seeds, epochs): f32 resnet:20 (28x28x1 as the data has it,
   # Adam, batch 128, one-cycle to 2e-3), then from each f32 model PTQ W8A8 per-channel, LSQ W4A4 QAT for 3 epochs
   # and LSQ W2A2 (first and last layer 8-bit) for 5; mobilenet f32 and PTQ W8A8 per-channel for seed 1.
-  # Both QAT rows fold the batch norms with running statistics and start the LSQ steps at their least-squared-
-  # error values. Fine-tuning rates (cosine): QAT_LR (W4A4, default 1e-4) and W2A2_LR (default 2e-4).
+  # Both QAT rows fold the batch norms with running statistics, start the LSQ steps at their least-squared-error
+  # values and keep the values that only feed a residual Add at 8 bits (--add-bits 8, as the Brevitas peer's
+  # add operands). Fine-tuning rates (cosine): QAT_LR (W4A4, default 1e-4) and W2A2_LR (default 5e-4).
   # Reports: bench/results/resnet-lowbit-*.json.
   cargo build --release -q -p lowbit-cli
-  local lowbit="$TARGET/release/lowbit" qat_lr="${QAT_LR:-1e-4}" w2a2_lr="${W2A2_LR:-2e-4}"
+  local lowbit="$TARGET/release/lowbit" qat_lr="${QAT_LR:-1e-4}" w2a2_lr="${W2A2_LR:-5e-4}"
   local train=("$lowbit" train --quiet --data "$DATA" --batch-size 128)
   for seed in ${SEEDS//,/ }; do
     local f32="$MODELS/lowbit-resnet20-seed$seed.f32" tag="$OUT/resnet-lowbit-resnet20"
@@ -88,11 +89,11 @@ lowbit_accuracy() {
       --report "$tag-f32-seed$seed.json"
     "${train[@]}" --init "$f32" --method ptq --weight-bits 8 --act-bits 8 --per-channel --seed "$seed" \
       --report "$tag-ptq-w8a8-seed$seed.json"
-    "${train[@]}" --init "$f32" --quantizer lsq --weight-bits 4 --act-bits 4 --per-channel --epochs 3 \
+    "${train[@]}" --init "$f32" --quantizer lsq --weight-bits 4 --act-bits 4 --add-bits 8 --per-channel --epochs 3 \
       --lr "$qat_lr" --schedule cosine --bn-fold running --lsq-init mse --seed "$seed" \
       --report "$tag-lsq-w4a4-seed$seed.json"
     "${train[@]}" --init "$f32" --quantizer lsq --weight-bits 2 --act-bits 2 --per-channel --epochs 5 \
-      --first-last-8bit --lr "$w2a2_lr" --schedule cosine --bn-fold running --lsq-init mse --seed "$seed" \
+      --first-last-8bit --add-bits 8 --lr "$w2a2_lr" --schedule cosine --bn-fold running --lsq-init mse --seed "$seed" \
       --report "$tag-lsq-w2a2-seed$seed.json"
   done
   local mf32="$MODELS/lowbit-mobilenet-seed1.f32"
