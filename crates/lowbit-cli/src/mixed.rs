@@ -46,6 +46,9 @@ pub struct MixedArgs {
     /// Activation bits of every layer.
     #[arg(long, default_value_t = 8)]
     act_bits: u32,
+    /// Bits of the activations that only feed a residual add (as `train --add-bits`); default: --act-bits.
+    #[arg(long, value_name = "BITS")]
+    add_bits: Option<u32>,
     /// What the allocation minimises under a size budget.
     #[arg(long, value_enum, default_value_t = CostArg::Measured)]
     cost: CostArg,
@@ -98,6 +101,7 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
     let base = QuantConfig {
         weight_bits: 8,
         act_bits: a.act_bits,
+        add_bits: a.add_bits,
         method: Method::Ptq,
         ..QuantConfig::default()
     };
@@ -168,11 +172,13 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
     let predicted_drop = alloc.predicted_drop_pp(&sens);
 
     println!(
-        "lowbit mixed: {} ({}) on {}, A{} PTQ, {} weight layers, {} weights; budget {}",
+        "lowbit mixed: {} ({}) on {}, A{}{} PTQ, {} weight layers, {} weights; budget {}",
         a.model.display(),
         model.spec,
         a.data.data,
         a.act_bits,
+        a.add_bits
+            .map_or(String::new(), |b| format!(" (add operands {b})")),
         sens.layers.len(),
         total_weights,
         match budget {
@@ -278,6 +284,7 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
             quantization: Some(QuantSection {
                 weight_bits: Some(8),
                 act_bits: Some(a.act_bits),
+                add_bits: a.add_bits,
                 per_channel: Some(base.per_channel),
                 method: Some(MethodName::Ptq),
                 layers: chosen_cfg.layers.clone(),

@@ -312,6 +312,11 @@ fn bad_training_options_name_the_option() {
             &["--weight-bits", "4", "--add-bits", "9"],
             &["--add-bits", "2..=8", "9"],
         ),
+        // The default model (an MLP) has no residual Add for the width to apply to.
+        (
+            &["--weight-bits", "4", "--add-bits", "8"],
+            &["--add-bits", "residual Add", "nothing to set"],
+        ),
         (&["--distill", "0.5"], &["--distill", "quantization-aware"]),
         (
             &["--weight-bits", "8", "--method", "ptq", "--distill", "0.5"],

@@ -106,6 +106,10 @@ fn impossible_and_malformed_budgets_fail_with_one_line_and_write_nothing() {
             "--weight-bits",
         ),
         (
+            vec!["mixed", "none.f32", "--max-drop", "1", "--add-bits", "9"],
+            "--add-bits",
+        ),
+        (
             vec![
                 "mixed",
                 "none.f32",
@@ -137,7 +141,81 @@ fn impossible_and_malformed_budgets_fail_with_one_line_and_write_nothing() {
         ],
         &["--budget", "smallest needs"],
     );
+    // LeNet has no residual Add for --add-bits to set.
+    run_err(
+        dir.path(),
+        &[
+            "mixed",
+            "m.f32",
+            "--budget-bits",
+            "3",
+            "--add-bits",
+            "8",
+            "--samples",
+            "100",
+            "--out-config",
+            "a.toml",
+        ],
+        &["--add-bits", "residual Add"],
+    );
     assert!(!dir.path().join("a.toml").exists());
+}
+
+/// `--add-bits` reaches the measurements and the written config: rerunning the config gives the same engine
+/// accuracy as `mixed` measured, with the add operands at their own width.
+#[test]
+fn add_bits_is_measured_and_written_into_the_config() {
+    let dir = TempDir::new().unwrap();
+    run_ok(
+        dir.path(),
+        &[
+            "train",
+            "--model",
+            "resnet:8",
+            "--epochs",
+            "1",
+            "--no-baseline",
+            "--out",
+            "r.f32",
+        ],
+    );
+    run_ok(
+        dir.path(),
+        &[
+            "mixed",
+            "r.f32",
+            "--budget-bits",
+            "3",
+            "--bits",
+            "2",
+            "--act-bits",
+            "4",
+            "--add-bits",
+            "8",
+            "--samples",
+            "100",
+            "--out-config",
+            "a.toml",
+            "--report",
+            "r.json",
+        ],
+    );
+    let config = std::fs::read_to_string(dir.path().join("a.toml")).unwrap();
+    assert!(config.contains("add_bits = 8"), "{config}");
+    let rerun = run_ok(
+        dir.path(),
+        &[
+            "train", "--config", "a.toml", "--init", "r.f32", "--report", "t.json",
+        ],
+    );
+    let read = |f: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(f)).unwrap()).unwrap()
+    };
+    assert_eq!(
+        read("t.json")["test_accuracy"],
+        read("r.json")["measured_accuracy"],
+        "{rerun}"
+    );
 }
 
 /// `--first-last-8bit` keeps the first and last weight layers at 8 bits, and the activations next to them (the

@@ -158,6 +158,22 @@ fn add_bits_widens_the_values_that_only_feed_adds() {
         .unwrap_err();
         assert!(e.to_string().contains("--add-bits"), "{e}");
     }
+    // A model without residual Adds: the width would set nothing, which is an error rather than a silent no-op.
+    for spec in ["mlp:784-16-10", "lenet5"] {
+        let mut m = Model::from_spec(spec, 1).unwrap();
+        let e = prepare_qat(
+            &mut m,
+            &QuantConfig {
+                add_bits: Some(8),
+                ..cfg(4, 2)
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("--add-bits") && e.to_string().contains("residual Add"),
+            "{spec}: {e}"
+        );
+    }
 }
 
 #[test]

@@ -77,7 +77,8 @@ pub(crate) fn clamp_chain_end(model: &Model, consumers: &[Vec<usize>], j: usize)
 ///   first weight layer's output and on the last one's input (through code-transparent ops and average pools)
 ///   are 8-bit. With `cfg.add_bits`, the quantizers on values read only by `Add`s get that width.
 ///
-/// Fails if the model already holds activation quantizers.
+/// Fails if the model already holds activation quantizers, or if `cfg.add_bits` is set on a model with no value
+/// read only by `Add`s (nothing for it to set).
 pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
     cfg.validate()?;
     if model.layers().any(|l| matches!(l, Layer::ActQuant(_))) {
@@ -124,6 +125,7 @@ pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
     };
     // Activation points by value, named after the node whose clamp chain ends there.
     let mut points: Vec<(ValueId, String, u32)> = Vec::new();
+    let mut add_operands = 0usize;
     for j in 0..n {
         if !requantizes(&model.nodes[j].layer) {
             continue;
@@ -136,12 +138,23 @@ pub fn prepare_qat(model: &mut Model, cfg: &QuantConfig) -> Result<()> {
             && consumers[v]
                 .iter()
                 .all(|&k| matches!(model.nodes[k].layer, Layer::Add(_)));
+        add_operands += usize::from(feeds_adds_only);
         let bits = match cfg.add_bits {
             _ if eight.contains(&v) => 8,
             Some(b) if feeds_adds_only => b,
             _ => cfg.act_bits,
         };
         points.push((v, format!("{}.quant", model.nodes[v - 1].name), bits));
+    }
+    if cfg.add_bits.is_some() && add_operands == 0 {
+        // A width that would set nothing is a mistaken recipe, not a no-op to pass over in silence.
+        return Err(Error::option(
+            "--add-bits",
+            format!(
+                "model {} has no activation that only feeds a residual Add, so there is nothing to set",
+                model.spec
+            ),
+        ));
     }
     // Insert from the last value back, so the earlier values keep their ids.
     points.sort_by_key(|p| std::cmp::Reverse(p.0));
