@@ -65,6 +65,12 @@ lowbit_speed() {
   # resnet:20 option A for 3x32x32, W8A8 per-channel PTQ (calibrated on the builtin sample, centred and
   # repeated over channels); weights do not change the speed.
   [[ -e "$model" ]] || "$TARGET/release/examples/make_resnet_lbq" "$model" > /dev/null
+  # The engine alone first (the process holds only the engine, as each peer's does; `bench` times 5 windows of
+  # SECONDS_PER_CASE x REPEATS / 5 s, the peers' REPEATS windows of SECONDS_PER_CASE with the defaults), then
+  # beside lowbit's own f32 path (alternating windows, for the f32 row).
+  echo "## lowbit bench --engine-only resnet:20 3x32x32 W8A8, RAYON_NUM_THREADS=$THREADS"
+  RAYON_NUM_THREADS="$THREADS" peak_rss "$lowbit" bench "$model" --batch 64,1 --engine-only \
+    --seconds "$(awk "BEGIN { print $SECS * $REPEATS }")"
   echo "## lowbit bench resnet:20 3x32x32 W8A8 (int = integer engine), RAYON_NUM_THREADS=$THREADS"
   RAYON_NUM_THREADS="$THREADS" peak_rss "$lowbit" bench "$model" --batch 64,1 --seconds "$SECS"
   echo "## lowbit f32 training steps, resnet:20 1x28x28, batch 128, RAYON_NUM_THREADS=$THREADS"

@@ -1194,6 +1194,7 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
 const BENCH_WINDOWS: u32 = 5;
 
 /// One `lowbit bench` measurement.
+#[derive(Clone, Copy)]
 struct Timing {
     /// Samples/s of the best window.
     best: f64,
@@ -1203,17 +1204,17 @@ struct Timing {
     mean: f64,
 }
 
-/// Times the f32 model and the engine (one batch per call each) for about `seconds` each, in [`BENCH_WINDOWS`]
-/// windows of at least 3 calls, alternating one window of each: both sides see the same stretch of a shared
-/// machine, so its drift does not land on one side of the ratio.
-fn time_pair(
+/// Times each of `sides` (one batch per call) for about `seconds`, in [`BENCH_WINDOWS`] windows of at least 3
+/// calls, alternating one window of each: with two sides (the f32 model and the engine) both see the same stretch
+/// of a shared machine, so its drift does not land on one side of the ratio.
+fn time_sides(
     batch: usize,
     seconds: f64,
-    mut float: impl FnMut() -> Result<()>,
-    mut int: impl FnMut() -> Result<()>,
-) -> Result<(Timing, Timing)> {
-    float()?;
-    int()?;
+    sides: &mut [&mut dyn FnMut() -> Result<()>],
+) -> Result<Vec<Timing>> {
+    for f in sides.iter_mut() {
+        f()?;
+    }
     let window = seconds / f64::from(BENCH_WINDOWS);
     let run = |f: &mut dyn FnMut() -> Result<()>, (best, calls, secs): &mut (f64, u64, f64)| {
         let t0 = Instant::now();
@@ -1228,17 +1229,20 @@ fn time_pair(
         *secs += el;
         Ok::<(), anyhow::Error>(())
     };
-    let (mut fs, mut is) = ((f64::INFINITY, 0, 0.0), (f64::INFINITY, 0, 0.0));
+    let mut acc = vec![(f64::INFINITY, 0u64, 0.0f64); sides.len()];
     for _ in 0..BENCH_WINDOWS {
-        run(&mut float, &mut fs)?;
-        run(&mut int, &mut is)?;
+        for (f, a) in sides.iter_mut().zip(&mut acc) {
+            run(*f, a)?;
+        }
     }
-    let timing = |(latency, calls, secs): (f64, u64, f64)| Timing {
-        best: batch as f64 / latency,
-        latency,
-        mean: (calls * batch as u64) as f64 / secs,
-    };
-    Ok((timing(fs), timing(is)))
+    Ok(acc
+        .into_iter()
+        .map(|(latency, calls, secs)| Timing {
+            best: batch as f64 / latency,
+            latency,
+            mean: (calls * batch as u64) as f64 / secs,
+        })
+        .collect())
 }
 
 /// Peak resident set of this process in KiB: the kernel's high-water mark `VmHWM` (Linux), which the peer scripts
@@ -1262,20 +1266,27 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         bail!("invalid --seconds: must be a positive number");
     }
     let engine = Engine::with_options(&qm, CLI_ENGINE)?;
-    let mut float_model = lowbit::quant::dequantize(&qm)?;
+    let mut float_model = match a.engine_only {
+        true => None,
+        false => Some(lowbit::quant::dequantize(&qm)?),
+    };
     let split = data::load(&DataSource::Builtin)?;
     let per = qm.input.features();
-    let mut t = Table::new(&[
-        "batch",
-        "f32 samples/s",
-        "f32 latency",
-        "int samples/s",
-        "int latency",
-        "speed-up",
-        "f32 mean/s",
-        "int mean/s",
-        "mean speed-up",
-    ]);
+    let mut t = Table::new(if a.engine_only {
+        &["batch", "int samples/s", "int latency", "int mean/s"]
+    } else {
+        &[
+            "batch",
+            "f32 samples/s",
+            "f32 latency",
+            "int samples/s",
+            "int latency",
+            "speed-up",
+            "f32 mean/s",
+            "int mean/s",
+            "mean speed-up",
+        ]
+    });
     for &b in &a.batch {
         // Sample images centred in the model's input and repeated over its channels (the images themselves when
         // the model takes 28x28x1), normalised and coded as the model says.
@@ -1286,22 +1297,33 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 .test
                 .fitted_image(i % split.test.n, shape, &mut pixels);
         }
+        let input = qm.input_codes(&pixels).into_owned();
+        let mut int = || {
+            std::hint::black_box(engine.run(&input, b)?);
+            Ok(())
+        };
+        let Some(float_model) = float_model.as_mut() else {
+            let [i] = time_sides(b, a.seconds, &mut [&mut int])?[..] else {
+                unreachable!("one side timed")
+            };
+            t.row(vec![
+                b.to_string(),
+                format!("{:.0}", i.best),
+                format!("{:.2} us", i.latency * 1e6),
+                format!("{:.0}", i.mean),
+            ]);
+            continue;
+        };
         let mut x = Vec::with_capacity(pixels.len());
         data::pixels_to_input(&pixels, shape, qm.normalization.as_ref(), &mut x);
         let xt = lowbit::tensor::Tensor::new(x, vec![b, shape[0], shape[1], shape[2]]);
-        let input = qm.input_codes(&pixels).into_owned();
-        let (f, i) = time_pair(
-            b,
-            a.seconds,
-            || {
-                std::hint::black_box(float_model.forward(&xt, false)?);
-                Ok(())
-            },
-            || {
-                std::hint::black_box(engine.run(&input, b)?);
-                Ok(())
-            },
-        )?;
+        let mut float = || {
+            std::hint::black_box(float_model.forward(&xt, false)?);
+            Ok(())
+        };
+        let [f, i] = time_sides(b, a.seconds, &mut [&mut float, &mut int])?[..] else {
+            unreachable!("two sides timed")
+        };
         t.row(vec![
             b.to_string(),
             format!("{:.0}", f.best),
@@ -1331,15 +1353,23 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     print!("{}", t.render());
     match peak_rss_kib() {
         Some(kib) => println!(
-            "peak RSS: {:.1} MiB (this process: f32 model, engine, sample data, both sides' buffers)",
-            kib as f64 / 1024.0
+            "peak RSS: {:.1} MiB (this process: {})",
+            kib as f64 / 1024.0,
+            match a.engine_only {
+                true => "engine, sample data, its buffers",
+                false => "f32 model, engine, sample data, both sides' buffers",
+            }
         ),
         None => println!("peak RSS: unavailable (no /proc/self/status)"),
     }
     println!(
-        "samples/s and latency: best of {BENCH_WINDOWS} windows of {:.2} s each, f32 and engine windows \
-         alternating (the peer scripts' estimator); mean: over all windows",
-        a.seconds / f64::from(BENCH_WINDOWS)
+        "samples/s and latency: best of {BENCH_WINDOWS} windows of {:.2} s each{} (the peer scripts' estimator); \
+         mean: over all windows",
+        a.seconds / f64::from(BENCH_WINDOWS),
+        match a.engine_only {
+            true => ", the engine alone",
+            false => ", f32 and engine windows alternating",
+        }
     );
     Ok(())
 }

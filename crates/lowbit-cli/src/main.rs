@@ -374,6 +374,10 @@ struct BenchArgs {
     /// Seconds to spend per measurement (split into 5 windows).
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
+    /// Time the integer engine alone: no f32 model is built or timed, so neither its windows nor its memory share
+    /// the process (as the peer scripts time each runtime in a process of its own).
+    #[arg(long)]
+    engine_only: bool,
 }
 
 /// `--calibration`, with the library's message for a bad value.

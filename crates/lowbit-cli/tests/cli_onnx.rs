@@ -215,6 +215,26 @@ fn every_command_that_takes_a_float_model_takes_the_onnx_file_itself() {
     run_ok(d, &["quantize", m, "--out", "q.lbq"]);
     let bench = run_ok(d, &["bench", "q.lbq", "--batch", "1", "--seconds", "0.05"]);
     assert!(bench.contains("speed-up"), "{bench}");
+    // --engine-only times the engine alone: no f32 column, and the process holds no float model.
+    let alone = run_ok(
+        d,
+        &[
+            "bench",
+            "q.lbq",
+            "--batch",
+            "1,3",
+            "--seconds",
+            "0.05",
+            "--engine-only",
+        ],
+    );
+    assert!(
+        alone.contains("int samples/s")
+            && alone.contains("the engine alone")
+            && !alone.contains("f32")
+            && alone.lines().filter(|l| l.starts_with("3 ")).count() == 1,
+        "{alone}"
+    );
     run_err(
         d,
         &["bench", m],
