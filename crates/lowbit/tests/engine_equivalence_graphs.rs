@@ -5,7 +5,8 @@
 //! The CI test runs 100 Fashion-MNIST test images; the ignored one all 10,000 (about 10 minutes on 2 cores):
 //! `cargo test --release -p lowbit --test engine_equivalence_graphs -- --ignored --nocapture`.
 //! With `LOWBIT_SKIP_FULL_DATA=1` both are skipped. `LOWBIT_GRAPH_MODEL_DIR` may hold trained float models
-//! (`resnet20.f32`, `resnet20b.f32`, `mobilenet.f32`) to check instead of briefly initialised ones.
+//! (`resnet20.f32`, `resnet20b.f32`, `mobilenet.f32`) to check instead of briefly initialised ones;
+//! `LOWBIT_GRAPH_SPECS` (comma separated, e.g. `mobilenet`) limits the ignored test to some of the three.
 mod common;
 
 use common::{batch, engine_equals_simulation};
@@ -91,5 +92,20 @@ fn graph_models_equal_the_simulation_node_by_node_on_100_test_images() {
 #[test]
 #[ignore = "all 10,000 test images: about 10 minutes; run explicitly in release mode"]
 fn graph_models_equal_the_simulation_node_by_node_on_all_test_images() {
-    check(10_000, &ALL);
+    let chosen: Vec<(&str, &str)> = match std::env::var("LOWBIT_GRAPH_SPECS") {
+        Ok(list) => {
+            let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+            for w in &wanted {
+                assert!(
+                    ALL.iter().any(|(spec, _)| spec == w),
+                    "LOWBIT_GRAPH_SPECS: {w} is not one of {ALL:?}"
+                );
+            }
+            ALL.into_iter()
+                .filter(|(spec, _)| wanted.contains(spec))
+                .collect()
+        }
+        Err(_) => ALL.to_vec(),
+    };
+    check(10_000, &chosen);
 }
