@@ -29,8 +29,6 @@ struct Run {
 
 #[derive(Default)]
 struct Scratch {
-    planes: Vec<u32>,
-    wide: Vec<u32>,
     v: Vec<u32>,
     requant: Vec<RequantConsts8>,
     runs: Vec<Run>,
@@ -38,8 +36,17 @@ struct Scratch {
     vector_runs: Vec<(usize, usize)>,
 }
 
+/// One channel pair's padded plane and the widened rows it is built from ([`build_plane__avx2`]): per thread, as
+/// the two halves of a split sample build their pairs on two threads.
+#[derive(Default)]
+struct PlaneScratch {
+    plane: Vec<u32>,
+    wide: Vec<u32>,
+}
+
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static PLANE: RefCell<PlaneScratch> = RefCell::new(PlaneScratch::default());
 }
 
 /// The padded plane of one channel pair: `rows x row` elements, every position the input tiles of
@@ -70,15 +77,16 @@ impl Layout {
     }
 }
 
-/// The output codes' base, shared by the two tasks of a split sample (each writes other bytes).
+/// A buffer's base shared by the two tasks of a split sample, each writing other elements: the output codes (of
+/// disjoint tiles) or the transformed inputs (of disjoint channel pairs).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut u8);
-// SAFETY: the tasks holding copies write the outputs of disjoint tiles (see the split in
-// `winograd_conv_requant`) and the slice it points into outlives them (`workers::join` returns before the
-// caller's borrow ends).
-unsafe impl Send for OutPtr {}
+struct SharedPtr<T>(*mut T);
+// SAFETY: the tasks holding copies write disjoint elements (see the splits in `winograd_conv_requant`) and the
+// buffer it points into outlives them (`workers::join` returns before the caller's borrow ends).
+unsafe impl<T> Send for SharedPtr<T> {}
 // SAFETY: as above.
-unsafe impl Sync for OutPtr {}
+unsafe impl<T> Sync for SharedPtr<T> {}
+type OutPtr = SharedPtr<u8>;
 
 /// Dispatch target of `winograd::winograd_conv_requant` on the AVX2 tiers (lengths and parameters checked there);
 /// with `split`, the tiles in two halves on two rayon tasks.
@@ -103,18 +111,37 @@ pub(crate) fn winograd_conv_requant(
         );
         let l = Layout::new(conv);
         let pairs = conv.pairs;
-        fit(&mut s.planes, l.rows * l.row);
         fit(&mut s.v, POSITIONS * pairs * l.tile_stride);
-        s.wide.clear();
-        s.wide.resize(l.rows * l.row, 0);
-        // SAFETY: AVX2 detected (dispatch); `x` holds the sample (asserted), `planes`, `wide` and `v` the layout's
-        // sizes.
-        unsafe {
-            // Pair by pair, so that each plane is transformed while it is still in L1.
-            for i in 0..pairs {
-                build_plane__avx2(conv, &l, x, pad_code, i, &mut s.wide, &mut s.planes);
-                transform_input__avx2(conv, &l, i, &s.planes, &mut s.v);
-            }
+        let v_len = s.v.len();
+        // Pair by pair, so that each plane is transformed while it is still in L1.
+        let prepare = |lo: usize, hi: usize, v: SharedPtr<u32>| {
+            let build = |ps: &mut PlaneScratch| {
+                fit(&mut ps.plane, l.rows * l.row);
+                ps.wide.clear();
+                ps.wide.resize(l.rows * l.row, 0);
+                for i in lo..hi {
+                    // SAFETY: AVX2 detected (dispatch); `x` holds the sample (asserted), `plane` and `wide` the
+                    // layout's sizes, `v` points at `v_len` elements of which this task writes pairs `lo..hi`'s
+                    // rows only.
+                    unsafe {
+                        build_plane__avx2(conv, &l, x, pad_code, i, &mut ps.wide, &mut ps.plane);
+                        transform_input__avx2(conv, &l, i, &ps.plane, v.0, v_len);
+                    }
+                }
+            };
+            PLANE.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut ps) => build(&mut ps),
+                Err(_) => build(&mut PlaneScratch::default()),
+            })
+        };
+        let vp = SharedPtr(s.v.as_mut_ptr());
+        if split && pairs >= 2 {
+            crate::workers::join(
+                || prepare(0, pairs / 2, vp),
+                || prepare(pairs / 2, pairs, vp),
+            );
+        } else {
+            prepare(0, pairs, vp);
         }
         output_runs(conv, &mut s.runs, &mut s.vector_runs);
         s.requant.clear();
@@ -144,7 +171,7 @@ pub(crate) fn winograd_conv_requant(
                 )
             }
         };
-        let out = OutPtr(out.as_mut_ptr());
+        let out = SharedPtr(out.as_mut_ptr());
         // Half the tiles each, at a multiple of 16 (the micro-tiles take two vectors of 8).
         let end = conv.tiles.len().div_ceil(8) * 8;
         let half = end / 32 * 16;
@@ -268,20 +295,22 @@ fn bt4(v: [__m256i; 4]) -> [__m256i; 4] {
 ///
 /// # Safety
 /// AVX2 must be available; `plane` holds pair `i`'s `rows * row` elements built by [`build_plane__avx2`] and
-/// `v` at least `16 * pairs * tile_stride` (checked).
+/// `v` (`v_len` elements, checked against `16 * pairs * tile_stride`) writable in pair `i`'s rows, which no one
+/// else writes meanwhile.
 #[target_feature(enable = "avx2")]
 unsafe fn transform_input__avx2(
     conv: &WinogradConv,
     l: &Layout,
     i: usize,
     plane: &[u32],
-    v: &mut [u32],
+    v: *mut u32,
+    v_len: usize,
 ) {
     let (pairs, t) = (conv.pairs, conv.tiles);
     assert!(
-        i < pairs && plane.len() >= l.rows * l.row && v.len() >= POSITIONS * pairs * l.tile_stride
+        i < pairs && plane.len() >= l.rows * l.row && v_len >= POSITIONS * pairs * l.tile_stride
     );
-    let (src, dst) = (plane.as_ptr(), v.as_mut_ptr());
+    let (src, dst) = (plane.as_ptr(), v);
     for ty in 0..t.th {
         for tx in (0..t.tw).step_by(8) {
             // SAFETY: rows `2 ty..2 ty + 4 <= rows` and phase columns `tx..tx + 9 <= half` (the layout covers
