@@ -1,6 +1,7 @@
-//! AVX2 kernel of [`super::winograd`] (scheme and exactness argument there). Single-threaded; scratch (one
-//! padded channel-pair plane at a time, the transformed tiles, per-channel requantization constants, output
-//! runs) is thread-local and only grown.
+//! AVX2 kernel of [`super::winograd`] (scheme and exactness argument there). Scratch (one padded channel-pair
+//! plane at a time, the transformed tiles, per-channel requantization constants, output runs) is thread-local
+//! and only grown. With `split` (a lone sample), the calling thread and a helper ([`crate::workers::join`])
+//! share first the channel pairs of the input transform, then the tiles.
 //!
 //! The planes hold each padded row as its even columns, then its odd ones, so that the 4 columns of the input
 //! tiles of 8 consecutive tiles are 4 plain loads (no shuffles per tile). The codes of 8 tiles leave as one
@@ -89,7 +90,7 @@ unsafe impl<T> Sync for SharedPtr<T> {}
 type OutPtr = SharedPtr<u8>;
 
 /// Dispatch target of `winograd::winograd_conv_requant` on the AVX2 tiers (lengths and parameters checked there);
-/// with `split`, the tiles in two halves on two rayon tasks.
+/// with `split`, the channel pairs and then the tiles in two halves on two threads.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn winograd_conv_requant(
     conv: &WinogradConv,
