@@ -291,8 +291,9 @@ fn bt4(v: [__m256i; 4]) -> [__m256i; 4] {
 }
 
 /// `V = B^T d B` of every tile of channel pair `i` into `v` (`[position][pair][tile]`, rows `tile_stride`
-/// apart), 8 tiles of one tile row per step in i16 pair lanes. Each step stores 8 lanes; the lanes past a tile row's end are
-/// overwritten by the next row's step (tiles run in increasing order) or land in the row's last vector of slack.
+/// apart), 8 tiles of one tile row per step in i16 pair lanes. Each step stores 8 lanes; the lanes past a tile
+/// row's end are overwritten by the next row's step (tiles run in increasing order) or land in the row's last
+/// vector of slack: every store stays in pair `i`'s rows.
 ///
 /// # Safety
 /// AVX2 must be available; `plane` holds pair `i`'s `rows * row` elements built by [`build_plane__avx2`] and
