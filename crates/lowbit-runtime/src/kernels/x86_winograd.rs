@@ -9,6 +9,7 @@
 //! consecutive tiles of one tile row, else run by run (tile rows shorter than 8, row ends, odd edges).
 // Kernel names follow STYLE.md: `<op>__<isa>`.
 #![allow(non_snake_case)]
+use super::conv_planes::ChannelBlock;
 use super::conv_planes::Residual;
 use super::winograd::{WinogradConv, POSITIONS};
 use super::x86::{pack_codes8, OutputStage8, RequantConsts8};
@@ -153,16 +154,17 @@ pub(crate) fn winograd_conv_requant(
         }
         let (v, requant) = (&s.v[..], &s.requant[..]);
         let (runs, vector_runs) = (&s.runs[..], &s.vector_runs[..]);
-        let run_part = |lo: usize, hi: usize, out: OutPtr| {
+        let run_part = |blocks: &[ChannelBlock], lo: usize, hi: usize, out: OutPtr| {
             // SAFETY: AVX2 detected; `v` holds the transformed tiles in `l`'s layout, `runs` those of every vector,
             // `requant` and `bias` one per channel, `out` and the residual `c_out * oh * ow` codes (asserted). The
-            // two halves of a split write the outputs of disjoint tiles, so no byte is written twice.
+            // two halves of a split write the outputs of disjoint tiles or channels, so no byte is written twice.
             unsafe {
                 run_blocks__avx2(
                     conv,
                     &l,
                     v,
                     (runs, vector_runs),
+                    blocks,
                     lo..hi,
                     requant,
                     bias,
@@ -173,13 +175,21 @@ pub(crate) fn winograd_conv_requant(
             }
         };
         let out = SharedPtr(out.as_mut_ptr());
-        // Half the tiles each, at a multiple of 16 (the micro-tiles take two vectors of 8).
+        // Half the tiles each, at a multiple of 16 (the micro-tiles take two vectors of 8); with too few tiles
+        // for that (ResNet-20's 8x8 stage has 16), half the channel blocks each.
         let end = conv.tiles.len().div_ceil(8) * 8;
         let half = end / 32 * 16;
+        let blocks = &conv.blocks[..];
+        let (b1, b2) = blocks.split_at(blocks.len() / 2);
         if split && half > 0 {
-            crate::workers::join(|| run_part(0, half, out), || run_part(half, end, out));
+            crate::workers::join(
+                || run_part(blocks, 0, half, out),
+                || run_part(blocks, half, end, out),
+            );
+        } else if split && !b1.is_empty() {
+            crate::workers::join(|| run_part(b1, 0, end, out), || run_part(b2, 0, end, out));
         } else {
-            run_part(0, end, out);
+            run_part(blocks, 0, end, out);
         }
     };
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
@@ -351,13 +361,14 @@ unsafe fn transform_input__avx2(
     }
 }
 
-/// Tiles `range` (`start` a multiple of 16, `end` of 8, at most the tiles rounded up to 8) of `conv`'s blocks,
-/// channel-major like the planes kernel: 16 tiles (2 vectors) per micro-tile, a final single vector.
+/// Tiles `range` (`start` a multiple of 16, `end` of 8, at most the tiles rounded up to 8) of `blocks` (some of
+/// `conv`'s), channel-major like the planes kernel: 16 tiles (2 vectors) per micro-tile, a final single vector.
 ///
 /// # Safety
 /// AVX2 must be available; as [`winograd_conv_requant`]'s call: `v` holds the transformed tiles in `l`'s layout,
 /// `runs` the output runs of every vector, `requant` and `bias` one per output channel, `out` (and the residual's
-/// codes) `c_out * oh * ow` codes, those of the tiles in `range` written by no one else meanwhile.
+/// codes) `c_out * oh * ow` codes, those of the tiles in `range` and the channels of `blocks` written by no one
+/// else meanwhile.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
 unsafe fn run_blocks__avx2(
@@ -365,6 +376,7 @@ unsafe fn run_blocks__avx2(
     l: &Layout,
     v: &[u32],
     runs: (&[Run], &[(usize, usize)]),
+    blocks: &[ChannelBlock],
     range: std::ops::Range<usize>,
     requant: &[RequantConsts8],
     bias: &[i32],
@@ -388,7 +400,7 @@ unsafe fn run_blocks__avx2(
         runs: runs.0,
         vector_runs: runs.1,
     };
-    for b in &conv.blocks {
+    for b in blocks {
         let w = conv.weights[b.at..].as_ptr();
         let mut t0 = range.start;
         while t0 + 16 <= range.end {
