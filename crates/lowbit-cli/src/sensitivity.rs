@@ -25,6 +25,10 @@ pub struct SensitivityArgs {
     /// One weight scale per tensor instead of per output channel.
     #[arg(long)]
     per_tensor: bool,
+    /// Bits of the activations that only feed a residual add, in every setting (as `train --add-bits`);
+    /// default: the activation bits.
+    #[arg(long, value_name = "BITS")]
+    add_bits: Option<u32>,
     /// Measure weights only (halves the work).
     #[arg(long)]
     no_activations: bool,
@@ -57,6 +61,7 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
             weight_bits: a.base_bits,
             act_bits: a.base_bits,
             per_channel: !a.per_tensor,
+            add_bits: a.add_bits,
             method: Method::Ptq,
             ..QuantConfig::default()
         },

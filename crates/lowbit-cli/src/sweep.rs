@@ -57,6 +57,10 @@ pub struct SweepArgs {
     /// One weight scale per tensor instead of per output channel.
     #[arg(long)]
     per_tensor: bool,
+    /// Bits of the activations that only feed a residual add, in every setting (as `train --add-bits`);
+    /// default: the activation bits.
+    #[arg(long, value_name = "BITS")]
+    add_bits: Option<u32>,
     /// Training samples that calibrate activation ranges (PTQ).
     #[arg(long, default_value_t = 2000)]
     calibration_samples: usize,
@@ -108,6 +112,7 @@ pub fn sweep(a: &SweepArgs, quiet: bool) -> Result<()> {
         base: QuantConfig {
             act_bits: a.act_bits,
             per_channel: !a.per_tensor,
+            add_bits: a.add_bits,
             method,
             calibration_samples: a.calibration_samples,
             ..QuantConfig::default()

@@ -34,6 +34,21 @@ fn sensitivity_covers_every_weight_layer_and_bit_width_with_engine_measurements(
             "s.png",
         ],
     );
+    // LeNet has no residual Add for --add-bits to set: an error, not a silent no-op.
+    run_err(
+        dir.path(),
+        &[
+            "sensitivity",
+            "m.f32",
+            "--bits",
+            "2",
+            "--samples",
+            "100",
+            "--add-bits",
+            "8",
+        ],
+        &["--add-bits", "residual Add"],
+    );
     let png = std::fs::read(dir.path().join("s.png")).unwrap();
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
@@ -107,6 +122,10 @@ fn bad_sensitivity_options_fail_with_one_line_before_loading_anything() {
         (
             vec!["sensitivity", "none.f32", "--plot", "s.jpg"],
             ".svg or .png",
+        ),
+        (
+            vec!["sensitivity", "none.f32", "--add-bits", "9"],
+            "--add-bits",
         ),
     ] {
         run_err(dir.path(), &args, &[fragment]);

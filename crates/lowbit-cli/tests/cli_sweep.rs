@@ -143,6 +143,7 @@ fn bad_sweep_options_fail_with_one_line_before_loading_anything() {
             "--quant-step",
         ),
         (vec!["sweep", "none.f32", "--act-bits", "12"], "--act-bits"),
+        (vec!["sweep", "none.f32", "--add-bits", "1"], "--add-bits"),
         (
             vec!["sweep", "none.f32", "--method", "qat", "--epochs", "0"],
             "--epochs",
