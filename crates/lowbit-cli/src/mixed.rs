@@ -219,7 +219,12 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         "vs f32",
         "model bytes",
     ]);
-    let f32_acc = sens.float_accuracy;
+    // Every row below is measured on the whole test set; with --samples the sensitivity saw only part of it.
+    let subset = sens.test_samples < split.test.n;
+    let f32_acc = match subset {
+        true => lowbit::train::evaluate_float(&mut model.clone(), &split.test, 256)?.0,
+        false => sens.float_accuracy,
+    };
     let chosen_acc = chosen.report.test_accuracy;
     let mut uniform = Vec::new();
     for &b in bits.iter().chain(std::iter::once(&8)) {
@@ -261,10 +266,14 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         .filter(|u| u.1 <= alloc.bytes)
         .max_by(|x, y| x.2.total_cmp(&y.2));
     println!(
-        "\nf32 {:.2}%. Predicted accuracy (all-8-bit {:.2}% minus the layers' measured drops) {:.2}%, measured on \
-         the integer engine {:.2}% ({} engine/simulation mismatches).",
+        "\nf32 {:.2}%. Predicted accuracy (all-8-bit {:.2}%{} minus the layers' measured drops) {:.2}%, measured \
+         on the integer engine {:.2}% ({} engine/simulation mismatches).",
         f32_acc * 100.0,
         sens.base_accuracy * 100.0,
+        match subset {
+            true => format!(" on the {} images measured", sens.test_samples),
+            false => String::new(),
+        },
         (sens.base_accuracy * 100.0 - predicted_drop),
         chosen_acc * 100.0,
         chosen.report.engine_simulation_mismatches.unwrap_or(0)

@@ -67,6 +67,11 @@ fn a_bit_budget_is_met_and_the_written_config_reproduces_the_measured_accuracy()
         measured >= uniform2,
         "mixed {measured} < uniform W2 {uniform2}"
     );
+    // The f32 figure beside the rows is the whole test set's, as theirs, though the sensitivity saw 300 images.
+    run_ok(dir.path(), &["eval", "m.f32", "--report", "e.json"]);
+    let e: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("e.json")).unwrap()).unwrap();
+    assert_eq!(r["float_accuracy"], e["test_accuracy"], "{out}");
     // The config file reruns to the same engine accuracy.
     let rerun = run_ok(
         dir.path(),
