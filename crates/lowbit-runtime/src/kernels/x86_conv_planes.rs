@@ -122,14 +122,7 @@ unsafe fn build_planes__avx2(conv: &PlaneConv, x: &[u8], pad_code: u8, dst: &mut
     let plane_in = g.h * g.w;
     let mut wide = vec![0u32; if sw == 1 { 0 } else { g.w + 2 * pw }];
     for i in 0..l.pairs {
-        let a = &x[2 * i * plane_in..(2 * i + 1) * plane_in];
-        let b = x.get((2 * i + 1) * plane_in..(2 * i + 2) * plane_in);
-        let pad = u32::from(pad_code)
-            | if b.is_some() {
-                u32::from(pad_code) << 16
-            } else {
-                0
-            };
+        let (a, b, pad) = channel_pair(x, plane_in, i, pad_code);
         let planes = &mut dst[i * l.plane..(i + 1) * l.plane];
         for (y, row) in planes.chunks_exact_mut(l.row).enumerate() {
             let Some(iy) = y.checked_sub(ph).filter(|&iy| iy < g.h) else {
@@ -195,6 +188,20 @@ pub(crate) unsafe fn deinterleave_u32__avx2(
         j += 8;
     }
     j
+}
+
+/// Channel pair `i` of a sample `x` of `plane_in`-code channels: its two channels (the second absent for an odd
+/// last channel) and the pad word of its planes (`pad_code` in both halves, or in the low one alone).
+pub(crate) fn channel_pair(
+    x: &[u8],
+    plane_in: usize,
+    i: usize,
+    pad_code: u8,
+) -> (&[u8], Option<&[u8]>, u32) {
+    let a = &x[2 * i * plane_in..(2 * i + 1) * plane_in];
+    let b = x.get((2 * i + 1) * plane_in..(2 * i + 2) * plane_in);
+    let high = if b.is_some() { pad_code } else { 0 };
+    (a, b, u32::from(pad_code) | u32::from(high) << 16)
 }
 
 /// `dst[j] = a[j] | b[j] << 16` (`b` absent: 0), 16 columns per step, then 8.

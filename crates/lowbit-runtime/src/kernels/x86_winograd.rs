@@ -13,7 +13,9 @@ use super::conv_planes::ChannelBlock;
 use super::conv_planes::Residual;
 use super::winograd::{WinogradConv, POSITIONS};
 use super::x86::{pack_codes8, OutputStage8, RequantConsts8};
-use super::x86_conv_planes::{deinterleave_u32__avx2, interleave_row__avx2, AddStage8};
+use super::x86_conv_planes::{
+    channel_pair, deinterleave_u32__avx2, interleave_row__avx2, AddStage8,
+};
 use super::OutputParams;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -252,14 +254,7 @@ unsafe fn build_plane__avx2(
     let g = conv.geometry();
     let (ph, pw) = g.padding;
     let plane_in = g.h * g.w;
-    let a = &x[2 * i * plane_in..(2 * i + 1) * plane_in];
-    let b = x.get((2 * i + 1) * plane_in..(2 * i + 2) * plane_in);
-    let pad = u32::from(pad_code)
-        | if b.is_some() {
-            u32::from(pad_code) << 16
-        } else {
-            0
-        };
+    let (a, b, pad) = channel_pair(x, plane_in, i, pad_code);
     for (y, wide) in wide.chunks_exact_mut(l.row).enumerate() {
         let Some(iy) = y.checked_sub(ph).filter(|&iy| iy < g.h) else {
             wide.fill(pad);
