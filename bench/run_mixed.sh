@@ -7,18 +7,28 @@
 #     QAT_LR with a cosine schedule), against uniform LSQ QAT at every weight width with the same recipe.
 # Every accuracy is the integer engine's on the 10,000 test images. Output: bench/results/mixed/, a table on stdout.
 # Usage: bench/run_mixed.sh [SEED] (default 1). Environment: MODEL (a float model to use instead of training one),
-# QAT_EPOCHS (default 2), QAT_LR (default 2e-4), DATA (default fashion-mnist), CARGO_TARGET_DIR; a report that
-# exists already is kept (FRESH=1 reruns everything).
+# NAME (prefix of the output files when MODEL is given, e.g. resnet20), QAT_EPOCHS (default 2), QAT_LR (default
+# 2e-4), QAT_BATCH (default 64), QAT_EXTRA (more `train` options of every QAT run), MIXED_EXTRA (more `mixed`
+# options), UNIFORM (uniform QAT weight widths, default "2 3 4 8"), DATA (default fashion-mnist),
+# CARGO_TARGET_DIR, LOWBIT (a lowbit binary to run instead of building one); a report that exists already is kept (FRESH=1 reruns everything). ResNet-20 as in
+# BENCHMARKS: MODEL=resnet20-seed1.f32 NAME=resnet20 QAT_BATCH=128 QAT_LR=1e-4
+# QAT_EXTRA="--bn-fold running --lsq-init mse --add-bits 8" MIXED_EXTRA="--add-bits 8 --samples 2000" UNIFORM="2 3 4".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEED=${1:-1}
 DATA=${DATA:-fashion-mnist}
 EPOCHS=${QAT_EPOCHS:-2}
 LR=${QAT_LR:-2e-4}
+UNIFORM=${UNIFORM:-2 3 4 8}
+read -ra QEXTRA <<< "${QAT_EXTRA:-}"
+read -ra MEXTRA <<< "${MIXED_EXTRA:-}"
+P=${NAME:+$NAME-}
 OUT=bench/results/mixed
 mkdir -p "$OUT"
-cargo build --release -q -p lowbit-cli
-LOWBIT="${CARGO_TARGET_DIR:-target}/release/lowbit"
+if [[ -z "${LOWBIT:-}" ]]; then
+  cargo build --release -q -p lowbit-cli
+  LOWBIT="${CARGO_TARGET_DIR:-target}/release/lowbit"
+fi
 fresh() { [[ -n "${FRESH:-}" || ! -e "$1" ]]; }
 if [[ -n "${MODEL:-}" ]]; then
   F32=$MODEL
@@ -27,32 +37,33 @@ else
   fresh "$F32" && "$LOWBIT" train -q --data "$DATA" --model lenet5 --epochs 5 --batch-size 64 --seed "$SEED" \
     --no-baseline --out "$F32" > /dev/null
 fi
-qat=(--method qat --quantizer lsq --per-channel --epochs "$EPOCHS" --lr "$LR" --schedule cosine --batch-size 64 --seed "$SEED")
+qat=(--method qat --quantizer lsq --per-channel --epochs "$EPOCHS" --lr "$LR" --schedule cosine
+  --batch-size "${QAT_BATCH:-64}" --seed "$SEED" "${QEXTRA[@]}")
 for a in 8 4; do
   for b in 2.5 3; do
-    r="$OUT/mixed-a$a-b$b-seed$SEED"
+    r="$OUT/${P}mixed-a$a-b$b-seed$SEED"
     fresh "$r.json" && "$LOWBIT" mixed -q "$F32" --data "$DATA" --budget-bits "$b" --act-bits "$a" \
-      --out-config "$r.toml" --report "$r.json" > /dev/null
-    r2="$OUT/qat-mixed-a$a-b$b-seed$SEED.json"
+      --out-config "$r.toml" --report "$r.json" "${MEXTRA[@]}" > /dev/null
+    r2="$OUT/${P}qat-mixed-a$a-b$b-seed$SEED.json"
     fresh "$r2" && "$LOWBIT" train -q --data "$DATA" --init "$F32" --config "$r.toml" "${qat[@]}" \
       --act-bits "$a" --report "$r2" > /dev/null
   done
-  for w in 2 3 4 8; do
-    r="$OUT/qat-uniform-w${w}a$a-seed$SEED.json"
+  for w in $UNIFORM; do
+    r="$OUT/${P}qat-uniform-w${w}a$a-seed$SEED.json"
     fresh "$r" && "$LOWBIT" train -q --data "$DATA" --init "$F32" "${qat[@]}" --weight-bits "$w" --act-bits "$a" \
       --report "$r" > /dev/null
   done
 done
-python3 - "$OUT" "$SEED" <<'PY'
+python3 - "$OUT" "$SEED" "$P" "$UNIFORM" <<'PY'
 import json, sys
-out, seed = sys.argv[1], sys.argv[2]
-load = lambda p: json.load(open(f"{out}/{p}"))
+out, seed, prefix, widths = sys.argv[1], sys.argv[2], sys.argv[3], [int(w) for w in sys.argv[4].split()]
+load = lambda p: json.load(open(f"{out}/{prefix}{p}"))
 pp = lambda x: f"{x * 100:.2f}%"
 print(f"Seed {seed}. Engine accuracy on the test set; sizes are the .lbq model bytes.")
 print("| A | budget | method | mixed bits | mixed | mixed bytes | best uniform <= size | uniform | mixed - uniform |")
 print("|---|---|---|---|---|---|---|---|---|")
 for a in [8, 4]:
-    qat_uniform = {w: load(f"qat-uniform-w{w}a{a}-seed{seed}.json") for w in [2, 3, 4, 8]}
+    qat_uniform = {w: load(f"qat-uniform-w{w}a{a}-seed{seed}.json") for w in widths}
     for b in ["2.5", "3"]:
         m = load(f"mixed-a{a}-b{b}-seed{seed}.json")
         bits = ",".join(str(x) for x in m["allocation"]["bits"])

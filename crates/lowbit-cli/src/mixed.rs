@@ -52,6 +52,12 @@ pub struct MixedArgs {
     /// What the allocation minimises under a size budget.
     #[arg(long, value_enum, default_value_t = CostArg::Measured)]
     cost: CostArg,
+    /// Rounds of refinement, for deep networks where one-layer costs do not add up (ResNet): each round
+    /// re-measures every layer's candidates with the allocation found everywhere else, solves again over those
+    /// costs and keeps the new allocation if it measures better (about as many PTQ runs per round as the
+    /// sensitivity analysis). Byte budgets only.
+    #[arg(long, value_name = "ROUNDS", default_value_t = 0)]
+    refine: usize,
     /// Test images per sensitivity measurement (default: the whole test set; the final model is always
     /// measured on all of it).
     #[arg(long)]
@@ -88,6 +94,9 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         if !(d.is_finite() && d >= 0.0) {
             bail!("--max-drop: {d} must be a finite number >= 0");
         }
+    }
+    if a.refine > 0 && a.max_drop.is_some() {
+        bail!("--refine works with --budget-bits or --budget-bytes, not --max-drop");
     }
     if let Some(p) = &a.out_config {
         match p.extension().and_then(|e| e.to_str()) {
@@ -152,8 +161,35 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         _ => unreachable!("exactly one budget was checked above"),
     };
     let t_solve = Instant::now();
-    let alloc = allocate::solve(&layers, budget)?;
+    let solved = allocate::solve(&layers, budget)?;
     let solve_ms = t_solve.elapsed().as_secs_f64() * 1e3;
+    let refined = match budget {
+        Budget::Bytes(max) if a.refine > 0 => {
+            let measurer = sensitivity::Measurer::new(
+                &model,
+                &split,
+                base.calibration_samples,
+                scfg.test_samples,
+            );
+            let bar = crate::ui::bar(0, "refine", quiet);
+            let r = allocate::refine(
+                &measurer,
+                &base,
+                &layers,
+                &solved,
+                max,
+                a.refine,
+                &mut |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )?;
+            bar.finish_and_clear();
+            Some(r)
+        }
+        _ => None,
+    };
+    let alloc = refined.as_ref().map_or(&solved, |r| &r.best).clone();
 
     let run = |q: QuantConfig, bars: &mut Bars| {
         let cfg = RunConfig {
@@ -209,6 +245,42 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         alloc.bytes,
         alloc.bytes as f64 * 8.0 / total_weights as f64
     );
+
+    if let Some(r) = &refined {
+        let mut t = Table::new(&[
+            "round",
+            "bits per layer",
+            "bits/weight",
+            "predicted loss",
+            "loss",
+            "accuracy",
+        ]);
+        for (i, m) in r.rounds.iter().enumerate() {
+            t.row(vec![
+                i.to_string(),
+                m.bits
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                format!("{:.2}", m.bytes as f64 * 8.0 / total_weights as f64),
+                m.predicted_loss.map_or("-".into(), |p| format!("{p:.4}")),
+                format!("{:.4}", m.loss),
+                pct(m.accuracy),
+            ]);
+        }
+        println!(
+            "\nRefinement on {} test images (round 0: the solve over one-layer costs; each later round re-measured \
+             every candidate around the best so far and solved again):",
+            sens.test_samples
+        );
+        print!("{}", t.render());
+        let kept = r.rounds.iter().position(|m| m.bits == r.best.bits);
+        println!(
+            "Kept round {} (the table of layers above shows it).",
+            kept.unwrap_or(0)
+        );
+    }
 
     // The uniform allocations beside it, each measured the same way.
     let mut cmp = Table::new(&[
@@ -325,6 +397,8 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         let fields = serde_json::json!({
             "budget": budget,
             "allocation": alloc,
+            "solved": solved,
+            "refine": refined,
             "predicted_drop_pp": predicted_drop,
             "measured_accuracy": chosen_acc,
             "float_accuracy": f32_acc,

@@ -30,6 +30,8 @@ fn a_bit_budget_is_met_and_the_written_config_reproduces_the_measured_accuracy()
             "2,4",
             "--samples",
             "300",
+            "--refine",
+            "1",
             "--out-config",
             "a.toml",
             "--report",
@@ -59,6 +61,21 @@ fn a_bit_budget_is_met_and_the_written_config_reproduces_the_measured_accuracy()
         bytes * 8 <= 3 * weights,
         "{bytes} bytes for {weights} weights"
     );
+    // Refinement starts from the exact solve and keeps the allocation of least measured loss.
+    let rounds = r["refine"]["rounds"].as_array().unwrap();
+    assert!(!rounds.is_empty() && rounds.len() <= 2, "{out}");
+    assert_eq!(rounds[0]["bits"], r["solved"]["bits"], "{out}");
+    let least = rounds
+        .iter()
+        .min_by(|a, b| {
+            a["loss"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["loss"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(least["bits"], r["allocation"]["bits"], "{out}");
+    assert!(out.contains("Refinement on 300 test images"), "{out}");
     // Never worse than the uniform allocation it could have been (2 bits everywhere fits any 3-bit budget).
     let uniform2 = r["uniform"][0]["accuracy"].as_f64().unwrap();
     let measured = r["measured_accuracy"].as_f64().unwrap();
@@ -105,6 +122,10 @@ fn impossible_and_malformed_budgets_fail_with_one_line_and_write_nothing() {
         (
             vec!["mixed", "none.f32", "--max-drop", "-0.5"],
             "--max-drop",
+        ),
+        (
+            vec!["mixed", "none.f32", "--max-drop", "1", "--refine", "1"],
+            "--refine",
         ),
         (
             vec!["mixed", "none.f32", "--max-drop", "1", "--bits", "12"],

@@ -177,27 +177,90 @@ pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
     (d > 0.0).then(|| cov / d)
 }
 
-/// Engine accuracy and mean cross-entropy of a PTQ of `model` under `q` on `images`.
-fn measure(model: &Model, q: &QuantConfig, calib: &[Tensor], eval: &Eval) -> Result<(f64, f64)> {
-    let prepared = quant::ptq(model, q, calib)?;
-    let qm = quant::convert(&prepared, Provenance::default())?;
-    let engine = Engine::with_options(&qm, EngineOptions::default())?;
-    let per = qm.input.features();
-    let (mut correct, mut loss) = (0usize, 0.0f64);
-    for start in (0..eval.n).step_by(EVAL_BATCH) {
-        let b = EVAL_BATCH.min(eval.n - start);
-        let logits = engine.run(
-            &qm.input_codes(&eval.images[start * per..(start + b) * per]),
-            b,
-        )?;
-        let out = softmax_cross_entropy(
-            &Tensor::new(logits, vec![b, qm.classes]),
-            &eval.labels[start..start + b],
-        )?;
-        correct += out.correct;
-        loss += f64::from(out.loss) * b as f64;
+/// Measures PTQ settings of one model on the integer engine, always on the same calibration and test images
+/// (picked once), so that measurements compare: what [`analyse`] and [`crate::allocate::refine`] run.
+pub struct Measurer<'a> {
+    model: &'a Model,
+    calib: Vec<Tensor>,
+    eval: Eval,
+}
+
+impl<'a> Measurer<'a> {
+    /// Calibration on `calibration_samples` training images of `split` (as PTQ picks them: evenly spread) and
+    /// evaluation on `test_samples` test images (evenly spread; all when larger than the test set).
+    pub fn new(
+        model: &'a Model,
+        split: &Split,
+        calibration_samples: usize,
+        test_samples: usize,
+    ) -> Self {
+        let test = &split.test;
+        let per = test.image_len();
+        let pick = spread(test.n, test_samples);
+        let eval = Eval {
+            images: pick
+                .iter()
+                .flat_map(|&i| test.images[i * per..(i + 1) * per].iter().copied())
+                .collect(),
+            labels: pick.iter().map(|&i| test.labels[i]).collect(),
+            n: pick.len(),
+            shape: test.shape(),
+            normalization: test.normalization.clone(),
+        };
+        let calib = pipeline::sample_batches(&split.train, calibration_samples, EVAL_BATCH);
+        Self { model, calib, eval }
     }
-    Ok((correct as f64 / eval.n as f64, loss / eval.n as f64))
+
+    /// Test images per measurement.
+    pub fn samples(&self) -> usize {
+        self.eval.n
+    }
+
+    /// Engine accuracy and mean cross-entropy of the PTQ of the model under `q`.
+    pub fn measure(&self, q: &QuantConfig) -> Result<(f64, f64)> {
+        let prepared = quant::ptq(self.model, q, &self.calib)?;
+        let qm = quant::convert(&prepared, Provenance::default())?;
+        let engine = Engine::with_options(&qm, EngineOptions::default())?;
+        let per = qm.input.features();
+        let eval = &self.eval;
+        let (mut correct, mut loss) = (0usize, 0.0f64);
+        for start in (0..eval.n).step_by(EVAL_BATCH) {
+            let b = EVAL_BATCH.min(eval.n - start);
+            let logits = engine.run(
+                &qm.input_codes(&eval.images[start * per..(start + b) * per]),
+                b,
+            )?;
+            let out = softmax_cross_entropy(
+                &Tensor::new(logits, vec![b, qm.classes]),
+                &eval.labels[start..start + b],
+            )?;
+            correct += out.correct;
+            loss += f64::from(out.loss) * b as f64;
+        }
+        Ok((correct as f64 / eval.n as f64, loss / eval.n as f64))
+    }
+
+    /// Accuracy of the float model on the same test images.
+    fn float_accuracy(&self) -> Result<f64> {
+        let eval = &self.eval;
+        let mut m = self.model.clone();
+        let mut x = Vec::with_capacity(eval.images.len());
+        crate::data::pixels_to_input(
+            &eval.images,
+            eval.shape,
+            eval.normalization.as_ref(),
+            &mut x,
+        );
+        let [c, h, w] = eval.shape;
+        let x = Tensor::new(x, vec![eval.n, c, h, w]);
+        let pred = m.predict(&x)?;
+        Ok(pred
+            .iter()
+            .zip(&eval.labels)
+            .filter(|(p, &l)| **p == usize::from(l))
+            .count() as f64
+            / eval.n as f64)
+    }
 }
 
 /// The evaluated test images, as the engine takes them.
@@ -205,6 +268,8 @@ struct Eval {
     images: Vec<u8>,
     labels: Vec<u8>,
     n: usize,
+    shape: [usize; 3],
+    normalization: Option<lowbit_runtime::preprocess::Normalization>,
 }
 
 /// Indices of `n` samples spread evenly over `total` (as [`pipeline::sample_batches`] picks them).
@@ -222,17 +287,7 @@ pub fn analyse(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Sensitivity> {
     cfg.validate()?;
-    let test = &split.test;
-    let per = test.image_len();
-    let pick = spread(test.n, cfg.test_samples);
-    let eval = Eval {
-        images: pick
-            .iter()
-            .flat_map(|&i| test.images[i * per..(i + 1) * per].iter().copied())
-            .collect(),
-        labels: pick.iter().map(|&i| test.labels[i]).collect(),
-        n: pick.len(),
-    };
+    let measurer = Measurer::new(model, split, cfg.base.calibration_samples, cfg.test_samples);
     let weight_nodes: Vec<usize> = (0..model.nodes.len())
         .filter(|&j| is_weight_layer(&model.nodes[j].layer))
         .collect();
@@ -244,25 +299,8 @@ pub fn analyse(
             .sum::<usize>();
     let mut done = 0;
 
-    let float_accuracy = {
-        let mut m = model.clone();
-        let mut x = Vec::with_capacity(eval.images.len());
-        crate::data::pixels_to_input(
-            &eval.images,
-            test.shape(),
-            test.normalization.as_ref(),
-            &mut x,
-        );
-        let x = Tensor::new(x, vec![eval.n, test.channels, test.rows, test.cols]);
-        let pred = m.predict(&x)?;
-        pred.iter()
-            .zip(&eval.labels)
-            .filter(|(p, &l)| **p == usize::from(l))
-            .count() as f64
-            / eval.n as f64
-    };
-    let calib = pipeline::sample_batches(&split.train, cfg.base.calibration_samples, EVAL_BATCH);
-    let (base_accuracy, base_loss) = measure(model, &cfg.base, &calib, &eval)?;
+    let float_accuracy = measurer.float_accuracy()?;
+    let (base_accuracy, base_loss) = measurer.measure(&cfg.base)?;
     done += 1;
     progress(done, total);
 
@@ -297,11 +335,11 @@ pub fn analyse(
                 .zip(w)
                 .map(|(q, w)| f64::from(q - w).powi(2))
                 .sum();
-            let (acc, loss) = measure(model, &only(Some(b), None), &calib, &eval)?;
+            let (acc, loss) = measurer.measure(&only(Some(b), None))?;
             done += 1;
             progress(done, total);
             let act_drop_pp = if act_measured(l) {
-                let (a, _) = measure(model, &only(None, Some(b)), &calib, &eval)?;
+                let (a, _) = measurer.measure(&only(None, Some(b)))?;
                 done += 1;
                 progress(done, total);
                 Some((base_accuracy - a) * 100.0)
@@ -354,7 +392,7 @@ pub fn analyse(
         float_accuracy,
         base_accuracy,
         base_loss,
-        test_samples: eval.n,
+        test_samples: measurer.samples(),
         layers,
         spearman: per_width,
         spearman_pooled,

@@ -1,0 +1,101 @@
+//! Mixed-precision refinement (issue 13, item 4): every allocation `refine` measures is re-measured the same,
+//! stays within the byte budget, and the one kept is the best measured; from a poor start it finds a better one.
+use lowbit::allocate::{refine, weight_bytes, Allocation, Choice};
+use lowbit::data::{load, DataSource};
+use lowbit::nn::Model;
+use lowbit::quant::{Method, QuantConfig};
+use lowbit::sensitivity::Measurer;
+use lowbit::train::TrainConfig;
+
+/// The candidates of `mlp:784-64-32-10`'s three weight layers (`rows x cols`), costs left to `refine`.
+fn choices() -> Vec<Vec<Choice>> {
+    [(64, 784), (32, 64), (10, 32)]
+        .iter()
+        .map(|&(rows, cols)| {
+            [8u32, 2, 3, 4]
+                .iter()
+                .map(|&bits| Choice {
+                    bits,
+                    bytes: weight_bytes(bits, rows, cols).unwrap(),
+                    cost: 0.0,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn at(layers: &[Vec<Choice>], bits: &[u32]) -> Allocation {
+    let choice: Vec<usize> = layers
+        .iter()
+        .zip(bits)
+        .map(|(c, &b)| c.iter().position(|ch| ch.bits == b).unwrap())
+        .collect();
+    Allocation {
+        bytes: choice.iter().zip(layers).map(|(&k, c)| c[k].bytes).sum(),
+        cost: 0.0,
+        bits: bits.to_vec(),
+        choice,
+    }
+}
+
+#[test]
+fn refinement_from_an_all_ternary_start_spends_the_slack_where_it_measures_best() {
+    let split = load(&DataSource::Builtin).unwrap();
+    let mut model = Model::from_spec("mlp:784-64-32-10", 0).unwrap();
+    lowbit::train::train(
+        &mut model,
+        &split.train,
+        &TrainConfig::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let base = QuantConfig {
+        weight_bits: 8,
+        act_bits: 8,
+        method: Method::Ptq,
+        calibration_samples: 256,
+        ..QuantConfig::default()
+    };
+    let measurer = Measurer::new(&model, &split, base.calibration_samples, 500);
+    let layers = choices();
+    let start = at(&layers, &[2, 2, 2]);
+    let budget = start.bytes + 2000;
+
+    let none = refine(&measurer, &base, &layers, &start, budget, 0, &mut |_, _| {}).unwrap();
+    assert_eq!(none.best, start);
+    assert_eq!(none.rounds.len(), 1);
+    let (acc0, loss0) = measurer.measure(&start.quant_config(&base)).unwrap();
+    assert_eq!(
+        (none.rounds[0].accuracy, none.rounds[0].loss),
+        (acc0, loss0)
+    );
+
+    let mut calls = 0;
+    let r = refine(&measurer, &base, &layers, &start, budget, 3, &mut |_, _| {
+        calls += 1
+    })
+    .unwrap();
+    // 9 alternative candidates per round.
+    assert!(calls >= 9 && calls % 9 == 0, "{calls}");
+    assert!(r.rounds.len() >= 2, "{:?}", r.rounds);
+    assert_ne!(r.best.bits, start.bits);
+    assert!(r.best.bytes <= budget);
+    let best = r.rounds.iter().find(|m| m.bits == r.best.bits).unwrap();
+    assert!(
+        best.loss < loss0,
+        "kept loss {} not below the start's {loss0}",
+        best.loss
+    );
+    for m in &r.rounds {
+        assert!(m.bytes <= budget, "{m:?}");
+        assert!(best.loss <= m.loss, "kept {best:?} but measured {m:?}");
+        let again = measurer
+            .measure(&at(&layers, &m.bits).quant_config(&base))
+            .unwrap();
+        assert_eq!(again, (m.accuracy, m.loss), "{m:?} re-measured");
+    }
+    assert!(r.rounds[0].predicted_loss.is_none() && r.rounds[1].predicted_loss.is_some());
+
+    let wrong = at(&layers[..2], &[2, 2]);
+    assert!(refine(&measurer, &base, &layers, &wrong, budget, 1, &mut |_, _| {}).is_err());
+}
