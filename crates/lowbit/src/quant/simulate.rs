@@ -527,45 +527,54 @@ fn conv_acc(
         )));
     }
     let wts = unpack(&cv.weights)?;
-    let zp = cv.input.zero_point as i64;
+    let zp = cv.input.zero_point;
     let in_sample = ic_n * h * w;
     let out_sample = oc_n * oh * ow;
-    // Per sample (in parallel), per output channel: the plane of i64 sums, one tap at a time over the output
+    // An output channel whose worst case `|bias| + sum |w| * max|x - zp|` fits in i32 is summed in i32 (every
+    // partial sum is bounded by it, so that is exact); any other in i64, checked at the end.
+    let max_dx = i64::from(zp).abs().max(i64::from(255 - zp).abs());
+    let fits_i32: Vec<bool> = (0..oc_n)
+        .map(|o| {
+            let taps: i64 = wts[o * k..(o + 1) * k]
+                .iter()
+                .map(|&q| i64::from(q).abs() * max_dx)
+                .sum();
+            i64::from(cv.bias[o]).abs() + taps <= i64::from(i32::MAX)
+        })
+        .collect();
+    let taps = Taps {
+        wts: &wts,
+        k,
+        ic_g,
+        oc_g,
+        kernel: (kh, kw),
+        stride: (sh, sw),
+        padding: (ph, pw),
+        in_hw: (h, w),
+        out_hw: (oh, ow),
+    };
+    // Per sample (in parallel), per output channel: the plane of sums, one tap at a time over the output
     // positions whose input lies inside the map (padding contributes (zp - zp) * w = 0, so it is skipped).
     let samples: Vec<Result<Vec<i32>>> = (0..batch)
         .into_par_iter()
         .map(|b| {
-            let xs = &x[b * in_sample..(b + 1) * in_sample];
+            let xz: Vec<i32> = x[b * in_sample..(b + 1) * in_sample]
+                .iter()
+                .map(|&v| i32::from(v) - zp)
+                .collect();
             let mut out = Vec::with_capacity(out_sample);
-            let mut plane = vec![0i64; oh * ow];
-            for o in 0..oc_n {
-                plane.fill(cv.bias[o] as i64);
-                let ic0 = (o / oc_g) * ic_g;
-                for ic in ic0..ic0 + ic_g {
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let q = wts[o * k + ((ic - ic0) * kh + ky) * kw + kx] as i64;
-                            if q == 0 {
-                                continue;
-                            }
-                            for oy in 0..oh {
-                                let iy = oy * sh + ky;
-                                if iy < ph || iy - ph >= h {
-                                    continue;
-                                }
-                                let row = &xs[(ic * h + iy - ph) * w..][..w];
-                                let dst = &mut plane[oy * ow..(oy + 1) * ow];
-                                for (ox, d) in dst.iter_mut().enumerate() {
-                                    let ix = ox * sw + kx;
-                                    if ix >= pw && ix - pw < w {
-                                        *d += (row[ix - pw] as i64 - zp) * q;
-                                    }
-                                }
-                            }
-                        }
-                    }
+            let (mut narrow, mut wide) = (vec![0i32; oh * ow], Vec::new());
+            for (o, &fits) in fits_i32.iter().enumerate() {
+                if fits {
+                    narrow.fill(cv.bias[o]);
+                    taps.accumulate(o, &xz, &mut narrow);
+                    out.extend_from_slice(&narrow);
+                    continue;
                 }
-                for &v in &plane {
+                wide.clear();
+                wide.resize(oh * ow, i64::from(cv.bias[o]));
+                taps.accumulate(o, &xz, &mut wide);
+                for &v in &wide {
                     out.push(i32::try_from(v).map_err(|_| {
                         Error::Shape(format!("simulate: node {li} accumulator {v} overflows i32"))
                     })?);
@@ -579,6 +588,69 @@ fn conv_acc(
         acc.extend(s?);
     }
     Ok((acc, oh, ow))
+}
+
+/// One convolution's weights and geometry, for [`conv_acc`]'s per-channel sums.
+struct Taps<'a> {
+    wts: &'a [i8],
+    k: usize,
+    ic_g: usize,
+    oc_g: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+    in_hw: (usize, usize),
+    out_hw: (usize, usize),
+}
+
+impl Taps<'_> {
+    /// Adds output channel `o`'s taps over `xz` (one sample's codes minus the zero point) into `plane`.
+    fn accumulate<T>(&self, o: usize, xz: &[i32], plane: &mut [T])
+    where
+        T: Copy + From<i32> + std::ops::AddAssign + std::ops::Mul<Output = T>,
+    {
+        let ((kh, kw), (sh, sw), (ph, pw)) = (self.kernel, self.stride, self.padding);
+        let ((h, w), (oh, ow)) = (self.in_hw, self.out_hw);
+        let ic0 = (o / self.oc_g) * self.ic_g;
+        for ic in ic0..ic0 + self.ic_g {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let q = self.wts[o * self.k + ((ic - ic0) * kh + ky) * kw + kx];
+                    if q == 0 {
+                        continue;
+                    }
+                    let q = T::from(i32::from(q));
+                    // Output columns whose input column ox * sw + kx - pw lies in [0, w).
+                    let lo = (pw.saturating_sub(kx)).div_ceil(sw);
+                    let hi = match (w + pw).checked_sub(kx + 1) {
+                        Some(last) => (last / sw + 1).min(ow),
+                        None => 0,
+                    };
+                    if lo >= hi {
+                        continue;
+                    }
+                    for oy in 0..oh {
+                        let iy = oy * sh + ky;
+                        if iy < ph || iy - ph >= h {
+                            continue;
+                        }
+                        let row = &xz[(ic * h + iy - ph) * w..][..w];
+                        let src = &row[lo * sw + kx - pw..];
+                        let dst = &mut plane[oy * ow + lo..oy * ow + hi];
+                        if sw == 1 {
+                            for (d, &v) in dst.iter_mut().zip(src) {
+                                *d += T::from(v) * q;
+                            }
+                        } else {
+                            for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
+                                *d += T::from(v) * q;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn scale_of(scales: &[f32], c: usize) -> f32 {
@@ -673,3 +745,7 @@ fn unpack(w: &PackedWeights) -> Result<Vec<i8>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+#[path = "simulate_tests.rs"]
+mod tests;
