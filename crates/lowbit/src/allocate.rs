@@ -254,8 +254,9 @@ pub struct Refined {
 /// Up to `rounds` rounds of: measure, with the current allocation everywhere else, every candidate of every
 /// layer ([`Measurer::measure`] of `base` with per-layer bits); take each candidate's cost as the loss it adds
 /// to the current allocation's; solve the byte budget exactly over these costs. The new allocation is measured
-/// and becomes the current one if its loss is lower; the rounds stop early when the solve returns an allocation
-/// already measured or one that measures worse. `progress` is told `(done, total)` measurements of a round.
+/// and becomes the current one if its loss is lower; if not, the solve is repeated with each layer kept within
+/// one width of the current allocation (a trust region for the linearisation) and measured likewise. The rounds
+/// stop early when neither gives a new allocation that measures better. `progress` is told `(done, total)` measurements of a round.
 pub fn refine(
     measurer: &Measurer,
     base: &QuantConfig,
@@ -303,37 +304,77 @@ pub fn refine(
                 progress(done, total);
             }
         }
-        let next = solve(&around, Budget::Bytes(max_bytes))?;
-        if measured.iter().any(|m| m.bits == next.bits) {
-            break;
+        // The costs are a linearisation around the current allocation: when the solve moves too far for it
+        // (measures worse), solve again with every layer kept within one width of where it is.
+        let mut step = None;
+        for near in [false, true] {
+            let choices = match near {
+                false => around.clone(),
+                true => within_one_width(&around, &current),
+            };
+            let next = solve(&choices, Budget::Bytes(max_bytes))?;
+            if measured.iter().any(|m| m.bits == next.bits) {
+                continue;
+            }
+            let (accuracy, loss) = measurer.measure(&next.quant_config(base))?;
+            measured.push(Measured {
+                bits: next.bits.clone(),
+                bytes: next.bytes,
+                predicted_loss: Some(current_loss + next.cost),
+                loss,
+                accuracy,
+            });
+            if loss < current_loss {
+                // Indices into `choices` (possibly restricted) are mapped back to the layers' own.
+                let bits = next.bits;
+                step = Some((at_bits(layers, &bits), loss));
+                break;
+            }
         }
-        let (accuracy, loss) = measurer.measure(&next.quant_config(base))?;
-        measured.push(Measured {
-            bits: next.bits.clone(),
-            bytes: next.bytes,
-            predicted_loss: Some(current_loss + next.cost),
-            loss,
-            accuracy,
-        });
-        if loss >= current_loss {
+        let Some((next, loss)) = step else {
             break;
-        }
-        // Costs of the returned allocation are in the original layers' terms again.
-        current = Allocation {
-            cost: next
-                .choice
-                .iter()
-                .zip(layers)
-                .map(|(&k, c)| c[k].cost)
-                .sum(),
-            ..next
         };
+        current = next;
         current_loss = loss;
     }
     Ok(Refined {
         best: current,
         rounds: measured,
     })
+}
+
+/// `layers` with each layer's candidates cut to those within one width (in bit order) of `current`'s.
+fn within_one_width(layers: &[Vec<Choice>], current: &Allocation) -> Vec<Vec<Choice>> {
+    layers
+        .iter()
+        .zip(&current.bits)
+        .map(|(choices, &b)| {
+            let mut widths: Vec<u32> = choices.iter().map(|c| c.bits).collect();
+            widths.sort_unstable();
+            let i = widths.iter().position(|&w| w == b).unwrap_or(0);
+            let keep = &widths[i.saturating_sub(1)..(i + 2).min(widths.len())];
+            choices
+                .iter()
+                .filter(|c| keep.contains(&c.bits))
+                .copied()
+                .collect()
+        })
+        .collect()
+}
+
+/// The allocation of `layers` with these bits (cost in the layers' own terms).
+fn at_bits(layers: &[Vec<Choice>], bits: &[u32]) -> Allocation {
+    let choice: Vec<usize> = layers
+        .iter()
+        .zip(bits)
+        .map(|(c, &b)| c.iter().position(|ch| ch.bits == b).unwrap_or(0))
+        .collect();
+    Allocation {
+        bytes: choice.iter().zip(layers).map(|(&k, c)| c[k].bytes).sum(),
+        cost: choice.iter().zip(layers).map(|(&k, c)| c[k].cost).sum(),
+        bits: bits.to_vec(),
+        choice,
+    }
 }
 
 #[cfg(test)]
@@ -402,6 +443,24 @@ mod tests {
                 assert_eq!(a.bytes, b, "seed {seed} max cost {max}");
             }
         }
+    }
+
+    #[test]
+    fn the_trust_region_keeps_each_layer_within_one_width_of_where_it_is() {
+        let l = layers(5);
+        let current = at_bits(&l[..3], &[3, 8, 2]);
+        let near = within_one_width(&l[..3], &current);
+        let widths = |c: &[Choice]| {
+            let mut w: Vec<u32> = c.iter().map(|c| c.bits).collect();
+            w.sort_unstable();
+            w
+        };
+        assert_eq!(widths(&near[0]), vec![2, 3, 4]);
+        assert_eq!(widths(&near[1]), vec![4, 8]);
+        assert_eq!(widths(&near[2]), vec![2, 3]);
+        assert_eq!(current.choice.iter().map(|&k| l[0][k].bits).next(), Some(3));
+        let cost: f64 = current.choice.iter().zip(&l).map(|(&k, c)| c[k].cost).sum();
+        assert_eq!(current.cost, cost);
     }
 
     #[test]
