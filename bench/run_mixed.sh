@@ -10,9 +10,11 @@
 # NAME (prefix of the output files when MODEL is given, e.g. resnet20), QAT_EPOCHS (default 2), QAT_LR (default
 # 2e-4), QAT_BATCH (default 64), QAT_EXTRA (more `train` options of every QAT run), MIXED_EXTRA (more `mixed`
 # options), UNIFORM (uniform QAT weight widths, default "2 3 4 8"), DATA (default fashion-mnist),
-# CARGO_TARGET_DIR, LOWBIT (a lowbit binary to run instead of building one); a report that exists already is kept (FRESH=1 reruns everything). ResNet-20 as in
+# CARGO_TARGET_DIR, LOWBIT (a lowbit binary to run instead of building one); a report that exists already is
+# kept (FRESH=1 reruns everything). ResNet-20 as in
 # BENCHMARKS: MODEL=resnet20-seed1.f32 NAME=resnet20 QAT_BATCH=128 QAT_LR=1e-4
-# QAT_EXTRA="--bn-fold running --lsq-init mse --add-bits 8" MIXED_EXTRA="--add-bits 8 --samples 2000" UNIFORM="2 3 4".
+# QAT_EXTRA="--bn-fold running --lsq-init mse --add-bits 8" MIXED_EXTRA="--add-bits 8 --samples 2000 --refine 2"
+# UNIFORM="2".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEED=${1:-1}
