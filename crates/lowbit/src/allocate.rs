@@ -63,6 +63,22 @@ pub fn layer_choices(sens: &Sensitivity, cost: Cost) -> Result<Vec<Vec<Choice>>>
 }
 
 impl Allocation {
+    /// The allocation of `layers` with these bits per layer (bytes and cost in the layers' own terms; a width a
+    /// layer lacks takes its first candidate).
+    pub fn of_bits(layers: &[Vec<Choice>], bits: &[u32]) -> Allocation {
+        let choice: Vec<usize> = layers
+            .iter()
+            .zip(bits)
+            .map(|(c, &b)| c.iter().position(|ch| ch.bits == b).unwrap_or(0))
+            .collect();
+        Allocation {
+            bytes: choice.iter().zip(layers).map(|(&k, c)| c[k].bytes).sum(),
+            cost: choice.iter().zip(layers).map(|(&k, c)| c[k].cost).sum(),
+            bits: bits.to_vec(),
+            choice,
+        }
+    }
+
     /// `base` with every weight layer's bits set as allocated (per-layer overrides, by weight-layer index).
     pub fn quant_config(&self, base: &QuantConfig) -> QuantConfig {
         QuantConfig {
@@ -327,7 +343,7 @@ pub fn refine(
             if loss < current_loss {
                 // Indices into `choices` (possibly restricted) are mapped back to the layers' own.
                 let bits = next.bits;
-                step = Some((at_bits(layers, &bits), loss));
+                step = Some((Allocation::of_bits(layers, &bits), loss));
                 break;
             }
         }
@@ -360,21 +376,6 @@ fn within_one_width(layers: &[Vec<Choice>], current: &Allocation) -> Vec<Vec<Cho
                 .collect()
         })
         .collect()
-}
-
-/// The allocation of `layers` with these bits (cost in the layers' own terms).
-fn at_bits(layers: &[Vec<Choice>], bits: &[u32]) -> Allocation {
-    let choice: Vec<usize> = layers
-        .iter()
-        .zip(bits)
-        .map(|(c, &b)| c.iter().position(|ch| ch.bits == b).unwrap_or(0))
-        .collect();
-    Allocation {
-        bytes: choice.iter().zip(layers).map(|(&k, c)| c[k].bytes).sum(),
-        cost: choice.iter().zip(layers).map(|(&k, c)| c[k].cost).sum(),
-        bits: bits.to_vec(),
-        choice,
-    }
 }
 
 #[cfg(test)]
@@ -448,7 +449,7 @@ mod tests {
     #[test]
     fn the_trust_region_keeps_each_layer_within_one_width_of_where_it_is() {
         let l = layers(5);
-        let current = at_bits(&l[..3], &[3, 8, 2]);
+        let current = Allocation::of_bits(&l[..3], &[3, 8, 2]);
         let near = within_one_width(&l[..3], &current);
         let widths = |c: &[Choice]| {
             let mut w: Vec<u32> = c.iter().map(|c| c.bits).collect();

@@ -24,20 +24,6 @@ fn choices() -> Vec<Vec<Choice>> {
         .collect()
 }
 
-fn at(layers: &[Vec<Choice>], bits: &[u32]) -> Allocation {
-    let choice: Vec<usize> = layers
-        .iter()
-        .zip(bits)
-        .map(|(c, &b)| c.iter().position(|ch| ch.bits == b).unwrap())
-        .collect();
-    Allocation {
-        bytes: choice.iter().zip(layers).map(|(&k, c)| c[k].bytes).sum(),
-        cost: 0.0,
-        bits: bits.to_vec(),
-        choice,
-    }
-}
-
 #[test]
 fn refinement_from_an_all_ternary_start_spends_the_slack_where_it_measures_best() {
     let split = load(&DataSource::Builtin).unwrap();
@@ -58,7 +44,7 @@ fn refinement_from_an_all_ternary_start_spends_the_slack_where_it_measures_best(
     };
     let measurer = Measurer::new(&model, &split, base.calibration_samples, 500);
     let layers = choices();
-    let start = at(&layers, &[2, 2, 2]);
+    let start = Allocation::of_bits(&layers, &[2, 2, 2]);
     let budget = start.bytes + 2000;
 
     let none = refine(&measurer, &base, &layers, &start, budget, 0, &mut |_, _| {}).unwrap();
@@ -90,12 +76,12 @@ fn refinement_from_an_all_ternary_start_spends_the_slack_where_it_measures_best(
         assert!(m.bytes <= budget, "{m:?}");
         assert!(best.loss <= m.loss, "kept {best:?} but measured {m:?}");
         let again = measurer
-            .measure(&at(&layers, &m.bits).quant_config(&base))
+            .measure(&Allocation::of_bits(&layers, &m.bits).quant_config(&base))
             .unwrap();
         assert_eq!(again, (m.accuracy, m.loss), "{m:?} re-measured");
     }
     assert!(r.rounds[0].predicted_loss.is_none() && r.rounds[1].predicted_loss.is_some());
 
-    let wrong = at(&layers[..2], &[2, 2]);
+    let wrong = Allocation::of_bits(&layers[..2], &[2, 2]);
     assert!(refine(&measurer, &base, &layers, &wrong, budget, 1, &mut |_, _| {}).is_err());
 }
