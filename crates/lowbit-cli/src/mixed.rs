@@ -2,6 +2,7 @@
 //! Hessian-predicted) cost, written as a config file, then quantized and measured on the integer engine beside
 //! every uniform allocation.
 use crate::commands::{load_data, load_float_model, pct, write_model_report, Bars};
+use crate::sensitivity::{images_of, MeasureOnArg};
 use crate::ui::Table;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
@@ -9,7 +10,7 @@ use lowbit::allocate::{self, Budget, Cost};
 use lowbit::config_file::{FileConfig, MethodName, QuantSection};
 use lowbit::pipeline::{self, RunConfig};
 use lowbit::quant::{Method, QuantConfig};
-use lowbit::sensitivity::{self, SensitivityConfig};
+use lowbit::sensitivity::{self, MeasureOn, SensitivityConfig};
 use lowbit::train::TrainConfig;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -58,10 +59,14 @@ pub struct MixedArgs {
     /// sensitivity analysis). Byte budgets only.
     #[arg(long, value_name = "ROUNDS", default_value_t = 0)]
     refine: usize,
-    /// Test images per sensitivity measurement (default: the whole test set; the final model is always
-    /// measured on all of it).
-    #[arg(long)]
-    samples: Option<usize>,
+    /// Images the sensitivity and refinement measurements run on: training images the calibration does not use
+    /// (the allocation never sees the test set), or test images. The chosen model and the uniform ones beside it
+    /// are always measured on the whole test set.
+    #[arg(long, value_enum, default_value_t = MeasureOnArg::Train)]
+    measure_on: MeasureOnArg,
+    /// Images per sensitivity measurement (all there are when fewer).
+    #[arg(long, default_value_t = 10_000)]
+    samples: usize,
     /// Write the allocation as a config file (`train --config FILE --init MODEL` reruns it, or fine-tunes it with
     /// `--method qat`); .toml or .json.
     #[arg(long, value_name = "FILE")]
@@ -118,7 +123,8 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         base: base.clone(),
         bits: bits.clone(),
         activations: false,
-        test_samples: a.samples.unwrap_or(usize::MAX),
+        measure_on: a.measure_on.into(),
+        samples: a.samples,
         hessian_iters: if a.cost == CostArg::Hessian { 32 } else { 0 },
         ..SensitivityConfig::default()
     };
@@ -169,8 +175,9 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
                 &model,
                 &split,
                 base.calibration_samples,
-                scfg.test_samples,
-            );
+                scfg.samples,
+                scfg.measure_on,
+            )?;
             let bar = crate::ui::bar(0, "refine", quiet);
             let r = allocate::refine(
                 &measurer,
@@ -270,9 +277,10 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
             ]);
         }
         println!(
-            "\nRefinement on {} test images (round 0: the solve over one-layer costs; each later round re-measured \
-             every candidate around the best so far and solved again):",
-            sens.test_samples
+            "\nRefinement on {} {} (round 0: the solve over one-layer costs; each later round re-measured every \
+             candidate around the best so far and solved again):",
+            sens.samples,
+            images_of(sens.measured_on)
         );
         print!("{}", t.render());
         let kept = r.rounds.iter().position(|m| m.bits == r.best.bits);
@@ -291,8 +299,8 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         "vs f32",
         "model bytes",
     ]);
-    // Every row below is measured on the whole test set; with --samples the sensitivity saw only part of it.
-    let subset = sens.test_samples < split.test.n;
+    // Every row below is measured on the whole test set; the sensitivity saw other images or part of it.
+    let subset = sens.measured_on != MeasureOn::Test || sens.samples < split.test.n;
     let f32_acc = match subset {
         true => lowbit::train::evaluate_float(&mut model.clone(), &split.test, 256)?.0,
         false => sens.float_accuracy,
@@ -343,7 +351,7 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         f32_acc * 100.0,
         sens.base_accuracy * 100.0,
         match subset {
-            true => format!(" on the {} images measured", sens.test_samples),
+            true => format!(" on the {} {}", sens.samples, images_of(sens.measured_on)),
             false => String::new(),
         },
         (sens.base_accuracy * 100.0 - predicted_drop),

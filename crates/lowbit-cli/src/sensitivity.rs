@@ -3,11 +3,38 @@
 use crate::commands::{load_data, load_float_model, write_model_report};
 use crate::ui::Table;
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use lowbit::quant::{Method, QuantConfig};
-use lowbit::sensitivity::{self, SensitivityConfig};
+use lowbit::sensitivity::{self, MeasureOn, SensitivityConfig};
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// Which images one-layer measurements run on (`--measure-on`, shared by `sensitivity` and `mixed`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeasureOnArg {
+    /// Training images that calibration does not use (evenly spread): bits chosen on them have not seen the
+    /// test set they are then measured on.
+    Train,
+    /// Test images: what each layer costs on the test set itself.
+    Test,
+}
+
+impl From<MeasureOnArg> for MeasureOn {
+    fn from(a: MeasureOnArg) -> Self {
+        match a {
+            MeasureOnArg::Train => MeasureOn::Train,
+            MeasureOnArg::Test => MeasureOn::Test,
+        }
+    }
+}
+
+/// The words for the set measured on, as reports print them.
+pub fn images_of(on: MeasureOn) -> &'static str {
+    match on {
+        MeasureOn::Train => "training images not used for calibration",
+        MeasureOn::Test => "test images",
+    }
+}
 
 /// Arguments of `lowbit sensitivity`.
 #[derive(Args, Debug, Clone)]
@@ -32,9 +59,12 @@ pub struct SensitivityArgs {
     /// Measure weights only (halves the work).
     #[arg(long)]
     no_activations: bool,
-    /// Test images per measurement (default: the whole test set).
-    #[arg(long)]
-    samples: Option<usize>,
+    /// Images each measurement runs on: training images the calibration does not use, or test images.
+    #[arg(long, value_enum, default_value_t = MeasureOnArg::Train)]
+    measure_on: MeasureOnArg,
+    /// Images per measurement (all there are when fewer).
+    #[arg(long, default_value_t = 10_000)]
+    samples: usize,
     /// Training images behind the Hessian-trace estimate.
     #[arg(long, default_value_t = 512)]
     hessian_samples: usize,
@@ -67,7 +97,8 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
         },
         bits: a.bits.clone(),
         activations: !a.no_activations,
-        test_samples: a.samples.unwrap_or(usize::MAX),
+        measure_on: a.measure_on.into(),
+        samples: a.samples,
         hessian_samples: a.hessian_samples,
         hessian_iters: a.hessian_iters,
         seed: a.seed,
@@ -82,13 +113,18 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
     })?;
     bar.finish_and_clear();
     println!(
-        "lowbit sensitivity: {} ({}) on {}, {} test images; every other layer W{b}A{b} PTQ ({}): {:.2}% \
+        "lowbit sensitivity: {} ({}) on {}, {} {}; every other layer W{b}A{b} PTQ ({}): {:.2}% \
          (f32 {:.2}%), loss {:.4}",
         a.model.display(),
         model.spec,
         a.data.data,
-        s.test_samples,
-        if a.per_tensor { "per-tensor" } else { "per-channel" },
+        s.samples,
+        images_of(s.measured_on),
+        if a.per_tensor {
+            "per-tensor"
+        } else {
+            "per-channel"
+        },
         s.base_accuracy * 100.0,
         s.float_accuracy * 100.0,
         s.base_loss,
@@ -157,9 +193,13 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
     println!("Total {:.1}s.", t0.elapsed().as_secs_f64());
     if let Some(path) = &a.plot {
         let title = format!(
-            "{}: per-layer sensitivity, every other layer W{b}A{b} ({} test images)",
+            "{}: per-layer sensitivity, every other layer W{b}A{b} ({} {} images)",
             model.spec,
-            s.test_samples,
+            s.samples,
+            match s.measured_on {
+                MeasureOn::Train => "training",
+                MeasureOn::Test => "test",
+            },
             b = a.base_bits
         );
         crate::plot::sensitivity_picture(

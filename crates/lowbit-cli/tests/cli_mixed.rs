@@ -75,7 +75,11 @@ fn a_bit_budget_is_met_and_the_written_config_reproduces_the_measured_accuracy()
         })
         .unwrap();
     assert_eq!(least["bits"], r["allocation"]["bits"], "{out}");
-    assert!(out.contains("Refinement on 300 test images"), "{out}");
+    assert!(
+        out.contains("Refinement on 300 training images not used for calibration"),
+        "{out}"
+    );
+    assert_eq!(r["sensitivity"]["measured_on"], "train");
     // Never worse than the uniform allocation it could have been (2 bits everywhere fits any 3-bit budget).
     let uniform2 = r["uniform"][0]["accuracy"].as_f64().unwrap();
     let measured = r["measured_accuracy"].as_f64().unwrap();

@@ -58,7 +58,13 @@ fn sensitivity_covers_every_weight_layer_and_bit_width_with_engine_measurements(
     let r: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.json")).unwrap()).unwrap();
     let s = &r["sensitivity"];
-    assert_eq!(s["test_samples"], 300);
+    assert_eq!(s["samples"], 300);
+    // By default the measurements never touch the test set.
+    assert_eq!(s["measured_on"], "train");
+    assert!(
+        table.contains("300 training images not used for calibration"),
+        "{table}"
+    );
     let layers = s["layers"].as_array().unwrap();
     // LeNet-5: two convolutions and three fully connected layers.
     assert_eq!(layers.len(), 5, "{table}");
@@ -114,6 +120,10 @@ fn bad_sensitivity_options_fail_with_one_line_before_loading_anything() {
         (
             vec!["sensitivity", "none.f32", "--samples", "0"],
             "--samples",
+        ),
+        (
+            vec!["sensitivity", "none.f32", "--measure-on", "validation"],
+            "--measure-on",
         ),
         (
             vec!["sensitivity", "none.f32", "--hessian-samples", "0"],

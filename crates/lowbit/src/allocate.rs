@@ -252,9 +252,9 @@ pub struct Measured {
     /// The mean cross-entropy the solve predicted for it (the measured loss of the allocation it was
     /// linearised around plus the summed costs); None for the starting allocation.
     pub predicted_loss: Option<f64>,
-    /// Engine mean cross-entropy on the measurer's test images.
+    /// Engine mean cross-entropy on the measurer's images.
     pub loss: f64,
-    /// Engine accuracy on the measurer's test images.
+    /// Engine accuracy on the measurer's images.
     pub accuracy: f64,
 }
 

@@ -9,6 +9,9 @@
 //!   2011) times the squared weight perturbation of its quantizer, each probe one backward pass (see
 //!   `hutchinson` below). Batch norms use their running statistics (as deployed) and dropout is off.
 //!
+//! Measurements run by default on training images that calibration does not use ([`MeasureOn::Train`]): an
+//! allocation chosen over them ([`crate::allocate`]) has not seen the test set it is then measured on.
+//!
 //! Per-channel min-max quantization is scale-equivariant per output channel, so the perturbation of a conv's
 //! own weights ranks the same as that of the conv folded with its batch norm.
 use crate::data::Split;
@@ -23,6 +26,18 @@ use lowbit_runtime::engine::{Engine, EngineOptions};
 use lowbit_runtime::model::Provenance;
 use serde::Serialize;
 
+/// Which images the one-layer measurements run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeasureOn {
+    /// Training images spread evenly and disjoint from the calibration images: choosing bits on them leaves the
+    /// test set unseen.
+    #[default]
+    Train,
+    /// Test images: what each layer costs on the test set itself (a diagnosis, not a basis for choosing).
+    Test,
+}
+
 /// What [`analyse`] measures and estimates.
 #[derive(Debug, Clone)]
 pub struct SensitivityConfig {
@@ -32,8 +47,10 @@ pub struct SensitivityConfig {
     pub bits: Vec<u32>,
     /// Also measure each layer's output activations at each bit width.
     pub activations: bool,
-    /// Test images evaluated per measurement (all when larger than the test set).
-    pub test_samples: usize,
+    /// Images the measurements run on.
+    pub measure_on: MeasureOn,
+    /// Images evaluated per measurement (all there are when fewer).
+    pub samples: usize,
     /// Training images behind the Hessian estimate.
     pub hessian_samples: usize,
     /// Rademacher vectors of Hutchinson's estimator (0 skips the estimate).
@@ -51,7 +68,8 @@ impl Default for SensitivityConfig {
             },
             bits: vec![2, 3, 4],
             activations: true,
-            test_samples: usize::MAX,
+            measure_on: MeasureOn::Train,
+            samples: 10_000,
             hessian_samples: 512,
             hessian_iters: 32,
             seed: 1,
@@ -74,7 +92,7 @@ impl SensitivityConfig {
             q.validate()?;
         }
         self.base.validate()?;
-        if self.test_samples == 0 {
+        if self.samples == 0 {
             return Err(Error::option("--samples", "must be at least 1"));
         }
         if self.hessian_iters > 0 && self.hessian_samples == 0 {
@@ -122,14 +140,16 @@ pub struct LayerSensitivity {
 /// Everything [`analyse`] found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sensitivity {
-    /// f32 accuracy on the evaluated test images.
+    /// f32 accuracy on the evaluated images.
     pub float_accuracy: f64,
     /// Engine accuracy of the all-base model (every layer at the base setting).
     pub base_accuracy: f64,
     /// Engine mean cross-entropy of the all-base model.
     pub base_loss: f64,
-    /// Test images per measurement.
-    pub test_samples: usize,
+    /// Images the measurements ran on.
+    pub measured_on: MeasureOn,
+    /// Images per measurement.
+    pub samples: usize,
     /// Per weight layer, in node order.
     pub layers: Vec<LayerSensitivity>,
     /// Per bit width: Spearman rank correlation between the predicted cost and the measured loss increase over
@@ -177,43 +197,71 @@ pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
     (d > 0.0).then(|| cov / d)
 }
 
-/// Measures PTQ settings of one model on the integer engine, always on the same calibration and test images
-/// (picked once), so that measurements compare: what [`analyse`] and [`crate::allocate::refine`] run.
+/// Measures PTQ settings of one model on the integer engine, always on the same calibration and evaluation
+/// images (picked once), so that measurements compare: what [`analyse`] and [`crate::allocate::refine`] run.
 pub struct Measurer<'a> {
     model: &'a Model,
     calib: Vec<Tensor>,
     eval: Eval,
+    on: MeasureOn,
 }
 
 impl<'a> Measurer<'a> {
     /// Calibration on `calibration_samples` training images of `split` (as PTQ picks them: evenly spread) and
-    /// evaluation on `test_samples` test images (evenly spread; all when larger than the test set).
+    /// evaluation on `samples` images of the set `on` names, evenly spread (training images: none of the
+    /// calibration ones). Errors when no training image is left beside the calibration images.
     pub fn new(
         model: &'a Model,
         split: &Split,
         calibration_samples: usize,
-        test_samples: usize,
-    ) -> Self {
-        let test = &split.test;
-        let per = test.image_len();
-        let pick = spread(test.n, test_samples);
+        samples: usize,
+        on: MeasureOn,
+    ) -> Result<Self> {
+        let (set, pick) = match on {
+            MeasureOn::Test => (&split.test, spread(split.test.n, samples)),
+            MeasureOn::Train => (
+                &split.train,
+                held_out(split.train.n, samples, calibration_samples),
+            ),
+        };
+        if pick.is_empty() {
+            return Err(Error::option(
+                "--measure-on",
+                format!(
+                    "all {} training images are calibration images, none is left to measure on (use \
+                     --measure-on test)",
+                    split.train.n
+                ),
+            ));
+        }
+        let per = set.image_len();
         let eval = Eval {
             images: pick
                 .iter()
-                .flat_map(|&i| test.images[i * per..(i + 1) * per].iter().copied())
+                .flat_map(|&i| set.images[i * per..(i + 1) * per].iter().copied())
                 .collect(),
-            labels: pick.iter().map(|&i| test.labels[i]).collect(),
+            labels: pick.iter().map(|&i| set.labels[i]).collect(),
             n: pick.len(),
-            shape: test.shape(),
-            normalization: test.normalization.clone(),
+            shape: set.shape(),
+            normalization: set.normalization.clone(),
         };
         let calib = pipeline::sample_batches(&split.train, calibration_samples, EVAL_BATCH);
-        Self { model, calib, eval }
+        Ok(Self {
+            model,
+            calib,
+            eval,
+            on,
+        })
     }
 
-    /// Test images per measurement.
+    /// Images per measurement.
     pub fn samples(&self) -> usize {
         self.eval.n
+    }
+
+    /// The set the images come from.
+    pub fn measured_on(&self) -> MeasureOn {
+        self.on
     }
 
     /// Engine accuracy and mean cross-entropy of the PTQ of the model under `q`.
@@ -240,7 +288,7 @@ impl<'a> Measurer<'a> {
         Ok((correct as f64 / eval.n as f64, loss / eval.n as f64))
     }
 
-    /// Accuracy of the float model on the same test images.
+    /// Accuracy of the float model on the same images.
     fn float_accuracy(&self) -> Result<f64> {
         let eval = &self.eval;
         let mut m = self.model.clone();
@@ -263,7 +311,7 @@ impl<'a> Measurer<'a> {
     }
 }
 
-/// The evaluated test images, as the engine takes them.
+/// The evaluated images, as the engine takes them.
 struct Eval {
     images: Vec<u8>,
     labels: Vec<u8>,
@@ -278,6 +326,29 @@ fn spread(total: usize, n: usize) -> Vec<usize> {
     (0..n).map(|i| i * total / n.max(1)).collect()
 }
 
+/// `n` of `total` training-image indices, spread evenly (halfway between the calibration picks where it can)
+/// and disjoint from the `calibration` ones PTQ takes ([`spread`]`(total, calibration)`); as many as are free
+/// when fewer than `n`.
+fn held_out(total: usize, n: usize, calibration: usize) -> Vec<usize> {
+    let mut used = vec![false; total];
+    for i in spread(total, calibration) {
+        used[i] = true;
+    }
+    let n = n.min(used.iter().filter(|&&u| !u).count());
+    let mut pick = Vec::with_capacity(n);
+    for i in 0..n {
+        // Free indices remain (n counted them), so the walk ends.
+        let mut j = (2 * i + 1) * total / (2 * n);
+        while used[j] {
+            j = (j + 1) % total;
+        }
+        used[j] = true;
+        pick.push(j);
+    }
+    pick.sort_unstable();
+    pick
+}
+
 /// Measures and estimates every weight layer's sensitivity of `model` (see the module doc). `progress` is told
 /// `(done, total)` measurements.
 pub fn analyse(
@@ -287,7 +358,13 @@ pub fn analyse(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Sensitivity> {
     cfg.validate()?;
-    let measurer = Measurer::new(model, split, cfg.base.calibration_samples, cfg.test_samples);
+    let measurer = Measurer::new(
+        model,
+        split,
+        cfg.base.calibration_samples,
+        cfg.samples,
+        cfg.measure_on,
+    )?;
     let weight_nodes: Vec<usize> = (0..model.nodes.len())
         .filter(|&j| is_weight_layer(&model.nodes[j].layer))
         .collect();
@@ -392,7 +469,8 @@ pub fn analyse(
         float_accuracy,
         base_accuracy,
         base_loss,
-        test_samples: measurer.samples(),
+        measured_on: measurer.measured_on(),
+        samples: measurer.samples(),
         layers,
         spearman: per_width,
         spearman_pooled,
@@ -587,5 +665,34 @@ mod tests {
     fn spread_picks_evenly_and_never_more_than_there_are() {
         assert_eq!(spread(10, 4), vec![0, 2, 5, 7]);
         assert_eq!(spread(3, 100), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn held_out_images_are_distinct_spread_and_never_calibration_images() {
+        // Fashion-MNIST's sizes: calibration takes every 30th image, the measurement the ones halfway between.
+        let pick = held_out(60_000, 2000, 2000);
+        assert_eq!(pick, (0..2000).map(|i| 30 * i + 15).collect::<Vec<_>>());
+        for (total, n, calibration) in [
+            (10, 4, 5),
+            (10, 100, 5),
+            (7, 3, 7),
+            (7, 3, 0),
+            (1000, 999, 1),
+            (5, 5, 3),
+        ] {
+            let pick = held_out(total, n, calibration);
+            let calib = spread(total, calibration);
+            let free = total - calib.len();
+            assert_eq!(pick.len(), n.min(free), "{total} {n} {calibration}");
+            assert!(
+                pick.windows(2).all(|w| w[0] < w[1]),
+                "distinct and sorted: {pick:?}"
+            );
+            assert!(
+                pick.iter().all(|i| *i < total && !calib.contains(i)),
+                "{pick:?} vs {calib:?}"
+            );
+        }
+        assert!(held_out(7, 3, 7).is_empty());
     }
 }

@@ -4,7 +4,7 @@ use lowbit::allocate::{refine, weight_bytes, Allocation, Choice};
 use lowbit::data::{load, DataSource};
 use lowbit::nn::Model;
 use lowbit::quant::{Method, QuantConfig};
-use lowbit::sensitivity::Measurer;
+use lowbit::sensitivity::{MeasureOn, Measurer};
 use lowbit::train::TrainConfig;
 
 /// The candidates of `mlp:784-64-32-10`'s three weight layers (`rows x cols`), costs left to `refine`.
@@ -42,7 +42,14 @@ fn refinement_from_an_all_ternary_start_spends_the_slack_where_it_measures_best(
         calibration_samples: 256,
         ..QuantConfig::default()
     };
-    let measurer = Measurer::new(&model, &split, base.calibration_samples, 500);
+    let measurer = Measurer::new(
+        &model,
+        &split,
+        base.calibration_samples,
+        500,
+        MeasureOn::Train,
+    )
+    .unwrap();
     let layers = choices();
     let start = Allocation::of_bits(&layers, &[2, 2, 2]);
     let budget = start.bytes + 2000;
@@ -84,4 +91,32 @@ fn refinement_from_an_all_ternary_start_spends_the_slack_where_it_measures_best(
 
     let wrong = Allocation::of_bits(&layers[..2], &[2, 2]);
     assert!(refine(&measurer, &base, &layers, &wrong, budget, 1, &mut |_, _| {}).is_err());
+}
+
+#[test]
+fn the_measurer_takes_held_out_training_images_or_test_images_and_says_when_none_are_left() {
+    let split = load(&DataSource::Builtin).unwrap();
+    let model = Model::from_spec("mlp:784-16-10", 0).unwrap();
+    let train = Measurer::new(&model, &split, 2000, 100_000, MeasureOn::Train).unwrap();
+    // Every training image but the 2,000 calibration ones.
+    assert_eq!(train.samples(), split.train.n - 2000);
+    assert_eq!(train.measured_on(), MeasureOn::Train);
+    let test = Measurer::new(&model, &split, 2000, 100_000, MeasureOn::Test).unwrap();
+    assert_eq!(test.samples(), split.test.n);
+    let q = QuantConfig {
+        method: Method::Ptq,
+        calibration_samples: 2000,
+        ..QuantConfig::default()
+    };
+    // Different images, different measurements of the same model.
+    assert_ne!(train.measure(&q).unwrap(), test.measure(&q).unwrap());
+    let err = Measurer::new(&model, &split, split.train.n, 100, MeasureOn::Train)
+        .err()
+        .expect("calibration takes every training image")
+        .to_string();
+    assert!(
+        err.contains("--measure-on") && err.contains("none is left"),
+        "{err}"
+    );
+    assert!(Measurer::new(&model, &split, split.train.n, 100, MeasureOn::Test).is_ok());
 }
