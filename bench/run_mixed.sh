@@ -5,7 +5,9 @@
 #     one-layer costs, writes the allocation (a config file), PTQs it and measures it beside every uniform PTQ;
 #   - QAT: the same allocation fine-tuned from the float model (LSQ, per-channel, QAT_EPOCHS epochs, Adam
 #     QAT_LR with a cosine schedule), against uniform LSQ QAT at every weight width with the same recipe.
-# Every accuracy is the integer engine's on the 10,000 test images. Output: bench/results/mixed/, a table on stdout.
+# Every accuracy is the integer engine's on the 10,000 test images; `mixed` chooses on training images the
+# calibration does not use (MIXED_EXTRA="--measure-on test" chooses on the test images, as runs before 7e43a3d did).
+# Output: bench/results/mixed/, a table on stdout (all seeds: python3 bench/summarize_seeds.py mixed).
 # Usage: bench/run_mixed.sh [SEED] (default 1). Environment: MODEL (a float model to use instead of training one),
 # NAME (prefix of the output files when MODEL is given, e.g. resnet20), QAT_EPOCHS (default 2), QAT_LR (default
 # 2e-4), QAT_BATCH (default 64), QAT_EXTRA (more `train` options of every QAT run), MIXED_EXTRA (more `mixed`

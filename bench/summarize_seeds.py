@@ -1,8 +1,9 @@
-"""Seed-averaged tables of bench/run_calibration.sh and bench/run_adaround.sh (standard library only).
+"""Seed-averaged tables of bench/run_calibration.sh, bench/run_adaround.sh and bench/run_mixed.sh (standard
+library only).
 
-Usage: python3 bench/summarize_seeds.py calibration|calibration-compact|adaround [RESULTS_DIR] [--seed S]
-(default bench/results/calibration or bench/results/adaround; --seed: that seed's reports only, as the drivers
-print after each run)
+Usage: python3 bench/summarize_seeds.py calibration|calibration-compact|adaround|mixed [RESULTS_DIR] [--seed S]
+[--prefix NAME] (default bench/results/calibration, .../adaround or .../mixed; --seed: that seed's reports only,
+as the drivers print after each run; --prefix: run_mixed.sh's NAME, e.g. resnet20)
 
 Reads every report the drivers wrote (`MODEL-wBa8-...-seedS.json`) and prints one markdown table: per row the mean
 engine accuracy over the seeds found, the mean drop vs each seed's own f32 model (pp; negative: the quantized model
@@ -106,18 +107,88 @@ def adaround(rows):
                     print(f"| {model} | W{bits}A8 | {name} | {cell(runs)} |")
 
 
+def mixed(out, prefix, only):
+    """run_mixed.sh's reports: per activation width, budget and method, every seed's mixed accuracy beside the
+    best uniform allocation of equal or smaller size (PTQ: from the `mixed` report; QAT: the uniform QAT runs)."""
+    p = f"{prefix}-" if prefix else ""
+    seeds = sorted({int(m[1]) for f in glob.glob(os.path.join(out, f"{p}mixed-a*-seed*.json"))
+                    if (m := re.search(r"-seed(\d+)\.json$", f)) and (only is None or int(m[1]) == only)})
+    if not seeds:
+        sys.exit(f"{out}: no {p}mixed-*.json reports")
+
+    def load_json(name):
+        path = os.path.join(out, f"{p}{name}")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def best_fit(cands, size):
+        fits = [c for c in cands if c[1] <= size]
+        return max(fits, key=lambda c: c[2]) if fits else None
+
+    f32 = []
+    print("| A | budget | method | per-layer bits | mixed | best uniform of equal or smaller size | mixed - uniform (pp) |")
+    print("|---|---|---|---|---|---|---|")
+    for a in (8, 4):
+        for b in ("2.5", "3"):
+            rows = {"PTQ": [], "QAT": []}
+            for seed in seeds:
+                m = load_json(f"mixed-a{a}-b{b}-seed{seed}.json")
+                if m is None:
+                    continue
+                f32.append((seed, m["float_accuracy"]))
+                bits = ",".join(map(str, m["allocation"]["bits"]))
+                size = m["report"]["model_bytes"]
+                u = best_fit([(f"W{x['bits']}", x["model_bytes"], x["accuracy"]) for x in m["uniform"]], size)
+                rows["PTQ"].append((bits, m["measured_accuracy"], u))
+                q = load_json(f"qat-mixed-a{a}-b{b}-seed{seed}.json")
+                if q is None:
+                    continue
+                uq = []
+                for f in glob.glob(os.path.join(out, f"{p}qat-uniform-w*a{a}-seed{seed}.json")):
+                    w = re.search(r"qat-uniform-w(\d+)a", f)[1]
+                    with open(f) as fh:
+                        r = json.load(fh)
+                    uq.append((f"W{w}", r["model_bytes"], r["test_accuracy"]))
+                rows["QAT"].append((bits, q["test_accuracy"], best_fit(uq, q["model_bytes"])))
+            for method, rs in rows.items():
+                if not rs:
+                    continue
+                accs = " / ".join(f"{r[1] * 100:.2f}" for r in rs)
+                us = [r[2] for r in rs]
+                uniform = " / ".join(f"{u[0]} {u[2] * 100:.2f}" if u else "none" for u in us)
+                diffs = " / ".join(f"{(r[1] - r[2][2]) * 100:+.2f}" if r[2] else "-" for r in rs)
+                if len(rs) > 1:
+                    accs += f" (mean {mean(r[1] for r in rs) * 100:.2f}%)"
+                    if all(us):
+                        uniform += f" (mean {mean(u[2] for u in us) * 100:.2f}%)"
+                print(f"| A{a} | {b} | {method} | {' ; '.join(r[0] for r in rs)} | {accs} | {uniform} | {diffs} |")
+    f32s = {s: a for s, a in f32}
+    print(f"\nSeeds {', '.join(map(str, seeds))}; f32 " + ", ".join(f"{a * 100:.2f}%" for a in f32s.values()))
+
+
 def main():
     args = sys.argv[1:]
     only = None
+    prefix = ""
     if "--seed" in args:
         i = args.index("--seed")
         only = int(args[i + 1])
         del args[i:i + 2]
-    if not args or args[0] not in ("calibration", "calibration-compact", "adaround"):
-        sys.exit("usage: summarize_seeds.py calibration|calibration-compact|adaround [RESULTS_DIR] [--seed S]")
+    if "--prefix" in args:
+        i = args.index("--prefix")
+        prefix = args[i + 1]
+        del args[i:i + 2]
+    if not args or args[0] not in ("calibration", "calibration-compact", "adaround", "mixed"):
+        sys.exit("usage: summarize_seeds.py calibration|calibration-compact|adaround|mixed [RESULTS_DIR] "
+                 "[--seed S] [--prefix NAME]")
     kind = args[0]
     out = args[1] if len(args) > 1 else os.path.join(os.path.dirname(__file__), "results",
                                                      kind.removesuffix("-compact"))
+    if kind == "mixed":
+        mixed(out, prefix, only)
+        return
     rows, seeds = load(out, only)
     if not rows:
         sys.exit(f"{out}: no reports")
