@@ -358,6 +358,21 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         chosen_acc * 100.0,
         chosen.report.engine_simulation_mismatches.unwrap_or(0)
     );
+    // The prediction and the measurement compare as drops from all-8-bit: each on its own images.
+    let measured_drop = uniform
+        .iter()
+        .find(|u| u.0 == 8)
+        .map(|u| (u.2 - chosen_acc) * 100.0);
+    if let Some(d) = measured_drop {
+        println!(
+            "Drop from uniform W8A{}: predicted {predicted_drop:.2} pp (the chosen layers' drops on the {} {}), \
+             measured {d:.2} pp on the {} test images.",
+            a.act_bits,
+            sens.samples,
+            images_of(sens.measured_on),
+            split.test.n
+        );
+    }
     match best_uniform {
         Some(&(b, _, acc, _)) => println!(
             "Best uniform allocation of equal or smaller size: W{b} at {:.2}% ({:+.2} pp for the mixed one).",
@@ -408,6 +423,7 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
             "solved": solved,
             "refine": refined,
             "predicted_drop_pp": predicted_drop,
+            "measured_drop_pp": measured_drop,
             "measured_accuracy": chosen_acc,
             "float_accuracy": f32_acc,
             "uniform": uniform.iter().map(|&(b, bytes, acc, mb)| serde_json::json!({

@@ -88,6 +88,15 @@ fn a_bit_budget_is_met_and_the_written_config_reproduces_the_measured_accuracy()
         measured >= uniform2,
         "mixed {measured} < uniform W2 {uniform2}"
     );
+    // The measured drop is the test set's, from the uniform W8 row; the predicted one is the measured images'.
+    let uniform8 = r["uniform"].as_array().unwrap().last().unwrap();
+    assert_eq!(uniform8["bits"], 8);
+    let drop = (uniform8["accuracy"].as_f64().unwrap() - measured) * 100.0;
+    assert!(
+        (r["measured_drop_pp"].as_f64().unwrap() - drop).abs() < 1e-9,
+        "{out}"
+    );
+    assert!(out.contains("Drop from uniform W8A8: predicted"), "{out}");
     // The f32 figure beside the rows is the whole test set's, as theirs, though the sensitivity saw 300 images.
     run_ok(dir.path(), &["eval", "m.f32", "--report", "e.json"]);
     let e: Value =
