@@ -140,6 +140,7 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
         head.push(format!("W{b} drop"));
         head.push(format!("W{b} dloss"));
         head.push(format!("W{b} pred"));
+        head.push(format!("W{b} gn"));
         if cfg.activations {
             head.push(format!("A{b} drop"));
         }
@@ -158,11 +159,9 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
         for c in &l.costs {
             row.push(format!("{:+.2}", c.weight_drop_pp));
             row.push(format!("{:+.4}", c.weight_loss_delta));
-            row.push(
-                c.predicted
-                    .map(|p| format!("{p:.2e}"))
-                    .unwrap_or_else(|| "-".into()),
-            );
+            for p in [c.predicted, c.predicted_gn] {
+                row.push(p.map(|p| format!("{p:.2e}")).unwrap_or_else(|| "-".into()));
+            }
             if cfg.activations {
                 row.push(
                     c.act_drop_pp
@@ -177,18 +176,25 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
     print!("{}", t.render());
     println!(
         "\ndrop: accuracy lost (pp) on the integer engine with only that layer at the bit width; dloss: the \
-         cross-entropy it adds; pred: the Hessian estimate tr(H)/n * ||Q(W) - W||^2."
+         cross-entropy it adds; pred: the Hessian estimate tr(H)/n * ||Q(W) - W||^2 (HAWQ); gn: the Gauss-Newton \
+         estimate of dloss, 1/2 dW^T G dW, from the logit change on the Hessian's training images."
     );
-    for (b, r) in &s.spearman {
-        if let Some(r) = r {
-            println!("Spearman rank correlation, predicted vs measured loss at {b} bits: {r:.3}");
+    for (name, per_width, pooled) in [
+        ("pred", &s.spearman, s.spearman_pooled),
+        ("gn", &s.spearman_gn, s.spearman_gn_pooled),
+    ] {
+        for (b, r) in per_width {
+            if let Some(r) = r {
+                println!("Spearman rank correlation, {name} vs measured loss at {b} bits: {r:.3}");
+            }
         }
-    }
-    if let Some(r) = s.spearman_pooled {
-        println!(
-            "Spearman rank correlation over every layer and bit width ({} pairs): {r:.3}",
-            s.layers.len() * a.bits.len()
-        );
+        if let Some(r) = pooled {
+            println!(
+                "Spearman rank correlation, {name} vs measured loss over every layer and bit width ({} pairs): \
+                 {r:.3}",
+                s.layers.len() * a.bits.len()
+            );
+        }
     }
     println!("Total {:.1}s.", t0.elapsed().as_secs_f64());
     if let Some(path) = &a.plot {

@@ -99,6 +99,20 @@ fn sensitivity_covers_every_weight_layer_and_bit_width_with_engine_measurements(
     };
     let pooled = lowbit::sensitivity::spearman(&pairs("predicted"), &pairs("weight_loss_delta"));
     assert_eq!(s["spearman_pooled"].as_f64(), pooled, "{s}");
+    // The Gauss-Newton estimate: a positive loss increase in nats for every pair, ranked the same way.
+    assert!(pairs("predicted_gn").iter().all(|&g| g > 0.0), "{s}");
+    let pooled_gn =
+        lowbit::sensitivity::spearman(&pairs("predicted_gn"), &pairs("weight_loss_delta"));
+    // JSON numbers parse back to within an ulp or so.
+    assert!(
+        (s["spearman_gn_pooled"].as_f64().unwrap() - pooled_gn.unwrap()).abs() < 1e-12,
+        "{s}"
+    );
+    assert_eq!(s["spearman_gn"].as_array().unwrap().len(), 2);
+    assert!(
+        table.contains("gn vs measured loss over every layer"),
+        "{table}"
+    );
     assert!(
         table.contains("over every layer and bit width (10 pairs)"),
         "{table}"

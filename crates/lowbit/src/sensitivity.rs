@@ -12,6 +12,12 @@
 //! Measurements run by default on training images that calibration does not use ([`MeasureOn::Train`]): an
 //! allocation chosen over them ([`crate::allocate`]) has not seen the test set it is then measured on.
 //!
+//! - **Predicted, second order** (Gauss-Newton): `1/2 mean_i dz_i^T (diag(p_i) - p_i p_i^T) dz_i`, `dz_i` the change
+//!   of sample `i`'s logits when only that layer's weights are quantized, `p_i` its softmax: the quadratic form
+//!   `1/2 dW^T G dW` of the layer's Gauss-Newton block (equal to the Hessian's where the network is linear in the
+//!   layer's weights), in nats like the measured loss increase, at one forward pass per layer and width. Unlike
+//!   the trace it sees the direction of the rounding error, not only its size.
+//!
 //! Per-channel min-max quantization is scale-equivariant per output channel, so the perturbation of a conv's
 //! own weights ranks the same as that of the conv folded with its batch norm.
 use crate::data::Split;
@@ -111,6 +117,9 @@ pub struct BitCost {
     pub weight_perturbation: f64,
     /// HAWQ's `tr(H) / n * ||Q_b(W) - W||^2` (when the Hessian was estimated).
     pub predicted: Option<f64>,
+    /// The Gauss-Newton second-order estimate of the loss increase (nats; see the module doc), on the Hessian's
+    /// training images (when the Hessian was estimated).
+    pub predicted_gn: Option<f64>,
     /// Engine accuracy drop (pp, positive = worse) with only this layer's weights at `bits`.
     pub weight_drop_pp: f64,
     /// Engine mean cross-entropy increase with only this layer's weights at `bits`.
@@ -158,6 +167,10 @@ pub struct Sensitivity {
     /// Spearman's rank correlation over every (layer, bit width) pair at once: what a mixed-precision allocation
     /// relies on, since it trades one layer's bits against another's (None without a Hessian estimate).
     pub spearman_pooled: Option<f64>,
+    /// [`Sensitivity::spearman`] for the Gauss-Newton estimate ([`BitCost::predicted_gn`]).
+    pub spearman_gn: Vec<(u32, Option<f64>)>,
+    /// [`Sensitivity::spearman_pooled`] for the Gauss-Newton estimate.
+    pub spearman_gn_pooled: Option<f64>,
 }
 
 /// Spearman's rank correlation of two equally long series (average ranks for ties); None when either is
@@ -381,10 +394,12 @@ pub fn analyse(
     done += 1;
     progress(done, total);
 
-    let traces = if cfg.hessian_iters > 0 {
-        Some(hessian_traces(model, split, &weight_nodes, cfg)?)
+    let (traces, mut probe) = if cfg.hessian_iters > 0 {
+        let batches = hessian_batches(split, cfg.hessian_samples);
+        let traces = hutchinson(model, &batches, &weight_nodes, cfg.hessian_iters, cfg.seed)?;
+        (Some(traces), Some(OutputProbe::new(model, batches)?))
     } else {
-        None
+        (None, None)
     };
     let mut layers = Vec::with_capacity(nl);
     for (l, &j) in weight_nodes.iter().enumerate() {
@@ -406,12 +421,16 @@ pub fn analyse(
                 weight_bits: b,
                 ..cfg.base.clone()
             })?;
-            let perturbation: f64 = wq
-                .fake_quantize(w, rows, w.len() / rows.max(1))
+            let quantized = wq.fake_quantize(w, rows, w.len() / rows.max(1));
+            let perturbation: f64 = quantized
                 .iter()
                 .zip(w)
                 .map(|(q, w)| f64::from(q - w).powi(2))
                 .sum();
+            let predicted_gn = match probe.as_mut() {
+                Some(p) => Some(p.gauss_newton(j, &quantized)?),
+                None => None,
+            };
             let (acc, loss) = measurer.measure(&only(Some(b), None))?;
             done += 1;
             progress(done, total);
@@ -429,6 +448,7 @@ pub fn analyse(
                 predicted: traces
                     .as_ref()
                     .map(|t| t[l] / w.len().max(1) as f64 * perturbation),
+                predicted_gn,
                 weight_drop_pp: (base_accuracy - acc) * 100.0,
                 weight_loss_delta: loss - base_loss,
                 act_drop_pp,
@@ -443,28 +463,8 @@ pub fn analyse(
             costs,
         });
     }
-    let per_width = cfg
-        .bits
-        .iter()
-        .enumerate()
-        .map(|(k, &b)| {
-            let predicted: Option<Vec<f64>> = layers.iter().map(|l| l.costs[k].predicted).collect();
-            let measured: Vec<f64> = layers
-                .iter()
-                .map(|l| l.costs[k].weight_loss_delta)
-                .collect();
-            (b, predicted.and_then(|p| spearman(&p, &measured)))
-        })
-        .collect();
-    let pooled: Option<Vec<(f64, f64)>> = layers
-        .iter()
-        .flat_map(|l| &l.costs)
-        .map(|c| c.predicted.map(|p| (p, c.weight_loss_delta)))
-        .collect();
-    let spearman_pooled = pooled.and_then(|v| {
-        let (p, m): (Vec<f64>, Vec<f64>) = v.into_iter().unzip();
-        spearman(&p, &m)
-    });
+    let (spearman, spearman_pooled) = rank_agreement(&layers, &cfg.bits, |c| c.predicted);
+    let (spearman_gn, spearman_gn_pooled) = rank_agreement(&layers, &cfg.bits, |c| c.predicted_gn);
     Ok(Sensitivity {
         float_accuracy,
         base_accuracy,
@@ -472,9 +472,42 @@ pub fn analyse(
         measured_on: measurer.measured_on(),
         samples: measurer.samples(),
         layers,
-        spearman: per_width,
+        spearman,
         spearman_pooled,
+        spearman_gn,
+        spearman_gn_pooled,
     })
+}
+
+/// Spearman's coefficient between a prediction and the measured loss increase, per bit width (over the layers)
+/// and over every (layer, width) pair; None where the prediction is missing.
+fn rank_agreement(
+    layers: &[LayerSensitivity],
+    bits: &[u32],
+    predicted: impl Fn(&BitCost) -> Option<f64>,
+) -> (PerWidth, Option<f64>) {
+    let per_width = bits
+        .iter()
+        .enumerate()
+        .map(|(k, &b)| {
+            let p: Option<Vec<f64>> = layers.iter().map(|l| predicted(&l.costs[k])).collect();
+            let m: Vec<f64> = layers
+                .iter()
+                .map(|l| l.costs[k].weight_loss_delta)
+                .collect();
+            (b, p.and_then(|p| spearman(&p, &m)))
+        })
+        .collect();
+    let pooled: Option<Vec<(f64, f64)>> = layers
+        .iter()
+        .flat_map(|l| &l.costs)
+        .map(|c| predicted(c).map(|p| (p, c.weight_loss_delta)))
+        .collect();
+    let pooled = pooled.and_then(|v| {
+        let (p, m): (Vec<f64>, Vec<f64>) = v.into_iter().unzip();
+        spearman(&p, &m)
+    });
+    (per_width, pooled)
 }
 
 /// A weight layer's weights and output-channel count.
@@ -486,19 +519,18 @@ fn weight_of(layer: &Layer) -> (&[f32], usize) {
     }
 }
 
-/// Hutchinson estimates of `tr(H_l)` for every weight layer `l` (node indices `weight_nodes`) of the mean
-/// cross-entropy over `cfg.hessian_samples` training images.
-fn hessian_traces(
-    model: &Model,
-    split: &Split,
-    weight_nodes: &[usize],
-    cfg: &SensitivityConfig,
-) -> Result<Vec<f64>> {
+/// Spearman's coefficient per bit width.
+type PerWidth = Vec<(u32, Option<f64>)>;
+
+/// Images with their labels, batch by batch.
+type Batches = Vec<(Tensor, Vec<u8>)>;
+
+/// `samples` training images spread evenly, in batches with their labels: what the Hessian estimates run on.
+fn hessian_batches(split: &Split, samples: usize) -> Batches {
     let train = &split.train;
-    let pick = spread(train.n, cfg.hessian_samples);
+    let pick = spread(train.n, samples);
     let per = train.image_len();
-    let batches: Vec<(Tensor, Vec<u8>)> = pick
-        .chunks(EVAL_BATCH)
+    pick.chunks(EVAL_BATCH)
         .map(|c| {
             let mut x = vec![0.0f32; c.len() * per];
             for (k, &i) in c.iter().enumerate() {
@@ -509,8 +541,96 @@ fn hessian_traces(
                 c.iter().map(|&i| train.labels[i]).collect(),
             )
         })
-        .collect();
-    hutchinson(model, &batches, weight_nodes, cfg.hessian_iters, cfg.seed)
+        .collect()
+}
+
+/// The model as deployed (batch norms on running statistics, no dropout), for the Hessian estimates.
+fn deployed(model: &Model) -> Model {
+    let mut m = model.clone();
+    for node in &mut m.nodes {
+        match &mut node.layer {
+            Layer::BatchNorm2d(b) => b.frozen = true,
+            Layer::Dropout(d) => d.p = 0.0,
+            _ => {}
+        }
+    }
+    m
+}
+
+/// The Gauss-Newton estimate of one layer's quantization (see the module doc): the float logits and softmax of
+/// the Hessian's images kept once, each layer's quantized weights swapped in for one forward pass.
+struct OutputProbe {
+    model: Model,
+    batches: Batches,
+    logits: Vec<Tensor>,
+    probs: Vec<Vec<f64>>,
+}
+
+impl OutputProbe {
+    fn new(model: &Model, batches: Batches) -> Result<Self> {
+        let mut model = deployed(model);
+        let mut logits = Vec::with_capacity(batches.len());
+        for (x, _) in &batches {
+            logits.push(model.forward(x, true)?);
+        }
+        let probs = logits.iter().map(softmax_rows).collect();
+        Ok(Self {
+            model,
+            batches,
+            logits,
+            probs,
+        })
+    }
+
+    /// `1/2 mean_i dz_i^T (diag(p_i) - p_i p_i^T) dz_i` with node `node`'s weights replaced by `weights` (0 for a
+    /// node without weights: nothing changes).
+    fn gauss_newton(&mut self, node: usize, weights: &[f32]) -> Result<f64> {
+        let Some(slot) = weights_mut(&mut self.model.nodes[node].layer) else {
+            return Ok(0.0);
+        };
+        if slot.len() != weights.len() {
+            return Err(Error::Shape(format!(
+                "{} weights for a layer of {}",
+                weights.len(),
+                slot.len()
+            )));
+        }
+        let float = std::mem::replace(slot, weights.to_vec());
+        let form = self.quadratic_form();
+        if let Some(slot) = weights_mut(&mut self.model.nodes[node].layer) {
+            *slot = float;
+        }
+        form
+    }
+
+    fn quadratic_form(&mut self) -> Result<f64> {
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        for (((x, y), z0), p) in self.batches.iter().zip(&self.logits).zip(&self.probs) {
+            let z = self.model.forward(x, true)?;
+            let c = z.row_len().max(1);
+            for ((zr, z0r), pr) in z.data.chunks(c).zip(z0.data.chunks(c)).zip(p.chunks(c)) {
+                // dz^T (diag(p) - p p^T) dz = sum p dz^2 - (sum p dz)^2.
+                let (mut second, mut first) = (0.0f64, 0.0f64);
+                for ((&a, &b), &q) in zr.iter().zip(z0r).zip(pr) {
+                    let dz = f64::from(a) - f64::from(b);
+                    second += q * dz * dz;
+                    first += q * dz;
+                }
+                sum += second - first * first;
+            }
+            n += y.len();
+        }
+        Ok(0.5 * sum / n.max(1) as f64)
+    }
+}
+
+/// The weights of a weight layer, to swap.
+fn weights_mut(layer: &mut Layer) -> Option<&mut Vec<f32>> {
+    match layer {
+        Layer::Dense(d) => Some(&mut d.weight),
+        Layer::Conv2d(c) => Some(&mut c.weight),
+        _ => None,
+    }
 }
 
 /// The logits' softmax, row by row, in f64.
@@ -547,14 +667,7 @@ fn hutchinson(
     iters: usize,
     seed: u64,
 ) -> Result<Vec<f64>> {
-    let mut m = model.clone();
-    for node in &mut m.nodes {
-        match &mut node.layer {
-            Layer::BatchNorm2d(b) => b.frozen = true,
-            Layer::Dropout(d) => d.p = 0.0,
-            _ => {}
-        }
-    }
+    let mut m = deployed(model);
     let n: f64 = batches.iter().map(|(_, y)| y.len() as f64).sum();
     let mut rng = Rng::new(seed ^ 0x4855_5443_4849_4e53);
     let mut traces = vec![0.0f64; weight_nodes.len()];
@@ -595,104 +708,5 @@ fn hutchinson(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spearman_is_one_for_monotone_series_minus_one_reversed_and_handles_ties() {
-        let a = [1.0, 2.0, 3.0, 4.0];
-        assert!((spearman(&a, &[10.0, 20.0, 35.0, 90.0]).unwrap() - 1.0).abs() < 1e-12);
-        assert!((spearman(&a, &[4.0, 3.0, 2.0, 1.0]).unwrap() + 1.0).abs() < 1e-12);
-        // Ties take their average rank: ranks (0, 1.5, 1.5, 3) against (0, 1, 2, 3).
-        let r = spearman(&[1.0, 2.0, 2.0, 3.0], &a).unwrap();
-        assert!((r - 0.948_683_298).abs() < 1e-6, "{r}");
-        assert_eq!(spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), None);
-        assert_eq!(spearman(&[1.0, 2.0], &[1.0, 2.0]), None);
-    }
-
-    #[test]
-    fn the_hutchinson_traces_match_the_exact_gauss_newton_traces_from_per_sample_gradients() {
-        let model = Model::from_spec_for("mlp:6-5-3", 3, [1, 1, 6], 3).unwrap();
-        let mut rng = Rng::new(11);
-        let batches: Vec<(Tensor, Vec<u8>)> = (0..2)
-            .map(|_| {
-                let x: Vec<f32> = (0..20 * 6).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
-                let y: Vec<u8> = (0..20).map(|i| (i % 3) as u8).collect();
-                (Tensor::new(x, vec![20, 6]), y)
-            })
-            .collect();
-        let weight_nodes: Vec<usize> = (0..model.nodes.len())
-            .filter(|&j| is_weight_layer(&model.nodes[j].layer))
-            .collect();
-        let est = hutchinson(&model, &batches, &weight_nodes, 3000, 5).unwrap();
-        // Exact: sum over samples i and labels c of p_ic ||d CE(x_i, c) / d W_l||^2, over the sample count.
-        let mut m = model.clone();
-        let mut exact = vec![0.0f64; weight_nodes.len()];
-        for (x, _) in &batches {
-            for i in 0..x.rows() {
-                let xi = Tensor::new(x.data[i * 6..(i + 1) * 6].to_vec(), vec![1, 6]);
-                let p = softmax_rows(&m.forward(&xi, true).unwrap());
-                for (c, &pc) in p.iter().enumerate() {
-                    let out =
-                        softmax_cross_entropy(&m.forward(&xi, true).unwrap(), &[c as u8]).unwrap();
-                    m.backward(&out.grad).unwrap();
-                    for (e, &j) in exact.iter_mut().zip(&weight_nodes) {
-                        if let Layer::Dense(d) = &m.nodes[j].layer {
-                            *e += pc
-                                * d.grad_weight
-                                    .iter()
-                                    .map(|&v| f64::from(v).powi(2))
-                                    .sum::<f64>()
-                                / 40.0;
-                        }
-                    }
-                }
-            }
-        }
-        for (l, (&e, &x)) in est.iter().zip(&exact).enumerate() {
-            assert!(x > 0.0);
-            assert!(
-                (e - x).abs() / x < 0.05,
-                "layer {l}: estimate {e} exact {x}"
-            );
-        }
-        // A different seed estimates the same quantity: the estimate is not an artefact of one draw.
-        let other = hutchinson(&model, &batches, &weight_nodes, 3000, 6).unwrap();
-        assert_ne!(other, est);
-    }
-
-    #[test]
-    fn spread_picks_evenly_and_never_more_than_there_are() {
-        assert_eq!(spread(10, 4), vec![0, 2, 5, 7]);
-        assert_eq!(spread(3, 100), vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn held_out_images_are_distinct_spread_and_never_calibration_images() {
-        // Fashion-MNIST's sizes: calibration takes every 30th image, the measurement the ones halfway between.
-        let pick = held_out(60_000, 2000, 2000);
-        assert_eq!(pick, (0..2000).map(|i| 30 * i + 15).collect::<Vec<_>>());
-        for (total, n, calibration) in [
-            (10, 4, 5),
-            (10, 100, 5),
-            (7, 3, 7),
-            (7, 3, 0),
-            (1000, 999, 1),
-            (5, 5, 3),
-        ] {
-            let pick = held_out(total, n, calibration);
-            let calib = spread(total, calibration);
-            let free = total - calib.len();
-            assert_eq!(pick.len(), n.min(free), "{total} {n} {calibration}");
-            assert!(
-                pick.windows(2).all(|w| w[0] < w[1]),
-                "distinct and sorted: {pick:?}"
-            );
-            assert!(
-                pick.iter().all(|i| *i < total && !calib.contains(i)),
-                "{pick:?} vs {calib:?}"
-            );
-        }
-        assert!(held_out(7, 3, 7).is_empty());
-    }
-}
+#[path = "sensitivity_tests.rs"]
+mod tests;

@@ -421,6 +421,7 @@ fn sensitivity_of(predicted: bool) -> lowbit::sensitivity::Sensitivity {
                     bits: b,
                     weight_perturbation: 1.0,
                     predicted: predicted.then_some(0.01 * (l + 1) as f64 / f64::from(b)),
+                    predicted_gn: predicted.then_some(0.02 * (l + 1) as f64 / f64::from(b)),
                     weight_drop_pp: 3.0 / f64::from(b) - l as f64,
                     weight_loss_delta: if l == 2 && b == 4 {
                         -0.001
@@ -441,6 +442,8 @@ fn sensitivity_of(predicted: bool) -> lowbit::sensitivity::Sensitivity {
         layers,
         spearman: vec![(2, Some(0.5)), (4, None)],
         spearman_pooled: predicted.then_some(0.25),
+        spearman_gn: vec![(2, Some(0.75)), (4, None)],
+        spearman_gn_pooled: predicted.then_some(0.5),
     }
 }
 

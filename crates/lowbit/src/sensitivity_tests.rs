@@ -1,0 +1,164 @@
+//! Spearman's coefficient, the held-out picks and both Hessian estimates against exact per-sample sums.
+use super::*;
+
+#[test]
+fn spearman_is_one_for_monotone_series_minus_one_reversed_and_handles_ties() {
+    let a = [1.0, 2.0, 3.0, 4.0];
+    assert!((spearman(&a, &[10.0, 20.0, 35.0, 90.0]).unwrap() - 1.0).abs() < 1e-12);
+    assert!((spearman(&a, &[4.0, 3.0, 2.0, 1.0]).unwrap() + 1.0).abs() < 1e-12);
+    // Ties take their average rank: ranks (0, 1.5, 1.5, 3) against (0, 1, 2, 3).
+    let r = spearman(&[1.0, 2.0, 2.0, 3.0], &a).unwrap();
+    assert!((r - 0.948_683_298).abs() < 1e-6, "{r}");
+    assert_eq!(spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), None);
+    assert_eq!(spearman(&[1.0, 2.0], &[1.0, 2.0]), None);
+}
+
+/// `mlp:6-5-3`, two batches of 20 random inputs and its weight nodes: small enough for exact per-sample sums.
+fn tiny(rng: &mut Rng) -> (Model, Batches, Vec<usize>) {
+    let model = Model::from_spec_for("mlp:6-5-3", 3, [1, 1, 6], 3).unwrap();
+    let batches = (0..2)
+        .map(|_| {
+            let x: Vec<f32> = (0..20 * 6).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
+            let y: Vec<u8> = (0..20).map(|i| (i % 3) as u8).collect();
+            (Tensor::new(x, vec![20, 6]), y)
+        })
+        .collect();
+    let weight_nodes = (0..model.nodes.len())
+        .filter(|&j| is_weight_layer(&model.nodes[j].layer))
+        .collect();
+    (model, batches, weight_nodes)
+}
+
+#[test]
+fn the_hutchinson_traces_match_the_exact_gauss_newton_traces_from_per_sample_gradients() {
+    let (model, batches, weight_nodes) = tiny(&mut Rng::new(11));
+    let est = hutchinson(&model, &batches, &weight_nodes, 3000, 5).unwrap();
+    // Exact: sum over samples i and labels c of p_ic ||d CE(x_i, c) / d W_l||^2, over the sample count.
+    let mut m = model.clone();
+    let mut exact = vec![0.0f64; weight_nodes.len()];
+    for (x, _) in &batches {
+        for i in 0..x.rows() {
+            let xi = Tensor::new(x.data[i * 6..(i + 1) * 6].to_vec(), vec![1, 6]);
+            let p = softmax_rows(&m.forward(&xi, true).unwrap());
+            for (c, &pc) in p.iter().enumerate() {
+                let out =
+                    softmax_cross_entropy(&m.forward(&xi, true).unwrap(), &[c as u8]).unwrap();
+                m.backward(&out.grad).unwrap();
+                for (e, &j) in exact.iter_mut().zip(&weight_nodes) {
+                    if let Layer::Dense(d) = &m.nodes[j].layer {
+                        *e += pc
+                            * d.grad_weight
+                                .iter()
+                                .map(|&v| f64::from(v).powi(2))
+                                .sum::<f64>()
+                            / 40.0;
+                    }
+                }
+            }
+        }
+    }
+    for (l, (&e, &x)) in est.iter().zip(&exact).enumerate() {
+        assert!(x > 0.0);
+        assert!(
+            (e - x).abs() / x < 0.05,
+            "layer {l}: estimate {e} exact {x}"
+        );
+    }
+    // A different seed estimates the same quantity: the estimate is not an artefact of one draw.
+    let other = hutchinson(&model, &batches, &weight_nodes, 3000, 6).unwrap();
+    assert_ne!(other, est);
+}
+
+#[test]
+fn the_gauss_newton_estimate_is_the_quadratic_form_of_the_per_sample_gradients() {
+    let mut rng = Rng::new(12);
+    let (model, batches, weight_nodes) = tiny(&mut rng);
+    let mut probe = OutputProbe::new(&model, batches.clone()).unwrap();
+    // Small steps in the first layer (ReLU patterns hold), any step in the last (the logits are linear in it).
+    for (&j, scale) in weight_nodes.iter().zip([1e-3f32, 0.3]) {
+        let Layer::Dense(d) = &model.nodes[j].layer else {
+            panic!("dense")
+        };
+        let dw: Vec<f32> = d
+            .weight
+            .iter()
+            .map(|_| rng.uniform_range(-scale, scale))
+            .collect();
+        let moved: Vec<f32> = d.weight.iter().zip(&dw).map(|(w, e)| w + e).collect();
+        let est = probe.gauss_newton(j, &moved).unwrap();
+        // Exact: 1/2 mean_i sum_c p_ic (g_ic . dW)^2, g_ic the gradient of CE(x_i, c) in the layer's weights.
+        let mut m = model.clone();
+        let mut exact = 0.0f64;
+        for (x, _) in &batches {
+            for i in 0..x.rows() {
+                let xi = Tensor::new(x.data[i * 6..(i + 1) * 6].to_vec(), vec![1, 6]);
+                let p = softmax_rows(&m.forward(&xi, true).unwrap());
+                for (c, &pc) in p.iter().enumerate() {
+                    let out =
+                        softmax_cross_entropy(&m.forward(&xi, true).unwrap(), &[c as u8]).unwrap();
+                    m.backward(&out.grad).unwrap();
+                    let Layer::Dense(g) = &m.nodes[j].layer else {
+                        panic!("dense")
+                    };
+                    let dot: f64 = g
+                        .grad_weight
+                        .iter()
+                        .zip(&dw)
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum();
+                    exact += 0.5 * pc * dot * dot / 40.0;
+                }
+            }
+        }
+        assert!(exact > 0.0);
+        assert!(
+            (est - exact).abs() / exact < 0.02,
+            "node {j}: estimate {est} exact {exact}"
+        );
+    }
+    // The probe puts the float weights back: the unchanged model changes nothing.
+    let Layer::Dense(d) = &model.nodes[weight_nodes[0]].layer else {
+        panic!("dense")
+    };
+    assert_eq!(probe.gauss_newton(weight_nodes[0], &d.weight).unwrap(), 0.0);
+    assert!(probe.gauss_newton(weight_nodes[0], &[]).is_err());
+    let relu = (0..model.nodes.len())
+        .find(|&j| !is_weight_layer(&model.nodes[j].layer))
+        .unwrap();
+    assert_eq!(probe.gauss_newton(relu, &[]).unwrap(), 0.0);
+}
+
+#[test]
+fn spread_picks_evenly_and_never_more_than_there_are() {
+    assert_eq!(spread(10, 4), vec![0, 2, 5, 7]);
+    assert_eq!(spread(3, 100), vec![0, 1, 2]);
+}
+
+#[test]
+fn held_out_images_are_distinct_spread_and_never_calibration_images() {
+    // Fashion-MNIST's sizes: calibration takes every 30th image, the measurement the ones halfway between.
+    let pick = held_out(60_000, 2000, 2000);
+    assert_eq!(pick, (0..2000).map(|i| 30 * i + 15).collect::<Vec<_>>());
+    for (total, n, calibration) in [
+        (10, 4, 5),
+        (10, 100, 5),
+        (7, 3, 7),
+        (7, 3, 0),
+        (1000, 999, 1),
+        (5, 5, 3),
+    ] {
+        let pick = held_out(total, n, calibration);
+        let calib = spread(total, calibration);
+        let free = total - calib.len();
+        assert_eq!(pick.len(), n.min(free), "{total} {n} {calibration}");
+        assert!(
+            pick.windows(2).all(|w| w[0] < w[1]),
+            "distinct and sorted: {pick:?}"
+        );
+        assert!(
+            pick.iter().all(|i| *i < total && !calib.contains(i)),
+            "{pick:?} vs {calib:?}"
+        );
+    }
+    assert!(held_out(7, 3, 7).is_empty());
+}
