@@ -22,6 +22,9 @@ pub enum CostArg {
     Measured,
     /// HAWQ's Hessian-trace prediction tr(H)/n * ||Q(W) - W||^2 (no per-layer quantized runs needed for it).
     Hessian,
+    /// The Gauss-Newton estimate of the loss increase, 1/2 dW^T G dW from the logit change (one forward pass per
+    /// layer and width; ranks LeNet-5's costs far better than the trace).
+    Gn,
 }
 
 /// Arguments of `lowbit mixed`.
@@ -125,7 +128,7 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         activations: false,
         measure_on: a.measure_on.into(),
         samples: a.samples,
-        hessian_iters: if a.cost == CostArg::Hessian { 32 } else { 0 },
+        hessian_iters: if a.cost == CostArg::Measured { 0 } else { 32 },
         ..SensitivityConfig::default()
     };
     if !bits.is_empty() {
@@ -157,6 +160,7 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         (true, _) => Cost::MeasuredDrop,
         (false, CostArg::Measured) => Cost::MeasuredLoss,
         (false, CostArg::Hessian) => Cost::Hessian,
+        (false, CostArg::Gn) => Cost::GaussNewton,
     };
     let layers = allocate::layer_choices(&sens, cost)?;
     let total_weights: usize = sens.layers.iter().map(|l| l.weights).sum();

@@ -305,3 +305,64 @@ fn first_last_8bit_keeps_the_edges_at_eight_bits_and_the_middle_at_the_requested
         &["--first-last-8bit", "--weight-bits"],
     );
 }
+
+/// `--cost hessian` and `--cost gn` allocate over the estimates the report carries: the solved cost is the sum of
+/// the chosen layers' estimates, and the budget holds.
+#[test]
+fn estimated_costs_allocate_over_the_reported_estimates() {
+    let dir = TempDir::new().unwrap();
+    train_lenet(dir.path());
+    for (cost, key) in [("hessian", "predicted"), ("gn", "predicted_gn")] {
+        let report = format!("{cost}.json");
+        let out = run_ok(
+            dir.path(),
+            &[
+                "mixed",
+                "m.f32",
+                "--budget-bits",
+                "3",
+                "--bits",
+                "2,4",
+                "--samples",
+                "200",
+                "--cost",
+                cost,
+                "--report",
+                &report,
+            ],
+        );
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(&report)).unwrap())
+                .unwrap();
+        let layers = r["sensitivity"]["layers"].as_array().unwrap();
+        let mut sum = 0.0;
+        for (l, b) in layers
+            .iter()
+            .zip(r["allocation"]["bits"].as_array().unwrap())
+        {
+            if b.as_u64() != Some(8) {
+                let c = l["costs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["bits"] == *b)
+                    .unwrap();
+                let v = c[key].as_f64().unwrap();
+                assert!(v > 0.0, "{cost}: {c}");
+                sum += v;
+            }
+        }
+        let solved = r["allocation"]["cost"].as_f64().unwrap();
+        assert!(
+            (solved - sum).abs() <= 1e-9 * sum.max(1.0),
+            "{cost}: {solved} vs {sum}\n{out}"
+        );
+        let weights: u64 = layers.iter().map(|l| l["weights"].as_u64().unwrap()).sum();
+        assert!(
+            r["allocation"]["bytes"].as_u64().unwrap() * 8 <= 3 * weights,
+            "{out}"
+        );
+        // Something was lowered: 3 bits on average cannot keep every layer at 8.
+        assert!(sum > 0.0, "{out}");
+    }
+}

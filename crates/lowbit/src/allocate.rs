@@ -26,6 +26,8 @@ pub enum Cost {
     MeasuredDrop,
     /// HAWQ's Hessian prediction (needs the Hessian estimate).
     Hessian,
+    /// The Gauss-Newton estimate of the loss increase (needs the Hessian estimate).
+    GaussNewton,
 }
 
 /// Each weight layer's candidates: 8 bits at zero cost (the reference every cost is measured against), then
@@ -44,12 +46,18 @@ pub fn layer_choices(sens: &Sensitivity, cost: Cost) -> Result<Vec<Vec<Choice>>>
                 let value = match cost {
                     Cost::MeasuredLoss => k.weight_loss_delta,
                     Cost::MeasuredDrop => k.weight_drop_pp,
-                    Cost::Hessian => k.predicted.ok_or_else(|| {
-                        Error::option(
-                            "--cost",
-                            "hessian needs the Hessian estimate (hessian_iters > 0)",
-                        )
-                    })?,
+                    Cost::Hessian | Cost::GaussNewton => {
+                        let p = match cost {
+                            Cost::Hessian => k.predicted,
+                            _ => k.predicted_gn,
+                        };
+                        p.ok_or_else(|| {
+                            Error::option(
+                                "--cost",
+                                "an estimated cost needs the Hessian estimate (hessian_iters > 0)",
+                            )
+                        })?
+                    }
                 };
                 c.push(Choice {
                     bits: k.bits,
