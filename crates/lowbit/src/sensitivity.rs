@@ -1,6 +1,6 @@
 //! Per-layer sensitivity to quantization: what each bit costs, layer by layer.
 //!
-//! Two answers, side by side:
+//! Three answers, side by side:
 //! - **Measured**, one layer at a time: the model quantized by PTQ at the base setting (W8A8 by default), except
 //!   one weight layer's weights (or its output activations) at `b` bits; accuracy and loss on the integer engine,
 //!   against the all-base model.
@@ -8,15 +8,14 @@
 //!   the layer's mean Hessian trace (Hutchinson's estimator `E[v^T H v]` over Rademacher `v`, Avron & Toledo
 //!   2011) times the squared weight perturbation of its quantizer, each probe one backward pass (see
 //!   `hutchinson` below). Batch norms use their running statistics (as deployed) and dropout is off.
+//! - **Predicted, second order** (Gauss-Newton): `1/2 mean_i dz_i^T (diag(p_i) - p_i p_i^T) dz_i`, `dz_i` the
+//!   change of sample `i`'s logits when only that layer's weights are quantized, `p_i` its softmax: the
+//!   quadratic form `1/2 dW^T G dW` of the layer's Gauss-Newton block (equal to the Hessian's where the network
+//!   is linear in the layer's weights), in nats like the measured loss increase, at one forward pass per layer
+//!   and width. Unlike the trace it sees the direction of the rounding error, not only its size.
 //!
 //! Measurements run by default on training images that calibration does not use ([`MeasureOn::Train`]): an
 //! allocation chosen over them ([`crate::allocate`]) has not seen the test set it is then measured on.
-//!
-//! - **Predicted, second order** (Gauss-Newton): `1/2 mean_i dz_i^T (diag(p_i) - p_i p_i^T) dz_i`, `dz_i` the change
-//!   of sample `i`'s logits when only that layer's weights are quantized, `p_i` its softmax: the quadratic form
-//!   `1/2 dW^T G dW` of the layer's Gauss-Newton block (equal to the Hessian's where the network is linear in the
-//!   layer's weights), in nats like the measured loss increase, at one forward pass per layer and width. Unlike
-//!   the trace it sees the direction of the rounding error, not only its size.
 //!
 //! Per-channel min-max quantization is scale-equivariant per output channel, so the perturbation of a conv's
 //! own weights ranks the same as that of the conv folded with its batch norm.
