@@ -29,14 +29,16 @@ fn tiny(rng: &mut Rng) -> (Model, Batches, Vec<usize>) {
     (model, batches, weight_nodes)
 }
 
-#[test]
-fn the_hutchinson_traces_match_the_exact_gauss_newton_traces_from_per_sample_gradients() {
-    let (model, batches, weight_nodes) = tiny(&mut Rng::new(11));
-    let est = hutchinson(&model, &batches, &weight_nodes, 3000, 5).unwrap();
-    // Exact: sum over samples i and labels c of p_ic ||d CE(x_i, c) / d W_l||^2, over the sample count.
+/// Calls `visit(p_ic, grads)` for every sample `i` of `batches` and class `c`, `grads[l]` the gradient of
+/// CE(x_i, c) in weight layer `l`'s weights: the per-sample sums the exact Gauss-Newton quantities are made of.
+fn per_class_gradients(
+    model: &Model,
+    batches: &Batches,
+    weight_nodes: &[usize],
+    mut visit: impl FnMut(f64, &[&[f32]]),
+) {
     let mut m = model.clone();
-    let mut exact = vec![0.0f64; weight_nodes.len()];
-    for (x, _) in &batches {
+    for (x, _) in batches {
         for i in 0..x.rows() {
             let xi = Tensor::new(x.data[i * 6..(i + 1) * 6].to_vec(), vec![1, 6]);
             let p = softmax_rows(&m.forward(&xi, true).unwrap());
@@ -44,19 +46,30 @@ fn the_hutchinson_traces_match_the_exact_gauss_newton_traces_from_per_sample_gra
                 let out =
                     softmax_cross_entropy(&m.forward(&xi, true).unwrap(), &[c as u8]).unwrap();
                 m.backward(&out.grad).unwrap();
-                for (e, &j) in exact.iter_mut().zip(&weight_nodes) {
-                    if let Layer::Dense(d) = &m.nodes[j].layer {
-                        *e += pc
-                            * d.grad_weight
-                                .iter()
-                                .map(|&v| f64::from(v).powi(2))
-                                .sum::<f64>()
-                            / 40.0;
-                    }
-                }
+                let grads: Vec<&[f32]> = weight_nodes
+                    .iter()
+                    .map(|&j| match &m.nodes[j].layer {
+                        Layer::Dense(d) => d.grad_weight.as_slice(),
+                        _ => panic!("dense"),
+                    })
+                    .collect();
+                visit(pc, &grads);
             }
         }
     }
+}
+
+#[test]
+fn the_hutchinson_traces_match_the_exact_gauss_newton_traces_from_per_sample_gradients() {
+    let (model, batches, weight_nodes) = tiny(&mut Rng::new(11));
+    let est = hutchinson(&model, &batches, &weight_nodes, 3000, 5).unwrap();
+    // Exact: sum over samples i and labels c of p_ic ||d CE(x_i, c) / d W_l||^2, over the sample count.
+    let mut exact = vec![0.0f64; weight_nodes.len()];
+    per_class_gradients(&model, &batches, &weight_nodes, |pc, grads| {
+        for (e, g) in exact.iter_mut().zip(grads) {
+            *e += pc * g.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / 40.0;
+        }
+    });
     for (l, (&e, &x)) in est.iter().zip(&exact).enumerate() {
         assert!(x > 0.0);
         assert!(
@@ -87,29 +100,16 @@ fn the_gauss_newton_estimate_is_the_quadratic_form_of_the_per_sample_gradients()
         let moved: Vec<f32> = d.weight.iter().zip(&dw).map(|(w, e)| w + e).collect();
         let est = probe.gauss_newton(j, &moved).unwrap();
         // Exact: 1/2 mean_i sum_c p_ic (g_ic . dW)^2, g_ic the gradient of CE(x_i, c) in the layer's weights.
-        let mut m = model.clone();
+        let l = weight_nodes.iter().position(|&k| k == j).unwrap();
         let mut exact = 0.0f64;
-        for (x, _) in &batches {
-            for i in 0..x.rows() {
-                let xi = Tensor::new(x.data[i * 6..(i + 1) * 6].to_vec(), vec![1, 6]);
-                let p = softmax_rows(&m.forward(&xi, true).unwrap());
-                for (c, &pc) in p.iter().enumerate() {
-                    let out =
-                        softmax_cross_entropy(&m.forward(&xi, true).unwrap(), &[c as u8]).unwrap();
-                    m.backward(&out.grad).unwrap();
-                    let Layer::Dense(g) = &m.nodes[j].layer else {
-                        panic!("dense")
-                    };
-                    let dot: f64 = g
-                        .grad_weight
-                        .iter()
-                        .zip(&dw)
-                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                        .sum();
-                    exact += 0.5 * pc * dot * dot / 40.0;
-                }
-            }
-        }
+        per_class_gradients(&model, &batches, &weight_nodes, |pc, grads| {
+            let dot: f64 = grads[l]
+                .iter()
+                .zip(&dw)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            exact += 0.5 * pc * dot * dot / 40.0;
+        });
         assert!(exact > 0.0);
         assert!(
             (est - exact).abs() / exact < 0.02,
