@@ -9,6 +9,7 @@ use crate::state::{StateValue, StateVisitor, Stateful};
 use crate::tensor::Tensor;
 use lowbit_runtime::preprocess::Normalization;
 use lowbit_runtime::qparams::{self, QParams};
+use rayon::prelude::*;
 
 /// Scale of the network input: pixels are `u8` codes `p` meaning `p / 255`.
 pub const INPUT_SCALE: f32 = 1.0 / 255.0;
@@ -437,7 +438,8 @@ impl ActQuantizer {
                     None => (blo, bhi),
                 });
             }
-            self.inside = vec![true; x.len()];
+            self.inside.clear();
+            self.inside.resize(x.len(), true);
             self.clipped_fraction = 0.0;
             return x.clone();
         }
@@ -603,7 +605,36 @@ impl Stateful for ActQuantizer {
 
 /// Min and max of the finite elements; `None` if there are none.
 fn batch_range(x: &[f32]) -> Option<(f32, f32)> {
-    let mut it = x.iter().copied().filter(|v| v.is_finite());
-    let first = it.next()?;
-    Some(it.fold((first, first), |(lo, hi), v| (lo.min(v), hi.max(v))))
+    // Calibration scans every activation of every batch: split large tensors over the threads (min and max do
+    // not depend on the split).
+    const CHUNK: usize = 1 << 15;
+    if x.len() <= CHUNK {
+        return kernels::finite_range(x);
+    }
+    x.par_chunks(CHUNK).map(kernels::finite_range).reduce(
+        || None,
+        |a, b| match (a, b) {
+            (Some((l1, h1)), Some((l2, h2))) => Some((l1.min(l2), h1.max(h2))),
+            (a, None) => a,
+            (None, b) => b,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn batch_range_of_a_tensor_split_over_threads_is_the_whole_range() {
+        let n = (1 << 15) * 3 + 17;
+        let mut x: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 10007) as f32 * 0.01 - 30.0)
+            .collect();
+        x[5] = f32::NAN;
+        x[n - 1] = f32::INFINITY;
+        x[(1 << 15) + 3] = -1e6;
+        x[n - 2] = 1e6;
+        assert_eq!(super::batch_range(&x), Some((-1e6, 1e6)));
+        let none = vec![f32::NAN; n];
+        assert_eq!(super::batch_range(&none), None);
+    }
 }

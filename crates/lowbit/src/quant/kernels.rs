@@ -99,6 +99,64 @@ fn max_abs_impl(x: &[f32]) -> f32 {
     m
 }
 
+/// Smallest and largest finite value of `x` (None when there is none): the scalar reference.
+fn finite_range_impl(x: &[f32]) -> Option<(f32, f32)> {
+    let mut it = x.iter().copied().filter(|v| v.is_finite());
+    let first = it.next()?;
+    Some(it.fold((first, first), |(lo, hi), v| (lo.min(v), hi.max(v))))
+}
+
+/// [`finite_range_impl`] eight lanes at a time. Min and max are exact and order-free (up to the sign of a
+/// zero, which `act::act_qparams` erases), so lanes change nothing; non-finite values become the neutral
+/// infinities. LLVM does not vectorize a float min reduction it cannot prove NaN-free, hence intrinsics.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn finite_range_avx2(x: &[f32]) -> Option<(f32, f32)> {
+    use std::arch::x86_64::*;
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    let (mut lo, mut hi) = (inf, ninf);
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        // SAFETY: `c` holds exactly 8 floats; the load is unaligned.
+        let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        // |v| < inf is false for infinities and NaN (ordered compare).
+        let finite = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(v, abs_mask), inf);
+        lo = _mm256_min_ps(lo, _mm256_blendv_ps(inf, v, finite));
+        hi = _mm256_max_ps(hi, _mm256_blendv_ps(ninf, v, finite));
+    }
+    let (mut l, mut h) = ([0f32; 8], [0f32; 8]);
+    // SAFETY: both arrays hold 8 floats.
+    unsafe {
+        _mm256_storeu_ps(l.as_mut_ptr(), lo);
+        _mm256_storeu_ps(h.as_mut_ptr(), hi);
+    }
+    let (mut l, mut h) = (
+        l.into_iter().fold(f32::INFINITY, f32::min),
+        h.into_iter().fold(f32::NEG_INFINITY, f32::max),
+    );
+    if let Some((tl, th)) = finite_range_impl(tail) {
+        (l, h) = (l.min(tl), h.max(th));
+    }
+    (l <= h).then_some((l, h))
+}
+
+/// Smallest and largest finite value (None when there is none), equal to the sequential fold up to the sign of
+/// a zero.
+pub(crate) fn finite_range(x: &[f32]) -> Option<(f32, f32)> {
+    #[cfg(target_arch = "x86_64")]
+    if Family::FakeQuant.tier() == Isa::Avx2 {
+        // SAFETY: fake-quant's tier is avx2 only when the CPU has AVX2 (`kernel_tiers`).
+        return unsafe { finite_range_avx2(x) };
+    }
+    finite_range_impl(x)
+}
+
 /// `a` where `take`, else `+0.0`, without a branch (a data-dependent branch here mispredicts half the time).
 #[inline(always)]
 fn select_or_zero(take: bool, a: f64) -> f64 {
@@ -653,6 +711,41 @@ mod tests {
             }
             assert_eq!(clipped, want_clipped, "zp={zp}");
         }
+    }
+
+    #[test]
+    fn finite_range_matches_the_scalar_reference() {
+        let mut rng = crate::rng::Rng::new(11);
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            f32::MAX,
+            -f32::MAX,
+            1e-45,
+        ];
+        for n in (0..40).chain([1000, 4099]) {
+            for special_rate in [0.0, 0.1, 0.9, 1.0] {
+                let x: Vec<f32> = (0..n)
+                    .map(|_| match rng.uniform() < special_rate {
+                        true => specials[(rng.uniform() * 8.0) as usize % 8],
+                        false => rng.uniform_range(-3.0, 5.0),
+                    })
+                    .collect();
+                let want = finite_range_impl(&x);
+                // `==` treats the two zeros as equal; nothing downstream tells them apart.
+                assert_eq!(finite_range(&x), want, "n={n} rate={special_rate}");
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    assert_eq!(unsafe { finite_range_avx2(&x) }, want, "n={n}");
+                }
+            }
+        }
+        assert_eq!(finite_range(&[f32::NAN, f32::INFINITY]), None);
+        assert_eq!(finite_range(&[]), None);
     }
 
     #[test]
