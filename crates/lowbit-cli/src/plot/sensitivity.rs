@@ -1,9 +1,9 @@
-//! `lowbit sensitivity --plot`: which layers each bit width hurts (bars), and how well the Hessian estimate
-//! ranks them (scatter).
+//! `lowbit sensitivity --plot`: which layers each bit width hurts (bars), and how well the second-order
+//! estimate ranks them (scatter).
 use super::size::log_ticks;
 use super::{save, DrawResult, Picture, FONT, GREY, PALETTE};
 use anyhow::{bail, Result};
-use lowbit::sensitivity::Sensitivity;
+use lowbit::sensitivity::{BitCost, Sensitivity};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -15,9 +15,10 @@ const MAX_NAMED_LAYERS: usize = 12;
 
 /// Left: per weight layer, grouped bars of the engine accuracy drop with only that layer's weights (filled) or
 /// output activations (outlined) at each bit width, one colour per width. Right (when the Hessian was
-/// estimated): the predicted cost against the measured loss increase, log-log, one colour per width, with
-/// Spearman's rank correlation in the legend; a measured increase at or below zero sits on the floor as a hollow
-/// marker, since a log axis cannot show it.
+/// estimated): the Gauss-Newton estimate (HAWQ's trace estimate when there is none) against the measured loss
+/// increase, log-log, one colour per width, with Spearman's rank correlation of both estimates in the legend and,
+/// since the Gauss-Newton estimate is in nats too, the line where estimate and measurement agree; a measured
+/// increase at or below zero sits on the floor as a hollow marker, since a log axis cannot show it.
 pub struct SensitivityPicture<'a> {
     /// Caption.
     pub title: &'a str,
@@ -43,12 +44,30 @@ impl SensitivityPicture<'_> {
             .collect()
     }
 
+    /// Whether the scatter shows the Gauss-Newton estimate (else HAWQ's).
+    fn gauss_newton(&self) -> bool {
+        self.sensitivity
+            .layers
+            .iter()
+            .flat_map(|l| &l.costs)
+            .any(|c| c.predicted_gn.is_some_and(|p| p > 0.0))
+    }
+
+    /// The estimate the scatter draws.
+    fn estimate(&self, c: &BitCost) -> Option<f64> {
+        match self.gauss_newton() {
+            true => c.predicted_gn,
+            false => c.predicted,
+        }
+        .filter(|&p| p > 0.0)
+    }
+
     fn has_scatter(&self) -> bool {
         self.sensitivity
             .layers
             .iter()
             .flat_map(|l| &l.costs)
-            .any(|c| c.predicted.is_some_and(|p| p > 0.0))
+            .any(|c| self.estimate(c).is_some())
     }
 
     fn has_activations(&self) -> bool {
@@ -77,6 +96,7 @@ enum Key {
     Outlined(RGBColor),
     Dot(RGBColor),
     Hollow,
+    Line,
     Blank,
 }
 
@@ -187,11 +207,7 @@ impl Picture for SensitivityPicture<'_> {
                 .layers
                 .iter()
                 .flat_map(|l| l.costs.iter().enumerate())
-                .filter_map(|(k, c)| {
-                    c.predicted
-                        .filter(|&p| p > 0.0)
-                        .map(|p| (k, p, c.weight_loss_delta))
-                })
+                .filter_map(|(k, c)| self.estimate(c).map(|p| (k, p, c.weight_loss_delta)))
                 .collect();
             let positive = points.iter().map(|p| p.2).filter(|&m| m > 0.0);
             let (mmin, mmax) =
@@ -224,8 +240,12 @@ impl Picture for SensitivityPicture<'_> {
                         .with_key_points(ybold)
                         .with_light_points(ylight),
                 )?;
+            let gn = self.gauss_newton();
             sc.configure_mesh()
-                .x_desc("Hessian estimate tr(H)/n ||Q(W)-W||^2")
+                .x_desc(match gn {
+                    true => "Gauss-Newton estimate 1/2 dW^T G dW (nats)",
+                    false => "Hessian estimate tr(H)/n ||Q(W)-W||^2",
+                })
                 .y_desc("measured loss increase (nats)")
                 .x_label_formatter(&|v| format!("{v:.0e}"))
                 .y_label_formatter(&|v| format!("{v:.0e}"))
@@ -236,6 +256,13 @@ impl Picture for SensitivityPicture<'_> {
                 .light_line_style(BLACK.mix(0.06))
                 .bold_line_style(BLACK.mix(0.18))
                 .draw()?;
+            if gn {
+                // Both axes in nats: points on the line were predicted exactly.
+                let (a, b) = (xlo.max(ylo), xhi.min(yhi));
+                if a < b {
+                    sc.draw_series(LineSeries::new([(a, a), (b, b)], GREY.stroke_width(1)))?;
+                }
+            }
             let mut any_floor = false;
             for &(k, p, m) in &points {
                 if m > 0.0 {
@@ -249,20 +276,38 @@ impl Picture for SensitivityPicture<'_> {
                     )))?;
                 }
             }
+            // Spearman of the drawn estimate first, the other's beside it.
+            let of = |v: &[(u32, Option<f64>)], b: u32| {
+                v.iter().find(|(sb, _)| *sb == b).and_then(|(_, r)| *r)
+            };
+            let both = |drawn: Option<f64>, other: Option<f64>| match (drawn, other) {
+                (Some(d), Some(o)) if gn => format!("Spearman {d:.2} (HAWQ {o:.2})"),
+                (Some(d), _) => format!("Spearman {d:.2}"),
+                (None, _) => "Spearman -".to_string(),
+            };
+            let (drawn, other) = match gn {
+                true => (&s.spearman_gn, &s.spearman),
+                false => (&s.spearman, &s.spearman_gn),
+            };
             for (k, &b) in bits.iter().enumerate() {
-                let r = s
-                    .spearman
-                    .iter()
-                    .find(|(sb, _)| *sb == b)
-                    .and_then(|(_, r)| *r);
-                let text = match r {
-                    Some(r) => format!("W{b} (right): Spearman {r:.2}"),
+                let text = match of(drawn, b) {
+                    Some(_) => format!("W{b} (right): {}", both(of(drawn, b), of(other, b))),
                     None => format!("W{b} (right)"),
                 };
                 keys.push((Key::Dot(colour(k)), text));
             }
-            if let Some(r) = s.spearman_pooled {
-                keys.push((Key::Blank, format!("all widths: Spearman {r:.2}")));
+            let pooled = match gn {
+                true => (s.spearman_gn_pooled, s.spearman_pooled),
+                false => (s.spearman_pooled, None),
+            };
+            if pooled.0.is_some() {
+                keys.push((
+                    Key::Blank,
+                    format!("all widths: {}", both(pooled.0, pooled.1)),
+                ));
+            }
+            if gn {
+                keys.push((Key::Line, "estimate = measurement".into()));
             }
             if any_floor {
                 keys.push((Key::Hollow, "no increase measured: at the floor".into()));
@@ -283,6 +328,10 @@ impl Picture for SensitivityPicture<'_> {
                 ))?,
                 Key::Dot(c) => root.draw(&Circle::new((x + 9, y), 5, c.filled()))?,
                 Key::Hollow => root.draw(&Circle::new((x + 9, y), 5, GREY.stroke_width(2)))?,
+                Key::Line => root.draw(&PathElement::new(
+                    [(x, y), (x + 18, y)],
+                    GREY.stroke_width(1),
+                ))?,
                 Key::Blank => {}
             }
             root.draw(&Text::new(label.clone(), (x + 28, y), text.clone()))?;

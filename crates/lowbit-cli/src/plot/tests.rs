@@ -66,6 +66,7 @@ fn count(els: &[Element], tag: &str, fill: &str) -> usize {
 
 const BLUE_HEX: &str = "#4E79A7";
 const ORANGE_HEX: &str = "#F28E2B";
+const GREY_HEX: &str = "#6E6E6E";
 
 /// A phase of `epochs` epochs of `steps` steps whose loss falls and accuracy rises.
 fn phase(label: &str, epochs: usize, steps: usize) -> Phase {
@@ -240,7 +241,7 @@ fn accuracy_vs_size_shows_each_method_in_its_colour_with_reference_front_and_leg
     // The f32 line is dashed: many short segments of the grey.
     let dashes = els
         .iter()
-        .filter(|e| e.tag == "polyline" && e.attr("stroke") == Some("#6E6E6E"))
+        .filter(|e| e.tag == "polyline" && e.attr("stroke") == Some(GREY_HEX))
         .count();
     assert!(dashes > 10, "{dashes} dashes");
     let t = texts(&els);
@@ -481,13 +482,47 @@ fn sensitivity_picture_draws_a_bar_per_layer_and_width_and_the_estimate_against_
         "conv2",
         "W2: weights alone",
         "A4: activations alone",
-        "W2 (right): Spearman 0.50",
+        "W2 (right): Spearman 0.75 (HAWQ 0.50)",
         "W4 (right)",
-        "all widths: Spearman 0.25",
+        "all widths: Spearman 0.50 (HAWQ 0.25)",
+        "estimate = measurement",
         "no increase measured: at the floor",
     ] {
         assert!(t.contains(&label), "no {label:?} in {t:?}");
     }
+    assert!(t.contains(&"Gauss-Newton estimate 1/2 dW^T G dW (nats)"));
+    let grey_lines = |els: &[Element]| {
+        els.iter()
+            .filter(|e| e.tag == "polyline" && e.attr("stroke") == Some(GREY_HEX))
+            .count()
+    };
+    let with_diagonal = grey_lines(&els);
+
+    // Without the Gauss-Newton estimate the scatter draws HAWQ's, with no diagonal.
+    let mut s = sensitivity_of(true);
+    for c in s.layers.iter_mut().flat_map(|l| &mut l.costs) {
+        c.predicted_gn = None;
+    }
+    s.spearman_gn = vec![(2, None), (4, None)];
+    s.spearman_gn_pooled = None;
+    let picture = SensitivityPicture {
+        title: "sens",
+        sensitivity: &s,
+    };
+    sensitivity_picture(&path, &picture).unwrap();
+    let els = elements(&std::fs::read_to_string(&path).unwrap());
+    assert_eq!(count(&els, "circle", BLUE_HEX), 4);
+    let t = texts(&els);
+    for label in [
+        "W2 (right): Spearman 0.50",
+        "all widths: Spearman 0.25",
+        "Hessian estimate tr(H)/n ||Q(W)-W||^2",
+    ] {
+        assert!(t.contains(&label), "no {label:?} in {t:?}");
+    }
+    assert!(!t.contains(&"estimate = measurement"));
+    // The diagonal where estimate and measurement agree (both in nats) and its key are gone.
+    assert_eq!(with_diagonal, grey_lines(&els) + 2);
 
     // Without the Hessian estimate there is no scatter.
     let s = sensitivity_of(false);
