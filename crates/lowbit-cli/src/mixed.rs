@@ -20,10 +20,12 @@ use std::time::Instant;
 pub enum CostArg {
     /// The cross-entropy each layer adds on the engine when only it is lowered (one PTQ per layer and width).
     Measured,
-    /// HAWQ's Hessian-trace prediction tr(H)/n * ||Q(W) - W||^2 (no per-layer quantized runs needed for it).
+    /// HAWQ's Hessian-trace prediction tr(H)/n * ||Q(W) - W||^2 (32 backward passes on 512 training images; no
+    /// per-layer quantized runs).
     Hessian,
     /// The Gauss-Newton estimate of the loss increase, 1/2 dW^T G dW from the logit change (one forward pass per
-    /// layer and width; ranks LeNet-5's costs far better than the trace).
+    /// layer and width on 512 training images, no per-layer quantized runs: the fast choice on deep networks;
+    /// ranks LeNet-5's and ResNet-20's costs better than the trace).
     Gn,
 }
 
@@ -103,6 +105,9 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
             bail!("--max-drop: {d} must be a finite number >= 0");
         }
     }
+    if a.cost != CostArg::Measured && a.max_drop.is_some() {
+        bail!("--max-drop sums the layers' measured drops; --cost applies to --budget-bits and --budget-bytes");
+    }
     if a.refine > 0 && a.max_drop.is_some() {
         bail!("--refine works with --budget-bits or --budget-bytes, not --max-drop");
     }
@@ -128,7 +133,10 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         activations: false,
         measure_on: a.measure_on.into(),
         samples: a.samples,
-        hessian_iters: if a.cost == CostArg::Measured { 0 } else { 32 },
+        // An accuracy budget sums measured drops; a size budget needs only the cost it minimises.
+        measure: a.max_drop.is_some() || a.cost == CostArg::Measured,
+        hessian_iters: if a.cost == CostArg::Hessian { 32 } else { 0 },
+        gauss_newton: a.cost == CostArg::Gn,
         ..SensitivityConfig::default()
     };
     if !bits.is_empty() {
@@ -349,16 +357,8 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         .iter()
         .filter(|u| u.1 <= alloc.bytes)
         .max_by(|x, y| x.2.total_cmp(&y.2));
-    println!(
-        "\nf32 {:.2}%. Predicted accuracy (all-8-bit {:.2}%{} minus the layers' measured drops) {:.2}%, measured \
-         on the integer engine {:.2}% ({} engine/simulation mismatches).",
-        f32_acc * 100.0,
-        sens.base_accuracy * 100.0,
-        match subset {
-            true => format!(" on the {} {}", sens.samples, images_of(sens.measured_on)),
-            false => String::new(),
-        },
-        (sens.base_accuracy * 100.0 - predicted_drop),
+    let engine = format!(
+        "measured on the integer engine {:.2}% ({} engine/simulation mismatches)",
         chosen_acc * 100.0,
         chosen.report.engine_simulation_mismatches.unwrap_or(0)
     );
@@ -367,15 +367,43 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         .iter()
         .find(|u| u.0 == 8)
         .map(|u| (u.2 - chosen_acc) * 100.0);
-    if let Some(d) = measured_drop {
-        println!(
-            "Drop from uniform W8A{}: predicted {predicted_drop:.2} pp (the chosen layers' drops on the {} {}), \
-             measured {d:.2} pp on the {} test images.",
+    match predicted_drop {
+        Some(predicted_drop) => {
+            println!(
+                "\nf32 {:.2}%. Predicted accuracy (all-8-bit {:.2}%{} minus the layers' measured drops) {:.2}%, \
+                 {engine}.",
+                f32_acc * 100.0,
+                sens.base_accuracy * 100.0,
+                match subset {
+                    true => format!(" on the {} {}", sens.samples, images_of(sens.measured_on)),
+                    false => String::new(),
+                },
+                (sens.base_accuracy * 100.0 - predicted_drop),
+            );
+            if let Some(d) = measured_drop {
+                println!(
+                    "Drop from uniform W8A{}: predicted {predicted_drop:.2} pp (the chosen layers' drops on the {} \
+                     {}), measured {d:.2} pp on the {} test images.",
+                    a.act_bits,
+                    sens.samples,
+                    images_of(sens.measured_on),
+                    split.test.n
+                );
+            }
+        }
+        // Estimated costs only: the layers were not measured one by one.
+        None => println!(
+            "\nf32 {:.2}%. Predicted loss increase over all-8-bit {:.4} nats ({}), {engine}; drop from uniform \
+             W8A{} {}.",
+            f32_acc * 100.0,
+            solved.cost,
+            match a.cost {
+                CostArg::Hessian => "HAWQ's estimate, in its own units",
+                _ => "the Gauss-Newton estimate",
+            },
             a.act_bits,
-            sens.samples,
-            images_of(sens.measured_on),
-            split.test.n
-        );
+            measured_drop.map_or("-".into(), |d| format!("{d:.2} pp")),
+        ),
     }
     match best_uniform {
         Some(&(b, _, acc, _)) => println!(

@@ -65,10 +65,11 @@ pub struct SensitivityArgs {
     /// Images per measurement (all there are when fewer).
     #[arg(long, default_value_t = 10_000)]
     samples: usize,
-    /// Training images behind the Hessian-trace estimate.
+    /// Training images behind the two estimates.
     #[arg(long, default_value_t = 512)]
     hessian_samples: usize,
-    /// Rademacher vectors of the Hutchinson estimate (0: skip it).
+    /// Rademacher vectors of the Hutchinson (HAWQ) estimate (0: skip it; the Gauss-Newton estimate, one forward
+    /// pass per layer and width, is always computed).
     #[arg(long, default_value_t = 32)]
     hessian_iters: usize,
     /// Seed of the estimate's random vectors.
@@ -101,6 +102,8 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
         samples: a.samples,
         hessian_samples: a.hessian_samples,
         hessian_iters: a.hessian_iters,
+        gauss_newton: true,
+        measure: true,
         seed: a.seed,
     };
     cfg.validate()?;
@@ -157,8 +160,11 @@ pub fn sensitivity(a: &SensitivityArgs, quiet: bool) -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
         ];
         for c in &l.costs {
-            row.push(format!("{:+.2}", c.weight_drop_pp));
-            row.push(format!("{:+.4}", c.weight_loss_delta));
+            row.push(c.weight_drop_pp.map_or("-".into(), |d| format!("{d:+.2}")));
+            row.push(
+                c.weight_loss_delta
+                    .map_or("-".into(), |d| format!("{d:+.4}")),
+            );
             for p in [c.predicted, c.predicted_gn] {
                 row.push(p.map(|p| format!("{p:.2e}")).unwrap_or_else(|| "-".into()));
             }

@@ -306,13 +306,17 @@ fn first_last_8bit_keeps_the_edges_at_eight_bits_and_the_middle_at_the_requested
     );
 }
 
-/// `--cost hessian` and `--cost gn` allocate over the estimates the report carries: the solved cost is the sum of
-/// the chosen layers' estimates, and the budget holds.
+/// `--cost hessian` and `--cost gn` allocate over the estimates the report carries without measuring a layer
+/// (no one-layer PTQ runs, only the estimate asked for): the solved cost is the sum of the chosen layers'
+/// estimates, and the budget holds.
 #[test]
 fn estimated_costs_allocate_over_the_reported_estimates() {
     let dir = TempDir::new().unwrap();
     train_lenet(dir.path());
-    for (cost, key) in [("hessian", "predicted"), ("gn", "predicted_gn")] {
+    for (cost, key, other) in [
+        ("hessian", "predicted", "predicted_gn"),
+        ("gn", "predicted_gn", "predicted"),
+    ] {
         let report = format!("{cost}.json");
         let out = run_ok(
             dir.path(),
@@ -352,6 +356,17 @@ fn estimated_costs_allocate_over_the_reported_estimates() {
                 sum += v;
             }
         }
+        for c in layers.iter().flat_map(|l| l["costs"].as_array().unwrap()) {
+            assert!(c["weight_drop_pp"].is_null(), "{cost}: measured {c}");
+            assert!(c["weight_loss_delta"].is_null(), "{cost}: measured {c}");
+            assert!(c[other].is_null(), "{cost}: {other} computed {c}");
+        }
+        assert!(r["predicted_drop_pp"].is_null(), "{cost}");
+        assert!(
+            out.contains("Predicted loss increase over all-8-bit"),
+            "{out}"
+        );
+        assert!(r["measured_accuracy"].as_f64().unwrap() > 0.5, "{out}");
         let solved = r["allocation"]["cost"].as_f64().unwrap();
         assert!(
             (solved - sum).abs() <= 1e-9 * sum.max(1.0),
@@ -365,4 +380,10 @@ fn estimated_costs_allocate_over_the_reported_estimates() {
         // Something was lowered: 3 bits on average cannot keep every layer at 8.
         assert!(sum > 0.0, "{out}");
     }
+    // An accuracy budget sums measured drops: an estimated cost cannot serve it.
+    run_err(
+        dir.path(),
+        &["mixed", "m.f32", "--max-drop", "1", "--cost", "gn"],
+        &["--max-drop", "--cost"],
+    );
 }

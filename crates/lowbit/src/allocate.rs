@@ -43,22 +43,15 @@ pub fn layer_choices(sens: &Sensitivity, cost: Cost) -> Result<Vec<Vec<Choice>>>
                 cost: 0.0,
             }];
             for k in l.costs.iter().filter(|k| k.bits != 8) {
-                let value = match cost {
-                    Cost::MeasuredLoss => k.weight_loss_delta,
-                    Cost::MeasuredDrop => k.weight_drop_pp,
-                    Cost::Hessian | Cost::GaussNewton => {
-                        let p = match cost {
-                            Cost::Hessian => k.predicted,
-                            _ => k.predicted_gn,
-                        };
-                        p.ok_or_else(|| {
-                            Error::option(
-                                "--cost",
-                                "an estimated cost needs the Hessian estimate (hessian_iters > 0)",
-                            )
-                        })?
+                let (value, missing) = match cost {
+                    Cost::MeasuredLoss => (k.weight_loss_delta, "the layers were not measured"),
+                    Cost::MeasuredDrop => (k.weight_drop_pp, "the layers were not measured"),
+                    Cost::Hessian => (k.predicted, "HAWQ's estimate was not computed"),
+                    Cost::GaussNewton => {
+                        (k.predicted_gn, "the Gauss-Newton estimate was not computed")
                     }
                 };
+                let value = value.ok_or_else(|| Error::option("--cost", missing))?;
                 c.push(Choice {
                     bits: k.bits,
                     bytes: weight_bytes(k.bits, l.rows, cols)?,
@@ -106,16 +99,15 @@ impl Allocation {
         }
     }
 
-    /// The sum of the layers' measured accuracy drops for this allocation (the additive prediction).
-    pub fn predicted_drop_pp(&self, sens: &Sensitivity) -> f64 {
+    /// The sum of the layers' measured accuracy drops for this allocation (the additive prediction); None when
+    /// a lowered layer was not measured.
+    pub fn predicted_drop_pp(&self, sens: &Sensitivity) -> Option<f64> {
         self.bits
             .iter()
             .zip(&sens.layers)
-            .map(|(&b, l)| {
-                l.costs
-                    .iter()
-                    .find(|c| c.bits == b)
-                    .map_or(0.0, |c| c.weight_drop_pp)
+            .map(|(&b, l)| match l.costs.iter().find(|c| c.bits == b) {
+                Some(c) => c.weight_drop_pp,
+                None => Some(0.0),
             })
             .sum()
     }

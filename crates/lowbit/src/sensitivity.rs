@@ -58,8 +58,13 @@ pub struct SensitivityConfig {
     pub samples: usize,
     /// Training images behind the Hessian estimate.
     pub hessian_samples: usize,
-    /// Rademacher vectors of Hutchinson's estimator (0 skips the estimate).
+    /// Rademacher vectors of Hutchinson's estimator (0 skips HAWQ's estimate).
     pub hessian_iters: usize,
+    /// Compute the Gauss-Newton estimate (on the `hessian_samples` images).
+    pub gauss_newton: bool,
+    /// Measure each layer by PTQ one layer at a time (false: only the estimates, at a fraction of the cost; the
+    /// all-base model is still measured).
+    pub measure: bool,
     /// Seed of the Rademacher vectors.
     pub seed: u64,
 }
@@ -77,6 +82,8 @@ impl Default for SensitivityConfig {
             samples: 10_000,
             hessian_samples: 512,
             hessian_iters: 32,
+            gauss_newton: true,
+            measure: true,
             seed: 1,
         }
     }
@@ -100,8 +107,14 @@ impl SensitivityConfig {
         if self.samples == 0 {
             return Err(Error::option("--samples", "must be at least 1"));
         }
-        if self.hessian_iters > 0 && self.hessian_samples == 0 {
+        if (self.hessian_iters > 0 || self.gauss_newton) && self.hessian_samples == 0 {
             return Err(Error::option("--hessian-samples", "must be at least 1"));
+        }
+        if !self.measure && self.hessian_iters == 0 && !self.gauss_newton {
+            return Err(Error::option(
+                "--cost",
+                "nothing to do: no layer is measured and no estimate is computed",
+            ));
         }
         Ok(())
     }
@@ -119,10 +132,12 @@ pub struct BitCost {
     /// The Gauss-Newton second-order estimate of the loss increase (nats; see the module doc), on the Hessian's
     /// training images (when the Hessian was estimated).
     pub predicted_gn: Option<f64>,
-    /// Engine accuracy drop (pp, positive = worse) with only this layer's weights at `bits`.
-    pub weight_drop_pp: f64,
-    /// Engine mean cross-entropy increase with only this layer's weights at `bits`.
-    pub weight_loss_delta: f64,
+    /// Engine accuracy drop (pp, positive = worse) with only this layer's weights at `bits` (None when the
+    /// layers were not measured).
+    pub weight_drop_pp: Option<f64>,
+    /// Engine mean cross-entropy increase with only this layer's weights at `bits` (None when the layers were
+    /// not measured).
+    pub weight_loss_delta: Option<f64>,
     /// Engine accuracy drop (pp) with only this layer's output activations at `bits` (None for the last layer,
     /// whose output is float logits, or when activations were not measured).
     pub act_drop_pp: Option<f64>,
@@ -381,10 +396,10 @@ pub fn analyse(
         .filter(|&j| is_weight_layer(&model.nodes[j].layer))
         .collect();
     let nl = weight_nodes.len();
-    let act_measured = |l: usize| cfg.activations && l + 1 < nl;
+    let act_measured = |l: usize| cfg.measure && cfg.activations && l + 1 < nl;
     let total = 1 + cfg.bits.len()
         * (0..nl)
-            .map(|l| 1 + usize::from(act_measured(l)))
+            .map(|l| usize::from(cfg.measure) + usize::from(act_measured(l)))
             .sum::<usize>();
     let mut done = 0;
 
@@ -393,12 +408,21 @@ pub fn analyse(
     done += 1;
     progress(done, total);
 
-    let (traces, mut probe) = if cfg.hessian_iters > 0 {
-        let batches = hessian_batches(split, cfg.hessian_samples);
-        let traces = hutchinson(model, &batches, &weight_nodes, cfg.hessian_iters, cfg.seed)?;
-        (Some(traces), Some(OutputProbe::new(model, batches)?))
-    } else {
-        (None, None)
+    let batches = (cfg.hessian_iters > 0 || cfg.gauss_newton)
+        .then(|| hessian_batches(split, cfg.hessian_samples));
+    let traces = match &batches {
+        Some(b) if cfg.hessian_iters > 0 => Some(hutchinson(
+            model,
+            b,
+            &weight_nodes,
+            cfg.hessian_iters,
+            cfg.seed,
+        )?),
+        _ => None,
+    };
+    let mut probe = match batches {
+        Some(b) if cfg.gauss_newton => Some(OutputProbe::new(model, b)?),
+        _ => None,
     };
     let mut layers = Vec::with_capacity(nl);
     for (l, &j) in weight_nodes.iter().enumerate() {
@@ -430,9 +454,15 @@ pub fn analyse(
                 Some(p) => Some(p.gauss_newton(j, &quantized)?),
                 None => None,
             };
-            let (acc, loss) = measurer.measure(&only(Some(b), None))?;
-            done += 1;
-            progress(done, total);
+            let measured = match cfg.measure {
+                true => {
+                    let (acc, loss) = measurer.measure(&only(Some(b), None))?;
+                    done += 1;
+                    progress(done, total);
+                    Some(((base_accuracy - acc) * 100.0, loss - base_loss))
+                }
+                false => None,
+            };
             let act_drop_pp = if act_measured(l) {
                 let (a, _) = measurer.measure(&only(None, Some(b)))?;
                 done += 1;
@@ -448,8 +478,8 @@ pub fn analyse(
                     .as_ref()
                     .map(|t| t[l] / w.len().max(1) as f64 * perturbation),
                 predicted_gn,
-                weight_drop_pp: (base_accuracy - acc) * 100.0,
-                weight_loss_delta: loss - base_loss,
+                weight_drop_pp: measured.map(|m| m.0),
+                weight_loss_delta: measured.map(|m| m.1),
                 act_drop_pp,
             });
         }
@@ -490,17 +520,17 @@ fn rank_agreement(
         .enumerate()
         .map(|(k, &b)| {
             let p: Option<Vec<f64>> = layers.iter().map(|l| predicted(&l.costs[k])).collect();
-            let m: Vec<f64> = layers
+            let m: Option<Vec<f64>> = layers
                 .iter()
                 .map(|l| l.costs[k].weight_loss_delta)
                 .collect();
-            (b, p.and_then(|p| spearman(&p, &m)))
+            (b, p.zip(m).and_then(|(p, m)| spearman(&p, &m)))
         })
         .collect();
     let pooled: Option<Vec<(f64, f64)>> = layers
         .iter()
         .flat_map(|l| &l.costs)
-        .map(|c| predicted(c).map(|p| (p, c.weight_loss_delta)))
+        .map(|c| predicted(c).zip(c.weight_loss_delta))
         .collect();
     let pooled = pooled.and_then(|v| {
         let (p, m): (Vec<f64>, Vec<f64>) = v.into_iter().unzip();

@@ -162,3 +162,58 @@ fn held_out_images_are_distinct_spread_and_never_calibration_images() {
     }
     assert!(held_out(7, 3, 7).is_empty());
 }
+
+/// Without per-layer measurements (`measure: false`) `analyse` still gives the Gauss-Newton estimate, equal to
+/// the one of a measured run, reports nothing measured for a layer, and counts only the base measurement; with
+/// neither measurements nor an estimate it refuses to run.
+#[test]
+fn estimates_alone_match_a_measured_run_and_measure_no_layer() {
+    let split = crate::data::load(&crate::data::DataSource::Builtin).unwrap();
+    let mut model = Model::from_spec("mlp:784-32-10", 0).unwrap();
+    let tc = crate::train::TrainConfig {
+        epochs: 1,
+        ..crate::train::TrainConfig::default()
+    };
+    crate::train::train(&mut model, &split.train, &tc, &mut |_| {}).unwrap();
+    let cfg = SensitivityConfig {
+        bits: vec![2, 4],
+        activations: false,
+        samples: 300,
+        hessian_samples: 64,
+        hessian_iters: 0,
+        base: QuantConfig {
+            method: quant::Method::Ptq,
+            calibration_samples: 128,
+            ..QuantConfig::default()
+        },
+        ..SensitivityConfig::default()
+    };
+    let mut totals = Vec::new();
+    let measured = analyse(&model, &split, &cfg, &mut |_, t| totals.push(t)).unwrap();
+    assert_eq!(totals.last(), Some(&(1 + 2 * 2)));
+    let fast_cfg = SensitivityConfig {
+        measure: false,
+        ..cfg.clone()
+    };
+    let mut totals = Vec::new();
+    let fast = analyse(&model, &split, &fast_cfg, &mut |_, t| totals.push(t)).unwrap();
+    assert_eq!(totals, [1]);
+    assert_eq!(fast.base_accuracy, measured.base_accuracy);
+    for (f, m) in fast.layers.iter().zip(&measured.layers) {
+        for (fc, mc) in f.costs.iter().zip(&m.costs) {
+            assert!(fc.predicted_gn.is_some_and(|g| g > 0.0));
+            assert_eq!(fc.predicted_gn, mc.predicted_gn);
+            assert!(mc.weight_loss_delta.is_some() && mc.weight_drop_pp.is_some());
+            assert_eq!((fc.weight_loss_delta, fc.weight_drop_pp), (None, None));
+            assert_eq!(fc.predicted, None);
+        }
+    }
+    assert!(fast.spearman_gn.iter().all(|(_, r)| r.is_none()));
+    assert_eq!(fast.spearman_gn_pooled, None);
+    let nothing = SensitivityConfig {
+        gauss_newton: false,
+        ..fast_cfg
+    };
+    let err = analyse(&model, &split, &nothing, &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("nothing to do"), "{err}");
+}

@@ -257,6 +257,7 @@ fn mixed_sensitivity(model: &Model, split: &Split, cfg: &SweepConfig) -> Result<
         bits,
         activations: false,
         hessian_iters: 0,
+        gauss_newton: false,
         ..SensitivityConfig::default()
     };
     sensitivity::analyse(model, split, &scfg, &mut |_, _| {})

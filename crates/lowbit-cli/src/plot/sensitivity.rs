@@ -122,10 +122,11 @@ impl Picture for SensitivityPicture<'_> {
 
         // Bars.
         let nl = s.layers.len();
-        let drops =
-            s.layers.iter().flat_map(|l| &l.costs).flat_map(|c| {
-                std::iter::once(c.weight_drop_pp).chain(c.act_drop_pp.filter(|_| acts))
-            });
+        let drops = s.layers.iter().flat_map(|l| &l.costs).flat_map(|c| {
+            c.weight_drop_pp
+                .into_iter()
+                .chain(c.act_drop_pp.filter(|_| acts))
+        });
         let (lo, hi) = drops.fold((0.0f64, 0.0f64), |(lo, hi), d| (lo.min(d), hi.max(d)));
         let pad = ((hi - lo) * 0.06).max(0.1);
         let (y0, y1) = (if lo < 0.0 { lo - pad } else { 0.0 }, hi.max(1.0) + pad);
@@ -180,10 +181,12 @@ impl Picture for SensitivityPicture<'_> {
             for (k, c) in layer.costs.iter().enumerate() {
                 let slot = if acts { 2 * k } else { k };
                 let x = l as f64 - 0.4 + slot as f64 * width;
-                chart.draw_series(std::iter::once(Rectangle::new(
-                    [(x, 0.0), (x + width * 0.9, c.weight_drop_pp)],
-                    colour(k).filled(),
-                )))?;
+                if let Some(d) = c.weight_drop_pp {
+                    chart.draw_series(std::iter::once(Rectangle::new(
+                        [(x, 0.0), (x + width * 0.9, d)],
+                        colour(k).filled(),
+                    )))?;
+                }
                 if let Some(a) = c.act_drop_pp.filter(|_| acts) {
                     let x = x + width;
                     chart.draw_series(std::iter::once(Rectangle::new(
@@ -207,7 +210,7 @@ impl Picture for SensitivityPicture<'_> {
                 .layers
                 .iter()
                 .flat_map(|l| l.costs.iter().enumerate())
-                .filter_map(|(k, c)| self.estimate(c).map(|p| (k, p, c.weight_loss_delta)))
+                .filter_map(|(k, c)| Some((k, self.estimate(c)?, c.weight_loss_delta?)))
                 .collect();
             let positive = points.iter().map(|p| p.2).filter(|&m| m > 0.0);
             let (mmin, mmax) =

@@ -423,12 +423,12 @@ fn sensitivity_of(predicted: bool) -> lowbit::sensitivity::Sensitivity {
                     weight_perturbation: 1.0,
                     predicted: predicted.then_some(0.01 * (l + 1) as f64 / f64::from(b)),
                     predicted_gn: predicted.then_some(0.02 * (l + 1) as f64 / f64::from(b)),
-                    weight_drop_pp: 3.0 / f64::from(b) - l as f64,
-                    weight_loss_delta: if l == 2 && b == 4 {
+                    weight_drop_pp: Some(3.0 / f64::from(b) - l as f64),
+                    weight_loss_delta: Some(if l == 2 && b == 4 {
                         -0.001
                     } else {
                         0.02 / f64::from(b)
-                    },
+                    }),
                     act_drop_pp: (l < 2).then_some(1.0),
                 })
                 .collect(),
