@@ -542,38 +542,39 @@ fn conv_acc(
             i64::from(cv.bias[o]).abs() + taps <= i64::from(i32::MAX)
         })
         .collect();
-    let taps = Taps {
-        wts: &wts,
-        k,
+    let geometry = Columns {
         ic_g,
-        oc_g,
         kernel: (kh, kw),
         stride: (sh, sw),
         padding: (ph, pw),
         in_hw: (h, w),
         out_hw: (oh, ow),
     };
-    // Per sample (in parallel), per output channel: the plane of sums, one tap at a time over the output
-    // positions whose input lies inside the map (padding contributes (zp - zp) * w = 0, so it is skipped).
+    let p = oh * ow;
+    // Per sample (in parallel), per group: the group's input codes minus the zero point laid out as `k` rows of
+    // the `p` output positions (padding reads (zp - zp) = 0); then per output channel, one tap at a time, the
+    // tap's weight times its row added over the whole output plane (long rows: the loop vectorizes).
     let samples: Vec<Result<Vec<i32>>> = (0..batch)
         .into_par_iter()
         .map(|b| {
-            let xz: Vec<i32> = x[b * in_sample..(b + 1) * in_sample]
-                .iter()
-                .map(|&v| i32::from(v) - zp)
-                .collect();
+            let xs = &x[b * in_sample..(b + 1) * in_sample];
+            let mut cols = vec![0i32; k * p];
             let mut out = Vec::with_capacity(out_sample);
-            let (mut narrow, mut wide) = (vec![0i32; oh * ow], Vec::new());
-            for (o, &fits) in fits_i32.iter().enumerate() {
-                if fits {
+            let (mut narrow, mut wide) = (vec![0i32; p], Vec::new());
+            for o in 0..oc_n {
+                if o % oc_g == 0 {
+                    geometry.fill(xs, zp, o / oc_g, &mut cols);
+                }
+                let row = &wts[o * k..(o + 1) * k];
+                if fits_i32[o] {
                     narrow.fill(cv.bias[o]);
-                    taps.accumulate(o, &xz, &mut narrow);
+                    accumulate_i32(row, &cols, &mut narrow);
                     out.extend_from_slice(&narrow);
                     continue;
                 }
                 wide.clear();
-                wide.resize(oh * ow, i64::from(cv.bias[o]));
-                taps.accumulate(o, &xz, &mut wide);
+                wide.resize(p, i64::from(cv.bias[o]));
+                accumulate(row, &cols, &mut wide);
                 for &v in &wide {
                     out.push(i32::try_from(v).map_err(|_| {
                         Error::Shape(format!("simulate: node {li} accumulator {v} overflows i32"))
@@ -590,12 +591,9 @@ fn conv_acc(
     Ok((acc, oh, ow))
 }
 
-/// One convolution's weights and geometry, for [`conv_acc`]'s per-channel sums.
-struct Taps<'a> {
-    wts: &'a [i8],
-    k: usize,
+/// A convolution's geometry, for [`conv_acc`]'s columns.
+struct Columns {
     ic_g: usize,
-    oc_g: usize,
     kernel: (usize, usize),
     stride: (usize, usize),
     padding: (usize, usize),
@@ -603,52 +601,81 @@ struct Taps<'a> {
     out_hw: (usize, usize),
 }
 
-impl Taps<'_> {
-    /// Adds output channel `o`'s taps over `xz` (one sample's codes minus the zero point) into `plane`.
-    fn accumulate<T>(&self, o: usize, xz: &[i32], plane: &mut [T])
-    where
-        T: Copy + From<i32> + std::ops::AddAssign + std::ops::Mul<Output = T>,
-    {
+impl Columns {
+    /// Writes group `group`'s columns of one sample's codes `xs` into `cols`: row `(ic * kh + ky) * kw + kx`
+    /// holds `x[ic, oy * sh + ky - ph, ox * sw + kx - pw] - zp` at position `oy * ow + ox`, 0 outside the map.
+    fn fill(&self, xs: &[u8], zp: i32, group: usize, cols: &mut [i32]) {
         let ((kh, kw), (sh, sw), (ph, pw)) = (self.kernel, self.stride, self.padding);
         let ((h, w), (oh, ow)) = (self.in_hw, self.out_hw);
-        let ic0 = (o / self.oc_g) * self.ic_g;
-        for ic in ic0..ic0 + self.ic_g {
+        let p = oh * ow;
+        for ic in 0..self.ic_g {
+            let plane = &xs[(group * self.ic_g + ic) * h * w..][..h * w];
             for ky in 0..kh {
                 for kx in 0..kw {
-                    let q = self.wts[o * self.k + ((ic - ic0) * kh + ky) * kw + kx];
-                    if q == 0 {
-                        continue;
-                    }
-                    let q = T::from(i32::from(q));
+                    let row = &mut cols[((ic * kh + ky) * kw + kx) * p..][..p];
                     // Output columns whose input column ox * sw + kx - pw lies in [0, w).
-                    let lo = (pw.saturating_sub(kx)).div_ceil(sw);
+                    let lo = pw.saturating_sub(kx).div_ceil(sw).min(ow);
                     let hi = match (w + pw).checked_sub(kx + 1) {
-                        Some(last) => (last / sw + 1).min(ow),
-                        None => 0,
+                        Some(last) => (last / sw + 1).clamp(lo, ow),
+                        None => lo,
                     };
-                    if lo >= hi {
-                        continue;
-                    }
                     for oy in 0..oh {
-                        let iy = oy * sh + ky;
-                        if iy < ph || iy - ph >= h {
+                        let dst = &mut row[oy * ow..(oy + 1) * ow];
+                        let Some(iy) = (oy * sh + ky).checked_sub(ph).filter(|&iy| iy < h) else {
+                            dst.fill(0);
+                            continue;
+                        };
+                        dst[..lo].fill(0);
+                        dst[hi..].fill(0);
+                        if lo == hi {
                             continue;
                         }
-                        let row = &xz[(ic * h + iy - ph) * w..][..w];
-                        let src = &row[lo * sw + kx - pw..];
-                        let dst = &mut plane[oy * ow + lo..oy * ow + hi];
-                        if sw == 1 {
-                            for (d, &v) in dst.iter_mut().zip(src) {
-                                *d += T::from(v) * q;
-                            }
-                        } else {
-                            for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
-                                *d += T::from(v) * q;
-                            }
+                        let src = &plane[iy * w + lo * sw + kx - pw..(iy + 1) * w];
+                        for (d, &v) in dst[lo..hi].iter_mut().zip(src.iter().step_by(sw)) {
+                            *d = i32::from(v) - zp;
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+/// [`accumulate`] in i32, the common case: compiled for AVX2 too where the CPU has it, since the baseline
+/// target (SSE2) has no 32-bit lane multiply and emulates it in eight instructions. Integer sums are exact, so
+/// the instruction set cannot change a result; this is codegen for the same safe code, not a second kernel.
+fn accumulate_i32(row: &[i8], cols: &[i32], plane: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// # Safety
+        /// The CPU must support AVX2.
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(row: &[i8], cols: &[i32], plane: &mut [i32]) {
+            accumulate(row, cols, plane)
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2; the function is safe code.
+            return unsafe { avx2(row, cols, plane) };
+        }
+    }
+    accumulate(row, cols, plane)
+}
+
+/// `plane += sum_t row[t] * cols[t]` over the taps `t` (rows of `cols`, each as long as `plane`); zero weights
+/// are skipped (ternary and binary layers have many).
+#[inline(always)]
+fn accumulate<T>(row: &[i8], cols: &[i32], plane: &mut [T])
+where
+    T: Copy + From<i32> + std::ops::AddAssign + std::ops::Mul<Output = T>,
+{
+    let p = plane.len();
+    for (&q, col) in row.iter().zip(cols.chunks_exact(p)) {
+        if q == 0 {
+            continue;
+        }
+        let q = T::from(i32::from(q));
+        for (d, &v) in plane.iter_mut().zip(col) {
+            *d += T::from(v) * q;
         }
     }
 }
