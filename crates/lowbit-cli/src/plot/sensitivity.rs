@@ -283,10 +283,9 @@ impl Picture for SensitivityPicture<'_> {
             let of = |v: &[(u32, Option<f64>)], b: u32| {
                 v.iter().find(|(sb, _)| *sb == b).and_then(|(_, r)| *r)
             };
-            let both = |drawn: Option<f64>, other: Option<f64>| match (drawn, other) {
-                (Some(d), Some(o)) if gn => format!("Spearman {d:.2} (HAWQ {o:.2})"),
-                (Some(d), _) => format!("Spearman {d:.2}"),
-                (None, _) => "Spearman -".to_string(),
+            let both = |d: f64, other: Option<f64>| match other {
+                Some(o) if gn => format!("Spearman {d:.2} (HAWQ {o:.2})"),
+                _ => format!("Spearman {d:.2}"),
             };
             let (drawn, other) = match gn {
                 true => (&s.spearman_gn, &s.spearman),
@@ -294,7 +293,7 @@ impl Picture for SensitivityPicture<'_> {
             };
             for (k, &b) in bits.iter().enumerate() {
                 let text = match of(drawn, b) {
-                    Some(_) => format!("W{b} (right): {}", both(of(drawn, b), of(other, b))),
+                    Some(d) => format!("W{b} (right): {}", both(d, of(other, b))),
                     None => format!("W{b} (right)"),
                 };
                 keys.push((Key::Dot(colour(k)), text));
@@ -303,11 +302,8 @@ impl Picture for SensitivityPicture<'_> {
                 true => (s.spearman_gn_pooled, s.spearman_pooled),
                 false => (s.spearman_pooled, None),
             };
-            if pooled.0.is_some() {
-                keys.push((
-                    Key::Blank,
-                    format!("all widths: {}", both(pooled.0, pooled.1)),
-                ));
+            if let Some(d) = pooled.0 {
+                keys.push((Key::Blank, format!("all widths: {}", both(d, pooled.1))));
             }
             if gn {
                 keys.push((Key::Line, "estimate = measurement".into()));
