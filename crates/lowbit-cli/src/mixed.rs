@@ -120,6 +120,9 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
     let mut bits: Vec<u32> = a.bits.iter().copied().filter(|&b| b != 8).collect();
     bits.sort_unstable();
     bits.dedup();
+    if bits.is_empty() {
+        bail!("--bits: give at least one width other than 8");
+    }
     let base = QuantConfig {
         weight_bits: 8,
         act_bits: a.act_bits,
@@ -139,31 +142,24 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         gauss_newton: a.cost == CostArg::Gn,
         ..SensitivityConfig::default()
     };
-    if !bits.is_empty() {
-        scfg.validate()?;
-    }
+    scfg.validate()?;
     base.validate()?;
     let model = load_float_model(&a.model)?;
     let split = load_data(&a.data.data, &a.data, model.normalization.clone())?;
-
+    // One set of calibration and measured images for the sensitivity and the refinement, so their figures compare.
+    let measurer = sensitivity::Measurer::new(
+        &model,
+        &split,
+        base.calibration_samples,
+        scfg.samples,
+        scfg.measure_on,
+    )?;
     let bar = crate::ui::bar(0, "sensitivity", quiet);
-    let sens = if bits.is_empty() {
-        None
-    } else {
-        Some(sensitivity::analyse(
-            &model,
-            &split,
-            &scfg,
-            &mut |done, total| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            },
-        )?)
-    };
+    let sens = sensitivity::analyse_with(&measurer, &split, &scfg, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
     bar.finish_and_clear();
-    let Some(sens) = sens else {
-        bail!("--bits: give at least one width other than 8");
-    };
     let cost = match (a.max_drop.is_some(), a.cost) {
         (true, _) => Cost::MeasuredDrop,
         (false, CostArg::Measured) => Cost::MeasuredLoss,
@@ -183,13 +179,6 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
     let solve_ms = t_solve.elapsed().as_secs_f64() * 1e3;
     let refined = match budget {
         Budget::Bytes(max) if a.refine > 0 => {
-            let measurer = sensitivity::Measurer::new(
-                &model,
-                &split,
-                base.calibration_samples,
-                scfg.samples,
-                scfg.measure_on,
-            )?;
             let bar = crate::ui::bar(0, "refine", quiet);
             let r = allocate::refine(
                 &measurer,
@@ -393,13 +382,12 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         }
         // Estimated costs only: the layers were not measured one by one.
         None => println!(
-            "\nf32 {:.2}%. Predicted loss increase over all-8-bit {:.4} nats ({}), {engine}; drop from uniform \
-             W8A{} {}.",
+            "\nf32 {:.2}%. Predicted loss increase over all-8-bit {:.4} {}, {engine}; drop from uniform W8A{} {}.",
             f32_acc * 100.0,
-            solved.cost,
+            alloc.cost,
             match a.cost {
-                CostArg::Hessian => "HAWQ's estimate, in its own units",
-                _ => "the Gauss-Newton estimate",
+                CostArg::Hessian => "(HAWQ's estimate, in its own units)",
+                _ => "nats (the Gauss-Newton estimate)",
             },
             a.act_bits,
             measured_drop.map_or("-".into(), |d| format!("{d:.2} pp")),

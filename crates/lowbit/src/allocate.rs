@@ -24,9 +24,9 @@ pub enum Cost {
     MeasuredLoss,
     /// The engine's accuracy drop (percentage points) with only that layer lowered: an accuracy budget.
     MeasuredDrop,
-    /// HAWQ's Hessian prediction (needs the Hessian estimate).
+    /// HAWQ's Hessian prediction (needs a sensitivity run with `hessian_iters > 0`).
     Hessian,
-    /// The Gauss-Newton estimate of the loss increase (needs the Hessian estimate).
+    /// The Gauss-Newton estimate of the loss increase (needs a sensitivity run with `gauss_newton`).
     GaussNewton,
 }
 
@@ -100,8 +100,13 @@ impl Allocation {
     }
 
     /// The sum of the layers' measured accuracy drops for this allocation (the additive prediction); None when
-    /// a lowered layer was not measured.
+    /// the sensitivity did not measure every layer and width (estimates only), even if this allocation lowers
+    /// none of them.
     pub fn predicted_drop_pp(&self, sens: &Sensitivity) -> Option<f64> {
+        let mut costs = sens.layers.iter().flat_map(|l| &l.costs);
+        if costs.any(|c| c.weight_drop_pp.is_none()) {
+            return None;
+        }
         self.bits
             .iter()
             .zip(&sens.layers)
@@ -120,7 +125,8 @@ pub struct Choice {
     pub bits: u32,
     /// Packed weight bytes at those bits.
     pub bytes: u64,
-    /// The cost minimised (loss increase, or the Hessian prediction), additive over layers.
+    /// The cost minimised, additive over layers: the measured loss increase or accuracy drop, or an estimated loss
+    /// increase (HAWQ's Hessian trace, Gauss-Newton); see [`Cost`].
     pub cost: f64,
 }
 

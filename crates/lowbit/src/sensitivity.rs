@@ -56,7 +56,7 @@ pub struct SensitivityConfig {
     pub measure_on: MeasureOn,
     /// Images evaluated per measurement (all there are when fewer).
     pub samples: usize,
-    /// Training images behind the Hessian estimate.
+    /// Training images behind the HAWQ and Gauss-Newton estimates.
     pub hessian_samples: usize,
     /// Rademacher vectors of Hutchinson's estimator (0 skips HAWQ's estimate).
     pub hessian_iters: usize,
@@ -127,10 +127,10 @@ pub struct BitCost {
     pub bits: u32,
     /// `||Q_b(W) - W||^2` of the layer's weights.
     pub weight_perturbation: f64,
-    /// HAWQ's `tr(H) / n * ||Q_b(W) - W||^2` (when the Hessian was estimated).
+    /// HAWQ's `tr(H) / n * ||Q_b(W) - W||^2` (when HAWQ's trace was estimated: `hessian_iters > 0`).
     pub predicted: Option<f64>,
-    /// The Gauss-Newton second-order estimate of the loss increase (nats; see the module doc), on the Hessian's
-    /// training images (when the Hessian was estimated).
+    /// The Gauss-Newton second-order estimate of the loss increase (nats; see the module doc), on the
+    /// `hessian_samples` training images (when [`SensitivityConfig::gauss_newton`] asked for it).
     pub predicted_gn: Option<f64>,
     /// Engine accuracy drop (pp, positive = worse) with only this layer's weights at `bits` (None when the
     /// layers were not measured).
@@ -176,10 +176,11 @@ pub struct Sensitivity {
     /// Per weight layer, in node order.
     pub layers: Vec<LayerSensitivity>,
     /// Per bit width: Spearman rank correlation between the predicted cost and the measured loss increase over
-    /// the layers (None without a Hessian estimate or with fewer than 3 layers).
+    /// the layers (None without HAWQ's estimate, without measurements or with fewer than 3 layers).
     pub spearman: Vec<(u32, Option<f64>)>,
     /// Spearman's rank correlation over every (layer, bit width) pair at once: what a mixed-precision allocation
-    /// relies on, since it trades one layer's bits against another's (None without a Hessian estimate).
+    /// relies on, since it trades one layer's bits against another's (None without HAWQ's estimate or without
+    /// measurements).
     pub spearman_pooled: Option<f64>,
     /// [`Sensitivity::spearman`] for the Gauss-Newton estimate ([`BitCost::predicted_gn`]).
     pub spearman_gn: Vec<(u32, Option<f64>)>,
@@ -392,6 +393,21 @@ pub fn analyse(
         cfg.samples,
         cfg.measure_on,
     )?;
+    analyse_with(&measurer, split, cfg, progress)
+}
+
+/// [`analyse`] with a [`Measurer`] the caller keeps (to refine an allocation on the same images afterwards); build
+/// it from the same `cfg`, as [`analyse`] does. Its images stand in for `cfg.samples` and `cfg.measure_on`, and PTQ
+/// calibrates on at most `cfg.base.calibration_samples` of its calibration images; `split` gives the training
+/// images of the Hessian and Gauss-Newton estimates.
+pub fn analyse_with(
+    measurer: &Measurer,
+    split: &Split,
+    cfg: &SensitivityConfig,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Sensitivity> {
+    cfg.validate()?;
+    let model = measurer.model;
     let weight_nodes: Vec<usize> = (0..model.nodes.len())
         .filter(|&j| is_weight_layer(&model.nodes[j].layer))
         .collect();

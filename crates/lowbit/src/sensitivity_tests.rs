@@ -210,6 +210,34 @@ fn estimates_alone_match_a_measured_run_and_measure_no_layer() {
     }
     assert!(fast.spearman_gn.iter().all(|(_, r)| r.is_none()));
     assert_eq!(fast.spearman_gn_pooled, None);
+
+    // An allocation asks for the cost it minimises and no other; a predicted drop needs measured layers.
+    use crate::allocate::{layer_choices, Allocation, Cost};
+    for (sens, cost, missing) in [
+        (&fast, Cost::MeasuredLoss, "not measured"),
+        (&fast, Cost::MeasuredDrop, "not measured"),
+        (&fast, Cost::Hessian, "HAWQ"),
+        (&measured, Cost::Hessian, "HAWQ"),
+    ] {
+        let err = layer_choices(sens, cost).unwrap_err().to_string();
+        assert!(err.contains("--cost") && err.contains(missing), "{err}");
+    }
+    let estimated = layer_choices(&fast, Cost::GaussNewton).unwrap();
+    let measured_loss = layer_choices(&measured, Cost::MeasuredDrop).unwrap();
+    for bits in [[8, 8], [2, 8], [4, 2]] {
+        assert_eq!(
+            Allocation::of_bits(&estimated, &bits).predicted_drop_pp(&fast),
+            None
+        );
+        let drop = Allocation::of_bits(&measured_loss, &bits).predicted_drop_pp(&measured);
+        let sum: f64 = bits
+            .iter()
+            .zip(&measured.layers)
+            .filter_map(|(&b, l)| l.costs.iter().find(|c| c.bits == b))
+            .map(|c| c.weight_drop_pp.unwrap())
+            .sum();
+        assert_eq!(drop, Some(sum));
+    }
     let nothing = SensitivityConfig {
         gauss_newton: false,
         ..fast_cfg

@@ -14,8 +14,8 @@ use std::path::Path;
 const MAX_NAMED_LAYERS: usize = 12;
 
 /// Left: per weight layer, grouped bars of the engine accuracy drop with only that layer's weights (filled) or
-/// output activations (outlined) at each bit width, one colour per width. Right (when the Hessian was
-/// estimated): the Gauss-Newton estimate (HAWQ's trace estimate when there is none) against the measured loss
+/// output activations (outlined) at each bit width, one colour per width. Right (when either estimate was
+/// computed): the Gauss-Newton estimate (HAWQ's trace estimate when there is none) against the measured loss
 /// increase, log-log, one colour per width, with Spearman's rank correlation of both estimates in the legend and,
 /// since the Gauss-Newton estimate is in nats too, the line where estimate and measurement agree; a measured
 /// increase at or below zero sits on the floor as a hollow marker, since a log axis cannot show it.
