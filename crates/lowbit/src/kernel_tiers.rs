@@ -2,8 +2,8 @@
 //! [`lowbit_runtime::isa`] (CPU features, capped by `LOWBIT_ISA`, read once per process).
 //!
 //! Families: the integer engine ([`lowbit_runtime::kernels`]), the trainer's f32 GEMMs and their helpers
-//! ([`crate::nn::kernels`], the im2col / col2im copies and the 2 x 2 max pool), fake-quant (`quant::kernels`) and
-//! the optimizer ([`crate::optim`]). Each runs the best tier it implements within the selection
+//! ([`crate::nn::kernels`], the im2col / col2im copies and the 2 x 2 max pool), fake-quant (`quant::kernels`, and
+//! the integer simulation's sums) and the optimizer ([`crate::optim`]). Each runs the best tier it implements within the selection
 //! ([`lowbit_runtime::isa::best_within`]): under `LOWBIT_ISA=reference` every family runs its portable code.
 use lowbit_runtime::isa::{self, CpuFeatures, Isa};
 use serde::Serialize;
@@ -16,7 +16,7 @@ pub enum Family {
     Engine,
     /// The trainer's f32 products (dense and conv forward / backward), im2col, col2im and max pool.
     TrainGemm,
-    /// QAT fake-quantization and its gradients.
+    /// QAT fake-quantization and its gradients, calibration's range scans and the integer simulation's sums.
     FakeQuant,
     /// The optimizer's update (Adam).
     Optimizer,

@@ -1,7 +1,11 @@
 //! Integer simulation of a [`QuantModel`] graph: plain scalar loops written independently of the engine and
 //! kernels, so tests can compare the two node by node.
 use crate::error::{Error, Result};
+#[cfg(target_arch = "x86_64")]
+use crate::kernel_tiers::Family;
 use crate::nn::conv::window_len;
+#[cfg(target_arch = "x86_64")]
+use lowbit_runtime::isa::Isa;
 use lowbit_runtime::model::{OutputStage, QConv2d, QDense, QOp, QuantModel};
 use lowbit_runtime::pack::{PackedWeights, Packing};
 use lowbit_runtime::qparams::{self, Requant};
@@ -641,9 +645,10 @@ impl Columns {
     }
 }
 
-/// [`accumulate`] in i32, the common case: compiled for AVX2 too where the CPU has it, since the baseline
-/// target (SSE2) has no 32-bit lane multiply and emulates it in eight instructions. Integer sums are exact, so
-/// the instruction set cannot change a result; this is codegen for the same safe code, not a second kernel.
+/// [`accumulate`] in i32, the common case: compiled for AVX2 too, run when fake-quant's tier is AVX2 (so
+/// `LOWBIT_ISA=reference` turns it off with the other families), since the baseline target (SSE2) has no 32-bit
+/// lane multiply and emulates it in eight instructions. Integer sums are exact, so the instruction set cannot
+/// change a result; this is codegen for the same safe code, not a second kernel.
 fn accumulate_i32(row: &[i8], cols: &[i32], plane: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -653,8 +658,8 @@ fn accumulate_i32(row: &[i8], cols: &[i32], plane: &mut [i32]) {
         unsafe fn avx2(row: &[i8], cols: &[i32], plane: &mut [i32]) {
             accumulate(row, cols, plane)
         }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2; the function is safe code.
+        if Family::FakeQuant.tier() == Isa::Avx2 {
+            // SAFETY: fake-quant's tier is avx2 only when the CPU has AVX2 (`kernel_tiers`); safe code inside.
             return unsafe { avx2(row, cols, plane) };
         }
     }
