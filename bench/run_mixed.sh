@@ -12,7 +12,8 @@
 # NAME (prefix of the output files when MODEL is given, e.g. resnet20), QAT_EPOCHS (default 2), QAT_LR (default
 # 2e-4), QAT_BATCH (default 64), QAT_EXTRA (more `train` options of every QAT run), MIXED_EXTRA (more `mixed`
 # options), UNIFORM (uniform QAT weight widths, default "2 3 4 8"), DATA (default fashion-mnist),
-# CARGO_TARGET_DIR, LOWBIT (a lowbit binary to run instead of building one); a report that exists already is
+# ACTS (activation widths in the order to run, default "8 4"), CARGO_TARGET_DIR, LOWBIT (a lowbit binary to run
+# instead of building one); a report that exists already is
 # kept (FRESH=1 reruns everything). ResNet-20 as in
 # BENCHMARKS: MODEL=resnet20-seed1.f32 NAME=resnet20 QAT_BATCH=128 QAT_LR=1e-4
 # QAT_EXTRA="--bn-fold running --lsq-init mse --add-bits 8" MIXED_EXTRA="--add-bits 8 --samples 2000 --refine 2"
@@ -43,7 +44,7 @@ else
 fi
 qat=(--method qat --quantizer lsq --per-channel --epochs "$EPOCHS" --lr "$LR" --schedule cosine
   --batch-size "${QAT_BATCH:-64}" --seed "$SEED" "${QEXTRA[@]}")
-for a in 8 4; do
+for a in ${ACTS:-8 4}; do
   for b in 2.5 3; do
     r="$OUT/${P}mixed-a$a-b$b-seed$SEED"
     fresh "$r.json" && "$LOWBIT" mixed -q "$F32" --data "$DATA" --budget-bits "$b" --act-bits "$a" \

@@ -46,7 +46,8 @@ pub struct MixedArgs {
     /// this many percentage points.
     #[arg(long, value_name = "PP", allow_negative_numbers = true)]
     max_drop: Option<f64>,
-    /// Candidate weight bit widths per layer besides 8, comma separated.
+    /// Candidate weight bit widths per layer besides 8, comma separated. A width stored in as many bytes as a
+    /// wider candidate (3 bits, in 4-bit containers, beside 4) is left out.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
     bits: Vec<u32>,
     /// Activation bits of every layer.
@@ -253,6 +254,17 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         alloc.bytes,
         alloc.bytes as f64 * 8.0 / total_weights as f64
     );
+    let left_out: Vec<String> = bits
+        .iter()
+        .filter(|&&b| !layers.iter().flatten().any(|c| c.bits == b))
+        .map(|b| format!("{b}-bit"))
+        .collect();
+    if !left_out.is_empty() {
+        println!(
+            "Not candidates: {} (stored in as many bytes as a wider width, which keeps more levels).",
+            left_out.join(", ")
+        );
+    }
 
     if let Some(r) = &refined {
         let mut t = Table::new(&[

@@ -31,7 +31,10 @@ pub enum Cost {
 }
 
 /// Each weight layer's candidates: 8 bits at zero cost (the reference every cost is measured against), then
-/// every bit width the sensitivity analysis tried.
+/// every bit width the sensitivity analysis tried, except a width stored in no fewer bytes than a wider candidate
+/// (3 bits, in 4-bit containers, beside 4): the wider one keeps more levels in the same storage, so choosing the
+/// narrower could only follow the noise of its measured cost, and a QAT run of the allocation would start with
+/// fewer levels for nothing.
 pub fn layer_choices(sens: &Sensitivity, cost: Cost) -> Result<Vec<Vec<Choice>>> {
     sens.layers
         .iter()
@@ -58,7 +61,9 @@ pub fn layer_choices(sens: &Sensitivity, cost: Cost) -> Result<Vec<Vec<Choice>>>
                     cost: value,
                 });
             }
-            Ok(c)
+            let dominated = |x: &Choice| c.iter().any(|y| y.bits > x.bits && y.bytes <= x.bytes);
+            let kept: Vec<Choice> = c.iter().copied().filter(|x| !dominated(x)).collect();
+            Ok(kept)
         })
         .collect()
 }
@@ -449,6 +454,62 @@ mod tests {
                 let (b, _) = brute_force(&l, Budget::MaxCost(max)).unwrap();
                 assert_eq!(a.bytes, b, "seed {seed} max cost {max}");
             }
+        }
+    }
+
+    #[test]
+    fn a_width_stored_like_a_wider_one_is_never_a_candidate() {
+        use crate::sensitivity::{BitCost, LayerSensitivity, MeasureOn};
+        // 3-bit codes take 4-bit containers; here 3 bits even measured cheaper than 4 (noise).
+        let cost = |bits, loss| BitCost {
+            bits,
+            weight_perturbation: 0.0,
+            predicted: None,
+            predicted_gn: Some(loss),
+            weight_drop_pp: Some(loss),
+            weight_loss_delta: Some(loss),
+            act_drop_pp: None,
+        };
+        let layer = |index, rows, weights| LayerSensitivity {
+            index,
+            name: format!("l{index}"),
+            weights,
+            rows,
+            hessian_trace: None,
+            costs: vec![cost(2, 0.5), cost(3, -0.01), cost(4, 0.02)],
+        };
+        let sens = Sensitivity {
+            float_accuracy: 0.9,
+            base_accuracy: 0.9,
+            base_loss: 0.3,
+            measured_on: MeasureOn::Train,
+            samples: 100,
+            layers: vec![layer(0, 16, 144), layer(1, 10, 640)],
+            spearman: vec![],
+            spearman_pooled: None,
+            spearman_gn: vec![],
+            spearman_gn_pooled: None,
+        };
+        for c in [Cost::MeasuredLoss, Cost::MeasuredDrop, Cost::GaussNewton] {
+            let l = layer_choices(&sens, c).unwrap();
+            for (choices, layer) in l.iter().zip(&sens.layers) {
+                let widths: Vec<u32> = choices.iter().map(|ch| ch.bits).collect();
+                assert_eq!(widths, [8, 2, 4], "{c:?}");
+                let cols = layer.weights / layer.rows;
+                assert_eq!(weight_bytes(3, layer.rows, cols).unwrap(), choices[2].bytes);
+            }
+            // Without the 4-bit candidate, 3 bits stays (nothing wider stores in as few bytes).
+            let mut no4 = sens.clone();
+            for layer in &mut no4.layers {
+                layer.costs.pop();
+            }
+            let l = layer_choices(&no4, c).unwrap();
+            assert_eq!(l[0].iter().map(|ch| ch.bits).collect::<Vec<_>>(), [8, 2, 3]);
+            // At the size of 4 bits everywhere the solve takes 4 bits, though 3 measured cheaper.
+            let l = layer_choices(&sens, c).unwrap();
+            let four: u64 = l.iter().map(|ch| ch[2].bytes).sum();
+            let a = solve(&l, Budget::Bytes(four)).unwrap();
+            assert_eq!(a.bits, [4, 4], "{c:?}");
         }
     }
 
