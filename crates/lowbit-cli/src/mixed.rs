@@ -321,10 +321,12 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
     let chosen_acc = chosen.report.test_accuracy;
     let mut uniform = Vec::new();
     for &b in bits.iter().chain(std::iter::once(&8)) {
-        let bytes: u64 = layers
-            .iter()
-            .map(|c| c.iter().find(|ch| ch.bits == b).map_or(0, |ch| ch.bytes))
-            .sum();
+        // From the layers' shapes: a width left out of the candidates still has its size.
+        let bytes = sens.layers.iter().try_fold(0u64, |sum, l| {
+            Ok::<u64, lowbit::Error>(
+                sum + allocate::weight_bytes(b, l.rows, l.weights / l.rows.max(1))?,
+            )
+        })?;
         let out = run(
             QuantConfig {
                 weight_bits: b,

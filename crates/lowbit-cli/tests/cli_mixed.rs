@@ -27,7 +27,7 @@ fn a_bit_budget_is_met_and_the_written_config_reproduces_the_measured_accuracy()
             "--budget-bits",
             "3",
             "--bits",
-            "2,4",
+            "2,3,4",
             "--samples",
             "300",
             "--refine",
@@ -49,7 +49,19 @@ fn a_bit_budget_is_met_and_the_written_config_reproduces_the_measured_accuracy()
         .map(|b| b.as_u64().unwrap())
         .collect();
     assert_eq!(bits.len(), 5, "{out}");
+    // 3 bits are measured but never chosen: they take the 4-bit containers, whose size the uniform rows show.
     assert!(bits.iter().all(|b| [2, 4, 8].contains(b)), "{bits:?}");
+    assert!(out.contains("Not candidates: 3-bit"), "{out}");
+    let layer0 = &r["sensitivity"]["layers"][0]["costs"];
+    assert!(
+        layer0.as_array().unwrap().iter().any(|c| c["bits"] == 3),
+        "{layer0}"
+    );
+    let (u3, u4) = (&r["uniform"][1], &r["uniform"][2]);
+    assert_eq!((&u3["bits"], &u4["bits"]), (&3.into(), &4.into()));
+    assert!(u3["weight_bytes"].as_u64().unwrap() > 0, "{u3}");
+    assert_eq!(u3["weight_bytes"], u4["weight_bytes"]);
+    assert_eq!(u3["model_bytes"], u4["model_bytes"]);
     let weights: u64 = r["sensitivity"]["layers"]
         .as_array()
         .unwrap()
