@@ -12,8 +12,9 @@
 # NAME (prefix of the output files when MODEL is given, e.g. resnet20), QAT_EPOCHS (default 2), QAT_LR (default
 # 2e-4), QAT_BATCH (default 64), QAT_EXTRA (more `train` options of every QAT run), MIXED_EXTRA (more `mixed`
 # options), UNIFORM (uniform QAT weight widths, default "2 3 4 8"), DATA (default fashion-mnist),
-# ACTS (activation widths in the order to run, default "8 4"), CARGO_TARGET_DIR, LOWBIT (a lowbit binary to run
-# instead of building one); a report that exists already is
+# ACTS (activation widths in the order to run, default "8 4"), QAT_COST (gn: the QAT rows fine-tune the allocation
+# `mixed --cost gn` chooses, options GN_EXTRA, instead of the measured one; reports `gn-mixed-*`, `qat-gn-mixed-*`),
+# CARGO_TARGET_DIR, LOWBIT (a lowbit binary to run instead of building one); a report that exists already is
 # kept (FRESH=1 reruns everything). ResNet-20 as in
 # BENCHMARKS: MODEL=resnet20-seed1.f32 NAME=resnet20 QAT_BATCH=128 QAT_LR=1e-4
 # QAT_EXTRA="--bn-fold running --lsq-init mse --add-bits 8" MIXED_EXTRA="--add-bits 8 --samples 2000 --refine 2"
@@ -27,6 +28,7 @@ LR=${QAT_LR:-2e-4}
 UNIFORM=${UNIFORM:-2 3 4 8}
 read -ra QEXTRA <<< "${QAT_EXTRA:-}"
 read -ra MEXTRA <<< "${MIXED_EXTRA:-}"
+read -ra GEXTRA <<< "${GN_EXTRA:-}"
 P=${NAME:+$NAME-}
 OUT=bench/results/mixed
 mkdir -p "$OUT"
@@ -49,7 +51,15 @@ for a in ${ACTS:-8 4}; do
     r="$OUT/${P}mixed-a$a-b$b-seed$SEED"
     fresh "$r.json" && "$LOWBIT" mixed -q "$F32" --data "$DATA" --budget-bits "$b" --act-bits "$a" \
       --out-config "$r.toml" --report "$r.json" "${MEXTRA[@]}" > /dev/null
-    r2="$OUT/${P}qat-mixed-a$a-b$b-seed$SEED.json"
+    if [[ "${QAT_COST:-measured}" == gn ]]; then
+      # QAT fine-tunes the allocation of the Gauss-Newton estimate (the float model's curvature; no layer measured).
+      r="$OUT/${P}gn-mixed-a$a-b$b-seed$SEED"
+      fresh "$r.json" && "$LOWBIT" mixed -q "$F32" --data "$DATA" --budget-bits "$b" --act-bits "$a" --cost gn \
+        --out-config "$r.toml" --report "$r.json" "${GEXTRA[@]}" > /dev/null
+      r2="$OUT/${P}qat-gn-mixed-a$a-b$b-seed$SEED.json"
+    else
+      r2="$OUT/${P}qat-mixed-a$a-b$b-seed$SEED.json"
+    fi
     fresh "$r2" && "$LOWBIT" train -q --data "$DATA" --init "$F32" --config "$r.toml" "${qat[@]}" \
       --act-bits "$a" --report "$r2" > /dev/null
   done
@@ -59,9 +69,10 @@ for a in ${ACTS:-8 4}; do
       --report "$r" > /dev/null
   done
 done
-python3 - "$OUT" "$SEED" "$P" "$UNIFORM" <<'PY'
+python3 - "$OUT" "$SEED" "$P" "$UNIFORM" "${QAT_COST:-measured}" <<'PY'
 import json, sys
 out, seed, prefix, widths = sys.argv[1], sys.argv[2], sys.argv[3], [int(w) for w in sys.argv[4].split()]
+gn = sys.argv[5] == "gn"
 load = lambda p: json.load(open(f"{out}/{prefix}{p}"))
 pp = lambda x: f"{x * 100:.2f}%"
 print(f"Seed {seed}. Engine accuracy on the test set; sizes are the .lbq model bytes.")
@@ -79,7 +90,9 @@ for a in [8, 4]:
         row += (f"W{best['bits']} ({best['model_bytes']:,} B) | {pp(best['accuracy'])} | "
                 f"{(m['measured_accuracy'] - best['accuracy']) * 100:+.2f} pp |") if best else "none | - | - |"
         print(row)
-        q = load(f"qat-mixed-a{a}-b{b}-seed{seed}.json")
+        q = load(f"qat-{'gn-' if gn else ''}mixed-a{a}-b{b}-seed{seed}.json")
+        if gn:
+            bits = ",".join(str(x) for x in load(f"gn-mixed-a{a}-b{b}-seed{seed}.json")["allocation"]["bits"])
         qsize = q["model_bytes"]
         qfits = [(w, r) for w, r in qat_uniform.items() if r["model_bytes"] <= qsize]
         row = f"| A{a} | {b} | QAT | {bits} | {pp(q['test_accuracy'])} | {qsize:,} | "

@@ -107,9 +107,10 @@ def adaround(rows):
                     print(f"| {model} | W{bits}A8 | {name} | {cell(runs)} |")
 
 
-def mixed(out, prefix, only):
+def mixed(out, prefix, only, qat_gn=False):
     """run_mixed.sh's reports: per activation width, budget and method, every seed's mixed accuracy beside the
-    best uniform allocation of equal or smaller size (PTQ: from the `mixed` report; QAT: the uniform QAT runs)."""
+    best uniform allocation of equal or smaller size (PTQ: from the `mixed` report; QAT: the uniform QAT runs).
+    qat_gn: the QAT rows are the Gauss-Newton allocations' (`QAT_COST=gn`)."""
     p = f"{prefix}-" if prefix else ""
     seeds = sorted({int(m[1]) for f in glob.glob(os.path.join(out, f"{p}mixed-a*-seed*.json"))
                     if (m := re.search(r"-seed(\d+)\.json$", f)) and (only is None or int(m[1]) == only)})
@@ -142,9 +143,12 @@ def mixed(out, prefix, only):
                 size = m["report"]["model_bytes"]
                 u = best_fit([(f"W{x['bits']}", x["model_bytes"], x["accuracy"]) for x in m["uniform"]], size)
                 rows["PTQ"].append((bits, m["measured_accuracy"], u))
-                q = load_json(f"qat-mixed-a{a}-b{b}-seed{seed}.json")
+                q = load_json(f"qat-{'gn-' if qat_gn else ''}mixed-a{a}-b{b}-seed{seed}.json")
                 if q is None:
                     continue
+                if qat_gn:
+                    g = load_json(f"gn-mixed-a{a}-b{b}-seed{seed}.json")
+                    bits = ",".join(map(str, g["allocation"]["bits"])) if g else "?"
                 uq = []
                 for f in glob.glob(os.path.join(out, f"{p}qat-uniform-w*a{a}-seed{seed}.json")):
                     w = re.search(r"qat-uniform-w(\d+)a", f)[1]
@@ -180,14 +184,17 @@ def main():
         i = args.index("--prefix")
         prefix = args[i + 1]
         del args[i:i + 2]
+    qat_gn = "--qat-gn" in args
+    if qat_gn:
+        args.remove("--qat-gn")
     if not args or args[0] not in ("calibration", "calibration-compact", "adaround", "mixed"):
         sys.exit("usage: summarize_seeds.py calibration|calibration-compact|adaround|mixed [RESULTS_DIR] "
-                 "[--seed S] [--prefix NAME]")
+                 "[--seed S] [--prefix NAME] [--qat-gn]")
     kind = args[0]
     out = args[1] if len(args) > 1 else os.path.join(os.path.dirname(__file__), "results",
                                                      kind.removesuffix("-compact"))
     if kind == "mixed":
-        mixed(out, prefix, only)
+        mixed(out, prefix, only, qat_gn)
         return
     rows, seeds = load(out, only)
     if not rows:
