@@ -25,7 +25,8 @@ pub enum CostArg {
     Hessian,
     /// The Gauss-Newton estimate of the loss increase, 1/2 dW^T G dW from the logit change (one forward pass per
     /// layer and width on 512 training images, no per-layer quantized runs: the fast choice on deep networks;
-    /// ranks LeNet-5's and ResNet-20's costs better than the trace).
+    /// ranks LeNet-5's and ResNet-20's costs better than the trace). It sees the weights alone, not the
+    /// quantized activations around them, which QAT learns to live with: the allocation to fine-tune with QAT.
     Gn,
 }
 
