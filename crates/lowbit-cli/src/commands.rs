@@ -923,15 +923,28 @@ pub fn inspect(path: &Path) -> Result<()> {
                 prov.test_accuracy.map(pct).unwrap_or_else(|| "-".into())
             );
             print_normalization(m.normalization.as_ref());
-            let mut t = Table::new(&["#", "layer", "shape", "params"]);
-            for (i, l) in m.layers_mut().enumerate() {
-                let shape = match l {
-                    lowbit::nn::Layer::Dense(d) => format!("{}->{}", d.in_features, d.out_features),
-                    _ => "-".into(),
-                };
-                let kind = l.kind().to_string();
+            let shapes = m.value_shapes()?;
+            let value_name = |v: usize| match v {
+                0 => "input".to_string(),
+                v => m.nodes[v - 1].name.clone(),
+            };
+            let mut rows = Vec::with_capacity(m.nodes.len());
+            for (i, n) in m.nodes.iter().enumerate() {
+                let reads: Vec<String> = n.inputs.iter().map(|&v| value_name(v)).collect();
+                let shape: Vec<String> = shapes[i + 1].iter().map(|d| d.to_string()).collect();
+                rows.push(vec![
+                    i.to_string(),
+                    n.name.clone(),
+                    reads.join(", "),
+                    lowbit::modelfile::describe_layer(&n.layer),
+                    shape.join("x"),
+                ]);
+            }
+            let mut t = Table::new(&["#", "node", "reads", "layer", "output", "params"]);
+            for (mut row, l) in rows.into_iter().zip(m.layers_mut()) {
                 let params: usize = l.params_mut().iter().map(|p| p.value.len()).sum();
-                t.row(vec![i.to_string(), kind, shape, params.to_string()]);
+                row.push(params.to_string());
+                t.row(row);
             }
             print!("{}", t.render());
         }

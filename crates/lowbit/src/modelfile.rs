@@ -303,6 +303,14 @@ fn read_f32(st: &SafeTensors, name: &str, len: usize, path: &Path) -> Result<Vec
     Ok(v)
 }
 
+/// One line naming a layer's kind and attributes as the float model file stores them (`conv2d 16->32 3x3 stride
+/// 2x2 pad 1x1`), for `inspect`; layers a float file does not hold (quantizers) give their kind.
+pub fn describe_layer(layer: &Layer) -> String {
+    graph_file::LayerMeta::of(layer)
+        .map(|m| m.describe())
+        .unwrap_or_else(|| layer.kind().to_string())
+}
+
 /// Reads a file, capping its size before reading.
 pub fn read_file_capped(path: &Path) -> Result<Vec<u8>> {
     let io = |source| Error::Io {

@@ -187,6 +187,93 @@ impl LayerMeta {
         })
     }
 
+    /// The kind and its attributes in one line, for `inspect` (`conv2d 16->32 3x3 stride 2x2 pad 1x1`).
+    pub(super) fn describe(&self) -> String {
+        let hw = |[a, b]: [usize; 2]| format!("{a}x{b}");
+        let window = |k, s: [usize; 2], p: [usize; 2]| {
+            let mut d = hw(k);
+            if s != [1, 1] {
+                d += &format!(" stride {}", hw(s));
+            }
+            if p != [0, 0] {
+                d += &format!(" pad {}", hw(p));
+            }
+            d
+        };
+        let range = |[a, b, st]: [usize; 3]| {
+            let end = if b == usize::MAX {
+                String::new()
+            } else {
+                b.to_string()
+            };
+            if st == 1 {
+                format!("{a}:{end}")
+            } else {
+                format!("{a}:{end}:{st}")
+            }
+        };
+        match self {
+            LayerMeta::Dense {
+                in_features,
+                out_features,
+            } => format!("dense {in_features}->{out_features}"),
+            LayerMeta::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                groups,
+            } => {
+                let g = match *groups {
+                    1 => String::new(),
+                    g if g == *in_channels => " depthwise".into(),
+                    g => format!(" groups {g}"),
+                };
+                format!(
+                    "conv2d {in_channels}->{out_channels} {}{g}",
+                    window(*kernel, *stride, *padding)
+                )
+            }
+            LayerMeta::BatchNorm2d { channels, eps, .. } => {
+                format!("batchnorm2d {channels} eps {eps}")
+            }
+            LayerMeta::Relu {} => "relu".into(),
+            LayerMeta::MaxPool2d { kernel, stride } => {
+                format!("max_pool2d {}", window(*kernel, *stride, [0, 0]))
+            }
+            LayerMeta::AvgPool2d { global: true, .. } => "global_avg_pool2d".into(),
+            LayerMeta::AvgPool2d { kernel, stride, .. } => {
+                format!("avg_pool2d {}", window(*kernel, *stride, [0, 0]))
+            }
+            LayerMeta::Flatten {} => "flatten".into(),
+            LayerMeta::Dropout { p } => format!("dropout {p}"),
+            LayerMeta::Add {} => "add".into(),
+            LayerMeta::Concat {} => "concat (channels)".into(),
+            LayerMeta::Pad {
+                channels,
+                rows,
+                cols,
+            } => format!(
+                "pad zeros channels {}+{}, rows {}+{}, cols {}+{}",
+                channels[0], channels[1], rows[0], rows[1], cols[0], cols[1]
+            ),
+            LayerMeta::Slice {
+                channels,
+                rows,
+                cols,
+            } => format!(
+                "slice [{}, {}, {}]",
+                range(*channels),
+                range(*rows),
+                range(*cols)
+            ),
+            LayerMeta::Clip { min, max } => format!("clip [{min}, {max}]"),
+            LayerMeta::Unary { op, params } if params.is_empty() => op.clone(),
+            LayerMeta::Unary { op, params } => format!("{op} {params:?}"),
+        }
+    }
+
     /// Checks the attributes (limits, ranges) and infers the output shape from the input's, with checked
     /// arithmetic; returns it and the number of parameter values the layer stores.
     fn infer(&self, inputs: &[&[usize]]) -> std::result::Result<(Vec<usize>, usize), String> {

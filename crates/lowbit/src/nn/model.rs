@@ -230,6 +230,30 @@ impl Model {
         self.nodes.iter().position(|n| n.name == name)
     }
 
+    /// The per-sample shape of every value (`[0]` the input), inferred node by node.
+    pub fn value_shapes(&self) -> Result<Vec<Vec<usize>>> {
+        let mut shapes = vec![self.input_shape.to_vec()];
+        for n in &self.nodes {
+            let ins = n
+                .inputs
+                .iter()
+                .map(|&v| shapes.get(v).map(Vec::as_slice))
+                .collect::<Option<Vec<&[usize]>>>()
+                .ok_or_else(|| {
+                    Error::Shape(format!(
+                        "model {}: node {}: input not computed yet",
+                        self.spec, n.name
+                    ))
+                })?;
+            let out = n
+                .layer
+                .output_shape(&ins)
+                .map_err(|e| Error::Shape(format!("model {}: node {}: {e}", self.spec, n.name)))?;
+            shapes.push(out);
+        }
+        Ok(shapes)
+    }
+
     /// Whether the graph is a chain (each node reads the one before it).
     pub fn is_chain(&self) -> bool {
         self.nodes
