@@ -373,6 +373,57 @@ fn layer_stats_rank_two_bit_weights_below_eight_bit() {
 }
 
 #[test]
+fn layer_stats_cover_the_adds_and_the_pooling_of_a_residual_graph() {
+    // resnet:8 (option A) on 3x8x8 random images: 7 weight layers, an Add per block and the global average pool.
+    let model = Model::from_spec_for("resnet:8", 4, [3, 8, 8], 5).unwrap();
+    let mut rng = Rng::new(5);
+    let mut images = |n: usize| {
+        let x = (0..n * 192).map(|_| rng.uniform_range(0.0, 1.0)).collect();
+        Tensor::new(x, vec![n, 3, 8, 8])
+    };
+    let calib = vec![images(32)];
+    let test = vec![images(16)];
+    let stats = layer_quant_stats(&ptq(&model, &cfg(4, 8), &calib).unwrap(), &test).unwrap();
+    let weighted: Vec<_> = stats.iter().filter(|s| s.weight_bits.is_some()).collect();
+    let others: Vec<&str> = stats
+        .iter()
+        .filter(|s| s.weight_bits.is_none())
+        .map(|s| s.layer.as_str())
+        .collect();
+    assert_eq!(weighted.len(), 8, "{stats:?}");
+    assert_eq!(
+        others,
+        [
+            "s1.b0.add add",
+            "s2.b0.add add",
+            "s3.b0.add add",
+            "pool avgpool2d"
+        ],
+        "{stats:?}"
+    );
+    for s in stats.iter().filter(|s| s.weight_bits.is_none()) {
+        // Requantized to 8 bits, with an output that has lost something to the 4-bit weights before it.
+        assert_eq!(s.act_bits, Some(8), "{s:?}");
+        assert!(s.act_sqnr_db.is_finite() && s.act_sqnr_db > 0.0, "{s:?}");
+        assert!(
+            s.weight_sqnr_db.is_nan() && s.weight_clipped_fraction.is_nan(),
+            "{s:?}"
+        );
+        assert!((0.0..=1.0).contains(&s.act_clipped_fraction), "{s:?}");
+    }
+    // Rows in node order: each Add after the convolution that feeds it.
+    let at = |name: &str| {
+        stats
+            .iter()
+            .position(|s| s.layer.starts_with(name))
+            .unwrap()
+    };
+    assert!(at("s1.b0.2.conv") < at("s1.b0.add") && at("s1.b0.add") < at("s2.b0.1.conv"));
+    let json = serde_json::to_value(&stats).unwrap();
+    assert!(json[at("pool")]["weight_bits"].is_null());
+}
+
+#[test]
 fn qat_training_step_moves_shadow_weights_through_the_ste() {
     let mut m = tiny_model(21);
     prepare_qat(&mut m, &cfg(4, 4)).unwrap();

@@ -21,7 +21,7 @@ pub(crate) fn is_weight_layer(l: &Layer) -> bool {
 }
 
 /// Whether a layer produces a new real value from codes, which the engine requantizes (see the module doc).
-fn requantizes(l: &Layer) -> bool {
+pub(crate) fn requantizes(l: &Layer) -> bool {
     matches!(
         l.quant_role(),
         QuantRole::Weighted | QuantRole::Requantizing | QuantRole::Elementwise

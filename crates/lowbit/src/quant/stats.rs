@@ -1,18 +1,19 @@
-//! Per-layer quantization diagnostics for reports: for every weight node (Dense, Conv2d, a conv with a merged
-//! batch norm), what its weights lose to quantization and what its output has lost by then.
-use super::prepare::{clamp_chain_end, is_weight_layer};
+//! Per-layer quantization diagnostics for reports: for every node that makes a new requantized value (Dense,
+//! Conv2d, a conv with a merged batch norm; residual Add, average pooling, element-wise functions...), what its
+//! weights lose to quantization and what its output has lost by then.
+use super::prepare::{clamp_chain_end, is_weight_layer, requantizes};
 use crate::error::Result;
 use crate::nn::{Layer, Model};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-/// How much one weight node loses to quantization.
+/// How much one requantizing node loses to quantization.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerQuantStats {
-    /// Node name and shape, e.g. `layers.1 dense (784->64)`.
+    /// Node name and shape, e.g. `layers.1 dense (784->64)`, `s1.b0.add add`.
     pub layer: String,
-    /// Stored weight bit width.
-    pub weight_bits: u32,
+    /// Stored weight bit width (`None` for a node without weights; its weight fields are then NaN, null in JSON).
+    pub weight_bits: Option<u32>,
     /// Bit width of this node's output activations (`None` for the logits node).
     pub act_bits: Option<u32>,
     /// `10 log10(sum w^2 / sum (w - w_q)^2)` over the node's weights (infinite, serialized as null, if exact).
@@ -108,7 +109,8 @@ fn quantizer_stats(
     )
 }
 
-/// Diagnostics of every weight node of a prepared model on `batches` (e.g. test data), in node order.
+/// Diagnostics of every requantizing node of a prepared model (weight layers and the nodes without weights that
+/// make a new value: Add, average pooling, element-wise functions) on `batches` (e.g. test data), in node order.
 pub fn layer_quant_stats(model: &Model, batches: &[Tensor]) -> Result<Vec<LayerQuantStats>> {
     let mut quant = model.clone();
     // The float reference: the same graph with every quantizer bypassed, so values line up node for node.
@@ -116,11 +118,11 @@ pub fn layer_quant_stats(model: &Model, batches: &[Tensor]) -> Result<Vec<LayerQ
     super::bypass_quantizers(&mut float);
     let consumers = model.consumers();
     let n = model.nodes.len();
-    // Per weight node: the value its stats read (its activation quantizer's output, else its clamp chain's
-    // end) and that quantizer's node.
+    // Per requantizing node: the value its stats read (its activation quantizer's output, else its clamp
+    // chain's end) and that quantizer's node.
     let mut rows = Vec::new();
     for (j, node) in model.nodes.iter().enumerate() {
-        if !is_weight_layer(&node.layer) {
+        if !requantizes(&node.layer) {
             continue;
         }
         let end = clamp_chain_end(model, &consumers, j);
@@ -129,7 +131,13 @@ pub fn layer_quant_stats(model: &Model, batches: &[Tensor]) -> Result<Vec<LayerQ
             _ => None,
         };
         let value = aq.map_or(end, |k| k + 1);
-        let (bits, w_sqnr, w_clip, shape) = weight_stats(&node.layer)?;
+        let (bits, w_sqnr, w_clip, shape) = if is_weight_layer(&node.layer) {
+            let (b, s, c, shape) = weight_stats(&node.layer)?;
+            (Some(b), s, c, shape)
+        } else {
+            let kind = node.layer.kind().to_string();
+            (None, f64::NAN, f64::NAN, kind)
+        };
         let act_bits = aq.and_then(|k| match &model.nodes[k].layer {
             Layer::ActQuant(q) => Some(q.bits()),
             _ => None,
