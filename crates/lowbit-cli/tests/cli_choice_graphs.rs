@@ -160,6 +160,30 @@ fn choose_bits(dir: &Path, model: &str, tag: &str) {
     assert_eq!(g["report"]["engine_simulation_mismatches"], 0, "{out}");
     assert!(g["predicted_drop_pp"].is_null(), "{out}");
 
+    // An accuracy budget: the allocation kept measured within it on the sensitivity's images (one-layer drops
+    // alone predict nothing here: each layer loses no image of 100 by itself).
+    let mut args = vec!["mixed", model, "--max-drop", "1", "--bits", "2,4"];
+    args.extend(common);
+    let dj = f("d.json");
+    args.extend(["--report", &dj]);
+    let out = run_ok(dir, &args);
+    assert!(out.contains("Checked on the 100 test images"), "{out}");
+    let r = json(dir, &dj);
+    let check = &r["max_drop_check"];
+    let bits = &r["allocation"]["bits"];
+    if check["all_eight"] == true {
+        assert!(bits.as_array().unwrap().iter().all(|b| b == 8), "{out}");
+    } else {
+        let kept = check["measured"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| &m["bits"] == bits)
+            .unwrap_or_else(|| panic!("the kept allocation was not measured: {out}"));
+        assert!(kept["drop_pp"].as_f64().unwrap() <= 1.0, "{out}");
+    }
+    assert_eq!(r["report"]["engine_simulation_mismatches"], 0, "{out}");
+
     // The sweep: one engine-measured point per width, on the picture.
     let (wj, wp) = (f("w.json"), f("w.svg"));
     let out = run_ok(

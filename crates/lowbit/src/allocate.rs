@@ -370,6 +370,121 @@ pub fn refine(
     })
 }
 
+/// One allocation measured by [`check_max_drop`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DropMeasured {
+    /// Bits per layer.
+    pub bits: Vec<u32>,
+    /// Packed weight bytes.
+    pub bytes: u64,
+    /// The summed one-layer drops it was solved over (percentage points).
+    pub predicted_drop_pp: f64,
+    /// Engine accuracy on the measurer's images.
+    pub accuracy: f64,
+    /// Measured drop from the all-8-bit accuracy on the same images (percentage points).
+    pub drop_pp: f64,
+}
+
+/// What [`check_max_drop`] found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DropChecked {
+    /// The allocation kept: the first measured within the limit, or all 8 bits (drop 0 by definition).
+    pub best: Allocation,
+    /// Every allocation measured, in order (the start first).
+    pub measured: Vec<DropMeasured>,
+    /// Whether no allocation of the frontier measured within the limit and all 8 bits was kept.
+    pub all_eight: bool,
+}
+
+/// An accuracy budget made good on the measurer's images. One-layer drops do not add up on deep networks (a
+/// ResNet allocation whose layers each lose nothing alone can lose 40 points together), so the allocation `start`
+/// solved over their sums (`layers`, costs in points) is measured, and when it loses more than `max_drop_pp`
+/// points of `base_accuracy` (the all-8-bit accuracy on the same images) the larger allocations of the frontier
+/// of `order` (the same candidates under a finer cost, e.g. the measured loss: drops on a few hundred images tie
+/// at zero and leave no frontier to search) are bisected by measured drop; the smallest found within the limit is
+/// kept (bisection assumes the drop falls as the frontier grows; whatever it keeps was measured within the limit).
+/// When even the frontier's largest allocation loses too much, all 8 bits is kept. About `log2(frontier length) +
+/// 2` measurements; `progress` is told `(done, estimated total)`.
+#[allow(clippy::too_many_arguments)]
+pub fn check_max_drop(
+    measurer: &Measurer,
+    base: &QuantConfig,
+    layers: &[Vec<Choice>],
+    order: &[Vec<Choice>],
+    start: &Allocation,
+    base_accuracy: f64,
+    max_drop_pp: f64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<DropChecked> {
+    let same = |a: &[Vec<Choice>], b: &[Vec<Choice>]| {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.len() == y.len()
+                    && x.iter()
+                        .zip(y)
+                        .all(|(p, q)| (p.bits, p.bytes) == (q.bits, q.bytes))
+            })
+    };
+    if !same(layers, order) || start.choice.len() != layers.len() {
+        return Err(Error::Shape(
+            "an accuracy budget checked over different candidates".into(),
+        ));
+    }
+    let larger: Vec<Allocation> = frontier(order)?
+        .into_iter()
+        .filter(|a| a.bytes > start.bytes)
+        .collect();
+    let total = (usize::BITS - larger.len().leading_zeros()) as usize + 2;
+    let mut measured = Vec::new();
+    let mut within = |bits: &[u32], measured: &mut Vec<DropMeasured>| -> Result<bool> {
+        let a = Allocation::of_bits(layers, bits);
+        let (accuracy, _) = measurer.measure(&a.quant_config(base))?;
+        let drop_pp = (base_accuracy - accuracy) * 100.0;
+        measured.push(DropMeasured {
+            bits: a.bits.clone(),
+            bytes: a.bytes,
+            predicted_drop_pp: a.cost,
+            accuracy,
+            drop_pp,
+        });
+        progress(measured.len(), total.max(measured.len()));
+        // A tolerance for the float sums of accuracies that are whole images.
+        Ok(drop_pp <= max_drop_pp + 1e-9)
+    };
+    let kept = |bits: &[u32], measured: Vec<DropMeasured>| DropChecked {
+        best: Allocation::of_bits(layers, bits),
+        measured,
+        all_eight: false,
+    };
+    if within(&start.bits, &mut measured)? {
+        return Ok(kept(&start.bits, measured));
+    }
+    // Invariant: `larger[hi]` measured within the limit; `lo` is the last index known not to (or none).
+    let Some(last) = larger.len().checked_sub(1) else {
+        return Ok(DropChecked {
+            all_eight: true,
+            ..kept(&vec![8; layers.len()], measured)
+        });
+    };
+    if !within(&larger[last].bits, &mut measured)? {
+        return Ok(DropChecked {
+            all_eight: true,
+            ..kept(&vec![8; layers.len()], measured)
+        });
+    }
+    let (mut lo, mut hi) = (None::<usize>, last);
+    while hi > lo.map_or(0, |l| l + 1) {
+        let from = lo.map_or(0, |l| l + 1);
+        let mid = from + (hi - from) / 2;
+        if within(&larger[mid].bits, &mut measured)? {
+            hi = mid;
+        } else {
+            lo = Some(mid);
+        }
+    }
+    Ok(kept(&larger[hi].bits, measured))
+}
+
 /// `layers` with each layer's candidates cut to those within one width (in bit order) of `current`'s.
 fn within_one_width(layers: &[Vec<Choice>], current: &Allocation) -> Vec<Vec<Choice>> {
     layers

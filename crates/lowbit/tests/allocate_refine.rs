@@ -1,7 +1,8 @@
 //! Mixed-precision refinement (issue 13, item 4): every allocation `refine` measures is re-measured the same,
 //! stays within the byte budget, and the one kept is the best measured; from a poor start it finds a better one.
-use lowbit::allocate::{refine, weight_bytes, Allocation, Choice};
-use lowbit::data::{load, DataSource};
+//! An accuracy budget is checked by measurement: what `check_max_drop` keeps measured within the limit.
+use lowbit::allocate::{check_max_drop, frontier, refine, weight_bytes, Allocation, Choice};
+use lowbit::data::{load, DataSource, Split};
 use lowbit::nn::Model;
 use lowbit::quant::{Method, QuantConfig};
 use lowbit::sensitivity::{MeasureOn, Measurer};
@@ -24,8 +25,8 @@ fn choices() -> Vec<Vec<Choice>> {
         .collect()
 }
 
-#[test]
-fn refinement_from_an_all_ternary_start_spends_the_slack_where_it_measures_best() {
+/// `mlp:784-64-32-10` trained on the embedded sample, and W8A8 PTQ calibrated on 256 images.
+fn trained_mlp() -> (Split, Model, QuantConfig) {
     let split = load(&DataSource::Builtin).unwrap();
     let mut model = Model::from_spec("mlp:784-64-32-10", 0).unwrap();
     lowbit::train::train(
@@ -42,6 +43,12 @@ fn refinement_from_an_all_ternary_start_spends_the_slack_where_it_measures_best(
         calibration_samples: 256,
         ..QuantConfig::default()
     };
+    (split, model, base)
+}
+
+#[test]
+fn refinement_from_an_all_ternary_start_spends_the_slack_where_it_measures_best() {
+    let (split, model, base) = trained_mlp();
     let measurer = Measurer::new(
         &model,
         &split,
@@ -119,4 +126,118 @@ fn the_measurer_takes_held_out_training_images_or_test_images_and_says_when_none
         "{err}"
     );
     assert!(Measurer::new(&model, &split, split.train.n, 100, MeasureOn::Test).is_ok());
+}
+
+#[test]
+fn an_accuracy_budget_keeps_the_smallest_allocation_measured_within_it() {
+    let (split, model, base) = trained_mlp();
+    let measurer = Measurer::new(
+        &model,
+        &split,
+        base.calibration_samples,
+        500,
+        MeasureOn::Train,
+    )
+    .unwrap();
+    let (base_accuracy, _) = measurer.measure(&base).unwrap();
+    // Drop costs that predict nothing (as ties at zero on few images do) and a loss order that ranks the widths.
+    let layers = choices();
+    let order: Vec<Vec<Choice>> = layers
+        .iter()
+        .map(|c| {
+            c.iter()
+                .map(|ch| Choice {
+                    cost: 1.0 / ch.bits as f64,
+                    ..*ch
+                })
+                .collect()
+        })
+        .collect();
+    let start = Allocation::of_bits(&layers, &[2, 2, 2]);
+    let (acc2, _) = measurer.measure(&start.quant_config(&base)).unwrap();
+    let drop2 = (base_accuracy - acc2) * 100.0;
+    assert!(drop2 > 1.0, "all ternary loses only {drop2} pp");
+
+    // Within a limit the start meets, one measurement and the start kept.
+    let c = check_max_drop(
+        &measurer,
+        &base,
+        &layers,
+        &order,
+        &start,
+        base_accuracy,
+        drop2,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        (c.best.bits.as_slice(), c.measured.len(), c.all_eight),
+        (&[2, 2, 2][..], 1, false)
+    );
+
+    // Tighter: a larger allocation of the loss frontier that measured within the limit, the smallest measured so.
+    let limit = 0.5;
+    let mut calls = 0;
+    let c = check_max_drop(
+        &measurer,
+        &base,
+        &layers,
+        &order,
+        &start,
+        base_accuracy,
+        limit,
+        &mut |_, _| calls += 1,
+    )
+    .unwrap();
+    assert_eq!(calls, c.measured.len());
+    assert!(!c.all_eight && c.best.bytes > start.bytes, "{c:?}");
+    assert!(frontier(&order)
+        .unwrap()
+        .iter()
+        .any(|a| a.bits == c.best.bits));
+    let kept = c.measured.iter().find(|m| m.bits == c.best.bits).unwrap();
+    assert!(kept.drop_pp <= limit, "{c:?}");
+    for m in &c.measured {
+        if m.drop_pp <= limit {
+            assert!(
+                m.bytes >= kept.bytes,
+                "{m:?} is smaller than the kept {kept:?}"
+            );
+        }
+        let (acc, _) = measurer
+            .measure(&Allocation::of_bits(&layers, &m.bits).quant_config(&base))
+            .unwrap();
+        assert_eq!(acc, m.accuracy, "{m:?} re-measured");
+        assert!(((base_accuracy - acc) * 100.0 - m.drop_pp).abs() < 1e-9);
+    }
+    // Bisection: far fewer measurements than the frontier has allocations.
+    assert!(
+        c.measured.len() <= 2 + frontier(&order).unwrap().len().ilog2() as usize + 1,
+        "{c:?}"
+    );
+
+    // A limit nothing meets keeps all 8 bits; candidates that differ are an error.
+    let c = check_max_drop(
+        &measurer,
+        &base,
+        &layers,
+        &order,
+        &start,
+        base_accuracy,
+        -1.0,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(c.all_eight && c.best.bits == [8, 8, 8], "{c:?}");
+    assert!(check_max_drop(
+        &measurer,
+        &base,
+        &layers,
+        &order[..2],
+        &start,
+        base_accuracy,
+        0.5,
+        &mut |_, _| {}
+    )
+    .is_err());
 }
