@@ -45,8 +45,8 @@ pub struct MixedArgs {
     budget_bytes: Option<u64>,
     /// The smallest allocation that loses at most this many percentage points from all 8 bits: solved over the sum
     /// of the layers' measured drops, then measured on the sensitivity's images; if it loses more (one-layer drops
-    /// do not add up on deep networks), larger allocations of the frontier are searched (bisection, a few PTQ
-    /// runs) for the smallest that measures within the limit.
+    /// do not add up on deep networks), the frontier of the layers' measured losses is bisected (a few PTQ runs)
+    /// for the smallest allocation it finds within the limit.
     #[arg(long, value_name = "PP", allow_negative_numbers = true)]
     max_drop: Option<f64>,
     /// Candidate weight bit widths per layer besides 8, comma separated. A width stored in as many bytes as a
@@ -361,8 +361,8 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
             ]);
         }
         println!(
-            "\nChecked on the {} {} (all 8 bits {:.2}%; step 0: the solve over the summed one-layer drops, then a \
-             bisection over larger allocations of the frontier):",
+            "\nChecked on the {} {} (all 8 bits {:.2}%; step 0: the solve over the summed one-layer drops; if it lost \
+             more, a bisection of the frontier of measured losses):",
             sens.samples,
             images_of(sens.measured_on),
             sens.base_accuracy * 100.0
@@ -370,8 +370,11 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         print!("{}", t.render());
         match c.all_eight {
             true => println!(
-                "No allocation of the frontier measured within {} pp: kept all 8 bits.",
-                a.max_drop.unwrap_or(0.0)
+                "Nothing searched measured within {} pp: kept all 8 bits.",
+                match budget {
+                    Budget::MaxCost(max) => max,
+                    Budget::Bytes(_) => 0.0,
+                }
             ),
             false => println!(
                 "Kept step {} (the table of layers above shows it).",
@@ -488,10 +491,13 @@ pub fn mixed(a: &MixedArgs, quiet: bool) -> Result<()> {
         ),
     }
     if let (Budget::MaxCost(max), Some(d)) = (budget, measured_drop) {
-        if d > max && (sens.measured_on != MeasureOn::Test || sens.samples < split.test.n) {
+        if d > max && subset {
             println!(
-                "The test set's drop ({d:.2} pp) is above --max-drop {max}: the check measured other images (more \
-                 --samples, or --measure-on test, bring them closer)."
+                "The test set's drop ({d:.2} pp) is above --max-drop {max}: the check measured other images ({}).",
+                match sens.measured_on {
+                    MeasureOn::Test => "more --samples bring them closer",
+                    MeasureOn::Train => "more --samples, or --measure-on test, bring them closer",
+                }
             );
         }
     }

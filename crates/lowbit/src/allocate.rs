@@ -388,23 +388,28 @@ pub struct DropMeasured {
 /// What [`check_max_drop`] found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DropChecked {
-    /// The allocation kept: the first measured within the limit, or all 8 bits (drop 0 by definition).
+    /// The allocation kept: the solve's own if it measured within the limit, else the smallest (in bytes) the
+    /// search measured within it, else all 8 bits (drop 0 by definition).
     pub best: Allocation,
     /// Every allocation measured, in order (the start first).
     pub measured: Vec<DropMeasured>,
-    /// Whether no allocation of the frontier measured within the limit and all 8 bits was kept.
+    /// Whether nothing measured within the limit and all 8 bits was kept.
     pub all_eight: bool,
 }
 
+/// Slack on a measured drop against the limit: accuracies are whole images over a count, so two equal drops
+/// computed along different paths differ by float rounding (about 1e-14 points), never by 1e-9.
+const DROP_TOLERANCE_PP: f64 = 1e-9;
+
 /// An accuracy budget made good on the measurer's images. One-layer drops do not add up on deep networks (a
 /// ResNet allocation whose layers each lose nothing alone can lose 40 points together), so the allocation `start`
-/// solved over their sums (`layers`, costs in points) is measured, and when it loses more than `max_drop_pp`
-/// points of `base_accuracy` (the all-8-bit accuracy on the same images) the larger allocations of the frontier
-/// of `order` (the same candidates under a finer cost, e.g. the measured loss: drops on a few hundred images tie
-/// at zero and leave no frontier to search) are bisected by measured drop; the smallest found within the limit is
-/// kept (bisection assumes the drop falls as the frontier grows; whatever it keeps was measured within the limit).
-/// When even the frontier's largest allocation loses too much, all 8 bits is kept. About `log2(frontier length) +
-/// 2` measurements; `progress` is told `(done, estimated total)`.
+/// solved over their sums (`layers`, costs in points) is measured and kept if it loses at most `max_drop_pp`
+/// points of `base_accuracy` (the all-8-bit accuracy on the same images). If not, the frontier of `order` (the
+/// same candidates under a finer cost, e.g. the measured loss: drops on a few hundred images tie at zero and
+/// leave no frontier to search) is bisected by measured drop, assuming it falls as the frontier grows, and the
+/// smallest allocation found within the limit is kept (whatever is kept was measured within it). When even the
+/// frontier's largest allocation loses too much, all 8 bits is kept. About `log2(frontier length) + 2`
+/// measurements; `progress` is told `(done, estimated total)`.
 #[allow(clippy::too_many_arguments)]
 pub fn check_max_drop(
     measurer: &Measurer,
@@ -425,16 +430,16 @@ pub fn check_max_drop(
                         .all(|(p, q)| (p.bits, p.bytes) == (q.bits, q.bytes))
             })
     };
-    if !same(layers, order) || start.choice.len() != layers.len() {
+    if !same(layers, order)
+        || start.choice.len() != layers.len()
+        || start.bits.len() != layers.len()
+    {
         return Err(Error::Shape(
             "an accuracy budget checked over different candidates".into(),
         ));
     }
-    let larger: Vec<Allocation> = frontier(order)?
-        .into_iter()
-        .filter(|a| a.bytes > start.bytes)
-        .collect();
-    let total = (usize::BITS - larger.len().leading_zeros()) as usize + 2;
+    let front = frontier(order)?;
+    let total = (usize::BITS - front.len().leading_zeros()) as usize + 2;
     let mut measured = Vec::new();
     let mut within = |bits: &[u32], measured: &mut Vec<DropMeasured>| -> Result<bool> {
         let a = Allocation::of_bits(layers, bits);
@@ -448,41 +453,40 @@ pub fn check_max_drop(
             drop_pp,
         });
         progress(measured.len(), total.max(measured.len()));
-        // A tolerance for the float sums of accuracies that are whole images.
-        Ok(drop_pp <= max_drop_pp + 1e-9)
+        Ok(drop_pp <= max_drop_pp + DROP_TOLERANCE_PP)
     };
-    let kept = |bits: &[u32], measured: Vec<DropMeasured>| DropChecked {
+    let kept = |bits: &[u32], measured: Vec<DropMeasured>, all_eight: bool| DropChecked {
         best: Allocation::of_bits(layers, bits),
         measured,
-        all_eight: false,
+        all_eight,
     };
     if within(&start.bits, &mut measured)? {
-        return Ok(kept(&start.bits, measured));
+        return Ok(kept(&start.bits, measured, false));
     }
-    // Invariant: `larger[hi]` measured within the limit; `lo` is the last index known not to (or none).
-    let Some(last) = larger.len().checked_sub(1) else {
-        return Ok(DropChecked {
-            all_eight: true,
-            ..kept(&vec![8; layers.len()], measured)
-        });
+    let eights = vec![8; layers.len()];
+    // The frontier is never empty (`frontier` fails on a layer without candidates, and `layers` has one).
+    let Some(mut hi) = front.len().checked_sub(1) else {
+        return Ok(kept(&eights, measured, true));
     };
-    if !within(&larger[last].bits, &mut measured)? {
-        return Ok(DropChecked {
-            all_eight: true,
-            ..kept(&vec![8; layers.len()], measured)
-        });
+    // Invariant: `front[hi]` measured within the limit, and `lo` (if any) is an index measured outside it.
+    let skip_last = front[hi].bits == start.bits;
+    if skip_last || !within(&front[hi].bits, &mut measured)? {
+        return Ok(kept(&eights, measured, true));
     }
-    let (mut lo, mut hi) = (None::<usize>, last);
-    while hi > lo.map_or(0, |l| l + 1) {
+    let mut lo: Option<usize> = front.iter().position(|a| a.bits == start.bits);
+    loop {
         let from = lo.map_or(0, |l| l + 1);
+        if from >= hi {
+            break;
+        }
         let mid = from + (hi - from) / 2;
-        if within(&larger[mid].bits, &mut measured)? {
+        if within(&front[mid].bits, &mut measured)? {
             hi = mid;
         } else {
             lo = Some(mid);
         }
     }
-    Ok(kept(&larger[hi].bits, measured))
+    Ok(kept(&front[hi].bits, measured, false))
 }
 
 /// `layers` with each layer's candidates cut to those within one width (in bit order) of `current`'s.

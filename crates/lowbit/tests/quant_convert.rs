@@ -374,7 +374,8 @@ fn layer_stats_rank_two_bit_weights_below_eight_bit() {
 
 #[test]
 fn layer_stats_cover_the_adds_and_the_pooling_of_a_residual_graph() {
-    // resnet:8 (option A) on 3x8x8 random images: 7 weight layers, an Add per block and the global average pool.
+    // resnet:8 (option A) on 3x8x8 random images: 8 weight layers (7 convolutions, the dense head), an Add per
+    // block and the global average pool.
     let model = Model::from_spec_for("resnet:8", 4, [3, 8, 8], 5).unwrap();
     let mut rng = Rng::new(5);
     let mut images = |n: usize| {
@@ -397,7 +398,7 @@ fn layer_stats_cover_the_adds_and_the_pooling_of_a_residual_graph() {
             "s1.b0.add add",
             "s2.b0.add add",
             "s3.b0.add add",
-            "pool avgpool2d"
+            "pool global_avg_pool2d"
         ],
         "{stats:?}"
     );
@@ -421,6 +422,12 @@ fn layer_stats_cover_the_adds_and_the_pooling_of_a_residual_graph() {
     assert!(at("s1.b0.2.conv") < at("s1.b0.add") && at("s1.b0.add") < at("s2.b0.1.conv"));
     let json = serde_json::to_value(&stats).unwrap();
     assert!(json[at("pool")]["weight_bits"].is_null());
+    assert!(json[at("pool")]["weight_sqnr_db"].is_null());
+    // The report reads back: null figures as NaN.
+    let back: Vec<lowbit::quant::LayerQuantStats> = serde_json::from_value(json).unwrap();
+    assert_eq!(back.len(), stats.len());
+    assert!(back[at("pool")].weight_sqnr_db.is_nan() && back[at("pool")].weight_bits.is_none());
+    assert_eq!(back[0].act_sqnr_db, stats[0].act_sqnr_db);
 }
 
 #[test]

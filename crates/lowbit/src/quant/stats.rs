@@ -1,13 +1,14 @@
 //! Per-layer quantization diagnostics for reports: for every node that makes a new requantized value (Dense,
-//! Conv2d, a conv with a merged batch norm; residual Add, average pooling, element-wise functions...), what its
-//! weights lose to quantization and what its output has lost by then.
+//! Conv2d, a conv with a merged batch norm; residual Add, channel Concat, average pooling, element-wise
+//! functions), what its weights lose to quantization and what its output has lost by then.
 use super::prepare::{clamp_chain_end, is_weight_layer, requantizes};
 use crate::error::Result;
 use crate::nn::{Layer, Model};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-/// How much one requantizing node loses to quantization.
+/// How much one requantizing node loses to quantization. JSON writes NaN and infinite figures as null, which
+/// reads back as NaN.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerQuantStats {
     /// Node name and shape, e.g. `layers.1 dense (784->64)`, `s1.b0.add add`.
@@ -17,13 +18,17 @@ pub struct LayerQuantStats {
     /// Bit width of this node's output activations (`None` for the logits node).
     pub act_bits: Option<u32>,
     /// `10 log10(sum w^2 / sum (w - w_q)^2)` over the node's weights (infinite, serialized as null, if exact).
+    #[serde(deserialize_with = "nan_if_null")]
     pub weight_sqnr_db: f64,
     /// SQNR of this node's (quantized) output in the quantized model against the float model (same shadow
     /// weights, every quantizer bypassed) on the given batches: accumulated error of everything up to here.
+    #[serde(deserialize_with = "nan_if_null")]
     pub act_sqnr_db: f64,
     /// Fraction of weights clipped to the code range.
+    #[serde(deserialize_with = "nan_if_null")]
     pub weight_clipped_fraction: f64,
     /// Fraction of output activations clipped by this node's activation quantizer on the given batches.
+    #[serde(deserialize_with = "nan_if_null")]
     pub act_clipped_fraction: f64,
     /// PTQ: how the weight scales were chosen (`minmax`, `mse`), with `+adaround` (or just `adaround` for
     /// ternary weights) when AdaRound chose the rounding; `None` outside PTQ and for weights of rules without a
@@ -34,6 +39,11 @@ pub struct LayerQuantStats {
     /// outside PTQ and for the logits node.
     #[serde(default)]
     pub act_calibration: Option<String>,
+}
+
+/// A figure JSON wrote as null (NaN or infinite) reads back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// `10 log10(signal energy / noise energy)`; infinite when the noise is zero, NaN when both are.
@@ -110,7 +120,8 @@ fn quantizer_stats(
 }
 
 /// Diagnostics of every requantizing node of a prepared model (weight layers and the nodes without weights that
-/// make a new value: Add, average pooling, element-wise functions) on `batches` (e.g. test data), in node order.
+/// make a new value: Add, Concat, average pooling, element-wise functions) on `batches` (e.g. test data), in
+/// node order.
 pub fn layer_quant_stats(model: &Model, batches: &[Tensor]) -> Result<Vec<LayerQuantStats>> {
     let mut quant = model.clone();
     // The float reference: the same graph with every quantizer bypassed, so values line up node for node.
@@ -135,8 +146,8 @@ pub fn layer_quant_stats(model: &Model, batches: &[Tensor]) -> Result<Vec<LayerQ
             let (b, s, c, shape) = weight_stats(&node.layer)?;
             (Some(b), s, c, shape)
         } else {
-            let kind = node.layer.kind().to_string();
-            (None, f64::NAN, f64::NAN, kind)
+            let what = crate::modelfile::describe_layer(&node.layer);
+            (None, f64::NAN, f64::NAN, what)
         };
         let act_bits = aq.and_then(|k| match &model.nodes[k].layer {
             Layer::ActQuant(q) => Some(q.bits()),
