@@ -46,17 +46,22 @@ fn trained_mlp() -> (Split, Model, QuantConfig) {
     (split, model, base)
 }
 
-#[test]
-fn refinement_from_an_all_ternary_start_spends_the_slack_where_it_measures_best() {
-    let (split, model, base) = trained_mlp();
-    let measurer = Measurer::new(
-        &model,
-        &split,
+/// 500 held-out training images, calibrated as `base` says.
+fn measurer<'a>(model: &'a Model, split: &'a Split, base: &QuantConfig) -> Measurer<'a> {
+    Measurer::new(
+        model,
+        split,
         base.calibration_samples,
         500,
         MeasureOn::Train,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn refinement_from_an_all_ternary_start_spends_the_slack_where_it_measures_best() {
+    let (split, model, base) = trained_mlp();
+    let measurer = measurer(&model, &split, &base);
     let layers = choices();
     let start = Allocation::of_bits(&layers, &[2, 2, 2]);
     let budget = start.bytes + 2000;
@@ -131,14 +136,7 @@ fn the_measurer_takes_held_out_training_images_or_test_images_and_says_when_none
 #[test]
 fn an_accuracy_budget_keeps_the_smallest_allocation_measured_within_it() {
     let (split, model, base) = trained_mlp();
-    let measurer = Measurer::new(
-        &model,
-        &split,
-        base.calibration_samples,
-        500,
-        MeasureOn::Train,
-    )
-    .unwrap();
+    let measurer = measurer(&model, &split, &base);
     let (base_accuracy, _) = measurer.measure(&base).unwrap();
     // Drop costs that predict nothing (as ties at zero on few images do) and a loss order that ranks the widths.
     let layers = choices();
