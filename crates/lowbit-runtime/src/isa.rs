@@ -7,8 +7,8 @@
 //!
 //! **Verified tiers only by default.** A tier is verified once its conformance tests have run on a machine of this
 //! project ([`Isa::is_verified`]; docs/KERNELS.md says where and how). The others are compiled only behind an
-//! explicit cargo feature of `lowbit-runtime` (forwarded by `lowbit` and `lowbit-cli`): `unverified-avx512vnni`,
-//! `unverified-neon`. Without it the tier is not in the build ([`Isa::in_build`]) and can never be chosen.
+//! explicit cargo feature of `lowbit-runtime` (forwarded by `lowbit` and `lowbit-cli`): `unverified-neon`
+//! (`avx512vnni` was verified on an Intel Xeon with AVX-512 VNNI and is in every x86_64 build). Without it the tier is not in the build ([`Isa::in_build`]) and can never be chosen.
 //!
 //! **Selection, once per process** ([`selected_isa`]): the best tier this build contains and this CPU runs,
 //! capped by the `LOWBIT_ISA` environment variable:
@@ -34,8 +34,8 @@ pub enum Isa {
     Reference,
     /// x86_64 AVX2 (with FMA and POPCNT): widen to i16 and `vpmaddwd`, `vpmaddubsw` on safe pairs; f32 FMA.
     Avx2,
-    /// x86_64 AVX-512 VNNI: `vpdpbusd` for int8 weights (other packings run the AVX2 kernels). Unverified:
-    /// compiled only with the `unverified-avx512vnni` feature.
+    /// x86_64 AVX-512 VNNI: `vpdpbusd` for int8 convolutions (channel-quad planes) and unprepared int8 GEMMs;
+    /// everything else runs the AVX2 kernels.
     Avx512Vnni,
     /// aarch64 NEON: widening multiply-accumulate. Unverified on hardware: compiled only with the
     /// `unverified-neon` feature.
@@ -147,7 +147,7 @@ impl Isa {
     /// Whether the tier's conformance tests have run on a machine of this project (docs/KERNELS.md): only
     /// verified tiers are compiled without an `unverified-*` feature.
     pub fn is_verified(self) -> bool {
-        matches!(self, Isa::Reference | Isa::Avx2)
+        matches!(self, Isa::Reference | Isa::Avx2 | Isa::Avx512Vnni)
     }
 
     /// Whether this build contains the tier's kernels (its target architecture, and for an unverified tier its
@@ -156,10 +156,7 @@ impl Isa {
         match self {
             Isa::Reference => true,
             Isa::Avx2 => cfg!(target_arch = "x86_64"),
-            Isa::Avx512Vnni => cfg!(all(
-                target_arch = "x86_64",
-                feature = "unverified-avx512vnni"
-            )),
+            Isa::Avx512Vnni => cfg!(target_arch = "x86_64"),
             Isa::Neon => cfg!(all(target_arch = "aarch64", feature = "unverified-neon")),
         }
     }
@@ -175,9 +172,6 @@ impl Isa {
             }
             Isa::Neon if !cfg!(target_arch = "aarch64") => {
                 "an aarch64 tier, and this is not an aarch64 build"
-            }
-            Isa::Avx512Vnni => {
-                "unverified tier: build with `--features unverified-avx512vnni` to compile it"
             }
             _ => "unverified tier: build with `--features unverified-neon` to compile it",
         })
@@ -344,10 +338,7 @@ mod tests {
     #[test]
     fn an_unverified_tier_is_chosen_only_when_its_feature_is_built() {
         let got = select(None, &CpuFeatures::ALL).unwrap();
-        if cfg!(all(
-            target_arch = "x86_64",
-            feature = "unverified-avx512vnni"
-        )) {
+        if cfg!(target_arch = "x86_64") {
             assert_eq!(got, Isa::Avx512Vnni);
         } else if cfg!(all(target_arch = "aarch64", feature = "unverified-neon")) {
             assert_eq!(got, Isa::Neon);

@@ -3,7 +3,8 @@
 //! odd channel counts, channel blocks of every size, strides 1 to 3, padding, output rows off the 8-lane vector,
 //! pad codes, zero points and weights at their extremes, per-tensor and per-channel requantization, fused ReLU.
 use lowbit_runtime::kernels::conv_planes::{
-    plane_conv_requant, reference, PlaneConv, Residual, MAX_TILE_CHANNELS,
+    plane_conv_requant, reference, PlaneConv, Residual, Scheme, MAX_QUAD_TILE_CHANNELS,
+    MAX_TILE_CHANNELS,
 };
 use lowbit_runtime::kernels::depthwise::GroupedConvGeometry;
 use lowbit_runtime::kernels::eltwise::{reference::add_code, AddQuant};
@@ -224,6 +225,40 @@ fn output_channels_go_in_the_fewest_tiles_of_at_most_six() {
         let conv = PlaneConv::new(Isa::Reference, g, &w).expect("int8 weights");
         let blocks = format!("({} channel blocks)", c_out.div_ceil(MAX_TILE_CHANNELS));
         assert!(conv.path().contains(&blocks), "{c_out}: {}", conv.path());
+    }
+}
+
+#[test]
+fn the_vnni_tier_reads_channel_quads_and_the_others_pairs() {
+    // The equivalence tests above run every available tier; this pins which scheme each one ran.
+    let c_out = 16;
+    let w = PackedWeights::pack(8, c_out, 5 * 9, &vec![1; c_out * 5 * 9]).expect("valid codes");
+    let g = GroupedConvGeometry {
+        c_in: 5,
+        h: 8,
+        w: 8,
+        c_out,
+        kh: 3,
+        kw: 3,
+        stride: (1, 1),
+        padding: (1, 1),
+        groups: 1,
+    };
+    for isa in Isa::available() {
+        let conv = PlaneConv::new(isa, g, &w).expect("int8 weights");
+        let (scheme, blocks) = match isa {
+            Isa::Avx512Vnni => (Scheme::Quads, c_out.div_ceil(MAX_QUAD_TILE_CHANNELS)),
+            _ => (Scheme::Pairs, c_out.div_ceil(MAX_TILE_CHANNELS)),
+        };
+        assert_eq!(conv.scheme(), scheme, "{isa:?}");
+        assert!(
+            conv.path().contains(&format!("({blocks} channel blocks)")),
+            "{isa:?}: {}",
+            conv.path()
+        );
+    }
+    if !Isa::Avx512Vnni.is_available() {
+        eprintln!("note: no AVX-512 VNNI on this CPU, the quad kernel was not run");
     }
 }
 

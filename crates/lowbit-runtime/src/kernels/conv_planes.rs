@@ -1,5 +1,6 @@
-//! Direct convolution of one NCHW sample on i16 channel-pair planes, any stride and padding, int8 weights, with
-//! the requantization and optionally a following residual Add fused into its output stage.
+//! Direct convolution of one NCHW sample on channel-chunk planes (i16 channel pairs on AVX2, u8 channel quads on
+//! AVX-512 VNNI), any stride and padding, int8 weights, with the requantization and optionally a following
+//! residual Add fused into its output stage.
 //!
 //! Arithmetic (normative, [`reference::plane_conv_requant`]): with input codes `x[c_in][h][w]`, padded positions
 //! holding `pad_code` (the input zero point), weights `w[c_out][c_in][kh][kw]` and the zero-point-corrected bias
@@ -28,6 +29,14 @@
 //! Add's fixed-point sum when fused, and 8 codes stored per channel row. No im2col, no transposes, no i32
 //! accumulator buffer. Vectors are 8 outputs of one output row, so rows whose width is not a multiple of 8 compute
 //! a few discarded lanes.
+//!
+//! AVX-512 VNNI (`x86_conv_quads`, [`Scheme::Quads`]): the same scheme with 32-bit elements holding the u8 codes
+//! of four input channels (`x[4i] | x[4i+1] << 8 | x[4i+2] << 16 | x[4i+3] << 24`, missing channels 0) and weight
+//! quads of i8 alike: one `vpdpbusd` adds 64 exact products (u8 x i8 in groups of 4, wrapping i32 sums, no
+//! intermediate saturation) into 16 outputs of one channel. A micro-tile holds up to 12 channels x 2 vectors. At
+//! stride 1 a vector is 16 consecutive elements of the flattened padded rows (row length `w + 2 pw`), so narrow
+//! outputs (8 x 8) fill its lanes except for the padding columns; the lanes that fall on padding columns or past
+//! the last row are computed and discarded. At other strides vectors are 16 outputs of one row, as on AVX2.
 use super::eltwise::AddQuant;
 use super::{check_len, mismatch, Isa, OutputParams};
 use crate::error::QuantError;
@@ -37,6 +46,43 @@ use crate::pack::{PackedWeights, Packing};
 /// Output channels per micro-tile at most (6 x 2 accumulator registers, 2 activation vectors, 1 broadcast).
 pub const MAX_TILE_CHANNELS: usize = 6;
 
+/// Output channels per micro-tile of [`Scheme::Quads`] at most (12 x 2 of the 32 zmm registers as accumulators).
+pub const MAX_QUAD_TILE_CHANNELS: usize = 12;
+
+/// How input channels share a 32-bit plane element, and the kernel that reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Two channels as i16 (`vpmaddwd`, 8 outputs per vector): the AVX2 tiers and the reference.
+    Pairs,
+    /// Four channels as u8 (`vpdpbusd`, 16 outputs per vector): the AVX-512 VNNI tier.
+    Quads,
+}
+
+impl Scheme {
+    /// Input channels per element.
+    pub fn channels(self) -> usize {
+        match self {
+            Scheme::Pairs => 2,
+            Scheme::Quads => 4,
+        }
+    }
+
+    /// Outputs per vector.
+    pub fn lanes(self) -> usize {
+        match self {
+            Scheme::Pairs => 8,
+            Scheme::Quads => 16,
+        }
+    }
+
+    fn max_tile_channels(self) -> usize {
+        match self {
+            Scheme::Pairs => MAX_TILE_CHANNELS,
+            Scheme::Quads => MAX_QUAD_TILE_CHANNELS,
+        }
+    }
+}
+
 /// A block of output channels: `len` channels from `first`, its weights at `at` in [`PlaneConv`]'s buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ChannelBlock {
@@ -45,42 +91,53 @@ pub(crate) struct ChannelBlock {
     pub(crate) at: usize,
 }
 
-/// How a sample lies in the i16 channel-pair planes (module doc): element `(i, y, phase, j)` is at
+/// How a sample lies in the channel-chunk planes (module doc): element `(i, y, phase, j)` is at
 /// `((i * hp + y) * sw + phase) * phase_len + j` and holds input column `j * sw + phase` of padded row `y`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PlaneLayout {
-    /// Channel pairs, `ceil(c_in / 2)`.
-    pub(crate) pairs: usize,
+    /// Channel chunks (pairs or quads), `ceil(c_in / scheme.channels())`.
+    pub(crate) chunks: usize,
     /// Padded rows, `h + 2 ph`.
     pub(crate) hp: usize,
     /// Elements per phase row: every padded column, and the reads of the last (partial) vector of a row.
     pub(crate) phase_len: usize,
     /// Elements per padded row (`sw * phase_len`).
     pub(crate) row: usize,
-    /// Elements per channel-pair plane (`hp * row`).
+    /// Elements per channel-chunk plane (`hp * row`).
     pub(crate) plane: usize,
+    /// Elements past the last plane that vectors may read (their discarded lanes; quads only).
+    pub(crate) slack: usize,
 }
 
 impl PlaneLayout {
-    fn new(g: &GroupedConvGeometry) -> Self {
+    fn new(g: &GroupedConvGeometry, scheme: Scheme) -> Self {
         let (sw, pw) = (g.stride.1, g.padding.1);
         let wp = g.w + 2 * pw;
         let hp = g.h + 2 * g.padding.0;
-        let ow8 = g.ow().div_ceil(8) * 8;
-        let phase_len = wp.div_ceil(sw).max(ow8 + (g.kw - 1) / sw);
+        let (phase_len, slack) = match scheme {
+            Scheme::Pairs => (
+                wp.div_ceil(sw)
+                    .max(g.ow().div_ceil(8) * 8 + (g.kw - 1) / sw),
+                0,
+            ),
+            // Valid lanes read inside their padded row (column `ox * sw + kx < wp`); the others may run one row
+            // plus one vector past the last plane.
+            Scheme::Quads => (wp.div_ceil(sw), sw * wp.div_ceil(sw) + 2 * 16),
+        };
         let row = sw * phase_len;
         Self {
-            pairs: g.c_in.div_ceil(2),
+            chunks: g.c_in.div_ceil(scheme.channels()),
             hp,
             phase_len,
             row,
             plane: hp * row,
+            slack,
         }
     }
 
-    /// Elements of one sample's planes.
+    /// Elements of one sample's planes (and their slack).
     pub(crate) fn len(&self) -> usize {
-        self.pairs * self.plane
+        self.chunks * self.plane + self.slack
     }
 
     /// Offset of tap `(ky, kx)` from its output's vector base.
@@ -95,24 +152,111 @@ impl PlaneLayout {
     }
 }
 
+/// A run of a quad vector's lanes that are real outputs: lanes `lane..lane + len` hold outputs
+/// `lane + offset..lane + offset + len` of the channel (`oy * ow + ox`, one output row or consecutive rows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Seg {
+    pub(crate) lane: usize,
+    /// Output index minus lane (may be negative at the first vector of a row).
+    pub(crate) offset: isize,
+    /// `len` bits from bit `lane`.
+    pub(crate) mask: u16,
+}
+
+/// 16 outputs of [`Scheme::Quads`]: `base` is their first input element under tap `(0, 0)` in plane 0;
+/// `segs[..nsegs]` the lanes that are written (at most 3: at stride 1 a vector spans at most three rows of at
+/// least 8 elements, otherwise one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct QuadVector {
+    pub(crate) base: usize,
+    pub(crate) segs: [Seg; 3],
+    pub(crate) nsegs: usize,
+}
+
+impl QuadVector {
+    /// The written lanes.
+    pub(crate) fn segs(&self) -> &[Seg] {
+        &self.segs[..self.nsegs]
+    }
+
+    fn push(&mut self, lane: usize, pos: usize) {
+        let offset = pos as isize - lane as isize;
+        match self.segs[..self.nsegs].last_mut() {
+            Some(s) if s.offset == offset => s.mask |= 1 << lane,
+            _ => {
+                self.segs[self.nsegs] = Seg {
+                    lane,
+                    offset,
+                    mask: 1 << lane,
+                };
+                self.nsegs += 1;
+            }
+        }
+    }
+}
+
+/// The output vectors of one sample for [`Scheme::Quads`]. Stride 1 with rows of at least 8 elements: 16
+/// consecutive elements of the flattened padded rows (element `oy * row + ox` is output `(oy, ox)` when
+/// `ox < ow`); otherwise 16 outputs of one output row.
+fn quad_vectors(g: &GroupedConvGeometry, l: &PlaneLayout) -> Vec<QuadVector> {
+    const LANES: usize = 16;
+    let (oh, ow) = (g.oh(), g.ow());
+    let mut out = Vec::new();
+    if g.stride == (1, 1) && l.row >= 8 {
+        let end = oh * l.row;
+        for f0 in (0..end).step_by(LANES) {
+            let mut v = QuadVector {
+                base: f0,
+                ..QuadVector::default()
+            };
+            for lane in 0..LANES.min(end - f0) {
+                let (oy, ox) = ((f0 + lane) / l.row, (f0 + lane) % l.row);
+                if ox < ow {
+                    v.push(lane, oy * ow + ox);
+                }
+            }
+            if v.nsegs > 0 {
+                out.push(v);
+            }
+        }
+    } else {
+        for oy in 0..oh {
+            for ox in (0..ow).step_by(LANES) {
+                let mut v = QuadVector {
+                    base: l.base(g, oy, ox),
+                    ..QuadVector::default()
+                };
+                for lane in 0..(ow - ox).min(LANES) {
+                    v.push(lane, oy * ow + ox + lane);
+                }
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
 /// Int8 weights `[c_out][c_in][kh][kw]` prepared for [`plane_conv_requant`]: channel blocks of at most
-/// [`MAX_TILE_CHANNELS`], each `[tap][channel pair][channel in block]` as i16 pairs `(w[c][2i], w[c][2i + 1])`
-/// (the odd last channel paired with 0).
+/// [`MAX_TILE_CHANNELS`] ([`MAX_QUAD_TILE_CHANNELS`] for quads), each `[tap][channel chunk][channel in block]` as
+/// i16 pairs `(w[c][2i], w[c][2i + 1])` or i8 quads `w[c][4i..4i + 4]` (missing last channels 0).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlaneConv {
     geo: GroupedConvGeometry,
     isa: Isa,
+    scheme: Scheme,
     pub(crate) layout: PlaneLayout,
     pub(crate) blocks: Vec<ChannelBlock>,
     pub(crate) weights: Vec<u32>,
     /// Per tap `(ky, kx)` in row-major order, its offset in the planes.
     pub(crate) taps: Vec<usize>,
+    /// The output vectors of [`Scheme::Quads`] (empty for pairs).
+    pub(crate) vectors: Vec<QuadVector>,
 }
 
-/// The channel blocks: `ceil(c_out / 6)` blocks whose sizes differ by at most one (16 channels: 6, 5, 5), so no
-/// block wastes most of a tile.
-pub(crate) fn channel_blocks(c_out: usize, per_block: usize) -> Vec<ChannelBlock> {
-    let n = c_out.div_ceil(MAX_TILE_CHANNELS);
+/// The channel blocks: `ceil(c_out / max)` blocks whose sizes differ by at most one (16 channels, at most 6 each:
+/// 6, 5, 5), so no block wastes most of a tile.
+pub(crate) fn channel_blocks(c_out: usize, per_block: usize, max: usize) -> Vec<ChannelBlock> {
+    let n = c_out.div_ceil(max);
     let mut blocks = Vec::with_capacity(n);
     let mut first = 0;
     for b in 0..n {
@@ -129,7 +273,8 @@ pub(crate) fn channel_blocks(c_out: usize, per_block: usize) -> Vec<ChannelBlock
 
 impl PlaneConv {
     /// Prepares `weights` (`I8`, `c_out` rows of `c_in * kh * kw` codes) for a convolution of geometry `geo`
-    /// (`groups == 1`, valid: see [`GroupedConvGeometry::validate`]) on `isa` ([`Isa::capped`]).
+    /// (`groups == 1`, valid: see [`GroupedConvGeometry::validate`]) on `isa` ([`Isa::capped`]): channel quads
+    /// for the AVX-512 VNNI tier, pairs for the others.
     pub fn new(
         isa: Isa,
         geo: GroupedConvGeometry,
@@ -162,26 +307,30 @@ impl PlaneConv {
             weights.data.len(),
             weights.rows.checked_mul(weights.cols),
         )?;
-        let layout = PlaneLayout::new(&geo);
+        let isa = isa.capped();
+        let scheme = match isa {
+            Isa::Avx512Vnni => Scheme::Quads,
+            _ => Scheme::Pairs,
+        };
+        let layout = PlaneLayout::new(&geo, scheme);
         let kk = geo.kh * geo.kw;
-        let per_channel = kk * layout.pairs;
-        let blocks = channel_blocks(geo.c_out, per_channel);
+        let per_channel = kk * layout.chunks;
+        let blocks = channel_blocks(geo.c_out, per_channel, scheme.max_tile_channels());
         let mut packed = vec![0u32; geo.c_out * per_channel];
         let mut row = vec![0i8; k];
+        let (per, bits) = (scheme.channels(), 32 / scheme.channels());
         for b in &blocks {
             for j in 0..b.len {
                 weights.unpack_row(b.first + j, &mut row);
                 for t in 0..kk {
-                    for i in 0..layout.pairs {
-                        let code = |ic: usize| {
-                            if ic < geo.c_in {
-                                row[ic * kk + t] as i16 as u16 as u32
-                            } else {
-                                0
-                            }
+                    for i in 0..layout.chunks {
+                        let code = |ic: usize| match (ic < geo.c_in, scheme) {
+                            (false, _) => 0,
+                            (true, Scheme::Pairs) => row[ic * kk + t] as i16 as u16 as u32,
+                            (true, Scheme::Quads) => row[ic * kk + t] as u8 as u32,
                         };
-                        packed[b.at + (t * layout.pairs + i) * b.len + j] =
-                            code(2 * i) | code(2 * i + 1) << 16;
+                        packed[b.at + (t * layout.chunks + i) * b.len + j] =
+                            (0..per).fold(0, |acc, q| acc | code(per * i + q) << (bits * q));
                     }
                 }
             }
@@ -190,9 +339,15 @@ impl PlaneConv {
             .flat_map(|ky| (0..geo.kw).map(move |kx| (ky, kx)))
             .map(|(ky, kx)| layout.tap(&geo, ky, kx))
             .collect();
+        let vectors = match scheme {
+            Scheme::Quads => quad_vectors(&geo, &layout),
+            Scheme::Pairs => Vec::new(),
+        };
         Ok(Self {
+            vectors,
             geo,
-            isa: isa.capped(),
+            isa,
+            scheme,
             layout,
             blocks,
             weights: packed,
@@ -210,22 +365,51 @@ impl PlaneConv {
         self.isa
     }
 
-    /// Multiply-accumulates the AVX2 kernel issues per sample, padding lanes included: channel pairs, output rows
-    /// in vectors of 8.
-    pub fn issued_macs(&self) -> usize {
-        let g = &self.geo;
-        2 * self.layout.pairs * g.kh * g.kw * g.c_out * g.oh() * g.ow().div_ceil(8) * 8
+    /// The element scheme (pairs or quads) the kernel reads.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
     }
 
-    /// Elements (4 bytes each) of the channel-pair planes of one sample.
+    /// Weight code of output channel `c`, input channel `ic`, tap `t` (`ky * kw + kx`), read back from the
+    /// prepared blocks.
+    pub fn weight(&self, c: usize, ic: usize, t: usize) -> i32 {
+        let b = self
+            .blocks
+            .iter()
+            .find(|b| (b.first..b.first + b.len).contains(&c));
+        let Some(b) = b else { return 0 };
+        let per = self.scheme.channels();
+        let e = self.weights[b.at + (t * self.layout.chunks + ic / per) * b.len + (c - b.first)];
+        match self.scheme {
+            Scheme::Pairs => i32::from((e >> (16 * (ic % 2))) as u16 as i16),
+            Scheme::Quads => i32::from((e >> (8 * (ic % 4))) as u8 as i8),
+        }
+    }
+
+    /// Multiply-accumulates the kernel issues per sample, padding lanes included: channel chunks, output rows in
+    /// vectors of 8 (pairs), or the flattened padded rows in vectors of 16 at stride 1 (quads).
+    pub fn issued_macs(&self) -> usize {
+        let g = &self.geo;
+        let per = self.scheme.channels() * self.layout.chunks * g.kh * g.kw * g.c_out;
+        match self.scheme {
+            Scheme::Quads => per * self.vectors.len() * 16,
+            Scheme::Pairs => per * g.oh() * g.ow().div_ceil(8) * 8,
+        }
+    }
+
+    /// Elements (4 bytes each) of the channel-chunk planes of one sample.
     pub fn plane_elems(&self) -> usize {
         self.layout.len()
     }
 
-    /// For reports: `direct i16 planes (6-channel tiles)`.
+    /// For reports: `direct i16 pair planes (3 channel blocks)`.
     pub fn path(&self) -> String {
+        let kind = match self.scheme {
+            Scheme::Pairs => "i16 pair",
+            Scheme::Quads => "u8 quad (vpdpbusd)",
+        };
         format!(
-            "direct i16 pair planes ({} channel blocks)",
+            "direct {kind} planes ({} channel blocks)",
             self.blocks.len()
         )
     }
@@ -259,9 +443,13 @@ pub fn plane_conv_requant(
     const CTX: &str = "plane_conv_requant";
     let g = &conv.geo;
     check_sample_args(CTX, g, x, bias, p, residual.as_ref(), out)?;
-    match conv.isa {
+    match (conv.isa, conv.scheme) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => super::x86_conv_planes::plane_conv_requant(
+        (Isa::Avx512Vnni, Scheme::Quads) => super::x86_conv_quads::plane_conv_requant(
+            conv, x, pad_code, bias, p, residual, split, out,
+        ),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2 | Isa::Avx512Vnni, Scheme::Pairs) => super::x86_conv_planes::plane_conv_requant(
             conv, x, pad_code, bias, p, residual, split, out,
         ),
         _ => reference::plane_conv_requant(g, conv, x, pad_code, bias, p, residual, out),
@@ -300,7 +488,7 @@ pub mod reference {
     use crate::kernels::OutputParams;
     use crate::qparams::requantize;
 
-    /// The module doc's formula, one output at a time; the weights are read back from `conv`'s pairs.
+    /// The module doc's formula, one output at a time; the weights are read back from `conv`'s blocks.
     #[allow(clippy::too_many_arguments)]
     pub fn plane_conv_requant(
         g: &GroupedConvGeometry,
@@ -316,7 +504,6 @@ pub mod reference {
         let (sh, sw) = g.stride;
         let (ph, pw) = g.padding;
         let kk = g.kh * g.kw;
-        let pairs = conv.layout.pairs;
         let pixel = |ic: usize, y: usize, xx: usize| -> i32 {
             match (y.checked_sub(ph), xx.checked_sub(pw)) {
                 (Some(iy), Some(ix)) if iy < g.h && ix < g.w => {
@@ -335,8 +522,7 @@ pub mod reference {
                         for t in 0..kk {
                             let (ky, kx) = (t / g.kw, t % g.kw);
                             for ic in 0..g.c_in {
-                                let pair = conv.weights[b.at + (t * pairs + ic / 2) * b.len + j];
-                                let w = i32::from((pair >> (16 * (ic % 2))) as u16 as i16);
+                                let w = conv.weight(c, ic, t);
                                 acc = acc.wrapping_add(w.wrapping_mul(pixel(
                                     ic,
                                     oy * sh + ky,

@@ -5,8 +5,8 @@
 //! Every tier equals [`reference`](mod@reference) bit for bit (see that module for the arithmetic).
 //!
 //! Dispatch: the tier is [`crate::isa`]'s one selection ([`selected_isa`]: CPU features, capped by
-//! `LOWBIT_ISA`, read once); the engine's kernels implement every tier of [`Isa::ALL`]. The unverified tiers
-//! (`avx512vnni`, `neon`) are compiled only with their `unverified-*` cargo feature.
+//! `LOWBIT_ISA`, read once); the engine's kernels implement every tier of [`Isa::ALL`]. The unverified tier
+//! (`neon`) is compiled only with its `unverified-neon` cargo feature.
 //!
 //! Every `unsafe` operation in the kernel modules states its contract (`# Safety` on each `unsafe fn`, a
 //! `// SAFETY:` comment on each block), and `unsafe_op_in_unsafe_fn` is denied so that an `unsafe fn`'s body
@@ -33,6 +33,8 @@ pub mod winograd;
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_conv_planes;
+#[cfg(target_arch = "x86_64")]
+mod x86_conv_quads;
 #[cfg(target_arch = "x86_64")]
 mod x86_depthwise;
 #[cfg(target_arch = "x86_64")]
@@ -284,7 +286,7 @@ impl PrepackedWeights {
         let _ = allow_pairs; // the pair path is x86-only
         let pairs = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if weights.packing == Packing::I8 && allow_pairs => {
+            Isa::Avx2 | Isa::Avx512Vnni if weights.packing == Packing::I8 && allow_pairs => {
                 pairs::plan_pairs(&weights, max_pair_len(weights.cols)).map(|plan| {
                     let panels = x86::prepack_pairs(&weights, &plan);
                     let fix = plan.bias_fix(&weights);
@@ -295,7 +297,7 @@ impl PrepackedWeights {
         };
         let panels = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if weights.packing == Packing::I8 && pairs.is_none() => {
+            Isa::Avx2 | Isa::Avx512Vnni if weights.packing == Packing::I8 && pairs.is_none() => {
                 Some(x86::prepack_panels(&weights))
             }
             _ => None,

@@ -30,7 +30,7 @@
 //! (broadcast weight pairs, `vpmaddwd` on 2 vectors of 8 tiles), the 16 results kept in an L1 buffer; then the
 //! output transform, the shift, the bias and the output stage in 8 tile lanes, and each output row's codes of the
 //! 8 tiles interleaved into a 16-byte row segment.
-use super::conv_planes::{channel_blocks, ChannelBlock, Residual};
+use super::conv_planes::{channel_blocks, ChannelBlock, Residual, MAX_TILE_CHANNELS};
 use super::{check_len, mismatch, Isa, OutputParams};
 use crate::error::QuantError;
 use crate::kernels::depthwise::GroupedConvGeometry;
@@ -151,7 +151,7 @@ impl WinogradConv {
         )?;
         let pairs = geo.c_in.div_ceil(2);
         let per_channel = POSITIONS * pairs;
-        let blocks = channel_blocks(geo.c_out, per_channel);
+        let blocks = channel_blocks(geo.c_out, per_channel, MAX_TILE_CHANNELS);
         let mut packed = vec![0u32; geo.c_out * per_channel];
         let mut row = vec![0i8; k];
         let mut u = vec![[0i16; POSITIONS]; 2 * pairs];

@@ -1276,15 +1276,14 @@ fn acc_rows(
     out: &mut [i32],
     s: &mut Scratch,
 ) {
-    #[cfg(feature = "unverified-avx512vnni")]
-    if isa == Isa::Avx512Vnni && w.packing == Packing::I8 {
+    // Prepared int8 weights take the AVX2 kernels on this tier too (its convolutions are where VNNI pays, see
+    // `conv_planes`); weights decoded per call take the VNNI GEMM.
+    if isa == Isa::Avx512Vnni && w.packing == Packing::I8 && matches!(panels, Prepared::None) {
         // SAFETY: the dispatcher only passes Avx512Vnni when `Isa::is_available` detected avx512f/bw/vnni; the
         // entry point checked the shapes and `w.packing` is I8.
         unsafe { gemm_u8i8_i32__avx512vnni(a, rows, k, w, bias, out) }
         return;
     }
-    #[cfg(not(feature = "unverified-avx512vnni"))]
-    let _ = isa; // only the AVX2 kernels are in this build
     match panels {
         // SAFETY: Avx2 was detected by `Isa::is_available`; the entry point checked the shapes; `PrepackedWeights`
         // built these panels from `w` for this plan.
@@ -1386,17 +1385,15 @@ pub(crate) fn gemm_requant(
 }
 
 /// Rows of the VNNI micro-tile (one zmm accumulator of 16 columns per row).
-#[cfg(feature = "unverified-avx512vnni")]
 const VNNI_MR: usize = 4;
 
 /// Int8 weights with `vpdpbusd` (u8 x i8 -> i32 in groups of 4, no intermediate saturation, unlike `vpmaddubsw`;
 /// `vpdpbusds` would saturate the i32 sum and is not used). Panel layout `[k / 4][16][4]` i8, activations padded
-/// to a multiple of 4 with zeros. Untested on the development machine (Zen3 has no AVX-512); its conformance
-/// tests run wherever the CPU has it.
+/// to a multiple of 4 with zeros; weights re-laid per call (the engine's prepared int8 weights take the AVX2
+/// kernels). Conformance: `tests/kernels_exact.rs` on an AVX-512 VNNI machine (docs/KERNELS.md).
 ///
 /// # Safety
 /// avx512f, avx512bw and avx512vnni must be available; shapes checked by the entry point; `w.packing == I8`.
-#[cfg(feature = "unverified-avx512vnni")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn gemm_u8i8_i32__avx512vnni(
     a: &[u8],

@@ -121,7 +121,7 @@ unsafe fn build_planes__avx2(conv: &PlaneConv, x: &[u8], pad_code: u8, dst: &mut
     let sw = g.stride.1;
     let plane_in = g.h * g.w;
     let mut wide = vec![0u32; if sw == 1 { 0 } else { g.w + 2 * pw }];
-    for i in 0..l.pairs {
+    for i in 0..l.chunks {
         let (a, b, pad) = channel_pair(x, plane_in, i, pad_code);
         let planes = &mut dst[i * l.plane..(i + 1) * l.plane];
         for (y, row) in planes.chunks_exact_mut(l.row).enumerate() {
@@ -346,7 +346,7 @@ unsafe fn run_blocks__avx2(
     let cx = TileCx {
         planes: planes.as_ptr(),
         plane: conv.layout.plane,
-        pairs: conv.layout.pairs,
+        pairs: conv.layout.chunks,
         taps: &conv.taps,
         positions: g.oh() * g.ow(),
         // SAFETY: AVX2 available (contract); register arithmetic only.
